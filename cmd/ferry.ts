@@ -1,0 +1,55 @@
+/**
+ * `ferry`: the command-line entry point. Only the subcommand table lives here;
+ * each subcommand is a module under cmd/ exporting `run(args)`.
+ *
+ * @module
+ */
+
+/** What a subcommand module provides. */
+export interface CommandModule {
+  /** Runs the subcommand with its arguments; resolves to the exit status. */
+  run(args: string[]): Promise<number>;
+}
+
+interface Entry {
+  summary: string;
+  load: () => Promise<CommandModule>;
+}
+
+// Modules load lazily so a one-shot command pays only for what it uses.
+const commands: Record<string, Entry> = {};
+
+function usage(): string {
+  const width = Math.max(...Object.keys(commands).map((n) => n.length), 4);
+  const lines = Object.entries(commands).map(([n, e]) => `  ${n.padEnd(width)}  ${e.summary}`);
+  return [
+    "usage: ferry COMMAND [ARGS...]",
+    "",
+    "Share files, networks, processes and phones as Styx (9P2000) trees.",
+    "",
+    "commands:",
+    ...lines,
+    "",
+    "Run 'ferry COMMAND --help' for a command's options.",
+  ].join("\n");
+}
+
+/** Run `ferry` with `args`; returns the exit status. */
+export async function main(args: string[]): Promise<number> {
+  const [name, ...rest] = args;
+  if (name === undefined || name === "help" || name === "--help" || name === "-h") {
+    console.log(usage());
+    return name === undefined ? 1 : 0;
+  }
+  const entry = commands[name];
+  if (!entry) {
+    console.error(`ferry: unknown command '${name}'\n\n${usage()}`);
+    return 1;
+  }
+  const mod = await entry.load();
+  return await mod.run(rest);
+}
+
+if (import.meta.main) {
+  Deno.exit(await main(Deno.args));
+}

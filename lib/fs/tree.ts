@@ -1,0 +1,97 @@
+/**
+ * The one tree interface. A host directory, a memory tree, a device (/net,
+ * /prog, /phone), a remote tree seen through the Styx client and a composed
+ * namespace all implement it, so the Styx server can serve any of them and the
+ * namespace never knows which is which.
+ *
+ * The shape follows 9P: a {@link Node} is like a fid that has been walked to
+ * a file but not opened; opening it gives an {@link OpenFile}. Nodes that hold
+ * resources (a remote fid) are released with {@link Node.close}.
+ *
+ * @module
+ */
+
+import type { Dir, Qid } from "../styx/types.ts";
+
+/** Who is asking: the verified identity (or the attach name under -A). */
+export interface Caller {
+  /** User name, e.g. "alice". */
+  user: string;
+  /** Groups the user belongs to, e.g. ["admins"]. */
+  groups?: string[];
+  /** True when the identity was verified by the transport (mutual TLS). */
+  authenticated?: boolean;
+}
+
+/** Options every operation that can block accepts. */
+export interface OpOptions {
+  /** Aborted when the request is flushed or the connection goes away. */
+  signal?: AbortSignal;
+}
+
+/** The result of {@link Node.walk}, mirroring Rwalk. */
+export interface WalkResult {
+  /** Qids of the names walked successfully, in order. */
+  qids: Qid[];
+  /** Present only when every name was walked: the node at the end. */
+  node?: Node;
+}
+
+/** A file or directory that has been reached but not opened. */
+export interface Node {
+  /** The file's qid as last seen. */
+  readonly qid: Qid;
+  /**
+   * Walk `names` from here (each a single path element, never "." or
+   * containing "/"; ".." is allowed and must not escape the tree's root).
+   * With no names, returns a new node for the same file (a clone).
+   * Throws a StyxError when the first name cannot be walked; returns a
+   * partial result (no `node`) when a later one cannot.
+   */
+  walk(names: string[], opts?: OpOptions): Promise<WalkResult>;
+  /** Open for I/O; `mode` is a 9P open mode (OREAD ... with OTRUNC, ORCLOSE). */
+  open(mode: number, opts?: OpOptions): Promise<OpenFile>;
+  /**
+   * Create `name` in this directory with 9P `perm` (DMDIR for a directory)
+   * and open it with `mode`.
+   */
+  create(name: string, perm: number, mode: number, opts?: OpOptions): Promise<Created>;
+  stat(opts?: OpOptions): Promise<Dir>;
+  /** Apply a Twstat: fields set to "don't touch" (~0 or "") are left alone. */
+  wstat(dir: Dir, opts?: OpOptions): Promise<void>;
+  /** Remove the file. The node is released whether or not this succeeds. */
+  remove(opts?: OpOptions): Promise<void>;
+  /** Release what the node holds (a remote fid). Safe to call twice. */
+  close(): Promise<void>;
+}
+
+/** What {@link Node.create} returns. */
+export interface Created {
+  node: Node;
+  file: OpenFile;
+}
+
+/** An open file or directory. */
+export interface OpenFile {
+  /** The qid after opening (may differ from the node's, e.g. a clone file). */
+  readonly qid: Qid;
+  /** Largest count worth asking for in one read or write; 0 means "msize - IOHDRSZ". */
+  readonly iounit: number;
+  /** Read up to `count` bytes at `offset` (regular files only). */
+  read(offset: bigint, count: number, opts?: OpOptions): Promise<Uint8Array>;
+  /** Write `data` at `offset`; returns how many bytes were written. */
+  write(offset: bigint, data: Uint8Array, opts?: OpOptions): Promise<number>;
+  /**
+   * For directories: all entries, in order. The server calls it once per
+   * read from offset 0 and packs whole entries into replies.
+   */
+  readDir(opts?: OpOptions): Promise<Dir[]>;
+  /** Close the open file (and, for ORCLOSE, remove it). Safe to call twice. */
+  close(): Promise<void>;
+}
+
+/** Something that can be attached to: the root of a file tree. */
+export interface Tree {
+  /** Attach as `caller`; `aname` selects a subtree when the tree offers several. */
+  attach(caller: Caller, aname: string): Promise<Node>;
+}
