@@ -1,0 +1,913 @@
+/**
+ * The Styx (9P2000) codec: every message, qid and stat (Dir) to and from
+ * bytes, as intro(5) and the message pages lay them out.
+ *
+ * All messages are described by ONE table keyed by the type byte; each entry
+ * gives the message's name, the size of its body, how to write the body and
+ * how to read it back. Encoding computes the whole frame size first and
+ * allocates once. Decoding checks every length against the frame before
+ * using it, so hostile bytes only ever produce a {@link CodecError} and never
+ * an allocation sized by the peer.
+ *
+ * @example
+ * ```ts
+ * import { decode, encode } from "./codec.ts";
+ * import { MsgType, NOTAG } from "./types.ts";
+ * const bytes = encode({ type: MsgType.Tversion, tag: NOTAG, msize: 8216, version: "9P2000" });
+ * if (bytes.length !== 19) throw new Error("wrong size");
+ * const back = decode(bytes);
+ * if (back.type !== MsgType.Tversion || back.msize !== 8216) throw new Error("wrong message");
+ * ```
+ *
+ * @module
+ */
+
+import {
+  type Dir,
+  HEADER_SIZE,
+  MAXWELEM,
+  type Msg,
+  MsgType,
+  type Qid,
+  type RMsg,
+  type TMsg,
+} from "./types.ts";
+
+/**
+ * A message that cannot be encoded, or bytes that are not a valid message.
+ * When the header (size, type, tag) parsed, `tag` is set so a server can
+ * still answer Rerror to that request.
+ *
+ * @example
+ * ```ts
+ * import { CodecError, decode } from "./codec.ts";
+ * try {
+ *   decode(new Uint8Array([7, 0, 0, 0, 42, 1, 0]));
+ * } catch (e) {
+ *   if (!(e instanceof CodecError) || e.tag !== 1) throw e;
+ * }
+ * ```
+ */
+export class CodecError extends Error {
+  /** The tag of the offending message, when its header could be read. */
+  readonly tag?: number;
+  /** The type byte of the offending message, when its header could be read. */
+  readonly msgType?: number;
+
+  /** Make an error; `tag` and `msgType` are given once the header parsed. */
+  constructor(message: string, tag?: number, msgType?: number) {
+    super(message);
+    this.name = "CodecError";
+    if (tag !== undefined) this.tag = tag;
+    if (msgType !== undefined) this.msgType = msgType;
+  }
+}
+
+/** Size of a qid on the wire: type[1] version[4] path[8]. */
+export const QID_SIZE = 13;
+/**
+ * Size of a stat entry with four empty strings, including its own size[2]:
+ * size[2] type[2] dev[4] qid[13] mode[4] atime[4] mtime[4] length[8] + 4 × len[2].
+ */
+export const STAT_FIXED_SIZE = 49;
+
+const MAX_U16 = 0xffff;
+const MAX_U64 = 0xffffffffffffffffn;
+
+// ---------------------------------------------------------------------------
+// UTF-8 helpers
+
+const textEncoder = new TextEncoder();
+const textDecoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+
+/**
+ * The number of bytes `s` takes in UTF-8, counting a lone surrogate as the
+ * three bytes of U+FFFD (what TextEncoder writes for it).
+ */
+export function utf8Length(s: string): number {
+  const n = s.length;
+  let bytes = n;
+  for (let i = 0; i < n; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x80) continue;
+    if (c < 0x800) {
+      bytes += 1;
+    } else if (c >= 0xd800 && c <= 0xdbff && i + 1 < n) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        // A surrogate pair: 4 bytes for 2 UTF-16 units.
+        bytes += 2;
+        i++;
+      } else {
+        bytes += 2;
+      }
+    } else {
+      bytes += 2;
+    }
+  }
+  return bytes;
+}
+
+function strSize(s: string, what: string): number {
+  const n = utf8Length(s);
+  if (n > MAX_U16) {
+    throw new CodecError(`${what} is ${n} bytes long; a Styx string holds at most 65535`);
+  }
+  return 2 + n;
+}
+
+// ---------------------------------------------------------------------------
+// Writer and reader
+
+class Writer {
+  readonly buf: Uint8Array;
+  readonly dv: DataView;
+  pos = 0;
+
+  constructor(size: number) {
+    this.buf = new Uint8Array(size);
+    this.dv = new DataView(this.buf.buffer);
+  }
+
+  u8(v: number): void {
+    this.dv.setUint8(this.pos, v);
+    this.pos += 1;
+  }
+  u16(v: number): void {
+    this.dv.setUint16(this.pos, v, true);
+    this.pos += 2;
+  }
+  u32(v: number): void {
+    this.dv.setUint32(this.pos, v, true);
+    this.pos += 4;
+  }
+  u64(v: bigint): void {
+    this.dv.setBigUint64(this.pos, v, true);
+    this.pos += 8;
+  }
+  str(s: string): void {
+    const start = this.pos;
+    this.pos += 2;
+    let n: number;
+    if (s.length === 0) {
+      n = 0;
+    } else {
+      n = textEncoder.encodeInto(s, this.buf.subarray(this.pos)).written;
+    }
+    this.dv.setUint16(start, n, true);
+    this.pos += n;
+  }
+  qid(q: Qid): void {
+    this.u8(q.type);
+    this.u32(q.version);
+    this.u64(q.path);
+  }
+  bytes(b: Uint8Array): void {
+    this.buf.set(b, this.pos);
+    this.pos += b.length;
+  }
+}
+
+class Reader {
+  readonly buf: Uint8Array;
+  readonly dv: DataView;
+  pos: number;
+  readonly end: number;
+  /** Set while decoding a message, for error messages and CodecError.tag. */
+  tag: number | undefined;
+  msgType: number | undefined;
+  what: string;
+
+  constructor(buf: Uint8Array, pos: number, end: number, what: string, dv?: DataView) {
+    this.buf = buf;
+    this.dv = dv ?? new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    this.pos = pos;
+    this.end = end;
+    this.what = what;
+  }
+
+  fail(message: string): never {
+    throw new CodecError(`${this.what}: ${message}`, this.tag, this.msgType);
+  }
+
+  need(n: number, field: string): void {
+    if (this.pos + n > this.end) {
+      this.fail(
+        `truncated at ${field}: needs ${n} bytes at offset ${this.pos}, only ${
+          this.end - this.pos
+        } left`,
+      );
+    }
+  }
+
+  u8(field: string): number {
+    this.need(1, field);
+    return this.buf[this.pos++]!;
+  }
+  u16(field: string): number {
+    this.need(2, field);
+    const v = this.dv.getUint16(this.pos, true);
+    this.pos += 2;
+    return v;
+  }
+  u32(field: string): number {
+    this.need(4, field);
+    const v = this.dv.getUint32(this.pos, true);
+    this.pos += 4;
+    return v;
+  }
+  u64(field: string): bigint {
+    this.need(8, field);
+    const v = this.dv.getBigUint64(this.pos, true);
+    this.pos += 8;
+    return v;
+  }
+  str(field: string): string {
+    const n = this.u16(field);
+    if (this.pos + n > this.end) {
+      this.fail(`string ${field} claims ${n} bytes but only ${this.end - this.pos} remain`);
+    }
+    const start = this.pos;
+    this.pos += n;
+    return decodeUtf8(this.buf, start, start + n, () => this.fail(`${field} is not valid UTF-8`));
+  }
+  qid(field: string): Qid {
+    this.need(QID_SIZE, field);
+    const dv = this.dv;
+    const p = this.pos;
+    this.pos += QID_SIZE;
+    return {
+      type: this.buf[p]!,
+      version: dv.getUint32(p + 1, true),
+      path: dv.getBigUint64(p + 5, true),
+    };
+  }
+  /** A view of the next `n` bytes (no copy). */
+  bytes(n: number, field: string): Uint8Array {
+    if (this.pos + n > this.end) {
+      this.fail(`${field} claims ${n} bytes but only ${this.end - this.pos} remain`);
+    }
+    const v = this.buf.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return v;
+  }
+}
+
+function decodeUtf8(buf: Uint8Array, start: number, end: number, bad: () => never): string {
+  const n = end - start;
+  if (n === 0) return "";
+  if (n <= 32) {
+    // Short names are the common case: build ASCII ones directly.
+    let s = "";
+    let i = start;
+    for (; i < end; i++) {
+      const c = buf[i]!;
+      if (c >= 0x80) break;
+      s += String.fromCharCode(c);
+    }
+    if (i === end) return s;
+  }
+  try {
+    return textDecoder.decode(buf.subarray(start, end));
+  } catch {
+    return bad();
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Field checks for encoding: a wrong value is a bug in the caller, reported
+// plainly rather than silently wrapped by DataView.
+
+function checkInt(v: number, max: number, field: string, name: string): void {
+  if (!Number.isInteger(v) || v < 0 || v > max) {
+    throw new CodecError(`${name} ${field} '${v}' is out of range 0..${max}`);
+  }
+}
+const u8 = (v: number, f: string, n: string) => checkInt(v, 0xff, f, n);
+const u16 = (v: number, f: string, n: string) => checkInt(v, 0xffff, f, n);
+const u32 = (v: number, f: string, n: string) => checkInt(v, 0xffffffff, f, n);
+function u64(v: bigint, f: string, n: string): void {
+  if (typeof v !== "bigint" || v < 0n || v > MAX_U64) {
+    throw new CodecError(`${n} ${f} '${v}' is not a u64 bigint`);
+  }
+}
+function checkQid(q: Qid, f: string, n: string): void {
+  if (q === null || typeof q !== "object") throw new CodecError(`${n} ${f} is missing`);
+  u8(q.type, `${f}.type`, n);
+  u32(q.version, `${f}.version`, n);
+  u64(q.path, `${f}.path`, n);
+}
+
+// ---------------------------------------------------------------------------
+// Dir (stat(5))
+
+/**
+ * Bytes `d` takes on the wire, including the entry's own size[2].
+ *
+ * @example
+ * ```ts
+ * import { sizeofDir } from "./codec.ts";
+ * import { nullDir } from "./types.ts";
+ * if (sizeofDir(nullDir()) !== 49) throw new Error("wrong size");
+ * ```
+ */
+export function sizeofDir(d: Dir): number {
+  const n = STAT_FIXED_SIZE - 8 + strSize(d.name, "stat name") + strSize(d.uid, "stat uid") +
+    strSize(d.gid, "stat gid") + strSize(d.muid, "stat muid");
+  if (n - 2 > MAX_U16) throw new CodecError(`stat entry is ${n} bytes; at most 65537 fit`);
+  return n;
+}
+
+function checkDir(d: Dir, n: string): void {
+  if (d === null || typeof d !== "object") throw new CodecError(`${n} stat is missing`);
+  u16(d.type, "stat.type", n);
+  u32(d.dev, "stat.dev", n);
+  checkQid(d.qid, "stat.qid", n);
+  u32(d.mode, "stat.mode", n);
+  u32(d.atime, "stat.atime", n);
+  u32(d.mtime, "stat.mtime", n);
+  u64(d.length, "stat.length", n);
+}
+
+function writeDir(w: Writer, d: Dir, size: number): void {
+  w.u16(size - 2);
+  w.u16(d.type);
+  w.u32(d.dev);
+  w.qid(d.qid);
+  w.u32(d.mode);
+  w.u32(d.atime);
+  w.u32(d.mtime);
+  w.u64(d.length);
+  w.str(d.name);
+  w.str(d.uid);
+  w.str(d.gid);
+  w.str(d.muid);
+}
+
+function readDir(r: Reader): Dir {
+  const n = r.u16("stat size");
+  const start = r.pos;
+  if (start + n > r.end) r.fail(`stat entry claims ${n} bytes but only ${r.end - start} remain`);
+  // Read the entry within its own bounds, so its fields cannot run past it.
+  const inner = new Reader(r.buf, start, start + n, r.what, r.dv);
+  inner.tag = r.tag;
+  inner.msgType = r.msgType;
+  const d: Dir = {
+    type: inner.u16("stat.type"),
+    dev: inner.u32("stat.dev"),
+    qid: inner.qid("stat.qid"),
+    mode: inner.u32("stat.mode"),
+    atime: inner.u32("stat.atime"),
+    mtime: inner.u32("stat.mtime"),
+    length: inner.u64("stat.length"),
+    name: inner.str("stat.name"),
+    uid: inner.str("stat.uid"),
+    gid: inner.str("stat.gid"),
+    muid: inner.str("stat.muid"),
+  };
+  if (inner.pos !== inner.end) {
+    r.fail(`stat entry has ${inner.end - inner.pos} bytes of trailing garbage`);
+  }
+  r.pos = inner.end;
+  return d;
+}
+
+/**
+ * Encode one directory entry as stat(5) lays it out (with its own size[2]
+ * in front), as a directory read returns it.
+ *
+ * @example
+ * ```ts
+ * import { decodeDir, encodeDir } from "./codec.ts";
+ * import { nullDir } from "./types.ts";
+ * const d = { ...nullDir(), name: "hello" };
+ * const { dir, next } = decodeDir(encodeDir(d), 0);
+ * if (dir.name !== "hello" || next !== 54) throw new Error("round trip failed");
+ * ```
+ */
+export function encodeDir(d: Dir): Uint8Array {
+  checkDir(d, "directory entry");
+  const size = sizeofDir(d);
+  const w = new Writer(size);
+  writeDir(w, d, size);
+  return w.buf;
+}
+
+/**
+ * Decode the directory entry that starts at `offset` in `buf`; `next` is the
+ * offset just past it.
+ */
+export function decodeDir(buf: Uint8Array, offset = 0): { dir: Dir; next: number } {
+  if (!Number.isInteger(offset) || offset < 0 || offset > buf.length) {
+    throw new CodecError(`stat offset '${offset}' is outside a ${buf.length}-byte buffer`);
+  }
+  const r = new Reader(buf, offset, buf.length, "stat");
+  const dir = readDir(r);
+  return { dir, next: r.pos };
+}
+
+/**
+ * Decode the payload of a directory read: whole stat entries back to back.
+ *
+ * @example
+ * ```ts
+ * import { decodeDirs, encodeDir } from "./codec.ts";
+ * import { nullDir } from "./types.ts";
+ * const a = encodeDir({ ...nullDir(), name: "a" });
+ * const b = encodeDir({ ...nullDir(), name: "b" });
+ * const both = new Uint8Array([...a, ...b]);
+ * if (decodeDirs(both).map((d) => d.name).join() !== "a,b") throw new Error("wrong");
+ * ```
+ */
+export function decodeDirs(buf: Uint8Array): Dir[] {
+  const r = new Reader(buf, 0, buf.length, "directory read");
+  const dirs: Dir[] = [];
+  while (r.pos < r.end) dirs.push(readDir(r));
+  return dirs;
+}
+
+// ---------------------------------------------------------------------------
+// The message table
+
+type ByType<T extends number> = Extract<Msg, { type: T }>;
+
+interface Spec<M extends Msg = Msg> {
+  /** "Tversion", "Rread", ... */
+  name: string;
+  /** Checks field ranges and returns the body size (after size[4] type[1] tag[2]). */
+  size(m: M): number;
+  /** Writes the body. */
+  write(w: Writer, m: M): void;
+  /** Reads the body; the reader's tag is the message tag. */
+  read(r: Reader, tag: number): M;
+}
+
+const table: (Spec | undefined)[] = new Array(256);
+
+function def<T extends Msg["type"]>(
+  type: T,
+  name: string,
+  spec: Omit<Spec<ByType<T>>, "name">,
+): void {
+  table[type] = { name, ...spec } as unknown as Spec;
+}
+
+// Helpers for the many messages shaped alike. Their bodies are typed by the
+// fields they touch; `put` files them under the type byte.
+function put<M>(type: number, name: string, spec: Omit<Spec<Msg & M>, "name">): void {
+  table[type] = { name, ...spec } as unknown as Spec;
+}
+function fidOnly(type: 120 | 122 | 124, name: string): void {
+  put<{ fid: number }>(type, name, {
+    size(m) {
+      u32(m.fid, "fid", name);
+      return 4;
+    },
+    write(w, m) {
+      w.u32(m.fid);
+    },
+    read: (r, tag) => ({ type, tag, fid: r.u32("fid") }) as Msg & { fid: number },
+  });
+}
+function empty(type: 109 | 121 | 123 | 127, name: string): void {
+  put<unknown>(type, name, {
+    size: () => 0,
+    write() {},
+    read: (_r, tag) => ({ type, tag }) as Msg,
+  });
+}
+function version(type: 100 | 101, name: string): void {
+  put<{ msize: number; version: string }>(type, name, {
+    size(m) {
+      u32(m.msize, "msize", name);
+      return 4 + strSize(m.version, `${name} version`);
+    },
+    write(w, m) {
+      w.u32(m.msize);
+      w.str(m.version);
+    },
+    read: (r, tag) => ({ type, tag, msize: r.u32("msize"), version: r.str("version") }),
+  });
+}
+function qidOnly(type: 103 | 105, name: string, field: "aqid" | "qid"): void {
+  put<Record<string, Qid>>(type, name, {
+    size(m) {
+      checkQid(m[field]!, field, name);
+      return QID_SIZE;
+    },
+    write(w, m) {
+      w.qid(m[field]!);
+    },
+    read: (r, tag) =>
+      ({ type, tag, [field]: r.qid(field) }) as unknown as Msg & Record<string, Qid>,
+  });
+}
+function qidIounit(type: 113 | 115, name: string): void {
+  put<{ qid: Qid; iounit: number }>(type, name, {
+    size(m) {
+      checkQid(m.qid, "qid", name);
+      u32(m.iounit, "iounit", name);
+      return QID_SIZE + 4;
+    },
+    write(w, m) {
+      w.qid(m.qid);
+      w.u32(m.iounit);
+    },
+    read: (r, tag) => ({ type, tag, qid: r.qid("qid"), iounit: r.u32("iounit") }),
+  });
+}
+
+version(MsgType.Tversion, "Tversion");
+version(MsgType.Rversion, "Rversion");
+
+def(MsgType.Tauth, "Tauth", {
+  size(m) {
+    u32(m.afid, "afid", "Tauth");
+    return 4 + strSize(m.uname, "Tauth uname") + strSize(m.aname, "Tauth aname");
+  },
+  write(w, m) {
+    w.u32(m.afid);
+    w.str(m.uname);
+    w.str(m.aname);
+  },
+  read: (r, tag) => ({
+    type: MsgType.Tauth,
+    tag,
+    afid: r.u32("afid"),
+    uname: r.str("uname"),
+    aname: r.str("aname"),
+  }),
+});
+qidOnly(MsgType.Rauth, "Rauth", "aqid");
+
+def(MsgType.Tattach, "Tattach", {
+  size(m) {
+    u32(m.fid, "fid", "Tattach");
+    u32(m.afid, "afid", "Tattach");
+    return 8 + strSize(m.uname, "Tattach uname") + strSize(m.aname, "Tattach aname");
+  },
+  write(w, m) {
+    w.u32(m.fid);
+    w.u32(m.afid);
+    w.str(m.uname);
+    w.str(m.aname);
+  },
+  read: (r, tag) => ({
+    type: MsgType.Tattach,
+    tag,
+    fid: r.u32("fid"),
+    afid: r.u32("afid"),
+    uname: r.str("uname"),
+    aname: r.str("aname"),
+  }),
+});
+qidOnly(MsgType.Rattach, "Rattach", "qid");
+
+def(MsgType.Rerror, "Rerror", {
+  size: (m) => strSize(m.ename, "Rerror ename"),
+  write(w, m) {
+    w.str(m.ename);
+  },
+  read: (r, tag) => ({ type: MsgType.Rerror, tag, ename: r.str("ename") }),
+});
+
+def(MsgType.Tflush, "Tflush", {
+  size(m) {
+    u16(m.oldtag, "oldtag", "Tflush");
+    return 2;
+  },
+  write(w, m) {
+    w.u16(m.oldtag);
+  },
+  read: (r, tag) => ({ type: MsgType.Tflush, tag, oldtag: r.u16("oldtag") }),
+});
+empty(MsgType.Rflush, "Rflush");
+
+def(MsgType.Twalk, "Twalk", {
+  size(m) {
+    u32(m.fid, "fid", "Twalk");
+    u32(m.newfid, "newfid", "Twalk");
+    if (!Array.isArray(m.wnames)) throw new CodecError("Twalk wnames is not an array");
+    if (m.wnames.length > MAXWELEM) {
+      throw new CodecError(`Twalk has ${m.wnames.length} names; at most ${MAXWELEM} fit`);
+    }
+    let n = 10;
+    for (const s of m.wnames) n += strSize(s, "Twalk wname");
+    return n;
+  },
+  write(w, m) {
+    w.u32(m.fid);
+    w.u32(m.newfid);
+    w.u16(m.wnames.length);
+    for (const s of m.wnames) w.str(s);
+  },
+  read(r, tag) {
+    const fid = r.u32("fid");
+    const newfid = r.u32("newfid");
+    const n = r.u16("nwname");
+    if (n > MAXWELEM) r.fail(`nwname ${n} exceeds the maximum of ${MAXWELEM}`);
+    const wnames: string[] = [];
+    for (let i = 0; i < n; i++) wnames.push(r.str(`wname[${i}]`));
+    return { type: MsgType.Twalk, tag, fid, newfid, wnames };
+  },
+});
+def(MsgType.Rwalk, "Rwalk", {
+  size(m) {
+    if (!Array.isArray(m.wqids)) throw new CodecError("Rwalk wqids is not an array");
+    if (m.wqids.length > MAXWELEM) {
+      throw new CodecError(`Rwalk has ${m.wqids.length} qids; at most ${MAXWELEM} fit`);
+    }
+    for (const q of m.wqids) checkQid(q, "wqid", "Rwalk");
+    return 2 + QID_SIZE * m.wqids.length;
+  },
+  write(w, m) {
+    w.u16(m.wqids.length);
+    for (const q of m.wqids) w.qid(q);
+  },
+  read(r, tag) {
+    const n = r.u16("nwqid");
+    if (n > MAXWELEM) r.fail(`nwqid ${n} exceeds the maximum of ${MAXWELEM}`);
+    const wqids: Qid[] = [];
+    for (let i = 0; i < n; i++) wqids.push(r.qid(`wqid[${i}]`));
+    return { type: MsgType.Rwalk, tag, wqids };
+  },
+});
+
+def(MsgType.Topen, "Topen", {
+  size(m) {
+    u32(m.fid, "fid", "Topen");
+    u8(m.mode, "mode", "Topen");
+    return 5;
+  },
+  write(w, m) {
+    w.u32(m.fid);
+    w.u8(m.mode);
+  },
+  read: (r, tag) => ({ type: MsgType.Topen, tag, fid: r.u32("fid"), mode: r.u8("mode") }),
+});
+qidIounit(MsgType.Ropen, "Ropen");
+
+def(MsgType.Tcreate, "Tcreate", {
+  size(m) {
+    u32(m.fid, "fid", "Tcreate");
+    u32(m.perm, "perm", "Tcreate");
+    u8(m.mode, "mode", "Tcreate");
+    return 9 + strSize(m.name, "Tcreate name");
+  },
+  write(w, m) {
+    w.u32(m.fid);
+    w.str(m.name);
+    w.u32(m.perm);
+    w.u8(m.mode);
+  },
+  read: (r, tag) => ({
+    type: MsgType.Tcreate,
+    tag,
+    fid: r.u32("fid"),
+    name: r.str("name"),
+    perm: r.u32("perm"),
+    mode: r.u8("mode"),
+  }),
+});
+qidIounit(MsgType.Rcreate, "Rcreate");
+
+def(MsgType.Tread, "Tread", {
+  size(m) {
+    u32(m.fid, "fid", "Tread");
+    u64(m.offset, "offset", "Tread");
+    u32(m.count, "count", "Tread");
+    return 16;
+  },
+  write(w, m) {
+    w.u32(m.fid);
+    w.u64(m.offset);
+    w.u32(m.count);
+  },
+  read: (r, tag) => ({
+    type: MsgType.Tread,
+    tag,
+    fid: r.u32("fid"),
+    offset: r.u64("offset"),
+    count: r.u32("count"),
+  }),
+});
+def(MsgType.Rread, "Rread", {
+  size(m) {
+    if (!(m.data instanceof Uint8Array)) throw new CodecError("Rread data is not a Uint8Array");
+    return 4 + m.data.length;
+  },
+  write(w, m) {
+    w.u32(m.data.length);
+    w.bytes(m.data);
+  },
+  read(r, tag) {
+    const count = r.u32("count");
+    return { type: MsgType.Rread, tag, data: r.bytes(count, "data") };
+  },
+});
+
+def(MsgType.Twrite, "Twrite", {
+  size(m) {
+    u32(m.fid, "fid", "Twrite");
+    u64(m.offset, "offset", "Twrite");
+    if (!(m.data instanceof Uint8Array)) throw new CodecError("Twrite data is not a Uint8Array");
+    return 16 + m.data.length;
+  },
+  write(w, m) {
+    w.u32(m.fid);
+    w.u64(m.offset);
+    w.u32(m.data.length);
+    w.bytes(m.data);
+  },
+  read(r, tag) {
+    const fid = r.u32("fid");
+    const offset = r.u64("offset");
+    const count = r.u32("count");
+    return { type: MsgType.Twrite, tag, fid, offset, data: r.bytes(count, "data") };
+  },
+});
+def(MsgType.Rwrite, "Rwrite", {
+  size(m) {
+    u32(m.count, "count", "Rwrite");
+    return 4;
+  },
+  write(w, m) {
+    w.u32(m.count);
+  },
+  read: (r, tag) => ({ type: MsgType.Rwrite, tag, count: r.u32("count") }),
+});
+
+fidOnly(MsgType.Tclunk, "Tclunk");
+empty(MsgType.Rclunk, "Rclunk");
+fidOnly(MsgType.Tremove, "Tremove");
+empty(MsgType.Rremove, "Rremove");
+fidOnly(MsgType.Tstat, "Tstat");
+
+// Rstat and Twstat carry the stat with an extra size[2] in front of the
+// entry's own size[2] (stat(5)).
+def(MsgType.Rstat, "Rstat", {
+  size(m) {
+    checkDir(m.stat, "Rstat");
+    return 2 + sizeofDir(m.stat);
+  },
+  write(w, m) {
+    const n = sizeofDir(m.stat);
+    w.u16(n);
+    writeDir(w, m.stat, n);
+  },
+  read(r, tag) {
+    return { type: MsgType.Rstat, tag, stat: readStat(r) };
+  },
+});
+def(MsgType.Twstat, "Twstat", {
+  size(m) {
+    u32(m.fid, "fid", "Twstat");
+    checkDir(m.stat, "Twstat");
+    return 6 + sizeofDir(m.stat);
+  },
+  write(w, m) {
+    w.u32(m.fid);
+    const n = sizeofDir(m.stat);
+    w.u16(n);
+    writeDir(w, m.stat, n);
+  },
+  read(r, tag) {
+    const fid = r.u32("fid");
+    return { type: MsgType.Twstat, tag, fid, stat: readStat(r) };
+  },
+});
+empty(MsgType.Rwstat, "Rwstat");
+
+function readStat(r: Reader): Dir {
+  const n = r.u16("nstat");
+  const start = r.pos;
+  if (start + n > r.end) r.fail(`nstat ${n} overruns the message by ${start + n - r.end} bytes`);
+  const d = readDir(r);
+  if (r.pos !== start + n) {
+    r.fail(`nstat ${n} disagrees with the stat entry's own size ${r.pos - start - 2}`);
+  }
+  return d;
+}
+
+// ---------------------------------------------------------------------------
+// Public entry points
+
+/**
+ * The name of a message type ("Tversion", "Rread", ...), or "unknown type N".
+ *
+ * @example
+ * ```ts
+ * import { msgName } from "./codec.ts";
+ * if (msgName(117) !== "Rread") throw new Error("wrong name");
+ * ```
+ */
+export function msgName(type: number): string {
+  return table[type]?.name ?? `unknown type ${type}`;
+}
+
+/**
+ * True for T-messages (requests); a type guard.
+ *
+ * @example
+ * ```ts
+ * import { isTMsg } from "./codec.ts";
+ * import { MsgType } from "./types.ts";
+ * if (!isTMsg({ type: MsgType.Tclunk, tag: 1, fid: 2 })) throw new Error("wrong");
+ * ```
+ */
+export function isTMsg(msg: Msg): msg is TMsg {
+  return (msg.type & 1) === 0;
+}
+
+/** True for R-messages (replies); a type guard. */
+export function isRMsg(msg: Msg): msg is RMsg {
+  return (msg.type & 1) === 1;
+}
+
+/**
+ * The size of the frame `encode(msg)` would produce, including size[4].
+ * Throws CodecError for a message that cannot be encoded.
+ */
+export function sizeofMsg(msg: Msg): number {
+  return HEADER_SIZE + specFor(msg).size(msg);
+}
+
+function specFor(msg: Msg): Spec {
+  const spec = msg === null || typeof msg !== "object" ? undefined : table[msg.type];
+  if (!spec) {
+    throw new CodecError(`cannot encode a message of unknown type '${msg?.type}'`);
+  }
+  u16(msg.tag, "tag", spec.name);
+  return spec;
+}
+
+/**
+ * Encode `msg` as one whole frame, size[4] included. Strings are written as
+ * UTF-8 with their byte lengths; Rread/Twrite data is copied once, straight
+ * into the frame.
+ *
+ * @example
+ * ```ts
+ * import { encode } from "./codec.ts";
+ * import { MsgType } from "./types.ts";
+ * const f = encode({ type: MsgType.Tclunk, tag: 1, fid: 2 });
+ * if (f.join() !== "11,0,0,0,120,1,0,2,0,0,0") throw new Error("wrong bytes");
+ * ```
+ */
+export function encode(msg: Msg): Uint8Array {
+  const spec = specFor(msg);
+  const size = HEADER_SIZE + spec.size(msg);
+  if (size > 0xffffffff) throw new CodecError(`${spec.name} of ${size} bytes is too large`);
+  const w = new Writer(size);
+  w.u32(size);
+  w.u8(msg.type);
+  w.u16(msg.tag);
+  spec.write(w, msg);
+  if (w.pos !== size) {
+    // Only reachable if a size function and its writer disagree.
+    throw new CodecError(`${spec.name} encoded to ${w.pos} bytes, expected ${size}`);
+  }
+  return w.buf;
+}
+
+/**
+ * Decode `frame`, which must hold exactly one message including its size[4].
+ * Rread and Twrite data is returned as a view into `frame` (no copy).
+ * `msize`, when given, is the negotiated maximum message size.
+ *
+ * Throws {@link CodecError} for anything malformed; when the header could be
+ * read, the error carries the message's tag.
+ *
+ * @example
+ * ```ts
+ * import { decode } from "./codec.ts";
+ * const m = decode(new Uint8Array([11, 0, 0, 0, 120, 1, 0, 2, 0, 0, 0]));
+ * if (m.type !== 120 || m.fid !== 2) throw new Error("wrong message");
+ * ```
+ */
+export function decode(frame: Uint8Array, msize?: number): Msg {
+  if (!(frame instanceof Uint8Array)) throw new CodecError("frame is not a Uint8Array");
+  const len = frame.length;
+  if (len < HEADER_SIZE) {
+    throw new CodecError(`frame of ${len} bytes is shorter than the 7-byte header`);
+  }
+  const dv = new DataView(frame.buffer, frame.byteOffset, len);
+  const size = dv.getUint32(0, true);
+  if (size < HEADER_SIZE) throw new CodecError(`message size ${size} is below the minimum of 7`);
+  if (msize !== undefined && size > msize) {
+    throw new CodecError(`message size ${size} exceeds msize ${msize}`);
+  }
+  if (size !== len) {
+    throw new CodecError(`message size field says ${size} bytes but the frame has ${len}`);
+  }
+  const type = frame[4]!;
+  const tag = dv.getUint16(5, true);
+  const spec = table[type];
+  if (!spec) throw new CodecError(`unknown message type ${type}`, tag, type);
+  const r = new Reader(frame, HEADER_SIZE, len, spec.name);
+  r.tag = tag;
+  r.msgType = type;
+  const msg = spec.read(r, tag);
+  if (r.pos !== len) r.fail(`${len - r.pos} bytes of trailing garbage`);
+  return msg;
+}
