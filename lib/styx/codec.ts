@@ -109,7 +109,12 @@ export function utf8Length(s: string): number {
 }
 
 function strSize(s: string, what: string): number {
+  if (typeof s !== "string") throw new CodecError(`${what} is not a string`);
   const n = utf8Length(s);
+  // intro(5): NUL is illegal in all 9P text strings.
+  if (s.indexOf("\0") >= 0) {
+    throw new CodecError(`${what} '${s.replaceAll("\0", "\\0")}' contains NUL`);
+  }
   if (n > MAX_U16) {
     throw new CodecError(`${what} is ${n} bytes long; a Styx string holds at most 65535`);
   }
@@ -229,7 +234,7 @@ class Reader {
     }
     const start = this.pos;
     this.pos += n;
-    return decodeUtf8(this.buf, start, start + n, () => this.fail(`${field} is not valid UTF-8`));
+    return decodeUtf8(this.buf, start, start + n, (why) => this.fail(`${field} ${why}`));
   }
   qid(field: string): Qid {
     this.need(QID_SIZE, field);
@@ -253,7 +258,12 @@ class Reader {
   }
 }
 
-function decodeUtf8(buf: Uint8Array, start: number, end: number, bad: () => never): string {
+function decodeUtf8(
+  buf: Uint8Array,
+  start: number,
+  end: number,
+  bad: (why: string) => never,
+): string {
   const n = end - start;
   if (n === 0) return "";
   if (n <= 32) {
@@ -263,14 +273,18 @@ function decodeUtf8(buf: Uint8Array, start: number, end: number, bad: () => neve
     for (; i < end; i++) {
       const c = buf[i]!;
       if (c >= 0x80) break;
+      if (c === 0) return bad("contains NUL");
       s += String.fromCharCode(c);
     }
     if (i === end) return s;
   }
+  const bytes = buf.subarray(start, end);
+  // intro(5): NUL is illegal in all 9P text strings.
+  if (bytes.indexOf(0) >= 0) return bad("contains NUL");
   try {
-    return textDecoder.decode(buf.subarray(start, end));
+    return textDecoder.decode(bytes);
   } catch {
-    return bad();
+    return bad("is not valid UTF-8");
   }
 }
 
