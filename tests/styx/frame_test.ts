@@ -1,0 +1,226 @@
+import assert from "node:assert/strict";
+import { decode, encode } from "../../lib/styx/codec.ts";
+import { FrameReader, FramingError } from "../../lib/styx/frame.ts";
+import { type Msg, MsgType, NOTAG } from "../../lib/styx/types.ts";
+import { memPipe } from "../../lib/transport/pipe.ts";
+import { tcpDial, tcpListen } from "../../lib/transport/tcp.ts";
+import type { Conn } from "../../lib/transport/conn.ts";
+
+const MSIZE = 256 * 1024 + 24;
+
+function sample(): Msg[] {
+  const big = new Uint8Array(3000);
+  for (let i = 0; i < big.length; i++) big[i] = i & 0xff;
+  return [
+    { type: MsgType.Tversion, tag: NOTAG, msize: 8216, version: "9P2000" },
+    { type: MsgType.Rflush, tag: 3 },
+    { type: MsgType.Twalk, tag: 1, fid: 0, newfid: 1, wnames: ["usr", "glenda", "lib"] },
+    { type: MsgType.Rread, tag: 2, data: big },
+    { type: MsgType.Tclunk, tag: 4, fid: 1 },
+  ];
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
+
+/** Read every frame until clean EOF. */
+async function readAll(r: FrameReader): Promise<Uint8Array[]> {
+  const out: Uint8Array[] = [];
+  for await (const f of r) out.push(f);
+  return out;
+}
+
+async function expectFramingError(p: Promise<unknown>, re: RegExp): Promise<void> {
+  await assert.rejects(p, (e: unknown) => {
+    assert.ok(e instanceof FramingError, `expected FramingError, got ${e}`);
+    assert.match(e.message, re);
+    return true;
+  });
+}
+
+function header(size: number): Uint8Array {
+  const h = new Uint8Array(4);
+  new DataView(h.buffer).setUint32(0, size, true);
+  return h;
+}
+
+Deno.test("FrameReader over an in-memory pipe", async (t) => {
+  const msgs = sample();
+  const frames = msgs.map(encode);
+  const stream = concat(frames);
+
+  await t.step("several frames in one chunk come back as views, no copy", async () => {
+    const [a, b] = memPipe();
+    await a.write(stream);
+    a.close();
+    const got = await readAll(new FrameReader(b, MSIZE));
+    assert.equal(got.length, frames.length);
+    for (let i = 0; i < got.length; i++) {
+      assert.equal(got[i]!.buffer, stream.buffer, `frame ${i} was copied`);
+      assert.deepEqual(decode(got[i]!, MSIZE), msgs[i]);
+    }
+  });
+
+  await t.step("the stream split at every byte boundary", async () => {
+    for (let k = 1; k < stream.length; k++) {
+      const [a, b] = memPipe();
+      await a.write(stream.slice(0, k));
+      await a.write(stream.slice(k));
+      a.close();
+      const got = await readAll(new FrameReader(b, MSIZE));
+      assert.deepEqual(got, frames, `split at ${k}`);
+    }
+  });
+
+  await t.step("one byte per chunk", async () => {
+    const [a, b] = memPipe();
+    for (let i = 0; i < stream.length; i++) await a.write(stream.slice(i, i + 1));
+    a.close();
+    assert.deepEqual(await readAll(new FrameReader(b, MSIZE)), frames);
+  });
+
+  await t.step("empty chunks are skipped", async () => {
+    const [a, b] = memPipe();
+    await a.write(new Uint8Array(0));
+    await a.write(stream.slice(0, 2));
+    await a.write(new Uint8Array(0));
+    await a.write(stream.slice(2));
+    a.close();
+    assert.deepEqual(await readAll(new FrameReader(b, MSIZE)), frames);
+  });
+
+  await t.step("a 256 KiB frame arriving in 1000-byte chunks", async () => {
+    const data = new Uint8Array(256 * 1024);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 7) & 0xff;
+    const msg: Msg = { type: MsgType.Rread, tag: 9, data };
+    const f = encode(msg);
+    const tail = encode({ type: MsgType.Rclunk, tag: 10 });
+    const all = concat([f, tail]);
+    const [a, b] = memPipe();
+    for (let o = 0; o < all.length; o += 1000) await a.write(all.slice(o, o + 1000));
+    a.close();
+    const r = new FrameReader(b, MSIZE);
+    const got = await r.next();
+    assert.ok(got);
+    assert.equal(got.length, f.length);
+    assert.deepEqual(decode(got, MSIZE), msg);
+    assert.deepEqual(await r.next(), tail);
+    assert.equal(await r.next(), null);
+    assert.equal(await r.next(), null, "EOF stays EOF");
+  });
+
+  await t.step("clean EOF before any frame", async () => {
+    const [a, b] = memPipe();
+    a.close();
+    assert.equal(await new FrameReader(b, MSIZE).next(), null);
+  });
+
+  await t.step("EOF inside the size field", async () => {
+    const [a, b] = memPipe();
+    await a.write(stream.slice(0, 3));
+    a.close();
+    await expectFramingError(new FrameReader(b, MSIZE).next(), /inside a frame header \(3 of 4/);
+  });
+
+  await t.step("EOF inside a frame", async () => {
+    const [a, b] = memPipe();
+    await a.write(frames[0]!);
+    await a.write(frames[3]!.slice(0, 100));
+    a.close();
+    const r = new FrameReader(b, MSIZE);
+    assert.deepEqual(await r.next(), frames[0]);
+    await expectFramingError(r.next(), /inside a frame \(100 of 3011 bytes/);
+  });
+
+  await t.step("a size below 7", async () => {
+    for (const size of [0, 4, 6]) {
+      const [a, b] = memPipe();
+      await a.write(header(size));
+      await expectFramingError(
+        new FrameReader(b, MSIZE).next(),
+        /size \d is below the minimum of 7/,
+      );
+      a.close();
+    }
+  });
+
+  await t.step("a size above msize is refused before its body arrives", async () => {
+    const [a, b] = memPipe();
+    // Only the header is sent and the pipe stays open: the reader must not wait.
+    await a.write(header(8217));
+    await expectFramingError(new FrameReader(b, 8216).next(), /size 8217 exceeds msize 8216/);
+    const [c, d] = memPipe();
+    await c.write(header(0xffffffff));
+    await expectFramingError(new FrameReader(d, MSIZE).next(), /size 4294967295 exceeds/);
+    a.close();
+    c.close();
+  });
+
+  await t.step("msize can be lowered after version negotiation", async () => {
+    const [a, b] = memPipe();
+    const r = new FrameReader(b, MSIZE);
+    await a.write(stream);
+    assert.deepEqual(await r.next(), frames[0]);
+    r.msize = 100;
+    assert.deepEqual(await r.next(), frames[1]);
+    assert.deepEqual(await r.next(), frames[2]);
+    await expectFramingError(r.next(), /size 3011 exceeds msize 100/);
+    a.close();
+  });
+});
+
+Deno.test("FrameReader over real TCP", async () => {
+  const listener = tcpListen("127.0.0.1", 0);
+  const port = Number(listener.addr.split("!")[2]);
+  const msgs: Msg[] = [];
+  for (let i = 0; i < 300; i++) {
+    msgs.push({ type: MsgType.Tread, tag: i, fid: i, offset: BigInt(i) << 32n, count: 8192 });
+    if (i % 50 === 0) {
+      msgs.push({ type: MsgType.Rread, tag: i, data: new Uint8Array(200 * 1024).fill(i & 0xff) });
+    }
+  }
+  const server = (async () => {
+    let conn: Conn | undefined;
+    for await (const c of listener) {
+      conn = c;
+      break;
+    }
+    assert.ok(conn);
+    try {
+      const got: Msg[] = [];
+      for await (const f of new FrameReader(conn, MSIZE)) got.push(decode(f, MSIZE));
+      return got;
+    } finally {
+      conn.close();
+    }
+  })();
+  const client = await tcpDial("127.0.0.1", port);
+  try {
+    // Many small frames written together, large ones on their own.
+    let batch: Uint8Array[] = [];
+    for (const m of msgs) {
+      batch.push(encode(m));
+      if (batch.length === 40 || m.type === MsgType.Rread) {
+        await client.write(concat(batch));
+        batch = [];
+      }
+    }
+    if (batch.length) await client.write(concat(batch));
+  } finally {
+    client.close();
+  }
+  try {
+    const got = await server;
+    assert.equal(got.length, msgs.length);
+    assert.deepEqual(got, msgs);
+  } finally {
+    listener.close();
+  }
+});
