@@ -274,13 +274,30 @@ export function quote(word: string): string {
   return `'${word.replaceAll("'", "''")}'`;
 }
 
+/** Split `text` at newlines that are not inside single quotes. */
+export function splitLines(text: string): string[] {
+  const lines: string[] = [];
+  let inQuote = false;
+  let start = 0;
+  for (let i = 0; i < text.length; i++) {
+    const c = text[i];
+    if (c === "'") inQuote = !inQuote;
+    else if (c === "\n" && !inQuote) {
+      lines.push(text.slice(start, i));
+      start = i + 1;
+    }
+  }
+  lines.push(text.slice(start));
+  return lines;
+}
+
 /**
  * Run every non-blank line of `text` against `table`. An unknown command
  * gives "unknown ctl message 'foo'"; a wrong argument count gives
  * "bad ctl message 'name': usage: name USAGE".
  */
 export async function runCtl(text: string, table: Command[], ctx: Ctx): Promise<void> {
-  for (const line of text.split("\n")) {
+  for (const line of splitLines(text)) {
     const words = tokenize(line);
     const [name, ...args] = words;
     if (name === undefined) continue;
