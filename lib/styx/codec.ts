@@ -152,15 +152,22 @@ class Writer {
   }
   str(s: string): void {
     const start = this.pos;
-    this.pos += 2;
-    let n: number;
-    if (s.length === 0) {
-      n = 0;
-    } else {
-      n = textEncoder.encodeInto(s, this.buf.subarray(this.pos)).written;
+    const buf = this.buf;
+    const n = s.length;
+    // ASCII, the common case, is written directly; anything else goes
+    // through TextEncoder from the start of the string.
+    let p = start + 2;
+    let i = 0;
+    for (; i < n; i++) {
+      const c = s.charCodeAt(i);
+      if (c >= 0x80) break;
+      buf[p++] = c;
     }
-    this.dv.setUint16(start, n, true);
-    this.pos += n;
+    if (i < n) {
+      p = start + 2 + textEncoder.encodeInto(s, buf.subarray(start + 2)).written;
+    }
+    this.dv.setUint16(start, p - start - 2, true);
+    this.pos = p;
   }
   qid(q: Qid): void {
     this.u8(q.type);
@@ -343,8 +350,10 @@ function checkDir(d: Dir, n: string): void {
   u64(d.length, "stat.length", n);
 }
 
-function writeDir(w: Writer, d: Dir, size: number): void {
-  w.u16(size - 2);
+/** Write `d` with its own size[2], back-patched once the entry is written. */
+function writeDir(w: Writer, d: Dir): void {
+  const start = w.pos;
+  w.u16(0);
   w.u16(d.type);
   w.u32(d.dev);
   w.qid(d.qid);
@@ -356,6 +365,15 @@ function writeDir(w: Writer, d: Dir, size: number): void {
   w.str(d.uid);
   w.str(d.gid);
   w.str(d.muid);
+  w.dv.setUint16(start, w.pos - start - 2, true);
+}
+
+/** Write `d` with the extra nstat[2] that Rstat and Twstat put in front (stat(5)). */
+function writeStat(w: Writer, d: Dir): void {
+  const start = w.pos;
+  w.u16(0);
+  writeDir(w, d);
+  w.dv.setUint16(start, w.pos - start - 2, true);
 }
 
 function readDir(r: Reader): Dir {
@@ -403,7 +421,7 @@ export function encodeDir(d: Dir): Uint8Array {
   checkDir(d, "directory entry");
   const size = sizeofDir(d);
   const w = new Writer(size);
-  writeDir(w, d, size);
+  writeDir(w, d);
   return w.buf;
 }
 
@@ -765,9 +783,7 @@ def(MsgType.Rstat, "Rstat", {
     return 2 + sizeofDir(m.stat);
   },
   write(w, m) {
-    const n = sizeofDir(m.stat);
-    w.u16(n);
-    writeDir(w, m.stat, n);
+    writeStat(w, m.stat);
   },
   read(r, tag) {
     return { type: MsgType.Rstat, tag, stat: readStat(r) };
@@ -781,9 +797,7 @@ def(MsgType.Twstat, "Twstat", {
   },
   write(w, m) {
     w.u32(m.fid);
-    const n = sizeofDir(m.stat);
-    w.u16(n);
-    writeDir(w, m.stat, n);
+    writeStat(w, m.stat);
   },
   read(r, tag) {
     const fid = r.u32("fid");
