@@ -22,7 +22,8 @@
  * - Created files get `perm & (~0666 | (dirperm & 0666))`, directories
  *   `perm & (~0777 | (dirperm & 0777))` (open(5)), set exactly, whatever
  *   the process umask. DMAPPEND and DMEXCL are not host concepts: create
- *   ignores them and wstat refuses to set them.
+ *   ignores them and wstat refuses to set them. wstat changes only the 0777
+ *   permission bits (any set-id or sticky bits are cleared by a chmod).
  * - qid.path is the inode number for files on the root's device (mixed with
  *   the device number for other devices), and never 0. qid.version changes
  *   with the file's mtime, ctime and size, and with every write made through
@@ -60,6 +61,8 @@ export interface HostTreeOptions {
 const MAX_IO = 16 * 1024 * 1024;
 const MASK64 = (1n << 64n) - 1n;
 const ALL32 = 0xffffffff;
+/** Dir.mode flag bits other than DMDIR: none of them can be set on a host file. */
+const MODE_FLAGS = 0x7fff0000;
 const ALL64 = MASK64;
 /** Directory entries stat'ed at once while reading a directory. */
 const STAT_BATCH = 64;
@@ -434,7 +437,10 @@ class HostNode implements Node {
     let perm: number | undefined;
     if (d.mode !== ALL32) {
       if ((d.mode & DMDIR) !== 0 && !isDir) throw new StyxError(Ename.noWstat);
-      if ((d.mode & ~(DMDIR | 0o777)) !== 0) throw new StyxError(Ename.noWstat);
+      // Plan 9 flags the host cannot keep (DMAPPEND, DMEXCL, DMAUTH, ...) are
+      // refused; Unix file-type and set-id bits (9pfuse passes st_mode through,
+      // e.g. 0100644) are ignored.
+      if ((d.mode & MODE_FLAGS) !== 0) throw new StyxError(Ename.noWstat);
       if ((d.mode & 0o777) !== (cur.mode & 0o777)) perm = d.mode & 0o777;
     }
     const setM = d.mtime !== ALL32 && d.mtime !== cur.mtime;

@@ -336,7 +336,13 @@ Deno.test("HostTree wstat", async (t) => {
       assert.equal((await Deno.lstat(`${fx.root}/file`)).mode! & 0o777, 0o600);
       await rejectsWith(f.wstat({ ...nullDir(), mode: DMDIR | 0o600 }), Ename.noWstat);
       await rejectsWith(f.wstat({ ...nullDir(), mode: DMAPPEND | 0o600 }), Ename.noWstat);
+      // 9pfuse passes the Unix st_mode through: file-type bits are ignored.
+      await f.wstat({ ...nullDir(), mode: 0o100640 });
+      assert.equal((await f.stat()).mode, 0o640);
+      await f.wstat({ ...nullDir(), mode: 0o600 });
       const sub = await walk(root, "sub");
+      await sub.wstat({ ...nullDir(), mode: 0o040750 });
+      assert.equal((await sub.stat()).mode, DMDIR | 0o750);
       await sub.wstat({ ...nullDir(), mode: DMDIR | 0o711 });
       assert.equal((await sub.stat()).mode, DMDIR | 0o711);
       await sub.wstat({ ...nullDir(), mode: 0o755 });
