@@ -1,0 +1,204 @@
+/**
+ * The mount table of a namespace: for each mount point (a canonical path in
+ * the namespace), the ordered members that answer for it. A member is either
+ * a bound or mounted source (one or more nodes, shared between forked copies
+ * of the table and released when the last copy drops it) or the directory
+ * that was at the mount point before a union was made there.
+ *
+ * Lookup is one `Map` access per path element, keyed by the canonical path.
+ *
+ * @module
+ */
+
+import type { Node } from "../fs/tree.ts";
+
+/** One line of a namespace listing, as the shell's `ns` prints it. */
+export interface MountEntry {
+  /** "bind" for a path or device spec, "mount" for a tree reached through a dial string. */
+  kind: "bind" | "mount";
+  /** Flags as typed: "", "-a", "-b", "-c", "-ac", "-bc". */
+  flags: string;
+  /** A namespace path, a device spec such as '#U*' + "/home", or a dial string. */
+  source: string;
+  /** The mount point. */
+  target: string;
+}
+
+/** Nodes of a bind or mount source, shared by every copy of a table that holds them. */
+export class SharedNodes {
+  #refs = 1;
+  #closed = false;
+  /** The nodes, in union order (several when the source was itself a union). */
+  readonly nodes: readonly Node[];
+
+  /** Take ownership of `nodes`. */
+  constructor(nodes: readonly Node[]) {
+    this.nodes = nodes;
+  }
+
+  /** One more table holds these nodes. */
+  retain(): this {
+    this.#refs++;
+    return this;
+  }
+
+  /** One table fewer holds them; the last release closes the nodes. */
+  async release(): Promise<void> {
+    if (--this.#refs > 0 || this.#closed) return;
+    this.#closed = true;
+    await Promise.allSettled(this.nodes.map((n) => n.close()));
+  }
+}
+
+/** A member of a mount point. */
+export interface Member {
+  /** What the member came from, for listings and for `unmount SOURCE TARGET`. */
+  source: string;
+  /** "bind" or "mount"; the directory that was there before is "underlying". */
+  kind: "bind" | "mount" | "underlying";
+  /** New files in the union go to the first member with this set (-c). */
+  create: boolean;
+  /** The member's nodes; null for the underlying directory, found by walking. */
+  nodes: SharedNodes | null;
+}
+
+/** A mount point and its members, in the order names are looked up. */
+export interface MountPoint {
+  /** Canonical path of the mount point. */
+  path: string;
+  /** Members, first looked up first. */
+  members: Member[];
+}
+
+/** Where a new member goes: replacing the members, before them or after them. */
+export type MountOrder = "replace" | "before" | "after";
+
+/**
+ * A table of mount points keyed by canonical path.
+ *
+ * @example
+ * ```ts
+ * import { MountTable } from "./mount_table.ts";
+ * const t = new MountTable();
+ * if (t.get("/n") !== undefined || t.size !== 0) throw new Error("not empty");
+ * ```
+ */
+export class MountTable {
+  #points: Map<string, MountPoint>;
+
+  /** An empty table. */
+  constructor() {
+    this.#points = new Map();
+  }
+
+  /** Number of mount points. */
+  get size(): number {
+    return this.#points.size;
+  }
+
+  /** The mount point at canonical path `path`, if any. */
+  get(path: string): MountPoint | undefined {
+    return this.#points.get(path);
+  }
+
+  /** True when `path` is a mount point. */
+  has(path: string): boolean {
+    return this.#points.has(path);
+  }
+
+  /**
+   * Add `member` at `path`. A replace drops the members there; a union made
+   * where there was none keeps the directory that was there as a member.
+   * Returns the sources that were dropped (the caller releases them).
+   */
+  add(path: string, member: Member, order: MountOrder): SharedNodes[] {
+    const point = this.#points.get(path);
+    if (order === "replace" || point === undefined) {
+      const dropped = point ? sourcesOf(point.members) : [];
+      const members = order === "replace"
+        ? [member]
+        : order === "before"
+        ? [member, underlying()]
+        : [underlying(), member];
+      if (point) this.#points.delete(path);
+      this.#points.set(path, { path, members });
+      return dropped;
+    }
+    if (order === "before") point.members.unshift(member);
+    else point.members.push(member);
+    return [];
+  }
+
+  /**
+   * Remove the members at `path` whose source is `source` (all of them when
+   * `source` is undefined). Returns the dropped sources, or null when nothing
+   * matched. A mount point left with only its underlying directory goes away.
+   */
+  remove(path: string, source: string | undefined): SharedNodes[] | null {
+    const point = this.#points.get(path);
+    if (point === undefined) return null;
+    if (source === undefined) {
+      this.#points.delete(path);
+      return sourcesOf(point.members);
+    }
+    const keep = point.members.filter((m) => m.kind === "underlying" || m.source !== source);
+    if (keep.length === point.members.length) return null;
+    const dropped = sourcesOf(point.members.filter((m) => !keep.includes(m)));
+    if (keep.every((m) => m.kind === "underlying")) this.#points.delete(path);
+    else point.members = keep;
+    return dropped;
+  }
+
+  /** A copy for a child namespace: it shares the sources but not the table. */
+  clone(): MountTable {
+    const t = new MountTable();
+    for (const [path, point] of this.#points) {
+      for (const m of point.members) m.nodes?.retain();
+      t.#points.set(path, { path, members: point.members.map((m) => ({ ...m })) });
+    }
+    return t;
+  }
+
+  /** Empty the table, returning every source it held (the caller releases them). */
+  clear(): SharedNodes[] {
+    const all = [...this.#points.values()].flatMap((p) => sourcesOf(p.members));
+    this.#points.clear();
+    return all;
+  }
+
+  /**
+   * The table as the bind and mount commands that rebuild it, in order:
+   * mount points in the order they were made; within one, a replace for the
+   * first member, then `-a` for members after it, or, where the directory
+   * that was there is kept, `-a` for the members after it and `-b` for those
+   * before it (nearest first).
+   */
+  entries(): MountEntry[] {
+    const out: MountEntry[] = [];
+    for (const point of this.#points.values()) {
+      const ms = point.members;
+      const u = ms.findIndex((m) => m.kind === "underlying");
+      const line = (m: Member, order: string): MountEntry => ({
+        kind: m.kind === "mount" ? "mount" : "bind",
+        flags: order || m.create ? `-${order}${m.create ? "c" : ""}` : "",
+        source: m.source,
+        target: point.path,
+      });
+      if (u < 0) {
+        ms.forEach((m, i) => out.push(line(m, i === 0 ? "" : "a")));
+      } else {
+        for (let i = u + 1; i < ms.length; i++) out.push(line(ms[i]!, "a"));
+        for (let i = u - 1; i >= 0; i--) out.push(line(ms[i]!, "b"));
+      }
+    }
+    return out;
+  }
+}
+
+function underlying(): Member {
+  return { source: "", kind: "underlying", create: false, nodes: null };
+}
+
+function sourcesOf(members: Member[]): SharedNodes[] {
+  return members.flatMap((m) => m.nodes ? [m.nodes] : []);
+}

@@ -1,0 +1,860 @@
+/**
+ * Per-process namespaces, as bind(1) describes them: a root tree plus a
+ * mount table saying which trees answer at which paths.
+ *
+ * - `bind new old` (and `mount`) makes `old` show `new`, hiding what was
+ *   there until `unmount`; with `before` or `after` the two make a union
+ *   directory whose members are searched in order, so the first one holding a
+ *   name wins; `create` marks the member where new files go.
+ * - Mount points are canonical paths in the namespace, and every node
+ *   remembers the path it was reached by, so ".." out of a mount point goes
+ *   to the parent in the namespace, never to the parent on the server.
+ * - `fork()` copies the table: the child's changes never reach the parent,
+ *   nor the parent's the child.
+ * - A namespace is itself a {@link Tree}: its nodes apply the mount table on
+ *   every walk, so serving it over Styx shows the composed view, unions
+ *   included.
+ *
+ * Two deliberate choices: mounts belong to namespace paths (a mount made at
+ * `/a/x` is not seen through another path that reaches the same file), and
+ * a mount point with a single member accepts new files without `-c`; only a
+ * union needs a member marked `-c`.
+ *
+ * @example
+ * ```ts
+ * import { Namespace } from "./namespace.ts";
+ * import { MemTree } from "../fs/memory.ts";
+ * const root = new MemTree();
+ * await root.mkdirp("/dis");
+ * await root.writeFile("/usr/glenda/dis/hello", "mine");
+ * await root.writeFile("/dis/ls", "system");
+ * const ns = new Namespace(root, { caller: { user: "glenda" } });
+ * await ns.bind("/usr/glenda/dis", "/dis", { before: true });
+ * const names = (await ns.readDir("/dis")).map((d) => d.name).sort();
+ * if (names.join() !== "hello,ls") throw new Error("no union");
+ * await ns.close();
+ * ```
+ *
+ * @module
+ */
+
+import type { Caller, Created, Node, OpenFile, OpOptions, Tree, WalkResult } from "../fs/tree.ts";
+import { Ename, MAXWELEM, OREAD, OTRUNC, OWRITE, QTDIR, StyxError } from "../styx/types.ts";
+import type { Dir, Qid } from "../styx/types.ts";
+import { type MountEntry, type MountOrder, MountTable, SharedNodes } from "./mount_table.ts";
+import { childPath, cleanPath, joinNames, splitNames } from "./path.ts";
+import { OwnedFile, UnionDir } from "./union.ts";
+import { HostTree } from "../fs/host.ts";
+import {
+  checkDeviceName,
+  defaultRootDir,
+  type DeviceFactory,
+  hostDevice,
+  prepareRootDir,
+  splitDevicePath,
+  standardDeviceTable,
+} from "./devices.ts";
+
+export type { MountEntry } from "./mount_table.ts";
+export type { DeviceFactory } from "./devices.ts";
+export { cleanPath } from "./path.ts";
+
+/** How a bind or mount joins what is at the mount point: -b, -a, -c. */
+export interface BindFlags {
+  /** -b: the new tree goes before what is there (its names win). */
+  before?: boolean;
+  /** -a: the new tree goes after what is there (existing names win). */
+  after?: boolean;
+  /** -c: new files created in the union go here. */
+  create?: boolean;
+}
+
+/** Options of {@link Namespace.mount}. */
+export interface MountFlags extends BindFlags {
+  /** What to call the source in listings and in `unmount`, e.g. "tcp!host!8000". */
+  source?: string;
+  /** Attach name (spec) passed to the tree. */
+  aname?: string;
+}
+
+/** Options of {@link Namespace.standard}. */
+export interface StandardOptions {
+  /** User the namespace acts for. */
+  user: string;
+  /** Root directory on the host (like `emu -r`); default $FERRY_ROOT or ~/.ferry/root. */
+  rootDir?: string;
+}
+
+/** Options of {@link Namespace.writeFile}. */
+export interface WriteFileOptions extends OpOptions {
+  /** Write at the end instead of replacing the contents. */
+  append?: boolean;
+  /** Create the file when it does not exist (default true). */
+  create?: boolean;
+}
+
+interface Layer {
+  node: Node;
+  create: boolean;
+}
+
+/** A place in the namespace: the path it was reached by and the nodes answering there. */
+interface Loc {
+  names: string[];
+  path: string;
+  layers: Layer[];
+  /** True at a mount point. */
+  mounted: boolean;
+}
+
+interface Walked {
+  qids: Qid[];
+  loc?: Loc;
+}
+
+function isNotFound(e: unknown): boolean {
+  return e instanceof StyxError && e.message === Ename.notFound;
+}
+
+async function closeLayers(layers: readonly Layer[]): Promise<void> {
+  await Promise.allSettled(layers.map((l) => l.node.close()));
+}
+
+async function cloneNode(n: Node, opts?: OpOptions): Promise<Node> {
+  const r = await n.walk([], opts);
+  if (!r.node) throw new StyxError(Ename.notFound);
+  return r.node;
+}
+
+/**
+ * Walk `names` in the first layer that has names[0]. Throws when none has it;
+ * returns a partial result when a later name is missing.
+ */
+async function walkLayers(
+  layers: readonly Layer[],
+  names: string[],
+  opts?: OpOptions,
+): Promise<{ qids: Qid[]; node?: Node }> {
+  let first: unknown;
+  for (const l of layers) {
+    let r: WalkResult;
+    try {
+      r = await walkChunked(l.node, names, opts);
+    } catch (e) {
+      first ??= e;
+      continue;
+    }
+    return r;
+  }
+  throw first ?? new StyxError(Ename.notFound);
+}
+
+/** node.walk in pieces of at most MAXWELEM names. */
+async function walkChunked(node: Node, names: string[], opts?: OpOptions): Promise<WalkResult> {
+  if (names.length <= MAXWELEM) return await node.walk(names, opts);
+  const qids: Qid[] = [];
+  let cur = node;
+  try {
+    for (let i = 0; i < names.length; i += MAXWELEM) {
+      let r: WalkResult;
+      try {
+        r = await cur.walk(names.slice(i, i + MAXWELEM), opts);
+      } catch (e) {
+        if (i === 0) throw e;
+        return { qids };
+      }
+      qids.push(...r.qids);
+      if (!r.node) return { qids };
+      if (cur !== node) await cur.close();
+      cur = r.node;
+    }
+    const done = cur;
+    cur = node;
+    return { qids, node: done };
+  } finally {
+    if (cur !== node) await cur.close();
+  }
+}
+
+/** The path resolver shared by a namespace and the nodes it hands out. */
+class Engine {
+  #rootNode: Promise<Node> | null = null;
+
+  constructor(
+    readonly rootTree: Tree,
+    readonly caller: Caller,
+    readonly table: MountTable,
+  ) {}
+
+  #root(): Promise<Node> {
+    this.#rootNode ??= this.rootTree.attach(this.caller, "").catch((e) => {
+      this.#rootNode = null;
+      throw e;
+    });
+    return this.#rootNode;
+  }
+
+  async closeRoot(): Promise<void> {
+    const r = this.#rootNode;
+    this.#rootNode = null;
+    if (r) await (await r.catch(() => null))?.close();
+  }
+
+  /** The namespace root, with a mount on "/" applied. */
+  async rootLoc(opts?: OpOptions): Promise<Loc> {
+    const root = await this.#root();
+    if (this.table.has("/")) {
+      return await this.enter(
+        [],
+        "/",
+        async () => [{ node: await cloneNode(root, opts), create: false }],
+        opts,
+      );
+    }
+    return {
+      names: [],
+      path: "/",
+      layers: [{ node: await cloneNode(root, opts), create: false }],
+      mounted: false,
+    };
+  }
+
+  /**
+   * The members of the mount point at `path`, each cloned; `under` yields the
+   * directory that was there before, when the union keeps it.
+   */
+  async enter(
+    names: string[],
+    path: string,
+    under: () => Promise<Layer[]>,
+    opts?: OpOptions,
+  ): Promise<Loc> {
+    const point = this.table.get(path);
+    if (!point) throw new StyxError(Ename.notFound);
+    const held = point.members.map((m) => ({ m, nodes: m.nodes?.retain() ?? null }));
+    try {
+      const parts = await Promise.allSettled(held.map(async ({ m, nodes }): Promise<Layer[]> => {
+        if (nodes === null) return await under();
+        const out: Layer[] = [];
+        try {
+          for (const n of nodes.nodes) {
+            out.push({ node: await cloneNode(n, opts), create: m.create });
+          }
+        } catch (e) {
+          await closeLayers(out);
+          throw e;
+        }
+        return out;
+      }));
+      const layers: Layer[] = [];
+      let first: unknown;
+      for (const p of parts) {
+        if (p.status === "fulfilled") layers.push(...p.value);
+        else first ??= p.reason;
+      }
+      if (layers.length === 0) throw first ?? new StyxError(Ename.notFound);
+      return { names, path, layers, mounted: true };
+    } finally {
+      await Promise.allSettled(held.map(({ nodes }) => nodes?.release()));
+    }
+  }
+
+  /** Resolve absolute `names` from the root; the whole path must exist. */
+  async resolveNames(names: string[], opts?: OpOptions): Promise<Loc> {
+    const root = await this.rootLoc(opts);
+    if (names.length === 0) return root;
+    try {
+      const w = await this.walk(root, names, opts);
+      if (!w.loc) throw new StyxError(Ename.notFound);
+      return w.loc;
+    } finally {
+      await closeLayers(root.layers);
+    }
+  }
+
+  /**
+   * Walk `names` from `start` (which stays the caller's), applying the mount
+   * table at every step. Throws when names[0] cannot be walked; returns a
+   * partial result when a later name cannot.
+   */
+  async walk(start: Loc, names: string[], opts?: OpOptions, floor = 0): Promise<Walked> {
+    if (names.length === 0) {
+      const layers: Layer[] = [];
+      try {
+        for (const l of start.layers) {
+          layers.push({ node: await cloneNode(l.node, opts), create: l.create });
+        }
+      } catch (e) {
+        await closeLayers(layers);
+        throw e;
+      }
+      return { qids: [], loc: { ...start, names: start.names, layers } };
+    }
+    const qids: Qid[] = [];
+    let cur = start;
+    const advance = async (next: Loc) => {
+      if (cur !== start) await closeLayers(cur.layers);
+      cur = next;
+    };
+    try {
+      let i = 0;
+      while (i < names.length) {
+        const name = names[i]!;
+        if (name === "..") {
+          let next: Loc;
+          try {
+            next = cur.names.length <= floor
+              ? (await this.walk(cur, [], opts)).loc!
+              : await this.resolveNames(cur.names.slice(0, -1), opts);
+          } catch (e) {
+            if (qids.length === 0) throw e;
+            return { qids };
+          }
+          qids.push(next.layers[0]!.node.qid);
+          await advance(next);
+          i++;
+          continue;
+        }
+        // A run of names up to the next mount point or "..".
+        let path = cur.path;
+        let j = i;
+        let hit = false;
+        while (j < names.length && names[j] !== "..") {
+          path = childPath(path, names[j]!);
+          j++;
+          if (this.table.has(path)) {
+            hit = true;
+            break;
+          }
+        }
+        const run = names.slice(i, j);
+        const plain = hit ? run.slice(0, -1) : run;
+        let parent = cur;
+        if (plain.length > 0) {
+          let r: { qids: Qid[]; node?: Node };
+          try {
+            r = await walkLayers(cur.layers, plain, opts);
+          } catch (e) {
+            if (qids.length === 0) throw e;
+            return { qids };
+          }
+          qids.push(...r.qids);
+          if (!r.node) return { qids };
+          parent = {
+            names: [...cur.names, ...plain],
+            path: hit ? joinNames([...cur.names, ...plain]) : path,
+            layers: [{ node: r.node, create: false }],
+            mounted: false,
+          };
+          await advance(parent);
+        }
+        if (hit) {
+          const last = run[run.length - 1]!;
+          const from = parent;
+          let next: Loc;
+          try {
+            next = await this.enter([...from.names, last], path, async () => {
+              try {
+                const r = await walkLayers(from.layers, [last], opts);
+                return r.node ? [{ node: r.node, create: false }] : [];
+              } catch {
+                return [];
+              }
+            }, opts);
+          } catch (e) {
+            if (qids.length === 0) throw e;
+            return { qids };
+          }
+          qids.push(next.layers[0]!.node.qid);
+          await advance(next);
+        }
+        i = j;
+      }
+      const done = cur;
+      if (done === start) return { qids, loc: (await this.walk(start, [], opts)).loc! };
+      cur = start;
+      return { qids, loc: done };
+    } finally {
+      if (cur !== start) await closeLayers(cur.layers);
+    }
+  }
+}
+
+/** A node of the namespace: it remembers its path and applies the mount table on walks. */
+class NsNode implements Node {
+  readonly #engine: Engine;
+  readonly #loc: Loc;
+  readonly #floor: number;
+  #closed = false;
+
+  /** `floor`: how many leading names ".." cannot climb above (the root of an export). */
+  constructor(engine: Engine, loc: Loc, floor = 0) {
+    this.#engine = engine;
+    this.#loc = loc;
+    this.#floor = floor;
+  }
+
+  get qid(): Qid {
+    return this.#loc.layers[0]!.node.qid;
+  }
+
+  /** The canonical namespace path of this node. */
+  get path(): string {
+    return this.#loc.path;
+  }
+
+  /** Hand the underlying nodes over (for a bind source); this node is then closed. */
+  take(): Node[] {
+    this.#closed = true;
+    return this.#loc.layers.map((l) => l.node);
+  }
+
+  #check(): void {
+    if (this.#closed) throw new StyxError(Ename.badFid);
+  }
+
+  async walk(names: string[], opts?: OpOptions): Promise<WalkResult> {
+    this.#check();
+    for (const n of names) {
+      if (n === "" || n === "." || n.includes("/") || n.includes("\0")) {
+        throw new StyxError(Ename.badName);
+      }
+    }
+    const w = await this.#engine.walk(this.#loc, names, opts, this.#floor);
+    return w.loc
+      ? { qids: w.qids, node: new NsNode(this.#engine, w.loc, this.#floor) }
+      : { qids: w.qids };
+  }
+
+  async open(mode: number, opts?: OpOptions): Promise<OpenFile> {
+    this.#check();
+    const layers = this.#loc.layers;
+    if (layers.length === 1) return await layers[0]!.node.open(mode, opts);
+    if ((mode & 3) !== OREAD || (mode & OTRUNC) !== 0) throw new StyxError(Ename.isDir);
+    const opened = await Promise.allSettled(layers.map((l) => l.node.open(mode, opts)));
+    const files: OpenFile[] = [];
+    let first: unknown;
+    for (const o of opened) {
+      if (o.status === "fulfilled") files.push(o.value);
+      else first ??= o.reason;
+    }
+    if (files.length === 0) throw first;
+    return new UnionDir(files, []);
+  }
+
+  async create(name: string, perm: number, mode: number, opts?: OpOptions): Promise<Created> {
+    this.#check();
+    const loc = this.#loc;
+    let layer = loc.layers[0]!;
+    if (loc.mounted && loc.layers.length > 1) {
+      const marked = loc.layers.find((l) => l.create);
+      if (!marked) {
+        throw new StyxError(
+          `mounted directory forbids creation: no member of union '${loc.path}' was bound with -c`,
+        );
+      }
+      layer = marked;
+      for (const l of loc.layers) {
+        let r: WalkResult | undefined;
+        try {
+          r = await l.node.walk([name], opts);
+        } catch {
+          continue;
+        }
+        await r.node?.close();
+        if (r.node) throw new StyxError(Ename.exists);
+      }
+    }
+    const c = await layer.node.create(name, perm, mode, opts);
+    const child: Loc = {
+      names: [...loc.names, name],
+      path: childPath(loc.path, name),
+      layers: [{ node: c.node, create: false }],
+      mounted: false,
+    };
+    return { node: new NsNode(this.#engine, child, this.#floor), file: c.file };
+  }
+
+  async stat(opts?: OpOptions): Promise<Dir> {
+    this.#check();
+    const d = await this.#loc.layers[0]!.node.stat(opts);
+    const last = this.#loc.names[this.#loc.names.length - 1];
+    if (this.#loc.mounted && last !== undefined) d.name = last;
+    return d;
+  }
+
+  async wstat(dir: Dir, opts?: OpOptions): Promise<void> {
+    this.#check();
+    await this.#loc.layers[0]!.node.wstat(dir, opts);
+  }
+
+  async remove(opts?: OpOptions): Promise<void> {
+    this.#check();
+    this.#closed = true;
+    const [first, ...rest] = this.#loc.layers;
+    try {
+      await first!.node.remove(opts);
+    } finally {
+      await closeLayers(rest);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await closeLayers(this.#loc.layers);
+  }
+}
+
+/** Turn a missing file into an error that names the path and its role. */
+function named(role: string, p: string, e: unknown): Error {
+  const msg = e instanceof Error ? e.message : String(e);
+  return new Error(`${role[0]!.toUpperCase()}${role.slice(1)} '${p}': ${msg}`);
+}
+
+function orderOf(flags: BindFlags | undefined): MountOrder {
+  if (flags?.before && flags?.after) {
+    throw new Error("Cannot bind both before (-b) and after (-a); choose one");
+  }
+  return flags?.before ? "before" : flags?.after ? "after" : "replace";
+}
+
+function isDirQid(q: Qid): boolean {
+  return (q.type & QTDIR) !== 0;
+}
+
+/**
+ * A per-process namespace: a root tree and a mount table. It is itself a
+ * {@link Tree}, so it can be served. Paths given to its methods are cleaned
+ * with {@link cleanPath}; a path starting with '#' names a device directly.
+ */
+export class Namespace implements Tree {
+  /** Who the namespace acts for: trees are attached and devices made as this caller. */
+  readonly caller: Caller;
+  #engine: Engine;
+  readonly #devices: Map<string, DeviceFactory>;
+
+  /** A namespace showing `root` at "/", with nothing mounted. */
+  constructor(root: Tree, opts: { caller: Caller; devices?: Map<string, DeviceFactory> }) {
+    this.caller = opts.caller;
+    this.#engine = new Engine(root, opts.caller, new MountTable());
+    this.#devices = new Map(opts.devices ?? []);
+  }
+
+  /**
+   * The default namespace of a new shell: the host directory `rootDir`
+   * (made on first use, with /n /tmp /usr /dev /net /prog) at "/", `#U` for
+   * the host file system, and every device given to
+   * {@link registerStandardDevice}.
+   */
+  static async standard(opts: StandardOptions): Promise<Namespace> {
+    const dir = opts.rootDir ?? defaultRootDir();
+    await prepareRootDir(dir);
+    const root = new HostTree(dir);
+    await root.ready();
+    const devices = standardDeviceTable();
+    devices.set("#U", hostDevice(dir));
+    return new Namespace(root, { caller: { user: opts.user }, devices });
+  }
+
+  /** Make `name` ('#' and one letter) stand for the trees `f` makes. */
+  registerDevice(name: string, f: DeviceFactory): void {
+    checkDeviceName(name);
+    this.#devices.set(name, f);
+  }
+
+  /** A copy for a child process: from now on neither sees the other's changes. */
+  fork(): Namespace {
+    const child = new Namespace(this.#engine.rootTree, {
+      caller: this.caller,
+      devices: this.#devices,
+    });
+    child.#engine = new Engine(this.#engine.rootTree, this.caller, this.#engine.table.clone());
+    return child;
+  }
+
+  /** Make the tree for device path `p` ('#U*' + "/home") and attach to it. */
+  async #device(p: string): Promise<Node> {
+    const { name, spec } = splitDevicePath(p);
+    const f = this.#devices.get(name);
+    if (!f) throw new Error(`Unknown device '${name}' in '${p}'`);
+    const tree = await f(spec, this.caller);
+    return await tree.attach(this.caller, "");
+  }
+
+  /** Resolve a bind target or source, naming it in the error. */
+  async #resolveNamed(role: string, p: string): Promise<NsNode> {
+    try {
+      const n = await this.resolve(p);
+      if (!(n instanceof NsNode)) throw new Error("a device path cannot be a mount point");
+      return n;
+    } catch (e) {
+      throw named(role, p, e);
+    }
+  }
+
+  async #attachAt(
+    kind: "bind" | "mount",
+    source: string,
+    nodes: Node[],
+    target: string,
+    flags: BindFlags | undefined,
+  ): Promise<void> {
+    let order: MountOrder;
+    try {
+      order = orderOf(flags);
+      if (target.startsWith("#")) throw new Error(`Cannot ${kind} onto device path '${target}'`);
+      const t = await this.#resolveNamed("mount point", target);
+      try {
+        const tdir = isDirQid(t.qid);
+        const sdir = isDirQid(nodes[0]!.qid);
+        if (tdir !== sdir) {
+          throw new Error(
+            `Cannot ${kind} ${sdir ? "directory" : "file"} '${source}' onto ${
+              tdir ? "directory" : "file"
+            } '${target}'`,
+          );
+        }
+        if (order !== "replace" && !tdir) {
+          throw new Error(`Cannot make a union at '${target}': it is not a directory`);
+        }
+      } finally {
+        await t.close();
+      }
+    } catch (e) {
+      await Promise.allSettled(nodes.map((n) => n.close()));
+      throw e;
+    }
+    const dropped = this.#engine.table.add(target, {
+      source,
+      kind,
+      create: flags?.create ?? false,
+      nodes: new SharedNodes(nodes),
+    }, order);
+    await Promise.allSettled(dropped.map((s) => s.release()));
+  }
+
+  /**
+   * `bind [-b|-a] [-c] source target`: make `target` show `source`, a path in
+   * this namespace (a union there brings all its members) or a device path
+   * such as '#U*' + "/home". Both must exist; a directory binds onto a
+   * directory and a file onto a file.
+   */
+  async bind(source: string, target: string, flags?: BindFlags): Promise<void> {
+    const src = cleanPath(source);
+    const tgt = cleanPath(target);
+    let nodes: Node[];
+    if (src.startsWith("#")) {
+      try {
+        nodes = [await this.#device(src)];
+      } catch (e) {
+        throw named("source", src, e);
+      }
+    } else {
+      nodes = (await this.#resolveNamed("source", src)).take();
+    }
+    await this.#attachAt("bind", src, nodes, tgt, flags);
+  }
+
+  /**
+   * `mount [-b|-a] [-c] tree target`: attach to `tree` (with `flags.aname`) and
+   * put its root at `target`. `flags.source` names it in listings and for
+   * `unmount` (e.g. the dial string).
+   */
+  async mount(tree: Tree, target: string, flags?: MountFlags): Promise<void> {
+    const tgt = cleanPath(target);
+    const node = await tree.attach(this.caller, flags?.aname ?? "");
+    await this.#attachAt("mount", flags?.source ?? "-", [node], tgt, flags);
+  }
+
+  /**
+   * `unmount [source] target`: take `source` (as given to bind or mount) out
+   * of the mount point `target`, or everything mounted there when `source` is
+   * undefined. What was hidden shows again. Throws when nothing matches.
+   */
+  async unmount(source: string | undefined, target: string): Promise<void> {
+    const tgt = cleanPath(target);
+    const src = source === undefined
+      ? undefined
+      : source.startsWith("/") || source.startsWith("#")
+      ? cleanPath(source)
+      : source;
+    const dropped = this.#engine.table.remove(tgt, src);
+    if (dropped === null) {
+      if (src === undefined || !this.#engine.table.has(tgt)) {
+        throw new Error(`Cannot unmount: '${tgt}' is not mounted`);
+      }
+      throw new Error(`Cannot unmount: '${src}' is not mounted on '${tgt}'`);
+    }
+    await Promise.allSettled(dropped.map((s) => s.release()));
+  }
+
+  /** The mount table as bind and mount lines, in an order that rebuilds it. */
+  mounts(): MountEntry[] {
+    return this.#engine.table.entries();
+  }
+
+  /**
+   * The node at `path`, after every mount on the way. The caller closes it.
+   * A device path ('#U*' + "/tmp") gives the device's own node.
+   */
+  async resolve(path: string, opts?: OpOptions): Promise<Node> {
+    return await this.#resolveFloor(path, false, opts);
+  }
+
+  async #resolveFloor(path: string, rooted: boolean, opts?: OpOptions): Promise<Node> {
+    const p = cleanPath(path);
+    if (p.startsWith("#")) return await this.#device(p);
+    const names = splitNames(p);
+    const loc = await this.#engine.resolveNames(names, opts);
+    return new NsNode(this.#engine, loc, rooted ? names.length : 0);
+  }
+
+  async #with<T>(
+    path: string,
+    opts: OpOptions | undefined,
+    f: (n: Node) => Promise<T>,
+  ): Promise<T> {
+    const n = await this.resolve(path, opts);
+    try {
+      return await f(n);
+    } finally {
+      await n.close();
+    }
+  }
+
+  /** The directory entry of `path` (a mount point shows the mounted root under its own name). */
+  stat(path: string, opts?: OpOptions): Promise<Dir> {
+    return this.#with(path, opts, (n) => n.stat(opts));
+  }
+
+  /** The entries of directory `path`; a union lists each name once, the first member's winning. */
+  readDir(path: string, opts?: OpOptions): Promise<Dir[]> {
+    return this.#with(path, opts, async (n) => {
+      const f = await n.open(OREAD, opts);
+      try {
+        return await f.readDir(opts);
+      } finally {
+        await f.close();
+      }
+    });
+  }
+
+  /** Open `path` with 9P `mode`; closing the file releases everything it holds. */
+  async open(path: string, mode: number, opts?: OpOptions): Promise<OpenFile> {
+    const n = await this.resolve(path, opts);
+    try {
+      return new OwnedFile(await n.open(mode, opts), n);
+    } catch (e) {
+      await n.close();
+      throw e;
+    }
+  }
+
+  /**
+   * Create `path` with 9P `perm` and open it with `mode`. In a union the file
+   * goes to the first member bound with -c; with none, creation is refused
+   * with an error naming the union.
+   */
+  async create(path: string, perm: number, mode: number, opts?: OpOptions): Promise<OpenFile> {
+    const p = cleanPath(path);
+    const names = splitNames(p);
+    const name = names.pop();
+    if (name === undefined || p.startsWith("#")) {
+      throw new Error(`Cannot create '${p}': it is a root`);
+    }
+    return await this.#with(joinNames(names), opts, async (dir) => {
+      const c = await dir.create(name, perm, mode, opts);
+      return new OwnedFile(c.file, c.node);
+    });
+  }
+
+  /** Remove `path`. */
+  async remove(path: string, opts?: OpOptions): Promise<void> {
+    const n = await this.resolve(path, opts);
+    await n.remove(opts);
+  }
+
+  /** Apply a Twstat to `path`. */
+  wstat(path: string, dir: Dir, opts?: OpOptions): Promise<void> {
+    return this.#with(path, opts, (n) => n.wstat(dir, opts));
+  }
+
+  /** The whole contents of file `path`. */
+  async readFile(path: string, opts?: OpOptions): Promise<Uint8Array> {
+    const f = await this.open(path, OREAD, opts);
+    try {
+      if (isDirQid(f.qid)) throw new StyxError(Ename.isDir);
+      const size = f.iounit > 0 ? f.iounit : 64 * 1024;
+      const parts: Uint8Array[] = [];
+      let total = 0;
+      for (;;) {
+        const b = await f.read(BigInt(total), size, opts);
+        if (b.length === 0) break;
+        parts.push(b);
+        total += b.length;
+      }
+      const out = new Uint8Array(total);
+      let o = 0;
+      for (const b of parts) {
+        out.set(b, o);
+        o += b.length;
+      }
+      return out;
+    } finally {
+      await f.close();
+    }
+  }
+
+  /**
+   * Replace the contents of `path` with `data` (or add them at the end with
+   * `append`), creating the file (mode 0666) unless `create` is false.
+   */
+  async writeFile(path: string, data: Uint8Array, opts?: WriteFileOptions): Promise<void> {
+    const append = opts?.append ?? false;
+    let f: OpenFile;
+    let offset = 0n;
+    try {
+      f = await this.open(path, append ? OWRITE : OWRITE | OTRUNC, opts);
+    } catch (e) {
+      if (!isNotFound(e) || opts?.create === false) throw e;
+      f = await this.create(path, 0o666, OWRITE, opts);
+    }
+    try {
+      if (append) offset = (await this.stat(path, opts)).length;
+      const size = f.iounit > 0 ? f.iounit : 64 * 1024;
+      let done = 0;
+      while (done < data.length) {
+        const n = await f.write(offset + BigInt(done), data.subarray(done, done + size), opts);
+        if (n <= 0) throw new StyxError(Ename.io);
+        done += n;
+      }
+    } finally {
+      await f.close();
+    }
+  }
+
+  /**
+   * As a tree: attach gives the node at `aname` ("" for the root), which ".."
+   * never climbs above; every walk applies the mount table.
+   */
+  attach(_caller: Caller, aname: string): Promise<Node> {
+    return this.#resolveFloor(aname === "" ? "/" : aname, true);
+  }
+
+  /**
+   * A tree showing this namespace from `path` down, for export: ".." stops at
+   * `path`, and a device path ('#U*' + "/home") serves that device.
+   */
+  subtree(path: string): Tree {
+    const p = cleanPath(path);
+    return { attach: () => this.#resolveFloor(p, true) };
+  }
+
+  /** Release every mounted tree and the root; the namespace is empty afterwards. */
+  async close(): Promise<void> {
+    const dropped = this.#engine.table.clear();
+    await Promise.allSettled(dropped.map((s) => s.release()));
+    await this.#engine.closeRoot();
+  }
+}

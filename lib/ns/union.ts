@@ -1,0 +1,151 @@
+/**
+ * Union directories: one open directory made of several, read as one list in
+ * which the first occurrence of a name wins.
+ *
+ * @module
+ */
+
+import type { Node, OpenFile, OpOptions } from "../fs/tree.ts";
+import { Ename, StyxError } from "../styx/types.ts";
+import type { Dir, Qid } from "../styx/types.ts";
+
+/**
+ * Merge directory listings in union order: the first entry of each name is
+ * kept, later ones with the same name are dropped.
+ *
+ * @example
+ * ```ts
+ * import { mergeDirs } from "./union.ts";
+ * import { nullDir } from "../styx/types.ts";
+ * const d = (name: string, uid: string) => ({ ...nullDir(), name, uid });
+ * const m = mergeDirs([[d("a", "first")], [d("a", "second"), d("b", "second")]]);
+ * if (m.map((x) => x.name + x.uid).join() !== "afirst,bsecond") throw new Error("bad merge");
+ * ```
+ */
+export function mergeDirs(lists: readonly (readonly Dir[])[]): Dir[] {
+  if (lists.length === 1) return [...lists[0]!];
+  const seen = new Set<string>();
+  const out: Dir[] = [];
+  for (const list of lists) {
+    for (const d of list) {
+      if (seen.has(d.name)) continue;
+      seen.add(d.name);
+      out.push(d);
+    }
+  }
+  return out;
+}
+
+/**
+ * An open union directory. It owns the open members and the nodes they were
+ * opened from, and closes all of them when closed.
+ */
+export class UnionDir implements OpenFile {
+  readonly #files: OpenFile[];
+  readonly #nodes: Node[];
+  #closed = false;
+
+  /** Wrap `files` (open directories in union order) opened from `nodes`. */
+  constructor(files: OpenFile[], nodes: Node[]) {
+    if (files.length === 0) throw new Error("A union directory needs at least one member");
+    this.#files = files;
+    this.#nodes = nodes;
+  }
+
+  /** The qid of the first member. */
+  get qid(): Qid {
+    return this.#files[0]!.qid;
+  }
+
+  /** Directories are read whole; no preferred size. */
+  get iounit(): number {
+    return 0;
+  }
+
+  /** A union is a directory: its bytes are read with {@link readDir}. */
+  read(_offset: bigint, _count: number, _opts?: OpOptions): Promise<Uint8Array> {
+    return Promise.reject(new StyxError(Ename.isDir));
+  }
+
+  /** Directories cannot be written. */
+  write(_offset: bigint, _data: Uint8Array, _opts?: OpOptions): Promise<number> {
+    return Promise.reject(new StyxError(Ename.isDir));
+  }
+
+  /**
+   * Every member's entries, merged. A member that fails to read (a remote
+   * that went away) is skipped unless every member fails.
+   */
+  async readDir(opts?: OpOptions): Promise<Dir[]> {
+    if (this.#closed) throw new StyxError(Ename.notOpen);
+    const results = await Promise.allSettled(this.#files.map((f) => f.readDir(opts)));
+    const lists: Dir[][] = [];
+    let firstError: unknown;
+    for (const r of results) {
+      if (r.status === "fulfilled") lists.push(r.value);
+      else firstError ??= r.reason;
+    }
+    if (lists.length === 0) throw firstError;
+    return mergeDirs(lists);
+  }
+
+  /** Close every member and release its node. Safe to call twice. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await Promise.allSettled(this.#files.map((f) => f.close()));
+    await Promise.allSettled(this.#nodes.map((n) => n.close()));
+  }
+}
+
+/**
+ * An open file that also releases the node it was opened from when closed,
+ * for callers that open by path and never see the node.
+ */
+export class OwnedFile implements OpenFile {
+  readonly #file: OpenFile;
+  readonly #node: Node;
+  #closed = false;
+
+  /** Wrap `file`, opened from `node`. */
+  constructor(file: OpenFile, node: Node) {
+    this.#file = file;
+    this.#node = node;
+  }
+
+  /** The open file's qid. */
+  get qid(): Qid {
+    return this.#file.qid;
+  }
+
+  /** The open file's iounit. */
+  get iounit(): number {
+    return this.#file.iounit;
+  }
+
+  /** Read from the open file. */
+  read(offset: bigint, count: number, opts?: OpOptions): Promise<Uint8Array> {
+    return this.#file.read(offset, count, opts);
+  }
+
+  /** Write to the open file. */
+  write(offset: bigint, data: Uint8Array, opts?: OpOptions): Promise<number> {
+    return this.#file.write(offset, data, opts);
+  }
+
+  /** Read the open directory. */
+  readDir(opts?: OpOptions): Promise<Dir[]> {
+    return this.#file.readDir(opts);
+  }
+
+  /** Close the file, then release its node. Safe to call twice. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    try {
+      await this.#file.close();
+    } finally {
+      await this.#node.close();
+    }
+  }
+}
