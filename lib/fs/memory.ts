@@ -122,6 +122,7 @@ class Store {
 
   newEntry(name: string, mode: number, uid: string): Entry {
     const t = this.now();
+    mode = mode >>> 0; // bit operations on DMDIR give negative numbers
     return {
       name,
       qid: { type: qidType(mode), version: 0, path: this.nextPath++ },
@@ -459,7 +460,7 @@ class MemNode implements Node {
     if (d.mode !== NOCHANGE32 && d.mode !== e.mode) {
       if (!isOwner) throw new StyxError(Ename.perm);
       if ((d.mode & DMDIR) !== (e.mode & DMDIR)) throw new StyxError(Ename.perm);
-      newMode = d.mode & (DMDIR | DMAPPEND | DMEXCL | 0o777);
+      newMode = (d.mode & (DMDIR | DMAPPEND | DMEXCL | 0o777)) >>> 0;
     }
     if (d.mtime !== NOCHANGE32 && d.mtime !== e.mtime && !isOwner) {
       throw new StyxError(Ename.perm);

@@ -100,6 +100,7 @@ Deno.test("MemTree", async (t) => {
     await rejects(root.create("d", DMDIR | 0o755, OWRITE), "is a directory");
     const d = await root.create("d", DMDIR | 0o755, OREAD);
     assert.equal(d.node.qid.type, QTDIR);
+    assert.equal((await d.node.stat()).mode, (DMDIR | 0o755) >>> 0);
     await d.file.close();
     const dir = await root.open(OREAD);
     const names = (await dir.readDir()).map((x) => x.name);
@@ -203,6 +204,7 @@ Deno.test("MemTree", async (t) => {
     await a.wstat({ ...nullDir(), length: 4n });
     assert.deepEqual([...await tree.readFile("/dir/c")], [97, 98, 0, 0]);
     await a.wstat({ ...nullDir(), mode: 0o600 });
+    assert.equal((await root.stat()).mode, (DMDIR | 0o777) >>> 0);
     assert.equal((await a.stat()).mode, 0o600);
     await rejects(a.wstat({ ...nullDir(), mode: DMDIR | 0o600 }), "permission denied");
     await a.wstat({ ...nullDir(), mtime: 1234 });

@@ -1,0 +1,832 @@
+/**
+ * The Styx server: serves any {@link Tree} over one connection.
+ *
+ * The server keeps the per-connection fid table and checks each request
+ * (fid in use, fid open, open mode, directory offsets) before the tree sees
+ * it, so a tree only answers for its files. Every request runs on its own:
+ * a read that blocks (a `/net` listen, a phone waiting for a call) holds up
+ * nothing else, replies are written one whole frame at a time, and Tflush
+ * aborts the old request's AbortSignal and drops its reply, as flush(5)
+ * says. When the connection ends every fid is released.
+ *
+ * @example
+ * ```ts
+ * import { serve } from "./server.ts";
+ * import { MemTree } from "../fs/memory.ts";
+ * import { memPipe } from "../transport/pipe.ts";
+ * import { decode, encode } from "./codec.ts";
+ * import { FrameReader } from "./frame.ts";
+ * const [client, server] = memPipe();
+ * const done = serve(server, new MemTree());
+ * await client.write(encode({ type: 100, tag: 0xffff, msize: 8192, version: "9P2000" }));
+ * const reply = decode((await new FrameReader(client, 8192).next())!);
+ * if (reply.type !== 101 || reply.msize !== 8192) throw new Error("no Rversion");
+ * client.close();
+ * await done;
+ * ```
+ *
+ * @module
+ */
+
+import type { Conn, Peer } from "../transport/conn.ts";
+import type { Caller, Node, OpenFile, Tree } from "../fs/tree.ts";
+import {
+  DEFAULT_MSIZE,
+  type Dir,
+  Ename,
+  errorString,
+  IOHDRSZ,
+  MsgType,
+  NOFID,
+  OEXEC,
+  ORCLOSE,
+  ORDWR,
+  OREAD,
+  OTRUNC,
+  OWRITE,
+  type Qid,
+  QTDIR,
+  QTEXCL,
+  type RMsg,
+  StyxError,
+  type Tattach,
+  type Tcreate,
+  type TMsg,
+  type Topen,
+  type Tread,
+  type Twalk,
+  type Twrite,
+  type Twstat,
+  VERSION,
+} from "./types.ts";
+import { CodecError, decode, encode, encodeDir, isTMsg, msgName } from "./codec.ts";
+import { FrameReader } from "./frame.ts";
+import { formatMsg, traceEnabled } from "./trace.ts";
+
+/** The smallest msize the server accepts in Tversion. */
+export const MIN_MSIZE = 256;
+
+/** Options for {@link serve}. */
+export interface ServerOptions {
+  /** Largest msize offered (default DEFAULT_MSIZE); a client asking for more gets this. */
+  maxMsize?: number;
+  /** Print every message (also switched on by FERRY_TRACE=1). */
+  trace?: boolean;
+  /**
+   * Who an attach speaks for. The default is the peer's verified identity
+   * when the transport authenticated it, else the attach's uname. Throw to
+   * refuse the attach (e.g. a user not on an allow list); the error's
+   * message becomes the Rerror.
+   */
+  callerFor?(uname: string, aname: string, peer: Peer): Caller | Promise<Caller>;
+  /** Where trace lines and connection problems go (default: standard error). */
+  log?(msg: string): void;
+}
+
+/** A reply without its tag; the request's tag is added when it is sent. */
+type Reply = RMsg extends infer R ? R extends RMsg ? Omit<R, "tag"> : never : never;
+
+/** Open files of DMEXCL files, per tree, shared by every connection serving it. */
+const exclusiveOpen = new WeakMap<Tree, Set<bigint>>();
+
+/** Out-going bytes queued beyond which the server stops reading new requests. */
+const HIGH_WATER = 16 * 1024 * 1024;
+/** Replies smaller than this are gathered into one write. */
+const GATHER = 64 * 1024;
+
+function defaultCaller(uname: string, _aname: string, peer: Peer): Caller {
+  if (peer.authenticated && peer.identity) {
+    return { user: peer.identity, groups: peer.groups ?? [], authenticated: true };
+  }
+  return { user: uname === "" ? "none" : uname, authenticated: false };
+}
+
+function badName(name: string): boolean {
+  return name === "" || name === "." || name.includes("/") || name.includes("\0");
+}
+
+interface DirState {
+  entries: Dir[];
+  /** Index of the next entry to return. */
+  index: number;
+  /** Offset at which the next read must start. */
+  offset: bigint;
+}
+
+/** One entry of the fid table. */
+class Fid {
+  node: Node | null = null;
+  qid: Qid = { type: 0, version: 0, path: 0n };
+  file: OpenFile | null = null;
+  omode = -1;
+  /** The last state-changing request (attach, walk, open, create) still running. */
+  busy: Promise<void> | null = null;
+  /** Requests currently using this fid. */
+  refs = 0;
+  clunked = false;
+  released = false;
+  /** qid.path registered in the exclusive-open set. */
+  excl: bigint | null = null;
+  dir: DirState | null = null;
+  /** Serialises directory reads on this fid. */
+  dirLock: Promise<void> = Promise.resolve();
+
+  constructor(readonly num: number) {}
+}
+
+/** One request in flight. */
+interface Req {
+  tag: number;
+  type: number;
+  ctrl: AbortController;
+  /** Set by Tflush, a new Tversion or hangup: the reply must not be sent. */
+  flushed: boolean;
+  /** Settles when the request is finished (replied or dropped). */
+  done: Promise<void>;
+}
+
+function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => (resolve = r));
+  return { promise, resolve };
+}
+
+const canRead = (omode: number) => {
+  const m = omode & 3;
+  return m === OREAD || m === ORDWR || m === OEXEC;
+};
+const canWrite = (omode: number) => {
+  const m = omode & 3;
+  return m === OWRITE || m === ORDWR;
+};
+
+/**
+ * Serve `tree` on `conn` until the connection ends or loses framing.
+ * Resolves once every fid has been released and every request has
+ * finished; never rejects.
+ */
+export function serve(conn: Conn, tree: Tree, opts: ServerOptions = {}): Promise<void> {
+  return new Session(conn, tree, opts).run();
+}
+
+class Session {
+  readonly #conn: Conn;
+  readonly #tree: Tree;
+  readonly #maxMsize: number;
+  readonly #trace: boolean;
+  readonly #log: (msg: string) => void;
+  readonly #callerFor: (uname: string, aname: string, peer: Peer) => Caller | Promise<Caller>;
+  readonly #excl: Set<bigint>;
+  readonly #reader: FrameReader;
+
+  /** Negotiated msize; 0 until a Tversion succeeds. */
+  #msize = 0;
+  readonly #fids = new Map<number, Fid>();
+  readonly #pending = new Map<number, Req>();
+  /** Releases started but maybe not finished, awaited before serve() resolves. */
+  readonly #releasing = new Set<Promise<void>>();
+  #closing = false;
+
+  #out: Uint8Array[] = [];
+  #outBytes = 0;
+  #writing = false;
+  #drain: { promise: Promise<void>; resolve: () => void } | null = null;
+
+  constructor(conn: Conn, tree: Tree, opts: ServerOptions) {
+    this.#conn = conn;
+    this.#tree = tree;
+    const max = opts.maxMsize ?? DEFAULT_MSIZE;
+    if (!Number.isInteger(max) || max < MIN_MSIZE || max > 0x7fffffff) {
+      throw new RangeError(`maxMsize '${max}' is not an integer from ${MIN_MSIZE} to 2^31-1`);
+    }
+    this.#maxMsize = max;
+    this.#trace = opts.trace ?? traceEnabled();
+    this.#log = opts.log ?? ((m) => console.error(m));
+    this.#callerFor = opts.callerFor ?? defaultCaller;
+    let ex = exclusiveOpen.get(tree);
+    if (!ex) exclusiveOpen.set(tree, ex = new Set());
+    this.#excl = ex;
+    this.#reader = new FrameReader(conn, max);
+  }
+
+  async run(): Promise<void> {
+    try {
+      for (;;) {
+        if (this.#outBytes > HIGH_WATER) {
+          this.#drain ??= deferred();
+          await Promise.race([this.#drain.promise, this.#conn.closed]);
+          if (this.#closing) break;
+        }
+        const frame = await this.#reader.next();
+        if (frame === null || this.#closing) break;
+        let msg;
+        try {
+          msg = decode(frame, this.#msize || this.#maxMsize);
+        } catch (e) {
+          if (e instanceof CodecError && e.tag !== undefined) {
+            if (this.#trace) this.#log(`<- bad message tag ${e.tag}: ${e.message}`);
+            this.#send({ type: MsgType.Rerror, tag: e.tag, ename: e.message });
+            continue;
+          }
+          throw e;
+        }
+        if (this.#trace) this.#log(`<- ${formatMsg(msg)}`);
+        if (!isTMsg(msg)) {
+          this.#send({
+            type: MsgType.Rerror,
+            tag: msg.tag,
+            ename: `unexpected ${msgName(msg.type)}: a server accepts only T-messages`,
+          });
+          continue;
+        }
+        this.#dispatch(msg);
+      }
+    } catch (e) {
+      if (!this.#closing) {
+        this.#log(`styx: dropping connection from ${this.#conn.peer.addr}: ${errorString(e)}`);
+      }
+    } finally {
+      await this.#teardown();
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // Replies
+
+  #send(msg: RMsg): void {
+    if (this.#closing) return;
+    let frame: Uint8Array;
+    try {
+      frame = encode(msg);
+    } catch (e) {
+      // A reply the codec refuses (an over-long name from a tree, say).
+      frame = encode({
+        type: MsgType.Rerror,
+        tag: msg.tag,
+        ename: `cannot encode ${msgName(msg.type)}: ${errorString(e)}`.slice(0, 1024),
+      });
+    }
+    if (this.#trace) this.#log(`-> ${formatMsg(msg)}`);
+    this.#out.push(frame);
+    this.#outBytes += frame.length;
+    if (!this.#writing) this.#pump();
+  }
+
+  async #pump(): Promise<void> {
+    this.#writing = true;
+    try {
+      while (this.#out.length > 0) {
+        let buf = this.#out[0]!;
+        let n = 1;
+        if (buf.length < GATHER && this.#out.length > 1) {
+          let total = buf.length;
+          while (n < this.#out.length && total + this.#out[n]!.length <= GATHER) {
+            total += this.#out[n]!.length;
+            n++;
+          }
+          if (n > 1) {
+            const joined = new Uint8Array(total);
+            let off = 0;
+            for (let i = 0; i < n; i++) {
+              joined.set(this.#out[i]!, off);
+              off += this.#out[i]!.length;
+            }
+            buf = joined;
+          }
+        }
+        this.#out.splice(0, n);
+        await this.#conn.write(buf);
+        this.#outBytes -= buf.length;
+        if (this.#drain && this.#outBytes <= HIGH_WATER / 2) {
+          this.#drain.resolve();
+          this.#drain = null;
+        }
+      }
+    } catch {
+      // The connection is gone; the read loop ends and tears down.
+      this.#out = [];
+      this.#outBytes = 0;
+      this.#conn.close();
+    } finally {
+      this.#writing = false;
+    }
+  }
+
+  // -------------------------------------------------------------------------
+  // Requests
+
+  #dispatch(m: TMsg): void {
+    switch (m.type) {
+      case MsgType.Tversion:
+        this.#version(m.tag, m.msize, m.version);
+        return;
+      case MsgType.Tflush:
+        this.#flush(m.tag, m.oldtag);
+        return;
+    }
+    if (this.#pending.has(m.tag)) {
+      // The client reused a tag still in flight; answer without disturbing the first.
+      this.#send({ type: MsgType.Rerror, tag: m.tag, ename: "tag in use" });
+      return;
+    }
+    if (this.#msize === 0) {
+      this.#send({
+        type: MsgType.Rerror,
+        tag: m.tag,
+        ename: "no version negotiated: send Tversion first",
+      });
+      return;
+    }
+    switch (m.type) {
+      case MsgType.Tauth:
+        this.#send({ type: MsgType.Rerror, tag: m.tag, ename: Ename.noAuth });
+        return;
+      case MsgType.Tattach:
+        return this.#attach(m);
+      case MsgType.Twalk:
+        return this.#walk(m);
+      case MsgType.Topen:
+        return this.#open(m);
+      case MsgType.Tcreate:
+        return this.#create(m);
+      case MsgType.Tread:
+        return this.#read(m);
+      case MsgType.Twrite:
+        return this.#write(m);
+      case MsgType.Tclunk:
+        return this.#clunk(m.tag, m.fid, false);
+      case MsgType.Tremove:
+        return this.#clunk(m.tag, m.fid, true);
+      case MsgType.Tstat:
+        return this.#useFid(m.tag, m.type, m.fid, false, async (_req, f, signal) => {
+          const stat = await f.node!.stat({ signal });
+          return { type: MsgType.Rstat, stat };
+        });
+      case MsgType.Twstat:
+        return this.#wstat(m);
+    }
+  }
+
+  /**
+   * Run `fn` as request `tag`: registers it for Tflush, sends its reply or
+   * an Rerror, and drops the reply if the request was flushed.
+   */
+  #run(tag: number, type: number, fn: (req: Req) => Promise<Reply>): void {
+    const d = deferred();
+    const req: Req = { tag, type, ctrl: new AbortController(), flushed: false, done: d.promise };
+    this.#pending.set(tag, req);
+    let out: Promise<Reply>;
+    try {
+      out = fn(req);
+    } catch (e) {
+      out = Promise.reject(e);
+    }
+    out.then(
+      (r) => this.#finish(req, { ...r, tag } as RMsg),
+      (e) => this.#finish(req, { type: MsgType.Rerror, tag, ename: errorString(e) }),
+    ).finally(d.resolve);
+  }
+
+  #finish(req: Req, reply: RMsg): void {
+    if (this.#pending.get(req.tag) === req) this.#pending.delete(req.tag);
+    if (req.flushed) return;
+    this.#send(reply);
+  }
+
+  /**
+   * Like {@link #run}, for a request on fid `fid`. It first waits for the
+   * state changes (attach, walk, open, create) queued on the fid before it;
+   * with `change`, requests queued after it wait for it in turn. The fid is
+   * looked up now, in arrival order, so pipelined requests see the fids
+   * reserved by those ahead of them.
+   */
+  #useFid(
+    tag: number,
+    type: number,
+    fid: number,
+    change: boolean,
+    fn: (req: Req, f: Fid, signal: AbortSignal) => Promise<Reply>,
+    after?: () => void,
+  ): void {
+    const f = this.#fids.get(fid);
+    const prev = f?.busy ?? null;
+    let mine: { promise: Promise<void>; resolve: () => void } | null = null;
+    if (f && change) {
+      mine = deferred();
+      f.busy = mine.promise;
+    }
+    this.#run(tag, type, async (req) => {
+      try {
+        if (!f) throw new StyxError(Ename.badFid);
+        f.refs++;
+        try {
+          if (prev) await prev;
+          if (f.clunked || !f.node) throw new StyxError(Ename.badFid);
+          return await fn(req, f, req.ctrl.signal);
+        } finally {
+          if (mine) {
+            mine.resolve();
+            if (f.busy === mine.promise) f.busy = null;
+          }
+          this.#unref(f);
+        }
+      } finally {
+        after?.();
+      }
+    });
+  }
+
+  #unref(f: Fid): void {
+    f.refs--;
+    if (f.refs === 0 && f.clunked) this.#release(f);
+  }
+
+  /** Close what the fid holds (once); tracked so teardown can wait for it. */
+  #release(f: Fid): Promise<void> {
+    if (f.released) return Promise.resolve();
+    f.released = true;
+    if (f.excl !== null) {
+      this.#excl.delete(f.excl);
+      f.excl = null;
+    }
+    const p = (async () => {
+      const file = f.file;
+      const node = f.node;
+      f.file = null;
+      f.dir = null;
+      if (file) {
+        try {
+          await file.close();
+        } catch (e) {
+          this.#log(`styx: closing fid ${f.num}: ${errorString(e)}`);
+        }
+      }
+      if (node) {
+        try {
+          await node.close();
+        } catch (e) {
+          this.#log(`styx: releasing fid ${f.num}: ${errorString(e)}`);
+        }
+      }
+    })();
+    this.#releasing.add(p);
+    p.finally(() => this.#releasing.delete(p));
+    return p;
+  }
+
+  /** Take `f` out of the table and release it once no request uses it. */
+  #drop(f: Fid): Promise<void> {
+    f.clunked = true;
+    if (this.#fids.get(f.num) === f) this.#fids.delete(f.num);
+    return f.refs === 0 ? this.#release(f) : Promise.resolve();
+  }
+
+  // -------------------------------------------------------------------------
+  // Individual messages
+
+  #version(tag: number, msize: number, version: string): void {
+    // A new Tversion aborts everything outstanding and clunks every fid.
+    for (const req of this.#pending.values()) {
+      req.flushed = true;
+      req.ctrl.abort(new StyxError(Ename.interrupted));
+    }
+    this.#pending.clear();
+    for (const f of [...this.#fids.values()]) this.#drop(f);
+    this.#msize = 0;
+    if (!version.startsWith("9P2000")) {
+      this.#send({ type: MsgType.Rversion, tag, msize: this.#maxMsize, version: "unknown" });
+      return;
+    }
+    if (msize < MIN_MSIZE) {
+      this.#send({
+        type: MsgType.Rerror,
+        tag,
+        ename: `msize ${msize} is too small: at least ${MIN_MSIZE} is needed`,
+      });
+      return;
+    }
+    this.#msize = Math.min(msize, this.#maxMsize);
+    this.#reader.msize = this.#msize;
+    this.#send({ type: MsgType.Rversion, tag, msize: this.#msize, version: VERSION });
+  }
+
+  #flush(tag: number, oldtag: number): void {
+    const old = this.#pending.get(oldtag);
+    if (old && old.type !== MsgType.Tflush) {
+      // Its reply has not been queued yet: it never will be.
+      old.flushed = true;
+      this.#pending.delete(oldtag);
+      old.ctrl.abort(new StyxError(Ename.interrupted));
+    }
+    // Either the old request is gone, or its reply is already queued ahead
+    // of this Rflush: both satisfy flush(5).
+    this.#send({ type: MsgType.Rflush, tag });
+  }
+
+  #attach(m: Tattach): void {
+    if (this.#fids.has(m.fid)) {
+      this.#send({ type: MsgType.Rerror, tag: m.tag, ename: Ename.fidInUse });
+      return;
+    }
+    if (m.afid !== NOFID) {
+      this.#send({ type: MsgType.Rerror, tag: m.tag, ename: Ename.noAuth });
+      return;
+    }
+    const f = new Fid(m.fid);
+    const mine = deferred();
+    f.busy = mine.promise;
+    this.#fids.set(m.fid, f);
+    this.#run(m.tag, m.type, async (req) => {
+      try {
+        const caller = await this.#callerFor(m.uname, m.aname, this.#conn.peer);
+        const node = await this.#tree.attach(caller, m.aname);
+        if (req.flushed || f.clunked) {
+          await node.close();
+          throw new StyxError(Ename.interrupted);
+        }
+        f.node = node;
+        f.qid = node.qid;
+        return { type: MsgType.Rattach, qid: node.qid };
+      } catch (e) {
+        this.#drop(f);
+        throw e;
+      } finally {
+        mine.resolve();
+        if (f.busy === mine.promise) f.busy = null;
+      }
+    });
+  }
+
+  #walk(m: Twalk): void {
+    const src = this.#fids.get(m.fid);
+    if (!src) {
+      this.#send({ type: MsgType.Rerror, tag: m.tag, ename: Ename.badFid });
+      return;
+    }
+    let names = m.wnames;
+    const bad = names.findIndex(badName);
+    if (bad === 0) {
+      this.#send({ type: MsgType.Rerror, tag: m.tag, ename: Ename.badName });
+      return;
+    }
+    const partialOnly = bad > 0;
+    if (partialOnly) names = names.slice(0, bad);
+
+    if (m.newfid === m.fid) {
+      this.#useFid(m.tag, m.type, m.fid, true, async (req, f, signal) => {
+        if (f.file) throw new StyxError(Ename.openFid);
+        if (names.length > 0 && !(f.qid.type & QTDIR)) throw new StyxError(Ename.walkNoDir);
+        const r = await f.node!.walk(names, { signal });
+        if (!r.node || partialOnly) {
+          await r.node?.close();
+          return { type: MsgType.Rwalk, wqids: r.qids };
+        }
+        if (req.flushed || f.clunked) {
+          await r.node.close();
+          throw new StyxError(Ename.interrupted);
+        }
+        const old = f.node!;
+        f.node = r.node;
+        f.qid = r.qids.length > 0 ? r.qids[r.qids.length - 1]! : r.node.qid;
+        await old.close().catch(() => {});
+        return { type: MsgType.Rwalk, wqids: r.qids };
+      });
+      return;
+    }
+
+    if (this.#fids.has(m.newfid)) {
+      this.#send({ type: MsgType.Rerror, tag: m.tag, ename: Ename.fidInUse });
+      return;
+    }
+    // Reserve newfid now, so requests pipelined behind this walk find it.
+    const nf = new Fid(m.newfid);
+    const mine = deferred();
+    nf.busy = mine.promise;
+    this.#fids.set(m.newfid, nf);
+    let ok = false;
+    this.#useFid(m.tag, m.type, m.fid, false, async (req, f, signal) => {
+      if (f.file) throw new StyxError(Ename.openFid);
+      if (names.length > 0 && !(f.qid.type & QTDIR)) throw new StyxError(Ename.walkNoDir);
+      const r = await f.node!.walk(names, { signal });
+      if (!r.node || partialOnly) {
+        await r.node?.close();
+        return { type: MsgType.Rwalk, wqids: r.qids };
+      }
+      if (req.flushed || nf.clunked) {
+        await r.node.close();
+        throw new StyxError(Ename.interrupted);
+      }
+      nf.node = r.node;
+      nf.qid = r.qids.length > 0 ? r.qids[r.qids.length - 1]! : r.node.qid;
+      ok = true;
+      return { type: MsgType.Rwalk, wqids: r.qids };
+    }, () => {
+      // A failed or partial walk leaves newfid unused.
+      if (!ok) this.#drop(nf);
+      mine.resolve();
+      if (nf.busy === mine.promise) nf.busy = null;
+    });
+  }
+
+  #iounit(file: OpenFile): number {
+    const max = this.#msize - IOHDRSZ;
+    return file.iounit > 0 && file.iounit < max ? file.iounit : max;
+  }
+
+  /** Reserve the exclusive-use slot for `qid` or fail. */
+  #claimExclusive(f: Fid, qid: Qid): void {
+    if (!(qid.type & QTEXCL)) return;
+    if (this.#excl.has(qid.path)) throw new StyxError(Ename.exclusive);
+    this.#excl.add(qid.path);
+    f.excl = qid.path;
+  }
+
+  #unclaimExclusive(f: Fid): void {
+    if (f.excl !== null) {
+      this.#excl.delete(f.excl);
+      f.excl = null;
+    }
+  }
+
+  #open(m: Topen): void {
+    this.#useFid(m.tag, m.type, m.fid, true, async (req, f, signal) => {
+      if (f.file) throw new StyxError(Ename.openFid);
+      if (m.mode & ~(3 | OTRUNC | ORCLOSE)) throw new StyxError(`bad open mode ${m.mode}`);
+      if ((f.qid.type & QTDIR) && (m.mode & ~ORCLOSE) !== OREAD) {
+        throw new StyxError(Ename.isDir);
+      }
+      this.#claimExclusive(f, f.qid);
+      let file: OpenFile;
+      try {
+        file = await f.node!.open(m.mode, { signal });
+      } catch (e) {
+        this.#unclaimExclusive(f);
+        throw e;
+      }
+      if (req.flushed || f.clunked) {
+        this.#unclaimExclusive(f);
+        await file.close().catch(() => {});
+        throw new StyxError(Ename.interrupted);
+      }
+      f.file = file;
+      f.omode = m.mode;
+      f.qid = file.qid;
+      return { type: MsgType.Ropen, qid: file.qid, iounit: this.#iounit(file) };
+    });
+  }
+
+  #create(m: Tcreate): void {
+    this.#useFid(m.tag, m.type, m.fid, true, async (req, f, signal) => {
+      if (f.file) throw new StyxError(Ename.openFid);
+      if (!(f.qid.type & QTDIR)) throw new StyxError(Ename.notDir);
+      if (badName(m.name) || m.name === "..") throw new StyxError(Ename.badName);
+      if (m.mode & ~(3 | OTRUNC | ORCLOSE)) throw new StyxError(`bad open mode ${m.mode}`);
+      const c = await f.node!.create(m.name, m.perm, m.mode, { signal });
+      if (req.flushed || f.clunked) {
+        await c.file.close().catch(() => {});
+        await c.node.close().catch(() => {});
+        throw new StyxError(Ename.interrupted);
+      }
+      const old = f.node!;
+      f.node = c.node;
+      f.file = c.file;
+      f.omode = m.mode;
+      f.qid = c.file.qid;
+      if ((f.qid.type & QTEXCL) && !this.#excl.has(f.qid.path)) {
+        this.#excl.add(f.qid.path);
+        f.excl = f.qid.path;
+      }
+      await old.close().catch(() => {});
+      return { type: MsgType.Rcreate, qid: c.file.qid, iounit: this.#iounit(c.file) };
+    });
+  }
+
+  #read(m: Tread): void {
+    this.#useFid(m.tag, m.type, m.fid, false, async (_req, f, signal) => {
+      const file = f.file;
+      if (!file) throw new StyxError(Ename.notOpen);
+      if (!canRead(f.omode)) throw new StyxError(Ename.perm);
+      const count = Math.min(m.count, this.#msize - IOHDRSZ);
+      if (f.qid.type & QTDIR) return await this.#readDir(f, file, m.offset, count, signal);
+      const data = await file.read(m.offset, count, { signal });
+      return {
+        type: MsgType.Rread,
+        data: data.length > count ? data.subarray(0, count) : data,
+      };
+    });
+  }
+
+  async #readDir(
+    f: Fid,
+    file: OpenFile,
+    offset: bigint,
+    count: number,
+    signal: AbortSignal,
+  ): Promise<Reply> {
+    // Directory reads on one fid run one at a time: each continues the last.
+    const prev = f.dirLock;
+    const mine = deferred();
+    f.dirLock = mine.promise;
+    try {
+      await prev;
+      if (offset === 0n) {
+        f.dir = { entries: await file.readDir({ signal }), index: 0, offset: 0n };
+      } else if (!f.dir || offset !== f.dir.offset) {
+        throw new StyxError(Ename.badOffset);
+      }
+      const st = f.dir!;
+      const parts: Uint8Array[] = [];
+      let n = 0;
+      while (st.index < st.entries.length) {
+        const b = encodeDir(st.entries[st.index]!);
+        if (n + b.length > count) {
+          if (parts.length === 0) {
+            throw new StyxError(
+              `read count ${count} is too small for a directory entry of ${b.length} bytes`,
+            );
+          }
+          break;
+        }
+        parts.push(b);
+        n += b.length;
+        st.index++;
+      }
+      const data = new Uint8Array(n);
+      let off = 0;
+      for (const p of parts) {
+        data.set(p, off);
+        off += p.length;
+      }
+      st.offset += BigInt(n);
+      return { type: MsgType.Rread, data };
+    } finally {
+      mine.resolve();
+    }
+  }
+
+  #write(m: Twrite): void {
+    this.#useFid(m.tag, m.type, m.fid, false, async (_req, f, signal) => {
+      const file = f.file;
+      if (!file) throw new StyxError(Ename.notOpen);
+      if (f.qid.type & QTDIR) throw new StyxError(Ename.isDir);
+      if (!canWrite(f.omode)) throw new StyxError(Ename.perm);
+      const n = await file.write(m.offset, m.data, { signal });
+      return { type: MsgType.Rwrite, count: n };
+    });
+  }
+
+  #wstat(m: Twstat): void {
+    this.#useFid(m.tag, m.type, m.fid, false, async (_req, f, signal) => {
+      await f.node!.wstat(m.stat, { signal });
+      return { type: MsgType.Rwstat };
+    });
+  }
+
+  /** Tclunk, or Tremove when `remove`: either way the fid is gone afterwards. */
+  #clunk(tag: number, fid: number, remove: boolean): void {
+    const f = this.#fids.get(fid);
+    this.#run(tag, remove ? MsgType.Tremove : MsgType.Tclunk, async (req) => {
+      if (!f) throw new StyxError(Ename.badFid);
+      f.refs++;
+      try {
+        if (f.busy) await f.busy;
+      } finally {
+        f.refs--;
+      }
+      if (f.clunked || !f.node) throw new StyxError(Ename.badFid);
+      f.clunked = true;
+      if (this.#fids.get(fid) === f) this.#fids.delete(fid);
+      let err: unknown = null;
+      if (remove) {
+        try {
+          await f.node.remove({ signal: req.ctrl.signal });
+        } catch (e) {
+          err = e;
+        }
+      }
+      // Wait for the release (an ORCLOSE removal, say) unless a request
+      // still using the fid, such as a blocked read, will do it later.
+      if (f.refs === 0) await this.#release(f);
+      if (err !== null) throw err;
+      return remove ? { type: MsgType.Rremove } : { type: MsgType.Rclunk };
+    });
+  }
+
+  // -------------------------------------------------------------------------
+  // Hangup
+
+  async #teardown(): Promise<void> {
+    this.#closing = true;
+    this.#conn.close();
+    const reqs = [...this.#pending.values()];
+    this.#pending.clear();
+    for (const req of reqs) {
+      req.flushed = true;
+      req.ctrl.abort(new StyxError(Ename.hungup));
+    }
+    await Promise.allSettled(reqs.map((r) => r.done));
+    for (const f of [...this.#fids.values()]) this.#drop(f);
+    while (this.#releasing.size > 0) await Promise.allSettled([...this.#releasing]);
+    this.#drain?.resolve();
+  }
+}
