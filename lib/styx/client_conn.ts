@@ -1,0 +1,886 @@
+/**
+ * The connection layer of the Styx client: version negotiation, tag and fid
+ * allocation, pipelined RPCs with one reader loop, reply checking, Tflush on
+ * abort, and the path helpers built on the remote tree.
+ *
+ * @module
+ */
+
+import { decode, encode, msgName } from "./codec.ts";
+import { formatMsg, traceEnabled } from "./trace.ts";
+import {
+  DEFAULT_MSIZE,
+  type Dir,
+  Ename,
+  HEADER_SIZE,
+  IOHDRSZ,
+  MsgType,
+  NOFID,
+  NOTAG,
+  OREAD,
+  OTRUNC,
+  OWRITE,
+  type Qid,
+  type Rattach,
+  type Rauth,
+  type Rclunk,
+  type Rcreate,
+  type Rflush,
+  type RMsg,
+  type Ropen,
+  type Rread,
+  type Rremove,
+  type Rstat,
+  type Rversion,
+  type Rwalk,
+  type Rwrite,
+  type Rwstat,
+  StyxError,
+  type TMsg,
+  VERSION,
+} from "./types.ts";
+import type { Conn } from "../transport/conn.ts";
+import { RemoteFile, RemoteNode } from "./client_tree.ts";
+import { readAll, writeFrom } from "./client_io.ts";
+
+/** A T-message without its tag: the client assigns tags. */
+export type Untagged<T extends TMsg = TMsg> = T extends TMsg ? Omit<T, "tag"> : never;
+
+interface ReplyMap {
+  100: Rversion;
+  102: Rauth;
+  104: Rattach;
+  108: Rflush;
+  110: Rwalk;
+  112: Ropen;
+  114: Rcreate;
+  116: Rread;
+  118: Rwrite;
+  120: Rclunk;
+  122: Rremove;
+  124: Rstat;
+  126: Rwstat;
+}
+
+/** The reply type that answers a request of type `T` (Twalk → Rwalk, ...). */
+export type ReplyTo<T extends { type: TMsg["type"] }> = ReplyMap[T["type"]];
+
+/** Options of {@link StyxClient.connect}. */
+export interface StyxClientOptions {
+  /** Largest message to offer; the server may lower it (default DEFAULT_MSIZE). */
+  msize?: number;
+  /** Protocol version to offer (default "9P2000"). */
+  version?: string;
+  /** Print every message to stderr (default: on when FERRY_TRACE=1). */
+  trace?: boolean;
+  /** Aborts the version exchange. */
+  signal?: AbortSignal;
+}
+
+/** Options of {@link StyxClient.rpc}. */
+export interface RpcOptions {
+  /** Aborting sends Tflush; the request then rejects with {@link Interrupted}. */
+  signal?: AbortSignal;
+}
+
+/**
+ * The error an aborted request rejects with (its message is "interrupted").
+ * When the server answered the request before it answered the Tflush, the
+ * request did happen (flush(5)); `reply` then holds that answer so the caller
+ * can undo it (for example clunk a walk's new fid).
+ */
+export class Interrupted extends StyxError {
+  /** The original request's reply, when it arrived before Rflush. */
+  reply?: RMsg;
+  /** Make the error, with the late reply if there was one. */
+  constructor(reply?: RMsg) {
+    super(Ename.interrupted);
+    this.name = "Interrupted";
+    if (reply !== undefined) this.reply = reply;
+  }
+}
+
+interface Pending {
+  t: TMsg;
+  resolve: (r: RMsg) => void;
+  reject: (e: Error) => void;
+  /** Set once a Tflush went out for this request. */
+  flushing: boolean;
+  /** The reply, if it arrived while a Tflush was outstanding. */
+  late?: RMsg;
+  signal?: AbortSignal;
+  onAbort?: () => void;
+}
+
+const MAXTAG = 0xfffe;
+const MAXFID = 0xfffffffe;
+/** Frames up to this size are coalesced into one transport write. */
+const COALESCE = 64 * 1024;
+/** Smallest msize worth using: room for a Twalk of long names and some data. */
+const MIN_MSIZE = 256;
+
+function splitPath(path: string): string[] {
+  return path.split("/").filter((p) => p !== "" && p !== ".");
+}
+
+/**
+ * One Styx connection seen from the client side.
+ *
+ * Requests are pipelined: any number may be in flight, one reader loop
+ * dispatches replies by tag, and writes to the transport are serialised
+ * (small frames issued together are coalesced into one write). A fid number
+ * is reused only after the server has answered its Tclunk or Tremove.
+ *
+ * @example
+ * ```ts
+ * import { StyxClient } from "./client.ts";
+ * import { serve } from "./server.ts";
+ * import { MemTree } from "../fs/memory.ts";
+ * import { memPipe } from "../transport/pipe.ts";
+ * import { MsgType } from "./types.ts";
+ *
+ * const [a, b] = memPipe();
+ * serve(b, new MemTree());
+ * const client = await StyxClient.connect(a);
+ * const root = await client.attach("glenda");
+ * const r = await client.rpc({ type: MsgType.Tstat, fid: root.fid });
+ * if (r.stat.qid.type !== 0x80) throw new Error("root is not a directory");
+ * await client.close();
+ * ```
+ */
+export class StyxClient {
+  readonly #conn: Conn;
+  #msize: number;
+  #version = "";
+  readonly #trace: boolean;
+
+  readonly #pending = new Map<number, Pending>();
+  readonly #freeTags: number[] = [];
+  #nextTag = 0;
+  #tagWaiters: Array<{ resolve: (tag: number) => void; reject: (e: Error) => void }> = [];
+
+  readonly #freeFids: number[] = [];
+  #nextFid = 0;
+  #fidsInUse = 0;
+
+  #wq: Uint8Array[] = [];
+  #writing = false;
+
+  #hungup: StyxError | null = null;
+  readonly #done: Promise<void>;
+
+  private constructor(conn: Conn, msize: number, trace: boolean) {
+    this.#conn = conn;
+    this.#msize = msize;
+    this.#trace = trace;
+    this.#done = this.#readLoop();
+  }
+
+  /**
+   * Start a session on `conn`: sends Tversion (tag NOTAG) and adopts the
+   * server's msize. Rejects if the server does not speak 9P2000.
+   */
+  static async connect(conn: Conn, opts: StyxClientOptions = {}): Promise<StyxClient> {
+    const want = opts.msize ?? DEFAULT_MSIZE;
+    if (!Number.isInteger(want) || want < MIN_MSIZE || want > 0xffffffff) {
+      throw new RangeError(`Message size ${want} is out of range (${MIN_MSIZE} to 4294967295)`);
+    }
+    let trace = opts.trace ?? false;
+    if (opts.trace === undefined) {
+      try {
+        trace = traceEnabled();
+      } catch {
+        trace = false;
+      }
+    }
+    const c = new StyxClient(conn, want, trace);
+    const version = opts.version ?? VERSION;
+    let r: Rversion;
+    try {
+      r = await c.#request({ type: MsgType.Tversion, tag: NOTAG, msize: want, version }, {
+        signal: opts.signal,
+      }) as Rversion;
+    } catch (e) {
+      conn.close();
+      await c.#done;
+      throw e;
+    }
+    if (r.version !== version) {
+      await c.close();
+      throw new StyxError(`server does not speak ${version}: it answered version '${r.version}'`);
+    }
+    if (r.msize < MIN_MSIZE || r.msize > want) {
+      await c.close();
+      throw new StyxError(
+        `server chose msize ${r.msize}, outside the range ${MIN_MSIZE} to ${want} that was offered`,
+      );
+    }
+    c.#msize = r.msize;
+    c.#version = r.version;
+    return c;
+  }
+
+  /** The negotiated maximum message size. */
+  get msize(): number {
+    return this.#msize;
+  }
+
+  /** The negotiated protocol version ("9P2000"). */
+  get version(): string {
+    return this.#version;
+  }
+
+  /** Largest data count one Tread or Twrite can carry: msize - IOHDRSZ. */
+  get maxIo(): number {
+    return this.#msize - IOHDRSZ;
+  }
+
+  /** Number of fids currently allocated (walked, attached or open). */
+  get fidsInUse(): number {
+    return this.#fidsInUse;
+  }
+
+  /** Number of requests waiting for a reply. */
+  get inFlight(): number {
+    return this.#pending.size;
+  }
+
+  /** True once the connection is gone; every later request fails at once. */
+  get hungup(): boolean {
+    return this.#hungup !== null;
+  }
+
+  /** Resolves once the connection is gone and every request has settled. */
+  get closed(): Promise<void> {
+    return this.#done;
+  }
+
+  /**
+   * Attach to the server's tree as `uname`, selecting `aname` (default "").
+   * No authentication is done at this layer (afid is NOFID): the transport
+   * carries the verified identity.
+   */
+  async attach(uname: string, aname = "", opts: RpcOptions = {}): Promise<RemoteNode> {
+    const fid = this.allocFid();
+    let r: Rattach;
+    try {
+      r = await this.rpc({ type: MsgType.Tattach, fid, afid: NOFID, uname, aname }, opts);
+    } catch (e) {
+      // An interrupted attach that did happen left the fid behind: clunk it.
+      const late = e instanceof Interrupted ? e.reply : undefined;
+      if (late?.type === MsgType.Rattach) this.clunk(fid).catch(() => {});
+      else if (!this.#hungup) this.releaseFid(fid);
+      throw e;
+    }
+    return new RemoteNode(this, fid, r.qid);
+  }
+
+  /**
+   * Send `t` and wait for its reply. The reply is checked against the
+   * request: Rerror rejects with a StyxError carrying the server's ename,
+   * and a reply of any other type than the one that answers `t` rejects
+   * with an error naming both. Aborting `opts.signal` sends Tflush and
+   * rejects with {@link Interrupted} once the server has answered it.
+   */
+  rpc<T extends Untagged>(t: T, opts: RpcOptions = {}): Promise<ReplyTo<T>> {
+    if (t.type === MsgType.Tversion) {
+      return Promise.reject(new StyxError("Tversion is sent only by StyxClient.connect"));
+    }
+    if (t.type === MsgType.Tflush) {
+      return Promise.reject(new StyxError("Tflush is sent by aborting a request's signal"));
+    }
+    return this.#rpc(t, opts);
+  }
+
+  async #rpc<T extends Untagged>(t: T, opts: RpcOptions): Promise<ReplyTo<T>> {
+    if (this.#hungup) throw this.#hungup;
+    if (opts.signal?.aborted) throw new Interrupted();
+    const tag = await this.#allocTag();
+    const msg = { ...t, tag } as TMsg;
+    return await this.#request(msg, opts) as ReplyTo<T>;
+  }
+
+  #request(t: TMsg, opts: RpcOptions): Promise<RMsg> {
+    return new Promise<RMsg>((resolve, reject) => {
+      if (this.#hungup) {
+        this.#freeTag(t.tag);
+        reject(this.#hungup);
+        return;
+      }
+      const p: Pending = { t, resolve, reject, flushing: false };
+      const signal = opts.signal;
+      if (signal) {
+        if (signal.aborted) {
+          this.#freeTag(t.tag);
+          reject(new Interrupted());
+          return;
+        }
+        p.signal = signal;
+        p.onAbort = () => this.#flush(p);
+        signal.addEventListener("abort", p.onAbort, { once: true });
+      }
+      this.#pending.set(t.tag, p);
+      this.#send(t);
+    });
+  }
+
+  /** Send a Tflush for `p` (once); `p` settles when Rflush arrives. */
+  #flush(p: Pending): void {
+    if (p.flushing || this.#pending.get(p.t.tag) !== p || this.#hungup) return;
+    p.flushing = true;
+    if (p.t.tag === NOTAG) {
+      // Nothing can flush a Tversion: drop the connection instead.
+      this.#fail(new Interrupted());
+      return;
+    }
+    const oldtag = p.t.tag;
+    this.#allocTag().then((tag) => {
+      const f: TMsg = { type: MsgType.Tflush, tag, oldtag };
+      return this.#request(f, {});
+    }).then(
+      () => this.#finishFlush(oldtag),
+      () => this.#finishFlush(oldtag),
+    );
+  }
+
+  #finishFlush(oldtag: number): void {
+    const p = this.#pending.get(oldtag);
+    if (!p) return;
+    this.#pending.delete(oldtag);
+    this.#freeTag(oldtag);
+    this.#detach(p);
+    p.reject(new Interrupted(p.late));
+  }
+
+  #detach(p: Pending): void {
+    if (p.signal && p.onAbort) p.signal.removeEventListener("abort", p.onAbort);
+  }
+
+  // -- tags and fids --------------------------------------------------------
+
+  #allocTag(): Promise<number> {
+    const t = this.#freeTags.pop();
+    if (t !== undefined) return Promise.resolve(t);
+    if (this.#nextTag <= MAXTAG) return Promise.resolve(this.#nextTag++);
+    if (this.#hungup) return Promise.reject(this.#hungup);
+    return new Promise((resolve, reject) => this.#tagWaiters.push({ resolve, reject }));
+  }
+
+  #freeTag(tag: number): void {
+    if (tag === NOTAG) return;
+    const w = this.#tagWaiters.shift();
+    if (w) w.resolve(tag);
+    else this.#freeTags.push(tag);
+  }
+
+  /**
+   * Reserve a fid number for a new Tattach or Twalk. Give it back with
+   * {@link releaseFid} only when the server does not hold it (a failed walk)
+   * or has answered its Tclunk or Tremove.
+   */
+  allocFid(): number {
+    if (this.#hungup) throw this.#hungup;
+    let f = this.#freeFids.pop();
+    if (f === undefined) {
+      if (this.#nextFid > MAXFID) throw new StyxError("no free fids left on this connection");
+      f = this.#nextFid++;
+    }
+    this.#fidsInUse++;
+    return f;
+  }
+
+  /** Return a fid number that the server no longer holds. */
+  releaseFid(fid: number): void {
+    this.#fidsInUse--;
+    this.#freeFids.push(fid);
+  }
+
+  /**
+   * Clunk `fid` and free its number once Rclunk (or Rerror) arrives. Errors
+   * are swallowed: the fid is gone either way (clunk(5)).
+   */
+  async clunk(fid: number): Promise<void> {
+    if (this.#hungup) return;
+    try {
+      await this.#rpc({ type: MsgType.Tclunk, fid }, {});
+    } catch (e) {
+      if (this.#hungup) return; // the server dropped every fid with the connection
+      if (!(e instanceof StyxError)) throw e;
+    }
+    this.releaseFid(fid);
+  }
+
+  /** Remove the file `fid` refers to; the fid is gone afterwards, success or not. */
+  async removeFid(fid: number, opts: RpcOptions = {}): Promise<void> {
+    try {
+      await this.#rpc({ type: MsgType.Tremove, fid }, opts);
+    } catch (e) {
+      if (e instanceof Interrupted && e.reply === undefined) {
+        // Flushed before the server acted (flush(5)): the fid still exists.
+        await this.clunk(fid);
+      } else if (!this.#hungup) this.releaseFid(fid);
+      throw e;
+    }
+    this.releaseFid(fid);
+  }
+
+  /**
+   * Walk `fid` by `names` (at most 16) to `newfid`. Resolves with the qids;
+   * when fewer qids than names came back, `newfid` was not created and its
+   * number has been released. Frees or clunks `newfid` on failure.
+   * @internal
+   */
+  async walkFid(
+    fid: number,
+    newfid: number,
+    names: string[],
+    opts: RpcOptions = {},
+  ): Promise<Qid[]> {
+    let r: Rwalk;
+    try {
+      r = await this.#rpc({ type: MsgType.Twalk, fid, newfid, wnames: names }, opts);
+    } catch (e) {
+      if (newfid !== fid && !this.#hungup) {
+        // An interrupted walk whose Rwalk arrived before Rflush did happen:
+        // newfid exists if every name was walked, and must be clunked.
+        const late = e instanceof Interrupted ? e.reply : undefined;
+        if (late?.type === MsgType.Rwalk && late.wqids.length === names.length) {
+          this.clunk(newfid).catch(() => {});
+        } else {
+          this.releaseFid(newfid);
+        }
+      }
+      throw e;
+    }
+    if (r.wqids.length > names.length) {
+      if (newfid !== fid) this.clunk(newfid).catch(() => {});
+      throw new StyxError(
+        `server answered a walk of ${names.length} names with ${r.wqids.length} qids`,
+      );
+    }
+    if (names.length > 0 && r.wqids.length === 0) {
+      // walk(5) requires Rerror here; treat a bare empty Rwalk the same way.
+      if (newfid !== fid) this.releaseFid(newfid);
+      throw new StyxError(Ename.notFound);
+    }
+    if (r.wqids.length < names.length && newfid !== fid) this.releaseFid(newfid);
+    return r.wqids;
+  }
+
+  // -- path helpers ---------------------------------------------------------
+
+  /**
+   * Walk from `root` along a slash-separated `path` ("" or "/" clones
+   * `root`). Rejects with "file does not exist" when any element is missing.
+   */
+  async walkPath(root: RemoteNode, path: string, opts: RpcOptions = {}): Promise<RemoteNode> {
+    const w = await root.walk(splitPath(path), opts);
+    if (!w.node) throw new StyxError(Ename.notFound);
+    return w.node as RemoteNode;
+  }
+
+  /** Open the file at `path` with `mode`. */
+  async openPath(
+    root: RemoteNode,
+    path: string,
+    mode: number,
+    opts: RpcOptions = {},
+  ): Promise<RemoteFile> {
+    const names = splitPath(path);
+    const fid = this.allocFid();
+    const qids = await this.#walkLong(root.fid, fid, names, opts);
+    if (qids.length < names.length) throw new StyxError(Ename.notFound);
+    return await this.openFid(fid, mode, opts);
+  }
+
+  /**
+   * Walk `names` (any number) from `fid` to `newfid`, splitting into Twalks
+   * of at most 16 names; later pieces walk `newfid` in place. Resolves with
+   * all qids walked; when short, `newfid` has been released.
+   * @internal
+   */
+  async walkLong(
+    fid: number,
+    newfid: number,
+    names: string[],
+    opts: RpcOptions = {},
+  ): Promise<Qid[]> {
+    return await this.#walkLong(fid, newfid, names, opts);
+  }
+
+  async #walkLong(
+    fid: number,
+    newfid: number,
+    names: string[],
+    opts: RpcOptions,
+  ): Promise<Qid[]> {
+    const first = names.slice(0, 16);
+    const qids = await this.walkFid(fid, newfid, first, opts);
+    if (qids.length < first.length) return qids;
+    for (let i = 16; i < names.length; i += 16) {
+      const piece = names.slice(i, i + 16);
+      let got: Qid[];
+      try {
+        got = await this.walkFid(newfid, newfid, piece, opts);
+      } catch (e) {
+        await this.clunk(newfid);
+        if (e instanceof StyxError && !(e instanceof Interrupted) && !this.#hungup) {
+          return qids; // a later element failed: a partial walk
+        }
+        throw e;
+      }
+      qids.push(...got);
+      if (got.length < piece.length) {
+        await this.clunk(newfid);
+        return qids;
+      }
+    }
+    return qids;
+  }
+
+  /**
+   * Topen an already-walked `fid` with `mode`, clunking it on failure.
+   * @internal
+   */
+  async openFid(fid: number, mode: number, opts: RpcOptions = {}): Promise<RemoteFile> {
+    let r: Ropen;
+    try {
+      r = await this.#rpc({ type: MsgType.Topen, fid, mode }, opts);
+    } catch (e) {
+      this.clunk(fid).catch(() => {});
+      throw e;
+    }
+    return new RemoteFile(this, fid, r.qid, r.iounit);
+  }
+
+  /**
+   * Read the whole file at `path`, several Treads in flight at a time.
+   *
+   * @example
+   * ```ts ignore
+   * const bytes = await client.readFile(root, "/lib/ndb/local");
+   * ```
+   */
+  async readFile(root: RemoteNode, path: string, signal?: AbortSignal): Promise<Uint8Array> {
+    const f = await this.openPath(root, path, OREAD, { signal });
+    try {
+      return await readAll(f, signal);
+    } finally {
+      f.close().catch(() => {});
+    }
+  }
+
+  /**
+   * Write `data` (bytes or a stream) to the file at `path`, truncating it,
+   * or creating it (perm 0666) when it does not exist. Resolves with the
+   * number of bytes written.
+   */
+  async writeFile(
+    root: RemoteNode,
+    path: string,
+    data: Uint8Array | ReadableStream<Uint8Array>,
+    opts: { perm?: number; signal?: AbortSignal } = {},
+  ): Promise<bigint> {
+    const names = splitPath(path);
+    if (names.length === 0) throw new StyxError(Ename.isDir);
+    let f: RemoteFile;
+    try {
+      f = await this.openPath(root, path, OWRITE | OTRUNC, { signal: opts.signal });
+    } catch (e) {
+      if (!(e instanceof StyxError) || e.message !== Ename.notFound) throw e;
+      f = await this.#createPath(root, names, opts.perm ?? 0o666, OWRITE, opts.signal);
+    }
+    try {
+      return await writeFrom(f, data, { signal: opts.signal });
+    } finally {
+      await f.close();
+    }
+  }
+
+  async #createPath(
+    root: RemoteNode,
+    names: string[],
+    perm: number,
+    mode: number,
+    signal?: AbortSignal,
+  ): Promise<RemoteFile> {
+    const name = names[names.length - 1]!;
+    const fid = this.allocFid();
+    const parent = names.slice(0, -1);
+    const qids = await this.#walkLong(root.fid, fid, parent, { signal });
+    if (qids.length < parent.length) throw new StyxError(Ename.notFound);
+    let r: Rcreate;
+    try {
+      r = await this.#rpc({ type: MsgType.Tcreate, fid, name, perm: perm >>> 0, mode }, {
+        signal,
+      });
+    } catch (e) {
+      this.clunk(fid).catch(() => {});
+      throw e;
+    }
+    return new RemoteFile(this, fid, r.qid, r.iounit);
+  }
+
+  /** List the directory at `path` (or stat the file there, as ls does). */
+  async ls(root: RemoteNode, path: string, signal?: AbortSignal): Promise<Dir[]> {
+    const node = await this.walkPath(root, path, { signal });
+    try {
+      if ((node.qid.type & 0x80) === 0) return [await node.stat({ signal })];
+      const f = await node.open(OREAD, { signal });
+      try {
+        return await f.readDir({ signal });
+      } finally {
+        f.close().catch(() => {});
+      }
+    } finally {
+      node.close().catch(() => {});
+    }
+  }
+
+  /** Stat the file at `path`. */
+  async stat(root: RemoteNode, path: string, signal?: AbortSignal): Promise<Dir> {
+    const node = await this.walkPath(root, path, { signal });
+    try {
+      return await node.stat({ signal });
+    } finally {
+      node.close().catch(() => {});
+    }
+  }
+
+  /**
+   * Create the file (or, with DMDIR in `perm`, the directory) at `path`.
+   * Resolves with its qid. Default perm 0666, mode OREAD.
+   */
+  async create(
+    root: RemoteNode,
+    path: string,
+    opts: { perm?: number; mode?: number; signal?: AbortSignal } = {},
+  ): Promise<Qid> {
+    const names = splitPath(path);
+    if (names.length === 0) throw new StyxError(Ename.exists);
+    const f = await this.#createPath(
+      root,
+      names,
+      opts.perm ?? 0o666,
+      opts.mode ?? OREAD,
+      opts.signal,
+    );
+    await f.close();
+    return f.qid;
+  }
+
+  /** Remove the file or empty directory at `path`. */
+  async remove(root: RemoteNode, path: string, signal?: AbortSignal): Promise<void> {
+    const node = await this.walkPath(root, path, { signal });
+    await node.remove({ signal });
+  }
+
+  // -- the wire -------------------------------------------------------------
+
+  #send(t: TMsg): void {
+    let frame: Uint8Array;
+    try {
+      frame = encode(t);
+    } catch (e) {
+      const p = this.#pending.get(t.tag);
+      this.#pending.delete(t.tag);
+      this.#freeTag(t.tag);
+      if (p) {
+        this.#detach(p);
+        p.reject(e instanceof Error ? e : new Error(String(e)));
+      }
+      return;
+    }
+    if (frame.length > this.#msize) {
+      const p = this.#pending.get(t.tag);
+      this.#pending.delete(t.tag);
+      this.#freeTag(t.tag);
+      if (p) {
+        this.#detach(p);
+        p.reject(
+          new StyxError(
+            `${
+              msgName(t.type)
+            } of ${frame.length} bytes exceeds the negotiated msize ${this.#msize}`,
+          ),
+        );
+      }
+      return;
+    }
+    if (this.#trace) this.#traceMsg("->", t);
+    this.#wq.push(frame);
+    if (!this.#writing) {
+      this.#writing = true;
+      queueMicrotask(() => this.#drain());
+    }
+  }
+
+  async #drain(): Promise<void> {
+    try {
+      while (this.#wq.length > 0 && !this.#hungup) {
+        let out: Uint8Array;
+        const head = this.#wq[0]!;
+        if (this.#wq.length === 1 || head.length >= COALESCE) {
+          out = head;
+          this.#wq.shift();
+        } else {
+          let n = 0;
+          let k = 0;
+          while (k < this.#wq.length && n + this.#wq[k]!.length <= COALESCE) {
+            n += this.#wq[k]!.length;
+            k++;
+          }
+          if (k <= 1) {
+            out = head;
+            this.#wq.shift();
+          } else {
+            out = new Uint8Array(n);
+            let o = 0;
+            for (const f of this.#wq.splice(0, k)) {
+              out.set(f, o);
+              o += f.length;
+            }
+          }
+        }
+        await this.#conn.write(out);
+      }
+    } catch {
+      this.#fail(new StyxError(Ename.hungup));
+      this.#conn.close();
+    } finally {
+      this.#writing = false;
+      this.#wq = [];
+    }
+  }
+
+  #traceMsg(dir: string, m: TMsg | RMsg): void {
+    try {
+      console.error(`styx ${dir} ${formatMsg(m)}`);
+    } catch {
+      console.error(`styx ${dir} ${msgName(m.type)} tag ${m.tag}`);
+    }
+  }
+
+  async #readLoop(): Promise<void> {
+    const hdr = new Uint8Array(4);
+    let hdrLen = 0;
+    let frame: Uint8Array | null = null;
+    let fLen = 0;
+    try {
+      for (;;) {
+        const chunk = await this.#conn.read();
+        if (chunk === null) break;
+        let p = 0;
+        const n = chunk.length;
+        while (p < n) {
+          if (frame !== null) {
+            const k = Math.min(frame.length - fLen, n - p);
+            frame.set(chunk.subarray(p, p + k), fLen);
+            fLen += k;
+            p += k;
+            if (fLen === frame.length) {
+              const f = frame;
+              frame = null;
+              this.#dispatch(f);
+            }
+            continue;
+          }
+          if (hdrLen === 0 && n - p >= 4) {
+            const size = (chunk[p]! | chunk[p + 1]! << 8 | chunk[p + 2]! << 16) +
+              chunk[p + 3]! * 0x1000000;
+            this.#checkSize(size);
+            if (n - p >= size) {
+              this.#dispatch(chunk.subarray(p, p + size));
+              p += size;
+            } else {
+              frame = new Uint8Array(size);
+              frame.set(chunk.subarray(p));
+              fLen = n - p;
+              p = n;
+            }
+            continue;
+          }
+          while (hdrLen < 4 && p < n) hdr[hdrLen++] = chunk[p++]!;
+          if (hdrLen < 4) break;
+          const size = (hdr[0]! | hdr[1]! << 8 | hdr[2]! << 16) + hdr[3]! * 0x1000000;
+          this.#checkSize(size);
+          frame = new Uint8Array(size);
+          frame.set(hdr);
+          fLen = 4;
+          hdrLen = 0;
+        }
+      }
+      this.#fail(new StyxError(Ename.hungup));
+    } catch (e) {
+      this.#fail(e instanceof StyxError ? e : new StyxError(Ename.hungup));
+      this.#conn.close();
+    }
+  }
+
+  #checkSize(size: number): void {
+    if (size < HEADER_SIZE || size > this.#msize) {
+      throw new StyxError(
+        `server sent a message of ${size} bytes (allowed: ${HEADER_SIZE} to ${this.#msize}); connection dropped`,
+      );
+    }
+  }
+
+  #dispatch(frame: Uint8Array): void {
+    const tag = frame[5]! | frame[6]! << 8;
+    const p = this.#pending.get(tag);
+    let r: RMsg;
+    try {
+      r = decode(frame, this.#msize) as RMsg;
+    } catch (e) {
+      if (p && !p.flushing) {
+        this.#pending.delete(tag);
+        this.#freeTag(tag);
+        this.#detach(p);
+        p.reject(new StyxError(`bad reply to ${msgName(p.t.type)}: ${(e as Error).message}`));
+      }
+      return;
+    }
+    if (this.#trace) this.#traceMsg("<-", r);
+    if (!p) return; // a reply nobody waits for (e.g. after a bad one): ignore it
+    if (p.flushing && p.t.type !== MsgType.Tflush) {
+      // The request completed before the server saw our Tflush: remember
+      // the reply; the tag stays reserved until Rflush (flush(5)).
+      if (r.type === p.t.type + 1) p.late = r;
+      return;
+    }
+    this.#pending.delete(tag);
+    this.#freeTag(tag);
+    this.#detach(p);
+    if (r.type === p.t.type + 1) {
+      p.resolve(r);
+    } else if (r.type === MsgType.Rerror) {
+      p.reject(new StyxError(r.ename));
+    } else {
+      p.reject(
+        new StyxError(
+          `server answered ${msgName(p.t.type)} (tag ${tag}) with ${msgName(r.type)}`,
+        ),
+      );
+    }
+  }
+
+  /** Fail every pending request and every later one with `err`. */
+  #fail(err: StyxError): void {
+    if (this.#hungup) return;
+    this.#hungup = err;
+    const all = [...this.#pending.values()];
+    this.#pending.clear();
+    for (const p of all) {
+      this.#detach(p);
+      p.reject(p.flushing && p.t.type !== MsgType.Tflush ? new Interrupted(p.late) : err);
+    }
+    for (const w of this.#tagWaiters) w.reject(err);
+    this.#tagWaiters = [];
+  }
+
+  /** Close the connection; pending requests reject with "i/o on hungup channel". */
+  async close(): Promise<void> {
+    this.#conn.close();
+    await this.#done;
+  }
+}

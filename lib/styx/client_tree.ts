@@ -1,0 +1,277 @@
+/**
+ * A remote file tree seen through a {@link StyxClient}: {@link RemoteTree},
+ * {@link RemoteNode} (a walked fid) and {@link RemoteFile} (an open fid),
+ * implementing the one tree interface of lib/fs/tree.ts.
+ *
+ * @module
+ */
+
+import { decodeDirs } from "./codec.ts";
+import {
+  type Dir,
+  Ename,
+  MsgType,
+  type Qid,
+  type Rcreate,
+  type Rread,
+  StyxError,
+} from "./types.ts";
+import type { Caller, Created, Node, OpenFile, OpOptions, Tree, WalkResult } from "../fs/tree.ts";
+import type { StyxClient } from "./client_conn.ts";
+
+/**
+ * The tree a Styx server exports, as a {@link Tree}: attach sends Tattach
+ * with the caller's user name.
+ *
+ * @example
+ * ```ts
+ * import { RemoteTree, StyxClient } from "./client.ts";
+ * import { serve } from "./server.ts";
+ * import { MemTree } from "../fs/memory.ts";
+ * import { memPipe } from "../transport/pipe.ts";
+ *
+ * const [a, b] = memPipe();
+ * serve(b, new MemTree());
+ * const tree = new RemoteTree(await StyxClient.connect(a));
+ * const root = await tree.attach({ user: "glenda" }, "");
+ * await root.close();
+ * await tree.client.close();
+ * ```
+ */
+export class RemoteTree implements Tree {
+  /** Wrap `client`; `opts.uname` overrides the caller's name at attach. */
+  constructor(readonly client: StyxClient, readonly opts: { uname?: string } = {}) {}
+
+  /** Attach as `caller.user` (or the fixed uname), selecting `aname`. */
+  attach(caller: Caller, aname: string): Promise<RemoteNode> {
+    return this.client.attach(this.opts.uname ?? caller.user, aname);
+  }
+}
+
+/** What {@link RemoteNode.walk} returns: a {@link WalkResult} whose node is remote. */
+export interface RemoteWalkResult extends WalkResult {
+  /** Present only when every name was walked. */
+  node?: RemoteNode;
+}
+
+/** A fid on the server that has been attached or walked but not opened. */
+export class RemoteNode implements Node {
+  #qid: Qid;
+  #closed = false;
+
+  /** Wrap `fid`, already walked to a file whose qid is `qid`. */
+  constructor(readonly client: StyxClient, readonly fid: number, qid: Qid) {
+    this.#qid = qid;
+  }
+
+  /** The file's qid as last seen. */
+  get qid(): Qid {
+    return this.#qid;
+  }
+
+  /** True once closed or removed. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  #check(): void {
+    if (this.#closed) throw new StyxError(Ename.badFid);
+  }
+
+  /**
+   * Walk `names` to a new fid (more than 16 names take several Twalks). With
+   * no names, clones this node. A partial walk returns only the qids.
+   */
+  async walk(names: string[], opts: OpOptions = {}): Promise<RemoteWalkResult> {
+    this.#check();
+    const newfid = this.client.allocFid();
+    const qids = await this.client.walkLong(this.fid, newfid, names, opts);
+    if (qids.length < names.length) return { qids };
+    const qid = qids.length === 0 ? { ...this.#qid } : qids[qids.length - 1]!;
+    return { qids, node: new RemoteNode(this.client, newfid, qid) };
+  }
+
+  /** Open with 9P `mode`: a clone walk, then Topen on the clone (clunked on failure). */
+  async open(mode: number, opts: OpOptions = {}): Promise<RemoteFile> {
+    this.#check();
+    const fid = this.client.allocFid();
+    await this.client.walkFid(this.fid, fid, [], opts);
+    return await this.client.openFid(fid, mode, opts);
+  }
+
+  /**
+   * Create `name` in this directory: clone, Tcreate on the clone (which
+   * becomes the open file), then walk to `name` for the node.
+   */
+  async create(name: string, perm: number, mode: number, opts: OpOptions = {}): Promise<Created> {
+    this.#check();
+    const c = this.client;
+    const fid = c.allocFid();
+    await c.walkFid(this.fid, fid, [], opts);
+    let r: Rcreate;
+    try {
+      r = await c.rpc({ type: MsgType.Tcreate, fid, name, perm: perm >>> 0, mode }, opts);
+    } catch (e) {
+      c.clunk(fid).catch(() => {});
+      throw e;
+    }
+    const file = new RemoteFile(c, fid, r.qid, r.iounit);
+    let w: RemoteWalkResult;
+    try {
+      w = await this.walk([name], opts);
+    } catch (e) {
+      await file.close();
+      throw e;
+    }
+    return { node: w.node!, file };
+  }
+
+  /** Tstat. */
+  async stat(opts: OpOptions = {}): Promise<Dir> {
+    this.#check();
+    const r = await this.client.rpc({ type: MsgType.Tstat, fid: this.fid }, opts);
+    this.#qid = r.stat.qid;
+    return r.stat;
+  }
+
+  /** Twstat; fields set to "don't touch" are left alone by the server. */
+  async wstat(dir: Dir, opts: OpOptions = {}): Promise<void> {
+    this.#check();
+    // DMDIR | 0o755 is negative in JavaScript; send the bits as unsigned.
+    const stat = { ...dir, mode: dir.mode >>> 0 };
+    await this.client.rpc({ type: MsgType.Twstat, fid: this.fid, stat }, opts);
+  }
+
+  /** Tremove; the fid is released whether or not the remove succeeds. */
+  async remove(opts: OpOptions = {}): Promise<void> {
+    this.#check();
+    this.#closed = true;
+    await this.client.removeFid(this.fid, opts);
+  }
+
+  /** Tclunk the fid (once; later calls do nothing). */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.client.clunk(this.fid);
+  }
+}
+
+/**
+ * An open fid. `read` and `write` split at `iounit` and go one request at a
+ * time (safe for stream files); use {@link readStream} and
+ * {@link writeFrom} to keep several in flight.
+ */
+export class RemoteFile implements OpenFile {
+  /** Largest count per Tread/Twrite: Ropen's iounit, or msize - IOHDRSZ when that is 0. */
+  readonly iounit: number;
+  #closed = false;
+
+  /** Wrap the open `fid`; `iounit` is as Ropen gave it. */
+  constructor(
+    readonly client: StyxClient,
+    readonly fid: number,
+    readonly qid: Qid,
+    iounit: number,
+  ) {
+    const max = client.maxIo;
+    this.iounit = iounit <= 0 || iounit > max ? max : iounit;
+  }
+
+  /** True once closed. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  #check(): void {
+    if (this.#closed) throw new StyxError(Ename.badFid);
+  }
+
+  /** One Tread of at most `iounit` bytes; the data is a view of the reply frame. */
+  async readOnce(offset: bigint, count: number, opts: OpOptions = {}): Promise<Uint8Array> {
+    this.#check();
+    const r: Rread = await this.client.rpc({
+      type: MsgType.Tread,
+      fid: this.fid,
+      offset,
+      count: Math.min(count, this.iounit),
+    }, opts);
+    return r.data;
+  }
+
+  /** One Twrite of at most `iounit` bytes; resolves with the count written. */
+  async writeOnce(offset: bigint, data: Uint8Array, opts: OpOptions = {}): Promise<number> {
+    this.#check();
+    const piece = data.length > this.iounit ? data.subarray(0, this.iounit) : data;
+    const r = await this.client.rpc(
+      { type: MsgType.Twrite, fid: this.fid, offset, data: piece },
+      opts,
+    );
+    if (r.count > piece.length) {
+      throw new StyxError(
+        `server claims to have written ${r.count} bytes of a ${piece.length}-byte Twrite`,
+      );
+    }
+    return r.count;
+  }
+
+  /**
+   * Read up to `count` bytes at `offset`: Treads of at most `iounit`, one
+   * after another, stopping at the first short one.
+   */
+  async read(offset: bigint, count: number, opts: OpOptions = {}): Promise<Uint8Array> {
+    if (count <= this.iounit) return await this.readOnce(offset, count, opts);
+    const parts: Uint8Array[] = [];
+    let got = 0;
+    while (got < count) {
+      const want = Math.min(count - got, this.iounit);
+      const d = await this.readOnce(offset + BigInt(got), want, opts);
+      parts.push(d);
+      got += d.length;
+      if (d.length < want) break;
+    }
+    return concat(parts, got);
+  }
+
+  /** Write all of `data` at `offset` in Twrites of at most `iounit`; resolves with the count. */
+  async write(offset: bigint, data: Uint8Array, opts: OpOptions = {}): Promise<number> {
+    let done = 0;
+    do {
+      const n = await this.writeOnce(offset + BigInt(done), data.subarray(done), opts);
+      if (n === 0) break;
+      done += n;
+    } while (done < data.length);
+    return done;
+  }
+
+  /** Read the whole directory: Treads from offset 0 until an empty one. */
+  async readDir(opts: OpOptions = {}): Promise<Dir[]> {
+    const dirs: Dir[] = [];
+    let off = 0n;
+    for (;;) {
+      const d = await this.readOnce(off, this.iounit, opts);
+      if (d.length === 0) return dirs;
+      for (const e of decodeDirs(d)) dirs.push(e);
+      off += BigInt(d.length);
+    }
+  }
+
+  /** Tclunk the fid (once; later calls do nothing). */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.client.clunk(this.fid);
+  }
+}
+
+/** Join `parts` holding `total` bytes (no copy when there is one part). */
+export function concat(parts: Uint8Array[], total: number): Uint8Array {
+  if (parts.length === 1) return parts[0]!;
+  const out = new Uint8Array(total);
+  let o = 0;
+  for (const p of parts) {
+    out.set(p, o);
+    o += p.length;
+  }
+  return out;
+}
