@@ -17,7 +17,16 @@ interface Entry {
 }
 
 // Modules load lazily so a one-shot command pays only for what it uses.
-const commands: Record<string, Entry> = {};
+const commands: Record<string, Entry> = {
+  ca: {
+    summary: "certificate authority: init, issue, list, revoke, crl, token",
+    load: () => import("./ca.ts"),
+  },
+  sh: {
+    summary: "Inferno-like shell: bind, mount, listen, export, ls, cat, ...",
+    load: () => import("./sh.ts"),
+  },
+};
 
 function usage(): string {
   const width = Math.max(...Object.keys(commands).map((n) => n.length), 4);

@@ -1,0 +1,160 @@
+/**
+ * `ferry sh`: the Inferno-like shell. Interactive with a `; ` prompt, line
+ * editing and history on a terminal; runs `-c` commands or a script file
+ * otherwise. Each shell starts from the default namespace rooted at a host
+ * directory (`-r DIR`, like `emu -r`).
+ *
+ * @module
+ */
+
+import { fail, parse, UsageError } from "../lib/cli.ts";
+import { Namespace } from "../lib/ns/namespace.ts";
+import { defaultRootDir } from "../lib/ns/devices.ts";
+import { Shell } from "../lib/sh/interp.ts";
+import { builtins } from "../lib/sh/builtins/mod.ts";
+import { denoReader, denoWriter, emptyReader, type ShIO } from "../lib/sh/io.ts";
+import { incomplete } from "../lib/sh/parser.ts";
+import { denoTerminal, LineEditor } from "../lib/sh/lineedit.ts";
+
+const spec = {
+  usage: "ferry sh [-r ROOTDIR] [-c COMMANDS] [FILE [ARG...]]",
+  about: "Run Ferry's Inferno-like shell. With -c, run COMMANDS; with FILE, run the script " +
+    "in the host file FILE with $* set to the ARGs; otherwise read commands from standard " +
+    "input, with a '; ' prompt, line editing and history when it is a terminal. A script or " +
+    "-c run ends when its commands and its background jobs (such as listen) have finished.",
+  options: {
+    r: { type: "string" as const, short: "r" },
+    c: { type: "string" as const, short: "c" },
+  },
+  optionsHelp:
+    "  -r DIR       root directory of the namespace (default $FERRY_ROOT or ~/.ferry/root)\n" +
+    "  -c COMMANDS  run COMMANDS and exit",
+};
+
+function hostUser(): string {
+  return Deno.env.get("USER") ?? Deno.env.get("LOGNAME") ?? "none";
+}
+
+/** Reads lines from a stream that is not a terminal. */
+class LineReader {
+  #buf = "";
+  #dec = new TextDecoder();
+  #eof = false;
+  constructor(readonly r: { read(p: Uint8Array): Promise<number | null> }) {}
+  async readLine(): Promise<string | null> {
+    for (;;) {
+      const nl = this.#buf.indexOf("\n");
+      if (nl >= 0) {
+        const line = this.#buf.slice(0, nl);
+        this.#buf = this.#buf.slice(nl + 1);
+        return line;
+      }
+      if (this.#eof) {
+        if (this.#buf === "") return null;
+        const line = this.#buf;
+        this.#buf = "";
+        return line;
+      }
+      const b = new Uint8Array(16384);
+      const n = await this.r.read(b);
+      if (n === null) this.#eof = true;
+      else this.#buf += this.#dec.decode(b.subarray(0, n), { stream: true });
+    }
+  }
+}
+
+async function interactive(sh: Shell, rootDir: string, io: ShIO): Promise<number> {
+  const tty = Deno.stdin.isTerminal();
+  let editor: LineEditor | undefined;
+  let plain: LineReader | undefined;
+  if (tty) {
+    const dir = `${rootDir}/usr/${sh.user}/lib`;
+    await Deno.mkdir(dir, { recursive: true }).catch(() => {});
+    editor = new LineEditor(denoTerminal(), { historyFile: `${dir}/sh_history` });
+    await editor.loadHistory();
+  } else {
+    plain = new LineReader(Deno.stdin);
+  }
+  for (;;) {
+    let src = "";
+    let prompt = "; ";
+    for (;;) {
+      const line = editor ? await editor.readLine(prompt) : await plain!.readLine();
+      if (line === null) {
+        if (src !== "") break;
+        return sh.status === "" ? 0 : 1;
+      }
+      src += line + "\n";
+      if (!incomplete(src)) break;
+      prompt = "\t";
+    }
+    if (src.trim() === "") continue;
+    await editor?.addHistory(src.trimEnd());
+    // ctrl-c while a command runs interrupts it, not the shell.
+    const ctrl = new AbortController();
+    const onInt = () => ctrl.abort();
+    if (tty) Deno.addSignalListener("SIGINT", onInt);
+    sh.signal = ctrl.signal;
+    try {
+      await sh.run(src, io);
+    } finally {
+      if (tty) Deno.removeSignalListener("SIGINT", onInt);
+      sh.signal = new AbortController().signal;
+    }
+    if (sh.exited) return sh.status === "" ? 0 : 1;
+  }
+}
+
+/** Run `ferry sh` with `args`; resolves to the exit status. */
+export async function run(args: string[]): Promise<number> {
+  // Options end at the first file name: what follows belongs to the script.
+  const firstFile = args.findIndex((a, i) =>
+    !a.startsWith("-") && args[i - 1] !== "-r" && args[i - 1] !== "-c"
+  );
+  const own = firstFile < 0 ? args : args.slice(0, firstFile);
+  const scriptArgs = firstFile < 0 ? [] : args.slice(firstFile);
+  let p;
+  try {
+    p = parse(spec, own);
+  } catch (e) {
+    if (e instanceof UsageError) return fail("sh", e);
+    throw e;
+  }
+  if (p.help) return 0;
+  const command = p.values.c as string | undefined;
+  if (command !== undefined && scriptArgs.length > 0) {
+    return fail("sh", new Error(`give -c or a FILE, not both (got FILE '${scriptArgs[0]}')`));
+  }
+  let rootDir: string;
+  let ns: Namespace;
+  try {
+    rootDir = (p.values.r as string | undefined) ?? defaultRootDir();
+    ns = await Namespace.standard({ user: hostUser(), rootDir });
+  } catch (e) {
+    return fail("sh", e);
+  }
+  const io: ShIO = {
+    stdin: command !== undefined || scriptArgs.length > 0 ? denoReader(Deno.stdin) : emptyReader,
+    stdout: denoWriter(Deno.stdout),
+    stderr: denoWriter(Deno.stderr),
+  };
+  const sh = new Shell({ ns, builtins: builtins(), io });
+  if (command !== undefined) {
+    await sh.run(command);
+  } else if (scriptArgs.length > 0) {
+    const file = scriptArgs[0]!;
+    let text: string;
+    try {
+      text = await Deno.readTextFile(file);
+    } catch (e) {
+      return fail("sh", new Error(`cannot read script '${file}': ${(e as Error).message}`));
+    }
+    sh.set("*", scriptArgs.slice(1));
+    sh.set("0", [file]);
+    await sh.run(text);
+  } else {
+    return await interactive(sh, rootDir, io);
+  }
+  if (!sh.exited) await sh.jobs.waitAll();
+  return sh.status === "" ? 0 : 1;
+}

@@ -1,0 +1,82 @@
+/**
+ * Network builtins: `listen [-A] addr {block}` announces and runs the block
+ * once per incoming connection; `export path` serves a part of the shell's
+ * namespace on that connection.
+ *
+ * @module
+ */
+
+import type { Builtin } from "../interp.ts";
+import { ShUsageError } from "../interp.ts";
+import { writeText } from "../io.ts";
+import { subtree } from "../view.ts";
+import { getopts } from "./util.ts";
+
+/**
+ * listen [-A] [-C alg] addr {block}: announce on `addr` and return at once,
+ * leaving a background job that runs `block` (in a forked shell) for each
+ * connection. `kill` of the job stops listening.
+ */
+export const listen: Builtin = async (ctx, args) => {
+  const usage = "listen [-A] [-C alg] addr {command}";
+  const o = getopts(args, "AsC:", usage);
+  if (o.rest.length !== 2) throw new ShUsageError(usage);
+  const [addr, block] = o.rest as [string, string];
+  if (!block.startsWith("{")) throw new Error(`'${block}' is not a {command} block`);
+  const { announceStyx } = await import("../../net/connect.ts");
+  const listener = await announceStyx(addr, {
+    insecure: o.flags.has("A"),
+    alg: o.values.get("C"),
+  });
+  const sh = ctx.sh;
+  const io = { ...ctx.io };
+  const parent = sh.fork();
+  sh.jobs.start(`listen ${addr}`, sh.user, async (signal) => {
+    const stop = () => listener.close();
+    signal.addEventListener("abort", stop, { once: true });
+    try {
+      for await (const conn of listener) {
+        const child = parent.fork();
+        child.listenConn = conn;
+        child.signal = signal;
+        child.runText(block, [], io).catch(async (e) => {
+          await writeText(io.stderr, `listen: ${(e as Error).message}\n`).catch(() => {});
+        });
+      }
+    } catch (e) {
+      if (!signal.aborted) {
+        await writeText(io.stderr, `listen: ${addr}: ${(e as Error).message}\n`).catch(() => {});
+      }
+    } finally {
+      signal.removeEventListener("abort", stop);
+      listener.close();
+    }
+  });
+};
+
+/**
+ * export path: serve `path` of the shell's namespace on the connection of
+ * the enclosing `listen` block, until the client hangs up.
+ */
+export const exportFn: Builtin = async (ctx, args) => {
+  const o = getopts(args, "", "export path");
+  if (o.rest.length !== 1) throw new ShUsageError("export path");
+  const conn = ctx.sh.listenConn;
+  if (!conn) throw new Error("no connection to serve: use export inside a listen block");
+  const p = ctx.sh.path(o.rest[0]!);
+  // Fail now, naming the path, rather than at the client's attach.
+  const n = await ctx.sh.ns.resolve(p).catch((e) => {
+    conn.close();
+    throw new Error(`${o.rest[0]}: ${(e as Error).message}`);
+  });
+  await n.close();
+  const { serve } = await import("../../styx/server.ts");
+  const stop = () => conn.close();
+  ctx.signal.addEventListener("abort", stop, { once: true });
+  try {
+    await serve(conn, subtree(ctx.sh.ns, p));
+  } finally {
+    ctx.signal.removeEventListener("abort", stop);
+    conn.close();
+  }
+};

@@ -1,0 +1,98 @@
+/**
+ * Namespace builtins: bind, mount, unmount and ns, as bind(1) and ns(1)
+ * describe them.
+ *
+ * @module
+ */
+
+import type { Builtin, Ctx } from "../interp.ts";
+import { ShUsageError } from "../interp.ts";
+import { writeText } from "../io.ts";
+import { getopts, shQuote } from "./util.ts";
+
+function unionFlags(ctx: Ctx, flags: Set<string>, usage: string) {
+  if (flags.has("a") && flags.has("b")) throw new ShUsageError(usage);
+  void ctx;
+  return { before: flags.has("b"), after: flags.has("a"), create: flags.has("c") };
+}
+
+/** bind [-a|-b] [-c] new old */
+export const bind: Builtin = async (ctx, args) => {
+  const usage = "bind [-a|-b] [-c] new old";
+  const o = getopts(args, "abcq", usage);
+  if (o.rest.length !== 2) throw new ShUsageError(usage);
+  const [src, dst] = o.rest as [string, string];
+  try {
+    await ctx.sh.ns.bind(ctx.sh.path(src), ctx.sh.path(dst), unionFlags(ctx, o.flags, usage));
+  } catch (e) {
+    if (o.flags.has("q")) return "bind failed";
+    throw e;
+  }
+};
+
+/** A mount source that names a network address rather than a file. */
+function isAddr(s: string): boolean {
+  return s.includes("!");
+}
+
+/**
+ * mount [-a|-b] [-c] [-A] [-C alg] addr old [spec]: dial `addr`, attach
+ * with `spec` and mount the remote tree on `old`.
+ */
+export const mount: Builtin = async (ctx, args) => {
+  const usage = "mount [-a|-b] [-c] [-A] [-C alg] addr old [spec]";
+  const o = getopts(args, "abcqAC:", usage);
+  if (o.rest.length < 2 || o.rest.length > 3) throw new ShUsageError(usage);
+  const [addr, old, spec] = o.rest as [string, string, string | undefined];
+  const flags = unionFlags(ctx, o.flags, usage);
+  const target = ctx.sh.path(old);
+  // Fail early, before any network traffic, when the mount point is missing.
+  await ctx.sh.ns.stat(target).catch((e) => {
+    throw new Error(`${old}: ${(e as Error).message}`);
+  });
+  const { dialStyx } = await import("../../net/connect.ts");
+  const dialed = await dialStyx(addr, {
+    insecure: o.flags.has("A"),
+    user: ctx.sh.user,
+    aname: spec ?? "",
+    alg: o.values.get("C"),
+    signal: ctx.signal,
+  });
+  try {
+    await ctx.sh.ns.mount(dialed.tree, target, { ...flags, source: addr, aname: spec });
+  } catch (e) {
+    dialed.close();
+    throw e;
+  }
+  ctx.sh.dialed.push({ source: addr, target, close: () => dialed.close() });
+};
+
+/** unmount [new] old */
+export const unmount: Builtin = async (ctx, args) => {
+  const usage = "unmount [source] target";
+  const o = getopts(args, "", usage);
+  if (o.rest.length < 1 || o.rest.length > 2) throw new ShUsageError(usage);
+  const sh = ctx.sh;
+  const target = sh.path(o.rest[o.rest.length - 1]!);
+  const srcArg = o.rest.length === 2 ? o.rest[0]! : undefined;
+  const source = srcArg === undefined ? undefined : isAddr(srcArg) ? srcArg : sh.path(srcArg);
+  await sh.ns.unmount(source, target);
+  // Hang up remote connections this shell made that no longer appear in its table.
+  const still = sh.ns.mounts();
+  for (let i = sh.dialed.length - 1; i >= 0; i--) {
+    const d = sh.dialed[i]!;
+    if (!still.some((m) => m.kind === "mount" && m.source === d.source && m.target === d.target)) {
+      sh.dialed.splice(i, 1);
+      d.close();
+    }
+  }
+};
+
+/** ns: the mount table as bind and mount commands. */
+export const ns: Builtin = async (ctx, args) => {
+  if (args.length > 0) throw new ShUsageError("ns");
+  const lines = ctx.sh.ns.mounts().map((m) =>
+    [m.kind, ...(m.flags ? [m.flags] : []), shQuote(m.source), shQuote(m.target)].join(" ")
+  );
+  if (lines.length > 0) await writeText(ctx.io.stdout, lines.join("\n") + "\n");
+};

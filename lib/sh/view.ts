@@ -1,0 +1,108 @@
+/**
+ * A tree view of part of a namespace: what `export PATH` serves. Its root
+ * is the file at PATH; `..` at that root stays there, so a client can never
+ * walk out of what was exported.
+ *
+ * @module
+ */
+
+import type { Caller, Created, Node, OpenFile, OpOptions, Tree, WalkResult } from "../fs/tree.ts";
+import type { Dir, Qid } from "../styx/types.ts";
+
+/** Something that resolves a path to a node (a namespace). */
+export interface Resolver {
+  resolve(path: string): Promise<Node>;
+}
+
+/**
+ * A {@link Tree} whose root is `path` in `ns`.
+ *
+ * @example
+ * ```ts ignore
+ * const tree = subtree(ns, "/usr/alice");
+ * await serve(conn, tree, {});
+ * ```
+ */
+export function subtree(ns: Resolver, path: string): Tree {
+  return {
+    async attach(_caller: Caller, _aname: string): Promise<Node> {
+      const root = await ns.resolve(path);
+      return new ViewNode(root, 0, root.qid);
+    },
+  };
+}
+
+class ViewNode implements Node {
+  constructor(readonly inner: Node, readonly depth: number, readonly rootQid: Qid) {}
+
+  get qid(): Qid {
+    return this.inner.qid;
+  }
+
+  async walk(names: string[], opts?: OpOptions): Promise<WalkResult> {
+    // Drop each ".." that would leave the view's root; it answers with the root's qid.
+    const passed: string[] = [];
+    const plan: ("stay" | "go")[] = [];
+    let depth = this.depth;
+    for (const n of names) {
+      if (n === ".." && depth === 0) {
+        plan.push("stay");
+      } else {
+        plan.push("go");
+        passed.push(n);
+        depth += n === ".." ? -1 : 1;
+      }
+    }
+    if (passed.length === 0) {
+      const r = await this.inner.walk([], opts);
+      const qids = names.map(() => this.rootQid);
+      return { qids, node: r.node ? new ViewNode(r.node, 0, this.rootQid) : undefined };
+    }
+    let r: WalkResult;
+    try {
+      r = await this.inner.walk(passed, opts);
+    } catch (e) {
+      const firstGo = plan.indexOf("go");
+      if (firstGo > 0) return { qids: names.slice(0, firstGo).map(() => this.rootQid) };
+      throw e;
+    }
+    const qids: Qid[] = [];
+    let k = 0;
+    for (const step of plan) {
+      if (step === "stay") {
+        qids.push(this.rootQid);
+        continue;
+      }
+      const q = r.qids[k++];
+      if (q === undefined) break;
+      qids.push(q);
+    }
+    if (!r.node || qids.length < names.length) return { qids };
+    return { qids, node: new ViewNode(r.node, depth, this.rootQid) };
+  }
+
+  open(mode: number, opts?: OpOptions): Promise<OpenFile> {
+    return this.inner.open(mode, opts);
+  }
+
+  async create(name: string, perm: number, mode: number, opts?: OpOptions): Promise<Created> {
+    const c = await this.inner.create(name, perm, mode, opts);
+    return { node: new ViewNode(c.node, this.depth + 1, this.rootQid), file: c.file };
+  }
+
+  stat(opts?: OpOptions): Promise<Dir> {
+    return this.inner.stat(opts);
+  }
+
+  wstat(dir: Dir, opts?: OpOptions): Promise<void> {
+    return this.inner.wstat(dir, opts);
+  }
+
+  remove(opts?: OpOptions): Promise<void> {
+    return this.inner.remove(opts);
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
