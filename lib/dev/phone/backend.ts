@@ -37,6 +37,12 @@ export interface BackendSink {
 export interface PhoneBackend {
   /** "sim", "modemmanager" or "termux". */
   readonly name: string;
+  /**
+   * False when the backend cannot follow calls (it hands a dialled call to
+   * another program and never sees one ring); answer, hangup and mute then
+   * go straight to the backend, which says what it cannot do.
+   */
+  readonly tracksCalls?: boolean;
   /** Start reporting events to `sink` (listening, polling). */
   start(sink: BackendSink): Promise<void>;
   /** Send one SMS; a refusal is a result, not an exception. */

@@ -237,12 +237,15 @@ export class Phone {
       throw new StyxError(`dial: a call is already ${describe(this.#call)}`);
     }
     await this.#backendOp("dial", () => this.backend.dial(number));
-    this.#call = { state: "dialing", number };
+    if (this.backend.tracksCalls !== false) this.#call = { state: "dialing", number };
   }
 
   /** Answer the ringing call. */
   async answer(): Promise<void> {
     const c = this.#call;
+    if (this.backend.tracksCalls === false) {
+      return await this.#backendOp("answer", () => this.backend.answer());
+    }
     if (c.state !== "ringing") throw new StyxError("answer: nothing is ringing");
     await this.#backendOp("answer", () => this.backend.answer());
     this.#call = { state: "active", number: c.number };
@@ -251,6 +254,9 @@ export class Phone {
 
   /** End the current call. */
   async hangup(): Promise<void> {
+    if (this.backend.tracksCalls === false) {
+      return await this.#backendOp("hangup", () => this.backend.hangup());
+    }
     if (this.#call.state === "idle") throw new StyxError("hangup: no call in progress");
     await this.#backendOp("hangup", () => this.backend.hangup());
     this.#call = { state: "idle" };
@@ -261,7 +267,9 @@ export class Phone {
   /** Mute or unmute the current call. */
   async mute(on: boolean): Promise<void> {
     const name = on ? "mute" : "unmute";
-    if (this.#call.state === "idle") throw new StyxError(`${name}: no call in progress`);
+    if (this.#call.state === "idle" && this.backend.tracksCalls !== false) {
+      throw new StyxError(`${name}: no call in progress`);
+    }
     await this.#backendOp(name, () => this.backend.mute(on));
     this.#muted = on;
   }

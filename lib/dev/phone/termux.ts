@@ -1,0 +1,187 @@
+/**
+ * The Termux backend: Android phones through the Termux:API programs.
+ *
+ * ```
+ * send     termux-sms-send -n NUMBER TEXT
+ * receive  termux-sms-list -t inbox -l LIMIT     (polled; JSON array)
+ * dial     termux-telephony-call NUMBER
+ * status   termux-telephony-deviceinfo           (JSON object)
+ * ```
+ *
+ * Termux:API can place a call but cannot answer, end or mute one, nor see
+ * incoming calls, so `answer`, `hangup` and `mute` are refused with an error
+ * saying so, and a dialled call is handed to Android's dialer (the call state
+ * in /phone/status stays idle).
+ *
+ * @module
+ */
+
+import {
+  type BackendSink,
+  type BackendStatus,
+  type PhoneBackend,
+  runChecked,
+  runProgram,
+  type SendResult,
+} from "./backend.ts";
+
+/** Options for {@link TermuxBackend}. */
+export interface TermuxOptions {
+  /** Environment for the Termux:API programs (PATH chooses which run). */
+  env?: Record<string, string>;
+  /** Milliseconds between polls of the inbox; 0 disables the timer (default 5000). */
+  pollMs?: number;
+  /** How many recent inbox messages each poll reads (default 50). */
+  limit?: number;
+}
+
+/** One message as termux-sms-list prints it. */
+interface TermuxSms {
+  _id?: number;
+  threadid?: number;
+  type?: string;
+  read?: boolean;
+  number?: string;
+  received?: string;
+  body?: string;
+}
+
+/**
+ * A phone backend over Termux:API.
+ *
+ * @example
+ * ```ts ignore
+ * import { TermuxBackend } from "./termux.ts";
+ * const t = new TermuxBackend();
+ * await t.sendSms("6412345678", "hello");
+ * ```
+ */
+export class TermuxBackend implements PhoneBackend {
+  readonly name = "termux";
+  /** Termux cannot follow a call once Android's dialer has it. */
+  readonly tracksCalls = false;
+  #sink: BackendSink | undefined;
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #polling: Promise<void> | undefined;
+  #lastError = "";
+
+  constructor(readonly opts: TermuxOptions = {}) {}
+
+  /** Start polling the inbox. */
+  start(sink: BackendSink): Promise<void> {
+    this.#sink = sink;
+    const ms = this.opts.pollMs ?? 5000;
+    if (ms > 0) {
+      this.#timer = setInterval(() => {
+        if (!this.#polling) this.#polling = this.poll().finally(() => (this.#polling = undefined));
+      }, ms);
+    }
+    return Promise.resolve();
+  }
+
+  /**
+   * Read the inbox once and report every message to the sink (the phone's
+   * store drops the ones it already has). Failures go to the sink's error.
+   */
+  async poll(): Promise<void> {
+    const sink = this.#sink;
+    if (!sink) return;
+    try {
+      const out = await runChecked(
+        "termux-sms-list",
+        ["-t", "inbox", "-l", String(this.opts.limit ?? 50)],
+        { env: this.opts.env },
+      );
+      let list: unknown;
+      try {
+        list = JSON.parse(out);
+      } catch {
+        throw new Error(`termux-sms-list printed something that is not JSON: '${out.trim()}'`);
+      }
+      if (!Array.isArray(list)) throw new Error("termux-sms-list did not print a JSON array");
+      // Oldest first, so ids in the store follow arrival order.
+      const msgs = (list as TermuxSms[]).filter((m) => typeof m.number === "string")
+        .sort((a, b) => (a.received ?? "").localeCompare(b.received ?? ""));
+      for (const m of msgs) {
+        const time = m.received ? new Date(m.received.replace(" ", "T")) : undefined;
+        const key = m._id !== undefined
+          ? `termux|${m._id}`
+          : `termux|${m.number}|${m.received}|${m.body}`;
+        await sink.event({
+          type: "sms",
+          number: m.number!,
+          text: m.body ?? "",
+          ...(time && !Number.isNaN(time.getTime()) ? { time } : {}),
+          key,
+        });
+      }
+      this.#lastError = "";
+    } catch (e) {
+      const msg = (e as Error).message;
+      if (msg !== this.#lastError) sink.error(msg);
+      this.#lastError = msg;
+    }
+  }
+
+  /** Send with termux-sms-send. */
+  async sendSms(number: string, text: string): Promise<SendResult> {
+    try {
+      const r = await runProgram("termux-sms-send", ["-n", number, text], { env: this.opts.env });
+      if (r.code !== 0) {
+        const said = (r.stderr.trim() || r.stdout.trim()).split("\n")[0] ?? "";
+        return {
+          ok: false,
+          reason: `'termux-sms-send' failed (exit ${r.code})${said ? `: ${said}` : ""}`,
+        };
+      }
+    } catch (e) {
+      return { ok: false, reason: (e as Error).message };
+    }
+    return { ok: true };
+  }
+
+  /** Place a call with termux-telephony-call. */
+  async dial(number: string): Promise<void> {
+    await runChecked("termux-telephony-call", [number], { env: this.opts.env });
+  }
+
+  /** Refused: Termux:API cannot answer calls. */
+  answer(): Promise<void> {
+    return Promise.reject(new Error("Termux cannot answer calls; answer on the phone"));
+  }
+
+  /** Refused: Termux:API cannot end calls. */
+  hangup(): Promise<void> {
+    return Promise.reject(new Error("Termux cannot end calls; hang up on the phone"));
+  }
+
+  /** Refused: Termux:API cannot mute calls. */
+  mute(_on: boolean): Promise<void> {
+    return Promise.reject(new Error("Termux cannot mute calls"));
+  }
+
+  /** Phone and network type, operator name; signal is not reported. */
+  async status(): Promise<BackendStatus> {
+    const out = await runChecked("termux-telephony-deviceinfo", [], { env: this.opts.env });
+    let info: Record<string, unknown>;
+    try {
+      info = JSON.parse(out);
+    } catch {
+      throw new Error(`termux-telephony-deviceinfo printed something that is not JSON`);
+    }
+    const s = (k: string) => (typeof info[k] === "string" ? info[k] as string : "");
+    return {
+      modem: [s("phone_type"), s("network_type"), s("sim_state")].filter((x) => x).join(" ") ||
+        "unknown",
+      operator: s("network_operator_name"),
+      signal: "",
+    };
+  }
+
+  /** Stop polling. */
+  async close(): Promise<void> {
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+    await this.#polling;
+  }
+}
