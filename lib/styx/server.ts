@@ -93,6 +93,8 @@ const exclusiveOpen = new WeakMap<Tree, Set<bigint>>();
 const HIGH_WATER = 16 * 1024 * 1024;
 /** Replies smaller than this are gathered into one write. */
 const GATHER = 64 * 1024;
+/** Rread data at least this large is written after its header instead of copied into it. */
+const SPLIT = 16 * 1024;
 
 function defaultCaller(uname: string, _aname: string, peer: Peer): Caller {
   if (peer.authenticated && peer.identity) {
@@ -163,7 +165,11 @@ const canWrite = (omode: number) => {
 /**
  * Serve `tree` on `conn` until the connection ends or loses framing.
  * Resolves once every fid has been released and every request has
- * finished; never rejects.
+ * finished; never rejects. Throws a RangeError at once for an unusable
+ * `opts.maxMsize`.
+ *
+ * Data a tree returns from `OpenFile.read` is written to the connection
+ * as it is, without a copy: a tree must not change that buffer afterwards.
  */
 export function serve(conn: Conn, tree: Tree, opts: ServerOptions = {}): Promise<void> {
   return new Session(conn, tree, opts).run();
@@ -255,6 +261,22 @@ class Session {
 
   #send(msg: RMsg): void {
     if (this.#closing) return;
+    if (msg.type === MsgType.Rread && msg.data.length >= SPLIT) {
+      // Large reads go out as header and data, so the data is never copied.
+      if (this.#trace) this.#log(`-> ${formatMsg(msg)}`);
+      const n = msg.data.length;
+      const size = 11 + n;
+      const h = new Uint8Array(11);
+      const dv = new DataView(h.buffer);
+      dv.setUint32(0, size, true);
+      h[4] = MsgType.Rread;
+      dv.setUint16(5, msg.tag, true);
+      dv.setUint32(7, n, true);
+      this.#out.push(h, msg.data);
+      this.#outBytes += size;
+      if (!this.#writing) this.#pump();
+      return;
+    }
     let frame: Uint8Array;
     try {
       frame = encode(msg);

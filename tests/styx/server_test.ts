@@ -338,6 +338,35 @@ Deno.test("serve: version negotiation", async (t) => {
   });
 });
 
+Deno.test("serve: tracing", async (t) => {
+  await t.step("opts.trace logs every message both ways", async () => {
+    const { raw, logs, close } = await setup({ serverOpts: { trace: true } });
+    await raw.version();
+    expectType(await raw.attach(0, "alice"), MsgType.Rattach);
+    await close();
+    assert.ok(logs.some((l) => l.startsWith("<- Tversion")), logs.join("\n"));
+    assert.ok(logs.some((l) => l.startsWith("-> Rversion")), logs.join("\n"));
+    assert.ok(logs.some((l) => l.startsWith("<- Tattach") && l.includes("alice")));
+    assert.ok(logs.some((l) => l.startsWith("-> Rattach")));
+  });
+
+  await t.step("FERRY_TRACE=1 switches it on; normal runs stay quiet", async () => {
+    const quiet = setup();
+    await quiet.raw.version();
+    await quiet.close();
+    assert.deepEqual(quiet.logs, []);
+    Deno.env.set("FERRY_TRACE", "1");
+    try {
+      const { raw, logs, close } = setup();
+      await raw.version();
+      await close();
+      assert.ok(logs.some((l) => l.startsWith("<- Tversion")), logs.join("\n"));
+    } finally {
+      Deno.env.delete("FERRY_TRACE");
+    }
+  });
+});
+
 Deno.test("serve: auth, attach and callers", async (t) => {
   await t.step("Tauth is refused, attach checks fids", async () => {
     const { raw, tree, close } = await setup();
