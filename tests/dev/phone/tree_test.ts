@@ -10,6 +10,9 @@ import type {
   SendResult,
 } from "../../../lib/dev/phone/backend.ts";
 import { tokenize } from "../../../lib/fs/synthetic.ts";
+import { memPipe } from "../../../lib/transport/pipe.ts";
+import { serve } from "../../../lib/styx/server.ts";
+import { RemoteTree, StyxClient } from "../../../lib/styx/client.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -307,6 +310,24 @@ Deno.test("sim injection with no simulator running names the state dir", async (
     );
     await phone.close();
   } finally {
+    await Deno.remove(stateDir, { recursive: true });
+  }
+});
+
+Deno.test("/phone over the simulator, through a Styx server and client", async (t) => {
+  const stateDir = await Deno.makeTempDir();
+  const phone = await Phone.open({ backend: new SimBackend({ stateDir }), stateDir });
+  const [a, b] = memPipe();
+  const served = serve(b, phone.tree());
+  const client = await StyxClient.connect(a);
+  try {
+    const root = await new RemoteTree(client).attach({ user: "glenda" }, "");
+    await phoneSemantics(t, root, phone, stateDir);
+    await root.close();
+  } finally {
+    await client.close();
+    await served;
+    await phone.close();
     await Deno.remove(stateDir, { recursive: true });
   }
 });
