@@ -26,6 +26,10 @@ const commands: Record<string, Entry> = {
     summary: "Inferno-like shell: bind, mount, listen, export, ls, cat, ...",
     load: () => import("./sh.ts"),
   },
+  phone: {
+    summary: "serve /phone: SMS, calls, status, events (sim, modemmanager, termux)",
+    load: () => import("./phone.ts"),
+  },
 };
 
 function usage(): string {
