@@ -189,6 +189,8 @@ class Session {
   #msize = 0;
   readonly #fids = new Map<number, Fid>();
   readonly #pending = new Map<number, Req>();
+  /** Every request still running, including flushed ones not yet finished. */
+  readonly #running = new Set<Req>();
   /** Releases started but maybe not finished, awaited before serve() resolves. */
   readonly #releasing = new Set<Promise<void>>();
   #closing = false;
@@ -397,6 +399,7 @@ class Session {
     const d = deferred();
     const req: Req = { tag, type, ctrl: new AbortController(), flushed: false, done: d.promise };
     this.#pending.set(tag, req);
+    this.#running.add(req);
     let out: Promise<Reply>;
     try {
       out = fn(req);
@@ -406,7 +409,10 @@ class Session {
     out.then(
       (r) => this.#finish(req, { ...r, tag } as RMsg),
       (e) => this.#finish(req, { type: MsgType.Rerror, tag, ename: errorString(e) }),
-    ).finally(d.resolve);
+    ).finally(() => {
+      this.#running.delete(req);
+      d.resolve();
+    });
   }
 
   #finish(req: Req, reply: RMsg): void {
@@ -840,7 +846,7 @@ class Session {
   async #teardown(): Promise<void> {
     this.#closing = true;
     this.#conn.close();
-    const reqs = [...this.#pending.values()];
+    const reqs = [...this.#running];
     this.#pending.clear();
     for (const req of reqs) {
       req.flushed = true;
