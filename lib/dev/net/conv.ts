@@ -1,0 +1,380 @@
+/**
+ * TCP conversations of the /net device, as ip(3) describes them: each one is
+ * a numbered directory holding ctl, data, listen, local, remote and status,
+ * backed by a host socket (Deno.connect / Deno.listen).
+ *
+ * A conversation lives while any of its ctl, data or listen files is open
+ * (the clone file and an accepted listen file count as its ctl); when the
+ * last one closes, its socket is closed and its directory disappears.
+ *
+ * @module
+ */
+
+import { Ename, StyxError } from "../../styx/types.ts";
+
+/** State names as status shows them. */
+export type ConvState = "Closed" | "Connecting" | "Established" | "Announced" | "Hungup";
+
+interface ReadWaiter {
+  count: number;
+  resolve: (b: Uint8Array) => void;
+  reject: (e: unknown) => void;
+}
+
+interface AcceptWaiter {
+  resolve: (c: Deno.TcpConn) => void;
+  reject: (e: unknown) => void;
+}
+
+const READ_MIN = 64 * 1024;
+const READ_MAX = 1024 * 1024;
+
+/** Turn a host socket error into Plan 9 wording. */
+export function netError(e: unknown): StyxError {
+  if (e instanceof StyxError) return e;
+  if (e instanceof Deno.errors.ConnectionRefused) return new StyxError("connection refused");
+  if (e instanceof Deno.errors.AddrInUse) return new StyxError("address in use");
+  if (e instanceof Deno.errors.TimedOut) return new StyxError("connection timed out");
+  if (e instanceof Deno.errors.ConnectionReset) return new StyxError("connection reset");
+  if (e instanceof Deno.errors.AddrNotAvailable) return new StyxError("address not available");
+  if (e instanceof Deno.errors.BrokenPipe) return new StyxError(Ename.hungup);
+  if (e instanceof Deno.errors.NotConnected) return new StyxError("not connected");
+  if (e instanceof Deno.errors.PermissionDenied) return new StyxError(Ename.perm);
+  const msg = e instanceof Error ? e.message : String(e);
+  if (/unreachable/i.test(msg)) return new StyxError("network unreachable");
+  if (/no route/i.test(msg)) return new StyxError("no route to host");
+  return new StyxError(msg.replace(/ \(os error \d+\)$/, ""));
+}
+
+/** Split "addr!port" (or just "port") into host and port; '*' means any address. */
+export function parseHostPort(s: string, what: string): { host: string; port: number } {
+  const bang = s.lastIndexOf("!");
+  const host = bang < 0 ? "*" : s.slice(0, bang);
+  const portText = bang < 0 ? s : s.slice(bang + 1);
+  if (!/^[0-9]{1,5}$/.test(portText) || Number(portText) > 65535) {
+    throw new StyxError(`bad ctl message '${what}': bad port '${portText}' in '${s}'`);
+  }
+  if (host === "" || /[\s!]/.test(host)) {
+    throw new StyxError(`bad ctl message '${what}': bad address '${s}'`);
+  }
+  return { host: host.replace(/^\[(.*)\]$/, "$1"), port: Number(portText) };
+}
+
+function addrText(a: Deno.Addr | undefined): string {
+  if (a && (a.transport === "tcp" || a.transport === "udp")) return `${a.hostname}!${a.port}`;
+  return "::!0";
+}
+
+/** One TCP conversation: /net/tcp/N. */
+export class TcpConv {
+  /** The conversation's state as status shows it. */
+  state: ConvState = "Closed";
+  /** Open ctl, data and listen files. */
+  refs = 0;
+  /** "addr!port" of this end. */
+  local = "::!0";
+  /** "addr!port" of the other end. */
+  remote = "::!0";
+  #sock: Deno.TcpConn | null = null;
+  #listener: Deno.Listener<Deno.TcpConn, Deno.NetAddr> | null = null;
+  #buf: Uint8Array = new Uint8Array(0);
+  #eof = false;
+  #readErr: StyxError | null = null;
+  #reading = false;
+  #readers: ReadWaiter[] = [];
+  #wchain: Promise<unknown> = Promise.resolve();
+  #backlog: Deno.TcpConn[] = [];
+  #accepters: AcceptWaiter[] = [];
+  #gone = false;
+
+  /**
+   * @param id the conversation number N
+   * @param owner who may use it (the user that cloned or accepted it)
+   * @param gen a generation number, different for each conversation ever made
+   * @param onGone called once when the conversation is torn down
+   */
+  constructor(
+    readonly id: number,
+    readonly owner: string,
+    readonly gen: number,
+    private onGone: (c: TcpConv) => void,
+  ) {}
+
+  /** True once torn down. */
+  get gone(): boolean {
+    return this.#gone;
+  }
+
+  /** Bytes received and not yet read. */
+  get queued(): number {
+    return this.#buf.length;
+  }
+
+  /** The status line. */
+  status(): string {
+    return `${this.state} qin ${this.#buf.length}\n`;
+  }
+
+  /** Take a reference (an open ctl, data or listen file). */
+  ref(): void {
+    this.refs++;
+  }
+
+  /** Drop a reference; the last one tears the conversation down. */
+  unref(): void {
+    if (--this.refs <= 0) this.teardown();
+  }
+
+  /** Use an accepted socket: the conversation becomes Established. */
+  adopt(sock: Deno.TcpConn): void {
+    this.#sock = sock;
+    this.state = "Established";
+    this.local = addrText(sock.localAddr);
+    this.remote = addrText(sock.remoteAddr);
+    try {
+      sock.setNoDelay(true);
+    } catch { /* not fatal */ }
+  }
+
+  /** ctl "connect addr!port": dial; rejects (leaving the conversation Closed) on failure. */
+  async connect(target: string, signal?: AbortSignal): Promise<void> {
+    if (this.state !== "Closed") {
+      throw new StyxError(`bad ctl message 'connect': conversation is ${this.state}`);
+    }
+    const { host, port } = parseHostPort(target, "connect");
+    if (host === "*") throw new StyxError(`bad ctl message 'connect': no address in '${target}'`);
+    if (port === 0) throw new StyxError(`bad ctl message 'connect': port 0 in '${target}'`);
+    this.state = "Connecting";
+    const p = Deno.connect({ hostname: host, port, transport: "tcp" });
+    let sock: Deno.TcpConn;
+    try {
+      sock = await raceAbort(p, signal);
+    } catch (e) {
+      p.then((s) => s.close(), () => {});
+      if (this.state === "Connecting") this.state = "Closed";
+      throw netError(e);
+    }
+    if (this.#gone || this.state !== "Connecting") {
+      sock.close();
+      throw new StyxError(Ename.hungup);
+    }
+    this.adopt(sock);
+  }
+
+  /** ctl "announce [addr!]port": listen; '*' is every address, port 0 picks one. */
+  announce(target: string): void {
+    if (this.state !== "Closed") {
+      throw new StyxError(`bad ctl message 'announce': conversation is ${this.state}`);
+    }
+    const { host, port } = parseHostPort(target, "announce");
+    const hostname = host === "*" ? "0.0.0.0" : host;
+    let l: Deno.Listener<Deno.TcpConn, Deno.NetAddr>;
+    try {
+      l = Deno.listen({ hostname, port, transport: "tcp" });
+    } catch (e) {
+      throw netError(e);
+    }
+    this.#listener = l;
+    this.state = "Announced";
+    this.local = `${l.addr.hostname}!${l.addr.port}`;
+    this.#acceptLoop(l);
+  }
+
+  async #acceptLoop(l: Deno.Listener<Deno.TcpConn, Deno.NetAddr>): Promise<void> {
+    for (;;) {
+      let c: Deno.TcpConn;
+      try {
+        c = await l.accept();
+      } catch (e) {
+        const err = this.#gone ? new StyxError(Ename.hungup) : netError(e);
+        for (const w of this.#accepters.splice(0)) w.reject(err);
+        return;
+      }
+      const w = this.#accepters.shift();
+      if (w) w.resolve(c);
+      else this.#backlog.push(c);
+    }
+  }
+
+  /** Wait for the next incoming call (opening listen). */
+  accept(signal?: AbortSignal): Promise<Deno.TcpConn> {
+    if (this.state !== "Announced" || !this.#listener) {
+      return Promise.reject(new StyxError(`not announced: conversation is ${this.state}`));
+    }
+    const c = this.#backlog.shift();
+    if (c) return Promise.resolve(c);
+    if (signal?.aborted) return Promise.reject(new StyxError(Ename.interrupted));
+    return new Promise((resolve, reject) => {
+      const w: AcceptWaiter = {
+        resolve: (c) => {
+          signal?.removeEventListener("abort", onAbort);
+          if (signal?.aborted) {
+            // Flushed as it arrived: keep the call for the next listener.
+            this.#backlog.unshift(c);
+            reject(new StyxError(Ename.interrupted));
+          } else resolve(c);
+        },
+        reject: (e) => {
+          signal?.removeEventListener("abort", onAbort);
+          reject(e);
+        },
+      };
+      const onAbort = () => {
+        const i = this.#accepters.indexOf(w);
+        if (i >= 0) this.#accepters.splice(i, 1);
+        reject(new StyxError(Ename.interrupted));
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.#accepters.push(w);
+    });
+  }
+
+  /** ctl "hangup": close the socket or listener; data I/O fails afterwards. */
+  hangup(): void {
+    this.#closeSockets();
+    this.state = "Hungup";
+    const err = new StyxError(Ename.hungup);
+    this.#readErr = err;
+    for (const r of this.#readers.splice(0)) r.reject(err);
+    for (const w of this.#accepters.splice(0)) w.reject(err);
+  }
+
+  /** ctl "keepalive [ms]". */
+  keepalive(on: boolean): void {
+    if (!this.#sock) throw new StyxError("bad ctl message 'keepalive': not connected");
+    try {
+      this.#sock.setKeepAlive(on);
+    } catch (e) {
+      throw netError(e);
+    }
+  }
+
+  /** Read what is available, up to `count` bytes; empty at end of stream. */
+  read(count: number, signal?: AbortSignal): Promise<Uint8Array> {
+    if (this.state === "Hungup" || this.#gone) return Promise.reject(new StyxError(Ename.hungup));
+    if (!this.#sock) return Promise.reject(new StyxError("not connected"));
+    if (signal?.aborted) return Promise.reject(new StyxError(Ename.interrupted));
+    return new Promise((resolve, reject) => {
+      const w: ReadWaiter = {
+        count,
+        resolve: (b) => {
+          signal?.removeEventListener("abort", onAbort);
+          resolve(b);
+        },
+        reject: (e) => {
+          signal?.removeEventListener("abort", onAbort);
+          reject(e);
+        },
+      };
+      const onAbort = () => {
+        const i = this.#readers.indexOf(w);
+        if (i >= 0) this.#readers.splice(i, 1);
+        reject(new StyxError(Ename.interrupted));
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      this.#readers.push(w);
+      this.#serve();
+    });
+  }
+
+  /** Hand buffered bytes to waiting readers in order; start a socket read when needed. */
+  #serve(): void {
+    while (this.#readers.length > 0) {
+      if (this.#buf.length > 0) {
+        const w = this.#readers.shift()!;
+        const n = Math.min(w.count, this.#buf.length);
+        const out = this.#buf.subarray(0, n);
+        this.#buf = this.#buf.subarray(n);
+        w.resolve(out);
+        continue;
+      }
+      if (this.#readErr) {
+        for (const w of this.#readers.splice(0)) w.reject(this.#readErr);
+        return;
+      }
+      if (this.#eof) {
+        for (const w of this.#readers.splice(0)) w.resolve(new Uint8Array(0));
+        return;
+      }
+      break;
+    }
+    if (this.#readers.length === 0 || this.#reading || !this.#sock) return;
+    this.#reading = true;
+    const sock = this.#sock;
+    const size = Math.min(READ_MAX, Math.max(READ_MIN, this.#readers[0]!.count));
+    const buf = new Uint8Array(size);
+    sock.read(buf).then((n) => {
+      if (n === null) this.#eof = true;
+      else this.#buf = buf.subarray(0, n);
+    }, (e) => {
+      if (this.state === "Hungup" || this.#gone) this.#readErr = new StyxError(Ename.hungup);
+      else if (e instanceof Deno.errors.ConnectionReset) this.#eof = true;
+      else this.#readErr = netError(e);
+    }).finally(() => {
+      this.#reading = false;
+      this.#serve();
+    });
+  }
+
+  /** Write all of `data` in order with other writes; resolves once the socket took it. */
+  write(data: Uint8Array): Promise<number> {
+    if (this.state === "Hungup" || this.#gone) return Promise.reject(new StyxError(Ename.hungup));
+    const sock = this.#sock;
+    if (!sock) return Promise.reject(new StyxError("not connected"));
+    const copy = data;
+    const p = this.#wchain.then(async () => {
+      if (this.state === "Hungup" || this.#gone) throw new StyxError(Ename.hungup);
+      let off = 0;
+      try {
+        while (off < copy.length) off += await sock.write(copy.subarray(off));
+      } catch (e) {
+        throw (this.state as ConvState) === "Hungup" || this.#gone
+          ? new StyxError(Ename.hungup)
+          : netError(e);
+      }
+      return copy.length;
+    });
+    this.#wchain = p.catch(() => {});
+    return p;
+  }
+
+  #closeSockets(): void {
+    try {
+      this.#sock?.close();
+    } catch { /* already closed */ }
+    try {
+      this.#listener?.close();
+    } catch { /* already closed */ }
+    for (const c of this.#backlog.splice(0)) {
+      try {
+        c.close();
+      } catch { /* already closed */ }
+    }
+    this.#listener = null;
+  }
+
+  /** Close everything and leave the table. */
+  teardown(): void {
+    if (this.#gone) return;
+    this.hangup();
+    this.#gone = true;
+    this.onGone(this);
+  }
+}
+
+/** Await `p`, rejecting with "interrupted" once `signal` aborts. */
+export function raceAbort<T>(p: Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (!signal) return p;
+  if (signal.aborted) return Promise.reject(new StyxError(Ename.interrupted));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(new StyxError(Ename.interrupted));
+    signal.addEventListener("abort", onAbort, { once: true });
+    p.then((v) => {
+      signal.removeEventListener("abort", onAbort);
+      resolve(v);
+    }, (e) => {
+      signal.removeEventListener("abort", onAbort);
+      reject(e);
+    });
+  });
+}
