@@ -65,7 +65,13 @@ export class LineEditor {
 
   /** Remember `line` (and append it to the history file). */
   async addHistory(line: string): Promise<void> {
-    const l = line.replaceAll("\n", " ").trim();
+    // A line typed in several pieces is kept as one: newlines become "; ",
+    // or a blank after an opening brace, parenthesis, pipe or && / ||.
+    const l = line.trim().split("\n").reduce(
+      (acc, piece) =>
+        acc === "" ? piece : /(\{|\(|\||&&)\s*$/.test(acc) ? `${acc} ${piece}` : `${acc}; ${piece}`,
+      "",
+    );
     if (l === "" || this.history[this.history.length - 1] === l) return;
     this.history.push(l);
     const max = this.opts.historySize ?? 1000;
