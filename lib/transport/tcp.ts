@@ -6,7 +6,11 @@
 
 import type { Conn, Listener, Peer } from "./conn.ts";
 
-const READ_SIZE = 256 * 1024;
+// Reads go into the free tail of one large buffer; a fresh buffer is taken
+// only when the tail gets small, so a 23-byte Tread does not cost a zeroed
+// 256 KiB allocation. Returned chunks are never overwritten.
+const BUF_SIZE = 1024 * 1024;
+const MIN_TAIL = 128 * 1024;
 
 function addrString(a: Deno.Addr): string {
   if (a.transport === "tcp" || a.transport === "udp") {
@@ -22,6 +26,8 @@ export class TcpConn implements Conn {
   readonly local: string;
   #resolveClosed!: () => void;
   #isClosed = false;
+  #buf = new Uint8Array(BUF_SIZE);
+  #pos = 0;
 
   constructor(readonly raw: Deno.TcpConn) {
     this.closed = new Promise((r) => (this.#resolveClosed = r));
@@ -34,7 +40,11 @@ export class TcpConn implements Conn {
 
   async read(): Promise<Uint8Array | null> {
     if (this.#isClosed) return null;
-    const buf = new Uint8Array(READ_SIZE);
+    if (this.#buf.length - this.#pos < MIN_TAIL) {
+      this.#buf = new Uint8Array(BUF_SIZE);
+      this.#pos = 0;
+    }
+    const buf = this.#buf.subarray(this.#pos);
     let n: number | null;
     try {
       n = await this.raw.read(buf);
@@ -45,6 +55,7 @@ export class TcpConn implements Conn {
       this.close();
       return null;
     }
+    this.#pos += n;
     return buf.subarray(0, n);
   }
 
