@@ -141,8 +141,10 @@ export class ModemManagerBackend implements PhoneBackend {
       const state = str(get(sms, "properties", "state"));
       const pdu = str(get(sms, "properties", "pdu-type"));
       if (state === "receiving") continue; // parts still arriving: look again next time
-      this.#seenSms.add(path);
-      if (state !== "received" || (pdu !== "" && pdu !== "deliver")) continue;
+      if (state !== "received" || (pdu !== "" && pdu !== "deliver")) {
+        this.#seenSms.add(path);
+        continue;
+      }
       const number = str(get(sms, "content", "number"));
       const text = str(get(sms, "content", "text"));
       const stamp = str(get(sms, "properties", "timestamp"));
@@ -154,6 +156,7 @@ export class ModemManagerBackend implements PhoneBackend {
         ...(time ? { time } : {}),
         key: `mm|${number}|${stamp}|${text}`,
       });
+      this.#seenSms.add(path); // only once it is safely stored
     }
   }
 

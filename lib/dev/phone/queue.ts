@@ -121,8 +121,7 @@ export class SmsStore {
       status: "queued",
       segments: countSegments(text).count,
     };
-    this.#state.messages.push(rec);
-    await this.#save();
+    await this.#append(rec);
     return rec;
   }
 
@@ -147,8 +146,7 @@ export class SmsStore {
       segments: countSegments(text).count,
       ...(key !== undefined ? { key } : {}),
     };
-    this.#state.messages.push(rec);
-    await this.#save();
+    await this.#append(rec);
     return rec;
   }
 
@@ -164,6 +162,18 @@ export class SmsStore {
       rec.reason = result.reason;
     }
     await this.#save();
+  }
+
+  /** Add `rec` and save; if saving fails the store is as it was before. */
+  async #append(rec: SmsRecord): Promise<void> {
+    this.#state.messages.push(rec);
+    try {
+      await this.#save();
+    } catch (e) {
+      this.#state.messages = this.#state.messages.filter((m) => m !== rec);
+      if (rec.id === this.#state.nextId - 1) this.#state.nextId--;
+      throw new Error(`Cannot save message store '${this.path}': ${(e as Error).message}`);
+    }
   }
 
   #save(): Promise<void> {

@@ -285,6 +285,23 @@ Deno.test("queued messages survive a restart and are sent exactly once", async (
       assert.deepEqual(outbox.map((l) => JSON.parse(l).text), ["one", "two", "three"]);
     });
 
+    await t.step("a store that cannot be saved refuses the write and keeps nothing", async () => {
+      const phone = await Phone.open({
+        backend: new SimBackend({ stateDir, listen: false }),
+        stateDir,
+      });
+      const root = await phone.tree().attach({ user: "glenda" }, "");
+      const before = await cat(root, "sms");
+      await Deno.mkdir(`${stateDir}/sms.json.tmp`); // the temporary file cannot be written
+      await assert.rejects(echo(root, "sms", "send 444 four"), /Cannot save message store/);
+      assert.equal(await cat(root, "sms"), before);
+      await Deno.remove(`${stateDir}/sms.json.tmp`);
+      await echo(root, "sms", "send 444 four");
+      await phone.drain();
+      assert.match(await cat(root, "sms"), /^4 .* out 444 sent 1 'four'$/m);
+      await phone.close();
+    });
+
     await t.step("a damaged store is refused and kept", async () => {
       await Deno.writeTextFile(`${stateDir}/sms.json`, "{not json");
       await assert.rejects(
