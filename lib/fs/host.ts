@@ -29,11 +29,19 @@
  *   with the file's mtime, ctime and size, and with every write made through
  *   this tree.
  *
+ * Speed: metadata calls (lstat, open, close, mkdir, rename...) are made
+ * synchronously, since an asynchronous file-system call costs several times
+ * more than the system call itself and walk/open/clunk of small files is a
+ * hot path. Data is read and written at explicit positions (pread/pwrite), so
+ * concurrent reads on one open file never race; transfers up to 64 KiB are
+ * made synchronously, larger ones asynchronously so that a bulk transfer
+ * does not hold up other requests. Directory reads yield to the event loop
+ * every few hundred entries.
+ *
  * @module
  */
 
-import * as fsp from "node:fs/promises";
-import { type BigIntStats, constants as C } from "node:fs";
+import * as fs from "node:fs";
 import type { Caller, Created, Node, OpenFile, OpOptions, Tree, WalkResult } from "./tree.ts";
 import {
   type Dir,
@@ -57,15 +65,18 @@ export interface HostTreeOptions {
   readOnly?: boolean;
 }
 
+const C = fs.constants;
 /** Largest single read or write the tree performs (the server splits at iounit anyway). */
 const MAX_IO = 16 * 1024 * 1024;
 const MASK64 = (1n << 64n) - 1n;
 const ALL32 = 0xffffffff;
+const ALL64 = MASK64;
 /** Dir.mode flag bits other than DMDIR: none of them can be set on a host file. */
 const MODE_FLAGS = 0x7fff0000;
-const ALL64 = MASK64;
-/** Directory entries stat'ed at once while reading a directory. */
-const STAT_BATCH = 64;
+/** Reads and writes up to this size are made synchronously. */
+const SYNC_IO = 64 * 1024;
+/** Directory entries stat'ed between two yields to the event loop. */
+const DIR_BATCH = 256;
 
 /** State shared by every node of one attached tree. */
 interface Ctx {
@@ -119,21 +130,21 @@ export class HostTree implements Tree {
   #context(): Promise<Ctx> {
     this.#ctx ??= (async () => {
       let realRoot: string;
-      let st: BigIntStats;
+      let st: Deno.FileInfo;
       try {
-        realRoot = await fsp.realpath(this.root);
-        st = await fsp.stat(realRoot, { bigint: true });
+        realRoot = Deno.realPathSync(this.root);
+        st = Deno.statSync(realRoot);
       } catch (e) {
         this.#ctx = undefined;
-        throw new Error(`cannot export '${this.root}': ${errorString(e)}`);
+        throw new Error(`cannot export '${this.root}': ${hostError(e).message}`);
       }
-      if (!st.isDirectory()) {
+      if (!st.isDirectory) {
         this.#ctx = undefined;
         throw new Error(`cannot export '${this.root}': not a directory`);
       }
       return {
         realRoot,
-        rootDev: st.dev,
+        rootDev: BigInt(st.dev),
         users: await hostUsers(),
         readOnly: this.readOnly,
         writes: new Map(),
@@ -153,8 +164,7 @@ export class HostTree implements Tree {
     } catch {
       throw new StyxError(Ename.notFound);
     }
-    const st = await host(fsp.stat(ctx.realRoot, { bigint: true }));
-    const root = new HostNode(ctx, [], qidOf(ctx, st));
+    const root = new HostNode(ctx, [], qidOf(ctx, lstat(ctx.realRoot)));
     const names = aname.split("/").filter((n) => n !== "" && n !== ".");
     if (names.length === 0) return root;
     const r = await root.walk(names);
@@ -206,12 +216,17 @@ function hostError(e: unknown): StyxError {
   return new StyxError(Ename.io);
 }
 
-async function host<T>(p: Promise<T>): Promise<T> {
+/** Run a synchronous host call, turning its failure into a StyxError. */
+function sys<T>(fn: () => T): T {
   try {
-    return await p;
+    return fn();
   } catch (e) {
     throw hostError(e);
   }
+}
+
+function lstat(p: string): Deno.FileInfo {
+  return sys(() => Deno.lstatSync(p));
 }
 
 function checkName(name: string): void {
@@ -233,29 +248,36 @@ function relOf(ctx: Ctx, real: string): string[] | undefined {
   return real.slice(prefix.length).split("/");
 }
 
-function qidOf(ctx: Ctx, st: BigIntStats): Qid {
-  let path = (st.ino ^ ((st.dev ^ ctx.rootDev) << 40n)) & MASK64;
-  if (path === 0n) path = 1n << 63n;
-  let v = st.mtimeNs ^ (st.ctimeNs << 7n) ^ (st.size << 17n);
-  v ^= BigInt(ctx.writes.get(path) ?? 0) << 3n;
-  v = (v ^ (v >> 32n) ^ (v >> 64n)) & 0xffffffffn;
-  return { type: st.isDirectory() ? QTDIR : QTFILE, version: Number(v), path };
+function ms(d: Date | null): bigint {
+  return BigInt(d?.getTime() ?? 0);
 }
 
-function dirOf(ctx: Ctx, st: BigIntStats, name: string): Dir {
-  const isDir = st.isDirectory();
-  const uid = ctx.users.userName(Number(st.uid));
+function seconds(d: Date | null): number {
+  return Math.floor((d?.getTime() ?? 0) / 1000) >>> 0;
+}
+
+function qidOf(ctx: Ctx, st: Deno.FileInfo): Qid {
+  let path = (BigInt(st.ino ?? 0) ^ ((BigInt(st.dev) ^ ctx.rootDev) << 40n)) & MASK64;
+  if (path === 0n) path = 1n << 63n;
+  let v = ms(st.mtime) ^ (ms(st.ctime) << 7n) ^ (BigInt(st.size) << 17n);
+  v ^= BigInt(ctx.writes.get(path) ?? 0) << 3n;
+  v = (v ^ (v >> 32n) ^ (v >> 64n)) & 0xffffffffn;
+  return { type: st.isDirectory ? QTDIR : QTFILE, version: Number(v), path };
+}
+
+function dirOf(ctx: Ctx, st: Deno.FileInfo, name: string): Dir {
+  const uid = ctx.users.userName(st.uid ?? 0);
   return {
     type: 0,
     dev: 0,
     qid: qidOf(ctx, st),
-    mode: Number(st.mode & 0o777n) | (isDir ? DMDIR : 0),
-    atime: Number(st.atimeNs / 1_000_000_000n) >>> 0,
-    mtime: Number(st.mtimeNs / 1_000_000_000n) >>> 0,
-    length: isDir ? 0n : st.size,
+    mode: ((st.mode ?? 0) & 0o777) | (st.isDirectory ? DMDIR : 0),
+    atime: seconds(st.atime),
+    mtime: seconds(st.mtime),
+    length: st.isDirectory ? 0n : BigInt(st.size),
     name,
     uid,
-    gid: ctx.users.groupName(Number(st.gid)),
+    gid: ctx.users.groupName(st.gid ?? 0),
     muid: uid,
   };
 }
@@ -272,8 +294,9 @@ function wantsWrite(mode: number): boolean {
   return acc === OWRITE || acc === ORDWR || (mode & OTRUNC) !== 0;
 }
 
-function lstat(p: string): Promise<BigIntStats> {
-  return host(fsp.lstat(p, { bigint: true }));
+function accessFlags(mode: number): number {
+  const acc = mode & 3;
+  return acc === OWRITE ? C.O_WRONLY : acc === ORDWR ? C.O_RDWR : C.O_RDONLY;
 }
 
 /** A file or directory below the root, reached by walking. */
@@ -296,8 +319,10 @@ class HostNode implements Node {
     return this.rel[this.rel.length - 1] ?? "/";
   }
 
-  async walk(names: string[], _opts?: OpOptions): Promise<WalkResult> {
-    if (names.length === 0) return { qids: [], node: new HostNode(this.ctx, this.rel, this.#qid) };
+  walk(names: string[], _opts?: OpOptions): Promise<WalkResult> {
+    if (names.length === 0) {
+      return Promise.resolve({ qids: [], node: new HostNode(this.ctx, this.rel, this.#qid) });
+    }
     const qids: Qid[] = [];
     let rel = this.rel;
     let qid = this.#qid;
@@ -305,113 +330,128 @@ class HostNode implements Node {
       try {
         checkName(name);
         if ((qid.type & QTDIR) === 0) throw new StyxError(Ename.walkNoDir);
-        [rel, qid] = await this.#step(rel, name);
+        [rel, qid] = this.#step(rel, name);
       } catch (e) {
-        if (qids.length === 0) throw hostError(e);
-        return { qids };
+        if (qids.length === 0) return Promise.reject(hostError(e));
+        return Promise.resolve({ qids });
       }
       qids.push(qid);
     }
-    return { qids, node: new HostNode(this.ctx, rel, qid) };
+    return Promise.resolve({ qids, node: new HostNode(this.ctx, rel, qid) });
   }
 
-  async #step(rel: string[], name: string): Promise<[string[], Qid]> {
+  #step(rel: string[], name: string): [string[], Qid] {
     const ctx = this.ctx;
     if (name === "..") {
       const up = rel.slice(0, -1);
-      return [up, qidOf(ctx, await lstat(pathOf(ctx, up)))];
+      return [up, qidOf(ctx, lstat(pathOf(ctx, up)))];
     }
     const next = [...rel, name];
     const p = pathOf(ctx, next);
-    const st = await lstat(p);
-    if (!st.isSymbolicLink()) return [next, qidOf(ctx, st)];
-    const real = await host(fsp.realpath(p));
+    const st = lstat(p);
+    if (!st.isSymlink) return [next, qidOf(ctx, st)];
+    const real = sys(() => Deno.realPathSync(p));
     const inside = relOf(ctx, real);
     if (!inside) throw new StyxError(Ename.perm);
-    const target = await lstat(real);
-    return [inside, qidOf(ctx, target)];
+    return [inside, qidOf(ctx, lstat(real))];
   }
 
-  async open(mode: number, _opts?: OpOptions): Promise<OpenFile> {
+  open(mode: number, _opts?: OpOptions): Promise<OpenFile> {
+    try {
+      return Promise.resolve(this.#open(mode));
+    } catch (e) {
+      return Promise.reject(hostError(e));
+    }
+  }
+
+  #open(mode: number): OpenFile {
     const ctx = this.ctx;
     if (ctx.readOnly && (wantsWrite(mode) || (mode & ORCLOSE) !== 0)) {
       throw new StyxError(Ename.perm);
     }
-    if (this.#qid.type & QTDIR) {
+    const st = lstat(this.path);
+    if (st.isDirectory) {
       if (wantsWrite(mode)) throw new StyxError(Ename.isDir);
-      const st = await lstat(this.path);
-      if (!st.isDirectory()) throw new StyxError(Ename.notDir);
       this.#qid = qidOf(ctx, st);
       return new HostDir(this, mode);
     }
-    const acc = mode & 3;
-    let flags = acc === OWRITE ? C.O_WRONLY : acc === ORDWR ? C.O_RDWR : C.O_RDONLY;
+    // Only regular files; a symlink here replaced the walked file (O_NOFOLLOW
+    // below catches one that appears later).
+    if (!st.isFile) throw new StyxError(Ename.perm);
+    let flags = accessFlags(mode) | C.O_NOFOLLOW | C.O_NONBLOCK;
     if (mode & OTRUNC) flags |= C.O_TRUNC;
-    flags |= C.O_NOFOLLOW | C.O_NONBLOCK;
-    const fh = await host(fsp.open(this.path, flags));
-    let st: BigIntStats;
-    try {
-      st = await host(fh.stat({ bigint: true }));
-    } catch (e) {
-      await fh.close().catch(() => {});
-      throw e;
-    }
-    if (!st.isFile()) {
-      await fh.close().catch(() => {});
-      throw new StyxError(st.isDirectory() ? Ename.isDir : Ename.perm);
-    }
-    this.#qid = qidOf(ctx, st);
-    return new HostFile(this, fh, mode);
+    const fd = sys(() => fs.openSync(this.path, flags));
+    const now = (mode & OTRUNC) ? lstat(this.path) : st;
+    this.#qid = qidOf(ctx, now);
+    return new HostFile(this, fd, mode, now.size);
   }
 
-  async create(name: string, perm: number, mode: number, _opts?: OpOptions): Promise<Created> {
+  create(name: string, perm: number, mode: number, _opts?: OpOptions): Promise<Created> {
+    try {
+      return Promise.resolve(this.#create(name, perm, mode));
+    } catch (e) {
+      return Promise.reject(hostError(e));
+    }
+  }
+
+  #create(name: string, perm: number, mode: number): Created {
     const ctx = this.ctx;
     checkName(name);
     if (name === "..") throw new StyxError(Ename.badName);
     if (ctx.readOnly) throw new StyxError(Ename.perm);
     if ((this.#qid.type & QTDIR) === 0) throw new StyxError(Ename.notDir);
-    const dirSt = await lstat(this.path);
-    if (!dirSt.isDirectory()) throw new StyxError(Ename.notDir);
-    const dirperm = Number(dirSt.mode & 0o777n);
+    const dirSt = lstat(this.path);
+    if (!dirSt.isDirectory) throw new StyxError(Ename.notDir);
+    const dirperm = (dirSt.mode ?? 0) & 0o777;
     const rel = [...this.rel, name];
     const p = pathOf(ctx, rel);
     if ((perm & DMDIR) !== 0) {
       if (wantsWrite(mode)) throw new StyxError(Ename.isDir);
       const bits = perm & (~0o777 | dirperm) & 0o777;
-      await host(fsp.mkdir(p, bits));
-      await host(fsp.chmod(p, bits));
-      const node = new HostNode(ctx, rel, qidOf(ctx, await lstat(p)));
+      sys(() => fs.mkdirSync(p, bits));
+      sys(() => fs.chmodSync(p, bits));
+      const node = new HostNode(ctx, rel, qidOf(ctx, lstat(p)));
       return { node, file: new HostDir(node, mode) };
     }
     const bits = perm & (~0o666 | (dirperm & 0o666)) & 0o777;
-    const acc = mode & 3;
-    const flags = (acc === OWRITE ? C.O_WRONLY : acc === ORDWR ? C.O_RDWR : C.O_RDONLY) |
-      C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW;
-    const fh = await host(fsp.open(p, flags, bits));
+    const flags = accessFlags(mode) | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW;
+    const fd = sys(() => fs.openSync(p, flags, bits));
     try {
-      await host(fh.chmod(bits));
-      const node = new HostNode(ctx, rel, qidOf(ctx, await host(fh.stat({ bigint: true }))));
-      return { node, file: new HostFile(node, fh, mode) };
+      sys(() => fs.fchmodSync(fd, bits));
+      const node = new HostNode(ctx, rel, qidOf(ctx, lstat(p)));
+      return { node, file: new HostFile(node, fd, mode, 0) };
     } catch (e) {
-      await fh.close().catch(() => {});
+      fs.closeSync(fd);
       throw e;
     }
   }
 
-  async stat(_opts?: OpOptions): Promise<Dir> {
-    const st = await lstat(this.path);
-    const d = dirOf(this.ctx, st, this.name);
-    this.#qid = d.qid;
-    return d;
+  stat(_opts?: OpOptions): Promise<Dir> {
+    try {
+      const d = dirOf(this.ctx, lstat(this.path), this.name);
+      this.#qid = d.qid;
+      return Promise.resolve(d);
+    } catch (e) {
+      return Promise.reject(hostError(e));
+    }
   }
 
-  async wstat(d: Dir, _opts?: OpOptions): Promise<void> {
+  wstat(d: Dir, _opts?: OpOptions): Promise<void> {
+    try {
+      this.#wstat(d);
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(hostError(e));
+    }
+  }
+
+  #wstat(d: Dir): void {
     const ctx = this.ctx;
     if (ctx.readOnly) throw new StyxError(Ename.perm);
     const p = this.path;
-    const st = await lstat(p);
+    const st = lstat(p);
     const cur = dirOf(ctx, st, this.name);
-    const isDir = st.isDirectory();
+    const isDir = st.isDirectory;
 
     // Check everything first, so a refused wstat changes nothing.
     if (d.type !== 0xffff && d.type !== cur.type) throw new StyxError(Ename.noWstat);
@@ -453,31 +493,38 @@ class HostNode implements Node {
     let target: string | undefined;
     if (newName !== undefined) {
       target = pathOf(ctx, [...this.rel.slice(0, -1), newName]);
-      const exists = await fsp.lstat(target).then(() => true, (e) => {
-        if ((e as { code?: string }).code === "ENOENT") return false;
-        throw hostError(e);
-      });
+      let exists = true;
+      try {
+        Deno.lstatSync(target);
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+        exists = false;
+      }
       if (exists) throw new StyxError(Ename.exists);
     }
 
-    if (length !== undefined) await host(fsp.truncate(p, length));
-    if (perm !== undefined) await host(fsp.chmod(p, perm));
+    if (length !== undefined) sys(() => fs.truncateSync(p, length));
+    if (perm !== undefined) sys(() => fs.chmodSync(p, perm));
     if (setM || setA) {
-      const atime = setA ? d.atime : Number(st.atimeNs) / 1e9;
-      const mtime = setM ? d.mtime : Number(st.mtimeNs) / 1e9;
-      await host(fsp.utimes(p, atime, mtime));
+      const atime = setA ? d.atime : (st.atime?.getTime() ?? 0) / 1000;
+      const mtime = setM ? d.mtime : (st.mtime?.getTime() ?? 0) / 1000;
+      sys(() => fs.utimesSync(p, atime, mtime));
     }
-    if (gid !== undefined) await host(fsp.chown(p, -1, gid));
+    if (gid !== undefined) sys(() => fs.chownSync(p, -1, gid));
     if (target !== undefined && newName !== undefined) {
-      await host(fsp.rename(p, target));
+      sys(() => fs.renameSync(p, target));
       this.rel = [...this.rel.slice(0, -1), newName];
     }
   }
 
-  async remove(_opts?: OpOptions): Promise<void> {
-    const ctx = this.ctx;
-    if (ctx.readOnly || this.rel.length === 0) throw new StyxError(Ename.perm);
-    await removePath(this.path);
+  remove(_opts?: OpOptions): Promise<void> {
+    try {
+      if (this.ctx.readOnly || this.rel.length === 0) throw new StyxError(Ename.perm);
+      removePath(this.path);
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(hostError(e));
+    }
   }
 
   close(): Promise<void> {
@@ -485,56 +532,114 @@ class HostNode implements Node {
   }
 }
 
-async function removePath(p: string): Promise<void> {
-  const st = await lstat(p);
-  if (st.isDirectory()) await host(fsp.rmdir(p));
-  else await host(fsp.unlink(p));
+function removePath(p: string): void {
+  if (lstat(p).isDirectory) sys(() => fs.rmdirSync(p));
+  else sys(() => fs.unlinkSync(p));
 }
 
-/** An open regular file: reads and writes at explicit positions (pread/pwrite). */
+/**
+ * pread: never moves a shared file position, so concurrent reads cannot race.
+ * Small transfers are made synchronously (cheaper than a trip through the
+ * thread pool); large ones asynchronously.
+ */
+function pread(fd: number, buf: Uint8Array, pos: number): Promise<number> {
+  if (buf.length <= SYNC_IO) {
+    try {
+      return Promise.resolve(fs.readSync(fd, buf, 0, buf.length, pos));
+    } catch (e) {
+      return Promise.reject(hostError(e));
+    }
+  }
+  return new Promise((resolve, reject) => {
+    fs.read(fd, buf, 0, buf.length, pos, (e, n) => e ? reject(hostError(e)) : resolve(n));
+  });
+}
+
+/** pwrite of part of `data` (synchronously when small, like {@link pread}). */
+function pwrite(fd: number, data: Uint8Array, off: number, pos: number): Promise<number> {
+  if (data.length - off <= SYNC_IO) {
+    try {
+      return Promise.resolve(fs.writeSync(fd, data, off, data.length - off, pos));
+    } catch (e) {
+      return Promise.reject(hostError(e));
+    }
+  }
+  return new Promise((resolve, reject) => {
+    fs.write(
+      fd,
+      data,
+      off,
+      data.length - off,
+      pos,
+      (e, n) => e ? reject(hostError(e)) : resolve(n),
+    );
+  });
+}
+
+/** An open regular file: reads and writes at explicit positions. */
 class HostFile implements OpenFile {
   readonly iounit = 0;
   #closed = false;
+  /** Reads and writes in flight: the descriptor is closed only after them. */
+  #busy = 0;
+  #idle: (() => void) | undefined;
 
-  constructor(
-    readonly node: HostNode,
-    readonly fh: fsp.FileHandle,
-    readonly mode: number,
-  ) {}
+  /** The file's size as last seen: reads below it skip a size check. */
+  #size: number;
+
+  constructor(readonly node: HostNode, readonly fd: number, readonly mode: number, size: number) {
+    this.#size = size;
+  }
 
   get qid(): Qid {
     return this.node.qid;
   }
 
-  async read(offset: bigint, count: number, _opts?: OpOptions): Promise<Uint8Array> {
+  async #io<T>(fn: () => Promise<T>): Promise<T> {
     if (this.#closed) throw new StyxError(Ename.notOpen);
-    if ((this.mode & 3) === OWRITE) throw new StyxError(Ename.perm);
-    const pos = toPosition(offset);
-    const n = Math.min(Math.max(0, Math.trunc(count)), MAX_IO);
-    if (n === 0) return new Uint8Array(0);
-    const buf = new Uint8Array(n);
-    const { bytesRead } = await host(this.fh.read(buf, 0, n, pos));
-    return bytesRead === n ? buf : buf.subarray(0, bytesRead);
+    this.#busy++;
+    try {
+      return await fn();
+    } finally {
+      if (--this.#busy === 0) this.#idle?.();
+    }
   }
 
-  async write(offset: bigint, data: Uint8Array, _opts?: OpOptions): Promise<number> {
-    if (this.#closed) throw new StyxError(Ename.notOpen);
-    const acc = this.mode & 3;
-    if (acc !== OWRITE && acc !== ORDWR) throw new StyxError(Ename.perm);
-    const pos = toPosition(offset);
-    if (pos + data.length > Number.MAX_SAFE_INTEGER) toPosition(offset + BigInt(data.length));
-    let done = 0;
-    while (done < data.length) {
-      const { bytesWritten } = await host(
-        this.fh.write(data, done, data.length - done, pos + done),
-      );
-      if (bytesWritten <= 0) throw new StyxError(Ename.io);
-      done += bytesWritten;
-    }
-    const writes = this.node.ctx.writes;
-    const path = this.node.qid.path;
-    writes.set(path, ((writes.get(path) ?? 0) + 1) >>> 0);
-    return done;
+  read(offset: bigint, count: number, _opts?: OpOptions): Promise<Uint8Array> {
+    return this.#io(async () => {
+      if ((this.mode & 3) === OWRITE) throw new StyxError(Ename.perm);
+      const pos = toPosition(offset);
+      let n = Math.min(Math.max(0, Math.trunc(count)), MAX_IO);
+      if (n === 0) return new Uint8Array(0);
+      // Size the buffer by what the file holds, so a large read of a small
+      // file allocates little; look again only at the last known end.
+      if (pos >= this.#size) this.#size = sys(() => fs.fstatSync(this.fd).size);
+      n = Math.min(n, this.#size - pos);
+      if (n <= 0) return new Uint8Array(0);
+      const buf = new Uint8Array(n);
+      const got = await pread(this.fd, buf, pos);
+      return got === n ? buf : buf.subarray(0, got);
+    });
+  }
+
+  write(offset: bigint, data: Uint8Array, _opts?: OpOptions): Promise<number> {
+    return this.#io(async () => {
+      const acc = this.mode & 3;
+      if (acc !== OWRITE && acc !== ORDWR) throw new StyxError(Ename.perm);
+      const pos = toPosition(offset);
+      toPosition(offset + BigInt(data.length));
+      let done = 0;
+      while (done < data.length) {
+        const n = await pwrite(this.fd, data, done, pos + done);
+        if (n <= 0) throw new StyxError(Ename.io);
+        done += n;
+      }
+      if (pos + done > this.#size) this.#size = pos + done;
+      const writes = this.node.ctx.writes;
+      const path = this.node.qid.path;
+      writes.set(path, ((writes.get(path) ?? 0) + 1) >>> 0);
+      return done;
+    });
   }
 
   readDir(_opts?: OpOptions): Promise<Dir[]> {
@@ -544,8 +649,19 @@ class HostFile implements OpenFile {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
-    await this.fh.close().catch(() => {});
-    if (this.mode & ORCLOSE) await removePath(this.node.path).catch(() => {});
+    if (this.#busy > 0) await new Promise<void>((r) => (this.#idle = r));
+    try {
+      fs.closeSync(this.fd);
+    } catch {
+      // Nothing to do: the descriptor is gone either way.
+    }
+    if (this.mode & ORCLOSE) {
+      try {
+        removePath(this.node.path);
+      } catch {
+        // Plan 9 clunks succeed even when the remove fails.
+      }
+    }
   }
 }
 
@@ -568,24 +684,34 @@ class HostDir implements OpenFile {
     return Promise.reject(new StyxError(Ename.isDir));
   }
 
-  async readDir(_opts?: OpOptions): Promise<Dir[]> {
+  async readDir(opts?: OpOptions): Promise<Dir[]> {
     if (this.#closed) throw new StyxError(Ename.notOpen);
     const ctx = this.node.ctx;
     const dir = this.node.path;
-    const names = await host(fsp.readdir(dir));
+    const names = sys(() => Array.from(Deno.readDirSync(dir), (e) => e.name));
     const out: Dir[] = [];
-    for (let i = 0; i < names.length; i += STAT_BATCH) {
-      const batch = names.slice(i, i + STAT_BATCH);
-      const dirs = await Promise.all(batch.map((name) => entry(ctx, dir, name)));
-      for (const d of dirs) if (d) out.push(d);
+    for (let i = 0; i < names.length; i++) {
+      if (i > 0 && i % DIR_BATCH === 0) {
+        await new Promise((r) => setTimeout(r, 0));
+        if (opts?.signal?.aborted) throw new StyxError(Ename.interrupted);
+      }
+      const d = entry(ctx, dir, names[i] as string);
+      if (d) out.push(d);
     }
     return out;
   }
 
-  async close(): Promise<void> {
-    if (this.#closed) return;
+  close(): Promise<void> {
+    if (this.#closed) return Promise.resolve();
     this.#closed = true;
-    if (this.mode & ORCLOSE) await removePath(this.node.path).catch(() => {});
+    if (this.mode & ORCLOSE) {
+      try {
+        removePath(this.node.path);
+      } catch {
+        // Plan 9 clunks succeed even when the remove fails.
+      }
+    }
+    return Promise.resolve();
   }
 }
 
@@ -594,14 +720,14 @@ class HostDir implements OpenFile {
  * target's stat under the link's name; one pointing outside (or dangling)
  * shows the link itself. An entry that vanished meanwhile is left out.
  */
-async function entry(ctx: Ctx, dir: string, name: string): Promise<Dir | undefined> {
+function entry(ctx: Ctx, dir: string, name: string): Dir | undefined {
   const p = dir === "/" ? "/" + name : dir + "/" + name;
   try {
-    const st = await fsp.lstat(p, { bigint: true });
-    if (st.isSymbolicLink()) {
+    const st = Deno.lstatSync(p);
+    if (st.isSymlink) {
       try {
-        const real = await fsp.realpath(p);
-        if (relOf(ctx, real)) return dirOf(ctx, await fsp.lstat(real, { bigint: true }), name);
+        const real = Deno.realPathSync(p);
+        if (relOf(ctx, real)) return dirOf(ctx, Deno.lstatSync(real), name);
       } catch {
         // Dangling or unreadable: show the link itself.
       }

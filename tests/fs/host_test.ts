@@ -289,6 +289,32 @@ Deno.test("HostTree file operations", async (t) => {
       offsets.forEach((o, k) => assert.deepEqual(got[k], data.subarray(o, o + 4096)));
     });
 
+    await t.step("large transfers, and a file that grows while open", async () => {
+      const data = new Uint8Array(300_000);
+      for (let i = 0; i < data.length; i++) data[i] = (i * 7) & 0xff;
+      const { node, file } = await root.create("large", 0o644, ORDWR);
+      assert.equal(await file.write(0n, data), data.length);
+      const back = await file.read(0n, 1 << 20);
+      assert.deepEqual(back, data);
+      assert.deepEqual(await file.read(100_000n, 150_000), data.subarray(100_000, 250_000));
+      assert.equal((await file.read(BigInt(data.length), 10)).length, 0);
+      await file.close();
+      const r = await node.open(OREAD);
+      assert.equal((await r.read(0n, 1 << 20)).length, data.length);
+      const more = await Deno.open(`${fx.root}/large`, { append: true });
+      await more.write(enc.encode("tail"));
+      more.close();
+      assert.equal(dec.decode(await r.read(BigInt(data.length), 100)), "tail");
+      // A close waits for reads in flight before releasing the descriptor.
+      const pending = [r.read(0n, 200_000), r.read(50_000n, 200_000)];
+      await r.close();
+      const [p0, p1] = await Promise.all(pending);
+      assert.deepEqual(p0, data.subarray(0, 200_000));
+      assert.deepEqual(p1, data.subarray(50_000, 250_000));
+      await rejectsWith(r.read(0n, 1), Ename.notOpen);
+      await node.remove();
+    });
+
     await t.step("offsets above 4 GiB on a sparse file", async () => {
       const { node, file } = await root.create("sparse", 0o644, ORDWR);
       const off = 5n * (1n << 30n) + 7n;
