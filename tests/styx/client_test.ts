@@ -437,6 +437,7 @@ for (const [kind, setup] of [["memPipe", overPipe], ["TCP", overTcp]] as const) 
       await client.remove(root, "/x");
       await client.create(root, "/d", { perm: DMDIR | 0o755 });
       await client.create(root, "/d/x");
+      assert.deepEqual((await client.ls(root, "/")).map((d) => d.name).sort(), ["d", "hello"]);
       assert.deepEqual((await client.ls(root, "/hello")).map((d) => d.name), ["hello"]);
       assert.deepEqual((await client.ls(root, "/d")).map((d) => d.name), ["x"]);
       await rejectsWith(client.remove(root, "/d"), Ename.notEmpty);
@@ -630,5 +631,61 @@ Deno.test("StyxClient: Tflush and hangup against the Ferry server", async (t) =>
     await rejectsWith(s.client.attach("glenda"), Ename.hungup);
     await f.close();
     await s.stop();
+  });
+});
+
+Deno.test("StyxClient: backpressure and re-export", async (t) => {
+  await t.step("a slow reader of readStream keeps only the window in flight", async () => {
+    const tree = new MemTree({ owner: "glenda" });
+    await tree.writeFile("/big", pattern(4 * 1024 * 1024));
+    const [a, b] = memPipe();
+    const served = serve(b, tree);
+    // A small msize makes a 4 MiB file many iounits long.
+    const client = await StyxClient.connect(a, { msize: 8192 + 24 });
+    let treads = 0;
+    const root = await client.attach("glenda");
+    const f = await client.openPath(root, "/big", OREAD);
+    const origRead = f.readOnce.bind(f);
+    f.readOnce = (off, count, opts) => {
+      treads++;
+      return origRead(off, count, opts);
+    };
+    const reader = readStream(f, { window: 4 }).getReader();
+    let consumed = 0;
+    for (let i = 0; i < 20; i++) {
+      const { value } = await reader.read();
+      consumed += value!.length;
+      // Give the client time to run ahead if it wanted to.
+      await new Promise((r) => setTimeout(r, 2));
+      assert.ok(client.inFlight <= 4, `in flight: ${client.inFlight}`);
+      assert.ok(treads * 8192 <= consumed + 5 * 8192, `${treads} Treads for ${consumed} bytes`);
+    }
+    await reader.cancel();
+    await f.close();
+    await root.close();
+    await client.close();
+    await served;
+  });
+
+  await t.step("a RemoteTree served again: client → server → client → server", async () => {
+    const tree = new MemTree({ owner: "glenda" });
+    await tree.writeFile("/a/b/c", "inner");
+    const inner = await overPipe(tree);
+    const outer = await overPipe(new RemoteTree(inner.client));
+    const c = outer.client;
+    const root = await c.attach("glenda");
+    assert.equal(dec.decode(await c.readFile(root, "/a/b/c")), "inner");
+    await c.writeFile(root, "/a/new", pattern(300_000));
+    assert.deepEqual(await tree.readFile("/a/new"), pattern(300_000));
+    assert.deepEqual((await c.ls(root, "/a")).map((d) => d.name).sort(), ["b", "new"]);
+    await c.create(root, "/dir", { perm: DMDIR | 0o775 });
+    assert.equal((await c.stat(root, "/dir")).qid.type, QTDIR);
+    await c.remove(root, "/a/new");
+    await rejectsWith(c.stat(root, "/a/new"), Ename.notFound);
+    await rejectsWith(c.readFile(root, "/nope"), Ename.notFound);
+    await root.close();
+    await outer.stop();
+    await until(() => inner.client.fidsInUse === 0, "inner fids released");
+    await inner.stop();
   });
 });
