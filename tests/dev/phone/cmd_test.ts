@@ -7,6 +7,9 @@ import { tcpDial } from "../../../lib/transport/tcp.ts";
 import { RemoteTree, StyxClient } from "../../../lib/styx/client.ts";
 import { OREAD, OWRITE } from "../../../lib/styx/types.ts";
 import type { Node } from "../../../lib/fs/tree.ts";
+import { tlsDial } from "../../../lib/transport/tls.ts";
+import { writeCredentials } from "../../../lib/auth/ca.ts";
+import { makeFixture } from "../../auth/fixture.ts";
 
 const FERRY = new URL("../../../cmd/ferry.ts", import.meta.url).pathname;
 const enc = new TextEncoder();
@@ -77,5 +80,50 @@ Deno.test("ferry phone serves /phone over TCP; sim inject reaches it", async () 
     await child.stdout.cancel().catch(() => {});
     assert.equal(st.code, 0);
     await Deno.remove(state, { recursive: true });
+  }
+});
+
+Deno.test("ferry phone without -A serves over mutual TLS", async () => {
+  const fx = await makeFixture();
+  const state = await Deno.makeTempDir();
+  const certs = `${fx.dir}/node`;
+  const node = await fx.creds("phonehost", "node", { sans: ["127.0.0.1"] });
+  await writeCredentials(certs, "phonehost", node.cert, node.key);
+  await Deno.writeTextFile(`${certs}/ca.pem`, node.ca);
+  const alice = await fx.creds("alice", "user");
+  const child = ferry([
+    "phone",
+    "--state",
+    state,
+    "--listen",
+    "tcp!127.0.0.1!0",
+    "--certs",
+    certs,
+    "--name",
+    "phonehost",
+  ]).spawn();
+  let client: StyxClient | undefined;
+  try {
+    const line = await firstLine(child.stdout);
+    const m = line.match(/on tcp!127\.0\.0\.1!(\d+)$/);
+    assert.ok(m, `unexpected first line '${line}'`);
+    const conn = await tlsDial("127.0.0.1", Number(m[1]), { creds: alice, peer: "phonehost" });
+    client = await StyxClient.connect(conn);
+    const root = await new RemoteTree(client).attach({ user: "mallory" }, "");
+    const sms = await (await walk(root, "sms")).open(OWRITE);
+    await sms.write(0n, enc.encode("send 6412345678 'over TLS'"));
+    const st = await root.walk(["status"]);
+    assert.ok(st.node);
+    assert.equal((await st.node.stat()).uid, "ferry");
+    const saved = JSON.parse(await Deno.readTextFile(`${state}/sms.json`));
+    assert.equal(saved.messages[0].text, "over TLS");
+  } finally {
+    await client?.close();
+    child.kill("SIGTERM");
+    await child.status;
+    await child.stderr.cancel();
+    await child.stdout.cancel().catch(() => {});
+    await Deno.remove(state, { recursive: true });
+    await fx.cleanup();
   }
 });
