@@ -5,12 +5,15 @@
  * of the table and released when the last copy drops it) or the directory
  * that was at the mount point before a union was made there.
  *
- * Lookup is one `Map` access per path element, keyed by the canonical path.
+ * Lookup follows a tree of path elements (one `Map` access per element), so
+ * a walk learns as soon as nothing is mounted below where it is and stops
+ * looking.
  *
  * @module
  */
 
 import type { Node } from "../fs/tree.ts";
+import { splitNames } from "./path.ts";
 
 /** One line of a namespace listing, as the shell's `ns` prints it. */
 export interface MountEntry {
@@ -42,11 +45,14 @@ export class SharedNodes {
     return this;
   }
 
-  /** One table fewer holds them; the last release closes the nodes. */
-  async release(): Promise<void> {
-    if (--this.#refs > 0 || this.#closed) return;
+  /**
+   * One holder fewer; the last release closes the nodes and returns a
+   * promise that settles when they are closed (undefined otherwise).
+   */
+  release(): Promise<void> | undefined {
+    if (--this.#refs > 0 || this.#closed) return undefined;
     this.#closed = true;
-    await Promise.allSettled(this.nodes.map((n) => n.close()));
+    return Promise.allSettled(this.nodes.map((n) => n.close())).then(() => {});
   }
 }
 
@@ -70,6 +76,18 @@ export interface MountPoint {
   members: Member[];
 }
 
+/** A node of the table's tree of path elements. */
+export interface PathNode {
+  /** Elements below this one that lead to mount points. */
+  readonly children: Map<string, PathNode>;
+  /** The mount point at this path, if any. */
+  point: MountPoint | undefined;
+}
+
+function pathNode(): PathNode {
+  return { children: new Map(), point: undefined };
+}
+
 /** Where a new member goes: replacing the members, before them or after them. */
 export type MountOrder = "replace" | "before" | "after";
 
@@ -84,11 +102,68 @@ export type MountOrder = "replace" | "before" | "after";
  * ```
  */
 export class MountTable {
+  /** Mount points by canonical path, in the order they were made. */
   #points: Map<string, MountPoint>;
+  #root: PathNode = pathNode();
+  #generation = 0;
 
   /** An empty table. */
   constructor() {
     this.#points = new Map();
+  }
+
+  /** Changes every time a mount point is made or removed. */
+  get generation(): number {
+    return this.#generation;
+  }
+
+  /** The tree node for the root; `children` lead to every mount point. */
+  get root(): PathNode {
+    return this.#root;
+  }
+
+  /** The tree node for the path `names`, or undefined when nothing is mounted at or below it. */
+  find(names: readonly string[]): PathNode | undefined {
+    let n: PathNode | undefined = this.#root;
+    for (const name of names) {
+      n = n.children.get(name);
+      if (n === undefined) return undefined;
+    }
+    return n;
+  }
+
+  #set(path: string, point: MountPoint): void {
+    this.#points.set(path, point);
+    let n = this.#root;
+    for (const name of splitNames(path)) {
+      let c = n.children.get(name);
+      if (c === undefined) {
+        c = pathNode();
+        n.children.set(name, c);
+      }
+      n = c;
+    }
+    n.point = point;
+    this.#generation++;
+  }
+
+  #delete(path: string): void {
+    this.#points.delete(path);
+    const names = splitNames(path);
+    const trail: PathNode[] = [this.#root];
+    for (const name of names) {
+      const c = trail[trail.length - 1]!.children.get(name);
+      if (c === undefined) break;
+      trail.push(c);
+    }
+    if (trail.length === names.length + 1) trail[trail.length - 1]!.point = undefined;
+    // Prune nodes that lead nowhere.
+    for (let i = trail.length - 1; i > 0; i--) {
+      const n = trail[i]!;
+      if (n.point !== undefined || n.children.size > 0) break;
+      trail[i - 1]!.children.delete(names[i - 1]!);
+    }
+    this.#generation++;
   }
 
   /** Number of mount points. */
@@ -120,8 +195,8 @@ export class MountTable {
         : order === "before"
         ? [member, underlying()]
         : [underlying(), member];
-      if (point) this.#points.delete(path);
-      this.#points.set(path, { path, members });
+      if (point) this.#delete(path);
+      this.#set(path, { path, members });
       return dropped;
     }
     if (order === "before") point.members.unshift(member);
@@ -138,13 +213,13 @@ export class MountTable {
     const point = this.#points.get(path);
     if (point === undefined) return null;
     if (source === undefined) {
-      this.#points.delete(path);
+      this.#delete(path);
       return sourcesOf(point.members);
     }
     const keep = point.members.filter((m) => m.kind === "underlying" || m.source !== source);
     if (keep.length === point.members.length) return null;
     const dropped = sourcesOf(point.members.filter((m) => !keep.includes(m)));
-    if (keep.every((m) => m.kind === "underlying")) this.#points.delete(path);
+    if (keep.every((m) => m.kind === "underlying")) this.#delete(path);
     else point.members = keep;
     return dropped;
   }
@@ -154,7 +229,7 @@ export class MountTable {
     const t = new MountTable();
     for (const [path, point] of this.#points) {
       for (const m of point.members) m.nodes?.retain();
-      t.#points.set(path, { path, members: point.members.map((m) => ({ ...m })) });
+      t.#set(path, { path, members: point.members.map((m) => ({ ...m })) });
     }
     return t;
   }
@@ -163,6 +238,8 @@ export class MountTable {
   clear(): SharedNodes[] {
     const all = [...this.#points.values()].flatMap((p) => sourcesOf(p.members));
     this.#points.clear();
+    this.#root = pathNode();
+    this.#generation++;
     return all;
   }
 

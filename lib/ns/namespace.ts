@@ -41,8 +41,15 @@
 import type { Caller, Created, Node, OpenFile, OpOptions, Tree, WalkResult } from "../fs/tree.ts";
 import { Ename, MAXWELEM, OREAD, OTRUNC, OWRITE, QTDIR, StyxError } from "../styx/types.ts";
 import type { Dir, Qid } from "../styx/types.ts";
-import { type MountEntry, type MountOrder, MountTable, SharedNodes } from "./mount_table.ts";
-import { childPath, cleanPath, joinNames, splitNames } from "./path.ts";
+import {
+  type MountEntry,
+  type MountOrder,
+  type MountPoint,
+  MountTable,
+  type PathNode,
+  SharedNodes,
+} from "./mount_table.ts";
+import { cleanPath, joinNames, splitNames } from "./path.ts";
 import { OwnedFile, UnionDir } from "./union.ts";
 import { HostTree } from "../fs/host.ts";
 import {
@@ -101,10 +108,13 @@ interface Layer {
 /** A place in the namespace: the path it was reached by and the nodes answering there. */
 interface Loc {
   names: string[];
-  path: string;
   layers: Layer[];
   /** True at a mount point. */
   mounted: boolean;
+  /** The mount table's node for this path (undefined: nothing mounted at or below). */
+  at: PathNode | undefined;
+  /** The table generation `at` was looked up in. */
+  gen: number;
 }
 
 interface Walked {
@@ -117,6 +127,14 @@ function isNotFound(e: unknown): boolean {
 }
 
 async function closeLayers(layers: readonly Layer[]): Promise<void> {
+  if (layers.length === 1) {
+    try {
+      await layers[0]!.node.close();
+    } catch {
+      // Closing releases; a failure leaves nothing to do.
+    }
+    return;
+  }
   await Promise.allSettled(layers.map((l) => l.node.close()));
 }
 
@@ -134,17 +152,15 @@ async function walkLayers(
   layers: readonly Layer[],
   names: string[],
   opts?: OpOptions,
-): Promise<{ qids: Qid[]; node?: Node }> {
+): Promise<WalkResult> {
+  if (layers.length === 1) return await walkChunked(layers[0]!.node, names, opts);
   let first: unknown;
   for (const l of layers) {
-    let r: WalkResult;
     try {
-      r = await walkChunked(l.node, names, opts);
+      return await walkChunked(l.node, names, opts);
     } catch (e) {
       first ??= e;
-      continue;
     }
-    return r;
   }
   throw first ?? new StyxError(Ename.notFound);
 }
@@ -176,6 +192,14 @@ async function walkChunked(node: Node, names: string[], opts?: OpOptions): Promi
   }
 }
 
+/** Let go of a retained source; only the last holder waits for its nodes to close. */
+async function releaseAll(held: readonly (SharedNodes | null)[]): Promise<void> {
+  for (const h of held) {
+    const p = h?.release();
+    if (p) await p;
+  }
+}
+
 /** The path resolver shared by a namespace and the nodes it hands out. */
 class Engine {
   #rootNode: Promise<Node> | null = null;
@@ -200,44 +224,54 @@ class Engine {
     if (r) await (await r.catch(() => null))?.close();
   }
 
+  /** The table node for `loc`, looked up again if the table changed since. */
+  #at(loc: Loc): PathNode | undefined {
+    const gen = this.table.generation;
+    if (loc.gen !== gen) {
+      loc.at = this.table.find(loc.names);
+      loc.gen = gen;
+    }
+    return loc.at;
+  }
+
   /** The namespace root, with a mount on "/" applied. */
   async rootLoc(opts?: OpOptions): Promise<Loc> {
     const root = await this.#root();
-    if (this.table.has("/")) {
+    const at = this.table.root;
+    const gen = this.table.generation;
+    if (at.point) {
       return await this.enter(
         [],
-        "/",
+        at,
         async () => [{ node: await cloneNode(root, opts), create: false }],
         opts,
       );
     }
-    return {
-      names: [],
-      path: "/",
-      layers: [{ node: await cloneNode(root, opts), create: false }],
-      mounted: false,
-    };
+    const layers = [{ node: await cloneNode(root, opts), create: false }];
+    return { names: [], layers, mounted: false, at, gen };
   }
 
   /**
-   * The members of the mount point at `path`, each cloned; `under` yields the
+   * The members of the mount point at `at`, each cloned; `under` yields the
    * directory that was there before, when the union keeps it.
    */
   async enter(
     names: string[],
-    path: string,
+    at: PathNode,
     under: () => Promise<Layer[]>,
     opts?: OpOptions,
   ): Promise<Loc> {
-    const point = this.table.get(path);
+    const gen = this.table.generation;
+    const point = at.point;
     if (!point) throw new StyxError(Ename.notFound);
-    const held = point.members.map((m) => ({ m, nodes: m.nodes?.retain() ?? null }));
+    const members = point.members.slice();
+    const held = members.map((m) => m.nodes?.retain() ?? null);
     try {
-      const parts = await Promise.allSettled(held.map(async ({ m, nodes }): Promise<Layer[]> => {
-        if (nodes === null) return await under();
+      const parts = await Promise.allSettled(members.map(async (m): Promise<Layer[]> => {
+        if (m.nodes === null) return await under();
         const out: Layer[] = [];
         try {
-          for (const n of nodes.nodes) {
+          for (const n of m.nodes.nodes) {
             out.push({ node: await cloneNode(n, opts), create: m.create });
           }
         } catch (e) {
@@ -253,14 +287,24 @@ class Engine {
         else first ??= p.reason;
       }
       if (layers.length === 0) throw first ?? new StyxError(Ename.notFound);
-      return { names, path, layers, mounted: true };
+      return { names, layers, mounted: true, at, gen };
     } finally {
-      await Promise.allSettled(held.map(({ nodes }) => nodes?.release()));
+      await releaseAll(held);
     }
   }
 
   /** Resolve absolute `names` from the root; the whole path must exist. */
   async resolveNames(names: string[], opts?: OpOptions): Promise<Loc> {
+    const at = this.table.root;
+    if (names.length > 0 && !at.point) {
+      // Walk from the root node itself: no clone needed.
+      const node = await this.#root();
+      const gen = this.table.generation;
+      const root: Loc = { names: [], layers: [{ node, create: false }], mounted: false, at, gen };
+      const w = await this.walk(root, names, opts);
+      if (!w.loc) throw new StyxError(Ename.notFound);
+      return w.loc;
+    }
     const root = await this.rootLoc(opts);
     if (names.length === 0) return root;
     try {
@@ -273,9 +317,62 @@ class Engine {
   }
 
   /**
+   * Walk through the mount point `point` (reached from `parent` by `last`)
+   * and on down `names`, without materialising the union: the first member
+   * holding names[0] wins. The first qid returned is the mount point's.
+   * Throws when the mount point itself cannot be reached.
+   */
+  async through(
+    parent: Loc,
+    point: MountPoint,
+    last: string,
+    names: string[],
+    opts?: OpOptions,
+  ): Promise<WalkResult> {
+    const members = point.members.slice();
+    const held = members.map((m) => m.nodes?.retain() ?? null);
+    let mountQid: Qid | undefined;
+    let first: unknown;
+    try {
+      for (const m of members) {
+        if (m.nodes === null) {
+          let r: WalkResult;
+          try {
+            r = await walkLayers(parent.layers, [last, ...names], opts);
+          } catch (e) {
+            first ??= e;
+            continue;
+          }
+          mountQid ??= r.qids[0]!;
+          if (r.qids.length === 1) continue;
+          r.qids[0] = mountQid;
+          return r;
+        }
+        for (const n of m.nodes.nodes) {
+          mountQid ??= n.qid;
+          let r: WalkResult;
+          try {
+            r = await walkChunked(n, names, opts);
+          } catch (e) {
+            first ??= e;
+            continue;
+          }
+          r.qids.unshift(mountQid);
+          return r;
+        }
+      }
+    } finally {
+      await releaseAll(held);
+    }
+    if (mountQid === undefined) throw first ?? new StyxError(Ename.notFound);
+    return { qids: [mountQid] };
+  }
+
+  /**
    * Walk `names` from `start` (which stays the caller's), applying the mount
    * table at every step. Throws when names[0] cannot be walked; returns a
-   * partial result when a later name cannot.
+   * partial result when a later name cannot. ".." never climbs above the
+   * first `floor` names.
    */
   async walk(start: Loc, names: string[], opts?: OpOptions, floor = 0): Promise<Walked> {
     if (names.length === 0) {
@@ -288,7 +385,7 @@ class Engine {
         await closeLayers(layers);
         throw e;
       }
-      return { qids: [], loc: { ...start, names: start.names, layers } };
+      return { qids: [], loc: { ...start, layers } };
     }
     const qids: Qid[] = [];
     let cur = start;
@@ -296,19 +393,21 @@ class Engine {
       if (cur !== start) await closeLayers(cur.layers);
       cur = next;
     };
+    const partial = (e: unknown): Walked => {
+      if (qids.length === 0) throw e;
+      return { qids };
+    };
     try {
       let i = 0;
       while (i < names.length) {
-        const name = names[i]!;
-        if (name === "..") {
+        if (names[i] === "..") {
           let next: Loc;
           try {
             next = cur.names.length <= floor
               ? (await this.walk(cur, [], opts)).loc!
               : await this.resolveNames(cur.names.slice(0, -1), opts);
           } catch (e) {
-            if (qids.length === 0) throw e;
-            return { qids };
+            return partial(e);
           }
           qids.push(next.layers[0]!.node.qid);
           await advance(next);
@@ -316,59 +415,92 @@ class Engine {
           continue;
         }
         // A run of names up to the next mount point or "..".
-        let path = cur.path;
+        const gen = this.table.generation;
+        let at = this.#at(cur);
         let j = i;
-        let hit = false;
+        let point: MountPoint | undefined;
         while (j < names.length && names[j] !== "..") {
-          path = childPath(path, names[j]!);
+          at = at?.children.get(names[j]!);
           j++;
-          if (this.table.has(path)) {
-            hit = true;
+          if (at?.point) {
+            point = at.point;
             break;
           }
         }
-        const run = names.slice(i, j);
-        const plain = hit ? run.slice(0, -1) : run;
+        const plainEnd = point ? j - 1 : j;
         let parent = cur;
-        if (plain.length > 0) {
-          let r: { qids: Qid[]; node?: Node };
+        if (plainEnd > i) {
+          const plain = names.slice(i, plainEnd);
+          let r: WalkResult;
           try {
             r = await walkLayers(cur.layers, plain, opts);
           } catch (e) {
-            if (qids.length === 0) throw e;
-            return { qids };
+            return partial(e);
           }
           qids.push(...r.qids);
           if (!r.node) return { qids };
           parent = {
-            names: [...cur.names, ...plain],
-            path: hit ? joinNames([...cur.names, ...plain]) : path,
+            names: cur.names.concat(plain),
             layers: [{ node: r.node, create: false }],
             mounted: false,
+            at: point ? undefined : at,
+            gen: point ? -1 : gen,
           };
           await advance(parent);
         }
-        if (hit) {
-          const last = run[run.length - 1]!;
-          const from = parent;
-          let next: Loc;
-          try {
-            next = await this.enter([...from.names, last], path, async () => {
-              try {
-                const r = await walkLayers(from.layers, [last], opts);
-                return r.node ? [{ node: r.node, create: false }] : [];
-              } catch {
-                return [];
-              }
-            }, opts);
-          } catch (e) {
-            if (qids.length === 0) throw e;
-            return { qids };
-          }
-          qids.push(next.layers[0]!.node.qid);
-          await advance(next);
-        }
         i = j;
+        if (!point) continue;
+        const last = names[j - 1]!;
+        const from = parent;
+        // Names after the mount point, up to the next one or "..": walk
+        // through the members without cloning them.
+        let at2: PathNode | undefined = at;
+        let k = j;
+        let point2: MountPoint | undefined;
+        while (k < names.length && names[k] !== "..") {
+          at2 = at2?.children.get(names[k]!);
+          k++;
+          if (at2?.point) {
+            point2 = at2.point;
+            break;
+          }
+        }
+        const afterEnd = point2 ? k - 1 : k;
+        if (afterEnd > j) {
+          const after = names.slice(j, afterEnd);
+          let r: WalkResult;
+          try {
+            r = await this.through(from, point, last, after, opts);
+          } catch (e) {
+            return partial(e);
+          }
+          qids.push(...r.qids);
+          if (!r.node) return { qids };
+          await advance({
+            names: from.names.concat(last, after),
+            layers: [{ node: r.node, create: false }],
+            mounted: false,
+            at: point2 ? undefined : at2,
+            gen: point2 ? -1 : gen,
+          });
+          i = afterEnd;
+          continue;
+        }
+        let next: Loc;
+        try {
+          next = await this.enter(from.names.concat(last), at!, async () => {
+            try {
+              const r = await walkLayers(from.layers, [last], opts);
+              return r.node ? [{ node: r.node, create: false }] : [];
+            } catch {
+              return [];
+            }
+          }, opts);
+        } catch (e) {
+          return partial(e);
+        }
+        qids.push(next.layers[0]!.node.qid);
+        await advance(next);
       }
       const done = cur;
       if (done === start) return { qids, loc: (await this.walk(start, [], opts)).loc! };
@@ -400,7 +532,7 @@ class NsNode implements Node {
 
   /** The canonical namespace path of this node. */
   get path(): string {
-    return this.#loc.path;
+    return joinNames(this.#loc.names);
   }
 
   /** Hand the underlying nodes over (for a bind source); this node is then closed. */
@@ -450,7 +582,9 @@ class NsNode implements Node {
       const marked = loc.layers.find((l) => l.create);
       if (!marked) {
         throw new StyxError(
-          `mounted directory forbids creation: no member of union '${loc.path}' was bound with -c`,
+          `mounted directory forbids creation: no member of union '${
+            joinNames(loc.names)
+          }' was bound with -c`,
         );
       }
       layer = marked;
@@ -467,10 +601,11 @@ class NsNode implements Node {
     }
     const c = await layer.node.create(name, perm, mode, opts);
     const child: Loc = {
-      names: [...loc.names, name],
-      path: childPath(loc.path, name),
+      names: loc.names.concat(name),
       layers: [{ node: c.node, create: false }],
       mounted: false,
+      at: undefined,
+      gen: -1,
     };
     return { node: new NsNode(this.#engine, child, this.#floor), file: c.file };
   }

@@ -303,6 +303,43 @@ Deno.test("bind(1) rules", async (t) => {
     await ns.close();
   });
 
+  await t.step("a node held across binds and unmounts sees the table as it is now", async () => {
+    const { ns } = await fixture();
+    const n = await ns.resolve("/n");
+    const d = await ns.resolve("/");
+    await ns.bind("/lib", "/n/remote");
+    const lib = await n.walk(["remote", "motd"]);
+    assert.ok(lib.node);
+    await ns.bind("/usr/glenda/dis", "/n/remote", { after: true });
+    const hello = await d.walk(["n", "remote", "hello"]);
+    assert.ok(hello.node);
+    await ns.unmount(undefined, "/n/remote");
+    assert.equal((await n.walk(["remote", "motd"])).node, undefined);
+    const partial = await d.walk(["n", "remote", "hello"]);
+    assert.equal(partial.node, undefined);
+    assert.equal(partial.qids.length, 2);
+    for (const x of [n, d, lib.node!, hello.node!]) await x.close();
+    await ns.close();
+  });
+
+  await t.step("walks through several mount points in one path", async () => {
+    const { ns } = await fixture();
+    await ns.bind("/usr/glenda", "/n/remote");
+    await ns.bind("/lib", "/n/remote/more", { before: true });
+    await ns.bind("/appl", "/n/remote/more/motd/..", { after: true });
+    assert.equal(await text(ns, "/n/remote/more/motd"), "motd");
+    assert.equal(await text(ns, "/n/remote/more/extra"), "extra");
+    assert.equal(await text(ns, "/n/remote/more/cmd/sh.b"), "shell source");
+    const r = await ns.resolve("/");
+    const w = await r.walk(["n", "remote", "more", "cmd", "sh.b"]);
+    assert.equal(w.qids.length, 5);
+    await w.node!.close();
+    const miss = await r.walk(["n", "remote", "more", "nothing", "x"]);
+    assert.equal(miss.qids.length, 3);
+    await r.close();
+    await ns.close();
+  });
+
   await t.step("every node is released", async () => {
     let open = 0;
     const counting = (t: Tree): Tree => ({
