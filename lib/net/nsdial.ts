@@ -1,0 +1,591 @@
+/**
+ * Dial and announce through a namespace, as Inferno's dial(2) does: ask
+ * `/net/cs` where an address lives, open the protocol's clone file, write
+ * `connect` or `announce` to the ctl it gives, and use the conversation's
+ * data file as the byte stream. Nothing here touches a socket: whatever
+ * answers at the namespace's /net carries the traffic, so after
+ * `mount 'tcp!remote!8000' /net` the same calls go out through the remote.
+ *
+ * - {@link dial}: a {@link Conn} to an address.
+ * - {@link announce}, {@link listen}, {@link accept}: the three steps of
+ *   serving; {@link announceListener} wraps them as a {@link Listener}.
+ * - {@link dialStyxVia}, {@link announceStyxVia}: Styx on top, plain under
+ *   -A or with mutual TLS run end to end over the tunnelled stream (so the
+ *   identity checked is the far end's, never the relay's).
+ *
+ * The Conn over a data file keeps several reads in flight and lets several
+ * writes be outstanding at once (each a whole iounit), so a tunnel through a
+ * remote /net is not limited to one round trip per chunk.
+ *
+ * @example
+ * ```ts
+ * import { Namespace } from "../ns/namespace.ts";
+ * import { MemTree } from "../fs/memory.ts";
+ * import { NetDevice } from "../dev/net/device.ts";
+ * import { announce, accept, dial, listen } from "./nsdial.ts";
+ * const mem = new MemTree();
+ * await mem.mkdirp("/net");
+ * const ns = new Namespace(mem, { caller: { user: "glenda" } });
+ * const dev = new NetDevice();
+ * await ns.mount(dev.tree(), "/net");
+ * const ann = await announce(ns, "tcp!127.0.0.1!0");
+ * const port = ann.addr.split("!")[1];
+ * const [call, out] = await Promise.all([listen(ns, ann), dial(ns, `tcp!127.0.0.1!${port}`)]);
+ * const inn = await accept(ns, call);
+ * await out.write(new TextEncoder().encode("hi"));
+ * if (new TextDecoder().decode((await inn.read())!) !== "hi") throw new Error("lost");
+ * out.close(); inn.close(); await ann.close(); dev.closeAll(); await ns.close();
+ * ```
+ *
+ * @module
+ */
+
+import type { OpenFile, OpOptions, Tree } from "../fs/tree.ts";
+import type { Credentials } from "../auth/link.ts";
+import { RemoteTree, StyxClient } from "../styx/client.ts";
+import type { Conn, Listener, Peer } from "../transport/conn.ts";
+import { Ename, ORDWR, OREAD, StyxError } from "../styx/types.ts";
+import { parseDialString } from "./dial.ts";
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** What dialing needs of a namespace: opening files by path. */
+export interface NetNamespace {
+  /** Open `path` with 9P `mode`. */
+  open(path: string, mode: number, opts?: OpOptions): Promise<OpenFile>;
+}
+
+/** Options for {@link dial}, {@link announce} and friends. */
+export interface NsDialOptions {
+  /** Aborts a dial, announce or a waiting listen. */
+  signal?: AbortSignal;
+  /** Where the network is mounted (default "/net"). */
+  netRoot?: string;
+  /** Reads and writes kept in flight on a data file (default 4). */
+  window?: number;
+}
+
+/** One translation from cs: the clone file to open and the address for its ctl. */
+export interface CsAnswer {
+  /** e.g. "/net/tcp/clone". */
+  clone: string;
+  /** e.g. "10.0.0.1!80" or "*!8000". */
+  addr: string;
+}
+
+function isNotFound(e: unknown): boolean {
+  return e instanceof Error && e.message === Ename.notFound;
+}
+
+async function readSmall(f: OpenFile, opts?: OpOptions): Promise<string> {
+  return dec.decode(await f.read(0n, 256, opts)).trim();
+}
+
+async function readFileText(ns: NetNamespace, path: string, opts?: OpOptions): Promise<string> {
+  const f = await ns.open(path, OREAD, opts);
+  try {
+    return await readSmall(f, opts);
+  } finally {
+    await f.close().catch(() => {});
+  }
+}
+
+function dirOf(path: string): string {
+  return path.slice(0, path.lastIndexOf("/"));
+}
+
+/**
+ * Ask `ROOT/cs` to translate `addr`. When the namespace has no cs, the
+ * address is used as written with `ROOT/tcp/clone`. Throws an Error naming
+ * the address when it cannot be translated.
+ */
+export async function csQuery(
+  ns: NetNamespace,
+  addr: string,
+  opts: NsDialOptions = {},
+): Promise<CsAnswer[]> {
+  const root = opts.netRoot ?? "/net";
+  const a = parseDialString(addr, { net: "tcp" });
+  const query = `${a.net}!${a.host}!${a.port}`;
+  let cs: OpenFile;
+  try {
+    cs = await ns.open(`${root}/cs`, ORDWR, opts);
+  } catch (e) {
+    if (!isNotFound(e)) throw e;
+    return [{ clone: `${root}/${a.net}/clone`, addr: `${a.host}!${a.port}` }];
+  }
+  try {
+    await cs.write(0n, enc.encode(query), opts);
+    const out: CsAnswer[] = [];
+    for (;;) {
+      const line = dec.decode(await cs.read(0n, 1024, opts)).trim();
+      if (line === "") break;
+      const sp = line.indexOf(" ");
+      if (sp < 0) throw new Error(`cs gave a malformed answer '${line}' for '${query}'`);
+      out.push({ clone: line.slice(0, sp), addr: line.slice(sp + 1).trim() });
+      if (out.length > 64) break;
+    }
+    if (out.length === 0) throw new Error(`cs has no translation for '${query}'`);
+    return out;
+  } finally {
+    await cs.close().catch(() => {});
+  }
+}
+
+/**
+ * A {@link Conn} over a conversation's data file. The ctl file is held open
+ * for as long as the Conn is, and closing the Conn hangs the conversation up.
+ */
+export class FileConn implements Conn {
+  readonly closed: Promise<void>;
+  readonly peer: Peer;
+  readonly local: string;
+  /** The conversation directory, e.g. "/net/tcp/4". */
+  readonly dir: string;
+  #resolveClosed!: () => void;
+  #isClosed = false;
+  #eof = false;
+  #reads: Promise<Uint8Array>[] = [];
+  #writes = new Set<Promise<unknown>>();
+  #writeErr: unknown = null;
+  #abort = new AbortController();
+  #off = 0n;
+  #woff = 0n;
+  readonly #window: number;
+  readonly #size: number;
+
+  constructor(
+    readonly data: OpenFile,
+    readonly ctl: OpenFile,
+    info: { dir: string; remote: string; local: string; window?: number },
+  ) {
+    this.closed = new Promise((r) => (this.#resolveClosed = r));
+    this.dir = info.dir;
+    const net = info.dir.split("/").at(-2) ?? "tcp";
+    this.peer = { addr: `${net}!${info.remote}`, authenticated: false };
+    this.local = `${net}!${info.local}`;
+    this.#window = Math.max(1, info.window ?? 4);
+    this.#size = data.iounit > 0 ? data.iounit : 256 * 1024;
+  }
+
+  #issueRead(): void {
+    const p = this.data.read(this.#off, this.#size, { signal: this.#abort.signal });
+    p.catch(() => {}); // observed when it reaches the head of the queue
+    this.#off += BigInt(this.#size);
+    this.#reads.push(p);
+  }
+
+  async read(): Promise<Uint8Array | null> {
+    if (this.#isClosed || this.#eof) return null;
+    while (this.#reads.length < this.#window) this.#issueRead();
+    const head = this.#reads.shift()!;
+    let b: Uint8Array;
+    try {
+      b = await head;
+    } catch {
+      b = new Uint8Array(0);
+    }
+    if (b.length === 0) {
+      this.#eof = true;
+      this.close();
+      return null;
+    }
+    return b;
+  }
+
+  async write(data: Uint8Array): Promise<void> {
+    if (this.#writeErr) throw this.#writeErr;
+    if (this.#isClosed) throw new StyxError(Ename.hungup);
+    for (let o = 0; o < data.length; o += this.#size) {
+      while (this.#writes.size >= this.#window) {
+        await Promise.race(this.#writes);
+        if (this.#writeErr) throw this.#writeErr;
+      }
+      const piece = data.subarray(o, o + this.#size);
+      const p = this.data.write(this.#woff, piece).then((n) => {
+        if (n !== piece.length) throw new StyxError(`short write: ${n} of ${piece.length} bytes`);
+      }).catch((e) => {
+        this.#writeErr ??= e;
+      }).finally(() => this.#writes.delete(p));
+      this.#woff += BigInt(piece.length);
+      this.#writes.add(p);
+    }
+    if (this.#writeErr) throw this.#writeErr;
+  }
+
+  /** Resolves once every write so far has reached the far end's socket. */
+  async flush(): Promise<void> {
+    await Promise.allSettled([...this.#writes]);
+    if (this.#writeErr) throw this.#writeErr;
+  }
+
+  close(): void {
+    if (this.#isClosed) return;
+    this.#isClosed = true;
+    const writes = [...this.#writes];
+    (async () => {
+      await Promise.allSettled(writes);
+      this.#abort.abort();
+      await Promise.allSettled([this.data.close(), this.ctl.close()]);
+    })().finally(() => this.#resolveClosed());
+  }
+}
+
+async function openConv(
+  ns: NetNamespace,
+  clone: string,
+  opts: NsDialOptions,
+): Promise<{ ctl: OpenFile; dir: string }> {
+  const ctl = await ns.open(clone, ORDWR, opts);
+  try {
+    const n = await readSmall(ctl, opts);
+    if (!/^[0-9]+$/.test(n)) throw new Error(`'${clone}' gave '${n}', not a conversation number`);
+    return { ctl, dir: `${dirOf(clone)}/${n}` };
+  } catch (e) {
+    await ctl.close().catch(() => {});
+    throw e;
+  }
+}
+
+async function convConn(
+  ns: NetNamespace,
+  ctl: OpenFile,
+  dir: string,
+  opts: NsDialOptions,
+): Promise<FileConn> {
+  const data = await ns.open(`${dir}/data`, ORDWR, opts);
+  try {
+    const [remote, local] = await Promise.all([
+      readFileText(ns, `${dir}/remote`, opts).catch(() => "unknown"),
+      readFileText(ns, `${dir}/local`, opts).catch(() => "unknown"),
+    ]);
+    return new FileConn(data, ctl, { dir, remote, local, window: opts.window });
+  } catch (e) {
+    await data.close().catch(() => {});
+    throw e;
+  }
+}
+
+/**
+ * Dial `addr` ("tcp!host!port", "host!port", "net!host!service") through the
+ * namespace's /net. Tries each address cs gives, in order. Throws an Error
+ * "cannot dial 'ADDR': REASON" with the last reason when none answers.
+ */
+export async function dial(
+  ns: NetNamespace,
+  addr: string,
+  opts: NsDialOptions = {},
+): Promise<Conn> {
+  let answers: CsAnswer[];
+  try {
+    answers = await csQuery(ns, addr, opts);
+  } catch (e) {
+    throw new Error(`cannot dial '${addr}': ${(e as Error).message}`);
+  }
+  let last: unknown;
+  for (const a of answers) {
+    let conv: { ctl: OpenFile; dir: string } | undefined;
+    try {
+      conv = await openConv(ns, a.clone, opts);
+      await conv.ctl.write(0n, enc.encode(`connect ${a.addr}`), opts);
+      return await convConn(ns, conv.ctl, conv.dir, opts);
+    } catch (e) {
+      last = e;
+      await conv?.ctl.close().catch(() => {});
+      if (opts.signal?.aborted) break;
+    }
+  }
+  throw new Error(`cannot dial '${addr}': ${(last as Error)?.message ?? "no address"}`);
+}
+
+/** An announced address: listen on it with {@link listen}. */
+export interface Announcement {
+  /** The conversation directory, e.g. "/net/tcp/2". */
+  readonly dir: string;
+  /** The address actually announced, "addr!port" (the port chosen when 0 was asked). */
+  readonly addr: string;
+  /** The held ctl file; closing it ends the announcement. */
+  readonly ctl: OpenFile;
+  /** End the announcement; waiting listens fail. */
+  close(): Promise<void>;
+}
+
+/** Announce `addr` ("tcp!*!8000"; port 0 picks one) through the namespace's /net. */
+export async function announce(
+  ns: NetNamespace,
+  addr: string,
+  opts: NsDialOptions = {},
+): Promise<Announcement> {
+  const fail = (e: unknown) => new Error(`cannot announce '${addr}': ${(e as Error).message}`);
+  let answers: CsAnswer[];
+  try {
+    answers = await csQuery(ns, addr, opts);
+  } catch (e) {
+    throw fail(e);
+  }
+  const a = answers[0]!;
+  let conv: { ctl: OpenFile; dir: string };
+  try {
+    conv = await openConv(ns, a.clone, opts);
+  } catch (e) {
+    throw fail(e);
+  }
+  try {
+    await conv.ctl.write(0n, enc.encode(`announce ${a.addr}`), opts);
+    const local = await readFileText(ns, `${conv.dir}/local`, opts);
+    let closed = false;
+    return {
+      dir: conv.dir,
+      addr: local,
+      ctl: conv.ctl,
+      close: async () => {
+        if (closed) return;
+        closed = true;
+        await conv.ctl.write(0n, enc.encode("hangup")).catch(() => {});
+        await conv.ctl.close().catch(() => {});
+      },
+    };
+  } catch (e) {
+    await conv.ctl.close().catch(() => {});
+    throw fail(e);
+  }
+}
+
+/** An incoming call: accept it with {@link accept}. */
+export interface Call {
+  /** The new conversation's directory. */
+  readonly dir: string;
+  /** Its ctl (from the listen file). */
+  readonly ctl: OpenFile;
+}
+
+/** Wait for the next call to `ann` (opens its listen file). */
+export async function listen(
+  ns: NetNamespace,
+  ann: Announcement,
+  opts: NsDialOptions = {},
+): Promise<Call> {
+  const ctl = await ns.open(`${ann.dir}/listen`, ORDWR, opts);
+  try {
+    const n = await readSmall(ctl, opts);
+    if (!/^[0-9]+$/.test(n)) throw new Error(`'${ann.dir}/listen' gave '${n}'`);
+    return { dir: `${dirOf(ann.dir)}/${n}`, ctl };
+  } catch (e) {
+    await ctl.close().catch(() => {});
+    throw e;
+  }
+}
+
+/** Accept `call`: its data file as a Conn. */
+export async function accept(
+  ns: NetNamespace,
+  call: Call,
+  opts: NsDialOptions = {},
+): Promise<Conn> {
+  try {
+    return await convConn(ns, call.ctl, call.dir, opts);
+  } catch (e) {
+    await call.ctl.close().catch(() => {});
+    throw e;
+  }
+}
+
+/**
+ * Announce `addr` and yield every accepted call as a Conn. Closing the
+ * listener ends the announcement. A transient failure of one call does not
+ * stop it; losing the network (the /net it announced through vanished)
+ * ends the iteration.
+ */
+export async function announceListener(
+  ns: NetNamespace,
+  addr: string,
+  opts: NsDialOptions = {},
+): Promise<Listener> {
+  const ann = await announce(ns, addr, opts);
+  const stop = new AbortController();
+  const net = ann.dir.split("/").at(-2) ?? "tcp";
+  return {
+    addr: `${net}!${ann.addr}`,
+    close() {
+      if (stop.signal.aborted) return;
+      stop.abort();
+      ann.close();
+    },
+    async *[Symbol.asyncIterator]() {
+      const o = { ...opts, signal: stop.signal };
+      try {
+        while (!stop.signal.aborted) {
+          let call: Call;
+          try {
+            call = await listen(ns, ann, o);
+          } catch {
+            return;
+          }
+          try {
+            yield await accept(ns, call, o);
+          } catch {
+            continue;
+          }
+        }
+      } finally {
+        stop.abort();
+        await ann.close();
+      }
+    },
+  };
+}
+
+/** Options for {@link dialStyxVia}. */
+export interface StyxViaOptions extends NsDialOptions {
+  /** -A: no authentication, no encryption. */
+  insecure: boolean;
+  /** User name sent at attach (the server replaces it with the verified identity under TLS). */
+  user?: string;
+  /** Directory holding this end's credentials (default $FERRY_CERTS or "certs"). */
+  certDir?: string;
+  /** Credentials to use instead of loading them from `certDir`. */
+  creds?: Credentials;
+  /** The server's node name when it differs from the dial host. */
+  peer?: string;
+  /** Inferno -C algorithm name. */
+  alg?: string;
+  /** Print Styx messages on stderr. */
+  trace?: boolean;
+}
+
+/** A Styx client dialed through a namespace. */
+export interface DialedVia {
+  /** The remote tree, ready to mount. */
+  tree: Tree;
+  /** The client under it. */
+  client: StyxClient;
+  /** The far end's verified identity under TLS. */
+  peerIdentity?: string;
+  /** Hang up. */
+  close(): void;
+}
+
+async function credsFor(opts: { creds?: Credentials; certDir?: string }): Promise<Credentials> {
+  if (opts.creds) return opts.creds;
+  const link = await import("../auth/link.ts");
+  return await link.loadCredentials(opts.certDir ?? link.defaultCertsDir());
+}
+
+/**
+ * Dial a Styx server at `addr` through the namespace's /net and start a
+ * client on the stream; without `insecure`, mutual TLS runs end to end over
+ * the tunnelled stream, checking that the far end is the node `peer` (by
+ * default the dial host).
+ */
+export async function dialStyxVia(
+  ns: NetNamespace,
+  addr: string,
+  opts: StyxViaOptions,
+): Promise<DialedVia> {
+  const a = parseDialString(addr, { net: "tcp", service: "styx" });
+  const target = `${a.net}!${a.host}!${a.port}`;
+  let conn = await dial(ns, target, opts);
+  try {
+    if (!opts.insecure) {
+      const creds = await credsFor(opts);
+      const { tlsWrapClient } = await import("../transport/tls.ts");
+      try {
+        conn = await tlsWrapClient(conn, { creds, peer: opts.peer ?? a.host, alg: opts.alg });
+      } catch (e) {
+        throw new Error(`cannot dial '${addr}': ${(e as Error).message}`);
+      }
+    }
+    const client = await StyxClient.connect(conn, { trace: opts.trace, signal: opts.signal });
+    return {
+      tree: new RemoteTree(client, opts.user !== undefined ? { uname: opts.user } : {}),
+      client,
+      peerIdentity: conn.peer.identity,
+      close: () => void client.close(),
+    };
+  } catch (e) {
+    conn.close();
+    throw e;
+  }
+}
+
+/** Options for {@link announceStyxVia}. */
+export interface AnnounceViaOptions extends NsDialOptions {
+  /** -A: no authentication, no encryption. */
+  insecure: boolean;
+  /** Directory holding this end's credentials. */
+  certDir?: string;
+  /** Credentials to use instead of loading them from `certDir`. */
+  creds?: Credentials;
+  /** Users and "group:NAME" entries allowed to connect (TLS only). */
+  allow?: string[];
+  /** Inferno algorithm name. */
+  alg?: string;
+  /** Told about refused TLS peers (default: a line on stderr). */
+  onRefused?: (addr: string, reason: string) => void;
+}
+
+/**
+ * Announce `addr` through the namespace's /net and yield Styx-ready
+ * connections: plain under `insecure`, otherwise only those whose mutual
+ * TLS handshake (run over the tunnelled stream) verified the caller.
+ * Handshakes run side by side, so a slow or hostile caller holds up no one.
+ */
+export async function announceStyxVia(
+  ns: NetNamespace,
+  addr: string,
+  opts: AnnounceViaOptions,
+): Promise<Listener> {
+  const a = parseDialString(addr, { net: "tcp", service: "styx" });
+  const creds = opts.insecure ? undefined : await credsFor(opts);
+  const raw = await announceListener(ns, `${a.net}!${a.host}!${a.port}`, opts);
+  if (opts.insecure) return raw;
+  const { tlsWrapServer } = await import("../transport/tls.ts");
+  const ready: Conn[] = [];
+  let wake: (() => void) | null = null;
+  let done = false;
+  const poke = () => {
+    const w = wake;
+    wake = null;
+    w?.();
+  };
+  (async () => {
+    for await (const c of raw) {
+      tlsWrapServer(c, {
+        creds: creds!,
+        allow: opts.allow,
+        alg: opts.alg,
+        onRefused: opts.onRefused,
+      }).then((t) => {
+        if (done) t.close();
+        else {
+          ready.push(t);
+          poke();
+        }
+      }, () => {/* refused: reported through onRefused */});
+    }
+  })().finally(() => {
+    done = true;
+    poke();
+  });
+  return {
+    addr: raw.addr,
+    close() {
+      done = true;
+      raw.close();
+      for (const c of ready.splice(0)) c.close();
+      poke();
+    },
+    async *[Symbol.asyncIterator]() {
+      for (;;) {
+        const c = ready.shift();
+        if (c) {
+          yield c;
+          continue;
+        }
+        if (done) return;
+        await new Promise<void>((r) => (wake = r));
+      }
+    },
+  };
+}
