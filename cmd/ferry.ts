@@ -18,6 +18,18 @@ interface Entry {
 
 // Modules load lazily so a one-shot command pays only for what it uses.
 const commands: Record<string, Entry> = {
+  listen: {
+    summary: "export a host directory over Styx until interrupted",
+    load: () => import("./listen.ts"),
+  },
+  "9p": {
+    summary: "one-shot Styx client: ls, read, write, stat, create, rm",
+    load: () => import("./9p.ts"),
+  },
+  demo: {
+    summary: "run the local multi-node demo with real TLS",
+    load: () => import("./demo.ts"),
+  },
   ca: {
     summary: "certificate authority: init, issue, list, revoke, crl, token",
     load: () => import("./ca.ts"),

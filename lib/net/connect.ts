@@ -1,0 +1,149 @@
+/**
+ * Dial and announce Styx services by dial string: plain TCP under -A,
+ * mutually authenticated TLS otherwise. Everything in Ferry that opens a
+ * network connection for Styx (`ferry 9p`, `ferry listen`, the shell's
+ * `mount` and `listen`) comes through here.
+ *
+ * @module
+ */
+
+import type { Conn, Listener } from "../transport/conn.ts";
+import { tcpDial, tcpListen } from "../transport/tcp.ts";
+import { listenHost, parseDialString } from "./dial.ts";
+import { RemoteTree, StyxClient } from "../styx/client.ts";
+import { defaultCertsDir, loadCredentials } from "../auth/link.ts";
+import { tlsDial, tlsListen } from "../transport/tls.ts";
+import type { Tree } from "../fs/tree.ts";
+
+/** How to reach a Styx service. */
+export interface DialOptions {
+  /** -A: no authentication, no encryption. */
+  insecure: boolean;
+  /** User name sent at attach (the server replaces it with the verified identity under TLS). */
+  user?: string;
+  /** Attach name (spec). */
+  aname?: string;
+  signal?: AbortSignal;
+  /** Give up connecting after this long (default 10 s). */
+  timeoutMs?: number;
+  /** Directory holding this machine's credentials. */
+  certDir?: string;
+  /** Expected node name of the server when it differs from the dial host. */
+  peer?: string;
+  /** Inferno -C algorithm name, mapped onto TLS cipher choices. */
+  alg?: string;
+  /** Print Styx messages to stderr. */
+  trace?: boolean;
+}
+
+/** A mounted remote tree and the means to hang it up. */
+export interface Dialed {
+  tree: Tree;
+  client: StyxClient;
+  /** The verified identity of the server, when authenticated. */
+  peerIdentity?: string;
+  close(): void;
+}
+
+async function withTimeout<T extends { close(): void }>(
+  p: Promise<T>,
+  ms: number,
+  what: string,
+  signal?: AbortSignal,
+): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let timedOut = false;
+  let onAbort: (() => void) | undefined;
+  const fail = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what}: timed out after ${ms} ms`)), ms);
+    if (signal) {
+      onAbort = () => reject(new Error(`${what}: interrupted`));
+      signal.addEventListener("abort", onAbort, { once: true });
+    }
+  });
+  // A connection that arrives after we gave up is closed, not leaked.
+  p.then((c) => {
+    if (timedOut) c.close();
+  }, () => {});
+  try {
+    return await Promise.race([p, fail]);
+  } catch (e) {
+    timedOut = true;
+    throw e;
+  } finally {
+    clearTimeout(timer);
+    if (onAbort) signal?.removeEventListener("abort", onAbort);
+  }
+}
+
+/** Open a byte stream to `addr` (TLS unless `opts.insecure`). */
+export async function dialConn(addr: string, opts: DialOptions): Promise<Conn> {
+  const a = parseDialString(addr, { net: "tcp", service: "styx" });
+  if (a.net !== "tcp") throw new Error(`cannot dial '${addr}': only tcp is supported`);
+  const ms = opts.timeoutMs ?? 10_000;
+  if (opts.insecure) {
+    try {
+      return await withTimeout(tcpDial(a.host, a.port), ms, `dial '${addr}'`, opts.signal);
+    } catch (e) {
+      throw new Error(`cannot dial '${addr}': ${(e as Error).message}`);
+    }
+  }
+  const creds = await loadCredentials(opts.certDir ?? defaultCertsDir());
+  try {
+    return await withTimeout(
+      tlsDial(a.host, a.port, { creds, peer: opts.peer, alg: opts.alg }),
+      ms,
+      `dial '${addr}'`,
+      opts.signal,
+    );
+  } catch (e) {
+    throw new Error(`cannot dial '${addr}': ${(e as Error).message}`);
+  }
+}
+
+/** Dial `addr`, negotiate Styx and attach. */
+export async function dialStyx(addr: string, opts: DialOptions): Promise<Dialed> {
+  const conn = await dialConn(addr, opts);
+  try {
+    const client = await StyxClient.connect(conn, { trace: opts.trace, signal: opts.signal });
+    const tree: Tree = new RemoteTree(client, { uname: opts.user });
+    return {
+      tree,
+      client,
+      peerIdentity: conn.peer.identity,
+      close: () => client.close(),
+    };
+  } catch (e) {
+    conn.close();
+    throw e;
+  }
+}
+
+/** Options for {@link announceStyx}. */
+export interface AnnounceOptions {
+  insecure: boolean;
+  certDir?: string;
+  /** Users and `group:NAME` entries allowed to connect (TLS only). */
+  allow?: string[];
+  alg?: string;
+}
+
+/** Announce on `addr` ("tcp!*!8000") and yield connections (verified under TLS). */
+export async function announceStyx(addr: string, opts: AnnounceOptions): Promise<Listener> {
+  const a = parseDialString(addr, { net: "tcp", service: "styx" });
+  if (a.net !== "tcp") throw new Error(`cannot announce '${addr}': only tcp is supported`);
+  const host = listenHost(a);
+  if (opts.insecure) {
+    try {
+      return tcpListen(host, a.port);
+    } catch (e) {
+      throw new Error(`cannot announce '${addr}': ${(e as Error).message}`);
+    }
+  }
+  const creds = await loadCredentials(opts.certDir ?? defaultCertsDir());
+  try {
+    return await tlsListen(host, a.port, { creds, allow: opts.allow, alg: opts.alg });
+  } catch (e) {
+    throw new Error(`cannot announce '${addr}': ${(e as Error).message}`);
+  }
+}
