@@ -101,6 +101,7 @@ export interface Handle {
 
 /** A file: {@link FileEntry.open} makes a {@link Handle} per open. */
 export interface FileEntry extends Common {
+  /** Marks a file. */
   kind: "file";
   /** Length reported by stat; 0 (the synthetic-file custom) by default. */
   length?: (ctx: Ctx) => bigint | Promise<bigint>;
@@ -110,6 +111,7 @@ export interface FileEntry extends Common {
 
 /** A directory whose children are fixed or computed on each walk/read. */
 export interface DirEntry extends Common {
+  /** Marks a directory. */
   kind: "dir";
   /** The children, or a function computing them for this request. */
   children: Entry[] | ((ctx: Ctx) => Entry[] | Promise<Entry[]>);
@@ -549,10 +551,14 @@ interface Place {
 export class SynthTree implements Tree {
   readonly #paths = new Map<string, bigint>();
   #next = 1n;
+  /** Owner of entries that name none. */
   readonly uid: string;
+  /** atime/mtime of every entry, in seconds. */
   readonly mtime: number;
+  /** Whether opens are checked against the mode bits. */
   readonly checkPerm: boolean;
 
+  /** Serve the tree described by `root`. */
   constructor(readonly root: DirEntry, opts: SynthOptions = {}) {
     this.uid = opts.uid ?? "ferry";
     this.mtime = opts.mtime ?? Math.floor(Date.now() / 1000);

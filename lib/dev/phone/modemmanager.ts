@@ -80,6 +80,7 @@ export class ModemManagerBackend implements PhoneBackend {
   #polling: Promise<void> | undefined;
   #lastError = "";
 
+  /** A backend for the modem `opts.modem` (default "any"). */
   constructor(readonly opts: ModemManagerOptions = {}) {}
 
   #mmcli(args: string[]): Promise<string> {

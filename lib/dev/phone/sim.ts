@@ -58,6 +58,7 @@ export class SimBackend implements PhoneBackend {
   #conns = new Set<Deno.Conn>();
   #call: "idle" | "ringing" | "dialing" | "active" = "idle";
 
+  /** A simulator keeping its socket and outbox in `opts.stateDir`. */
   constructor(readonly opts: SimOptions) {
     this.#signal = opts.signal ?? 80;
   }

@@ -65,6 +65,7 @@ export class TermuxBackend implements PhoneBackend {
   #polling: Promise<void> | undefined;
   #lastError = "";
 
+  /** A backend running the Termux:API programs found on PATH. */
   constructor(readonly opts: TermuxOptions = {}) {}
 
   /** Start polling the inbox. */
