@@ -13,6 +13,10 @@
  * - Nodes hold the resolved path (as `cd -P` would), so ".." after following
  *   a symlink goes to the parent of its target. Files are opened with
  *   O_NOFOLLOW, so a symlink that replaces a walked file is not followed.
+ * - Limits: containment is checked by path, so it assumes no one on the host
+ *   swaps a directory for a symlink while it is being walked (Styx clients
+ *   cannot create symlinks), and a bind mount or hard link placed inside the
+ *   root by the host's administrator is served like any other file.
  *
  * Host semantics worth knowing:
  * - Every operation runs with the permissions of the Ferry process; the
@@ -271,7 +275,7 @@ function dirOf(ctx: Ctx, st: Deno.FileInfo, name: string): Dir {
     type: 0,
     dev: 0,
     qid: qidOf(ctx, st),
-    mode: ((st.mode ?? 0) & 0o777) | (st.isDirectory ? DMDIR : 0),
+    mode: (((st.mode ?? 0) & 0o777) | (st.isDirectory ? DMDIR : 0)) >>> 0,
     atime: seconds(st.atime),
     mtime: seconds(st.mtime),
     length: st.isDirectory ? 0n : BigInt(st.size),
