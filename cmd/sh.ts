@@ -15,6 +15,15 @@ import { builtins } from "../lib/sh/builtins/mod.ts";
 import { denoReader, denoWriter, emptyReader, type ShIO } from "../lib/sh/io.ts";
 import { incomplete } from "../lib/sh/parser.ts";
 import { denoTerminal, LineEditor } from "../lib/sh/lineedit.ts";
+import { standardDeviceTable } from "../lib/ns/devices.ts";
+// Loading a device module registers its '#' name with every standard namespace.
+import "../lib/dev/net/mod.ts";
+
+/** Devices bound into every new shell's namespace, as Inferno's /lib/namespace does. */
+const STARTUP_BINDS: [device: string, path: string][] = [
+  ["#I", "/net"],
+  ["#p", "/prog"],
+];
 
 const spec = {
   usage: "ferry sh [-r ROOTDIR] [-c COMMANDS] [FILE [ARG...]]",
@@ -132,6 +141,15 @@ export async function run(args: string[]): Promise<number> {
     ns = await Namespace.standard({ user: hostUser(), rootDir });
   } catch (e) {
     return fail("sh", e);
+  }
+  const devices = standardDeviceTable();
+  for (const [dev, path] of STARTUP_BINDS) {
+    if (!devices.has(dev)) continue;
+    try {
+      await ns.bind(dev, path);
+    } catch (e) {
+      console.error(`sh: cannot bind '${dev}' on ${path}: ${(e as Error).message}`);
+    }
   }
   const io: ShIO = {
     stdin: command !== undefined || scriptArgs.length > 0 ? denoReader(Deno.stdin) : emptyReader,

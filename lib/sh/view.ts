@@ -81,17 +81,17 @@ class ViewNode implements Node {
     return { qids, node: new ViewNode(r.node, depth, this.rootQid) };
   }
 
-  open(mode: number, opts?: OpOptions): Promise<OpenFile> {
-    return this.inner.open(mode, opts);
+  async open(mode: number, opts?: OpOptions): Promise<OpenFile> {
+    return new ViewFile(await this.inner.open(mode, opts));
   }
 
   async create(name: string, perm: number, mode: number, opts?: OpOptions): Promise<Created> {
     const c = await this.inner.create(name, perm, mode, opts);
-    return { node: new ViewNode(c.node, this.depth + 1, this.rootQid), file: c.file };
+    return { node: new ViewNode(c.node, this.depth + 1, this.rootQid), file: new ViewFile(c.file) };
   }
 
-  stat(opts?: OpOptions): Promise<Dir> {
-    return this.inner.stat(opts);
+  async stat(opts?: OpOptions): Promise<Dir> {
+    return unsigned(await this.inner.stat(opts));
   }
 
   wstat(dir: Dir, opts?: OpOptions): Promise<void> {
@@ -102,6 +102,33 @@ class ViewNode implements Node {
     return this.inner.remove(opts);
   }
 
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+/** Dir.mode as the unsigned 32-bit number the wire carries, whatever the tree computed. */
+function unsigned(d: Dir): Dir {
+  return d.mode < 0 ? { ...d, mode: d.mode >>> 0 } : d;
+}
+
+class ViewFile implements OpenFile {
+  constructor(readonly inner: OpenFile) {}
+  get qid(): Qid {
+    return this.inner.qid;
+  }
+  get iounit(): number {
+    return this.inner.iounit;
+  }
+  read(offset: bigint, count: number, opts?: OpOptions): Promise<Uint8Array> {
+    return this.inner.read(offset, count, opts);
+  }
+  write(offset: bigint, data: Uint8Array, opts?: OpOptions): Promise<number> {
+    return this.inner.write(offset, data, opts);
+  }
+  async readDir(opts?: OpOptions): Promise<Dir[]> {
+    return (await this.inner.readDir(opts)).map(unsigned);
+  }
   close(): Promise<void> {
     return this.inner.close();
   }

@@ -160,6 +160,7 @@ Deno.test("article: namespaces, binds, the host file system, remote files", asyn
           "/dis/ls",
           "/dis/mine",
           "global ls",
+          "bind '#I' /net",
           "bind /appl /tmp/myappl",
           "bind -a /usr/myname/dis /dis",
           "",
@@ -239,7 +240,8 @@ Deno.test("article: namespaces, binds, the host file system, remote files", asyn
           "copy.txt",
           "new.txt",
           "notes.txt",
-          `mount 'tcp!127.0.0.1!${port}' /tmp/myuser`,
+          "bind '#I' /net",
+          `mount tcp!127.0.0.1!${port} /tmp/myuser`,
           "",
         ].join("\n"),
       );
