@@ -292,12 +292,18 @@ export class StyxClient {
     return this.#rpc(t, opts);
   }
 
-  async #rpc<T extends Untagged>(t: T, opts: RpcOptions): Promise<ReplyTo<T>> {
-    if (this.#hungup) throw this.#hungup;
-    if (opts.signal?.aborted) throw new Interrupted();
-    const tag = await this.#allocTag();
-    const msg = { ...t, tag } as TMsg;
-    return await this.#request(msg, opts) as ReplyTo<T>;
+  #rpc<T extends Untagged>(t: T, opts: RpcOptions): Promise<ReplyTo<T>> {
+    if (this.#hungup) return Promise.reject(this.#hungup);
+    if (opts.signal?.aborted) return Promise.reject(new Interrupted());
+    let tag = this.#freeTags.pop();
+    if (tag === undefined && this.#nextTag <= MAXTAG) tag = this.#nextTag++;
+    if (tag !== undefined) {
+      return this.#request({ ...t, tag } as TMsg, opts) as Promise<ReplyTo<T>>;
+    }
+    // Every tag is in use: wait for one.
+    return this.#allocTag().then((tag) =>
+      this.#request({ ...t, tag } as TMsg, opts) as Promise<ReplyTo<T>>
+    );
   }
 
   #request(t: TMsg, opts: RpcOptions): Promise<RMsg> {

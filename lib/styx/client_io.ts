@@ -50,6 +50,89 @@ interface Slot {
 }
 
 /**
+ * The read-ahead engine behind {@link readStream} and {@link readAll}:
+ * Treads of `iounit` bytes at increasing offsets, up to `max` in flight
+ * (starting at 2 and doubling while replies come back full), delivered in
+ * order. A short reply ends the file if the block after it is empty;
+ * otherwise reading goes on right after the data that came back.
+ */
+class ReadAhead {
+  readonly #file: RemoteFile;
+  readonly #max: number;
+  readonly #io: number;
+  readonly #signal: AbortSignal | undefined;
+  #win: number;
+  #next: bigint;
+  #queue: Slot[] = [];
+  #done = false;
+
+  constructor(file: RemoteFile, max: number, offset: bigint, signal: AbortSignal | undefined) {
+    this.#file = file;
+    this.#max = max;
+    this.#io = file.iounit;
+    this.#signal = signal;
+    this.#win = Math.min(2, max);
+    this.#next = offset;
+  }
+
+  /** Issue Treads until the window is full. */
+  fill(): void {
+    if (this.#done) return;
+    const io = this.#io;
+    const opts = this.#signal ? { signal: this.#signal } : {};
+    while (this.#queue.length < this.#win) {
+      const off = this.#next;
+      this.#next += BigInt(io);
+      const p = this.#file.readOnce(off, io, opts);
+      p.catch(() => {}); // observed when its turn comes; never unhandled
+      this.#queue.push({ off, count: io, p });
+    }
+  }
+
+  /** Stop: replies still in flight arrive and are dropped. */
+  stop(): void {
+    this.#done = true;
+    this.#queue = [];
+  }
+
+  /** The next block in order, or null at the end of the file. */
+  async next(): Promise<Uint8Array | null> {
+    if (this.#done) return null;
+    this.fill();
+    const h = this.#queue.shift()!;
+    let data: Uint8Array;
+    try {
+      data = await h.p;
+      if (data.length === 0) {
+        this.stop();
+        return null;
+      }
+      if (data.length < h.count) {
+        const nx = this.#queue[0];
+        if (nx !== undefined && nx.off === h.off + BigInt(h.count)) {
+          if ((await nx.p).length === 0) {
+            this.stop();
+            return data;
+          }
+        }
+        // Not the end after all (a hole or a growing file): go on from here.
+        this.#queue = [];
+        this.#next = h.off + BigInt(data.length);
+        this.#win = Math.min(2, this.#max);
+        this.fill();
+        return data;
+      }
+    } catch (e) {
+      this.stop();
+      throw e;
+    }
+    if (this.#win < this.#max) this.#win = Math.min(this.#max, this.#win * 2);
+    this.fill();
+    return data;
+  }
+}
+
+/**
  * Read `file` from `opts.offset` to its end as a stream. Up to `window`
  * Treads are in flight (starting with 2 and doubling while replies come
  * back full, so small files cost one round trip); nothing more is asked
@@ -69,83 +152,42 @@ export function readStream(
   opts: ReadStreamOptions = {},
 ): ReadableStream<Uint8Array> {
   const max = checkWindow(opts.window);
-  const io = file.iounit;
   const stop = new AbortController();
   const signal = opts.signal ? AbortSignal.any([opts.signal, stop.signal]) : stop.signal;
-  let win = Math.min(2, max);
-  let next = opts.offset ?? 0n;
-  let queue: Slot[] = [];
-  let finished = false;
-
-  const fill = () => {
-    while (queue.length < win) {
-      const off = next;
-      next += BigInt(io);
-      const p = file.readOnce(off, io, { signal });
-      p.catch(() => {}); // observed when its turn comes; never unhandled
-      queue.push({ off, count: io, p });
-    }
-  };
-  const abandon = () => {
-    // Replies to these still arrive and are dropped; no more are sent.
-    queue = [];
-  };
-  const end = (c: ReadableStreamDefaultController<Uint8Array>) => {
-    finished = true;
-    abandon();
-    c.close();
-  };
-
+  const ra = new ReadAhead(file, max, opts.offset ?? 0n, signal);
   return new ReadableStream<Uint8Array>({
     async pull(c) {
-      if (finished) return;
-      fill();
-      const h = queue.shift()!;
-      let data: Uint8Array;
+      let data: Uint8Array | null;
       try {
-        data = await h.p;
-        if (data.length === 0) return end(c);
-        if (data.length < h.count) {
-          // Short: the end of a regular file if the next block is empty;
-          // otherwise continue right after what came back.
-          const nx = queue[0];
-          c.enqueue(data);
-          if (nx !== undefined && nx.off === h.off + BigInt(h.count)) {
-            const d2 = await nx.p;
-            if (d2.length === 0) return end(c);
-          }
-          abandon();
-          next = h.off + BigInt(data.length);
-          win = Math.min(2, max);
-          fill();
-          return;
-        }
+        data = await ra.next();
       } catch (e) {
-        finished = true;
-        abandon();
         stop.abort();
         c.error(e);
         return;
       }
-      if (win < max) win = Math.min(max, win * 2);
-      c.enqueue(data);
-      fill();
+      if (data === null) c.close();
+      else c.enqueue(data);
     },
     cancel() {
-      finished = true;
-      abandon();
-      stop.abort();
+      ra.stop();
+      stop.abort(); // flush what is still outstanding
     },
   }, { highWaterMark: 0 });
 }
 
-/** Read `file` to its end into one buffer, with several Treads in flight. */
+/**
+ * Read `file` to its end into one buffer, with several Treads in flight
+ * (as {@link readStream}, without the stream).
+ */
 export async function readAll(file: RemoteFile, signal?: AbortSignal): Promise<Uint8Array> {
+  const ra = new ReadAhead(file, DEFAULT_WINDOW, 0n, signal);
   const parts: Uint8Array[] = [];
   let total = 0;
-  for await (const chunk of readStream(file, { signal })) {
-    parts.push(chunk);
-    total += chunk.length;
+  for (;;) {
+    const d = await ra.next();
+    if (d === null) break;
+    parts.push(d);
+    total += d.length;
   }
   return parts.length === 0 ? new Uint8Array(0) : concat(parts, total);
 }

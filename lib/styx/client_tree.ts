@@ -190,12 +190,16 @@ export class RemoteFile implements OpenFile {
   /** One Tread of at most `iounit` bytes; the data is a view of the reply frame. */
   async readOnce(offset: bigint, count: number, opts: OpOptions = {}): Promise<Uint8Array> {
     this.#check();
+    const want = Math.min(count, this.iounit);
     const r: Rread = await this.client.rpc({
       type: MsgType.Tread,
       fid: this.fid,
       offset,
-      count: Math.min(count, this.iounit),
+      count: want,
     }, opts);
+    if (r.data.length > want) {
+      throw new StyxError(`server answered a Tread of ${want} bytes with ${r.data.length}`);
+    }
     return r.data;
   }
 

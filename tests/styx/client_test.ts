@@ -284,6 +284,56 @@ Deno.test("StyxClient against a scripted server", async (t) => {
     await server.done;
   });
 
+  await t.step("a Tread answered with more data than asked for is an error", async () => {
+    const { client, server } = await fake((m, reply) => {
+      if (m.type === MsgType.Twalk) reply({ type: MsgType.Rwalk, tag: m.tag, wqids: [fileQid] });
+      else if (m.type === MsgType.Topen) {
+        reply({ type: MsgType.Ropen, tag: m.tag, qid: fileQid, iounit: 10 });
+      } else if (m.type === MsgType.Tread) {
+        reply({ type: MsgType.Rread, tag: m.tag, data: new Uint8Array(11) });
+      } else reply({ type: MsgType.Rclunk, tag: m.tag });
+    });
+    const root = await client.attach("glenda");
+    const f = await client.openPath(root, "/f", OREAD);
+    assert.equal(f.iounit, 10);
+    await rejectsWith(f.read(0n, 100), /Tread of 10 bytes with 11/);
+    await f.close();
+    await client.close();
+    await server.done;
+  });
+
+  await t.step(
+    "connect: an aborted version exchange rejects and drops the connection",
+    async () => {
+      const [a, b] = memPipe();
+      const ac = new AbortController();
+      const p = StyxClient.connect(a, { signal: ac.signal });
+      const first = await b.read();
+      assert.ok(first && first.length === 19);
+      ac.abort();
+      await assert.rejects(p, Interrupted);
+      assert.equal(await b.read(), null);
+    },
+  );
+
+  await t.step("trace prints every message to stderr", async () => {
+    const lines: string[] = [];
+    const orig = console.error;
+    console.error = (...args: unknown[]) => lines.push(args.join(" "));
+    try {
+      const [a, b] = memPipe();
+      const server = new FakeServer(b, () => {});
+      const client = await StyxClient.connect(a, { trace: true });
+      await client.close();
+      await server.done;
+    } finally {
+      console.error = orig;
+    }
+    assert.equal(lines.length, 2);
+    assert.match(lines[0]!, /-> Tversion tag 65535 msize \d+ version '9P2000'/);
+    assert.match(lines[1]!, /<- Rversion tag 65535 msize 8192/);
+  });
+
   await t.step("hangup rejects pending requests and fails later ones fast", async () => {
     const { client, server } = await fake(() => {});
     const root = await client.attach("glenda");
