@@ -25,6 +25,8 @@ export interface MountEntry {
   source: string;
   /** The mount point. */
   target: string;
+  /** For a mount, the attach name (spec) when one was given. */
+  aname?: string;
 }
 
 /** Nodes of a bind or mount source, shared by every copy of a table that holds them. */
@@ -62,6 +64,8 @@ export interface Member {
   source: string;
   /** "bind" or "mount"; the directory that was there before is "underlying". */
   kind: "bind" | "mount" | "underlying";
+  /** For a mount, the attach name, when not empty. */
+  aname?: string;
   /** New files in the union go to the first member with this set (-c). */
   create: boolean;
   /** The member's nodes; null for the underlying directory, found by walking. */
@@ -255,12 +259,16 @@ export class MountTable {
     for (const point of this.#points.values()) {
       const ms = point.members;
       const u = ms.findIndex((m) => m.kind === "underlying");
-      const line = (m: Member, order: string): MountEntry => ({
-        kind: m.kind === "mount" ? "mount" : "bind",
-        flags: order || m.create ? `-${order}${m.create ? "c" : ""}` : "",
-        source: m.source,
-        target: point.path,
-      });
+      const line = (m: Member, order: string): MountEntry => {
+        const e: MountEntry = {
+          kind: m.kind === "mount" ? "mount" : "bind",
+          flags: order || m.create ? `-${order}${m.create ? "c" : ""}` : "",
+          source: m.source,
+          target: point.path,
+        };
+        if (m.aname) e.aname = m.aname;
+        return e;
+      };
       if (u < 0) {
         ms.forEach((m, i) => out.push(line(m, i === 0 ? "" : "a")));
       } else {

@@ -42,6 +42,7 @@ import type { Caller, Created, Node, OpenFile, OpOptions, Tree, WalkResult } fro
 import { Ename, MAXWELEM, OREAD, OTRUNC, OWRITE, QTDIR, StyxError } from "../styx/types.ts";
 import type { Dir, Qid } from "../styx/types.ts";
 import {
+  type Member,
   type MountEntry,
   type MountOrder,
   type MountPoint,
@@ -192,12 +193,14 @@ async function walkChunked(node: Node, names: string[], opts?: OpOptions): Promi
   }
 }
 
-/** Let go of a retained source; only the last holder waits for its nodes to close. */
-async function releaseAll(held: readonly (SharedNodes | null)[]): Promise<void> {
+/** Let go of retained sources; only the last holder waits for their nodes to close. */
+function releaseAll(held: readonly (SharedNodes | null)[]): Promise<unknown> | undefined {
+  let waits: Promise<void>[] | undefined;
   for (const h of held) {
     const p = h?.release();
-    if (p) await p;
+    if (p) (waits ??= []).push(p);
   }
+  return waits && Promise.all(waits);
 }
 
 /** The path resolver shared by a namespace and the nodes it hands out. */
@@ -289,7 +292,8 @@ class Engine {
       if (layers.length === 0) throw first ?? new StyxError(Ename.notFound);
       return { names, layers, mounted: true, at, gen };
     } finally {
-      await releaseAll(held);
+      const w = releaseAll(held);
+      if (w) await w;
     }
   }
 
@@ -362,7 +366,8 @@ class Engine {
         }
       }
     } finally {
-      await releaseAll(held);
+      const w = releaseAll(held);
+      if (w) await w;
     }
     if (mountQid === undefined) throw first ?? new StyxError(Ename.notFound);
     return { qids: [mountQid] };
@@ -734,6 +739,7 @@ export class Namespace implements Tree {
     nodes: Node[],
     target: string,
     flags: BindFlags | undefined,
+    aname = "",
   ): Promise<void> {
     let order: MountOrder;
     try {
@@ -760,12 +766,14 @@ export class Namespace implements Tree {
       await Promise.allSettled(nodes.map((n) => n.close()));
       throw e;
     }
-    const dropped = this.#engine.table.add(target, {
+    const member: Member = {
       source,
       kind,
       create: flags?.create ?? false,
       nodes: new SharedNodes(nodes),
-    }, order);
+    };
+    if (aname !== "") member.aname = aname;
+    const dropped = this.#engine.table.add(target, member, order);
     await Promise.allSettled(dropped.map((s) => s.release()));
   }
 
@@ -798,8 +806,9 @@ export class Namespace implements Tree {
    */
   async mount(tree: Tree, target: string, flags?: MountFlags): Promise<void> {
     const tgt = cleanPath(target);
-    const node = await tree.attach(this.caller, flags?.aname ?? "");
-    await this.#attachAt("mount", flags?.source ?? "-", [node], tgt, flags);
+    const aname = flags?.aname ?? "";
+    const node = await tree.attach(this.caller, aname);
+    await this.#attachAt("mount", flags?.source ?? "-", [node], tgt, flags, aname);
   }
 
   /**
@@ -838,9 +847,9 @@ export class Namespace implements Tree {
   }
 
   async #resolveFloor(path: string, rooted: boolean, opts?: OpOptions): Promise<Node> {
-    const p = cleanPath(path);
-    if (p.startsWith("#")) return await this.#device(p);
-    const names = splitNames(p);
+    // splitNames cleans as it splits; only device paths need cleanPath.
+    if (path.startsWith("#")) return await this.#device(cleanPath(path));
+    const names = splitNames(path);
     const loc = await this.#engine.resolveNames(names, opts);
     return new NsNode(this.#engine, loc, rooted ? names.length : 0);
   }

@@ -149,3 +149,34 @@ Deno.test("a namespace exported over TCP, mounted into a second namespace", asyn
     await exporter.close();
   }
 });
+
+Deno.test("a remote that goes away: its mount errors, the rest works, unmount works", async () => {
+  const root = new MemTree({ owner: "glenda" });
+  await root.writeFile("/dis/ls", "system ls");
+  await root.mkdirp("/n/remote");
+  const far = new MemTree({ owner: "glenda" });
+  await far.writeFile("/farfile", "far");
+  const [a, b] = memPipe();
+  const done = serve(b, far);
+  const client = await StyxClient.connect(a);
+  const ns = new Namespace(root, { caller: { user: "glenda" } });
+  await ns.mount(new RemoteTree(client), "/n/remote", { source: "pipe!far" });
+  await ns.bind("/n/remote", "/dis", { after: true });
+  assert.deepEqual((await ns.readDir("/dis")).map((d) => d.name).sort(), ["farfile", "ls"]);
+
+  b.close(); // the server's end hangs up
+  await done;
+  await assert.rejects(ns.readDir("/n/remote"));
+  await assert.rejects(ns.readFile("/n/remote/farfile"));
+  // The union still answers from its live member.
+  assert.deepEqual((await ns.readDir("/dis")).map((d) => d.name), ["ls"]);
+  assert.equal(dec.decode(await ns.readFile("/dis/ls")), "system ls");
+  await assert.rejects(ns.readFile("/dis/farfile"), /file does not exist|hungup|hung up/);
+  // Unmount works and releases what it can.
+  await ns.unmount("/n/remote", "/dis");
+  await ns.unmount(undefined, "/n/remote");
+  assert.deepEqual(ns.mounts(), []);
+  assert.deepEqual(await ns.readDir("/n/remote"), []);
+  await ns.close();
+  await client.close();
+});
