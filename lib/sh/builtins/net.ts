@@ -11,6 +11,8 @@ import { ShUsageError } from "../interp.ts";
 import { writeText } from "../io.ts";
 import { subtree } from "../view.ts";
 import { getopts } from "./util.ts";
+import { hasNet } from "./ns.ts";
+import type { Listener } from "../../transport/conn.ts";
 
 /**
  * listen [-A] [-C alg] addr {block}: announce on `addr` and return at once,
@@ -23,11 +25,25 @@ export const listen: Builtin = async (ctx, args) => {
   if (o.rest.length !== 2) throw new ShUsageError(usage);
   const [addr, block] = o.rest as [string, string];
   if (!block.startsWith("{")) throw new Error(`'${block}' is not a {command} block`);
-  const { announceStyx } = await import("../../net/connect.ts");
-  const listener = await announceStyx(addr, {
-    insecure: o.flags.has("A"),
-    alg: o.values.get("C"),
-  });
+  let listener: Listener;
+  if (await hasNet(ctx)) {
+    // Announce through the namespace's /net: after mounting a remote /net,
+    // the remote machine listens on our behalf.
+    const { announceStyxVia } = await import("../../net/nsdial.ts");
+    listener = await announceStyxVia(ctx.sh.ns, addr, {
+      insecure: o.flags.has("A"),
+      alg: o.values.get("C"),
+    }).catch((e) => {
+      const msg = (e as Error).message;
+      throw new Error(msg.includes(addr) ? msg : `cannot announce '${addr}': ${msg}`);
+    });
+  } else {
+    const { announceStyx } = await import("../../net/connect.ts");
+    listener = await announceStyx(addr, {
+      insecure: o.flags.has("A"),
+      alg: o.values.get("C"),
+    });
+  }
   const sh = ctx.sh;
   const io = { ...ctx.io };
   const parent = sh.fork();

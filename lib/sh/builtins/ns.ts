@@ -6,6 +6,7 @@
  */
 
 import type { Builtin, Ctx } from "../interp.ts";
+import type { Tree } from "../../fs/tree.ts";
 import { ShUsageError } from "../interp.ts";
 import { writeText } from "../io.ts";
 import { getopts, shQuote } from "./util.ts";
@@ -50,13 +51,10 @@ export const mount: Builtin = async (ctx, args) => {
   await ctx.sh.ns.stat(target).catch((e) => {
     throw new Error(`${old}: ${(e as Error).message}`);
   });
-  const { dialStyx } = await import("../../net/connect.ts");
-  const dialed = await dialStyx(addr, {
+  const dialed = await dialRemote(ctx, addr, {
     insecure: o.flags.has("A"),
-    user: ctx.sh.user,
     aname: spec ?? "",
     alg: o.values.get("C"),
-    signal: ctx.signal,
   });
   try {
     await ctx.sh.ns.mount(dialed.tree, target, { ...flags, source: addr, aname: spec });
@@ -66,6 +64,67 @@ export const mount: Builtin = async (ctx, args) => {
   }
   ctx.sh.dialed.push({ source: addr, target, close: () => dialed.close() });
 };
+
+/** How long a mount waits for the remote end to answer. */
+export const DIAL_TIMEOUT_MS = 10_000;
+
+/** True when the namespace has a network at /net (a local '#I' or a mounted remote one). */
+export async function hasNet(ctx: Ctx): Promise<boolean> {
+  try {
+    await ctx.sh.ns.stat("/net/cs");
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Dial a Styx server through whatever answers at the namespace's /net (so
+ * after mounting a remote /net the call leaves from the remote); without a
+ * /net, straight from this host.
+ */
+async function dialRemote(
+  ctx: Ctx,
+  addr: string,
+  opts: { insecure: boolean; aname: string; alg?: string },
+): Promise<{ tree: Tree; close(): void }> {
+  const timeout = AbortSignal.timeout(DIAL_TIMEOUT_MS);
+  const signal = AbortSignal.any([ctx.signal, timeout]);
+  const named = (e: unknown): Error => {
+    const msg = timeout.aborted
+      ? `timed out after ${DIAL_TIMEOUT_MS / 1000} s`
+      : (e as Error).message ?? String(e);
+    return new Error(msg.includes(addr) ? msg : `cannot dial '${addr}': ${msg}`);
+  };
+  if (await hasNet(ctx)) {
+    const { dialStyxVia } = await import("../../net/nsdial.ts");
+    let d;
+    try {
+      d = await dialStyxVia(ctx.sh.ns, addr, {
+        insecure: opts.insecure,
+        user: ctx.sh.user,
+        alg: opts.alg,
+        signal,
+      });
+    } catch (e) {
+      throw named(e);
+    }
+    return d;
+  }
+  const { dialStyx } = await import("../../net/connect.ts");
+  try {
+    return await dialStyx(addr, {
+      insecure: opts.insecure,
+      user: ctx.sh.user,
+      aname: opts.aname,
+      alg: opts.alg,
+      signal,
+      timeoutMs: DIAL_TIMEOUT_MS,
+    });
+  } catch (e) {
+    throw named(e);
+  }
+}
 
 /** unmount [new] old */
 export const unmount: Builtin = async (ctx, args) => {
