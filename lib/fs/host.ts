@@ -260,13 +260,23 @@ function seconds(d: Date | null): number {
   return Math.floor((d?.getTime() ?? 0) / 1000) >>> 0;
 }
 
+/** A 64-bit mixing step (the splitmix64 finaliser): every input bit moves every output bit. */
+function mix(x: bigint): bigint {
+  x = ((x ^ (x >> 30n)) * 0xbf58476d1ce4e5b9n) & MASK64;
+  x = ((x ^ (x >> 27n)) * 0x94d049bb133111ebn) & MASK64;
+  return x ^ (x >> 31n);
+}
+
 function qidOf(ctx: Ctx, st: Deno.FileInfo): Qid {
   let path = (BigInt(st.ino ?? 0) ^ ((BigInt(st.dev) ^ ctx.rootDev) << 40n)) & MASK64;
   if (path === 0n) path = 1n << 63n;
-  let v = ms(st.mtime) ^ (ms(st.ctime) << 7n) ^ (BigInt(st.size) << 17n);
-  v ^= BigInt(ctx.writes.get(path) ?? 0) << 3n;
-  v = (v ^ (v >> 32n) ^ (v >> 64n)) & 0xffffffffn;
-  return { type: st.isDirectory ? QTDIR : QTFILE, version: Number(v), path };
+  let v = 0n;
+  for (
+    const x of [ms(st.mtime), ms(st.ctime), BigInt(st.size), BigInt(ctx.writes.get(path) ?? 0)]
+  ) {
+    v = mix(v ^ x);
+  }
+  return { type: st.isDirectory ? QTDIR : QTFILE, version: Number(v & 0xffffffffn), path };
 }
 
 function dirOf(ctx: Ctx, st: Deno.FileInfo, name: string): Dir {
@@ -454,6 +464,9 @@ class HostNode implements Node {
     if (ctx.readOnly) throw new StyxError(Ename.perm);
     const p = this.path;
     const st = lstat(p);
+    // Nodes hold resolved paths: a symlink here appeared after the walk, and
+    // chmod, truncate and utimes would follow it.
+    if (st.isSymlink) throw new StyxError(Ename.perm);
     const cur = dirOf(ctx, st, this.name);
     const isDir = st.isDirectory;
 

@@ -164,6 +164,20 @@ Deno.test("HostTree keeps everything outside the root out of reach", async (t) =
       await rejectsWith(f.walk([".."]), Ename.walkNoDir);
     });
 
+    await t.step("a file swapped for a symlink after the walk is not followed", async () => {
+      await Deno.writeTextFile(`${fx.root}/swap`, "mine\n");
+      const n = await walk(root, "swap");
+      await Deno.remove(`${fx.root}/swap`);
+      await Deno.symlink(`${fx.base}/outside/secret`, `${fx.root}/swap`);
+      await rejectsWith(n.open(OREAD), Ename.perm);
+      await rejectsWith(n.open(OWRITE | OTRUNC), Ename.perm);
+      await rejectsWith(n.wstat({ ...nullDir(), length: 0n }), Ename.perm);
+      await rejectsWith(n.wstat({ ...nullDir(), mode: 0o777 }), Ename.perm);
+      await n.remove();
+      assert.equal(await Deno.readTextFile(`${fx.base}/outside/secret`), "secret\n");
+      assert.equal((await Deno.lstat(`${fx.base}/outside/secret`)).mode! & 0o777, 0o644);
+    });
+
     await t.step("the root cannot be removed", async () => {
       const clone = await walk(root);
       await rejectsWith(clone.remove(), Ename.perm);
