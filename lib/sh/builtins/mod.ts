@@ -45,5 +45,6 @@ export function builtins(): Map<string, Builtin> {
     ["@", subshell],
     ["ndb/cs", ndbService],
     ["ndb/dns", ndbService],
+    ["webgrab", (ctx, a) => import("./webgrab.ts").then((m) => m.webgrab(ctx, a))],
   ]);
 }
