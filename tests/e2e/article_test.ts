@@ -430,3 +430,39 @@ Deno.test("interactive ferry sh in a terminal (tmux)", async (t) => {
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("article: accessing remote networks (listen through a mounted remote /net)", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "ferry-remote-net-" });
+  const remotePort = freePort();
+  const clientPort = freePort();
+  const remote = new Session(["-r", `${tmp}/remote`]);
+  const client = new Session(["-r", `${tmp}/client`]);
+  try {
+    await remote.send(`listen -A 'tcp!*!${remotePort}' { export /net & }`, "r1");
+    // The client connects outwards only, then listens through the remote's /net.
+    await client.send(
+      `echo on the client > /tmp/where; mount -A 'tcp!127.0.0.1!${remotePort}' /net`,
+      "c1",
+    );
+    await client.send(`listen -A 'tcp!*!${clientPort}' { export / & }`, "c2");
+    // A third machine reaches the client's files at the remote's port.
+    const third = await sh(
+      `${tmp}/third`,
+      `mkdir /tmp/client; mount -A 'tcp!127.0.0.1!${clientPort}' /tmp/client; cat /tmp/client/tmp/where`,
+    );
+    assert.equal(third.stderr, "");
+    assert.equal(third.stdout, "on the client\n");
+    assert.equal(client.stderr, "");
+    // The port was the remote's: with the remote gone, nobody answers there.
+    await remote.kill();
+    const after = await sh(
+      `${tmp}/third`,
+      `mount -A 'tcp!127.0.0.1!${clientPort}' /tmp/client`,
+    );
+    assert.match(after.stderr, /^mount: cannot dial/);
+  } finally {
+    await client.kill();
+    await remote.kill();
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
