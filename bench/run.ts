@@ -1,0 +1,278 @@
+/**
+ * `deno task bench`: Ferry's figures side by side with the peer each is
+ * measured against, in the same run. Not a test: nothing here passes or
+ * fails on timing.
+ *
+ * deno task bench [--mib N] [--files N] [--only styx,ns,tls,net,fuse]
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { ferryArgv } from "../lib/self.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    mib: { type: "string", default: "1024" },
+    files: { type: "string", default: "1000" },
+    only: { type: "string" },
+  },
+});
+const MIB = Number(values.mib);
+const FILES = Number(values.files);
+const only = values.only ? new Set(values.only.split(",")) : null;
+const want = (s: string) => !only || only.has(s);
+const here = new URL(".", import.meta.url).pathname;
+const dec = new TextDecoder();
+
+type Row = [string, string, string, string];
+const rows: Row[] = [];
+function row(what: string, ferry: string, peer: string, ratio: string): void {
+  rows.push([what, ferry, peer, ratio]);
+  console.error(`  ${what}: ferry ${ferry} | peer ${peer} | ${ratio}`);
+}
+const f1 = (n: number) => n.toFixed(1);
+
+async function runJson(args: string[], opts: { env?: Record<string, string> } = {}) {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", ...args],
+    stdout: "piped",
+    stderr: "inherit",
+    env: opts.env,
+  }).output();
+  const text = dec.decode(out.stdout).trim().split("\n").pop() ?? "";
+  if (!out.success) throw new Error(`${args.join(" ")} failed: ${text}`);
+  return JSON.parse(text) as Record<string, number>;
+}
+
+async function timeCmd(cmd: string, args: string[]): Promise<number> {
+  const t = performance.now();
+  const o = await new Deno.Command(cmd, { args, stdout: "null", stderr: "piped" }).output();
+  if (!o.success) throw new Error(`${cmd} ${args.join(" ")}: ${dec.decode(o.stderr).trim()}`);
+  return (performance.now() - t) / 1000;
+}
+
+/** Start a process that prints "… on tcp!HOST!PORT" (or a bare port) first. */
+async function startServer(argv: string[]): Promise<{ addr: string; proc: Deno.ChildProcess }> {
+  const [exe, ...args] = argv;
+  const proc = new Deno.Command(exe!, { args, stdout: "piped", stderr: "piped", stdin: "null" })
+    .spawn();
+  const reader = proc.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  while (!text.includes("\n")) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`server exited: ${text}`);
+    text += value;
+  }
+  reader.releaseLock();
+  proc.stdout.cancel().catch(() => {});
+  const m = text.match(/(tcp!\S+)/);
+  const addr = m ? m[1]!.replace("0.0.0.0", "127.0.0.1") : `tcp!127.0.0.1!${text.trim()}`;
+  return { addr, proc };
+}
+
+function rssOf(pid: number): number {
+  const s = Deno.readTextFileSync(`/proc/${pid}/status`);
+  const m = s.match(/VmRSS:\s+(\d+) kB/);
+  return m ? Number(m[1]) / 1024 : NaN;
+}
+
+async function freePort(): Promise<number> {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const p = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return p;
+}
+
+async function makeData(dir: string): Promise<void> {
+  const big = await Deno.open(`${dir}/big`, { write: true, create: true, truncate: true });
+  const chunk = new Uint8Array(4 * 1024 * 1024);
+  crypto.getRandomValues(chunk.subarray(0, 65536));
+  for (let i = 65536; i < chunk.length; i += 65536) chunk.copyWithin(i, 0, 65536);
+  for (let i = 0; i < MIB / 4; i++) await big.write(chunk);
+  big.close();
+  await Deno.mkdir(`${dir}/small`);
+  const small = new Uint8Array(4096).fill(0x62);
+  for (let i = 0; i < FILES; i++) await Deno.writeFile(`${dir}/small/f${i}`, small);
+}
+
+async function styxSection(dir: string): Promise<void> {
+  console.error(`styx: ${MIB} MiB file, ${FILES} files of 4 KiB, one loopback connection`);
+  const listen = await startServer([...ferryArgv(), "listen", "-A", "tcp!127.0.0.1!0", dir]);
+  const rawSrv = await startServer([
+    Deno.execPath(),
+    "run",
+    "-A",
+    `${here}raw_server.ts`,
+    `${dir}/big`,
+  ]);
+  try {
+    const raw = await runJson([`${here}client.ts`, "raw", rawSrv.addr]);
+    const rd = await runJson([`${here}client.ts`, "read", listen.addr, "/big"]);
+    row(
+      `(a) read ${MIB} MiB, MB/s`,
+      f1(rd.mbs!),
+      `raw TCP ${f1(raw.mbs!)}`,
+      `${f1(rd.mbs! / raw.mbs! * 100)}% of raw`,
+    );
+    const wr = await runJson([
+      `${here}client.ts`,
+      "write",
+      listen.addr,
+      "/written",
+      String(MIB * 2 ** 20),
+    ]);
+    row(
+      `(b) write ${MIB} MiB, MB/s`,
+      f1(wr.mbs!),
+      `raw TCP ${f1(raw.mbs!)}`,
+      `${f1(wr.mbs! / raw.mbs! * 100)}% of raw`,
+    );
+    await Deno.remove(`${dir}/written`).catch(() => {});
+    const fs = await runJson([`${here}client.ts`, "files", listen.addr, "/small", String(FILES)]);
+    row(
+      `(c) ${FILES} x 4 KiB walk+open+read+clunk, files/s`,
+      f1(fs.filesPerSec!),
+      "target 5000",
+      `${f1(fs.filesPerSec! / 5000)}x target`,
+    );
+    row("(e) client RSS during the big read, MiB", f1(rd.rssMiB!), "target < 100", "");
+
+    // (d) diod with diodcat, same files, same run.
+    if (await which("diod") && await which("diodcat")) {
+      const port = await freePort();
+      const diod = new Deno.Command("diod", {
+        args: [
+          "-f",
+          "-n",
+          "-N",
+          "-S",
+          "-U",
+          "root",
+          "-e",
+          dir,
+          "-l",
+          `127.0.0.1:${port}`,
+          "-L",
+          "/dev/null",
+        ],
+        stdout: "null",
+        stderr: "null",
+      }).spawn();
+      await waitPort(port);
+      try {
+        const s = `127.0.0.1:${port}`;
+        const t = await timeCmd("diodcat", ["-s", s, "-a", dir, "-m", "65536", "big"]);
+        const diodMbs = MIB * 2 ** 20 / 1e6 / t;
+        row(
+          `(d) read ${MIB} MiB vs diod+diodcat, MB/s`,
+          f1(rd.mbs!),
+          `diod ${f1(diodMbs)}`,
+          `${f1(rd.mbs! / diodMbs)}x`,
+        );
+        const names = Array.from({ length: FILES }, (_, i) => `small/f${i}`);
+        const t2 = await timeCmd("diodcat", ["-s", s, "-a", dir, ...names]);
+        const diodFps = FILES / t2;
+        row(
+          `(d) ${FILES} small files vs diodcat, files/s`,
+          f1(fs.filesPerSec!),
+          `diod ${f1(diodFps)}`,
+          `${f1(fs.filesPerSec! / diodFps)}x`,
+        );
+      } finally {
+        diod.kill("SIGTERM");
+        await diod.status;
+      }
+    } else {
+      row("(d) diod", "-", "not installed (apt-get install diod)", "");
+    }
+
+    // (e) server memory with 100 idle connections.
+    const before = rssOf(listen.proc.pid);
+    const idle = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", `${here}client.ts`, "idle", listen.addr, "100"],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn();
+    const r = idle.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    await r.read();
+    await new Promise((res) => setTimeout(res, 300));
+    const after = rssOf(listen.proc.pid);
+    await idle.stdin.close();
+    r.releaseLock();
+    await idle.stdout.cancel().catch(() => {});
+    await idle.status;
+    row(
+      "(e) server RSS, 100 idle connections, MiB",
+      f1(after),
+      `idle server ${f1(before)}`,
+      `+${f1(after - before)} MiB`,
+    );
+  } finally {
+    for (const p of [listen.proc, rawSrv.proc]) {
+      try {
+        p.kill("SIGTERM");
+      } catch { /* gone */ }
+      await p.status;
+    }
+  }
+}
+
+async function which(cmd: string): Promise<boolean> {
+  try {
+    const o = await new Deno.Command("sh", { args: ["-c", `command -v ${cmd}`], stdout: "null" })
+      .output();
+    return o.success;
+  } catch {
+    return false;
+  }
+}
+
+async function waitPort(port: number): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    try {
+      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+      return;
+    } catch {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  throw new Error(`nothing listening on port ${port}`);
+}
+
+async function probe(name: string, script: string, args: string[] = []): Promise<void> {
+  try {
+    await Deno.stat(`${here}${script}`);
+  } catch {
+    return;
+  }
+  console.error(`${name}: bench/${script}`);
+  const o = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${here}${script}`, ...args],
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
+  for (const line of dec.decode(o.stdout).trim().split("\n")) {
+    if (line) rows.push([`${name}: ${line}`, "", "", ""]);
+  }
+}
+
+const dir = await Deno.makeTempDir({ prefix: "ferry-bench-" });
+try {
+  if (want("styx")) {
+    await makeData(dir);
+    await styxSection(dir);
+  }
+  if (want("ns")) await probe("ns", "ns_probe.ts");
+  if (want("tls")) await probe("tls", "tls_probe.ts");
+  if (want("net")) await probe("net", "net_probe.ts");
+  if (want("manifest")) await probe("manifest", "manifest_probe.ts");
+  if (want("fuse")) await probe("fuse", "fuse_probe.ts");
+} finally {
+  await Deno.remove(dir, { recursive: true }).catch(() => {});
+}
+
+console.log("\n| figure | Ferry | peer (same run) | ratio |\n|---|---|---|---|");
+for (const r of rows) console.log(`| ${r.join(" | ")} |`);
