@@ -41,7 +41,13 @@ import {
 } from "./types.ts";
 import type { Conn } from "../transport/conn.ts";
 import { RemoteFile, RemoteNode } from "./client_tree.ts";
-import { readAll, writeFrom } from "./client_io.ts";
+import {
+  readAll,
+  readStream,
+  type ReadStreamOptions,
+  writeFrom,
+  type WriteFromOptions,
+} from "./client_io.ts";
 
 /** A T-message without its tag: the client assigns tags. */
 export type Untagged<T extends TMsg = TMsg> = T extends TMsg ? Omit<T, "tag"> : never;
@@ -625,6 +631,20 @@ export class StyxClient {
       throw e;
     }
     return new RemoteFile(this, fid, r.qid, r.iounit);
+  }
+
+  /** {@link readStream} on `file`: its bytes from `opts.offset` to the end, read ahead. */
+  readStream(file: RemoteFile, opts: ReadStreamOptions = {}): ReadableStream<Uint8Array> {
+    return readStream(file, opts);
+  }
+
+  /** {@link writeFrom}: write all of `source` to `file`, several Twrites in flight. */
+  writeFrom(
+    file: RemoteFile,
+    source: ReadableStream<Uint8Array> | Uint8Array,
+    opts: WriteFromOptions = {},
+  ): Promise<bigint> {
+    return writeFrom(file, source, opts);
   }
 
   /** List the directory at `path` (or stat the file there, as ls does). */
