@@ -10,6 +10,7 @@
  * - the client's resident memory during the big read.
  *
  * Usage: deno run -A bench/styx_client_probe.ts [--mib N] [--files N] [--no-raw] [--msize N]
+ *        [--reps N]
  * (--no-raw skips the raw stream, so the client's memory figure is not
  * inflated by its garbage).
  *
@@ -82,6 +83,7 @@ async function main(): Promise<void> {
       serve: { type: "string" },
       "no-raw": { type: "boolean", default: false },
       msize: { type: "string" },
+      reps: { type: "string", default: "1" },
     },
     allowPositionals: true,
   });
@@ -110,8 +112,14 @@ async function main(): Promise<void> {
     const styx = await child("styx", dir);
     procs.push(raw.proc, styx.proc);
 
+    const client = await StyxClient.connect(await tcpDial("127.0.0.1", styx.port), {
+      msize: values.msize ? Number(values.msize) : undefined,
+    });
+    const root = await client.attach("probe");
+    console.log(`msize ${client.msize}`);
+
     // Raw TCP read of the same bytes.
-    if (!values["no-raw"]) {
+    const rawRead = async (): Promise<number> => {
       const c = await tcpDial("127.0.0.1", raw.port);
       const t0 = performance.now();
       let n = 0;
@@ -121,17 +129,13 @@ async function main(): Promise<void> {
         n += chunk.length;
       }
       const ms = performance.now() - t0;
+      if (n !== size) throw new Error(`raw read got ${n} bytes`);
       console.log(`raw TCP read      ${n} bytes  ${mbs(n, ms)} MB/s`);
-    }
-
-    const client = await StyxClient.connect(await tcpDial("127.0.0.1", styx.port), {
-      msize: values.msize ? Number(values.msize) : undefined,
-    });
-    const root = await client.attach("probe");
-    console.log(`msize ${client.msize}`);
+      return n / 1e6 / (ms / 1000);
+    };
 
     // Client read, with memory sampled.
-    {
+    const styxRead = async (): Promise<number> => {
       const before = Deno.memoryUsage().rss;
       let peak = 0;
       const sampler = setInterval(() => (peak = Math.max(peak, Deno.memoryUsage().rss)), 20);
@@ -142,10 +146,29 @@ async function main(): Promise<void> {
       const ms = performance.now() - t0;
       clearInterval(sampler);
       await f.close();
+      if (n !== size) throw new Error(`styx read got ${n} bytes`);
       console.log(
         `styx read         ${n} bytes  ${mbs(n, ms)} MB/s  client RSS ${
           (before / 1048576).toFixed(0)
         } MiB before, peak ${(peak / 1048576).toFixed(0)} MiB`,
+      );
+      return n / 1e6 / (ms / 1000);
+    };
+
+    const reps = Number(values.reps);
+    const raws: number[] = [];
+    const styxs: number[] = [];
+    for (let i = 0; i < reps; i++) {
+      // The styx read goes first so its memory figure is not inflated by raw's garbage.
+      styxs.push(await styxRead());
+      if (!values["no-raw"]) raws.push(await rawRead());
+    }
+    if (raws.length > 0) {
+      const med = (a: number[]) => a.sort((x, y) => x - y)[Math.floor(a.length / 2)]!;
+      console.log(
+        `median of ${reps}: raw ${med(raws).toFixed(0)} MB/s, styx ${
+          med(styxs).toFixed(0)
+        } MB/s, ratio ${(med(styxs) / med(raws)).toFixed(2)}`,
       );
     }
 
