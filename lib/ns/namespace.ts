@@ -39,7 +39,7 @@
  */
 
 import type { Caller, Created, Node, OpenFile, OpOptions, Tree, WalkResult } from "../fs/tree.ts";
-import { Ename, MAXWELEM, OREAD, OTRUNC, OWRITE, QTDIR, StyxError } from "../styx/types.ts";
+import { Ename, MAXWELEM, OEXEC, OREAD, OTRUNC, OWRITE, QTDIR, StyxError } from "../styx/types.ts";
 import type { Dir, Qid } from "../styx/types.ts";
 import {
   type Member,
@@ -567,7 +567,10 @@ class NsNode implements Node {
     this.#check();
     const layers = this.#loc.layers;
     if (layers.length === 1) return await layers[0]!.node.open(mode, opts);
-    if ((mode & 3) !== OREAD || (mode & OTRUNC) !== 0) throw new StyxError(Ename.isDir);
+    const how = mode & 3;
+    if ((how !== OREAD && how !== OEXEC) || (mode & OTRUNC) !== 0) {
+      throw new StyxError(Ename.isDir);
+    }
     const opened = await Promise.allSettled(layers.map((l) => l.node.open(mode, opts)));
     const files: OpenFile[] = [];
     let first: unknown;
@@ -980,7 +983,9 @@ export class Namespace implements Tree {
 
   /**
    * As a tree: attach gives the node at `aname` ("" for the root), which ".."
-   * never climbs above; every walk applies the mount table.
+   * never climbs above; every walk applies the mount table. As with Inferno's
+   * export, files are reached with the namespace's own identity
+   * ({@link caller}), whoever attaches.
    */
   attach(_caller: Caller, aname: string): Promise<Node> {
     return this.#resolveFloor(aname === "" ? "/" : aname, true);
