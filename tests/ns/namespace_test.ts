@@ -340,6 +340,29 @@ Deno.test("bind(1) rules", async (t) => {
     await ns.close();
   });
 
+  await t.step("a bind takes the source as it is at bind time", async () => {
+    const { ns } = await fixture();
+    await ns.bind("/lib", "/n/remote");
+    await ns.bind("/appl", "/lib");
+    assert.deepEqual(await names(ns, "/lib"), ["cmd"]);
+    assert.deepEqual(await names(ns, "/n/remote"), ["motd", "other"]);
+    await ns.close();
+  });
+
+  await t.step("paths longer than one Twalk's 16 names", async () => {
+    const deep = Array.from({ length: 20 }, (_, i) => `d${i}`);
+    const root = await mem({ [`/${deep.join("/")}/leaf`]: "bottom" }, ["/n/m"]);
+    const ns = new Namespace(root, { caller });
+    assert.equal(await text(ns, `/${deep.join("/")}/leaf`), "bottom");
+    await ns.bind("/d0", "/n/m");
+    assert.equal(await text(ns, `/n/m/${deep.slice(1).join("/")}/leaf`), "bottom");
+    const r = await ns.resolve("/");
+    const miss = await r.walk([...deep.slice(0, 18), "nothing", "x"]);
+    assert.equal(miss.qids.length, 18);
+    await r.close();
+    await ns.close();
+  });
+
   await t.step("every node is released", async () => {
     let open = 0;
     const counting = (t: Tree): Tree => ({
