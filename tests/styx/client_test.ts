@@ -717,6 +717,29 @@ Deno.test("StyxClient: backpressure and re-export", async (t) => {
     await served;
   });
 
+  await t.step("writeFrom stops at the first failed Twrite and cancels its source", async () => {
+    const tree = new MemTree({ owner: "glenda", maxFileSize: 100_000 });
+    const s = await overPipe(tree);
+    const root = await s.client.attach("glenda");
+    let cancelled = false;
+    let produced = 0;
+    const src = new ReadableStream<Uint8Array>({
+      pull(c) {
+        produced += 65536;
+        c.enqueue(new Uint8Array(65536));
+      },
+      cancel() {
+        cancelled = true;
+      },
+    }, { highWaterMark: 0 });
+    await assert.rejects(s.client.writeFile(root, "/f", src), StyxError);
+    assert.ok(cancelled, "source cancelled");
+    assert.ok(produced < 64 * 65536, `read ${produced} bytes from an endless source`);
+    await until(() => s.client.fidsInUse === 1 && s.client.inFlight === 0, "quiet");
+    await root.close();
+    await s.stop();
+  });
+
   await t.step("a RemoteTree served again: client → server → client → server", async () => {
     const tree = new MemTree({ owner: "glenda" });
     await tree.writeFile("/a/b/c", "inner");
