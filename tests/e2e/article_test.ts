@@ -10,6 +10,11 @@ import assert from "node:assert/strict";
 const REPO = new URL("../../", import.meta.url).pathname;
 const FERRY = ["run", "--allow-all", `${REPO}cmd/ferry.ts`];
 
+/** The warning a shell prints the first time -A is used. */
+function warning(cmd: string): string {
+  return `${cmd}: warning: -A given: this session is neither authenticated nor encrypted\n`;
+}
+
 function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const port = (l.addr as Deno.NetAddr).port;
@@ -204,7 +209,7 @@ Deno.test("article: namespaces, binds, the host file system, remote files", asyn
         `ndb/cs; ndb/dns; listen -A 'tcp!*!${port}' { export '#U*${home}' & }`,
         "listening",
       );
-      assert.doesNotMatch(server.stderr, /listen:/);
+      assert.equal(server.stderr, warning("listen"));
     });
 
     await t.step("Accessing remote files: mount, ls, cp, edit, unmount", async () => {
@@ -228,7 +233,7 @@ Deno.test("article: namespaces, binds, the host file system, remote files", asyn
           "ls /tmp/myuser",
         ].join("\n"),
       );
-      assert.equal(r.stderr, "");
+      assert.equal(r.stderr, warning("mount"));
       assert.equal(r.code, 0);
       assert.equal(
         r.stdout,
@@ -256,7 +261,10 @@ Deno.test("article: namespaces, binds, the host file system, remote files", asyn
         clientRoot,
         `mkdir -p /tmp/dead; mount -A 'tcp!127.0.0.1!${dead}' /tmp/dead; echo still here`,
       );
-      assert.match(r.stderr, new RegExp(`^mount: .*tcp!127\\.0\\.0\\.1!${dead}`));
+      assert.match(
+        r.stderr,
+        new RegExp(`^${warning("mount")}mount: .*tcp!127\\.0\\.0\\.1!${dead}`),
+      );
       assert.equal(r.stdout, "still here\n");
     });
 
@@ -450,16 +458,16 @@ Deno.test("article: accessing remote networks (listen through a mounted remote /
       `${tmp}/third`,
       `mkdir /tmp/client; mount -A 'tcp!127.0.0.1!${clientPort}' /tmp/client; cat /tmp/client/tmp/where`,
     );
-    assert.equal(third.stderr, "");
+    assert.equal(third.stderr, warning("mount"));
     assert.equal(third.stdout, "on the client\n");
-    assert.equal(client.stderr, "");
+    assert.equal(client.stderr, warning("mount"));
     // The port was the remote's: with the remote gone, nobody answers there.
     await remote.kill();
     const after = await sh(
       `${tmp}/third`,
       `mount -A 'tcp!127.0.0.1!${clientPort}' /tmp/client`,
     );
-    assert.match(after.stderr, /^mount: cannot dial/);
+    assert.match(after.stderr, new RegExp(`^${warning("mount")}mount: cannot dial`));
   } finally {
     await client.kill();
     await remote.kill();

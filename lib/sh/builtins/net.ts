@@ -10,7 +10,7 @@ import type { Builtin } from "../interp.ts";
 import { ShUsageError } from "../interp.ts";
 import { writeText } from "../io.ts";
 import { subtree } from "../view.ts";
-import { getopts } from "./util.ts";
+import { getopts, warnInsecureOnce } from "./util.ts";
 import { hasNet } from "./ns.ts";
 import type { Listener } from "../../transport/conn.ts";
 
@@ -25,6 +25,7 @@ export const listen: Builtin = async (ctx, args) => {
   if (o.rest.length !== 2) throw new ShUsageError(usage);
   const [addr, block] = o.rest as [string, string];
   if (!block.startsWith("{")) throw new Error(`'${block}' is not a {command} block`);
+  if (o.flags.has("A")) await warnInsecureOnce(ctx);
   let listener: Listener;
   if (await hasNet(ctx)) {
     // Announce through the namespace's /net: after mounting a remote /net,

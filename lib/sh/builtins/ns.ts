@@ -9,7 +9,7 @@ import type { Builtin, Ctx } from "../interp.ts";
 import type { Tree } from "../../fs/tree.ts";
 import { ShUsageError } from "../interp.ts";
 import { writeText } from "../io.ts";
-import { getopts, shQuote } from "./util.ts";
+import { getopts, shQuote, warnInsecureOnce } from "./util.ts";
 
 function unionFlags(ctx: Ctx, flags: Set<string>, usage: string) {
   if (flags.has("a") && flags.has("b")) throw new ShUsageError(usage);
@@ -51,6 +51,7 @@ export const mount: Builtin = async (ctx, args) => {
   await ctx.sh.ns.stat(target).catch((e) => {
     throw new Error(`${old}: ${(e as Error).message}`);
   });
+  if (o.flags.has("A")) await warnInsecureOnce(ctx);
   const dialed = await dialRemote(ctx, addr, {
     insecure: o.flags.has("A"),
     aname: spec ?? "",

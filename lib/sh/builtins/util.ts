@@ -6,7 +6,8 @@
  */
 
 import { type Dir, DMAPPEND, DMDIR, DMEXCL } from "../../styx/types.ts";
-import { ShUsageError } from "../interp.ts";
+import { type Ctx, ShUsageError } from "../interp.ts";
+import { writeText } from "../io.ts";
 
 /** Parsed single-letter options and the remaining arguments. */
 export interface Opts {
@@ -115,4 +116,19 @@ export function longListing(entries: { dir: Dir; name: string }[], now = Date.no
       dir.gid.padEnd(w.gid)
     } ${String(dir.length).padStart(w.len)} ${lsTime(dir.mtime, now)} ${name}`;
   });
+}
+
+let warnedInsecure = false;
+
+/**
+ * Print, once per process, the warning that -A sessions are neither
+ * authenticated nor encrypted.
+ */
+export async function warnInsecureOnce(ctx: Ctx): Promise<void> {
+  if (warnedInsecure) return;
+  warnedInsecure = true;
+  await writeText(
+    ctx.io.stderr,
+    `${ctx.name}: warning: -A given: this session is neither authenticated nor encrypted\n`,
+  );
 }
