@@ -40,17 +40,23 @@ import { matchGlob } from "./glob.ts";
 
 /** One line of a namespace's mount table, as `ns` prints it. */
 export interface MountEntry {
+  /** A bind of a path or a mount of a remote tree. */
   kind: "bind" | "mount";
   /** e.g. "-a", "-bc", or "" */
   flags: string;
+  /** What was bound or mounted (path, device path or dial string). */
   source: string;
+  /** Where: the mount point. */
   target: string;
 }
 
 /** Flags of bind and mount: union position and the create mark. */
 export interface BindFlags {
+  /** -b: the new tree's names win. */
   before?: boolean;
+  /** -a: the names already there win. */
   after?: boolean;
+  /** -c: new files go to this member. */
   create?: boolean;
 }
 
@@ -59,27 +65,44 @@ export interface BindFlags {
  * Paths are absolute and clean, or device paths such as `#U*` + "/home".
  */
 export interface ShellNamespace extends Tree {
+  /** Who the namespace acts for. */
   readonly caller: Caller;
+  /** A copy whose changes the original never sees. */
   fork(): ShellNamespace;
+  /** Bind `source` on `target`. */
   bind(source: string, target: string, flags?: BindFlags): Promise<void>;
+  /** Attach to `tree` and mount its root on `target`. */
   mount(
     tree: Tree,
     target: string,
     flags?: BindFlags & { source?: string; aname?: string },
   ): Promise<void>;
+  /** Undo a bind or mount on `target` (only `source`'s, when given). */
   unmount(source: string | undefined, target: string): Promise<void>;
+  /** The mount table, in order. */
   mounts(): MountEntry[];
+  /** The node at `path`; the caller closes it. */
   resolve(path: string): Promise<Node>;
+  /** The directory entry of `path`. */
   stat(path: string): Promise<Dir>;
+  /** The entries of directory `path`. */
   readDir(path: string): Promise<Dir[]>;
+  /** Open `path` with a 9P mode. */
   open(path: string, mode: number): Promise<OpenFile>;
+  /** Create `path` with 9P `perm` and open it with `mode`. */
   create(path: string, perm: number, mode: number): Promise<OpenFile>;
+  /** Remove `path`. */
   remove(path: string): Promise<void>;
+  /** Apply a Twstat to `path`. */
   wstat(path: string, dir: Dir): Promise<void>;
 }
 
 /** Printed as-is (no command prefix), status "usage". */
 export class ShUsageError extends Error {
+  /**
+   * An error printing `usage: ` and the synopsis.
+   * @param usage the command's synopsis, e.g. "ls [-l] [file ...]"
+   */
   constructor(usage: string) {
     super(`usage: ${usage}`);
     this.name = "ShUsageError";
@@ -88,6 +111,10 @@ export class ShUsageError extends Error {
 
 /** Thrown by `exit`: ends the shell (or the background job) running it. */
 export class ShExit extends Error {
+  /**
+   * The shell ends with `status`.
+   * @param status the exit status ("" for success)
+   */
   constructor(readonly status: string) {
     super(`exit ${status}`);
     this.name = "ShExit";
@@ -100,6 +127,7 @@ export interface Ctx {
   sh: Shell;
   /** The command's name as typed. */
   name: string;
+  /** Where the command reads and writes. */
   io: ShIO;
   /** Aborted when the command is killed or interrupted. */
   signal: AbortSignal;
@@ -113,19 +141,26 @@ export type Builtin = (ctx: Ctx, args: string[]) => Promise<string | void>;
 
 /** A background job of this Ferry process, as `ps` shows it. */
 export interface Job {
+  /** Job number, as `kill` and `$apid` know it. */
   pid: number;
+  /** Who started it. */
   user: string;
+  /** The command text. */
   cmd: string;
+  /** When it started. */
   started: Date;
+  /** Whether it still runs. */
   state: "running" | "done";
   /** Aborting it is `kill`. */
   abort: AbortController;
+  /** Settles when the job has ended. */
   done: Promise<void>;
 }
 
 /** The background jobs shared by a shell and all shells forked from it. */
 export class JobTable {
   #next = 1;
+  /** Running jobs by pid. */
   readonly jobs: Map<number, Job> = new Map();
   #changed: (() => void)[] = [];
 
@@ -182,14 +217,17 @@ export class JobTable {
 
 /** Options for a new {@link Shell}. */
 export interface ShellOptions {
+  /** The namespace commands run in. */
   ns: ShellNamespace;
   /** $user; defaults to the namespace's caller. */
   user?: string;
   /** Current directory (default "/"). */
   cwd?: string;
+  /** Standard input, output and error (default: none, discarded). */
   io?: Partial<ShIO>;
   /** Builtin table (default: all of Ferry's builtins, see builtins/mod.ts). */
   builtins?: Map<string, Builtin>;
+  /** Shared job table (default: a new one). */
   jobs?: JobTable;
 }
 
@@ -217,13 +255,20 @@ interface Opened {
  * ```
  */
 export class Shell {
+  /** The namespace commands run in. */
   ns: ShellNamespace;
+  /** Current directory, absolute and clean. */
   cwd: string;
+  /** $user. */
   readonly user: string;
+  /** Default standard input, output and error. */
   io: ShIO;
+  /** Builtins by name. */
   readonly builtins: Map<string, Builtin>;
+  /** Background jobs, shared with forked shells. */
   readonly jobs: JobTable;
   /** The connection `export` serves, inside a `listen` block. */
+  /** Set inside a `listen` block. */
   listenConn?: Conn;
   /** Aborted when this shell (a background job) is killed. */
   signal: AbortSignal = new AbortController().signal;
@@ -233,6 +278,7 @@ export class Shell {
   readonly dialed: { source: string; target: string; close(): void }[];
   #scopes: Scope[];
 
+  /** Make a shell; see {@link ShellOptions}. */
   constructor(opts: ShellOptions) {
     this.ns = opts.ns;
     this.cwd = opts.cwd ?? "/";

@@ -22,8 +22,11 @@ export interface ByteWriter {
 
 /** A command's standard input, output and error. */
 export interface ShIO {
+  /** Standard input. */
   stdin: ByteReader;
+  /** Standard output. */
   stdout: ByteWriter;
+  /** Standard error. */
   stderr: ByteWriter;
 }
 
@@ -100,6 +103,10 @@ export class BytePipe implements ByteReader, ByteWriter {
   #readWaiter: (() => void) | null = null;
   #writeWaiters: (() => void)[] = [];
 
+  /**
+   * An empty pipe.
+   * @param limit bytes buffered before writers wait
+   */
   constructor(readonly limit = 64 * 1024) {}
 
   async write(data: Uint8Array): Promise<void> {
@@ -155,6 +162,12 @@ export class BytePipe implements ByteReader, ByteWriter {
 export class FileReader implements ByteReader {
   #offset: bigint;
   #done = false;
+  /**
+   * A reader of `file` from `offset` on.
+   * @param file an open file
+   * @param offset where to start
+   * @param count bytes per read when the file gives no iounit
+   */
   constructor(readonly file: OpenFile, offset = 0n, readonly count = 8192) {
     this.#offset = offset;
   }
@@ -174,6 +187,11 @@ export class FileReader implements ByteReader {
 /** Writes to an open file from `offset` on, one file write per chunk (split by iounit). */
 export class FileWriter implements ByteWriter {
   #offset: bigint;
+  /**
+   * A writer to `file` from `offset` on.
+   * @param file an open file
+   * @param offset where the first write goes
+   */
   constructor(readonly file: OpenFile, offset = 0n) {
     this.#offset = offset;
   }

@@ -37,9 +37,11 @@ export type TokKind =
 
 /** One token. */
 export interface Token {
+  /** What it is. */
   kind: TokKind;
   /** Text of a word, or the operator itself. */
   value: string;
+  /** Where it starts. */
   pos: Pos;
   /** Offset of the first character in the source. */
   start: number;
@@ -54,6 +56,7 @@ export interface Token {
 /** A syntax error with its place in the source. */
 export class ShSyntaxError extends Error {
   /**
+   * A syntax error at `line`, `column`.
    * @param line 1-based line
    * @param column 1-based column
    * @param detail what was wrong, e.g. "unexpected '}'"

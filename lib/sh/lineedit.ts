@@ -42,6 +42,7 @@ type KeyResult = "continue" | "enter" | "eof" | "cancel";
  * ```
  */
 export class LineEditor {
+  /** Lines entered, oldest first. */
   readonly history: string[] = [];
   #chars: string[] = [];
   #cursor = 0;
@@ -51,6 +52,11 @@ export class LineEditor {
   #pending = new Uint8Array(0);
   #decoder = new TextDecoder();
 
+  /**
+   * An editor on `term`.
+   * @param term the terminal
+   * @param opts history settings
+   */
   constructor(readonly term: Terminal, readonly opts: LineEditorOptions = {}) {}
 
   /** Load earlier history from the history file, if there is one. */

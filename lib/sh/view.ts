@@ -11,6 +11,7 @@ import type { Dir, Qid } from "../styx/types.ts";
 
 /** Something that resolves a path to a node (a namespace). */
 export interface Resolver {
+  /** The node at `path`; the caller closes it. */
   resolve(path: string): Promise<Node>;
 }
 

@@ -11,9 +11,11 @@ import { writeText } from "../io.ts";
 
 /** Parsed single-letter options and the remaining arguments. */
 export interface Opts {
+  /** Flags given, e.g. "l" for -l. */
   flags: Set<string>;
   /** Values of options that take one (e.g. -C alg). */
   values: Map<string, string>;
+  /** The arguments after the options. */
   rest: string[];
 }
 
