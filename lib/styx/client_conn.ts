@@ -125,6 +125,11 @@ const COALESCE = 64 * 1024;
 /** Smallest msize worth using: room for a Twalk of long names and some data. */
 const MIN_MSIZE = 256;
 
+/** The little-endian size[4] at `p`. */
+function frameSize(b: Uint8Array, p: number): number {
+  return (b[p]! | b[p + 1]! << 8 | b[p + 2]! << 16) + b[p + 3]! * 0x1000000;
+}
+
 function splitPath(path: string): string[] {
   return path.split("/").filter((p) => p !== "" && p !== ".");
 }
@@ -788,53 +793,55 @@ export class StyxClient {
   }
 
   async #readLoop(): Promise<void> {
-    const hdr = new Uint8Array(4);
-    let hdrLen = 0;
+    // `pend` is the start of an incomplete frame, still a view of the chunk
+    // it came in. When the next chunk continues the same buffer exactly
+    // where `pend` ends (TcpConn reads into the tail of one large buffer),
+    // the two are joined as one view, without copying; otherwise the frame
+    // is assembled in `frame`. Whole frames are handed on as views, so Rread
+    // data reaches the caller without a copy.
+    let pend: Uint8Array | null = null;
     let frame: Uint8Array | null = null;
     let fLen = 0;
     try {
       for (;;) {
-        const chunk = await this.#conn.read();
-        if (chunk === null) break;
+        const got = await this.#conn.read();
+        if (got === null) break;
+        let chunk: Uint8Array = got;
+        if (pend !== null) {
+          if (chunk.buffer === pend.buffer && chunk.byteOffset === pend.byteOffset + pend.length) {
+            chunk = new Uint8Array(pend.buffer, pend.byteOffset, pend.length + chunk.length);
+          } else if (pend.length >= 4) {
+            frame = new Uint8Array(frameSize(pend, 0));
+            frame.set(pend);
+            fLen = pend.length;
+          } else {
+            const joined: Uint8Array = new Uint8Array(pend.length + chunk.length);
+            joined.set(pend);
+            joined.set(chunk, pend.length);
+            chunk = joined;
+          }
+          pend = null;
+        }
+        if (frame !== null) {
+          const k = Math.min(frame.length - fLen, chunk.length);
+          frame.set(chunk.subarray(0, k), fLen);
+          fLen += k;
+          if (fLen < frame.length) continue;
+          const f = frame;
+          frame = null;
+          this.#dispatch(f);
+          chunk = chunk.subarray(k);
+        }
         let p = 0;
         const n = chunk.length;
-        while (p < n) {
-          if (frame !== null) {
-            const k = Math.min(frame.length - fLen, n - p);
-            frame.set(chunk.subarray(p, p + k), fLen);
-            fLen += k;
-            p += k;
-            if (fLen === frame.length) {
-              const f = frame;
-              frame = null;
-              this.#dispatch(f);
-            }
-            continue;
-          }
-          if (hdrLen === 0 && n - p >= 4) {
-            const size = (chunk[p]! | chunk[p + 1]! << 8 | chunk[p + 2]! << 16) +
-              chunk[p + 3]! * 0x1000000;
-            this.#checkSize(size);
-            if (n - p >= size) {
-              this.#dispatch(chunk.subarray(p, p + size));
-              p += size;
-            } else {
-              frame = new Uint8Array(size);
-              frame.set(chunk.subarray(p));
-              fLen = n - p;
-              p = n;
-            }
-            continue;
-          }
-          while (hdrLen < 4 && p < n) hdr[hdrLen++] = chunk[p++]!;
-          if (hdrLen < 4) break;
-          const size = (hdr[0]! | hdr[1]! << 8 | hdr[2]! << 16) + hdr[3]! * 0x1000000;
+        while (n - p >= 4) {
+          const size = frameSize(chunk, p);
           this.#checkSize(size);
-          frame = new Uint8Array(size);
-          frame.set(hdr);
-          fLen = 4;
-          hdrLen = 0;
+          if (n - p < size) break;
+          this.#dispatch(chunk.subarray(p, p + size));
+          p += size;
         }
+        if (p < n) pend = chunk.subarray(p);
       }
       this.#fail(new StyxError(Ename.hungup));
     } catch (e) {

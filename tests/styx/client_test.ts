@@ -133,6 +133,84 @@ function walkingHandler(held: Array<() => void>): Handler {
   };
 }
 
+/** A Conn whose incoming chunks the test hands over one by one. */
+class FeedConn implements Conn {
+  readonly peer = { addr: "feed", authenticated: false };
+  readonly local = "feed";
+  readonly written: Uint8Array[] = [];
+  readonly closed: Promise<void>;
+  #closedResolve!: () => void;
+  #queue: (Uint8Array | null)[] = [];
+  #waiter: ((c: Uint8Array | null) => void) | null = null;
+  constructor() {
+    this.closed = new Promise((r) => (this.#closedResolve = r));
+  }
+  feed(c: Uint8Array | null): void {
+    if (this.#waiter) {
+      const w = this.#waiter;
+      this.#waiter = null;
+      w(c);
+    } else this.#queue.push(c);
+  }
+  read(): Promise<Uint8Array | null> {
+    if (this.#queue.length > 0) return Promise.resolve(this.#queue.shift()!);
+    return new Promise((r) => (this.#waiter = r));
+  }
+  write(data: Uint8Array): Promise<void> {
+    this.written.push(data);
+    return Promise.resolve();
+  }
+  close(): void {
+    this.feed(null);
+    this.#closedResolve();
+  }
+}
+
+Deno.test("StyxClient framing: replies split anywhere, joined or copied", async (t) => {
+  for (const contiguous of [true, false]) {
+    for (const seed of [1, 2, 3]) {
+      await t.step(`${contiguous ? "one buffer" : "separate buffers"}, seed ${seed}`, async () => {
+        const conn = new FeedConn();
+        const connecting = StyxClient.connect(conn, { msize: 8192 + 24 });
+        conn.feed(
+          encode({ type: MsgType.Rversion, tag: 0xffff, msize: 8192 + 24, version: "9P2000" }),
+        );
+        const client = await connecting;
+        const n = 50;
+        const reads = Array.from(
+          { length: n },
+          () => client.rpc({ type: MsgType.Tread, fid: 0, offset: 0n, count: 8192 }),
+        );
+        // Replies in reverse order, sizes from 0 to 8192 bytes.
+        const frames = Array.from({ length: n }, (_, i) => {
+          const tag = n - 1 - i;
+          return encode({ type: MsgType.Rread, tag, data: pattern((tag * 167) % 8193, tag) });
+        });
+        const total = frames.reduce((a, f) => a + f.length, 0);
+        const all = new Uint8Array(total);
+        let o = 0;
+        for (const f of frames) {
+          all.set(f, o);
+          o += f.length;
+        }
+        let x = seed;
+        for (let p = 0; p < total;) {
+          x = (x * 1103515245 + 12345) >>> 0;
+          const k = Math.min(
+            total - p,
+            (x >>> 28) < 4 ? 1 + (x >>> 16) % 3 : 1 + (x >>> 12) % 6000,
+          );
+          conn.feed(contiguous ? all.subarray(p, p + k) : all.slice(p, p + k));
+          p += k;
+        }
+        const got = await Promise.all(reads);
+        got.forEach((r, tag) => assert.deepEqual(r.data, pattern((tag * 167) % 8193, tag)));
+        await client.close();
+      });
+    }
+  }
+});
+
 Deno.test("StyxClient against a scripted server", async (t) => {
   await t.step("version: Tversion with NOTAG first, msize adopted", async () => {
     const { client, server } = await fake(() => {});
