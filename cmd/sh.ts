@@ -18,6 +18,7 @@ import { denoTerminal, LineEditor } from "../lib/sh/lineedit.ts";
 import { standardDeviceTable } from "../lib/ns/devices.ts";
 // Loading a device module registers its '#' name with every standard namespace.
 import "../lib/dev/net/mod.ts";
+import "../lib/dev/prog/mod.ts";
 
 /** Devices bound into every new shell's namespace, as Inferno's /lib/namespace does. */
 const STARTUP_BINDS: [device: string, path: string][] = [

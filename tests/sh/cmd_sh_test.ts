@@ -74,11 +74,11 @@ Deno.test("ferry sh: -c, script files, standard input, exit status", async (t) =
       assert.match(both.stderr, /give -c or a FILE, not both/);
     });
 
-    await t.step("the namespace starts with /net from '#I'", async () => {
+    await t.step("the namespace starts with /net from '#I' and /prog from '#p'", async () => {
       const r = await ferrySh(["-r", root, "-c", "ns; ls /net"]);
       assert.deepEqual(r, {
         code: 0,
-        stdout: "bind '#I' /net\n/net/cs\n/net/dns\n/net/tcp\n",
+        stdout: "bind '#I' /net\nbind '#p' /prog\n/net/cs\n/net/dns\n/net/tcp\n",
         stderr: "",
       });
     });
