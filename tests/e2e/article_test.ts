@@ -476,3 +476,28 @@ Deno.test("article: accessing remote networks (listen through a mounted remote /
     await Deno.remove(tmp, { recursive: true });
   }
 });
+
+Deno.test("article: accessing remote resources (export /prog)", async () => {
+  const tmp = await Deno.makeTempDir({ prefix: "ferry-remote-prog-" });
+  const port = freePort();
+  const remote = new Session(["-r", `${tmp}/remote`]);
+  try {
+    await remote.send(`listen -A 'tcp!*!${port}' { export /prog & }`, "r1");
+    const r = await sh(
+      `${tmp}/client`,
+      [
+        "mkdir /tmp/debug",
+        `mount -A 'tcp!127.0.0.1!${port}' /tmp/debug`,
+        "ls /tmp/debug",
+        "unmount /tmp/debug",
+      ].join("; "),
+    );
+    assert.equal(r.stderr, warning("mount"));
+    // The remote's own process is among those listed.
+    const pid = remote.child.pid;
+    assert.ok(r.stdout.split("\n").includes(`/tmp/debug/${pid}`), r.stdout.slice(0, 500));
+  } finally {
+    await remote.kill();
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
