@@ -38,6 +38,7 @@ const commands: Record<string, Entry> = {
     summary: "Inferno-like shell: bind, mount, listen, export, ls, cat, ...",
     load: () => import("./sh.ts"),
   },
+  sign: { summary: "sign a manifest with the CA's key", load: () => import("./ca_sign.ts") },
   check: { summary: "validate a cluster manifest", load: () => import("./check.ts") },
   phone: {
     summary: "serve /phone: SMS, calls, status, events (sim, modemmanager, termux)",

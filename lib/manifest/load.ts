@@ -412,6 +412,25 @@ function loadBytesInner(
   return m;
 }
 
+/**
+ * Shape-check manifest `bytes` (already read, e.g. after its signature was
+ * checked) as if read from `file`; throws {@link ManifestError}.
+ */
+export function loadBytes(bytes: Uint8Array, file: string, opts: LoadOptions = {}): Manifest {
+  let text: string;
+  try {
+    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
+  } catch {
+    throw new ManifestError([{
+      file,
+      line: 0,
+      key: "",
+      message: "The manifest is not UTF-8 text",
+    }]);
+  }
+  return loadBytesInner(text, bytes, file, opts);
+}
+
 /** Problems in file order. */
 export function sortProblems(ps: Problem[]): Problem[] {
   return [...ps].sort((a, b) => a.file === b.file ? a.line - b.line : a.file < b.file ? -1 : 1);
@@ -434,16 +453,5 @@ export async function load(file: string, opts: LoadOptions = {}): Promise<Manife
   } catch (e) {
     throw new Error(`Cannot read manifest '${file}': ${(e as Error).message}`);
   }
-  let text: string;
-  try {
-    text = new TextDecoder("utf-8", { fatal: true }).decode(bytes);
-  } catch {
-    throw new ManifestError([{
-      file,
-      line: 0,
-      key: "",
-      message: "The manifest is not UTF-8 text",
-    }]);
-  }
-  return loadBytesInner(text, bytes, file, opts);
+  return loadBytes(bytes, file, opts);
 }

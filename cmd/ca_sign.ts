@@ -1,0 +1,46 @@
+/**
+ * `ferry sign FILE` (also meant for `ferry ca sign FILE`): sign a manifest
+ * with the CA's key, writing FILE.sig; `--verify` checks a signature.
+ *
+ * @module
+ */
+
+import { fail, parse, UsageError } from "../lib/cli.ts";
+import { defaultCertsDir } from "../lib/auth/link.ts";
+import { readVerified, signFile } from "../lib/manifest/sign.ts";
+
+const spec = {
+  usage: "ferry sign [--dir CADIR] [--verify] FILE",
+  about: "Sign the manifest FILE with the CA's Ed25519 key (CADIR/ca.key), writing FILE.sig.\n" +
+    "Nodes started with 'ferry up' refuse a manifest whose signature is missing or does\n" +
+    "not match. With --verify, check FILE against FILE.sig and CADIR/ca.pem instead.",
+  options: {
+    dir: { type: "string" as const },
+    verify: { type: "boolean" as const },
+  },
+  optionsHelp: "  --dir DIR     the CA's directory (default $FERRY_CERTS or ./certs)\n" +
+    "  --verify      check the signature instead of making one",
+};
+
+/** Run `ferry sign`. */
+export async function run(args: string[]): Promise<number> {
+  try {
+    const p = parse(spec, args);
+    if (p.help) return 0;
+    if (p.positionals.length !== 1) {
+      throw new UsageError(`expected one manifest FILE\nusage: ${spec.usage}`);
+    }
+    const file = p.positionals[0]!;
+    const dir = typeof p.values.dir === "string" ? p.values.dir : defaultCertsDir();
+    if (p.values.verify === true) {
+      await readVerified(file, await Deno.readTextFile(`${dir}/ca.pem`));
+      console.log(`${file}: signature good`);
+      return 0;
+    }
+    const out = await signFile(file, dir);
+    console.log(`wrote '${out}'`);
+    return 0;
+  } catch (e) {
+    return fail("ferry sign", e);
+  }
+}
