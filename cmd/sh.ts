@@ -30,8 +30,9 @@ const spec = {
   usage: "ferry sh [-r ROOTDIR] [-c COMMANDS] [FILE [ARG...]]",
   about: "Run Ferry's Inferno-like shell. With -c, run COMMANDS; with FILE, run the script " +
     "in the host file FILE with $* set to the ARGs; otherwise read commands from standard " +
-    "input, with a '; ' prompt, line editing and history when it is a terminal. A script or " +
-    "-c run ends when its commands and its background jobs (such as listen) have finished.",
+    "input, with a '; ' prompt, line editing and history when it is a terminal. Unless " +
+    "reading from a terminal, the shell ends only when its commands and its background jobs " +
+    "(such as listen) have finished.",
   options: {
     r: { type: "string" as const, short: "r" },
     c: { type: "string" as const, short: "c" },
@@ -92,6 +93,9 @@ async function interactive(sh: Shell, rootDir: string, io: ShIO): Promise<number
       const line = editor ? await editor.readLine(prompt) : await plain!.readLine();
       if (line === null) {
         if (src !== "") break;
+        // Commands piped in end like a script: background jobs (a listen) keep
+        // the process alive. On a terminal, end of input ends everything.
+        if (!tty) await sh.jobs.waitAll();
         return sh.status === "" ? 0 : 1;
       }
       src += line + "\n";
