@@ -21,6 +21,7 @@ import {
   OTRUNC,
   OWRITE,
   type Qid,
+  QTDIR,
   type Rattach,
   type Rauth,
   type Rclunk,
@@ -655,16 +656,20 @@ export class StyxClient {
   /** List the directory at `path` (or stat the file there, as ls does). */
   async ls(root: RemoteNode, path: string, signal?: AbortSignal): Promise<Dir[]> {
     const node = await this.walkPath(root, path, { signal });
-    try {
-      if ((node.qid.type & 0x80) === 0) return [await node.stat({ signal })];
-      const f = await node.open(OREAD, { signal });
+    if ((node.qid.type & QTDIR) === 0) {
       try {
-        return await f.readDir({ signal });
+        return [await node.stat({ signal })];
       } finally {
-        f.close().catch(() => {});
+        node.close().catch(() => {});
       }
+    }
+    // Open the walked fid itself (no clone): the open file now owns it.
+    node.release();
+    const f = await this.openFid(node.fid, OREAD, { signal });
+    try {
+      return await f.readDir({ signal });
     } finally {
-      node.close().catch(() => {});
+      f.close().catch(() => {});
     }
   }
 

@@ -155,6 +155,14 @@ export class RemoteNode implements Node {
     this.#closed = true;
     await this.client.clunk(this.fid);
   }
+
+  /**
+   * Give up the fid without clunking it, for a caller that takes it over
+   * (e.g. opens it in place); the node is closed afterwards.
+   */
+  release(): void {
+    this.#closed = true;
+  }
 }
 
 /**
