@@ -168,12 +168,12 @@ export class FileReader implements ByteReader {
    * @param offset where to start
    * @param count bytes per read when the file gives no iounit
    */
-  constructor(readonly file: OpenFile, offset = 0n, readonly count = 8192) {
+  constructor(readonly file: OpenFile, offset = 0n, readonly count = 65536) {
     this.#offset = offset;
   }
   async read(): Promise<Uint8Array | null> {
     if (this.#done) return null;
-    const n = this.file.iounit > 0 ? Math.min(this.file.iounit, 65536) : this.count;
+    const n = this.file.iounit > 0 ? Math.min(this.file.iounit, 1 << 20) : this.count;
     const data = await this.file.read(this.#offset, n);
     if (data.length === 0) {
       this.#done = true;
@@ -196,7 +196,7 @@ export class FileWriter implements ByteWriter {
     this.#offset = offset;
   }
   async write(data: Uint8Array): Promise<void> {
-    const max = this.file.iounit > 0 ? this.file.iounit : 8192;
+    const max = this.file.iounit > 0 ? this.file.iounit : 65536;
     let off = 0;
     while (off < data.length) {
       const piece = data.subarray(off, Math.min(data.length, off + max));
