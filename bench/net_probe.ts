@@ -1,0 +1,232 @@
+/**
+ * A TCP stream tunnelled through a mounted remote /net versus the same
+ * stream direct, in the same run.
+ *
+ * One child process plays the remote machine (it exports its /net device
+ * over Styx on loopback), another the far server (a sink and an echo
+ * server). This process then
+ * - sends SIZE bytes to the sink directly (Deno.connect) and through the
+ *   remote's /net (nsdial over the mounted tree): throughput and ratio;
+ * - bounces one byte off the echo server ROUNDS times each way: median
+ *   round trip and the latency the tunnel adds;
+ * - dials and hangs up through the tunnel COUNT times: connections/s.
+ *
+ * Run: deno run --allow-all bench/net_probe.ts [--mb 256] [--rounds 2000] [--dials 300]
+ *   [--window 4] (reads and writes in flight on the tunnelled data file)
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { MemTree } from "../lib/fs/memory.ts";
+import { Namespace } from "../lib/ns/namespace.ts";
+import { RemoteTree, StyxClient } from "../lib/styx/client.ts";
+import { tcpDial } from "../lib/transport/tcp.ts";
+import { dial } from "../lib/net/nsdial.ts";
+import type { Conn } from "../lib/transport/conn.ts";
+
+const REPO = new URL("../", import.meta.url).pathname;
+
+const CHILD = `
+import { NetDevice } from "${REPO}lib/dev/net/device.ts";
+import { serve } from "${REPO}lib/styx/server.ts";
+import { tcpListen } from "${REPO}lib/transport/tcp.ts";
+if (Deno.args[0] === "remote") {
+  const dev = new NetDevice();
+  const styx = tcpListen("127.0.0.1", 0);
+  console.log(JSON.stringify({ styx: styx.addr }));
+  for await (const c of styx) serve(c, dev.tree()).catch(() => {});
+}
+const sink = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+const echo = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+const source = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+console.log(JSON.stringify({ sink: sink.addr.port, echo: echo.addr.port, source: source.addr.port }));
+(async () => {
+  for await (const c of source) {
+    (async () => {
+      const hdr = new Uint8Array(8);
+      let got = 0;
+      while (got < 8) { const n = await c.read(hdr.subarray(got)); if (n === null) return; got += n; }
+      let left = Number(new DataView(hdr.buffer).getBigUint64(0));
+      const buf = new Uint8Array(256 * 1024);
+      try { while (left > 0) { const n = await c.write(buf.subarray(0, Math.min(left, buf.length))); left -= n; } } catch {}
+      try { c.close(); } catch {}
+    })();
+  }
+})();
+(async () => {
+  for await (const c of sink) {
+    (async () => {
+      const hdr = new Uint8Array(8);
+      let got = 0;
+      while (got < 8) { const n = await c.read(hdr.subarray(got)); if (n === null) return; got += n; }
+      const want = Number(new DataView(hdr.buffer).getBigUint64(0));
+      const buf = new Uint8Array(1 << 20);
+      let total = 0;
+      while (total < want) { const n = await c.read(buf); if (n === null) break; total += n; }
+      await c.write(new Uint8Array([1]));
+      try { c.close(); } catch {}
+    })();
+  }
+})();
+(async () => {
+  for await (const c of echo) {
+    (async () => {
+      const buf = new Uint8Array(65536);
+      try { for (;;) { const n = await c.read(buf); if (n === null) break; await c.write(buf.subarray(0, n)); } } catch {}
+      try { c.close(); } catch {}
+    })();
+  }
+})();
+`;
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+async function bulk(c: Conn, bytes: number): Promise<number> {
+  const hdr = new Uint8Array(8);
+  new DataView(hdr.buffer).setBigUint64(0, BigInt(bytes));
+  const chunk = 256 * 1024;
+  const t0 = performance.now();
+  await c.write(hdr);
+  for (let sent = 0; sent < bytes; sent += chunk) {
+    await c.write(new Uint8Array(Math.min(chunk, bytes - sent)));
+  }
+  const ack = await c.read();
+  const ms = performance.now() - t0;
+  if (!ack || ack[0] !== 1) throw new Error("the sink did not acknowledge");
+  c.close();
+  return bytes / 1e6 / (ms / 1000);
+}
+
+async function download(c: Conn, bytes: number): Promise<number> {
+  const hdr = new Uint8Array(8);
+  new DataView(hdr.buffer).setBigUint64(0, BigInt(bytes));
+  const t0 = performance.now();
+  await c.write(hdr);
+  let got = 0;
+  for (;;) {
+    const b = await c.read();
+    if (b === null) break;
+    got += b.length;
+  }
+  const ms = performance.now() - t0;
+  if (got !== bytes) throw new Error(`got ${got} of ${bytes} bytes`);
+  c.close();
+  return bytes / 1e6 / (ms / 1000);
+}
+
+async function pingpong(c: Conn, rounds: number): Promise<number> {
+  const one = () => new Uint8Array([42]);
+  for (let i = 0; i < 20; i++) {
+    await c.write(one());
+    await c.read();
+  }
+  const times: number[] = [];
+  for (let i = 0; i < rounds; i++) {
+    const t0 = performance.now();
+    await c.write(one());
+    const b = await c.read();
+    if (!b) throw new Error("the echo server hung up");
+    times.push(performance.now() - t0);
+  }
+  c.close();
+  return median(times) * 1000;
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      mb: { type: "string", default: "256" },
+      rounds: { type: "string", default: "2000" },
+      dials: { type: "string", default: "300" },
+      window: { type: "string", default: "4" },
+    },
+  });
+  const bytes = Number(values.mb) * 1024 * 1024;
+  const rounds = Number(values.rounds);
+  const dials = Number(values.dials);
+  const script = await Deno.makeTempFile({ suffix: ".ts" });
+  await Deno.writeTextFile(script, CHILD);
+  const start = async (role: string) => {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-all", script, role],
+      stdout: "piped",
+      stderr: "inherit",
+    }).spawn();
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let line = "";
+    while (!line.includes("\n")) {
+      const r = await reader.read();
+      if (r.done) throw new Error(`the ${role} process ended early`);
+      line += r.value;
+    }
+    return { child, info: JSON.parse(line.split("\n")[0]!) };
+  };
+  const remote = await start("remote");
+  const target = await start("target");
+  const info = { ...remote.info, ...target.info } as {
+    styx: string;
+    sink: number;
+    echo: number;
+    source: number;
+  };
+  const styxPort = Number(info.styx.split("!")[2]);
+  const client = await StyxClient.connect(await tcpDial("127.0.0.1", styxPort));
+  const mem = new MemTree();
+  await mem.mkdirp("/net");
+  const ns = new Namespace(mem, { caller: { user: "bench" } });
+  await ns.mount(new RemoteTree(client), "/net");
+  const direct = () => tcpDial("127.0.0.1", info.sink);
+  const window = Number(values.window);
+  const tunnel = (port: number) => dial(ns, `tcp!127.0.0.1!${port}`, { window });
+  try {
+    const mbps = {
+      up: [] as number[],
+      upT: [] as number[],
+      down: [] as number[],
+      downT: [] as number[],
+    };
+    for (let i = 0; i < 3; i++) {
+      mbps.up.push(await bulk(await direct(), bytes));
+      mbps.upT.push(await bulk(await tunnel(info.sink), bytes));
+      mbps.down.push(await download(await tcpDial("127.0.0.1", info.source), bytes));
+      mbps.downT.push(await download(await tunnel(info.source), bytes));
+    }
+    const show = (what: string, d: number, tn: number) => {
+      console.log(`bulk ${what} ${values.mb} MiB, median of 3:`);
+      console.log(`  direct          ${d.toFixed(0)} MB/s`);
+      console.log(
+        `  through /net    ${tn.toFixed(0)} MB/s  (${(100 * tn / d).toFixed(0)}% of direct)`,
+      );
+    };
+    show("send", median(mbps.up), median(mbps.upT));
+    show("receive", median(mbps.down), median(mbps.downT));
+    const rd = await pingpong(await tcpDial("127.0.0.1", info.echo), rounds);
+    const rt = await pingpong(await tunnel(info.echo), rounds);
+    console.log(`round trip of 1 byte, median of ${rounds}:`);
+    console.log(`  direct          ${rd.toFixed(0)} µs`);
+    console.log(`  through /net    ${rt.toFixed(0)} µs  (+${(rt - rd).toFixed(0)} µs)`);
+    const t0 = performance.now();
+    for (let i = 0; i < dials; i++) {
+      const c = await tunnel(info.echo);
+      c.close();
+      await c.closed;
+    }
+    const s = (performance.now() - t0) / 1000;
+    console.log(`dial + hangup through /net: ${(dials / s).toFixed(0)} connections/s`);
+  } finally {
+    await client.close();
+    await ns.close();
+    for (const c of [remote.child, target.child]) {
+      c.kill("SIGKILL");
+      await c.status;
+    }
+    await Deno.remove(script).catch(() => {});
+  }
+}
+
+if (import.meta.main) await main();
