@@ -108,6 +108,20 @@ export const echo: Builtin = async (ctx, args) => {
   await writeText(ctx.io.stdout, args.join(" ") + (nl ? "\n" : ""));
 };
 
+/** An error about a path other than the argument being worked on. */
+class PathError extends Error {
+  constructor(readonly path: string, message: string) {
+    super(message);
+  }
+}
+
+/** Report `e` about argument `arg` (or the path the error names). */
+async function report(ctx: Ctx, arg: string, e: unknown): Promise<string> {
+  const status = errorString(e);
+  await warn(ctx, `${e instanceof PathError ? e.path : arg}: ${status}`);
+  return status;
+}
+
 /** Copy the file at `src` to `dst` (created or truncated) through the namespace. */
 async function copyFile(ctx: Ctx, src: string, dst: string, srcDir: Dir): Promise<void> {
   const ns = ctx.sh.ns;
@@ -117,7 +131,11 @@ async function copyFile(ctx: Ctx, src: string, dst: string, srcDir: Dir): Promis
     try {
       to = await ns.open(dst, OWRITE | OTRUNC);
     } catch {
-      to = await ns.create(dst, srcDir.mode & 0o777 | 0o600, OWRITE);
+      try {
+        to = await ns.create(dst, srcDir.mode & 0o777 | 0o600, OWRITE);
+      } catch (e) {
+        throw new PathError(dst, errorString(e));
+      }
     }
     try {
       const r = new FileReader(from);
@@ -166,8 +184,7 @@ export const cp: Builtin = async (ctx, args) => {
       if (to === src) throw new Error(`cannot copy '${s}' onto itself`);
       await copyFile(ctx, src, to, sd);
     } catch (e) {
-      status = errorString(e);
-      await warn(ctx, `${s}: ${status}`);
+      status = await report(ctx, s, e);
     }
   }
   return status;
@@ -201,8 +218,7 @@ export const mv: Builtin = async (ctx, args) => {
         await sh.ns.remove(src);
       }
     } catch (e) {
-      status = errorString(e);
-      await warn(ctx, `${s}: ${status}`);
+      status = await report(ctx, s, e);
     }
   }
   return status;
