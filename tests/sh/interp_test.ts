@@ -169,6 +169,15 @@ Deno.test("interp: files, variables, redirections and pipes on a memory namespac
       assert.match(err2, /^bind: .*\/missing/);
     });
 
+    await t.step("creating in a union needs a member marked -c", async () => {
+      await h.run("mkdir /tmp/u1 /tmp/u2 /tmp/un; bind /tmp/u1 /tmp/un; bind -a /tmp/u2 /tmp/un");
+      const [, err, status] = await h.run("echo x > /tmp/un/new");
+      assert.match(err, /^sh: .*\/tmp\/un/);
+      assert.notEqual(status, "");
+      await h.run("unmount /tmp/u2 /tmp/un; bind -ac /tmp/u2 /tmp/un");
+      assert.deepEqual(await h.run("echo x > /tmp/un/new; ls /tmp/u2"), ["/tmp/u2/new\n", "", ""]);
+    });
+
     await t.step("background jobs get a forked namespace; ps and kill", async () => {
       await h.run("mkdir /tmp/bg; {bind /appl /tmp/bg; sleep 100} &");
       // Let the job start and bind.
