@@ -108,7 +108,7 @@ async function until(cond: () => boolean, what: string): Promise<void> {
 async function fake(handler: Handler): Promise<{ client: StyxClient; server: FakeServer }> {
   const [a, b] = memPipe();
   const server = new FakeServer(b, handler);
-  const client = await StyxClient.connect(a, { trace: Deno.env.get("T") === "1" });
+  const client = await StyxClient.connect(a, { trace: false });
   return { client, server };
 }
 
@@ -496,7 +496,7 @@ interface Setup {
 async function overPipe(tree: Tree): Promise<Setup> {
   const [a, b] = memPipe();
   const served = serve(b, tree);
-  const client = await StyxClient.connect(a, { trace: Deno.env.get("T") === "1" });
+  const client = await StyxClient.connect(a, { trace: false });
   return {
     client,
     served,
