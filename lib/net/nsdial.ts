@@ -87,7 +87,8 @@ async function readFileText(ns: NetNamespace, path: string, opts?: OpOptions): P
   try {
     return await readSmall(f, opts);
   } finally {
-    await f.close().catch(() => {});
+    // Nothing waits on the clunk.
+    f.close().catch(() => {});
   }
 }
 
@@ -95,16 +96,24 @@ function dirOf(path: string): string {
   return path.slice(0, path.lastIndexOf("/"));
 }
 
+function parseAnswer(line: string, query: string): CsAnswer {
+  const sp = line.indexOf(" ");
+  if (sp < 0) throw new Error(`cs gave a malformed answer '${line}' for '${query}'`);
+  return { clone: line.slice(0, sp), addr: line.slice(sp + 1).trim() };
+}
+
 /**
- * Ask `ROOT/cs` to translate `addr`. When the namespace has no cs, the
- * address is used as written with `ROOT/tcp/clone`. Throws an Error naming
- * the address when it cannot be translated.
+ * The answers of `ROOT/cs` for `addr`, read one at a time as they are
+ * wanted (a dial that succeeds with the first never asks for the rest).
+ * When the namespace has no cs, the address is used as written with
+ * `ROOT/tcp/clone`. Throws an Error naming the address when it cannot be
+ * translated.
  */
-export async function csQuery(
+export async function* csAnswers(
   ns: NetNamespace,
   addr: string,
   opts: NsDialOptions = {},
-): Promise<CsAnswer[]> {
+): AsyncGenerator<CsAnswer> {
   const root = opts.netRoot ?? "/net";
   const a = parseDialString(addr, { net: "tcp" });
   const query = `${a.net}!${a.host}!${a.port}`;
@@ -113,24 +122,33 @@ export async function csQuery(
     cs = await ns.open(`${root}/cs`, ORDWR, opts);
   } catch (e) {
     if (!isNotFound(e)) throw e;
-    return [{ clone: `${root}/${a.net}/clone`, addr: `${a.host}!${a.port}` }];
+    yield { clone: `${root}/${a.net}/clone`, addr: `${a.host}!${a.port}` };
+    return;
   }
   try {
     await cs.write(0n, enc.encode(query), opts);
-    const out: CsAnswer[] = [];
-    for (;;) {
+    for (let n = 0; n < 64; n++) {
       const line = dec.decode(await cs.read(0n, 1024, opts)).trim();
-      if (line === "") break;
-      const sp = line.indexOf(" ");
-      if (sp < 0) throw new Error(`cs gave a malformed answer '${line}' for '${query}'`);
-      out.push({ clone: line.slice(0, sp), addr: line.slice(sp + 1).trim() });
-      if (out.length > 64) break;
+      if (line === "") {
+        if (n === 0) throw new Error(`cs has no translation for '${query}'`);
+        return;
+      }
+      yield parseAnswer(line, query);
     }
-    if (out.length === 0) throw new Error(`cs has no translation for '${query}'`);
-    return out;
   } finally {
-    await cs.close().catch(() => {});
+    cs.close().catch(() => {});
   }
+}
+
+/** All of cs's answers for `addr` (see {@link csAnswers}). */
+export async function csQuery(
+  ns: NetNamespace,
+  addr: string,
+  opts: NsDialOptions = {},
+): Promise<CsAnswer[]> {
+  const out: CsAnswer[] = [];
+  for await (const a of csAnswers(ns, addr, opts)) out.push(a);
+  return out;
 }
 
 /**
@@ -253,18 +271,15 @@ async function convConn(
   ctl: OpenFile,
   dir: string,
   opts: NsDialOptions,
+  known?: string,
 ): Promise<FileConn> {
-  const data = await ns.open(`${dir}/data`, ORDWR, opts);
-  try {
-    const [remote, local] = await Promise.all([
-      readFileText(ns, `${dir}/remote`, opts).catch(() => "unknown"),
-      readFileText(ns, `${dir}/local`, opts).catch(() => "unknown"),
-    ]);
-    return new FileConn(data, ctl, { dir, remote, local, window: opts.window });
-  } catch (e) {
-    await data.close().catch(() => {});
-    throw e;
-  }
+  const [data, remote, local] = await Promise.all([
+    ns.open(`${dir}/data`, ORDWR, opts),
+    // A dial knows whom it connected to; only an accepted call must ask.
+    known ?? readFileText(ns, `${dir}/remote`, opts).catch(() => "unknown"),
+    readFileText(ns, `${dir}/local`, opts).catch(() => "unknown"),
+  ]);
+  return new FileConn(data, ctl, { dir, remote, local, window: opts.window });
 }
 
 /**
@@ -277,25 +292,37 @@ export async function dial(
   addr: string,
   opts: NsDialOptions = {},
 ): Promise<Conn> {
-  let answers: CsAnswer[];
+  let last: unknown;
+  let answers: AsyncGenerator<CsAnswer>;
   try {
-    answers = await csQuery(ns, addr, opts);
+    answers = csAnswers(ns, addr, opts);
   } catch (e) {
     throw new Error(`cannot dial '${addr}': ${(e as Error).message}`);
   }
-  let last: unknown;
-  for (const a of answers) {
+  for (;;) {
+    let next: IteratorResult<CsAnswer>;
+    try {
+      next = await answers.next();
+    } catch (e) {
+      last ??= e;
+      break;
+    }
+    if (next.done) break;
+    const a = next.value;
     let conv: { ctl: OpenFile; dir: string } | undefined;
     try {
       conv = await openConv(ns, a.clone, opts);
       await conv.ctl.write(0n, enc.encode(`connect ${a.addr}`), opts);
-      return await convConn(ns, conv.ctl, conv.dir, opts);
+      const c = await convConn(ns, conv.ctl, conv.dir, opts, a.addr);
+      await answers.return(undefined);
+      return c;
     } catch (e) {
       last = e;
       await conv?.ctl.close().catch(() => {});
       if (opts.signal?.aborted) break;
     }
   }
+  await answers.return(undefined).catch(() => {});
   throw new Error(`cannot dial '${addr}': ${(last as Error)?.message ?? "no address"}`);
 }
 
