@@ -12,6 +12,10 @@
  * - `/net/tcp/N/listen`: opening it waits for a call to the announced N and
  *   yields the new conversation's ctl.
  * - `/net/tcp/N/{local,remote,status}`: "addr!port" lines and the state.
+ * - `/net/udp/clone`, `/net/udp/N/{ctl,data,local,remote,status}`: UDP as
+ *   far as it maps onto host sockets: `connect`, `announce`, `headers`
+ *   (Plan 9's 52-byte header on every datagram), `hangup`; one datagram
+ *   per read or write.
  * - `/net/cs`: write `tcp!host!port`, then each read gives one line
  *   `/net/tcp/clone addr!port`, as cs(8) does.
  * - `/net/dns`: write `name ip` (or ipv6, mx, ns, cname, txt, ptr), then
@@ -53,6 +57,9 @@ import type { Tree } from "../../fs/tree.ts";
 import { StyxError } from "../../styx/types.ts";
 import { parseDialString } from "../../net/dial.ts";
 import { TcpConv } from "./conv.ts";
+import { UdpConv } from "./udp.ts";
+
+type AnyConv = TcpConv | UdpConv;
 import { dnsQuery, resolveHost, type ResolveOptions } from "./resolve.ts";
 
 const enc = new TextEncoder();
@@ -66,8 +73,9 @@ export interface NetOptions extends ResolveOptions {
 }
 
 /**
- * Translate a cs(8) query (`tcp!host!port`, `net!host!service`, `tcp!*!port`)
- * into lines `ROOT/tcp/clone addr!port`, one per address of the host.
+ * Translate a cs(8) query (`tcp!host!port`, `net!host!service`, `tcp!*!port`,
+ * `udp!host!port`) into lines `ROOT/NET/clone addr!port`, one per address of
+ * the host.
  * Throws a StyxError starting "cs: can't translate address" when it cannot.
  *
  * @example
@@ -85,17 +93,15 @@ export async function csTranslate(query: string, opts: NetOptions = {}): Promise
   } catch (e) {
     throw new StyxError(`cs: can't translate address: ${(e as Error).message}`);
   }
-  if (a.net !== "tcp") {
-    throw new StyxError(`cs: can't translate address '${query.trim()}': no network '${a.net}'`);
-  }
-  if (a.host === "*") return [`${root}/tcp/clone *!${a.port}`];
+  const clone = `${root}/${a.net}/clone`;
+  if (a.host === "*") return [`${clone} *!${a.port}`];
   let addrs: string[];
   try {
     addrs = await resolveHost(a.host, opts);
   } catch (e) {
     throw new StyxError(`cs: can't translate address: ${(e as Error).message}`);
   }
-  return addrs.map((ip) => `${root}/tcp/clone ${ip}!${a.port}`);
+  return addrs.map((ip) => `${clone} ${ip}!${a.port}`);
 }
 
 /** A file answering one query per write, one answer line per read. */
@@ -129,6 +135,7 @@ function queryFile(
 /** The /net device: one conversation table shared by everyone who attaches. */
 export class NetDevice {
   readonly #convs = new Map<number, TcpConv>();
+  readonly #udp = new Map<number, UdpConv>();
   #gen = 0;
   readonly #tree: SynthTree;
   readonly #opts: NetOptions;
@@ -148,9 +155,39 @@ export class NetDevice {
     return [...this.#convs.keys()].sort((a, b) => a - b);
   }
 
+  /** Numbers of the live UDP conversations, ascending. */
+  udpConversations(): number[] {
+    return [...this.#udp.keys()].sort((a, b) => a - b);
+  }
+
   /** Close every conversation (for shutting down). */
   closeAll(): void {
-    for (const c of [...this.#convs.values()]) c.teardown();
+    for (const c of [...this.#convs.values(), ...this.#udp.values()]) c.teardown();
+  }
+
+  #newUdp(owner: string): UdpConv {
+    let id = 0;
+    while (this.#udp.has(id)) id++;
+    const c = new UdpConv(id, owner, ++this.#gen, (gone) => {
+      if (this.#udp.get(gone.id) === gone) this.#udp.delete(gone.id);
+    });
+    this.#udp.set(id, c);
+    return c;
+  }
+
+  #udpTable(c: UdpConv): Command[] {
+    return [
+      {
+        name: "connect",
+        min: 1,
+        max: 2,
+        usage: "addr!port [localport]",
+        run: (args, ctx) => c.connect(args[0]!, args[1], ctx.signal),
+      },
+      { name: "announce", min: 1, usage: "[addr!]port", run: (args) => c.announce(args[0]!) },
+      { name: "headers", run: () => c.headers() },
+      { name: "hangup", run: () => c.hangup() },
+    ];
   }
 
   #newConv(owner: string): TcpConv {
@@ -190,10 +227,10 @@ export class NetDevice {
   }
 
   /** A handle acting as c's ctl; it holds a reference until closed. */
-  #ctlHandle(c: TcpConv): Handle {
+  #ctlHandle(c: AnyConv): Handle {
     c.ref();
     let closed = false;
-    const table = this.#ctlTable(c);
+    const table = c instanceof TcpConv ? this.#ctlTable(c) : this.#udpTable(c);
     return {
       read: (off, count) => sliceAt(enc.encode(String(c.id)), off, count),
       write: async (_off, data, ctx) => {
@@ -209,7 +246,7 @@ export class NetDevice {
     };
   }
 
-  #convDir(c: TcpConv): DirEntry {
+  #convDir(c: AnyConv): DirEntry {
     const own = { uid: c.owner, perm: 0o660 };
     const ro = { uid: c.owner, perm: 0o444 };
     const gone = () => {
@@ -234,13 +271,15 @@ export class NetDevice {
           },
         };
       }, own),
-      file("listen", async (ctx) => {
-        gone();
-        const sock = await c.accept(ctx.signal);
-        const nc = this.#newConv(ctx.caller.user);
-        nc.adopt(sock);
-        return this.#ctlHandle(nc);
-      }, own),
+      ...(c instanceof TcpConv
+        ? [file("listen", async (ctx) => {
+          gone();
+          const sock = await c.accept(ctx.signal);
+          const nc = this.#newConv(ctx.caller.user);
+          nc.adopt(sock);
+          return this.#ctlHandle(nc);
+        }, own)]
+        : []),
       textFile("local", () => c.local + "\n", ro),
       textFile("remote", () => c.remote + "\n", ro),
       textFile("status", () => c.status(), ro),
@@ -255,8 +294,16 @@ export class NetDevice {
       clone,
       ...this.conversations().map((n) => this.#convDir(this.#convs.get(n)!)),
     ]);
+    const udpClone = file("clone", (ctx) => this.#ctlHandle(this.#newUdp(ctx.caller.user)), {
+      perm: 0o666,
+    });
+    const udp = dir("udp", () => [
+      udpClone,
+      ...this.udpConversations().map((n) => this.#convDir(this.#udp.get(n)!)),
+    ]);
     return dir("", [
       tcp,
+      udp,
       queryFile("cs", (q) => csTranslate(q, this.#opts)),
       queryFile("dns", (q, ctx) => {
         const words = q.split(/\s+/);

@@ -255,7 +255,7 @@ Deno.test("/net/cs and /net/dns", async (t) => {
     assert.deepEqual(await query("cs", "tcp!*!8000"), ["/net/tcp/clone *!8000"]);
     await assert.rejects(query("cs", "tcp!host"), /cs: can't translate address.*missing port/);
     await assert.rejects(query("cs", "tcp!h!nosuchservice"), /unknown service 'nosuchservice'/);
-    await assert.rejects(query("cs", "udp!h!53"), /can't translate address/);
+    assert.deepEqual(await query("cs", "udp!127.0.0.1!53"), ["/net/udp/clone 127.0.0.1!53"]);
     await assert.rejects(
       query("cs", "tcp!no-such-host.invalid!80"),
       /can't translate address: unknown host 'no-such-host.invalid'/,
@@ -309,5 +309,53 @@ Deno.test("/net over Styx: a blocked listen does not block the session", async (
     await client.close();
     await served;
     dev.closeAll();
+  }
+});
+
+Deno.test("/net/udp: connected and announced datagrams, headers", async () => {
+  const dev = new NetDevice();
+  const root = await attach(dev.tree());
+  try {
+    // An announced conversation answers whoever wrote last.
+    const a = await open(root, "udp/clone", ORDWR);
+    const an = dec.decode(await a.read(0n, 32));
+    await ctl(a, "announce 127.0.0.1!0");
+    const port = Number((await readAll(root, `udp/${an}/local`)).trim().split("!")[1]);
+    const ad = await open(root, `udp/${an}/data`, ORDWR);
+    // A connected one sends to it.
+    const c = await open(root, "udp/clone", ORDWR);
+    const cn = dec.decode(await c.read(0n, 32));
+    await ctl(c, `connect 127.0.0.1!${port}`);
+    assert.match(await readAll(root, `udp/${cn}/status`), /^Connected/);
+    const cd = await open(root, `udp/${cn}/data`, ORDWR);
+    await cd.write(0n, enc.encode("one"));
+    await cd.write(0n, enc.encode("two"));
+    assert.equal(dec.decode(await ad.read(0n, 100)), "one", "one datagram per read");
+    assert.equal(dec.decode(await ad.read(0n, 100)), "two");
+    await ad.write(0n, enc.encode("reply"));
+    assert.equal(dec.decode(await cd.read(0n, 100)), "reply");
+    // headers: 52 bytes of addresses and ports before the data.
+    await ctl(a, "headers");
+    await cd.write(0n, enc.encode("hdr"));
+    const h = await ad.read(0n, 200);
+    assert.equal(h.length, 52 + 3);
+    assert.deepEqual([...h.subarray(10, 16)], [0xff, 0xff, 127, 0, 0, 1]);
+    const cport = Number((await readAll(root, `udp/${cn}/local`)).trim().split("!")[1]);
+    assert.equal(new DataView(h.buffer, h.byteOffset).getUint16(48), cport);
+    assert.equal(new DataView(h.buffer, h.byteOffset).getUint16(50), port);
+    assert.equal(dec.decode(h.subarray(52)), "hdr");
+    const back = h.slice();
+    back.set(enc.encode("ack"), 52);
+    await ad.write(0n, back);
+    assert.equal(dec.decode(await cd.read(0n, 100)), "ack");
+    await assert.rejects(ad.write(0n, enc.encode("short")), /shorter than its header/);
+    await assert.rejects(ctl(c, "connect 127.0.0.1!1"), /conversation is Connected/);
+    await ctl(c, "hangup");
+    await assert.rejects(cd.read(0n, 10), /hungup/);
+    for (const f of [ad, a, cd, c]) await f.close();
+    assert.deepEqual(await ls(root, "udp"), ["clone"]);
+  } finally {
+    dev.closeAll();
+    await root.close();
   }
 });
