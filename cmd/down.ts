@@ -1,0 +1,79 @@
+/**
+ * `ferry down --node NAME`: stop a node started with `ferry up`, cleanly
+ * (SIGTERM, then wait for it to end its sessions and exit).
+ *
+ * @module
+ */
+
+import { fail, parse, UsageError } from "../lib/cli.ts";
+import { defaultCertsDir } from "../lib/auth/link.ts";
+
+const spec = {
+  usage: "ferry down [FILE] --node NAME [--certs DIR | --run DIR]",
+  about: "Stop node NAME started by 'ferry up' on this machine: send it SIGTERM and wait\n" +
+    "(up to --wait seconds, default 10) for it to close its sessions and exit.",
+  options: {
+    node: { type: "string" as const },
+    certs: { type: "string" as const },
+    run: { type: "string" as const },
+    wait: { type: "string" as const },
+  },
+  optionsHelp: "  --node NAME   the node to stop\n" +
+    "  --run DIR     where 'ferry up' wrote NAME.pid (default: --certs DIR, $FERRY_CERTS or ./certs)\n" +
+    "  --wait SECS   how long to wait for it to exit (default 10)",
+};
+
+function alive(pid: number): boolean {
+  try {
+    Deno.statSync(`/proc/${pid}`);
+    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    return !/^\d+ \(.*\) Z/.test(stat);
+  } catch {
+    return false;
+  }
+}
+
+/** Run `ferry down`. */
+export async function run(args: string[]): Promise<number> {
+  try {
+    const p = parse(spec, args);
+    if (p.help) return 0;
+    const v = p.values;
+    if (typeof v.node !== "string") {
+      throw new UsageError(`--node NAME is required\nusage: ${spec.usage}`);
+    }
+    if (p.positionals.length > 1) throw new UsageError(`too many arguments\nusage: ${spec.usage}`);
+    const runDir = typeof v.run === "string"
+      ? v.run
+      : typeof v.certs === "string"
+      ? v.certs
+      : defaultCertsDir();
+    const pidFile = `${runDir}/${v.node}.pid`;
+    let text: string;
+    try {
+      text = await Deno.readTextFile(pidFile);
+    } catch {
+      throw new Error(`node '${v.node}' is not running here (no '${pidFile}')`);
+    }
+    const pid = Number(text.trim());
+    if (!Number.isInteger(pid) || pid <= 1) throw new Error(`'${pidFile}' holds no process id`);
+    if (!alive(pid)) {
+      await Deno.remove(pidFile).catch(() => {});
+      console.log(`node '${v.node}' was not running (removed stale '${pidFile}')`);
+      return 0;
+    }
+    Deno.kill(pid, "SIGTERM");
+    const secs = typeof v.wait === "string" ? Number(v.wait) : 10;
+    const until = Date.now() + secs * 1000;
+    while (alive(pid)) {
+      if (Date.now() > until) {
+        throw new Error(`node '${v.node}' (pid ${pid}) did not stop within ${secs} s`);
+      }
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    console.log(`node '${v.node}' stopped`);
+    return 0;
+  } catch (e) {
+    return fail("ferry down", e);
+  }
+}

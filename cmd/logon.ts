@@ -1,0 +1,206 @@
+/**
+ * `ferry logon -u USER FILE`: compose USER's namespace from the manifest on
+ * this machine, with USER's credentials (Inferno's wm/logon applying
+ * namespace(6), 9front's newns), then run the shell in it, a command with
+ * -c, or serve the composed view with --export ADDR.
+ *
+ * @module
+ */
+
+import { fail, parse, UsageError, warnInsecure } from "../lib/cli.ts";
+import { defaultCertsDir, loadCredentials } from "../lib/auth/link.ts";
+import { loadBytes } from "../lib/manifest/load.ts";
+import { checkManifest } from "../lib/manifest/check.ts";
+import { readVerified } from "../lib/manifest/sign.ts";
+import { logon } from "../lib/manifest/apply.ts";
+import { ManifestError } from "../lib/manifest/schema.ts";
+import { Shell } from "../lib/sh/interp.ts";
+import { builtins } from "../lib/sh/builtins/mod.ts";
+import { denoReader, denoWriter, emptyReader } from "../lib/sh/io.ts";
+import { incomplete } from "../lib/sh/parser.ts";
+import { denoTerminal, LineEditor } from "../lib/sh/lineedit.ts";
+import { serve } from "../lib/styx/server.ts";
+import { announceStyx } from "../lib/net/connect.ts";
+import { tlsListen } from "../lib/transport/tls.ts";
+import { listenHost, parseDialString } from "../lib/net/dial.ts";
+import type { Listener } from "../lib/transport/conn.ts";
+
+const spec = {
+  usage: "ferry logon -u USER [--certs DIR] [-r ROOT] [-c CMD | --export ADDR] FILE",
+  about: "Build USER's namespace from the manifest FILE: every entry of the user's\n" +
+    "namespace is applied in order, mounts are dialed at once with USER's credentials\n" +
+    "(mutual TLS), and an entry that fails is reported without giving up on the rest\n" +
+    "unless its mount point is in the user's 'required' list. Then run the shell in\n" +
+    "the namespace, or COMMANDS with -c, or serve the whole view with --export ADDR\n" +
+    "(mutual TLS with the node credentials in --export-certs, allowing only USER; or\n" +
+    "plain with -A). The manifest must carry the CA's signature (FILE.sig) unless\n" +
+    "--insecure-manifest is given.",
+  options: {
+    u: { type: "string" as const, short: "u" },
+    certs: { type: "string" as const },
+    r: { type: "string" as const, short: "r" },
+    c: { type: "string" as const, short: "c" },
+    export: { type: "string" as const },
+    "export-certs": { type: "string" as const },
+    A: { type: "boolean" as const, short: "A" },
+    "insecure-manifest": { type: "boolean" as const },
+    q: { type: "boolean" as const, short: "q" },
+  },
+  optionsHelp: "  -u USER              the user to log on as\n" +
+    "  --certs DIR          USER's credentials (default $FERRY_CERTS or ./certs)\n" +
+    "  -r ROOT              root directory of the namespace on this host\n" +
+    "  -c COMMANDS          run COMMANDS in the namespace and exit\n" +
+    "  --export ADDR        serve the composed namespace on ADDR until interrupted\n" +
+    "  --export-certs DIR   node credentials for --export (default: --certs DIR)\n" +
+    "  -A                   with --export: no authentication, no encryption\n" +
+    "  --insecure-manifest  accept an unsigned or altered manifest\n" +
+    "  -q                   report only the entries that fail",
+};
+
+/** Run `ferry logon`. */
+export async function run(args: string[]): Promise<number> {
+  let composed: Awaited<ReturnType<typeof logon>> | undefined;
+  let listener: Listener | undefined;
+  try {
+    const p = parse(spec, args);
+    if (p.help) return 0;
+    const v = p.values;
+    if (p.positionals.length !== 1) {
+      throw new UsageError(`expected one manifest FILE\nusage: ${spec.usage}`);
+    }
+    if (typeof v.u !== "string") throw new UsageError(`-u USER is required\nusage: ${spec.usage}`);
+    if (typeof v.c === "string" && typeof v.export === "string") {
+      throw new UsageError("give -c or --export, not both");
+    }
+    const file = p.positionals[0]!;
+    const user = v.u;
+    const certDir = typeof v.certs === "string" ? v.certs : defaultCertsDir();
+    const creds = await loadCredentials(certDir, user);
+    let bytes: Uint8Array;
+    if (v["insecure-manifest"] === true) {
+      console.error("logon: warning: --insecure-manifest: the manifest's signature is not checked");
+      bytes = await Deno.readFile(file);
+    } else {
+      bytes = await readVerified(file, creds.ca);
+    }
+    const m = loadBytes(bytes, file);
+    const problems = checkManifest(m);
+    if (problems.length) throw new ManifestError(problems);
+    const quiet = v.q === true;
+    const t0 = performance.now();
+    composed = await logon(m, user, {
+      creds,
+      rootDir: typeof v.r === "string" ? v.r : undefined,
+      onEntry: (r) => {
+        const at = `${r.entry.where.file}:${r.entry.where.line}`;
+        if (!r.ok) console.error(`logon: ${at}: ${r.line}: ${r.error}`);
+        else if (!quiet) console.error(`logon: ${r.line}`);
+      },
+    });
+    const failed = composed.report.filter((r) => !r.ok).length;
+    if (!quiet) {
+      console.error(
+        `logon: ${user}'s namespace: ${
+          composed.report.length - failed
+        } of ${composed.report.length} entries applied in ${Math.round(performance.now() - t0)} ms`,
+      );
+    }
+    const ns = composed.ns;
+    if (typeof v.export === "string") {
+      const addr = v.export;
+      if (v.A === true) {
+        warnInsecure("logon");
+        listener = await announceStyx(addr, { insecure: true });
+      } else {
+        const dir = typeof v["export-certs"] === "string" ? v["export-certs"] : certDir;
+        const nodeCreds = await loadCredentials(dir);
+        const a = parseDialString(addr, { net: "tcp", service: "styx" });
+        listener = await tlsListen(listenHost(a), a.port, { creds: nodeCreds, allow: [user] });
+      }
+      console.log(`serving ${user}'s namespace on ${listener.addr}`);
+      const l = listener;
+      const stop = () => l.close();
+      Deno.addSignalListener("SIGINT", stop);
+      Deno.addSignalListener("SIGTERM", stop);
+      const sessions: Promise<void>[] = [];
+      for await (const conn of l) sessions.push(serve(conn, ns));
+      Deno.removeSignalListener("SIGINT", stop);
+      Deno.removeSignalListener("SIGTERM", stop);
+      return 0;
+    }
+    const command = typeof v.c === "string" ? v.c : undefined;
+    const sh = new Shell({
+      ns,
+      user,
+      cwd: composed.cwd,
+      builtins: builtins(),
+      io: {
+        stdin: command !== undefined ? denoReader(Deno.stdin) : emptyReader,
+        stdout: denoWriter(Deno.stdout),
+        stderr: denoWriter(Deno.stderr),
+      },
+    });
+    if (command !== undefined) {
+      await sh.run(command);
+    } else {
+      await interactive(sh);
+    }
+    if (!sh.exited) await sh.jobs.waitAll();
+    return sh.status === "" ? 0 : 1;
+  } catch (e) {
+    return fail("ferry logon", e);
+  } finally {
+    listener?.close();
+    await composed?.close();
+  }
+}
+
+async function interactive(sh: Shell): Promise<void> {
+  const tty = Deno.stdin.isTerminal();
+  const editor = tty ? new LineEditor(denoTerminal(), {}) : undefined;
+  const reader = tty ? undefined : Deno.stdin.readable.pipeThrough(new TextDecoderStream())
+    .getReader();
+  let buf = "";
+  const next = async (prompt: string): Promise<string | null> => {
+    if (editor) return await editor.readLine(prompt);
+    for (;;) {
+      const nl = buf.indexOf("\n");
+      if (nl >= 0) {
+        const l = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        return l;
+      }
+      const { value, done } = await reader!.read();
+      if (done) {
+        if (buf === "") return null;
+        const l = buf;
+        buf = "";
+        return l;
+      }
+      buf += value;
+    }
+  };
+  const io = {
+    stdin: emptyReader,
+    stdout: denoWriter(Deno.stdout),
+    stderr: denoWriter(Deno.stderr),
+  };
+  for (;;) {
+    let src = "";
+    let prompt = "; ";
+    for (;;) {
+      const line = await next(prompt);
+      if (line === null) {
+        if (src === "") return;
+        break;
+      }
+      src += line + "\n";
+      if (!incomplete(src)) break;
+      prompt = "\t";
+    }
+    if (src.trim() === "") continue;
+    await editor?.addHistory(src.trimEnd());
+    await sh.run(src, io);
+    if (sh.exited) return;
+  }
+}

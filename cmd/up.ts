@@ -1,0 +1,113 @@
+/**
+ * `ferry up FILE --node NAME`: bring up one node of a manifest: enrol with
+ * a token if it has no credentials, serve its exports with their access
+ * lists, follow renewed credentials, and apply a changed manifest live (on
+ * a file change or SIGHUP). `ferry down` stops it.
+ *
+ * @module
+ */
+
+import { fail, parse, UsageError } from "../lib/cli.ts";
+import { credentialNames, defaultCertsDir } from "../lib/auth/link.ts";
+import { FerryNode } from "../lib/manifest/node.ts";
+import { load } from "../lib/manifest/load.ts";
+import { ferryArgv } from "../lib/self.ts";
+
+const spec = {
+  usage: "ferry up FILE --node NAME [--certs DIR] [--token TOKEN] [--insecure-manifest]",
+  about: "Run node NAME of the manifest FILE until stopped (ferry down, SIGTERM or ^C).\n" +
+    "Without credentials in DIR it first enrols with TOKEN at the manifest's CA signer.\n" +
+    "It refuses a manifest that is unsigned or altered (FILE.sig, see 'ferry sign')\n" +
+    "unless --insecure-manifest is given. Editing FILE (and FILE.sig) or sending SIGHUP\n" +
+    "applies the new manifest without dropping sessions the change does not touch.",
+  options: {
+    node: { type: "string" as const },
+    certs: { type: "string" as const },
+    token: { type: "string" as const },
+    "insecure-manifest": { type: "boolean" as const },
+    run: { type: "string" as const },
+    poll: { type: "string" as const },
+  },
+  optionsHelp: "  --node NAME          the node to run\n" +
+    "  --certs DIR          its credentials (default $FERRY_CERTS or ./certs)\n" +
+    "  --token TOKEN        enrolment token (also $FERRY_TOKEN), used when DIR has none\n" +
+    "  --insecure-manifest  accept an unsigned or altered manifest\n" +
+    "  --run DIR            where NAME.pid goes for 'ferry down' (default: the certs DIR)\n" +
+    "  --poll MS            how often to look for a changed manifest (default 1000; 0: never)",
+};
+
+async function enrol(file: string, certDir: string, node: string, token: string): Promise<void> {
+  // Only the signer's address is taken from the unverified manifest: the
+  // token pins the CA, so a wrong address cannot hand us another CA.
+  const m = await load(file);
+  if (!m.ca.signer) throw new Error(`'${file}' names no [ca] signer to enrol with`);
+  console.error(`up: no credentials for '${node}' in '${certDir}': enrolling at ${m.ca.signer}`);
+  const [exe, ...pre] = ferryArgv();
+  const o = await new Deno.Command(exe!, {
+    args: [...pre, "enroll", m.ca.signer, token, "--dir", certDir],
+    stdin: "null",
+    stdout: "inherit",
+    stderr: "inherit",
+  }).output();
+  if (o.code !== 0) throw new Error(`enrolment of '${node}' at ${m.ca.signer} failed`);
+}
+
+/** Run `ferry up`. */
+export async function run(args: string[]): Promise<number> {
+  let node: FerryNode | undefined;
+  let pidFile = "";
+  try {
+    const p = parse(spec, args);
+    if (p.help) return 0;
+    const v = p.values;
+    if (p.positionals.length !== 1) {
+      throw new UsageError(`expected one manifest FILE\nusage: ${spec.usage}`);
+    }
+    if (typeof v.node !== "string") {
+      throw new UsageError(`--node NAME is required\nusage: ${spec.usage}`);
+    }
+    const file = p.positionals[0]!;
+    const name = v.node;
+    const certDir = typeof v.certs === "string" ? v.certs : defaultCertsDir();
+    const pollMs = typeof v.poll === "string" ? Number(v.poll) : 1000;
+    if (!Number.isInteger(pollMs) || pollMs < 0) {
+      throw new UsageError(`bad --poll '${v.poll}': want milliseconds, e.g. 1000`);
+    }
+    if (!(await credentialNames(certDir)).includes(name)) {
+      const token = typeof v.token === "string" ? v.token : Deno.env.get("FERRY_TOKEN");
+      if (!token) {
+        throw new Error(
+          `no credentials for '${name}' in '${certDir}': give --token TOKEN (from 'ferry ca token ${name}') to enrol`,
+        );
+      }
+      await enrol(file, certDir, name, token);
+    }
+    const insecure = v["insecure-manifest"] === true;
+    if (insecure) {
+      console.error("up: warning: --insecure-manifest: the manifest's signature is not checked");
+    }
+    node = await FerryNode.start({ file, node: name, certDir, insecureManifest: insecure, pollMs });
+    const runDir = typeof v.run === "string" ? v.run : certDir;
+    pidFile = `${runDir}/${name}.pid`;
+    await Deno.mkdir(runDir, { recursive: true });
+    await Deno.writeTextFile(pidFile, `${Deno.pid}\n`);
+    console.log(`node ${name} listening on ${node.address}`);
+    const done = Promise.withResolvers<void>();
+    const stop = () => done.resolve();
+    const hup = () => void node?.reload("SIGHUP");
+    Deno.addSignalListener("SIGTERM", stop);
+    Deno.addSignalListener("SIGINT", stop);
+    Deno.addSignalListener("SIGHUP", hup);
+    await done.promise;
+    Deno.removeSignalListener("SIGTERM", stop);
+    Deno.removeSignalListener("SIGINT", stop);
+    Deno.removeSignalListener("SIGHUP", hup);
+    console.error(`up: node '${name}' stopping`);
+    return 0;
+  } catch (e) {
+    return fail("ferry up", e);
+  } finally {
+    await node?.close();
+    if (pidFile) await Deno.remove(pidFile).catch(() => {});
+  }
+}

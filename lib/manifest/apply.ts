@@ -1,0 +1,341 @@
+/**
+ * Build a namespace from manifest entries, as Inferno's newns(2) does from
+ * a namespace(6) file: `mount NODE!EXPORT` dials the node (through the
+ * `net` export of its `via` node when it has one) with mutual TLS as the
+ * user, and attaches with the export's name. Every node is dialed once and
+ * all dials run at the same time; entries are then applied in order. An
+ * entry that fails is reported and the rest still applied, unless its
+ * mount point is one of the user's `required` ones.
+ *
+ * @module
+ */
+
+import { Namespace } from "../ns/namespace.ts";
+import { standardDeviceTable } from "../ns/devices.ts";
+import { MemTree } from "../fs/memory.ts";
+import type { Tree } from "../fs/tree.ts";
+import { DMDIR, Ename, OREAD, StyxError } from "../styx/types.ts";
+import { RemoteTree, StyxClient } from "../styx/client.ts";
+import { type Credentials, loadCredentials } from "../auth/link.ts";
+import { tlsDial } from "../transport/tls.ts";
+import { parseDialString } from "../net/dial.ts";
+import { dialStyxVia } from "../net/nsdial.ts";
+import { expand } from "./nsfile.ts";
+import { netExportOf, resolveSource } from "./check.ts";
+import type { Manifest, NodeSpec, NsEntry } from "./schema.ts";
+import "../dev/net/mod.ts";
+import "../dev/prog/mod.ts";
+
+/** Options for {@link applyNamespace} and {@link logon}. */
+export interface ApplyOptions {
+  /** The user the namespace is for (and whose credentials dial). */
+  user: string;
+  /** Credentials to dial with (else loaded from `certDir` for `user`). */
+  creds?: Credentials;
+  /** Directory holding `user`'s credentials. */
+  certDir?: string;
+  /** The namespace's root directory on this host (see Namespace.standard). */
+  rootDir?: string;
+  /** $home (default the user's `home`, else "/usr/USER"). */
+  home?: string;
+  /** Mount points whose entries must succeed. */
+  required?: readonly string[];
+  /** Give up on one dial after this long (default 10 s). */
+  timeoutMs?: number;
+  /** Told about each entry as it is applied (default: nothing). */
+  onEntry?: (r: EntryReport) => void;
+  /** Print Styx messages on stderr. */
+  trace?: boolean;
+}
+
+/** What became of one entry. */
+export interface EntryReport {
+  entry: NsEntry;
+  /** The line after $user and $home expansion. */
+  line: string;
+  ok: boolean;
+  /** Why it failed. */
+  error?: string;
+}
+
+/** A composed namespace and the connections under it. */
+export interface Composed {
+  ns: Namespace;
+  /** Every entry, in order, with its outcome. */
+  report: EntryReport[];
+  /** The current directory the entries left (`cd`). */
+  cwd: string;
+  /** Unmount everything and hang up every connection. */
+  close(): Promise<void>;
+}
+
+interface Link {
+  tree: Tree;
+  close(): void;
+}
+
+/** Dials nodes once each, concurrently, through `via` chains when needed. */
+export class NodeDialer {
+  readonly #links = new Map<string, Promise<Link>>();
+  readonly #viaSpaces: Namespace[] = [];
+  constructor(
+    readonly manifest: Manifest,
+    readonly creds: Credentials,
+    readonly user: string,
+    readonly opts: { timeoutMs?: number; trace?: boolean } = {},
+  ) {}
+
+  /** A Styx connection to `node` (made on first use, shared after). */
+  link(node: NodeSpec): Promise<Link> {
+    let p = this.#links.get(node.name);
+    if (!p) {
+      p = this.#dial(node, [node.name]);
+      p.catch(() => {});
+      this.#links.set(node.name, p);
+    }
+    return p;
+  }
+
+  /** A namespace whose /net is `node`'s net export, for dialing past it. */
+  async netSpace(node: NodeSpec): Promise<Namespace> {
+    const net = netExportOf(node);
+    if (!net) throw new Error(`Node '${node.name}' has no export of kind 'net' to reach through`);
+    const link = await this.link(node);
+    const root = new MemTree();
+    await root.mkdirp("/net");
+    const ns = new Namespace(root, { caller: { user: this.user } });
+    await ns.mount(link.tree, "/net", { source: `${node.name}!${net.name}`, aname: net.name });
+    this.#viaSpaces.push(ns);
+    return ns;
+  }
+
+  async #dial(node: NodeSpec, seen: string[]): Promise<Link> {
+    const ms = this.opts.timeoutMs ?? 10_000;
+    const signal = AbortSignal.timeout(ms);
+    const what = `cannot reach node '${node.name}' at '${node.address}'`;
+    try {
+      if (node.via !== undefined) {
+        const hop = this.manifest.nodes.get(node.via);
+        if (!hop) throw new Error(`unknown 'via' node '${node.via}'`);
+        if (seen.includes(hop.name)) throw new Error(`'via' cycle through '${hop.name}'`);
+        const ns = await this.netSpace(hop);
+        const d = await dialStyxVia(ns, node.address, {
+          insecure: false,
+          creds: this.creds,
+          peer: node.name,
+          user: this.user,
+          signal,
+          trace: this.opts.trace,
+        });
+        return { tree: d.tree, close: () => d.close() };
+      }
+      const a = parseDialString(node.address, { net: "tcp", service: "styx" });
+      const conn = await timed(
+        tlsDial(a.host, a.port, { creds: this.creds, peer: node.name }),
+        ms,
+      );
+      try {
+        const client = await StyxClient.connect(conn, { trace: this.opts.trace, signal });
+        return { tree: new RemoteTree(client, { uname: this.user }), close: () => client.close() };
+      } catch (e) {
+        conn.close();
+        throw e;
+      }
+    } catch (e) {
+      throw new Error(`${what}: ${(e as Error).message}`);
+    }
+  }
+
+  /** Hang up every connection. */
+  async close(): Promise<void> {
+    await Promise.allSettled(this.#viaSpaces.map((ns) => ns.close()));
+    for (const p of this.#links.values()) {
+      await p.then((l) => l.close(), () => {});
+    }
+  }
+}
+
+async function timed<T extends { close(): void }>(p: Promise<T>, ms: number): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let late = false;
+  p.then((c) => {
+    if (late) c.close();
+  }, () => {});
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
+      }),
+    ]);
+  } catch (e) {
+    late = true;
+    throw e;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** Make directory `p` and its parents in `ns` when missing. */
+async function mkdirs(ns: Namespace, p: string): Promise<void> {
+  const names = p.split("/").filter((n) => n !== "");
+  let cur = "";
+  for (const n of names) {
+    cur += `/${n}`;
+    try {
+      await ns.stat(cur);
+    } catch (e) {
+      if (!(e instanceof StyxError && e.message === Ename.notFound)) throw e;
+      const f = await ns.create(cur, DMDIR | 0o755, OREAD);
+      await f.close();
+    }
+  }
+}
+
+/**
+ * Apply `entries` to a fresh standard namespace for `opts.user` (with '#I'
+ * on /net and '#p' on /prog, as `ferry sh` starts). Throws only when a
+ * required entry fails (after closing what it made); every other failure is
+ * in the report.
+ *
+ * @example
+ * ```ts ignore
+ * const c = await applyNamespace(m, m.users.get("alice")!.namespace, { user: "alice", certDir: "certs" });
+ * for (const r of c.report) if (!r.ok) console.error(r.line, r.error);
+ * await c.close();
+ * ```
+ */
+export async function applyNamespace(
+  m: Manifest,
+  entries: readonly NsEntry[],
+  opts: ApplyOptions,
+): Promise<Composed> {
+  const user = opts.user;
+  const home = opts.home ?? m.users.get(user)?.home ?? `/usr/${user}`;
+  const creds = opts.creds ?? await loadCredentials(opts.certDir ?? "certs", user);
+  const dialer = new NodeDialer(m, creds, user, opts);
+  const ns = await Namespace.standard({ user, rootDir: opts.rootDir });
+  const devices = standardDeviceTable();
+  for (const [dev, at] of [["#I", "/net"], ["#p", "/prog"]] as const) {
+    if (devices.has(dev)) await ns.bind(dev, at).catch(() => {});
+  }
+  const close = async () => {
+    await ns.close().catch(() => {});
+    await dialer.close();
+  };
+  const required = new Set(opts.required ?? m.users.get(user)?.required ?? []);
+  const vars = { user, home };
+  // Expand and start every dial first, so connections are made side by side.
+  const prepared = entries.map((e) => {
+    try {
+      const args = e.args.map((a) => expand(a, vars));
+      let src: ReturnType<typeof resolveSource> | undefined;
+      if (e.op === "mount") {
+        src = resolveSource(m, args[0]!);
+        if (src.kind === "export") dialer.link(src.node);
+      }
+      return { e, args, src };
+    } catch (err) {
+      return { e, args: e.args, error: (err as Error).message };
+    }
+  });
+  const report: EntryReport[] = [];
+  let cwd = "/";
+  try {
+    for (const p of prepared) {
+      const line = [p.e.op, ...flagsOf(p.e), ...p.args].join(" ");
+      const r: EntryReport = { entry: p.e, line, ok: true };
+      try {
+        if ("error" in p && p.error !== undefined) throw new Error(p.error);
+        await applyOne(ns, dialer, p.e, p.args, p.src, (d) => (cwd = d));
+      } catch (err) {
+        r.ok = false;
+        r.error = (err as Error).message;
+      }
+      report.push(r);
+      opts.onEntry?.(r);
+      const target = p.e.op === "unmount" ? p.args[p.args.length - 1] : p.args[1];
+      if (!r.ok && target !== undefined && required.has(target)) {
+        throw new Error(
+          `Required entry '${line}' (${p.e.where.file}:${p.e.where.line}) failed: ${r.error}`,
+        );
+      }
+    }
+  } catch (e) {
+    await close();
+    throw e;
+  }
+  return { ns, report, cwd, close };
+}
+
+function flagsOf(e: NsEntry): string[] {
+  const f = (e.before ? "b" : "") + (e.after ? "a" : "") + (e.create ? "c" : "") +
+    (e.insecure ? "A" : "");
+  return [...(f ? [`-${f}`] : []), ...(e.alg ? ["-C", e.alg] : [])];
+}
+
+async function applyOne(
+  ns: Namespace,
+  dialer: NodeDialer,
+  e: NsEntry,
+  args: string[],
+  src: ReturnType<typeof resolveSource> | undefined,
+  cd: (dir: string) => void,
+): Promise<void> {
+  const flags = { before: e.before, after: e.after, create: e.create };
+  switch (e.op) {
+    case "bind":
+      if (!args[1]!.startsWith("#")) await mkdirs(ns, args[1]!);
+      await ns.bind(args[0]!, args[1]!, flags);
+      return;
+    case "mount": {
+      if (e.insecure) throw new Error("mount -A is refused: manifest mounts always use mutual TLS");
+      if (!src || src.kind !== "export") {
+        throw new Error(`'${args[0]}' is not NODE!EXPORT of this manifest`);
+      }
+      const link = await dialer.link(src.node);
+      const spec = args[2];
+      const aname = spec === undefined || spec === ""
+        ? src.export.name
+        : `${src.export.name}/${spec}`;
+      await mkdirs(ns, args[1]!);
+      await ns.mount(link.tree, args[1]!, { ...flags, source: args[0]!, aname });
+      return;
+    }
+    case "unmount":
+      await ns.unmount(args.length === 2 ? args[0] : undefined, args[args.length - 1]!);
+      return;
+    case "cd":
+      await ns.stat(args[0]!);
+      cd(args[0]!);
+      return;
+    case "new":
+    case "fork":
+    case "nodev":
+      // Each logon starts from a fresh namespace already; nothing to do.
+      return;
+  }
+}
+
+/**
+ * Compose `user`'s namespace from manifest `m` (their `namespace` entries
+ * and `required` mount points).
+ */
+export async function logon(
+  m: Manifest,
+  user: string,
+  opts: Omit<ApplyOptions, "user">,
+): Promise<Composed> {
+  const u = m.users.get(user);
+  if (!u) {
+    throw new Error(
+      `Unknown user '${user}' in '${m.file}' (users: ${[...m.users.keys()].join(", ") || "none"})`,
+    );
+  }
+  return await applyNamespace(m, u.namespace, {
+    ...opts,
+    user,
+    home: opts.home ?? u.home,
+    required: opts.required ?? u.required,
+  });
+}
