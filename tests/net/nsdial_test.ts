@@ -277,3 +277,41 @@ Deno.test("nsdial through a remote /net mounted over Styx", async (t) => {
     await ns.close().catch(() => {});
   }
 });
+
+Deno.test("the shell survives a remote /net that vanishes", async () => {
+  const { Shell } = await import("../../lib/sh/interp.ts");
+  const { builtins } = await import("../../lib/sh/builtins/mod.ts");
+  const { Collector } = await import("../../lib/sh/io.ts");
+  const localDev = new NetDevice();
+  const remoteDev = new NetDevice();
+  const exp = exportNet(remoteDev);
+  const ns = await nsWithNet(localDev.tree());
+  const out = new Collector();
+  const err = new Collector();
+  const sh = new Shell({
+    ns,
+    user: "glenda",
+    builtins: builtins(),
+    io: { stdout: out, stderr: err },
+  });
+  const e = echo();
+  try {
+    assert.equal(await sh.run(`mount -A 'tcp!127.0.0.1!${exp.port}' /net`), "", err.text());
+    const c = await dial(ns, `tcp!127.0.0.1!${e.port}`);
+    assert.equal(remoteDev.conversations().length, 1, "the dial left from the remote");
+    exp.close();
+    assert.equal(await c.read(), null);
+    c.close();
+    err.clear();
+    assert.notEqual(await sh.run(`webgrab http://127.0.0.1:${e.port}/x`), "");
+    assert.match(err.text(), /webgrab: /);
+    assert.equal(await sh.run("echo alive"), "");
+    assert.match(out.text(), /alive/);
+  } finally {
+    e.close();
+    exp.close();
+    remoteDev.closeAll();
+    localDev.closeAll();
+    await ns.close().catch(() => {});
+  }
+});
