@@ -173,6 +173,10 @@ export class FileConn implements Conn {
   readonly #window: number;
   readonly #size: number;
 
+  /**
+   * Wrap the open `data` file of conversation `info.dir`, holding `ctl`;
+   * `info.remote` and `info.local` are "addr!port".
+   */
   constructor(
     readonly data: OpenFile,
     readonly ctl: OpenFile,

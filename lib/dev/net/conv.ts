@@ -87,15 +87,13 @@ export class TcpConv {
   #accepters: AcceptWaiter[] = [];
   #gone = false;
 
-  /**
-   * @param id the conversation number N
-   * @param owner who may use it (the user that cloned or accepted it)
-   * @param gen a generation number, different for each conversation ever made
-   * @param onGone called once when the conversation is torn down
-   */
+  /** A closed conversation; `onGone` is called once when it is torn down. */
   constructor(
+    /** The conversation number N. */
     readonly id: number,
+    /** Who may use it. */
     readonly owner: string,
+    /** Different for each conversation ever made. */
     readonly gen: number,
     private onGone: (c: TcpConv) => void,
   ) {}

@@ -140,6 +140,7 @@ export class NetDevice {
   readonly #tree: SynthTree;
   readonly #opts: NetOptions;
 
+  /** A device with no conversations yet. */
   constructor(opts: NetOptions = {}) {
     this.#opts = opts;
     this.#tree = new SynthTree(this.#root(), { uid: "network" });

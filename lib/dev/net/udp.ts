@@ -81,9 +81,13 @@ export class UdpConv {
   #last: { address: string; port: number } | null = null;
   #gone = false;
 
+  /** A closed conversation; `onGone` is called once when it is torn down. */
   constructor(
+    /** The conversation number N. */
     readonly id: number,
+    /** Who may use it. */
     readonly owner: string,
+    /** Different for each conversation ever made. */
     readonly gen: number,
     private onGone: (c: UdpConv) => void,
   ) {}

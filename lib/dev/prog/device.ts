@@ -78,6 +78,7 @@ export class ProgDevice {
   readonly #tree: SynthTree;
   #users: HostUsers | undefined;
 
+  /** A device showing the host's processes. */
   constructor(opts: ProgOptions = {}) {
     this.#opts = opts;
     this.#tree = new SynthTree(dir("", (ctx) => this.#list(ctx)), {

@@ -6,6 +6,7 @@
 
 /** What /prog shows of one host process. */
 export interface ProcInfo {
+  /** Process id. */
   pid: number;
   /** Parent process id. */
   ppid: number;
