@@ -46,6 +46,8 @@ export interface HttpGetOptions extends NsDialOptions {
   headers?: Record<string, string>;
   /** Largest body accepted, in bytes (default 1 GiB). */
   maxBody?: number;
+  /** For https: CA certificates (PEM) to trust instead of the system's. */
+  ca?: string;
 }
 
 /** Buffered reading from a Conn. */
@@ -121,10 +123,14 @@ function concat(parts: Uint8Array[]): Uint8Array {
   return out;
 }
 
-async function tlsOver(conn: Conn, servername: string): Promise<Conn> {
+async function tlsOver(conn: Conn, servername: string, ca?: string): Promise<Conn> {
   const tls = await import("node:tls");
   const { connDuplex } = await import("../transport/tls.ts");
-  const sock = tls.connect({ socket: connDuplex(conn), servername });
+  const sock = tls.connect({
+    socket: connDuplex(conn),
+    servername,
+    ...(ca !== undefined ? { ca } : {}),
+  });
   await new Promise<void>((resolve, reject) => {
     sock.once("secureConnect", () => resolve());
     sock.once("error", reject);
@@ -177,7 +183,7 @@ async function getOnce(
   const host = url.hostname.replace(/^\[(.*)\]$/, "$1");
   let conn = await dial(ns, `tcp!${host}!${port}`, opts);
   try {
-    if (secure) conn = await tlsOver(conn, host);
+    if (secure) conn = await tlsOver(conn, host, opts.ca);
     const fields: Record<string, string> = {
       Host: url.host,
       "User-Agent": "ferry-webgrab/1",

@@ -6,6 +6,7 @@ import { fileNameFor, httpGet, webgrab } from "../../lib/net/webgrab.ts";
 import { Shell } from "../../lib/sh/interp.ts";
 import { builtins } from "../../lib/sh/builtins/mod.ts";
 import { Collector } from "../../lib/sh/io.ts";
+import { makeFixture } from "../auth/fixture.ts";
 
 const dec = new TextDecoder();
 
@@ -91,5 +92,40 @@ Deno.test("webgrab through the namespace's /net", async (t) => {
     await server.finished;
     dev.closeAll();
     await ns.close();
+  }
+});
+
+Deno.test("webgrab https: TLS over the tunnelled stream, certificate checked", async () => {
+  const fx = await makeFixture();
+  const ac = new AbortController();
+  const dev = new NetDevice();
+  const mem = new MemTree();
+  await mem.mkdirp("/net");
+  const ns = new Namespace(mem, { caller: { user: "glenda" } });
+  await ns.mount(dev.tree(), "/net");
+  try {
+    const site = await fx.creds("localhost", "node", { sans: ["localhost"] });
+    const server = Deno.serve({
+      hostname: "127.0.0.1",
+      port: 0,
+      cert: site.cert,
+      key: site.key,
+      signal: ac.signal,
+      onListen: () => {},
+    }, () => new Response("secure hello"));
+    const url = `https://localhost:${server.addr.port}/hello.txt`;
+    const r = await httpGet(ns, url, { ca: site.ca });
+    assert.equal(r.status, 200);
+    assert.equal(dec.decode(r.body), "secure hello");
+    // Without that CA the server's certificate is not trusted.
+    await assert.rejects(httpGet(ns, url));
+    ac.abort();
+    await server.finished;
+    assert.deepEqual(dev.conversations(), []);
+  } finally {
+    ac.abort();
+    dev.closeAll();
+    await ns.close();
+    await fx.cleanup();
   }
 });
