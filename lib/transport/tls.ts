@@ -97,11 +97,16 @@ class TlsConn implements IdentifiedConn {
     readonly local: string,
     readonly peerCert: CertIdentity,
     leftover: Uint8Array | null,
+    ended = false,
+    readonly raw?: Conn,
   ) {
     this.closed = new Promise((r) => (this.#resolveClosed = r));
     if (leftover && leftover.length > 0) this.#push(leftover);
+    if (ended) queueMicrotask(() => this.close());
     sock.on("data", (d: Buffer) => this.#push(new Uint8Array(d.buffer, d.byteOffset, d.length)));
-    sock.on("end", () => this.#end());
+    // A Conn has no half-close: when the peer ends, the link is over (bytes
+    // already received can still be read).
+    sock.on("end", () => this.close());
     sock.on("close", () => this.close());
     sock.on("error", () => this.close());
     sock.resume();
@@ -167,52 +172,78 @@ class TlsConn implements IdentifiedConn {
     if (this.#isClosed) return;
     this.#isClosed = true;
     this.#end();
-    try {
-      this.sock.destroy();
-    } catch { /* already gone */ }
+    finish(this.sock, this.raw);
     this.#resolveClosed();
   }
 }
 
-/** Read one line (without "\n") from a socket; returns it and any bytes after it. */
-function readLine(sock: tls.TLSSocket): Promise<{ line: string; rest: Uint8Array }> {
-  return new Promise((resolve, reject) => {
-    let buf = new Uint8Array(0);
-    const cleanup = () => {
-      sock.off("data", onData);
-      sock.off("end", onEnd);
-      sock.off("close", onEnd);
-      sock.off("error", onError);
-    };
-    const onData = (d: Buffer) => {
-      const nb = new Uint8Array(buf.length + d.length);
-      nb.set(buf, 0);
-      nb.set(d, buf.length);
-      buf = nb;
-      const i = buf.indexOf(10);
-      if (i >= 0) {
-        cleanup();
-        sock.pause();
-        resolve({ line: new TextDecoder().decode(buf.subarray(0, i)), rest: buf.slice(i + 1) });
-      } else if (buf.length > MAX_LINE) {
-        cleanup();
-        reject(new LinkError("the other end sent an overlong link line (not a Ferry peer?)"));
-      }
-    };
-    const onEnd = () => {
-      cleanup();
-      reject(new LinkError("the other end closed the connection before confirming the link"));
-    };
-    const onError = (e: Error) => {
-      cleanup();
-      reject(new LinkError(explainTlsError(e)));
-    };
-    sock.on("data", onData);
-    sock.on("end", onEnd);
-    sock.on("close", onEnd);
-    sock.on("error", onError);
+/**
+ * Collects a socket's bytes during the post-handshake exchange and hands
+ * out lines; detach() gives back whatever came after them. It listens from
+ * the start, so nothing is lost between lines or when the peer hangs up.
+ */
+class LineReader {
+  #buf = new Uint8Array(0);
+  #ended = false;
+  #error: Error | null = null;
+  #wake: (() => void) | null = null;
+  readonly #onData = (d: Buffer) => {
+    const nb = new Uint8Array(this.#buf.length + d.length);
+    nb.set(this.#buf, 0);
+    nb.set(d, this.#buf.length);
+    this.#buf = nb;
+    this.#notify();
+  };
+  readonly #onEnd = () => {
+    this.#ended = true;
+    this.#notify();
+  };
+  readonly #onError = (e: Error) => {
+    this.#error = e;
+    this.#notify();
+  };
+
+  constructor(readonly sock: tls.TLSSocket) {
+    sock.on("data", this.#onData);
+    sock.on("end", this.#onEnd);
+    sock.on("close", this.#onEnd);
+    sock.on("error", this.#onError);
     sock.resume();
-  });
+  }
+
+  #notify(): void {
+    const w = this.#wake;
+    this.#wake = null;
+    w?.();
+  }
+
+  async line(): Promise<string> {
+    while (true) {
+      const i = this.#buf.indexOf(10);
+      if (i >= 0) {
+        const line = new TextDecoder().decode(this.#buf.subarray(0, i));
+        this.#buf = this.#buf.slice(i + 1);
+        return line;
+      }
+      if (this.#buf.length > MAX_LINE) {
+        throw new LinkError("the other end sent an overlong link line (not a Ferry peer?)");
+      }
+      if (this.#error) throw new LinkError(explainTlsError(this.#error));
+      if (this.#ended) {
+        throw new LinkError("the other end closed the connection before confirming the link");
+      }
+      await new Promise<void>((r) => (this.#wake = r));
+    }
+  }
+
+  /** Stop listening; returns bytes not yet consumed and whether the peer hung up. */
+  detach(): { rest: Uint8Array; ended: boolean } {
+    this.sock.off("data", this.#onData);
+    this.sock.off("end", this.#onEnd);
+    this.sock.off("close", this.#onEnd);
+    this.sock.off("error", this.#onError);
+    return { rest: this.#buf, ended: this.#ended || this.#error !== null };
+  }
 }
 
 function bindingOf(sock: tls.TLSSocket, isServer: boolean): Uint8Array {
@@ -236,8 +267,11 @@ function proofMessage(role: "client" | "server", binding: Uint8Array): Uint8Arra
   return out;
 }
 
-function writeLine(sock: tls.TLSSocket, line: string): void {
-  sock.write(line.replace(/[\r\n]+/g, " ").slice(0, MAX_LINE - 2) + "\n");
+/** Write one link line; resolves once the TLS layer has taken it. */
+function writeLine(sock: tls.TLSSocket, line: string): Promise<void> {
+  return new Promise((resolve) => {
+    sock.write(line.replace(/[\r\n]+/g, " ").slice(0, MAX_LINE - 2) + "\n", () => resolve());
+  });
 }
 
 function peerDer(sock: tls.TLSSocket): Uint8Array | undefined {
@@ -257,76 +291,104 @@ async function confirm(
   opts: LinkOptions & { servername?: string },
   creds: Credentials,
   peerName: string | undefined,
-): Promise<{ id: CertIdentity; rest: Uint8Array }> {
+): Promise<{ id: CertIdentity; rest: Uint8Array; ended: boolean }> {
+  const lines = new LineReader(sock);
+  try {
+    const id = await exchange(sock, lines, isServer, opts, creds, peerName);
+    return { id, ...lines.detach() };
+  } catch (e) {
+    lines.detach();
+    throw e;
+  }
+}
+
+async function exchange(
+  sock: tls.TLSSocket,
+  lines: LineReader,
+  isServer: boolean,
+  opts: LinkOptions & { servername?: string },
+  creds: Credentials,
+  peerName: string | undefined,
+): Promise<CertIdentity> {
   const myRole = isServer ? "server" : "client";
   const theirRole = isServer ? "client" : "server";
-  const binding = bindingOf(sock, isServer);
-  const key = await importKeyPem(creds.key, "this end's key");
-  const sig = new Uint8Array(
-    await crypto.subtle.sign("Ed25519", key, proofMessage(myRole, binding)),
-  );
-  writeLine(sock, `${LINK_PROTOCOL} proof ${toBase64(sig)}`);
-  const proof = await readLine(sock);
-  sock.unshift(Buffer.from(proof.rest));
-  let refusal: string | undefined;
-  let id: CertIdentity | undefined;
+  // Take the channel binding first, while the session is certainly intact.
+  let binding: Uint8Array | undefined;
   try {
-    const m = new RegExp(`^${LINK_PROTOCOL} proof ([A-Za-z0-9+/=]+)$`).exec(proof.line);
-    if (!m) {
-      const r = new RegExp(`^${LINK_PROTOCOL} refused (.*)$`).exec(proof.line);
-      if (r) throw new LinkError(`the other end refused the link: ${r[1]}`);
-      throw new PeerRefused(`${theirRole} is not a Ferry peer (no link proof)`);
-    }
-    const ca = parseCert(creds.ca, "the CA certificate");
-    const der = peerDer(sock);
+    binding = bindingOf(sock, isServer);
+  } catch { /* checked below, after any refusal the peer sent */ }
+  const refuse = async (reason: string): Promise<never> => {
+    await writeLine(sock, `${LINK_PROTOCOL} refused ${reason}`);
+    throw new PeerRefused(reason);
+  };
+  const reasonOf = (e: unknown) =>
+    e instanceof PeerRefused ? e.message : `cannot verify ${theirRole}: ${(e as Error).message}`;
+
+  // 1. The peer's certificate: chain, dates, revocation, usage, kind, name, allow list.
+  const der = peerDer(sock);
+  let id: CertIdentity;
+  try {
     id = await verifyPeer(der, {
-      ca,
+      ca: parseCert(creds.ca, "the CA certificate"),
       now: opts.now?.(),
       revoked: await revokedSerials(opts, creds),
       role: theirRole,
       kind: isServer ? opts.peerKind : "node",
       name: peerName,
     });
-    const pub = await parseCert(der!).publicKey.export({ name: "Ed25519" }, ["verify"]);
-    let good = false;
-    try {
-      good = await crypto.subtle.verify(
-        "Ed25519",
-        pub,
-        fromBase64(m[1]!),
-        proofMessage(theirRole, binding),
-      );
-    } catch {
-      good = false;
-    }
-    if (!good) {
-      throw new PeerRefused(
-        `${theirRole} '${id.name}' did not prove possession of its certificate key`,
-      );
-    }
     if (isServer && !allowed(id, opts.allow)) {
       throw new PeerRefused(`'${id.name}' is not allowed to connect here`);
     }
   } catch (e) {
-    if (e instanceof LinkError) throw e;
-    refusal = e instanceof PeerRefused
-      ? e.message
-      : `cannot verify ${theirRole}: ${(e as Error).message}`;
+    return await refuse(reasonOf(e));
   }
-  if (refusal !== undefined) {
-    writeLine(sock, `${LINK_PROTOCOL} refused ${refusal}`);
-    sock.end();
-    throw new PeerRefused(refusal);
+
+  // 2. Proofs of key possession bound to this TLS session, both ways.
+  if (!binding) {
+    const early = await lines.line().catch(() => "");
+    const r0 = new RegExp(`^${LINK_PROTOCOL} refused (.*)$`).exec(early);
+    if (r0) throw new LinkError(`the other end refused the link: ${r0[1]}`);
+    throw new LinkError("TLS channel binding is unavailable on this connection");
   }
-  writeLine(sock, `${LINK_PROTOCOL} ok`);
-  const verdict = await readLine(sock);
-  if (verdict.line !== `${LINK_PROTOCOL} ok`) {
-    const r = new RegExp(`^${LINK_PROTOCOL} refused (.*)$`).exec(verdict.line);
-    throw new LinkError(
-      r ? `the other end refused the link: ${r[1]}` : "the other end sent a bad link verdict",
+  const key = await importKeyPem(creds.key, "this end's key");
+  const sig = new Uint8Array(
+    await crypto.subtle.sign("Ed25519", key, proofMessage(myRole, binding)),
+  );
+  writeLine(sock, `${LINK_PROTOCOL} proof ${toBase64(sig)}`);
+  const proofLine = await lines.line();
+  const refusedRe = new RegExp(`^${LINK_PROTOCOL} refused (.*)$`);
+  const r = refusedRe.exec(proofLine);
+  if (r) throw new LinkError(`the other end refused the link: ${r[1]}`);
+  const m = new RegExp(`^${LINK_PROTOCOL} proof ([A-Za-z0-9+/=]+)$`).exec(proofLine);
+  if (!m) return await refuse(`${theirRole} is not a Ferry peer (no link proof)`);
+  let good = false;
+  try {
+    const pub = await parseCert(der!).publicKey.export({ name: "Ed25519" }, ["verify"]);
+    good = await crypto.subtle.verify(
+      "Ed25519",
+      pub,
+      fromBase64(m[1]!),
+      proofMessage(theirRole, binding),
+    );
+  } catch {
+    good = false;
+  }
+  if (!good) {
+    return await refuse(
+      `${theirRole} '${id.name}' did not prove possession of its certificate key`,
     );
   }
-  return { id: id!, rest: verdict.rest };
+
+  // 3. Verdicts.
+  writeLine(sock, `${LINK_PROTOCOL} ok`);
+  const verdict = await lines.line();
+  if (verdict !== `${LINK_PROTOCOL} ok`) {
+    const v = refusedRe.exec(verdict);
+    throw new LinkError(
+      v ? `the other end refused the link: ${v[1]}` : "the other end sent a bad link verdict",
+    );
+  }
+  return id;
 }
 
 function contextOptions(creds: Credentials, opts: LinkOptions): tls.SecureContextOptions {
@@ -339,6 +401,27 @@ function contextOptions(creds: Credentials, opts: LinkOptions): tls.SecureContex
   };
   if (suites.length) o.ciphers = suites.join(":");
   return o;
+}
+
+/**
+ * End a socket gracefully (so a refusal line or last reply is delivered),
+ * destroying it soon after; for a wrapped Conn, close that too.
+ */
+function finish(sock: tls.TLSSocket, raw?: Conn): void {
+  const done = () => {
+    clearTimeout(t);
+    sock.destroy();
+    raw?.close();
+  };
+  const t = setTimeout(done, 2000);
+  Deno.unrefTimer(t as unknown as number);
+  sock.once("finish", () => setTimeout(done, 0));
+  sock.once("close", done);
+  try {
+    sock.end();
+  } catch {
+    done();
+  }
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => void): Promise<T> {
@@ -356,8 +439,10 @@ function makeConn(
   sock: tls.TLSSocket,
   id: CertIdentity,
   rest: Uint8Array,
+  ended: boolean,
   addr: string,
   local: string,
+  raw?: Conn,
 ): TlsConn {
   return new TlsConn(
     sock,
@@ -365,6 +450,8 @@ function makeConn(
     local,
     id,
     rest,
+    ended,
+    raw,
   );
 }
 
@@ -376,6 +463,7 @@ async function clientSide(
   peerName: string,
   addr: string,
   local: () => string,
+  raw?: Conn,
 ): Promise<Conn> {
   const run = async () => {
     await new Promise<void>((resolve, reject) => {
@@ -391,13 +479,13 @@ async function clientSide(
       });
     });
     sock.on("error", () => {});
-    const { id, rest } = await confirm(sock, false, opts, creds, peerName);
-    return makeConn(sock, id, rest, addr, local());
+    const { id, rest, ended } = await confirm(sock, false, opts, creds, peerName);
+    return makeConn(sock, id, rest, ended, addr, local(), raw);
   };
   try {
     return await withTimeout(run(), opts.handshakeTimeoutMs ?? 10_000, () => sock.destroy());
   } catch (e) {
-    sock.destroy();
+    finish(sock, raw);
     throw e;
   }
 }
@@ -472,6 +560,8 @@ export function connDuplex(raw: Conn): Duplex {
       raw.write(new Uint8Array(chunk)).then(() => cb(), (e) => cb(e as Error));
     },
     final(cb) {
+      // A Conn has no half-close: once TLS has said goodbye, hang up.
+      raw.close();
       cb();
     },
     destroy(err, cb) {
@@ -500,7 +590,7 @@ export async function tlsWrapClient(
     throw new LinkError("a tunnelled TLS link needs the server's node name (peer or servername)");
   }
   const sock = tls.connect({ socket: connDuplex(raw), ...clientOptions(creds, opts, peerName) });
-  return await clientSide(sock, opts, creds, peerName, raw.peer.addr, () => raw.local);
+  return await clientSide(sock, opts, creds, peerName, raw.peer.addr, () => raw.local, raw);
 }
 
 function refusedLog(opts: LinkOptions, addr: string, reason: string): void {
@@ -517,7 +607,8 @@ export async function tlsWrapServer(raw: Conn, opts: LinkOptions): Promise<Conn>
   const sock = new tls.TLSSocket(connDuplex(raw), {
     isServer: true,
     requestCert: true,
-    rejectUnauthorized: true,
+    // As in tlsListen: Ferry's own check decides, and tells the client why.
+    rejectUnauthorized: false,
     secureContext: tls.createSecureContext(contextOptions(creds, opts)),
   } as tls.TLSSocketOptions);
   const run = async () => {
@@ -534,14 +625,13 @@ export async function tlsWrapServer(raw: Conn, opts: LinkOptions): Promise<Conn>
       });
     });
     sock.on("error", () => {});
-    const { id, rest } = await confirm(sock, true, opts, creds, undefined);
-    return makeConn(sock, id, rest, raw.peer.addr, raw.local);
+    const { id, rest, ended } = await confirm(sock, true, opts, creds, undefined);
+    return makeConn(sock, id, rest, ended, raw.peer.addr, raw.local, raw);
   };
   try {
     return await withTimeout(run(), opts.handshakeTimeoutMs ?? 10_000, () => sock.destroy());
   } catch (e) {
-    sock.destroy();
-    raw.close();
+    finish(sock, raw);
     if (e instanceof Error) refusedLog(opts, raw.peer.addr, e.message);
     throw e;
   }
@@ -566,7 +656,9 @@ export async function tlsListen(host: string, port: number, opts: LinkOptions): 
   const server = tls.createServer({
     ...contextOptions(creds, opts),
     requestCert: true,
-    rejectUnauthorized: true,
+    // Ferry's own check in confirm() is authoritative on every transport;
+    // node's check here would only hang up with no reason for either end.
+    rejectUnauthorized: false,
   });
   const refresh = () => {
     const now = currentCreds(opts);
@@ -587,7 +679,8 @@ export async function tlsListen(host: string, port: number, opts: LinkOptions): 
       w(c);
     } else if (c) queue.push(c);
   };
-  const addrOf = (s: net.Socket) => `tcp!${s.remoteAddress ?? "?"}!${s.remotePort ?? 0}`;
+  const addrOf = (s: net.Socket) =>
+    s.remoteAddress ? `tcp!${s.remoteAddress}!${s.remotePort ?? 0}` : "an unknown address";
   server.on("tlsClientError", (e: Error, s: tls.TLSSocket) => {
     refusedLog(opts, addrOf(s), explainTlsError(e));
     s.destroy();
@@ -601,12 +694,12 @@ export async function tlsListen(host: string, port: number, opts: LinkOptions): 
       confirm(sock, true, opts, used, undefined),
       opts.handshakeTimeoutMs ?? 10_000,
       () => sock.destroy(),
-    ).then(({ id, rest }) => {
+    ).then(({ id, rest, ended }) => {
       if (closed) {
         sock.destroy();
         return;
       }
-      const c = makeConn(sock, id, rest, addr, local);
+      const c = makeConn(sock, id, rest, ended, addr, local);
       live.add(c);
       c.closed.then(() => live.delete(c));
       deliver(c);
