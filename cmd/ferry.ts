@@ -43,6 +43,8 @@ const commands: Record<string, Entry> = {
   logon: { summary: "compose a user's namespace from a manifest", load: () => import("./logon.ts") },
   sign: { summary: "sign a manifest with the CA's key", load: () => import("./ca_sign.ts") },
   check: { summary: "validate a cluster manifest", load: () => import("./check.ts") },
+  mount: { summary: "FUSE-mount a Styx tree on a host dir", load: () => import("./mount.ts") },
+  unmount: { summary: "unmount a 'ferry mount'", load: () => import("./unmount.ts") },
   phone: {
     summary: "serve /phone: SMS, calls, status, events (sim, modemmanager, termux)",
     load: () => import("./phone.ts"),

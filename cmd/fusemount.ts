@@ -1,0 +1,148 @@
+/**
+ * `ferry mount ADDR HOSTDIR` and `ferry unmount HOSTDIR`: a remote Styx
+ * tree mounted on a host directory through FUSE, for every program on the
+ * machine. The mount lives as long as this process: it is unmounted on
+ * SIGINT/SIGTERM, and when the remote goes away (operations then fail with
+ * EIO; nothing hangs).
+ *
+ * @module
+ */
+
+import { fail, parse, UsageError, warnInsecure } from "../lib/cli.ts";
+import { dialStyx } from "../lib/net/connect.ts";
+import {
+  type FuseMount,
+  type MountOptions,
+  mountTree,
+  parseMountOptions,
+  unmountPath,
+} from "../lib/fuse/mount.ts";
+
+const mountSpec = {
+  usage: "ferry mount [-A] [-o OPTIONS] [-u USER] [--aname NAME] [-a ALG] [--certs DIR] [-D] " +
+    "ADDR HOSTDIR",
+  about: "Mount the Styx tree served at ADDR (a dial string such as 'tcp!host!6666') on the\n" +
+    "host directory HOSTDIR through the kernel's FUSE, so every program sees it. Runs\n" +
+    "in the foreground until interrupted, unmounted ('ferry unmount HOSTDIR') or the\n" +
+    "remote goes away. Needs root and /dev/fuse. Without -A the connection is mutually\n" +
+    "authenticated and encrypted with TLS 1.3 using this machine's credentials.",
+  options: {
+    A: { type: "boolean" as const },
+    o: { type: "string" as const, multiple: true },
+    u: { type: "string" as const },
+    aname: { type: "string" as const },
+    a: { type: "string" as const },
+    certs: { type: "string" as const },
+    D: { type: "boolean" as const },
+  },
+  optionsHelp: [
+    "  -A             no authentication or encryption (warns)",
+    "  -o OPTIONS     comma-separated mount options:",
+    "                   attr_timeout=S   seconds the kernel trusts attributes (default 1)",
+    "                   entry_timeout=S  seconds the kernel trusts names (default 1)",
+    "                   direct_io        bypass the page cache for every file",
+    "                   max_io=BYTES     largest kernel read/write (default 1048576)",
+    "                   readahead_kb=N   kernel readahead (default 1024; 0: kernel's)",
+    "                   fsname=NAME      source shown in /proc/mounts",
+    "                   debug            log every FUSE request on stderr",
+    "  -u USER        user name sent at attach (default $USER)",
+    "  --aname NAME   attach name (the tree to select on the server)",
+    "  -a ALG         Inferno algorithm name, mapped onto a TLS 1.3 cipher choice",
+    "  --certs DIR    credentials directory (default $FERRY_CERTS or ~/.ferry/certs)",
+    "  -D             trace Styx messages on stderr",
+  ].join("\n"),
+};
+
+const unmountSpec = {
+  usage: "ferry unmount HOSTDIR",
+  about: "Unmount a Ferry FUSE mount. When files on it are still open the mount is\n" +
+    "detached at once and goes away when the last one is closed.",
+};
+
+/** Run `ferry mount ADDR HOSTDIR`; resolves with the exit status once the mount is gone. */
+export async function run(args: string[]): Promise<number> {
+  let m: FuseMount | undefined;
+  let stopSignals = () => {};
+  try {
+    const p = parse(mountSpec, args);
+    if (p.help) return 0;
+    const [addr, dir] = p.positionals;
+    if (addr === undefined || dir === undefined || p.positionals.length > 2) {
+      throw new UsageError(`need ADDR and HOSTDIR\nusage: ${mountSpec.usage}`);
+    }
+    const opts: MountOptions = {};
+    for (const o of (p.values.o as string[] | undefined) ?? []) parseMountOptions(o, opts);
+    const insecure = p.values.A === true;
+    const user = (p.values.u as string | undefined) ?? Deno.env.get("USER") ?? "none";
+    const st = await Deno.stat(dir).catch(() => null);
+    if (!st?.isDirectory) throw new Error(`'${dir}' is not a directory`);
+    const dialed = await dialStyx(addr, {
+      insecure,
+      user,
+      aname: p.values.aname as string | undefined,
+      alg: p.values.a as string | undefined,
+      certDir: p.values.certs as string | undefined,
+      trace: p.values.D === true,
+    });
+    if (insecure) warnInsecure("mount");
+    try {
+      m = await mountTree(dialed.tree, dir, {
+        fsname: opts.fsname ?? addr.replace(/[,\s]/g, "_"),
+        ...opts,
+        caller: { user },
+        aname: (p.values.aname as string | undefined) ?? "",
+      });
+    } catch (e) {
+      dialed.close();
+      throw e;
+    }
+    const mount = m;
+    let status = 0;
+    const onSignal = () => {
+      unmountPath(mount.mountpoint).catch(() => mount.close());
+    };
+    Deno.addSignalListener("SIGINT", onSignal);
+    Deno.addSignalListener("SIGTERM", onSignal);
+    stopSignals = () => {
+      Deno.removeSignalListener("SIGINT", onSignal);
+      Deno.removeSignalListener("SIGTERM", onSignal);
+    };
+    console.log(`mounted ${addr} on ${mount.mountpoint}`);
+    dialed.client.closed.then(async () => {
+      if (!m) return;
+      console.error(`mount: ${addr} hung up: unmounting ${mount.mountpoint}`);
+      status = 1;
+      // Requests still arriving fail with EIO; then the mount goes away.
+      await mount.close();
+    });
+    await mount.done;
+    stopSignals();
+    m = undefined;
+    dialed.close();
+    await dialed.client.closed;
+    return status;
+  } catch (e) {
+    stopSignals();
+    if (m) await m.close().catch(() => {});
+    return fail("mount", e);
+  }
+}
+
+/** Run `ferry unmount HOSTDIR`. */
+export async function runUnmount(args: string[]): Promise<number> {
+  try {
+    const p = parse(unmountSpec, args);
+    if (p.help) return 0;
+    const [dir] = p.positionals;
+    if (dir === undefined || p.positionals.length > 1) {
+      throw new UsageError(`need HOSTDIR\nusage: ${unmountSpec.usage}`);
+    }
+    const how = await unmountPath(dir);
+    if (how === "detached") {
+      console.error(`unmount: '${dir}' is busy: detached; it goes away when its files are closed`);
+    }
+    return 0;
+  } catch (e) {
+    return fail("unmount", e);
+  }
+}

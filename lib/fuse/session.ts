@@ -1,0 +1,832 @@
+/**
+ * One FUSE connection serving a {@link Tree}: reads kernel requests from
+ * /dev/fuse, maps each onto walk/open/read/write/create/stat/wstat/remove
+ * of the tree, and writes the replies. Requests run concurrently; an
+ * INTERRUPT aborts the matching request's signal (a remote tree turns that
+ * into Tflush).
+ *
+ * Inodes: the kernel's node ids name (parent, name) pairs. A node id holds
+ * a walked {@link Node} only once an operation needed one, so listing a big
+ * directory with READDIRPLUS costs no walks at all.
+ *
+ * @module
+ */
+
+import {
+  type Dir,
+  DMDIR,
+  Ename,
+  errorString,
+  nullDir,
+  ORDWR,
+  OREAD,
+  OTRUNC,
+  OWRITE,
+  QTDIR,
+  StyxError,
+} from "../styx/types.ts";
+import type { Node, OpenFile } from "../fs/tree.ts";
+import { RemoteNode } from "../styx/client_tree.ts";
+import { Errno, readFd, waitReadable, writeParts } from "./ffi.ts";
+import {
+  type Attr,
+  attrOut,
+  cString,
+  decodeInHeader,
+  decodeInitIn,
+  direntSize,
+  ENTRY_OUT,
+  entryOut,
+  Fattr,
+  FOPEN_DIRECT_IO,
+  IN_HEADER,
+  InitFlag,
+  initOut,
+  KERNEL_MAJOR,
+  KERNEL_MINOR,
+  Op,
+  openOut,
+  OUT_HEADER,
+  outHeader,
+  putDirent,
+  putEntry,
+  statfsOut,
+  type Validity,
+  writeOut,
+} from "./proto.ts";
+
+/** Tuning of a {@link FuseSession}. */
+export interface SessionOptions {
+  /** How long the kernel may trust a name lookup, in seconds (default 1). */
+  entryTimeout?: number;
+  /** How long the kernel may trust file attributes, in seconds (default 1). */
+  attrTimeout?: number;
+  /** Bypass the page cache for every file (default: only for files of length 0). */
+  directIo?: boolean;
+  /** Largest READ/WRITE the kernel sends, in bytes (default 1 MiB). */
+  maxIo?: number;
+  /** Owner shown for every file (default: this process's uid). */
+  uid?: number;
+  /** Group shown for every file (default: this process's gid). */
+  gid?: number;
+  /** Print each request and its result on stderr. */
+  debug?: boolean;
+}
+
+const O_ACCMODE = 3;
+const O_WRONLY = 1;
+const O_RDWR = 2;
+const O_TRUNC = 0o1000;
+const S_IFDIR = 0o040000;
+const S_IFREG = 0o100000;
+const DT_DIR = 4;
+const DT_REG = 8;
+const ROOT_ID = 1n;
+
+/**
+ * The errno value a Styx error string stands for, matched on Plan 9's
+ * wording (as 9pfuse does): "file does not exist" is ENOENT, "permission
+ * denied" EACCES, "file exists" EEXIST, "directory not empty" ENOTEMPTY,
+ * "is a directory" EISDIR, "not a directory" ENOTDIR; anything else EIO.
+ *
+ * @example
+ * ```ts
+ * import { errnoOf } from "./session.ts";
+ * if (errnoOf(new Error("file does not exist")) !== 2) throw new Error("wrong");
+ * ```
+ */
+export function errnoOf(e: unknown): number {
+  const s = errorString(e).toLowerCase();
+  if (s.includes("does not exist") || s.includes("not found") || s.includes("no such")) {
+    return Errno.ENOENT;
+  }
+  if (s.includes("permission denied") || s.includes("prohibited")) return Errno.EACCES;
+  if (s.includes("not empty")) return Errno.ENOTEMPTY;
+  if (s.includes("not a directory") || s.includes("walk in non-directory")) return Errno.ENOTDIR;
+  if (s.includes("is a directory")) return Errno.EISDIR;
+  if (s.includes("exists")) return Errno.EEXIST;
+  if (s === Ename.interrupted) return Errno.EINTR;
+  if (s.includes("name too long")) return Errno.ENAMETOOLONG;
+  if (s.includes("illegal name")) return Errno.EINVAL;
+  if (s.includes("read-only") || s.includes("read only")) return Errno.EROFS;
+  if (s.includes("no space")) return Errno.ENOSPC;
+  return Errno.EIO;
+}
+
+/** A local failure carrying its errno directly. */
+class Fail extends Error {
+  constructor(readonly errno: number) {
+    super(`errno ${errno}`);
+  }
+}
+
+interface Inode {
+  id: bigint;
+  parent: Inode | null;
+  name: string;
+  qpath: bigint;
+  isDir: boolean;
+  node: Node | null;
+  /** Rename epoch the cached node was walked in (paths may be stale after a rename). */
+  epoch: number;
+  walking: Promise<Node> | null;
+  nlookup: number;
+}
+
+interface Handle {
+  ino: Inode;
+  file: OpenFile;
+  direct: boolean;
+  entries: Dir[] | null;
+}
+
+function key(parent: bigint, name: string): string {
+  return `${parent}/${name}`;
+}
+
+const enc = new TextEncoder();
+
+/**
+ * Serves `root` on an open, mounted /dev/fuse descriptor until the kernel
+ * ends the connection (unmount) or {@link FuseSession.stop} is called.
+ */
+export class FuseSession {
+  readonly #fd: number;
+  readonly #root: Inode;
+  readonly #t: Validity;
+  readonly #opts: SessionOptions;
+  readonly #maxIo: number;
+  readonly #uid: number;
+  readonly #gid: number;
+  readonly #inodes = new Map<bigint, Inode>();
+  readonly #byKey = new Map<string, Inode>();
+  readonly #handles = new Map<bigint, Handle>();
+  readonly #inflight = new Map<bigint, AbortController>();
+  #nextId = 2n;
+  #nextFh = 1n;
+  #epoch = 0;
+  #stopped = false;
+  readonly #done: Promise<void>;
+  #resolveInit!: () => void;
+  /** Resolves once the kernel's FUSE_INIT has been answered. */
+  readonly initialised: Promise<void>;
+
+  /** Serve `root` on the mounted device `fd`; the loop starts at once. */
+  constructor(fd: number, root: Node, opts: SessionOptions = {}) {
+    this.#fd = fd;
+    this.#opts = opts;
+    this.#t = {
+      entryMs: (opts.entryTimeout ?? 1) * 1000,
+      attrMs: (opts.attrTimeout ?? 1) * 1000,
+    };
+    this.#maxIo = opts.maxIo ?? 1024 * 1024;
+    this.#uid = opts.uid ?? Deno.uid() ?? 0;
+    this.#gid = opts.gid ?? Deno.gid() ?? 0;
+    this.#root = {
+      id: ROOT_ID,
+      parent: null,
+      name: "",
+      qpath: root.qid.path,
+      isDir: true,
+      node: root,
+      epoch: Infinity,
+      walking: null,
+      nlookup: 1,
+    };
+    this.#inodes.set(ROOT_ID, this.#root);
+    this.initialised = new Promise((r) => (this.#resolveInit = r));
+    this.#done = this.#loop();
+  }
+
+  /** Resolves when the connection has ended. */
+  get done(): Promise<void> {
+    return this.#done;
+  }
+
+  /** Number of node ids the kernel currently holds. */
+  get inodeCount(): number {
+    return this.#inodes.size;
+  }
+
+  /** Number of open files and directories. */
+  get openHandles(): number {
+    return this.#handles.size;
+  }
+
+  /** Stop reading requests (the caller unmounts and closes the descriptor). */
+  stop(): void {
+    this.#stopped = true;
+    for (const c of this.#inflight.values()) c.abort();
+  }
+
+  async #loop(): Promise<void> {
+    const buf = new Uint8Array(this.#maxIo + 64 * 1024);
+    try {
+      while (!this.#stopped) {
+        const r = readFd(this.#fd, buf);
+        if ("n" in r) {
+          if (r.n === 0) break;
+          this.#dispatch(buf.slice(0, r.n));
+          continue;
+        }
+        if (r.errno === Errno.EINTR || r.errno === Errno.ENOENT) continue;
+        if (r.errno === Errno.EAGAIN) {
+          if (await waitReadable(this.#fd) === "gone") break;
+          continue;
+        }
+        break; // ENODEV: unmounted; anything else: the connection is unusable
+      }
+    } finally {
+      this.#stopped = true;
+      this.#resolveInit();
+      for (const c of this.#inflight.values()) c.abort();
+      const hs = [...this.#handles.values()];
+      this.#handles.clear();
+      await Promise.allSettled(hs.map((h) => h.file.close()));
+      const nodes = [...this.#inodes.values()].filter((i) => i !== this.#root && i.node);
+      await Promise.allSettled(nodes.map((i) => i.node!.close()));
+    }
+  }
+
+  #reply(unique: bigint, err: number, parts: Uint8Array[] = []): void {
+    let len = OUT_HEADER;
+    for (const p of parts) len += p.length;
+    const e = writeParts(this.#fd, [outHeader(unique, err === 0 ? 0 : -err, len), ...parts]);
+    // ENOENT: the request was interrupted and is gone; others: connection over.
+    if (e !== 0 && e !== Errno.ENOENT && this.#opts.debug) {
+      console.error(`fuse: reply to ${unique} failed: errno ${e}`);
+    }
+  }
+
+  #dispatch(req: Uint8Array): void {
+    const h = decodeInHeader(req);
+    const body = req.subarray(IN_HEADER, h.len);
+    if (h.opcode === Op.FORGET) {
+      this.#forget(h.nodeid, new DataView(body.buffer, body.byteOffset).getBigUint64(0, true));
+      return;
+    }
+    if (h.opcode === Op.BATCH_FORGET) {
+      const v = new DataView(body.buffer, body.byteOffset, body.byteLength);
+      const count = v.getUint32(0, true);
+      for (let i = 0; i < count && 8 + i * 16 + 16 <= body.length; i++) {
+        this.#forget(v.getBigUint64(8 + i * 16, true), v.getBigUint64(16 + i * 16, true));
+      }
+      return;
+    }
+    if (h.opcode === Op.INTERRUPT) {
+      const target = new DataView(body.buffer, body.byteOffset).getBigUint64(0, true);
+      this.#inflight.get(target)?.abort();
+      return;
+    }
+    if (h.opcode === Op.INIT) {
+      this.#init(h.unique, body);
+      return;
+    }
+    const ac = new AbortController();
+    this.#inflight.set(h.unique, ac);
+    const started = this.#opts.debug ? performance.now() : 0;
+    this.#handle(h.opcode, h.nodeid, body, ac.signal).then(
+      (parts) => {
+        this.#inflight.delete(h.unique);
+        if (this.#opts.debug) {
+          console.error(
+            `fuse: op ${h.opcode} node ${h.nodeid} ok (${
+              (performance.now() - started).toFixed(1)
+            } ms)`,
+          );
+        }
+        if (parts !== null) this.#reply(h.unique, 0, parts);
+      },
+      (e) => {
+        this.#inflight.delete(h.unique);
+        const err = e instanceof Fail ? e.errno : ac.signal.aborted ? Errno.EINTR : errnoOf(e);
+        if (this.#opts.debug) {
+          console.error(`fuse: op ${h.opcode} node ${h.nodeid} error ${err}: ${errorString(e)}`);
+        }
+        this.#reply(h.unique, err);
+      },
+    );
+  }
+
+  #init(unique: bigint, body: Uint8Array): void {
+    const i = decodeInitIn(body);
+    if (i.major !== KERNEL_MAJOR || i.minor < 12) {
+      this.#reply(unique, Errno.EIO);
+      return;
+    }
+    const want = InitFlag.ASYNC_READ | InitFlag.ATOMIC_O_TRUNC | InitFlag.BIG_WRITES |
+      InitFlag.AUTO_INVAL_DATA | InitFlag.DO_READDIRPLUS | InitFlag.ASYNC_DIO |
+      InitFlag.PARALLEL_DIROPS | InitFlag.MAX_PAGES;
+    const pages = Math.max(1, Math.floor(this.#maxIo / 4096));
+    this.#reply(unique, 0, [
+      initOut({
+        minor: Math.min(i.minor, KERNEL_MINOR),
+        maxReadahead: i.maxReadahead,
+        flags: i.flags & want,
+        maxBackground: 64,
+        congestionThreshold: 48,
+        maxWrite: this.#maxIo,
+        maxPages: Math.min(pages, 256),
+      }),
+    ]);
+    this.#resolveInit();
+  }
+
+  // -- inodes -----------------------------------------------------------------
+
+  #inode(id: bigint): Inode {
+    const i = this.#inodes.get(id);
+    if (!i) throw new Fail(Errno.ENOENT);
+    return i;
+  }
+
+  #forget(id: bigint, n: bigint): void {
+    const i = this.#inodes.get(id);
+    if (!i || i === this.#root) return;
+    i.nlookup -= Number(n);
+    if (i.nlookup > 0) return;
+    this.#inodes.delete(id);
+    if (i.parent && this.#byKey.get(key(i.parent.id, i.name)) === i) {
+      this.#byKey.delete(key(i.parent.id, i.name));
+    }
+    const node = i.node;
+    i.node = null;
+    node?.close().catch(() => {});
+  }
+
+  /** Record a lookup of `name` in `parent` (one more kernel reference). */
+  #remember(parent: Inode, name: string, d: Dir, node: Node | null): Inode {
+    const k = key(parent.id, name);
+    const old = this.#byKey.get(k);
+    const isDir = (d.qid.type & QTDIR) !== 0;
+    if (old && old.qpath === d.qid.path && old.isDir === isDir) {
+      old.nlookup++;
+      if (node) {
+        if (old.node === null && old.walking === null) {
+          old.node = node;
+          old.epoch = this.#epoch;
+        } else node.close().catch(() => {});
+      }
+      return old;
+    }
+    if (old) {
+      // A different file now has this name: the old node id may no longer walk here.
+      old.parent = null;
+    }
+    const ino: Inode = {
+      id: this.#nextId++,
+      parent,
+      name,
+      qpath: d.qid.path,
+      isDir,
+      node,
+      epoch: this.#epoch,
+      walking: null,
+      nlookup: 1,
+    };
+    this.#inodes.set(ino.id, ino);
+    this.#byKey.set(k, ino);
+    return ino;
+  }
+
+  /** The node for `ino`, walking from its nearest known ancestor when needed. */
+  #nodeOf(ino: Inode): Promise<Node> {
+    if (ino.node && (ino === this.#root || ino.epoch === this.#epoch)) {
+      return Promise.resolve(ino.node);
+    }
+    if (ino.walking) return ino.walking;
+    const stale = ino.node;
+    ino.node = null;
+    stale?.close().catch(() => {});
+    const p = ino.parent;
+    if (!p) return Promise.reject(new Fail(Errno.ENOENT));
+    const epoch = this.#epoch;
+    const w = (async () => {
+      const pn = await this.#nodeOf(p);
+      const r = await pn.walk([ino.name]);
+      if (!r.node) throw new StyxError(Ename.notFound);
+      ino.node = r.node;
+      ino.epoch = epoch;
+      return r.node;
+    })().finally(() => {
+      ino.walking = null;
+    });
+    ino.walking = w;
+    return w;
+  }
+
+  #attr(d: Dir): Attr {
+    const isDir = (d.qid.type & QTDIR) !== 0 || (d.mode & DMDIR) !== 0;
+    const size = d.length;
+    return {
+      ino: d.qid.path === 0n ? 0xffffffffffffn : d.qid.path,
+      size,
+      blocks: (size + 511n) / 512n,
+      atime: d.atime,
+      mtime: d.mtime,
+      ctime: d.mtime,
+      mode: (isDir ? S_IFDIR : S_IFREG) | (d.mode & 0o777),
+      nlink: isDir ? 2 : 1,
+      uid: this.#uid,
+      gid: this.#gid,
+      blksize: 128 * 1024,
+    };
+  }
+
+  #entry(ino: Inode, d: Dir): Uint8Array {
+    return entryOut(ino.id, this.#attr(d), this.#t);
+  }
+
+  /** Open `ino` with 9P `mode`: two messages to a Styx server (walk, open). */
+  async #openIno(ino: Inode, mode: number, signal: AbortSignal): Promise<OpenFile> {
+    let base: Node;
+    let names: string[];
+    if (ino.node && (ino === this.#root || ino.epoch === this.#epoch)) {
+      base = ino.node;
+      names = [];
+    } else if (ino.parent) {
+      base = await this.#nodeOf(ino.parent);
+      names = [ino.name];
+    } else {
+      base = await this.#nodeOf(ino);
+      names = [];
+    }
+    if (base instanceof RemoteNode) {
+      const c = base.client;
+      const fid = c.allocFid();
+      const q = await c.walkFid(base.fid, fid, names, { signal });
+      if (q.length < names.length) throw new StyxError(Ename.notFound);
+      return await c.openFid(fid, mode, { signal });
+    }
+    if (names.length === 0) return await base.open(mode, { signal });
+    const w = await base.walk(names, { signal });
+    if (!w.node) throw new StyxError(Ename.notFound);
+    try {
+      return await w.node.open(mode, { signal });
+    } finally {
+      w.node.close().catch(() => {});
+    }
+  }
+
+  #newHandle(ino: Inode, file: OpenFile, direct: boolean): bigint {
+    const fh = this.#nextFh++;
+    this.#handles.set(fh, { ino, file, direct, entries: null });
+    return fh;
+  }
+
+  #handleOf(fh: bigint): Handle {
+    const h = this.#handles.get(fh);
+    if (!h) throw new Fail(Errno.EBADF);
+    return h;
+  }
+
+  // -- requests ---------------------------------------------------------------
+
+  /** Run one request; resolves with the reply body, or null for "no reply". */
+  async #handle(
+    op: number,
+    nodeid: bigint,
+    body: Uint8Array,
+    signal: AbortSignal,
+  ): Promise<Uint8Array[] | null> {
+    const v = new DataView(body.buffer, body.byteOffset, body.byteLength);
+    const o = { signal };
+    switch (op) {
+      case Op.LOOKUP: {
+        const parent = this.#inode(nodeid);
+        const [name] = cString(body, 0);
+        if (!parent.isDir) throw new Fail(Errno.ENOTDIR);
+        const pn = await this.#nodeOf(parent);
+        const w = await pn.walk([name], o);
+        if (!w.node) throw new Fail(Errno.ENOENT);
+        let d: Dir;
+        try {
+          d = await w.node.stat(o);
+        } catch (e) {
+          w.node.close().catch(() => {});
+          throw e;
+        }
+        const ino = this.#remember(parent, name, d, w.node);
+        return [this.#entry(ino, d)];
+      }
+      case Op.GETATTR: {
+        const ino = this.#inode(nodeid);
+        const d = await (await this.#nodeOf(ino)).stat(o);
+        return [attrOut(this.#attr(d), this.#t)];
+      }
+      case Op.SETATTR:
+        return [attrOut(this.#attr(await this.#setattr(this.#inode(nodeid), v, o)), this.#t)];
+      case Op.ACCESS:
+        throw new Fail(Errno.ENOSYS); // the server decides; the kernel stops asking
+      case Op.STATFS:
+        return [statfsOut({
+          blocks: 1n << 30n,
+          bfree: 1n << 29n,
+          bavail: 1n << 29n,
+          files: 1n << 24n,
+          ffree: 1n << 23n,
+          bsize: 4096,
+          namelen: 255,
+        })];
+      case Op.OPEN: {
+        const ino = this.#inode(nodeid);
+        const flags = v.getUint32(0, true);
+        const acc = flags & O_ACCMODE;
+        let mode = acc === O_WRONLY ? OWRITE : acc === O_RDWR ? ORDWR : OREAD;
+        if (flags & O_TRUNC) mode |= OTRUNC;
+        const file = await this.#openIno(ino, mode, signal);
+        // Files that say they are empty are often synthetic (ctl, status): read them directly.
+        const direct = this.#opts.directIo === true ||
+          (!(flags & O_TRUNC) && acc !== O_WRONLY && await this.#isEmpty(ino, o));
+        return [openOut(this.#newHandle(ino, file, direct), direct ? FOPEN_DIRECT_IO : 0)];
+      }
+      case Op.OPENDIR: {
+        const ino = this.#inode(nodeid);
+        const file = await this.#openIno(ino, OREAD, signal);
+        return [openOut(this.#newHandle(ino, file, false), 0)];
+      }
+      case Op.READ: {
+        const h = this.#handleOf(v.getBigUint64(0, true));
+        const off = v.getBigUint64(8, true);
+        const size = v.getUint32(16, true);
+        return [await this.#read(h, off, size, signal)];
+      }
+      case Op.WRITE: {
+        const h = this.#handleOf(v.getBigUint64(0, true));
+        const off = v.getBigUint64(8, true);
+        const size = v.getUint32(16, true);
+        const data = body.subarray(40, 40 + size);
+        return [writeOut(await this.#write(h, off, data, signal))];
+      }
+      case Op.READDIR:
+      case Op.READDIRPLUS: {
+        const h = this.#handleOf(v.getBigUint64(0, true));
+        const off = v.getBigUint64(8, true);
+        const size = v.getUint32(16, true);
+        if (off === 0n || h.entries === null) h.entries = await h.file.readDir(o);
+        return [this.#dirents(h, Number(off), size, op === Op.READDIRPLUS)];
+      }
+      case Op.RELEASE:
+      case Op.RELEASEDIR: {
+        const fh = v.getBigUint64(0, true);
+        const h = this.#handles.get(fh);
+        this.#handles.delete(fh);
+        await h?.file.close().catch(() => {});
+        return [];
+      }
+      case Op.FLUSH:
+      case Op.FSYNC:
+      case Op.FSYNCDIR:
+        this.#handleOf(v.getBigUint64(0, true));
+        return [];
+      case Op.CREATE: {
+        const parent = this.#inode(nodeid);
+        const flags = v.getUint32(0, true);
+        const perm = v.getUint32(4, true) & 0o777;
+        const [name] = cString(body, 16);
+        const acc = flags & O_ACCMODE;
+        const mode = acc === O_WRONLY ? OWRITE : acc === O_RDWR ? ORDWR : OREAD;
+        const pn = await this.#nodeOf(parent);
+        const c = await pn.create(name, perm, mode, o);
+        let d: Dir;
+        try {
+          d = await c.node.stat(o);
+        } catch (e) {
+          await c.file.close().catch(() => {});
+          await c.node.close().catch(() => {});
+          throw e;
+        }
+        const ino = this.#remember(parent, name, d, c.node);
+        const fh = this.#newHandle(ino, c.file, this.#opts.directIo === true);
+        return [this.#entry(ino, d), openOut(fh, this.#opts.directIo ? FOPEN_DIRECT_IO : 0)];
+      }
+      case Op.MKDIR: {
+        const parent = this.#inode(nodeid);
+        const perm = v.getUint32(0, true) & 0o777;
+        const [name] = cString(body, 8);
+        const pn = await this.#nodeOf(parent);
+        const c = await pn.create(name, (DMDIR | perm) >>> 0, OREAD, o);
+        await c.file.close().catch(() => {});
+        let d: Dir;
+        try {
+          d = await c.node.stat(o);
+        } catch (e) {
+          await c.node.close().catch(() => {});
+          throw e;
+        }
+        return [this.#entry(this.#remember(parent, name, d, c.node), d)];
+      }
+      case Op.UNLINK:
+      case Op.RMDIR: {
+        const parent = this.#inode(nodeid);
+        const [name] = cString(body, 0);
+        const pn = await this.#nodeOf(parent);
+        const w = await pn.walk([name], o);
+        if (!w.node) throw new Fail(Errno.ENOENT);
+        const isDir = (w.node.qid.type & QTDIR) !== 0;
+        if (op === Op.UNLINK && isDir) {
+          await w.node.close();
+          throw new Fail(Errno.EISDIR);
+        }
+        if (op === Op.RMDIR && !isDir) {
+          await w.node.close();
+          throw new Fail(Errno.ENOTDIR);
+        }
+        await w.node.remove(o);
+        this.#unname(parent, name);
+        return [];
+      }
+      case Op.RENAME:
+      case Op.RENAME2: {
+        const newdir = v.getBigUint64(0, true);
+        let at = 8;
+        if (op === Op.RENAME2) {
+          if (v.getUint32(8, true) !== 0) throw new Fail(Errno.EINVAL);
+          at = 16;
+        }
+        const [oldname, next] = cString(body, at);
+        const [newname] = cString(body, next);
+        await this.#rename(this.#inode(nodeid), this.#inode(newdir), oldname, newname, signal);
+        return [];
+      }
+      case Op.DESTROY:
+        return [];
+      default:
+        // xattrs, links, locks, ioctl, poll, fallocate, lseek...: not in Styx.
+        throw new Fail(Errno.ENOSYS);
+    }
+  }
+
+  async #isEmpty(ino: Inode, o: { signal: AbortSignal }): Promise<boolean> {
+    try {
+      const d = await (await this.#nodeOf(ino)).stat(o);
+      return d.length === 0n;
+    } catch {
+      return false;
+    }
+  }
+
+  #unname(parent: Inode, name: string): void {
+    const k = key(parent.id, name);
+    const ino = this.#byKey.get(k);
+    if (!ino) return;
+    this.#byKey.delete(k);
+    ino.parent = null;
+    const node = ino.node;
+    ino.node = null;
+    node?.close().catch(() => {});
+  }
+
+  async #setattr(ino: Inode, v: DataView, o: { signal: AbortSignal }): Promise<Dir> {
+    const valid = v.getUint32(0, true);
+    const node = await this.#nodeOf(ino);
+    const cur = await node.stat(o);
+    const d = nullDir();
+    let change = false;
+    if (valid & Fattr.SIZE) {
+      d.length = v.getBigUint64(16, true);
+      change = true;
+    }
+    const now = Math.floor(Date.now() / 1000);
+    if (valid & Fattr.MTIME) {
+      d.mtime = valid & Fattr.MTIME_NOW ? now : Number(v.getBigUint64(40, true));
+      change = true;
+    }
+    if (valid & Fattr.ATIME) {
+      d.atime = valid & Fattr.ATIME_NOW ? now : Number(v.getBigUint64(32, true));
+      change = true;
+    }
+    if (valid & Fattr.MODE) {
+      const mode = v.getUint32(68, true);
+      d.mode = ((cur.mode & ~0o777) | (mode & 0o777)) >>> 0;
+      change = true;
+    }
+    if (
+      (valid & Fattr.UID && v.getUint32(76, true) !== this.#uid) ||
+      (valid & Fattr.GID && v.getUint32(80, true) !== this.#gid)
+    ) {
+      throw new Fail(Errno.EPERM);
+    }
+    if (!change) return cur;
+    await node.wstat(d, o);
+    return await node.stat(o);
+  }
+
+  async #rename(
+    parent: Inode,
+    newdir: Inode,
+    oldname: string,
+    newname: string,
+    signal: AbortSignal,
+  ): Promise<void> {
+    // Styx renames only within a directory; EXDEV makes mv fall back to copy and remove.
+    if (parent !== newdir) throw new Fail(Errno.EXDEV);
+    if (oldname === newname) return;
+    const o = { signal };
+    const pn = await this.#nodeOf(parent);
+    const w = await pn.walk([oldname], o);
+    if (!w.node) throw new Fail(Errno.ENOENT);
+    const node = w.node;
+    const isDir = (node.qid.type & QTDIR) !== 0;
+    try {
+      const d = nullDir();
+      d.name = newname;
+      try {
+        await node.wstat(d, o);
+      } catch (e) {
+        if (errnoOf(e) !== Errno.EEXIST) throw e;
+        // rename(2) replaces the target; Twstat does not: remove it first.
+        const t = await pn.walk([newname], o);
+        if (!t.node) throw e;
+        const targetDir = (t.node.qid.type & QTDIR) !== 0;
+        if (targetDir !== isDir) {
+          await t.node.close();
+          throw new Fail(isDir ? Errno.ENOTDIR : Errno.EISDIR);
+        }
+        await t.node.remove(o);
+        await node.wstat(d, o);
+      }
+    } finally {
+      node.close().catch(() => {});
+    }
+    this.#unname(parent, newname);
+    const k = key(parent.id, oldname);
+    const ino = this.#byKey.get(k);
+    if (ino) {
+      this.#byKey.delete(k);
+      ino.name = newname;
+      this.#byKey.set(key(parent.id, newname), ino);
+      const stale = ino.node;
+      ino.node = null;
+      stale?.close().catch(() => {});
+    }
+    // Nodes below a renamed directory hold its old path: walk them again.
+    if (isDir) this.#epoch++;
+  }
+
+  async #read(h: Handle, off: bigint, size: number, signal: AbortSignal): Promise<Uint8Array> {
+    const unit = h.file.iounit;
+    if (h.direct || unit <= 0 || size <= unit) return await h.file.read(off, size, { signal });
+    // Several Treads in flight for one large kernel read.
+    const parts: Promise<Uint8Array>[] = [];
+    for (let at = 0; at < size; at += unit) {
+      parts.push(h.file.read(off + BigInt(at), Math.min(unit, size - at), { signal }));
+    }
+    const got = await Promise.all(parts);
+    let total = 0;
+    for (let i = 0; i < got.length; i++) {
+      total += got[i]!.length;
+      if (got[i]!.length < Math.min(unit, size - i * unit)) break;
+    }
+    const out = new Uint8Array(total);
+    let at = 0;
+    for (const g of got) {
+      if (at >= total) break;
+      const n = Math.min(g.length, total - at);
+      out.set(n === g.length ? g : g.subarray(0, n), at);
+      at += n;
+    }
+    return out;
+  }
+
+  async #write(h: Handle, off: bigint, data: Uint8Array, signal: AbortSignal): Promise<number> {
+    const unit = h.file.iounit;
+    if (h.direct || unit <= 0 || data.length <= unit) {
+      return await h.file.write(off, data, { signal });
+    }
+    const parts: Promise<number>[] = [];
+    for (let at = 0; at < data.length; at += unit) {
+      parts.push(h.file.write(off + BigInt(at), data.subarray(at, at + unit), { signal }));
+    }
+    const got = await Promise.all(parts);
+    let total = 0;
+    for (let i = 0; i < got.length; i++) {
+      total += got[i]!;
+      if (got[i]! < Math.min(unit, data.length - i * unit)) break;
+    }
+    return total;
+  }
+
+  #dirents(h: Handle, start: number, size: number, plus: boolean): Uint8Array {
+    const entries = h.entries ?? [];
+    const b = new Uint8Array(size);
+    const v = new DataView(b.buffer);
+    let pos = 0;
+    for (let i = start; i < entries.length; i++) {
+      const d = entries[i]!;
+      if (d.name === "" || d.name === "." || d.name === ".." || d.name.includes("/")) continue;
+      const name = enc.encode(d.name);
+      const need = direntSize(name.length, plus);
+      if (pos + need > size) break;
+      const a = this.#attr(d);
+      const type = (a.mode & 0o170000) === S_IFDIR ? DT_DIR : DT_REG;
+      if (plus) {
+        const ino = this.#remember(h.ino, d.name, d, null);
+        putEntry(v, pos, ino.id, a, this.#t);
+        pos += ENTRY_OUT;
+      }
+      pos += putDirent(b, v, pos, a.ino, BigInt(i + 1), type, name);
+    }
+    return b.subarray(0, pos);
+  }
+}
