@@ -104,6 +104,12 @@ const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 
 class Builder {
   readonly problems: Problem[] = [];
+  #lines: string[] | undefined;
+  /** The source split into lines (once, on first use). */
+  get srcLines(): string[] {
+    this.#lines ??= this.text.split("\n");
+    return this.#lines;
+  }
   constructor(
     readonly file: string,
     readonly text: string,
@@ -198,7 +204,7 @@ class Builder {
     if (typeof v === "string") {
       const w = this.where(`${key}.namespace`);
       // A """ string starting with a newline begins on the next line.
-      const src = this.text.split("\n")[w.line - 1] ?? "";
+      const src = this.srcLines[w.line - 1] ?? "";
       const eq = src.slice(src.indexOf("=") + 1).trim();
       const first = /^("""|''')\s*$/.test(eq) ? w.line + 1 : w.line;
       out.push(
@@ -206,7 +212,7 @@ class Builder {
       );
     } else if (Array.isArray(v)) {
       const w = this.where(`${key}.namespace`);
-      const srcLines = this.text.split("\n");
+      const srcLines = this.srcLines;
       let at = w.line;
       for (const item of v) {
         if (typeof item !== "string") {
