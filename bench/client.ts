@@ -39,13 +39,17 @@ async function connect(): Promise<StyxClient> {
   return await StyxClient.connect(conn);
 }
 
-const t0 = performance.now();
+// The clock starts when the transfer starts (after connecting, attaching
+// and opening), so process start-up is not counted against either side.
+let t0 = performance.now();
+const start = () => (t0 = performance.now());
 const secs = () => (performance.now() - t0) / 1000;
 
 switch (mode) {
   case "raw": {
     const a = parseDialString(addr!);
     const c = await Deno.connect({ hostname: a.host, port: a.port });
+    start();
     const buf = new Uint8Array(256 * 1024);
     let n = 0;
     for (;;) {
@@ -54,7 +58,8 @@ switch (mode) {
       n += r;
     }
     c.close();
-    report({ bytes: n, seconds: secs(), mbs: n / 1e6 / secs() });
+    const s = secs();
+    report({ bytes: n, seconds: s, mbs: n / 1e6 / s });
     break;
   }
   case "read": {
@@ -63,9 +68,11 @@ switch (mode) {
     const f = await client.openPath(root, a1!, OREAD);
     let n = 0;
     const window = values.window ? Number(values.window) : undefined;
+    start();
     for await (const chunk of readStream(f, { window })) n += chunk.length;
     await f.close();
-    report({ bytes: n, seconds: secs(), mbs: n / 1e6 / secs(), msize: client.msize });
+    const s = secs();
+    report({ bytes: n, seconds: s, mbs: n / 1e6 / s, msize: client.msize });
     await client.close();
     break;
   }
@@ -85,9 +92,11 @@ switch (mode) {
         ctl.enqueue(piece.slice(0, n));
       },
     }, { highWaterMark: 2 });
+    start();
     const n = await writeFrom(f, src);
     await f.close();
-    report({ bytes: Number(n), seconds: secs(), mbs: Number(n) / 1e6 / secs() });
+    const s = secs();
+    report({ bytes: Number(n), seconds: s, mbs: Number(n) / 1e6 / s });
     await client.close();
     break;
   }

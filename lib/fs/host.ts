@@ -62,6 +62,7 @@ import {
   StyxError,
 } from "../styx/types.ts";
 import { type HostUsers, hostUsers } from "./users.ts";
+import { allocReadData } from "../styx/frame.ts";
 
 /** Options for {@link HostTree}. */
 export interface HostTreeOptions {
@@ -633,7 +634,7 @@ class HostFile implements OpenFile {
       if (pos >= this.#size) this.#size = sys(() => fs.fstatSync(this.fd).size);
       n = Math.min(n, this.#size - pos);
       if (n <= 0) return new Uint8Array(0);
-      const buf = new Uint8Array(n);
+      const buf = allocReadData(n);
       const got = await pread(this.fd, buf, pos);
       return got === n ? buf : buf.subarray(0, got);
     });

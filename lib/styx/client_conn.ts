@@ -7,12 +7,12 @@
  */
 
 import { decode, encode, msgName } from "./codec.ts";
+import { FrameReader, FramingError } from "./frame.ts";
 import { formatMsg, traceEnabled } from "./trace.ts";
 import {
   DEFAULT_MSIZE,
   type Dir,
   Ename,
-  HEADER_SIZE,
   IOHDRSZ,
   MsgType,
   NOFID,
@@ -126,11 +126,6 @@ const COALESCE = 64 * 1024;
 /** Smallest msize worth using: room for a Twalk of long names and some data. */
 const MIN_MSIZE = 256;
 
-/** The little-endian size[4] at `p`. */
-function frameSize(b: Uint8Array, p: number): number {
-  return (b[p]! | b[p + 1]! << 8 | b[p + 2]! << 16) + b[p + 3]! * 0x1000000;
-}
-
 function splitPath(path: string): string[] {
   return path.split("/").filter((p) => p !== "" && p !== ".");
 }
@@ -179,6 +174,7 @@ export class StyxClient {
   #writing = false;
 
   #hungup: StyxError | null = null;
+  #frames: FrameReader | null = null;
   readonly #done: Promise<void>;
 
   private constructor(conn: Conn, msize: number, trace: boolean) {
@@ -228,6 +224,7 @@ export class StyxClient {
       );
     }
     c.#msize = r.msize;
+    if (c.#frames) c.#frames.msize = r.msize;
     c.#version = r.version;
     return c;
   }
@@ -798,68 +795,27 @@ export class StyxClient {
   }
 
   async #readLoop(): Promise<void> {
-    // `pend` is the start of an incomplete frame, still a view of the chunk
-    // it came in. When the next chunk continues the same buffer exactly
-    // where `pend` ends (TcpConn reads into the tail of one large buffer),
-    // the two are joined as one view, without copying; otherwise the frame
-    // is assembled in `frame`. Whole frames are handed on as views, so Rread
-    // data reaches the caller without a copy.
-    let pend: Uint8Array | null = null;
-    let frame: Uint8Array | null = null;
-    let fLen = 0;
+    // Whole frames are handed on as they come from the reader (views of a
+    // transport chunk, or buffers of their own), so Rread data reaches the
+    // caller without a further copy.
+    const frames = new FrameReader(this.#conn, this.#msize);
+    this.#frames = frames;
     try {
       for (;;) {
-        const got = await this.#conn.read();
-        if (got === null) break;
-        let chunk: Uint8Array = got;
-        if (pend !== null) {
-          if (chunk.buffer === pend.buffer && chunk.byteOffset === pend.byteOffset + pend.length) {
-            chunk = new Uint8Array(pend.buffer, pend.byteOffset, pend.length + chunk.length);
-          } else if (pend.length >= 4) {
-            frame = new Uint8Array(frameSize(pend, 0));
-            frame.set(pend);
-            fLen = pend.length;
-          } else {
-            const joined: Uint8Array = new Uint8Array(pend.length + chunk.length);
-            joined.set(pend);
-            joined.set(chunk, pend.length);
-            chunk = joined;
-          }
-          pend = null;
-        }
-        if (frame !== null) {
-          const k = Math.min(frame.length - fLen, chunk.length);
-          frame.set(chunk.subarray(0, k), fLen);
-          fLen += k;
-          if (fLen < frame.length) continue;
-          const f = frame;
-          frame = null;
-          this.#dispatch(f);
-          chunk = chunk.subarray(k);
-        }
-        let p = 0;
-        const n = chunk.length;
-        while (n - p >= 4) {
-          const size = frameSize(chunk, p);
-          this.#checkSize(size);
-          if (n - p < size) break;
-          this.#dispatch(chunk.subarray(p, p + size));
-          p += size;
-        }
-        if (p < n) pend = chunk.subarray(p);
+        const f = await frames.next();
+        if (f === null) break;
+        this.#dispatch(f);
       }
       this.#fail(new StyxError(Ename.hungup));
     } catch (e) {
-      this.#fail(e instanceof StyxError ? e : new StyxError(Ename.hungup));
-      this.#conn.close();
-    }
-  }
-
-  #checkSize(size: number): void {
-    if (size < HEADER_SIZE || size > this.#msize) {
-      throw new StyxError(
-        `server sent a message of ${size} bytes (allowed: ${HEADER_SIZE} to ${this.#msize}); connection dropped`,
+      this.#fail(
+        e instanceof FramingError
+          ? new StyxError(`bad message from server: ${e.message}; connection dropped`)
+          : e instanceof StyxError
+          ? e
+          : new StyxError(Ename.hungup),
       );
+      this.#conn.close();
     }
   }
 

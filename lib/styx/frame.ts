@@ -5,13 +5,17 @@
  * {@link Conn} and yields one whole frame at a time: frames that arrived
  * together in one chunk come back as views of that chunk (no copy), and a
  * large frame that arrives in many chunks is copied once into a buffer
- * allocated when its size is known.
+ * allocated when its size is known. On a connection that can read into a
+ * buffer it is given ({@link ReadIntoConn}, such as a TCP connection), small
+ * frames are read through a reused buffer and copied out at their exact
+ * size, and the body of a large frame is read straight into the frame's own
+ * buffer.
  *
  * @module
  */
 
 import type { Conn } from "../transport/conn.ts";
-import { HEADER_SIZE } from "./types.ts";
+import { HEADER_SIZE, MsgType } from "./types.ts";
 
 /**
  * The byte stream no longer divides into frames (a size below 7 or above
@@ -25,6 +29,24 @@ export class FramingError extends Error {
     this.name = "FramingError";
   }
 }
+
+/**
+ * A connection that can also read into a buffer its caller provides (a
+ * {@link import("../transport/tcp.ts").TcpConn} can). Reads of both kinds
+ * take bytes from the same stream, one at a time.
+ */
+export interface ReadIntoConn extends Conn {
+  /** Read at most `buf.length` bytes into `buf`: the count, or null at end of stream. */
+  readInto(buf: Uint8Array): Promise<number | null>;
+}
+
+/** True when `conn` offers {@link ReadIntoConn.readInto}. */
+export function canReadInto(conn: Conn): conn is ReadIntoConn {
+  return typeof (conn as Partial<ReadIntoConn>).readInto === "function";
+}
+
+/** Size of the reused buffer small frames are read through. */
+const SCRATCH = 64 * 1024;
 
 /**
  * Reads whole Styx frames from a connection.
@@ -51,16 +73,22 @@ export class FrameReader {
   #off = 0;
   #avail = 0;
   #eof = false;
+  /** With readInto: the reused buffer, its unread bytes at [#start, #end). */
+  readonly #into: ReadIntoConn | null;
+  #buf: Uint8Array | null = null;
+  #start = 0;
+  #end = 0;
 
   /** Read frames from `conn`, refusing any larger than `msize`. */
   constructor(conn: Conn, msize: number) {
     this.#conn = conn;
     this.msize = msize;
+    this.#into = canReadInto(conn) ? conn : null;
   }
 
   /** Bytes received but not yet returned as part of a frame. */
   get buffered(): number {
-    return this.#avail;
+    return this.#avail + this.#end - this.#start;
   }
 
   /** Read one more chunk into the queue; false at end of stream. */
@@ -97,7 +125,93 @@ export class FrameReader {
    * cleanly between frames. Throws {@link FramingError} when the stream ends
    * mid-frame or announces a size below 7 or above `msize`.
    */
-  async next(): Promise<Uint8Array | null> {
+  next(): Promise<Uint8Array | null> {
+    return this.#into ? this.#nextInto(this.#into) : this.#nextChunked();
+  }
+
+  #checkSize(size: number): void {
+    if (size < HEADER_SIZE) {
+      throw new FramingError(`frame size ${size} is below the minimum of ${HEADER_SIZE}`);
+    }
+    if (size > this.msize) {
+      throw new FramingError(`frame size ${size} exceeds msize ${this.msize}`);
+    }
+  }
+
+  /** Read more into the reused buffer after #end; false at end of stream. */
+  async #fillInto(conn: ReadIntoConn): Promise<boolean> {
+    if (this.#eof) return false;
+    const buf = this.#buf!;
+    for (;;) {
+      const n = await conn.readInto(buf.subarray(this.#end));
+      if (n === null) {
+        this.#eof = true;
+        return false;
+      }
+      if (n > 0) {
+        this.#end += n;
+        return true;
+      }
+    }
+  }
+
+  async #nextInto(conn: ReadIntoConn): Promise<Uint8Array | null> {
+    const buf = this.#buf ??= new Uint8Array(SCRATCH);
+    if (this.#start === this.#end) this.#start = this.#end = 0;
+    while (this.#end - this.#start < 4) {
+      if (this.#start > 0 && buf.length - this.#start < 4) this.#compact();
+      if (!(await this.#fillInto(conn))) {
+        const have = this.#end - this.#start;
+        if (have === 0) return null;
+        throw new FramingError(`connection ended inside a frame header (${have} of 4 size bytes)`);
+      }
+    }
+    const p = this.#start;
+    const size = (buf[p]! | buf[p + 1]! << 8 | buf[p + 2]! << 16) + buf[p + 3]! * 0x1000000;
+    this.#checkSize(size);
+    if (size <= buf.length) {
+      // Small enough for the reused buffer: gather it there, copy it out.
+      if (buf.length - this.#start < size) this.#compact();
+      while (this.#end - this.#start < size) {
+        if (!(await this.#fillInto(conn))) {
+          throw new FramingError(
+            `connection ended inside a frame (${
+              this.#end - this.#start
+            } of ${size} bytes received)`,
+          );
+        }
+      }
+      const frame = buf.slice(this.#start, this.#start + size);
+      this.#start += size;
+      return frame;
+    }
+    // Large: what has arrived is copied, the rest is read into place.
+    const frame = new Uint8Array(size);
+    let have = this.#end - this.#start;
+    frame.set(buf.subarray(this.#start, this.#end));
+    this.#start = this.#end = 0;
+    while (have < size) {
+      const n = this.#eof ? null : await conn.readInto(frame.subarray(have));
+      if (n === null) {
+        this.#eof = true;
+        throw new FramingError(
+          `connection ended inside a frame (${have} of ${size} bytes received)`,
+        );
+      }
+      have += n;
+    }
+    return frame;
+  }
+
+  /** Move the unread bytes to the front of the reused buffer. */
+  #compact(): void {
+    const buf = this.#buf!;
+    buf.copyWithin(0, this.#start, this.#end);
+    this.#end -= this.#start;
+    this.#start = 0;
+  }
+
+  async #nextChunked(): Promise<Uint8Array | null> {
     while (this.#avail < 4) {
       if (!(await this.#fill())) {
         if (this.#avail === 0) return null;
@@ -107,12 +221,7 @@ export class FrameReader {
       }
     }
     const size = this.#peekSize();
-    if (size < HEADER_SIZE) {
-      throw new FramingError(`frame size ${size} is below the minimum of ${HEADER_SIZE}`);
-    }
-    if (size > this.msize) {
-      throw new FramingError(`frame size ${size} exceeds msize ${this.msize}`);
-    }
+    this.#checkSize(size);
     const first = this.#chunks[0]!;
     if (first.length - this.#off >= size) {
       // The whole frame is inside the first chunk: hand out a view.
@@ -164,4 +273,89 @@ export class FrameReader {
       yield f;
     }
   }
+}
+
+/** Bytes an Rread carries before its data: size[4] type[1] tag[2] count[4]. */
+export const RREAD_HEADER = 11;
+
+/** Buffers made by {@link allocReadData}: their first RREAD_HEADER bytes are free. */
+const withHeadroom = new WeakSet<ArrayBufferLike>();
+
+/**
+ * Buffers given back by the server once their Rread was written, by size.
+ * Reusing them spares the page faults and zeroing of fresh large buffers,
+ * which otherwise cost as much as the transfer itself.
+ */
+const pool = new Map<number, Uint8Array[]>();
+let pooledBytes = 0;
+const POOL_BYTES = 8 * 1024 * 1024;
+const POOL_PER_SIZE = 32;
+
+/**
+ * A buffer of `n` bytes for a tree to read file data into and return from
+ * `OpenFile.read` (whole, or a prefix of it). The server then writes the
+ * Rread header into room kept in front of the data, sends header and data
+ * as one write without copying the data, and afterwards reuses the buffer
+ * for a later read. So: fill it, return it from one read, and keep no
+ * reference to it. Its contents are not guaranteed to be zero.
+ *
+ * @example
+ * ```ts
+ * import { allocReadData } from "./frame.ts";
+ * const buf = allocReadData(8192);
+ * if (buf.length !== 8192) throw new Error("wrong size");
+ * ```
+ */
+export function allocReadData(n: number): Uint8Array {
+  const size = RREAD_HEADER + n;
+  const free = pool.get(size);
+  const b = free?.pop();
+  if (b !== undefined) {
+    pooledBytes -= size;
+    return b.subarray(RREAD_HEADER);
+  }
+  const fresh = new Uint8Array(size);
+  withHeadroom.add(fresh.buffer);
+  return fresh.subarray(RREAD_HEADER);
+}
+
+/**
+ * The whole Rread frame for `data` with tag `tag`, built in place when
+ * `data` came from {@link allocReadData} (no copy), else null.
+ * @internal
+ */
+export function rreadInPlace(tag: number, data: Uint8Array): Uint8Array | null {
+  if (data.byteOffset !== RREAD_HEADER || !withHeadroom.has(data.buffer)) return null;
+  const n = data.length;
+  const f = new Uint8Array(data.buffer, 0, RREAD_HEADER + n);
+  const size = RREAD_HEADER + n;
+  f[0] = size & 0xff;
+  f[1] = (size >>> 8) & 0xff;
+  f[2] = (size >>> 16) & 0xff;
+  f[3] = (size >>> 24) & 0xff;
+  f[4] = MsgType.Rread;
+  f[5] = tag & 0xff;
+  f[6] = (tag >>> 8) & 0xff;
+  f[7] = n & 0xff;
+  f[8] = (n >>> 8) & 0xff;
+  f[9] = (n >>> 16) & 0xff;
+  f[10] = (n >>> 24) & 0xff;
+  return f;
+}
+
+/**
+ * Give back the buffer under a frame made by {@link rreadInPlace} once it
+ * has been written and nothing refers to it any more.
+ * @internal
+ */
+export function recycleReadData(frame: Uint8Array): void {
+  const buf = frame.buffer;
+  if (frame.byteOffset !== 0 || !withHeadroom.has(buf)) return;
+  const size = buf.byteLength;
+  if (pooledBytes + size > POOL_BYTES) return;
+  let free = pool.get(size);
+  if (free === undefined) pool.set(size, free = []);
+  if (free.length >= POOL_PER_SIZE) return;
+  free.push(new Uint8Array(buf));
+  pooledBytes += size;
 }

@@ -15,7 +15,8 @@
  * import { MemTree } from "../fs/memory.ts";
  * import { memPipe } from "../transport/pipe.ts";
  * import { decode, encode } from "./codec.ts";
- * import { FrameReader } from "./frame.ts";
+ * import { TcpConn } from "../transport/tcp.ts";
+import { FrameReader, recycleReadData, rreadInPlace } from "./frame.ts";
  * const [client, server] = memPipe();
  * const done = serve(server, new MemTree());
  * await client.write(encode({ type: 100, tag: 0xffff, msize: 8192, version: "9P2000" }));
@@ -60,7 +61,8 @@ import {
   VERSION,
 } from "./types.ts";
 import { CodecError, decode, encode, encodeDir, isTMsg, msgName } from "./codec.ts";
-import { FrameReader } from "./frame.ts";
+import { TcpConn } from "../transport/tcp.ts";
+import { FrameReader, recycleReadData, rreadInPlace } from "./frame.ts";
 import { formatMsg, traceEnabled } from "./trace.ts";
 
 /** The smallest msize the server accepts in Tversion. */
@@ -184,6 +186,12 @@ class Session {
   readonly #callerFor: (uname: string, aname: string, peer: Peer) => Caller | Promise<Caller>;
   readonly #excl: Set<bigint>;
   readonly #reader: FrameReader;
+  /**
+   * True when the transport has copied written bytes by the time a write
+   * resolves (TCP), so read buffers can be reused. An in-memory pipe hands
+   * the very buffer to the other end, so nothing is reused there.
+   */
+  readonly #recycle: boolean;
 
   /** Negotiated msize; 0 until a Tversion succeeds. */
   #msize = 0;
@@ -215,6 +223,7 @@ class Session {
     if (!ex) exclusiveOpen.set(tree, ex = new Set());
     this.#excl = ex;
     this.#reader = new FrameReader(conn, max);
+    this.#recycle = conn instanceof TcpConn;
   }
 
   async run(): Promise<void> {
@@ -263,6 +272,16 @@ class Session {
 
   #send(msg: RMsg): void {
     if (this.#closing) return;
+    if (msg.type === MsgType.Rread) {
+      // Data read into a buffer with room for the header goes out as one
+      // frame, built in place.
+      const f = rreadInPlace(msg.tag, msg.data);
+      if (f !== null) {
+        if (this.#trace) this.#log(`-> ${formatMsg(msg)}`);
+        this.#queue(f);
+        return;
+      }
+    }
     if (msg.type === MsgType.Rread && msg.data.length >= SPLIT) {
       // Large reads go out as header and data, so the data is never copied.
       if (this.#trace) this.#log(`-> ${formatMsg(msg)}`);
@@ -276,7 +295,7 @@ class Session {
       dv.setUint32(7, n, true);
       this.#out.push(h, msg.data);
       this.#outBytes += size;
-      if (!this.#writing) this.#pump();
+      this.#kick();
       return;
     }
     let frame: Uint8Array;
@@ -291,13 +310,26 @@ class Session {
       });
     }
     if (this.#trace) this.#log(`-> ${formatMsg(msg)}`);
+    this.#queue(frame);
+  }
+
+  #queue(frame: Uint8Array): void {
     this.#out.push(frame);
     this.#outBytes += frame.length;
-    if (!this.#writing) this.#pump();
+    this.#kick();
+  }
+
+  /**
+   * Start writing unless a write is under way. The first write waits for
+   * the current microtasks, so replies finished together go out together.
+   */
+  #kick(): void {
+    if (this.#writing) return;
+    this.#writing = true;
+    queueMicrotask(() => this.#pump());
   }
 
   async #pump(): Promise<void> {
-    this.#writing = true;
     try {
       while (this.#out.length > 0) {
         let buf = this.#out[0]!;
@@ -312,8 +344,10 @@ class Session {
             const joined = new Uint8Array(total);
             let off = 0;
             for (let i = 0; i < n; i++) {
-              joined.set(this.#out[i]!, off);
-              off += this.#out[i]!.length;
+              const part = this.#out[i]!;
+              joined.set(part, off);
+              off += part.length;
+              if (this.#recycle) recycleReadData(part);
             }
             buf = joined;
           }
@@ -321,6 +355,7 @@ class Session {
         this.#out.splice(0, n);
         await this.#conn.write(buf);
         this.#outBytes -= buf.length;
+        if (this.#recycle) recycleReadData(buf);
         if (this.#drain && this.#outBytes <= HIGH_WATER / 2) {
           this.#drain.resolve();
           this.#drain = null;

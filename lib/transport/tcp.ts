@@ -6,11 +6,11 @@
 
 import type { Conn, Listener, Peer } from "./conn.ts";
 
-// Reads go into the free tail of one large buffer; a fresh buffer is taken
-// only when the tail gets small, so a 23-byte Tread does not cost a zeroed
-// 256 KiB allocation. Returned chunks are never overwritten.
-const BUF_SIZE = 1024 * 1024;
-const MIN_TAIL = 128 * 1024;
+// read() fills a reused scratch buffer and hands out an exact-size copy, so
+// a chunk never keeps a larger buffer alive. Frame readers that know how
+// many bytes they want use readInto() instead and receive large frames
+// straight into their final buffer, without a copy.
+const SCRATCH = 64 * 1024;
 
 function addrString(a: Deno.Addr): string {
   if (a.transport === "tcp" || a.transport === "udp") {
@@ -26,8 +26,7 @@ export class TcpConn implements Conn {
   readonly local: string;
   #resolveClosed!: () => void;
   #isClosed = false;
-  #buf = new Uint8Array(BUF_SIZE);
-  #pos = 0;
+  #scratch: Uint8Array | null = null;
 
   constructor(readonly raw: Deno.TcpConn) {
     this.closed = new Promise((r) => (this.#resolveClosed = r));
@@ -39,12 +38,18 @@ export class TcpConn implements Conn {
   }
 
   async read(): Promise<Uint8Array | null> {
+    const buf = this.#scratch ??= new Uint8Array(SCRATCH);
+    const n = await this.readInto(buf);
+    return n === null ? null : buf.slice(0, n);
+  }
+
+  /**
+   * Read at most `buf.length` bytes into `buf`; resolves with the number
+   * read (at least 1 for a non-empty `buf`), or null at end of stream. Like
+   * {@link read}, only one read at a time.
+   */
+  async readInto(buf: Uint8Array): Promise<number | null> {
     if (this.#isClosed) return null;
-    if (this.#buf.length - this.#pos < MIN_TAIL) {
-      this.#buf = new Uint8Array(BUF_SIZE);
-      this.#pos = 0;
-    }
-    const buf = this.#buf.subarray(this.#pos);
     let n: number | null;
     try {
       n = await this.raw.read(buf);
@@ -55,8 +60,7 @@ export class TcpConn implements Conn {
       this.close();
       return null;
     }
-    this.#pos += n;
-    return buf.subarray(0, n);
+    return n;
   }
 
   async write(data: Uint8Array): Promise<void> {
