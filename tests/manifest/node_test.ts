@@ -191,6 +191,72 @@ access = ["alice"]
       },
     );
 
+    await t.step("a changed file is picked up without being asked", async () => {
+      const before = logs.length;
+      await c.write(manifest(c.dir, p1, p2).replace("mount files!nothere /n/missing\n", ""));
+      for (
+        let i = 0;
+        i < 200 && !logs.slice(before).some((l) => /reloaded \(the manifest changed\)/.test(l));
+        i++
+      ) {
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      assert.ok(
+        logs.slice(before).some((l) => /reloaded \(the manifest changed\)/.test(l)),
+        logs.join("\n"),
+      );
+    });
+
+    await t.step("logon --export serves the composed namespace", async () => {
+      const port = freePort();
+      const { ferryArgv } = await import("../../lib/self.ts");
+      const [exe, ...pre] = ferryArgv();
+      const child = new Deno.Command(exe!, {
+        args: [
+          ...pre,
+          "logon",
+          "-u",
+          "alice",
+          "--certs",
+          c.certs("alice"),
+          "-r",
+          `${c.dir}/root-x`,
+          "-q",
+          "-A",
+          "--export",
+          `tcp!127.0.0.1!${port}`,
+          file,
+        ],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      try {
+        const rd = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+        const { value } = await rd.read();
+        assert.match(value ?? "", /serving alice's namespace on tcp!127\.0\.0\.1!\d+/);
+        rd.releaseLock();
+        const { dialStyx } = await import("../../lib/net/connect.ts");
+        const d = await dialStyx(`tcp!127.0.0.1!${port}`, { insecure: true, user: "alice" });
+        try {
+          const root = await d.tree.attach({ user: "alice" }, "");
+          const w = await root.walk(["n", "gw", "gw.txt"]);
+          const f = await w.node!.open(0);
+          assert.equal(dec.decode(await f.read(0n, 100)), "from gw\n");
+          await f.close();
+          await w.node!.close();
+          await root.close();
+        } finally {
+          d.close();
+        }
+      } finally {
+        child.kill("SIGTERM");
+        await child.status;
+        await child.stdout.cancel().catch(() => {});
+        await child.stderr.cancel().catch(() => {});
+      }
+    });
+
     await t.step("a tampered manifest is refused and the running one kept", async () => {
       const text = await Deno.readTextFile(file);
       await Deno.writeTextFile(file, text.replace('access = ["*"]', 'access = ["alice"]'));
