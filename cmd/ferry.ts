@@ -34,6 +34,18 @@ const commands: Record<string, Entry> = {
     summary: "certificate authority: init, issue, list, revoke, crl, token",
     load: () => import("./ca.ts"),
   },
+  signer: {
+    summary: "serve enrolment and renewal from the CA host",
+    load: () => import("./signer.ts"),
+  },
+  enroll: {
+    summary: "enrol this device with a signer using a token",
+    load: () => import("./enroll.ts"),
+  },
+  renew: {
+    summary: "renew this end's certificate (--daemon: keep renewing)",
+    load: () => import("./renew.ts"),
+  },
   sh: {
     summary: "Inferno-like shell: bind, mount, listen, export, ls, cat, ...",
     load: () => import("./sh.ts"),

@@ -15,7 +15,7 @@
 
 import "reflect-metadata";
 import * as x509 from "@peculiar/x509";
-import { pemBlocks, toPem } from "./keys.ts";
+import { importKeyPem, pemBlocks, publicKeyOf, toPem } from "./keys.ts";
 
 x509.cryptoProvider.set(crypto);
 
@@ -294,4 +294,25 @@ export async function createCrl(
     signingAlgorithm: ED25519,
     signingKey: ca.key,
   });
+}
+
+/** True when public key `a` is the key certified by `cert`. */
+export async function sameKey(a: CryptoKey, cert: x509.X509Certificate): Promise<boolean> {
+  const ra = new Uint8Array(await crypto.subtle.exportKey("raw", a));
+  const rb = new Uint8Array(
+    await crypto.subtle.exportKey(
+      "raw",
+      await cert.publicKey.export({ name: "Ed25519" }, ["verify"]),
+    ),
+  );
+  return ra.length === rb.length && ra.every((x, i) => x === rb[i]);
+}
+
+/** True when the private key in `keyPem` belongs to the certificate in `certPem`. */
+export async function keyMatchesCert(keyPem: string, certPem: string): Promise<boolean> {
+  try {
+    return await sameKey(await publicKeyOf(await importKeyPem(keyPem)), parseCert(certPem));
+  } catch {
+    return false;
+  }
 }

@@ -8,7 +8,13 @@
  */
 
 import type { Conn } from "../transport/conn.ts";
-import { type CertIdentity, type CertKind, identityOf, parseCert } from "./certs.ts";
+import {
+  type CertIdentity,
+  type CertKind,
+  identityOf,
+  keyMatchesCert,
+  parseCert,
+} from "./certs.ts";
 import { askPassphrase, decryptKeyPem, isEncryptedKey, readKeyFile } from "./keys.ts";
 import { crlSerials } from "./verify.ts";
 
@@ -192,6 +198,11 @@ export async function watchCredentials(
       const s = await stamp();
       if (s === last) return;
       const next = await loadCredentials(dir, n);
+      if (!(await keyMatchesCert(next.key, next.cert))) {
+        throw new Error(
+          `'${dir}/${n}.key' does not match '${dir}/${n}.pem' (renewal in progress?)`,
+        );
+      }
       cur = next;
       last = s;
     } catch (e) {

@@ -1,0 +1,50 @@
+/**
+ * `ferry signer ADDR`: serve enrolment and renewal from the CA host.
+ *
+ * @module
+ */
+
+import { fail, parse, UsageError } from "../lib/cli.ts";
+import { CertificateAuthority } from "../lib/auth/ca.ts";
+import { startSigner } from "../lib/auth/enroll.ts";
+import { defaultCertsDir } from "../lib/auth/link.ts";
+import { parseDialString } from "../lib/net/dial.ts";
+
+const USAGE = "ferry signer [--dir DIR] [--san NAME]... ADDR";
+
+/** Run `ferry signer`. */
+export async function run(args: string[]): Promise<number> {
+  let ca: CertificateAuthority | undefined;
+  try {
+    const p = parse({
+      usage: USAGE,
+      about:
+        `Serve enrolment ('ferry enroll') and renewal ('ferry renew') for the CA in DIR on ADDR (e.g. tcp!*!6670). The signer presents a one-off certificate from the CA; devices pin the CA by the fingerprint in their token. Runs until interrupted.`,
+      optionsHelp: `  --dir DIR    the CA's directory (default $FERRY_CERTS or ./certs)
+  --san NAME   a DNS name or address devices use to reach the signer (repeatable)`,
+      options: { dir: { type: "string" }, san: { type: "string", multiple: true } },
+    }, args);
+    if (p.help) return 0;
+    if (p.positionals.length !== 1) throw new UsageError(`expected ADDR\nusage: ${USAGE}`);
+    const a = parseDialString(p.positionals[0]!, { net: "tcp", service: "6670" });
+    const dir = typeof p.values.dir === "string" ? p.values.dir : defaultCertsDir();
+    ca = await CertificateAuthority.open(dir);
+    const sans = Array.isArray(p.values.san) ? p.values.san.map(String) : [];
+    const s = await startSigner(ca, a.host === "*" ? "0.0.0.0" : a.host, a.port, { sans });
+    console.log(`signer for CA '${ca.cert.subjectName.getField("CN")[0]}' on ${s.addr}`);
+    console.log(`CA fingerprint sha256:${await ca.fingerprint()}`);
+    await new Promise<void>((resolve) => {
+      const stop = () => resolve();
+      try {
+        Deno.addSignalListener("SIGINT", stop);
+        Deno.addSignalListener("SIGTERM", stop);
+      } catch { /* signals unsupported here */ }
+    });
+    s.close();
+    return 0;
+  } catch (e) {
+    return fail("ferry signer", e);
+  } finally {
+    ca?.close();
+  }
+}
