@@ -42,7 +42,7 @@ import type { Caller, Tree } from "../../fs/tree.ts";
 import { type HostUsers, hostUsers } from "../../fs/users.ts";
 import { Ename, StyxError } from "../../styx/types.ts";
 import { withSignal } from "../../fs/synthetic.ts";
-import { listPids, parseStat, type ProcInfo, procUid, readProc, STATE_WORDS } from "./procfs.ts";
+import { listPids, type ProcInfo, readProc, STATE_WORDS } from "./procfs.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -111,18 +111,9 @@ export class ProgDevice {
   async #list(_ctx: Ctx): Promise<Entry[]> {
     const pids = await listPids(this.#root);
     const entries = await Promise.all(pids.map(async (pid) => {
-      const [stat, uid] = await Promise.all([
-        Deno.readTextFile(`${this.#root}/${pid}/stat`).catch(() => null),
-        procUid(pid, this.#root),
-      ]);
-      if (stat === null || uid === null) return null;
-      let start: string;
-      try {
-        start = parseStat(stat).start;
-      } catch {
-        return null;
-      }
-      return this.#procDir(pid, await this.#userName(uid), start);
+      const p = await readProc(pid, this.#root);
+      if (p === null || p.uid < 0) return null;
+      return this.#procDir(pid, await this.#userName(p.uid), p.start);
     }));
     return entries.filter((e): e is DirEntry => e !== null);
   }

@@ -39,8 +39,72 @@ export const STATE_WORDS: Readonly<Record<string, string>> = {
   P: "parked",
 };
 
+// Deno grants /proc only under --allow-all. Without it, Ferry asks ps(1)
+// (which needs only --allow-run) for the same facts, at the cost of exact
+// argument boundaries.
+let direct: boolean | undefined;
+function procReadable(): boolean {
+  if (direct === undefined) {
+    try {
+      Deno.statSync("/proc/self/stat");
+      direct = true;
+    } catch (e) {
+      direct = !(e instanceof Deno.errors.NotCapable);
+    }
+  }
+  return direct;
+}
+
+let psCache: { at: number; procs: Map<number, ProcInfo> } | null = null;
+
+/** Parse `ps -e -o pid=,ppid=,pgid=,uid=,stat=,rss=,etimes=,args=` output. */
+export function parsePs(
+  text: string,
+  nowSecs = Math.floor(Date.now() / 1000),
+): Map<number, ProcInfo> {
+  const procs = new Map<number, ProcInfo>();
+  for (const line of text.split("\n")) {
+    const m = /^\s*(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\S+)\s+(\d+)\s+(\d+)\s+(.*)$/.exec(line);
+    if (!m) continue;
+    const args = m[8]!.trim();
+    const kernel = /^\[.*\]$/.test(args);
+    const argv = kernel ? [] : args.split(/\s+/);
+    const name = kernel ? args.slice(1, -1) : (argv[0] ?? "").split("/").pop() ?? "";
+    const pid = Number(m[1]);
+    procs.set(pid, {
+      pid,
+      ppid: Number(m[2]),
+      pgrp: Number(m[3]),
+      uid: Number(m[4]),
+      stateLetter: m[5]!.charAt(0),
+      rssKiB: Number(m[6]),
+      name,
+      argv,
+      start: String(nowSecs - Number(m[7])),
+    });
+  }
+  return procs;
+}
+
+async function psSnapshot(fresh = false): Promise<Map<number, ProcInfo>> {
+  if (!fresh && psCache && Date.now() - psCache.at < 500) return psCache.procs;
+  const out = await new Deno.Command("ps", {
+    args: ["-e", "-ww", "-o", "pid=,ppid=,pgid=,uid=,stat=,rss=,etimes=,args="],
+    stdout: "piped",
+    stderr: "piped",
+  }).output().catch((e) => {
+    throw new Error(`cannot list processes: /proc needs --allow-all and ps failed: ${e.message}`);
+  });
+  if (!out.success) throw new Error(`ps failed: ${new TextDecoder().decode(out.stderr).trim()}`);
+  psCache = { at: Date.now(), procs: parsePs(new TextDecoder().decode(out.stdout)) };
+  return psCache.procs;
+}
+
 /** Pids listed in `procRoot` (default /proc), ascending. */
 export async function listPids(procRoot = "/proc"): Promise<number[]> {
+  if (procRoot === "/proc" && !procReadable()) {
+    return [...(await psSnapshot(true)).keys()].sort((a, b) => a - b);
+  }
   const pids: number[] = [];
   for await (const e of Deno.readDir(procRoot)) {
     if (/^[0-9]+$/.test(e.name)) pids.push(Number(e.name));
@@ -73,6 +137,9 @@ export function parseStat(text: string): {
 
 /** Read one process; null when it has gone (or never was). */
 export async function readProc(pid: number, procRoot = "/proc"): Promise<ProcInfo | null> {
+  if (procRoot === "/proc" && !procReadable()) {
+    return (await psSnapshot()).get(pid) ?? (await psSnapshot(true)).get(pid) ?? null;
+  }
   const dir = `${procRoot}/${pid}`;
   try {
     const [stat, status, cmdline] = await Promise.all([
@@ -103,6 +170,10 @@ export async function readProc(pid: number, procRoot = "/proc"): Promise<ProcInf
 
 /** The uid owning /proc/PID, or null when the process is gone. */
 export async function procUid(pid: number, procRoot = "/proc"): Promise<number | null> {
+  if (procRoot === "/proc" && !procReadable()) {
+    // A kill decision must not use a stale owner.
+    return (await psSnapshot(true)).get(pid)?.uid ?? null;
+  }
   try {
     return (await Deno.stat(`${procRoot}/${pid}`)).uid ?? null;
   } catch {
