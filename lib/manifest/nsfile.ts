@@ -108,8 +108,10 @@ export interface ParseNsOptions {
  * @example
  * ```ts
  * import { parseNamespace } from "./nsfile.ts";
- * const problems = [];
- * const es = parseNamespace("mount -c srv!home /usr/$user\n", { file: "x", line: 1, key: "users.a.namespace" }, problems);
+ * import type { Problem } from "./schema.ts";
+ * const problems: Problem[] = [];
+ * const where = { file: "x", line: 1, key: "users.a.namespace" };
+ * const es = parseNamespace("mount -c srv!home /usr/$user\n", where, problems);
  * if (es[0]?.op !== "mount" || !es[0].create || problems.length) throw new Error("bad parse");
  * ```
  */
