@@ -78,7 +78,7 @@ Deno.test("ferry sh: -c, script files, standard input, exit status", async (t) =
       const r = await ferrySh(["-r", root, "-c", "ns; ls /net"]);
       assert.deepEqual(r, {
         code: 0,
-        stdout: "bind '#I' /net\nbind '#p' /prog\n/net/cs\n/net/dns\n/net/tcp\n",
+        stdout: "bind '#I' /net\nbind '#p' /prog\n/net/cs\n/net/dns\n/net/tcp\n/net/udp\n",
         stderr: "",
       });
     });

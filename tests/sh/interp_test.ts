@@ -201,7 +201,11 @@ Deno.test("interp: files, variables, redirections and pipes on a memory namespac
     await t.step("date, ndb/cs, exit", async () => {
       const [d] = await h.run("date");
       assert.match(d, /^\w{3} \w{3} [ \d]\d \d\d:\d\d:\d\d UTC \d{4}\n$/);
-      assert.deepEqual(await h.run("ndb/cs; ndb/dns"), ["", "", ""]);
+      assert.deepEqual(await h.run("ndb/cs; ndb/dns"), [
+        "",
+        "ndb/cs: already running (/net/cs)\nndb/dns: already running (/net/dns)\n",
+        "",
+      ]);
       assert.deepEqual(await h.run("echo a; exit; echo b"), ["a\n", "", ""]);
       assert.equal(h.sh.exited, true);
     });

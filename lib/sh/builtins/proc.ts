@@ -107,5 +107,11 @@ export const subshell: Builtin = async (ctx, args) => {
   }
 };
 
-/** ndb/cs and ndb/dns: nothing to start in Ferry. */
-export const ndbService: Builtin = () => Promise.resolve();
+/**
+ * ndb/cs and ndb/dns: Ferry's /net serves cs and dns itself, so there is
+ * nothing to start; say so, as a second start of a service would.
+ */
+export const ndbService: Builtin = async (ctx) => {
+  const name = ctx.name.endsWith("dns") ? "dns" : "cs";
+  await writeText(ctx.io.stderr, `${ctx.name}: already running (/net/${name})\n`);
+};
