@@ -17,6 +17,7 @@ import {
   DMDIR,
   Ename,
   errorString,
+  MsgType,
   nullDir,
   ORDWR,
   OREAD,
@@ -26,7 +27,7 @@ import {
   StyxError,
 } from "../styx/types.ts";
 import type { Node, OpenFile } from "../fs/tree.ts";
-import { RemoteNode } from "../styx/client_tree.ts";
+import { RemoteFile, RemoteNode } from "../styx/client_tree.ts";
 import { Errno, readFd, waitReadable, writeParts } from "./ffi.ts";
 import {
   type Attr,
@@ -131,6 +132,8 @@ interface Inode {
   epoch: number;
   walking: Promise<Node> | null;
   nlookup: number;
+  /** Length as last seen (stat, lookup or directory read). */
+  length: bigint;
 }
 
 interface Handle {
@@ -192,6 +195,7 @@ export class FuseSession {
       epoch: Infinity,
       walking: null,
       nlookup: 1,
+      length: 0n,
     };
     this.#inodes.set(ROOT_ID, this.#root);
     this.initialised = new Promise((r) => (this.#resolveInit = r));
@@ -361,6 +365,7 @@ export class FuseSession {
     const isDir = (d.qid.type & QTDIR) !== 0;
     if (old && old.qpath === d.qid.path && old.isDir === isDir) {
       old.nlookup++;
+      old.length = d.length;
       if (node) {
         if (old.node === null && old.walking === null) {
           old.node = node;
@@ -383,6 +388,7 @@ export class FuseSession {
       epoch: this.#epoch,
       walking: null,
       nlookup: 1,
+      length: d.length,
     };
     this.#inodes.set(ino.id, ino);
     this.#byKey.set(k, ino);
@@ -452,10 +458,29 @@ export class FuseSession {
       names = [];
     }
     if (base instanceof RemoteNode) {
+      // Twalk and Topen sent together: one round trip when the server
+      // queues requests on a fid behind the walk that makes it (Ferry's
+      // does); otherwise the open is simply sent again after the walk.
       const c = base.client;
       const fid = c.allocFid();
-      const q = await c.walkFid(base.fid, fid, names, { signal });
-      if (q.length < names.length) throw new StyxError(Ename.notFound);
+      const walked = c.walkFid(base.fid, fid, names, { signal });
+      const opened = c.rpc({ type: MsgType.Topen, fid, mode }, { signal }).then(
+        (r) => r,
+        () => null,
+      );
+      let q;
+      try {
+        q = await walked;
+      } catch (e) {
+        await opened;
+        throw e;
+      }
+      if (q.length < names.length) {
+        await opened;
+        throw new StyxError(Ename.notFound);
+      }
+      const r = await opened;
+      if (r) return new RemoteFile(c, fid, r.qid, r.iounit);
       return await c.openFid(fid, mode, { signal });
     }
     if (names.length === 0) return await base.open(mode, { signal });
@@ -465,6 +490,43 @@ export class FuseSession {
       return await w.node.open(mode, { signal });
     } finally {
       w.node.close().catch(() => {});
+    }
+  }
+
+  /** Walk to `name` under `pn` and stat it: one round trip to a Ferry server (pipelined). */
+  async #walkStat(pn: Node, name: string, signal: AbortSignal): Promise<[Node, Dir]> {
+    const o = { signal };
+    if (!(pn instanceof RemoteNode)) {
+      const w = await pn.walk([name], o);
+      if (!w.node) throw new Fail(Errno.ENOENT);
+      try {
+        return [w.node, await w.node.stat(o)];
+      } catch (e) {
+        w.node.close().catch(() => {});
+        throw e;
+      }
+    }
+    const c = pn.client;
+    const fid = c.allocFid();
+    const walked = c.walkFid(pn.fid, fid, [name], o);
+    const statted = c.rpc({ type: MsgType.Tstat, fid }, o).then((r) => r.stat, () => null);
+    let q;
+    try {
+      q = await walked;
+    } catch (e) {
+      await statted;
+      throw e;
+    }
+    if (q.length < 1) {
+      await statted;
+      throw new Fail(Errno.ENOENT);
+    }
+    const node = new RemoteNode(c, fid, q[0]!);
+    try {
+      return [node, (await statted) ?? await node.stat(o)];
+    } catch (e) {
+      node.close().catch(() => {});
+      throw e;
     }
   }
 
@@ -497,21 +559,14 @@ export class FuseSession {
         const [name] = cString(body, 0);
         if (!parent.isDir) throw new Fail(Errno.ENOTDIR);
         const pn = await this.#nodeOf(parent);
-        const w = await pn.walk([name], o);
-        if (!w.node) throw new Fail(Errno.ENOENT);
-        let d: Dir;
-        try {
-          d = await w.node.stat(o);
-        } catch (e) {
-          w.node.close().catch(() => {});
-          throw e;
-        }
-        const ino = this.#remember(parent, name, d, w.node);
+        const [node, d] = await this.#walkStat(pn, name, signal);
+        const ino = this.#remember(parent, name, d, node);
         return [this.#entry(ino, d)];
       }
       case Op.GETATTR: {
         const ino = this.#inode(nodeid);
         const d = await (await this.#nodeOf(ino)).stat(o);
+        ino.length = d.length;
         return [attrOut(this.#attr(d), this.#t)];
       }
       case Op.SETATTR:
@@ -537,7 +592,7 @@ export class FuseSession {
         const file = await this.#openIno(ino, mode, signal);
         // Files that say they are empty are often synthetic (ctl, status): read them directly.
         const direct = this.#opts.directIo === true ||
-          (!(flags & O_TRUNC) && acc !== O_WRONLY && await this.#isEmpty(ino, o));
+          (!(flags & O_TRUNC) && acc !== O_WRONLY && ino.length === 0n);
         return [openOut(this.#newHandle(ino, file, direct), direct ? FOPEN_DIRECT_IO : 0)];
       }
       case Op.OPENDIR: {
@@ -571,7 +626,8 @@ export class FuseSession {
         const fh = v.getBigUint64(0, true);
         const h = this.#handles.get(fh);
         this.#handles.delete(fh);
-        await h?.file.close().catch(() => {});
+        // Nothing waits on a clunk: answer at once.
+        h?.file.close().catch(() => {});
         return [];
       }
       case Op.FLUSH:
@@ -654,15 +710,6 @@ export class FuseSession {
       default:
         // xattrs, links, locks, ioctl, poll, fallocate, lseek...: not in Styx.
         throw new Fail(Errno.ENOSYS);
-    }
-  }
-
-  async #isEmpty(ino: Inode, o: { signal: AbortSignal }): Promise<boolean> {
-    try {
-      const d = await (await this.#nodeOf(ino)).stat(o);
-      return d.length === 0n;
-    } catch {
-      return false;
     }
   }
 
