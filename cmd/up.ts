@@ -16,7 +16,8 @@ import { ferryArgv } from "../lib/self.ts";
 const spec = {
   usage: "ferry up FILE --node NAME [--certs DIR] [--token TOKEN] [--insecure-manifest]",
   about: "Run node NAME of the manifest FILE until stopped (ferry down, SIGTERM or ^C).\n" +
-    "Without credentials in DIR it first enrols with TOKEN at the manifest's CA signer.\n" +
+    "Without credentials in DIR it first enrols with TOKEN at the manifest's CA signer,\n" +
+    "and while it runs 'ferry renew --daemon' renews its certificate there as it ages.\n" +
     "It refuses a manifest that is unsigned or altered (FILE.sig, see 'ferry sign')\n" +
     "unless --insecure-manifest is given. Editing FILE (and FILE.sig) or sending SIGHUP\n" +
     "applies the new manifest without dropping sessions the change does not touch.",
@@ -27,13 +28,15 @@ const spec = {
     "insecure-manifest": { type: "boolean" as const },
     run: { type: "string" as const },
     poll: { type: "string" as const },
+    "no-renew": { type: "boolean" as const },
   },
   optionsHelp: "  --node NAME          the node to run\n" +
     "  --certs DIR          its credentials (default $FERRY_CERTS or ./certs)\n" +
     "  --token TOKEN        enrolment token (also $FERRY_TOKEN), used when DIR has none\n" +
     "  --insecure-manifest  accept an unsigned or altered manifest\n" +
     "  --run DIR            where NAME.pid goes for 'ferry down' (default: the certs DIR)\n" +
-    "  --poll MS            how often to look for a changed manifest (default 1000; 0: never)",
+    "  --poll MS            how often to look for a changed manifest (default 1000; 0: never)\n" +
+    "  --no-renew           do not run 'ferry renew --daemon' with the manifest's signer",
 };
 
 async function enrol(file: string, certDir: string, node: string, token: string): Promise<void> {
@@ -52,9 +55,21 @@ async function enrol(file: string, certDir: string, node: string, token: string)
   if (o.code !== 0) throw new Error(`enrolment of '${node}' at ${m.ca.signer} failed`);
 }
 
+/** Keep the node's certificate fresh: `ferry renew --daemon` as a child process. */
+function startRenewer(signer: string, certDir: string, node: string): Deno.ChildProcess {
+  const [exe, ...pre] = ferryArgv();
+  return new Deno.Command(exe!, {
+    args: [...pre, "renew", "--daemon", "--dir", certDir, "--name", node, signer],
+    stdin: "null",
+    stdout: "null",
+    stderr: "inherit",
+  }).spawn();
+}
+
 /** Run `ferry up`. */
 export async function run(args: string[]): Promise<number> {
   let node: FerryNode | undefined;
+  let renewer: Deno.ChildProcess | undefined;
   let pidFile = "";
   try {
     const p = parse(spec, args);
@@ -87,6 +102,8 @@ export async function run(args: string[]): Promise<number> {
       console.error("up: warning: --insecure-manifest: the manifest's signature is not checked");
     }
     node = await FerryNode.start({ file, node: name, certDir, insecureManifest: insecure, pollMs });
+    const signer = node.manifest.ca.signer;
+    if (signer && v["no-renew"] !== true) renewer = startRenewer(signer, certDir, name);
     const runDir = typeof v.run === "string" ? v.run : certDir;
     pidFile = `${runDir}/${name}.pid`;
     await Deno.mkdir(runDir, { recursive: true });
@@ -107,6 +124,12 @@ export async function run(args: string[]): Promise<number> {
   } catch (e) {
     return fail("ferry up", e);
   } finally {
+    if (renewer) {
+      try {
+        renewer.kill("SIGTERM");
+      } catch { /* already gone */ }
+      await renewer.status;
+    }
     await node?.close();
     if (pidFile) await Deno.remove(pidFile).catch(() => {});
   }

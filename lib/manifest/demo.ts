@@ -183,21 +183,18 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
     if (canEnrol) {
       const addr = `tcp!127.0.0.1!${ports.signer}`;
       signer = new Child(["signer", addr, "--dir", ca]);
-      await signer.waitFor(/listening|serving|signer/i);
+      await signer.waitFor(/fingerprint sha256:\S+/);
       say(`% ferry signer '${addr}' &`);
+      for (const l of signer.stdout.trim().split("\n")) if (l) say(`  ${l}`);
     }
     for (const n of ["files", "gateway", "phone"]) {
       const dir = `${tmp}/${n}/certs`;
       if (canEnrol) {
-        const r = await must(`ferry ca token ${n} --node`, [
-          "ca",
-          "token",
-          n,
-          "--node",
-          "--dir",
-          ca,
-        ]);
-        tokens.set(n, r.out.trim());
+        const r = await ferry(["ca", "token", n, "--node", "--dir", ca]);
+        const token = r.out.trim();
+        show(`ferry ca token ${n} --node`, { out: `${token.slice(0, 32)}…`, err: r.err });
+        if (r.code !== 0) throw new Error(`step failed: ferry ca token ${n}`);
+        tokens.set(n, token);
       } else {
         await must(`ferry ca issue ${n} --node --san 127.0.0.1`, [
           "ca",
@@ -246,6 +243,9 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
       nodes.set(n, c);
       const line = await c.waitFor(/node \S+ listening on \S+/);
       say(`% ferry up ${short(file)} --node ${n}${token ? " --token …" : ""} &`);
+      for (const l of (c.stderr + c.stdout).split("\n")) {
+        if (/enrolling|^enrolled/.test(l)) say(`  ${short(l)}`);
+      }
       say(`  ${line}`);
       const serving = c.stderr.match(/up: node .*/)?.[0];
       if (serving) say(`  ${serving}`);

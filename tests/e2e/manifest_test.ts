@@ -15,6 +15,7 @@ Deno.test("manifest demo: three nodes, logon, live change, tampering", async () 
   assert.equal(code, 0, out);
   for (
     const re of [
+      /enrolled node 'gateway' serial [0-9a-f]+/,
       /node gateway listening on tcp!127\.0\.0\.1!\d+/,
       /node files listening on/,
       /up: node 'phone' serving phone\(phone\) on \S+ via 'gateway'/,
