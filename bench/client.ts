@@ -4,7 +4,9 @@
  *
  * deno run -A bench/client.ts MODE ADDR [ARGS]
  *   raw ADDR                      read a raw TCP stream to its end
- *   read ADDR PATH [--tls DIR]    read PATH through the Styx client
+ *   read ADDR PATH [--tls DIR] [--window N] [--fresh]
+ *                                 read PATH through the Styx client (--fresh:
+ *                                 a new buffer per chunk instead of reusing them)
  *   write ADDR PATH BYTES [--tls DIR]
  *   files ADDR DIR N [--tls DIR]  walk+open+read+clunk N files DIR/f0…
  *   idle ADDR N                   hold N attached idle connections until stdin closes
@@ -20,7 +22,12 @@ import { OREAD, OTRUNC, OWRITE } from "../lib/styx/types.ts";
 
 const { positionals, values } = parseArgs({
   args: Deno.args,
-  options: { tls: { type: "string" }, window: { type: "string" } },
+  options: {
+    tls: { type: "string" },
+    window: { type: "string" },
+    // Let the stream allocate a fresh buffer per chunk (no reuse).
+    fresh: { type: "boolean" },
+  },
   allowPositionals: true,
 });
 const [mode, addr, a1, a2] = positionals;
@@ -69,7 +76,9 @@ switch (mode) {
     let n = 0;
     const window = values.window ? Number(values.window) : undefined;
     start();
-    for await (const chunk of readStream(f, { window })) n += chunk.length;
+    // Each chunk is counted and dropped before the next: its memory can be reused.
+    const reuse = values.fresh !== true;
+    for await (const chunk of readStream(f, { window, reuse })) n += chunk.length;
     await f.close();
     const s = secs();
     report({ bytes: n, seconds: s, mbs: n / 1e6 / s, msize: client.msize });
@@ -89,7 +98,9 @@ switch (mode) {
         if (sent >= total) return ctl.close();
         const n = Math.min(piece.length, total - sent);
         sent += n;
-        ctl.enqueue(piece.slice(0, n));
+        // The same bytes every time: writeFrom copies each chunk into its
+        // Twrites, so the source need not allocate (as the raw stream does not).
+        ctl.enqueue(piece.subarray(0, n));
       },
     }, { highWaterMark: 2 });
     start();

@@ -112,6 +112,11 @@ interface Ctx {
  * ```
  */
 export class HostTree implements Tree {
+  /**
+   * Writes copy their data and keep no reference to it, so a server may
+   * reuse the buffer of a Twrite once the write has resolved.
+   */
+  readonly copiesWrites = true;
   /** The directory as given to the constructor. */
   readonly root: string;
   /** True when every change is refused. */

@@ -196,6 +196,11 @@ class Store {
  * is ignored. Walking ".." at the root stays at the root.
  */
 export class MemTree implements Tree {
+  /**
+   * Writes copy their data and keep no reference to it, so a server may
+   * reuse the buffer of a Twrite once the write has resolved.
+   */
+  readonly copiesWrites = true;
   readonly #s: Store;
 
   /** Make an empty tree whose root belongs to `opts.owner`. */

@@ -7,7 +7,7 @@
  */
 
 import { decode, encode, msgName } from "./codec.ts";
-import { FrameReader, FramingError } from "./frame.ts";
+import { BufferPool, FrameReader, FramingError } from "./frame.ts";
 import { formatMsg, traceEnabled } from "./trace.ts";
 import {
   DEFAULT_MSIZE,
@@ -41,6 +41,7 @@ import {
   VERSION,
 } from "./types.ts";
 import type { Conn } from "../transport/conn.ts";
+import { TcpConn } from "../transport/tcp.ts";
 import { RemoteFile, RemoteNode } from "./client_tree.ts";
 import {
   readAll,
@@ -123,6 +124,11 @@ const MAXTAG = 0xfffe;
 const MAXFID = 0xfffffffe;
 /** Frames up to this size are coalesced into one transport write. */
 const COALESCE = 64 * 1024;
+/** Twrites with at least this much data are built in reused buffers. */
+const BIG_WRITE = 64 * 1024;
+/** size[4] type[1] tag[2] fid[4] offset[8] count[4]. */
+const TWRITE_HEADER = 23;
+const MAX_OFFSET = (1n << 64n) - 1n;
 /** Smallest msize worth using: room for a Twalk of long names and some data. */
 const MIN_MSIZE = 256;
 
@@ -175,12 +181,19 @@ export class StyxClient {
 
   #hungup: StyxError | null = null;
   #frames: FrameReader | null = null;
+  /** Buffers of large replies, given back by {@link recycle}. */
+  readonly #replyPool = new BufferPool(16);
+  /** Buffers of large Twrites, reused once the transport has copied them. */
+  readonly #writePool = new BufferPool(16);
+  /** True when a resolved transport write has copied its bytes (TCP). */
+  readonly #reuseWrites: boolean;
   readonly #done: Promise<void>;
 
   private constructor(conn: Conn, msize: number, trace: boolean) {
     this.#conn = conn;
     this.#msize = msize;
     this.#trace = trace;
+    this.#reuseWrites = conn instanceof TcpConn;
     this.#done = this.#readLoop();
   }
 
@@ -503,9 +516,48 @@ export class StyxClient {
   ): Promise<RemoteFile> {
     const names = splitPath(path);
     const fid = this.allocFid();
+    if (names.length <= 16 && opts.signal === undefined) {
+      return await this.#walkOpen(root.fid, fid, names, mode);
+    }
     const qids = await this.#walkLong(root.fid, fid, names, opts);
     if (qids.length < names.length) throw new StyxError(Ename.notFound);
     return await this.openFid(fid, mode, opts);
+  }
+
+  /**
+   * Twalk and Topen sent together, saving a round trip. A server that
+   * handles them in order (as Ferry's does) answers both; one that ran the
+   * Topen first refuses it, and it is then sent again after the walk. The
+   * fid number is given back only once both replies are in, so a late Topen
+   * can never reach a fid that was reused meanwhile.
+   */
+  async #walkOpen(fid: number, newfid: number, names: string[], mode: number): Promise<RemoteFile> {
+    const walk = this.#rpc({ type: MsgType.Twalk, fid, newfid, wnames: names }, {});
+    const open = this.#rpc({ type: MsgType.Topen, fid: newfid, mode }, {});
+    const [w, o] = await Promise.allSettled([walk, open]);
+    const walked = w.status === "fulfilled" && w.value.wqids.length === names.length;
+    if (!walked) {
+      if (o.status === "fulfilled") {
+        // Cannot happen with a correct server; the fid is open, so clunk it.
+        this.clunk(newfid).catch(() => {});
+      } else if (!this.#hungup) {
+        this.releaseFid(newfid);
+      }
+      if (w.status === "rejected") throw w.reason;
+      if (w.value.wqids.length > names.length) {
+        throw new StyxError(
+          `server answered a walk of ${names.length} names with ${w.value.wqids.length} qids`,
+        );
+      }
+      throw new StyxError(Ename.notFound);
+    }
+    if (o.status === "fulfilled") return new RemoteFile(this, newfid, o.value.qid, o.value.iounit);
+    if (this.#hungup || !(o.reason instanceof StyxError)) {
+      this.clunk(newfid).catch(() => {});
+      throw o.reason;
+    }
+    // Refused: maybe only because it overtook the walk. Ask again.
+    return await this.openFid(newfid, mode);
   }
 
   /**
@@ -713,7 +765,10 @@ export class StyxClient {
   #send(t: TMsg): void {
     let frame: Uint8Array;
     try {
-      frame = encode(t);
+      frame = t.type === MsgType.Twrite && this.#reuseWrites && t.data.length >= BIG_WRITE &&
+          t.offset >= 0n && t.offset <= MAX_OFFSET
+        ? this.#twrite(t.tag, t.fid, t.offset, t.data)
+        : encode(t);
     } catch (e) {
       const p = this.#pending.get(t.tag);
       this.#pending.delete(t.tag);
@@ -776,6 +831,8 @@ export class StyxClient {
           }
         }
         await this.#conn.write(out);
+        // TCP has copied the bytes: a Twrite buffer can carry the next one.
+        if (this.#reuseWrites) this.#writePool.give(out.buffer);
       }
     } catch {
       this.#fail(new StyxError(Ename.hungup));
@@ -784,6 +841,33 @@ export class StyxClient {
       this.#writing = false;
       this.#wq = [];
     }
+  }
+
+  /**
+   * Give back the memory of `data`, a chunk of Rread data this client
+   * received, for a later reply to reuse. Only for a caller that owns the
+   * chunk and keeps no reference to it (see `ReadStreamOptions.reuse`);
+   * anything else is ignored.
+   * @internal
+   */
+  recycle(data: Uint8Array): void {
+    this.#replyPool.give(data.buffer);
+  }
+
+  /** A Twrite frame in a reused buffer (the codec would allocate a new one each time). */
+  #twrite(tag: number, fid: number, offset: bigint, data: Uint8Array): Uint8Array {
+    const n = data.length;
+    const size = TWRITE_HEADER + n;
+    const f = this.#writePool.take(size);
+    const dv = new DataView(f.buffer, f.byteOffset, TWRITE_HEADER);
+    dv.setUint32(0, size, true);
+    dv.setUint8(4, MsgType.Twrite);
+    dv.setUint16(5, tag, true);
+    dv.setUint32(7, fid, true);
+    dv.setBigUint64(11, offset, true);
+    dv.setUint32(19, n, true);
+    f.set(data, TWRITE_HEADER);
+    return f;
   }
 
   #traceMsg(dir: string, m: TMsg | RMsg): void {
@@ -798,7 +882,7 @@ export class StyxClient {
     // Whole frames are handed on as they come from the reader (views of a
     // transport chunk, or buffers of their own), so Rread data reaches the
     // caller without a further copy.
-    const frames = new FrameReader(this.#conn, this.#msize);
+    const frames = new FrameReader(this.#conn, this.#msize, (size) => this.#replyPool.take(size));
     this.#frames = frames;
     try {
       for (;;) {

@@ -79,11 +79,18 @@ export class FrameReader {
   #start = 0;
   #end = 0;
 
-  /** Read frames from `conn`, refusing any larger than `msize`. */
-  constructor(conn: Conn, msize: number) {
+  readonly #alloc: (size: number) => Uint8Array;
+
+  /**
+   * Read frames from `conn`, refusing any larger than `msize`. `alloc`, if
+   * given, supplies the buffer (of exactly `size` bytes) for each frame too
+   * large to come back as a view or a copy out of the reused buffer.
+   */
+  constructor(conn: Conn, msize: number, alloc?: (size: number) => Uint8Array) {
     this.#conn = conn;
     this.msize = msize;
     this.#into = canReadInto(conn) ? conn : null;
+    this.#alloc = alloc ?? ((size) => new Uint8Array(size));
   }
 
   /** Bytes received but not yet returned as part of a frame. */
@@ -186,7 +193,7 @@ export class FrameReader {
       return frame;
     }
     // Large: what has arrived is copied, the rest is read into place.
-    const frame = new Uint8Array(size);
+    const frame = this.#alloc(size);
     let have = this.#end - this.#start;
     frame.set(buf.subarray(this.#start, this.#end));
     this.#start = this.#end = 0;
@@ -230,7 +237,7 @@ export class FrameReader {
       return frame;
     }
     // Spread over several chunks: allocate once, copy each piece once.
-    const frame = new Uint8Array(size);
+    const frame = this.#alloc(size);
     let have = 0;
     for (;;) {
       while (have < size && this.#chunks.length > 0) {
@@ -275,21 +282,60 @@ export class FrameReader {
   }
 }
 
+/**
+ * Large buffers kept for reuse, by exact size. Allocating a fresh large
+ * buffer costs page faults, zeroing and later garbage collection, about as
+ * much as moving its bytes over loopback TCP; a bulk transfer reuses a few
+ * buffers instead. Only buffers made by {@link take} are accepted back, each
+ * at most once until it is taken again.
+ * @internal
+ */
+export class BufferPool {
+  readonly #free = new Map<number, Uint8Array[]>();
+  readonly #mine = new WeakSet<ArrayBufferLike>();
+  readonly #pooled = new WeakSet<ArrayBufferLike>();
+  readonly #max: number;
+  #count = 0;
+
+  /** Keep at most `max` buffers. */
+  constructor(max: number) {
+    this.#max = max;
+  }
+
+  /** A buffer of exactly `size` bytes (not necessarily zeroed). */
+  take(size: number): Uint8Array {
+    const b = this.#free.get(size)?.pop();
+    if (b !== undefined) {
+      this.#count--;
+      this.#pooled.delete(b.buffer);
+      return b;
+    }
+    const fresh = new Uint8Array(size);
+    this.#mine.add(fresh.buffer);
+    return fresh;
+  }
+
+  /** True when `buf` was made by this pool. */
+  owns(buf: ArrayBufferLike): boolean {
+    return this.#mine.has(buf);
+  }
+
+  /** Give back `buf` (the whole buffer under some view) once nothing refers to it. */
+  give(buf: ArrayBufferLike): void {
+    if (!this.#mine.has(buf) || this.#pooled.has(buf) || this.#count >= this.#max) return;
+    let free = this.#free.get(buf.byteLength);
+    if (free === undefined) this.#free.set(buf.byteLength, free = []);
+    free.push(new Uint8Array(buf));
+    this.#pooled.add(buf);
+    this.#count++;
+  }
+}
+
 /** Bytes an Rread carries before its data: size[4] type[1] tag[2] count[4]. */
 export const RREAD_HEADER = 11;
 
 /** Buffers made by {@link allocReadData}: their first RREAD_HEADER bytes are free. */
-const withHeadroom = new WeakSet<ArrayBufferLike>();
-
-/**
- * Buffers given back by the server once their Rread was written, by size.
- * Reusing them spares the page faults and zeroing of fresh large buffers,
- * which otherwise cost as much as the transfer itself.
- */
-const pool = new Map<number, Uint8Array[]>();
-let pooledBytes = 0;
-const POOL_BYTES = 8 * 1024 * 1024;
-const POOL_PER_SIZE = 32;
+const readPool = new BufferPool(32);
 
 /**
  * A buffer of `n` bytes for a tree to read file data into and return from
@@ -307,16 +353,7 @@ const POOL_PER_SIZE = 32;
  * ```
  */
 export function allocReadData(n: number): Uint8Array {
-  const size = RREAD_HEADER + n;
-  const free = pool.get(size);
-  const b = free?.pop();
-  if (b !== undefined) {
-    pooledBytes -= size;
-    return b.subarray(RREAD_HEADER);
-  }
-  const fresh = new Uint8Array(size);
-  withHeadroom.add(fresh.buffer);
-  return fresh.subarray(RREAD_HEADER);
+  return readPool.take(RREAD_HEADER + n).subarray(RREAD_HEADER);
 }
 
 /**
@@ -325,7 +362,7 @@ export function allocReadData(n: number): Uint8Array {
  * @internal
  */
 export function rreadInPlace(tag: number, data: Uint8Array): Uint8Array | null {
-  if (data.byteOffset !== RREAD_HEADER || !withHeadroom.has(data.buffer)) return null;
+  if (data.byteOffset !== RREAD_HEADER || !readPool.owns(data.buffer)) return null;
   const n = data.length;
   const f = new Uint8Array(data.buffer, 0, RREAD_HEADER + n);
   const size = RREAD_HEADER + n;
@@ -349,13 +386,5 @@ export function rreadInPlace(tag: number, data: Uint8Array): Uint8Array | null {
  * @internal
  */
 export function recycleReadData(frame: Uint8Array): void {
-  const buf = frame.buffer;
-  if (frame.byteOffset !== 0 || !withHeadroom.has(buf)) return;
-  const size = buf.byteLength;
-  if (pooledBytes + size > POOL_BYTES) return;
-  let free = pool.get(size);
-  if (free === undefined) pool.set(size, free = []);
-  if (free.length >= POOL_PER_SIZE) return;
-  free.push(new Uint8Array(buf));
-  pooledBytes += size;
+  if (frame.byteOffset === 0) readPool.give(frame.buffer);
 }

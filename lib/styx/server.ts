@@ -16,7 +16,7 @@
  * import { memPipe } from "../transport/pipe.ts";
  * import { decode, encode } from "./codec.ts";
  * import { TcpConn } from "../transport/tcp.ts";
-import { FrameReader, recycleReadData, rreadInPlace } from "./frame.ts";
+import { BufferPool, FrameReader, recycleReadData, rreadInPlace } from "./frame.ts";
  * const [client, server] = memPipe();
  * const done = serve(server, new MemTree());
  * await client.write(encode({ type: 100, tag: 0xffff, msize: 8192, version: "9P2000" }));
@@ -62,7 +62,7 @@ import {
 } from "./types.ts";
 import { CodecError, decode, encode, encodeDir, isTMsg, msgName } from "./codec.ts";
 import { TcpConn } from "../transport/tcp.ts";
-import { FrameReader, recycleReadData, rreadInPlace } from "./frame.ts";
+import { BufferPool, FrameReader, recycleReadData, rreadInPlace } from "./frame.ts";
 import { formatMsg, traceEnabled } from "./trace.ts";
 
 /** The smallest msize the server accepts in Tversion. */
@@ -93,6 +93,8 @@ const exclusiveOpen = new WeakMap<Tree, Set<bigint>>();
 
 /** Out-going bytes queued beyond which the server stops reading new requests. */
 const HIGH_WATER = 16 * 1024 * 1024;
+/** Buffers of large Twrite frames, shared by every session whose tree copies writes. */
+const writePool = new BufferPool(32);
 /** Replies smaller than this are gathered into one write. */
 const GATHER = 64 * 1024;
 /** Rread data at least this large is written after its header instead of copied into it. */
@@ -172,6 +174,9 @@ const canWrite = (omode: number) => {
  *
  * Data a tree returns from `OpenFile.read` is written to the connection
  * as it is, without a copy: a tree must not change that buffer afterwards.
+ * A tree whose `copiesWrites` property is `true` promises to keep no
+ * reference to the data given to `OpenFile.write` once that resolves; the
+ * server then reuses the buffers of large Twrite frames.
  */
 export function serve(conn: Conn, tree: Tree, opts: ServerOptions = {}): Promise<void> {
   return new Session(conn, tree, opts).run();
@@ -192,6 +197,8 @@ class Session {
    * the very buffer to the other end, so nothing is reused there.
    */
   readonly #recycle: boolean;
+  /** Large Twrite frames come from {@link writePool} and go back after the write. */
+  readonly #reuseWrites: boolean;
 
   /** Negotiated msize; 0 until a Tversion succeeds. */
   #msize = 0;
@@ -222,7 +229,13 @@ class Session {
     let ex = exclusiveOpen.get(tree);
     if (!ex) exclusiveOpen.set(tree, ex = new Set());
     this.#excl = ex;
-    this.#reader = new FrameReader(conn, max);
+    // A tree that copies what it writes lets large Twrite frames be reused.
+    this.#reuseWrites = (tree as { copiesWrites?: unknown }).copiesWrites === true;
+    this.#reader = new FrameReader(
+      conn,
+      max,
+      this.#reuseWrites ? (size) => writePool.take(size) : undefined,
+    );
     this.#recycle = conn instanceof TcpConn;
   }
 
@@ -833,8 +846,12 @@ class Session {
       if (!file) throw new StyxError(Ename.notOpen);
       if (f.qid.type & QTDIR) throw new StyxError(Ename.isDir);
       if (!canWrite(f.omode)) throw new StyxError(Ename.perm);
-      const n = await file.write(m.offset, m.data, { signal });
-      return { type: MsgType.Rwrite, count: n };
+      try {
+        const n = await file.write(m.offset, m.data, { signal });
+        return { type: MsgType.Rwrite, count: n };
+      } finally {
+        if (this.#reuseWrites) writePool.give(m.data.buffer);
+      }
     });
   }
 
