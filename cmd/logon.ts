@@ -11,7 +11,7 @@ import { fail, parse, UsageError, warnInsecure } from "../lib/cli.ts";
 import { defaultCertsDir, loadCredentials } from "../lib/auth/link.ts";
 import { loadBytes } from "../lib/manifest/load.ts";
 import { checkManifest } from "../lib/manifest/check.ts";
-import { readVerified } from "../lib/manifest/sign.ts";
+import { readVerified, refuseUnsigned } from "../lib/manifest/sign.ts";
 import { logon } from "../lib/manifest/apply.ts";
 import { ManifestError } from "../lib/manifest/schema.ts";
 import { Shell } from "../lib/sh/interp.ts";
@@ -77,13 +77,14 @@ export async function run(args: string[]): Promise<number> {
     const certDir = typeof v.certs === "string" ? v.certs : defaultCertsDir();
     const creds = await loadCredentials(certDir, user);
     let bytes: Uint8Array;
-    if (v["insecure-manifest"] === true) {
+    const insecure = v["insecure-manifest"] === true;
+    if (insecure) {
       console.error("logon: warning: --insecure-manifest: the manifest's signature is not checked");
       bytes = await Deno.readFile(file);
     } else {
       bytes = await readVerified(file, creds.ca);
     }
-    const m = loadBytes(bytes, file);
+    const m = loadBytes(bytes, file, insecure ? {} : { readFile: refuseUnsigned });
     const problems = checkManifest(m);
     if (problems.length) throw new ManifestError(problems);
     const quiet = v.q === true;

@@ -175,10 +175,19 @@ export function checkManifest(m: Manifest): Problem[] {
       try {
         const chain = viaChain(m, n);
         const hop = chain[chain.length - 1];
-        if (hop && !netExportOf(hop)) {
+        const net = hop && netExportOf(hop);
+        if (hop && !net) {
           bad(
             n.where,
             `Node '${n.name}' is reached via '${hop.name}', which has no export of kind 'net'`,
+            `nodes.${n.name}.via`,
+          );
+        } else if (hop && net && !accessAllows(net.access, n.name, groupsOf(m, n.name))) {
+          bad(
+            n.where,
+            `Node '${n.name}' announces through '${hop.name}!${net.name}', whose access list (${
+              net.access.join(", ") || "empty"
+            }) denies '${n.name}'`,
             `nodes.${n.name}.via`,
           );
         }

@@ -34,7 +34,7 @@ import type { PhoneBackend } from "../dev/phone/backend.ts";
 import { FilterTree } from "./filter.ts";
 import { checkManifest } from "./check.ts";
 import { loadBytes } from "./load.ts";
-import { readVerified } from "./sign.ts";
+import { readVerified, refuseUnsigned } from "./sign.ts";
 import { applyNamespace, NodeDialer } from "./apply.ts";
 import {
   accessAllows,
@@ -180,7 +180,11 @@ export class FerryNode {
     } else {
       bytes = await readVerified(file, this.#creds.current().ca);
     }
-    const m = loadBytes(bytes, file);
+    const m = loadBytes(
+      bytes,
+      file,
+      this.#opts.insecureManifest ? {} : { readFile: refuseUnsigned },
+    );
     const problems = checkManifest(m);
     if (problems.length) throw new ManifestError(problems);
     if (!m.nodes.has(node)) {
@@ -219,6 +223,7 @@ export class FerryNode {
         const c = await applyNamespace(this.#m, e.namespace, {
           user: this.#opts.node,
           creds: this.#creds.current(),
+          rootDir: `${this.#opts.certDir}/root-${e.name}`,
           home: "/",
           required: [],
           onEntry: (r) => {

@@ -136,6 +136,16 @@ export async function verifyManifest(
   }
 }
 
+/**
+ * A {@link LoadOptions.readFile} for signed manifests: namespace files a
+ * manifest names are not covered by its signature, so they are refused.
+ */
+export function refuseUnsigned(file: string): string {
+  throw new Error(
+    `'${file}' is not covered by the manifest's signature: write the namespace into the manifest, or use --insecure-manifest`,
+  );
+}
+
 /** Read a CA key file, decrypting it when it is passphrase-protected. */
 export async function readCaKey(path: string): Promise<string> {
   let pem = await readKeyFile(path);

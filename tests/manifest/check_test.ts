@@ -143,6 +143,33 @@ via = "a"
     one(t, 28, "nodes.b.via", /no export of kind 'net'/);
   });
 
+  await t.step("a node announcing through a net export that denies it", () => {
+    const t = BASE + `
+[nodes.a]
+address = "tcp!127.0.0.1!7002"
+via = "srv"
+`;
+    one(
+      t,
+      26,
+      "nodes.a.via",
+      /announces through 'srv!net', whose access list \(alice\) denies 'a'/,
+    );
+  });
+
+  await t.step("namespace files are refused when only signed bytes count", async () => {
+    const { refuseUnsigned } = await import("../../lib/manifest/sign.ts");
+    const t = BASE.replace("[users.bob]", '[users.bob]\nnamespace_file = "/work/bob.ns"');
+    let ps: Problem[] = [];
+    try {
+      loadText(t, "m.toml", { readFile: refuseUnsigned });
+    } catch (e) {
+      ps = (e as ManifestError).problems;
+    }
+    assert.equal(ps.length, 1);
+    assert.match(ps[0]!.message, /not covered by the manifest's signature/);
+  });
+
   await t.step("duplicate names", () => {
     one(
       BASE + '\n[nodes.alice]\naddress = "tcp!127.0.0.1!7009"\n',

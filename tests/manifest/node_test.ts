@@ -8,7 +8,7 @@ const dec = new TextDecoder();
 
 function manifest(dir: string, p1: number, p2: number, extra = "", bobHome = true): string {
   return `[groups]
-staff = ["alice", "bob"]
+staff = ["alice", "bob", "gw"]
 
 [nodes.files]
 address = "tcp!127.0.0.1!${p1}"
@@ -17,7 +17,7 @@ address = "tcp!127.0.0.1!${p1}"
 kind = "host"
 path = "${dir}/home"
 filter = ["-*.key"]
-access = [${bobHome ? '"group:staff"' : '"alice"'}]
+access = [${bobHome ? '"group:staff"' : '"alice", "gw"'}]
 ${extra}
 [nodes.gw]
 address = "tcp!127.0.0.1!${p2}"
@@ -25,6 +25,13 @@ address = "tcp!127.0.0.1!${p2}"
 [nodes.gw.exports.net]
 kind = "net"
 access = ["alice"]
+
+[nodes.gw.exports.view]
+kind = "namespace"
+access = ["alice"]
+namespace = """
+mount files!home /n/home
+"""
 
 [nodes.gw.exports.tmp]
 kind = "host"
@@ -190,6 +197,27 @@ access = ["alice"]
         }
       },
     );
+
+    await t.step("a namespace export serves a view the node composed", async () => {
+      const m = await loadChecked(file);
+      const { applyNamespace } = await import("../../lib/manifest/apply.ts");
+      const line = {
+        ...m.users.get("alice")!.namespace[0]!,
+        args: ["gw!view", "/n/view"],
+        create: false,
+      };
+      const a = await applyNamespace(m, [line], {
+        user: "alice",
+        certDir: c.certs("alice"),
+        rootDir: `${c.dir}/root-alice`,
+      });
+      try {
+        assert.equal(a.report[0]!.ok, true, a.report[0]!.error);
+        assert.equal(dec.decode(await a.ns.readFile("/n/view/n/home/hello.txt")), "hello\n");
+      } finally {
+        await a.close();
+      }
+    });
 
     await t.step("a changed file is picked up without being asked", async () => {
       const before = logs.length;
