@@ -134,6 +134,16 @@ interface Inode {
   nlookup: number;
   /** Length as last seen (stat, lookup or directory read). */
   length: bigint;
+  /** Attributes as last seen, and when (performance.now()); 0: not to be reused. */
+  dir: Dir | null;
+  dirAt: number;
+  /** For directories: the entries by name as last read, and when. */
+  listing: Map<string, Dir> | null;
+  listingAt: number;
+  listingLoad: Promise<Map<string, Dir>> | null;
+  /** Lookups that missed the listing since `missAt`. */
+  misses: number;
+  missAt: number;
 }
 
 interface Handle {
@@ -196,6 +206,13 @@ export class FuseSession {
       walking: null,
       nlookup: 1,
       length: 0n,
+      dir: null,
+      dirAt: 0,
+      listing: null,
+      listingAt: 0,
+      listingLoad: null,
+      misses: 0,
+      missAt: 0,
     };
     this.#inodes.set(ROOT_ID, this.#root);
     this.initialised = new Promise((r) => (this.#resolveInit = r));
@@ -365,7 +382,7 @@ export class FuseSession {
     const isDir = (d.qid.type & QTDIR) !== 0;
     if (old && old.qpath === d.qid.path && old.isDir === isDir) {
       old.nlookup++;
-      old.length = d.length;
+      this.#saw(old, d);
       if (node) {
         if (old.node === null && old.walking === null) {
           old.node = node;
@@ -389,6 +406,13 @@ export class FuseSession {
       walking: null,
       nlookup: 1,
       length: d.length,
+      dir: d,
+      dirAt: performance.now(),
+      listing: null,
+      listingAt: 0,
+      listingLoad: null,
+      misses: 0,
+      missAt: 0,
     };
     this.#inodes.set(ino.id, ino);
     this.#byKey.set(k, ino);
@@ -419,6 +443,61 @@ export class FuseSession {
     });
     ino.walking = w;
     return w;
+  }
+
+  /** `ino` is being changed through this mount: forget what was cached about it. */
+  #changed(ino: Inode): void {
+    ino.dirAt = 0;
+    if (ino.parent) ino.parent.listing = null;
+  }
+
+  #setListing(dir: Inode, entries: Dir[]): void {
+    const m = new Map<string, Dir>();
+    for (const e of entries) m.set(e.name, e);
+    dir.listing = m;
+    dir.listingAt = performance.now();
+  }
+
+  /**
+   * The fresh listing of directory `dir` to answer a lookup from, or null.
+   * A directory read moments ago answers at once; after a few lookups
+   * that missed within one entry timeout (ls -l, git status, make) the
+   * whole directory is read once instead of walking to each name.
+   */
+  async #listingFor(dir: Inode, signal: AbortSignal): Promise<Map<string, Dir> | null> {
+    const now = performance.now();
+    if (dir.listing && now - dir.listingAt < this.#t.entryMs) return dir.listing;
+    if (this.#t.entryMs <= 0) return null;
+    if (!dir.listingLoad) {
+      if (now - dir.missAt > this.#t.entryMs) dir.misses = 0;
+      dir.missAt = now;
+      if (++dir.misses < 3) return null;
+      dir.misses = 0;
+      dir.listingLoad = (async () => {
+        const f = await this.#openIno(dir, OREAD, signal);
+        try {
+          const entries = await f.readDir({ signal });
+          this.#setListing(dir, entries);
+          return dir.listing!;
+        } finally {
+          f.close().catch(() => {});
+        }
+      })().finally(() => {
+        dir.listingLoad = null;
+      });
+    }
+    try {
+      return await dir.listingLoad;
+    } catch {
+      return null; // fall back to a walk
+    }
+  }
+
+  /** Note fresh attributes of `ino`. */
+  #saw(ino: Inode, d: Dir): void {
+    ino.length = d.length;
+    ino.dir = d;
+    ino.dirAt = performance.now();
   }
 
   #attr(d: Dir): Attr {
@@ -558,6 +637,12 @@ export class FuseSession {
         const parent = this.#inode(nodeid);
         const [name] = cString(body, 0);
         if (!parent.isDir) throw new Fail(Errno.ENOTDIR);
+        const listing = await this.#listingFor(parent, signal);
+        if (listing) {
+          const d = listing.get(name);
+          if (!d) throw new Fail(Errno.ENOENT);
+          return [this.#entry(this.#remember(parent, name, d, null), d)];
+        }
         const pn = await this.#nodeOf(parent);
         const [node, d] = await this.#walkStat(pn, name, signal);
         const ino = this.#remember(parent, name, d, node);
@@ -565,12 +650,33 @@ export class FuseSession {
       }
       case Op.GETATTR: {
         const ino = this.#inode(nodeid);
-        const d = await (await this.#nodeOf(ino)).stat(o);
-        ino.length = d.length;
+        // Attributes read moments ago by a lookup or READDIRPLUS serve again.
+        const age = performance.now() - ino.dirAt;
+        if (ino.dir && age < this.#t.attrMs) {
+          const left = { entryMs: this.#t.entryMs, attrMs: this.#t.attrMs - age };
+          return [attrOut(this.#attr(ino.dir), left)];
+        }
+        let d: Dir;
+        if (ino.node === null && ino.walking === null && ino.parent) {
+          const [node, st] = await this.#walkStat(await this.#nodeOf(ino.parent), ino.name, signal);
+          if (ino.node === null && ino.walking === null) {
+            ino.node = node;
+            ino.epoch = this.#epoch;
+          } else node.close().catch(() => {});
+          d = st;
+        } else {
+          d = await (await this.#nodeOf(ino)).stat(o);
+        }
+        this.#saw(ino, d);
         return [attrOut(this.#attr(d), this.#t)];
       }
-      case Op.SETATTR:
-        return [attrOut(this.#attr(await this.#setattr(this.#inode(nodeid), v, o)), this.#t)];
+      case Op.SETATTR: {
+        const ino = this.#inode(nodeid);
+        this.#changed(ino);
+        const d = await this.#setattr(ino, v, o);
+        this.#saw(ino, d);
+        return [attrOut(this.#attr(d), this.#t)];
+      }
       case Op.ACCESS:
         throw new Fail(Errno.ENOSYS); // the server decides; the kernel stops asking
       case Op.STATFS:
@@ -589,6 +695,7 @@ export class FuseSession {
         const acc = flags & O_ACCMODE;
         let mode = acc === O_WRONLY ? OWRITE : acc === O_RDWR ? ORDWR : OREAD;
         if (flags & O_TRUNC) mode |= OTRUNC;
+        if (acc !== 0 || flags & O_TRUNC) this.#changed(ino);
         const file = await this.#openIno(ino, mode, signal);
         // Files that say they are empty are often synthetic (ctl, status): read them directly.
         const direct = this.#opts.directIo === true ||
@@ -611,14 +718,20 @@ export class FuseSession {
         const off = v.getBigUint64(8, true);
         const size = v.getUint32(16, true);
         const data = body.subarray(40, 40 + size);
-        return [writeOut(await this.#write(h, off, data, signal))];
+        this.#changed(h.ino);
+        const n = await this.#write(h, off, data, signal);
+        this.#changed(h.ino);
+        return [writeOut(n)];
       }
       case Op.READDIR:
       case Op.READDIRPLUS: {
         const h = this.#handleOf(v.getBigUint64(0, true));
         const off = v.getBigUint64(8, true);
         const size = v.getUint32(16, true);
-        if (off === 0n || h.entries === null) h.entries = await h.file.readDir(o);
+        if (off === 0n || h.entries === null) {
+          h.entries = await h.file.readDir(o);
+          this.#setListing(h.ino, h.entries);
+        }
         return [this.#dirents(h, Number(off), size, op === Op.READDIRPLUS)];
       }
       case Op.RELEASE:
@@ -643,6 +756,7 @@ export class FuseSession {
         const acc = flags & O_ACCMODE;
         const mode = acc === O_WRONLY ? OWRITE : acc === O_RDWR ? ORDWR : OREAD;
         const pn = await this.#nodeOf(parent);
+        parent.listing = null;
         const c = await pn.create(name, perm, mode, o);
         let d: Dir;
         try {
@@ -661,6 +775,7 @@ export class FuseSession {
         const perm = v.getUint32(0, true) & 0o777;
         const [name] = cString(body, 8);
         const pn = await this.#nodeOf(parent);
+        parent.listing = null;
         const c = await pn.create(name, (DMDIR | perm) >>> 0, OREAD, o);
         await c.file.close().catch(() => {});
         let d: Dir;
@@ -688,7 +803,9 @@ export class FuseSession {
           await w.node.close();
           throw new Fail(Errno.ENOTDIR);
         }
+        parent.listing = null;
         await w.node.remove(o);
+        parent.listing = null;
         this.#unname(parent, name);
         return [];
       }
@@ -770,6 +887,7 @@ export class FuseSession {
     if (parent !== newdir) throw new Fail(Errno.EXDEV);
     if (oldname === newname) return;
     const o = { signal };
+    parent.listing = null;
     const pn = await this.#nodeOf(parent);
     const w = await pn.walk([oldname], o);
     if (!w.node) throw new Fail(Errno.ENOENT);
@@ -796,6 +914,7 @@ export class FuseSession {
     } finally {
       node.close().catch(() => {});
     }
+    parent.listing = null;
     this.#unname(parent, newname);
     const k = key(parent.id, oldname);
     const ino = this.#byKey.get(k);
