@@ -71,6 +71,8 @@ interface LiveExport {
 interface Session {
   conn: Conn;
   user: string;
+  /** Groups its certificate carries. */
+  certGroups: string[];
   /** Names of the exports it attached. */
   exports: Set<string>;
 }
@@ -267,7 +269,12 @@ export class FerryNode {
   }
 
   #serveConn(conn: Conn): void {
-    const s: Session = { conn, user: conn.peer.identity ?? "", exports: new Set() };
+    const s: Session = {
+      conn,
+      user: conn.peer.identity ?? "",
+      certGroups: conn.peer.groups ?? [],
+      exports: new Set(),
+    };
     this.#sessions.add(s);
     serve(conn, this.#router(), {
       callerFor: (_uname, aname, peer) => {
@@ -368,7 +375,8 @@ export class FerryNode {
       for (const name of s.exports) {
         if (gone.has(name)) drop = true;
         const now = next.exports.get(name);
-        if (now && !accessAllows(now.access, s.user, groupsOf(m, s.user))) drop = true;
+        const groups = [...s.certGroups, ...groupsOf(m, s.user)];
+        if (now && !accessAllows(now.access, s.user, groups)) drop = true;
       }
       if (drop) {
         this.#log(`up: ending ${s.user}'s session (${[...s.exports].join(", ")}): access changed`);
