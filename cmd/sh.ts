@@ -19,6 +19,7 @@ import { standardDeviceTable } from "../lib/ns/devices.ts";
 // Loading a device module registers its '#' name with every standard namespace.
 import "../lib/dev/net/mod.ts";
 import "../lib/dev/prog/mod.ts";
+import type { PhoneDevice } from "../lib/dev/phone/device.ts";
 
 /** Devices bound into every new shell's namespace, as Inferno's /lib/namespace does. */
 const STARTUP_BINDS: [device: string, path: string][] = [
@@ -27,7 +28,7 @@ const STARTUP_BINDS: [device: string, path: string][] = [
 ];
 
 const spec = {
-  usage: "ferry sh [-r ROOTDIR] [-c COMMANDS] [FILE [ARG...]]",
+  usage: "ferry sh [-r ROOTDIR] [--phone BACKEND[:ARG]] [-c COMMANDS] [FILE [ARG...]]",
   about: "Run Ferry's Inferno-like shell. With -c, run COMMANDS; with FILE, run the script " +
     "in the host file FILE with $* set to the ARGs; otherwise read commands from standard " +
     "input, with a '; ' prompt, line editing and history when it is a terminal. Unless " +
@@ -36,10 +37,13 @@ const spec = {
   options: {
     r: { type: "string" as const, short: "r" },
     c: { type: "string" as const, short: "c" },
+    phone: { type: "string" as const },
   },
   optionsHelp:
     "  -r DIR       root directory of the namespace (default $FERRY_ROOT or ~/.ferry/root)\n" +
-    "  -c COMMANDS  run COMMANDS and exit",
+    "  -c COMMANDS  run COMMANDS and exit\n" +
+    "  --phone SPEC bind this machine's phone at /phone: sim[:STATEDIR] (simulated modem),\n" +
+    "               modemmanager[:MODEM] or termux[:STATEDIR] (default state ~/.ferry/phone)",
 };
 
 function hostUser(): string {
@@ -123,7 +127,7 @@ async function interactive(sh: Shell, rootDir: string, io: ShIO): Promise<number
 export async function run(args: string[]): Promise<number> {
   // Options end at the first file name: what follows belongs to the script.
   const firstFile = args.findIndex((a, i) =>
-    !a.startsWith("-") && args[i - 1] !== "-r" && args[i - 1] !== "-c"
+    !a.startsWith("-") && !["-r", "-c", "--phone"].includes(args[i - 1] ?? "")
   );
   const own = firstFile < 0 ? args : args.slice(0, firstFile);
   const scriptArgs = firstFile < 0 ? [] : args.slice(firstFile);
@@ -141,21 +145,49 @@ export async function run(args: string[]): Promise<number> {
   }
   let rootDir: string;
   let ns: Namespace;
+  let phone: PhoneDevice | undefined;
   try {
     rootDir = (p.values.r as string | undefined) ?? defaultRootDir();
+    if (typeof p.values.phone === "string") phone = await startPhone(p.values.phone, rootDir);
     ns = await Namespace.standard({ user: hostUser(), rootDir });
   } catch (e) {
     return fail("sh", e);
   }
-  const devices = standardDeviceTable();
-  for (const [dev, path] of STARTUP_BINDS) {
-    if (!devices.has(dev)) continue;
-    try {
-      await ns.bind(dev, path);
-    } catch (e) {
-      console.error(`sh: cannot bind '${dev}' on ${path}: ${(e as Error).message}`);
+  try {
+    const devices = standardDeviceTable();
+    const binds = phone ? [...STARTUP_BINDS, [phone.device, "/phone"] as const] : STARTUP_BINDS;
+    for (const [dev, path] of binds) {
+      if (!devices.has(dev)) continue;
+      try {
+        await ns.bind(dev, path);
+      } catch (e) {
+        console.error(`sh: cannot bind '${dev}' on ${path}: ${(e as Error).message}`);
+        if (dev === phone?.device) return 1;
+      }
     }
+    return await runShell(ns, rootDir, command, scriptArgs);
+  } finally {
+    await phone?.close();
   }
+}
+
+/**
+ * Register '#P' for the phone `spec` names (`ferry sh --phone`) and make the
+ * /phone mount point in the root directory.
+ */
+async function startPhone(spec: string, rootDir: string): Promise<PhoneDevice> {
+  const { parsePhoneSpec, registerPhoneDevice } = await import("../lib/dev/phone/device.ts");
+  const dev = registerPhoneDevice({ ...parsePhoneSpec(spec), uid: hostUser() });
+  await Deno.mkdir(`${rootDir}/phone`, { recursive: true });
+  return dev;
+}
+
+async function runShell(
+  ns: Namespace,
+  rootDir: string,
+  command: string | undefined,
+  scriptArgs: string[],
+): Promise<number> {
   const io: ShIO = {
     stdin: command !== undefined || scriptArgs.length > 0 ? denoReader(Deno.stdin) : emptyReader,
     stdout: denoWriter(Deno.stdout),
