@@ -40,6 +40,7 @@ import {
   entryOut,
   Fattr,
   FOPEN_DIRECT_IO,
+  FOPEN_KEEP_CACHE,
   IN_HEADER,
   InitFlag,
   initOut,
@@ -700,7 +701,11 @@ export class FuseSession {
         // Files that say they are empty are often synthetic (ctl, status): read them directly.
         const direct = this.#opts.directIo === true ||
           (!(flags & O_TRUNC) && acc !== O_WRONLY && ino.length === 0n);
-        return [openOut(this.#newHandle(ino, file, direct), direct ? FOPEN_DIRECT_IO : 0)];
+        // The page cache is kept across opens; AUTO_INVAL_DATA drops it when
+        // a fresh stat shows another mtime or size.
+        return [
+          openOut(this.#newHandle(ino, file, direct), direct ? FOPEN_DIRECT_IO : FOPEN_KEEP_CACHE),
+        ];
       }
       case Op.OPENDIR: {
         const ino = this.#inode(nodeid);
@@ -744,6 +749,9 @@ export class FuseSession {
         return [];
       }
       case Op.FLUSH:
+        // Writes reach the server before WRITE is answered: nothing to flush
+        // at close. ENOSYS tells the kernel to stop sending FLUSH at all.
+        throw new Fail(Errno.ENOSYS);
       case Op.FSYNC:
       case Op.FSYNCDIR:
         this.#handleOf(v.getBigUint64(0, true));
