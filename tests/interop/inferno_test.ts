@@ -199,6 +199,19 @@ async function emuSession(t: Deno.TestContext, port: number, dir: string): Promi
       assert.ok(Deno.statSync(`${dir}/many`).isDirectory);
     });
 
+    await t.step("'..' at the root is the root; a clone walk; Tflush of an idle tag", async () => {
+      const rootQid = m.wire.log[3]!.msg.qid!;
+      const { qids } = await m.walk("..");
+      assert.equal(qids.length, 1);
+      assert.equal(qids[0]!.path, rootQid.path);
+      const { fid, qids: none } = await m.walk("");
+      assert.equal(none.length, 0);
+      await m.rpc(tmsg.clunk(1, fid));
+      // flush(5): Rflush, never Rerror, even when nothing is outstanding.
+      const r = await m.rpc(tmsg.flush(1, 7));
+      assert.deepEqual(r.raw, new Uint8Array([7, 0, 0, 0, 109, 1, 0]));
+    });
+
     await t.step("every request after Tversion used tag 1, one at a time", () => {
       const log = m.wire.log;
       for (let i = 2; i < log.length; i += 2) {
