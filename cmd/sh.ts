@@ -173,12 +173,21 @@ export async function run(args: string[]): Promise<number> {
 
 /**
  * Register '#P' for the phone `spec` names (`ferry sh --phone`) and make the
- * /phone mount point in the root directory.
+ * /phone mount point in the root directory. SIGTERM (and SIGINT unless a
+ * terminal is attached) stops the phone in order before the shell exits, so
+ * a message the modem took is recorded as sent and not sent again.
  */
 async function startPhone(spec: string, rootDir: string): Promise<PhoneDevice> {
   const { parsePhoneSpec, registerPhoneDevice } = await import("../lib/dev/phone/device.ts");
   const dev = registerPhoneDevice({ ...parsePhoneSpec(spec), uid: hostUser() });
   await Deno.mkdir(`${rootDir}/phone`, { recursive: true });
+  const signals: [Deno.Signal, number][] = [["SIGTERM", 143]];
+  if (!Deno.stdin.isTerminal()) signals.push(["SIGINT", 130]);
+  for (const [sig, status] of signals) {
+    Deno.addSignalListener(sig, () => {
+      dev.close().finally(() => Deno.exit(status));
+    });
+  }
   return dev;
 }
 

@@ -89,6 +89,13 @@ Deno.test({
       return p;
     };
     const ip = hosts.ip;
+    // A hang guard, not a time limit on Ferry: if something never comes,
+    // ending the processes makes the waits fail instead of blocking forever.
+    let hung = false;
+    const guard = setTimeout(() => {
+      hung = true;
+      for (const p of procs) p.stop();
+    }, 150_000);
     try {
       await Deno.mkdir(certs, { recursive: true });
       await makeCerts(certs, hosts);
@@ -104,6 +111,8 @@ Deno.test({
             "echo send 6412345678 'from the phone itself' >/phone/sms",
             "cat /phone/sms",
             "listen 'tcp!*!8000' { export /phone & }",
+            // The article's own line: no authentication (warned about).
+            "listen -A 'tcp!*!8002' { export /phone & }",
             "echo listening",
           ].join("\n"),
         ]);
@@ -122,12 +131,22 @@ Deno.test({
             `mount 'tcp!${ip.phone}!8000' /tmp/phone`,
             `echo send ${NUMBER} 'hello' >/tmp/phone/sms`,
             "cat /tmp/phone/sms",
+            "echo tls-done",
+            "mkdir /tmp/plain",
+            `mount -A 'tcp!${ip.phone}!8002' /tmp/plain`,
+            `echo send ${NUMBER} 'hello without TLS' >/tmp/plain/sms`,
+            "mkdir /tmp/refused",
+            `mount -A 'tcp!${ip.phone}!8000' /tmp/refused`,
+            "ls /tmp/refused",
             "echo desktop-done",
           ].join("\n"),
         ]);
         await desktop.waitFor(/desktop-done/);
         assert.match(desktop.out, /^2 \S+ out 6412345678 \S+ 1 'hello'$/m, desktop.err);
         assert.ok(await transmitted(state, "hello"), `not sent: ${directPhone.err}`);
+        assert.ok(await transmitted(state, "hello without TLS"), desktop.err);
+        // A plain mount of the TLS listener gets nothing.
+        assert.match(desktop.out, /tls-done\ndesktop-done/, desktop.err);
       });
 
       await t.step("the carrier blocks inbound connections to the phone", async () => {
@@ -243,6 +262,8 @@ Deno.test({
         for (const p of peers) assert.equal(p, `${ip.server}:8000`, `unexpected peer ${p}`);
       });
     } finally {
+      clearTimeout(guard);
+      if (hung) console.error("phone_netns_test: gave up waiting; processes were stopped");
       for (const p of procs) await p.stop();
       await hosts.cleanup();
       await Deno.remove(tmp, { recursive: true }).catch(() => {});

@@ -114,6 +114,32 @@ Deno.test("phone device", async (t) => {
       assert.equal(bad.code, 1);
       assert.match(dec.decode(bad.stderr), /sh: Bad phone 'nokia'/);
 
+      // SIGTERM stops the phone in order: the message is recorded, the socket removed.
+      const term = `${tmp}/term-state`;
+      const child = new Deno.Command(Deno.execPath(), {
+        args: ["run", "--allow-all", FERRY, "sh", "-r", `${tmp}/sh-root`, "--phone", `sim:${term}`]
+          .concat(["-c", "echo send 6412345678 bye >/phone/sms; echo ready; sleep 60"]),
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const reader = child.stdout.getReader();
+      let seen = "";
+      while (!seen.includes("ready")) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        seen += dec.decode(value);
+      }
+      reader.releaseLock();
+      child.kill("SIGTERM");
+      const st = await child.output();
+      assert.equal(st.code, 143, dec.decode(st.stderr));
+      const termSaved = JSON.parse(await Deno.readTextFile(`${term}/sms.json`)) as {
+        messages: { status: string }[];
+      };
+      assert.deepEqual(termSaved.messages.map((m) => m.status), ["sent"]);
+      await assert.rejects(() => Deno.stat(`${term}/sim.sock`), Deno.errors.NotFound);
+
       // Without --phone there is no /phone.
       const none = await sh(["-c", "ls /phone"]);
       assert.equal(dec.decode(none.stdout), "");
