@@ -157,6 +157,8 @@ export async function run(args: string[]): Promise<number> {
     }
     Deno.removeSignalListener("SIGINT", stop);
     Deno.removeSignalListener("SIGTERM", stop);
+    // Let sends under way finish and be recorded, so a restart resends nothing twice.
+    await Promise.race([phone.drain(), new Promise((r) => setTimeout(r, 5000))]);
     await phone.close();
     console.error("phone: stopped");
     return 0;
