@@ -484,6 +484,13 @@ export class Wire {
     return true;
   }
 
+  /** True when a whole frame has already arrived and can be received at once. */
+  hasFrame(): boolean {
+    if (this.#buf.length < 4) return false;
+    const size = new DataView(this.#buf.buffer, this.#buf.byteOffset).getUint32(0, true);
+    return this.#buf.length >= size;
+  }
+
   /** The next whole frame, or null at end of stream. */
   async recvRaw(): Promise<Uint8Array | null> {
     if (!await this.#fill(4)) return null;
@@ -1186,6 +1193,8 @@ export interface ScriptedServer {
   port: number;
   /** Every T-message received, per connection, in order. */
   received: Parsed[][];
+  /** How many groups of requests that arrived together were served last first. */
+  reordered: number;
   /** The file at a slash-separated path, or undefined. */
   file(path: string): Uint8Array | undefined;
   close(): Promise<void>;
@@ -1197,9 +1206,15 @@ export interface ScriptedServer {
  * unchanged; a version whose part before any "." is "9P2000" is answered
  * "9P2000" (so "9P2000.L" and "9P2000.u" get "9P2000"), anything else
  * "unknown"; Tauth gets "authentication not required". Requests are served
- * in arrival order. Errors use Inferno's wording.
+ * in arrival order, or, with `overtake`, requests that arrived together are
+ * served last first (emu runs each request on whichever of several kernel
+ * processes is free, so a pipelined request can overtake the one before it).
+ * Errors use Inferno's wording.
  */
-export function startInfernoExport(files: Record<string, string | Uint8Array>): ScriptedServer {
+export function startInfernoExport(
+  files: Record<string, string | Uint8Array>,
+  opts: { overtake?: boolean } = {},
+): ScriptedServer {
   const MAXRPC = IOHDRSZ + 64 * 1024;
   let nextPath = 1n;
   const now = Math.floor(Date.now() / 1000);
@@ -1253,23 +1268,29 @@ export function startInfernoExport(files: Record<string, string | Uint8Array>): 
     let msize = 0;
     const fids = new Map<number, ExFid>();
     for (;;) {
-      let t: Parsed;
+      const batch: Parsed[] = [];
       try {
-        t = await w.recv();
+        do batch.push(await w.recv()); while (w.hasFrame());
       } catch {
         return;
       }
-      log.push(t);
-      let reply: Uint8Array;
-      try {
-        reply = handle(t);
-      } catch (e) {
-        reply = rmsg.error(t.tag, (e as Error).message);
+      log.push(...batch);
+      if (opts.overtake && batch.length > 1) {
+        batch.reverse();
+        server.reordered++;
       }
-      try {
-        await w.send(reply);
-      } catch {
-        return;
+      for (const t of batch) {
+        let reply: Uint8Array;
+        try {
+          reply = handle(t);
+        } catch (e) {
+          reply = rmsg.error(t.tag, (e as Error).message);
+        }
+        try {
+          await w.send(reply);
+        } catch {
+          return;
+        }
       }
     }
 
@@ -1469,9 +1490,10 @@ export function startInfernoExport(files: Record<string, string | Uint8Array>): 
     }
   })();
 
-  return {
+  const server: ScriptedServer = {
     port: (listener.addr as Deno.NetAddr).port,
     received,
+    reordered: 0,
     file(path: string) {
       const n = lookup(path);
       return n && !n.children ? n.data : undefined;
@@ -1485,6 +1507,7 @@ export function startInfernoExport(files: Record<string, string | Uint8Array>): 
       await Promise.all(sessions);
     },
   };
+  return server;
 }
 
 // ---------------------------------------------------------------------------
