@@ -39,6 +39,7 @@ import {
   StyxError,
 } from "../styx/types.ts";
 import type { Dir, Qid } from "../styx/types.ts";
+import { allocReadData } from "../styx/frame.ts";
 
 /** Options for {@link MemTree}. */
 export interface MemTreeOptions {
@@ -555,7 +556,11 @@ class MemFile implements OpenFile {
         return Promise.resolve(new Uint8Array(0));
       }
       const start = Number(offset);
-      return Promise.resolve(e.data.slice(start, Math.min(e.length, start + count)));
+      const end = Math.min(e.length, start + count);
+      // A copy (later writes must not change it) with room for the Rread header.
+      const out = allocReadData(end - start);
+      out.set(e.data.subarray(start, end));
+      return Promise.resolve(out);
     } catch (err) {
       return Promise.reject(err);
     }

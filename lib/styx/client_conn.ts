@@ -7,7 +7,7 @@
  */
 
 import { decode, encode, msgName } from "./codec.ts";
-import { BufferPool, FrameReader, FramingError } from "./frame.ts";
+import { BufferPool, FrameReader, FramingError, recycleReadBuffer } from "./frame.ts";
 import { formatMsg, traceEnabled } from "./trace.ts";
 import {
   DEFAULT_MSIZE,
@@ -851,7 +851,8 @@ export class StyxClient {
    * @internal
    */
   recycle(data: Uint8Array): void {
-    this.#replyPool.give(data.buffer);
+    if (this.#replyPool.owns(data.buffer)) this.#replyPool.give(data.buffer);
+    else recycleReadBuffer(data.buffer); // a server's buffer, over an in-memory pipe
   }
 
   /** A Twrite frame in a reused buffer (the codec would allocate a new one each time). */

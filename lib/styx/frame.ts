@@ -388,3 +388,13 @@ export function rreadInPlace(tag: number, data: Uint8Array): Uint8Array | null {
 export function recycleReadData(frame: Uint8Array): void {
   if (frame.byteOffset === 0) readPool.give(frame.buffer);
 }
+
+/**
+ * Give back the buffer under Rread data that reached a client in the same
+ * process (through an in-memory pipe) still inside the server's buffer,
+ * once its consumer is done with it. Other buffers are ignored.
+ * @internal
+ */
+export function recycleReadBuffer(buf: ArrayBufferLike): void {
+  readPool.give(buf);
+}

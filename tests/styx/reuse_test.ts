@@ -10,6 +10,7 @@ import {
 import { readStream, StyxClient, writeFrom } from "../../lib/styx/client.ts";
 import { serve } from "../../lib/styx/server.ts";
 import { HostTree } from "../../lib/fs/host.ts";
+import { MemTree } from "../../lib/fs/memory.ts";
 import { memPipe } from "../../lib/transport/pipe.ts";
 import { TcpConn, tcpDial, tcpListen } from "../../lib/transport/tcp.ts";
 import type { Conn } from "../../lib/transport/conn.ts";
@@ -326,4 +327,40 @@ Deno.test("openPath sends Twalk and Topen together", async (t) => {
     await c.close();
     await server;
   });
+});
+
+Deno.test("readStream with reuse over an in-memory pipe (MemTree)", async () => {
+  const tree = new MemTree();
+  const size = 2 * 1024 * 1024 + 777;
+  const want = pattern(size, 9);
+  await tree.writeFile("/big", want);
+  const [a, b] = memPipe();
+  const done = serve(b, tree);
+  const c = await StyxClient.connect(a);
+  try {
+    const root = await c.attach("glenda");
+    for (const reuse of [true, true, false]) {
+      const f = await c.openPath(root, "/big", OREAD);
+      const got = new Uint8Array(size);
+      const kept: Uint8Array[] = [];
+      let off = 0;
+      for await (const chunk of readStream(f, { reuse })) {
+        got.set(chunk, off);
+        off += chunk.length;
+        if (!reuse) kept.push(chunk);
+      }
+      await f.close();
+      assert.equal(off, size);
+      assert.ok(got.every((v, i) => v === want[i]), "bytes differ");
+      // Chunks kept without reuse are never overwritten by later reads.
+      let o = 0;
+      for (const k of kept) {
+        assert.ok(k.every((v, i) => v === want[o + i]), "a kept chunk changed");
+        o += k.length;
+      }
+    }
+  } finally {
+    await c.close();
+    await done;
+  }
 });
