@@ -438,3 +438,44 @@ Deno.test("9pfuse on a read-only export gets 'permission denied' (EACCES)", asyn
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+// walk(5)/wstat(5): a fid names a file, not a path, so renaming a file through
+// one fid leaves every other fid on it (and on anything below a renamed
+// directory) referring to the same file. 9pfuse relies on this: after
+// `mv a b` the kernel keeps the node id (fid) it had for "a" and opens "b"
+// through it.
+Deno.test("9pfuse: fids keep their file when it is renamed through another fid", async (t) => {
+  const dir = await fixture();
+  const srv = serveHost(dir);
+  const f = await NinePFuse.mount(srv.port, USER);
+  try {
+    await t.step("mv a b, then getattr and open through the node id of 'a'", async () => {
+      await Deno.writeTextFile(`${dir}/a`, "content\n");
+      const { fid } = await f.lookup(f.root, "a");
+      await f.rename(f.root, "a", "b");
+      const st = await f.getattr(fid);
+      assert.equal(st.name, "b");
+      const fh = await f.open(fid, OREAD);
+      assert.equal(td.decode(await f.read(fh, 0n, 100)), "content\n");
+      await f.clunk(fh);
+      await f.clunk(fid);
+    });
+
+    await t.step("mv d e, then open d's file through its old node id", async () => {
+      await Deno.mkdir(`${dir}/d`);
+      await Deno.writeTextFile(`${dir}/d/inner`, "inside\n");
+      const { fid: d } = await f.lookup(f.root, "d");
+      const { fid: inner } = await f.lookup(d, "inner");
+      await f.rename(f.root, "d", "e");
+      const fh = await f.open(inner, OREAD);
+      assert.equal(td.decode(await f.read(fh, 0n, 100)), "inside\n");
+      await f.clunk(fh);
+      await f.clunk(inner);
+      await f.clunk(d);
+    });
+  } finally {
+    f.close();
+    await srv.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
