@@ -271,6 +271,19 @@ async function fuseSession(t: Deno.TestContext, port: number, dir: string): Prom
       await f.clunk(rfh);
     });
 
+    await t.step("access(2) checks: open and clunk with OREAD, OWRITE, ORDWR, OEXEC", async () => {
+      const { fid } = await f.lookup(f.root, "hello");
+      for (const mode of [OREAD, OWRITE, ORDWR, 3]) {
+        const fh = await f.open(fid, mode);
+        await f.clunk(fh);
+      }
+      await f.clunk(fid);
+      // Directories are checked with OREAD whatever the mask.
+      const fh = await f.open(f.root, OREAD);
+      await f.clunk(fh);
+      assert.equal(await Deno.readTextFile(`${dir}/hello`), "hello, plan 9\n");
+    });
+
     await t.step("truncate to 0 goes as open OWRITE|OTRUNC", async () => {
       await Deno.writeTextFile(`${dir}/trunc0`, "something");
       const { fid } = await f.lookup(f.root, "trunc0");
