@@ -29,6 +29,7 @@ import { BufferPool, FrameReader, recycleReadData, rreadInPlace } from "./frame.
  * @module
  */
 
+import { setImmediate } from "node:timers";
 import type { Conn, Peer } from "../transport/conn.ts";
 import type { Caller, Node, OpenFile, Tree } from "../fs/tree.ts";
 import {
@@ -334,12 +335,13 @@ class Session {
 
   /**
    * Start writing unless a write is under way. The first write waits for
-   * the current microtasks, so replies finished together go out together.
+   * the current turn of the event loop, so replies finished together go out
+   * together (one write instead of one per reply).
    */
   #kick(): void {
     if (this.#writing) return;
     this.#writing = true;
-    queueMicrotask(() => this.#pump());
+    setImmediate(() => this.#pump());
   }
 
   async #pump(): Promise<void> {
