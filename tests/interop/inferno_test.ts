@@ -152,6 +152,23 @@ async function emuSession(t: Deno.TestContext, port: number, dir: string): Promi
       assert.equal(Deno.statSync(`${dir}/new.txt`).mode! & 0o777, 0o666 & dirMode);
     });
 
+    await t.step(
+      "mkdir: Tcreate perm DMDIR|0777 mode OREAD; rm of the empty directory",
+      async () => {
+        const { fid } = await m.walk("/");
+        const r = await m.rpc(tmsg.create(1, fid, "newdir", (DMDIR | 0o777) >>> 0, OREAD));
+        assert.equal(r.type, T.create + 1);
+        assert.equal(r.qid!.type, 0x80);
+        await m.rpc(tmsg.clunk(1, fid));
+        const st = Deno.statSync(`${dir}/newdir`);
+        assert.ok(st.isDirectory);
+        assert.equal(st.mode! & 0o777, 0o777 & Deno.statSync(dir).mode!);
+        assert.deepEqual((await m.ls("newdir")).dirs, []);
+        await m.remove("newdir");
+        assert.throws(() => Deno.statSync(`${dir}/newdir`), Deno.errors.NotFound);
+      },
+    );
+
     await t.step("Tstat and Twstat (mode, mtime, rename) touch only what is given", async () => {
       const before = await m.stat("new.txt");
       assert.equal(before.name, "new.txt");
