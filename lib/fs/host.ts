@@ -92,6 +92,8 @@ interface Ctx {
   readOnly: boolean;
   /** Writes made through this tree, per qid.path: mixed into qid.version. */
   writes: Map<bigint, number>;
+  /** Every node not yet closed, so a rename can move the others that name the same file. */
+  live: Set<HostNode>;
 }
 
 /**
@@ -159,6 +161,7 @@ export class HostTree implements Tree {
         users: await hostUsers(),
         readOnly: this.readOnly,
         writes: new Map(),
+        live: new Set(),
       };
     })();
     return this.#ctx;
@@ -326,6 +329,7 @@ class HostNode implements Node {
 
   constructor(readonly ctx: Ctx, public rel: string[], qid: Qid) {
     this.#qid = qid;
+    ctx.live.add(this);
   }
 
   get qid(): Qid {
@@ -537,11 +541,19 @@ class HostNode implements Node {
     if (gid !== undefined) sys(() => fs.chownSync(p, -1, gid));
     if (target !== undefined && newName !== undefined) {
       sys(() => fs.renameSync(p, target));
-      this.rel = [...this.rel.slice(0, -1), newName];
+      const from = this.rel;
+      const to = [...from.slice(0, -1), newName];
+      for (const n of ctx.live) {
+        if (n.rel.length >= from.length && from.every((x, i) => n.rel[i] === x)) {
+          n.rel = [...to, ...n.rel.slice(from.length)];
+        }
+      }
     }
   }
 
   remove(_opts?: OpOptions): Promise<void> {
+    // The node is released whether or not the remove succeeds.
+    this.ctx.live.delete(this);
     try {
       if (this.ctx.readOnly || this.rel.length === 0) throw new StyxError(Ename.perm);
       removePath(this.path);
@@ -552,6 +564,7 @@ class HostNode implements Node {
   }
 
   close(): Promise<void> {
+    this.ctx.live.delete(this);
     return Promise.resolve();
   }
 }
