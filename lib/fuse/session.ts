@@ -84,6 +84,8 @@ const S_IFREG = 0o100000;
 const DT_DIR = 4;
 const DT_REG = 8;
 const ROOT_ID = 1n;
+/** Files up to this size are read in the same round trip as they are opened. */
+const HEAD_MAX = 128 * 1024;
 
 /**
  * The errno value a Styx error string stands for, matched on Plan 9's
@@ -151,6 +153,9 @@ interface Handle {
   ino: Inode;
   file: OpenFile;
   direct: boolean;
+  /** The start of the file, read together with the open (used once). */
+  head: Promise<Uint8Array | null> | null;
+  headCount: number;
   entries: Dir[] | null;
 }
 
@@ -524,7 +529,12 @@ export class FuseSession {
   }
 
   /** Open `ino` with 9P `mode`: two messages to a Styx server (walk, open). */
-  async #openIno(ino: Inode, mode: number, signal: AbortSignal): Promise<OpenFile> {
+  async #openIno(
+    ino: Inode,
+    mode: number,
+    signal: AbortSignal,
+    head?: { count: number; data?: Promise<Uint8Array | null> },
+  ): Promise<OpenFile> {
     let base: Node;
     let names: string[];
     if (ino.node && (ino === this.#root || ino.epoch === this.#epoch)) {
@@ -548,6 +558,12 @@ export class FuseSession {
         (r) => r,
         () => null,
       );
+      if (head && head.count > 0) {
+        // A small file is read in the same round trip as it is opened.
+        head.count = Math.min(head.count, c.maxIo);
+        head.data = c.rpc({ type: MsgType.Tread, fid, offset: 0n, count: head.count })
+          .then((r) => r.data, () => null);
+      }
       let q;
       try {
         q = await walked;
@@ -612,7 +628,7 @@ export class FuseSession {
 
   #newHandle(ino: Inode, file: OpenFile, direct: boolean): bigint {
     const fh = this.#nextFh++;
-    this.#handles.set(fh, { ino, file, direct, entries: null });
+    this.#handles.set(fh, { ino, file, direct, entries: null, head: null, headCount: 0 });
     return fh;
   }
 
@@ -697,15 +713,23 @@ export class FuseSession {
         let mode = acc === O_WRONLY ? OWRITE : acc === O_RDWR ? ORDWR : OREAD;
         if (flags & O_TRUNC) mode |= OTRUNC;
         if (acc !== 0 || flags & O_TRUNC) this.#changed(ino);
-        const file = await this.#openIno(ino, mode, signal);
         // Files that say they are empty are often synthetic (ctl, status): read them directly.
         const direct = this.#opts.directIo === true ||
           (!(flags & O_TRUNC) && acc !== O_WRONLY && ino.length === 0n);
+        const head = { count: 0 } as { count: number; data?: Promise<Uint8Array | null> };
+        if (mode === OREAD && !direct && ino.length > 0n && ino.length <= BigInt(HEAD_MAX)) {
+          head.count = Number(ino.length);
+        }
+        const file = await this.#openIno(ino, mode, signal, head);
+        const fh = this.#newHandle(ino, file, direct);
+        if (head.data) {
+          const h = this.#handles.get(fh)!;
+          h.head = head.data;
+          h.headCount = head.count;
+        }
         // The page cache is kept across opens; AUTO_INVAL_DATA drops it when
         // a fresh stat shows another mtime or size.
-        return [
-          openOut(this.#newHandle(ino, file, direct), direct ? FOPEN_DIRECT_IO : FOPEN_KEEP_CACHE),
-        ];
+        return [openOut(fh, direct ? FOPEN_DIRECT_IO : FOPEN_KEEP_CACHE)];
       }
       case Op.OPENDIR: {
         const ino = this.#inode(nodeid);
@@ -939,6 +963,14 @@ export class FuseSession {
   }
 
   async #read(h: Handle, off: bigint, size: number, signal: AbortSignal): Promise<Uint8Array> {
+    if (h.head && off === 0n) {
+      const head = await h.head;
+      h.head = null;
+      // Whole when it holds all that was asked, or it was short (end of file).
+      if (head && (head.length >= size || head.length < h.headCount)) {
+        return head.length > size ? head.subarray(0, size) : head;
+      }
+    }
     const unit = h.file.iounit;
     if (h.direct || unit <= 0 || size <= unit) return await h.file.read(off, size, { signal });
     // Several Treads in flight for one large kernel read.

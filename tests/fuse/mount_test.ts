@@ -10,6 +10,7 @@ import { type FuseMount, fuseUnavailable, mountTree } from "../../lib/fuse/mount
 import { errnoOf } from "../../lib/fuse/session.ts";
 import { parseMountOptions } from "../../lib/fuse/mount.ts";
 import { HostTree } from "../../lib/fs/host.ts";
+import { MemTree } from "../../lib/fs/memory.ts";
 import { serve } from "../../lib/styx/server.ts";
 import { tcpListen } from "../../lib/transport/tcp.ts";
 import type { Conn, Listener } from "../../lib/transport/conn.ts";
@@ -389,6 +390,29 @@ Deno.test({
       if (mounted(mp)) await sh(`umount -l ${mp}`);
       srv.stop();
       await Deno.remove(src, { recursive: true });
+      await Deno.remove(mp, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+Deno.test({
+  name: "any Tree mounts: a MemTree without Styx in between",
+  ignore: why !== null,
+  async fn() {
+    const mp = await Deno.makeTempDir({ prefix: "ferry-fuse-mnt-" });
+    const m = await mountTree(new MemTree(), mp, { caller: { user: "glenda" } });
+    try {
+      await ok(`mkdir ${mp}/dir && echo hello > ${mp}/dir/a && echo more >> ${mp}/dir/a`);
+      assert.equal(await ok(`cat ${mp}/dir/a`), "hello\nmore\n");
+      await ok(`mv ${mp}/dir/a ${mp}/dir/b && truncate -s 2 ${mp}/dir/b`);
+      assert.equal(await ok(`cat ${mp}/dir/b`), "he");
+      assert.match(await ok(`ls -l ${mp}/dir`), /^-.* 2 .* b$/m);
+      const o = await sh(`rmdir ${mp}/dir`);
+      assert.match(o.stderr, /Directory not empty/);
+      await ok(`rm ${mp}/dir/b && rmdir ${mp}/dir`);
+      assert.equal(await ok(`ls -A ${mp}`), "");
+    } finally {
+      await m.close();
       await Deno.remove(mp, { recursive: true }).catch(() => {});
     }
   },
