@@ -656,15 +656,21 @@ export async function tlsListen(host: string, port: number, opts: LinkOptions): 
   const server = tls.createServer({
     ...contextOptions(creds, opts),
     requestCert: true,
+    handshakeTimeout: opts.handshakeTimeoutMs ?? 10_000,
     // Ferry's own check in confirm() is authoritative on every transport;
     // node's check here would only hang up with no reason for either end.
     rejectUnauthorized: false,
   });
   const refresh = () => {
-    const now = currentCreds(opts);
-    if (now !== creds) {
-      creds = now;
-      server.setSecureContext(contextOptions(creds, opts));
+    try {
+      const now = currentCreds(opts);
+      if (now !== creds) {
+        server.setSecureContext(contextOptions(now, opts));
+        creds = now;
+      }
+    } catch (e) {
+      // Keep serving with the credentials that worked.
+      refusedLog(opts, "(credentials)", `cannot use new credentials: ${(e as Error).message}`);
     }
   };
   server.prependListener("connection", refresh);

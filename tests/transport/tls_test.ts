@@ -276,6 +276,36 @@ Deno.test("mutual TLS links: every bad input refused on both sides", async (t) =
       assert.match(got, /refused client presented no certificate/);
     });
 
+    await t.step(
+      "tcp: a TLS client that is not a Ferry peer is dropped in bounded time",
+      async () => {
+        let reason = "";
+        const l = await tlsListen("127.0.0.1", 0, {
+          creds: srv,
+          handshakeTimeoutMs: 300,
+          onRefused: (_a, r) => (reason = r),
+        });
+        try {
+          // A valid certificate, but the client then says nothing (or Styx).
+          const got = await plainTlsClient(
+            tls.connect({
+              host: "127.0.0.1",
+              port: port(l.addr),
+              ca: srv.ca,
+              cert: alice.cert,
+              key: alice.key,
+              rejectUnauthorized: false,
+            }),
+          );
+          assert.match(got, /ferry-link\/1 proof /);
+          assert.doesNotMatch(got, /ferry-link\/1 ok/);
+          assert.match(reason, /did not finish within 300 ms|closed|not a Ferry peer/);
+        } finally {
+          l.close();
+        }
+      },
+    );
+
     await t.step("tcp: garbage and a plain Styx client; the listener survives", async () => {
       const reasons: string[] = [];
       const l = await tlsListen("127.0.0.1", 0, {
