@@ -3,7 +3,11 @@
  * measured against, in the same run. Not a test: nothing here passes or
  * fails on timing.
  *
- * deno task bench [--mib N] [--files N] [--only styx,ns,tls,net,fuse]
+ * deno task bench [--mib N] [--files N] [--reps N] [--only styx,ns,tls,net,fuse]
+ *
+ * Styx figures are medians of --reps runs (default 3), Ferry and its peer
+ * taking turns, so a burst of load elsewhere on the machine skews one run
+ * of each rather than one side.
  *
  * @module
  */
@@ -16,11 +20,38 @@ const { values } = parseArgs({
   options: {
     mib: { type: "string", default: "1024" },
     files: { type: "string", default: "1000" },
+    reps: { type: "string", default: "3" },
     only: { type: "string" },
   },
 });
 const MIB = Number(values.mib);
 const FILES = Number(values.files);
+const REPS = Math.max(1, Number(values.reps));
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** Run each of `fns` `REPS` times in turn; the median of each key of each. */
+async function turns<K extends string>(
+  fns: Record<K, () => Promise<Record<string, number>>>,
+): Promise<Record<K, Record<string, number>>> {
+  const runs = {} as Record<K, Record<string, number>[]>;
+  for (let i = 0; i < REPS; i++) {
+    for (const k of Object.keys(fns) as K[]) (runs[k] ??= []).push(await fns[k]());
+  }
+  const out = {} as Record<K, Record<string, number>>;
+  for (const k of Object.keys(runs) as K[]) {
+    const m: Record<string, number> = {};
+    for (const key of Object.keys(runs[k][0]!)) {
+      m[key] = median(runs[k].map((r) => r[key]!));
+    }
+    out[k] = m;
+  }
+  return out;
+}
 const only = values.only ? new Set(values.only.split(",")) : null;
 const want = (s: string) => !only || only.has(s);
 const here = new URL(".", import.meta.url).pathname;
@@ -78,7 +109,7 @@ function rssOf(pid: number): number {
   return m ? Number(m[1]) / 1024 : NaN;
 }
 
-async function freePort(): Promise<number> {
+function freePort(): number {
   const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const p = (l.addr as Deno.NetAddr).port;
   l.close();
@@ -98,7 +129,10 @@ async function makeData(dir: string): Promise<void> {
 }
 
 async function styxSection(dir: string): Promise<void> {
-  console.error(`styx: ${MIB} MiB file, ${FILES} files of 4 KiB, one loopback connection`);
+  console.error(
+    `styx: ${MIB} MiB file, ${FILES} files of 4 KiB, one loopback connection, ` +
+      `medians of ${REPS} runs`,
+  );
   const listen = await startServer([...ferryArgv(), "listen", "-A", "tcp!127.0.0.1!0", dir]);
   const rawSrv = await startServer([
     Deno.execPath(),
@@ -108,29 +142,35 @@ async function styxSection(dir: string): Promise<void> {
     `${dir}/big`,
   ]);
   try {
-    const raw = await runJson([`${here}client.ts`, "raw", rawSrv.addr]);
-    const rd = await runJson([`${here}client.ts`, "read", listen.addr, "/big"]);
+    const m = await turns({
+      raw: () => runJson([`${here}client.ts`, "raw", rawSrv.addr]),
+      rd: () => runJson([`${here}client.ts`, "read", listen.addr, "/big"]),
+      wr: async () => {
+        const r = await runJson([
+          `${here}client.ts`,
+          "write",
+          listen.addr,
+          "/written",
+          String(MIB * 2 ** 20),
+        ]);
+        await Deno.remove(`${dir}/written`).catch(() => {});
+        return r;
+      },
+      fs: () => runJson([`${here}client.ts`, "files", listen.addr, "/small", String(FILES)]),
+    });
+    const { raw, rd, wr, fs } = m;
     row(
       `(a) read ${MIB} MiB, MB/s`,
       f1(rd.mbs!),
       `raw TCP ${f1(raw.mbs!)}`,
       `${f1(rd.mbs! / raw.mbs! * 100)}% of raw`,
     );
-    const wr = await runJson([
-      `${here}client.ts`,
-      "write",
-      listen.addr,
-      "/written",
-      String(MIB * 2 ** 20),
-    ]);
     row(
       `(b) write ${MIB} MiB, MB/s`,
       f1(wr.mbs!),
       `raw TCP ${f1(raw.mbs!)}`,
       `${f1(wr.mbs! / raw.mbs! * 100)}% of raw`,
     );
-    await Deno.remove(`${dir}/written`).catch(() => {});
-    const fs = await runJson([`${here}client.ts`, "files", listen.addr, "/small", String(FILES)]);
     row(
       `(c) ${FILES} x 4 KiB walk+open+read+clunk, files/s`,
       f1(fs.filesPerSec!),
@@ -141,7 +181,7 @@ async function styxSection(dir: string): Promise<void> {
 
     // (d) diod with diodcat, same files, same run.
     if (await which("diod") && await which("diodcat")) {
-      const port = await freePort();
+      const port = freePort();
       const diod = new Deno.Command("diod", {
         args: [
           "-f",
@@ -163,7 +203,14 @@ async function styxSection(dir: string): Promise<void> {
       await waitPort(port);
       try {
         const s = `127.0.0.1:${port}`;
-        const t = await timeCmd("diodcat", ["-s", s, "-a", dir, "-m", "65536", "big"]);
+        const names = Array.from({ length: FILES }, (_, i) => `small/f${i}`);
+        const d = await turns({
+          big: async () => ({
+            t: await timeCmd("diodcat", ["-s", s, "-a", dir, "-m", "65536", "big"]),
+          }),
+          small: async () => ({ t: await timeCmd("diodcat", ["-s", s, "-a", dir, ...names]) }),
+        });
+        const t = d.big.t!;
         const diodMbs = MIB * 2 ** 20 / 1e6 / t;
         row(
           `(d) read ${MIB} MiB vs diod+diodcat, MB/s`,
@@ -171,8 +218,7 @@ async function styxSection(dir: string): Promise<void> {
           `diod ${f1(diodMbs)}`,
           `${f1(rd.mbs! / diodMbs)}x`,
         );
-        const names = Array.from({ length: FILES }, (_, i) => `small/f${i}`);
-        const t2 = await timeCmd("diodcat", ["-s", s, "-a", dir, ...names]);
+        const t2 = d.small.t!;
         const diodFps = FILES / t2;
         row(
           `(d) ${FILES} small files vs diodcat, files/s`,
