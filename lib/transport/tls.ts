@@ -685,8 +685,11 @@ export async function tlsListen(host: string, port: number, opts: LinkOptions): 
       w(c);
     } else if (c) queue.push(c);
   };
-  const addrOf = (s: net.Socket) =>
-    s.remoteAddress ? `tcp!${s.remoteAddress}!${s.remotePort ?? 0}` : "an unknown address";
+  const addrOf = (s: net.Socket): string => {
+    const parent = (s as unknown as { _parent?: net.Socket })._parent;
+    const a = s.remoteAddress ? s : parent?.remoteAddress ? parent : undefined;
+    return a ? `tcp!${a.remoteAddress}!${a.remotePort ?? 0}` : "an unknown address";
+  };
   server.on("tlsClientError", (e: Error, s: tls.TLSSocket) => {
     refusedLog(opts, addrOf(s), explainTlsError(e));
     s.destroy();

@@ -113,6 +113,33 @@ Deno.test("e2e: issue, enrol, mount, renew, revoke as separate processes", async
       assert.match(none.err, /no credentials in/);
     });
 
+    await t.step("plain client against TLS, TLS client against -A: both refused", async () => {
+      const plain = await ferry(["9p", "-A", "-a", listenAddr, "ls", "/"]);
+      assert.notEqual(plain.code, 0);
+      assert.doesNotMatch(plain.out, /hello.txt/);
+      const a = await daemon(["listen", "-A", "tcp!127.0.0.1!0", SRC], /listening on (tcp!\S+)/);
+      try {
+        const r = await ferry([
+          "9p",
+          "--certs",
+          USER,
+          "--peer",
+          "fs1",
+          "-a",
+          a.match[1]!,
+          "ls",
+          "/",
+        ]);
+        assert.notEqual(r.code, 0);
+        assert.match(r.err, /TLS|closed/);
+      } finally {
+        await a.stop();
+      }
+      // The TLS listener is still serving.
+      const ls = await mountLs();
+      assert.equal(ls.code, 0, ls.err);
+    });
+
     await t.step("renew the user; mounting still works with the new key", async () => {
       const before = await Deno.readTextFile(`${USER}/alice.pem`);
       const r = await ferry(["renew", "--dir", USER]);
