@@ -27,6 +27,7 @@ import net from "node:net";
 import { Buffer } from "node:buffer";
 import { Duplex } from "node:stream";
 import type { Conn, Listener, Peer } from "./conn.ts";
+import { tcpDial } from "./tcp.ts";
 import { type CertIdentity, parseCert } from "../auth/certs.ts";
 import { fromBase64, importKeyPem, toBase64 } from "../auth/keys.ts";
 import { PeerRefused, verifyPeer } from "../auth/verify.ts";
@@ -518,17 +519,17 @@ function clientOptions(
  * ```
  */
 export async function tlsDial(host: string, port: number, opts: LinkOptions): Promise<Conn> {
-  const creds = currentCreds(opts);
-  const peerName = opts.peer ?? host;
-  const sock = tls.connect({ host, port, ...clientOptions(creds, opts, peerName) });
-  return await clientSide(
-    sock,
-    opts,
-    creds,
-    peerName,
-    `tcp!${host}!${port}`,
-    () => `tcp!${sock.localAddress ?? "?"}!${sock.localPort ?? 0}`,
-  );
+  // TLS runs over a Deno TCP connection rather than node:tls's own socket:
+  // the same code path as a tunnel, and reads from the network stop when the
+  // reader stops (node:tls's own socket kept buffering: hundreds of MiB for
+  // one bulk transfer).
+  let raw: Conn;
+  try {
+    raw = await tcpDial(host.replace(/^\[|\]$/g, ""), port);
+  } catch (e) {
+    throw new LinkError(`cannot connect to ${host}:${port}: ${(e as Error).message}`);
+  }
+  return await tlsWrapClient(raw, { ...opts, peer: opts.peer ?? host });
 }
 
 /** A node Duplex stream over a Conn, so node:tls can run on top of it. */

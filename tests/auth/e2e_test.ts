@@ -131,7 +131,9 @@ Deno.test("e2e: issue, enrol, mount, renew, revoke as separate processes", async
           "/",
         ]);
         assert.notEqual(r.code, 0);
-        assert.match(r.err, /TLS|closed/);
+        // A -A server waits for the rest of what it takes for a huge Styx frame,
+        // so the client gives up at its handshake or dial timeout.
+        assert.match(r.err, /TLS|closed|timed out/);
       } finally {
         await a.stop();
       }
