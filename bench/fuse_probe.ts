@@ -125,6 +125,7 @@ try {
       "--allow-all",
       FERRY,
       "mount",
+      "-f",
       "-A",
       ...(values.o ? ["-o", values.o] : []),
       addr,

@@ -1,9 +1,10 @@
 /**
  * `ferry mount ADDR HOSTDIR` and `ferry unmount HOSTDIR`: a remote Styx
  * tree mounted on a host directory through FUSE, for every program on the
- * machine. The mount lives as long as this process: it is unmounted on
- * SIGINT/SIGTERM, and when the remote goes away (operations then fail with
- * EIO; nothing hangs).
+ * machine. `ferry mount` returns once mounted and leaves a background
+ * `ferry mount -f` serving it (-f alone stays in the foreground). That
+ * process unmounts on SIGINT/SIGTERM and when the remote goes away
+ * (operations then fail with EIO; nothing hangs).
  *
  * @module
  */
@@ -19,15 +20,17 @@ import {
 } from "../lib/fuse/mount.ts";
 
 const mountSpec = {
-  usage: "ferry mount [-A] [-o OPTIONS] [-u USER] [--aname NAME] [-a ALG] [--certs DIR] [-D] " +
-    "ADDR HOSTDIR",
+  usage: "ferry mount [-A] [-f] [-o OPTIONS] [-u USER] [--aname NAME] [-a ALG] [--certs DIR] " +
+    "[-D] ADDR HOSTDIR",
   about: "Mount the Styx tree served at ADDR (a dial string such as 'tcp!host!6666') on the\n" +
-    "host directory HOSTDIR through the kernel's FUSE, so every program sees it. Runs\n" +
-    "in the foreground until interrupted, unmounted ('ferry unmount HOSTDIR') or the\n" +
-    "remote goes away. Needs root and /dev/fuse. Without -A the connection is mutually\n" +
-    "authenticated and encrypted with TLS 1.3 using this machine's credentials.",
+    "host directory HOSTDIR through the kernel's FUSE, so every program sees it, and\n" +
+    "return once it is mounted; a background process serves it until 'ferry unmount\n" +
+    "HOSTDIR' or the remote goes away. Needs root and /dev/fuse. Without -A the\n" +
+    "connection is mutually authenticated and encrypted with TLS 1.3 using this\n" +
+    "machine's credentials.",
   options: {
     A: { type: "boolean" as const },
+    f: { type: "boolean" as const },
     o: { type: "string" as const, multiple: true },
     u: { type: "string" as const },
     aname: { type: "string" as const },
@@ -37,6 +40,7 @@ const mountSpec = {
   },
   optionsHelp: [
     "  -A             no authentication or encryption (warns)",
+    "  -f             stay in the foreground; SIGINT or SIGTERM unmounts",
     "  -o OPTIONS     comma-separated mount options:",
     "                   attr_timeout=S   seconds the kernel trusts attributes (default 1)",
     "                   entry_timeout=S  seconds the kernel trusts names (default 1)",
@@ -72,6 +76,7 @@ export async function run(args: string[]): Promise<number> {
     }
     const opts: MountOptions = {};
     for (const o of (p.values.o as string[] | undefined) ?? []) parseMountOptions(o, opts);
+    if (p.values.f !== true) return await background(args, dir);
     const insecure = p.values.A === true;
     const user = (p.values.u as string | undefined) ?? Deno.env.get("USER") ?? "none";
     const st = await Deno.stat(dir).catch(() => null);
@@ -126,6 +131,61 @@ export async function run(args: string[]): Promise<number> {
     if (m) await m.close().catch(() => {});
     return fail("mount", e);
   }
+}
+
+/** The permissions a background `ferry mount -f` needs under `deno run`. */
+const PERMS = [
+  "--allow-net",
+  "--allow-read",
+  "--allow-write",
+  "--allow-env",
+  "--allow-sys",
+  "--allow-ffi",
+];
+
+/**
+ * Start `ferry mount -f ARGS` as a background process and return once it
+ * has mounted (its status and errors are this command's).
+ */
+async function background(args: string[], dir: string): Promise<number> {
+  const exe = Deno.execPath();
+  const compiled = !/^deno(\.exe)?$/.test(exe.split("/").pop() ?? "");
+  const main = new URL("./ferry.ts", import.meta.url).href;
+  const child = new Deno.Command(exe, {
+    args: compiled ? ["mount", "-f", ...args] : ["run", ...PERMS, main, "mount", "-f", ...args],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  // Its errors are shown until it has mounted; after that nothing of this
+  // command's may stay open (a caller waiting for our output would hang).
+  const errs = child.stderr.getReader();
+  const copying = (async () => {
+    for (;;) {
+      const { value, done } = await errs.read().catch(() => ({ value: undefined, done: true }));
+      if (done || !value) return;
+      await Deno.stderr.write(value);
+    }
+  })();
+  const r = child.stdout.getReader();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await r.read();
+    if (done) break;
+    buf += new TextDecoder().decode(value);
+    const line = buf.split("\n").find((l) => l.startsWith("mounted "));
+    if (line !== undefined) {
+      console.log(`${line} (pid ${child.pid}; 'ferry unmount ${dir}' to undo)`);
+      await r.cancel().catch(() => {});
+      await errs.cancel().catch(() => {});
+      await copying;
+      child.unref();
+      return 0;
+    }
+  }
+  await copying;
+  const st = await child.status;
+  return st.code === 0 ? 1 : st.code;
 }
 
 /** Run `ferry unmount HOSTDIR`. */

@@ -62,13 +62,13 @@ export interface FuseMount {
  * root, and the ffi permission.
  */
 export function fuseUnavailable(): string | null {
+  if (!ffiAllowed()) return "FUSE needs Deno's --allow-ffi permission";
   try {
-    Deno.statSync("/dev/fuse");
-  } catch {
-    return "/dev/fuse is missing (no FUSE support in this kernel or container)";
+    closeFd(openFuseDevice());
+  } catch (e) {
+    return `${(e as Error).message} (is FUSE available in this kernel or container?)`;
   }
   if (Deno.uid() !== 0) return "mounting needs root (this process is not uid 0)";
-  if (!ffiAllowed()) return "FUSE needs Deno's --allow-ffi permission";
   return null;
 }
 

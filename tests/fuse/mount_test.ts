@@ -321,7 +321,7 @@ Deno.test({
     const children: Deno.ChildProcess[] = [];
     const start = async () => {
       const c = new Deno.Command(Deno.execPath(), {
-        args: ["run", "--allow-all", FERRY, "mount", "-A", srv.addr, mp],
+        args: ["run", "--allow-all", FERRY, "mount", "-f", "-A", srv.addr, mp],
         stdout: "piped",
         stderr: "piped",
       }).spawn();
@@ -373,6 +373,24 @@ Deno.test({
         assert.equal(st.code, 1);
         assert.match(dec.decode(st.stderr), /hung up: unmounting/);
         assert.ok(!mounted(mp));
+      });
+
+      await t.step("without -f it returns once mounted and serves in the background", async () => {
+        const o = await sh(
+          `${Deno.execPath()} run --allow-all ${FERRY} mount -A ${srv.addr} ${mp}`,
+        );
+        assert.equal(o.code, 0, o.stderr);
+        assert.match(o.stdout, /^mounted .* \(pid \d+; 'ferry unmount .*' to undo\)$/m);
+        assert.ok(mounted(mp));
+        assert.equal(await ok(`cat ${mp}/hello`), "hi\n");
+        const pid = Number(/pid (\d+)/.exec(o.stdout)![1]);
+        const u = await sh(`${Deno.execPath()} run --allow-all ${FERRY} unmount ${mp}`);
+        assert.equal(u.code, 0, u.stderr);
+        assert.ok(!mounted(mp));
+        // The background process ends once the kernel drops the connection.
+        await ok(
+          `for i in $(seq 200); do kill -0 ${pid} 2>/dev/null || exit 0; sleep 0.05; done; exit 1`,
+        );
       });
 
       await t.step("unmount of a directory that is not mounted fails clearly", async () => {
