@@ -72,14 +72,17 @@ export async function run(args: string[]): Promise<number> {
       Deno.addSignalListener("SIGTERM", () => ac.abort());
     } catch { /* signals unsupported here */ }
     let nextCrl = 0;
+    let earliest = 0; // never renew twice within a tenth of a lifetime
     while (!ac.signal.aborted) {
       const creds = await loadCredentials(dir, name);
       const id = identityOf(parseCert(creds.cert));
-      const due = renewalTime(id.notBefore, id.notAfter).getTime();
+      const life = id.notAfter.getTime() - id.notBefore.getTime();
+      const due = Math.max(renewalTime(id.notBefore, id.notAfter).getTime(), earliest);
       const now = Date.now();
       if (now >= due) {
         try {
           await once();
+          earliest = Date.now() + Math.max(1000, life / 10);
           continue;
         } catch (e) {
           console.error(`ferry renew: ${(e as Error).message}`);

@@ -125,6 +125,21 @@ export async function createCaCert(
   });
 }
 
+/**
+ * How far before issue a leaf's notBefore is set, to allow for clock skew:
+ * a minute, or a tenth of the lifetime for certificates shorter than ten
+ * minutes (so renewal at two thirds still falls after issue).
+ */
+export function backdateFor(ttlMs: number): number {
+  return Math.min(60_000, ttlMs / 10);
+}
+
+/** The lifetime a leaf was issued with, undoing {@link backdateFor}. */
+export function ttlOf(notBefore: Date, notAfter: Date): number {
+  const total = notAfter.getTime() - notBefore.getTime();
+  return total >= 660_000 ? total - 60_000 : total / 1.1;
+}
+
 /** What to put in a leaf certificate. */
 export interface LeafSpec {
   name: string;
@@ -165,13 +180,14 @@ export async function issueLeaf(
   const eku = spec.kind === "node"
     ? [x509.ExtendedKeyUsage.serverAuth, x509.ExtendedKeyUsage.clientAuth]
     : [x509.ExtendedKeyUsage.clientAuth];
+  const notBefore = new Date(now.getTime() - backdateFor(spec.ttlMs));
   let notAfter = new Date(now.getTime() + spec.ttlMs);
   if (notAfter > ca.cert.notAfter) notAfter = ca.cert.notAfter;
   return await x509.X509CertificateGenerator.create({
     serialNumber: spec.serial ?? randomSerial(),
     subject: `CN=${spec.name}, OU=${spec.kind}, O=Ferry`,
     issuer: ca.cert.subject,
-    notBefore: new Date(now.getTime() - 60_000),
+    notBefore,
     notAfter,
     signingAlgorithm: ED25519,
     publicKey,

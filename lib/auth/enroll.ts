@@ -31,6 +31,7 @@ import {
   normSerial,
   parseCert,
   sameKey,
+  ttlOf,
   type x509,
 } from "./certs.ts";
 import {
@@ -239,7 +240,7 @@ export async function startSigner(
         }
         if (!good) throw new Error(`'${id.name}' did not prove possession of its current key`);
         const rec = ca.store.get(normSerial(cur.serialNumber));
-        const life = cur.notAfter.getTime() - cur.notBefore.getTime() - 60_000;
+        const life = Math.round(ttlOf(cur.notBefore, cur.notAfter));
         const r = await ca.signCsr(req.csr, id.name, {
           kind: id.kind,
           groups: id.groups,

@@ -1,7 +1,14 @@
 import assert from "node:assert/strict";
 import tls from "node:tls";
 import { CertificateAuthority } from "../../lib/auth/ca.ts";
-import { createCsr, identityOf, parseCert, x509 } from "../../lib/auth/certs.ts";
+import {
+  backdateFor,
+  createCsr,
+  identityOf,
+  parseCert,
+  ttlOf,
+  x509,
+} from "../../lib/auth/certs.ts";
 import { enroll, fetchCrl, renew, renewalTime, startSigner } from "../../lib/auth/enroll.ts";
 import { generateKeyPair } from "../../lib/auth/keys.ts";
 import { loadCredentials, watchCredentials } from "../../lib/auth/link.ts";
@@ -202,6 +209,14 @@ Deno.test("enrolment, renewal and revocation through the signer", async (t) => {
       assert.equal(renewalTime(nb, na, 0).getTime(), 60_000);
       assert.equal(renewalTime(nb, na, 0.5).getTime(), 55_500);
       assert.ok(renewalTime(nb, na, 0.999).getTime() > 51_000);
+      // Short certificates are backdated little, so renewal never falls before issue.
+      for (const ttl of [24_000, 600_000, 24 * 3600e3]) {
+        const now = new Date();
+        const b = new Date(now.getTime() - backdateFor(ttl));
+        const a = new Date(now.getTime() + ttl);
+        assert.ok(renewalTime(b, a, 0.999) > now, `ttl ${ttl}`);
+        assert.ok(Math.abs(ttlOf(b, a) - ttl) < 1, `ttl ${ttl} round trip`);
+      }
     });
   } finally {
     signer.close();
