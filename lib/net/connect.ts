@@ -11,7 +11,7 @@ import type { Conn, Listener } from "../transport/conn.ts";
 import { tcpDial, tcpListen } from "../transport/tcp.ts";
 import { listenHost, parseDialString } from "./dial.ts";
 import { RemoteTree, StyxClient } from "../styx/client.ts";
-import { defaultCertsDir, loadCredentials } from "../auth/link.ts";
+import { defaultCertsDir, loadCredentials, watchCredentials } from "../auth/link.ts";
 import { tlsDial, tlsListen } from "../transport/tls.ts";
 import type { Tree } from "../fs/tree.ts";
 
@@ -140,10 +140,29 @@ export async function announceStyx(addr: string, opts: AnnounceOptions): Promise
       throw new Error(`cannot announce '${addr}': ${(e as Error).message}`);
     }
   }
-  const creds = await loadCredentials(opts.certDir ?? defaultCertsDir());
+  // Watched, so renewed certificates and a new CRL reach new handshakes
+  // and open sessions without a restart.
+  const dir = opts.certDir ?? defaultCertsDir();
+  const w = await watchCredentials(dir, undefined, {
+    onError: (e) => console.error(`listen: keeping the current credentials: ${e.message}`),
+  });
+  let l: Listener;
   try {
-    return await tlsListen(host, a.port, { creds, allow: opts.allow, alg: opts.alg });
+    l = await tlsListen(host, a.port, {
+      creds: () => w.current(),
+      allow: opts.allow,
+      alg: opts.alg,
+    });
   } catch (e) {
+    w.close();
     throw new Error(`cannot announce '${addr}': ${(e as Error).message}`);
   }
+  return {
+    addr: l.addr,
+    close() {
+      w.close();
+      l.close();
+    },
+    [Symbol.asyncIterator]: () => l[Symbol.asyncIterator](),
+  };
 }
