@@ -63,8 +63,11 @@ import {
 } from "./types.ts";
 import { CodecError, decode, encode, encodeDir, isTMsg, msgName } from "./codec.ts";
 import { TcpConn } from "../transport/tcp.ts";
-import { BufferPool, FrameReader, recycleReadData, rreadInPlace } from "./frame.ts";
+import { BufferPool, FrameReader, FramingError, recycleReadData, rreadInPlace } from "./frame.ts";
 import { formatMsg, traceEnabled } from "./trace.ts";
+
+/** The largest first message accepted: a Tversion is far smaller. */
+const FIRST_FRAME_MAX = 8192;
 
 /** The smallest msize the server accepts in Tversion. */
 export const MIN_MSIZE = 256;
@@ -232,9 +235,12 @@ class Session {
     this.#excl = ex;
     // A tree that copies what it writes lets large Twrite frames be reused.
     this.#reuseWrites = (tree as { copiesWrites?: unknown }).copiesWrites === true;
+    // Until Tversion only a small message makes sense, so a peer speaking
+    // something else (a TLS ClientHello reads as a 66 KB frame) is dropped
+    // at once instead of after a wait for bytes that never come.
     this.#reader = new FrameReader(
       conn,
-      max,
+      Math.min(max, FIRST_FRAME_MAX),
       this.#reuseWrites ? (size) => writePool.take(size) : undefined,
     );
     this.#recycle = conn instanceof TcpConn;
@@ -274,7 +280,12 @@ class Session {
       }
     } catch (e) {
       if (!this.#closing) {
-        this.#log(`styx: dropping connection from ${this.#conn.peer.addr}: ${errorString(e)}`);
+        const hint = this.#msize === 0 && e instanceof FramingError
+          ? " (not a Styx client? a TLS client needs a listener without -A)"
+          : "";
+        this.#log(
+          `styx: dropping connection from ${this.#conn.peer.addr}: ${errorString(e)}${hint}`,
+        );
       }
     } finally {
       await this.#teardown();
