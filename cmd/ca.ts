@@ -16,7 +16,7 @@ import { type CertKind, checkName, parseDuration } from "../lib/auth/certs.ts";
 import { askPassphrase, encryptKeyPem, pemBlocks } from "../lib/auth/keys.ts";
 import { defaultCertsDir } from "../lib/auth/link.ts";
 
-const USAGE = "ferry ca init|issue|list|revoke|crl|token [options] [NAME|SERIAL]";
+const USAGE = "ferry ca init|issue|list|revoke|crl|token|sign [options] [NAME|SERIAL|FILE]";
 
 const ABOUT =
   `Run Ferry's certificate authority. Credentials live in DIR (--dir, else $FERRY_CERTS, else ./certs).
@@ -28,7 +28,8 @@ const ABOUT =
   ferry ca revoke NAME|SERIAL             revoke and rewrite DIR/crl.pem
   ferry ca crl [--der]                    (re)write DIR/crl.pem (and DIR/crl.der)
   ferry ca token NAME [--ttl 10m] [--user|--node] [--group G]... [--cert-ttl 24h]
-                                          print a single-use enrolment token for 'ferry enroll'`;
+                                          print a single-use enrolment token for 'ferry enroll'
+  ferry ca sign [--verify] FILE           sign a manifest with the CA's key (FILE.sig)`;
 
 const OPTIONS = `  --dir DIR        credentials directory
   --force          replace an existing CA key or issued key
@@ -57,6 +58,8 @@ function one(positionals: string[], what: string): string {
 /** Run `ferry ca ARGS`. */
 export async function run(args: string[]): Promise<number> {
   let ca: CertificateAuthority | undefined;
+  // `ferry ca sign FILE` is `ferry sign FILE`: it has options of its own.
+  if (args[0] === "sign") return await (await import("./ca_sign.ts")).run(args.slice(1));
   try {
     const p = parse({
       usage: USAGE,
