@@ -311,7 +311,10 @@ try {
     await makeData(dir);
     await styxSection(dir);
   }
-  if (want("ns")) await probe("ns", "ns_probe.ts");
+  if (want("ns")) {
+    await probe("ns", "ns_probe.ts");
+    await probe("ns", "ls_probe.ts");
+  }
   if (want("tls")) await probe("tls", "tls_probe.ts");
   if (want("net")) await probe("net", "net_probe.ts");
   if (want("manifest")) await probe("manifest", "manifest_probe.ts");
