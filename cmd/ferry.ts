@@ -52,7 +52,10 @@ const commands: Record<string, Entry> = {
   },
   up: { summary: "run a node of a cluster manifest", load: () => import("./up.ts") },
   down: { summary: "stop a node started with 'ferry up'", load: () => import("./down.ts") },
-  logon: { summary: "compose a user's namespace from a manifest", load: () => import("./logon.ts") },
+  logon: {
+    summary: "compose a user's namespace from a manifest",
+    load: () => import("./logon.ts"),
+  },
   sign: { summary: "sign a manifest with the CA's key", load: () => import("./ca_sign.ts") },
   check: { summary: "validate a cluster manifest", load: () => import("./check.ts") },
   mount: { summary: "FUSE-mount a Styx tree on a host dir", load: () => import("./mount.ts") },
