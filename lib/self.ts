@@ -13,6 +13,7 @@ export const FERRY_PERMISSIONS = [
   "--allow-env",
   "--allow-run",
   "--allow-sys",
+  "--allow-ffi",
 ];
 
 /**
