@@ -3,7 +3,8 @@
  * sshfs over a throwaway sshd, both on 127.0.0.1, in the same run.
  *
  * Workloads: cp of a 1 GiB file out of the mount, `ls -lR` and `tar c` of
- * a tree of 10,000 small files, `git status` in a mounted checkout. Each is
+ * a tree of 10,000 small files, `git status` in a mounted checkout. Every
+ * run gets a fresh mount (no cache of either side carries over). Each is
  * run RUNS times with every cache dropped and the source re-read on the
  * host before each run (so the mounts start cold and the disk is out of it); the median is
  * reported. Needs root, /dev/fuse, sshfs and openssh-server
@@ -87,6 +88,7 @@ const mFerry = `${work}/ferry`;
 const mSsh = `${work}/sshfs`;
 const children: Deno.ChildProcess[] = [];
 let sshdPid = "";
+let unmountFerryLast = async () => {};
 
 try {
   await Deno.mkdir(src);
@@ -119,23 +121,33 @@ try {
   children.push(listen);
   const addr = (await waitLine(listen.stdout.getReader(), /listening on/))
     .replace("listening on ", "").trim();
-  const mount = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-all",
-      FERRY,
-      "mount",
-      "-f",
-      "-A",
-      ...(values.o ? ["-o", values.o] : []),
-      addr,
-      mFerry,
-    ],
-    stdout: "piped",
-    stderr: "null",
-  }).spawn();
-  children.push(mount);
-  await waitLine(mount.stdout.getReader(), /^mounted/);
+  let ferryMount: Deno.ChildProcess | null = null;
+  const mountFerry = async () => {
+    const c = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-all",
+        FERRY,
+        "mount",
+        "-f",
+        "-A",
+        ...(values.o ? ["-o", values.o] : []),
+        addr,
+        mFerry,
+      ],
+      stdout: "piped",
+      stderr: "null",
+    }).spawn();
+    ferryMount = c;
+    await waitLine(c.stdout.getReader(), /^mounted/);
+  };
+  const unmountFerry = async () => {
+    const c = ferryMount;
+    ferryMount = null;
+    if (!c) return;
+    c.kill("SIGTERM");
+    await c.status;
+  };
 
   // sshfs over a throwaway sshd with its own host key and client key.
   const port = 20000 + Math.floor(Math.random() * 20000);
@@ -164,11 +176,20 @@ try {
   await sh(`/usr/sbin/sshd -f ${work}/sshd_config`);
   await until("sshd", async () => (await Deno.stat(`${work}/sshd.pid`).catch(() => null)) !== null);
   sshdPid = (await Deno.readTextFile(`${work}/sshd.pid`)).trim();
-  await sh(
-    `sshfs -o IdentityFile=${work}/userkey,StrictHostKeyChecking=no,` +
-      `UserKnownHostsFile=/dev/null,port=${port},LogLevel=ERROR root@127.0.0.1:${src} ${mSsh}`,
-  );
-  await until("sshfs mount", () => isMounted(mSsh));
+  const mountSsh = async () => {
+    await sh(
+      `sshfs -o IdentityFile=${work}/userkey,StrictHostKeyChecking=no,` +
+        `UserKnownHostsFile=/dev/null,port=${port},LogLevel=ERROR root@127.0.0.1:${src} ${mSsh}`,
+    );
+    await until("sshfs mount", () => isMounted(mSsh));
+  };
+  const unmountSsh = async () => {
+    await sh(`fusermount3 -u ${mSsh} || umount ${mSsh}`);
+    await until("sshfs unmount", async () => !(await isMounted(mSsh)));
+  };
+  unmountFerryLast = unmountFerry;
+  await mountFerry();
+  await mountSsh();
 
   // git status once through each mount (it rewrites the index), then a
   // pause so that no entry is "racily clean" in the timed runs.
@@ -176,6 +197,8 @@ try {
     const r = `${mp}/repo-${mp === mFerry ? "ferry" : "sshfs"}`;
     await sh(`cd ${r} && git -c safe.directory='*' status --short > /dev/null`);
   }
+  await unmountFerry();
+  await unmountSsh();
   await new Promise((r) => setTimeout(r, 2000));
   const warmTree = `tar cf - -C ${src} tree | cat > /dev/null`;
   const loads: Array<[string, (mp: string) => string, string]> = [
@@ -192,15 +215,20 @@ try {
   ];
   const rows: string[] = [];
   console.log(
-    `median of ${RUNS} runs (seconds); before each: caches dropped, source re-read on the host`,
+    `median of ${RUNS} runs (seconds); before each: fresh mount, caches dropped, ` +
+      "source re-read on the host",
   );
   console.log("workload                 ferry     sshfs   ferry speed vs sshfs");
   for (const [name, cmd, warm] of loads) {
     const f: number[] = [];
     const s: number[] = [];
     for (let i = 0; i < RUNS; i++) {
+      await mountFerry();
       f.push(await timed(cmd(mFerry), warm));
+      await unmountFerry();
+      await mountSsh();
       s.push(await timed(cmd(mSsh), warm));
+      await unmountSsh();
     }
     const fm = median(f);
     const sm = median(s);
@@ -217,6 +245,7 @@ try {
   }
 } finally {
   await sh(`umount ${mSsh} 2>/dev/null || umount -l ${mSsh} 2>/dev/null || true`).catch(() => {});
+  await unmountFerryLast();
   if (sshdPid) await sh(`kill ${sshdPid} || true`).catch(() => {});
   for (const c of children.reverse()) {
     try {

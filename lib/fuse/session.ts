@@ -740,7 +740,7 @@ export class FuseSession {
         const h = this.#handleOf(v.getBigUint64(0, true));
         const off = v.getBigUint64(8, true);
         const size = v.getUint32(16, true);
-        return [await this.#read(h, off, size, signal)];
+        return await this.#read(h, off, size, signal);
       }
       case Op.WRITE: {
         const h = this.#handleOf(v.getBigUint64(0, true));
@@ -962,35 +962,28 @@ export class FuseSession {
     if (isDir) this.#epoch++;
   }
 
-  async #read(h: Handle, off: bigint, size: number, signal: AbortSignal): Promise<Uint8Array> {
+  /** Read for the kernel; the reply is written from the parts as they are (no copy). */
+  async #read(h: Handle, off: bigint, size: number, signal: AbortSignal): Promise<Uint8Array[]> {
     if (h.head && off === 0n) {
       const head = await h.head;
       h.head = null;
       // Whole when it holds all that was asked, or it was short (end of file).
       if (head && (head.length >= size || head.length < h.headCount)) {
-        return head.length > size ? head.subarray(0, size) : head;
+        return [head.length > size ? head.subarray(0, size) : head];
       }
     }
     const unit = h.file.iounit;
-    if (h.direct || unit <= 0 || size <= unit) return await h.file.read(off, size, { signal });
+    if (h.direct || unit <= 0 || size <= unit) return [await h.file.read(off, size, { signal })];
     // Several Treads in flight for one large kernel read.
     const parts: Promise<Uint8Array>[] = [];
     for (let at = 0; at < size; at += unit) {
       parts.push(h.file.read(off + BigInt(at), Math.min(unit, size - at), { signal }));
     }
     const got = await Promise.all(parts);
-    let total = 0;
+    const out: Uint8Array[] = [];
     for (let i = 0; i < got.length; i++) {
-      total += got[i]!.length;
-      if (got[i]!.length < Math.min(unit, size - i * unit)) break;
-    }
-    const out = new Uint8Array(total);
-    let at = 0;
-    for (const g of got) {
-      if (at >= total) break;
-      const n = Math.min(g.length, total - at);
-      out.set(n === g.length ? g : g.subarray(0, n), at);
-      at += n;
+      out.push(got[i]!);
+      if (got[i]!.length < Math.min(unit, size - i * unit)) break; // end of file
     }
     return out;
   }
