@@ -305,6 +305,30 @@ async function probe(name: string, script: string, args: string[] = []): Promise
   }
 }
 
+/** Run a probe that prints its rows as JSON arrays (--json): [figure, ferry, peer, ratio]. */
+async function tableProbe(name: string, script: string, args: string[] = []): Promise<void> {
+  try {
+    await Deno.stat(`${here}${script}`);
+  } catch {
+    return;
+  }
+  console.error(`${name}: bench/${script}`);
+  const o = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", `${here}${script}`, "--json", ...args],
+    stdout: "piped",
+    stderr: "inherit",
+  }).output();
+  if (!o.success) {
+    row(`${name}: bench/${script}`, "-", "failed (see above)", "");
+    return;
+  }
+  for (const line of dec.decode(o.stdout).trim().split("\n")) {
+    if (!line) continue;
+    const [what, ferry, peer, ratio] = JSON.parse(line) as string[];
+    rows.push([`${name}: ${what}`, ferry ?? "", peer ?? "", ratio ?? ""]);
+  }
+}
+
 const dir = await Deno.makeTempDir({ prefix: "ferry-bench-" });
 try {
   if (want("styx")) {
@@ -315,7 +339,17 @@ try {
     await probe("ns", "ns_probe.ts");
     await probe("ns", "ls_probe.ts");
   }
-  if (want("tls")) await probe("tls", "tls_probe.ts");
+  if (want("tls")) {
+    await probe("tls", "tls_probe.ts");
+    await tableProbe("tls", "sftp_probe.ts", [
+      "--mib",
+      String(MIB),
+      "--files",
+      String(FILES),
+      "--reps",
+      String(REPS),
+    ]);
+  }
   if (want("net")) await probe("net", "net_probe.ts");
   if (want("manifest")) await probe("manifest", "manifest_probe.ts");
   if (want("fuse")) await probe("fuse", "fuse_probe.ts");
