@@ -249,10 +249,3 @@ export function unmountPath(mountpoint: string): Promise<"unmounted" | "detached
   const why = e === Errno.EINVAL ? "not a mount point" : strerror(e);
   return Promise.reject(new Error(`cannot unmount '${mountpoint}': ${why}`));
 }
-
-/** The mount points of FUSE file systems Ferry mounted (fuse.ferry in /proc/mounts). */
-export async function ferryMounts(): Promise<string[]> {
-  const text = await Deno.readTextFile("/proc/self/mounts");
-  return text.split("\n").map((l) => l.split(" ")).filter((f) => f[2] === "fuse.ferry")
-    .map((f) => (f[1] ?? "").replace(/\\(\d{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8))));
-}
