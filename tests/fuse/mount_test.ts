@@ -437,3 +437,25 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "fusermount -u unmounts a Ferry mount too",
+  ignore: why !== null,
+  async fn() {
+    const tool = (await sh("command -v fusermount3 || command -v fusermount")).stdout.trim();
+    if (tool === "") {
+      console.error("tests/fuse: fusermount not installed (Debian's fuse3): step skipped");
+      return;
+    }
+    const mp = await Deno.makeTempDir({ prefix: "ferry-fuse-mnt-" });
+    const m = await mountTree(new MemTree(), mp, {});
+    try {
+      await ok(`${tool} -u ${mp}`);
+      await m.done;
+      assert.ok(!(await mounted(mp)));
+    } finally {
+      if (await mounted(mp)) await m.close();
+      await Deno.remove(mp, { recursive: true }).catch(() => {});
+    }
+  },
+});
