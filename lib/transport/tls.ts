@@ -532,9 +532,44 @@ export async function tlsDial(host: string, port: number, opts: LinkOptions): Pr
   return await tlsWrapClient(raw, { ...opts, peer: opts.peer ?? host });
 }
 
-/** A node Duplex stream over a Conn, so node:tls can run on top of it. */
+/** Size of the buffers connDuplex reads a TcpConn into. */
+const DUPLEX_READ = 64 * 1024;
+/** Reads shorter than this are copied out, so the read buffer is kept for the next one. */
+const DUPLEX_SMALL = 8 * 1024;
+
+/** A Conn that can read into a buffer of the caller's (as TcpConn can). */
+interface ReadIntoConn extends Conn {
+  readInto(buf: Uint8Array): Promise<number | null>;
+}
+
+function canReadInto(c: Conn): c is ReadIntoConn {
+  return typeof (c as Partial<ReadIntoConn>).readInto === "function";
+}
+
+/**
+ * A node Duplex stream over a Conn, so node:tls can run on top of it.
+ *
+ * Bulk reads are on the TLS client's hot path (every received byte passes
+ * through here once, encrypted): a Conn that can read into a buffer gets
+ * a fresh one per large read, handed to node:tls as is, instead of a
+ * scratch buffer copied out per read; and writes pass node's buffers on
+ * as views rather than copies.
+ */
 export function connDuplex(raw: Conn): Duplex {
   let reading = false;
+  let spare: Uint8Array | null = null;
+  const next = async (): Promise<Uint8Array | null> => {
+    if (!canReadInto(raw)) return await raw.read();
+    const buf = spare ?? new Uint8Array(DUPLEX_READ);
+    spare = null;
+    const n = await raw.readInto(buf);
+    if (n === null) return null;
+    if (n < DUPLEX_SMALL) {
+      spare = buf;
+      return buf.slice(0, n);
+    }
+    return buf.subarray(0, n);
+  };
   const d = new Duplex({
     read() {
       if (reading) return;
@@ -542,7 +577,7 @@ export function connDuplex(raw: Conn): Duplex {
       const pump = async () => {
         try {
           while (true) {
-            const c = await raw.read();
+            const c = await next();
             if (c === null) {
               d.push(null);
               return;
@@ -558,7 +593,11 @@ export function connDuplex(raw: Conn): Duplex {
       pump();
     },
     write(chunk: Buffer, _enc, cb) {
-      raw.write(new Uint8Array(chunk)).then(() => cb(), (e) => cb(e as Error));
+      // A view, not a copy: the Conn has written it all before cb runs.
+      raw.write(new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.length)).then(
+        () => cb(),
+        (e) => cb(e as Error),
+      );
     },
     final(cb) {
       // A Conn has no half-close: once TLS has said goodbye, hang up.
