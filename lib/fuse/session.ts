@@ -23,6 +23,7 @@ import {
   OREAD,
   OTRUNC,
   OWRITE,
+  QTAPPEND,
   QTDIR,
   StyxError,
 } from "../styx/types.ts";
@@ -253,7 +254,13 @@ export class FuseSession {
         const r = readFd(this.#fd, buf);
         if ("n" in r) {
           if (r.n === 0) break;
-          this.#dispatch(buf.slice(0, r.n));
+          try {
+            this.#dispatch(buf.slice(0, r.n));
+          } catch (e) {
+            // A request that cannot be decoded: answer it if it can be named.
+            if (r.n >= IN_HEADER) this.#reply(decodeInHeader(buf).unique, Errno.EIO);
+            if (this.#opts.debug) console.error(`fuse: bad request: ${(e as Error).message}`);
+          }
           continue;
         }
         if (r.errno === Errno.EINTR || r.errno === Errno.ENOENT) continue;
@@ -714,7 +721,9 @@ export class FuseSession {
         if (flags & O_TRUNC) mode |= OTRUNC;
         if (acc !== 0 || flags & O_TRUNC) this.#changed(ino);
         // Files that say they are empty are often synthetic (ctl, status): read them directly.
+        // Append-only files ignore offsets: their writes must go one at a time, in order.
         const direct = this.#opts.directIo === true ||
+          ((ino.dir?.qid.type ?? 0) & QTAPPEND) !== 0 ||
           (!(flags & O_TRUNC) && acc !== O_WRONLY && ino.length === 0n);
         const head = { count: 0 } as { count: number; data?: Promise<Uint8Array | null> };
         if (mode === OREAD && !direct && ino.length > 0n && ino.length <= BigInt(HEAD_MAX)) {
