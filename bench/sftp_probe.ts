@@ -81,8 +81,46 @@ function rssMiB(pid: number): number {
   return m ? Number(m[1]) / 1024 : NaN;
 }
 
-/** Run a command to its end; its wall time in seconds. */
-async function timed(cmd: string, args: string[], stdin?: string): Promise<number> {
+/** Parent of every process, from /proc. */
+function parents(): Map<number, number> {
+  const m = new Map<number, number>();
+  for (const e of Deno.readDirSync("/proc")) {
+    if (!/^\d+$/.test(e.name)) continue;
+    try {
+      const st = Deno.readTextFileSync(`/proc/${e.name}/stat`);
+      // pid (comm) state ppid …; comm may hold spaces and parentheses.
+      const ppid = Number(st.slice(st.lastIndexOf(")") + 2).split(" ")[1]);
+      m.set(Number(e.name), ppid);
+    } catch { /* gone */ }
+  }
+  return m;
+}
+
+/** Total RSS of `pid` and all its descendants, MiB. */
+function treeRssMiB(pid: number): number {
+  const pp = parents();
+  let total = 0;
+  for (const p of pp.keys()) {
+    let q: number | undefined = p;
+    while (q !== undefined && q > 1 && q !== pid) q = pp.get(q);
+    if (q !== pid) continue;
+    try {
+      total += rssMiB(p);
+    } catch { /* gone */ }
+  }
+  return total;
+}
+
+/**
+ * Run a command to its end; its wall time in seconds and (when asked) the
+ * peak RSS of it and its children, sampled every 50 ms.
+ */
+async function timed(
+  cmd: string,
+  args: string[],
+  stdin?: string,
+  sample = false,
+): Promise<{ secs: number; peakMiB: number }> {
   const t = performance.now();
   const p = new Deno.Command(cmd, {
     args,
@@ -90,17 +128,29 @@ async function timed(cmd: string, args: string[], stdin?: string): Promise<numbe
     stdout: "null",
     stderr: "piped",
   }).spawn();
-  if (stdin !== undefined) {
-    const w = p.stdin.getWriter();
-    await w.write(new TextEncoder().encode(stdin));
-    await w.close();
+  let peakMiB = 0;
+  const timer = sample
+    ? setInterval(() => {
+      try {
+        peakMiB = Math.max(peakMiB, treeRssMiB(p.pid));
+      } catch { /* finished */ }
+    }, 50)
+    : undefined;
+  try {
+    if (stdin !== undefined) {
+      const w = p.stdin.getWriter();
+      await w.write(new TextEncoder().encode(stdin));
+      await w.close();
+    }
+    const o = await p.output();
+    const secs = (performance.now() - t) / 1000;
+    if (!o.success) {
+      throw new Error(`'${cmd} ${args.join(" ")}' failed: ${dec.decode(o.stderr).trim()}`);
+    }
+    return { secs, peakMiB };
+  } finally {
+    clearInterval(timer);
   }
-  const o = await p.output();
-  const s = (performance.now() - t) / 1000;
-  if (!o.success) {
-    throw new Error(`'${cmd} ${args.join(" ")}' failed: ${dec.decode(o.stderr).trim()}`);
-  }
-  return s;
 }
 
 /** Run bench/client.ts; its JSON figures. */
@@ -204,10 +254,11 @@ async function sftpSection(
   listenAddr: string,
   tmp: string,
   data: string,
-): Promise<void> {
+): Promise<number> {
   const user = `${tmp}/user`;
-  const sftp = (batch: string) =>
-    timed("sftp", ["-q", "-b", "-", ...sshd.sshArgs, sshd.target], batch);
+  const sftpRun = (batch: string, sample = false) =>
+    timed("sftp", ["-q", "-b", "-", ...sshd.sshArgs, sshd.target], batch, sample);
+  const sftp = async (batch: string) => (await sftpRun(batch)).secs;
   // An empty session, warmed first: what sftp pays before any transfer.
   await sftp("pwd\n");
   const base: number[] = [];
@@ -222,9 +273,12 @@ async function sftpSection(
   const fs: Record<string, number>[] = [];
   const sBig: number[] = [];
   const sSmall: number[] = [];
+  let sftpRss = 0;
   for (let r = 0; r < REPS; r++) {
     rd.push(await client(["read", listenAddr, "/big", "--tls", user]));
-    sBig.push(Math.max(1e-3, (await sftp(bigBatch)) - sftpBase));
+    const big = await sftpRun(bigBatch, true);
+    sBig.push(Math.max(1e-3, big.secs - sftpBase));
+    sftpRss = Math.max(sftpRss, big.peakMiB);
     fs.push(await client(["files", listenAddr, "/small", String(FILES), "--tls", user]));
     sSmall.push(Math.max(1e-3, (await sftp(smallBatch)) - sftpBase));
   }
@@ -252,12 +306,18 @@ async function sftpSection(
   row(
     `(e) client RSS during the ${MIB} MiB TLS read, MiB (target < 100)`,
     f1(rss),
-    "-",
-    rss < 100 ? "under target" : "over target",
+    `sftp+ssh ${f1(sftpRss)}`,
+    `${(rss / sftpRss).toFixed(2)}x (${rss < 100 ? "under" : "over"} target)`,
   );
+  return sftpBase;
 }
 
-async function latencySection(sshd: Sshd, listenAddr: string, tmp: string): Promise<void> {
+async function latencySection(
+  sshd: Sshd,
+  listenAddr: string,
+  tmp: string,
+  sftpBase: number,
+): Promise<void> {
   const user = `${tmp}/user`;
   // In-process: connect + TLS 1.3 + link proofs + Tversion + Tattach.
   await (await attach(listenAddr, user)).c.close();
@@ -271,8 +331,8 @@ async function latencySection(sshd: Sshd, listenAddr: string, tmp: string): Prom
   row(
     `(c) connect+handshake+attach, in-process, ms (median / p99 of ${LAT})`,
     `${f1(median(lat))} / ${f1(pct(lat, 99))}`,
-    "-",
-    "",
+    `empty sftp session ${f1(sftpBase * 1000)}`,
+    `${(median(lat) / (sftpBase * 1000)).toFixed(2)}x`,
   );
   // One-shot commands, taking turns.
   const [exe, ...args] = ferryArgv();
@@ -283,8 +343,8 @@ async function latencySection(sshd: Sshd, listenAddr: string, tmp: string): Prom
   const f: number[] = [];
   const s: number[] = [];
   for (let i = 0; i < ONESHOT; i++) {
-    f.push(await timed(exe!, ls));
-    s.push(await timed("ssh", ssh));
+    f.push((await timed(exe!, ls)).secs);
+    s.push((await timed("ssh", ssh)).secs);
   }
   const fm = median(f) * 1000;
   const sm = median(s) * 1000;
@@ -296,7 +356,18 @@ async function latencySection(sshd: Sshd, listenAddr: string, tmp: string): Prom
   );
 }
 
-async function clientsSection(listen: { addr: string; proc: Deno.ChildProcess }, tmp: string) {
+/** Figures for many concurrent clients: how many were served, and server RSS before and during. */
+interface Crowd {
+  served: number;
+  alive: number;
+  before: number;
+  during: number;
+}
+
+async function clientsSection(
+  listen: { addr: string; proc: Deno.ChildProcess },
+  tmp: string,
+): Promise<Crowd> {
   const user = `${tmp}/user`;
   const before = rssMiB(listen.proc.pid);
   const settled = await Promise.allSettled(
@@ -316,8 +387,10 @@ async function clientsSection(listen: { addr: string; proc: Deno.ChildProcess },
   // Every client is still connected here: ask each once more.
   let alive = 0;
   await Promise.all(ok.map(async ({ c, root }) => {
-    await c.stat(root, "/small");
-    alive++;
+    try {
+      await c.stat(root, "/small");
+      alive++;
+    } catch { /* counted as not answering */ }
   }));
   for (const { c } of ok) await c.close();
   if (failed.length > 0) {
@@ -325,18 +398,42 @@ async function clientsSection(listen: { addr: string; proc: Deno.ChildProcess },
       `clients: ${failed.length} failed, first: ${(failed[0] as PromiseRejectedResult).reason}`,
     );
   }
-  row(
-    `(d) ${CLIENTS} concurrent mTLS clients: served / still answering`,
-    `${ok.length} / ${alive}`,
-    `of ${CLIENTS}`,
-    ok.length === CLIENTS && alive === CLIENTS ? "all served" : "NOT all served",
-  );
-  row(
-    `(d) server RSS with ${CLIENTS} clients attached, MiB`,
-    f1(during),
-    `idle server ${f1(before)}`,
-    `+${f1(during - before)} MiB`,
-  );
+  return { served: ok.length, alive, before, during };
+}
+
+/** The same number of concurrent ssh sessions on the throwaway sshd, for comparison. */
+async function sshClientsSection(sshd: Sshd): Promise<Crowd> {
+  const before = treeRssMiB(sshd.pid);
+  const procs = Array.from({ length: CLIENTS }, () =>
+    new Deno.Command("ssh", {
+      args: [...sshd.sshArgs, sshd.target, "echo ok; cat > /dev/null"],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "null",
+    }).spawn());
+  let served = 0;
+  try {
+    await Promise.all(procs.map(async (p) => {
+      const r = p.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      let text = "";
+      while (!text.includes("\n")) {
+        const { value, done } = await r.read();
+        if (done) break;
+        text += value;
+      }
+      r.releaseLock();
+      if (text.startsWith("ok")) served++;
+    }));
+    return { served, alive: served, before, during: treeRssMiB(sshd.pid) };
+  } finally {
+    for (const p of procs) {
+      await p.stdin.close().catch(() => {});
+    }
+    for (const p of procs) {
+      await p.stdout.cancel().catch(() => {});
+      await p.status;
+    }
+  }
 }
 
 async function main(): Promise<void> {
@@ -350,9 +447,22 @@ async function main(): Promise<void> {
     await makeCredentials(tmp);
     listen = await startListen(`${tmp}/node`, data);
     sshd = await startSshd();
-    await sftpSection(sshd, listen.addr, tmp, data);
-    await latencySection(sshd, listen.addr, tmp);
-    await clientsSection(listen, tmp);
+    const sftpBase = await sftpSection(sshd, listen.addr, tmp, data);
+    await latencySection(sshd, listen.addr, tmp, sftpBase);
+    const f = await clientsSection(listen, tmp);
+    const o = await sshClientsSection(sshd);
+    row(
+      `(d) ${CLIENTS} concurrent authenticated clients on one listener: served / answering later`,
+      `${f.served} / ${f.alive}`,
+      `sshd ${o.served} / ${o.alive}`,
+      f.served === CLIENTS && f.alive === CLIENTS ? "all served" : "NOT all served",
+    );
+    row(
+      `(d) server RSS with ${CLIENTS} clients (idle -> with clients), MiB`,
+      `${f1(f.before)} -> ${f1(f.during)}`,
+      `sshd, all processes ${f1(o.before)} -> ${f1(o.during)}`,
+      `+${f1(f.during - f.before)} vs +${f1(o.during - o.before)} MiB`,
+    );
   } finally {
     if (listen) {
       try {
