@@ -5,25 +5,10 @@
  * @module
  */
 
-/**
- * Make `p` absolute against `cwd` and clean it.
- *
- * @example
- * ```ts
- * import { cleanPath } from "./path.ts";
- * if (cleanPath("../b/./c", "/a/x") !== "/a/b/c") throw new Error("cleanPath");
- * ```
- */
-export function cleanPath(p: string, cwd = "/"): string {
-  const full = p.startsWith("/") ? p : `${cwd}/${p}`;
-  const out: string[] = [];
-  for (const part of full.split("/")) {
-    if (part === "" || part === ".") continue;
-    if (part === "..") out.pop();
-    else out.push(part);
-  }
-  return "/" + out.join("/");
-}
+import { childPath } from "../ns/path.ts";
+
+// The shell cleans paths exactly as the namespace does, device paths included.
+export { cleanPath } from "../ns/path.ts";
 
 /** The last element of `p` ("/" for the root). */
 export function baseName(p: string): string {
@@ -38,7 +23,5 @@ export function dirName(p: string): string {
   return i <= 0 ? "/" : p.slice(0, i);
 }
 
-/** Join a directory and a name. */
-export function joinPath(dir: string, name: string): string {
-  return dir.endsWith("/") ? dir + name : `${dir}/${name}`;
-}
+/** Join a clean directory path and a name. */
+export const joinPath: (dir: string, name: string) => string = childPath;
