@@ -17,7 +17,7 @@
  * turns.
  *
  *   deno run -A bench/sftp_probe.ts [--mib 1024] [--files 1000] [--reps 3]
- *     [--latency 50] [--oneshot 10] [--clients 200] [--json]
+ *     [--latency 50] [--oneshot 10] [--clients 200] [--ssh-clients 20] [--json]
  *
  * Prints a table (or, with --json, one JSON array per row:
  * [figure, ferry, peer, ratio], as bench/run.ts reads it).
@@ -42,6 +42,9 @@ const { values } = parseArgs({
     latency: { type: "string", default: "50" },
     oneshot: { type: "string", default: "10" },
     clients: { type: "string", default: "200" },
+    // Each ssh session costs two sshd processes and an ssh process: fewer
+    // than Ferry's clients keep the run short; RSS is compared per session.
+    "ssh-clients": { type: "string", default: "20" },
     json: { type: "boolean" },
   },
 });
@@ -51,7 +54,8 @@ const REPS = Math.max(1, Number(values.reps));
 const LAT = Math.max(1, Number(values.latency));
 const ONESHOT = Math.max(1, Number(values.oneshot));
 const CLIENTS = Math.max(1, Number(values.clients));
-for (const [k, v] of Object.entries({ MIB, FILES, REPS, LAT, ONESHOT, CLIENTS })) {
+const SSH_CLIENTS = Math.max(1, Number(values["ssh-clients"]));
+for (const [k, v] of Object.entries({ MIB, FILES, REPS, LAT, ONESHOT, CLIENTS, SSH_CLIENTS })) {
   if (!Number.isFinite(v) || v <= 0) throw new Error(`Bad value for ${k.toLowerCase()}: '${v}'`);
 }
 
@@ -404,7 +408,7 @@ async function clientsSection(
 /** The same number of concurrent ssh sessions on the throwaway sshd, for comparison. */
 async function sshClientsSection(sshd: Sshd): Promise<Crowd> {
   const before = treeRssMiB(sshd.pid);
-  const procs = Array.from({ length: CLIENTS }, () =>
+  const procs = Array.from({ length: SSH_CLIENTS }, () =>
     new Deno.Command("ssh", {
       args: [...sshd.sshArgs, sshd.target, "echo ok; cat > /dev/null"],
       stdin: "piped",
@@ -447,21 +451,30 @@ async function main(): Promise<void> {
     await makeCredentials(tmp);
     listen = await startListen(`${tmp}/node`, data);
     sshd = await startSshd();
+    const t0 = performance.now();
+    const lap = (what: string) =>
+      console.error(`sftp_probe: ${what} done at ${f1((performance.now() - t0) / 1000)} s`);
     const sftpBase = await sftpSection(sshd, listen.addr, tmp, data);
+    lap("(a) (b) (e)");
     await latencySection(sshd, listen.addr, tmp, sftpBase);
+    lap("(c)");
     const f = await clientsSection(listen, tmp);
+    lap("(d) Ferry");
     const o = await sshClientsSection(sshd);
+    lap("(d) sshd");
     row(
-      `(d) ${CLIENTS} concurrent authenticated clients on one listener: served / answering later`,
-      `${f.served} / ${f.alive}`,
-      `sshd ${o.served} / ${o.alive}`,
+      `(d) concurrent authenticated clients on one listener: served / answering later`,
+      `${f.served} / ${f.alive} of ${CLIENTS}`,
+      `sshd ${o.served} / ${o.alive} of ${SSH_CLIENTS}`,
       f.served === CLIENTS && f.alive === CLIENTS ? "all served" : "NOT all served",
     );
+    const fPer = (f.during - f.before) / CLIENTS;
+    const oPer = (o.during - o.before) / SSH_CLIENTS;
     row(
-      `(d) server RSS with ${CLIENTS} clients (idle -> with clients), MiB`,
-      `${f1(f.before)} -> ${f1(f.during)}`,
-      `sshd, all processes ${f1(o.before)} -> ${f1(o.during)}`,
-      `+${f1(f.during - f.before)} vs +${f1(o.during - o.before)} MiB`,
+      `(d) server RSS, idle -> with clients, MiB (and per client)`,
+      `${f1(f.before)} -> ${f1(f.during)} (${fPer.toFixed(2)})`,
+      `sshd, all its processes ${f1(o.before)} -> ${f1(o.during)} (${oPer.toFixed(2)})`,
+      `${f1(f.during)} MiB for ${CLIENTS} vs ${f1(o.before + oPer * CLIENTS)} MiB (sshd, scaled)`,
     );
   } finally {
     if (listen) {
