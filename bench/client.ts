@@ -125,7 +125,8 @@ switch (mode) {
         while (next < count) {
           const i = next++;
           const f = await client.openPath(root, `${a1}/f${i}`, OREAD);
-          bytes += (await f.read(0n, 8192)).length;
+          const n = (await f.read(0n, 8192)).length;
+          bytes += n;
           await f.close();
         }
       }),
