@@ -26,14 +26,15 @@ import { listenHost, parseDialString } from "../lib/net/dial.ts";
 import type { Listener } from "../lib/transport/conn.ts";
 
 const spec = {
-  usage: "ferry logon -u USER [--certs DIR] [-r ROOT] [-c CMD | --export ADDR] FILE",
+  usage:
+    "ferry logon -u USER [--certs DIR] [-r ROOT] [-c CMD | --export ADDR | --fuse HOSTDIR] FILE",
   about: "Build USER's namespace from the manifest FILE: every entry of the user's\n" +
     "namespace is applied in order, mounts are dialed at once with USER's credentials\n" +
     "(mutual TLS), and an entry that fails is reported without giving up on the rest\n" +
     "unless its mount point is in the user's 'required' list. Then run the shell in\n" +
     "the namespace, or COMMANDS with -c, or serve the whole view with --export ADDR\n" +
     "(mutual TLS with the node credentials in --export-certs, allowing only USER; or\n" +
-    "plain with -A). The manifest must carry the CA's signature (FILE.sig) unless\n" +
+    "plain with -A), or mount it on a host directory through FUSE with --fuse. The manifest must carry the CA's signature (FILE.sig) unless\n" +
     "--insecure-manifest is given.",
   options: {
     u: { type: "string" as const, short: "u" },
@@ -42,6 +43,7 @@ const spec = {
     c: { type: "string" as const, short: "c" },
     export: { type: "string" as const },
     "export-certs": { type: "string" as const },
+    fuse: { type: "string" as const },
     A: { type: "boolean" as const, short: "A" },
     "insecure-manifest": { type: "boolean" as const },
     q: { type: "boolean" as const, short: "q" },
@@ -52,6 +54,7 @@ const spec = {
     "  -c COMMANDS          run COMMANDS in the namespace and exit\n" +
     "  --export ADDR        serve the composed namespace on ADDR until interrupted\n" +
     "  --export-certs DIR   node credentials for --export (default: --certs DIR)\n" +
+    "  --fuse HOSTDIR       mount the composed namespace on HOSTDIR until interrupted\n" +
     "  -A                   with --export: no authentication, no encryption\n" +
     "  --insecure-manifest  accept an unsigned or altered manifest\n" +
     "  -q                   report only the entries that fail",
@@ -69,8 +72,8 @@ export async function run(args: string[]): Promise<number> {
       throw new UsageError(`expected one manifest FILE\nusage: ${spec.usage}`);
     }
     if (typeof v.u !== "string") throw new UsageError(`-u USER is required\nusage: ${spec.usage}`);
-    if (typeof v.c === "string" && typeof v.export === "string") {
-      throw new UsageError("give -c or --export, not both");
+    if ([v.c, v.export, v.fuse].filter((x) => typeof x === "string").length > 1) {
+      throw new UsageError("give only one of -c, --export and --fuse");
     }
     const file = p.positionals[0]!;
     const user = v.u;
@@ -125,6 +128,20 @@ export async function run(args: string[]): Promise<number> {
       Deno.addSignalListener("SIGTERM", stop);
       const sessions: Promise<void>[] = [];
       for await (const conn of l) sessions.push(serve(conn, ns));
+      Deno.removeSignalListener("SIGINT", stop);
+      Deno.removeSignalListener("SIGTERM", stop);
+      return 0;
+    }
+    if (typeof v.fuse === "string") {
+      // The whole composed view, unions and remote mounts included, for every
+      // program on this machine.
+      const { mountTree } = await import("../lib/fuse/mount.ts");
+      const m = await mountTree(ns, v.fuse, { caller: { user }, fsname: `ferry:${user}` });
+      console.log(`mounted ${user}'s namespace on ${m.mountpoint}`);
+      const stop = () => void m.unmount().catch(() => {});
+      Deno.addSignalListener("SIGINT", stop);
+      Deno.addSignalListener("SIGTERM", stop);
+      await m.done;
       Deno.removeSignalListener("SIGINT", stop);
       Deno.removeSignalListener("SIGTERM", stop);
       return 0;

@@ -285,6 +285,55 @@ access = ["alice"]
       }
     });
 
+    await t.step({
+      name: "logon --fuse mounts the composed namespace on the host",
+      ignore: (await import("../../lib/fuse/mount.ts")).fuseUnavailable() !== null,
+      fn: async () => {
+        const mnt = await Deno.makeTempDir({ prefix: "ferry-logon-fuse-" });
+        const { ferryArgv } = await import("../../lib/self.ts");
+        const [exe, ...pre] = ferryArgv();
+        const child = new Deno.Command(exe!, {
+          args: [
+            ...pre,
+            "logon",
+            "-u",
+            "alice",
+            "--certs",
+            c.certs("alice"),
+            "-r",
+            `${c.dir}/root-f`,
+            "-q",
+            "--fuse",
+            mnt,
+            file,
+          ],
+          stdin: "null",
+          stdout: "piped",
+          stderr: "piped",
+        }).spawn();
+        try {
+          const rd = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+          const { value } = await rd.read();
+          assert.match(value ?? "", /mounted alice's namespace on /);
+          rd.releaseLock();
+          // Any program on the machine sees the union of remote mounts.
+          // (read by a separate process: this one serves the nodes behind the mount)
+          const cat = await new Deno.Command("timeout", {
+            args: ["20", "cat", `${mnt}/n/gw/gw.txt`],
+            stdout: "piped",
+            stderr: "piped",
+          }).output();
+          assert.equal(dec.decode(cat.stdout), "from gw\n", dec.decode(cat.stderr));
+        } finally {
+          child.kill("SIGTERM");
+          await child.status;
+          await child.stdout.cancel().catch(() => {});
+          await child.stderr.cancel().catch(() => {});
+          await Deno.remove(mnt, { recursive: true }).catch(() => {});
+        }
+      },
+    });
+
     await t.step("a tampered manifest is refused and the running one kept", async () => {
       const text = await Deno.readTextFile(file);
       await Deno.writeTextFile(file, text.replace('access = ["*"]', 'access = ["alice"]'));
