@@ -214,9 +214,9 @@ export class FuseSession {
       nlookup: 1,
       length: 0n,
       dir: null,
-      dirAt: 0,
+      dirAt: -Infinity,
       listing: null,
-      listingAt: 0,
+      listingAt: -Infinity,
       listingLoad: null,
       misses: 0,
       missAt: 0,
@@ -422,7 +422,7 @@ export class FuseSession {
       dir: d,
       dirAt: performance.now(),
       listing: null,
-      listingAt: 0,
+      listingAt: -Infinity,
       listingLoad: null,
       misses: 0,
       missAt: 0,
@@ -460,7 +460,9 @@ export class FuseSession {
 
   /** `ino` is being changed through this mount: forget what was cached about it. */
   #changed(ino: Inode): void {
-    ino.dirAt = 0;
+    // -Infinity, not 0: performance.now() counts from process start, so 0
+    // would still look fresh during a new mount's first second.
+    ino.dirAt = -Infinity;
     if (ino.parent) ino.parent.listing = null;
   }
 
