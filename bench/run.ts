@@ -104,9 +104,11 @@ async function startServer(argv: string[]): Promise<{ addr: string; proc: Deno.C
 }
 
 function rssOf(pid: number): number {
-  const s = Deno.readTextFileSync(`/proc/${pid}/status`);
-  const m = s.match(/VmRSS:\s+(\d+) kB/);
-  return m ? Number(m[1]) / 1024 : NaN;
+  // ps, not /proc: Deno grants /proc only under --allow-all.
+  const o = new Deno.Command("ps", { args: ["-o", "rss=", "-p", String(pid)], stdout: "piped" })
+    .outputSync();
+  const kib = Number(dec.decode(o.stdout).trim());
+  return o.success && kib > 0 ? kib / 1024 : NaN;
 }
 
 function freePort(): number {

@@ -663,22 +663,14 @@ class Session {
 
     if (m.newfid === m.fid) {
       this.#useFid(m.tag, m.type, m.fid, true, async (req, f, signal) => {
-        if (f.file) throw new StyxError(Ename.openFid);
-        if (names.length > 0 && !(f.qid.type & QTDIR)) throw new StyxError(Ename.walkNoDir);
-        const r = await f.node!.walk(names, { signal });
-        if (!r.node || partialOnly) {
-          await r.node?.close();
-          return { type: MsgType.Rwalk, wqids: r.qids };
+        const r = await walkFid(f, names, partialOnly, () => req.flushed || f.clunked, signal);
+        if (r.node) {
+          const old = f.node!;
+          f.node = r.node;
+          f.qid = r.qid;
+          await old.close().catch(() => {});
         }
-        if (req.flushed || f.clunked) {
-          await r.node.close();
-          throw new StyxError(Ename.interrupted);
-        }
-        const old = f.node!;
-        f.node = r.node;
-        f.qid = r.qids.length > 0 ? r.qids[r.qids.length - 1]! : r.node.qid;
-        await old.close().catch(() => {});
-        return { type: MsgType.Rwalk, wqids: r.qids };
+        return { type: MsgType.Rwalk, wqids: r.wqids };
       });
       return;
     }
@@ -694,21 +686,13 @@ class Session {
     this.#fids.set(m.newfid, nf);
     let ok = false;
     this.#useFid(m.tag, m.type, m.fid, false, async (req, f, signal) => {
-      if (f.file) throw new StyxError(Ename.openFid);
-      if (names.length > 0 && !(f.qid.type & QTDIR)) throw new StyxError(Ename.walkNoDir);
-      const r = await f.node!.walk(names, { signal });
-      if (!r.node || partialOnly) {
-        await r.node?.close();
-        return { type: MsgType.Rwalk, wqids: r.qids };
+      const r = await walkFid(f, names, partialOnly, () => req.flushed || nf.clunked, signal);
+      if (r.node) {
+        nf.node = r.node;
+        nf.qid = r.qid;
+        ok = true;
       }
-      if (req.flushed || nf.clunked) {
-        await r.node.close();
-        throw new StyxError(Ename.interrupted);
-      }
-      nf.node = r.node;
-      nf.qid = r.qids.length > 0 ? r.qids[r.qids.length - 1]! : r.node.qid;
-      ok = true;
-      return { type: MsgType.Rwalk, wqids: r.qids };
+      return { type: MsgType.Rwalk, wqids: r.wqids };
     }, () => {
       // A failed or partial walk leaves newfid unused.
       if (!ok) this.#drop(nf);
@@ -922,4 +906,31 @@ class Session {
     while (this.#releasing.size > 0) await Promise.allSettled([...this.#releasing]);
     this.#drain?.resolve();
   }
+}
+
+/**
+ * The walk both forms of Twalk share: from fid `f` along `names`. A whole
+ * walk yields the node to keep (unless `partialOnly`); a walk that became
+ * pointless meanwhile (`gone`: flushed, or the fid clunked) releases it.
+ */
+async function walkFid(
+  f: Fid,
+  names: string[],
+  partialOnly: boolean,
+  gone: () => boolean,
+  signal: AbortSignal,
+): Promise<{ wqids: Qid[]; node?: Node; qid: Qid }> {
+  if (f.file) throw new StyxError(Ename.openFid);
+  if (names.length > 0 && !(f.qid.type & QTDIR)) throw new StyxError(Ename.walkNoDir);
+  const r = await f.node!.walk(names, { signal });
+  if (!r.node || partialOnly) {
+    await r.node?.close();
+    return { wqids: r.qids, qid: f.qid };
+  }
+  if (gone()) {
+    await r.node.close();
+    throw new StyxError(Ename.interrupted);
+  }
+  const qid = r.qids.length > 0 ? r.qids[r.qids.length - 1]! : r.node.qid;
+  return { wqids: r.qids, node: r.node, qid };
 }
