@@ -28,6 +28,16 @@ interface AcceptWaiter {
 
 const READ_MIN = 64 * 1024;
 const READ_MAX = 1024 * 1024;
+/**
+ * Bytes read from the socket ahead of any reader. Once a data file has been
+ * read, the conversation keeps reading until this much waits, so a read
+ * that arrives while an Rread is on the wire finds everything that came in
+ * meanwhile rather than one socket read's worth; past it, TCP's own window
+ * holds the sender back.
+ */
+const READ_AHEAD = 1024 * 1024;
+/** A socket read filling less than 1/SMALL_READ of its buffer is copied out of it. */
+const SMALL_READ = 4;
 
 /** Turn a host socket error into Plan 9 wording. */
 export function netError(e: unknown): StyxError {
@@ -77,7 +87,14 @@ export class TcpConv {
   remote = "::!0";
   #sock: Deno.TcpConn | null = null;
   #listener: Deno.Listener<Deno.TcpConn, Deno.NetAddr> | null = null;
-  #buf: Uint8Array = new Uint8Array(0);
+  /** Received and not yet read, oldest first; none is empty. */
+  #chunks: Uint8Array[] = [];
+  /** Total length of #chunks. */
+  #queued = 0;
+  /** The socket read buffer, reused while reads stay small. */
+  #scratch: Uint8Array | null = null;
+  /** The count of the latest read, the size of socket reads made ahead. */
+  #lastCount = READ_MIN;
   #eof = false;
   #readErr: StyxError | null = null;
   #reading = false;
@@ -105,12 +122,12 @@ export class TcpConv {
 
   /** Bytes received and not yet read. */
   get queued(): number {
-    return this.#buf.length;
+    return this.#queued;
   }
 
   /** The status line. */
   status(): string {
-    return `${this.state} qin ${this.#buf.length}\n`;
+    return `${this.state} qin ${this.#queued}\n`;
   }
 
   /** Take a reference (an open ctl, data or listen file). */
@@ -233,6 +250,8 @@ export class TcpConv {
     this.state = "Hungup";
     const err = new StyxError(Ename.hungup);
     this.#readErr = err;
+    this.#chunks = [];
+    this.#queued = 0;
     for (const r of this.#readers.splice(0)) r.reject(err);
     for (const w of this.#accepters.splice(0)) w.reject(err);
   }
@@ -271,19 +290,46 @@ export class TcpConv {
       };
       signal?.addEventListener("abort", onAbort, { once: true });
       this.#readers.push(w);
+      this.#lastCount = count;
       this.#serve();
     });
   }
 
-  /** Hand buffered bytes to waiting readers in order; start a socket read when needed. */
+  /** Take up to `count` queued bytes: a view when one chunk suffices, else one copy. */
+  #take(count: number): Uint8Array {
+    const head = this.#chunks[0]!;
+    if (head.length >= count || this.#chunks.length === 1) {
+      const n = Math.min(count, head.length);
+      const out = head.subarray(0, n);
+      if (n === head.length) this.#chunks.shift();
+      else this.#chunks[0] = head.subarray(n);
+      this.#queued -= n;
+      return out;
+    }
+    const out = new Uint8Array(Math.min(count, this.#queued));
+    let off = 0;
+    while (off < out.length) {
+      const c = this.#chunks[0]!;
+      const n = Math.min(c.length, out.length - off);
+      out.set(n === c.length ? c : c.subarray(0, n), off);
+      off += n;
+      if (n === c.length) this.#chunks.shift();
+      else this.#chunks[0] = c.subarray(n);
+    }
+    this.#queued -= out.length;
+    return out;
+  }
+
+  /**
+   * Hand queued bytes to waiting readers in order, each getting as much as
+   * is queued up to its count; keep a socket read going while readers wait
+   * or less than READ_AHEAD is queued.
+   */
   #serve(): void {
     while (this.#readers.length > 0) {
-      if (this.#buf.length > 0) {
+      if (this.#queued > 0) {
         const w = this.#readers.shift()!;
-        const n = Math.min(w.count, this.#buf.length);
-        const out = this.#buf.subarray(0, n);
-        this.#buf = this.#buf.subarray(n);
-        w.resolve(out);
+        w.resolve(this.#take(w.count));
         continue;
       }
       if (this.#readErr) {
@@ -296,14 +342,26 @@ export class TcpConv {
       }
       break;
     }
-    if (this.#readers.length === 0 || this.#reading || !this.#sock) return;
+    if (this.#reading || !this.#sock || this.#eof || this.#readErr) return;
+    if (this.#readers.length === 0 && this.#queued >= READ_AHEAD) return;
     this.#reading = true;
     const sock = this.#sock;
-    const size = Math.min(READ_MAX, Math.max(READ_MIN, this.#readers[0]!.count));
-    const buf = new Uint8Array(size);
+    const want = this.#readers[0]?.count ?? this.#lastCount;
+    const size = Math.min(READ_MAX, Math.max(READ_MIN, want));
+    if (!this.#scratch || this.#scratch.length !== size) this.#scratch = new Uint8Array(size);
+    const buf = this.#scratch;
     sock.read(buf).then((n) => {
       if (n === null) this.#eof = true;
-      else this.#buf = buf.subarray(0, n);
+      else if (n > 0) {
+        // A small read is copied out and the buffer kept for the next one;
+        // a large one keeps the buffer, and the next read gets a fresh one.
+        if (n < buf.length / SMALL_READ) this.#chunks.push(buf.slice(0, n));
+        else {
+          this.#chunks.push(buf.subarray(0, n));
+          this.#scratch = null;
+        }
+        this.#queued += n;
+      }
     }, (e) => {
       if (this.state === "Hungup" || this.#gone) this.#readErr = new StyxError(Ename.hungup);
       else if (e instanceof Deno.errors.ConnectionReset) this.#eof = true;
