@@ -10,7 +10,6 @@ import { dialStyx } from "../lib/net/connect.ts";
 import { readStream, type RemoteNode, type StyxClient, writeFrom } from "../lib/styx/client.ts";
 import { DMDIR, OREAD, OTRUNC, OWRITE } from "../lib/styx/types.ts";
 import { formatDir } from "../lib/styx/trace.ts";
-import { longListing } from "../lib/sh/builtins/util.ts";
 import { traceEnabled } from "../lib/styx/trace.ts";
 
 const spec = {
@@ -63,6 +62,8 @@ const ops: Record<string, Op> = {
     const entries = (st.mode & DMDIR) ? await c.ls(root, path) : [st];
     entries.sort((x, y) => x.name < y.name ? -1 : x.name > y.name ? 1 : 0);
     if (long) {
+      // The shell's formatter loads only for -l.
+      const { longListing } = await import("../lib/sh/builtins/util.ts");
       const lines = longListing(entries.map((dir) => ({ dir, name: dir.name })));
       await out(lines.map((l) => l + "\n").join(""));
     } else {

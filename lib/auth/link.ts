@@ -8,13 +8,10 @@
  */
 
 import type { Conn } from "../transport/conn.ts";
-import {
-  type CertIdentity,
-  type CertKind,
-  identityOf,
-  keyMatchesCert,
-  parseCert,
-} from "./certs.ts";
+// certs.ts (and the X.509 library behind it) loads only when needed: a
+// dialling client reads its certificates with der.ts.
+import type { CertIdentity, CertKind } from "./certs.ts";
+import { readCert } from "./der.ts";
 import { askPassphrase, decryptKeyPem, isEncryptedKey, readKeyFile } from "./keys.ts";
 import { crlSerials } from "./verify.ts";
 
@@ -145,13 +142,21 @@ export async function loadCredentials(dir: string, name?: string): Promise<Crede
   if (isEncryptedKey(key)) {
     key = await decryptKeyPem(key, askPassphrase(`'${dir}/${n}.key'`), `'${dir}/${n}.key'`);
   }
-  parseCert(ca, `'${dir}/ca.pem'`);
-  parseCert(cert, `'${dir}/${n}.pem'`);
+  checkCert(ca, `'${dir}/ca.pem'`);
+  checkCert(cert, `'${dir}/${n}.pem'`);
   const creds: Credentials = { ca, cert, key, name: n };
   try {
     creds.crl = await Deno.readTextFile(`${dir}/crl.pem`);
   } catch { /* no CRL yet */ }
   return creds;
+}
+
+function checkCert(pem: string, what: string): void {
+  try {
+    readCert(pem);
+  } catch {
+    throw new Error(`${what} is not a valid X.509 certificate`);
+  }
 }
 
 /** Credentials that follow their files on disk. */
@@ -198,6 +203,7 @@ export async function watchCredentials(
       const s = await stamp();
       if (s === last) return;
       const next = await loadCredentials(dir, n);
+      const { keyMatchesCert } = await import("./certs.ts");
       if (!(await keyMatchesCert(next.key, next.cert))) {
         throw new Error(
           `'${dir}/${n}.key' does not match '${dir}/${n}.pem' (renewal in progress?)`,
@@ -243,6 +249,7 @@ export async function revokedSerials(opts: LinkOptions, creds = currentCreds(opt
     if (hit && hit.crl === creds.crl && hit.ca === creds.ca) {
       set = hit.set;
     } else {
+      const { parseCert } = await import("./certs.ts");
       set = await crlSerials(creds.crl, parseCert(creds.ca));
       crlCache.set(creds, { crl: creds.crl, ca: creds.ca, set });
     }
@@ -353,6 +360,3 @@ export function watchRevocation(
   Deno.unrefTimer(timer);
   return { stop: () => clearInterval(timer), check };
 }
-
-/** Identity helpers re-exported for link users. */
-export { identityOf };

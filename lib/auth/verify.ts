@@ -7,16 +7,14 @@
  * @module
  */
 
-import {
-  type CertIdentity,
-  type CertKind,
-  ekuOf,
-  identityOf,
-  normSerial,
-  parseCert,
-  x509,
-} from "./certs.ts";
+// Only types come from certs.ts here: verifying a peer reads certificates
+// with der.ts, so a dialling client never loads the X.509 library.
+import type { CertIdentity, CertKind, x509 } from "./certs.ts";
+import { type CertFields, ferryKind, issuedBy, readCert, signedBy } from "./der.ts";
 import { pemBlocks } from "./keys.ts";
+
+const OID_SERVER_AUTH = "1.3.6.1.5.5.7.3.1";
+const OID_CLIENT_AUTH = "1.3.6.1.5.5.7.3.2";
 
 /** A peer was refused; `message` says why, naming the certificate but no key material. */
 export class PeerRefused extends Error {
@@ -28,8 +26,8 @@ export class PeerRefused extends Error {
 
 /** What {@link verifyPeer} checks against. */
 export interface VerifyOptions {
-  /** The trusted CA certificate. */
-  ca: x509.X509Certificate;
+  /** The trusted CA certificate (parsed, DER, or fields read by der.ts). */
+  ca: x509.X509Certificate | Uint8Array | CertFields;
   /** The clock; defaults to the real one. */
   now?: Date;
   /** Revoked serial numbers (normalised hex, see normSerial). */
@@ -40,6 +38,12 @@ export interface VerifyOptions {
   kind?: CertKind;
   /** For a server: the name or address it must answer to. */
   name?: string;
+}
+
+function caFields(ca: VerifyOptions["ca"]): CertFields {
+  if (ca instanceof Uint8Array) return readCert(ca);
+  if ("issuerDer" in ca) return ca;
+  return readCert(new Uint8Array(ca.rawData));
 }
 
 function when(d: Date): string {
@@ -62,35 +66,30 @@ export async function verifyPeer(
 ): Promise<CertIdentity> {
   const role = opts.role;
   if (!der || der.length === 0) throw new PeerRefused(`${role} presented no certificate`);
-  let cert: x509.X509Certificate;
+  let cert: CertFields;
   try {
-    cert = parseCert(der);
+    cert = readCert(der);
   } catch {
     throw new PeerRefused(`${role} presented a certificate that cannot be parsed`);
   }
-  const cn = cert.subjectName.getField("CN")[0] ?? "(no CN)";
+  const ca = caFields(opts.ca);
+  const cn = cert.cn ?? "(no CN)";
   const who = `${role} certificate '${cn}'`;
   let sigOk = false;
-  if (cert.issuer === opts.ca.subject) {
-    try {
-      sigOk = await cert.verify({ publicKey: opts.ca.publicKey, signatureOnly: true });
-    } catch {
-      sigOk = false;
-    }
-  }
+  if (issuedBy(cert, ca)) sigOk = await signedBy(cert, ca);
   if (!sigOk) {
     if (cert.issuer === cert.subject) {
       throw new PeerRefused(`${who} is self-signed, not issued by this CA`);
     }
-    if (cert.issuer === opts.ca.subject) {
+    if (issuedBy(cert, ca)) {
       throw new PeerRefused(`${who} names this CA as issuer but its signature does not verify`);
     }
     throw new PeerRefused(
-      `${who} is not signed by this CA (issuer '${cert.issuer}', expected '${opts.ca.subject}')`,
+      `${who} is not signed by this CA (issuer '${cert.issuer}', expected '${ca.subject}')`,
     );
   }
   const now = opts.now ?? new Date();
-  if (now < opts.ca.notBefore || now > opts.ca.notAfter) {
+  if (now < ca.notBefore || now > ca.notAfter) {
     throw new PeerRefused(`the CA certificate is outside its validity period`);
   }
   if (now < cert.notBefore) {
@@ -99,17 +98,31 @@ export async function verifyPeer(
   if (now > cert.notAfter) {
     throw new PeerRefused(`${who} expired at ${when(cert.notAfter)}`);
   }
-  const serial = normSerial(cert.serialNumber);
+  const serial = cert.serial;
   if (opts.revoked?.has(serial)) {
     throw new PeerRefused(`${who} (serial ${serial}) has been revoked`);
   }
-  let id: CertIdentity;
-  try {
-    id = identityOf(cert);
-  } catch (e) {
-    throw new PeerRefused(`${who}: ${(e as Error).message}`);
+  if (cert.cn === undefined) throw new PeerRefused(`${who}: certificate has no subject CN`);
+  const fk = ferryKind(cert);
+  if (!fk.kind) {
+    throw new PeerRefused(
+      `${who}: certificate for '${cn}' is not a Ferry user or node certificate`,
+    );
   }
-  const eku = ekuOf(cert);
+  const id: CertIdentity = {
+    name: cert.cn,
+    kind: fk.kind,
+    groups: fk.groups,
+    serial,
+    notBefore: cert.notBefore,
+    notAfter: cert.notAfter,
+    dns: cert.dns,
+    ips: cert.ips,
+  };
+  const eku = {
+    server: cert.eku.includes(OID_SERVER_AUTH),
+    client: cert.eku.includes(OID_CLIENT_AUTH),
+  };
   if (role === "server" && (!eku.server || id.kind !== "node")) {
     throw new PeerRefused(
       `${who} is a ${id.kind} certificate without serverAuth; a server needs a node certificate`,
@@ -138,6 +151,8 @@ export async function verifyPeer(
  * Throws when it did not.
  */
 export async function crlSerials(crlPem: string, ca: x509.X509Certificate): Promise<Set<string>> {
+  // CRLs are rare on a client: the X.509 library loads only for one.
+  const { normSerial, x509 } = await import("./certs.ts");
   let crl: x509.X509Crl;
   try {
     const der = pemBlocks(crlPem, "X509 CRL")[0] ?? pemBlocks(crlPem, "CRL")[0];

@@ -28,7 +28,8 @@ import { Buffer } from "node:buffer";
 import { Duplex } from "node:stream";
 import type { Conn, Listener, Peer } from "./conn.ts";
 import { tcpDial } from "./tcp.ts";
-import { type CertIdentity, parseCert } from "../auth/certs.ts";
+import type { CertIdentity } from "../auth/certs.ts";
+import { ed25519Key, readCert } from "../auth/der.ts";
 import { fromBase64, importKeyPem, toBase64 } from "../auth/keys.ts";
 import { PeerRefused, verifyPeer } from "../auth/verify.ts";
 import {
@@ -329,8 +330,14 @@ async function exchange(
   const der = peerDer(sock);
   let id: CertIdentity;
   try {
+    let ca;
+    try {
+      ca = readCert(creds.ca);
+    } catch {
+      throw new Error("the CA certificate is not a valid X.509 certificate");
+    }
     id = await verifyPeer(der, {
-      ca: parseCert(creds.ca, "the CA certificate"),
+      ca,
       now: opts.now?.(),
       revoked: await revokedSerials(opts, creds),
       role: theirRole,
@@ -364,7 +371,7 @@ async function exchange(
   if (!m) return await refuse(`${theirRole} is not a Ferry peer (no link proof)`);
   let good = false;
   try {
-    const pub = await parseCert(der!).publicKey.export({ name: "Ed25519" }, ["verify"]);
+    const pub = await ed25519Key(readCert(der!));
     good = await crypto.subtle.verify(
       "Ed25519",
       pub,
