@@ -36,6 +36,8 @@ const READ_MAX = 1024 * 1024;
  * holds the sender back.
  */
 const READ_AHEAD = 1024 * 1024;
+/** A first queued chunk this large is answered alone rather than joined with the next. */
+const JOIN_MAX = 32 * 1024;
 /** A socket read filling less than 1/SMALL_READ of its buffer is copied out of it. */
 const SMALL_READ = 4;
 
@@ -295,10 +297,14 @@ export class TcpConv {
     });
   }
 
-  /** Take up to `count` queued bytes: a view when one chunk suffices, else one copy. */
+  /**
+   * Take up to `count` queued bytes: a view of the first chunk when it
+   * holds `count` or is large anyway (copying it would cost more than a
+   * shorter reply), else small chunks joined by one copy.
+   */
   #take(count: number): Uint8Array {
     const head = this.#chunks[0]!;
-    if (head.length >= count || this.#chunks.length === 1) {
+    if (head.length >= count || head.length >= JOIN_MAX || this.#chunks.length === 1) {
       const n = Math.min(count, head.length);
       const out = head.subarray(0, n);
       if (n === head.length) this.#chunks.shift();
