@@ -87,6 +87,10 @@ const DT_REG = 8;
 const ROOT_ID = 1n;
 /** Files up to this size are read in the same round trip as they are opened. */
 const HEAD_MAX = 128 * 1024;
+/** Files opened ahead of a reader going through a directory in order (tar, cp -r, grep -r). */
+const AHEAD = 16;
+/** In-order opens in one directory before files are opened ahead. */
+const AHEAD_AFTER = 2;
 
 /**
  * The errno value a Styx error string stands for, matched on Plan 9's
@@ -148,6 +152,22 @@ interface Inode {
   /** Lookups that missed the listing since `missAt`. */
   misses: number;
   missAt: number;
+  /** For directories: entry names in listing order, and each name's place. */
+  order?: string[];
+  place?: Map<string, number>;
+  /** For directories: place of the file opened last, and how many opens in a row came in order. */
+  lastOpen?: number;
+  streak?: number;
+}
+
+/** A small file opened and read ahead of the kernel asking for it. */
+interface Prefetch {
+  ino: Inode;
+  qpath: bigint;
+  file: Promise<OpenFile | null>;
+  head: Promise<Uint8Array | null>;
+  count: number;
+  at: number;
 }
 
 interface Handle {
@@ -182,6 +202,7 @@ export class FuseSession {
   readonly #byKey = new Map<string, Inode>();
   readonly #handles = new Map<bigint, Handle>();
   readonly #inflight = new Map<bigint, AbortController>();
+  readonly #ahead = new Map<Inode, Prefetch>();
   #nextId = 2n;
   #nextFh = 1n;
   #epoch = 0;
@@ -276,6 +297,7 @@ export class FuseSession {
       for (const c of this.#inflight.values()) c.abort();
       const hs = [...this.#handles.values()];
       this.#handles.clear();
+      for (const p of [...this.#ahead.values()]) this.#drop(p);
       await Promise.allSettled(hs.map((h) => h.file.close()));
       const nodes = [...this.#inodes.values()].filter((i) => i !== this.#root && i.node);
       await Promise.allSettled(nodes.map((i) => i.node!.close()));
@@ -464,12 +486,88 @@ export class FuseSession {
     // would still look fresh during a new mount's first second.
     ino.dirAt = -Infinity;
     if (ino.parent) ino.parent.listing = null;
+    const p = this.#ahead.get(ino);
+    if (p) this.#drop(p);
+  }
+
+  /** Forget a file opened ahead, clunking it. */
+  #drop(p: Prefetch): void {
+    if (this.#ahead.get(p.ino) === p) this.#ahead.delete(p.ino);
+    p.file.then((f) => f?.close()).catch(() => {});
+  }
+
+  /** The file `ino` opened ahead moments ago (unchanged since), taken for use, or null. */
+  #takeAhead(ino: Inode): Prefetch | null {
+    const p = this.#ahead.get(ino);
+    if (!p) return null;
+    this.#ahead.delete(ino);
+    if (performance.now() - p.at < this.#t.attrMs && p.qpath === ino.qpath) return p;
+    this.#drop(p);
+    return null;
+  }
+
+  /**
+   * `ino` was opened for reading. When its directory is being read file
+   * by file in listing order, open and read the next small files now, so
+   * that their opens find them waiting instead of costing a round trip each.
+   */
+  #readAhead(ino: Inode): void {
+    const dir = ino.parent;
+    if (!dir || !dir.listing || !dir.place || !dir.order || this.#t.attrMs <= 0) return;
+    if (performance.now() - dir.listingAt >= this.#t.entryMs) return;
+    const at = dir.place.get(ino.name);
+    if (at === undefined) return;
+    const last = dir.lastOpen ?? -2;
+    dir.streak = at > last && at <= last + AHEAD + 1 ? (dir.streak ?? 0) + 1 : 0;
+    dir.lastOpen = at;
+    if (dir.streak < AHEAD_AFTER) return;
+    const now = performance.now();
+    for (const p of [...this.#ahead.values()]) {
+      if (now - p.at >= this.#t.attrMs) this.#drop(p);
+    }
+    for (let i = at + 1; i <= at + AHEAD && i < dir.order.length; i++) {
+      if (this.#ahead.size >= AHEAD * 2) break;
+      const name = dir.order[i]!;
+      const next = this.#byKey.get(key(dir.id, name));
+      const d = dir.listing.get(name);
+      if (!next || !d || next.isDir || this.#ahead.has(next) || next.qpath !== d.qid.path) continue;
+      if (d.length <= 0n || d.length > BigInt(HEAD_MAX) || (d.qid.type & QTAPPEND) !== 0) continue;
+      if (this.#opts.directIo) continue;
+      const head = { count: Number(d.length) + 1 } as {
+        count: number;
+        data?: Promise<Uint8Array | null>;
+      };
+      const signal = new AbortController().signal;
+      const file = this.#openIno(next, OREAD, signal, head).catch(() => null);
+      const p: Prefetch = {
+        ino: next,
+        qpath: next.qpath,
+        file,
+        head: head.data ?? Promise.resolve(null),
+        count: head.count,
+        at: now,
+      };
+      this.#ahead.set(next, p);
+      // A head is only known once the open has gone out.
+      file.then(() => {
+        if (head.data) p.head = head.data;
+        p.count = head.count;
+      });
+    }
   }
 
   #setListing(dir: Inode, entries: Dir[]): void {
     const m = new Map<string, Dir>();
-    for (const e of entries) m.set(e.name, e);
+    const order: string[] = [];
+    const place = new Map<string, number>();
+    for (const e of entries) {
+      m.set(e.name, e);
+      place.set(e.name, order.length);
+      order.push(e.name);
+    }
     dir.listing = m;
+    dir.order = order;
+    dir.place = place;
     dir.listingAt = performance.now();
   }
 
@@ -727,9 +825,20 @@ export class FuseSession {
         const direct = this.#opts.directIo === true ||
           ((ino.dir?.qid.type ?? 0) & QTAPPEND) !== 0 ||
           (!(flags & O_TRUNC) && acc !== O_WRONLY && ino.length === 0n);
+        const ahead = mode === OREAD && !direct ? this.#takeAhead(ino) : null;
+        const early = ahead ? await ahead.file : null;
+        if (ahead && early) {
+          const fh = this.#newHandle(ino, early, false);
+          const h = this.#handles.get(fh)!;
+          h.head = ahead.head;
+          h.headCount = ahead.count;
+          this.#readAhead(ino);
+          return [openOut(fh, FOPEN_KEEP_CACHE)];
+        }
+        // One byte more than the length: a short reply shows the end of the file.
         const head = { count: 0 } as { count: number; data?: Promise<Uint8Array | null> };
         if (mode === OREAD && !direct && ino.length > 0n && ino.length <= BigInt(HEAD_MAX)) {
-          head.count = Number(ino.length);
+          head.count = Number(ino.length) + 1;
         }
         const file = await this.#openIno(ino, mode, signal, head);
         const fh = this.#newHandle(ino, file, direct);
@@ -738,6 +847,7 @@ export class FuseSession {
           h.head = head.data;
           h.headCount = head.count;
         }
+        if (mode === OREAD && !direct) this.#readAhead(ino);
         // The page cache is kept across opens; AUTO_INVAL_DATA drops it when
         // a fresh stat shows another mtime or size.
         return [openOut(fh, direct ? FOPEN_DIRECT_IO : FOPEN_KEEP_CACHE)];
@@ -879,6 +989,8 @@ export class FuseSession {
     if (!ino) return;
     this.#byKey.delete(k);
     ino.parent = null;
+    const p = this.#ahead.get(ino);
+    if (p) this.#drop(p);
     const node = ino.node;
     ino.node = null;
     node?.close().catch(() => {});
