@@ -58,8 +58,8 @@ async function out(text: string): Promise<void> {
 
 const ops: Record<string, Op> = {
   async ls(c, root, path, long) {
-    const st = await c.stat(root, path);
-    const entries = (st.mode & DMDIR) ? await c.ls(root, path) : [st];
+    // One walk: a directory is listed, a file is named by its own stat.
+    const entries = await c.ls(root, path);
     entries.sort((x, y) => x.name < y.name ? -1 : x.name > y.name ? 1 : 0);
     if (long) {
       // The shell's formatter loads only for -l.
@@ -134,7 +134,9 @@ export async function run(args: string[]): Promise<number> {
       } catch (e) {
         throw new Error(`${path}: ${(e as Error).message}`);
       } finally {
-        await root.close().catch(() => {});
+        // The hang-up below frees every fid on the server; a one-shot
+        // command does not wait a round trip to clunk its root first.
+        root.close().catch(() => {});
       }
     } finally {
       d.close();
