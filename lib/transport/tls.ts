@@ -474,18 +474,7 @@ async function clientSide(
   raw?: Conn,
 ): Promise<Conn> {
   const run = async () => {
-    await new Promise<void>((resolve, reject) => {
-      const onErr = (e: Error) => reject(new LinkError(explainTlsError(e)));
-      sock.once("error", onErr);
-      sock.once(
-        "close",
-        () => reject(new LinkError("the connection closed during the TLS handshake")),
-      );
-      sock.once("secureConnect", () => {
-        sock.off("error", onErr);
-        resolve();
-      });
-    });
+    await handshaken(sock, "secureConnect");
     sock.on("error", () => {});
     const { id, rest, ended } = await confirm(sock, false, opts, creds, peerName);
     return makeConn(sock, id, rest, ended, addr, local(), raw);
@@ -659,18 +648,7 @@ export async function tlsWrapServer(raw: Conn, opts: LinkOptions): Promise<Conn>
     secureContext: tls.createSecureContext(contextOptions(creds, opts)),
   } as tls.TLSSocketOptions);
   const run = async () => {
-    await new Promise<void>((resolve, reject) => {
-      const onErr = (e: Error) => reject(new LinkError(explainTlsError(e)));
-      sock.once("error", onErr);
-      sock.once(
-        "close",
-        () => reject(new LinkError("the connection closed during the TLS handshake")),
-      );
-      sock.once("secure", () => {
-        sock.off("error", onErr);
-        resolve();
-      });
-    });
+    await handshaken(sock, "secure");
     sock.on("error", () => {});
     const { id, rest, ended } = await confirm(sock, true, opts, creds, undefined);
     return makeConn(sock, id, rest, ended, raw.peer.addr, raw.local, raw);
@@ -804,4 +782,20 @@ export async function tlsListen(host: string, port: number, opts: LinkOptions): 
       }
     },
   };
+}
+
+/** Resolves when the TLS handshake on `sock` is done; rejects with the reason it failed. */
+function handshaken(sock: tls.TLSSocket, done: "secure" | "secureConnect"): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const onErr = (e: Error) => reject(new LinkError(explainTlsError(e)));
+    sock.once("error", onErr);
+    sock.once(
+      "close",
+      () => reject(new LinkError("the connection closed during the TLS handshake")),
+    );
+    sock.once(done, () => {
+      sock.off("error", onErr);
+      resolve();
+    });
+  });
 }
