@@ -10,6 +10,7 @@ import type { Caller, Created, Node, OpenFile, OpOptions, Tree, WalkResult } fro
 import { Ename, QTDIR, StyxError } from "../styx/types.ts";
 import type { Dir, Qid } from "../styx/types.ts";
 import { hiddenBy } from "./check.ts";
+import { DirMappedFile } from "../fs/dirmap.ts";
 
 /**
  * `inner` with every file that `filter` hides ("-GLOB" patterns, see
@@ -70,7 +71,7 @@ class FilterNode implements Node {
 
   async open(mode: number, opts?: OpOptions): Promise<OpenFile> {
     const f = await this.inner.open(mode, opts);
-    return (f.qid.type & QTDIR) !== 0 ? new FilterDir(f, this.rel, this.filter) : f;
+    return (f.qid.type & QTDIR) !== 0 ? filterDir(f, this.rel, this.filter) : f;
   }
 
   async create(name: string, perm: number, mode: number, opts?: OpOptions): Promise<Created> {
@@ -78,7 +79,7 @@ class FilterNode implements Node {
     const c = await this.inner.create(name, perm, mode, opts);
     const node = new FilterNode(c.node, [...this.rel, name], this.filter);
     const file = (c.file.qid.type & QTDIR) !== 0
-      ? new FilterDir(c.file, node.rel, this.filter)
+      ? filterDir(c.file, node.rel, this.filter)
       : c.file;
     return { node, file };
   }
@@ -103,29 +104,7 @@ class FilterNode implements Node {
   }
 }
 
-class FilterDir implements OpenFile {
-  constructor(
-    readonly inner: OpenFile,
-    readonly rel: string[],
-    readonly filter: readonly string[],
-  ) {}
-  get qid(): Qid {
-    return this.inner.qid;
-  }
-  get iounit(): number {
-    return this.inner.iounit;
-  }
-  read(offset: bigint, count: number, opts?: OpOptions): Promise<Uint8Array> {
-    return this.inner.read(offset, count, opts);
-  }
-  write(offset: bigint, data: Uint8Array, opts?: OpOptions): Promise<number> {
-    return this.inner.write(offset, data, opts);
-  }
-  async readDir(opts?: OpOptions): Promise<Dir[]> {
-    const all = await this.inner.readDir(opts);
-    return all.filter((d) => !hidden(this.filter, [...this.rel, d.name]));
-  }
-  close(): Promise<void> {
-    return this.inner.close();
-  }
+/** A directory's open file showing only the entries `filter` does not hide. */
+function filterDir(inner: OpenFile, rel: string[], filter: readonly string[]): OpenFile {
+  return new DirMappedFile(inner, (all) => all.filter((d) => !hidden(filter, [...rel, d.name])));
 }

@@ -8,6 +8,7 @@
 
 import type { Caller, Created, Node, OpenFile, OpOptions, Tree, WalkResult } from "../fs/tree.ts";
 import type { Dir, Qid } from "../styx/types.ts";
+import { DirMappedFile } from "../fs/dirmap.ts";
 
 /** Something that resolves a path to a node (a namespace). */
 export interface Resolver {
@@ -83,12 +84,12 @@ class ViewNode implements Node {
   }
 
   async open(mode: number, opts?: OpOptions): Promise<OpenFile> {
-    return new ViewFile(await this.inner.open(mode, opts));
+    return viewFile(await this.inner.open(mode, opts));
   }
 
   async create(name: string, perm: number, mode: number, opts?: OpOptions): Promise<Created> {
     const c = await this.inner.create(name, perm, mode, opts);
-    return { node: new ViewNode(c.node, this.depth + 1, this.rootQid), file: new ViewFile(c.file) };
+    return { node: new ViewNode(c.node, this.depth + 1, this.rootQid), file: viewFile(c.file) };
   }
 
   async stat(opts?: OpOptions): Promise<Dir> {
@@ -113,24 +114,6 @@ function unsigned(d: Dir): Dir {
   return d.mode < 0 ? { ...d, mode: d.mode >>> 0 } : d;
 }
 
-class ViewFile implements OpenFile {
-  constructor(readonly inner: OpenFile) {}
-  get qid(): Qid {
-    return this.inner.qid;
-  }
-  get iounit(): number {
-    return this.inner.iounit;
-  }
-  read(offset: bigint, count: number, opts?: OpOptions): Promise<Uint8Array> {
-    return this.inner.read(offset, count, opts);
-  }
-  write(offset: bigint, data: Uint8Array, opts?: OpOptions): Promise<number> {
-    return this.inner.write(offset, data, opts);
-  }
-  async readDir(opts?: OpOptions): Promise<Dir[]> {
-    return (await this.inner.readDir(opts)).map(unsigned);
-  }
-  close(): Promise<void> {
-    return this.inner.close();
-  }
+function viewFile(inner: OpenFile): OpenFile {
+  return new DirMappedFile(inner, (ds) => ds.map(unsigned));
 }
