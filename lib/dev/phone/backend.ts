@@ -137,3 +137,29 @@ export async function runChecked(
   }
   return r.stdout;
 }
+
+/**
+ * Calls `poll` every `ms` milliseconds, never two at once; backends that
+ * learn of new messages and calls by asking (mmcli, Termux:API) share it.
+ */
+export class Poller {
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #running: Promise<void> | undefined;
+
+  constructor(readonly poll: () => Promise<void>) {}
+
+  /** Start polling (0 or less: never). */
+  start(ms: number): void {
+    if (ms <= 0 || this.#timer !== undefined) return;
+    this.#timer = setInterval(() => {
+      this.#running ??= this.poll().finally(() => (this.#running = undefined));
+    }, ms);
+  }
+
+  /** Stop polling, after the poll under way (if any) ends. */
+  async stop(): Promise<void> {
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+    await this.#running;
+  }
+}

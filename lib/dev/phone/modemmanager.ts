@@ -24,6 +24,7 @@ import {
   type BackendSink,
   type BackendStatus,
   type PhoneBackend,
+  Poller,
   runChecked,
   type SendResult,
 } from "./backend.ts";
@@ -73,11 +74,10 @@ function index(path: string): string {
 export class ModemManagerBackend implements PhoneBackend {
   readonly name = "modemmanager";
   #sink: BackendSink | undefined;
-  #timer: ReturnType<typeof setInterval> | undefined;
+  readonly #poller = new Poller(() => this.poll());
   #seenSms = new Set<string>();
   /** The call being tracked: its mmcli index, direction and last state. */
   #call: { id: string; incoming: boolean; state: string } | undefined;
-  #polling: Promise<void> | undefined;
   #lastError = "";
 
   /** A backend for the modem `opts.modem` (default "any"). */
@@ -103,12 +103,7 @@ export class ModemManagerBackend implements PhoneBackend {
   /** Start polling for new messages and calls. */
   start(sink: BackendSink): Promise<void> {
     this.#sink = sink;
-    const ms = this.opts.pollMs ?? 3000;
-    if (ms > 0) {
-      this.#timer = setInterval(() => {
-        if (!this.#polling) this.#polling = this.poll().finally(() => (this.#polling = undefined));
-      }, ms);
-    }
+    this.#poller.start(this.opts.pollMs ?? 3000);
     return Promise.resolve();
   }
 
@@ -263,9 +258,7 @@ export class ModemManagerBackend implements PhoneBackend {
 
   /** Stop polling. */
   async close(): Promise<void> {
-    if (this.#timer !== undefined) clearInterval(this.#timer);
-    this.#timer = undefined;
-    await this.#polling;
+    await this.#poller.stop();
   }
 }
 

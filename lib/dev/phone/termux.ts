@@ -20,6 +20,7 @@ import {
   type BackendSink,
   type BackendStatus,
   type PhoneBackend,
+  Poller,
   runChecked,
   runProgram,
   type SendResult,
@@ -61,8 +62,7 @@ export class TermuxBackend implements PhoneBackend {
   /** Termux cannot follow a call once Android's dialer has it. */
   readonly tracksCalls = false;
   #sink: BackendSink | undefined;
-  #timer: ReturnType<typeof setInterval> | undefined;
-  #polling: Promise<void> | undefined;
+  readonly #poller = new Poller(() => this.poll());
   #lastError = "";
 
   /** A backend running the Termux:API programs found on PATH. */
@@ -71,12 +71,7 @@ export class TermuxBackend implements PhoneBackend {
   /** Start polling the inbox. */
   start(sink: BackendSink): Promise<void> {
     this.#sink = sink;
-    const ms = this.opts.pollMs ?? 5000;
-    if (ms > 0) {
-      this.#timer = setInterval(() => {
-        if (!this.#polling) this.#polling = this.poll().finally(() => (this.#polling = undefined));
-      }, ms);
-    }
+    this.#poller.start(this.opts.pollMs ?? 5000);
     return Promise.resolve();
   }
 
@@ -181,8 +176,6 @@ export class TermuxBackend implements PhoneBackend {
 
   /** Stop polling. */
   async close(): Promise<void> {
-    if (this.#timer !== undefined) clearInterval(this.#timer);
-    this.#timer = undefined;
-    await this.#polling;
+    await this.#poller.stop();
   }
 }
