@@ -42,6 +42,16 @@ import {
   revokedSerials,
   watchRevocation,
 } from "../auth/link.ts";
+import {
+  isCertificateFailure,
+  LINK_PROTOCOL_2,
+  linkMessage,
+  linkNonce,
+  linkSignatureOk,
+  MAX_LINK_LINE,
+  nativeTlsDial,
+  ownCertDer,
+} from "./tls_native.ts";
 
 export type { Credentials, LinkOptions } from "../auth/link.ts";
 
@@ -49,7 +59,7 @@ export type { Credentials, LinkOptions } from "../auth/link.ts";
 export const LINK_PROTOCOL = "ferry-link/1";
 
 const HIGH_WATER = 1 << 20;
-const MAX_LINE = 1024;
+const MAX_LINE = MAX_LINK_LINE;
 
 /** A TLS link failed or was refused; the message says why. */
 export class LinkError extends Error {
@@ -150,9 +160,10 @@ class TlsConn implements IdentifiedConn {
   write(data: Uint8Array): Promise<void> {
     if (this.#isClosed) return Promise.reject(new LinkError("write to a closed TLS link"));
     return new Promise((resolve, reject) => {
-      const ok = this.sock.write(data, (err) => {
-        if (err) reject(new LinkError(`TLS write failed: ${err.message}`));
-      });
+      // No per-write callback: with one, node:tls in Deno flushed each
+      // write on its own (a third of the throughput); failures end the
+      // socket, which rejects below or closes the link.
+      const ok = this.sock.write(data);
       if (ok) {
         resolve();
         return;
@@ -238,6 +249,23 @@ class LineReader {
     }
   }
 
+  /**
+   * The next line if it starts with `prefix`; null as soon as the bytes
+   * received show it does not (so a peer that never sends a newline is
+   * answered at once).
+   */
+  async lineStartingWith(prefix: string): Promise<string | null> {
+    const want = new TextEncoder().encode(prefix);
+    while (true) {
+      const n = Math.min(want.length, this.#buf.length);
+      for (let i = 0; i < n; i++) if (this.#buf[i] !== want[i]) return null;
+      if (n === want.length) return await this.line();
+      if (this.#buf.indexOf(10) >= 0) return null;
+      if (this.#error || this.#ended) return null;
+      await new Promise<void>((r) => (this.#wake = r));
+    }
+  }
+
   /** Stop listening; returns bytes not yet consumed and whether the peer hung up. */
   detach(): { rest: Uint8Array; ended: boolean } {
     this.sock.off("data", this.#onData);
@@ -319,42 +347,81 @@ async function exchange(
   try {
     binding = bindingOf(sock, isServer);
   } catch { /* checked below, after any refusal the peer sent */ }
+  // Refusals carry the tag of the exchange under way (a ferry-link/2 client has no TLS certificate).
+  let tag = LINK_PROTOCOL;
   const refuse = async (reason: string): Promise<never> => {
-    await writeLine(sock, `${LINK_PROTOCOL} refused ${reason}`);
+    await writeLine(sock, `${tag} refused ${reason}`);
     throw new PeerRefused(reason);
   };
   const reasonOf = (e: unknown) =>
     e instanceof PeerRefused ? e.message : `cannot verify ${theirRole}: ${(e as Error).message}`;
-
-  // 1. The peer's certificate: chain, dates, revocation, usage, kind, name, allow list.
-  const der = peerDer(sock);
-  let id: CertIdentity;
-  try {
-    let ca;
+  // The peer's certificate: chain, dates, revocation, usage, kind, name, allow list.
+  const check = async (der: Uint8Array | undefined): Promise<CertIdentity> => {
     try {
-      ca = readCert(creds.ca);
+      let ca;
+      try {
+        ca = readCert(creds.ca);
+      } catch {
+        throw new Error("the CA certificate is not a valid X.509 certificate");
+      }
+      const id = await verifyPeer(der, {
+        ca,
+        now: opts.now?.(),
+        revoked: await revokedSerials(opts, creds),
+        role: theirRole,
+        kind: isServer ? opts.peerKind : "node",
+        name: peerName,
+      });
+      if (isServer && !allowed(id, opts.allow)) {
+        throw new PeerRefused(`'${id.name}' is not allowed to connect here`);
+      }
+      return id;
+    } catch (e) {
+      return await refuse(reasonOf(e));
+    }
+  };
+  const refusedRe = /^ferry-link\/\d+ refused (.*)$/;
+  const der = peerDer(sock);
+  // A client without a TLS certificate may still prove itself in the link
+  // (ferry-link/2, see tls_native.ts), answering a fresh challenge.
+  const nonce = isServer ? linkNonce() : undefined;
+  const v2Re = new RegExp(`^${LINK_PROTOCOL_2} proof ([A-Za-z0-9+/=]+) ([A-Za-z0-9+/=]+)$`);
+  const linkV2 = async (m: RegExpExecArray): Promise<CertIdentity> => {
+    tag = LINK_PROTOCOL_2;
+    let cDer: Uint8Array<ArrayBuffer>;
+    try {
+      cDer = fromBase64(m[1]!);
     } catch {
-      throw new Error("the CA certificate is not a valid X.509 certificate");
+      return await refuse("client sent a malformed ferry-link/2 proof");
     }
-    id = await verifyPeer(der, {
-      ca,
-      now: opts.now?.(),
-      revoked: await revokedSerials(opts, creds),
-      role: theirRole,
-      kind: isServer ? opts.peerKind : "node",
-      name: peerName,
-    });
-    if (isServer && !allowed(id, opts.allow)) {
-      throw new PeerRefused(`'${id.name}' is not allowed to connect here`);
+    if (der && !sameBytes(der, cDer)) {
+      return await refuse("client presented one certificate in TLS and another in the link");
     }
-  } catch (e) {
-    return await refuse(reasonOf(e));
+    const id = await check(cDer);
+    const msg = await linkMessage(nonce!, cDer, ownCertDer(creds));
+    if (!(await linkSignatureOk(cDer, m[2]!, msg))) {
+      return await refuse(`client '${id.name}' did not prove possession of its certificate key`);
+    }
+    writeLine(sock, `${LINK_PROTOCOL_2} ok`);
+    return id;
+  };
+  if (isServer && !der) {
+    writeLine(sock, `${LINK_PROTOCOL_2} challenge ${toBase64(nonce!)}`);
+    const first = await lines.lineStartingWith(`${LINK_PROTOCOL_2} `);
+    const r0 = first === null ? null : refusedRe.exec(first);
+    if (r0) throw new LinkError(`the other end refused the link: ${r0[1]}`);
+    const m = first === null ? null : v2Re.exec(first);
+    if (!m) return await refuse("client presented no certificate");
+    return await linkV2(m);
   }
+
+  // 1. The certificate presented in TLS.
+  const id = await check(der);
 
   // 2. Proofs of key possession bound to this TLS session, both ways.
   if (!binding) {
     const early = await lines.line().catch(() => "");
-    const r0 = new RegExp(`^${LINK_PROTOCOL} refused (.*)$`).exec(early);
+    const r0 = refusedRe.exec(early);
     if (r0) throw new LinkError(`the other end refused the link: ${r0[1]}`);
     throw new LinkError("TLS channel binding is unavailable on this connection");
   }
@@ -363,10 +430,12 @@ async function exchange(
     await crypto.subtle.sign("Ed25519", key, proofMessage(myRole, binding)),
   );
   writeLine(sock, `${LINK_PROTOCOL} proof ${toBase64(sig)}`);
+  if (isServer) writeLine(sock, `${LINK_PROTOCOL_2} challenge ${toBase64(nonce!)}`);
   const proofLine = await lines.line();
-  const refusedRe = new RegExp(`^${LINK_PROTOCOL} refused (.*)$`);
   const r = refusedRe.exec(proofLine);
   if (r) throw new LinkError(`the other end refused the link: ${r[1]}`);
+  const v2 = isServer ? v2Re.exec(proofLine) : null;
+  if (v2) return await linkV2(v2);
   const m = new RegExp(`^${LINK_PROTOCOL} proof ([A-Za-z0-9+/=]+)$`).exec(proofLine);
   if (!m) return await refuse(`${theirRole} is not a Ferry peer (no link proof)`);
   let good = false;
@@ -389,7 +458,9 @@ async function exchange(
 
   // 3. Verdicts.
   writeLine(sock, `${LINK_PROTOCOL} ok`);
-  const verdict = await lines.line();
+  let verdict: string;
+  // A client skips the server's challenge to clients of the other version.
+  do verdict = await lines.line(); while (!isServer && verdict.startsWith(`${LINK_PROTOCOL_2} `));
   if (verdict !== `${LINK_PROTOCOL} ok`) {
     const v = refusedRe.exec(verdict);
     throw new LinkError(
@@ -397,6 +468,12 @@ async function exchange(
     );
   }
   return id;
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 function contextOptions(creds: Credentials, opts: LinkOptions): tls.SecureContextOptions {
@@ -515,13 +592,27 @@ function clientOptions(
  * ```
  */
 export async function tlsDial(host: string, port: number, opts: LinkOptions): Promise<Conn> {
+  const bare = host.replace(/^\[|\]$/g, "");
+  if (!opts.alg) {
+    // Deno's own TLS first: several times faster to read from. When it
+    // refuses the server's certificate, dial again through node:tls below,
+    // whose ferry-link/1 tells both ends precisely what was wrong.
+    try {
+      const c = await nativeTlsDial(bare, port, opts, currentCreds(opts), opts.peer ?? host);
+      if (c) return c;
+    } catch (e) {
+      if (!isCertificateFailure(e)) {
+        throw e instanceof PeerRefused ? e : new LinkError((e as Error).message);
+      }
+    }
+  }
   // TLS runs over a Deno TCP connection rather than node:tls's own socket:
   // the same code path as a tunnel, and reads from the network stop when the
   // reader stops (node:tls's own socket kept buffering: hundreds of MiB for
   // one bulk transfer).
   let raw: Conn;
   try {
-    raw = await tcpDial(host.replace(/^\[|\]$/g, ""), port);
+    raw = await tcpDial(bare, port);
   } catch (e) {
     throw new LinkError(`cannot connect to ${host}:${port}: ${(e as Error).message}`);
   }
@@ -698,7 +789,12 @@ export async function tlsListen(host: string, port: number, opts: LinkOptions): 
       refusedLog(opts, "(credentials)", `cannot use new credentials: ${(e as Error).message}`);
     }
   };
-  server.prependListener("connection", refresh);
+  server.prependListener("connection", (s: net.Socket) => {
+    // Link lines and Styx replies are small: Nagle would hold each behind
+    // the peer's delayed acknowledgement.
+    s.setNoDelay(true);
+    refresh();
+  });
   const queue: Conn[] = [];
   let waiter: ((c: Conn | null) => void) | null = null;
   let closed = false;
