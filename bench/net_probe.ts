@@ -13,6 +13,8 @@
  *
  * Run: deno run --allow-all bench/net_probe.ts [--mb 256] [--rounds 2000] [--dials 300]
  *   [--window 4] (reads and writes in flight on the tunnelled data file)
+ *   [--parts send,receive,rtt,dial] (which figures to measure; default all)
+ *   [--prof DIR] (write CPU profiles of the remote and target processes to DIR)
  *
  * @module
  */
@@ -28,6 +30,7 @@ import type { Conn } from "../lib/transport/conn.ts";
 const REPO = new URL("../", import.meta.url).pathname;
 
 const CHILD = `
+Deno.addSignalListener("SIGTERM", () => Deno.exit(0));
 import { NetDevice } from "${REPO}lib/dev/net/device.ts";
 import { serve } from "${REPO}lib/styx/server.ts";
 import { tcpListen } from "${REPO}lib/transport/tcp.ts";
@@ -79,6 +82,17 @@ console.log(JSON.stringify({ sink: sink.addr.port, echo: echo.addr.port, source:
   }
 })();
 `;
+
+/** User + system CPU time of process `pid` so far, in ms (Linux /proc; 0 elsewhere). */
+function cpuMs(pid: number): number {
+  try {
+    const st = Deno.readTextFileSync(`/proc/${pid}/stat`);
+    const f = st.slice(st.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12])) * 10;
+  } catch {
+    return 0;
+  }
+}
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -144,6 +158,8 @@ async function main(): Promise<void> {
       rounds: { type: "string", default: "2000" },
       dials: { type: "string", default: "300" },
       window: { type: "string", default: "4" },
+      parts: { type: "string", default: "send,receive,rtt,dial" },
+      prof: { type: "string" },
     },
   });
   const bytes = Number(values.mb) * 1024 * 1024;
@@ -153,7 +169,13 @@ async function main(): Promise<void> {
   await Deno.writeTextFile(script, CHILD);
   const start = async (role: string) => {
     const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "--allow-all", script, role],
+      args: [
+        "run",
+        "--allow-all",
+        ...(values.prof ? ["--cpu-prof", `--cpu-prof-dir=${values.prof}`] : []),
+        script,
+        role,
+      ],
       stdout: "piped",
       stderr: "inherit",
     }).spawn();
@@ -184,45 +206,70 @@ async function main(): Promise<void> {
   const window = Number(values.window);
   const tunnel = (port: number) => dial(ns, `tcp!127.0.0.1!${port}`, { window });
   try {
+    const parts = new Set(values.parts.split(","));
     const mbps = {
       up: [] as number[],
       upT: [] as number[],
       down: [] as number[],
       downT: [] as number[],
     };
+    const pids = [Deno.pid, remote.child.pid, target.child.pid];
+    const cpu = { up: [0, 0, 0], down: [0, 0, 0] };
+    const timed = async (acc: number[], f: () => Promise<number>) => {
+      const before = pids.map(cpuMs);
+      const r = await f();
+      pids.forEach((p, i) => acc[i]! += cpuMs(p) - before[i]!);
+      return r;
+    };
     for (let i = 0; i < 3; i++) {
-      mbps.up.push(await bulk(await direct(), bytes));
-      mbps.upT.push(await bulk(await tunnel(info.sink), bytes));
-      mbps.down.push(await download(await tcpDial("127.0.0.1", info.source), bytes));
-      mbps.downT.push(await download(await tunnel(info.source), bytes));
+      if (parts.has("send")) {
+        mbps.up.push(await bulk(await direct(), bytes));
+        mbps.upT.push(await timed(cpu.up, async () => bulk(await tunnel(info.sink), bytes)));
+      }
+      if (parts.has("receive")) {
+        mbps.down.push(await download(await tcpDial("127.0.0.1", info.source), bytes));
+        mbps.downT.push(
+          await timed(cpu.down, async () => download(await tunnel(info.source), bytes)),
+        );
+      }
     }
-    const show = (what: string, d: number, tn: number) => {
+    const show = (what: string, d: number, tn: number, c: number[]) => {
       console.log(`bulk ${what} ${values.mb} MiB, median of 3:`);
       console.log(`  direct          ${d.toFixed(0)} MB/s`);
       console.log(
         `  through /net    ${tn.toFixed(0)} MB/s  (${(100 * tn / d).toFixed(0)}% of direct)`,
       );
+      const per = (ms: number) => (ms / (3 * Number(values.mb))).toFixed(2);
+      console.log(
+        `  CPU ms per MiB through /net: client ${per(c[0]!)}, remote ${per(c[1]!)}, far end ${
+          per(c[2]!)
+        }`,
+      );
     };
-    show("send", median(mbps.up), median(mbps.upT));
-    show("receive", median(mbps.down), median(mbps.downT));
-    const rd = await pingpong(await tcpDial("127.0.0.1", info.echo), rounds);
-    const rt = await pingpong(await tunnel(info.echo), rounds);
-    console.log(`round trip of 1 byte, median of ${rounds}:`);
-    console.log(`  direct          ${rd.toFixed(0)} µs`);
-    console.log(`  through /net    ${rt.toFixed(0)} µs  (+${(rt - rd).toFixed(0)} µs)`);
-    const t0 = performance.now();
-    for (let i = 0; i < dials; i++) {
-      const c = await tunnel(info.echo);
-      c.close();
-      await c.closed;
+    if (parts.has("send")) show("send", median(mbps.up), median(mbps.upT), cpu.up);
+    if (parts.has("receive")) show("receive", median(mbps.down), median(mbps.downT), cpu.down);
+    if (parts.has("rtt")) {
+      const rd = await pingpong(await tcpDial("127.0.0.1", info.echo), rounds);
+      const rt = await pingpong(await tunnel(info.echo), rounds);
+      console.log(`round trip of 1 byte, median of ${rounds}:`);
+      console.log(`  direct          ${rd.toFixed(0)} µs`);
+      console.log(`  through /net    ${rt.toFixed(0)} µs  (+${(rt - rd).toFixed(0)} µs)`);
     }
-    const s = (performance.now() - t0) / 1000;
-    console.log(`dial + hangup through /net: ${(dials / s).toFixed(0)} connections/s`);
+    if (parts.has("dial")) {
+      const t0 = performance.now();
+      for (let i = 0; i < dials; i++) {
+        const c = await tunnel(info.echo);
+        c.close();
+        await c.closed;
+      }
+      const s = (performance.now() - t0) / 1000;
+      console.log(`dial + hangup through /net: ${(dials / s).toFixed(0)} connections/s`);
+    }
   } finally {
     await client.close();
     await ns.close();
     for (const c of [remote.child, target.child]) {
-      c.kill("SIGKILL");
+      c.kill(values.prof ? "SIGTERM" : "SIGKILL");
       await c.status;
     }
     await Deno.remove(script).catch(() => {});

@@ -11,6 +11,7 @@
  */
 
 import { Ename, StyxError } from "../../styx/types.ts";
+import { allocReadData } from "../../styx/frame.ts";
 
 /** State names as status shows them. */
 export type ConvState = "Closed" | "Connecting" | "Established" | "Announced" | "Hungup";
@@ -298,18 +299,27 @@ export class TcpConv {
   }
 
   /**
-   * Take up to `count` queued bytes: a view of the first chunk when it
-   * holds `count` or is large anyway (copying it would cost more than a
+   * Take up to `count` queued bytes: the first chunk itself when it fits
+   * in `count` or is large anyway (copying it would cost more than a
    * shorter reply), else small chunks joined by one copy.
+   *
+   * A whole chunk read by the socket is handed out as it is: it lies in a
+   * buffer from allocReadData, so the Styx server sends it as one Rread
+   * frame without a copy and then reuses the buffer. Only a whole chunk
+   * may go that way; a part of one, whose rest still waits in the queue,
+   * is copied out so that the buffer is never reused under the rest.
    */
   #take(count: number): Uint8Array {
     const head = this.#chunks[0]!;
     if (head.length >= count || head.length >= JOIN_MAX || this.#chunks.length === 1) {
-      const n = Math.min(count, head.length);
-      const out = head.subarray(0, n);
-      if (n === head.length) this.#chunks.shift();
-      else this.#chunks[0] = head.subarray(n);
-      this.#queued -= n;
+      if (head.length <= count) {
+        this.#chunks.shift();
+        this.#queued -= head.length;
+        return head;
+      }
+      const out = head.slice(0, count);
+      this.#chunks[0] = head.subarray(count);
+      this.#queued -= count;
       return out;
     }
     const out = new Uint8Array(Math.min(count, this.#queued));
@@ -354,13 +364,14 @@ export class TcpConv {
     const sock = this.#sock;
     const want = this.#readers[0]?.count ?? this.#lastCount;
     const size = Math.min(READ_MAX, Math.max(READ_MIN, want));
-    if (!this.#scratch || this.#scratch.length !== size) this.#scratch = new Uint8Array(size);
+    if (!this.#scratch || this.#scratch.length !== size) this.#scratch = allocReadData(size);
     const buf = this.#scratch;
     sock.read(buf).then((n) => {
       if (n === null) this.#eof = true;
       else if (n > 0) {
         // A small read is copied out and the buffer kept for the next one;
-        // a large one keeps the buffer, and the next read gets a fresh one.
+        // a large one keeps the buffer (it may go out as an Rread in place),
+        // and the next read gets another.
         if (n < buf.length / SMALL_READ) this.#chunks.push(buf.slice(0, n));
         else {
           this.#chunks.push(buf.subarray(0, n));
