@@ -179,8 +179,9 @@ const canWrite = (omode: number) => {
  * Data a tree returns from `OpenFile.read` is written to the connection
  * as it is, without a copy: a tree must not change that buffer afterwards.
  * A tree whose `copiesWrites` property is `true` promises to keep no
- * reference to the data given to `OpenFile.write` once that resolves; the
- * server then reuses the buffers of large Twrite frames.
+ * reference to the data given to `OpenFile.write` once that settles
+ * without its signal having been aborted; the server then reuses the
+ * buffers of large Twrite frames.
  */
 export function serve(conn: Conn, tree: Tree, opts: ServerOptions = {}): Promise<void> {
   return new Session(conn, tree, opts).run();
@@ -847,7 +848,10 @@ class Session {
         const n = await file.write(m.offset, m.data, { signal });
         return { type: MsgType.Rwrite, count: n };
       } finally {
-        if (this.#reuseWrites) writePool.give(m.data.buffer);
+        // A write cut short by a flush or hangup may still be using the
+        // data underneath (a socket write under way): its buffer is left
+        // to the garbage collector rather than reused.
+        if (this.#reuseWrites && !signal.aborted) writePool.give(m.data.buffer);
       }
     });
   }

@@ -132,6 +132,17 @@ function queryFile(
   }, { perm: 0o666 });
 }
 
+/**
+ * The device's tree. No file of it keeps a reference to the bytes of a
+ * write once the write has finished (a data write resolves after the
+ * socket took them; ctl, cs and dns decode their text at once), so the
+ * Styx server may reuse the buffers of large Twrites.
+ */
+class NetTree extends SynthTree {
+  /** Written data is not kept once a write has finished (see the Styx server). */
+  readonly copiesWrites = true;
+}
+
 /** The /net device: one conversation table shared by everyone who attaches. */
 export class NetDevice {
   readonly #convs = new Map<number, TcpConv>();
@@ -143,7 +154,7 @@ export class NetDevice {
   /** A device with no conversations yet. */
   constructor(opts: NetOptions = {}) {
     this.#opts = opts;
-    this.#tree = new SynthTree(this.#root(), { uid: "network" });
+    this.#tree = new NetTree(this.#root(), { uid: "network" });
   }
 
   /** The device as a tree (the same tree every time). */

@@ -56,12 +56,18 @@ Deno.test("/net over TCP: data reads and writes stay exact with many in flight",
   // sinks read SIZE bytes and compare them with stream `seed`.
   const far = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const sinkResults: Promise<string>[] = [];
+  const held: Deno.Conn[] = [];
   const farLoop = (async () => {
     for await (const c of far) {
       const task = (async () => {
         const one = new Uint8Array(1);
         if ((await c.read(one)) === null) return "no header";
-        const seed = one[0]! & 0x7f;
+        const seed = one[0]! & 0x3f;
+        if (one[0]! & 0x40) {
+          // Held: the test reads it itself, later.
+          held.push(c);
+          return "held";
+        }
         if (one[0]! & 0x80) {
           // A sink.
           const buf = new Uint8Array(200_000);
@@ -163,6 +169,52 @@ Deno.test("/net over TCP: data reads and writes stay exact with many in flight",
       await Promise.all([writeConv(3), writeConv(4)]);
       const results = await Promise.all(sinkResults.slice(before));
       assert.deepEqual(results, ["ok", "ok"]);
+    });
+
+    await t.step("a write flushed while the socket is full still sends its own bytes", async () => {
+      // The far end reads nothing at first, so writes soon wait on a full
+      // socket. The waiting one is flushed; further Twrites of the same
+      // size (another conversation) must not be able to reuse its buffer.
+      const a = await dialVia(root, port);
+      await a.data.write(0n, new Uint8Array([5 | 0x40]));
+      const io = client.maxIo;
+      let sent = 0;
+      for (;;) {
+        const ac = new AbortController();
+        const p = a.data.writeOnce(0n, pattern(5, sent, io), { signal: ac.signal });
+        const quick = await Promise.race([
+          p.then(() => true),
+          new Promise<false>((r) => setTimeout(() => r(false), 300)),
+        ]);
+        sent += io;
+        if (quick) continue;
+        ac.abort();
+        await p.catch(() => {});
+        break;
+      }
+      const b = await dialVia(root, port);
+      await b.data.write(0n, new Uint8Array([6 | 0x80]));
+      const bWrites = [];
+      for (let off = 0; off < SIZE; off += io) {
+        bWrites.push(b.data.writeOnce(0n, pattern(6, off, Math.min(io, SIZE - off))));
+      }
+      await Promise.all(bWrites);
+      // Now drain a's far end: everything written to a, flushed piece included.
+      const conn = held.at(-1)!;
+      const got = new Uint8Array(sent);
+      let have = 0;
+      while (have < sent) {
+        const n = await conn.read(got.subarray(have));
+        if (n === null) break;
+        have += n;
+      }
+      assert.equal(have, sent);
+      assert.equal(firstDiff(got, pattern(5, 0, sent)), -1);
+      await a.data.close();
+      await a.ctl.close();
+      await b.data.close();
+      await b.ctl.close();
+      conn.close();
     });
   } finally {
     await root.close();
