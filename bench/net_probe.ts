@@ -248,22 +248,36 @@ async function main(): Promise<void> {
     };
     if (parts.has("send")) show("send", median(mbps.up), median(mbps.upT), cpu.up);
     if (parts.has("receive")) show("receive", median(mbps.down), median(mbps.downT), cpu.down);
+    const cpuLine = (what: string, c: number[], n: number, unit: string, scale: number) => {
+      const per = (ms: number) => (ms * scale / n).toFixed(0);
+      console.log(
+        `  CPU ${unit} per ${what}: client ${per(c[0]!)}, remote ${per(c[1]!)}, far end ${
+          per(c[2]!)
+        }`,
+      );
+    };
     if (parts.has("rtt")) {
       const rd = await pingpong(await tcpDial("127.0.0.1", info.echo), rounds);
-      const rt = await pingpong(await tunnel(info.echo), rounds);
+      const c = [0, 0, 0];
+      const rt = await timed(c, async () => pingpong(await tunnel(info.echo), rounds));
       console.log(`round trip of 1 byte, median of ${rounds}:`);
       console.log(`  direct          ${rd.toFixed(0)} µs`);
       console.log(`  through /net    ${rt.toFixed(0)} µs  (+${(rt - rd).toFixed(0)} µs)`);
+      cpuLine("round trip through /net", c, rounds + 20, "µs", 1000);
     }
     if (parts.has("dial")) {
-      const t0 = performance.now();
-      for (let i = 0; i < dials; i++) {
-        const c = await tunnel(info.echo);
-        c.close();
-        await c.closed;
-      }
-      const s = (performance.now() - t0) / 1000;
+      const c = [0, 0, 0];
+      const s = await timed(c, async () => {
+        const t0 = performance.now();
+        for (let i = 0; i < dials; i++) {
+          const c = await tunnel(info.echo);
+          c.close();
+          await c.closed;
+        }
+        return (performance.now() - t0) / 1000;
+      });
       console.log(`dial + hangup through /net: ${(dials / s).toFixed(0)} connections/s`);
+      cpuLine("dial + hangup", c, dials, "µs", 1000);
     }
   } finally {
     await client.close();

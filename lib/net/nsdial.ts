@@ -219,6 +219,13 @@ export class FileConn implements Conn {
   async write(data: Uint8Array): Promise<void> {
     if (this.#writeErr) throw this.#writeErr;
     if (this.#isClosed) throw new StyxError(Ename.hungup);
+    // Once the stream is being read, top the reads up now: the Treads
+    // then leave with this Twrite in one transport write, instead of in
+    // a write of their own when the next read() comes (a request and its
+    // answer cost one write each way, not two).
+    if (this.#reads.length > 0 && !this.#eof) {
+      while (this.#reads.length < this.#window) this.#issueRead();
+    }
     for (let o = 0; o < data.length; o += this.#size) {
       while (this.#writes.size >= this.#window) {
         await Promise.race(this.#writes);

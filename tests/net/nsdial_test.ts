@@ -162,6 +162,19 @@ Deno.test("nsdial through a remote /net mounted over Styx", async (t) => {
       assert.deepEqual(remoteDev.conversations(), []);
     });
 
+    await t.step("request and answer in turn: every answer whole and in order", async () => {
+      // After the first read, each write also tops up the reads in flight.
+      const c = await dial(ns, `tcp!127.0.0.1!${e.port}`);
+      for (let i = 0; i < 200; i++) {
+        const msg = new Uint8Array(1 + (i * 37) % 3000).map((_, k) => (k + i) & 0xff);
+        await c.write(msg);
+        assert.deepEqual(await readExactly(c, msg.length), msg);
+      }
+      c.close();
+      await c.closed;
+      assert.deepEqual(remoteDev.conversations(), []);
+    });
+
     await t.step("announce on the remote; a third party dials the remote's port", async () => {
       const l = await announceListener(ns, "tcp!127.0.0.1!0");
       const port = Number(l.addr.split("!")[2]);
