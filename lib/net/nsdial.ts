@@ -265,7 +265,7 @@ async function openConv(
   ns: NetNamespace,
   clone: string,
   opts: NsDialOptions,
-): Promise<{ ctl: OpenFile; dir: string }> {
+): Promise<OpenConv> {
   const ctl = await ns.open(clone, ORDWR, opts);
   try {
     const n = await readSmall(ctl, opts);
@@ -277,26 +277,78 @@ async function openConv(
   }
 }
 
+/** The Conn of an accepted call: its data file, and whom it came from. */
 async function convConn(
   ns: NetNamespace,
   ctl: OpenFile,
   dir: string,
   opts: NsDialOptions,
-  known?: string,
 ): Promise<FileConn> {
   const [data, remote, local] = await Promise.all([
     ns.open(`${dir}/data`, ORDWR, opts),
-    // A dial knows whom it connected to; only an accepted call must ask.
-    known ?? readFileText(ns, `${dir}/remote`, opts).catch(() => "unknown"),
+    readFileText(ns, `${dir}/remote`, opts).catch(() => "unknown"),
     readFileText(ns, `${dir}/local`, opts).catch(() => "unknown"),
   ]);
   return new FileConn(data, ctl, { dir, remote, local, window: opts.window });
+}
+
+/** A conversation opened for dialing: its ctl and directory. */
+interface OpenConv {
+  ctl: OpenFile;
+  dir: string;
+}
+
+/** Close whatever `p` opened, once it has; never rejects. */
+async function closeWhenOpen(p: Promise<OpenFile>): Promise<void> {
+  try {
+    await (await p).close();
+  } catch { /* never opened, or already gone */ }
+}
+
+/**
+ * Write `connect ADDR` to the conversation's ctl and make its Conn. The
+ * data and local files are opened while the connect runs (ip(3) lets them
+ * be opened in any state), so only reading local follows it.
+ */
+async function connectConv(
+  ns: NetNamespace,
+  conv: OpenConv,
+  addr: string,
+  opts: NsDialOptions,
+): Promise<FileConn> {
+  const dataP = ns.open(`${conv.dir}/data`, ORDWR, opts);
+  const localP = ns.open(`${conv.dir}/local`, OREAD, opts);
+  dataP.catch(() => {}); // observed below
+  localP.catch(() => {});
+  let data: OpenFile;
+  try {
+    await conv.ctl.write(0n, enc.encode(`connect ${addr}`), opts);
+    data = await dataP;
+  } catch (e) {
+    await Promise.all([closeWhenOpen(dataP), closeWhenOpen(localP)]);
+    throw e;
+  }
+  let local = "unknown";
+  try {
+    const f = await localP;
+    try {
+      local = await readSmall(f, opts);
+    } finally {
+      f.close().catch(() => {}); // nothing waits on the clunk
+    }
+  } catch { /* left "unknown" */ }
+  return new FileConn(data, conv.ctl, { dir: conv.dir, remote: addr, local, window: opts.window });
 }
 
 /**
  * Dial `addr` ("tcp!host!port", "host!port", "net!host!service") through the
  * namespace's /net. Tries each address cs gives, in order. Throws an Error
  * "cannot dial 'ADDR': REASON" with the last reason when none answers.
+ *
+ * While cs is asked, the clone file its answer will most likely name (the
+ * network's own, ROOT/NET/clone) is opened alongside, so the two exchanges
+ * overlap; should cs name another clone file, or none, that conversation is
+ * closed unused.
  */
 export async function dial(
   ns: NetNamespace,
@@ -310,28 +362,47 @@ export async function dial(
   } catch (e) {
     throw new Error(`cannot dial '${addr}': ${(e as Error).message}`);
   }
-  for (;;) {
-    let next: IteratorResult<CsAnswer>;
-    try {
-      next = await answers.next();
-    } catch (e) {
-      last ??= e;
-      break;
+  let early: { clone: string; conv: Promise<OpenConv | null> } | null = null;
+  try {
+    const d = parseDialString(addr, { net: "tcp" });
+    const clone = `${opts.netRoot ?? "/net"}/${d.net === "net" ? "tcp" : d.net}/clone`;
+    early = { clone, conv: openConv(ns, clone, opts).catch(() => null) };
+  } catch { /* cs reports a bad address */ }
+  /** The conversation opened early when cs named its clone file, else null (closed). */
+  const takeEarly = async (clone: string): Promise<OpenConv | null> => {
+    if (!early) return null;
+    const e = early;
+    early = null;
+    const conv = await e.conv;
+    if (conv && clone === e.clone) return conv;
+    await conv?.ctl.close().catch(() => {});
+    return null;
+  };
+  try {
+    for (;;) {
+      let next: IteratorResult<CsAnswer>;
+      try {
+        next = await answers.next();
+      } catch (e) {
+        last ??= e;
+        break;
+      }
+      if (next.done) break;
+      const a = next.value;
+      let conv: OpenConv | undefined;
+      try {
+        conv = (await takeEarly(a.clone)) ?? await openConv(ns, a.clone, opts);
+        const c = await connectConv(ns, conv, a.addr, opts);
+        await answers.return(undefined);
+        return c;
+      } catch (e) {
+        last = e;
+        await conv?.ctl.close().catch(() => {});
+        if (opts.signal?.aborted) break;
+      }
     }
-    if (next.done) break;
-    const a = next.value;
-    let conv: { ctl: OpenFile; dir: string } | undefined;
-    try {
-      conv = await openConv(ns, a.clone, opts);
-      await conv.ctl.write(0n, enc.encode(`connect ${a.addr}`), opts);
-      const c = await convConn(ns, conv.ctl, conv.dir, opts, a.addr);
-      await answers.return(undefined);
-      return c;
-    } catch (e) {
-      last = e;
-      await conv?.ctl.close().catch(() => {});
-      if (opts.signal?.aborted) break;
-    }
+  } finally {
+    await takeEarly("");
   }
   await answers.return(undefined).catch(() => {});
   throw new Error(`cannot dial '${addr}': ${(last as Error)?.message ?? "no address"}`);

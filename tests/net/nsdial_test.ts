@@ -13,6 +13,7 @@ import {
   announceStyxVia,
   dial,
   dialStyxVia,
+  type FileConn,
   listen,
 } from "../../lib/net/nsdial.ts";
 import { makeFixture } from "../auth/fixture.ts";
@@ -140,6 +141,36 @@ Deno.test("nsdial through a local /net", async (t) => {
   } finally {
     e.close();
     dev.closeAll();
+    await ns.close();
+  }
+});
+
+Deno.test("nsdial: a cs answer naming another clone file is followed", async () => {
+  // cs of the device at /net answers with /net.alt's clone file; the
+  // conversation opened at /net while cs was asked is closed unused.
+  const here = new NetDevice({ netRoot: "/net.alt" });
+  const alt = new NetDevice();
+  const mem = new MemTree();
+  await mem.mkdirp("/net");
+  await mem.mkdirp("/net.alt");
+  const ns = new Namespace(mem, { caller: { user: "glenda" } });
+  await ns.mount(here.tree(), "/net");
+  await ns.mount(alt.tree(), "/net.alt");
+  const e = echo();
+  try {
+    const c = await dial(ns, `tcp!127.0.0.1!${e.port}`);
+    assert.deepEqual(here.conversations(), []);
+    assert.deepEqual(alt.conversations(), [0]);
+    assert.equal((c as FileConn).dir, "/net.alt/tcp/0");
+    await c.write(enc.encode("via alt"));
+    assert.equal(dec.decode(await readExactly(c, 7)), "via alt");
+    c.close();
+    await c.closed;
+    assert.deepEqual(alt.conversations(), []);
+  } finally {
+    e.close();
+    here.closeAll();
+    alt.closeAll();
     await ns.close();
   }
 });

@@ -51,7 +51,6 @@ import {
   runCtl,
   sliceAt,
   SynthTree,
-  textFile,
 } from "../../fs/synthetic.ts";
 import type { Tree } from "../../fs/tree.ts";
 import { StyxError } from "../../styx/types.ts";
@@ -102,6 +101,25 @@ export async function csTranslate(query: string, opts: NetOptions = {}): Promise
     throw new StyxError(`cs: can't translate address: ${(e as Error).message}`);
   }
   return addrs.map((ip) => `${clone} ${ip}!${a.port}`);
+}
+
+/**
+ * A read-only text file whose text is made afresh by every read from
+ * offset 0, as ip(3) makes a conversation's local, remote and status when
+ * they are read: one opened before a connect shows the addresses after it.
+ * Reads at later offsets continue the text of the last read from 0.
+ */
+function liveText(name: string, produce: () => string, opts: { uid: string; perm: number }): Entry {
+  return file(name, () => {
+    let text = EMPTY;
+    const h: Handle = {
+      read: (off, count) => {
+        if (off === 0n) text = enc.encode(produce());
+        return sliceAt(text, off, count);
+      },
+    };
+    return h;
+  }, opts);
 }
 
 /** A file answering one query per write, one answer line per read. */
@@ -292,9 +310,9 @@ export class NetDevice {
           return this.#ctlHandle(nc);
         }, own)]
         : []),
-      textFile("local", () => c.local + "\n", ro),
-      textFile("remote", () => c.remote + "\n", ro),
-      textFile("status", () => c.status(), ro),
+      liveText("local", () => c.local + "\n", ro),
+      liveText("remote", () => c.remote + "\n", ro),
+      liveText("status", () => c.status(), ro),
     ], { uid: c.owner, perm: 0o555, id: String(c.gen) });
   }
 

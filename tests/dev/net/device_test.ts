@@ -123,6 +123,25 @@ Deno.test("/net device: tcp conversations after ip(3)", async (t) => {
       assert.deepEqual(await ls(root, "tcp"), ["clone"], "gone after the last close");
     });
 
+    await t.step("local, remote and status opened before connect read as after it", async () => {
+      const c = await open(root, "tcp/clone", ORDWR);
+      const n = dec.decode(await c.read(0n, 32));
+      const files = await Promise.all(
+        ["local", "remote", "status"].map((f) => open(root, `tcp/${n}/${f}`, OREAD)),
+      );
+      await ctl(c, `connect 127.0.0.1!${echo.port}`);
+      const [local, remote, status] = await Promise.all(
+        files.map(async (f) => dec.decode(await f.read(0n, 256))),
+      );
+      assert.match(local!, /^127\.0\.0\.1!\d+\n$/);
+      assert.equal(remote, `127.0.0.1!${echo.port}\n`);
+      assert.match(status!, /^Established /);
+      // Reading on from an offset continues the same text.
+      assert.equal(dec.decode(await files[1]!.read(4n, 256)), remote!.slice(4));
+      for (const f of files) await f.close();
+      await c.close();
+    });
+
     await t.step("end of stream reads as zero bytes", async () => {
       const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
       const c = await open(root, "tcp/clone", ORDWR);
