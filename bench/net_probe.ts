@@ -15,6 +15,7 @@
  *   [--window 4] (reads and writes in flight on the tunnelled data file)
  *   [--parts send,receive,rtt,dial] (which figures to measure; default all)
  *   [--prof DIR] (write CPU profiles of the remote and target processes to DIR)
+ *   [--msize N] (Styx message size both ends offer; default the library's)
  *
  * @module
  */
@@ -38,7 +39,8 @@ if (Deno.args[0] === "remote") {
   const dev = new NetDevice();
   const styx = tcpListen("127.0.0.1", 0);
   console.log(JSON.stringify({ styx: styx.addr }));
-  for await (const c of styx) serve(c, dev.tree()).catch(() => {});
+  const maxMsize = Deno.args[1] ? Number(Deno.args[1]) : undefined;
+  for await (const c of styx) serve(c, dev.tree(), { maxMsize }).catch(() => {});
 }
 const sink = Deno.listen({ hostname: "127.0.0.1", port: 0 });
 const echo = Deno.listen({ hostname: "127.0.0.1", port: 0 });
@@ -160,6 +162,7 @@ async function main(): Promise<void> {
       window: { type: "string", default: "4" },
       parts: { type: "string", default: "send,receive,rtt,dial" },
       prof: { type: "string" },
+      msize: { type: "string" },
     },
   });
   const bytes = Number(values.mb) * 1024 * 1024;
@@ -175,6 +178,7 @@ async function main(): Promise<void> {
         ...(values.prof ? ["--cpu-prof", `--cpu-prof-dir=${values.prof}`] : []),
         script,
         role,
+        ...(values.msize ? [values.msize] : []),
       ],
       stdout: "piped",
       stderr: "inherit",
@@ -197,7 +201,9 @@ async function main(): Promise<void> {
     source: number;
   };
   const styxPort = Number(info.styx.split("!")[2]);
-  const client = await StyxClient.connect(await tcpDial("127.0.0.1", styxPort));
+  const client = await StyxClient.connect(await tcpDial("127.0.0.1", styxPort), {
+    msize: values.msize ? Number(values.msize) : undefined,
+  });
   const mem = new MemTree();
   await mem.mkdirp("/net");
   const ns = new Namespace(mem, { caller: { user: "bench" } });
