@@ -19,7 +19,11 @@ function addrString(a: Deno.Addr): string {
   return String((a as { path?: string }).path ?? "unknown");
 }
 
-/** A Conn over a Deno TCP connection. */
+/**
+ * A Conn over a Deno TCP connection (or another Deno stream over TCP, such
+ * as a TLS connection, given with what is known of its peer and any bytes
+ * already read from it).
+ */
 export class TcpConn implements Conn {
   readonly closed: Promise<void>;
   readonly peer: Peer;
@@ -27,14 +31,22 @@ export class TcpConn implements Conn {
   #resolveClosed!: () => void;
   #isClosed = false;
   #scratch: Uint8Array | null = null;
+  #first: Uint8Array | null;
 
-  constructor(readonly raw: Deno.TcpConn) {
+  constructor(
+    readonly raw: Deno.TcpConn | Deno.Conn,
+    peer?: Omit<Peer, "addr">,
+    first?: Uint8Array,
+  ) {
     this.closed = new Promise((r) => (this.#resolveClosed = r));
-    this.peer = { addr: addrString(raw.remoteAddr), authenticated: false };
+    this.peer = { addr: addrString(raw.remoteAddr), authenticated: false, ...peer };
     this.local = addrString(raw.localAddr);
-    try {
-      raw.setNoDelay(true);
-    } catch { /* not fatal */ }
+    this.#first = first && first.length > 0 ? first : null;
+    if ("setNoDelay" in raw) {
+      try {
+        raw.setNoDelay(true);
+      } catch { /* not fatal */ }
+    }
   }
 
   async read(): Promise<Uint8Array | null> {
@@ -49,6 +61,12 @@ export class TcpConn implements Conn {
    * {@link read}, only one read at a time.
    */
   async readInto(buf: Uint8Array): Promise<number | null> {
+    if (this.#first) {
+      const n = Math.min(buf.length, this.#first.length);
+      buf.set(this.#first.subarray(0, n), 0);
+      this.#first = n === this.#first.length ? null : this.#first.subarray(n);
+      return n;
+    }
     if (this.#isClosed) return null;
     let n: number | null;
     try {

@@ -31,7 +31,7 @@ import { tcpDial } from "./tcp.ts";
 import type { CertIdentity } from "../auth/certs.ts";
 import { ed25519Key, readCert } from "../auth/der.ts";
 import { fromBase64, importKeyPem, toBase64 } from "../auth/keys.ts";
-import { PeerRefused, verifyPeer } from "../auth/verify.ts";
+import { PeerRefused } from "../auth/verify.ts";
 import {
   allowed,
   type Credentials,
@@ -43,6 +43,7 @@ import {
   watchRevocation,
 } from "../auth/link.ts";
 import {
+  checkPeerCert,
   isCertificateFailure,
   LINK_PROTOCOL_2,
   linkMessage,
@@ -358,20 +359,8 @@ async function exchange(
   // The peer's certificate: chain, dates, revocation, usage, kind, name, allow list.
   const check = async (der: Uint8Array | undefined): Promise<CertIdentity> => {
     try {
-      let ca;
-      try {
-        ca = readCert(creds.ca);
-      } catch {
-        throw new Error("the CA certificate is not a valid X.509 certificate");
-      }
-      const id = await verifyPeer(der, {
-        ca,
-        now: opts.now?.(),
-        revoked: await revokedSerials(opts, creds),
-        role: theirRole,
-        kind: isServer ? opts.peerKind : "node",
-        name: peerName,
-      });
+      const kind = isServer ? opts.peerKind : "node";
+      const id = await checkPeerCert(der, creds, opts, theirRole, kind, peerName);
       if (isServer && !allowed(id, opts.allow)) {
         throw new PeerRefused(`'${id.name}' is not allowed to connect here`);
       }

@@ -28,7 +28,8 @@
  */
 
 import type { Conn, Peer } from "./conn.ts";
-import type { CertIdentity } from "../auth/certs.ts";
+import { TcpConn } from "./tcp.ts";
+import type { CertIdentity, CertKind } from "../auth/certs.ts";
 import { ed25519Key, readCert } from "../auth/der.ts";
 import { fromBase64, importKeyPem, pemBlocks, toBase64 } from "../auth/keys.ts";
 import { PeerRefused, verifyPeer } from "../auth/verify.ts";
@@ -116,13 +117,6 @@ export function ownCertDer(creds: Credentials): Uint8Array<ArrayBuffer> {
   return der;
 }
 
-function addrString(a: Deno.Addr): string {
-  if (a.transport === "tcp" || a.transport === "udp") {
-    return `${a.transport}!${a.hostname}!${a.port}`;
-  }
-  return "unknown";
-}
-
 /** Line I/O over a Deno TLS connection during the exchange. */
 class Lines {
   #buf = new Uint8Array(0);
@@ -196,71 +190,45 @@ export function isCertificateFailure(e: unknown): boolean {
 const refusedRe = /^ferry-link\/\d+ refused (.*)$/;
 
 /** A verified link over Deno's TLS. */
-class NativeTlsConn implements IdentifiedConn {
-  readonly closed: Promise<void>;
-  #resolveClosed!: () => void;
-  #isClosed = false;
-  #rest: Uint8Array | null;
-  #scratch: Uint8Array | null = null;
-
+class NativeTlsConn extends TcpConn implements IdentifiedConn {
   constructor(
-    readonly raw: Deno.TlsConn,
-    readonly peer: Peer,
-    readonly local: string,
+    raw: Deno.TlsConn,
+    peer: Omit<Peer, "addr">,
     readonly peerCert: CertIdentity,
     rest: Uint8Array,
   ) {
-    this.closed = new Promise((r) => (this.#resolveClosed = r));
-    this.#rest = rest.length > 0 ? rest : null;
+    super(raw, peer, rest);
   }
+}
 
-  async read(): Promise<Uint8Array | null> {
-    const buf = this.#scratch ??= new Uint8Array(64 * 1024);
-    const n = await this.readInto(buf);
-    return n === null ? null : buf.slice(0, n);
+/**
+ * Check a peer's certificate as both link exchanges do: chain to the CA,
+ * validity dates (by `opts.now`), revocation, key usage, kind and, for a
+ * server, its name. Throws PeerRefused, or an Error naming what could not
+ * be checked.
+ */
+export async function checkPeerCert(
+  der: Uint8Array | undefined,
+  creds: Credentials,
+  opts: LinkOptions,
+  role: "client" | "server",
+  kind: CertKind | undefined,
+  name: string | undefined,
+): Promise<CertIdentity> {
+  let ca;
+  try {
+    ca = readCert(creds.ca);
+  } catch {
+    throw new Error("the CA certificate is not a valid X.509 certificate");
   }
-
-  /** Read at most `buf.length` bytes into `buf` (see TcpConn.readInto). */
-  async readInto(buf: Uint8Array): Promise<number | null> {
-    if (this.#rest) {
-      const n = Math.min(buf.length, this.#rest.length);
-      buf.set(this.#rest.subarray(0, n), 0);
-      this.#rest = n === this.#rest.length ? null : this.#rest.subarray(n);
-      return n;
-    }
-    if (this.#isClosed) return null;
-    let n: number | null;
-    try {
-      n = await this.raw.read(buf);
-    } catch {
-      n = null;
-    }
-    if (n === null) {
-      this.close();
-      return null;
-    }
-    return n;
-  }
-
-  async write(data: Uint8Array): Promise<void> {
-    if (this.#isClosed) throw new NativeLinkError("write to a closed TLS link");
-    let off = 0;
-    try {
-      while (off < data.length) off += await this.raw.write(data.subarray(off));
-    } catch (e) {
-      this.close();
-      throw new NativeLinkError(`TLS write failed: ${(e as Error).message}`);
-    }
-  }
-
-  close(): void {
-    if (this.#isClosed) return;
-    this.#isClosed = true;
-    try {
-      this.raw.close();
-    } catch { /* already closed */ }
-    this.#resolveClosed();
-  }
+  return await verifyPeer(der, {
+    ca,
+    now: opts.now?.(),
+    revoked: await revokedSerials(opts, creds),
+    role,
+    kind,
+    name,
+  });
 }
 
 type PeerCertFn = (detailed: boolean) => { raw?: Uint8Array } | null | undefined;
@@ -337,14 +305,7 @@ export async function nativeTlsDial(
     const id = await exchange(lines, opts, creds, peerName, serverDer);
     return new NativeTlsConn(
       raw,
-      {
-        addr: addrString(raw.remoteAddr),
-        identity: id.name,
-        kind: id.kind,
-        groups: id.groups,
-        authenticated: true,
-      },
-      addrString(raw.localAddr),
+      { identity: id.name, kind: id.kind, groups: id.groups, authenticated: true },
       id,
       lines.rest(),
     );
@@ -382,20 +343,7 @@ async function exchange(
   // 1. The server's certificate, as presented in TLS.
   let id: CertIdentity;
   try {
-    let ca;
-    try {
-      ca = readCert(creds.ca);
-    } catch {
-      throw new Error("the CA certificate is not a valid X.509 certificate");
-    }
-    id = await verifyPeer(serverDer, {
-      ca,
-      now: opts.now?.(),
-      revoked: await revokedSerials(opts, creds),
-      role: "server",
-      kind: "node",
-      name: peerName,
-    });
+    id = await checkPeerCert(serverDer, creds, opts, "server", "node", peerName);
   } catch (e) {
     return await refuse(
       e instanceof PeerRefused ? e.message : `cannot verify server: ${(e as Error).message}`,
