@@ -54,6 +54,7 @@ const symbols = {
   read: { parameters: ["i32", "buffer", "usize"], result: "isize" },
   writev: { parameters: ["i32", "buffer", "i32"], result: "isize" },
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32", nonblocking: true },
+  pollNow: { name: "poll", parameters: ["buffer", "u64", "i32"], result: "i32" },
   mount: {
     parameters: ["buffer", "buffer", "buffer", "u64", "buffer"],
     result: "i32",
@@ -205,4 +206,24 @@ export async function waitReadable(fd: number): Promise<"ready" | "gone"> {
     if (rev & (POLLERR | POLLHUP | POLLNVAL)) return "gone";
     if (rev & POLLIN) return "ready";
   }
+}
+
+const pollBuf = new Uint8Array(8);
+const pollView = new DataView(pollBuf.buffer);
+
+/**
+ * Wait on this thread, at most `ms` milliseconds, until `fd` is readable:
+ * "ready", "gone" (as {@link waitReadable}) or "timeout". Blocks the event
+ * loop meanwhile: only for short waits when nothing else is due.
+ */
+export function waitReadableNow(fd: number, ms: number): "ready" | "gone" | "timeout" {
+  const l = lib();
+  pollView.setInt32(0, fd, true);
+  pollView.setInt16(4, POLLIN, true);
+  pollView.setInt16(6, 0, true);
+  const r = l.pollNow(pollBuf, 1n, ms);
+  if (r <= 0) return "timeout"; // EINTR counts as a timeout: the caller waits again
+  const rev = pollView.getInt16(6, true);
+  if (rev & (POLLERR | POLLHUP | POLLNVAL)) return "gone";
+  return "ready";
 }

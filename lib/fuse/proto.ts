@@ -157,14 +157,25 @@ export interface Attr {
   blksize: number;
 }
 
+/** Write a non-negative integer below 2^53 as a little-endian u64 (no BigInt made). */
+function putU64(v: DataView, off: number, n: number): void {
+  v.setUint32(off, n >>> 0, true);
+  v.setUint32(off + 4, Math.floor(n / 0x100000000) >>> 0, true);
+}
+
+/** Write a time in seconds (negative ones as 0) as a u64. */
+function putTime(v: DataView, off: number, t: number): void {
+  putU64(v, off, t > 0 ? Math.floor(t) : 0);
+}
+
 /** Write `a` as struct fuse_attr at `off` of `v`. */
 export function putAttr(v: DataView, off: number, a: Attr): void {
   v.setBigUint64(off, a.ino, true);
   v.setBigUint64(off + 8, a.size, true);
   v.setBigUint64(off + 16, a.blocks, true);
-  v.setBigUint64(off + 24, BigInt(a.atime), true);
-  v.setBigUint64(off + 32, BigInt(a.mtime), true);
-  v.setBigUint64(off + 40, BigInt(a.ctime), true);
+  putTime(v, off + 24, a.atime);
+  putTime(v, off + 32, a.mtime);
+  putTime(v, off + 40, a.ctime);
   v.setUint32(off + 48, 0, true);
   v.setUint32(off + 52, 0, true);
   v.setUint32(off + 56, 0, true);
@@ -184,10 +195,10 @@ export interface Validity {
 }
 
 function putValid(v: DataView, off: number, ms: number): void {
-  v.setBigUint64(off, BigInt(Math.floor(ms / 1000)), true);
+  putU64(v, off, Math.floor(Math.max(0, ms) / 1000));
 }
 function putValidNsec(v: DataView, off: number, ms: number): void {
-  v.setUint32(off, Math.round((ms % 1000) * 1e6), true);
+  v.setUint32(off, Math.min(999999999, Math.round((Math.max(0, ms) % 1000) * 1e6)), true);
 }
 
 /** Write struct fuse_entry_out at `off`. */
@@ -311,23 +322,53 @@ export function direntSize(nameLen: number, plus: boolean): number {
   return (plus ? ENTRY_OUT : 0) + ((DIRENT_BASE + nameLen + 7) & ~7);
 }
 
-/** Write struct fuse_dirent (name included, zero padded) at `off`; returns the bytes used. */
+/** Bytes `s` takes in UTF-8 (lone surrogates count as U+FFFD, as TextEncoder writes them). */
+export function utf8Length(s: string): number {
+  let n = s.length;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x80) continue;
+    if (c < 0x800) n += 1;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+      const d = s.charCodeAt(i + 1);
+      if (d >= 0xdc00 && d <= 0xdfff) {
+        n += 2; // a pair: 2 UTF-16 units, 4 bytes
+        i++;
+      } else n += 2;
+    } else n += 2;
+  }
+  return n;
+}
+
+const nameEncoder = new TextEncoder();
+
+/**
+ * Write struct fuse_dirent at `off`: the name (`len` bytes of UTF-8, from
+ * {@link utf8Length}) included, zero padded. Returns the bytes used.
+ */
 export function putDirent(
   b: Uint8Array,
   v: DataView,
   off: number,
   ino: bigint,
-  next: bigint,
+  next: number,
   type: number,
-  name: Uint8Array,
+  name: string,
+  len: number,
 ): number {
   v.setBigUint64(off, ino, true);
-  v.setBigUint64(off + 8, next, true);
-  v.setUint32(off + 16, name.length, true);
+  v.setUint32(off + 8, next >>> 0, true);
+  v.setUint32(off + 12, Math.floor(next / 0x100000000) >>> 0, true);
+  v.setUint32(off + 16, len, true);
   v.setUint32(off + 20, type, true);
-  b.set(name, off + DIRENT_BASE);
-  const size = (DIRENT_BASE + name.length + 7) & ~7;
-  b.fill(0, off + DIRENT_BASE + name.length, off + size);
+  const at = off + DIRENT_BASE;
+  if (len === name.length) {
+    for (let i = 0; i < len; i++) b[at + i] = name.charCodeAt(i);
+  } else {
+    nameEncoder.encodeInto(name, b.subarray(at, at + len));
+  }
+  const size = (DIRENT_BASE + len + 7) & ~7;
+  b.fill(0, at + len, off + size);
   return size;
 }
 

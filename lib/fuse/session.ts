@@ -29,7 +29,7 @@ import {
 } from "../styx/types.ts";
 import type { Node, OpenFile } from "../fs/tree.ts";
 import { RemoteFile, RemoteNode } from "../styx/client_tree.ts";
-import { Errno, readFd, waitReadable, writeParts } from "./ffi.ts";
+import { Errno, readFd, waitReadable, waitReadableNow, writeParts } from "./ffi.ts";
 import {
   type Attr,
   attrOut,
@@ -54,6 +54,7 @@ import {
   putDirent,
   putEntry,
   statfsOut,
+  utf8Length,
   type Validity,
   writeOut,
 } from "./proto.ts";
@@ -91,6 +92,20 @@ const HEAD_MAX = 128 * 1024;
 const AHEAD = 16;
 /** In-order opens in one directory before files are opened ahead. */
 const AHEAD_AFTER = 2;
+/** Subdirectory listings read ahead of a walk through a tree (ls -R, find, tar, git). */
+const DIRS_AHEAD = 8;
+/** Subdirectories of one directory opened before their siblings are read ahead. */
+const DIRS_AHEAD_AFTER = 2;
+/**
+ * How long the loop waits for the next request on its own thread, when
+ * nothing else is in flight, before handing the wait to a worker thread.
+ * A program doing one call after another (tar, git, ls) sends its next
+ * request within microseconds of a reply; the worker thread's hand-over
+ * costs more than the request itself.
+ */
+const IDLE_WAIT_MS = 2;
+/** Microtask turns given to requests answered without waiting on anything. */
+const SETTLE_TURNS = 16;
 
 /**
  * The errno value a Styx error string stands for, matched on Plan 9's
@@ -129,8 +144,15 @@ class Fail extends Error {
   }
 }
 
+/** The errno value for a failure of either kind. */
+function errnoFrom(e: unknown): number {
+  return e instanceof Fail ? e.errno : errnoOf(e);
+}
+
 interface Inode {
   id: bigint;
+  /** `${id}/`: the start of the keys of the names in this directory. */
+  prefix: string;
   parent: Inode | null;
   name: string;
   qpath: bigint;
@@ -148,7 +170,24 @@ interface Inode {
   /** For directories: the entries by name as last read, and when. */
   listing: Map<string, Dir> | null;
   listingAt: number;
-  listingLoad: Promise<Map<string, Dir>> | null;
+  listingLoad: Promise<Map<string, Dir> | null> | null;
+  /**
+   * For directories: the entries of `listing` in order when they were read
+   * ahead (or for lookups) and no OPENDIR has used them yet; the next one may.
+   */
+  unread: Dir[] | null;
+  /** For directories: bumped by every change made through the mount (a load begun before is stale). */
+  gen: number;
+  /** For directories: subdirectories opened (by name) since `dirsAt`, and the one opened last. */
+  dirsOpened?: Set<string>;
+  dirsAt?: number;
+  lastDir?: string;
+  /** For directories: the subdirectories of `listing`, in its order and sorted, with places. */
+  subdirs?: {
+    of: Map<string, Dir>;
+    listed: [string[], Map<string, number>];
+    sorted: [string[], Map<string, number>];
+  };
   /** Lookups that missed the listing since `missAt`. */
   misses: number;
   missAt: number;
@@ -172,19 +211,50 @@ interface Prefetch {
 
 interface Handle {
   ino: Inode;
-  file: OpenFile;
+  /** The open file; null for a directory whose entries were read ahead (opened when needed). */
+  file: OpenFile | null;
   direct: boolean;
   /** The start of the file, read together with the open (used once). */
   head: Promise<Uint8Array | null> | null;
   headCount: number;
   entries: Dir[] | null;
+  /** `entries` were read ahead: the first READDIR at offset 0 uses them. */
+  fresh: boolean;
 }
 
-function key(parent: bigint, name: string): string {
-  return `${parent}/${name}`;
+/** `p`, or a rejection with "interrupted" as soon as `signal` aborts. */
+function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(new StyxError(Ename.interrupted));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(new StyxError(Ename.interrupted));
+    signal.addEventListener("abort", onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener("abort", onAbort);
+        resolve(v);
+      },
+      (e) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(e);
+      },
+    );
+  });
 }
 
-const enc = new TextEncoder();
+/** Work to do once a request's reply has been written. */
+interface Late {
+  after: (() => void) | null;
+}
+
+/** A name a directory entry can carry on the host. */
+function usableName(name: string): boolean {
+  return name !== "" && name !== "." && name !== ".." && !name.includes("/") &&
+    !name.includes("\0");
+}
+
+function key(parent: Inode, name: string): string {
+  return parent.prefix + name;
+}
 
 /**
  * Serves `root` on an open, mounted /dev/fuse descriptor until the kernel
@@ -225,6 +295,7 @@ export class FuseSession {
     this.#gid = opts.gid ?? Deno.gid() ?? 0;
     this.#root = {
       id: ROOT_ID,
+      prefix: `${ROOT_ID}/`,
       parent: null,
       name: "",
       qpath: root.qid.path,
@@ -239,6 +310,8 @@ export class FuseSession {
       listing: null,
       listingAt: -Infinity,
       listingLoad: null,
+      unread: null,
+      gen: 0,
       misses: 0,
       missAt: 0,
     };
@@ -286,6 +359,14 @@ export class FuseSession {
         }
         if (r.errno === Errno.EINTR || r.errno === Errno.ENOENT) continue;
         if (r.errno === Errno.EAGAIN) {
+          // Requests answered from what is at hand write their replies first.
+          for (let i = 0; i < SETTLE_TURNS && this.#inflight.size > 0; i++) await null;
+          if (this.#inflight.size === 0) {
+            // Nothing waits on the event loop: wait here, briefly, for the next request.
+            const w = waitReadableNow(this.#fd, IDLE_WAIT_MS);
+            if (w === "ready") continue;
+            if (w === "gone") break;
+          }
           if (await waitReadable(this.#fd) === "gone") break;
           continue;
         }
@@ -298,7 +379,7 @@ export class FuseSession {
       const hs = [...this.#handles.values()];
       this.#handles.clear();
       for (const p of [...this.#ahead.values()]) this.#drop(p);
-      await Promise.allSettled(hs.map((h) => h.file.close()));
+      await Promise.allSettled(hs.map((h) => h.file?.close()));
       const nodes = [...this.#inodes.values()].filter((i) => i !== this.#root && i.node);
       await Promise.allSettled(nodes.map((i) => i.node!.close()));
     }
@@ -341,7 +422,8 @@ export class FuseSession {
     const ac = new AbortController();
     this.#inflight.set(h.unique, ac);
     const started = this.#opts.debug ? performance.now() : 0;
-    this.#handle(h.opcode, h.nodeid, body, ac.signal).then(
+    const late: Late = { after: null };
+    this.#handle(h.opcode, h.nodeid, body, ac.signal, late).then(
       (parts) => {
         this.#inflight.delete(h.unique);
         if (this.#opts.debug) {
@@ -352,6 +434,7 @@ export class FuseSession {
           );
         }
         if (parts !== null) this.#reply(h.unique, 0, parts);
+        late.after?.();
       },
       (e) => {
         this.#inflight.delete(h.unique);
@@ -402,8 +485,8 @@ export class FuseSession {
     i.nlookup -= Number(n);
     if (i.nlookup > 0) return;
     this.#inodes.delete(id);
-    if (i.parent && this.#byKey.get(key(i.parent.id, i.name)) === i) {
-      this.#byKey.delete(key(i.parent.id, i.name));
+    if (i.parent && this.#byKey.get(key(i.parent, i.name)) === i) {
+      this.#byKey.delete(key(i.parent, i.name));
     }
     const node = i.node;
     i.node = null;
@@ -412,7 +495,7 @@ export class FuseSession {
 
   /** Record a lookup of `name` in `parent` (one more kernel reference). */
   #remember(parent: Inode, name: string, d: Dir, node: Node | null): Inode {
-    const k = key(parent.id, name);
+    const k = key(parent, name);
     const old = this.#byKey.get(k);
     const isDir = (d.qid.type & QTDIR) !== 0;
     if (old && old.qpath === d.qid.path && old.isDir === isDir) {
@@ -430,8 +513,10 @@ export class FuseSession {
       // A different file now has this name: the old node id may no longer walk here.
       old.parent = null;
     }
+    const id = this.#nextId++;
     const ino: Inode = {
-      id: this.#nextId++,
+      id,
+      prefix: `${id}/`,
       parent,
       name,
       qpath: d.qid.path,
@@ -446,6 +531,8 @@ export class FuseSession {
       listing: null,
       listingAt: -Infinity,
       listingLoad: null,
+      unread: null,
+      gen: 0,
       misses: 0,
       missAt: 0,
     };
@@ -485,9 +572,21 @@ export class FuseSession {
     // -Infinity, not 0: performance.now() counts from process start, so 0
     // would still look fresh during a new mount's first second.
     ino.dirAt = -Infinity;
-    if (ino.parent) ino.parent.listing = null;
+    if (ino.parent) this.#unlist(ino.parent);
     const p = this.#ahead.get(ino);
     if (p) this.#drop(p);
+  }
+
+  /**
+   * Directory `dir` is being changed through this mount: forget its
+   * listing, and make any read of it still under way unable to keep what
+   * it reads.
+   */
+  #unlist(dir: Inode): void {
+    dir.listing = null;
+    dir.unread = null;
+    dir.listingLoad = null;
+    dir.gen++;
   }
 
   /** Forget a file opened ahead, clunking it. */
@@ -528,7 +627,7 @@ export class FuseSession {
     for (let i = at + 1; i <= at + AHEAD && i < dir.order.length; i++) {
       if (this.#ahead.size >= AHEAD * 2) break;
       const name = dir.order[i]!;
-      const next = this.#byKey.get(key(dir.id, name));
+      const next = this.#byKey.get(key(dir, name));
       const d = dir.listing.get(name);
       if (!next || !d || next.isDir || this.#ahead.has(next) || next.qpath !== d.qid.path) continue;
       if (d.length <= 0n || d.length > BigInt(HEAD_MAX) || (d.qid.type & QTAPPEND) !== 0) continue;
@@ -556,7 +655,7 @@ export class FuseSession {
     }
   }
 
-  #setListing(dir: Inode, entries: Dir[]): void {
+  #setListing(dir: Inode, entries: Dir[], unread: boolean): void {
     const m = new Map<string, Dir>();
     const order: string[] = [];
     const place = new Map<string, number>();
@@ -569,6 +668,118 @@ export class FuseSession {
     dir.order = order;
     dir.place = place;
     dir.listingAt = performance.now();
+    dir.unread = unread ? entries : null;
+  }
+
+  /**
+   * Read directory `dir` whole (walk, open, read, clunk) and keep it as its
+   * listing, not yet used by an OPENDIR. Resolves with the listing, or null
+   * when the directory was changed through this mount meanwhile. One read
+   * at a time per directory; every caller shares it.
+   */
+  #loadListing(dir: Inode): Promise<Map<string, Dir> | null> {
+    if (dir.listingLoad) return dir.listingLoad;
+    const gen = dir.gen;
+    // Shared by every caller: no one caller's interrupt may end it.
+    const signal = new AbortController().signal;
+    const load: Promise<Map<string, Dir> | null> = (async () => {
+      const f = await this.#openIno(dir, OREAD, signal);
+      try {
+        const entries = await f.readDir({ signal });
+        if (dir.gen !== gen) return null;
+        this.#setListing(dir, entries, true);
+        return dir.listing;
+      } finally {
+        f.close().catch(() => {});
+      }
+    })().finally(() => {
+      if (dir.listingLoad === load) dir.listingLoad = null;
+    });
+    dir.listingLoad = load;
+    return load;
+  }
+
+  /**
+   * Entries of `dir` read ahead (or for lookups) within the entry timeout
+   * and not used by an OPENDIR yet: taken for this one, or null.
+   */
+  async #takeListing(dir: Inode, signal: AbortSignal): Promise<Dir[] | null> {
+    if (dir.listingLoad) await abortable(dir.listingLoad.catch(() => null), signal);
+    const e = dir.unread;
+    if (!e || performance.now() - dir.listingAt >= this.#t.entryMs) return null;
+    dir.unread = null;
+    return e;
+  }
+
+  /**
+   * Directory `ino` is being opened. When its parent's subdirectories are
+   * being opened one after another (ls -R, find, du, tar, git status), read
+   * the next few ahead, so that their OPENDIR and READDIR find the entries
+   * waiting instead of costing a round trip and the server's directory
+   * read each, one after another.
+   */
+  #openedDir(ino: Inode): void {
+    const p = ino.parent;
+    if (!p || this.#t.entryMs <= 0) return;
+    const now = performance.now();
+    const listing = p.listing;
+    if (!listing || now - p.listingAt >= this.#t.entryMs) return;
+    if (!p.dirsOpened || now - (p.dirsAt ?? -Infinity) >= this.#t.entryMs) {
+      p.dirsOpened = new Set();
+      p.lastDir = undefined;
+    }
+    p.dirsAt = now;
+    const prev = p.lastDir;
+    p.dirsOpened.add(ino.name);
+    p.lastDir = ino.name;
+    if (p.dirsOpened.size < DIRS_AHEAD_AFTER) return;
+    const subs = this.#subdirs(p, listing);
+    // Programs go through a directory in the order it lists (find, tar, git)
+    // or sorted by name (ls): follow whichever the last two opens fit, or both.
+    const orders: Array<[string[], Map<string, number>]> = [];
+    for (const o of [subs.listed, subs.sorted]) {
+      const at = o[1].get(ino.name);
+      const before = prev === undefined ? undefined : o[1].get(prev);
+      if (at !== undefined && (before === undefined || before < at)) orders.push(o);
+    }
+    if (orders.length === 0) orders.push(subs.listed, subs.sorted);
+    const cursors = orders.map((o) => (o[1].get(ino.name) ?? -1) + 1);
+    let pending = 0;
+    for (let step = 0; pending < DIRS_AHEAD && step < DIRS_AHEAD * 4; step++) {
+      let moved = false;
+      for (let k = 0; k < orders.length && pending < DIRS_AHEAD; k++) {
+        const names = orders[k]![0];
+        const i = cursors[k]!;
+        if (i >= names.length) continue;
+        cursors[k] = i + 1;
+        moved = true;
+        const name = names[i]!;
+        if (p.dirsOpened.has(name)) continue;
+        const child = this.#byKey.get(key(p, name));
+        const d = listing.get(name);
+        if (!child || !child.isDir || !d || child.qpath !== d.qid.path) continue;
+        pending++;
+        if (child.listingLoad) continue;
+        if (child.unread && now - child.listingAt < this.#t.entryMs) continue;
+        this.#loadListing(child).catch(() => null);
+      }
+      if (!moved) break;
+    }
+  }
+
+  /** The subdirectories in `listing` of `dir`, in listing order and sorted by name. */
+  #subdirs(dir: Inode, listing: Map<string, Dir>): NonNullable<Inode["subdirs"]> {
+    if (dir.subdirs?.of === listing) return dir.subdirs;
+    const names: string[] = [];
+    for (const [name, d] of listing) if ((d.qid.type & QTDIR) !== 0) names.push(name);
+    const sorted = [...names].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+    const places = (ns: string[]) => new Map(ns.map((n, i) => [n, i]));
+    dir.subdirs = {
+      of: listing,
+      listed: [names, places(names)],
+      sorted: [sorted, places(sorted)],
+    };
+    return dir.subdirs;
   }
 
   /**
@@ -581,27 +792,18 @@ export class FuseSession {
     const now = performance.now();
     if (dir.listing && now - dir.listingAt < this.#t.entryMs) return dir.listing;
     if (this.#t.entryMs <= 0) return null;
-    if (!dir.listingLoad) {
+    let load = dir.listingLoad;
+    if (!load) {
       if (now - dir.missAt > this.#t.entryMs) dir.misses = 0;
       dir.missAt = now;
       if (++dir.misses < 3) return null;
       dir.misses = 0;
-      dir.listingLoad = (async () => {
-        const f = await this.#openIno(dir, OREAD, signal);
-        try {
-          const entries = await f.readDir({ signal });
-          this.#setListing(dir, entries);
-          return dir.listing!;
-        } finally {
-          f.close().catch(() => {});
-        }
-      })().finally(() => {
-        dir.listingLoad = null;
-      });
+      load = this.#loadListing(dir);
     }
     try {
-      return await dir.listingLoad;
-    } catch {
+      return await abortable(load, signal);
+    } catch (e) {
+      if (signal.aborted) throw e;
       return null; // fall back to a walk
     }
   }
@@ -633,6 +835,24 @@ export class FuseSession {
 
   #entry(ino: Inode, d: Dir): Uint8Array {
     return entryOut(ino.id, this.#attr(d), this.#t);
+  }
+
+  /** A lookup's answer "no such name", which the kernel may remember for `ms`. */
+  #negative(ms: number): Uint8Array {
+    const a: Attr = {
+      ino: 0n,
+      size: 0n,
+      blocks: 0n,
+      atime: 0,
+      mtime: 0,
+      ctime: 0,
+      mode: 0,
+      nlink: 0,
+      uid: 0,
+      gid: 0,
+      blksize: 0,
+    };
+    return entryOut(0n, a, { entryMs: Math.max(0, ms), attrMs: 0 });
   }
 
   /** Open `ino` with 9P `mode`: two messages to a Styx server (walk, open). */
@@ -733,9 +953,17 @@ export class FuseSession {
     }
   }
 
-  #newHandle(ino: Inode, file: OpenFile, direct: boolean): bigint {
+  #newHandle(ino: Inode, file: OpenFile | null, direct: boolean): bigint {
     const fh = this.#nextFh++;
-    this.#handles.set(fh, { ino, file, direct, entries: null, head: null, headCount: 0 });
+    this.#handles.set(fh, {
+      ino,
+      file,
+      direct,
+      entries: null,
+      fresh: false,
+      head: null,
+      headCount: 0,
+    });
     return fh;
   }
 
@@ -753,6 +981,7 @@ export class FuseSession {
     nodeid: bigint,
     body: Uint8Array,
     signal: AbortSignal,
+    late: Late,
   ): Promise<Uint8Array[] | null> {
     const v = new DataView(body.buffer, body.byteOffset, body.byteLength);
     const o = { signal };
@@ -764,11 +993,23 @@ export class FuseSession {
         const listing = await this.#listingFor(parent, signal);
         if (listing) {
           const d = listing.get(name);
-          if (!d) throw new Fail(Errno.ENOENT);
+          if (!d) return [this.#negative(this.#t.entryMs - (performance.now() - parent.listingAt))];
           return [this.#entry(this.#remember(parent, name, d, null), d)];
         }
         const pn = await this.#nodeOf(parent);
-        const [node, d] = await this.#walkStat(pn, name, signal);
+        const gen = parent.gen;
+        let found: [Node, Dir];
+        try {
+          found = await this.#walkStat(pn, name, signal);
+        } catch (e) {
+          // Not there: the kernel may remember that for the entry timeout,
+          // unless this mount changed the directory meanwhile.
+          if (!signal.aborted && gen === parent.gen && errnoFrom(e) === Errno.ENOENT) {
+            return [this.#negative(this.#t.entryMs)];
+          }
+          throw e;
+        }
+        const [node, d] = found;
         const ino = this.#remember(parent, name, d, node);
         return [this.#entry(ino, d)];
       }
@@ -798,6 +1039,7 @@ export class FuseSession {
         const ino = this.#inode(nodeid);
         this.#changed(ino);
         const d = await this.#setattr(ino, v, o);
+        this.#changed(ino);
         this.#saw(ino, d);
         return [attrOut(this.#attr(d), this.#t)];
       }
@@ -854,6 +1096,16 @@ export class FuseSession {
       }
       case Op.OPENDIR: {
         const ino = this.#inode(nodeid);
+        this.#openedDir(ino);
+        const ahead = await this.#takeListing(ino, signal);
+        if (ahead) {
+          // Read moments ago: the directory is opened only if it is read again.
+          const fh = this.#newHandle(ino, null, false);
+          const h = this.#handles.get(fh)!;
+          h.entries = ahead;
+          h.fresh = true;
+          return [openOut(fh, 0)];
+        }
         const file = await this.#openIno(ino, OREAD, signal);
         return [openOut(this.#newHandle(ino, file, false), 0)];
       }
@@ -861,7 +1113,16 @@ export class FuseSession {
         const h = this.#handleOf(v.getBigUint64(0, true));
         const off = v.getBigUint64(8, true);
         const size = v.getUint32(16, true);
-        return await this.#read(h, off, size, signal);
+        const file = h.file;
+        if (!file) throw new Fail(Errno.EISDIR);
+        const parts = await this.#read(h, file, off, size, signal);
+        // The reply copies the data into the kernel: the buffers can carry later replies.
+        if (file instanceof RemoteFile) {
+          late.after = () => {
+            for (const p of parts) file.client.recycle(p);
+          };
+        }
+        return parts;
       }
       case Op.WRITE: {
         const h = this.#handleOf(v.getBigUint64(0, true));
@@ -878,9 +1139,18 @@ export class FuseSession {
         const h = this.#handleOf(v.getBigUint64(0, true));
         const off = v.getBigUint64(8, true);
         const size = v.getUint32(16, true);
-        if (off === 0n || h.entries === null) {
-          h.entries = await h.file.readDir(o);
-          this.#setListing(h.ino, h.entries);
+        if (h.fresh && off === 0n) {
+          h.fresh = false;
+        } else if (off === 0n || h.entries === null) {
+          h.fresh = false;
+          if (!h.file) {
+            const f = await this.#openIno(h.ino, OREAD, signal);
+            if (h.file) f.close().catch(() => {});
+            else h.file = f;
+          }
+          const gen = h.ino.gen;
+          h.entries = await h.file!.readDir(o);
+          if (h.ino.gen === gen) this.#setListing(h.ino, h.entries, false);
         }
         return [this.#dirents(h, Number(off), size, op === Op.READDIRPLUS)];
       }
@@ -890,7 +1160,7 @@ export class FuseSession {
         const h = this.#handles.get(fh);
         this.#handles.delete(fh);
         // Nothing waits on a clunk: answer at once.
-        h?.file.close().catch(() => {});
+        h?.file?.close().catch(() => {});
         return [];
       }
       case Op.FLUSH:
@@ -909,8 +1179,9 @@ export class FuseSession {
         const acc = flags & O_ACCMODE;
         const mode = acc === O_WRONLY ? OWRITE : acc === O_RDWR ? ORDWR : OREAD;
         const pn = await this.#nodeOf(parent);
-        parent.listing = null;
+        this.#unlist(parent);
         const c = await pn.create(name, perm, mode, o);
+        this.#unlist(parent);
         let d: Dir;
         try {
           d = await c.node.stat(o);
@@ -928,8 +1199,9 @@ export class FuseSession {
         const perm = v.getUint32(0, true) & 0o777;
         const [name] = cString(body, 8);
         const pn = await this.#nodeOf(parent);
-        parent.listing = null;
+        this.#unlist(parent);
         const c = await pn.create(name, (DMDIR | perm) >>> 0, OREAD, o);
+        this.#unlist(parent);
         await c.file.close().catch(() => {});
         let d: Dir;
         try {
@@ -956,9 +1228,9 @@ export class FuseSession {
           await w.node.close();
           throw new Fail(Errno.ENOTDIR);
         }
-        parent.listing = null;
+        this.#unlist(parent);
         await w.node.remove(o);
-        parent.listing = null;
+        this.#unlist(parent);
         this.#unname(parent, name);
         return [];
       }
@@ -984,7 +1256,7 @@ export class FuseSession {
   }
 
   #unname(parent: Inode, name: string): void {
-    const k = key(parent.id, name);
+    const k = key(parent, name);
     const ino = this.#byKey.get(k);
     if (!ino) return;
     this.#byKey.delete(k);
@@ -1042,7 +1314,7 @@ export class FuseSession {
     if (parent !== newdir) throw new Fail(Errno.EXDEV);
     if (oldname === newname) return;
     const o = { signal };
-    parent.listing = null;
+    this.#unlist(parent);
     const pn = await this.#nodeOf(parent);
     const w = await pn.walk([oldname], o);
     if (!w.node) throw new Fail(Errno.ENOENT);
@@ -1069,14 +1341,14 @@ export class FuseSession {
     } finally {
       node.close().catch(() => {});
     }
-    parent.listing = null;
+    this.#unlist(parent);
     this.#unname(parent, newname);
-    const k = key(parent.id, oldname);
+    const k = key(parent, oldname);
     const ino = this.#byKey.get(k);
     if (ino) {
       this.#byKey.delete(k);
       ino.name = newname;
-      this.#byKey.set(key(parent.id, newname), ino);
+      this.#byKey.set(key(parent, newname), ino);
       const stale = ino.node;
       ino.node = null;
       stale?.close().catch(() => {});
@@ -1086,7 +1358,13 @@ export class FuseSession {
   }
 
   /** Read for the kernel; the reply is written from the parts as they are (no copy). */
-  async #read(h: Handle, off: bigint, size: number, signal: AbortSignal): Promise<Uint8Array[]> {
+  async #read(
+    h: Handle,
+    file: OpenFile,
+    off: bigint,
+    size: number,
+    signal: AbortSignal,
+  ): Promise<Uint8Array[]> {
     if (h.head && off === 0n) {
       const head = await h.head;
       h.head = null;
@@ -1095,12 +1373,12 @@ export class FuseSession {
         return [head.length > size ? head.subarray(0, size) : head];
       }
     }
-    const unit = h.file.iounit;
-    if (h.direct || unit <= 0 || size <= unit) return [await h.file.read(off, size, { signal })];
+    const unit = file.iounit;
+    if (h.direct || unit <= 0 || size <= unit) return [await file.read(off, size, { signal })];
     // Several Treads in flight for one large kernel read.
     const parts: Promise<Uint8Array>[] = [];
     for (let at = 0; at < size; at += unit) {
-      parts.push(h.file.read(off + BigInt(at), Math.min(unit, size - at), { signal }));
+      parts.push(file.read(off + BigInt(at), Math.min(unit, size - at), { signal }));
     }
     const got = await Promise.all(parts);
     const out: Uint8Array[] = [];
@@ -1112,13 +1390,15 @@ export class FuseSession {
   }
 
   async #write(h: Handle, off: bigint, data: Uint8Array, signal: AbortSignal): Promise<number> {
-    const unit = h.file.iounit;
+    const file = h.file;
+    if (!file) throw new Fail(Errno.EISDIR);
+    const unit = file.iounit;
     if (h.direct || unit <= 0 || data.length <= unit) {
-      return await h.file.write(off, data, { signal });
+      return await file.write(off, data, { signal });
     }
     const parts: Promise<number>[] = [];
     for (let at = 0; at < data.length; at += unit) {
-      parts.push(h.file.write(off + BigInt(at), data.subarray(at, at + unit), { signal }));
+      parts.push(file.write(off + BigInt(at), data.subarray(at, at + unit), { signal }));
     }
     const got = await Promise.all(parts);
     let total = 0;
@@ -1131,15 +1411,25 @@ export class FuseSession {
 
   #dirents(h: Handle, start: number, size: number, plus: boolean): Uint8Array {
     const entries = h.entries ?? [];
-    const b = new Uint8Array(size);
+    // Sized to what fits, not to `size`: the kernel may offer a megabyte.
+    let total = 0;
+    let end = start;
+    const lens: number[] = [];
+    for (; end < entries.length; end++) {
+      const name = entries[end]!.name;
+      const len = utf8Length(name);
+      lens.push(len);
+      if (!usableName(name)) continue;
+      const need = direntSize(len, plus);
+      if (total + need > size) break;
+      total += need;
+    }
+    const b = new Uint8Array(total);
     const v = new DataView(b.buffer);
     let pos = 0;
-    for (let i = start; i < entries.length; i++) {
+    for (let i = start; i < end; i++) {
       const d = entries[i]!;
-      if (d.name === "" || d.name === "." || d.name === ".." || d.name.includes("/")) continue;
-      const name = enc.encode(d.name);
-      const need = direntSize(name.length, plus);
-      if (pos + need > size) break;
+      if (!usableName(d.name)) continue;
       const a = this.#attr(d);
       const type = (a.mode & 0o170000) === S_IFDIR ? DT_DIR : DT_REG;
       if (plus) {
@@ -1147,8 +1437,8 @@ export class FuseSession {
         putEntry(v, pos, ino.id, a, this.#t);
         pos += ENTRY_OUT;
       }
-      pos += putDirent(b, v, pos, a.ino, BigInt(i + 1), type, name);
+      pos += putDirent(b, v, pos, a.ino, i + 1, type, d.name, lens[i - start]!);
     }
-    return b.subarray(0, pos);
+    return b;
   }
 }

@@ -1,0 +1,204 @@
+// Walking a tree through a FUSE mount of a Ferry server (ls -R, find, du):
+// subdirectory listings read ahead, listings kept for lookups and names
+// known to be missing must give exactly what the server holds, also right
+// after changes made through the mount, and must not outlive the entry
+// timeout. Needs root, /dev/fuse and --allow-ffi; skipped with a message
+// otherwise.
+
+import assert from "node:assert/strict";
+import { type FuseMount, fuseUnavailable, mountTree } from "../../lib/fuse/mount.ts";
+import { HostTree } from "../../lib/fs/host.ts";
+import { serve } from "../../lib/styx/server.ts";
+import { tcpListen } from "../../lib/transport/tcp.ts";
+import type { Conn } from "../../lib/transport/conn.ts";
+import { dialStyx } from "../../lib/net/connect.ts";
+
+const why = fuseUnavailable();
+if (why) console.error(`tests/fuse: skipped: ${why}`);
+const dec = new TextDecoder();
+
+/** Run `script` under bash with a hard time limit; fail with its stderr. */
+async function ok(script: string, limit = 60): Promise<string> {
+  const o = await new Deno.Command("timeout", {
+    args: ["-s", "KILL", String(limit), "bash", "-c", script],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(o.code, 0, `'${script}' failed (${o.code}): ${dec.decode(o.stderr)}`);
+  return dec.decode(o.stdout);
+}
+
+/** Exit status of `script` (under bash, time limited). */
+async function status(script: string): Promise<number> {
+  const o = await new Deno.Command("timeout", {
+    args: ["-s", "KILL", "30", "bash", "-c", script],
+    stdout: "null",
+    stderr: "null",
+  }).output();
+  return o.code;
+}
+
+/** Every name under `dir` with its type and (for files) size, sorted. */
+function listing(dir: string): Promise<string> {
+  return ok(
+    `cd '${dir}' && LC_ALL=C find . -printf '%y %p %s\\n' | sed 's/^d \\(.*\\) [0-9]*$/d \\1/' | LC_ALL=C sort`,
+  );
+}
+
+/** `ls -R` of `dir` (names only, in ls's order), from inside it. */
+function lsR(dir: string): Promise<string> {
+  return ok(`cd '${dir}' && LC_ALL=C ls -R .`);
+}
+
+/** Names that take more bytes than characters, and a few plain ones. */
+const NAMES = [
+  "plain",
+  "caf\u00e9",
+  "\u65e5\u672c\u8a9e",
+  "emoji-\u{1F600}",
+  "a b",
+  "x".repeat(200),
+];
+
+Deno.test({
+  name: "a tree walked through a FUSE mount (directories read ahead, missing names remembered)",
+  ignore: why !== null,
+  async fn(t) {
+    const work = await Deno.makeTempDir({ prefix: "ferry-fuse-dirs-" });
+    const src = `${work}/src`;
+    const mp = `${work}/mnt`;
+    await Deno.mkdir(mp);
+    await Deno.mkdir(src);
+    const l = tcpListen("127.0.0.1", 0);
+    const conns: Conn[] = [];
+    const tree = new HostTree(src);
+    (async () => {
+      for await (const c of l) {
+        conns.push(c);
+        serve(c, tree).catch(() => {});
+      }
+    })();
+    const d = await dialStyx(l.addr, { insecure: true, user: "glenda" });
+    let m: FuseMount | undefined;
+    try {
+      for (let i = 0; i < 14; i++) {
+        const dir = `${src}/d${i}`;
+        await Deno.mkdir(`${dir}/sub/deeper`, { recursive: true });
+        // One big directory: its entries take several READDIR replies.
+        const files = i === 3 ? 400 : 6;
+        for (let f = 0; f < files; f++) {
+          const name = `${NAMES[f % NAMES.length]}-${f}`;
+          await Deno.writeFile(`${dir}/${name}`, new Uint8Array((f * 37 + i) % 3000));
+        }
+        await Deno.writeTextFile(`${dir}/sub/deeper/leaf`, `leaf ${i}\n`);
+      }
+      // Long timeouts: whatever is seen after a change must come from the
+      // change, not from a cache running out.
+      m = await mountTree(d.tree, mp, { attrTimeout: 60, entryTimeout: 60 });
+
+      await t.step("find and ls -R through the mount equal the source", async () => {
+        assert.equal(await listing(mp), await listing(src));
+        assert.equal(await lsR(mp), await lsR(src));
+      });
+
+      await t.step("a second walk, from what was read ahead and cached, is the same", async () => {
+        assert.equal(await lsR(mp), await lsR(src));
+        assert.equal(await listing(mp), await listing(src));
+        await ok(`cd ${mp} && du -a . > /dev/null`);
+      });
+
+      await t.step("changes made through the mount show at once in every listing", async () => {
+        await ok(
+          [
+            `touch ${mp}/d5/new-file`,
+            `mkdir ${mp}/d6/new-dir`,
+            `rm ${mp}/d7/plain-0`,
+            `mv ${mp}/d8/plain-0 ${mp}/d8/renamed`,
+            `echo longer than before > ${mp}/d9/plain-0`,
+            `rm -r ${mp}/d10/sub`,
+            `mv ${mp}/d11/sub ${mp}/d11/moved-sub`,
+            `echo appended >> ${mp}/d11/moved-sub/deeper/leaf`,
+          ].join(" && "),
+        );
+        assert.equal(await listing(mp), await listing(src));
+        assert.equal(await lsR(mp), await lsR(src));
+        for (const gone of ["d7/plain-0", "d8/plain-0", "d10/sub", "d11/sub"]) {
+          assert.notEqual(await status(`stat ${mp}/${gone}`), 0, `${gone} is still there`);
+        }
+        assert.equal(await ok(`cat ${mp}/d11/moved-sub/deeper/leaf`), "leaf 11\nappended\n");
+        assert.equal(await ok(`cat ${mp}/d9/plain-0`), "longer than before\n");
+      });
+
+      await t.step("a name looked up and missing can be created through the mount", async () => {
+        for (const p of ["d2/later", "d2/later-dir", "d2/later-mv", "d12/sub/later"]) {
+          assert.notEqual(await status(`stat ${mp}/${p}`), 0, `${p} exists too early`);
+          assert.notEqual(await status(`stat ${mp}/${p}`), 0, `${p} exists too early`);
+        }
+        await ok(
+          [
+            `echo hi > ${mp}/d2/later`,
+            `mkdir ${mp}/d2/later-dir`,
+            `mv ${mp}/d2/plain-0 ${mp}/d2/later-mv`,
+            `touch ${mp}/d12/sub/later`,
+          ].join(" && "),
+        );
+        assert.equal(await ok(`cat ${mp}/d2/later`), "hi\n");
+        await ok(`test -d ${mp}/d2/later-dir && test -f ${mp}/d2/later-mv`);
+        await ok(`test -f ${mp}/d12/sub/later`);
+        assert.equal(await listing(mp), await listing(src));
+      });
+
+      await t.step(
+        "a directory read ahead and then removed through the mount is gone",
+        async () => {
+          await ok(`rm -r ${mp}/d13`);
+          assert.notEqual(await status(`ls ${mp}/d13`), 0);
+          assert.equal(await listing(mp), await listing(src));
+        },
+      );
+
+      await t.step("unmount", async () => {
+        assert.equal(await m!.unmount(), "unmounted");
+        m = undefined;
+      });
+
+      await t.step("changes made right after directories were read ahead show", async () => {
+        m = await mountTree(d.tree, mp, { attrTimeout: 60, entryTimeout: 60 });
+        // Opening two subdirectories reads their siblings ahead.
+        await ok(`ls ${mp} > /dev/null && ls ${mp}/d0 > /dev/null && ls ${mp}/d1 > /dev/null`);
+        const dirs = (await ok(`ls ${mp}`)).split("\n").filter((n) => /^d\d+$/.test(n));
+        for (const dir of dirs) {
+          if (dir === "d0" || dir === "d1") continue;
+          await ok(`touch ${mp}/${dir}/made-after && rm '${mp}/${dir}/a b-4'`);
+        }
+        assert.equal(await listing(mp), await listing(src));
+        for (const dir of dirs) {
+          if (dir === "d0" || dir === "d1") continue;
+          await ok(`test -f ${mp}/${dir}/made-after && test ! -e '${mp}/${dir}/a b-4'`);
+        }
+        assert.equal(await m.unmount(), "unmounted");
+        m = undefined;
+      });
+
+      await t.step("listings read ahead do not outlive the entry timeout", async () => {
+        m = await mountTree(d.tree, mp, { attrTimeout: 0.2, entryTimeout: 0.2 });
+        assert.equal(await listing(mp), await listing(src));
+        // Changes behind the mount's back (straight into the server's directory).
+        await Deno.writeTextFile(`${src}/d4/behind`, "x");
+        await Deno.remove(`${src}/d5/new-file`);
+        await Deno.writeTextFile(`${src}/d6/new-dir/behind`, "y");
+        await new Promise((r) => setTimeout(r, 600));
+        assert.equal(await listing(mp), await listing(src));
+        assert.equal(await lsR(mp), await lsR(src));
+        assert.equal(await m.unmount(), "unmounted");
+        m = undefined;
+      });
+    } finally {
+      if (m) await m.close();
+      d.close();
+      l.close();
+      for (const c of conns) c.close();
+      await Deno.remove(work, { recursive: true }).catch(() => {});
+    }
+  },
+});
