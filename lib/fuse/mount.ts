@@ -32,7 +32,7 @@ export interface MountOptions extends SessionOptions {
   fsname?: string;
   /** Let users other than the mounter use the mount (default true). */
   allowOther?: boolean;
-  /** Kernel readahead for the mount in KiB (default 1024; 0 keeps the kernel's). */
+  /** Kernel readahead for the mount in KiB (default 4096; 0 keeps the kernel's). */
   readaheadKb?: number;
   /** Who attaches to the tree (default: the host user name). */
   caller?: Caller;
@@ -212,7 +212,7 @@ export async function mountTree(
     }
   });
   await session.initialised;
-  const ra = opts.readaheadKb ?? 1024;
+  const ra = opts.readaheadKb ?? 4096;
   if (ra > 0) await setReadahead(mp, ra);
   return {
     mountpoint: mp,

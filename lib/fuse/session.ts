@@ -28,6 +28,7 @@ import {
   StyxError,
 } from "../styx/types.ts";
 import type { Node, OpenFile } from "../fs/tree.ts";
+import { decodeDirs } from "../styx/codec.ts";
 import { RemoteFile, RemoteNode } from "../styx/client_tree.ts";
 import { Errno, readFd, waitReadable, waitReadableNow, writeParts } from "./ffi.ts";
 import {
@@ -176,6 +177,8 @@ interface Inode {
    * ahead (or for lookups) and no OPENDIR has used them yet; the next one may.
    */
   unread: Dir[] | null;
+  /** For directories: `listing` was read to answer lookups (names are being looked up one by one). */
+  scanned?: boolean;
   /** For directories: bumped by every change made through the mount (a load begun before is stale). */
   gen: number;
   /** For directories: subdirectories opened (by name) since `dirsAt`, and the one opened last. */
@@ -677,17 +680,22 @@ export class FuseSession {
    * when the directory was changed through this mount meanwhile. One read
    * at a time per directory; every caller shares it.
    */
-  #loadListing(dir: Inode): Promise<Map<string, Dir> | null> {
+  #loadListing(dir: Inode, forLookups: boolean): Promise<Map<string, Dir> | null> {
     if (dir.listingLoad) return dir.listingLoad;
     const gen = dir.gen;
     // Shared by every caller: no one caller's interrupt may end it.
     const signal = new AbortController().signal;
     const load: Promise<Map<string, Dir> | null> = (async () => {
-      const f = await this.#openIno(dir, OREAD, signal);
+      const head = { count: Number.MAX_SAFE_INTEGER } as {
+        count: number;
+        data?: Promise<Uint8Array | null>;
+      };
+      const f = await this.#openIno(dir, OREAD, signal, head);
       try {
-        const entries = await f.readDir({ signal });
+        const entries = await this.#readDir(f, head.data, signal);
         if (dir.gen !== gen) return null;
         this.#setListing(dir, entries, true);
+        dir.scanned = forLookups;
         return dir.listing;
       } finally {
         f.close().catch(() => {});
@@ -761,10 +769,40 @@ export class FuseSession {
         pending++;
         if (child.listingLoad) continue;
         if (child.unread && now - child.listingAt < this.#t.entryMs) continue;
-        this.#loadListing(child).catch(() => null);
+        this.#loadListing(child, false).catch(() => null);
       }
       if (!moved) break;
     }
+  }
+
+  /**
+   * Every entry of the open directory `f`. `first`, when given, is the
+   * reply to a read at offset 0 sent along with the open: reading goes on
+   * after it (or starts over when it failed).
+   */
+  async #readDir(
+    f: OpenFile,
+    first: Promise<Uint8Array | null> | undefined,
+    signal: AbortSignal,
+  ): Promise<Dir[]> {
+    const got = first ? await first : null;
+    if (got === null || !(f instanceof RemoteFile)) return await f.readDir({ signal });
+    const entries = decodeDirs(got);
+    let off = BigInt(got.length);
+    while (got.length > 0) {
+      const d = await f.readOnce(off, f.iounit, { signal });
+      if (d.length === 0) break;
+      for (const e of decodeDirs(d)) entries.push(e);
+      off += BigInt(d.length);
+    }
+    return entries;
+  }
+
+  /** Read directory `dir` for lookups now, unless its listing is fresh or on its way. */
+  #scanAhead(dir: Inode): void {
+    if (dir.listingLoad) return;
+    if (dir.listing && performance.now() - dir.listingAt < this.#t.entryMs) return;
+    this.#loadListing(dir, true).catch(() => null);
   }
 
   /** The subdirectories in `listing` of `dir`, in listing order and sorted by name. */
@@ -798,7 +836,7 @@ export class FuseSession {
       dir.missAt = now;
       if (++dir.misses < 3) return null;
       dir.misses = 0;
-      load = this.#loadListing(dir);
+      load = this.#loadListing(dir, true);
     }
     try {
       return await abortable(load, signal);
@@ -994,7 +1032,12 @@ export class FuseSession {
         if (listing) {
           const d = listing.get(name);
           if (!d) return [this.#negative(this.#t.entryMs - (performance.now() - parent.listingAt))];
-          return [this.#entry(this.#remember(parent, name, d, null), d)];
+          const ino = this.#remember(parent, name, d, null);
+          // Names are being looked up one by one through this directory (git
+          // status, make, ls -l of named files): the subdirectory looked up now
+          // is likely next, so read it whole while the kernel goes on.
+          if (parent.scanned && ino.isDir && ino.qpath === d.qid.path) this.#scanAhead(ino);
+          return [this.#entry(ino, d)];
         }
         const pn = await this.#nodeOf(parent);
         const gen = parent.gen;
@@ -1106,8 +1149,15 @@ export class FuseSession {
           h.fresh = true;
           return [openOut(fh, 0)];
         }
-        const file = await this.#openIno(ino, OREAD, signal);
-        return [openOut(this.#newHandle(ino, file, false), 0)];
+        // The first directory read goes out with the open.
+        const head = { count: Number.MAX_SAFE_INTEGER } as {
+          count: number;
+          data?: Promise<Uint8Array | null>;
+        };
+        const file = await this.#openIno(ino, OREAD, signal, head);
+        const fh = this.#newHandle(ino, file, false);
+        if (head.data) this.#handles.get(fh)!.head = head.data;
+        return [openOut(fh, 0)];
       }
       case Op.READ: {
         const h = this.#handleOf(v.getBigUint64(0, true));
@@ -1149,7 +1199,9 @@ export class FuseSession {
             else h.file = f;
           }
           const gen = h.ino.gen;
-          h.entries = await h.file!.readDir(o);
+          const first = h.head ?? undefined;
+          h.head = null;
+          h.entries = await this.#readDir(h.file!, first, signal);
           if (h.ino.gen === gen) this.#setListing(h.ino, h.entries, false);
         }
         return [this.#dirents(h, Number(off), size, op === Op.READDIRPLUS)];

@@ -180,6 +180,69 @@ Deno.test({
         m = undefined;
       });
 
+      await t.step(
+        "names looked up one by one (a scan, as git does) stat as on the server",
+        async () => {
+          m = await mountTree(d.tree, mp, { attrTimeout: 60, entryTimeout: 60 });
+          const paths: string[] = [];
+          for (let i = 0; i < 13; i++) {
+            for (
+              const n of ["plain-0", "caf\u00e9-1", "missing", "sub", "sub/deeper/leaf", "sub/nope"]
+            ) {
+              paths.push(`d${i}/${n}`);
+            }
+          }
+          const statAll = (root: string) =>
+            ok(
+              `cd '${root}' && for p in ${
+                paths.map((p) => `'${p}'`).join(" ")
+              }; do stat -c '%n %F %s' "$p" 2>/dev/null || echo "$p none"; done | sed 's/ directory [0-9]*$/ directory/'`,
+            );
+          assert.equal(await statAll(mp), await statAll(src));
+          // Changes through the mount, in directories just read for lookups.
+          await ok(
+            [
+              `echo new > ${mp}/d0/missing`,
+              `rm ${mp}/d1/plain-0`,
+              `mkdir ${mp}/d2/sub/nope`,
+              `mv ${mp}/d4/sub/deeper/leaf ${mp}/d4/missing`,
+              `echo grown >> '${mp}/d5/caf\u00e9-1'`,
+            ].join(" && "),
+          );
+          assert.equal(await statAll(mp), await statAll(src));
+          assert.equal(await m.unmount(), "unmounted");
+          m = undefined;
+        },
+      );
+
+      await t.step("git status in a mounted checkout matches the checkout itself", async () => {
+        const repo = `${src}/repo`;
+        const git = (dir: string, args: string) =>
+          ok(`cd '${dir}' && git -c safe.directory='*' -c user.name=t -c user.email=t@t ${args}`);
+        await Deno.mkdir(`${repo}/a/b`, { recursive: true });
+        await Deno.mkdir(`${repo}/c`, { recursive: true });
+        for (const f of ["top", "a/one", "a/b/two", "a/b/three", "c/four"]) {
+          await Deno.writeTextFile(`${repo}/${f}`, `${f}\n`);
+        }
+        await git(repo, "init -q && git add -A && git commit -q -m first");
+        await Deno.writeTextFile(`${repo}/a/b/two`, "changed on the server\n");
+        await Deno.writeTextFile(`${repo}/c/untracked`, "new\n");
+        m = await mountTree(d.tree, mp, { attrTimeout: 60, entryTimeout: 60 });
+        const want = await git(repo, "status --porcelain");
+        assert.equal(await git(`${mp}/repo`, "status --porcelain"), want);
+        await ok(
+          `echo more >> ${mp}/repo/a/one && rm ${mp}/repo/c/four && touch ${mp}/repo/a/b/new`,
+        );
+        const after = await git(`${mp}/repo`, "status --porcelain");
+        assert.equal(after, await git(repo, "status --porcelain"));
+        assert.match(after, / M a\/one/);
+        assert.match(after, / D c\/four/);
+        assert.match(after, /\?\? a\/b\/new/);
+        assert.equal(await m.unmount(), "unmounted");
+        m = undefined;
+        await Deno.remove(repo, { recursive: true });
+      });
+
       await t.step("listings read ahead do not outlive the entry timeout", async () => {
         m = await mountTree(d.tree, mp, { attrTimeout: 0.2, entryTimeout: 0.2 });
         assert.equal(await listing(mp), await listing(src));
