@@ -107,6 +107,8 @@ const DIRS_AHEAD_AFTER = 2;
 const IDLE_WAIT_MS = 2;
 /** Microtask turns given to requests answered without waiting on anything. */
 const SETTLE_TURNS = 16;
+/** Longest a released file waits for an open to share its clunk's write. */
+const CLOSE_DELAY_MS = 2;
 
 /**
  * The errno value a Styx error string stands for, matched on Plan 9's
@@ -276,6 +278,9 @@ export class FuseSession {
   readonly #handles = new Map<bigint, Handle>();
   readonly #inflight = new Map<bigint, AbortController>();
   readonly #ahead = new Map<Inode, Prefetch>();
+  /** Files released by the kernel, to be closed with the next open. */
+  #closing: OpenFile[] = [];
+  #closeTimer: ReturnType<typeof setTimeout> | undefined;
   #nextId = 2n;
   #nextFh = 1n;
   #epoch = 0;
@@ -358,19 +363,20 @@ export class FuseSession {
             if (r.n >= IN_HEADER) this.#reply(decodeInHeader(buf).unique, Errno.EIO);
             if (this.#opts.debug) console.error(`fuse: bad request: ${(e as Error).message}`);
           }
+          // Requests answered from what is at hand write their replies first.
+          for (let i = 0; i < SETTLE_TURNS && this.#inflight.size > 0; i++) await null;
+          if (this.#inflight.size > 0) continue; // maybe more queued; else wait below
+          const w = await this.#waitIdle();
+          if (w === "gone") break;
           continue;
         }
         if (r.errno === Errno.EINTR || r.errno === Errno.ENOENT) continue;
         if (r.errno === Errno.EAGAIN) {
-          // Requests answered from what is at hand write their replies first.
           for (let i = 0; i < SETTLE_TURNS && this.#inflight.size > 0; i++) await null;
-          if (this.#inflight.size === 0) {
-            // Nothing waits on the event loop: wait here, briefly, for the next request.
-            const w = waitReadableNow(this.#fd, IDLE_WAIT_MS);
-            if (w === "ready") continue;
-            if (w === "gone") break;
-          }
-          if (await waitReadable(this.#fd) === "gone") break;
+          const w = this.#inflight.size === 0
+            ? await this.#waitIdle()
+            : await waitReadable(this.#fd);
+          if (w === "gone") break;
           continue;
         }
         break; // ENODEV: unmounted; anything else: the connection is unusable
@@ -379,6 +385,7 @@ export class FuseSession {
       this.#stopped = true;
       this.#resolveInit();
       for (const c of this.#inflight.values()) c.abort();
+      this.#flushCloses();
       const hs = [...this.#handles.values()];
       this.#handles.clear();
       for (const p of [...this.#ahead.values()]) this.#drop(p);
@@ -386,6 +393,38 @@ export class FuseSession {
       const nodes = [...this.#inodes.values()].filter((i) => i !== this.#root && i.node);
       await Promise.allSettled(nodes.map((i) => i.node!.close()));
     }
+  }
+
+  /**
+   * Close `f` soon: with the next open sent to the server (the clunk then
+   * shares its write), or after CLOSE_DELAY_MS. Nothing waits on a clunk.
+   */
+  #closeLater(f: OpenFile): void {
+    this.#closing.push(f);
+    this.#closeTimer ??= setTimeout(() => this.#flushCloses(), CLOSE_DELAY_MS);
+  }
+
+  /** Close every file {@link #closeLater} holds. */
+  #flushCloses(): void {
+    if (this.#closeTimer !== undefined) {
+      clearTimeout(this.#closeTimer);
+      this.#closeTimer = undefined;
+    }
+    if (this.#closing.length === 0) return;
+    const fs = this.#closing;
+    this.#closing = [];
+    for (const f of fs) f.close().catch(() => {});
+  }
+
+  /**
+   * Wait for the next request when no request is in flight: here, on the
+   * loop's own thread, for a moment (nothing waits on the event loop), then
+   * on a worker thread so that the event loop runs meanwhile.
+   */
+  #waitIdle(): Promise<"ready" | "gone"> | "ready" | "gone" {
+    const w = waitReadableNow(this.#fd, IDLE_WAIT_MS);
+    if (w !== "timeout") return w;
+    return waitReadable(this.#fd);
   }
 
   #reply(unique: bigint, err: number, parts: Uint8Array[] = []): void {
@@ -912,6 +951,8 @@ export class FuseSession {
       base = await this.#nodeOf(ino);
       names = [];
     }
+    // Files closed meanwhile are clunked first, in the same write.
+    this.#flushCloses();
     if (base instanceof RemoteNode) {
       // Twalk and Topen sent together: one round trip when the server
       // queues requests on a fid behind the walk that makes it (Ferry's
@@ -1212,7 +1253,7 @@ export class FuseSession {
         const h = this.#handles.get(fh);
         this.#handles.delete(fh);
         // Nothing waits on a clunk: answer at once.
-        h?.file?.close().catch(() => {});
+        if (h?.file) this.#closeLater(h.file);
         return [];
       }
       case Op.FLUSH:
@@ -1232,6 +1273,7 @@ export class FuseSession {
         const mode = acc === O_WRONLY ? OWRITE : acc === O_RDWR ? ORDWR : OREAD;
         const pn = await this.#nodeOf(parent);
         this.#unlist(parent);
+        this.#flushCloses();
         const c = await pn.create(name, perm, mode, o);
         this.#unlist(parent);
         let d: Dir;
