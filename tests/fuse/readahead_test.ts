@@ -88,6 +88,20 @@ Deno.test({
         await extractAndCompare();
       });
 
+      await t.step("files the kernel releases are clunked on the server", async () => {
+        await ok(`cat ${mp}/a/f1 > /dev/null`);
+        const before = d.client.fidsInUse;
+        await ok(`for i in $(seq 50); do cat ${mp}/a/f1 ${mp}/b/f2 > /dev/null; done`);
+        // Released files are clunked soon (with the next open, or a moment later).
+        for (let i = 0; i < 100 && d.client.fidsInUse > before; i++) {
+          await new Promise((r) => setTimeout(r, 50));
+        }
+        assert.ok(
+          d.client.fidsInUse <= before,
+          `${d.client.fidsInUse} fids in use, ${before} before`,
+        );
+      });
+
       await t.step("unmount", async () => {
         assert.equal(await m!.unmount(), "unmounted");
         m = undefined;
