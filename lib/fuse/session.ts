@@ -95,6 +95,10 @@ const AHEAD = 16;
 const AHEAD_AFTER = 2;
 /** Subdirectory listings read ahead of a walk through a tree (ls -R, find, tar, git). */
 const DIRS_AHEAD = 8;
+/** Subdirectories read for lookups after the one being looked up during a scan. */
+const SCAN_AHEAD = 4;
+/** Most subdirectories held read ahead of the kernel's lookups. */
+const UNSEEN_MAX = 64;
 /** Subdirectories of one directory opened before their siblings are read ahead. */
 const DIRS_AHEAD_AFTER = 2;
 /**
@@ -281,6 +285,8 @@ export class FuseSession {
   /** Files released by the kernel, to be closed with the next open. */
   #closing: OpenFile[] = [];
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Subdirectories read ahead during a scan before the kernel looked them up, by key. */
+  readonly #unseen = new Map<string, Inode>();
   #nextId = 2n;
   #nextFh = 1n;
   #epoch = 0;
@@ -555,21 +561,51 @@ export class FuseSession {
       // A different file now has this name: the old node id may no longer walk here.
       old.parent = null;
     }
+    const ahead = this.#unseen.get(k);
+    if (ahead) this.#unseen.delete(k);
+    let ino: Inode;
+    if (ahead && !old && ahead.qpath === d.qid.path && ahead.isDir === isDir) {
+      // Read ahead before the kernel knew it: the kernel knows it now.
+      ino = ahead;
+      ino.nlookup = 1;
+      this.#saw(ino, d);
+      if (node) {
+        ino.node = node;
+        ino.epoch = this.#epoch;
+      }
+    } else {
+      ino = this.#newInode(parent, name, d.qid.path, isDir, node);
+      ino.nlookup = 1;
+      this.#saw(ino, d);
+    }
+    this.#inodes.set(ino.id, ino);
+    this.#byKey.set(k, ino);
+    return ino;
+  }
+
+  /** A new inode for `name` in `parent` (not yet known to the kernel: nlookup 0). */
+  #newInode(
+    parent: Inode,
+    name: string,
+    qpath: bigint,
+    isDir: boolean,
+    node: Node | null,
+  ): Inode {
     const id = this.#nextId++;
-    const ino: Inode = {
+    return {
       id,
       prefix: `${id}/`,
       parent,
       name,
-      qpath: d.qid.path,
+      qpath,
       isDir,
       node,
       epoch: this.#epoch,
       walking: null,
-      nlookup: 1,
-      length: d.length,
-      dir: d,
-      dirAt: performance.now(),
+      nlookup: 0,
+      length: 0n,
+      dir: null,
+      dirAt: -Infinity,
       listing: null,
       listingAt: -Infinity,
       listingLoad: null,
@@ -578,9 +614,6 @@ export class FuseSession {
       misses: 0,
       missAt: 0,
     };
-    this.#inodes.set(ino.id, ino);
-    this.#byKey.set(k, ino);
-    return ino;
   }
 
   /** The node for `ino`, walking from its nearest known ancestor when needed. */
@@ -629,6 +662,8 @@ export class FuseSession {
     dir.unread = null;
     dir.listingLoad = null;
     dir.gen++;
+    // Its subdirectories read ahead by name may no longer be what those names are.
+    for (const [k, ino] of this.#unseen) if (ino.parent === dir) this.#unseen.delete(k);
   }
 
   /** Forget a file opened ahead, clunking it. */
@@ -837,11 +872,38 @@ export class FuseSession {
     return entries;
   }
 
-  /** Read directory `dir` for lookups now, unless its listing is fresh or on its way. */
-  #scanAhead(dir: Inode): void {
-    if (dir.listingLoad) return;
-    if (dir.listing && performance.now() - dir.listingAt < this.#t.entryMs) return;
-    this.#loadListing(dir, true).catch(() => null);
+  /**
+   * Subdirectory `dir` of `parent` was looked up during a scan: read it
+   * whole for the lookups that follow, and the next few subdirectories
+   * after it in name order (the order of git's index and of sorted lists)
+   * too, even before the kernel looks them up.
+   */
+  #scanAhead(parent: Inode, dir: Inode, listing: Map<string, Dir>): void {
+    const now = performance.now();
+    const load = (ino: Inode) => {
+      if (ino.listingLoad || (ino.listing && now - ino.listingAt < this.#t.entryMs)) return;
+      this.#loadListing(ino, true).catch(() => null);
+    };
+    load(dir);
+    const [names, places] = this.#subdirs(parent, listing).sorted;
+    const at = places.get(dir.name);
+    if (at === undefined) return;
+    for (let i = at + 1; i < names.length && i <= at + SCAN_AHEAD; i++) {
+      const name = names[i]!;
+      const d = listing.get(name)!;
+      const k = key(parent, name);
+      let child = this.#byKey.get(k) ?? this.#unseen.get(k);
+      if (child && (!child.isDir || child.qpath !== d.qid.path)) continue;
+      if (!child) {
+        if (this.#unseen.size >= UNSEEN_MAX) {
+          const oldest = this.#unseen.keys().next().value;
+          if (oldest !== undefined) this.#unseen.delete(oldest);
+        }
+        child = this.#newInode(parent, name, d.qid.path, true, null);
+        this.#unseen.set(k, child);
+      }
+      load(child);
+    }
   }
 
   /** The subdirectories in `listing` of `dir`, in listing order and sorted by name. */
@@ -1077,7 +1139,9 @@ export class FuseSession {
           // Names are being looked up one by one through this directory (git
           // status, make, ls -l of named files): the subdirectory looked up now
           // is likely next, so read it whole while the kernel goes on.
-          if (parent.scanned && ino.isDir && ino.qpath === d.qid.path) this.#scanAhead(ino);
+          if (parent.scanned && ino.isDir && ino.qpath === d.qid.path) {
+            this.#scanAhead(parent, ino, listing);
+          }
           return [this.#entry(ino, d)];
         }
         const pn = await this.#nodeOf(parent);
