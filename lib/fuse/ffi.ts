@@ -171,7 +171,7 @@ export function readFd(fd: number, buf: Uint8Array<ArrayBuffer>): ReadResult {
  */
 export function writeParts(fd: number, parts: Uint8Array[]): number {
   const l = lib();
-  const iov = new BigUint64Array(parts.length * 2);
+  if (iov.length < parts.length * 2) iov = new BigUint64Array(parts.length * 2);
   for (let i = 0; i < parts.length; i++) {
     const p = parts[i]!;
     iov[i * 2] = p.length === 0
@@ -186,6 +186,9 @@ export function writeParts(fd: number, parts: Uint8Array[]): number {
     if (e !== Errno.EINTR) return e;
   }
 }
+
+/** The iovec array of {@link writeParts}, reused (writev has copied by the time it returns). */
+let iov = new BigUint64Array(16);
 
 /**
  * Wait on a worker thread until `fd` is readable. Resolves "ready", or

@@ -51,7 +51,6 @@ import {
   Op,
   openOut,
   OUT_HEADER,
-  outHeader,
   putDirent,
   putEntry,
   statfsOut,
@@ -287,6 +286,8 @@ export class FuseSession {
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
   /** Subdirectories read ahead during a scan before the kernel looked them up, by key. */
   readonly #unseen = new Map<string, Inode>();
+  readonly #headerBytes = new Uint8Array(OUT_HEADER);
+  readonly #header = new DataView(this.#headerBytes.buffer);
   #nextId = 2n;
   #nextFh = 1n;
   #epoch = 0;
@@ -436,7 +437,12 @@ export class FuseSession {
   #reply(unique: bigint, err: number, parts: Uint8Array[] = []): void {
     let len = OUT_HEADER;
     for (const p of parts) len += p.length;
-    const e = writeParts(this.#fd, [outHeader(unique, err === 0 ? 0 : -err, len), ...parts]);
+    // One header, reused: writev has copied it by the time it returns.
+    const hv = this.#header;
+    hv.setUint32(0, len, true);
+    hv.setInt32(4, err === 0 ? 0 : -err, true);
+    hv.setBigUint64(8, unique, true);
+    const e = writeParts(this.#fd, [this.#headerBytes, ...parts]);
     // ENOENT: the request was interrupted and is gone; others: connection over.
     if (e !== 0 && e !== Errno.ENOENT && this.#opts.debug) {
       console.error(`fuse: reply to ${unique} failed: errno ${e}`);
