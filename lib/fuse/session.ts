@@ -393,6 +393,7 @@ export class FuseSession {
       this.#resolveInit();
       for (const c of this.#inflight.values()) c.abort();
       this.#flushCloses();
+      if (this.#closeTimer !== undefined) clearTimeout(this.#closeTimer);
       const hs = [...this.#handles.values()];
       this.#handles.clear();
       for (const p of [...this.#ahead.values()]) this.#drop(p);
@@ -408,15 +409,15 @@ export class FuseSession {
    */
   #closeLater(f: OpenFile): void {
     this.#closing.push(f);
-    this.#closeTimer ??= setTimeout(() => this.#flushCloses(), CLOSE_DELAY_MS);
+    // One timer at a time; flushing early leaves it to find nothing.
+    this.#closeTimer ??= setTimeout(() => {
+      this.#closeTimer = undefined;
+      this.#flushCloses();
+    }, CLOSE_DELAY_MS);
   }
 
   /** Close every file {@link #closeLater} holds. */
   #flushCloses(): void {
-    if (this.#closeTimer !== undefined) {
-      clearTimeout(this.#closeTimer);
-      this.#closeTimer = undefined;
-    }
     if (this.#closing.length === 0) return;
     const fs = this.#closing;
     this.#closing = [];
