@@ -199,9 +199,8 @@ interface Inode {
   /** Lookups that missed the listing since `missAt`. */
   misses: number;
   missAt: number;
-  /** For directories: entry names in listing order, and each name's place. */
-  order?: string[];
-  place?: Map<string, number>;
+  /** For directories: entry names of `listing` in its order, and each name's place (made when needed). */
+  order?: { of: Map<string, Dir>; names: string[]; place: Map<string, number> };
   /** For directories: place of the file opened last, and how many opens in a row came in order. */
   lastOpen?: number;
   streak?: number;
@@ -696,9 +695,15 @@ export class FuseSession {
    */
   #readAhead(ino: Inode): void {
     const dir = ino.parent;
-    if (!dir || !dir.listing || !dir.place || !dir.order || this.#t.attrMs <= 0) return;
+    if (!dir || !dir.listing || this.#t.attrMs <= 0) return;
     if (performance.now() - dir.listingAt >= this.#t.entryMs) return;
-    const at = dir.place.get(ino.name);
+    const listing = dir.listing;
+    if (dir.order?.of !== listing) {
+      const names = [...listing.keys()];
+      dir.order = { of: listing, names, place: new Map(names.map((n, i) => [n, i])) };
+    }
+    const { names, place } = dir.order;
+    const at = place.get(ino.name);
     if (at === undefined) return;
     const last = dir.lastOpen ?? -2;
     dir.streak = at > last && at <= last + AHEAD + 1 ? (dir.streak ?? 0) + 1 : 0;
@@ -708,11 +713,11 @@ export class FuseSession {
     for (const p of [...this.#ahead.values()]) {
       if (now - p.at >= this.#t.attrMs) this.#drop(p);
     }
-    for (let i = at + 1; i <= at + AHEAD && i < dir.order.length; i++) {
+    for (let i = at + 1; i <= at + AHEAD && i < names.length; i++) {
       if (this.#ahead.size >= AHEAD * 2) break;
-      const name = dir.order[i]!;
+      const name = names[i]!;
       const next = this.#byKey.get(key(dir, name));
-      const d = dir.listing.get(name);
+      const d = listing.get(name);
       if (!next || !d || next.isDir || this.#ahead.has(next) || next.qpath !== d.qid.path) continue;
       if (d.length <= 0n || d.length > BigInt(HEAD_MAX) || (d.qid.type & QTAPPEND) !== 0) continue;
       if (this.#opts.directIo) continue;
@@ -741,16 +746,8 @@ export class FuseSession {
 
   #setListing(dir: Inode, entries: Dir[], unread: boolean): void {
     const m = new Map<string, Dir>();
-    const order: string[] = [];
-    const place = new Map<string, number>();
-    for (const e of entries) {
-      m.set(e.name, e);
-      place.set(e.name, order.length);
-      order.push(e.name);
-    }
+    for (const e of entries) m.set(e.name, e);
     dir.listing = m;
-    dir.order = order;
-    dir.place = place;
     dir.listingAt = performance.now();
     dir.unread = unread ? entries : null;
   }
