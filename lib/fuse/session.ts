@@ -648,6 +648,25 @@ export class FuseSession {
     return w;
   }
 
+  /**
+   * The nearest of `ino` and its ancestors that holds a walked node, and
+   * the names from there down to `ino`: one Twalk reaches it, however
+   * many directories above it were only ever seen in listings.
+   */
+  async #pathTo(ino: Inode): Promise<[Node, string[]]> {
+    const names: string[] = [];
+    let cur = ino;
+    for (;;) {
+      if (cur.node && (cur === this.#root || cur.epoch === this.#epoch)) return [cur.node, names];
+      // Leave room for one more name: a Twalk carries at most 16.
+      if (cur.walking || !cur.parent || names.length >= 15) {
+        return [await this.#nodeOf(cur), names];
+      }
+      names.unshift(cur.name);
+      cur = cur.parent;
+    }
+  }
+
   /** `ino` is being changed through this mount: forget what was cached about it. */
   #changed(ino: Inode): void {
     // -Infinity, not 0: performance.now() counts from process start, so 0
@@ -1005,18 +1024,7 @@ export class FuseSession {
     signal: AbortSignal,
     head?: { count: number; data?: Promise<Uint8Array | null> },
   ): Promise<OpenFile> {
-    let base: Node;
-    let names: string[];
-    if (ino.node && (ino === this.#root || ino.epoch === this.#epoch)) {
-      base = ino.node;
-      names = [];
-    } else if (ino.parent) {
-      base = await this.#nodeOf(ino.parent);
-      names = [ino.name];
-    } else {
-      base = await this.#nodeOf(ino);
-      names = [];
-    }
+    const [base, names] = await this.#pathTo(ino);
     // Files closed meanwhile are clunked first, in the same write.
     this.#flushCloses();
     if (base instanceof RemoteNode) {
@@ -1062,10 +1070,10 @@ export class FuseSession {
   }
 
   /** Walk to `name` under `pn` and stat it: one round trip to a Ferry server (pipelined). */
-  async #walkStat(pn: Node, name: string, signal: AbortSignal): Promise<[Node, Dir]> {
+  async #walkStat(pn: Node, names: string[], signal: AbortSignal): Promise<[Node, Dir]> {
     const o = { signal };
     if (!(pn instanceof RemoteNode)) {
-      const w = await pn.walk([name], o);
+      const w = await pn.walk(names, o);
       if (!w.node) throw new Fail(Errno.ENOENT);
       try {
         return [w.node, await w.node.stat(o)];
@@ -1076,7 +1084,7 @@ export class FuseSession {
     }
     const c = pn.client;
     const fid = c.allocFid();
-    const walked = c.walkFid(pn.fid, fid, [name], o);
+    const walked = c.walkFid(pn.fid, fid, names, o);
     const statted = c.rpc({ type: MsgType.Tstat, fid }, o).then((r) => r.stat, () => null);
     let q;
     try {
@@ -1085,11 +1093,11 @@ export class FuseSession {
       await statted;
       throw e;
     }
-    if (q.length < 1) {
+    if (q.length < names.length || q.length === 0) {
       await statted;
       throw new Fail(Errno.ENOENT);
     }
-    const node = new RemoteNode(c, fid, q[0]!);
+    const node = new RemoteNode(c, fid, q[q.length - 1]!);
     try {
       return [node, (await statted) ?? await node.stat(o)];
     } catch (e) {
@@ -1148,11 +1156,12 @@ export class FuseSession {
           }
           return [this.#entry(ino, d)];
         }
-        const pn = await this.#nodeOf(parent);
+        const [pn, path] = await this.#pathTo(parent);
         const gen = parent.gen;
         let found: [Node, Dir];
         try {
-          found = await this.#walkStat(pn, name, signal);
+          path.push(name);
+          found = await this.#walkStat(pn, path, signal);
         } catch (e) {
           // Not there: the kernel may remember that for the entry timeout,
           // unless this mount changed the directory meanwhile.
@@ -1175,7 +1184,9 @@ export class FuseSession {
         }
         let d: Dir;
         if (ino.node === null && ino.walking === null && ino.parent) {
-          const [node, st] = await this.#walkStat(await this.#nodeOf(ino.parent), ino.name, signal);
+          const [pn, path] = await this.#pathTo(ino.parent);
+          path.push(ino.name);
+          const [node, st] = await this.#walkStat(pn, path, signal);
           if (ino.node === null && ino.walking === null) {
             ino.node = node;
             ino.epoch = this.#epoch;
