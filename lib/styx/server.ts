@@ -62,7 +62,6 @@ import {
   VERSION,
 } from "./types.ts";
 import { CodecError, decode, encode, encodeDir, isTMsg, msgName } from "./codec.ts";
-import { TcpConn } from "../transport/tcp.ts";
 import { BufferPool, FrameReader, FramingError, recycleReadData, rreadInPlace } from "./frame.ts";
 import { formatMsg, traceEnabled } from "./trace.ts";
 
@@ -244,7 +243,7 @@ class Session {
       Math.min(max, FIRST_FRAME_MAX),
       this.#reuseWrites ? (size) => writePool.take(size) : undefined,
     );
-    this.#recycle = conn instanceof TcpConn;
+    this.#recycle = conn.releasesWrites === true;
   }
 
   async run(): Promise<void> {

@@ -32,6 +32,12 @@ export interface Conn {
   close(): void;
   /** Resolves once the connection is closed, from either side. */
   readonly closed: Promise<void>;
+  /**
+   * True when a resolved write() has finished with `data` (the transport
+   * copied or sent it), so the caller may reuse the buffer. Absent or false:
+   * the transport may still read it later.
+   */
+  readonly releasesWrites?: boolean;
   /** The other end. */
   readonly peer: Peer;
   /** This end's address as a dial string. */

@@ -28,6 +28,8 @@ export class TcpConn implements Conn {
   readonly closed: Promise<void>;
   readonly peer: Peer;
   readonly local: string;
+  /** A write resolves once the kernel (or the TLS layer) has copied the bytes. */
+  readonly releasesWrites = true;
   #resolveClosed!: () => void;
   #isClosed = false;
   #scratch: Uint8Array | null = null;

@@ -158,27 +158,23 @@ class TlsConn implements IdentifiedConn {
     return new Promise((resolve) => (this.#waiter = resolve));
   }
 
+  /** A write resolves only once node:tls has encrypted and sent the bytes. */
+  readonly releasesWrites = true;
+
   write(data: Uint8Array): Promise<void> {
     if (this.#isClosed) return Promise.reject(new LinkError("write to a closed TLS link"));
+    // node:tls keeps a reference to `data` until its write completes (even
+    // when write() returns true), so resolve on the write's callback: the
+    // caller may then reuse the buffer. Waiting for it also gives
+    // backpressure, as 'drain' would.
     return new Promise((resolve, reject) => {
-      // No per-write callback: with one, node:tls in Deno flushed each
-      // write on its own (a third of the throughput); failures end the
-      // socket, which rejects below or closes the link.
-      const ok = this.sock.write(data);
-      if (ok) {
-        resolve();
-        return;
-      }
-      const onDrain = () => {
-        this.sock.off("close", onClose);
-        resolve();
-      };
-      const onClose = () => {
-        this.sock.off("drain", onDrain);
-        reject(new LinkError("TLS link closed while writing"));
-      };
-      this.sock.once("drain", onDrain);
+      const onClose = () => reject(new LinkError("TLS link closed while writing"));
       this.sock.once("close", onClose);
+      this.sock.write(data, (err) => {
+        this.sock.off("close", onClose);
+        if (err) reject(new LinkError(`TLS write failed: ${err.message}`));
+        else resolve();
+      });
     });
   }
 

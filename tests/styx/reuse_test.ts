@@ -13,7 +13,9 @@ import { HostTree } from "../../lib/fs/host.ts";
 import { MemTree } from "../../lib/fs/memory.ts";
 import { memPipe } from "../../lib/transport/pipe.ts";
 import { TcpConn, tcpDial, tcpListen } from "../../lib/transport/tcp.ts";
-import type { Conn } from "../../lib/transport/conn.ts";
+import type { Conn, Listener } from "../../lib/transport/conn.ts";
+import { tlsDial, tlsListen } from "../../lib/transport/tls.ts";
+import { makeFixture } from "../auth/fixture.ts";
 import {
   Ename,
   MsgType,
@@ -122,10 +124,19 @@ Deno.test("TcpConn: read gives exact-size copies, readInto fills the caller's bu
   }
 });
 
-/** A Ferry server exporting a fresh temporary directory over TCP. */
-async function hostOverTcp() {
+/**
+ * A Ferry server exporting a fresh temporary directory over TCP, or over
+ * mutual TLS (whose server reuses reply buffers once node:tls has sent
+ * them, and whose direct client runs Deno's TLS).
+ */
+async function hostOver(transport: "TCP" | "TLS") {
   const dir = await Deno.makeTempDir({ prefix: "ferry-reuse-" });
-  const l = tcpListen("127.0.0.1", 0);
+  const fx = transport === "TLS" ? await makeFixture("reuseca") : undefined;
+  const srv = await fx?.creds("srv", "node", { sans: ["127.0.0.1"] });
+  const user = await fx?.creds("glenda", "user");
+  const l: Listener = srv
+    ? await tlsListen("127.0.0.1", 0, { creds: srv })
+    : tcpListen("127.0.0.1", 0);
   const port = Number(l.addr.split("!")[2]);
   const sessions: Promise<void>[] = [];
   const loop = (async () => {
@@ -135,7 +146,10 @@ async function hostOverTcp() {
   return {
     dir,
     async client(): Promise<StyxClient> {
-      const c = await StyxClient.connect(await tcpDial("127.0.0.1", port));
+      const conn = user
+        ? await tlsDial("127.0.0.1", port, { creds: user })
+        : await tcpDial("127.0.0.1", port);
+      const c = await StyxClient.connect(conn);
       clients.push(c);
       return c;
     },
@@ -145,91 +159,115 @@ async function hostOverTcp() {
       await loop;
       await Promise.all(sessions);
       await Deno.remove(dir, { recursive: true });
+      await fx?.cleanup();
     },
   };
 }
 
-Deno.test("bulk transfers over TCP reuse buffers and stay byte-exact", async (t) => {
-  const h = await hostOverTcp();
-  try {
-    const size = 3 * 1024 * 1024 + 12345;
-    const want = pattern(size, 42);
-    await Deno.writeFile(`${h.dir}/big`, want);
+for (const transport of ["TCP", "TLS"] as const) {
+  Deno.test(`bulk transfers over ${transport} reuse buffers and stay byte-exact`, async (t) => {
+    const h = await hostOver(transport);
+    try {
+      const size = 3 * 1024 * 1024 + 12345;
+      const want = pattern(size, 42);
+      await Deno.writeFile(`${h.dir}/big`, want);
 
-    await t.step(
-      "readStream with reuse: the same memory comes back, the bytes are right",
-      async () => {
-        const c = await h.client();
-        const root = await c.attach("glenda");
-        const f = await c.openPath(root, "/big", OREAD);
-        const got = new Uint8Array(size);
-        let off = 0;
-        const buffers = new Set<ArrayBufferLike>();
-        let chunks = 0;
-        for await (const chunk of readStream(f, { reuse: true, window: 4 })) {
-          got.set(chunk, off); // copied before the next chunk is asked for
-          off += chunk.length;
-          buffers.add(chunk.buffer);
-          chunks++;
-        }
-        await f.close();
-        assert.equal(off, size);
-        assert.ok(got.every((v, i) => v === want[i]), "bytes differ");
-        assert.ok(buffers.size < chunks, `${chunks} chunks in ${buffers.size} buffers`);
-      },
-    );
-
-    await t.step("two clients reading at once both get their bytes (server reuse)", async () => {
-      const read = async () => {
-        const c = await h.client();
-        const root = await c.attach("glenda");
-        const f = await c.openPath(root, "/big", OREAD);
-        const parts: Uint8Array[] = [];
-        for await (const chunk of readStream(f)) parts.push(chunk); // kept: no reuse
-        await f.close();
-        const all = new Uint8Array(size);
-        let o = 0;
-        for (const p of parts) {
-          all.set(p, o);
-          o += p.length;
-        }
-        assert.equal(o, size);
-        return all;
-      };
-      const [a, b] = await Promise.all([read(), read()]);
-      assert.ok(a.every((v, i) => v === want[i]), "first reader's bytes differ");
-      assert.ok(b.every((v, i) => v === want[i]), "second reader's bytes differ");
-    });
-
-    await t.step("writeFrom from a reused source buffer writes exactly", async () => {
-      const c = await h.client();
-      const root = await c.attach("glenda");
-      await c.create(root, "/copy");
-      const f = await c.openPath(root, "/copy", OWRITE | OTRUNC);
-      const piece = new Uint8Array(300_000);
-      let sent = 0;
-      const src = new ReadableStream<Uint8Array>({
-        pull(ctl) {
-          if (sent >= size) return ctl.close();
-          const n = Math.min(piece.length, size - sent);
-          piece.set(want.subarray(sent, sent + n));
-          sent += n;
-          ctl.enqueue(piece.subarray(0, n));
+      await t.step(
+        "readStream with reuse: the same memory comes back, the bytes are right",
+        async () => {
+          const c = await h.client();
+          const root = await c.attach("glenda");
+          const f = await c.openPath(root, "/big", OREAD);
+          const got = new Uint8Array(size);
+          let off = 0;
+          const buffers = new Set<ArrayBufferLike>();
+          let chunks = 0;
+          for await (const chunk of readStream(f, { reuse: true, window: 4 })) {
+            got.set(chunk, off); // copied before the next chunk is asked for
+            off += chunk.length;
+            buffers.add(chunk.buffer);
+            chunks++;
+          }
+          await f.close();
+          assert.equal(off, size);
+          assert.ok(got.every((v, i) => v === want[i]), "bytes differ");
+          assert.ok(buffers.size < chunks, `${chunks} chunks in ${buffers.size} buffers`);
         },
-      }, { highWaterMark: 0 });
-      assert.equal(await writeFrom(f, src), BigInt(size));
-      await f.close();
-      const disk = await Deno.readFile(`${h.dir}/copy`);
-      assert.equal(disk.length, size);
-      assert.ok(disk.every((v, i) => v === want[i]), "file bytes differ");
-    });
-  } finally {
-    await h.close();
-  }
-});
+      );
+
+      await t.step(
+        "a slow reader behind a full socket gets exact bytes (server reuse)",
+        async () => {
+          const c = await h.client();
+          const root = await c.attach("glenda");
+          const f = await c.openPath(root, "/big", OREAD);
+          const got = new Uint8Array(size);
+          let off = 0;
+          // Many reads in flight and a reader that dawdles: replies wait in the
+          // transport while the server reads the next ones into pooled buffers.
+          for await (const chunk of readStream(f, { window: 12 })) {
+            if (off === 0) await new Promise((r) => setTimeout(r, 200));
+            got.set(chunk, off);
+            off += chunk.length;
+          }
+          await f.close();
+          assert.equal(off, size);
+          assert.ok(got.every((v, i) => v === want[i]), "bytes differ");
+        },
+      );
+
+      await t.step("two clients reading at once both get their bytes (server reuse)", async () => {
+        const read = async () => {
+          const c = await h.client();
+          const root = await c.attach("glenda");
+          const f = await c.openPath(root, "/big", OREAD);
+          const parts: Uint8Array[] = [];
+          for await (const chunk of readStream(f)) parts.push(chunk); // kept: no reuse
+          await f.close();
+          const all = new Uint8Array(size);
+          let o = 0;
+          for (const p of parts) {
+            all.set(p, o);
+            o += p.length;
+          }
+          assert.equal(o, size);
+          return all;
+        };
+        const [a, b] = await Promise.all([read(), read()]);
+        assert.ok(a.every((v, i) => v === want[i]), "first reader's bytes differ");
+        assert.ok(b.every((v, i) => v === want[i]), "second reader's bytes differ");
+      });
+
+      await t.step("writeFrom from a reused source buffer writes exactly", async () => {
+        const c = await h.client();
+        const root = await c.attach("glenda");
+        await c.create(root, "/copy");
+        const f = await c.openPath(root, "/copy", OWRITE | OTRUNC);
+        const piece = new Uint8Array(300_000);
+        let sent = 0;
+        const src = new ReadableStream<Uint8Array>({
+          pull(ctl) {
+            if (sent >= size) return ctl.close();
+            const n = Math.min(piece.length, size - sent);
+            piece.set(want.subarray(sent, sent + n));
+            sent += n;
+            ctl.enqueue(piece.subarray(0, n));
+          },
+        }, { highWaterMark: 0 });
+        assert.equal(await writeFrom(f, src), BigInt(size));
+        await f.close();
+        const disk = await Deno.readFile(`${h.dir}/copy`);
+        assert.equal(disk.length, size);
+        assert.ok(disk.every((v, i) => v === want[i]), "file bytes differ");
+      });
+    } finally {
+      await h.close();
+    }
+  });
+}
 
 Deno.test("openPath sends Twalk and Topen together", async (t) => {
-  const h = await hostOverTcp();
+  const h = await hostOver("TCP");
   try {
     await Deno.mkdir(`${h.dir}/d`);
     for (let i = 0; i < 50; i++) await Deno.writeTextFile(`${h.dir}/d/f${i}`, `file ${i}\n`);

@@ -113,6 +113,38 @@ Deno.test("ferry-link/2: direct dials over Deno's TLS, forged proofs refused", a
       assert.equal(await s.read(), null);
     });
 
+    await t.step("a resolved write has finished with its buffer, both ends", async () => {
+      const c = await tlsDial("127.0.0.1", p, { creds: alice });
+      while (accepted.length === 0) await new Promise((r) => setTimeout(r, 5));
+      const s = accepted.shift()!;
+      for (const [from, to] of [[s, c], [c, s]] as const) {
+        assert.equal(from.releasesWrites, true);
+        const buf = new Uint8Array(64 * 1024);
+        const rounds = 64;
+        const received = (async () => {
+          let n = 0;
+          let bad = 0;
+          while (n < rounds * buf.length) {
+            const b = await to.read();
+            if (!b) break;
+            for (let i = 0; i < b.length; i++) if (b[i] === 0xee) bad++;
+            n += b.length;
+          }
+          return { n, bad };
+        })();
+        for (let i = 0; i < rounds; i++) {
+          buf.fill(i % 200);
+          await from.write(buf);
+          buf.fill(0xee); // the caller may reuse the buffer now
+        }
+        const r = await received;
+        assert.equal(r.n, rounds * buf.length);
+        assert.equal(r.bad, 0, "bytes overwritten after the write resolved reached the peer");
+      }
+      c.close();
+      s.close();
+    });
+
     await t.step("a ferry-link/1 client (node:tls) still works against the listener", async () => {
       const c = await tlsWrapClient(await tcpDial("127.0.0.1", p), {
         creds: alice,
