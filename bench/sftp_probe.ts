@@ -82,7 +82,8 @@ function pct(xs: number[], p: number): number {
 
 function rssMiB(pid: number): number {
   const m = Deno.readTextFileSync(`/proc/${pid}/status`).match(/VmRSS:\s+(\d+) kB/);
-  return m ? Number(m[1]) / 1024 : NaN;
+  // A process that has exited but not been reaped has no VmRSS: no memory.
+  return m ? Number(m[1]) / 1024 : 0;
 }
 
 /** Parent of every process, from /proc. */
