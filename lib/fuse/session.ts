@@ -206,6 +206,41 @@ interface Inode {
   streak?: number;
 }
 
+/** An inode with nothing cached yet. */
+function inode(
+  id: bigint,
+  parent: Inode | null,
+  name: string,
+  qpath: bigint,
+  isDir: boolean,
+  node: Node | null,
+  epoch: number,
+  nlookup: number,
+): Inode {
+  return {
+    id,
+    prefix: `${id}/`,
+    parent,
+    name,
+    qpath,
+    isDir,
+    node,
+    epoch,
+    walking: null,
+    nlookup,
+    length: 0n,
+    dir: null,
+    dirAt: -Infinity,
+    listing: null,
+    listingAt: -Infinity,
+    listingLoad: null,
+    unread: null,
+    gen: 0,
+    misses: 0,
+    missAt: 0,
+  };
+}
+
 /** A small file opened and read ahead of the kernel asking for it. */
 interface Prefetch {
   ino: Inode;
@@ -307,28 +342,7 @@ export class FuseSession {
     this.#maxIo = opts.maxIo ?? 1024 * 1024;
     this.#uid = opts.uid ?? Deno.uid() ?? 0;
     this.#gid = opts.gid ?? Deno.gid() ?? 0;
-    this.#root = {
-      id: ROOT_ID,
-      prefix: `${ROOT_ID}/`,
-      parent: null,
-      name: "",
-      qpath: root.qid.path,
-      isDir: true,
-      node: root,
-      epoch: Infinity,
-      walking: null,
-      nlookup: 1,
-      length: 0n,
-      dir: null,
-      dirAt: -Infinity,
-      listing: null,
-      listingAt: -Infinity,
-      listingLoad: null,
-      unread: null,
-      gen: 0,
-      misses: 0,
-      missAt: 0,
-    };
+    this.#root = inode(ROOT_ID, null, "", root.qid.path, true, root, Infinity, 1);
     this.#inodes.set(ROOT_ID, this.#root);
     this.initialised = new Promise((r) => (this.#resolveInit = r));
     this.#done = this.#loop();
@@ -597,29 +611,7 @@ export class FuseSession {
     isDir: boolean,
     node: Node | null,
   ): Inode {
-    const id = this.#nextId++;
-    return {
-      id,
-      prefix: `${id}/`,
-      parent,
-      name,
-      qpath,
-      isDir,
-      node,
-      epoch: this.#epoch,
-      walking: null,
-      nlookup: 0,
-      length: 0n,
-      dir: null,
-      dirAt: -Infinity,
-      listing: null,
-      listingAt: -Infinity,
-      listingLoad: null,
-      unread: null,
-      gen: 0,
-      misses: 0,
-      missAt: 0,
-    };
+    return inode(this.#nextId++, parent, name, qpath, isDir, node, this.#epoch, 0);
   }
 
   /** The node for `ino`, walking from its nearest known ancestor when needed. */
