@@ -196,15 +196,15 @@ for (const transport of ["TCP", "TLS"] as const) {
       );
 
       await t.step(
-        "a slow reader behind a full socket gets exact bytes (server reuse)",
+        "twelve reads in flight and a reader that pauses get exact bytes (server reuse)",
         async () => {
           const c = await h.client();
           const root = await c.attach("glenda");
           const f = await c.openPath(root, "/big", OREAD);
           const got = new Uint8Array(size);
           let off = 0;
-          // Many reads in flight and a reader that dawdles: replies wait in the
-          // transport while the server reads the next ones into pooled buffers.
+          // The server answers all twelve reads from pooled buffers while the
+          // reader pauses over the first chunk.
           for await (const chunk of readStream(f, { window: 12 })) {
             if (off === 0) await new Promise((r) => setTimeout(r, 200));
             got.set(chunk, off);
