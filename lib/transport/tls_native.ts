@@ -181,10 +181,14 @@ export function explainNativeError(e: Error): string {
   return m;
 }
 
-/** True when a native handshake failed over the server's certificate (worth a full diagnosis). */
+/**
+ * True when Deno's TLS refused the server's certificate during the
+ * handshake (worth a full diagnosis); not for Ferry's own refusals, which
+ * already name what was wrong.
+ */
 export function isCertificateFailure(e: unknown): boolean {
   return e instanceof Error && /invalid peer certificate|certificate/i.test(e.message) &&
-    !(e instanceof NativeLinkError);
+    !(e instanceof NativeLinkError) && !(e instanceof PeerRefused);
 }
 
 const refusedRe = /^ferry-link\/\d+ refused (.*)$/;
