@@ -46,12 +46,14 @@ import {
   checkPeerCert,
   isCertificateFailure,
   LINK_PROTOCOL_2,
+  linkLine,
   linkMessage,
   linkNonce,
   linkSignatureOk,
   MAX_LINK_LINE,
   nativeTlsDial,
   ownCertDer,
+  takeLine,
 } from "./tls_native.ts";
 
 export type { Credentials, LinkOptions } from "../auth/link.ts";
@@ -229,11 +231,10 @@ class LineReader {
 
   async line(): Promise<string> {
     while (true) {
-      const i = this.#buf.indexOf(10);
-      if (i >= 0) {
-        const line = new TextDecoder().decode(this.#buf.subarray(0, i));
-        this.#buf = this.#buf.slice(i + 1);
-        return line;
+      const got = takeLine(this.#buf);
+      if (got) {
+        this.#buf = got[1];
+        return got[0];
       }
       if (this.#buf.length > MAX_LINE) {
         throw new LinkError("the other end sent an overlong link line (not a Ferry peer?)");
@@ -297,7 +298,7 @@ function proofMessage(role: "client" | "server", binding: Uint8Array): Uint8Arra
 /** Write one link line; resolves once the TLS layer has taken it. */
 function writeLine(sock: tls.TLSSocket, line: string): Promise<void> {
   return new Promise((resolve) => {
-    sock.write(line.replace(/[\r\n]+/g, " ").slice(0, MAX_LINE - 2) + "\n", () => resolve());
+    sock.write(linkLine(line), () => resolve());
   });
 }
 

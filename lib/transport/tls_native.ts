@@ -117,6 +117,18 @@ export function ownCertDer(creds: Credentials): Uint8Array<ArrayBuffer> {
   return der;
 }
 
+/** The first whole line of `buf` and the bytes after it, or null while no line is whole. */
+export function takeLine(buf: Uint8Array): [string, Uint8Array<ArrayBuffer>] | null {
+  const i = buf.indexOf(10);
+  if (i < 0) return null;
+  return [new TextDecoder().decode(buf.subarray(0, i)), buf.slice(i + 1)];
+}
+
+/** `text` as one link line: line breaks flattened, at most {@link MAX_LINK_LINE} bytes. */
+export function linkLine(text: string): string {
+  return text.replace(/[\r\n]+/g, " ").slice(0, MAX_LINK_LINE - 2) + "\n";
+}
+
 /** Line I/O over a Deno TLS connection during the exchange. */
 class Lines {
   #buf = new Uint8Array(0);
@@ -125,11 +137,10 @@ class Lines {
 
   async line(): Promise<string> {
     while (true) {
-      const i = this.#buf.indexOf(10);
-      if (i >= 0) {
-        const line = new TextDecoder().decode(this.#buf.subarray(0, i));
-        this.#buf = this.#buf.slice(i + 1);
-        return line;
+      const got = takeLine(this.#buf);
+      if (got) {
+        this.#buf = got[1];
+        return got[0];
       }
       if (this.#buf.length > MAX_LINK_LINE) {
         throw new NativeLinkError("the other end sent an overlong link line (not a Ferry peer?)");
@@ -151,9 +162,7 @@ class Lines {
   }
 
   async write(line: string): Promise<void> {
-    const b = new TextEncoder().encode(
-      line.replace(/[\r\n]+/g, " ").slice(0, MAX_LINK_LINE - 2) + "\n",
-    );
+    const b = new TextEncoder().encode(linkLine(line));
     let off = 0;
     while (off < b.length) off += await this.conn.write(b.subarray(off));
   }
