@@ -7,26 +7,10 @@
 
 import assert from "node:assert/strict";
 import { type FuseMount, fuseUnavailable, mountTree } from "../../lib/fuse/mount.ts";
-import { HostTree } from "../../lib/fs/host.ts";
-import { serve } from "../../lib/styx/server.ts";
-import { tcpListen } from "../../lib/transport/tcp.ts";
-import type { Conn } from "../../lib/transport/conn.ts";
-import { dialStyx } from "../../lib/net/connect.ts";
+import { ok, served } from "./served.ts";
 
 const why = fuseUnavailable();
 if (why) console.error(`tests/fuse: skipped: ${why}`);
-const dec = new TextDecoder();
-
-/** Run `script` under bash with a hard time limit; fail with its stderr. */
-async function ok(script: string, limit = 60): Promise<string> {
-  const o = await new Deno.Command("timeout", {
-    args: ["-s", "KILL", String(limit), "bash", "-c", script],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert.equal(o.code, 0, `'${script}' failed (${o.code}): ${dec.decode(o.stderr)}`);
-  return dec.decode(o.stdout);
-}
 
 /** Exit status of `script` (under bash, time limited). */
 async function status(script: string): Promise<number> {
@@ -64,21 +48,8 @@ Deno.test({
   name: "a tree walked through a FUSE mount (directories read ahead, missing names remembered)",
   ignore: why !== null,
   async fn(t) {
-    const work = await Deno.makeTempDir({ prefix: "ferry-fuse-dirs-" });
-    const src = `${work}/src`;
-    const mp = `${work}/mnt`;
-    await Deno.mkdir(mp);
-    await Deno.mkdir(src);
-    const l = tcpListen("127.0.0.1", 0);
-    const conns: Conn[] = [];
-    const tree = new HostTree(src);
-    (async () => {
-      for await (const c of l) {
-        conns.push(c);
-        serve(c, tree).catch(() => {});
-      }
-    })();
-    const d = await dialStyx(l.addr, { insecure: true, user: "glenda" });
+    const h = await served("ferry-fuse-dirs-");
+    const { src, mp, d } = h;
     let m: FuseMount | undefined;
     try {
       for (let i = 0; i < 14; i++) {
@@ -258,10 +229,7 @@ Deno.test({
       });
     } finally {
       if (m) await m.close();
-      d.close();
-      l.close();
-      for (const c of conns) c.close();
-      await Deno.remove(work, { recursive: true }).catch(() => {});
+      await h.close();
     }
   },
 });

@@ -5,47 +5,18 @@
 
 import assert from "node:assert/strict";
 import { type FuseMount, fuseUnavailable, mountTree } from "../../lib/fuse/mount.ts";
-import { HostTree } from "../../lib/fs/host.ts";
-import { serve } from "../../lib/styx/server.ts";
-import { tcpListen } from "../../lib/transport/tcp.ts";
-import type { Conn } from "../../lib/transport/conn.ts";
-import { dialStyx } from "../../lib/net/connect.ts";
+import { ok, served } from "./served.ts";
 
 const why = fuseUnavailable();
 if (why) console.error(`tests/fuse: skipped: ${why}`);
-const dec = new TextDecoder();
-
-/** Run `script` under bash with a hard time limit; fail with its stderr. */
-async function ok(script: string, limit = 60): Promise<string> {
-  const o = await new Deno.Command("timeout", {
-    args: ["-s", "KILL", String(limit), "bash", "-c", script],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  assert.equal(o.code, 0, `'${script}' failed (${o.code}): ${dec.decode(o.stderr)}`);
-  return dec.decode(o.stdout);
-}
 
 Deno.test({
   name: "tar through a FUSE mount reads every file exactly (files opened ahead)",
   ignore: why !== null,
   async fn(t) {
-    const work = await Deno.makeTempDir({ prefix: "ferry-fuse-ahead-" });
-    const src = `${work}/src`;
-    const mp = `${work}/mnt`;
+    const h = await served("ferry-fuse-ahead-");
+    const { work, src, mp, d } = h;
     const out = `${work}/out`;
-    await Deno.mkdir(mp);
-    await Deno.mkdir(src);
-    const l = tcpListen("127.0.0.1", 0);
-    const conns: Conn[] = [];
-    const tree = new HostTree(src);
-    (async () => {
-      for await (const c of l) {
-        conns.push(c);
-        serve(c, tree).catch(() => {});
-      }
-    })();
-    const d = await dialStyx(l.addr, { insecure: true, user: "glenda" });
     let m: FuseMount | undefined;
     try {
       // Sizes around the edges: empty, one byte, a page, just over, past the read-with-open limit.
@@ -108,10 +79,7 @@ Deno.test({
       });
     } finally {
       if (m) await m.close();
-      d.close();
-      l.close();
-      for (const c of conns) c.close();
-      await Deno.remove(work, { recursive: true }).catch(() => {});
+      await h.close();
     }
   },
 });
