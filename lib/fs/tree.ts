@@ -82,6 +82,12 @@ export interface OpenFile {
   /** Write `data` at `offset`; returns how many bytes were written. */
   write(offset: bigint, data: Uint8Array, opts?: OpOptions): Promise<number>;
   /**
+   * Optional: give back `data`, returned by {@link read}, once the caller
+   * has finished with it and keeps no reference, so that its memory can
+   * carry a later read (a remote file reuses the reply's buffer).
+   */
+  release?(data: Uint8Array): void;
+  /**
    * For directories: all entries, in order. The server calls it once per
    * read from offset 0 and packs whole entries into replies.
    */

@@ -165,6 +165,9 @@ export class FileConn implements Conn {
   #isClosed = false;
   #eof = false;
   #reads: Promise<Uint8Array>[] = [];
+  /** What readInto has not yet copied out of the latest reply, and that reply whole. */
+  #rest: Uint8Array | null = null;
+  #restWhole: Uint8Array | null = null;
   #writes = new Set<Promise<unknown>>();
   #writeErr: unknown = null;
   #abort = new AbortController();
@@ -199,6 +202,38 @@ export class FileConn implements Conn {
   }
 
   async read(): Promise<Uint8Array | null> {
+    if (this.#rest) {
+      const b = this.#rest;
+      this.#rest = this.#restWhole = null;
+      return b;
+    }
+    return await this.#next();
+  }
+
+  /**
+   * Copy at most `buf.length` bytes of the stream into `buf`: the count, or
+   * null at end of stream. Each reply's buffer is given back to the Styx
+   * client once copied out, so a long stream reuses a few buffers instead
+   * of allocating one per reply.
+   */
+  async readInto(buf: Uint8Array): Promise<number | null> {
+    if (!this.#rest) {
+      const b = await this.#next();
+      if (b === null) return null;
+      this.#rest = this.#restWhole = b;
+    }
+    const rest = this.#rest;
+    const n = Math.min(buf.length, rest.length);
+    buf.set(n === rest.length ? rest : rest.subarray(0, n));
+    if (n < rest.length) this.#rest = rest.subarray(n);
+    else {
+      this.data.release?.(this.#restWhole!);
+      this.#rest = this.#restWhole = null;
+    }
+    return n;
+  }
+
+  async #next(): Promise<Uint8Array | null> {
     if (this.#isClosed || this.#eof) return null;
     while (this.#reads.length < this.#window) this.#issueRead();
     const head = this.#reads.shift()!;

@@ -133,6 +133,11 @@ export class OwnedFile implements OpenFile {
     return this.#file.write(offset, data, opts);
   }
 
+  /** Give back data read from the open file, if it takes it back. */
+  release(data: Uint8Array): void {
+    this.#file.release?.(data);
+  }
+
   /** Read the open directory. */
   readDir(opts?: OpOptions): Promise<Dir[]> {
     return this.#file.readDir(opts);

@@ -181,8 +181,11 @@ export class StyxClient {
 
   #hungup: StyxError | null = null;
   #frames: FrameReader | null = null;
-  /** Buffers of large replies, given back by {@link recycle}. */
-  readonly #replyPool = new BufferPool(16);
+  /**
+   * Buffers of large replies, given back by {@link recycle}; sizes are
+   * rounded up to 64 KiB, since relayed socket reads vary in length.
+   */
+  readonly #replyPool = new BufferPool(16, 64 * 1024);
   /** Buffers of large Twrites, reused once the transport has copied them. */
   readonly #writePool = new BufferPool(16);
   /** True when a resolved transport write has copied its bytes (TCP). */

@@ -242,7 +242,14 @@ export class RemoteFile implements OpenFile {
       got += d.length;
       if (d.length < want) break;
     }
-    return concat(parts, got);
+    const all = concat(parts, got);
+    if (all !== parts[0]) { for (const d of parts) this.client.recycle(d); }
+    return all;
+  }
+
+  /** Give back data this file read, for a later reply to reuse its buffer. */
+  release(data: Uint8Array): void {
+    this.client.recycle(data);
   }
 
   /** Write all of `data` at `offset` in Twrites of at most `iounit`; resolves with the count. */

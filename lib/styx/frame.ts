@@ -283,11 +283,13 @@ export class FrameReader {
 }
 
 /**
- * Large buffers kept for reuse, by exact size. Allocating a fresh large
- * buffer costs page faults, zeroing and later garbage collection, about as
- * much as moving its bytes over loopback TCP; a bulk transfer reuses a few
- * buffers instead. Only buffers made by {@link take} are accepted back, each
- * at most once until it is taken again.
+ * Large buffers kept for reuse. Allocating a fresh large buffer costs page
+ * faults, zeroing and later garbage collection, about as much as moving its
+ * bytes over loopback TCP; a bulk transfer reuses a few buffers instead.
+ * Buffers are kept by exact size, or, with a `granule`, by size rounded up
+ * to a multiple of it, so that replies of varying sizes (socket reads
+ * relayed as they came) still find a buffer. Only buffers made by
+ * {@link take} are accepted back, each at most once until it is taken again.
  * @internal
  */
 export class BufferPool {
@@ -295,24 +297,27 @@ export class BufferPool {
   readonly #mine = new WeakSet<ArrayBufferLike>();
   readonly #pooled = new WeakSet<ArrayBufferLike>();
   readonly #max: number;
+  readonly #granule: number;
   #count = 0;
 
-  /** Keep at most `max` buffers. */
-  constructor(max: number) {
+  /** Keep at most `max` buffers; capacities are multiples of `granule` (1: exact sizes). */
+  constructor(max: number, granule = 1) {
     this.#max = max;
+    this.#granule = granule;
   }
 
-  /** A buffer of exactly `size` bytes (not necessarily zeroed). */
+  /** A buffer of exactly `size` bytes (not necessarily zeroed), at offset 0 of its ArrayBuffer. */
   take(size: number): Uint8Array {
-    const b = this.#free.get(size)?.pop();
+    const cap = Math.ceil(size / this.#granule) * this.#granule;
+    const b = this.#free.get(cap)?.pop();
     if (b !== undefined) {
       this.#count--;
       this.#pooled.delete(b.buffer);
-      return b;
+      return b.length === size ? b : b.subarray(0, size);
     }
-    const fresh = new Uint8Array(size);
+    const fresh = new Uint8Array(cap);
     this.#mine.add(fresh.buffer);
-    return fresh;
+    return cap === size ? fresh : fresh.subarray(0, size);
   }
 
   /** True when `buf` was made by this pool. */

@@ -27,7 +27,7 @@ import net from "node:net";
 import { Buffer } from "node:buffer";
 import { Duplex } from "node:stream";
 import type { Conn, Listener, Peer } from "./conn.ts";
-import { tcpDial } from "./tcp.ts";
+import { TcpConn, tcpDial } from "./tcp.ts";
 import type { CertIdentity } from "../auth/certs.ts";
 import { ed25519Key, readCert } from "../auth/der.ts";
 import { fromBase64, importKeyPem, toBase64 } from "../auth/keys.ts";
@@ -610,29 +610,21 @@ const DUPLEX_READ = 64 * 1024;
 /** Reads shorter than this are copied out, so the read buffer is kept for the next one. */
 const DUPLEX_SMALL = 8 * 1024;
 
-/** A Conn that can read into a buffer of the caller's (as TcpConn can). */
-interface ReadIntoConn extends Conn {
-  readInto(buf: Uint8Array): Promise<number | null>;
-}
-
-function canReadInto(c: Conn): c is ReadIntoConn {
-  return typeof (c as Partial<ReadIntoConn>).readInto === "function";
-}
-
 /**
  * A node Duplex stream over a Conn, so node:tls can run on top of it.
  *
  * Bulk reads are on the TLS client's hot path (every received byte passes
- * through here once, encrypted): a Conn that can read into a buffer gets
- * a fresh one per large read, handed to node:tls as is, instead of a
- * scratch buffer copied out per read; and writes pass node's buffers on
- * as views rather than copies.
+ * through here once, encrypted): a TCP connection reads into a fresh
+ * buffer per large read, handed to node:tls as is, instead of a scratch
+ * buffer copied out per read. Other Conns (a tunnelled conversation) hand
+ * out chunks of their own, passed on without a copy. Writes pass node's
+ * buffers on as views rather than copies.
  */
 export function connDuplex(raw: Conn): Duplex {
   let reading = false;
   let spare: Uint8Array | null = null;
   const next = async (): Promise<Uint8Array | null> => {
-    if (!canReadInto(raw)) return await raw.read();
+    if (!(raw instanceof TcpConn)) return await raw.read();
     const buf = spare ?? new Uint8Array(DUPLEX_READ);
     spare = null;
     const n = await raw.readInto(buf);

@@ -206,6 +206,45 @@ Deno.test("nsdial through a remote /net mounted over Styx", async (t) => {
       assert.deepEqual(remoteDev.conversations(), []);
     });
 
+    await t.step(
+      "reads into small buffers, mixed with read(): the stream whole, held chunks intact",
+      async () => {
+        // readInto hands each reply's buffer back for reuse; a chunk that
+        // read() returned belongs to its caller and must never be reused.
+        const c = await dial(ns, `tcp!127.0.0.1!${e.port}`) as FileConn;
+        const big = new Uint8Array(6_000_000).map((_, i) => (i * 7 + (i >> 16)) & 0xff);
+        const sizes = [1, 7, 4096, 100_000, 300_000, 65_536];
+        const got = new Uint8Array(big.length);
+        const held: { at: number; chunk: Uint8Array; copy: Uint8Array }[] = [];
+        const reader = (async () => {
+          let off = 0;
+          for (let i = 0; off < big.length; i++) {
+            if (i % 5 === 4) {
+              const b = await c.read();
+              if (b === null) break;
+              held.push({ at: off, chunk: b, copy: b.slice() });
+              got.set(b, off);
+              off += b.length;
+            } else {
+              const buf = new Uint8Array(sizes[i % sizes.length]!);
+              const n = await c.readInto(buf);
+              if (n === null) break;
+              got.set(buf.subarray(0, n), off);
+              off += n;
+            }
+          }
+          return off;
+        })();
+        await c.write(big);
+        assert.equal(await reader, big.length);
+        assert.ok(got.every((v, i) => v === big[i]), "the stream arrived changed");
+        assert.ok(held.length > 0);
+        for (const h of held) assert.deepEqual(h.chunk, h.copy, `chunk at ${h.at} was overwritten`);
+        c.close();
+        await c.closed;
+      },
+    );
+
     await t.step("announce on the remote; a third party dials the remote's port", async () => {
       const l = await announceListener(ns, "tcp!127.0.0.1!0");
       const port = Number(l.addr.split("!")[2]);
