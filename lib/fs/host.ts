@@ -38,7 +38,7 @@
  * more than the system call itself and walk/open/clunk of small files is a
  * hot path. Data is read and written at explicit positions (pread/pwrite), so
  * concurrent reads on one open file never race. Transfers up to one default
- * iounit (256 KiB) are made synchronously: from the page cache that takes
+ * iounit (512 KiB) are made synchronously: from the page cache that takes
  * tens of microseconds, less than a trip through the thread pool costs.
  * Larger ones go asynchronously so that they do not hold up other requests. Directory reads yield to the event loop
  * every few hundred entries.
@@ -80,7 +80,7 @@ const ALL64 = MASK64;
 /** Dir.mode flag bits other than DMDIR: none of them can be set on a host file. */
 const MODE_FLAGS = 0x7fff0000;
 /** Reads and writes up to this size are made synchronously. */
-const SYNC_IO = 256 * 1024 + 64;
+const SYNC_IO = 512 * 1024 + 64;
 /** Directory entries stat'ed between two yields to the event loop. */
 const DIR_BATCH = 256;
 
