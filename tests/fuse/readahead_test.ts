@@ -63,13 +63,17 @@ Deno.test({
         await ok(`cat ${mp}/a/f1 > /dev/null`);
         const before = d.client.fidsInUse;
         await ok(`for i in $(seq 50); do cat ${mp}/a/f1 ${mp}/b/f2 > /dev/null; done`);
-        // Released files are clunked soon (with the next open, or a moment later).
-        for (let i = 0; i < 100 && d.client.fidsInUse > before; i++) {
+        // Released files are clunked soon (with the next open, or a moment
+        // later). Each of the two files may also keep one walked node (for
+        // its attributes, once they expire) while the kernel remembers it;
+        // the 100 opens must leave nothing more.
+        const most = before + 2;
+        for (let i = 0; i < 100 && d.client.fidsInUse > most; i++) {
           await new Promise((r) => setTimeout(r, 50));
         }
         assert.ok(
-          d.client.fidsInUse <= before,
-          `${d.client.fidsInUse} fids in use, ${before} before`,
+          d.client.fidsInUse <= most,
+          `${d.client.fidsInUse} fids in use after 100 opens, ${before} before`,
         );
       });
 
