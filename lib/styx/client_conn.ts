@@ -520,7 +520,7 @@ export class StyxClient {
     const names = splitPath(path);
     const fid = this.allocFid();
     if (names.length <= 16 && opts.signal === undefined) {
-      return await this.#walkOpen(root.fid, fid, names, mode);
+      return await this.walkOpen(root.fid, fid, names, mode);
     }
     const qids = await this.#walkLong(root.fid, fid, names, opts);
     if (qids.length < names.length) throw new StyxError(Ename.notFound);
@@ -533,8 +533,9 @@ export class StyxClient {
    * Topen first refuses it, and it is then sent again after the walk. The
    * fid number is given back only once both replies are in, so a late Topen
    * can never reach a fid that was reused meanwhile.
+   * @internal
    */
-  async #walkOpen(fid: number, newfid: number, names: string[], mode: number): Promise<RemoteFile> {
+  async walkOpen(fid: number, newfid: number, names: string[], mode: number): Promise<RemoteFile> {
     const walk = this.#rpc({ type: MsgType.Twalk, fid, newfid, wnames: names }, {});
     const open = this.#rpc({ type: MsgType.Topen, fid: newfid, mode }, {});
     const [w, o] = await Promise.allSettled([walk, open]);

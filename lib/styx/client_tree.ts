@@ -91,10 +91,12 @@ export class RemoteNode implements Node {
     return { qids, node: new RemoteNode(this.client, newfid, qid) };
   }
 
-  /** Open with 9P `mode`: a clone walk, then Topen on the clone (clunked on failure). */
+  /** Open with 9P `mode`: a clone walk and a Topen on the clone (clunked on failure). */
   async open(mode: number, opts: OpOptions = {}): Promise<RemoteFile> {
     this.#check();
     const fid = this.client.allocFid();
+    // The clone and its Topen go out together: one round trip, not two.
+    if (opts.signal === undefined) return await this.client.walkOpen(this.fid, fid, [], mode);
     await this.client.walkFid(this.fid, fid, [], opts);
     return await this.client.openFid(fid, mode, opts);
   }
