@@ -17,7 +17,7 @@
  * elapsed time.
  *
  * Run: deno run --allow-all bench/net_probe.ts [--mb 256] [--rounds 2000] [--dials 300]
- *   [--window 4] (reads and writes in flight on the tunnelled data file)
+ *   [--window N] (most reads and writes in flight on the tunnelled data file; default the library's)
  *   [--parts send,receive,rtt,dial] (which figures to measure; default all)
  *   [--prof DIR] (write CPU profiles of the remote and target processes to DIR)
  *   [--msize N] (Styx message size both ends offer; default the library's)
@@ -175,7 +175,7 @@ async function main(): Promise<void> {
       mb: { type: "string", default: "256" },
       rounds: { type: "string", default: "2000" },
       dials: { type: "string", default: "300" },
-      window: { type: "string", default: "4" },
+      window: { type: "string" },
       parts: { type: "string", default: "send,receive,rtt,dial" },
       prof: { type: "string" },
       msize: { type: "string" },
@@ -225,7 +225,7 @@ async function main(): Promise<void> {
   const ns = new Namespace(mem, { caller: { user: "bench" } });
   await ns.mount(new RemoteTree(client), "/net");
   const direct = () => tcpDial("127.0.0.1", info.sink);
-  const window = Number(values.window);
+  const window = values.window ? Number(values.window) : undefined;
   const tunnel = (port: number) => dial(ns, `tcp!127.0.0.1!${port}`, { window });
   try {
     const parts = new Set(values.parts.split(","));

@@ -62,7 +62,10 @@ export interface NsDialOptions {
   signal?: AbortSignal;
   /** Where the network is mounted (default "/net"). */
   netRoot?: string;
-  /** Reads and writes kept in flight on a data file (default 4). */
+  /**
+   * Most reads and writes kept in flight on a data file (default 16).
+   * Reads start at 4 in flight and go deeper while replies come back full.
+   */
   window?: number;
 }
 
@@ -174,6 +177,8 @@ export class FileConn implements Conn {
   #off = 0n;
   #woff = 0n;
   readonly #window: number;
+  /** Reads kept in flight now: grows up to #window while replies come back full. */
+  #depth: number;
   readonly #size: number;
 
   /**
@@ -190,7 +195,8 @@ export class FileConn implements Conn {
     const net = info.dir.split("/").at(-2) ?? "tcp";
     this.peer = { addr: `${net}!${info.remote}`, authenticated: false };
     this.local = `${net}!${info.local}`;
-    this.#window = Math.max(1, info.window ?? 4);
+    this.#window = Math.max(1, info.window ?? 16);
+    this.#depth = Math.min(4, this.#window);
     this.#size = data.iounit > 0 ? data.iounit : 256 * 1024;
   }
 
@@ -235,7 +241,7 @@ export class FileConn implements Conn {
 
   async #next(): Promise<Uint8Array | null> {
     if (this.#isClosed || this.#eof) return null;
-    while (this.#reads.length < this.#window) this.#issueRead();
+    while (this.#reads.length < this.#depth) this.#issueRead();
     const head = this.#reads.shift()!;
     let b: Uint8Array;
     try {
@@ -248,6 +254,12 @@ export class FileConn implements Conn {
       this.close();
       return null;
     }
+    // A full reply means a bulk stream: the far side keeps the relay busy
+    // only with more reads waiting there (a short-lived or interactive
+    // connection keeps few reads to flush at hangup).
+    if (b.length === this.#size && this.#depth < this.#window) {
+      this.#depth = Math.min(this.#window, this.#depth * 2);
+    }
     return b;
   }
 
@@ -259,7 +271,7 @@ export class FileConn implements Conn {
     // a write of their own when the next read() comes (a request and its
     // answer cost one write each way, not two).
     if (this.#reads.length > 0 && !this.#eof) {
-      while (this.#reads.length < this.#window) this.#issueRead();
+      while (this.#reads.length < this.#depth) this.#issueRead();
     }
     for (let o = 0; o < data.length; o += this.#size) {
       while (this.#writes.size >= this.#window) {
