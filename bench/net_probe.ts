@@ -21,6 +21,7 @@
  *   [--parts send,receive,rtt,dial] (which figures to measure; default all)
  *   [--prof DIR] (write CPU profiles of the remote and target processes to DIR)
  *   [--msize N] (Styx message size both ends offer; default the library's)
+ *   [--json] (one JSON row per figure, as bench/run.ts reads them)
  *
  * @module
  */
@@ -179,8 +180,15 @@ async function main(): Promise<void> {
       parts: { type: "string", default: "send,receive,rtt,dial" },
       prof: { type: "string" },
       msize: { type: "string" },
+      json: { type: "boolean", default: false },
     },
   });
+  // Text lines, or with --json one row per figure for bench/run.ts's
+  // table: [figure, through /net, direct, ratio].
+  const out = (lines: string[], row: string[]) => {
+    if (values.json) console.log(JSON.stringify(row));
+    else for (const l of lines) console.log(l);
+  };
   const bytes = Number(values.mb) * 1024 * 1024;
   const rounds = Number(values.rounds);
   const dials = Number(values.dials);
@@ -256,36 +264,44 @@ async function main(): Promise<void> {
       }
     }
     const show = (what: string, d: number, tn: number, c: number[]) => {
-      console.log(`bulk ${what} ${values.mb} MiB, median of 3:`);
-      console.log(`  direct          ${d.toFixed(0)} MB/s`);
-      console.log(
-        `  through /net    ${tn.toFixed(0)} MB/s  (${(100 * tn / d).toFixed(0)}% of direct)`,
-      );
       const per = (ms: number) => (ms / (3 * Number(values.mb))).toFixed(2);
-      console.log(
-        `  CPU ms per MiB through /net: client ${per(c[0]!)}, remote ${per(c[1]!)}, far end ${
-          per(c[2]!)
-        }`,
-      );
+      const cpuText = `client ${per(c[0]!)}, remote ${per(c[1]!)}, far end ${per(c[2]!)}`;
+      const pct = `${(100 * tn / d).toFixed(0)}% of direct`;
+      out([
+        `bulk ${what} ${values.mb} MiB, median of 3:`,
+        `  direct          ${d.toFixed(0)} MB/s`,
+        `  through /net    ${tn.toFixed(0)} MB/s  (${pct})`,
+        `  CPU ms per MiB through /net: ${cpuText}`,
+      ], [
+        `bulk ${what} ${values.mb} MiB through a mounted remote /net, MB/s (target >= 50%; ` +
+        `CPU ms/MiB ${cpuText})`,
+        tn.toFixed(0),
+        `direct ${d.toFixed(0)}`,
+        pct,
+      ]);
     };
     if (parts.has("send")) show("send", median(mbps.up), median(mbps.upT), cpu.up);
     if (parts.has("receive")) show("receive", median(mbps.down), median(mbps.downT), cpu.down);
-    const cpuLine = (what: string, c: number[], n: number, unit: string, scale: number) => {
-      const per = (ms: number) => (ms * scale / n).toFixed(0);
-      console.log(
-        `  CPU ${unit} per ${what}: client ${per(c[0]!)}, remote ${per(c[1]!)}, far end ${
-          per(c[2]!)
-        }`,
-      );
+    const cpuText = (c: number[], n: number) => {
+      const per = (ms: number) => (ms * 1000 / n).toFixed(0);
+      return `client ${per(c[0]!)}, remote ${per(c[1]!)}, far end ${per(c[2]!)}`;
     };
     if (parts.has("rtt")) {
       const rd = await pingpong(await tcpDial("127.0.0.1", info.echo), rounds);
       const c = [0, 0, 0];
       const rt = await timed(c, async () => pingpong(await tunnel(info.echo), rounds));
-      console.log(`round trip of 1 byte, median of ${rounds}:`);
-      console.log(`  direct          ${rd.toFixed(0)} µs`);
-      console.log(`  through /net    ${rt.toFixed(0)} µs  (+${(rt - rd).toFixed(0)} µs)`);
-      cpuLine("round trip through /net", c, rounds + 20, "µs", 1000);
+      const cpu = cpuText(c, rounds + 20);
+      out([
+        `round trip of 1 byte, median of ${rounds}:`,
+        `  direct          ${rd.toFixed(0)} µs`,
+        `  through /net    ${rt.toFixed(0)} µs  (+${(rt - rd).toFixed(0)} µs)`,
+        `  CPU µs per round trip through /net: ${cpu}`,
+      ], [
+        `round trip of 1 byte through /net, µs (median of ${rounds}; CPU µs ${cpu})`,
+        rt.toFixed(0),
+        `direct ${rd.toFixed(0)}`,
+        `+${(rt - rd).toFixed(0)} µs`,
+      ]);
     }
     if (parts.has("dial")) {
       const c = [0, 0, 0];
@@ -298,8 +314,12 @@ async function main(): Promise<void> {
         }
         return (performance.now() - t0) / 1000;
       });
-      console.log(`dial + hangup through /net: ${(dials / s).toFixed(0)} connections/s`);
-      cpuLine("dial + hangup", c, dials, "µs", 1000);
+      const rate = (dials / s).toFixed(0);
+      const cpu = cpuText(c, dials);
+      out([
+        `dial + hangup through /net: ${rate} connections/s`,
+        `  CPU µs per dial + hangup: ${cpu}`,
+      ], [`dial + hangup through /net, connections/s (CPU µs ${cpu})`, rate, "", ""]);
     }
   } finally {
     await client.close();

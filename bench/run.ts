@@ -352,7 +352,7 @@ try {
       String(REPS),
     ]);
   }
-  if (want("net")) await probe("net", "net_probe.ts");
+  if (want("net")) await tableProbe("net", "net_probe.ts");
   if (want("manifest")) await probe("manifest", "manifest_probe.ts");
   if (want("fuse")) await probe("fuse", "fuse_probe.ts");
 } finally {
