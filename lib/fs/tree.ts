@@ -27,6 +27,13 @@ export interface Caller {
 export interface OpOptions {
   /** Aborted when the request is flushed or the connection goes away. */
   signal?: AbortSignal;
+  /**
+   * On a walk only: the node walked to is opened next with this 9P mode
+   * and used for nothing else but closing. A remote tree may send the
+   * Topen along with the Twalk and answer that open from it, saving a round
+   * trip; other trees ignore it.
+   */
+  openMode?: number;
 }
 
 /** The result of {@link Node.walk}, mirroring Rwalk. */

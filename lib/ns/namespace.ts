@@ -139,6 +139,13 @@ async function closeLayers(layers: readonly Layer[]): Promise<void> {
   await Promise.allSettled(layers.map((l) => l.node.close()));
 }
 
+/** `opts` without {@link OpOptions.openMode}: for every walk but the last of a resolution. */
+function plainOpts(opts?: OpOptions): OpOptions | undefined {
+  if (opts?.openMode === undefined) return opts;
+  const { openMode: _, ...rest } = opts;
+  return rest;
+}
+
 async function cloneNode(n: Node, opts?: OpOptions): Promise<Node> {
   const r = await n.walk([], opts);
   if (!r.node) throw new StyxError(Ename.notFound);
@@ -169,6 +176,7 @@ async function walkLayers(
 /** node.walk in pieces of at most MAXWELEM names. */
 async function walkChunked(node: Node, names: string[], opts?: OpOptions): Promise<WalkResult> {
   if (names.length <= MAXWELEM) return await node.walk(names, opts);
+  opts = plainOpts(opts); // only a walk's last node may be opened along with it
   const qids: Qid[] = [];
   let cur = node;
   try {
@@ -300,6 +308,7 @@ class Engine {
   /** Resolve absolute `names` from the root; the whole path must exist. */
   async resolveNames(names: string[], opts?: OpOptions): Promise<Loc> {
     const at = this.table.root;
+    const o = plainOpts(opts);
     if (names.length > 0 && !at.point) {
       // Walk from the root node itself: no clone needed.
       const node = await this.#root();
@@ -309,7 +318,7 @@ class Engine {
       if (!w.loc) throw new StyxError(Ename.notFound);
       return w.loc;
     }
-    const root = await this.rootLoc(opts);
+    const root = await this.rootLoc(o);
     if (names.length === 0) return root;
     try {
       const w = await this.walk(root, names, opts);
@@ -380,6 +389,9 @@ class Engine {
    * first `floor` names.
    */
   async walk(start: Loc, names: string[], opts?: OpOptions, floor = 0): Promise<Walked> {
+    // Only the walk that reaches the last name may carry openMode.
+    const finalOpts = opts;
+    opts = plainOpts(opts);
     if (names.length === 0) {
       const layers: Layer[] = [];
       try {
@@ -438,7 +450,11 @@ class Engine {
           const plain = names.slice(i, plainEnd);
           let r: WalkResult;
           try {
-            r = await walkLayers(cur.layers, plain, opts);
+            r = await walkLayers(
+              cur.layers,
+              plain,
+              !point && j === names.length ? finalOpts : opts,
+            );
           } catch (e) {
             return partial(e);
           }
@@ -455,7 +471,7 @@ class Engine {
         }
         i = j;
         if (!point) continue;
-        const last = names[j - 1]!;
+        const pointName = names[j - 1]!;
         const from = parent;
         // Names after the mount point, up to the next one or "..": walk
         // through the members without cloning them.
@@ -475,14 +491,20 @@ class Engine {
           const after = names.slice(j, afterEnd);
           let r: WalkResult;
           try {
-            r = await this.through(from, point, last, after, opts);
+            r = await this.through(
+              from,
+              point,
+              pointName,
+              after,
+              !point2 && afterEnd === names.length ? finalOpts : opts,
+            );
           } catch (e) {
             return partial(e);
           }
           qids.push(...r.qids);
           if (!r.node) return { qids };
           await advance({
-            names: from.names.concat(last, after),
+            names: from.names.concat(pointName, after),
             layers: [{ node: r.node, create: false }],
             mounted: false,
             at: point2 ? undefined : at2,
@@ -493,9 +515,9 @@ class Engine {
         }
         let next: Loc;
         try {
-          next = await this.enter(from.names.concat(last), at!, async () => {
+          next = await this.enter(from.names.concat(pointName), at!, async () => {
             try {
-              const r = await walkLayers(from.layers, [last], opts);
+              const r = await walkLayers(from.layers, [pointName], opts);
               return r.node ? [{ node: r.node, create: false }] : [];
             } catch {
               return [];
@@ -889,7 +911,8 @@ export class Namespace implements Tree {
 
   /** Open `path` with 9P `mode`; closing the file releases everything it holds. */
   async open(path: string, mode: number, opts?: OpOptions): Promise<OpenFile> {
-    const n = await this.resolve(path, opts);
+    // The last walk may send the open along with it (a remote tree does).
+    const n = await this.resolve(path, { ...opts, openMode: mode });
     try {
       return new OwnedFile(await n.open(mode, opts), n);
     } catch (e) {

@@ -536,6 +536,31 @@ export class StyxClient {
    * @internal
    */
   async walkOpen(fid: number, newfid: number, names: string[], mode: number): Promise<RemoteFile> {
+    const w = await this.walkThenOpen(fid, newfid, names, mode);
+    if (w.qids.length < names.length) throw new StyxError(Ename.notFound);
+    if (!(w.open instanceof StyxError)) {
+      return new RemoteFile(this, newfid, w.open.qid, w.open.iounit);
+    }
+    // Refused: maybe only because it overtook the walk. Ask again.
+    return await this.openFid(newfid, mode);
+  }
+
+  /**
+   * Twalk `fid` by `names` (at most 16) to `newfid` with a Topen of
+   * `newfid` sent along, in one round trip. Resolves once both replies are
+   * in: the qids, and the Ropen or the StyxError refusing it (which may
+   * only mean the server ran the Topen before the walk). When the walk fell
+   * short, `newfid` has been released; when it succeeded, the caller owns
+   * `newfid`, open or not. Other failures reject, with `newfid` released
+   * or clunked.
+   * @internal
+   */
+  async walkThenOpen(
+    fid: number,
+    newfid: number,
+    names: string[],
+    mode: number,
+  ): Promise<{ qids: Qid[]; open: Ropen | StyxError }> {
     const walk = this.#rpc({ type: MsgType.Twalk, fid, newfid, wnames: names }, {});
     const open = this.#rpc({ type: MsgType.Topen, fid: newfid, mode }, {});
     const [w, o] = await Promise.allSettled([walk, open]);
@@ -553,15 +578,15 @@ export class StyxClient {
           `server answered a walk of ${names.length} names with ${w.value.wqids.length} qids`,
         );
       }
-      throw new StyxError(Ename.notFound);
+      if (names.length > 0 && w.value.wqids.length === 0) throw new StyxError(Ename.notFound);
+      return { qids: w.value.wqids, open: new StyxError(Ename.notFound) };
     }
-    if (o.status === "fulfilled") return new RemoteFile(this, newfid, o.value.qid, o.value.iounit);
+    if (o.status === "fulfilled") return { qids: w.value.wqids, open: o.value };
     if (this.#hungup || !(o.reason instanceof StyxError)) {
       this.clunk(newfid).catch(() => {});
       throw o.reason;
     }
-    // Refused: maybe only because it overtook the walk. Ask again.
-    return await this.openFid(newfid, mode);
+    return { qids: w.value.wqids, open: o.reason };
   }
 
   /**

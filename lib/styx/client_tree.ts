@@ -13,6 +13,7 @@ import {
   MsgType,
   type Qid,
   type Rcreate,
+  type Ropen,
   type Rread,
   StyxError,
 } from "./types.ts";
@@ -58,6 +59,8 @@ export interface RemoteWalkResult extends WalkResult {
 export class RemoteNode implements Node {
   #qid: Qid;
   #closed = false;
+  /** An open sent along with the walk that made this node (OpOptions.openMode). */
+  #pre: { mode: number; open: Ropen | StyxError } | null = null;
 
   /** Wrap `fid`, already walked to a file whose qid is `qid`. */
   constructor(readonly client: StyxClient, readonly fid: number, qid: Qid) {
@@ -85,6 +88,16 @@ export class RemoteNode implements Node {
   async walk(names: string[], opts: OpOptions = {}): Promise<RemoteWalkResult> {
     this.#check();
     const newfid = this.client.allocFid();
+    const mode = opts.openMode;
+    if (mode !== undefined && opts.signal === undefined && names.length <= 16) {
+      // The caller opens the result next: send the Topen with the Twalk.
+      const w = await this.client.walkThenOpen(this.fid, newfid, names, mode);
+      if (w.qids.length < names.length) return { qids: w.qids };
+      const qid = w.qids.length === 0 ? { ...this.#qid } : w.qids[w.qids.length - 1]!;
+      const node = new RemoteNode(this.client, newfid, qid);
+      node.#pre = { mode, open: w.open };
+      return { qids: w.qids, node };
+    }
     const qids = await this.client.walkLong(this.fid, newfid, names, opts);
     if (qids.length < names.length) return { qids };
     const qid = qids.length === 0 ? { ...this.#qid } : qids[qids.length - 1]!;
@@ -94,6 +107,19 @@ export class RemoteNode implements Node {
   /** Open with 9P `mode`: a clone walk and a Topen on the clone (clunked on failure). */
   async open(mode: number, opts: OpOptions = {}): Promise<RemoteFile> {
     this.#check();
+    const pre = this.#pre;
+    this.#pre = null;
+    if (pre !== null && pre.mode === mode) {
+      if (!(pre.open instanceof StyxError)) {
+        // Opened along with the walk: the fid becomes the open file's.
+        this.#closed = true;
+        return new RemoteFile(this.client, this.fid, pre.open.qid, pre.open.iounit);
+      }
+      // Refused, perhaps only for overtaking the walk: open in place now.
+      const r = await this.client.rpc({ type: MsgType.Topen, fid: this.fid, mode }, opts);
+      this.#closed = true;
+      return new RemoteFile(this.client, this.fid, r.qid, r.iounit);
+    }
     const fid = this.client.allocFid();
     // The clone and its Topen go out together: one round trip, not two.
     if (opts.signal === undefined) return await this.client.walkOpen(this.fid, fid, [], mode);

@@ -20,8 +20,10 @@ import {
   Wire,
   WireError,
 } from "./peers.ts";
-import { StyxClient } from "../../lib/styx/client.ts";
+import { RemoteTree, StyxClient } from "../../lib/styx/client.ts";
 import { tcpDial } from "../../lib/transport/tcp.ts";
+import { MemTree } from "../../lib/fs/memory.ts";
+import { Namespace } from "../../lib/ns/namespace.ts";
 import { OREAD } from "../../lib/styx/types.ts";
 
 const te = new TextEncoder();
@@ -419,6 +421,34 @@ Deno.test("Ferry mounts an Inferno export whose requests overtake one another", 
         assert.equal(ex.file("made"), undefined);
         await root.close();
       } finally {
+        await c.close();
+      }
+    });
+
+    await t.step("files opened through a namespace (each open sent with its walk)", async () => {
+      const c = await StyxClient.connect(await tcpDial("127.0.0.1", ex.port));
+      const mem = new MemTree({ owner: "glenda" });
+      await mem.mkdirp("/n/inferno");
+      const ns = new Namespace(mem, { caller: { user: "glenda" } });
+      try {
+        await ns.mount(new RemoteTree(c), "/n/inferno");
+        const baseline = c.fidsInUse;
+        const before = ex.reordered;
+        for (const name of ["hello", "lib/data"]) {
+          const f = await ns.open(`/n/inferno/${name}`, OREAD);
+          assert.deepEqual(await f.read(0n, 1 << 20), ex.file(name));
+          await f.close();
+          // A node opened in place: its clone and Topen go out together too.
+          const n = await ns.resolve(`/n/inferno/${name}`);
+          const g = await n.open(OREAD);
+          assert.deepEqual(await g.read(0n, 1 << 20), ex.file(name));
+          await g.close();
+          await n.close();
+        }
+        assert.ok(ex.reordered > before, "no open overtook its walk");
+        assert.equal(c.fidsInUse, baseline);
+      } finally {
+        await ns.close();
         await c.close();
       }
     });
