@@ -61,7 +61,11 @@ class FilterNode implements Node {
       if (hidden(this.filter, rel)) break;
     }
     if (n === 0 && names.length > 0) throw new StyxError(Ename.notFound);
-    const r = await this.inner.walk(names.slice(0, n), opts);
+    // Stopped short: the node reached is not the one the caller will open.
+    const o = n < names.length && opts?.openMode !== undefined
+      ? { ...opts, openMode: undefined }
+      : opts;
+    const r = await this.inner.walk(names.slice(0, n), o);
     if (n < names.length || !r.node) {
       await r.node?.close();
       return { qids: r.qids };

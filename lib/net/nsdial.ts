@@ -65,6 +65,9 @@ export interface NsDialOptions {
   /**
    * Most reads and writes kept in flight on a data file (default 16).
    * Reads start at 4 in flight and go deeper while replies come back full.
+   * The stream stays in order only if the server answers one data file's
+   * requests in the order they came (Ferry's /net does); give 1 for a
+   * server that may not.
    */
   window?: number;
 }

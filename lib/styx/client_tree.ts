@@ -109,6 +109,11 @@ export class RemoteNode implements Node {
     this.#check();
     const pre = this.#pre;
     this.#pre = null;
+    if (pre !== null && pre.mode !== mode && !(pre.open instanceof StyxError)) {
+      // Its fid is open already: it can be neither cloned nor opened again.
+      this.#pre = pre;
+      throw new StyxError(`file already opened with mode ${pre.mode}, not ${mode}`);
+    }
     if (pre !== null && pre.mode === mode) {
       if (!(pre.open instanceof StyxError)) {
         // Opened along with the walk: the fid becomes the open file's.

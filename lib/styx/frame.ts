@@ -308,7 +308,8 @@ export class BufferPool {
 
   /** A buffer of exactly `size` bytes (not necessarily zeroed), at offset 0 of its ArrayBuffer. */
   take(size: number): Uint8Array {
-    const cap = Math.ceil(size / this.#granule) * this.#granule;
+    // Below one granule, exact: a small frame should not cost a large buffer.
+    const cap = size < this.#granule ? size : Math.ceil(size / this.#granule) * this.#granule;
     const b = this.#free.get(cap)?.pop();
     if (b !== undefined) {
       this.#count--;
