@@ -104,7 +104,12 @@ export class RemoteNode implements Node {
     return { qids, node: new RemoteNode(this.client, newfid, qid) };
   }
 
-  /** Open with 9P `mode`: a clone walk and a Topen on the clone (clunked on failure). */
+  /**
+   * Open with 9P `mode`. A node whose walk carried `openMode` answers from
+   * the Topen sent with that walk, on its own fid (the node is closed
+   * then); any other gets a clone walk and a Topen on the clone, sent
+   * together (the clone is clunked on failure).
+   */
   async open(mode: number, opts: OpOptions = {}): Promise<RemoteFile> {
     this.#check();
     const pre = this.#pre;
