@@ -22,6 +22,9 @@
  *   [--prof DIR] (write CPU profiles of the remote and target processes to DIR)
  *   [--msize N] (Styx message size both ends offer; default the library's)
  *   [--json] (one JSON row per figure, as bench/run.ts reads them)
+ *   [--pin] (Linux, taskset: the remote on a CPU of its own, this process and
+ *     the far end sharing CPU 0, for direct and tunnelled streams alike, as
+ *     if the remote were another machine; without it all three share every CPU)
  *
  * @module
  */
@@ -91,6 +94,19 @@ console.log(JSON.stringify({ sink: sink.addr.port, echo: echo.addr.port, source:
   }
 })();
 `;
+
+/** Bind every thread of process `pid` to `cpus` (taskset's list); false when that fails. */
+function pin(pid: number, cpus: string): boolean {
+  try {
+    return new Deno.Command("taskset", {
+      args: ["-a", "-p", "-c", cpus, String(pid)],
+      stdout: "null",
+      stderr: "null",
+    }).outputSync().success;
+  } catch {
+    return false;
+  }
+}
 
 /** User + system CPU time of process `pid` so far, in ms (Linux /proc; 0 elsewhere). */
 function cpuMs(pid: number): number {
@@ -181,6 +197,7 @@ async function main(): Promise<void> {
       prof: { type: "string" },
       msize: { type: "string" },
       json: { type: "boolean", default: false },
+      pin: { type: "boolean", default: false },
     },
   });
   // Text lines, or with --json one row per figure for bench/run.ts's
@@ -218,6 +235,11 @@ async function main(): Promise<void> {
   };
   const remote = await start("remote");
   const target = await start("target");
+  const cpus = navigator.hardwareConcurrency;
+  const pinned = values.pin && cpus >= 2 && pin(remote.child.pid, String(cpus - 1)) &&
+    pin(target.child.pid, "0") && pin(Deno.pid, "0");
+  if (values.pin && !pinned) console.error("net_probe: --pin needs taskset and 2 CPUs; not pinned");
+  const where = pinned ? ", remote on a CPU of its own" : "";
   const info = { ...remote.info, ...target.info } as {
     styx: string;
     sink: number;
@@ -268,13 +290,13 @@ async function main(): Promise<void> {
       const cpuText = `client ${per(c[0]!)}, remote ${per(c[1]!)}, far end ${per(c[2]!)}`;
       const pct = `${(100 * tn / d).toFixed(0)}% of direct`;
       out([
-        `bulk ${what} ${values.mb} MiB, median of 3:`,
+        `bulk ${what} ${values.mb} MiB${where}, median of 3:`,
         `  direct          ${d.toFixed(0)} MB/s`,
         `  through /net    ${tn.toFixed(0)} MB/s  (${pct})`,
         `  CPU ms per MiB through /net: ${cpuText}`,
       ], [
-        `bulk ${what} ${values.mb} MiB through a mounted remote /net, MB/s (target >= 50%; ` +
-        `CPU ms/MiB ${cpuText})`,
+        `bulk ${what} ${values.mb} MiB through a mounted remote /net${where}, MB/s ` +
+        `(target >= 50%; CPU ms/MiB ${cpuText})`,
         tn.toFixed(0),
         `direct ${d.toFixed(0)}`,
         pct,
