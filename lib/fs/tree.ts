@@ -36,6 +36,16 @@ export interface OpOptions {
   openMode?: number;
 }
 
+/**
+ * `opts` without {@link OpOptions.openMode}, for a walk whose node will not
+ * be the one opened (an intermediate step, or a walk that stops short).
+ */
+export function withoutOpenMode(opts?: OpOptions): OpOptions | undefined {
+  if (opts?.openMode === undefined) return opts;
+  const { openMode: _, ...rest } = opts;
+  return rest;
+}
+
 /** The result of {@link Node.walk}, mirroring Rwalk. */
 export interface WalkResult {
   /** Qids of the names walked successfully, in order. */

@@ -6,7 +6,16 @@
  * @module
  */
 
-import type { Caller, Created, Node, OpenFile, OpOptions, Tree, WalkResult } from "../fs/tree.ts";
+import {
+  type Caller,
+  type Created,
+  type Node,
+  type OpenFile,
+  type OpOptions,
+  type Tree,
+  type WalkResult,
+  withoutOpenMode,
+} from "../fs/tree.ts";
 import { Ename, QTDIR, StyxError } from "../styx/types.ts";
 import type { Dir, Qid } from "../styx/types.ts";
 import { hiddenBy } from "./check.ts";
@@ -62,10 +71,10 @@ class FilterNode implements Node {
     }
     if (n === 0 && names.length > 0) throw new StyxError(Ename.notFound);
     // Stopped short: the node reached is not the one the caller will open.
-    const o = n < names.length && opts?.openMode !== undefined
-      ? { ...opts, openMode: undefined }
-      : opts;
-    const r = await this.inner.walk(names.slice(0, n), o);
+    const r = await this.inner.walk(
+      names.slice(0, n),
+      n < names.length ? withoutOpenMode(opts) : opts,
+    );
     if (n < names.length || !r.node) {
       await r.node?.close();
       return { qids: r.qids };

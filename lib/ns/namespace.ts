@@ -38,7 +38,16 @@
  * @module
  */
 
-import type { Caller, Created, Node, OpenFile, OpOptions, Tree, WalkResult } from "../fs/tree.ts";
+import {
+  type Caller,
+  type Created,
+  type Node,
+  type OpenFile,
+  type OpOptions,
+  type Tree,
+  type WalkResult,
+  withoutOpenMode,
+} from "../fs/tree.ts";
 import { Ename, MAXWELEM, OEXEC, OREAD, OTRUNC, OWRITE, QTDIR, StyxError } from "../styx/types.ts";
 import type { Dir, Qid } from "../styx/types.ts";
 import {
@@ -139,13 +148,6 @@ async function closeLayers(layers: readonly Layer[]): Promise<void> {
   await Promise.allSettled(layers.map((l) => l.node.close()));
 }
 
-/** `opts` without {@link OpOptions.openMode}: for every walk but the last of a resolution. */
-function plainOpts(opts?: OpOptions): OpOptions | undefined {
-  if (opts?.openMode === undefined) return opts;
-  const { openMode: _, ...rest } = opts;
-  return rest;
-}
-
 async function cloneNode(n: Node, opts?: OpOptions): Promise<Node> {
   const r = await n.walk([], opts);
   if (!r.node) throw new StyxError(Ename.notFound);
@@ -176,7 +178,7 @@ async function walkLayers(
 /** node.walk in pieces of at most MAXWELEM names. */
 async function walkChunked(node: Node, names: string[], opts?: OpOptions): Promise<WalkResult> {
   if (names.length <= MAXWELEM) return await node.walk(names, opts);
-  opts = plainOpts(opts); // only a walk's last node may be opened along with it
+  opts = withoutOpenMode(opts); // only a walk's last node may be opened along with it
   const qids: Qid[] = [];
   let cur = node;
   try {
@@ -308,7 +310,7 @@ class Engine {
   /** Resolve absolute `names` from the root; the whole path must exist. */
   async resolveNames(names: string[], opts?: OpOptions): Promise<Loc> {
     const at = this.table.root;
-    const o = plainOpts(opts);
+    const o = withoutOpenMode(opts);
     if (names.length > 0 && !at.point) {
       // Walk from the root node itself: no clone needed.
       const node = await this.#root();
@@ -391,7 +393,7 @@ class Engine {
   async walk(start: Loc, names: string[], opts?: OpOptions, floor = 0): Promise<Walked> {
     // Only the walk that reaches the last name may carry openMode.
     const finalOpts = opts;
-    opts = plainOpts(opts);
+    opts = withoutOpenMode(opts);
     if (names.length === 0) {
       const layers: Layer[] = [];
       try {
