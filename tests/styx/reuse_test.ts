@@ -171,13 +171,15 @@ for (const transport of ["TCP", "TLS"] as const) {
       const size = 3 * 1024 * 1024 + 12345;
       const want = pattern(size, 42);
       await Deno.writeFile(`${h.dir}/big`, want);
+      const openBig = async () => {
+        const c = await h.client();
+        return await c.openPath(await c.attach("glenda"), "/big", OREAD);
+      };
 
       await t.step(
         "readStream with reuse: the same memory comes back, the bytes are right",
         async () => {
-          const c = await h.client();
-          const root = await c.attach("glenda");
-          const f = await c.openPath(root, "/big", OREAD);
+          const f = await openBig();
           const got = new Uint8Array(size);
           let off = 0;
           const buffers = new Set<ArrayBufferLike>();
@@ -198,9 +200,7 @@ for (const transport of ["TCP", "TLS"] as const) {
       await t.step(
         "twelve reads in flight and a reader that pauses get exact bytes (server reuse)",
         async () => {
-          const c = await h.client();
-          const root = await c.attach("glenda");
-          const f = await c.openPath(root, "/big", OREAD);
+          const f = await openBig();
           const got = new Uint8Array(size);
           let off = 0;
           // The server answers all twelve reads from pooled buffers while the
@@ -218,9 +218,7 @@ for (const transport of ["TCP", "TLS"] as const) {
 
       await t.step("two clients reading at once both get their bytes (server reuse)", async () => {
         const read = async () => {
-          const c = await h.client();
-          const root = await c.attach("glenda");
-          const f = await c.openPath(root, "/big", OREAD);
+          const f = await openBig();
           const parts: Uint8Array[] = [];
           for await (const chunk of readStream(f)) parts.push(chunk); // kept: no reuse
           await f.close();
