@@ -113,12 +113,11 @@ export class RemoteNode implements Node {
   async open(mode: number, opts: OpOptions = {}): Promise<RemoteFile> {
     this.#check();
     const pre = this.#pre;
-    this.#pre = null;
     if (pre !== null && pre.mode !== mode && !(pre.open instanceof StyxError)) {
       // Its fid is open already: it can be neither cloned nor opened again.
-      this.#pre = pre;
       throw new StyxError(`file already opened with mode ${pre.mode}, not ${mode}`);
     }
+    this.#pre = null;
     if (pre !== null && pre.mode === mode) {
       if (!(pre.open instanceof StyxError)) {
         // Opened along with the walk: the fid becomes the open file's.
