@@ -285,18 +285,21 @@ async function main(): Promise<void> {
         );
       }
     }
+    // CPU of client, remote and far end, each as `per` gives it.
+    const cpuText = (c: number[], per: (ms: number) => string) =>
+      `client ${per(c[0]!)}, remote ${per(c[1]!)}, far end ${per(c[2]!)}`;
+    const perEach = (n: number) => (ms: number) => (ms * 1000 / n).toFixed(0);
     const show = (what: string, d: number, tn: number, c: number[]) => {
-      const per = (ms: number) => (ms / (3 * Number(values.mb))).toFixed(2);
-      const cpuText = `client ${per(c[0]!)}, remote ${per(c[1]!)}, far end ${per(c[2]!)}`;
+      const cpu = cpuText(c, (ms) => (ms / (3 * Number(values.mb))).toFixed(2));
       const pct = `${(100 * tn / d).toFixed(0)}% of direct`;
       out([
         `bulk ${what} ${values.mb} MiB${where}, median of 3:`,
         `  direct          ${d.toFixed(0)} MB/s`,
         `  through /net    ${tn.toFixed(0)} MB/s  (${pct})`,
-        `  CPU ms per MiB through /net: ${cpuText}`,
+        `  CPU ms per MiB through /net: ${cpu}`,
       ], [
         `bulk ${what} ${values.mb} MiB through a mounted remote /net${where}, MB/s ` +
-        `(target >= 50%; CPU ms/MiB ${cpuText})`,
+        `(target >= 50%; CPU ms/MiB ${cpu})`,
         tn.toFixed(0),
         `direct ${d.toFixed(0)}`,
         pct,
@@ -304,15 +307,11 @@ async function main(): Promise<void> {
     };
     if (parts.has("send")) show("send", median(mbps.up), median(mbps.upT), cpu.up);
     if (parts.has("receive")) show("receive", median(mbps.down), median(mbps.downT), cpu.down);
-    const cpuText = (c: number[], n: number) => {
-      const per = (ms: number) => (ms * 1000 / n).toFixed(0);
-      return `client ${per(c[0]!)}, remote ${per(c[1]!)}, far end ${per(c[2]!)}`;
-    };
     if (parts.has("rtt")) {
       const rd = await pingpong(await tcpDial("127.0.0.1", info.echo), rounds);
       const c = [0, 0, 0];
       const rt = await timed(c, async () => pingpong(await tunnel(info.echo), rounds));
-      const cpu = cpuText(c, rounds + 20);
+      const cpu = cpuText(c, perEach(rounds + 20));
       out([
         `round trip of 1 byte, median of ${rounds}:`,
         `  direct          ${rd.toFixed(0)} µs`,
@@ -337,7 +336,7 @@ async function main(): Promise<void> {
         return (performance.now() - t0) / 1000;
       });
       const rate = (dials / s).toFixed(0);
-      const cpu = cpuText(c, dials);
+      const cpu = cpuText(c, perEach(dials));
       out([
         `dial + hangup through /net: ${rate} connections/s`,
         `  CPU µs per dial + hangup: ${cpu}`,
