@@ -62,7 +62,6 @@ export type { Credentials, LinkOptions } from "../auth/link.ts";
 export const LINK_PROTOCOL = "ferry-link/1";
 
 const HIGH_WATER = 1 << 20;
-const MAX_LINE = MAX_LINK_LINE;
 
 /** A TLS link failed or was refused; the message says why. */
 export class LinkError extends Error {
@@ -236,7 +235,7 @@ class LineReader {
         this.#buf = got[1];
         return got[0];
       }
-      if (this.#buf.length > MAX_LINE) {
+      if (this.#buf.length > MAX_LINK_LINE) {
         throw new LinkError("the other end sent an overlong link line (not a Ferry peer?)");
       }
       if (this.#error) throw new LinkError(explainTlsError(this.#error));
