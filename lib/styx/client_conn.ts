@@ -131,6 +131,14 @@ const TWRITE_HEADER = 23;
 const MAX_OFFSET = (1n << 64n) - 1n;
 /** Smallest msize worth using: room for a Twalk of long names and some data. */
 const MIN_MSIZE = 256;
+/**
+ * Inferno's export caps msize at IOHDRSZ + 64 KiB but keeps a Tstat's buffer
+ * size in 16 bits (msize - 9 in a `ushort nstat`), so above this msize every
+ * stat it answers fails with "stat buffer too small".
+ */
+const STAT16_MSIZE = 65544;
+/** The msize Inferno's export answers when offered more (IOHDRSZ + 64 KiB). */
+const INFERNO_MAX_MSIZE = 65560;
 
 function splitPath(path: string): string[] {
   return path.split("/").filter((p) => p !== "" && p !== ".");
@@ -219,15 +227,26 @@ export class StyxClient {
     }
     const c = new StyxClient(conn, want, trace);
     const version = opts.version ?? VERSION;
-    let r: Rversion;
-    try {
-      r = await c.#request({ type: MsgType.Tversion, tag: NOTAG, msize: want, version }, {
-        signal: opts.signal,
-      }) as Rversion;
-    } catch (e) {
-      conn.close();
-      await c.#done;
-      throw e;
+    const negotiate = async (msize: number): Promise<Rversion> => {
+      try {
+        return await c.#request({ type: MsgType.Tversion, tag: NOTAG, msize, version }, {
+          signal: opts.signal,
+        }) as Rversion;
+      } catch (e) {
+        conn.close();
+        await c.#done;
+        throw e;
+      }
+    };
+    let r = await negotiate(want);
+    if (
+      r.version === version && r.msize > STAT16_MSIZE && r.msize <= INFERNO_MAX_MSIZE &&
+      r.msize < want
+    ) {
+      // A server that capped our offer at Inferno's limit is taken to be an
+      // Inferno export, whose stats only work up to STAT16_MSIZE: a fresh
+      // Tversion (which resets the session, as version(5) allows) asks for that.
+      r = await negotiate(STAT16_MSIZE);
     }
     if (r.version !== version) {
       await c.close();

@@ -1209,7 +1209,9 @@ export interface ScriptedServer {
  * in arrival order, or, with `overtake`, requests that arrived together are
  * served last first (emu runs each request on whichever of several kernel
  * processes is free, so a pipelined request can overtake the one before it).
- * Errors use Inferno's wording.
+ * A Tstat gets a buffer of msize - 9 bytes whose size is kept in 16 bits, as
+ * exportfs.c does, so above msize 65544 stats fail with "stat buffer too
+ * small". Errors use Inferno's wording.
  */
 export function startInfernoExport(
   files: Record<string, string | Uint8Array>,
@@ -1441,8 +1443,14 @@ export function startInfernoExport(
           f.node.parent.children!.delete(f.node.name);
           return rmsg.remove(t.tag);
         }
-        case T.stat:
-          return rmsg.stat(t.tag, dirOf(fidOf(t.fid).node));
+        case T.stat: {
+          // exportfs.c hands the stat a buffer of msize - 9 bytes, kept in
+          // a ushort (fcall.h's nstat): above msize 65544 the size wraps.
+          const nstat = (msize - 9) & 0xffff;
+          const d = dirOf(fidOf(t.fid).node);
+          if (statBytes(d).length > nstat) throw new Error("stat buffer too small");
+          return rmsg.stat(t.tag, d);
+        }
         case T.wstat: {
           const f = fidOf(t.fid);
           const d = t.stat!;
