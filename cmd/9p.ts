@@ -40,7 +40,7 @@ const spec = {
     "  -u USER       user name to attach as under -A (default $USER)",
     "  --aname NAME  attach name (spec)",
     "  --peer NAME   node name the server's certificate must carry",
-    "  --certs DIR   credentials directory (default $FERRY_CERTS or ./certs)",
+    "  --certs DIR   credentials directory (default $FERRY_CERTS, else ~/.ferry/certs)",
     "  -C ALG        Inferno algorithm name, mapped onto a TLS 1.3 cipher choice",
     "  -D            trace Styx messages on stderr",
   ].join("\n"),

@@ -19,7 +19,7 @@ import { defaultCertsDir } from "../lib/auth/link.ts";
 const USAGE = "ferry ca init|issue|list|revoke|crl|token|sign [options] [NAME|SERIAL|FILE]";
 
 const ABOUT =
-  `Run Ferry's certificate authority. Credentials live in DIR (--dir, else $FERRY_CERTS, else ./certs).
+  `Run Ferry's certificate authority. Credentials live in DIR (--dir; default $FERRY_CERTS, else ~/.ferry/certs).
 
   ferry ca init NAME [--force]            make the CA key (DIR/ca.key, 0600) and certificate (DIR/ca.pem)
   ferry ca issue NAME [--user|--node] [--san DNS-or-IP]... [--group G]... [--ttl 24h] [--encrypt] [--force]

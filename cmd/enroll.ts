@@ -19,7 +19,8 @@ export async function run(args: string[]): Promise<number> {
       usage: USAGE,
       about:
         `Enrol this device with the signer at ADDR using a token from 'ferry ca token NAME'. The key is made here and never leaves this machine; the signer must belong to the CA whose fingerprint the token carries. Stores DIR/NAME.key, DIR/NAME.pem, DIR/ca.pem, DIR/crl.pem and DIR/signer.`,
-      optionsHelp: `  --dir DIR   where to store credentials (default $FERRY_CERTS or ./certs)
+      optionsHelp:
+        `  --dir DIR   where to store credentials (default $FERRY_CERTS, else ~/.ferry/certs)
   --force     replace existing credentials for the token's name
   --encrypt   encrypt the key with a passphrase ($FERRY_PASSPHRASE or prompt)`,
       options: {

@@ -31,7 +31,7 @@ const spec = {
     "no-renew": { type: "boolean" as const },
   },
   optionsHelp: "  --node NAME          the node to run\n" +
-    "  --certs DIR          its credentials (default $FERRY_CERTS or ./certs)\n" +
+    "  --certs DIR          its credentials (default $FERRY_CERTS, else ~/.ferry/certs)\n" +
     "  --token TOKEN        enrolment token (also $FERRY_TOKEN), used when DIR has none\n" +
     "  --insecure-manifest  accept an unsigned or altered manifest\n" +
     "  --run DIR            where NAME.pid goes for 'ferry down' (default: the certs DIR)\n" +
