@@ -123,10 +123,13 @@ Deno.test("mismatched -A: each side is told which way round it is", async (t) =>
       assert.equal(r.out, "hello\n");
     });
 
-    await t.step("ferry mount refuses --peer with -A before dialling", async () => {
-      const r = await ferry(["mount", "-A", "--peer", "srv", plainAddr, `${tmp}/root`], env);
-      assert.equal(r.code, 1);
-      assert.ok(r.err.includes(PEER_NEEDS_TLS), r.err);
+    await t.step("ferry mount and ferry 9p refuse --peer with -A before dialling", async () => {
+      for (const cmd of [["mount", plainAddr, `${tmp}/root`], ["9p", "-a", plainAddr, "ls", "/"]]) {
+        const r = await ferry([cmd[0]!, "-A", "--peer", "srv", ...cmd.slice(1)], env);
+        assert.equal(r.code, 1);
+        assert.ok(r.err.includes(PEER_NEEDS_TLS), r.err);
+        assert.doesNotMatch(r.err, /warning/);
+      }
     });
   } finally {
     for (const s of stops) await s();
