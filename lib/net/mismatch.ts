@@ -49,11 +49,10 @@ export function watchForTls(conn: Conn): Conn {
   let first = true;
   const restore = () => {
     first = false;
-    delete (c as { read?: unknown }).read;
-    if (readInto) delete (c as { readInto?: unknown }).readInto;
-    // Own properties shadowed the prototype's; an own original is put back.
-    if (c.read !== read) c.read = read;
-    if (readInto && c.readInto !== readInto) c.readInto = readInto;
+    // Put the originals back by assignment: deleting properties would leave
+    // the connection object in V8's slower dictionary mode.
+    c.read = read;
+    if (readInto) c.readInto = readInto;
   };
   const refuse = () => {
     c.close();
