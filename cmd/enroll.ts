@@ -49,7 +49,7 @@ export async function run(args: string[]): Promise<number> {
     });
     const names = r.sans.length > 0 ? ` for ${r.sans.map((n) => `'${n}'`).join(", ")}` : "";
     console.log(
-      `enrolled ${r.kind} '${r.name}'${names} serial ${r.serial}; credentials in '${r.dir}'`,
+      `enrolled ${r.kind} '${r.name}' serial ${r.serial}${names}; credentials in '${r.dir}'`,
     );
     for (const n of r.notGranted) {
       console.error(

@@ -221,7 +221,7 @@ export async function startSigner(
           via: "enroll",
         });
         const names = g.sans.length > 0 ? ` for ${g.sans.map((n) => `'${n}'`).join(", ")}` : "";
-        log(`enrolled ${g.kind} '${g.name}'${names} serial ${r.serial}`);
+        log(`enrolled ${g.kind} '${g.name}' serial ${r.serial}${names}`);
         if (asked.length > 0) {
           log(
             `'${g.name}' also asked for ${
