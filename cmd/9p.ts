@@ -7,6 +7,7 @@
 
 import { fail, parse, UsageError, warnInsecure } from "../lib/cli.ts";
 import { dialStyx } from "../lib/net/connect.ts";
+import { PEER_NEEDS_TLS } from "../lib/net/mismatch.ts";
 import { readStream, type RemoteNode, type StyxClient, writeFrom } from "../lib/styx/client.ts";
 import { DMDIR, OREAD, OTRUNC, OWRITE } from "../lib/styx/types.ts";
 import { formatDir } from "../lib/styx/trace.ts";
@@ -39,8 +40,9 @@ const spec = {
     "  -a ADDR       server dial string, e.g. 'tcp!127.0.0.1!6666'",
     "  -u USER       user name to attach as under -A (default $USER)",
     "  --aname NAME  attach name (spec)",
-    "  --peer NAME   node name the server's certificate must carry",
-    "  --certs DIR   credentials directory (default $FERRY_CERTS or ./certs)",
+    "  --peer NAME   node name the server's certificate must carry (default: the host",
+    "                dialled), e.g. when a relay's /net forwards ADDR to that node",
+    "  --certs DIR   credentials directory (default $FERRY_CERTS, else ~/.ferry/certs)",
     "  -C ALG        Inferno algorithm name, mapped onto a TLS 1.3 cipher choice",
     "  -D            trace Styx messages on stderr",
   ].join("\n"),
@@ -116,6 +118,7 @@ export async function run(args: string[]): Promise<number> {
     const addr = p.values.a;
     if (typeof addr !== "string") throw new UsageError(`-a ADDR is required\nusage: ${spec.usage}`);
     const insecure = p.values.A === true;
+    if (insecure && p.values.peer !== undefined) throw new UsageError(PEER_NEEDS_TLS);
     if (insecure) warnInsecure("9p");
     const user = (p.values.u as string | undefined) ?? Deno.env.get("USER") ?? "none";
     const d = await dialStyx(addr, {

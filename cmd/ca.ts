@@ -19,22 +19,27 @@ import { defaultCertsDir } from "../lib/auth/link.ts";
 const USAGE = "ferry ca init|issue|list|revoke|crl|token|sign [options] [NAME|SERIAL|FILE]";
 
 const ABOUT =
-  `Run Ferry's certificate authority. Credentials live in DIR (--dir, else $FERRY_CERTS, else ./certs).
+  `Run Ferry's certificate authority. Credentials live in DIR (--dir; default $FERRY_CERTS, else ~/.ferry/certs).
 
   ferry ca init NAME [--force]            make the CA key (DIR/ca.key, 0600) and certificate (DIR/ca.pem)
-  ferry ca issue NAME [--user|--node] [--san DNS-or-IP]... [--group G]... [--ttl 24h] [--encrypt] [--force]
+  ferry ca issue NAME [--user|--node] [--san DNS-or-IP]... [--manifest FILE] [--group G]...
+                [--ttl 24h] [--encrypt] [--force]
                                           issue DIR/NAME.key and DIR/NAME.pem
   ferry ca list                           list issued certificates
   ferry ca revoke NAME|SERIAL             revoke and rewrite DIR/crl.pem
   ferry ca crl [--der]                    (re)write DIR/crl.pem (and DIR/crl.der)
   ferry ca token NAME [--ttl 10m] [--user|--node] [--group G]... [--cert-ttl 24h]
-                                          print a single-use enrolment token for 'ferry enroll'
+                [--san DNS-or-IP]... [--manifest FILE]
+                                          print a single-use enrolment token for 'ferry enroll';
+                                          the certificate carries the --san names, and with
+                                          --manifest the host of node NAME's address too
   ferry ca sign [--verify] FILE           sign a manifest with the CA's key (FILE.sig)`;
 
 const OPTIONS = `  --dir DIR        credentials directory
   --force          replace an existing CA key or issued key
   --user, --node   kind of certificate (issue: default user; token: default node)
-  --san NAME       extra DNS name or IP address (repeatable)
+  --san NAME       extra DNS name or IP address (repeatable); the CA decides, not the device
+  --manifest FILE  also give the host of node NAME's address in cluster manifest FILE
   --group G        group membership (repeatable)
   --ttl DURATION   lifetime (issue: default 24h; token: default 10m), e.g. 90s, 10m, 24h, 30d
   --cert-ttl D     lifetime of the certificate an enrolment token yields (default 24h)
@@ -53,6 +58,32 @@ function strings(v: unknown): string[] {
 function one(positionals: string[], what: string): string {
   if (positionals.length !== 1) throw new UsageError(`expected ${what}\nusage: ${USAGE}`);
   return positionals[0]!;
+}
+
+/**
+ * The host part of node `name`'s address in the manifest `file`, for its
+ * certificate; undefined (with a note) when the address names no host.
+ */
+async function manifestHost(file: string, name: string): Promise<string | undefined> {
+  const { load } = await import("../lib/manifest/load.ts");
+  const { parseDialString } = await import("../lib/net/dial.ts");
+  const m = await load(file);
+  const node = m.nodes.get(name);
+  if (!node) {
+    throw new Error(
+      `'${name}' is not a node of '${file}' (its nodes: ${
+        [...m.nodes.keys()].join(", ") || "none"
+      })`,
+    );
+  }
+  const host = parseDialString(node.address, { net: "tcp", service: "styx" }).host;
+  if (["*", "0.0.0.0", "::", "[::]", ""].includes(host)) {
+    console.error(
+      `ferry ca: node '${name}' listens on '${node.address}', which names no host: give --san`,
+    );
+    return undefined;
+  }
+  return host.replace(/^\[(.*)\]$/, "$1");
 }
 
 /** Run `ferry ca ARGS`. */
@@ -76,6 +107,7 @@ export async function run(args: string[]): Promise<number> {
         "cert-ttl": { type: "string" },
         encrypt: { type: "boolean" },
         der: { type: "boolean" },
+        manifest: { type: "string" },
       },
     }, args);
     if (p.help) return 0;
@@ -103,13 +135,13 @@ export async function run(args: string[]): Promise<number> {
             if (!(e instanceof Deno.errors.NotFound)) throw e;
           }
         }
+        const sans = strings(v.san);
+        if (typeof v.manifest === "string") {
+          const host = await manifestHost(v.manifest, name);
+          if (host !== undefined && !sans.includes(host)) sans.push(host);
+        }
         ca = await CertificateAuthority.open(dir);
-        const r = await ca.issue(name, {
-          kind,
-          ttlMs,
-          groups: strings(v.group),
-          sans: strings(v.san),
-        });
+        const r = await ca.issue(name, { kind, ttlMs, groups: strings(v.group), sans });
         let keyPem = r.keyPem;
         if (v.encrypt === true) {
           keyPem = await encryptKeyPem(keyPem, askPassphrase(`'${dir}/${name}.key'`));
@@ -165,8 +197,14 @@ export async function run(args: string[]): Promise<number> {
       }
       case "token": {
         const name = one(rest, "the NAME the token is for");
+        const sans = strings(v.san);
+        if (typeof v.manifest === "string") {
+          const host = await manifestHost(v.manifest, name);
+          if (host !== undefined && !sans.includes(host)) sans.push(host);
+        }
         ca = await CertificateAuthority.open(dir);
         const token = await ca.token(name, {
+          sans,
           ttlMs: typeof v.ttl === "string" ? parseDuration(v.ttl) : DEFAULT_TOKEN_TTL_MS,
           kind: kindOf(v, "node"),
           groups: strings(v.group),

@@ -18,7 +18,7 @@ const spec = {
     dir: { type: "string" as const },
     verify: { type: "boolean" as const },
   },
-  optionsHelp: "  --dir DIR     the CA's directory (default $FERRY_CERTS or ./certs)\n" +
+  optionsHelp: "  --dir DIR     the CA's directory (default $FERRY_CERTS, else ~/.ferry/certs)\n" +
     "  --verify      check the signature instead of making one",
 };
 

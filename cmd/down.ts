@@ -19,7 +19,8 @@ const spec = {
     wait: { type: "string" as const },
   },
   optionsHelp: "  --node NAME   the node to stop\n" +
-    "  --run DIR     where 'ferry up' wrote NAME.pid (default: --certs DIR, $FERRY_CERTS or ./certs)\n" +
+    "  --certs DIR   the node's credentials (default $FERRY_CERTS, else ~/.ferry/certs)\n" +
+    "  --run DIR     where 'ferry up' wrote NAME.pid (default: the credentials directory)\n" +
     "  --wait SECS   how long to wait for it to exit (default 10)",
 };
 

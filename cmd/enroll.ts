@@ -10,7 +10,8 @@ import { askPassphrase, encryptKeyPem } from "../lib/auth/keys.ts";
 import { defaultCertsDir } from "../lib/auth/link.ts";
 import { parseDialString } from "../lib/net/dial.ts";
 
-const USAGE = "ferry enroll [--dir DIR] [--force] [--encrypt] ADDR TOKEN";
+const USAGE =
+  "ferry enroll [--dir DIR] [--force] [--encrypt] [--san NAME-OR-ADDRESS]... ADDR TOKEN";
 
 /** Run `ferry enroll`. */
 export async function run(args: string[]): Promise<number> {
@@ -19,13 +20,17 @@ export async function run(args: string[]): Promise<number> {
       usage: USAGE,
       about:
         `Enrol this device with the signer at ADDR using a token from 'ferry ca token NAME'. The key is made here and never leaves this machine; the signer must belong to the CA whose fingerprint the token carries. Stores DIR/NAME.key, DIR/NAME.pem, DIR/ca.pem, DIR/crl.pem and DIR/signer.`,
-      optionsHelp: `  --dir DIR   where to store credentials (default $FERRY_CERTS or ./certs)
+      optionsHelp:
+        `  --dir DIR   where to store credentials (default $FERRY_CERTS, else ~/.ferry/certs)
   --force     replace existing credentials for the token's name
-  --encrypt   encrypt the key with a passphrase ($FERRY_PASSPHRASE or prompt)`,
+  --encrypt   encrypt the key with a passphrase ($FERRY_PASSPHRASE or prompt)
+  --san NAME  ask for an extra DNS name or IP address in the certificate (repeatable);
+              only names the token grants are given, and a missing one is reported`,
       options: {
         dir: { type: "string" },
         force: { type: "boolean" },
         encrypt: { type: "boolean" },
+        san: { type: "string", multiple: true },
       },
     }, args);
     if (p.help) return 0;
@@ -40,8 +45,17 @@ export async function run(args: string[]): Promise<number> {
       encryptKey: p.values.encrypt === true
         ? (pem) => encryptKeyPem(pem, askPassphrase("the new key"))
         : undefined,
+      sans: (p.values.san as string[] | undefined) ?? [],
     });
-    console.log(`enrolled ${r.kind} '${r.name}' serial ${r.serial}; credentials in '${r.dir}'`);
+    const names = r.sans.length > 0 ? ` for ${r.sans.map((n) => `'${n}'`).join(", ")}` : "";
+    console.log(
+      `enrolled ${r.kind} '${r.name}' serial ${r.serial}${names}; credentials in '${r.dir}'`,
+    );
+    for (const n of r.notGranted) {
+      console.error(
+        `ferry enroll: warning: the certificate does not carry '${n}' (the token does not grant it), so '${r.name}' cannot be dialled as '${n}': ask the CA for a token made with --san ${n}`,
+      );
+    }
     return 0;
   } catch (e) {
     return fail("ferry enroll", e);

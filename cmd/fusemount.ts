@@ -10,6 +10,7 @@
  */
 
 import { fail, parse, UsageError, warnInsecure } from "../lib/cli.ts";
+import { PEER_NEEDS_TLS } from "../lib/net/mismatch.ts";
 import { dialStyx } from "../lib/net/connect.ts";
 import {
   type FuseMount,
@@ -20,8 +21,8 @@ import {
 } from "../lib/fuse/mount.ts";
 
 const mountSpec = {
-  usage: "ferry mount [-A] [-f] [-o OPTIONS] [-u USER] [--aname NAME] [-a ALG] [--certs DIR] " +
-    "[-D] ADDR HOSTDIR",
+  usage: "ferry mount [-A] [-f] [-o OPTIONS] [-u USER] [--aname NAME] [-a ALG] [--peer NODE] " +
+    "[--certs DIR] [-D] ADDR HOSTDIR",
   about: "Mount the Styx tree served at ADDR (a dial string such as 'tcp!host!6666') on the\n" +
     "host directory HOSTDIR through the kernel's FUSE, so every program sees it, and\n" +
     "return once it is mounted; a background process serves it until 'ferry unmount\n" +
@@ -35,6 +36,7 @@ const mountSpec = {
     u: { type: "string" as const },
     aname: { type: "string" as const },
     a: { type: "string" as const },
+    peer: { type: "string" as const },
     certs: { type: "string" as const },
     D: { type: "boolean" as const },
   },
@@ -53,7 +55,9 @@ const mountSpec = {
     "  -u USER        user name sent at attach (default $USER)",
     "  --aname NAME   attach name (the tree to select on the server)",
     "  -a ALG         Inferno algorithm name, mapped onto a TLS 1.3 cipher choice",
-    "  --certs DIR    credentials directory (default $FERRY_CERTS or ~/.ferry/certs)",
+    "  --peer NODE    node name the server's certificate must carry (default: the host",
+    "                 dialled), e.g. when a relay's /net forwards ADDR to NODE",
+    "  --certs DIR    credentials directory (default $FERRY_CERTS, else ~/.ferry/certs)",
     "  -D             trace Styx messages on stderr",
   ].join("\n"),
 };
@@ -77,6 +81,8 @@ export async function run(args: string[]): Promise<number> {
     }
     const opts: MountOptions = {};
     for (const o of (p.values.o as string[] | undefined) ?? []) parseMountOptions(o, opts);
+    const peer = p.values.peer as string | undefined;
+    if (peer !== undefined && p.values.A === true) throw new UsageError(PEER_NEEDS_TLS);
     if (p.values.f !== true) return await background(args, dir);
     const insecure = p.values.A === true;
     const user = (p.values.u as string | undefined) ?? Deno.env.get("USER") ?? "none";
@@ -87,6 +93,7 @@ export async function run(args: string[]): Promise<number> {
       user,
       aname: p.values.aname as string | undefined,
       alg: p.values.a as string | undefined,
+      peer,
       certDir: p.values.certs as string | undefined,
       trace: p.values.D === true,
     });

@@ -29,7 +29,7 @@ const spec = {
     "  --ro          export read-only",
     "  --allow LIST  comma-separated users and group:NAME entries allowed to attach",
     "  -a ALG        Inferno algorithm name, mapped onto a TLS 1.3 cipher choice",
-    "  --certs DIR   credentials directory (default $FERRY_CERTS, else ./certs)",
+    "  --certs DIR   credentials directory (default $FERRY_CERTS, else ~/.ferry/certs)",
     "  -D            trace Styx messages on stderr",
   ].join("\n"),
 };

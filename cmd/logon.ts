@@ -49,7 +49,7 @@ const spec = {
     q: { type: "boolean" as const, short: "q" },
   },
   optionsHelp: "  -u USER              the user to log on as\n" +
-    "  --certs DIR          USER's credentials (default $FERRY_CERTS or ./certs)\n" +
+    "  --certs DIR          USER's credentials (default $FERRY_CERTS, else ~/.ferry/certs)\n" +
     "  -r ROOT              root directory of the namespace on this host\n" +
     "  -c COMMANDS          run COMMANDS in the namespace and exit\n" +
     "  --export ADDR        serve the composed namespace on ADDR until interrupted\n" +

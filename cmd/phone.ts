@@ -46,7 +46,7 @@ const spec = {
     "  --listen ADDR   dial string to announce on (default 'tcp!*!styx', port 6666)",
     "  --modem ID      modemmanager: which modem (default 'any')",
     "  --allow LIST    comma-separated users and group:NAME entries allowed to connect",
-    "  --certs DIR     credentials directory (default $FERRY_CERTS or ./certs)",
+    "  --certs DIR     credentials directory (default $FERRY_CERTS, else ~/.ferry/certs)",
     "  --name NAME     which credentials in --certs to use",
     "  -D              trace Styx messages on stderr",
   ].join("\n"),

@@ -29,7 +29,8 @@ export async function run(args: string[]): Promise<number> {
       usage: USAGE,
       about:
         `Renew this end's certificate: prove possession of the current one to the signer at ADDR (default: the address saved in DIR/signer by 'ferry enroll') over TLS, and store a new key and certificate. With --daemon, keep running: renew at two thirds of each certificate's lifetime (with jitter) and refresh DIR/crl.pem every --crl-every, so listeners pick up revocations.`,
-      optionsHelp: `  --dir DIR          credentials directory (default $FERRY_CERTS or ./certs)
+      optionsHelp:
+        `  --dir DIR          credentials directory (default $FERRY_CERTS, else ~/.ferry/certs)
   --name NAME        which credentials in DIR (default: the only ones, or $FERRY_NAME)
   --daemon           keep renewing
   --crl-every D      how often the daemon refreshes the CRL (default 60s)`,

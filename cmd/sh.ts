@@ -33,7 +33,8 @@ const spec = {
     "in the host file FILE with $* set to the ARGs; otherwise read commands from standard " +
     "input, with a '; ' prompt, line editing and history when it is a terminal. Unless " +
     "reading from a terminal, the shell ends only when its commands and its background jobs " +
-    "(such as listen) have finished.",
+    "(such as listen) have finished. mount and listen without -A use the credentials in " +
+    "$FERRY_CERTS, else ~/.ferry/certs (the pair named by $FERRY_NAME, or the only one).",
   options: {
     r: { type: "string" as const, short: "r" },
     c: { type: "string" as const, short: "c" },

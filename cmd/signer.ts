@@ -20,7 +20,7 @@ export async function run(args: string[]): Promise<number> {
       usage: USAGE,
       about:
         `Serve enrolment ('ferry enroll') and renewal ('ferry renew') for the CA in DIR on ADDR (e.g. tcp!*!6670). The signer presents a one-off certificate from the CA; devices pin the CA by the fingerprint in their token. Runs until interrupted.`,
-      optionsHelp: `  --dir DIR    the CA's directory (default $FERRY_CERTS or ./certs)
+      optionsHelp: `  --dir DIR    the CA's directory (default $FERRY_CERTS, else ~/.ferry/certs)
   --san NAME   a DNS name or address devices use to reach the signer (repeatable)`,
       options: { dir: { type: "string" }, san: { type: "string", multiple: true } },
     }, args);

@@ -12,6 +12,7 @@ import { credentialNames, defaultCertsDir } from "../lib/auth/link.ts";
 import { FerryNode } from "../lib/manifest/node.ts";
 import { load } from "../lib/manifest/load.ts";
 import { ferryArgv } from "../lib/self.ts";
+import { parseDialString } from "../lib/net/dial.ts";
 
 const spec = {
   usage: "ferry up FILE --node NAME [--certs DIR] [--token TOKEN] [--insecure-manifest]",
@@ -31,7 +32,7 @@ const spec = {
     "no-renew": { type: "boolean" as const },
   },
   optionsHelp: "  --node NAME          the node to run\n" +
-    "  --certs DIR          its credentials (default $FERRY_CERTS or ./certs)\n" +
+    "  --certs DIR          its credentials (default $FERRY_CERTS, else ~/.ferry/certs)\n" +
     "  --token TOKEN        enrolment token (also $FERRY_TOKEN), used when DIR has none\n" +
     "  --insecure-manifest  accept an unsigned or altered manifest\n" +
     "  --run DIR            where NAME.pid goes for 'ferry down' (default: the certs DIR)\n" +
@@ -45,9 +46,18 @@ async function enrol(file: string, certDir: string, node: string, token: string)
   const m = await load(file);
   if (!m.ca.signer) throw new Error(`'${file}' names no [ca] signer to enrol with`);
   console.error(`up: no credentials for '${node}' in '${certDir}': enrolling at ${m.ca.signer}`);
+  // Ask for the host of the node's address, so it can be dialled by it;
+  // the token decides whether it is granted ('ferry ca token --manifest').
+  const address = m.nodes.get(node)?.address;
+  const host = address === undefined
+    ? undefined
+    : parseDialString(address, { net: "tcp", service: "styx" }).host.replace(/^\[(.*)\]$/, "$1");
+  const san = host === undefined || ["*", "0.0.0.0", "::", ""].includes(host)
+    ? []
+    : ["--san", host];
   const [exe, ...pre] = ferryArgv();
   const o = await new Deno.Command(exe!, {
-    args: [...pre, "enroll", m.ca.signer, token, "--dir", certDir],
+    args: [...pre, "enroll", m.ca.signer, token, "--dir", certDir, ...san],
     stdin: "null",
     stdout: "inherit",
     stderr: "inherit",

@@ -21,6 +21,7 @@ import {
   issueLeaf,
   normSerial,
   parseCert,
+  sanOf,
   type x509,
 } from "./certs.ts";
 import {
@@ -208,19 +209,29 @@ export class CertificateAuthority {
     return path;
   }
 
-  /** Make a single-use enrolment token for `name`. */
+  /**
+   * Make a single-use enrolment token for `name`; the certificate it yields
+   * carries the extra DNS names and IP addresses `sans`, and no others.
+   */
   async token(
     name: string,
-    opts: { ttlMs?: number; kind?: CertKind; groups?: string[]; certTtlMs?: number; now?: Date } =
-      {},
+    opts: {
+      ttlMs?: number;
+      kind?: CertKind;
+      groups?: string[];
+      certTtlMs?: number;
+      now?: Date;
+      sans?: string[];
+    } = {},
   ): Promise<string> {
     checkName(name);
     for (const g of opts.groups ?? []) checkName(g, "group name");
+    const sans = [...new Set((opts.sans ?? []).map((s) => sanOf(s).value))];
     const now = opts.now ?? new Date();
     const expires = new Date(now.getTime() + (opts.ttlMs ?? DEFAULT_TOKEN_TTL_MS));
-    const { token, secret } = makeToken(name, expires, await this.fingerprint());
+    const { token, secret } = makeToken(name, expires, await this.fingerprint(), sans);
     this.store.addToken(
-      await tokenId(secret),
+      await tokenId(secret, sans),
       {
         name,
         kind: opts.kind ?? "node",
@@ -233,13 +244,17 @@ export class CertificateAuthority {
     return token;
   }
 
-  /** Use up `token` (once, before expiry) and return what it grants. */
-  async redeem(token: string, now = new Date()): Promise<TokenGrant> {
+  /**
+   * Use up `token` (once, before expiry) and return what it grants,
+   * including the extra names it carries (bound to it, see tokenId).
+   */
+  async redeem(token: string, now = new Date()): Promise<TokenGrant & { sans: string[] }> {
     const t = parseToken(token);
     if (t.fingerprint !== await this.fingerprint()) {
       throw new Error("Enrolment token was made by a different CA");
     }
-    return this.store.redeemToken(await tokenId(t.secret), t.name, now);
+    const g = this.store.redeemToken(await tokenId(t.secret, t.sans), t.name, now);
+    return { ...g, sans: t.sans };
   }
 
   /** Close the database. */

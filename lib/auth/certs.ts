@@ -157,6 +157,23 @@ function isIp(s: string): boolean {
   return /^\d{1,3}(\.\d{1,3}){3}$/.test(s) || (s.includes(":") && /^[0-9a-fA-F:.]+$/.test(s));
 }
 
+/**
+ * A subject alternative name as it goes into a certificate: an IP address
+ * (brackets dropped) or a DNS name. Throws for anything else.
+ *
+ * @example
+ * ```ts
+ * import { sanOf } from "./certs.ts";
+ * if (sanOf("[::1]").type !== "ip" || sanOf("files.example").type !== "dns") throw new Error();
+ * ```
+ */
+export function sanOf(s: string): { type: "ip" | "dns"; value: string } {
+  const bare = s.replace(/^\[(.*)\]$/, "$1");
+  if (isIp(bare)) return { type: "ip", value: bare };
+  if (/^[A-Za-z0-9*-]+(\.[A-Za-z0-9-]+)*$/.test(s)) return { type: "dns", value: s.toLowerCase() };
+  throw new Error(`Invalid --san '${s}': give a DNS name or an IP address`);
+}
+
 /** Issue a leaf certificate for `publicKey`, signed by the CA. */
 export async function issueLeaf(
   ca: { cert: x509.X509Certificate; key: CryptoKey },
@@ -171,9 +188,8 @@ export async function issueLeaf(
     sans.push({ type: "dns", value: spec.name });
   }
   for (const s of spec.sans ?? []) {
-    if (isIp(s)) sans.push({ type: "ip", value: s });
-    else if (/^[A-Za-z0-9*-]+(\.[A-Za-z0-9-]+)*$/.test(s)) sans.push({ type: "dns", value: s });
-    else throw new Error(`Invalid --san '${s}': give a DNS name or an IP address`);
+    const n = sanOf(s);
+    if (!sans.some((x) => x.type === n.type && x.value === n.value)) sans.push(n);
   }
   sans.push({ type: "url", value: `ferry:${spec.kind}/${spec.name}` });
   for (const g of spec.groups ?? []) sans.push({ type: "url", value: `ferry:group/${g}` });
@@ -245,15 +261,36 @@ export function ekuOf(cert: x509.X509Certificate): { server: boolean; client: bo
   return { server: u.includes(OID_SERVER_AUTH), client: u.includes(OID_CLIENT_AUTH) };
 }
 
-/** Make a PKCS#10 request for `name`, signed by the requester's key. */
-export async function createCsr(name: string, keys: CryptoKeyPair): Promise<string> {
+/**
+ * Make a PKCS#10 request for `name`, signed by the requester's key, asking
+ * for the extra names or addresses `sans` (which only the CA grants).
+ */
+export async function createCsr(
+  name: string,
+  keys: CryptoKeyPair,
+  sans: string[] = [],
+): Promise<string> {
   checkName(name);
   const csr = await x509.Pkcs10CertificateRequestGenerator.create({
     name: `CN=${name}`,
     keys,
     signingAlgorithm: ED25519,
+    extensions: sans.length > 0
+      ? [new x509.SubjectAlternativeNameExtension(sans.map(sanOf), false)]
+      : [],
   });
   return csr.toString("pem");
+}
+
+/** The names and addresses a PKCS#10 request asks for (IP and DNS SANs). */
+export function csrSans(pem: string): string[] {
+  const csr = new x509.Pkcs10CertificateRequest(pem);
+  const raw = csr.getExtension("2.5.29.17");
+  if (!raw) return [];
+  const ext = new x509.SubjectAlternativeNameExtension(raw.rawData);
+  return ext.names.toJSON()
+    .filter((n) => n.type === "ip" || n.type === "dns")
+    .map((n) => n.value);
 }
 
 /**

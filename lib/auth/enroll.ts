@@ -25,12 +25,14 @@ import { type CertificateAuthority, DEFAULT_CERT_TTL_MS } from "./ca.ts";
 import {
   checkCsr,
   createCsr,
+  csrSans,
   fingerprint,
   identityOf,
   issueLeaf,
   normSerial,
   parseCert,
   sameKey,
+  sanOf,
   ttlOf,
   type x509,
 } from "./certs.ts";
@@ -207,14 +209,26 @@ export async function startSigner(
         // does not burn it.
         await checkCsr(req.csr, t.name);
         const g = await ca.redeem(req.token, now());
+        // The names come from the token, which the CA made; names the
+        // device asks for in its request are never granted on its say-so.
+        const asked = csrSans(req.csr).filter((n) => !g.sans.includes(n));
         const r = await ca.signCsr(req.csr, g.name, {
           kind: g.kind,
           groups: g.groups,
+          sans: g.sans,
           ttlMs: g.ttlMs,
           now: now(),
           via: "enroll",
         });
-        log(`enrolled ${g.kind} '${g.name}' serial ${r.serial}`);
+        const names = g.sans.length > 0 ? ` for ${g.sans.map((n) => `'${n}'`).join(", ")}` : "";
+        log(`enrolled ${g.kind} '${g.name}' serial ${r.serial}${names}`);
+        if (asked.length > 0) {
+          log(
+            `'${g.name}' also asked for ${
+              asked.map((n) => `'${n}'`).join(", ")
+            }, which its token does not grant`,
+          );
+        }
         return { ok: true, cert: r.certPem, ca: ca.certPem, crl: await ca.crlPem(now()) };
       }
       case "renew": {
@@ -341,19 +355,31 @@ export interface Enrolled {
   kind: string;
   serial: string;
   dir: string;
+  /** The extra DNS names and IP addresses the certificate carries. */
+  sans: string[];
+  /** Names asked for (`opts.sans`) that the CA did not grant. */
+  notGranted: string[];
 }
 
 /**
  * Enrol this device: make a key locally, send a CSR with `token` to the
  * signer at `host:port`, and store DIR/NAME.key, DIR/NAME.pem, DIR/ca.pem,
- * DIR/crl.pem and DIR/signer (the signer's address, for renewals).
+ * DIR/crl.pem and DIR/signer (the signer's address, for renewals). The
+ * request asks for the names `opts.sans`; the certificate carries the
+ * names the token grants, and {@link Enrolled.notGranted} says which of
+ * those asked for are missing.
  */
 export async function enroll(
   host: string,
   port: number,
   token: string,
   dir: string,
-  opts: { now?: () => Date; force?: boolean; encryptKey?: (pem: string) => Promise<string> } = {},
+  opts: {
+    now?: () => Date;
+    force?: boolean;
+    encryptKey?: (pem: string) => Promise<string>;
+    sans?: string[];
+  } = {},
 ): Promise<Enrolled> {
   const t = parseToken(token);
   const now = opts.now ?? (() => new Date());
@@ -384,7 +410,7 @@ export async function enroll(
       );
     }
     const keys = await generateKeyPair();
-    const csr = await createCsr(t.name, keys);
+    const csr = await createCsr(t.name, keys, opts.sans ?? []);
     const r = await ask(sock, { op: "enroll", token, csr });
     if (typeof r.cert !== "string") throw new Error("the signer sent no certificate");
     await checkIssued(r.cert, ca, t.name, keys.publicKey, now());
@@ -397,7 +423,9 @@ export async function enroll(
     if (typeof r.crl === "string") await writeCrlIfValid(dir, r.crl, ca);
     await writePublicFile(`${dir}/signer`, `tcp!${host}!${port}\n`);
     const id = identityOf(parseCert(r.cert));
-    return { name: t.name, kind: id.kind, serial: id.serial, dir };
+    const sans = [...id.dns.filter((d) => d !== t.name.toLowerCase()), ...id.ips];
+    const notGranted = (opts.sans ?? []).filter((n) => !sans.includes(sanOf(n).value));
+    return { name: t.name, kind: id.kind, serial: id.serial, dir, sans, notGranted };
   } finally {
     sock.end();
   }

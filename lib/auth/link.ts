@@ -57,12 +57,18 @@ export interface LinkOptions {
 }
 
 /**
- * The default credentials directory: $FERRY_CERTS, else `certs` in the
- * current directory.
+ * The default credentials directory: $FERRY_CERTS, else `.ferry/certs` in
+ * the home directory (never the current directory, so the same command finds
+ * the same credentials wherever it is run).
  */
 export function defaultCertsDir(): string {
   const env = Deno.env.get("FERRY_CERTS");
-  return env && env !== "" ? env : "certs";
+  if (env && env !== "") return env;
+  const home = Deno.env.get("HOME");
+  if (!home) {
+    throw new Error("No home directory ($HOME is unset): set $FERRY_CERTS or give the directory");
+  }
+  return `${home.replace(/\/+$/, "")}/.ferry/certs`;
 }
 
 async function exists(path: string): Promise<boolean> {

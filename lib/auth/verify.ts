@@ -139,7 +139,8 @@ export async function verifyPeer(
   if (opts.name !== undefined) {
     const want = opts.name.replace(/^\[|\]$/g, "");
     if (want !== id.name && !id.dns.includes(want.toLowerCase()) && !id.ips.includes(want)) {
-      const names = [id.name, ...id.dns, ...id.ips].map((n) => `'${n}'`).join(", ");
+      // A node's CN is also its first DNS name: each name is listed once.
+      const names = [...new Set([id.name, ...id.dns, ...id.ips])].map((n) => `'${n}'`).join(", ");
       throw new PeerRefused(`${who} is for ${names}, not '${want}'`);
     }
   }

@@ -16,7 +16,7 @@ import { MemTree } from "../fs/memory.ts";
 import type { Tree } from "../fs/tree.ts";
 import { DMDIR, Ename, OREAD, StyxError } from "../styx/types.ts";
 import { RemoteTree, StyxClient } from "../styx/client.ts";
-import { type Credentials, loadCredentials } from "../auth/link.ts";
+import { type Credentials, defaultCertsDir, loadCredentials } from "../auth/link.ts";
 import { tlsDial } from "../transport/tls.ts";
 import { parseDialString } from "../net/dial.ts";
 import { dialStyxVia } from "../net/nsdial.ts";
@@ -78,6 +78,7 @@ interface Link {
 export class NodeDialer {
   readonly #links = new Map<string, Promise<Link>>();
   readonly #viaSpaces: Namespace[] = [];
+  readonly #addressLinks: Link[] = [];
   constructor(
     readonly manifest: Manifest,
     readonly creds: Credentials,
@@ -146,8 +147,29 @@ export class NodeDialer {
     }
   }
 
+  /**
+   * Dial a dial string through `ns`'s /net (so an earlier mount of a remote
+   * /net carries it), expecting the certificate of `peer` (default: the
+   * dialled host). Hung up by {@link close}.
+   */
+  async address(ns: Namespace, addr: string, opts: { peer?: string; alg?: string }): Promise<Link> {
+    const d = await dialStyxVia(ns, addr, {
+      insecure: false,
+      creds: this.creds,
+      peer: opts.peer,
+      alg: opts.alg,
+      user: this.user,
+      signal: AbortSignal.timeout(this.opts.timeoutMs ?? 10_000),
+      trace: this.opts.trace,
+    });
+    const link = { tree: d.tree, close: () => d.close() };
+    this.#addressLinks.push(link);
+    return link;
+  }
+
   /** Hang up every connection. */
   async close(): Promise<void> {
+    for (const l of this.#addressLinks.splice(0)) l.close();
     await Promise.allSettled(this.#viaSpaces.map((ns) => ns.close()));
     for (const p of this.#links.values()) {
       await p.then((l) => l.close(), () => {});
@@ -212,7 +234,7 @@ export async function applyNamespace(
 ): Promise<Composed> {
   const user = opts.user;
   const home = opts.home ?? m.users.get(user)?.home ?? `/usr/${user}`;
-  const creds = opts.creds ?? await loadCredentials(opts.certDir ?? "certs", user);
+  const creds = opts.creds ?? await loadCredentials(opts.certDir ?? defaultCertsDir(), user);
   const dialer = new NodeDialer(m, creds, user, opts);
   const ns = await Namespace.standard({ user, rootDir: opts.rootDir });
   const devices = standardDeviceTable();
@@ -271,7 +293,11 @@ export async function applyNamespace(
 function flagsOf(e: NsEntry): string[] {
   const f = (e.before ? "b" : "") + (e.after ? "a" : "") + (e.create ? "c" : "") +
     (e.insecure ? "A" : "");
-  return [...(f ? [`-${f}`] : []), ...(e.alg ? ["-C", e.alg] : [])];
+  return [
+    ...(f ? [`-${f}`] : []),
+    ...(e.alg ? ["-C", e.alg] : []),
+    ...(e.peer ? ["--peer", e.peer] : []),
+  ];
 }
 
 async function applyOne(
@@ -290,6 +316,19 @@ async function applyOne(
       return;
     case "mount": {
       if (e.insecure) throw new Error("mount -A is refused: manifest mounts always use mutual TLS");
+      if (src?.kind === "address") {
+        const link = await dialer.address(ns, src.address, { peer: e.peer, alg: e.alg });
+        await mkdirs(ns, args[1]!);
+        await ns.mount(link.tree, args[1]!, { ...flags, source: args[0]!, aname: args[2] ?? "" });
+        return;
+      }
+      if (e.peer !== undefined && src?.kind === "export" && e.peer !== src.node.name) {
+        throw new Error(
+          `'${
+            args[0]
+          }' is node '${src.node.name}' of this manifest: --peer '${e.peer}' does not apply (use a dial string)`,
+        );
+      }
       if (!src || src.kind !== "export") {
         throw new Error(`'${args[0]}' is not NODE!EXPORT of this manifest`);
       }

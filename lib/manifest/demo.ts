@@ -190,9 +190,13 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
     for (const n of ["files", "gateway", "phone"]) {
       const dir = `${tmp}/${n}/certs`;
       if (canEnrol) {
-        const r = await ferry(["ca", "token", n, "--node", "--dir", ca]);
+        // --manifest: the certificate also carries the host of the node's address.
+        const r = await ferry(["ca", "token", n, "--node", "--manifest", file, "--dir", ca]);
         const token = r.out.trim();
-        show(`ferry ca token ${n} --node`, { out: `${token.slice(0, 32)}…`, err: r.err });
+        show(`ferry ca token ${n} --node --manifest ${short(file)}`, {
+          out: `${token.slice(0, 32)}…`,
+          err: r.err,
+        });
         if (r.code !== 0) throw new Error(`step failed: ferry ca token ${n}`);
         tokens.set(n, token);
       } else {

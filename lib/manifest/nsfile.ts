@@ -1,5 +1,6 @@
 /**
- * namespace(6) lines: `bind [-abc] new old`, `mount [-abcA] [-C alg] NODE!EXPORT old [spec]`,
+ * namespace(6) lines: `bind [-abc] new old`,
+ * `mount [-abcA] [-C alg] [--peer NODE] NODE!EXPORT|ADDR old [spec]`,
  * `unmount [new] old`, `cd dir`, `new`, `fork`, `nodev` and `. file` to
  * include another namespace file. Words are separated by blanks and may be
  * quoted with '…' ('' inside quotes is one quote); a line whose first word
@@ -189,6 +190,23 @@ export function parseNamespace(
       if (a === "--") {
         i++;
         break;
+      }
+      if (a === "--peer" || a.startsWith("--peer=")) {
+        // As in the shell: the node whose certificate must answer the dial.
+        const peer = a === "--peer" ? rest[++i] : a.slice("--peer=".length);
+        if (cmd !== "mount") {
+          bad(`Option '--peer' is only for 'mount', in '${e.text}'`);
+          ok = false;
+        } else if (peer === undefined || peer === "") {
+          bad(`Option '--peer' needs a node name in '${e.text}'`);
+          ok = false;
+        } else e.peer = peer;
+        continue;
+      }
+      if (a.startsWith("--")) {
+        bad(`Unknown option '${a}' for '${cmd}' in '${e.text}'`);
+        ok = false;
+        continue;
       }
       for (const f of a.slice(1)) {
         if (!FLAGS[cmd]!.includes(f)) {

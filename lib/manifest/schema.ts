@@ -151,6 +151,8 @@ export interface NsEntry {
   insecure: boolean;
   /** mount -C alg */
   alg?: string;
+  /** mount --peer NODE: the node whose certificate must answer (default: the dialled one). */
+  peer?: string;
   /** The words after the flags, `$user` and `$home` not yet expanded. */
   args: string[];
   /** The line as written. */

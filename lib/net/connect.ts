@@ -14,6 +14,7 @@ import { RemoteTree, StyxClient } from "../styx/client.ts";
 import { defaultCertsDir, loadCredentials, watchCredentials } from "../auth/link.ts";
 import { tlsDial, tlsListen } from "../transport/tls.ts";
 import type { Tree } from "../fs/tree.ts";
+import { handshakeFailed, SPEAKS_PLAIN, speaksPlainStyx, watchForTls } from "./mismatch.ts";
 
 /** How to reach a Styx service. */
 export interface DialOptions {
@@ -83,7 +84,8 @@ export async function dialConn(addr: string, opts: DialOptions): Promise<Conn> {
   const ms = opts.timeoutMs ?? 10_000;
   if (opts.insecure) {
     try {
-      return await withTimeout(tcpDial(a.host, a.port), ms, `dial '${addr}'`, opts.signal);
+      const c = await withTimeout(tcpDial(a.host, a.port), ms, `dial '${addr}'`, opts.signal);
+      return watchForTls(c);
     } catch (e) {
       throw new Error(`cannot dial '${addr}': ${(e as Error).message}`);
     }
@@ -97,6 +99,12 @@ export async function dialConn(addr: string, opts: DialOptions): Promise<Conn> {
       opts.signal,
     );
   } catch (e) {
+    // A listener started with -A hangs up on a ClientHello: ask it in plain Styx.
+    if (
+      handshakeFailed(e) && await speaksPlainStyx(await tcpDial(a.host, a.port)).catch(() => false)
+    ) {
+      throw new Error(`cannot dial '${addr}': ${SPEAKS_PLAIN}`);
+    }
     throw new Error(`cannot dial '${addr}': ${(e as Error).message}`);
   }
 }

@@ -46,6 +46,7 @@ import { RemoteTree, StyxClient } from "../styx/client.ts";
 import type { Conn, Listener, Peer } from "../transport/conn.ts";
 import { Ename, ORDWR, OREAD, StyxError } from "../styx/types.ts";
 import { parseDialString } from "./dial.ts";
+import { handshakeFailed, SPEAKS_PLAIN, speaksPlainStyx, watchForTls } from "./mismatch.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -601,7 +602,7 @@ export interface StyxViaOptions extends NsDialOptions {
   insecure: boolean;
   /** User name sent at attach (the server replaces it with the verified identity under TLS). */
   user?: string;
-  /** Directory holding this end's credentials (default $FERRY_CERTS or "certs"). */
+  /** Directory holding this end's credentials (default $FERRY_CERTS, else ~/.ferry/certs). */
   certDir?: string;
   /** Credentials to use instead of loading them from `certDir`. */
   creds?: Credentials;
@@ -652,8 +653,17 @@ export async function dialStyxVia(
       try {
         conn = await tlsWrapClient(conn, { creds, peer: opts.peer ?? a.host, alg: opts.alg });
       } catch (e) {
+        // A listener started with -A hangs up on a ClientHello: ask it in plain Styx.
+        if (
+          handshakeFailed(e) &&
+          await speaksPlainStyx(await dial(ns, target, opts)).catch(() => false)
+        ) {
+          throw new Error(`cannot dial '${addr}': ${SPEAKS_PLAIN}`);
+        }
         throw new Error(`cannot dial '${addr}': ${(e as Error).message}`);
       }
+    } else {
+      conn = watchForTls(conn);
     }
     const client = await StyxClient.connect(conn, { trace: opts.trace, signal: opts.signal });
     return {

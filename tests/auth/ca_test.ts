@@ -149,7 +149,7 @@ Deno.test("certificate authority", async (t) => {
       assert.equal(parsed.name, "pi");
       assert.equal(parsed.fingerprint, await ca.fingerprint());
       const g = await ca.redeem(tok, now);
-      assert.deepEqual(g, { name: "pi", kind: "node", groups: [], ttlMs: 24 * 3600e3 });
+      assert.deepEqual(g, { name: "pi", kind: "node", groups: [], ttlMs: 24 * 3600e3, sans: [] });
       await assert.rejects(ca.redeem(tok, now), /Enrolment token was already used/);
       const late = await ca.token("pi2", { ttlMs: 1000, now });
       await assert.rejects(

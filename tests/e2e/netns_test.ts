@@ -1,6 +1,6 @@
 /**
  * The article's "Accessing remote networks" section across real hosts: four
- * network namespaces made by the test on a private 10.77.N.0/24 that exists
+ * network namespaces made by the test on a private 10.78.N.0/24 that exists
  * only between them (a bridge in a fifth namespace, one veth per host):
  *
  * - `internet`: a tiny "what is my address" HTTP server;
@@ -19,190 +19,34 @@
 import assert from "node:assert/strict";
 import { CertificateAuthority } from "../../lib/auth/ca.ts";
 import { writeCredentials } from "../../lib/auth/ca.ts";
-
-const REPO = new URL("../../", import.meta.url).pathname;
-const FERRY = `${REPO}cmd/ferry.ts`;
-const dec = new TextDecoder();
-const isRoot = Deno.uid() === 0;
-
-function have(cmd: string): boolean {
-  try {
-    return new Deno.Command("sh", { args: ["-c", `command -v ${cmd}`], stdout: "null" })
-      .outputSync().success;
-  } catch {
-    return false;
-  }
-}
-
-const missing = ["ip", "nft", "bash"].filter((c) => !have(c));
-const skip = !isRoot
-  ? "not root: network namespaces need root"
-  : missing.length > 0
-  ? `missing ${missing.join(", ")} (apt-get install -y iproute2 nftables)`
-  : "";
-if (skip) console.log(`netns_test: skipped: ${skip}`);
-
-async function run(cmd: string, args: string[], input?: string): Promise<string> {
-  const c = new Deno.Command(cmd, {
-    args,
-    stdin: input === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (input !== undefined) {
-    const w = c.stdin.getWriter();
-    await w.write(new TextEncoder().encode(input));
-    await w.close();
-  }
-  const out = await c.output();
-  if (!out.success) {
-    throw new Error(`${cmd} ${args.join(" ")} failed: ${dec.decode(out.stderr)}`);
-  }
-  return dec.decode(out.stdout);
-}
-
-/** A long-running child whose output is collected as it comes. */
-class Proc {
-  out = "";
-  err = "";
-  #child: Deno.ChildProcess;
-  #changed: (() => void)[] = [];
-  #done = false;
-  readonly status: Promise<Deno.CommandStatus>;
-
-  constructor(readonly name: string, cmd: string, args: string[], env: Record<string, string>) {
-    this.#child = new Deno.Command(cmd, {
-      args,
-      env,
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const pump = async (s: ReadableStream<Uint8Array>, key: "out" | "err") => {
-      for await (const b of s) {
-        this[key] += dec.decode(b);
-        for (const f of this.#changed.splice(0)) f();
-      }
-    };
-    const a = pump(this.#child.stdout, "out");
-    const b = pump(this.#child.stderr, "err");
-    this.status = this.#child.status;
-    Promise.all([a, b, this.status]).finally(() => {
-      this.#done = true;
-      for (const f of this.#changed.splice(0)) f();
-    });
-  }
-
-  /** Wait until stdout matches `re` (or the process ends). */
-  async waitFor(re: RegExp): Promise<void> {
-    while (!re.test(this.out)) {
-      if (this.#done) {
-        throw new Error(`${this.name} ended before ${re}: out=${this.out} err=${this.err}`);
-      }
-      await new Promise<void>((r) => this.#changed.push(r));
-    }
-  }
-
-  async stop(): Promise<void> {
-    try {
-      this.#child.kill("SIGKILL");
-    } catch { /* already gone */ }
-    await this.status;
-  }
-}
-
-interface Net {
-  prefix: string;
-  ns: (host: string) => string;
-  ip: Record<string, string>;
-  cleanup(): Promise<void>;
-}
+import {
+  blockInbound,
+  connects,
+  ferryIn,
+  ferryOnce,
+  type Hosts,
+  hostsSkipReason,
+  makeHosts,
+  Proc,
+  reachable,
+} from "./hosts.ts";
 
 const HOSTS = ["remote", "client", "third", "internet"] as const;
+type Net = Hosts;
 
-/** Make the bridge namespace, one namespace per host, addresses and the client's firewall. */
+const skip = hostsSkipReason();
+if (skip) console.log(`netns_test: skipped: ${skip}`);
+
+/** The hosts, with the client behind NAT (inbound connections dropped). */
 async function makeNet(): Promise<Net> {
-  const tag = `fy${Deno.pid % 100000}`;
-  const subnet = `10.77.${Deno.pid % 200 + 1}`;
-  const ns = (h: string) => `${tag}-${h}`;
-  const ip: Record<string, string> = {};
-  const made: string[] = [];
-  const cleanup = async () => {
-    for (const n of made.reverse()) {
-      await run("ip", ["netns", "del", n]).catch(() => {});
-    }
-  };
+  const net = await makeHosts(HOSTS, "fy");
   try {
-    await run("ip", ["netns", "add", ns("br")]);
-    made.push(ns("br"));
-    await run("ip", ["-n", ns("br"), "link", "add", "br0", "type", "bridge"]);
-    await run("ip", ["-n", ns("br"), "link", "set", "br0", "up"]);
-    for (const [i, h] of HOSTS.entries()) {
-      const n = ns(h);
-      await run("ip", ["netns", "add", n]);
-      made.push(n);
-      ip[h] = `${subnet}.${i + 2}`;
-      await run("ip", [
-        "-n",
-        ns("br"),
-        "link",
-        "add",
-        `v${i}`,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        n,
-      ]);
-      await run("ip", ["-n", ns("br"), "link", "set", `v${i}`, "master", "br0", "up"]);
-      await run("ip", ["-n", n, "addr", "add", `${ip[h]}/24`, "dev", "eth0"]);
-      await run("ip", ["-n", n, "link", "set", "eth0", "up"]);
-      await run("ip", ["-n", n, "link", "set", "lo", "up"]);
-    }
-    await run(
-      "ip",
-      ["netns", "exec", ns("client"), "nft", "-f", "-"],
-      `
-table inet ferrytest {
-  chain input {
-    type filter hook input priority 0; policy accept;
-    ct state established,related accept
-    iif "lo" accept
-    tcp flags & (syn | ack) == syn drop
-  }
-}
-`,
-    );
+    await blockInbound(net, "client");
   } catch (e) {
-    await cleanup();
+    await net.cleanup();
     throw e;
   }
-  return { prefix: subnet, ns, ip, cleanup };
-}
-
-/** True once something in `from` can open a TCP connection to ip:port (retries a while). */
-async function reachable(net: Net, from: string, ip: string, port: number): Promise<boolean> {
-  for (let i = 0; i < 150; i++) {
-    const r = await new Deno.Command("ip", {
-      args: [
-        "netns",
-        "exec",
-        net.ns(from),
-        "timeout",
-        "2",
-        "bash",
-        "-c",
-        `exec 3<>/dev/tcp/${ip}/${port}`,
-      ],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    if (r.success) return true;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return false;
+  return net;
 }
 
 const WHATISMYIP = `
@@ -218,20 +62,7 @@ async function scenario(net: Net, tmp: string, tls: boolean): Promise<void> {
     ...(tls ? { FERRY_CERTS: `${tmp}/certs`, FERRY_NAME: h } : {}),
   });
   const ferrySh = (h: string, script: string) => {
-    const p = new Proc(h, "ip", [
-      "netns",
-      "exec",
-      net.ns(h),
-      Deno.execPath(),
-      "run",
-      "--allow-all",
-      FERRY,
-      "sh",
-      "-r",
-      `${tmp}/${h}/root`,
-      "-c",
-      script,
-    ], envFor(h));
+    const p = ferryIn(net, h, ["sh", "-r", `${tmp}/${h}/root`, "-c", script], { env: envFor(h) });
     procs.push(p);
     return p;
   };
@@ -247,7 +78,7 @@ async function scenario(net: Net, tmp: string, tls: boolean): Promise<void> {
       "run",
       "--allow-net",
       `${tmp}/whatismyip.ts`,
-    ], {});
+    ]);
     procs.push(inet);
     await inet.waitFor(/ready/);
 
@@ -259,21 +90,7 @@ async function scenario(net: Net, tmp: string, tls: boolean): Promise<void> {
     );
 
     // The client really accepts nothing inbound.
-    const blocked = await new Deno.Command("ip", {
-      args: [
-        "netns",
-        "exec",
-        net.ns("third"),
-        "timeout",
-        "1",
-        "bash",
-        "-c",
-        `exec 3<>/dev/tcp/${net.ip.client}/22`,
-      ],
-      stdout: "null",
-      stderr: "null",
-    }).output();
-    assert.equal(blocked.success, false);
+    assert.equal(await connects(net, "third", net.ip.client!, 22, 1), false);
 
     const url = `http://${net.ip.internet}/n09230945.asp`;
     const client = ferrySh(
@@ -354,6 +171,184 @@ Deno.test({
       });
     } finally {
       await net.cleanup();
+      await Deno.remove(tmp, { recursive: true }).catch(() => {});
+    }
+  },
+});
+
+/**
+ * The same section with TLS throughout and addresses instead of names,
+ * every step typed into `ferry sh`: nodes enrol with tokens that grant
+ * their addresses (`ferry ca token --manifest`, `--san`), the client mounts
+ * the remote's /net by address, webgrab leaves from the remote, the client
+ * listens through the remote's /net, and a third host reaches the client's
+ * files at the remote's address by naming the client with `--peer`.
+ */
+Deno.test({
+  name: "netns: remote networks with TLS and addresses, --peer through a relay",
+  ignore: hostsSkipReason() !== "",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn(t) {
+    const tmp = await Deno.makeTempDir({ prefix: "ferry-netns-peer-" });
+    const hosts = await makeHosts(["remote", "client", "third", "internet"], "fq");
+    const procs: Proc[] = [];
+    const ip = hosts.ip;
+    const env = (h: string) => ({
+      USER: h,
+      FERRY_CERTS: `${tmp}/${h}/certs`,
+      FERRY_NAME: h,
+    });
+    const sh = (h: string, script: string) => {
+      const p = ferryIn(hosts, h, ["sh", "-r", `${tmp}/${h}/root`, "-c", script], { env: env(h) });
+      procs.push(p);
+      return p;
+    };
+    try {
+      await blockInbound(hosts, "client");
+      for (const h of ["remote", "client", "third"]) {
+        await Deno.mkdir(`${tmp}/${h}/root`, { recursive: true });
+      }
+      await Deno.writeTextFile(`${tmp}/client/root/from-client`, "only on the client\n");
+      await Deno.writeTextFile(`${tmp}/whatismyip.ts`, WHATISMYIP);
+      const inet = new Proc("internet", "ip", [
+        "netns",
+        "exec",
+        hosts.ns("internet"),
+        Deno.execPath(),
+        "run",
+        "--allow-net",
+        `${tmp}/whatismyip.ts`,
+      ]);
+      procs.push(inet);
+      await inet.waitFor(/ready/);
+
+      await t.step("the CA gives each node a token for its address; each enrols", async () => {
+        const ca = `${tmp}/ca`;
+        const init = await ferryOnce(hosts, "internet", ["ca", "init", "netca", "--dir", ca]);
+        assert.equal(init.code, 0, init.err);
+        const signer = ferryIn(hosts, "internet", [
+          "signer",
+          `tcp!${ip.internet}!6670`,
+          "--dir",
+          ca,
+        ]);
+        procs.push(signer);
+        await signer.waitFor(/CA fingerprint/);
+        // The remote's address comes from the cluster manifest; the client's is given.
+        await Deno.writeTextFile(
+          `${tmp}/cluster.toml`,
+          `[nodes.remote]\naddress = "tcp!${ip.remote}!8000"\n`,
+        );
+        const how: Record<string, string[]> = {
+          remote: ["--node", "--manifest", `${tmp}/cluster.toml`],
+          client: ["--node", "--san", ip.client!],
+          third: ["--user"],
+        };
+        for (const [h, opts] of Object.entries(how)) {
+          const tok = await ferryOnce(hosts, "internet", ["ca", "token", h, ...opts, "--dir", ca]);
+          assert.equal(tok.code, 0, tok.err);
+          const e = await ferryOnce(hosts, h, [
+            "enroll",
+            `tcp!${ip.internet}!6670`,
+            tok.out.trim(),
+            "--dir",
+            `${tmp}/${h}/certs`,
+          ]);
+          assert.equal(e.code, 0, e.err);
+          const want = h === "third" ? "" : ` for '${ip[h]}'`;
+          assert.match(e.out, new RegExp(`enrolled \\w+ '${h}' serial [0-9a-f]+${want};`));
+        }
+      });
+
+      const remote = sh("remote", "listen 'tcp!*!8000' { export /net & }");
+      assert.ok(await reachable(hosts, "third", ip.remote!, 8000), `remote: ${remote.err}`);
+      assert.equal(
+        await connects(hosts, "third", ip.client!, 22, 1),
+        false,
+        "client is behind NAT",
+      );
+
+      const url = `http://${ip.internet}/whoami`;
+      const client = sh(
+        "client",
+        [
+          `webgrab ${url}`,
+          "cat whoami",
+          `mount 'tcp!${ip.remote}!8000' /net`,
+          "echo mounted-net",
+          `webgrab ${url}`,
+          "cat whoami",
+          "listen 'tcp!*!8001' { export / & }",
+          "echo listening",
+        ].join("\n"),
+      );
+
+      await t.step("1. the client mounts the remote's /net by address, over TLS", async () => {
+        await client.waitFor(/mounted-net/);
+        assert.equal(client.out.split("\n")[0], ip.client, client.err);
+      });
+
+      await t.step("2. webgrab then leaves from the remote's address", async () => {
+        await client.waitFor(/mounted-net\n.*\n/);
+        assert.equal(client.out.split("\n")[2], ip.remote, client.err);
+      });
+
+      await t.step("3. the client listens through the remote's /net", async () => {
+        await client.waitFor(/listening/);
+        assert.ok(await reachable(hosts, "third", ip.remote!, 8001), client.err);
+      });
+
+      await t.step(
+        "4. a third host mounts the client with --peer: reads, writes back",
+        async () => {
+          const third = sh(
+            "third",
+            [
+              "mkdir /n/c",
+              `mount --peer client 'tcp!${ip.remote}!8001' /n/c`,
+              "cat /n/c/from-client",
+              "echo written by third >/n/c/from-third",
+              "echo third-done",
+            ].join("; "),
+          );
+          await third.waitFor(/third-done/);
+          assert.equal(third.out, "only on the client\nthird-done\n", third.err);
+          assert.equal(
+            await Deno.readTextFile(`${tmp}/client/root/from-third`),
+            "written by third\n",
+          );
+        },
+      );
+
+      await t.step("5. a wrong or missing --peer is refused, naming both nodes", async () => {
+        const third = sh(
+          "third",
+          [
+            "mkdir /n/w",
+            `mount --peer remote 'tcp!${ip.remote}!8001' /n/w`,
+            `mount 'tcp!${ip.remote}!8001' /n/w`,
+            "echo refused-done",
+          ].join("; "),
+        );
+        await third.waitFor(/refused-done/);
+        const lines = third.err.trim().split("\n");
+        assert.equal(lines.length, 2, third.err);
+        assert.match(
+          lines[0]!,
+          /server certificate 'client' is for 'client', '[\d.]+', not 'remote'/,
+        );
+        assert.ok(
+          lines[1]!.includes(
+            `server certificate 'client' is for 'client', '${ip.client}', not '${ip.remote}'`,
+          ),
+          lines[1],
+        );
+        assert.doesNotMatch(third.err, /'client', 'client'/);
+      });
+    } finally {
+      for (const p of procs) await p.stop();
+      await hosts.cleanup();
       await Deno.remove(tmp, { recursive: true }).catch(() => {});
     }
   },

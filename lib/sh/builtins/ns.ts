@@ -10,6 +10,7 @@ import type { Tree } from "../../fs/tree.ts";
 import { ShUsageError } from "../interp.ts";
 import { writeText } from "../io.ts";
 import { getopts, shQuote, warnInsecureOnce } from "./util.ts";
+import { PEER_NEEDS_TLS } from "../../net/mismatch.ts";
 
 function unionFlags(ctx: Ctx, flags: Set<string>, usage: string) {
   if (flags.has("a") && flags.has("b")) throw new ShUsageError(usage);
@@ -37,15 +38,46 @@ function isAddr(s: string): boolean {
 }
 
 /**
- * mount [-a|-b] [-c] [-A] [-C alg] addr old [spec]: dial `addr`, attach
- * with `spec` and mount the remote tree on `old`.
+ * Take `--NAME VALUE` (or `--NAME=VALUE`) out of the options before the
+ * first operand; Inferno's single-letter options stay for getopts.
+ */
+function takeLong(args: string[], name: string, usage: string): [string[], string | undefined] {
+  const rest: string[] = [];
+  let value: string | undefined;
+  let i = 0;
+  for (; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === `--${name}`) {
+      value = args[++i];
+      if (value === undefined || value === "") throw new ShUsageError(usage);
+    } else if (a.startsWith(`--${name}=`)) {
+      value = a.slice(name.length + 3);
+      if (value === "") throw new ShUsageError(usage);
+    } else if (a.startsWith("-") && a !== "-" && a !== "--") {
+      rest.push(a);
+      // -C takes the next word as its algorithm.
+      if (a.indexOf("C") === a.length - 1 && i + 1 < args.length) rest.push(args[++i]!);
+    } else break;
+  }
+  return [[...rest, ...args.slice(i)], value];
+}
+
+/**
+ * mount [-a|-b] [-c] [-A] [-C alg] [--peer node] addr old [spec]: dial
+ * `addr`, attach with `spec` and mount the remote tree on `old`. Under
+ * TLS the server must present the certificate of `node` (default: the
+ * host dialled), as when a relay forwards `addr` to another node.
  */
 export const mount: Builtin = async (ctx, args) => {
-  const usage = "mount [-a|-b] [-c] [-A] [-C alg] addr old [spec]";
-  const o = getopts(args, "abcqAC:", usage);
+  const usage = "mount [-a|-b] [-c] [-A] [-C alg] [--peer node] addr old [spec]";
+  const [plain, peer] = takeLong(args, "peer", usage);
+  const o = getopts(plain, "abcqAC:", usage);
   if (o.rest.length < 2 || o.rest.length > 3) throw new ShUsageError(usage);
   const [addr, old, spec] = o.rest as [string, string, string | undefined];
   const flags = unionFlags(ctx, o.flags, usage);
+  if (peer !== undefined && o.flags.has("A")) {
+    throw new Error(PEER_NEEDS_TLS);
+  }
   const target = ctx.sh.path(old);
   // Fail early, before any network traffic, when the mount point is missing.
   await ctx.sh.ns.stat(target).catch((e) => {
@@ -56,6 +88,7 @@ export const mount: Builtin = async (ctx, args) => {
     insecure: o.flags.has("A"),
     aname: spec ?? "",
     alg: o.values.get("C"),
+    peer,
   });
   try {
     await ctx.sh.ns.mount(dialed.tree, target, { ...flags, source: addr, aname: spec });
@@ -87,7 +120,7 @@ export async function hasNet(ctx: Ctx): Promise<boolean> {
 async function dialRemote(
   ctx: Ctx,
   addr: string,
-  opts: { insecure: boolean; aname: string; alg?: string },
+  opts: { insecure: boolean; aname: string; alg?: string; peer?: string },
 ): Promise<{ tree: Tree; close(): void }> {
   const timeout = AbortSignal.timeout(DIAL_TIMEOUT_MS);
   const signal = AbortSignal.any([ctx.signal, timeout]);
@@ -105,6 +138,7 @@ async function dialRemote(
         insecure: opts.insecure,
         user: ctx.sh.user,
         alg: opts.alg,
+        peer: opts.peer,
         signal,
       });
     } catch (e) {
@@ -119,6 +153,7 @@ async function dialRemote(
       user: ctx.sh.user,
       aname: opts.aname,
       alg: opts.alg,
+      peer: opts.peer,
       signal,
       timeoutMs: DIAL_TIMEOUT_MS,
     });
