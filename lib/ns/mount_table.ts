@@ -27,6 +27,8 @@ export interface MountEntry {
   target: string;
   /** For a mount, the attach name (spec) when one was given. */
   aname?: string;
+  /** For a mount whose server went away: "ADDRESS: reason". */
+  lost?: string;
 }
 
 /** Nodes of a bind or mount source, shared by every copy of a table that holds them. */
@@ -70,6 +72,8 @@ export interface Member {
   create: boolean;
   /** The member's nodes; null for the underlying directory, found by walking. */
   nodes: SharedNodes | null;
+  /** For a mount over a connection: why it is gone ("ADDRESS: reason"), or undefined. */
+  lost?: () => string | undefined;
 }
 
 /** A mount point and its members, in the order names are looked up. */
@@ -267,6 +271,8 @@ export class MountTable {
           target: point.path,
         };
         if (m.aname) e.aname = m.aname;
+        const lost = m.lost?.();
+        if (lost !== undefined) e.lost = lost;
         return e;
       };
       if (u < 0) {
