@@ -58,4 +58,10 @@ export {
   type StyxClientOptions,
   type Untagged,
 } from "./client_conn.ts";
-export { RecoverFile, RecoveringTree, RecoverNode, type RecoverOptions } from "./client_recover.ts";
+export {
+  type RecoverEvent,
+  RecoverFile,
+  RecoveringTree,
+  RecoverNode,
+  type RecoverOptions,
+} from "./client_recover.ts";
