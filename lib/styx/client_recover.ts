@@ -42,6 +42,8 @@ export interface RecoverOptions {
   dial: () => Promise<StyxClient>;
   /** User name sent at attach instead of the caller's. */
   uname?: string;
+  /** The server's address for messages, as the user named it (default: as the transport reports it). */
+  address?: string;
   /** Wait before the first redial (default 100 ms); doubled after each failure. */
   minDelayMs?: number;
   /** Longest wait between redials (default 3000 ms). */
@@ -110,7 +112,7 @@ export class RecoveringTree implements Tree {
   private constructor(client: StyxClient, opts: RecoverOptions) {
     this.#opts = opts;
     this.#client = client;
-    this.#address = client.address;
+    this.#address = opts.address ?? client.address;
     this.#watch(client);
   }
 
@@ -241,7 +243,7 @@ export class RecoveringTree implements Tree {
       }
       const was = this.#down?.reason ?? "";
       this.#client = c;
-      this.#address = c.address;
+      this.#address = this.#opts.address ?? c.address;
       this.#gen++;
       this.#down = null;
       this.#watch(c);
