@@ -298,7 +298,7 @@ export async function applyNamespace(
 
 function flagsOf(e: NsEntry): string[] {
   const f = (e.before ? "b" : "") + (e.after ? "a" : "") + (e.create ? "c" : "") +
-    (e.insecure ? "A" : "");
+    (e.recover ? "r" : "") + (e.insecure ? "A" : "");
   return [...(f ? [`-${f}`] : []), ...(e.alg ? ["-C", e.alg] : [])];
 }
 

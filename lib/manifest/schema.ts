@@ -153,6 +153,8 @@ export interface NsEntry {
   create: boolean;
   /** mount -A: no authentication (refused by `ferry check` unless the manifest allows it). */
   insecure: boolean;
+  /** mount -r: recover after a loss (what every manifest mount does anyway). */
+  recover?: boolean;
   /** mount -C alg */
   alg?: string;
   /** The words after the flags, `$user` and `$home` not yet expanded. */

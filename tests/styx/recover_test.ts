@@ -5,45 +5,11 @@
  */
 import assert from "node:assert/strict";
 import { type RecoverEvent, RecoveringTree, StyxClient } from "../../lib/styx/client.ts";
-import { serve } from "../../lib/styx/server.ts";
-import { HostTree } from "../../lib/fs/host.ts";
 import { MemTree } from "../../lib/fs/memory.ts";
 import { Namespace } from "../../lib/ns/namespace.ts";
-import { tcpDial, tcpListen } from "../../lib/transport/tcp.ts";
-import type { Conn, Listener } from "../../lib/transport/conn.ts";
+import { tcpDial } from "../../lib/transport/tcp.ts";
+import { Server } from "./restartable.ts";
 import { OREAD, OWRITE } from "../../lib/styx/types.ts";
-
-/** A Styx server on a fixed loopback port that can be stopped and started again. */
-class Server {
-  #l: Listener | null = null;
-  #conns = new Set<Conn>();
-  #serving: Promise<unknown>[] = [];
-  port = 0;
-  constructor(readonly dir: string) {}
-
-  start(): void {
-    this.#l = tcpListen("127.0.0.1", this.port);
-    this.port = Number(this.#l.addr.split("!").pop());
-    const l = this.#l;
-    this.#serving.push(
-      (async () => {
-        for await (const c of l) {
-          this.#conns.add(c);
-          this.#serving.push(serve(c, new HostTree(this.dir)).finally(() => this.#conns.delete(c)));
-        }
-      })().catch(() => {}),
-    );
-  }
-
-  /** Stop listening and drop every connection, as a dying process would. */
-  async stop(): Promise<void> {
-    this.#l?.close();
-    this.#l = null;
-    for (const c of this.#conns) c.close();
-    await Promise.allSettled(this.#serving);
-    this.#serving = [];
-  }
-}
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
