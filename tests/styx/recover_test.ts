@@ -9,6 +9,7 @@ import { MemTree } from "../../lib/fs/memory.ts";
 import { Namespace } from "../../lib/ns/namespace.ts";
 import { tcpDial } from "../../lib/transport/tcp.ts";
 import { Server } from "./restartable.ts";
+import { Broadcast, dir, eventFile, SynthTree } from "../../lib/fs/synthetic.ts";
 import { OREAD, OWRITE } from "../../lib/styx/types.ts";
 
 const enc = new TextEncoder();
@@ -103,5 +104,43 @@ Deno.test("a recovering mount survives its server restarting on the same port", 
     await tree.close();
     await srv.stop();
     await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("a read blocked when the connection drops fails naming the mount and is not resent", async () => {
+  const events = new Broadcast<string>();
+  const served = new SynthTree(dir("", [eventFile("events", events)]));
+  const srv = new Server("", () => served);
+  srv.start();
+  const recovered = Promise.withResolvers<void>();
+  const tree = await RecoveringTree.connect({
+    dial: async () => await StyxClient.connect(await tcpDial("127.0.0.1", srv.port)),
+    minDelayMs: 20,
+    maxDelayMs: 200,
+    onChange: (e) => e.state === "recovered" && recovered.resolve(),
+  });
+  const root = new MemTree();
+  await root.mkdirp("/n/ev");
+  const ns = new Namespace(root, { caller: { user: "glenda" } });
+  try {
+    await ns.mount(tree, "/n/ev", { source: "events" });
+    const f = await ns.open("/n/ev/events", OREAD);
+    const blocked = f.read(0n, 100);
+    await srv.stop();
+    await assert.rejects(blocked, /'\/n\/ev' is no longer connected \(tcp!127\.0\.0\.1!\d+: /);
+    assert.equal(events.readers, 0);
+
+    srv.start();
+    await recovered.promise;
+    // The next read reopens the file and waits for the next event, not a replay.
+    const next = f.read(0n, 100);
+    while (events.readers === 0) await new Promise((r) => setTimeout(r, 10));
+    events.publish("ring");
+    assert.equal(dec.decode(await next), "ring\n");
+    await f.close();
+  } finally {
+    await ns.close();
+    await tree.close();
+    await srv.stop();
   }
 });

@@ -9,6 +9,7 @@ import { serve } from "../../lib/styx/server.ts";
 import { HostTree } from "../../lib/fs/host.ts";
 import { tcpListen } from "../../lib/transport/tcp.ts";
 import type { Conn, Listener } from "../../lib/transport/conn.ts";
+import type { Tree } from "../../lib/fs/tree.ts";
 
 /** A Styx server on a fixed loopback port that can be stopped and started again. */
 export class Server {
@@ -16,7 +17,8 @@ export class Server {
   #conns = new Set<Conn>();
   #serving: Promise<unknown>[] = [];
   port = 0;
-  constructor(readonly dir: string) {}
+  /** Serve the host directory `dir`, or the tree `tree()` gives for each connection. */
+  constructor(readonly dir: string, readonly tree: () => Tree = () => new HostTree(dir)) {}
 
   start(): void {
     this.#l = tcpListen("127.0.0.1", this.port);
@@ -26,7 +28,7 @@ export class Server {
       (async () => {
         for await (const c of l) {
           this.#conns.add(c);
-          this.#serving.push(serve(c, new HostTree(this.dir)).finally(() => this.#conns.delete(c)));
+          this.#serving.push(serve(c, this.tree()).finally(() => this.#conns.delete(c)));
         }
       })().catch(() => {}),
     );
