@@ -285,7 +285,8 @@ export class RecoverNode implements Node {
   readonly #owns: boolean;
   #node: RemoteNode;
   #gen: number;
-  #reviving: Promise<RemoteNode> | null = null;
+  /** A walk again under way, and the connection it is on. */
+  #reviving: { gen: number; p: Promise<RemoteNode> } | null = null;
   #qid: Qid;
   #closed = false;
 
@@ -327,8 +328,13 @@ export class RecoverNode implements Node {
     if (this.#closed) throw new StyxError(Ename.badFid);
     const gen = this.#tree.live(this.#att);
     if (this.#gen === gen) return { node: this.#node, gen };
-    this.#reviving ??= this.#revive(gen).finally(() => (this.#reviving = null));
-    return { node: await this.#reviving, gen };
+    if (this.#reviving?.gen !== gen) {
+      const p = this.#revive(gen);
+      // A failure is not kept: the next use tries again.
+      p.catch(() => this.#reviving?.p === p && (this.#reviving = null));
+      this.#reviving = { gen, p };
+    }
+    return { node: await this.#reviving.p, gen };
   }
 
   async #revive(gen: number): Promise<RemoteNode> {
@@ -445,7 +451,8 @@ export class RecoverFile implements OpenFile {
   readonly #mode: number;
   #file: RemoteFile;
   #gen: number;
-  #reviving: Promise<RemoteFile> | null = null;
+  /** An open again under way, and the connection it is on. */
+  #reviving: { gen: number; p: Promise<RemoteFile> } | null = null;
   #closed = false;
   /** The qid when first opened; a reopened file must have the same qid path. */
   readonly qid: Qid;
@@ -476,8 +483,12 @@ export class RecoverFile implements OpenFile {
     if (this.#closed) throw new StyxError(Ename.badFid);
     const gen = this.#tree.live(this.#att);
     if (this.#gen === gen) return { file: this.#file, gen };
-    this.#reviving ??= this.#reopen(gen).finally(() => (this.#reviving = null));
-    return { file: await this.#reviving, gen };
+    if (this.#reviving?.gen !== gen) {
+      const p = this.#reopen(gen);
+      p.catch(() => this.#reviving?.p === p && (this.#reviving = null));
+      this.#reviving = { gen, p };
+    }
+    return { file: await this.#reviving.p, gen };
   }
 
   async #reopen(gen: number): Promise<RemoteFile> {
