@@ -19,7 +19,7 @@ import { splitNames } from "./path.ts";
 export interface MountEntry {
   /** "bind" for a path or device spec, "mount" for a tree reached through a dial string. */
   kind: "bind" | "mount";
-  /** Flags as typed: "", "-a", "-b", "-c", "-ac", "-bc". */
+  /** Flags as typed: "", "-a", "-b", "-c", "-ac", "-bc", with "r" for a recovering mount. */
   flags: string;
   /** A namespace path, a device spec such as '#U*' + "/home", or a dial string. */
   source: string;
@@ -72,6 +72,8 @@ export interface Member {
   create: boolean;
   /** The member's nodes; null for the underlying directory, found by walking. */
   nodes: SharedNodes | null;
+  /** A mount that redials its server when it is lost (mount -r). */
+  recover?: boolean;
   /** For a mount over a connection: why it is gone ("ADDRESS: reason"), or undefined. */
   lost?: () => string | undefined;
 }
@@ -264,9 +266,10 @@ export class MountTable {
       const ms = point.members;
       const u = ms.findIndex((m) => m.kind === "underlying");
       const line = (m: Member, order: string): MountEntry => {
+        const more = (m.create ? "c" : "") + (m.recover ? "r" : "");
         const e: MountEntry = {
           kind: m.kind === "mount" ? "mount" : "bind",
-          flags: order || m.create ? `-${order}${m.create ? "c" : ""}` : "",
+          flags: order || more ? `-${order}${more}` : "",
           source: m.source,
           target: point.path,
         };

@@ -149,6 +149,8 @@ function isLost(e: unknown): boolean {
 interface Connected {
   /** Why the connection is gone ("ADDRESS: reason"), or undefined while it is up. */
   readonly lost: string | undefined;
+  /** True for a tree that redials when the connection is lost (listed as mount -r). */
+  readonly recovers?: boolean;
 }
 
 /** A mounted root that names its mount point in its errors (a remote tree's). */
@@ -794,7 +796,7 @@ export class Namespace implements Tree {
     target: string,
     flags: BindFlags | undefined,
     aname = "",
-    lost?: () => string | undefined,
+    conn?: { lost?: () => string | undefined; recover: boolean },
   ): Promise<void> {
     let order: MountOrder;
     try {
@@ -828,7 +830,8 @@ export class Namespace implements Tree {
       nodes: new SharedNodes(nodes),
     };
     if (aname !== "") member.aname = aname;
-    if (lost) member.lost = lost;
+    if (conn?.lost) member.lost = conn.lost;
+    if (conn?.recover) member.recover = true;
     const dropped = this.#engine.table.add(target, member, order);
     await Promise.allSettled(dropped.map((s) => s.release()));
   }
@@ -867,8 +870,12 @@ export class Namespace implements Tree {
     // A remote root names its mount point once its server is gone.
     const aware = node as Node & Partial<MountAware>;
     if (typeof aware.mountedOn === "function") aware.mountedOn(tgt);
-    const lost = "lost" in tree ? () => (tree as Tree & Connected).lost : undefined;
-    await this.#attachAt("mount", flags?.source ?? "-", [node], tgt, flags, aname, lost);
+    const c = tree as Tree & Partial<Connected>;
+    const conn = {
+      lost: "lost" in tree ? () => c.lost : undefined,
+      recover: c.recovers === true,
+    };
+    await this.#attachAt("mount", flags?.source ?? "-", [node], tgt, flags, aname, conn);
   }
 
   /**

@@ -121,6 +121,9 @@ export class RecoveringTree implements Tree {
     return new RecoveringTree(await opts.dial(), opts);
   }
 
+  /** Always true: a namespace lists this tree's mounts with -r. */
+  readonly recovers = true;
+
   /** The client of the current connection (a dead one while lost). */
   get client(): StyxClient {
     return this.#client;
