@@ -62,6 +62,13 @@ Deno.test("manifest check", async (t) => {
     assert.deepEqual(problems(demo).map(formatProblem), []);
   });
 
+  await t.step("mount -r is accepted (manifest mounts recover anyway)", () => {
+    const text = BASE.replace("mount -c srv!home", "mount -cr srv!home");
+    assert.deepEqual(problems(text).map(formatProblem), []);
+    const m = loadText(text, "m.toml");
+    assert.equal(m.users.get("alice")!.namespace[0]!.recover, true);
+  });
+
   await t.step("invalid TOML names its line", () => {
     one(BASE + "oops = \n", 23, "oops", /Invalid TOML/);
   });
