@@ -10,7 +10,7 @@ import { Namespace } from "../../lib/ns/namespace.ts";
 import { tcpDial } from "../../lib/transport/tcp.ts";
 import { Server } from "./restartable.ts";
 import { Broadcast, dir, eventFile, SynthTree } from "../../lib/fs/synthetic.ts";
-import { OREAD, OWRITE } from "../../lib/styx/types.ts";
+import { ORCLOSE, OREAD, OWRITE } from "../../lib/styx/types.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -43,6 +43,7 @@ Deno.test("a recovering mount survives its server restarting on the same port", 
     const f = await ns.open("/n/files/big", OREAD);
     const doomed = await ns.open("/n/files/doomed", OREAD);
     const log = await ns.open("/n/files/log", OWRITE);
+    const scratch = await ns.create("/n/files/scratch", 0o644, OWRITE | ORCLOSE);
     const first = await f.read(0n, 50_000);
     assert.equal(first.length, 50_000);
     assert.equal(await log.write(0n, enc.encode("before;")), 7);
@@ -83,6 +84,13 @@ Deno.test("a recovering mount survives its server restarting on the same port", 
       doomed.read(0n, 100),
       /file does not exist: '\/n\/files\/doomed' is gone since the connection was restored/,
     );
+    // The server removed the ORCLOSE file when the connection went.
+    await assert.rejects(Deno.stat(`${dir}/scratch`), Deno.errors.NotFound);
+    await assert.rejects(
+      scratch.write(0n, enc.encode("x")),
+      /file does not exist: '\/n\/files\/scratch' is gone since the connection was restored/,
+    );
+    await scratch.close();
     // A file open for writing carries on (without being truncated again).
     assert.equal(await log.write(7n, enc.encode("after")), 5);
     assert.equal(await Deno.readTextFile(`${dir}/log`), "before;after");
