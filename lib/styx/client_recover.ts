@@ -16,11 +16,12 @@
  *   file, /phone/events) is not idempotent, and a write may or may not
  *   have happened. The next call, once the server is back, goes to the
  *   reopened file.
- * - A file that no longer exists at its path (removed, or ORCLOSE, which
- *   the server honoured when the old connection died) fails on its next
- *   use with "file does not exist: 'PATH' is gone ...", and a path that now
- *   names a different file (another qid path) fails too, instead of being
- *   read on from the old offset.
+ * - A file that no longer exists at its path (removed meanwhile, or an
+ *   ORCLOSE file the server removed when the session ended) fails on its
+ *   next use with "file does not exist: 'PATH' is gone ...", and a path
+ *   that now names a different file (another qid path) fails too, instead
+ *   of being read on from the old offset. An ORCLOSE file a killed server
+ *   could not remove is opened again with ORCLOSE.
  * - An exclusive-use file (DMEXCL) is opened again only if nobody else
  *   opened it meanwhile; otherwise the server's refusal is the error.
  * - A directory is listed again from its start.
