@@ -6,9 +6,8 @@
  */
 
 import { fail, parse } from "../lib/cli.ts";
-import { load } from "../lib/manifest/load.ts";
-import { checkManifest } from "../lib/manifest/check.ts";
-import { formatProblem, ManifestError } from "../lib/manifest/schema.ts";
+import { allProblems } from "../lib/manifest/check.ts";
+import { formatProblem } from "../lib/manifest/schema.ts";
 
 const spec = {
   usage: "ferry check [-q] FILE",
@@ -28,13 +27,7 @@ export async function run(args: string[]): Promise<number> {
       throw new Error(`expected one manifest FILE\nusage: ${spec.usage}`);
     }
     const file = p.positionals[0]!;
-    let problems;
-    try {
-      problems = checkManifest(await load(file));
-    } catch (e) {
-      if (!(e instanceof ManifestError)) throw e;
-      problems = e.problems;
-    }
+    const problems = await allProblems(file);
     for (const pr of problems) console.error(formatProblem(pr));
     if (problems.length) {
       console.error(

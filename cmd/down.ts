@@ -11,7 +11,9 @@ import { defaultCertsDir } from "../lib/auth/link.ts";
 const spec = {
   usage: "ferry down [FILE] --node NAME [--certs DIR | --run DIR]",
   about: "Stop node NAME started by 'ferry up' on this machine: send it SIGTERM and wait\n" +
-    "(up to --wait seconds, default 10) for it to close its sessions and exit.",
+    "(up to --wait seconds, default 10) for it to close its sessions and exit; it\n" +
+    "returns once the process has gone. A node still running then is killed with\n" +
+    "SIGKILL, and down says so and exits 1.",
   options: {
     node: { type: "string" as const },
     certs: { type: "string" as const },
@@ -36,6 +38,16 @@ function alive(pid: number): boolean {
   } catch {
     return true; // no /proc, or not allowed to read it: trust the signal
   }
+}
+
+/** Wait until `pid` has exited, at most `ms`; true if it did. */
+async function exited(pid: number, ms: number): Promise<boolean> {
+  const until = Date.now() + ms;
+  while (alive(pid)) {
+    if (Date.now() > until) return false;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return true;
 }
 
 /** Run `ferry down`. */
@@ -67,17 +79,25 @@ export async function run(args: string[]): Promise<number> {
       console.log(`node '${v.node}' was not running (removed stale '${pidFile}')`);
       return 0;
     }
-    Deno.kill(pid, "SIGTERM");
     const secs = typeof v.wait === "string" ? Number(v.wait) : 10;
-    const until = Date.now() + secs * 1000;
-    while (alive(pid)) {
-      if (Date.now() > until) {
-        throw new Error(`node '${v.node}' (pid ${pid}) did not stop within ${secs} s`);
-      }
-      await new Promise((r) => setTimeout(r, 50));
+    if (!Number.isFinite(secs) || secs < 0) {
+      throw new UsageError(`bad --wait '${v.wait}': want seconds, e.g. 10`);
     }
-    console.log(`node '${v.node}' stopped`);
-    return 0;
+    Deno.kill(pid, "SIGTERM");
+    if (await exited(pid, secs * 1000)) {
+      console.log(`node '${v.node}' stopped`);
+      return 0;
+    }
+    // It would not stop: make sure it is gone, and say it was not clean.
+    try {
+      Deno.kill(pid, "SIGKILL");
+    } catch { /* it exited just now */ }
+    await exited(pid, 5000);
+    await Deno.remove(pidFile).catch(() => {});
+    console.error(
+      `ferry down: node '${v.node}' (pid ${pid}) did not exit within ${secs} s of SIGTERM: killed it with SIGKILL (its sessions were not closed cleanly)`,
+    );
+    return 1;
   } catch (e) {
     return fail("ferry down", e);
   }

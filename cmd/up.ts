@@ -11,6 +11,7 @@ import { fail, parse, UsageError } from "../lib/cli.ts";
 import { credentialNames, defaultCertsDir } from "../lib/auth/link.ts";
 import { FerryNode } from "../lib/manifest/node.ts";
 import { load } from "../lib/manifest/load.ts";
+import { ManifestError } from "../lib/manifest/schema.ts";
 import { ferryArgv } from "../lib/self.ts";
 import { parseDialString } from "../lib/net/dial.ts";
 
@@ -65,6 +66,29 @@ async function enrol(file: string, certDir: string, node: string, token: string)
   if (o.code !== 0) throw new Error(`enrolment of '${node}' at ${m.ca.signer} failed`);
 }
 
+/**
+ * Refuse a node the manifest does not have, listing those it has. Only the
+ * names are taken from the manifest here (its signature is checked when the
+ * node starts); a manifest that cannot be read is reported then too.
+ */
+async function mustName(file: string, node: string): Promise<void> {
+  let names: string[];
+  try {
+    names = [...(await load(file)).nodes.keys()];
+  } catch (e) {
+    const partial = e instanceof ManifestError ? e.partial : undefined;
+    if (partial === undefined) return;
+    names = [...partial.nodes.keys()];
+  }
+  if (!names.includes(node)) {
+    throw new Error(
+      `node '${node}' is not in the manifest '${file}' (its nodes: ${
+        names.length ? names.join(", ") : "none"
+      }); give one of them to --node`,
+    );
+  }
+}
+
 /** Keep the node's certificate fresh: `ferry renew --daemon` as a child process. */
 function startRenewer(signer: string, certDir: string, node: string): Deno.ChildProcess {
   const [exe, ...pre] = ferryArgv();
@@ -98,6 +122,7 @@ export async function run(args: string[]): Promise<number> {
     if (!Number.isInteger(pollMs) || pollMs < 0) {
       throw new UsageError(`bad --poll '${v.poll}': want milliseconds, e.g. 1000`);
     }
+    await mustName(file, name);
     if (!(await credentialNames(certDir)).includes(name)) {
       const token = typeof v.token === "string" ? v.token : Deno.env.get("FERRY_TOKEN");
       if (!token) {

@@ -5,7 +5,10 @@
  * user, and attaches with the export's name. Every node is dialed once and
  * all dials run at the same time; entries are then applied in order. An
  * entry that fails is reported and the rest still applied, unless its
- * mount point is one of the user's `required` ones.
+ * mount point is one of the user's `required` ones. Every mount recovers
+ * (as `mount -r` does): when a node goes away, its mounts fail with
+ * "'/n/x' is no longer connected (...)", its connection is redialled with
+ * backoff, and use carries on once it is back (see lib/styx/client_recover.ts).
  *
  * @module
  */
@@ -15,7 +18,7 @@ import { standardDeviceTable } from "../ns/devices.ts";
 import { MemTree } from "../fs/memory.ts";
 import type { Tree } from "../fs/tree.ts";
 import { DMDIR, Ename, OREAD, StyxError } from "../styx/types.ts";
-import { RemoteTree, StyxClient } from "../styx/client.ts";
+import { RecoveringTree, StyxClient } from "../styx/client.ts";
 import { type Credentials, defaultCertsDir, loadCredentials } from "../auth/link.ts";
 import { tlsDial } from "../transport/tls.ts";
 import { parseDialString } from "../net/dial.ts";
@@ -71,13 +74,16 @@ export interface Composed {
 
 interface Link {
   tree: Tree;
-  close(): void;
+  close(): Promise<void>;
 }
 
-/** Dials nodes once each, concurrently, through `via` chains when needed. */
+/**
+ * Dials nodes once each, concurrently, through `via` chains when needed.
+ * Each link redials its node when the connection is lost.
+ */
 export class NodeDialer {
   readonly #links = new Map<string, Promise<Link>>();
-  readonly #viaSpaces: Namespace[] = [];
+  readonly #viaSpaces = new Map<string, Promise<Namespace>>();
   readonly #addressLinks: Link[] = [];
   constructor(
     readonly manifest: Manifest,
@@ -97,8 +103,21 @@ export class NodeDialer {
     return p;
   }
 
-  /** A namespace whose /net is `node`'s net export, for dialing past it. */
-  async netSpace(node: NodeSpec): Promise<Namespace> {
+  /**
+   * A namespace whose /net is `node`'s net export, for dialing past it
+   * (made once per node; it follows the node's link through losses).
+   */
+  netSpace(node: NodeSpec): Promise<Namespace> {
+    let p = this.#viaSpaces.get(node.name);
+    if (!p) {
+      p = this.#netSpace(node);
+      p.catch(() => this.#viaSpaces.delete(node.name));
+      this.#viaSpaces.set(node.name, p);
+    }
+    return p;
+  }
+
+  async #netSpace(node: NodeSpec): Promise<Namespace> {
     const net = netExportOf(node);
     if (!net) throw new Error(`Node '${node.name}' has no export of kind 'net' to reach through`);
     const link = await this.link(node);
@@ -106,11 +125,20 @@ export class NodeDialer {
     await root.mkdirp("/net");
     const ns = new Namespace(root, { caller: { user: this.user } });
     await ns.mount(link.tree, "/net", { source: `${node.name}!${net.name}`, aname: net.name });
-    this.#viaSpaces.push(ns);
     return ns;
   }
 
   async #dial(node: NodeSpec, seen: string[]): Promise<Link> {
+    const tree = await RecoveringTree.connect({
+      dial: () => this.#connect(node, seen),
+      uname: this.user,
+      address: node.address,
+    });
+    return { tree, close: () => tree.close() };
+  }
+
+  /** A new Styx connection to `node`, as `user`, with mutual TLS. */
+  async #connect(node: NodeSpec, seen: string[]): Promise<StyxClient> {
     const ms = this.opts.timeoutMs ?? 10_000;
     const signal = AbortSignal.timeout(ms);
     const what = `cannot reach node '${node.name}' at '${node.address}'`;
@@ -128,7 +156,7 @@ export class NodeDialer {
           signal,
           trace: this.opts.trace,
         });
-        return { tree: d.tree, close: () => d.close() };
+        return d.client;
       }
       const a = parseDialString(node.address, { net: "tcp", service: "styx" });
       const conn = await timed(
@@ -136,8 +164,7 @@ export class NodeDialer {
         ms,
       );
       try {
-        const client = await StyxClient.connect(conn, { trace: this.opts.trace, signal });
-        return { tree: new RemoteTree(client, { uname: this.user }), close: () => client.close() };
+        return await StyxClient.connect(conn, { trace: this.opts.trace, signal });
       } catch (e) {
         conn.close();
         throw e;
@@ -162,15 +189,16 @@ export class NodeDialer {
       signal: AbortSignal.timeout(this.opts.timeoutMs ?? 10_000),
       trace: this.opts.trace,
     });
-    const link = { tree: d.tree, close: () => d.close() };
+    const link = { tree: d.tree, close: async () => await d.close() };
     this.#addressLinks.push(link);
     return link;
   }
 
   /** Hang up every connection. */
   async close(): Promise<void> {
-    for (const l of this.#addressLinks.splice(0)) l.close();
-    await Promise.allSettled(this.#viaSpaces.map((ns) => ns.close()));
+    await Promise.allSettled(this.#addressLinks.splice(0).map((l) => l.close()));
+    const spaces = [...this.#viaSpaces.values()];
+    await Promise.allSettled(spaces.map(async (p) => (await p).close()));
     for (const p of this.#links.values()) {
       await p.then((l) => l.close(), () => {});
     }
@@ -292,7 +320,7 @@ export async function applyNamespace(
 
 function flagsOf(e: NsEntry): string[] {
   const f = (e.before ? "b" : "") + (e.after ? "a" : "") + (e.create ? "c" : "") +
-    (e.insecure ? "A" : "");
+    (e.recover ? "r" : "") + (e.insecure ? "A" : "");
   return [
     ...(f ? [`-${f}`] : []),
     ...(e.alg ? ["-C", e.alg] : []),

@@ -281,6 +281,12 @@ function checkEntries(
       }
     }
     if (e.op !== "mount") continue;
+    if (e.insecure) {
+      bad(
+        e.where,
+        `'mount -A' in '${e.text}' is refused when the namespace is built: manifest mounts always use mutual TLS; drop -A`,
+      );
+    }
     let src: MountSource;
     try {
       src = resolveSource(m, args[0]!);
@@ -359,6 +365,34 @@ function globRe(g: string): RegExp {
 
 function capital(s: string): string {
   return s.charAt(0).toUpperCase() + s.slice(1);
+}
+
+/**
+ * Every problem of the manifest at `file` in one list: shape errors do not
+ * hide the rest, since the manifest as far as it could be read is checked
+ * too (a problem at the same key and line as a shape error is left out). Only
+ * invalid TOML stops the checks. Throws an Error when the file cannot be
+ * read.
+ *
+ * @example
+ * ```ts ignore
+ * for (const p of await allProblems("cluster.toml")) console.error(formatProblem(p));
+ * ```
+ */
+export async function allProblems(file: string, opts: LoadOptions = {}): Promise<Problem[]> {
+  let m: Manifest;
+  try {
+    m = await load(file, opts);
+  } catch (e) {
+    if (!(e instanceof ManifestError)) throw e;
+    if (e.partial === undefined) return e.problems;
+    const shape = e.problems;
+    const covered = (q: Problem) =>
+      shape.some((p) => p.key === q.key && p.line === q.line && p.file === q.file);
+    const more = checkManifest(e.partial).filter((q) => !covered(q));
+    return sortProblems([...shape, ...more]);
+  }
+  return checkManifest(m);
 }
 
 /**

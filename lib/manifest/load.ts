@@ -397,9 +397,10 @@ function loadBytesInner(
     doc = parseToml(text) as Obj;
   } catch (e) {
     if (e instanceof TomlError) {
-      const first = e.message.split("\n")[0]!.replace(/^Invalid TOML document: /, "");
+      let first = e.message.split("\n")[0]!.replace(/^Invalid TOML document: /, "");
       const line = e.line;
       const src = text.split("\n")[line - 1] ?? "";
+      first = unterminated(first, src, e.column) ?? first;
       const k = src.match(/^\s*\[\[?\s*([^\]]+?)\s*\]/)?.[1] ??
         src.match(/^\s*([^=\s]+)\s*=/)?.[1] ??
         "";
@@ -414,8 +415,26 @@ function loadBytesInner(
   }
   const b = new Builder(file, text, keyLines(text), opts);
   const m = b.build(doc, bytes);
-  if (b.problems.length) throw new ManifestError(sortProblems(b.problems));
+  // The partial manifest goes along, so a checker can still report the rest.
+  if (b.problems.length) throw new ManifestError(sortProblems(b.problems), m);
   return m;
+}
+
+/**
+ * smol-toml reports a string left open as a control character (the newline)
+ * in a string, or as an unfinished string at the end of the text: say what
+ * the user did instead.
+ */
+function unterminated(msg: string, src: string, column: number): string | undefined {
+  if (/^unfinished string/i.test(msg)) {
+    return /"""|'''/.test(src)
+      ? `unterminated multi-line string: no closing """ or ''' before the end of the file`
+      : "unterminated string: no closing quote before the end of the file";
+  }
+  if (/^control characters are not allowed in strings/i.test(msg) && column > src.length) {
+    return "unterminated string: the line ends before its closing quote";
+  }
+  return undefined;
 }
 
 /**

@@ -25,7 +25,7 @@ const OPS: ReadonlySet<string> = new Set([
 /** Flags each operation accepts. */
 const FLAGS: Readonly<Record<string, string>> = {
   bind: "abc",
-  mount: "abcAC",
+  mount: "abcrAC",
   unmount: "",
   cd: "",
   new: "",
@@ -218,6 +218,7 @@ export function parseNamespace(
         else if (f === "b") e.before = true;
         else if (f === "c") e.create = true;
         else if (f === "A") e.insecure = true;
+        else if (f === "r") e.recover = true;
         else if (f === "C") {
           const alg = rest[i + 1];
           if (alg === undefined) {

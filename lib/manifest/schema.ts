@@ -54,10 +54,14 @@ export function formatProblem(p: Problem): string {
 export class ManifestError extends Error {
   /** Every problem found, in file order. */
   readonly problems: Problem[];
-  constructor(problems: Problem[]) {
+  /** The manifest as far as it could be read (after shape errors), for further checks. */
+  readonly partial?: Manifest;
+  /** List `problems`; `partial` is what could be read despite them. */
+  constructor(problems: Problem[], partial?: Manifest) {
     super(problems.map(formatProblem).join("\n"));
     this.name = "ManifestError";
     this.problems = problems;
+    if (partial !== undefined) this.partial = partial;
   }
 }
 
@@ -149,6 +153,8 @@ export interface NsEntry {
   create: boolean;
   /** mount -A: no authentication (refused by `ferry check` unless the manifest allows it). */
   insecure: boolean;
+  /** mount -r: recover after a loss (what every manifest mount does anyway). */
+  recover?: boolean;
   /** mount -C alg */
   alg?: string;
   /** mount --peer NODE: the node whose certificate must answer (default: the dialled one). */

@@ -19,7 +19,7 @@ import { splitNames } from "./path.ts";
 export interface MountEntry {
   /** "bind" for a path or device spec, "mount" for a tree reached through a dial string. */
   kind: "bind" | "mount";
-  /** Flags as typed: "", "-a", "-b", "-c", "-ac", "-bc". */
+  /** Flags as typed: "", "-a", "-b", "-c", "-ac", "-bc", with "r" for a recovering mount. */
   flags: string;
   /** A namespace path, a device spec such as '#U*' + "/home", or a dial string. */
   source: string;
@@ -27,6 +27,8 @@ export interface MountEntry {
   target: string;
   /** For a mount, the attach name (spec) when one was given. */
   aname?: string;
+  /** For a mount whose server went away: "ADDRESS: reason". */
+  lost?: string;
 }
 
 /** Nodes of a bind or mount source, shared by every copy of a table that holds them. */
@@ -70,6 +72,10 @@ export interface Member {
   create: boolean;
   /** The member's nodes; null for the underlying directory, found by walking. */
   nodes: SharedNodes | null;
+  /** A mount that redials its server when it is lost (mount -r). */
+  recover?: boolean;
+  /** For a mount over a connection: why it is gone ("ADDRESS: reason"), or undefined. */
+  lost?: () => string | undefined;
 }
 
 /** A mount point and its members, in the order names are looked up. */
@@ -260,13 +266,16 @@ export class MountTable {
       const ms = point.members;
       const u = ms.findIndex((m) => m.kind === "underlying");
       const line = (m: Member, order: string): MountEntry => {
+        const more = (m.create ? "c" : "") + (m.recover ? "r" : "");
         const e: MountEntry = {
           kind: m.kind === "mount" ? "mount" : "bind",
-          flags: order || m.create ? `-${order}${m.create ? "c" : ""}` : "",
+          flags: order || more ? `-${order}${more}` : "",
           source: m.source,
           target: point.path,
         };
         if (m.aname) e.aname = m.aname;
+        const lost = m.lost?.();
+        if (lost !== undefined) e.lost = lost;
         return e;
       };
       if (u < 0) {

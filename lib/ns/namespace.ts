@@ -50,6 +50,7 @@ import {
 } from "../fs/tree.ts";
 import { Ename, MAXWELEM, OEXEC, OREAD, OTRUNC, OWRITE, QTDIR, StyxError } from "../styx/types.ts";
 import type { Dir, Qid } from "../styx/types.ts";
+import { ConnectionLost } from "../styx/client_lost.ts";
 import {
   type Member,
   type MountEntry,
@@ -136,6 +137,27 @@ function isNotFound(e: unknown): boolean {
   return e instanceof StyxError && e.message === Ename.notFound;
 }
 
+/**
+ * True for the error of a mount whose server went away: it is never
+ * mistaken for a missing name, nor hidden by another member of a union.
+ */
+function isLost(e: unknown): boolean {
+  return e instanceof ConnectionLost;
+}
+
+/** A tree reached over a connection that can be lost (a remote tree). */
+interface Connected {
+  /** Why the connection is gone ("ADDRESS: reason"), or undefined while it is up. */
+  readonly lost: string | undefined;
+  /** True for a tree that redials when the connection is lost (listed as mount -r). */
+  readonly recovers?: boolean;
+}
+
+/** A mounted root that names its mount point in its errors (a remote tree's). */
+interface MountAware {
+  mountedOn(path: string): void;
+}
+
 async function closeLayers(layers: readonly Layer[]): Promise<void> {
   if (layers.length === 1) {
     try {
@@ -165,14 +187,16 @@ async function walkLayers(
 ): Promise<WalkResult> {
   if (layers.length === 1) return await walkChunked(layers[0]!.node, names, opts);
   let first: unknown;
+  let lost: unknown;
   for (const l of layers) {
     try {
       return await walkChunked(l.node, names, opts);
     } catch (e) {
       first ??= e;
+      if (isLost(e)) lost ??= e;
     }
   }
-  throw first ?? new StyxError(Ename.notFound);
+  throw lost ?? first ?? new StyxError(Ename.notFound);
 }
 
 /** node.walk in pieces of at most MAXWELEM names. */
@@ -297,6 +321,7 @@ class Engine {
       let first: unknown;
       for (const p of parts) {
         if (p.status === "fulfilled") layers.push(...p.value);
+        else if (isLost(p.reason) && !isLost(first)) first = p.reason;
         else first ??= p.reason;
       }
       if (layers.length === 0) throw first ?? new StyxError(Ename.notFound);
@@ -348,6 +373,7 @@ class Engine {
     const held = members.map((m) => m.nodes?.retain() ?? null);
     let mountQid: Qid | undefined;
     let first: unknown;
+    let lost: unknown;
     try {
       for (const m of members) {
         if (m.nodes === null) {
@@ -370,6 +396,7 @@ class Engine {
             r = await walkChunked(n, names, opts);
           } catch (e) {
             first ??= e;
+            if (isLost(e)) lost ??= e;
             continue;
           }
           r.qids.unshift(mountQid);
@@ -380,6 +407,8 @@ class Engine {
       const w = releaseAll(held);
       if (w) await w;
     }
+    // Nothing answered below a mount whose server is gone: say so.
+    if (lost !== undefined) throw lost;
     if (mountQid === undefined) throw first ?? new StyxError(Ename.notFound);
     return { qids: [mountQid] };
   }
@@ -413,7 +442,7 @@ class Engine {
       cur = next;
     };
     const partial = (e: unknown): Walked => {
-      if (qids.length === 0) throw e;
+      if (qids.length === 0 || isLost(e)) throw e;
       return { qids };
     };
     try {
@@ -767,6 +796,7 @@ export class Namespace implements Tree {
     target: string,
     flags: BindFlags | undefined,
     aname = "",
+    conn?: { lost?: () => string | undefined; recover: boolean },
   ): Promise<void> {
     let order: MountOrder;
     try {
@@ -800,6 +830,8 @@ export class Namespace implements Tree {
       nodes: new SharedNodes(nodes),
     };
     if (aname !== "") member.aname = aname;
+    if (conn?.lost) member.lost = conn.lost;
+    if (conn?.recover) member.recover = true;
     const dropped = this.#engine.table.add(target, member, order);
     await Promise.allSettled(dropped.map((s) => s.release()));
   }
@@ -835,7 +867,15 @@ export class Namespace implements Tree {
     const tgt = cleanPath(target);
     const aname = flags?.aname ?? "";
     const node = await tree.attach(this.caller, aname);
-    await this.#attachAt("mount", flags?.source ?? "-", [node], tgt, flags, aname);
+    // A remote root names its mount point once its server is gone.
+    const aware = node as Node & Partial<MountAware>;
+    if (typeof aware.mountedOn === "function") aware.mountedOn(tgt);
+    const c = tree as Tree & Partial<Connected>;
+    const conn = {
+      lost: "lost" in tree ? () => c.lost : undefined,
+      recover: c.recovers === true,
+    };
+    await this.#attachAt("mount", flags?.source ?? "-", [node], tgt, flags, aname, conn);
   }
 
   /**

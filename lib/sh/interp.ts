@@ -48,6 +48,8 @@ export interface MountEntry {
   source: string;
   /** Where: the mount point. */
   target: string;
+  /** For a mount whose server went away: "ADDRESS: reason". */
+  lost?: string;
 }
 
 /** Flags of bind and mount: union position and the create mark. */

@@ -7,6 +7,9 @@
  * - {@link RemoteTree}, {@link RemoteNode}, {@link RemoteFile}: a remote
  *   file tree seen through the client, implementing the one tree interface
  *   (lib/fs/tree.ts), so a namespace can mount it and a server can export it.
+ * - {@link RecoveringTree}: a remote tree that owns its dial function and,
+ *   when the connection is lost, redials with backoff, attaches again and
+ *   walks and opens again what was in use (as recover(4) and aan(8) do).
  * - Path helpers on the client (`walkPath`, `readFile`, `writeFile`, `ls`,
  *   `stat`, `create`, `remove`) and the streaming helpers {@link readStream}
  *   and {@link writeFrom}, which keep several Tread/Twrite in flight with
@@ -32,7 +35,13 @@
  * @module
  */
 
-export { RemoteFile, RemoteNode, RemoteTree, type RemoteWalkResult } from "./client_tree.ts";
+export {
+  lostReason,
+  RemoteFile,
+  RemoteNode,
+  RemoteTree,
+  type RemoteWalkResult,
+} from "./client_tree.ts";
 export {
   readStream,
   type ReadStreamOptions,
@@ -40,6 +49,8 @@ export {
   type WriteFromOptions,
 } from "./client_io.ts";
 export {
+  ConnectionLost,
+  Hangup,
   Interrupted,
   type ReplyTo,
   type RpcOptions,
@@ -47,3 +58,10 @@ export {
   type StyxClientOptions,
   type Untagged,
 } from "./client_conn.ts";
+export {
+  type RecoverEvent,
+  RecoverFile,
+  RecoveringTree,
+  RecoverNode,
+  type RecoverOptions,
+} from "./client_recover.ts";

@@ -43,6 +43,9 @@ import {
 import type { Conn } from "../transport/conn.ts";
 import { TcpConn } from "../transport/tcp.ts";
 import { RemoteFile, RemoteNode } from "./client_tree.ts";
+import { Hangup } from "./client_lost.ts";
+
+export { ConnectionLost, Hangup, lostAs, type Origin } from "./client_lost.ts";
 import {
   readAll,
   readStream,
@@ -188,6 +191,8 @@ export class StyxClient {
   #writing = false;
 
   #hungup: StyxError | null = null;
+  /** Set by {@link close}: the hangup is ours, not the server's. */
+  #closing = false;
   #frames: FrameReader | null = null;
   /**
    * Buffers of large replies, given back by {@link recycle}; sizes are
@@ -294,6 +299,16 @@ export class StyxClient {
     return this.#hungup !== null;
   }
 
+  /** Why the connection is gone (a {@link Hangup} as a rule), or null while it is up. */
+  get failure(): StyxError | null {
+    return this.#hungup;
+  }
+
+  /** The server's address as a dial string (as the transport reports it). */
+  get address(): string {
+    return this.#conn.peer.addr;
+  }
+
   /** Resolves once the connection is gone and every request has settled. */
   get closed(): Promise<void> {
     return this.#done;
@@ -316,7 +331,7 @@ export class StyxClient {
       else if (!this.#hungup) this.releaseFid(fid);
       throw e;
     }
-    return new RemoteNode(this, fid, r.qid);
+    return new RemoteNode(this, fid, r.qid, {});
   }
 
   /**
@@ -882,8 +897,8 @@ export class StyxClient {
         // TCP has copied the bytes: a Twrite buffer can carry the next one.
         if (this.#reuseWrites) this.#writePool.give(out.buffer);
       }
-    } catch {
-      this.#fail(new StyxError(Ename.hungup));
+    } catch (e) {
+      this.#fail(this.#hangup(`cannot write: ${(e as Error).message ?? e}`));
       this.#conn.close();
     } finally {
       this.#writing = false;
@@ -939,14 +954,14 @@ export class StyxClient {
         if (f === null) break;
         this.#dispatch(f);
       }
-      this.#fail(new StyxError(Ename.hungup));
+      this.#fail(this.#hangup("the server closed the connection"));
     } catch (e) {
       this.#fail(
         e instanceof FramingError
           ? new StyxError(`bad message from server: ${e.message}; connection dropped`)
           : e instanceof StyxError
           ? e
-          : new StyxError(Ename.hungup),
+          : this.#hangup((e as Error).message ?? String(e)),
       );
       this.#conn.close();
     }
@@ -991,6 +1006,11 @@ export class StyxClient {
     }
   }
 
+  /** The error for a lost connection; one closed by this end says so. */
+  #hangup(reason: string): Hangup {
+    return new Hangup(this.#conn.peer.addr, this.#closing ? "closed by this end" : reason);
+  }
+
   /** Fail every pending request and every later one with `err`. */
   #fail(err: StyxError): void {
     if (this.#hungup) return;
@@ -1007,6 +1027,7 @@ export class StyxClient {
 
   /** Close the connection; pending requests reject with "i/o on hungup channel". */
   async close(): Promise<void> {
+    this.#closing = true;
     this.#conn.close();
     await this.#done;
   }

@@ -18,7 +18,7 @@ import {
   StyxError,
 } from "./types.ts";
 import type { Caller, Created, Node, OpenFile, OpOptions, Tree, WalkResult } from "../fs/tree.ts";
-import type { StyxClient } from "./client_conn.ts";
+import { lostAs, type Origin, type StyxClient } from "./client_conn.ts";
 
 /**
  * The tree a Styx server exports, as a {@link Tree}: attach sends Tattach
@@ -47,6 +47,22 @@ export class RemoteTree implements Tree {
   attach(caller: Caller, aname: string): Promise<RemoteNode> {
     return this.client.attach(this.opts.uname ?? caller.user, aname);
   }
+
+  /**
+   * Why the connection is gone ("tcp!host!port: reason"), or undefined while
+   * it is up. A namespace shows it in its listing (`ns`).
+   */
+  get lost(): string | undefined {
+    return lostReason(this.client);
+  }
+}
+
+/** "ADDRESS: reason" for a client whose connection is gone, else undefined. */
+export function lostReason(client: StyxClient): string | undefined {
+  const f = client.failure;
+  if (f === null) return undefined;
+  const reason = "reason" in f && typeof f.reason === "string" ? f.reason : f.message;
+  return `${client.address}: ${reason}`;
 }
 
 /** What {@link RemoteNode.walk} returns: a {@link WalkResult} whose node is remote. */
@@ -62,9 +78,23 @@ export class RemoteNode implements Node {
   /** An open sent along with the walk that made this node (OpOptions.openMode). */
   #pre: { mode: number; open: Ropen | StyxError } | null = null;
 
-  /** Wrap `fid`, already walked to a file whose qid is `qid`. */
-  constructor(readonly client: StyxClient, readonly fid: number, qid: Qid) {
+  readonly #origin: Origin;
+
+  /**
+   * Wrap `fid`, already walked to a file whose qid is `qid`; `origin` is
+   * shared with the attach it was walked from (a new one by default).
+   */
+  constructor(readonly client: StyxClient, readonly fid: number, qid: Qid, origin: Origin = {}) {
     this.#qid = qid;
+    this.#origin = origin;
+  }
+
+  /**
+   * Name the mount point of this attach: once the connection is gone, its
+   * nodes and files fail with "'PATH' is no longer connected (...)".
+   */
+  mountedOn(path: string): void {
+    this.#origin.label = path;
   }
 
   /** The file's qid as last seen. */
@@ -87,6 +117,14 @@ export class RemoteNode implements Node {
    */
   async walk(names: string[], opts: OpOptions = {}): Promise<RemoteWalkResult> {
     this.#check();
+    try {
+      return await this.#walk(names, opts);
+    } catch (e) {
+      throw lostAs(e, this.#origin);
+    }
+  }
+
+  async #walk(names: string[], opts: OpOptions): Promise<RemoteWalkResult> {
     const newfid = this.client.allocFid();
     const mode = opts.openMode;
     if (mode !== undefined && opts.signal === undefined && names.length <= 16) {
@@ -94,14 +132,14 @@ export class RemoteNode implements Node {
       const w = await this.client.walkThenOpen(this.fid, newfid, names, mode);
       if (w.qids.length < names.length) return { qids: w.qids };
       const qid = w.qids.length === 0 ? { ...this.#qid } : w.qids[w.qids.length - 1]!;
-      const node = new RemoteNode(this.client, newfid, qid);
+      const node = new RemoteNode(this.client, newfid, qid, this.#origin);
       node.#pre = { mode, open: w.open };
       return { qids: w.qids, node };
     }
     const qids = await this.client.walkLong(this.fid, newfid, names, opts);
     if (qids.length < names.length) return { qids };
     const qid = qids.length === 0 ? { ...this.#qid } : qids[qids.length - 1]!;
-    return { qids, node: new RemoteNode(this.client, newfid, qid) };
+    return { qids, node: new RemoteNode(this.client, newfid, qid, this.#origin) };
   }
 
   /**
@@ -112,6 +150,17 @@ export class RemoteNode implements Node {
    */
   async open(mode: number, opts: OpOptions = {}): Promise<RemoteFile> {
     this.#check();
+    let f: RemoteFile;
+    try {
+      f = await this.#open(mode, opts);
+    } catch (e) {
+      throw lostAs(e, this.#origin);
+    }
+    f.origin = this.#origin;
+    return f;
+  }
+
+  async #open(mode: number, opts: OpOptions): Promise<RemoteFile> {
     const pre = this.#pre;
     if (pre !== null && pre.mode !== mode && !(pre.open instanceof StyxError)) {
       // Its fid is open already: it can be neither cloned nor opened again.
@@ -142,6 +191,14 @@ export class RemoteNode implements Node {
    */
   async create(name: string, perm: number, mode: number, opts: OpOptions = {}): Promise<Created> {
     this.#check();
+    try {
+      return await this.#create(name, perm, mode, opts);
+    } catch (e) {
+      throw lostAs(e, this.#origin);
+    }
+  }
+
+  async #create(name: string, perm: number, mode: number, opts: OpOptions): Promise<Created> {
     const c = this.client;
     const fid = c.allocFid();
     await c.walkFid(this.fid, fid, [], opts);
@@ -153,6 +210,7 @@ export class RemoteNode implements Node {
       throw e;
     }
     const file = new RemoteFile(c, fid, r.qid, r.iounit);
+    file.origin = this.#origin;
     let w: RemoteWalkResult;
     try {
       w = await this.walk([name], opts);
@@ -166,7 +224,12 @@ export class RemoteNode implements Node {
   /** Tstat. */
   async stat(opts: OpOptions = {}): Promise<Dir> {
     this.#check();
-    const r = await this.client.rpc({ type: MsgType.Tstat, fid: this.fid }, opts);
+    let r;
+    try {
+      r = await this.client.rpc({ type: MsgType.Tstat, fid: this.fid }, opts);
+    } catch (e) {
+      throw lostAs(e, this.#origin);
+    }
     this.#qid = r.stat.qid;
     return r.stat;
   }
@@ -176,14 +239,22 @@ export class RemoteNode implements Node {
     this.#check();
     // DMDIR | 0o755 is negative in JavaScript; send the bits as unsigned.
     const stat = { ...dir, mode: dir.mode >>> 0 };
-    await this.client.rpc({ type: MsgType.Twstat, fid: this.fid, stat }, opts);
+    try {
+      await this.client.rpc({ type: MsgType.Twstat, fid: this.fid, stat }, opts);
+    } catch (e) {
+      throw lostAs(e, this.#origin);
+    }
   }
 
   /** Tremove; the fid is released whether or not the remove succeeds. */
   async remove(opts: OpOptions = {}): Promise<void> {
     this.#check();
     this.#closed = true;
-    await this.client.removeFid(this.fid, opts);
+    try {
+      await this.client.removeFid(this.fid, opts);
+    } catch (e) {
+      throw lostAs(e, this.#origin);
+    }
   }
 
   /** Tclunk the fid (once; later calls do nothing). */
@@ -210,6 +281,8 @@ export class RemoteNode implements Node {
 export class RemoteFile implements OpenFile {
   /** Largest count per Tread/Twrite: Ropen's iounit, or msize - IOHDRSZ when that is 0. */
   readonly iounit: number;
+  /** Where the attach this file came from is mounted, for errors naming it. */
+  origin: Origin | undefined;
   #closed = false;
 
   /** Wrap the open `fid`; `iounit` is as Ropen gave it. */
@@ -236,12 +309,12 @@ export class RemoteFile implements OpenFile {
   async readOnce(offset: bigint, count: number, opts: OpOptions = {}): Promise<Uint8Array> {
     this.#check();
     const want = Math.min(count, this.iounit);
-    const r: Rread = await this.client.rpc({
-      type: MsgType.Tread,
-      fid: this.fid,
-      offset,
-      count: want,
-    }, opts);
+    let r: Rread;
+    try {
+      r = await this.client.rpc({ type: MsgType.Tread, fid: this.fid, offset, count: want }, opts);
+    } catch (e) {
+      throw lostAs(e, this.origin);
+    }
     if (r.data.length > want) {
       throw new StyxError(`server answered a Tread of ${want} bytes with ${r.data.length}`);
     }
@@ -252,10 +325,12 @@ export class RemoteFile implements OpenFile {
   async writeOnce(offset: bigint, data: Uint8Array, opts: OpOptions = {}): Promise<number> {
     this.#check();
     const piece = data.length > this.iounit ? data.subarray(0, this.iounit) : data;
-    const r = await this.client.rpc(
-      { type: MsgType.Twrite, fid: this.fid, offset, data: piece },
-      opts,
-    );
+    let r;
+    try {
+      r = await this.client.rpc({ type: MsgType.Twrite, fid: this.fid, offset, data: piece }, opts);
+    } catch (e) {
+      throw lostAs(e, this.origin);
+    }
     if (r.count > piece.length) {
       throw new StyxError(
         `server claims to have written ${r.count} bytes of a ${piece.length}-byte Twrite`,

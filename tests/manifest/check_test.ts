@@ -62,6 +62,13 @@ Deno.test("manifest check", async (t) => {
     assert.deepEqual(problems(demo).map(formatProblem), []);
   });
 
+  await t.step("mount -r is accepted (manifest mounts recover anyway)", () => {
+    const text = BASE.replace("mount -c srv!home", "mount -cr srv!home");
+    assert.deepEqual(problems(text).map(formatProblem), []);
+    const m = loadText(text, "m.toml");
+    assert.equal(m.users.get("alice")!.namespace[0]!.recover, true);
+  });
+
   await t.step("invalid TOML names its line", () => {
     one(BASE + "oops = \n", 23, "oops", /Invalid TOML/);
   });
@@ -357,4 +364,62 @@ Deno.test("ferry check prints FILE:LINE: KEY: message", async () => {
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+/** Run `ferry check FILE` on `text`; its exit code and stderr. */
+async function ferryCheck(text: string): Promise<{ code: number; err: string; file: string }> {
+  const dir = await Deno.makeTempDir();
+  try {
+    const file = `${dir}/m.toml`;
+    await Deno.writeTextFile(file, text);
+    const o = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", new URL("../../cmd/ferry.ts", import.meta.url).pathname, "check", file],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    return { code: o.code, err: new TextDecoder().decode(o.stderr), file };
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("ferry check reports every problem in one run, mount -A included", async () => {
+  const text = BASE
+    .replace('address = "tcp!127.0.0.1!7001"', "address = 7001")
+    .replace(
+      "mount -c srv!home /usr/$user",
+      "mount -c srv!hoem /usr/$user\nmount -A srv!net /n/net",
+    )
+    .replace("[users.bob]", '[users.bob]\ngroups = "staff"');
+  const { code, err, file } = await ferryCheck(text);
+  assert.equal(code, 1, err);
+  const f = file.replaceAll(".", "\\.");
+  // The type errors (a number address, a string for a list)...
+  assert.match(
+    err,
+    new RegExp(`^${f}:5: nodes\\.srv\\.address: Expected a string, got number`, "m"),
+  );
+  assert.match(err, new RegExp(`^${f}:\\d+: users\\.bob\\.groups: Expected a list`, "m"));
+  // ...do not hide the namespace's problems, found by the checks after the shape.
+  assert.match(err, new RegExp(`^${f}:19: users\\.alice\\.namespace: Unknown export 'hoem'`, "m"));
+  assert.match(
+    err,
+    new RegExp(
+      `^${f}:20: users\\.alice\\.namespace: 'mount -A' in 'mount -A srv!net /n/net' is refused`,
+      "m",
+    ),
+  );
+  assert.match(err, /: 4 problems$/m);
+});
+
+Deno.test("ferry check names an unterminated string and its line", async () => {
+  const one = await ferryCheck(BASE.replace('path = "/srv/home"', 'path = "/srv/home'));
+  assert.equal(one.code, 1);
+  assert.match(
+    one.err,
+    /m\.toml:9: path: Invalid TOML: Unterminated string: the line ends before its closing quote/,
+  );
+  const multi = await ferryCheck(BASE.replace('"""\n\n[users.bob]', "\n[users.bob]\n"));
+  assert.equal(multi.code, 1);
+  assert.match(multi.err, /m\.toml:18: namespace: Invalid TOML: Unterminated multi-line string/);
 });

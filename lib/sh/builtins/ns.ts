@@ -7,6 +7,7 @@
 
 import type { Builtin, Ctx } from "../interp.ts";
 import type { Tree } from "../../fs/tree.ts";
+import type { StyxClient } from "../../styx/client_conn.ts";
 import { ShUsageError } from "../interp.ts";
 import { writeText } from "../io.ts";
 import { getopts, shQuote, warnInsecureOnce } from "./util.ts";
@@ -63,15 +64,17 @@ function takeLong(args: string[], name: string, usage: string): [string[], strin
 }
 
 /**
- * mount [-a|-b] [-c] [-A] [-C alg] [--peer node] addr old [spec]: dial
+ * mount [-a|-b] [-c] [-r] [-A] [-C alg] [--peer node] addr old [spec]: dial
  * `addr`, attach with `spec` and mount the remote tree on `old`. Under
  * TLS the server must present the certificate of `node` (default: the
- * host dialled), as when a relay forwards `addr` to another node.
+ * host dialled), as when a relay forwards `addr` to another node. With -r
+ * the mount recovers: when the server goes away it is redialled with
+ * backoff and open files are opened again (lib/styx/client_recover.ts).
  */
 export const mount: Builtin = async (ctx, args) => {
-  const usage = "mount [-a|-b] [-c] [-A] [-C alg] [--peer node] addr old [spec]";
+  const usage = "mount [-a|-b] [-c] [-r] [-A] [-C alg] [--peer node] addr old [spec]";
   const [plain, peer] = takeLong(args, "peer", usage);
-  const o = getopts(plain, "abcqAC:", usage);
+  const o = getopts(plain, "abcqrAC:", usage);
   if (o.rest.length < 2 || o.rest.length > 3) throw new ShUsageError(usage);
   const [addr, old, spec] = o.rest as [string, string, string | undefined];
   const flags = unionFlags(ctx, o.flags, usage);
@@ -84,12 +87,15 @@ export const mount: Builtin = async (ctx, args) => {
     throw new Error(`${old}: ${(e as Error).message}`);
   });
   if (o.flags.has("A")) await warnInsecureOnce(ctx);
-  const dialed = await dialRemote(ctx, addr, {
+  const how = {
     insecure: o.flags.has("A"),
     aname: spec ?? "",
     alg: o.values.get("C"),
     peer,
-  });
+  };
+  const dialed = o.flags.has("r")
+    ? await recovering(ctx, addr, how)
+    : await dialRemote(ctx, addr, how);
   try {
     await ctx.sh.ns.mount(dialed.tree, target, { ...flags, source: addr, aname: spec });
   } catch (e) {
@@ -98,6 +104,28 @@ export const mount: Builtin = async (ctx, args) => {
   }
   ctx.sh.dialed.push({ source: addr, target, close: () => dialed.close() });
 };
+
+/** A mount that redials `addr` whenever its connection is lost (mount -r). */
+async function recovering(
+  ctx: Ctx,
+  addr: string,
+  opts: { insecure: boolean; aname: string; alg?: string; peer?: string },
+): Promise<{ tree: Tree; close(): void }> {
+  const { RecoveringTree } = await import("../../styx/client_recover.ts");
+  // Redials outlive this command: they must not stop when it is interrupted.
+  const later: Ctx = { ...ctx, signal: new AbortController().signal };
+  let first = true;
+  const tree = await RecoveringTree.connect({
+    dial: async () => {
+      const d = await dialRemote(first ? ctx : later, addr, opts);
+      first = false;
+      return d.client;
+    },
+    uname: ctx.sh.user,
+    address: addr,
+  });
+  return { tree, close: () => void tree.close() };
+}
 
 /** How long a mount waits for the remote end to answer. */
 export const DIAL_TIMEOUT_MS = 10_000;
@@ -121,7 +149,7 @@ async function dialRemote(
   ctx: Ctx,
   addr: string,
   opts: { insecure: boolean; aname: string; alg?: string; peer?: string },
-): Promise<{ tree: Tree; close(): void }> {
+): Promise<{ tree: Tree; client: StyxClient; close(): void }> {
   const timeout = AbortSignal.timeout(DIAL_TIMEOUT_MS);
   const signal = AbortSignal.any([ctx.signal, timeout]);
   const named = (e: unknown): Error => {
@@ -187,7 +215,9 @@ export const unmount: Builtin = async (ctx, args) => {
 export const ns: Builtin = async (ctx, args) => {
   if (args.length > 0) throw new ShUsageError("ns");
   const lines = ctx.sh.ns.mounts().map((m) =>
-    [m.kind, ...(m.flags ? [m.flags] : []), shQuote(m.source), shQuote(m.target)].join(" ")
+    [m.kind, ...(m.flags ? [m.flags] : []), shQuote(m.source), shQuote(m.target)].join(" ") +
+    // A comment, so the listing still replays.
+    (m.lost !== undefined ? ` # lost: ${m.lost.replaceAll("\n", " ")}` : "")
   );
   if (lines.length > 0) await writeText(ctx.io.stdout, lines.join("\n") + "\n");
 };

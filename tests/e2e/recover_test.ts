@@ -1,0 +1,154 @@
+/**
+ * End to end, in separate processes with mutual TLS: a `ferry logon`
+ * session whose mount's node is killed and started again. While the node
+ * is down, reads fail at once naming the mount; once it is back they work
+ * again with nothing done by the user, and a file opened before the
+ * restart reads on to its end. The session serves its namespace (--export)
+ * so that this test can read through it as a client would.
+ */
+import assert from "node:assert/strict";
+import { ferryArgv } from "../../lib/self.ts";
+import { freePort, makeCluster } from "../manifest/cluster.ts";
+import { type RemoteFile, StyxClient } from "../../lib/styx/client.ts";
+import { tcpDial } from "../../lib/transport/tcp.ts";
+import { OREAD } from "../../lib/styx/types.ts";
+
+const dec = new TextDecoder();
+
+/** A `ferry` child process whose output is gathered as it comes. */
+class Ferry {
+  readonly proc: Deno.ChildProcess;
+  out = "";
+  err = "";
+  readonly #done: Promise<unknown>;
+  constructor(args: string[]) {
+    const [exe, ...pre] = ferryArgv();
+    this.proc = new Deno.Command(exe!, {
+      args: [...pre, ...args],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const pump = async (s: ReadableStream<Uint8Array>, to: "out" | "err") => {
+      for await (const c of s.pipeThrough(new TextDecoderStream())) this[to] += c;
+    };
+    this.#done = Promise.all([pump(this.proc.stdout, "out"), pump(this.proc.stderr, "err")]);
+  }
+
+  /** Wait until stdout matches `re` (or the process ends, which fails). */
+  async waitFor(re: RegExp): Promise<void> {
+    let ended = false;
+    this.proc.status.then(() => (ended = true));
+    while (!re.test(this.out)) {
+      if (ended) throw new Error(`exited before printing ${re}:\n${this.out}\n${this.err}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  async stop(signal: Deno.Signal): Promise<Deno.CommandStatus> {
+    try {
+      this.proc.kill(signal);
+    } catch { /* gone already */ }
+    const s = await this.proc.status;
+    await this.#done;
+    return s;
+  }
+}
+
+Deno.test("a logon session's mount comes back after its node restarts", async () => {
+  const c = await makeCluster();
+  const home = `${c.dir}/home`;
+  await Deno.mkdir(home);
+  await Deno.writeTextFile(`${home}/hello`, "hello from files\n");
+  const big = new Uint8Array(300_000).map((_, i) => (i * 31 + (i >> 11)) & 0xff);
+  await Deno.writeFile(`${home}/big`, big);
+  const nodePort = freePort();
+  const exportPort = freePort();
+  await c.issue("files", "node");
+  await c.issue("alice", "user");
+  const file = await c.write(
+    `[nodes.files]\naddress = "tcp!127.0.0.1!${nodePort}"\n\n` +
+      `[nodes.files.exports.home]\nkind = "host"\npath = "${home}"\naccess = ["alice"]\n\n` +
+      `[users.alice]\nnamespace = """\nmount files!home /n/files\n"""\n`,
+  );
+  const up = () =>
+    new Ferry(["up", file, "--node", "files", "--certs", c.certs("files"), "--poll", "0"]);
+  let node = up();
+  let logon: Ferry | undefined;
+  let client: StyxClient | undefined;
+  try {
+    await node.waitFor(/node files listening on/);
+    logon = new Ferry([
+      "logon",
+      "-u",
+      "alice",
+      "--certs",
+      c.certs("alice"),
+      "-r",
+      `${c.dir}/root`,
+      "-A",
+      "--export",
+      `tcp!127.0.0.1!${exportPort}`,
+      file,
+    ]);
+    await logon.waitFor(/serving alice's namespace on/);
+    client = await StyxClient.connect(await tcpDial("127.0.0.1", exportPort));
+    const root = await client.attach("alice");
+    const hello = () => client!.readFile(root, "/n/files/hello").then((b) => dec.decode(b));
+    assert.equal(await hello(), "hello from files\n");
+
+    // A file opened before the restart; half of it read before.
+    const f: RemoteFile = await client.openPath(root, "/n/files/big", OREAD);
+    const got: Uint8Array[] = [];
+    let off = 0;
+    while (off < 150_000) {
+      const d = await f.read(BigInt(off), 8192);
+      got.push(d.slice());
+      off += d.length;
+    }
+
+    const status = await node.stop("SIGKILL");
+    assert.equal(status.signal, "SIGKILL");
+    // While the node is down, reads fail at once and name the mount.
+    const lost = new RegExp(
+      `'/n/files' is no longer connected \\(tcp!127\\.0\\.0\\.1!${nodePort}: [^)]*\\)`,
+    );
+    for (let i = 0; i < 3; i++) await assert.rejects(hello(), lost);
+    await assert.rejects(f.read(BigInt(off), 8192), lost);
+
+    node = up();
+    await node.waitFor(/node files listening on/);
+    // No action by the user: the session redials by itself.
+    let back: string | undefined;
+    for (let i = 0; back === undefined; i++) {
+      if (i > 600) throw new Error(`the mount did not come back:\n${logon.err}`);
+      try {
+        back = await hello();
+      } catch (e) {
+        assert.match((e as Error).message, lost);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+    assert.equal(back, "hello from files\n");
+    // The file opened before reads on from where it was, to its end.
+    for (;;) {
+      const d = await f.read(BigInt(off), 8192);
+      if (d.length === 0) break;
+      got.push(d.slice());
+      off += d.length;
+    }
+    const all = new Uint8Array(off);
+    let o = 0;
+    for (const g of got) {
+      all.set(g, o);
+      o += g.length;
+    }
+    assert.deepEqual(all, big);
+    await f.close();
+  } finally {
+    await client?.close();
+    await logon?.stop("SIGTERM");
+    await node.stop("SIGTERM");
+    await c.cleanup();
+  }
+});
