@@ -581,8 +581,11 @@ class HostNode implements Node {
       const from = this.rel;
       host.rename(from, newName);
       const to = [...from.slice(0, -1), newName];
+      const old = from[from.length - 1];
       for (const n of ctx.live) {
         if (n.rel.length >= from.length && from.every((x, i) => n.rel[i] === x)) {
+          // Clones of this file that were walked by its own name take the new one.
+          if (n.rel.length === from.length && n.name === old) n.name = newName;
           n.rel = [...to, ...n.rel.slice(from.length)];
         }
       }

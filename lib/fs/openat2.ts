@@ -55,6 +55,7 @@ const SYS_OPENAT2 = 437n;
 const SYS_FCHMODAT2 = 452n;
 const ENOSYS = 38;
 const EINVAL = 22;
+const EPERM = 1;
 
 /** errno values the host tree turns into Plan 9 errors, by name. */
 const CODES: Record<number, string> = {
@@ -178,6 +179,9 @@ function check(l: Libc, call: string, r: number | bigint): number {
 /** struct open_how {u64 flags; u64 mode; u64 resolve}, reused for every call. */
 const how = new BigUint64Array(3);
 const howBytes = new Uint8Array(how.buffer);
+/** getdents64 records, reused by every listing (each is read in one synchronous go). */
+const dents = new Uint8Array(64 * 1024);
+const dentsView = new DataView(dents.buffer);
 /** struct statx, 256 bytes, reused for every call. */
 const sx = new Uint8Array(256);
 const sxv = new DataView(sx.buffer);
@@ -227,12 +231,10 @@ export function openat2Beneath(realRoot: string): Beneath | undefined {
   how[0] = BigInt(O_PATH | O_DIRECTORY | O_CLOEXEC);
   how[1] = 0n;
   how[2] = 0n;
-  const r = Number(l.openat2(SYS_OPENAT2, AT_FDCWD, cstr(realRoot), howBytes, 24n));
-  if (r < 0) {
-    if (errno(l) === ENOSYS) return undefined;
-    throw new HostCallError("open", errno(l));
-  }
-  const rootfd = r;
+  const rootfd = Number(l.openat2(SYS_OPENAT2, AT_FDCWD, cstr(realRoot), howBytes, 24n));
+  // ENOSYS before Linux 5.6, EPERM from some container seccomp filters; a
+  // root that cannot be opened at all gets its error from the fallback.
+  if (rootfd < 0) return undefined;
 
   const rel = (names: readonly string[]) => names.length === 0 ? DOT : cstr(names.join("/"));
 
@@ -279,21 +281,18 @@ export function openat2Beneath(realRoot: string): Beneath | undefined {
     return [names.slice(0, -1), name];
   }
 
-  function chmodFd(fd: number, perm: number): void {
-    const r = Number(l!.fchmodat2(SYS_FCHMODAT2, fd, EMPTY, perm, AT_EMPTY_PATH));
-    if (r === 0) return;
-    const e = errno(l!);
-    if (e !== ENOSYS && e !== EINVAL) throw new HostCallError("chmod", e);
-    // Before Linux 6.6: reopen the object itself to get a descriptor fchmod takes.
-    how[0] = BigInt(O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    how[1] = 0n;
-    how[2] = 0n;
-    const fd2 = check(l!, "open", l!.openat2(SYS_OPENAT2, fd, DOT, howBytes, 24n));
-    try {
-      check(l!, "chmod", l!.fchmod(fd2, perm));
-    } finally {
-      l!.close(fd2);
-    }
+  function chmod(names: readonly string[], perm: number): void {
+    withObject(names, (fd) => {
+      const r = Number(l!.fchmodat2(SYS_FCHMODAT2, fd, EMPTY, perm, AT_EMPTY_PATH));
+      if (r === 0) return;
+      const e = errno(l!);
+      if (e !== ENOSYS && e !== EPERM) throw new HostCallError("chmod", e);
+      // No fchmodat2 (before Linux 6.6, or filtered): open the object itself,
+      // as resolved as ever, to get a descriptor fchmod takes.
+      withFd(names, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, (fd2) => {
+        check(l!, "chmod", l!.fchmod(fd2, perm));
+      });
+    });
   }
 
   function file(fd: number, size: number): BeneathFile {
@@ -342,22 +341,20 @@ export function openat2Beneath(realRoot: string): Beneath | undefined {
 
   function dir(fd: number): BeneathDir {
     let closed = false;
-    const buf = new Uint8Array(64 * 1024);
-    const view = new DataView(buf.buffer);
     return {
       names() {
         check(l!, "lseek", l!.lseek(fd, 0n, 0));
         const out: string[] = [];
         for (;;) {
-          const n = check(l!, "getdents64", l!.getdents64(fd, buf, BigInt(buf.length)));
+          const n = check(l!, "getdents64", l!.getdents64(fd, dents, BigInt(dents.length)));
           if (n === 0) return out;
+          // struct linux_dirent64: u64 ino, i64 off, u16 reclen, u8 type, name.
           for (let off = 0; off < n;) {
-            const reclen = view.getUint16(off + 16, true);
+            const reclen = dentsView.getUint16(off + 16, true);
             const start = off + 19;
-            const end = buf.indexOf(0, start);
-            const name = dec.decode(
-              buf.subarray(start, end < 0 || end > off + reclen ? off + reclen : end),
-            );
+            let end = dents.indexOf(0, start);
+            if (end < 0 || end > off + reclen) end = off + reclen;
+            const name = dec.decode(dents.subarray(start, end));
             if (name !== "." && name !== "..") out.push(name);
             off += reclen;
           }
@@ -412,10 +409,8 @@ export function openat2Beneath(realRoot: string): Beneath | undefined {
       withFd(parent, O_PATH | O_DIRECTORY, (dirfd) => {
         check(l!, "mkdir", l!.mkdirat(dirfd, cstr(name), perm));
       });
-      return withObject(names, (fd) => {
-        chmodFd(fd, perm);
-        return fstat(fd);
-      });
+      chmod(names, perm);
+      return self.lstat(names);
     },
 
     truncate(names, length) {
@@ -425,7 +420,7 @@ export function openat2Beneath(realRoot: string): Beneath | undefined {
       });
     },
 
-    chmod: (names, perm) => withObject(names, (fd) => chmodFd(fd, perm)),
+    chmod,
 
     utimes(names, atime, mtime) {
       const ts = new BigInt64Array([
