@@ -236,3 +236,62 @@ Deno.test("host export: the checked-path fallback (ferry listen without --allow-
     await Deno.remove(fx.base, { recursive: true });
   }
 });
+
+Deno.test("host export: a directory swapped back and forth never leaks (openat2)", async () => {
+  const fx = await fixture();
+  const tree = new HostTree(fx.root);
+  await tree.ready();
+  assert.equal(tree.containment, "openat2");
+  const listener = tcpListen("127.0.0.1", 0);
+  const sessions: Promise<void>[] = [];
+  const accepting = (async () => {
+    for await (const conn of listener) sessions.push(serve(conn, tree));
+  })().catch(() => {});
+  const { port } = parseDialString(listener.addr);
+  const client = await StyxClient.connect(await tcpDial("127.0.0.1", port));
+  // A local user swapping root/dir for a symlink to outside and back, as
+  // fast as it can, in a process of its own.
+  const flipper = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      `const [root, outside] = ${JSON.stringify([fx.root, fx.outside])};
+      for (;;) {
+        Deno.renameSync(root + "/dir", root + "/dir.real");
+        Deno.symlinkSync(outside, root + "/dir");
+        Deno.removeSync(root + "/dir");
+        Deno.renameSync(root + "/dir.real", root + "/dir");
+      }`,
+    ],
+    stdin: "null",
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  try {
+    const root = await client.attach("glenda");
+    const dir = await walk(root, "dir");
+    let mine = 0;
+    let refusals = 0;
+    for (let i = 0; i < 20000 && (mine < 100 || refusals < 100); i++) {
+      let got: string | undefined;
+      try {
+        got = dec.decode(await walk(dir, "shadow").then(readNode));
+      } catch {
+        refusals++;
+        continue;
+      }
+      assert.notEqual(got, SECRET, `attempt ${i} read the secret`);
+      assert.equal(got, "mine\n");
+      mine++;
+    }
+    await root.close();
+  } finally {
+    flipper.kill("SIGKILL");
+    await flipper.status;
+    await client.close();
+    listener.close();
+    await accepting;
+    await Promise.all(sessions);
+    await outsideUntouched(fx.outside);
+    await Deno.remove(fx.base, { recursive: true });
+  }
+});
