@@ -186,9 +186,10 @@ const dentsView = new DataView(dents.buffer);
 const sx = new Uint8Array(256);
 const sxv = new DataView(sx.buffer);
 
+/** st_dev as glibc's makedev builds it, so it matches what stat(2) reports. */
 function makedev(major: number, minor: number): bigint {
-  return (BigInt(major & 0xfffff000) << 32n) | (BigInt(major & 0xfff) << 8n) |
-    (BigInt(minor & 0xffffff00) << 12n) | BigInt(minor & 0xff);
+  return (BigInt((major & 0xfffff000) >>> 0) << 32n) | (BigInt(major & 0xfff) << 8n) |
+    (BigInt((minor & 0xffffff00) >>> 0) << 12n) | BigInt(minor & 0xff);
 }
 
 function ms(off: number): number {

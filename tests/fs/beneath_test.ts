@@ -295,3 +295,25 @@ Deno.test("host export: a directory swapped back and forth never leaks (openat2)
     await Deno.remove(fx.base, { recursive: true });
   }
 });
+
+Deno.test("the host tree's own tests pass on the checked-path fallback too", async () => {
+  const file = new URL("./host_test.ts", import.meta.url).pathname;
+  const out = await new Deno.Command(Deno.execPath(), {
+    // Every permission host_test.ts needs, except --allow-ffi.
+    args: [
+      "test",
+      "--allow-read",
+      "--allow-write",
+      "--allow-net",
+      "--allow-env",
+      "--allow-sys",
+      "--allow-run",
+      file,
+    ],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = dec.decode(out.stdout) + dec.decode(out.stderr);
+  assert.ok(out.success, `host_test.ts failed without --allow-ffi:\n${text}`);
+});
