@@ -9,14 +9,21 @@
  * - a symlink is followed only when its target (resolved with realpath) lies
  *   inside the root. A symlink that points outside is listed by directory
  *   reads (with the link's own lstat data) but cannot be walked through or
- *   opened: that gives "permission denied".
+ *   opened: that gives "permission denied". Stat of a node reached through
+ *   a symlink shows the target's data under the name that was walked.
  * - Nodes hold the resolved path (as `cd -P` would), so ".." after following
- *   a symlink goes to the parent of its target. Files are opened with
- *   O_NOFOLLOW, so a symlink that replaces a walked file is not followed.
- * - Limits: containment is checked by path, so it assumes no one on the host
- *   swaps a directory for a symlink while it is being walked (Styx clients
- *   cannot create symlinks), and a bind mount or hard link placed inside the
- *   root by the host's administrator is served like any other file.
+ *   a symlink goes to the parent of its target.
+ * - Every host call resolves that path again from the root and follows no
+ *   symlink anywhere in it (./beneath.ts): a directory or file swapped for
+ *   a symlink after the walk gives "permission denied", never the place the
+ *   link points to. On Linux with --allow-ffi the kernel does this
+ *   (openat2 with RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS, then calls on the
+ *   descriptor it returns), so it holds whatever happens on the host
+ *   meanwhile; elsewhere each path is checked just before use, which a swap
+ *   racing that one call could slip past. {@link HostTree.containment}
+ *   says which.
+ * - A bind mount or hard link placed inside the root by the host's
+ *   administrator is served like any other file.
  *
  * Host semantics worth knowing:
  * - Every operation runs with the permissions of the Ferry process; the
@@ -40,13 +47,14 @@
  * concurrent reads on one open file never race. Transfers up to one default
  * iounit (512 KiB) are made synchronously: from the page cache that takes
  * tens of microseconds, less than a trip through the thread pool costs.
- * Larger ones go asynchronously so that they do not hold up other requests. Directory reads yield to the event loop
- * every few hundred entries.
+ * Larger ones go asynchronously so that they do not hold up other requests.
+ * Directory reads yield to the event loop every few hundred entries. With
+ * openat2, a walk step (openat2, statx, close through FFI) costs less than
+ * one Deno.lstatSync; the checked fallback adds a realpath to each call.
  *
  * @module
  */
 
-import * as fs from "node:fs";
 import type { Caller, Created, Node, OpenFile, OpOptions, Tree, WalkResult } from "./tree.ts";
 import {
   type Dir,
@@ -64,6 +72,18 @@ import {
 } from "../styx/types.ts";
 import { type HostUsers, hostUsers } from "./users.ts";
 import { allocReadData } from "../styx/frame.ts";
+import {
+  type Access,
+  type Beneath,
+  type BeneathDir,
+  type BeneathFile,
+  checkedBeneath,
+  type HostStat,
+  S_IFDIR,
+  S_IFLNK,
+  S_IFMT,
+} from "./beneath.ts";
+import { openat2Beneath } from "./openat2.ts";
 
 /** Options for {@link HostTree}. */
 export interface HostTreeOptions {
@@ -71,7 +91,6 @@ export interface HostTreeOptions {
   readOnly?: boolean;
 }
 
-const C = fs.constants;
 /** Largest single read or write the tree performs (the server splits at iounit anyway). */
 const MAX_IO = 16 * 1024 * 1024;
 const MASK64 = (1n << 64n) - 1n;
@@ -79,14 +98,14 @@ const ALL32 = 0xffffffff;
 const ALL64 = MASK64;
 /** Dir.mode flag bits other than DMDIR: none of them can be set on a host file. */
 const MODE_FLAGS = 0x7fff0000;
-/** Reads and writes up to this size are made synchronously. */
-const SYNC_IO = 512 * 1024 + 64;
 /** Directory entries stat'ed between two yields to the event loop. */
 const DIR_BATCH = 256;
 
 /** State shared by every node of one attached tree. */
 interface Ctx {
   realRoot: string;
+  /** Every host call goes through it: none follows a symlink. */
+  host: Beneath;
   rootDev: bigint;
   users: HostUsers;
   readOnly: boolean;
@@ -125,6 +144,7 @@ export class HostTree implements Tree {
   /** True when every change is refused. */
   readonly readOnly: boolean;
   #ctx: Promise<Ctx> | undefined;
+  #containment: Beneath["kind"] | undefined;
 
   /** Export `root`; nothing is checked until {@link ready} or the first attach. */
   constructor(root: string, opts: HostTreeOptions = {}) {
@@ -140,24 +160,36 @@ export class HostTree implements Tree {
     await this.#context();
   }
 
+  /**
+   * How paths are kept below the root, once {@link ready} (or an attach)
+   * has run: "openat2" when the kernel resolves every path from the root
+   * without following symlinks (Linux 5.6+, --allow-ffi); "checked" when
+   * each path is checked with realpath before use, which a symlink swapped
+   * in on the host during that call could still slip past.
+   */
+  get containment(): "openat2" | "checked" | undefined {
+    return this.#containment;
+  }
+
   #context(): Promise<Ctx> {
     this.#ctx ??= (async () => {
       let realRoot: string;
-      let st: Deno.FileInfo;
+      let host: Beneath;
+      let st: HostStat;
       try {
         realRoot = Deno.realPathSync(this.root);
-        st = Deno.statSync(realRoot);
+        if (!Deno.statSync(realRoot).isDirectory) throw new StyxError(Ename.notDir);
+        host = openat2Beneath(realRoot) ?? checkedBeneath(realRoot);
+        st = host.lstat([]);
       } catch (e) {
         this.#ctx = undefined;
         throw new Error(`cannot export '${this.root}': ${hostError(e).message}`);
       }
-      if (!st.isDirectory) {
-        this.#ctx = undefined;
-        throw new Error(`cannot export '${this.root}': not a directory`);
-      }
+      this.#containment = host.kind;
       return {
         realRoot,
-        rootDev: BigInt(st.dev),
+        host,
+        rootDev: st.dev,
         users: await hostUsers(),
         readOnly: this.readOnly,
         writes: new Map(),
@@ -178,7 +210,12 @@ export class HostTree implements Tree {
     } catch {
       throw new StyxError(Ename.notFound);
     }
-    const root = new HostNode(ctx, [], qidOf(ctx, lstat(ctx.realRoot)));
+    let root: HostNode;
+    try {
+      root = new HostNode(ctx, [], "/", qidOf(ctx, ctx.host.lstat([])));
+    } catch (e) {
+      throw hostError(e);
+    }
     const names = aname.split("/").filter((n) => n !== "" && n !== ".");
     if (names.length === 0) return root;
     const r = await root.walk(names);
@@ -198,6 +235,7 @@ function hostError(e: unknown): StyxError {
     case "EPERM":
     case "EROFS":
     case "ELOOP":
+    case "EXDEV":
       return new StyxError(Ename.perm);
     case "EEXIST":
       return new StyxError(Ename.exists);
@@ -239,10 +277,6 @@ function sys<T>(fn: () => T): T {
   }
 }
 
-function lstat(p: string): Deno.FileInfo {
-  return sys(() => Deno.lstatSync(p));
-}
-
 function checkName(name: string): void {
   if (name === "" || name === "." || name.includes("/") || name.includes("\0")) {
     throw new StyxError(Ename.badName);
@@ -262,12 +296,16 @@ function relOf(ctx: Ctx, real: string): string[] | undefined {
   return real.slice(prefix.length).split("/");
 }
 
-function ms(d: Date | null): bigint {
-  return BigInt(d?.getTime() ?? 0);
+function seconds(ms: number): number {
+  return Math.floor(ms / 1000) >>> 0;
 }
 
-function seconds(d: Date | null): number {
-  return Math.floor((d?.getTime() ?? 0) / 1000) >>> 0;
+function isDir(st: HostStat): boolean {
+  return (st.mode & S_IFMT) === S_IFDIR;
+}
+
+function isLink(st: HostStat): boolean {
+  return (st.mode & S_IFMT) === S_IFLNK;
 }
 
 /** A 64-bit mixing step (the splitmix64 finaliser): every input bit moves every output bit. */
@@ -277,31 +315,37 @@ function mix(x: bigint): bigint {
   return x ^ (x >> 31n);
 }
 
-function qidOf(ctx: Ctx, st: Deno.FileInfo): Qid {
-  let path = (BigInt(st.ino ?? 0) ^ ((BigInt(st.dev) ^ ctx.rootDev) << 40n)) & MASK64;
+function qidOf(ctx: Ctx, st: HostStat): Qid {
+  let path = (st.ino ^ ((st.dev ^ ctx.rootDev) << 40n)) & MASK64;
   if (path === 0n) path = 1n << 63n;
   let v = 0n;
   for (
-    const x of [ms(st.mtime), ms(st.ctime), BigInt(st.size), BigInt(ctx.writes.get(path) ?? 0)]
+    const x of [
+      BigInt(st.mtimeMs),
+      BigInt(st.ctimeMs),
+      BigInt(st.size),
+      BigInt(ctx.writes.get(path) ?? 0),
+    ]
   ) {
     v = mix(v ^ x);
   }
-  return { type: st.isDirectory ? QTDIR : QTFILE, version: Number(v & 0xffffffffn), path };
+  return { type: isDir(st) ? QTDIR : QTFILE, version: Number(v & 0xffffffffn), path };
 }
 
-function dirOf(ctx: Ctx, st: Deno.FileInfo, name: string): Dir {
-  const uid = ctx.users.userName(st.uid ?? 0);
+function dirOf(ctx: Ctx, st: HostStat, name: string): Dir {
+  const uid = ctx.users.userName(st.uid);
+  const dir = isDir(st);
   return {
     type: 0,
     dev: 0,
     qid: qidOf(ctx, st),
-    mode: (((st.mode ?? 0) & 0o777) | (st.isDirectory ? DMDIR : 0)) >>> 0,
-    atime: seconds(st.atime),
-    mtime: seconds(st.mtime),
-    length: st.isDirectory ? 0n : BigInt(st.size),
+    mode: ((st.mode & 0o777) | (dir ? DMDIR : 0)) >>> 0,
+    atime: seconds(st.atimeMs),
+    mtime: seconds(st.mtimeMs),
+    length: dir ? 0n : BigInt(st.size),
     name,
     uid,
-    gid: ctx.users.groupName(st.gid ?? 0),
+    gid: ctx.users.groupName(st.gid),
     muid: uid,
   };
 }
@@ -318,16 +362,21 @@ function wantsWrite(mode: number): boolean {
   return acc === OWRITE || acc === ORDWR || (mode & OTRUNC) !== 0;
 }
 
-function accessFlags(mode: number): number {
+/** The access a 9P open mode asks of the host (OEXEC reads). */
+function access(mode: number): Access {
   const acc = mode & 3;
-  return acc === OWRITE ? C.O_WRONLY : acc === ORDWR ? C.O_RDWR : C.O_RDONLY;
+  return acc === OWRITE ? 1 : acc === ORDWR ? 2 : 0;
 }
 
 /** A file or directory below the root, reached by walking. */
 class HostNode implements Node {
   #qid: Qid;
 
-  constructor(readonly ctx: Ctx, public rel: string[], qid: Qid) {
+  /**
+   * `rel` is the resolved path below the root (no symlink in it); `name`
+   * is the name the client walked, which differs when it walked a symlink.
+   */
+  constructor(readonly ctx: Ctx, public rel: string[], public name: string, qid: Qid) {
     this.#qid = qid;
     ctx.live.add(this);
   }
@@ -336,49 +385,49 @@ class HostNode implements Node {
     return this.#qid;
   }
 
-  get path(): string {
-    return pathOf(this.ctx, this.rel);
-  }
-
-  get name(): string {
-    return this.rel[this.rel.length - 1] ?? "/";
-  }
-
   walk(names: string[], _opts?: OpOptions): Promise<WalkResult> {
     if (names.length === 0) {
-      return Promise.resolve({ qids: [], node: new HostNode(this.ctx, this.rel, this.#qid) });
+      return Promise.resolve({
+        qids: [],
+        node: new HostNode(this.ctx, this.rel, this.name, this.#qid),
+      });
     }
     const qids: Qid[] = [];
     let rel = this.rel;
     let qid = this.#qid;
+    let walked = this.name;
     for (const name of names) {
       try {
         checkName(name);
         if ((qid.type & QTDIR) === 0) throw new StyxError(Ename.walkNoDir);
-        [rel, qid] = this.#step(rel, name);
+        [rel, qid, walked] = this.#step(rel, name);
       } catch (e) {
         if (qids.length === 0) return Promise.reject(hostError(e));
         return Promise.resolve({ qids });
       }
       qids.push(qid);
     }
-    return Promise.resolve({ qids, node: new HostNode(this.ctx, rel, qid) });
+    return Promise.resolve({ qids, node: new HostNode(this.ctx, rel, walked, qid) });
   }
 
-  #step(rel: string[], name: string): [string[], Qid] {
+  #step(rel: string[], name: string): [string[], Qid, string] {
     const ctx = this.ctx;
     if (name === "..") {
       const up = rel.slice(0, -1);
-      return [up, qidOf(ctx, lstat(pathOf(ctx, up)))];
+      return [up, qidOf(ctx, ctx.host.lstat(up)), up[up.length - 1] ?? "/"];
     }
     const next = [...rel, name];
-    const p = pathOf(ctx, next);
-    const st = lstat(p);
-    if (!st.isSymlink) return [next, qidOf(ctx, st)];
-    const real = sys(() => Deno.realPathSync(p));
+    const st = ctx.host.lstat(next);
+    if (!isLink(st)) return [next, qidOf(ctx, st), name];
+    // realpath only computes where the link leads; the path found is then
+    // used like any other, through the resolver, which refuses a symlink
+    // anywhere in it.
+    const real = Deno.realPathSync(pathOf(ctx, next));
     const inside = relOf(ctx, real);
     if (!inside) throw new StyxError(Ename.perm);
-    return [inside, qidOf(ctx, lstat(real))];
+    const target = ctx.host.lstat(inside);
+    if (isLink(target)) throw new StyxError(Ename.perm);
+    return [inside, qidOf(ctx, target), name];
   }
 
   open(mode: number, _opts?: OpOptions): Promise<OpenFile> {
@@ -394,21 +443,17 @@ class HostNode implements Node {
     if (ctx.readOnly && (wantsWrite(mode) || (mode & ORCLOSE) !== 0)) {
       throw new StyxError(Ename.perm);
     }
-    const st = lstat(this.path);
-    if (st.isDirectory) {
-      if (wantsWrite(mode)) throw new StyxError(Ename.isDir);
-      this.#qid = qidOf(ctx, st);
-      return new HostDir(this, mode);
+    // A symlink here replaced the walked file: the resolver refuses it.
+    const r = ctx.host.open(this.rel, access(mode), (mode & OTRUNC) !== 0);
+    this.#qid = qidOf(ctx, r.st);
+    if (r.dir) {
+      if (wantsWrite(mode)) {
+        r.dir.close();
+        throw new StyxError(Ename.isDir);
+      }
+      return new HostDir(this, r.dir, mode);
     }
-    // Only regular files; a symlink here replaced the walked file (O_NOFOLLOW
-    // below catches one that appears later).
-    if (!st.isFile) throw new StyxError(Ename.perm);
-    let flags = accessFlags(mode) | C.O_NOFOLLOW | C.O_NONBLOCK;
-    if (mode & OTRUNC) flags |= C.O_TRUNC;
-    const fd = sys(() => fs.openSync(this.path, flags));
-    const now = (mode & OTRUNC) ? lstat(this.path) : st;
-    this.#qid = qidOf(ctx, now);
-    return new HostFile(this, fd, mode, now.size);
+    return new HostFile(this, r.file!, mode);
   }
 
   create(name: string, perm: number, mode: number, _opts?: OpOptions): Promise<Created> {
@@ -425,35 +470,36 @@ class HostNode implements Node {
     if (name === "..") throw new StyxError(Ename.badName);
     if (ctx.readOnly) throw new StyxError(Ename.perm);
     if ((this.#qid.type & QTDIR) === 0) throw new StyxError(Ename.notDir);
-    const dirSt = lstat(this.path);
-    if (!dirSt.isDirectory) throw new StyxError(Ename.notDir);
-    const dirperm = (dirSt.mode ?? 0) & 0o777;
+    const dirSt = ctx.host.lstat(this.rel);
+    if (!isDir(dirSt)) throw new StyxError(Ename.notDir);
+    const dirperm = dirSt.mode & 0o777;
     const rel = [...this.rel, name];
-    const p = pathOf(ctx, rel);
     if ((perm & DMDIR) !== 0) {
       if (wantsWrite(mode)) throw new StyxError(Ename.isDir);
       const bits = perm & (~0o777 | dirperm) & 0o777;
-      sys(() => fs.mkdirSync(p, bits));
-      sys(() => fs.chmodSync(p, bits));
-      const node = new HostNode(ctx, rel, qidOf(ctx, lstat(p)));
-      return { node, file: new HostDir(node, mode) };
+      const st = ctx.host.mkdir(rel, bits);
+      const node = new HostNode(ctx, rel, name, qidOf(ctx, st));
+      try {
+        const r = ctx.host.open(rel, 0, false);
+        if (!r.dir) throw new StyxError(Ename.notDir);
+        return { node, file: new HostDir(node, r.dir, mode) };
+      } catch (e) {
+        ctx.live.delete(node);
+        throw e;
+      }
     }
     const bits = perm & (~0o666 | (dirperm & 0o666)) & 0o777;
-    const flags = accessFlags(mode) | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW;
-    const fd = sys(() => fs.openSync(p, flags, bits));
-    try {
-      sys(() => fs.fchmodSync(fd, bits));
-      const node = new HostNode(ctx, rel, qidOf(ctx, lstat(p)));
-      return { node, file: new HostFile(node, fd, mode, 0) };
-    } catch (e) {
-      fs.closeSync(fd);
-      throw e;
-    }
+    const r = ctx.host.create(rel, access(mode), bits);
+    const node = new HostNode(ctx, rel, name, qidOf(ctx, r.st));
+    return { node, file: new HostFile(node, r.file, mode) };
   }
 
   stat(_opts?: OpOptions): Promise<Dir> {
     try {
-      const d = dirOf(this.ctx, lstat(this.path), this.name);
+      const st = this.ctx.host.lstat(this.rel);
+      // Nodes hold resolved paths: a symlink here replaced the walked file.
+      if (isLink(st)) throw new StyxError(Ename.perm);
+      const d = dirOf(this.ctx, st, this.name);
       this.#qid = d.qid;
       return Promise.resolve(d);
     } catch (e) {
@@ -472,14 +518,14 @@ class HostNode implements Node {
 
   #wstat(d: Dir): void {
     const ctx = this.ctx;
+    const host = ctx.host;
     if (ctx.readOnly) throw new StyxError(Ename.perm);
-    const p = this.path;
-    const st = lstat(p);
-    // Nodes hold resolved paths: a symlink here appeared after the walk, and
-    // chmod, truncate and utimes would follow it.
-    if (st.isSymlink) throw new StyxError(Ename.perm);
-    const cur = dirOf(ctx, st, this.name);
-    const isDir = st.isDirectory;
+    const st = host.lstat(this.rel);
+    // Nodes hold resolved paths: a symlink here appeared after the walk.
+    if (isLink(st)) throw new StyxError(Ename.perm);
+    // The name compared and kept is the file's own, not the one walked.
+    const cur = dirOf(ctx, st, this.rel[this.rel.length - 1] ?? "/");
+    const dir = isDir(st);
 
     // Check everything first, so a refused wstat changes nothing.
     if (d.type !== 0xffff && d.type !== cur.type) throw new StyxError(Ename.noWstat);
@@ -492,62 +538,60 @@ class HostNode implements Node {
     if (d.muid !== "" && d.muid !== cur.muid) throw new StyxError(Ename.noWstat);
 
     let newName: string | undefined;
-    if (d.name !== "" && d.name !== cur.name) {
+    if (d.name !== "" && d.name !== cur.name && d.name !== this.name) {
       checkName(d.name);
       if (d.name === ".." || this.rel.length === 0) throw new StyxError(Ename.badName);
       newName = d.name;
     }
     let length: number | undefined;
     if (d.length !== ALL64 && d.length !== cur.length) {
-      if (isDir) throw new StyxError(Ename.isDir);
+      if (dir) throw new StyxError(Ename.isDir);
       length = toPosition(d.length);
     }
     let perm: number | undefined;
     if (d.mode !== ALL32) {
-      if ((d.mode & DMDIR) !== 0 && !isDir) throw new StyxError(Ename.noWstat);
+      if ((d.mode & DMDIR) !== 0 && !dir) throw new StyxError(Ename.noWstat);
       // Plan 9 flags the host cannot keep (DMAPPEND, DMEXCL, DMAUTH, ...) are
       // refused; Unix file-type and set-id bits (9pfuse passes st_mode through,
       // e.g. 0100644) are ignored.
       if ((d.mode & MODE_FLAGS) !== 0) throw new StyxError(Ename.noWstat);
       if ((d.mode & 0o777) !== (cur.mode & 0o777)) perm = d.mode & 0o777;
     }
-    const setM = d.mtime !== ALL32 && d.mtime !== cur.mtime;
-    const setA = d.atime !== ALL32 && d.atime !== cur.atime;
+    const mtime = d.mtime !== ALL32 && d.mtime !== cur.mtime ? d.mtime : undefined;
+    const atime = d.atime !== ALL32 && d.atime !== cur.atime ? d.atime : undefined;
     let gid: number | undefined;
     if (d.gid !== "" && d.gid !== cur.gid && d.gid !== String(st.gid)) {
       gid = ctx.users.gid(d.gid);
       if (gid === undefined) throw new StyxError("unknown group");
     }
-    let target: string | undefined;
     if (newName !== undefined) {
-      target = pathOf(ctx, [...this.rel.slice(0, -1), newName]);
       let exists = true;
       try {
-        Deno.lstatSync(target);
+        host.lstat([...this.rel.slice(0, -1), newName]);
       } catch (e) {
-        if (!(e instanceof Deno.errors.NotFound)) throw e;
+        if (hostError(e).message !== Ename.notFound) throw e;
         exists = false;
       }
       if (exists) throw new StyxError(Ename.exists);
     }
 
-    if (length !== undefined) sys(() => fs.truncateSync(p, length));
-    if (perm !== undefined) sys(() => fs.chmodSync(p, perm));
-    if (setM || setA) {
-      const atime = setA ? d.atime : (st.atime?.getTime() ?? 0) / 1000;
-      const mtime = setM ? d.mtime : (st.mtime?.getTime() ?? 0) / 1000;
-      sys(() => fs.utimesSync(p, atime, mtime));
-    }
-    if (gid !== undefined) sys(() => fs.chownSync(p, -1, gid));
-    if (target !== undefined && newName !== undefined) {
-      sys(() => fs.renameSync(p, target));
+    if (length !== undefined) host.truncate(this.rel, length);
+    if (perm !== undefined) host.chmod(this.rel, perm);
+    if (mtime !== undefined || atime !== undefined) host.utimes(this.rel, atime, mtime);
+    if (gid !== undefined) host.chgrp(this.rel, gid);
+    if (newName !== undefined) {
       const from = this.rel;
+      host.rename(from, newName);
       const to = [...from.slice(0, -1), newName];
+      const old = from[from.length - 1];
       for (const n of ctx.live) {
         if (n.rel.length >= from.length && from.every((x, i) => n.rel[i] === x)) {
+          // Clones of this file that were walked by its own name take the new one.
+          if (n.rel.length === from.length && n.name === old) n.name = newName;
           n.rel = [...to, ...n.rel.slice(from.length)];
         }
       }
+      this.name = newName;
     }
   }
 
@@ -556,7 +600,7 @@ class HostNode implements Node {
     this.ctx.live.delete(this);
     try {
       if (this.ctx.readOnly || this.rel.length === 0) throw new StyxError(Ename.perm);
-      removePath(this.path);
+      this.ctx.host.remove(this.rel);
       return Promise.resolve();
     } catch (e) {
       return Promise.reject(hostError(e));
@@ -569,51 +613,7 @@ class HostNode implements Node {
   }
 }
 
-function removePath(p: string): void {
-  if (lstat(p).isDirectory) sys(() => fs.rmdirSync(p));
-  else sys(() => fs.unlinkSync(p));
-}
-
-/**
- * pread: never moves a shared file position, so concurrent reads cannot race.
- * Small transfers are made synchronously (cheaper than a trip through the
- * thread pool); large ones asynchronously.
- */
-function pread(fd: number, buf: Uint8Array, pos: number): Promise<number> {
-  if (buf.length <= SYNC_IO) {
-    try {
-      return Promise.resolve(fs.readSync(fd, buf, 0, buf.length, pos));
-    } catch (e) {
-      return Promise.reject(hostError(e));
-    }
-  }
-  return new Promise((resolve, reject) => {
-    fs.read(fd, buf, 0, buf.length, pos, (e, n) => e ? reject(hostError(e)) : resolve(n));
-  });
-}
-
-/** pwrite of part of `data` (synchronously when small, like {@link pread}). */
-function pwrite(fd: number, data: Uint8Array, off: number, pos: number): Promise<number> {
-  if (data.length - off <= SYNC_IO) {
-    try {
-      return Promise.resolve(fs.writeSync(fd, data, off, data.length - off, pos));
-    } catch (e) {
-      return Promise.reject(hostError(e));
-    }
-  }
-  return new Promise((resolve, reject) => {
-    fs.write(
-      fd,
-      data,
-      off,
-      data.length - off,
-      pos,
-      (e, n) => e ? reject(hostError(e)) : resolve(n),
-    );
-  });
-}
-
-/** An open regular file: reads and writes at explicit positions. */
+/** An open regular file: reads and writes at explicit positions (pread/pwrite). */
 class HostFile implements OpenFile {
   readonly iounit = 0;
   #closed = false;
@@ -624,8 +624,8 @@ class HostFile implements OpenFile {
   /** The file's size as last seen: reads below it skip a size check. */
   #size: number;
 
-  constructor(readonly node: HostNode, readonly fd: number, readonly mode: number, size: number) {
-    this.#size = size;
+  constructor(readonly node: HostNode, readonly file: BeneathFile, readonly mode: number) {
+    this.#size = file.size;
   }
 
   get qid(): Qid {
@@ -637,6 +637,8 @@ class HostFile implements OpenFile {
     this.#busy++;
     try {
       return await fn();
+    } catch (e) {
+      throw hostError(e);
     } finally {
       if (--this.#busy === 0) this.#idle?.();
     }
@@ -650,11 +652,11 @@ class HostFile implements OpenFile {
       if (n === 0) return new Uint8Array(0);
       // Size the buffer by what the file holds, so a large read of a small
       // file allocates little; look again only at the last known end.
-      if (pos >= this.#size) this.#size = sys(() => fs.fstatSync(this.fd).size);
+      if (pos >= this.#size) this.#size = this.file.stat().size;
       n = Math.min(n, this.#size - pos);
       if (n <= 0) return new Uint8Array(0);
       const buf = allocReadData(n);
-      const got = await pread(this.fd, buf, pos);
+      const got = await this.file.pread(buf, pos);
       return got === n ? buf : buf.subarray(0, got);
     });
   }
@@ -667,7 +669,7 @@ class HostFile implements OpenFile {
       toPosition(offset + BigInt(data.length));
       let done = 0;
       while (done < data.length) {
-        const n = await pwrite(this.fd, data, done, pos + done);
+        const n = await this.file.pwrite(data, done, pos + done);
         if (n <= 0) throw new StyxError(Ename.io);
         done += n;
       }
@@ -688,17 +690,20 @@ class HostFile implements OpenFile {
     this.#closed = true;
     if (this.#busy > 0) await new Promise<void>((r) => (this.#idle = r));
     try {
-      fs.closeSync(this.fd);
+      this.file.close();
     } catch {
       // Nothing to do: the descriptor is gone either way.
     }
-    if (this.mode & ORCLOSE) {
-      try {
-        removePath(this.node.path);
-      } catch {
-        // Plan 9 clunks succeed even when the remove fails.
-      }
-    }
+    if (this.mode & ORCLOSE) removeOnClose(this.node);
+  }
+}
+
+/** ORCLOSE: Plan 9 clunks succeed even when the remove fails. */
+function removeOnClose(node: HostNode): void {
+  try {
+    node.ctx.host.remove(node.rel);
+  } catch {
+    // Nothing to report: the clunk itself succeeded.
   }
 }
 
@@ -707,7 +712,7 @@ class HostDir implements OpenFile {
   readonly iounit = 0;
   #closed = false;
 
-  constructor(readonly node: HostNode, readonly mode: number) {}
+  constructor(readonly node: HostNode, readonly dir: BeneathDir, readonly mode: number) {}
 
   get qid(): Qid {
     return this.node.qid;
@@ -723,54 +728,49 @@ class HostDir implements OpenFile {
 
   async readDir(opts?: OpOptions): Promise<Dir[]> {
     if (this.#closed) throw new StyxError(Ename.notOpen);
-    const ctx = this.node.ctx;
-    const dir = this.node.path;
-    const names = sys(() => Array.from(Deno.readDirSync(dir), (e) => e.name));
+    const names = sys(() => this.dir.names());
     const out: Dir[] = [];
     for (let i = 0; i < names.length; i++) {
       if (i > 0 && i % DIR_BATCH === 0) {
         await new Promise((r) => setTimeout(r, 0));
         if (opts?.signal?.aborted) throw new StyxError(Ename.interrupted);
+        if (this.#closed) throw new StyxError(Ename.notOpen);
       }
-      const d = entry(ctx, dir, names[i] as string);
+      const d = this.#entry(names[i] as string);
       if (d) out.push(d);
     }
     return out;
   }
 
+  /**
+   * One directory entry. A symlink to somewhere inside the root shows its
+   * target's stat under the link's name; one pointing outside (or dangling)
+   * shows the link itself. An entry that vanished meanwhile is left out.
+   */
+  #entry(name: string): Dir | undefined {
+    const ctx = this.node.ctx;
+    try {
+      const st = this.dir.lstat(name);
+      if (isLink(st)) {
+        try {
+          const inside = relOf(ctx, Deno.realPathSync(pathOf(ctx, [...this.node.rel, name])));
+          const target = inside && ctx.host.lstat(inside);
+          if (target && !isLink(target)) return dirOf(ctx, target, name);
+        } catch {
+          // Dangling or unreadable: show the link itself.
+        }
+      }
+      return dirOf(ctx, st, name);
+    } catch {
+      return undefined;
+    }
+  }
+
   close(): Promise<void> {
     if (this.#closed) return Promise.resolve();
     this.#closed = true;
-    if (this.mode & ORCLOSE) {
-      try {
-        removePath(this.node.path);
-      } catch {
-        // Plan 9 clunks succeed even when the remove fails.
-      }
-    }
+    this.dir.close();
+    if (this.mode & ORCLOSE) removeOnClose(this.node);
     return Promise.resolve();
-  }
-}
-
-/**
- * One directory entry. A symlink to somewhere inside the root shows its
- * target's stat under the link's name; one pointing outside (or dangling)
- * shows the link itself. An entry that vanished meanwhile is left out.
- */
-function entry(ctx: Ctx, dir: string, name: string): Dir | undefined {
-  const p = dir === "/" ? "/" + name : dir + "/" + name;
-  try {
-    const st = Deno.lstatSync(p);
-    if (st.isSymlink) {
-      try {
-        const real = Deno.realPathSync(p);
-        if (relOf(ctx, real)) return dirOf(ctx, Deno.lstatSync(real), name);
-      } catch {
-        // Dangling or unreadable: show the link itself.
-      }
-    }
-    return dirOf(ctx, st, name);
-  } catch {
-    return undefined;
   }
 }

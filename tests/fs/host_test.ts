@@ -112,6 +112,21 @@ Deno.test("HostTree keeps everything outside the root out of reach", async (t) =
       await rejectsWith(root.walk(["dangling"]), Ename.notFound);
     });
 
+    await t.step("a node reached through a symlink keeps the name walked", async () => {
+      const alias = await walk(root, "alias");
+      const st = await alias.stat();
+      assert.equal(st.name, "alias");
+      assert.equal(st.qid.type, QTDIR);
+      assert.equal((await (await walk(alias)).stat()).name, "alias");
+      assert.equal((await (await walk(root, "sub", "filelink")).stat()).name, "filelink");
+      assert.equal((await (await walk(root, "alias", "inner")).stat()).name, "inner");
+      assert.equal((await (await walk(root, "alias", "..")).stat()).name, "/");
+      // Writing back what stat gave changes nothing, the walked name included.
+      await alias.wstat(st);
+      assert.ok((await Deno.lstat(`${fx.root}/alias`)).isSymlink);
+      assert.ok((await Deno.lstat(`${fx.root}/sub`)).isDirectory);
+    });
+
     await t.step("directory listings show outside links but never their targets", async () => {
       const d = await root.open(OREAD);
       const entries = await d.readDir();
@@ -416,8 +431,11 @@ Deno.test("HostTree wstat", async (t) => {
 
     await t.step("name: rename within the directory", async () => {
       const q = f.qid.path;
+      const clone = await walk(f);
       await f.wstat({ ...nullDir(), name: "renamed" });
       assert.equal((await f.stat()).name, "renamed");
+      assert.equal((await clone.stat()).name, "renamed");
+      await clone.close();
       assert.equal((await f.stat()).qid.path, q);
       await rejectsWith(root.walk(["file"]), Ename.notFound);
       assert.equal((await walk(root, "renamed")).qid.path, q);
