@@ -11,7 +11,7 @@ import type { Conn, Listener } from "../transport/conn.ts";
 import { tcpDial, tcpListen } from "../transport/tcp.ts";
 import { listenHost, parseDialString } from "./dial.ts";
 import { RemoteTree, StyxClient } from "../styx/client.ts";
-import { defaultCertsDir, loadCredentials, watchCredentials } from "../auth/link.ts";
+import { defaultCertsDir, watchCredentials } from "../auth/link.ts";
 import { tlsDial, tlsListen } from "../transport/tls.ts";
 import type { Tree } from "../fs/tree.ts";
 
@@ -88,7 +88,8 @@ export async function dialConn(addr: string, opts: DialOptions): Promise<Conn> {
       throw new Error(`cannot dial '${addr}': ${(e as Error).message}`);
     }
   }
-  const creds = await loadCredentials(opts.certDir ?? defaultCertsDir());
+  // The directory's shared watch: a renewed certificate and the latest CRL.
+  const creds = await watchCredentials(opts.certDir ?? defaultCertsDir());
   try {
     return await withTimeout(
       tlsDial(a.host, a.port, { creds, peer: opts.peer, alg: opts.alg }),
@@ -98,6 +99,8 @@ export async function dialConn(addr: string, opts: DialOptions): Promise<Conn> {
     );
   } catch (e) {
     throw new Error(`cannot dial '${addr}': ${(e as Error).message}`);
+  } finally {
+    creds.close();
   }
 }
 
@@ -149,7 +152,7 @@ export async function announceStyx(addr: string, opts: AnnounceOptions): Promise
   let l: Listener;
   try {
     l = await tlsListen(host, a.port, {
-      creds: () => w.current(),
+      creds: w,
       allow: opts.allow,
       alg: opts.alg,
     });
