@@ -119,6 +119,9 @@ function credentialFiles(n: string): string[] {
 /** Each credentials file's mtime and size ("-" when missing), in {@link credentialFiles} order. */
 type Stamp = string[];
 
+/** Where the key file's part sits in a {@link Stamp}. */
+const KEY_STAMP = 2;
+
 async function stampOf(dir: string, n: string): Promise<Stamp> {
   const parts: string[] = [];
   for (const f of credentialFiles(n)) {
@@ -183,7 +186,7 @@ async function loadFrom(
     throw e;
   }
   let key: string;
-  if (prev && prev.stamp[2] === stamp[2] && stamp[2] !== "-") {
+  if (prev && prev.stamp[KEY_STAMP] === stamp[KEY_STAMP] && stamp[KEY_STAMP] !== "-") {
     // The key file has not changed: no second passphrase prompt for a new CRL.
     key = prev.creds.key;
   } else {

@@ -785,18 +785,22 @@ async function wrapServer(raw: Conn, opts: LinkOptions, creds: Credentials): Pro
  * Listen on `host:port` for mutually authenticated TLS links. The iterator
  * yields verified Conns only; refused peers are reported through
  * `opts.onRefused` (default: a line on stderr) and never reach the caller.
- * New handshakes use the current `opts.creds()`, so renewed credentials
- * take effect without dropping sessions; sessions whose certificate is
- * revoked are closed within `opts.revocationCheckMs`.
+ * The listener holds the shared watch of its credentials' directory (see
+ * {@link followCredentials}), whether given the watch or a snapshot from
+ * `loadCredentials`: new handshakes use renewed credentials without
+ * dropping sessions, and sessions whose certificate is revoked are closed
+ * as soon as the new CRL is loaded, and at worst within
+ * `opts.revocationCheckMs`.
  *
  * @example
  * ```ts ignore
- * const l = await tlsListen("0.0.0.0", 6666, { creds: () => watch.current() });
+ * const watch = await watchCredentials("certs", "fileserver");
+ * const l = await tlsListen("0.0.0.0", 6666, { creds: watch });
  * for await (const conn of l) serve(conn, tree);
  * ```
  */
 export async function tlsListen(host: string, port: number, opts: LinkOptions): Promise<Listener> {
-  // Whoever watches the directory reports credentials that fail to load.
+  // Credentials that fail to reload are reported to whoever asked for the watch with onError.
   const src = await followCredentials(opts.creds);
   try {
     return await listenWith(host, port, opts, src);
