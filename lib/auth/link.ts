@@ -338,7 +338,7 @@ class SharedWatch {
         if (onError) this.#errors.delete(onError);
         if (--this.refs === 0) {
           clearInterval(this.#timer);
-          watches.delete(this.key);
+          if (watches.get(this.key) === this) watches.delete(this.key);
         }
       },
     };
