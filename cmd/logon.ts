@@ -8,7 +8,7 @@
  */
 
 import { fail, parse, UsageError, warnInsecure } from "../lib/cli.ts";
-import { defaultCertsDir, loadCredentials } from "../lib/auth/link.ts";
+import { defaultCertsDir, loadCredentials, watchCredentials } from "../lib/auth/link.ts";
 import { loadBytes } from "../lib/manifest/load.ts";
 import { checkManifest } from "../lib/manifest/check.ts";
 import { readVerified, refuseUnsigned } from "../lib/manifest/sign.ts";
@@ -117,7 +117,10 @@ export async function run(args: string[]): Promise<number> {
         listener = await announceStyx(addr, { insecure: true });
       } else {
         const dir = typeof v["export-certs"] === "string" ? v["export-certs"] : certDir;
-        const nodeCreds = await loadCredentials(dir);
+        // Watched: a renewed certificate and a new CRL reach the running listener.
+        const nodeCreds = await watchCredentials(dir, undefined, {
+          onError: (e) => console.error(`logon: keeping the current credentials: ${e.message}`),
+        });
         const a = parseDialString(addr, { net: "tcp", service: "styx" });
         listener = await tlsListen(listenHost(a), a.port, { creds: nodeCreds, allow: [user] });
       }

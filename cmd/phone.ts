@@ -92,7 +92,10 @@ async function announce(
   }
   const link = await import("../lib/auth/link.ts");
   const { tlsListen } = await import("../lib/transport/tls.ts");
-  const creds = await link.loadCredentials(opts.certDir ?? link.defaultCertsDir(), opts.name);
+  // Watched: a renewed certificate and a new CRL reach the running listener.
+  const creds = await link.watchCredentials(opts.certDir ?? link.defaultCertsDir(), opts.name, {
+    onError: (e) => console.error(`phone: keeping the current credentials: ${e.message}`),
+  });
   return await tlsListen(host, a.port, { creds, allow: opts.allow });
 }
 

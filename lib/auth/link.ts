@@ -14,6 +14,7 @@ import type { CertIdentity, CertKind } from "./certs.ts";
 import { readCert } from "./der.ts";
 import { askPassphrase, decryptKeyPem, isEncryptedKey, readKeyFile } from "./keys.ts";
 import { crlSerials } from "./verify.ts";
+import { resolve } from "node:path";
 
 /** A node's or user's credentials, all PEM. */
 export interface Credentials {
@@ -31,8 +32,12 @@ export interface Credentials {
 
 /** Options shared by every TLS link function. */
 export interface LinkOptions {
-  /** Credentials, or a function returning the current ones (so rotation can swap them). */
-  creds: Credentials | (() => Credentials);
+  /**
+   * A {@link CredentialWatch} (what listeners should hold), credentials, or
+   * a function returning the current ones. Credentials loaded from disk are
+   * followed through their directory's watch whichever form is given.
+   */
+  creds: CredentialWatch | Credentials | (() => Credentials);
   /** For a client: the node name the server must have (default: the dial host). */
   peer?: string;
   /** For a server: who may connect: user or node names and "group:NAME"; default anyone. */
@@ -51,7 +56,8 @@ export interface LinkOptions {
   handshakeTimeoutMs?: number;
   /**
    * For a listener: how often open sessions are re-checked against the
-   * revocation list (default 5000 ms; 0 disables).
+   * revocation list (default 5000 ms). They are also re-checked as soon as
+   * a new CRL is loaded; 0 leaves only that.
    */
   revocationCheckMs?: number;
 }
@@ -111,10 +117,50 @@ async function pickName(dir: string): Promise<string> {
   );
 }
 
+/** The files credentials are loaded from, in the order {@link Stamp} keeps them. */
+function credentialFiles(n: string): string[] {
+  return ["ca.pem", `${n}.pem`, `${n}.key`, "crl.pem"];
+}
+
+/** Each credentials file's mtime and size ("-" when missing), in {@link credentialFiles} order. */
+type Stamp = string[];
+
+/** Where the key file's part sits in a {@link Stamp}. */
+const KEY_STAMP = 2;
+
+async function stampOf(dir: string, n: string): Promise<Stamp> {
+  const parts: string[] = [];
+  for (const f of credentialFiles(n)) {
+    try {
+      const st = await Deno.stat(`${dir}/${f}`);
+      parts.push(`${st.mtime?.getTime()}:${st.size}`);
+    } catch {
+      parts.push("-");
+    }
+  }
+  return parts;
+}
+
+/** Where loaded credentials came from, and their files' stamp just before they were read. */
+interface Origin {
+  dir: string;
+  name: string;
+  stamp: Stamp;
+}
+
+// Kept beside the object, not in it: a copy made with `{ ...creds }` (to
+// change something in memory) no longer claims to be what is on disk.
+const origins = new WeakMap<Credentials, Origin>();
+
 /**
  * Load credentials from `dir`: ca.pem, NAME.pem, NAME.key and crl.pem if
  * present. Without `name`, uses FERRY_NAME, the only pair in `dir`, or the
  * host name. Encrypted keys are decrypted with FERRY_PASSPHRASE or a prompt.
+ *
+ * The result is a snapshot, but it remembers its directory: every TLS
+ * listener and dialer given it follows that directory's shared watch (see
+ * {@link watchCredentials}), so renewed certificates and a new CRL still
+ * reach it.
  *
  * @example
  * ```ts ignore
@@ -122,7 +168,16 @@ async function pickName(dir: string): Promise<string> {
  * ```
  */
 export async function loadCredentials(dir: string, name?: string): Promise<Credentials> {
-  const n = name ?? await pickName(dir);
+  return await loadFrom(dir, name ?? await pickName(dir));
+}
+
+async function loadFrom(
+  dir: string,
+  n: string,
+  prev?: { stamp: Stamp; creds: Credentials },
+): Promise<Credentials> {
+  // Stamped before reading: a change made while reading shows as a new stamp later.
+  const stamp = await stampOf(dir, n);
   let ca: string;
   let cert: string;
   try {
@@ -137,16 +192,21 @@ export async function loadCredentials(dir: string, name?: string): Promise<Crede
     throw e;
   }
   let key: string;
-  try {
-    key = await readKeyFile(`${dir}/${n}.key`);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
-      throw new Error(`no key for '${n}' in '${dir}': expected '${dir}/${n}.key'`);
+  if (prev && prev.stamp[KEY_STAMP] === stamp[KEY_STAMP] && stamp[KEY_STAMP] !== "-") {
+    // The key file has not changed: no second passphrase prompt for a new CRL.
+    key = prev.creds.key;
+  } else {
+    try {
+      key = await readKeyFile(`${dir}/${n}.key`);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) {
+        throw new Error(`no key for '${n}' in '${dir}': expected '${dir}/${n}.key'`);
+      }
+      throw e;
     }
-    throw e;
-  }
-  if (isEncryptedKey(key)) {
-    key = await decryptKeyPem(key, askPassphrase(`'${dir}/${n}.key'`), `'${dir}/${n}.key'`);
+    if (isEncryptedKey(key)) {
+      key = await decryptKeyPem(key, askPassphrase(`'${dir}/${n}.key'`), `'${dir}/${n}.key'`);
+    }
   }
   checkCert(ca, `'${dir}/ca.pem'`);
   checkCert(cert, `'${dir}/${n}.pem'`);
@@ -154,6 +214,7 @@ export async function loadCredentials(dir: string, name?: string): Promise<Crede
   try {
     creds.crl = await Deno.readTextFile(`${dir}/crl.pem`);
   } catch { /* no CRL yet */ }
+  origins.set(creds, { dir, name: n, stamp });
   return creds;
 }
 
@@ -165,79 +226,220 @@ function checkCert(pem: string, what: string): void {
   }
 }
 
-/** Credentials that follow their files on disk. */
+/**
+ * Credentials that follow their files on disk. Each is a handle on the one
+ * watch a process keeps per credentials directory and name; closing the
+ * last handle stops that watch.
+ */
 export interface CredentialWatch {
   /** The latest successfully loaded credentials. */
   current(): Credentials;
   /** Reload now (also done every interval); keeps the old ones on error. */
   reload(): Promise<void>;
-  /** Stop watching. */
+  /**
+   * Call `fn` whenever new credentials take effect (a renewed certificate,
+   * a new CRL); returns a function that stops calling it.
+   */
+  onChange(fn: (creds: Credentials) => void): () => void;
+  /** Release this handle (the watch stops when no handle is left). */
   close(): void;
+}
+
+/** How often a credentials directory is checked for changes, by default. */
+export const CREDENTIALS_POLL_MS = 2000;
+
+/** The one watch of a directory and name, shared by every handle on it. */
+class SharedWatch {
+  #cur: Credentials;
+  #stamp: Stamp;
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #intervalMs = Infinity;
+  #busy: Promise<void> | null = null;
+  #changed = new Set<(c: Credentials) => void>();
+  #errors = new Set<(e: Error) => void>();
+  refs = 0;
+
+  constructor(
+    readonly key: string,
+    readonly dir: string,
+    readonly name: string,
+    seed: Credentials,
+  ) {
+    this.#cur = seed;
+    this.#stamp = origins.get(seed)?.stamp ?? [];
+  }
+
+  current(): Credentials {
+    return this.#cur;
+  }
+
+  /** Poll at least every `ms`. */
+  pollEvery(ms: number): void {
+    if (ms >= this.#intervalMs) return;
+    this.#intervalMs = ms;
+    clearInterval(this.#timer);
+    this.#timer = setInterval(() => {
+      if (!this.#busy) this.check().catch(() => {});
+    }, ms);
+    Deno.unrefTimer(this.#timer);
+  }
+
+  /** Reload when a file changed (or always, with `force`); one check at a time. */
+  check(force = false): Promise<void> {
+    const run = async () => {
+      const s = await stampOf(this.dir, this.name);
+      if (!force && s.join("|") === this.#stamp.join("|")) return;
+      try {
+        const next = await loadFrom(this.dir, this.name, { stamp: this.#stamp, creds: this.#cur });
+        if (next.cert !== this.#cur.cert || next.key !== this.#cur.key) {
+          const { keyMatchesCert } = await import("./certs.ts");
+          if (!(await keyMatchesCert(next.key, next.cert))) {
+            throw new Error(
+              `'${this.dir}/${this.name}.key' does not match '${this.dir}/${this.name}.pem' (renewal in progress?)`,
+            );
+          }
+        }
+        this.#cur = next;
+        this.#stamp = origins.get(next)!.stamp;
+      } catch (e) {
+        for (const f of this.#errors) f(e as Error);
+        return;
+      }
+      for (const f of this.#changed) {
+        try {
+          f(this.#cur);
+        } catch { /* one subscriber's failure is not another's */ }
+      }
+    };
+    const p = (this.#busy ?? Promise.resolve()).then(run).finally(() => {
+      if (this.#busy === p) this.#busy = null;
+    });
+    this.#busy = p;
+    return p;
+  }
+
+  handle(opts: { intervalMs?: number; onError?: (e: Error) => void }): CredentialWatch {
+    this.refs++;
+    this.pollEvery(opts.intervalMs ?? CREDENTIALS_POLL_MS);
+    const mine = new Set<(c: Credentials) => void>();
+    const onError = opts.onError;
+    if (onError) this.#errors.add(onError);
+    let open = true;
+    const h: CredentialWatch = {
+      current: () => this.#cur,
+      reload: () => this.check(true),
+      onChange: (fn) => {
+        const f = (c: Credentials) => fn(c);
+        mine.add(f);
+        this.#changed.add(f);
+        return () => {
+          mine.delete(f);
+          this.#changed.delete(f);
+        };
+      },
+      close: () => {
+        if (!open) return;
+        open = false;
+        for (const f of mine) this.#changed.delete(f);
+        if (onError) this.#errors.delete(onError);
+        if (--this.refs === 0) {
+          clearInterval(this.#timer);
+          if (watches.get(this.key) === this) watches.delete(this.key);
+        }
+      },
+    };
+    handles.set(h, this);
+    return h;
+  }
+}
+
+const watches = new Map<string, SharedWatch>();
+const handles = new WeakMap<CredentialWatch, SharedWatch>();
+
+function watchKey(dir: string, name: string): string {
+  return `${resolve(dir)}\0${name}`;
 }
 
 /**
  * Load credentials and reload them whenever their files change (checked
- * every `intervalMs`, default 2000). Pass `() => w.current()` as
- * {@link LinkOptions.creds} so new handshakes use renewed credentials while
- * open sessions carry on.
+ * every `intervalMs`, default 2000): a renewed certificate and key, a new
+ * CA certificate or a new CRL. Every caller in a process that watches the
+ * same directory and name shares one watch, so a listener, the dialers
+ * beside it and the sessions they opened all see the same credentials at
+ * the same moment. Pass the handle as {@link LinkOptions.creds}; close it
+ * when done.
+ *
+ * @example
+ * ```ts ignore
+ * const w = await watchCredentials("certs", "fileserver");
+ * const l = await tlsListen("0.0.0.0", 6666, { creds: w });
+ * ```
  */
 export async function watchCredentials(
   dir: string,
   name?: string,
   opts: { intervalMs?: number; onError?: (e: Error) => void } = {},
 ): Promise<CredentialWatch> {
-  let cur = await loadCredentials(dir, name);
-  const n = cur.name;
-  const stamp = async () => {
-    const parts: string[] = [];
-    for (const f of ["ca.pem", `${n}.pem`, `${n}.key`, "crl.pem"]) {
-      try {
-        const st = await Deno.stat(`${dir}/${f}`);
-        parts.push(`${st.mtime?.getTime()}:${st.size}`);
-      } catch {
-        parts.push("-");
-      }
-    }
-    return parts.join("|");
-  };
-  let last = await stamp();
-  let busy = false;
-  const reload = async () => {
-    if (busy) return;
-    busy = true;
-    try {
-      const s = await stamp();
-      if (s === last) return;
-      const next = await loadCredentials(dir, n);
-      const { keyMatchesCert } = await import("./certs.ts");
-      if (!(await keyMatchesCert(next.key, next.cert))) {
-        throw new Error(
-          `'${dir}/${n}.key' does not match '${dir}/${n}.pem' (renewal in progress?)`,
-        );
-      }
-      cur = next;
-      last = s;
-    } catch (e) {
-      opts.onError?.(e as Error);
-    } finally {
-      busy = false;
-    }
-  };
-  const timer = setInterval(reload, opts.intervalMs ?? 2000);
-  Deno.unrefTimer(timer);
-  return {
-    current: () => cur,
-    reload: async () => {
-      last = "";
-      await reload();
-    },
-    close: () => clearInterval(timer),
-  };
+  const n = name ?? await pickName(dir);
+  const key = watchKey(dir, n);
+  let w = watches.get(key);
+  if (!w) {
+    const seed = await loadFrom(dir, n);
+    // Another caller may have started the same watch while this one loaded.
+    w = watches.get(key) ?? new SharedWatch(key, dir, n, seed);
+    watches.set(key, w);
+  }
+  return w.handle(opts);
+}
+
+/** True for a {@link CredentialWatch} handle rather than plain credentials. */
+export function isCredentialWatch(x: unknown): x is CredentialWatch {
+  return typeof (x as CredentialWatch | undefined)?.current === "function";
+}
+
+/**
+ * A handle on the credentials source behind `creds`, for a listener or a
+ * dialer to hold while it works: a watch handle shares that watch;
+ * credentials loaded from disk (or a function returning them) share the
+ * watch of their directory, started if need be and checked at once, so a
+ * stale snapshot can never be used by accident; credentials made in memory
+ * stay as they are. Close the handle when done.
+ */
+export async function followCredentials(
+  creds: LinkOptions["creds"],
+  opts: { intervalMs?: number; onError?: (e: Error) => void } = {},
+): Promise<CredentialWatch> {
+  if (isCredentialWatch(creds)) {
+    const w = handles.get(creds);
+    if (w && w.refs > 0) return w.handle(opts);
+    return { ...creds, close: () => {} };
+  }
+  const c = typeof creds === "function" ? creds() : creds;
+  const o = origins.get(c);
+  if (!o) {
+    return {
+      current: () => typeof creds === "function" ? creds() : creds,
+      reload: () => Promise.resolve(),
+      onChange: () => () => {},
+      close: () => {},
+    };
+  }
+  const key = watchKey(o.dir, o.name);
+  let w = watches.get(key);
+  if (w) return w.handle(opts);
+  w = new SharedWatch(key, o.dir, o.name, c);
+  watches.set(key, w);
+  const h = w.handle(opts);
+  // The snapshot may be older than the files: look now, not in 2 s.
+  await w.check();
+  return h;
 }
 
 /** The current credentials from link options. */
 export function currentCreds(opts: LinkOptions): Credentials {
-  return typeof opts.creds === "function" ? opts.creds() : opts.creds;
+  const c = opts.creds;
+  if (isCredentialWatch(c)) return c.current();
+  return typeof c === "function" ? c() : c;
 }
 
 const crlCache = new WeakMap<object, { crl: string; ca: string; set: Set<string> }>();
@@ -337,9 +539,10 @@ export interface IdentifiedConn extends Conn {
 
 /**
  * Close every connection in `conns` whose peer certificate is now revoked,
- * checking every `intervalMs`. A session therefore ends at most
- * `intervalMs` (plus the time to learn of the new CRL) after revocation.
- * Closed connections are removed from `conns`.
+ * checking every `intervalMs` (0: only when `check()` is called). A
+ * session therefore ends at most `intervalMs` (plus the time to learn of
+ * the new CRL) after revocation. Closed connections are removed from
+ * `conns`.
  */
 export function watchRevocation(
   conns: Set<IdentifiedConn>,
@@ -362,7 +565,36 @@ export function watchRevocation(
       }
     }
   };
+  if (intervalMs <= 0) return { stop: () => {}, check };
   const timer = setInterval(check, intervalMs);
   Deno.unrefTimer(timer);
   return { stop: () => clearInterval(timer), check };
+}
+
+/**
+ * Keep the server-side sessions in `conns` under revocation: re-check them
+ * every `opts.revocationCheckMs` (default 5000) and at once whenever
+ * `source` loads new credentials (a new CRL), closing those whose
+ * certificate is revoked. Every listener runs this; stop() when it closes.
+ */
+export function guardSessions(
+  conns: Set<IdentifiedConn>,
+  source: CredentialWatch,
+  opts: LinkOptions,
+  onClose?: (c: IdentifiedConn) => void,
+): { stop(): void; check(): Promise<void> } {
+  const w = watchRevocation(
+    conns,
+    () => revokedSerials(opts, source.current()),
+    opts.revocationCheckMs ?? 5000,
+    onClose,
+  );
+  const off = source.onChange(() => void w.check());
+  return {
+    stop: () => {
+      off();
+      w.stop();
+    },
+    check: w.check,
+  };
 }

@@ -304,13 +304,13 @@ export class FerryNode {
       const ns = await this.#viaDialer.netSpace(this.#m.nodes.get(spec.via)!);
       this.#listener = await announceStyxVia(ns, spec.address, {
         insecure: false,
-        creds: this.#creds.current(),
+        creds: this.#creds,
         onRefused,
       });
     } else {
       const a = parseDialString(spec.address, { net: "tcp", service: "styx" });
       this.#listener = await tlsListen(listenHost(a), a.port, {
-        creds: () => this.#creds.current(),
+        creds: this.#creds,
         onRefused,
       });
     }

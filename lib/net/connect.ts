@@ -11,7 +11,7 @@ import type { Conn, Listener } from "../transport/conn.ts";
 import { tcpDial, tcpListen } from "../transport/tcp.ts";
 import { listenHost, parseDialString } from "./dial.ts";
 import { RemoteTree, StyxClient } from "../styx/client.ts";
-import { defaultCertsDir, loadCredentials, watchCredentials } from "../auth/link.ts";
+import { defaultCertsDir, watchCredentials } from "../auth/link.ts";
 import { tlsDial, tlsListen } from "../transport/tls.ts";
 import type { Tree } from "../fs/tree.ts";
 import { handshakeFailed, SPEAKS_PLAIN, speaksPlainStyx, watchForTls } from "./mismatch.ts";
@@ -90,7 +90,8 @@ export async function dialConn(addr: string, opts: DialOptions): Promise<Conn> {
       throw new Error(`cannot dial '${addr}': ${(e as Error).message}`);
     }
   }
-  const creds = await loadCredentials(opts.certDir ?? defaultCertsDir());
+  // The directory's shared watch: a renewed certificate and the latest CRL.
+  const creds = await watchCredentials(opts.certDir ?? defaultCertsDir());
   try {
     return await withTimeout(
       tlsDial(a.host, a.port, { creds, peer: opts.peer, alg: opts.alg }),
@@ -106,6 +107,8 @@ export async function dialConn(addr: string, opts: DialOptions): Promise<Conn> {
       throw new Error(`cannot dial '${addr}': ${SPEAKS_PLAIN}`);
     }
     throw new Error(`cannot dial '${addr}': ${(e as Error).message}`);
+  } finally {
+    creds.close();
   }
 }
 
@@ -157,7 +160,7 @@ export async function announceStyx(addr: string, opts: AnnounceOptions): Promise
   let l: Listener;
   try {
     l = await tlsListen(host, a.port, {
-      creds: () => w.current(),
+      creds: w,
       allow: opts.allow,
       alg: opts.alg,
     });

@@ -41,7 +41,7 @@
  */
 
 import type { OpenFile, OpOptions, Tree } from "../fs/tree.ts";
-import type { Credentials } from "../auth/link.ts";
+import type { Credentials, CredentialWatch } from "../auth/link.ts";
 import { RemoteTree, StyxClient } from "../styx/client.ts";
 import type { Conn, Listener, Peer } from "../transport/conn.ts";
 import { Ename, ORDWR, OREAD, StyxError } from "../styx/types.ts";
@@ -604,8 +604,8 @@ export interface StyxViaOptions extends NsDialOptions {
   user?: string;
   /** Directory holding this end's credentials (default $FERRY_CERTS, else ~/.ferry/certs). */
   certDir?: string;
-  /** Credentials to use instead of loading them from `certDir`. */
-  creds?: Credentials;
+  /** Credentials (or a watch of them) to use instead of loading them from `certDir`. */
+  creds?: Credentials | CredentialWatch;
   /** The server's node name when it differs from the dial host. */
   peer?: string;
   /** Inferno -C algorithm name. */
@@ -626,10 +626,20 @@ export interface DialedVia {
   close(): void;
 }
 
-async function credsFor(opts: { creds?: Credentials; certDir?: string }): Promise<Credentials> {
-  if (opts.creds) return opts.creds;
+/**
+ * A handle on the one credentials source for `opts`: the shared watch of
+ * the directory the given credentials came from, or of `certDir`. Close it
+ * when done.
+ */
+async function credsFor(
+  opts: { creds?: Credentials | CredentialWatch; certDir?: string },
+  onError?: (e: Error) => void,
+): Promise<CredentialWatch> {
   const link = await import("../auth/link.ts");
-  return await link.loadCredentials(opts.certDir ?? link.defaultCertsDir());
+  if (opts.creds) return await link.followCredentials(opts.creds, { onError });
+  return await link.watchCredentials(opts.certDir ?? link.defaultCertsDir(), undefined, {
+    onError,
+  });
 }
 
 /**
@@ -661,6 +671,8 @@ export async function dialStyxVia(
           throw new Error(`cannot dial '${addr}': ${SPEAKS_PLAIN}`);
         }
         throw new Error(`cannot dial '${addr}': ${(e as Error).message}`);
+      } finally {
+        creds.close();
       }
     } else {
       conn = watchForTls(conn);
@@ -684,8 +696,11 @@ export interface AnnounceViaOptions extends NsDialOptions {
   insecure: boolean;
   /** Directory holding this end's credentials. */
   certDir?: string;
-  /** Credentials to use instead of loading them from `certDir`. */
-  creds?: Credentials;
+  /**
+   * Credentials (or a watch of them) to use instead of loading them from
+   * `certDir`; either way the listener follows their directory's watch.
+   */
+  creds?: Credentials | CredentialWatch;
   /** Users and "group:NAME" entries allowed to connect (TLS only). */
   allow?: string[];
   /** Inferno algorithm name. */
@@ -699,6 +714,9 @@ export interface AnnounceViaOptions extends NsDialOptions {
  * connections: plain under `insecure`, otherwise only those whose mutual
  * TLS handshake (run over the tunnelled stream) verified the caller.
  * Handshakes run side by side, so a slow or hostile caller holds up no one.
+ * The listener holds its credentials directory's shared watch: new
+ * handshakes use a renewed certificate, and open sessions end once the
+ * peer's certificate is revoked (see {@link tlsWrapServer}).
  */
 export async function announceStyxVia(
   ns: NetNamespace,
@@ -706,9 +724,18 @@ export async function announceStyxVia(
   opts: AnnounceViaOptions,
 ): Promise<Listener> {
   const a = parseDialString(addr, { net: "tcp", service: "styx" });
-  const creds = opts.insecure ? undefined : await credsFor(opts);
-  const raw = await announceListener(ns, `${a.net}!${a.host}!${a.port}`, opts);
-  if (opts.insecure) return raw;
+  const creds = opts.insecure ? undefined : await credsFor(
+    opts,
+    (e) => console.error(`listen: keeping the current credentials: ${e.message}`),
+  );
+  let raw: Listener;
+  try {
+    raw = await announceListener(ns, `${a.net}!${a.host}!${a.port}`, opts);
+  } catch (e) {
+    creds?.close();
+    throw e;
+  }
+  if (!creds) return raw;
   const { tlsWrapServer } = await import("../transport/tls.ts");
   const ready: Conn[] = [];
   let wake: (() => void) | null = null;
@@ -721,7 +748,7 @@ export async function announceStyxVia(
   (async () => {
     for await (const c of raw) {
       tlsWrapServer(c, {
-        creds: creds!,
+        creds,
         allow: opts.allow,
         alg: opts.alg,
         onRefused: opts.onRefused,
@@ -735,6 +762,7 @@ export async function announceStyxVia(
     }
   })().finally(() => {
     done = true;
+    creds.close();
     poke();
   });
   return {

@@ -35,12 +35,12 @@ import { PeerRefused } from "../auth/verify.ts";
 import {
   allowed,
   type Credentials,
-  currentCreds,
+  type CredentialWatch,
+  followCredentials,
+  guardSessions,
   type IdentifiedConn,
   type LinkOptions,
   mapAlg,
-  revokedSerials,
-  watchRevocation,
 } from "../auth/link.ts";
 import {
   checkPeerCert,
@@ -577,13 +577,27 @@ function clientOptions(
  * ```
  */
 export async function tlsDial(host: string, port: number, opts: LinkOptions): Promise<Conn> {
+  // The credentials as their directory has them now (a renewed certificate, the latest CRL).
+  const src = await followCredentials(opts.creds);
+  try {
+    return await dialWith(host, port, { ...opts, creds: src.current() });
+  } finally {
+    src.close();
+  }
+}
+
+async function dialWith(
+  host: string,
+  port: number,
+  opts: LinkOptions & { creds: Credentials },
+): Promise<Conn> {
   const bare = host.replace(/^\[|\]$/g, "");
   if (!opts.alg) {
     // Deno's own TLS first: several times faster to read from. When it
     // refuses the server's certificate, dial again through node:tls below,
     // whose ferry-link/1 tells both ends precisely what was wrong.
     try {
-      const c = await nativeTlsDial(bare, port, opts, currentCreds(opts), opts.peer ?? host);
+      const c = await nativeTlsDial(bare, port, opts, opts.creds, opts.peer ?? host);
       if (c) return c;
     } catch (e) {
       if (!isCertificateFailure(e)) {
@@ -688,13 +702,18 @@ export async function tlsWrapClient(
   raw: Conn,
   opts: LinkOptions & { servername?: string },
 ): Promise<Conn> {
-  const creds = currentCreds(opts);
   const peerName = opts.peer ?? opts.servername;
   if (peerName === undefined) {
     throw new LinkError("a tunnelled TLS link needs the server's node name (peer or servername)");
   }
-  const sock = tls.connect({ socket: connDuplex(raw), ...clientOptions(creds, opts, peerName) });
-  return await clientSide(sock, opts, creds, peerName, raw.peer.addr, () => raw.local, raw);
+  const src = await followCredentials(opts.creds);
+  try {
+    const creds = src.current();
+    const sock = tls.connect({ socket: connDuplex(raw), ...clientOptions(creds, opts, peerName) });
+    return await clientSide(sock, opts, creds, peerName, raw.peer.addr, () => raw.local, raw);
+  } finally {
+    src.close();
+  }
 }
 
 function refusedLog(opts: LinkOptions, addr: string, reason: string): void {
@@ -702,12 +721,44 @@ function refusedLog(opts: LinkOptions, addr: string, reason: string): void {
   else console.error(`tls: refused ${addr}: ${reason}`);
 }
 
+function revokedLog(opts: LinkOptions, c: IdentifiedConn): void {
+  refusedLog(opts, c.peer.addr, `certificate of '${c.peerCert.name}' was revoked: session closed`);
+}
+
 /**
  * Run the server side of a TLS link over an existing Conn. Rejects (and
  * tells the client why) unless the client proves a valid certificate.
+ * The link lives under the credentials' watch (see
+ * {@link followCredentials}): it ends as soon as the peer's certificate is
+ * found revoked, checked every `opts.revocationCheckMs` and whenever a new
+ * CRL is loaded.
  */
 export async function tlsWrapServer(raw: Conn, opts: LinkOptions): Promise<Conn> {
-  const creds = currentCreds(opts);
+  let src;
+  try {
+    src = await followCredentials(opts.creds);
+  } catch (e) {
+    raw.close();
+    throw e;
+  }
+  try {
+    const c = await wrapServer(raw, opts, src.current());
+    const guard = guardSessions(new Set([c]), src, opts, (x) => revokedLog(opts, x));
+    const held = src;
+    c.closed.then(() => {
+      guard.stop();
+      held.close();
+    });
+    // A CRL loaded while the link was being set up is not missed.
+    await guard.check();
+    return c;
+  } catch (e) {
+    src.close();
+    throw e;
+  }
+}
+
+async function wrapServer(raw: Conn, opts: LinkOptions, creds: Credentials): Promise<TlsConn> {
   const sock = new tls.TLSSocket(connDuplex(raw), {
     isServer: true,
     requestCert: true,
@@ -734,18 +785,38 @@ export async function tlsWrapServer(raw: Conn, opts: LinkOptions): Promise<Conn>
  * Listen on `host:port` for mutually authenticated TLS links. The iterator
  * yields verified Conns only; refused peers are reported through
  * `opts.onRefused` (default: a line on stderr) and never reach the caller.
- * New handshakes use the current `opts.creds()`, so renewed credentials
- * take effect without dropping sessions; sessions whose certificate is
- * revoked are closed within `opts.revocationCheckMs`.
+ * The listener holds the shared watch of its credentials' directory (see
+ * {@link followCredentials}), whether given the watch or a snapshot from
+ * `loadCredentials`: new handshakes use renewed credentials without
+ * dropping sessions, and sessions whose certificate is revoked are closed
+ * as soon as the new CRL is loaded, and at worst within
+ * `opts.revocationCheckMs`.
  *
  * @example
  * ```ts ignore
- * const l = await tlsListen("0.0.0.0", 6666, { creds: () => watch.current() });
+ * const watch = await watchCredentials("certs", "fileserver");
+ * const l = await tlsListen("0.0.0.0", 6666, { creds: watch });
  * for await (const conn of l) serve(conn, tree);
  * ```
  */
 export async function tlsListen(host: string, port: number, opts: LinkOptions): Promise<Listener> {
-  let creds = currentCreds(opts);
+  // Credentials that fail to reload are reported to whoever asked for the watch with onError.
+  const src = await followCredentials(opts.creds);
+  try {
+    return await listenWith(host, port, opts, src);
+  } catch (e) {
+    src.close();
+    throw e;
+  }
+}
+
+async function listenWith(
+  host: string,
+  port: number,
+  opts: LinkOptions,
+  src: CredentialWatch,
+): Promise<Listener> {
+  let creds = src.current();
   const server = tls.createServer({
     ...contextOptions(creds, opts),
     requestCert: true,
@@ -756,7 +827,7 @@ export async function tlsListen(host: string, port: number, opts: LinkOptions): 
   });
   const refresh = () => {
     try {
-      const now = currentCreds(opts);
+      const now = src.current();
       if (now !== creds) {
         server.setSecureContext(contextOptions(now, opts));
         creds = now;
@@ -776,6 +847,7 @@ export async function tlsListen(host: string, port: number, opts: LinkOptions): 
   let waiter: ((c: Conn | null) => void) | null = null;
   let closed = false;
   const live = new Set<IdentifiedConn>();
+  const watch = guardSessions(live, src, opts, (c) => revokedLog(opts, c));
   const deliver = (c: Conn | null) => {
     if (waiter) {
       const w = waiter;
@@ -809,6 +881,8 @@ export async function tlsListen(host: string, port: number, opts: LinkOptions): 
       const c = makeConn(sock, id, rest, ended, addr, local);
       live.add(c);
       c.closed.then(() => live.delete(c));
+      // Credentials that changed during the handshake may carry a new CRL.
+      if (src.current() !== used) void watch.check();
       deliver(c);
     }, (e: Error) => {
       sock.destroy();
@@ -822,27 +896,18 @@ export async function tlsListen(host: string, port: number, opts: LinkOptions): 
       server.off("error", reject);
       resolve();
     });
+  }).catch((e) => {
+    watch.stop();
+    throw e;
   });
-  const watch = (opts.revocationCheckMs ?? 5000) > 0
-    ? watchRevocation(
-      live,
-      () => revokedSerials(opts),
-      opts.revocationCheckMs ?? 5000,
-      (c) =>
-        refusedLog(
-          opts,
-          c.peer.addr,
-          `certificate of '${c.peerCert.name}' was revoked: session closed`,
-        ),
-    )
-    : undefined;
   const a = server.address() as net.AddressInfo;
   return {
     addr: `tcp!${a.address}!${a.port}`,
     close() {
       if (closed) return;
       closed = true;
-      watch?.stop();
+      watch.stop();
+      src.close();
       server.close();
       deliver(null);
     },
