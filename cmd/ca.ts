@@ -29,7 +29,7 @@ const ABOUT =
   ferry ca crl [--der]                    (re)write DIR/crl.pem (and DIR/crl.der)
   ferry ca token NAME [--ttl 10m] [--user|--node] [--group G]... [--cert-ttl 24h]
                                           print a single-use enrolment token for 'ferry enroll'
-  ferry ca sign [--verify] FILE           sign a manifest with the CA's key (FILE.sig)`;
+  ferry ca sign [--verify] FILE           sign a manifest with the CA's key under the next serial (FILE.sig)`;
 
 const OPTIONS = `  --dir DIR        credentials directory
   --force          replace an existing CA key or issued key

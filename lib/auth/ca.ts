@@ -6,7 +6,8 @@
  *
  * Files in DIR: ca.pem (CA certificate), ca.key (CA key, 0600), ca.db (the
  * record, with token hashes: 0600), crl.pem (current CRL), NAME.pem /
- * NAME.key (issued credentials). DIR itself must be closed to group and
+ * NAME.key (issued credentials), manifest.serial (the last serial `ferry
+ * sign` gave a manifest). DIR itself must be closed to group and
  * others (0700): a CA in a looser directory is refused with the `chmod`
  * that fixes it.
  *
