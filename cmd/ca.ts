@@ -33,7 +33,7 @@ const ABOUT =
                                           print a single-use enrolment token for 'ferry enroll';
                                           the certificate carries the --san names, and with
                                           --manifest the host of node NAME's address too
-  ferry ca sign [--verify] FILE           sign a manifest with the CA's key (FILE.sig)`;
+  ferry ca sign [--verify] FILE           sign a manifest with the CA's key under the next serial (FILE.sig)`;
 
 const OPTIONS = `  --dir DIR        credentials directory
   --force          replace an existing CA key or issued key

@@ -7,13 +7,15 @@
 
 import { fail, parse, UsageError } from "../lib/cli.ts";
 import { defaultCertsDir } from "../lib/auth/link.ts";
-import { readVerified, signFile } from "../lib/manifest/sign.ts";
+import { readSigned, signFile } from "../lib/manifest/sign.ts";
 
 const spec = {
   usage: "ferry sign [--dir CADIR] [--verify] FILE",
   about: "Sign the manifest FILE with the CA's Ed25519 key (CADIR/ca.key), writing FILE.sig.\n" +
+    "Each signature carries the next serial number (kept in CADIR/manifest.serial).\n" +
     "Nodes started with 'ferry up' refuse a manifest whose signature is missing or does\n" +
-    "not match. With --verify, check FILE against FILE.sig and CADIR/ca.pem instead.",
+    "not match, and one whose serial is lower than a serial they have already applied.\n" +
+    "With --verify, check FILE against FILE.sig and CADIR/ca.pem instead.",
   options: {
     dir: { type: "string" as const },
     verify: { type: "boolean" as const },
@@ -33,12 +35,12 @@ export async function run(args: string[]): Promise<number> {
     const file = p.positionals[0]!;
     const dir = typeof p.values.dir === "string" ? p.values.dir : defaultCertsDir();
     if (p.values.verify === true) {
-      await readVerified(file, await Deno.readTextFile(`${dir}/ca.pem`));
-      console.log(`${file}: signature good`);
+      const s = await readSigned(file, await Deno.readTextFile(`${dir}/ca.pem`));
+      console.log(`${file}: signature good, serial ${s.serial}`);
       return 0;
     }
     const out = await signFile(file, dir);
-    console.log(`wrote '${out}'`);
+    console.log(`wrote '${out.path}' (serial ${out.serial})`);
     return 0;
   } catch (e) {
     return fail("ferry sign", e);

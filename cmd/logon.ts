@@ -11,7 +11,13 @@ import { fail, parse, UsageError, warnInsecure } from "../lib/cli.ts";
 import { defaultCertsDir, loadCredentials, watchCredentials } from "../lib/auth/link.ts";
 import { loadBytes } from "../lib/manifest/load.ts";
 import { checkManifest } from "../lib/manifest/check.ts";
-import { readVerified, refuseUnsigned } from "../lib/manifest/sign.ts";
+import {
+  checkSerial,
+  readSigned,
+  recordSerial,
+  refuseUnsigned,
+  type SignedManifest,
+} from "../lib/manifest/sign.ts";
 import { logon } from "../lib/manifest/apply.ts";
 import { ManifestError } from "../lib/manifest/schema.ts";
 import { Shell } from "../lib/sh/interp.ts";
@@ -80,12 +86,16 @@ export async function run(args: string[]): Promise<number> {
     const certDir = typeof v.certs === "string" ? v.certs : defaultCertsDir();
     const creds = await loadCredentials(certDir, user);
     let bytes: Uint8Array;
+    let signed: SignedManifest | undefined;
     const insecure = v["insecure-manifest"] === true;
     if (insecure) {
       console.error("logon: warning: --insecure-manifest: the manifest's signature is not checked");
       bytes = await Deno.readFile(file);
     } else {
-      bytes = await readVerified(file, creds.ca);
+      // An older signed copy put back is refused, as 'ferry up' refuses it.
+      signed = await readSigned(file, creds.ca);
+      await checkSerial(signed, file, certDir);
+      bytes = signed.bytes;
     }
     const m = loadBytes(bytes, file, insecure ? {} : { readFile: refuseUnsigned });
     const problems = checkManifest(m);
@@ -101,6 +111,11 @@ export async function run(args: string[]): Promise<number> {
         else if (!quiet) console.error(`logon: ${r.line}`);
       },
     });
+    if (signed) {
+      await recordSerial(signed, certDir).catch((e) =>
+        console.error(`logon: cannot record manifest serial: ${(e as Error).message}`)
+      );
+    }
     const failed = composed.report.filter((r) => !r.ok).length;
     if (!quiet) {
       console.error(

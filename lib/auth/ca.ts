@@ -5,7 +5,11 @@
  * single-use enrolment tokens.
  *
  * Files in DIR: ca.pem (CA certificate), ca.key (CA key, 0600), ca.db (the
- * record), crl.pem (current CRL), NAME.pem / NAME.key (issued credentials).
+ * record, with token hashes: 0600), crl.pem (current CRL), NAME.pem /
+ * NAME.key (issued credentials), manifest.serial (the last serial `ferry
+ * sign` gave a manifest). DIR itself must be closed to group and
+ * others (0700): a CA in a looser directory is refused with the `chmod`
+ * that fixes it.
  *
  * @module
  */
@@ -25,6 +29,7 @@ import {
   type x509,
 } from "./certs.ts";
 import {
+  checkDirMode,
   ensurePrivateDir,
   exportKeyPem,
   generateKeyPair,
@@ -84,6 +89,7 @@ export class CertificateAuthority {
   ): Promise<CertificateAuthority> {
     checkName(name, "CA name");
     await ensurePrivateDir(dir);
+    await checkCaDir(dir);
     if (!opts.force) {
       try {
         await Deno.lstat(`${dir}/ca.key`);
@@ -116,6 +122,7 @@ export class CertificateAuthority {
     } catch {
       throw new Error(`No CA in '${dir}': run 'ferry ca init NAME --dir ${dir}' first`);
     }
+    await checkCaDir(dir);
     let keyPem: string;
     try {
       keyPem = await readKeyFile(`${dir}/ca.key`);
@@ -261,6 +268,14 @@ export class CertificateAuthority {
   close(): void {
     this.store.close();
   }
+}
+
+/**
+ * Throw unless the CA directory `dir` is closed to group and others; the
+ * message gives the `chmod` that fixes it.
+ */
+export async function checkCaDir(dir: string): Promise<void> {
+  checkDirMode(dir, (await Deno.stat(dir)).mode, "CA directory");
 }
 
 /** Write issued credentials as DIR/NAME.pem and DIR/NAME.key. */

@@ -228,6 +228,30 @@ export function checkKeyMode(path: string, mode: number | null): void {
   }
 }
 
+/**
+ * Throw unless directory `path` (mode `mode`, from stat) is closed to group
+ * and others; `what` names it in the message ("CA directory").
+ */
+export function checkDirMode(path: string, mode: number | null, what = "directory"): void {
+  if (mode !== null && (mode & 0o077) !== 0) {
+    throw new KeyError(
+      `${what} '${path}' is open to group or others (mode ${
+        (mode & 0o777).toString(8).padStart(4, "0")
+      }): run 'chmod 700 ${path}'`,
+    );
+  }
+}
+
+/**
+ * Make sure `path` exists as a file only its owner can read or write (0600),
+ * creating it empty if missing and tightening it if it was looser: for files
+ * that a library fills in, such as a database.
+ */
+export function ensureSecretFileSync(path: string): void {
+  Deno.openSync(path, { create: true, write: true, mode: 0o600 }).close();
+  Deno.chmodSync(path, 0o600);
+}
+
 /** Read a key file's PEM text after checking its mode (synchronous, for reloads). */
 export function readKeyFileSync(path: string): string {
   const st = Deno.statSync(path);

@@ -7,6 +7,7 @@
 
 import { DatabaseSync } from "node:sqlite";
 import type { CertKind } from "./certs.ts";
+import { ensureSecretFileSync } from "./keys.ts";
 
 /** One issued certificate as recorded. */
 export interface IssuedRecord {
@@ -91,8 +92,13 @@ function toRecord(r: Row): IssuedRecord {
 export class CaStore {
   readonly db: DatabaseSync;
 
-  /** Open (creating if needed) the database at `path`. */
+  /**
+   * Open (creating if needed) the database at `path`. It holds token hashes,
+   * so the file is made (or tightened to) 0600 before SQLite opens it; SQLite
+   * gives its journal the same mode.
+   */
   constructor(path: string) {
+    if (path !== ":memory:") ensureSecretFileSync(path);
     this.db = new DatabaseSync(path);
     this.db.exec("pragma busy_timeout = 5000");
     this.db.exec(SCHEMA);

@@ -236,6 +236,9 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
     );
     await must(`ferry check ${short(file)}`, ["check", file]);
     await must(`ferry sign ${short(file)}`, ["sign", "--dir", ca, file]);
+    // Kept to show in step 12 that an older signed copy cannot be put back.
+    await Deno.copyFile(file, `${tmp}/cluster-first.toml`);
+    await Deno.copyFile(`${file}.sig`, `${tmp}/cluster-first.toml.sig`);
 
     step("3. Three nodes come up, each a separate process with mutual TLS");
     for (const n of ["gateway", "files", "phone"]) {
@@ -361,7 +364,17 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
     await waitText(files, before2, /refused[^\n]*\n[^\n]*/);
     say(`  ${files.stderr.slice(before2).trim().split("\n").join("\n  ")}`);
 
-    step("12. ferry down");
+    step("12. The first signed manifest put back is refused: its serial is lower");
+    await Deno.copyFile(`${tmp}/cluster-first.toml.sig`, `${file}.sig`);
+    await Deno.copyFile(`${tmp}/cluster-first.toml`, file);
+    const before3 = files.stderr.length;
+    files.proc.kill("SIGHUP");
+    say("% cp cluster-first.toml cluster.toml; cp cluster-first.toml.sig cluster.toml.sig");
+    say("% kill -HUP <files>");
+    await waitText(files, before3, /refused[^\n]*\n[^\n]*serial[^\n]*/);
+    say(`  ${files.stderr.slice(before3).trim().split("\n").join("\n  ")}`);
+
+    step("13. ferry down");
     for (const n of ["phone", "files", "gateway"]) {
       await must(`ferry down --node ${n}`, ["down", "--node", n, "--certs", `${tmp}/${n}/certs`]);
       await nodes.get(n)!.proc.status;

@@ -3,6 +3,13 @@
  * cannot be walked to, created or listed. Used for host exports with a
  * `filter` list.
  *
+ * A filter holds whatever a path becomes: a rename (Twstat of the name) is
+ * refused when a pattern covers the old name, the new name, or, for a
+ * directory, anything inside it under either name, since the files inside
+ * would change paths without changing place. The error names the pattern.
+ * Walks follow `..` by name, so a walk out of a directory and back in is
+ * checked like any other path.
+ *
  * @module
  */
 
@@ -40,7 +47,12 @@ export class FilterTree implements Tree {
   constructor(readonly inner: Tree, readonly filter: readonly string[]) {}
 
   async attach(caller: Caller, aname: string): Promise<Node> {
-    return new FilterNode(await this.inner.attach(caller, aname), [], this.filter);
+    // The attach name is a path too: the node's place in the filter is where it leads.
+    const rel = aname.split("/").filter((n) => n !== "" && n !== ".");
+    if (rel.includes("..") || rel.some((_, i) => hidden(this.filter, rel.slice(0, i + 1)))) {
+      throw new StyxError(Ename.notFound);
+    }
+    return new FilterNode(await this.inner.attach(caller, aname), rel, this.filter);
   }
 }
 
@@ -48,10 +60,67 @@ function hidden(filter: readonly string[], rel: string[]): boolean {
   return rel.length > 0 && hiddenBy(filter, rel.join("/")) !== undefined;
 }
 
+/**
+ * The first pattern of `filter` that could match, as a whole path, something
+ * inside directory `rel`: renaming the directory would move that under or
+ * out from under the pattern. Patterns that match only a last element
+ * ("*.key") do not count: a rename of a directory leaves its files' own
+ * names alone.
+ */
+function coversInside(filter: readonly string[], rel: string[]): string | undefined {
+  const inside = `${rel.join("/")}/`;
+  return filter.find((f) => prefixRe(f.slice(1)).test(inside));
+}
+
+const prefixCache = new Map<string, RegExp>();
+
+/**
+ * A regular expression for every string that begins some path glob `g`
+ * matches, with the glob read as {@link hiddenBy} reads it: "*" is any run
+ * within one element, "**" any run across elements, "?" one character. A
+ * bracket class is taken as any one character, which can only refuse more.
+ */
+function prefixRe(g: string): RegExp {
+  let re = prefixCache.get(g);
+  if (re) return re;
+  // Each token is a single-character class, perhaps repeated.
+  const tokens: { cls: string; star: boolean }[] = [];
+  for (let i = 0; i < g.length; i++) {
+    const c = g[i]!;
+    if (c === "*") {
+      const run = g[i + 1] === "*";
+      while (g[i + 1] === "*") i++;
+      tokens.push({ cls: run ? "[\\s\\S]" : "[^/]", star: true });
+    } else if (c === "?") {
+      tokens.push({ cls: "[^/]", star: false });
+    } else if (c === "[") {
+      const end = g.indexOf("]", i + 2);
+      if (end < 0) tokens.push({ cls: "\\[", star: false });
+      else {
+        tokens.push({ cls: "[\\s\\S]", star: false });
+        i = end;
+      }
+    } else {
+      tokens.push({ cls: c.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&"), star: false });
+    }
+  }
+  // The prefixes of t1 t2 … tn: "" | t1 (prefixes of t2 … tn), or for a
+  // repeated token t*, t* (prefixes of the rest).
+  let body = "";
+  for (let i = tokens.length - 1; i >= 0; i--) {
+    const t = tokens[i]!;
+    body = t.star ? `${t.cls}*${body}` : `(?:${t.cls}${body})?`;
+  }
+  re = new RegExp(`^${body}$`);
+  prefixCache.set(g, re);
+  return re;
+}
+
 class FilterNode implements Node {
   constructor(
     readonly inner: Node,
-    readonly rel: string[],
+    /** Where the node is, from the export's root: what the filter is matched against. */
+    public rel: string[],
     readonly filter: readonly string[],
   ) {}
 
@@ -65,6 +134,8 @@ class FilterNode implements Node {
     let n = 0;
     for (; n < names.length; n++) {
       const name = names[n]!;
+      // Servers refuse these names; a caller in this process must not slip them past the filter.
+      if (name === "" || name === "." || name.includes("/")) break;
       if (name === "..") rel.pop();
       else rel.push(name);
       if (hidden(this.filter, rel)) break;
@@ -101,11 +172,27 @@ class FilterNode implements Node {
     return this.inner.stat(opts);
   }
 
-  wstat(dir: Dir, opts?: OpOptions): Promise<void> {
-    if (dir.name !== "" && hidden(this.filter, [...this.rel.slice(0, -1), dir.name])) {
-      return Promise.reject(new StyxError(Ename.perm));
+  async wstat(dir: Dir, opts?: OpOptions): Promise<void> {
+    const from = this.rel;
+    if (dir.name === "" || from.length === 0 || dir.name === from[from.length - 1]) {
+      return await this.inner.wstat(dir, opts);
     }
-    return this.inner.wstat(dir, opts);
+    const to = [...from.slice(0, -1), dir.name];
+    const isDir = (this.inner.qid.type & QTDIR) !== 0;
+    const covers = (rel: string[], what: string): string | undefined => {
+      const f = hiddenBy(this.filter, rel.join("/"));
+      if (f) return `filter '${f}' covers '${rel.join("/")}'`;
+      const inside = isDir ? coversInside(this.filter, rel) : undefined;
+      return inside ? `filter '${inside}' covers what '${rel.join("/")}' ${what}` : undefined;
+    };
+    const why = covers(from, "holds") ?? covers(to, "would hold");
+    if (why) {
+      throw new StyxError(
+        `${Ename.perm}: cannot rename '${from.join("/")}' to '${dir.name}': ${why}`,
+      );
+    }
+    await this.inner.wstat(dir, opts);
+    this.rel = to;
   }
 
   remove(opts?: OpOptions): Promise<void> {

@@ -10,7 +10,9 @@
  * removed or redefined exports drop the sessions using them, a user who
  * lost access loses the sessions attached to that export, and every other
  * session carries on. A manifest that fails to verify or check is
- * reported and the running one kept.
+ * reported and the running one kept, and so is a signed manifest whose
+ * serial is lower than the highest this node has applied (kept in its
+ * credentials directory, see sign.ts), so an older copy put back is refused.
  *
  * @module
  */
@@ -34,7 +36,13 @@ import type { PhoneBackend } from "../dev/phone/backend.ts";
 import { FilterTree } from "./filter.ts";
 import { checkManifest } from "./check.ts";
 import { loadBytes } from "./load.ts";
-import { readVerified, refuseUnsigned } from "./sign.ts";
+import {
+  checkSerial,
+  readSigned,
+  recordSerial,
+  refuseUnsigned,
+  type SignedManifest,
+} from "./sign.ts";
 import { applyNamespace, NodeDialer } from "./apply.ts";
 import {
   accessAllows,
@@ -148,11 +156,12 @@ export class FerryNode {
         onError: (e) => n.#log(`up: cannot reload credentials: ${e.message}`),
       });
       n.#stamp = await fileStamp(opts.file);
-      const m = await n.#read();
+      const { m, signed } = await n.#read();
       n.#m = m;
       n.#spec = m.nodes.get(opts.node)!;
       for (const e of n.#spec.exports.values()) await n.#addExport(e);
       await n.#listen();
+      if (signed) await recordSerial(signed, opts.certDir);
     } catch (e) {
       await n.close();
       throw e;
@@ -170,9 +179,10 @@ export class FerryNode {
     return n;
   }
 
-  async #read(): Promise<Manifest> {
+  async #read(): Promise<{ m: Manifest; signed?: SignedManifest }> {
     const { file, node } = this.#opts;
     let bytes: Uint8Array;
+    let signed: SignedManifest | undefined;
     if (this.#opts.insecureManifest) {
       try {
         bytes = await Deno.readFile(file);
@@ -180,7 +190,9 @@ export class FerryNode {
         throw new Error(`Cannot read manifest '${file}': ${(e as Error).message}`);
       }
     } else {
-      bytes = await readVerified(file, this.#creds.current().ca);
+      signed = await readSigned(file, this.#creds.current().ca);
+      await checkSerial(signed, file, this.#opts.certDir);
+      bytes = signed.bytes;
     }
     const m = loadBytes(
       bytes,
@@ -194,7 +206,7 @@ export class FerryNode {
         `No node '${node}' in '${file}' (nodes: ${[...m.nodes.keys()].join(", ") || "none"})`,
       );
     }
-    return m;
+    return { m, signed };
   }
 
   async #makeTree(e: ExportSpec): Promise<LiveExport> {
@@ -340,17 +352,23 @@ export class FerryNode {
    */
   reload(reason = "asked to"): Promise<boolean> {
     const run = async (): Promise<boolean> => {
-      let m: Manifest;
+      let next: { m: Manifest; signed?: SignedManifest };
       try {
-        m = await this.#read();
+        next = await this.#read();
       } catch (e) {
         this.#log(
           `up: reload (${reason}) refused, keeping the running manifest:\n${(e as Error).message}`,
         );
         return false;
       }
-      await this.#apply(m);
-      this.#log(`up: reloaded (${reason})`);
+      await this.#apply(next.m);
+      const signed = next.signed;
+      if (signed) {
+        await recordSerial(signed, this.#opts.certDir).catch((e) =>
+          this.#log(`up: cannot record manifest serial ${signed.serial}: ${(e as Error).message}`)
+        );
+      }
+      this.#log(`up: reloaded (${reason})${signed ? `: manifest serial ${signed.serial}` : ""}`);
       return true;
     };
     const p = (this.#reloading ?? Promise.resolve(true)).then(run, run);

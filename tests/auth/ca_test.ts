@@ -18,6 +18,8 @@ import {
 import { loadCredentials, mapAlg, watchCredentials } from "../../lib/auth/link.ts";
 import { makeToken, parseToken } from "../../lib/auth/token.ts";
 import { crlSerials } from "../../lib/auth/verify.ts";
+import { CaStore } from "../../lib/auth/store.ts";
+import { ferryArgv } from "../../lib/self.ts";
 import { openssl } from "./fixture.ts";
 
 Deno.test("certificate authority", async (t) => {
@@ -264,6 +266,83 @@ Deno.test("certificate authority", async (t) => {
     });
   } finally {
     ca.close();
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
+
+Deno.test("the CA directory and ca.db are kept private", async (t) => {
+  const tmp = await Deno.makeTempDir({ prefix: "ferry-ca-modes-" });
+  const dec = new TextDecoder();
+  const ferry = async (args: string[]) => {
+    const [exe, ...pre] = ferryArgv();
+    const o = await new Deno.Command(exe!, {
+      args: [...pre, ...args],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    return { code: o.code, out: dec.decode(o.stdout), err: dec.decode(o.stderr) };
+  };
+  const mode = async (p: string) => (await Deno.stat(p)).mode! & 0o777;
+  try {
+    await t.step("ca.db is 0600 even in a pre-existing 0755 directory", async () => {
+      const shared = `${tmp}/shared`;
+      await Deno.mkdir(shared);
+      await Deno.chmod(shared, 0o755);
+      const db = new CaStore(`${shared}/ca.db`);
+      db.addToken(
+        "0".repeat(64),
+        { name: "n", kind: "node", groups: [], ttlMs: 1 },
+        new Date(),
+        new Date(),
+      );
+      db.close();
+      assert.equal(await mode(`${shared}/ca.db`), 0o600);
+      // A database left 0644 by an older version is tightened when opened.
+      await Deno.chmod(`${shared}/ca.db`, 0o644);
+      new CaStore(`${shared}/ca.db`).close();
+      assert.equal(await mode(`${shared}/ca.db`), 0o600);
+    });
+
+    await t.step("'ferry ca init' refuses a 0755 directory, naming the chmod", async () => {
+      const dir = `${tmp}/certs`;
+      await Deno.mkdir(dir);
+      await Deno.chmod(dir, 0o755);
+      const r = await ferry(["ca", "init", "modes-ca", "--dir", dir]);
+      assert.notEqual(r.code, 0, r.out);
+      assert.match(
+        r.err,
+        new RegExp(
+          `CA directory '${dir}' is open to group or others \\(mode 0755\\): run 'chmod 700 ${dir}'`,
+        ),
+      );
+      assert.deepEqual(
+        [...Deno.readDirSync(dir)],
+        [],
+        "nothing is written into a refused directory",
+      );
+      await Deno.chmod(dir, 0o700);
+      const ok = await ferry(["ca", "init", "modes-ca", "--dir", dir]);
+      assert.equal(ok.code, 0, ok.err);
+      assert.equal(await mode(`${dir}/ca.db`), 0o600);
+      assert.equal(await mode(`${dir}/ca.key`), 0o600);
+      const tok = await ferry(["ca", "token", "dev1", "--dir", dir]);
+      assert.equal(tok.code, 0, tok.err);
+      assert.equal(await mode(`${dir}/ca.db`), 0o600);
+    });
+
+    await t.step("a CA whose directory was opened up is refused until it is closed", async () => {
+      const dir = `${tmp}/certs`;
+      await Deno.chmod(dir, 0o750);
+      const r = await ferry(["ca", "list", "--dir", dir]);
+      assert.notEqual(r.code, 0, r.out);
+      assert.match(r.err, new RegExp(`\\(mode 0750\\): run 'chmod 700 ${dir}'`));
+      await assert.rejects(CertificateAuthority.open(dir), /run 'chmod 700 /);
+      await Deno.chmod(dir, 0o700);
+      const ok = await ferry(["ca", "list", "--dir", dir]);
+      assert.equal(ok.code, 0, ok.err);
+    });
+  } finally {
     await Deno.remove(tmp, { recursive: true });
   }
 });
