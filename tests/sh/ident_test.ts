@@ -158,6 +158,8 @@ Deno.test({
     await Deno.chmod(`${files}/secret`, 0o600);
     await Deno.writeTextFile(`${files}/public`, "for everyone\n", { mode: 0o644 });
     await Deno.chmod(`${files}/public`, 0o644);
+    await Deno.mkdir(`${files}/drop`);
+    await Deno.chmod(`${files}/drop`, 0o777);
     await Deno.mkdir(`${tmp}/root`);
 
     const sleeper = new Deno.Command("sleep", { args: ["300"], stdout: "null", stderr: "null" })
@@ -217,6 +219,10 @@ Deno.test({
             await errorOf(m.ns.writeFile("/n/public", enc.encode("mine"))),
             /permission denied/,
           );
+          // What she may create is hers on the host.
+          await m.ns.writeFile("/n/drop/note", enc.encode("mallory was here"));
+          assert.equal((await Deno.lstat(`${files}/drop/note`)).uid, MALLORY_UID);
+          assert.equal((await m.ns.stat("/n/drop/note")).uid, "mallory");
         } finally {
           await m.close();
         }
