@@ -96,6 +96,8 @@ export interface Beneath {
   /** Set the times (seconds); an undefined one is left alone. */
   utimes(names: readonly string[], atime: number | undefined, mtime: number | undefined): void;
   chgrp(names: readonly string[], gid: number): void;
+  /** Give the file to `uid` and `gid` (-1 leaves one alone); a symlink is not followed. */
+  chown(names: readonly string[], uid: number, gid: number): void;
   /** Rename within the same directory; refused when `to` exists. */
   rename(names: readonly string[], to: string): void;
   /** Remove a file or an empty directory. */
@@ -282,6 +284,8 @@ export function checkedBeneath(realRoot: string): Beneath {
     },
 
     chgrp: (names, gid) => fs.chownSync(real(names), -1, gid),
+
+    chown: (names, uid, gid) => fs.lchownSync(real(names), uid, gid),
 
     rename(names, to) {
       const p = under(names);

@@ -26,8 +26,10 @@
  *   administrator is served like any other file.
  *
  * Host semantics worth knowing:
- * - Every operation runs with the permissions of the Ferry process; the
- *   caller's name is not mapped to a host user.
+ * - Every operation runs with the permissions of the Ferry process, and a
+ *   verified caller whose name is a host account is also held to that
+ *   account's permission bits (see hostperm.ts); files it creates are given
+ *   to it when the process may do so.
  * - Only regular files and directories can be opened; FIFOs, sockets and
  *   devices are listed but opening them gives "permission denied".
  * - Created files get `perm & (~0666 | (dirperm & 0666))`, directories
@@ -71,6 +73,7 @@ import {
   StyxError,
 } from "../styx/types.ts";
 import { type HostUsers, hostUsers } from "./users.ts";
+import { accountFor, AEXEC, AREAD, AWRITE, mustOwn, need } from "./hostperm.ts";
 import { allocReadData } from "../styx/frame.ts";
 import {
   type Access,
@@ -203,7 +206,7 @@ export class HostTree implements Tree {
    * Attach to the root, or with a non-empty `aname` ("sub/dir") to a
    * directory below it, reached as a walk would reach it.
    */
-  async attach(_caller: Caller, aname: string): Promise<Node> {
+  async attach(caller: Caller, aname: string): Promise<Node> {
     let ctx: Ctx;
     try {
       ctx = await this.#context();
@@ -212,7 +215,7 @@ export class HostTree implements Tree {
     }
     let root: HostNode;
     try {
-      root = new HostNode(ctx, [], "/", qidOf(ctx, ctx.host.lstat([])));
+      root = new HostNode(ctx, [], "/", qidOf(ctx, ctx.host.lstat([])), caller);
     } catch (e) {
       throw hostError(e);
     }
@@ -362,6 +365,13 @@ function wantsWrite(mode: number): boolean {
   return acc === OWRITE || acc === ORDWR || (mode & OTRUNC) !== 0;
 }
 
+/** The access bits opening with 9P `mode` needs. */
+function openBits(mode: number): number {
+  const acc = mode & 3;
+  const bits = acc === OWRITE ? AWRITE : acc === ORDWR ? AREAD | AWRITE : acc === 3 ? AEXEC : AREAD;
+  return (mode & OTRUNC) !== 0 ? bits | AWRITE : bits;
+}
+
 /** The access a 9P open mode asks of the host (OEXEC reads). */
 function access(mode: number): Access {
   const acc = mode & 3;
@@ -375,31 +385,51 @@ class HostNode implements Node {
   /**
    * `rel` is the resolved path below the root (no symlink in it); `name`
    * is the name the client walked, which differs when it walked a symlink.
+   * `caller`: who the node acts for, unless an operation names another.
    */
-  constructor(readonly ctx: Ctx, public rel: string[], public name: string, qid: Qid) {
+  constructor(
+    readonly ctx: Ctx,
+    public rel: string[],
+    public name: string,
+    qid: Qid,
+    readonly caller?: Caller,
+  ) {
     this.#qid = qid;
     ctx.live.add(this);
+  }
+
+  /** The host account an operation is checked as (undefined: not checked). */
+  #acct(opts?: OpOptions) {
+    return accountFor(this.ctx.users, opts?.caller ?? this.caller);
+  }
+
+  #parentStat(): HostStat {
+    return this.ctx.host.lstat(this.rel.slice(0, -1));
   }
 
   get qid(): Qid {
     return this.#qid;
   }
 
-  walk(names: string[], _opts?: OpOptions): Promise<WalkResult> {
+  walk(names: string[], opts?: OpOptions): Promise<WalkResult> {
+    // Nodes walked to act for whoever walked.
+    const caller = opts?.caller ?? this.caller;
     if (names.length === 0) {
       return Promise.resolve({
         qids: [],
-        node: new HostNode(this.ctx, this.rel, this.name, this.#qid),
+        node: new HostNode(this.ctx, this.rel, this.name, this.#qid, caller),
       });
     }
     const qids: Qid[] = [];
     let rel = this.rel;
     let qid = this.#qid;
     let walked = this.name;
+    const acct = this.#acct(opts);
     for (const name of names) {
       try {
         checkName(name);
         if ((qid.type & QTDIR) === 0) throw new StyxError(Ename.walkNoDir);
+        if (acct) need(acct, this.ctx.host.lstat(rel), AEXEC);
         [rel, qid, walked] = this.#step(rel, name);
       } catch (e) {
         if (qids.length === 0) return Promise.reject(hostError(e));
@@ -407,7 +437,7 @@ class HostNode implements Node {
       }
       qids.push(qid);
     }
-    return Promise.resolve({ qids, node: new HostNode(this.ctx, rel, walked, qid) });
+    return Promise.resolve({ qids, node: new HostNode(this.ctx, rel, walked, qid, caller) });
   }
 
   #step(rel: string[], name: string): [string[], Qid, string] {
@@ -430,18 +460,24 @@ class HostNode implements Node {
     return [inside, qidOf(ctx, target), name];
   }
 
-  open(mode: number, _opts?: OpOptions): Promise<OpenFile> {
+  open(mode: number, opts?: OpOptions): Promise<OpenFile> {
     try {
-      return Promise.resolve(this.#open(mode));
+      return Promise.resolve(this.#open(mode, opts));
     } catch (e) {
       return Promise.reject(hostError(e));
     }
   }
 
-  #open(mode: number): OpenFile {
+  #open(mode: number, opts?: OpOptions): OpenFile {
     const ctx = this.ctx;
     if (ctx.readOnly && (wantsWrite(mode) || (mode & ORCLOSE) !== 0)) {
       throw new StyxError(Ename.perm);
+    }
+    const acct = this.#acct(opts);
+    if (acct) {
+      const st = ctx.host.lstat(this.rel);
+      need(acct, st, isDir(st) ? AREAD : openBits(mode));
+      if (mode & ORCLOSE) need(acct, this.#parentStat(), AWRITE | AEXEC);
     }
     // A symlink here replaced the walked file: the resolver refuses it.
     const r = ctx.host.open(this.rel, access(mode), (mode & OTRUNC) !== 0);
@@ -456,15 +492,15 @@ class HostNode implements Node {
     return new HostFile(this, r.file!, mode);
   }
 
-  create(name: string, perm: number, mode: number, _opts?: OpOptions): Promise<Created> {
+  create(name: string, perm: number, mode: number, opts?: OpOptions): Promise<Created> {
     try {
-      return Promise.resolve(this.#create(name, perm, mode));
+      return Promise.resolve(this.#create(name, perm, mode, opts));
     } catch (e) {
       return Promise.reject(hostError(e));
     }
   }
 
-  #create(name: string, perm: number, mode: number): Created {
+  #create(name: string, perm: number, mode: number, opts?: OpOptions): Created {
     const ctx = this.ctx;
     checkName(name);
     if (name === "..") throw new StyxError(Ename.badName);
@@ -472,13 +508,26 @@ class HostNode implements Node {
     if ((this.#qid.type & QTDIR) === 0) throw new StyxError(Ename.notDir);
     const dirSt = ctx.host.lstat(this.rel);
     if (!isDir(dirSt)) throw new StyxError(Ename.notDir);
+    const acct = this.#acct(opts);
+    const caller = opts?.caller ?? this.caller;
+    need(acct, dirSt, AWRITE | AEXEC);
+    // What a checked caller creates is its own, as on the host.
+    const own = (names: string[]): HostStat | undefined => {
+      if (!acct) return undefined;
+      try {
+        ctx.host.chown(names, acct.uid, acct.gid);
+        return ctx.host.lstat(names);
+      } catch {
+        return undefined; // only a process running as root may give a file away
+      }
+    };
     const dirperm = dirSt.mode & 0o777;
     const rel = [...this.rel, name];
     if ((perm & DMDIR) !== 0) {
       if (wantsWrite(mode)) throw new StyxError(Ename.isDir);
       const bits = perm & (~0o777 | dirperm) & 0o777;
       const st = ctx.host.mkdir(rel, bits);
-      const node = new HostNode(ctx, rel, name, qidOf(ctx, st));
+      const node = new HostNode(ctx, rel, name, qidOf(ctx, own(rel) ?? st), caller);
       try {
         const r = ctx.host.open(rel, 0, false);
         if (!r.dir) throw new StyxError(Ename.notDir);
@@ -490,7 +539,7 @@ class HostNode implements Node {
     }
     const bits = perm & (~0o666 | (dirperm & 0o666)) & 0o777;
     const r = ctx.host.create(rel, access(mode), bits);
-    const node = new HostNode(ctx, rel, name, qidOf(ctx, r.st));
+    const node = new HostNode(ctx, rel, name, qidOf(ctx, own(rel) ?? r.st), caller);
     return { node, file: new HostFile(node, r.file, mode) };
   }
 
@@ -507,16 +556,16 @@ class HostNode implements Node {
     }
   }
 
-  wstat(d: Dir, _opts?: OpOptions): Promise<void> {
+  wstat(d: Dir, opts?: OpOptions): Promise<void> {
     try {
-      this.#wstat(d);
+      this.#wstat(d, opts);
       return Promise.resolve();
     } catch (e) {
       return Promise.reject(hostError(e));
     }
   }
 
-  #wstat(d: Dir): void {
+  #wstat(d: Dir, opts?: OpOptions): void {
     const ctx = this.ctx;
     const host = ctx.host;
     if (ctx.readOnly) throw new StyxError(Ename.perm);
@@ -564,6 +613,18 @@ class HostNode implements Node {
       gid = ctx.users.gid(d.gid);
       if (gid === undefined) throw new StyxError("unknown group");
     }
+    const acct = this.#acct(opts);
+    if (acct) {
+      // As on the host: the owner changes modes, times and groups (only to
+      // one of its own), anyone who may write changes the length, and a
+      // rename needs write permission in the directory.
+      if (perm !== undefined || mtime !== undefined || atime !== undefined || gid !== undefined) {
+        mustOwn(acct, st);
+      }
+      if (gid !== undefined && !acct.gids.has(gid)) throw new StyxError(Ename.perm);
+      if (length !== undefined) need(acct, st, AWRITE);
+      if (newName !== undefined) need(acct, this.#parentStat(), AWRITE | AEXEC);
+    }
     if (newName !== undefined) {
       let exists = true;
       try {
@@ -595,11 +656,18 @@ class HostNode implements Node {
     }
   }
 
-  remove(_opts?: OpOptions): Promise<void> {
+  remove(opts?: OpOptions): Promise<void> {
     // The node is released whether or not the remove succeeds.
     this.ctx.live.delete(this);
     try {
       if (this.ctx.readOnly || this.rel.length === 0) throw new StyxError(Ename.perm);
+      const acct = this.#acct(opts);
+      if (acct) {
+        const dir = this.#parentStat();
+        need(acct, dir, AWRITE | AEXEC);
+        // In a sticky directory (/tmp) only the file's or the directory's owner removes.
+        if (dir.mode & 0o1000 && dir.uid !== acct.uid) mustOwn(acct, this.ctx.host.lstat(this.rel));
+      }
       this.ctx.host.remove(this.rel);
       return Promise.resolve();
     } catch (e) {

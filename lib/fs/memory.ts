@@ -338,7 +338,15 @@ class MemNode implements Node {
     return { ...this.entry.qid };
   }
 
-  walk(names: string[], _opts?: OpOptions): Promise<WalkResult> {
+  /** This node acting for `opts.caller`, when an operation names another caller. */
+  #for(opts?: OpOptions): MemNode | undefined {
+    const c = opts?.caller;
+    return c === undefined || c === this.caller ? undefined : new MemNode(this.tree, this.entry, c);
+  }
+
+  walk(names: string[], opts?: OpOptions): Promise<WalkResult> {
+    const other = this.#for(opts);
+    if (other) return other.walk(names, opts);
     if (names.length === 0) {
       return Promise.resolve({ qids: [], node: new MemNode(this.tree, this.entry, this.caller) });
     }
@@ -366,7 +374,9 @@ class MemNode implements Node {
     return Promise.resolve({ qids, node: new MemNode(this.tree, e, this.caller) });
   }
 
-  open(mode: number, _opts?: OpOptions): Promise<OpenFile> {
+  open(mode: number, opts?: OpOptions): Promise<OpenFile> {
+    const other = this.#for(opts);
+    if (other) return other.open(mode, opts);
     try {
       return Promise.resolve(this.#open(mode));
     } catch (e) {
@@ -399,7 +409,9 @@ class MemNode implements Node {
     return new MemFile(this.tree, e, this.caller, mode);
   }
 
-  create(name: string, perm: number, mode: number, _opts?: OpOptions): Promise<Created> {
+  create(name: string, perm: number, mode: number, opts?: OpOptions): Promise<Created> {
+    const other = this.#for(opts);
+    if (other) return other.create(name, perm, mode, opts);
     try {
       const dir = this.entry;
       if (!dir.children) throw new StyxError(Ename.notDir);
@@ -423,7 +435,9 @@ class MemNode implements Node {
     return Promise.resolve(dirOf(this.entry));
   }
 
-  wstat(d: Dir, _opts?: OpOptions): Promise<void> {
+  wstat(d: Dir, opts?: OpOptions): Promise<void> {
+    const other = this.#for(opts);
+    if (other) return other.wstat(d, opts);
     try {
       this.#wstat(d);
       return Promise.resolve();
@@ -497,7 +511,9 @@ class MemNode implements Node {
     if (d.atime !== NOCHANGE32) e.atime = d.atime;
   }
 
-  remove(_opts?: OpOptions): Promise<void> {
+  remove(opts?: OpOptions): Promise<void> {
+    const other = this.#for(opts);
+    if (other) return other.remove(opts);
     const e = this.entry;
     if (e.removed) return Promise.reject(new StyxError(Ename.notFound));
     if (e === this.tree.root) return Promise.reject(new StyxError(Ename.perm));

@@ -441,6 +441,12 @@ export function openat2Beneath(realRoot: string): Beneath | undefined {
       });
     },
 
+    chown(names, uid, gid) {
+      withObject(names, (fd) => {
+        check(l!, "chown", l!.fchownat(fd, EMPTY, uid >>> 0, gid >>> 0, AT_EMPTY_PATH));
+      });
+    },
+
     rename(names, to) {
       const [parent, from] = parentOf(names);
       withFd(parent, O_PATH | O_DIRECTORY, (dirfd) => {

@@ -663,7 +663,8 @@ class SynthNode implements Node {
   }
 
   async walk(names: string[], opts?: OpOptions): Promise<WalkResult> {
-    const ctx: Ctx = { caller: this.caller, signal: opts?.signal };
+    const caller = opts?.caller ?? this.caller;
+    const ctx: Ctx = { caller, signal: opts?.signal };
     let places = this.places;
     const qids: Qid[] = [];
     for (const [i, name] of names.entries()) {
@@ -688,20 +689,21 @@ class SynthNode implements Node {
       const p = places[places.length - 1]!;
       qids.push(this.tree.qidOf(p.entry, p.key));
     }
-    return { qids, node: new SynthNode(this.tree, this.caller, places) };
+    return { qids, node: new SynthNode(this.tree, caller, places) };
   }
 
   async open(mode: number, opts?: OpOptions): Promise<OpenFile> {
     const { entry, key } = this.#here;
-    const ctx: Ctx = { caller: this.caller, signal: opts?.signal };
+    const caller = opts?.caller ?? this.caller;
+    const ctx: Ctx = { caller, signal: opts?.signal };
     if (entry.kind === "dir") {
       if ((mode & 3) !== 0 || mode & OTRUNC) throw new StyxError(Ename.isDir);
-      if (!this.tree.allowed(entry, this.caller, 0)) throw new StyxError(Ename.perm);
-      return new DirFile(this.tree, entry, key, this.caller, this.qid);
+      if (!this.tree.allowed(entry, caller, 0)) throw new StyxError(Ename.perm);
+      return new DirFile(this.tree, entry, key, caller, this.qid);
     }
-    if (!this.tree.allowed(entry, this.caller, mode)) throw new StyxError(Ename.perm);
+    if (!this.tree.allowed(entry, caller, mode)) throw new StyxError(Ename.perm);
     const handle = await entry.open({ ...ctx, mode });
-    return new SynthFile(handle, mode, this.caller, this.qid);
+    return new SynthFile(handle, mode, caller, this.qid);
   }
 
   create(): Promise<Created> {
@@ -713,7 +715,7 @@ class SynthNode implements Node {
     return this.tree.dirOf(
       entry,
       key,
-      { caller: this.caller, signal: opts?.signal },
+      { caller: opts?.caller ?? this.caller, signal: opts?.signal },
       this.places.length === 1,
     );
   }

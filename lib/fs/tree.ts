@@ -34,6 +34,14 @@ export interface OpOptions {
    * trip; other trees ignore it.
    */
   openMode?: number;
+  /**
+   * Who this operation is for, when not the caller the node was attached
+   * as: a namespace served to a client passes the client along, so that
+   * the trees it reaches (attached earlier, as the namespace's own user)
+   * check the client's permissions. Nodes walked to keep it. Set only by
+   * code in this process, never from the wire.
+   */
+  caller?: Caller;
 }
 
 /**

@@ -8,12 +8,24 @@
  * @module
  */
 
+/** A host account: what a host tree checks a caller's permissions as. */
+export interface HostAccount {
+  /** The account's uid. */
+  uid: number;
+  /** Its primary gid (what files it creates get), or -1 when passwd names none. */
+  gid: number;
+  /** Its primary gid and every group that lists it as a member. */
+  gids: Set<number>;
+}
+
 /** Numbers ↔ names for host users and groups. */
 export class HostUsers {
   readonly #users = new Map<number, string>();
   readonly #groups = new Map<number, string>();
   readonly #uidByName = new Map<string, number>();
   readonly #gidByName = new Map<string, number>();
+  readonly #primaryGid = new Map<string, number>();
+  readonly #memberOf = new Map<string, number[]>();
 
   /**
    * Build from the text of a passwd file and a group file (either may be
@@ -28,14 +40,41 @@ export class HostUsers {
    * ```
    */
   constructor(passwd: string, group: string) {
-    for (const [name, id] of parseIdFile(passwd)) {
+    for (const [name, id, f] of parseIdFile(passwd)) {
       if (!this.#users.has(id)) this.#users.set(id, name);
       if (!this.#uidByName.has(name)) this.#uidByName.set(name, id);
+      const gid = f[3] === undefined ? undefined : decimal(f[3]);
+      if (gid !== undefined && !this.#primaryGid.has(name)) this.#primaryGid.set(name, gid);
     }
-    for (const [name, id] of parseIdFile(group)) {
+    for (const [name, id, f] of parseIdFile(group)) {
       if (!this.#groups.has(id)) this.#groups.set(id, name);
       if (!this.#gidByName.has(name)) this.#gidByName.set(name, id);
+      for (const m of (f[3] ?? "").split(",")) {
+        if (m !== "") this.#memberOf.set(m, [...(this.#memberOf.get(m) ?? []), id]);
+      }
     }
+  }
+
+  /**
+   * The host account named `name` (a name only, never a number), or
+   * undefined when the host has none.
+   *
+   * @example
+   * ```ts
+   * import { HostUsers } from "./users.ts";
+   * const u = new HostUsers("glenda:x:1000:100::/home/glenda:/bin/sh\n", "sys:x:3:glenda\n");
+   * const a = u.account("glenda");
+   * if (a?.uid !== 1000 || !a.gids.has(100) || !a.gids.has(3)) throw new Error("wrong");
+   * if (u.account("1000") !== undefined) throw new Error("a number is not a name");
+   * ```
+   */
+  account(name: string): HostAccount | undefined {
+    const uid = this.#uidByName.get(name);
+    if (uid === undefined) return undefined;
+    const gids = new Set(this.#memberOf.get(name) ?? []);
+    const primary = this.#primaryGid.get(name);
+    if (primary !== undefined) gids.add(primary);
+    return { uid, gid: primary ?? -1, gids };
   }
 
   /** The name of user `uid`, or the number when it has none. */
@@ -65,15 +104,15 @@ function decimal(s: string): number | undefined {
   return n <= 0xffffffff ? n : undefined;
 }
 
-/** name:x:id:... lines → [name, id] pairs. */
-function* parseIdFile(text: string): Generator<[string, number]> {
+/** name:x:id:... lines → [name, id, fields]. */
+function* parseIdFile(text: string): Generator<[string, number, string[]]> {
   for (const line of text.split("\n")) {
     if (line === "" || line.startsWith("#")) continue;
     const f = line.split(":");
     const name = f[0];
     const id = f[2] === undefined ? undefined : decimal(f[2]);
     if (!name || id === undefined) continue;
-    yield [name, id];
+    yield [name, id, f];
   }
 }
 

@@ -575,13 +575,23 @@ class NsNode implements Node {
   readonly #engine: Engine;
   readonly #loc: Loc;
   readonly #floor: number;
+  readonly #caller: Caller | undefined;
   #closed = false;
 
-  /** `floor`: how many leading names ".." cannot climb above (the root of an export). */
-  constructor(engine: Engine, loc: Loc, floor = 0) {
+  /**
+   * `floor`: how many leading names ".." cannot climb above (the root of an
+   * export). `caller`: who a served node acts for; every operation passes it
+   * on, so the trees below check the client, not the namespace's owner.
+   */
+  constructor(engine: Engine, loc: Loc, floor = 0, caller?: Caller) {
     this.#engine = engine;
     this.#loc = loc;
     this.#floor = floor;
+    this.#caller = caller;
+  }
+
+  #opts(opts?: OpOptions): OpOptions | undefined {
+    return this.#caller === undefined ? opts : { ...opts, caller: this.#caller };
   }
 
   get qid(): Qid {
@@ -605,6 +615,7 @@ class NsNode implements Node {
 
   async walk(names: string[], opts?: OpOptions): Promise<WalkResult> {
     this.#check();
+    opts = this.#opts(opts);
     for (const n of names) {
       if (n === "" || n === "." || n.includes("/") || n.includes("\0")) {
         throw new StyxError(Ename.badName);
@@ -612,12 +623,13 @@ class NsNode implements Node {
     }
     const w = await this.#engine.walk(this.#loc, names, opts, this.#floor);
     return w.loc
-      ? { qids: w.qids, node: new NsNode(this.#engine, w.loc, this.#floor) }
+      ? { qids: w.qids, node: new NsNode(this.#engine, w.loc, this.#floor, this.#caller) }
       : { qids: w.qids };
   }
 
   async open(mode: number, opts?: OpOptions): Promise<OpenFile> {
     this.#check();
+    opts = this.#opts(opts);
     const layers = this.#loc.layers;
     if (layers.length === 1) return await layers[0]!.node.open(mode, opts);
     const how = mode & 3;
@@ -637,6 +649,7 @@ class NsNode implements Node {
 
   async create(name: string, perm: number, mode: number, opts?: OpOptions): Promise<Created> {
     this.#check();
+    opts = this.#opts(opts);
     const loc = this.#loc;
     let layer = loc.layers[0]!;
     if (loc.mounted && loc.layers.length > 1) {
@@ -668,12 +681,12 @@ class NsNode implements Node {
       at: undefined,
       gen: -1,
     };
-    return { node: new NsNode(this.#engine, child, this.#floor), file: c.file };
+    return { node: new NsNode(this.#engine, child, this.#floor, this.#caller), file: c.file };
   }
 
   async stat(opts?: OpOptions): Promise<Dir> {
     this.#check();
-    const d = await this.#loc.layers[0]!.node.stat(opts);
+    const d = await this.#loc.layers[0]!.node.stat(this.#opts(opts));
     const last = this.#loc.names[this.#loc.names.length - 1];
     if (this.#loc.mounted && last !== undefined) d.name = last;
     return d;
@@ -681,7 +694,7 @@ class NsNode implements Node {
 
   async wstat(dir: Dir, opts?: OpOptions): Promise<void> {
     this.#check();
-    await this.#loc.layers[0]!.node.wstat(dir, opts);
+    await this.#loc.layers[0]!.node.wstat(dir, this.#opts(opts));
   }
 
   async remove(opts?: OpOptions): Promise<void> {
@@ -689,7 +702,7 @@ class NsNode implements Node {
     this.#closed = true;
     const [first, ...rest] = this.#loc.layers;
     try {
-      await first!.node.remove(opts);
+      await first!.node.remove(this.#opts(opts));
     } finally {
       await closeLayers(rest);
     }
@@ -770,12 +783,12 @@ export class Namespace implements Tree {
   }
 
   /** Make the tree for device path `p` ('#U*' + "/home") and attach to it. */
-  async #device(p: string): Promise<Node> {
+  async #device(p: string, caller: Caller = this.caller): Promise<Node> {
     const { name, spec } = splitDevicePath(p);
     const f = this.#devices.get(name);
     if (!f) throw new Error(`Unknown device '${name}' in '${p}'`);
-    const tree = await f(spec, this.caller);
-    return await tree.attach(this.caller, "");
+    const tree = await f(spec, caller);
+    return await tree.attach(caller, "");
   }
 
   /** Resolve a bind target or source, naming it in the error. */
@@ -915,10 +928,10 @@ export class Namespace implements Tree {
 
   async #resolveFloor(path: string, rooted: boolean, opts?: OpOptions): Promise<Node> {
     // splitNames cleans as it splits; only device paths need cleanPath.
-    if (path.startsWith("#")) return await this.#device(cleanPath(path));
+    if (path.startsWith("#")) return await this.#device(cleanPath(path), opts?.caller);
     const names = splitNames(path);
     const loc = await this.#engine.resolveNames(names, opts);
-    return new NsNode(this.#engine, loc, rooted ? names.length : 0);
+    return new NsNode(this.#engine, loc, rooted ? names.length : 0, opts?.caller);
   }
 
   async #with<T>(
@@ -1048,21 +1061,23 @@ export class Namespace implements Tree {
 
   /**
    * As a tree: attach gives the node at `aname` ("" for the root), which ".."
-   * never climbs above; every walk applies the mount table. As with Inferno's
-   * export, files are reached with the namespace's own identity
-   * ({@link caller}), whoever attaches.
+   * never climbs above; every walk applies the mount table. Every operation
+   * acts for `caller`: the trees below check the client's permissions, not
+   * those of the namespace's own user (a remote mount still speaks with the
+   * identity it was mounted with).
    */
-  attach(_caller: Caller, aname: string): Promise<Node> {
-    return this.#resolveFloor(aname === "" ? "/" : aname, true);
+  attach(caller: Caller, aname: string): Promise<Node> {
+    return this.#resolveFloor(aname === "" ? "/" : aname, true, { caller });
   }
 
   /**
    * A tree showing this namespace from `path` down, for export: ".." stops at
-   * `path`, and a device path ('#U*' + "/home") serves that device.
+   * `path`, and a device path ('#U*' + "/home") serves that device. As with
+   * {@link attach}, every operation acts for the attaching caller.
    */
   subtree(path: string): Tree {
     const p = cleanPath(path);
-    return { attach: () => this.#resolveFloor(p, true) };
+    return { attach: (caller: Caller) => this.#resolveFloor(p, true, { caller }) };
   }
 
   /** Release every mounted tree and the root; the namespace is empty afterwards. */

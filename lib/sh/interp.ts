@@ -11,7 +11,7 @@
 
 import type { Cmd, Redir, Seq, Word } from "./ast.ts";
 import { parse, ShSyntaxError } from "./parser.ts";
-import type { Caller, Node, OpenFile, Tree } from "../fs/tree.ts";
+import type { Caller, Node, OpenFile, OpOptions, Tree } from "../fs/tree.ts";
 import type { Conn } from "../transport/conn.ts";
 import {
   type Dir,
@@ -83,8 +83,8 @@ export interface ShellNamespace extends Tree {
   unmount(source: string | undefined, target: string): Promise<void>;
   /** The mount table, in order. */
   mounts(): MountEntry[];
-  /** The node at `path`; the caller closes it. */
-  resolve(path: string): Promise<Node>;
+  /** The node at `path`, walked for `opts.caller` when given; the caller closes it. */
+  resolve(path: string, opts?: OpOptions): Promise<Node>;
   /** The directory entry of `path`. */
   stat(path: string): Promise<Dir>;
   /** The entries of directory `path`. */

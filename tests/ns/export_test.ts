@@ -188,3 +188,41 @@ Deno.test("a remote that goes away: its mount errors, the rest works, unmount wo
   await ns.close();
   await client.close();
 });
+
+Deno.test("a served namespace acts for the client that attached, not for its owner", async () => {
+  const { ProgDevice } = await import("../../lib/dev/prog/device.ts");
+  const me = (await (await import("../../lib/fs/users.ts")).hostUsers()).userName(Deno.uid() ?? 0);
+  const root = new MemTree({ owner: me });
+  await root.mkdirp("/prog");
+  await root.writeFile("/mine", "the owner's", 0o600);
+  const ns = new Namespace(root, { caller: { user: me } });
+  await ns.mount(new ProgDevice().tree(), "/prog");
+  const sleeper = new Deno.Command("sleep", { args: ["300"], stdout: "null", stderr: "null" })
+    .spawn();
+  // The whole namespace (as `ferry logon --export` serves it) and a part of it
+  // (as a manifest's namespace export does), each attached by someone else.
+  const served: Tree[] = [ns, ns.subtree("/")];
+  try {
+    for (const tree of served) {
+      const [a, b] = memPipe();
+      const done = serve(b, tree);
+      const client = await StyxClient.connect(a);
+      try {
+        const top = await client.attach("mallory");
+        await assert.rejects(client.readFile(top, "/mine"), /permission denied/);
+        const w = await top.walk(["prog", String(sleeper.pid), "ctl"]);
+        const ctl = await w.node!.open(OWRITE);
+        await assert.rejects(ctl.write(0n, enc.encode("kill")), /permission denied/);
+        await ctl.close();
+      } finally {
+        await client.close();
+        await done.catch(() => {});
+      }
+    }
+    assert.equal(dec.decode(await ns.readFile("/mine")), "the owner's");
+  } finally {
+    sleeper.kill("SIGKILL");
+    await sleeper.status;
+    await ns.close();
+  }
+});

@@ -10,7 +10,8 @@
  * - `ctl`: `kill` (SIGKILL to the process) and `killgrp` (to its process
  *   group); only the process's owner (the caller's user name equals the
  *   process's user name) or a member of an admin group may write it,
- *   everyone else gets "permission denied";
+ *   everyone else gets "permission denied". `killgrp` checks every process
+ *   in the group the same way and, when one fails, kills none and names it;
  * - `ns`: the namespace of Ferry's own processes, when a hook supplies it.
  *
  * @example
@@ -155,6 +156,7 @@ export class ProgDevice {
           const p = await this.#info(pid, start);
           if (!this.mayKill(ctx.caller, user)) throw new StyxError(Ename.perm);
           if (p.pgrp <= 1) throw new StyxError(`process ${pid} has no group to kill`);
+          await this.#checkGroup(ctx.caller, p.pgrp);
           this.#signal(pid, -p.pgrp, "SIGKILL");
         },
       },
@@ -190,6 +192,25 @@ export class ProgDevice {
       kids.push(textFile("ns", () => this.#opts.nsOf?.(pid) ?? "", ro));
     }
     return dir(String(pid), kids, { uid: user, perm: 0o555, id: start });
+  }
+
+  /**
+   * Refuse, naming the first process that fails, unless `caller` may kill
+   * every process in group `pgrp`. A process that joins the group between
+   * this check and the signal is not checked: the kernel offers no way to
+   * signal a group only if it is unchanged.
+   */
+  async #checkGroup(caller: Caller, pgrp: number): Promise<void> {
+    for (const other of await listPids(this.#root)) {
+      const q = await readProc(other, this.#root);
+      if (q === null || q.pgrp !== pgrp) continue;
+      const owner = q.uid < 0 ? "?" : await this.#userName(q.uid);
+      if (!this.mayKill(caller, owner)) {
+        throw new StyxError(
+          `${Ename.perm}: process ${other} in group ${pgrp} belongs to '${owner}'; nothing killed`,
+        );
+      }
+    }
   }
 
   async #waitGone(pid: number, start: string, signal?: AbortSignal): Promise<void> {

@@ -136,3 +136,64 @@ Deno.test("/prog device after prog(3)", async (t) => {
     }
   }
 });
+
+/** Pids in process group `pgrp`, from /proc. */
+async function groupOf(pgrp: number): Promise<Map<number, number>> {
+  const { listPids, readProc } = await import("../../../lib/dev/prog/procfs.ts");
+  const out = new Map<number, number>();
+  for (const pid of await listPids()) {
+    const p = await readProc(pid);
+    if (p?.pgrp === pgrp && p.stateLetter !== "Z") out.set(pid, p.uid);
+  }
+  return out;
+}
+
+Deno.test({
+  name: "killgrp refuses a group holding someone else's process, names it, kills nothing",
+  ignore: Deno.uid() !== 0,
+  fn: async () => {
+    // A new process group: a root shell, a root sleep, and a sleep running as nobody.
+    const leader = new Deno.Command("setsid", {
+      args: [
+        "sh",
+        "-c",
+        "setpriv --reuid=nobody --regid=nogroup --clear-groups sleep 300 & sleep 300 & wait",
+      ],
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+    const dev = new ProgDevice({ adminGroups: ["wheel"], pollMs: 20 });
+    try {
+      let members = await groupOf(leader.pid);
+      while (![...members.values()].includes(65534) || members.size < 3) {
+        await new Promise((r) => setTimeout(r, 20));
+        members = await groupOf(leader.pid);
+      }
+      const nobodys = [...members].find(([, uid]) => uid === 65534)![0];
+      const roots = [...members].filter(([, uid]) => uid === 0).map(([pid]) => pid);
+
+      // nobody owns the process it names, but not the rest of its group.
+      const ns = await nsOver(dev.tree(), "nobody");
+      const err = await ns.writeFile(`/prog/${nobodys}/ctl`, enc.encode("killgrp"), {
+        create: false,
+      }).then(() => null, (e: Error) => e);
+      assert.ok(err, "killgrp was allowed");
+      assert.match(err.message, /permission denied/);
+      const named = Number(/process (\d+)/.exec(err.message)?.[1]);
+      assert.ok(roots.includes(named), `'${err.message}' names no root process of the group`);
+      assert.deepEqual([...(await groupOf(leader.pid)).keys()].sort(), [...members.keys()].sort());
+      await ns.close();
+
+      // An admin may kill every member.
+      const admin = await nsOver(dev.tree(), "boss", ["wheel"]);
+      await admin.writeFile(`/prog/${nobodys}/ctl`, enc.encode("killgrp"), { create: false });
+      assert.equal((await leader.status).signal, "SIGKILL");
+      await admin.close();
+    } finally {
+      try {
+        Deno.kill(-leader.pid, "SIGKILL");
+      } catch { /* already gone */ }
+      await leader.status;
+    }
+  },
+});
