@@ -97,7 +97,7 @@ Deno.test({
       for (const p of procs) p.stop();
     }, 150_000);
     try {
-      await Deno.mkdir(certs, { recursive: true });
+      await Deno.mkdir(certs, { recursive: true, mode: 0o700 });
       await makeCerts(certs, hosts);
       let directPhone: Proc | undefined;
 
