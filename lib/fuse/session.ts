@@ -30,6 +30,7 @@ import {
 import type { Node, OpenFile } from "../fs/tree.ts";
 import { decodeDirs } from "../styx/codec.ts";
 import { RemoteFile, RemoteNode } from "../styx/client_tree.ts";
+import { firstOfEachName } from "../ns/union.ts";
 import { Errno, readFd, waitReadable, waitReadableNow, writeParts } from "./ffi.ts";
 import {
   type Attr,
@@ -867,7 +868,9 @@ export class FuseSession {
   /**
    * Every entry of the open directory `f`. `first`, when given, is the
    * reply to a read at offset 0 sent along with the open: reading goes on
-   * after it (or starts over when it failed).
+   * after it (or starts over when it failed). A union lists a name once
+   * per member; the kernel gets the first only, the file a lookup finds,
+   * so a name never stands for two inodes.
    */
   async #readDir(
     f: OpenFile,
@@ -875,7 +878,9 @@ export class FuseSession {
     signal: AbortSignal,
   ): Promise<Dir[]> {
     const got = first ? await first : null;
-    if (got === null || !(f instanceof RemoteFile)) return await f.readDir({ signal });
+    if (got === null || !(f instanceof RemoteFile)) {
+      return firstOfEachName(await f.readDir({ signal }));
+    }
     const entries = decodeDirs(got);
     let off = BigInt(got.length);
     while (got.length > 0) {
@@ -884,7 +889,7 @@ export class FuseSession {
       for (const e of decodeDirs(d)) entries.push(e);
       off += BigInt(d.length);
     }
-    return entries;
+    return firstOfEachName(entries);
   }
 
   /**

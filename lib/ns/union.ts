@@ -1,6 +1,11 @@
 /**
- * Union directories: one open directory made of several, read as one list in
- * which the first occurrence of a name wins.
+ * Union directories: one open directory made of several, read as the
+ * members' listings one after another. As in Inferno (readdir(2): "in the
+ * presence of duplicate names in a union mount"), a name present in two
+ * members is listed twice, first-member entry first; walking the name
+ * still finds the first member's file. Callers that want one entry per
+ * name (glob, recursive copy or removal, FUSE) keep the first with
+ * {@link firstOfEachName}.
  *
  * @module
  */
@@ -10,8 +15,7 @@ import { Ename, StyxError } from "../styx/types.ts";
 import type { Dir, Qid } from "../styx/types.ts";
 
 /**
- * Merge directory listings in union order: the first entry of each name is
- * kept, later ones with the same name are dropped.
+ * Join directory listings in union order, duplicates included.
  *
  * @example
  * ```ts
@@ -19,19 +23,33 @@ import type { Dir, Qid } from "../styx/types.ts";
  * import { nullDir } from "../styx/types.ts";
  * const d = (name: string, uid: string) => ({ ...nullDir(), name, uid });
  * const m = mergeDirs([[d("a", "first")], [d("a", "second"), d("b", "second")]]);
- * if (m.map((x) => x.name + x.uid).join() !== "afirst,bsecond") throw new Error("bad merge");
+ * if (m.map((x) => x.name + x.uid).join() !== "afirst,asecond,bsecond") throw new Error("merge");
  * ```
  */
 export function mergeDirs(lists: readonly (readonly Dir[])[]): Dir[] {
-  if (lists.length === 1) return [...lists[0]!];
+  return lists.flat();
+}
+
+/**
+ * The first entry of each name, in order: what a walk of each name finds
+ * in a union (Inferno's readdir COMPACT).
+ *
+ * @example
+ * ```ts
+ * import { firstOfEachName } from "./union.ts";
+ * import { nullDir } from "../styx/types.ts";
+ * const d = (name: string, uid: string) => ({ ...nullDir(), name, uid });
+ * const m = firstOfEachName([d("a", "first"), d("a", "second"), d("b", "second")]);
+ * if (m.map((x) => x.name + x.uid).join() !== "afirst,bsecond") throw new Error("compact");
+ * ```
+ */
+export function firstOfEachName<T extends { name: string }>(entries: readonly T[]): T[] {
   const seen = new Set<string>();
-  const out: Dir[] = [];
-  for (const list of lists) {
-    for (const d of list) {
-      if (seen.has(d.name)) continue;
-      seen.add(d.name);
-      out.push(d);
-    }
+  const out: T[] = [];
+  for (const d of entries) {
+    if (seen.has(d.name)) continue;
+    seen.add(d.name);
+    out.push(d);
   }
   return out;
 }
@@ -73,7 +91,7 @@ export class UnionDir implements OpenFile {
   }
 
   /**
-   * Every member's entries, merged. A member that fails to read (a remote
+   * Every member's entries, in union order, duplicates included. A member that fails to read (a remote
    * that went away) is skipped unless every member fails.
    */
   async readDir(opts?: OpOptions): Promise<Dir[]> {

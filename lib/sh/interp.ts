@@ -683,7 +683,9 @@ export class Shell {
           } catch {
             continue;
           }
-          const names = entries.map((d) => d.name).filter((n) => matchGlob(part, n)).sort();
+          // A union lists a name once per member; a pattern matches the name once.
+          const names = [...new Set(entries.map((d) => d.name))]
+            .filter((n) => matchGlob(part, n)).sort();
           for (const n of names) next.push(join(b, n));
         }
       }

@@ -162,9 +162,12 @@ Deno.test("article: namespaces, binds, the host file system, remote files", asyn
         r.stdout,
         [
           "/tmp/myappl/hello.b",
+          // A name in both members of a union is listed once per member.
+          "/dis/ls",
           "/dis/ls",
           "/dis/mine",
           "my ls",
+          "/dis/ls",
           "/dis/ls",
           "/dis/mine",
           "global ls",

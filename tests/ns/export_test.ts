@@ -38,9 +38,10 @@ Deno.test("a namespace served over Styx shows the composed view", async (t) => {
   try {
     const top = await client.attach("glenda");
 
-    await t.step("a union directory read by a client is merged", async () => {
+    await t.step("a union directory read by a client lists every member", async () => {
       const ents = await client.ls(top, "/dis");
-      assert.deepEqual(ents.map((d) => d.name).sort(), ["date", "hello", "ls"]);
+      // "ls" is in both members and is listed twice, as Inferno lists it.
+      assert.deepEqual(ents.map((d) => d.name).sort(), ["date", "hello", "ls", "ls"]);
       assert.equal(dec.decode(await client.readFile(top, "/dis/ls")), "my ls");
       assert.equal(dec.decode(await client.readFile(top, "/dis/date")), "system date");
     });
@@ -132,7 +133,7 @@ Deno.test("a namespace exported over TCP, mounted into a second namespace", asyn
     await r.close();
     await other.mount(new RemoteTree(client), "/mnt", { source: `tcp!127.0.0.1!${port}` });
     const names = (await other.readDir("/mnt")).map((d) => d.name).sort();
-    assert.deepEqual(names, ["more", "todo"]);
+    assert.deepEqual(names, ["more", "todo", "todo"]);
     assert.equal(dec.decode(await other.readFile("/mnt/todo")), "buy milk");
     const f = await other.open("/mnt/todo", OWRITE);
     await f.write(0n, enc.encode("sell"));

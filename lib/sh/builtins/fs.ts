@@ -20,6 +20,7 @@ import { type Builtin, type Ctx, ShUsageError } from "../interp.ts";
 import { FileReader, FileWriter, writeText } from "../io.ts";
 import { baseName, dirName, joinPath } from "../path.ts";
 import { getopts, longListing } from "./util.ts";
+import { firstOfEachName } from "../../ns/union.ts";
 
 async function warn(ctx: Ctx, msg: string): Promise<void> {
   await writeText(ctx.io.stderr, `${ctx.name}: ${msg}\n`);
@@ -27,9 +28,12 @@ async function warn(ctx: Ctx, msg: string): Promise<void> {
 
 const isDir = (d: Dir) => (d.qid.type & QTDIR) !== 0 || (d.mode & DMDIR) !== 0;
 
-/** ls [-l] [-d] [file ...] */
+/**
+ * ls [-l] [-d] [-c] [file ...]. A union lists a name once per member, as
+ * Inferno's ls does; -c keeps only the first, the file the name reaches.
+ */
 export const ls: Builtin = async (ctx, args) => {
-  const o = getopts(args, "ld", "ls [-l] [-d] [file ...]");
+  const o = getopts(args, "ldc", "ls [-l] [-d] [-c] [file ...]");
   const sh = ctx.sh;
   const names = o.rest.length > 0 ? o.rest : ["."];
   let status = "";
@@ -51,11 +55,13 @@ export const ls: Builtin = async (ctx, args) => {
     let entries: Dir[];
     try {
       entries = await sh.ns.readDir(p);
+      if (o.flags.has("c")) entries = firstOfEachName(entries);
     } catch (e) {
       status = errorString(e);
       await warn(ctx, `${arg}: ${status}`);
       continue;
     }
+    // Stable: duplicate names of a union stay in union order.
     entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     for (const e of entries) {
       shown.push({ dir: e, name: o.rest.length > 0 ? joinPath(arg, e.name) : e.name });
@@ -227,7 +233,9 @@ export const mv: Builtin = async (ctx, args) => {
 async function removeAll(ctx: Ctx, p: string): Promise<void> {
   const d = await ctx.sh.ns.stat(p);
   if (isDir(d)) {
-    for (const e of await ctx.sh.ns.readDir(p)) await removeAll(ctx, joinPath(p, e.name));
+    // A union lists a name once per member; the name reaches only the first.
+    const entries = firstOfEachName(await ctx.sh.ns.readDir(p));
+    for (const e of entries) await removeAll(ctx, joinPath(p, e.name));
   }
   await ctx.sh.ns.remove(p);
 }
