@@ -24,15 +24,17 @@ import {
   StyxError,
 } from "../styx/types.ts";
 import {
+  asReader,
+  asWriter,
   BytePipe,
   type ByteReader,
   type ByteWriter,
   Collector,
   emptyReader,
-  FileReader,
-  FileWriter,
+  FileStream,
   nullWriter,
   type ShIO,
+  userError,
   writeText,
 } from "./io.ts";
 import { cleanPath } from "./path.ts";
@@ -380,8 +382,9 @@ export class Shell {
   async runSeq(seq: Seq, io: ShIO = this.io): Promise<string> {
     for (const item of seq.items) {
       if (this.signal.aborted) {
-        this.set("status", ["killed"]);
-        return "killed";
+        const status = abortStatus(this.signal);
+        this.set("status", [status]);
+        return status;
       }
       if (item.background) {
         const child = this.fork();
@@ -391,7 +394,7 @@ export class Shell {
           try {
             await child.exec(item.cmd, bgio);
           } catch (e) {
-            if (!(e instanceof ShExit)) await child.#report(bgio, `sh: ${errorString(e)}`);
+            if (!(e instanceof ShExit)) await child.#report(bgio, `sh: ${userError(e)}`);
           }
         });
         this.set("apid", [String(job.pid)]);
@@ -409,7 +412,7 @@ export class Shell {
       status = await this.#exec(cmd, io);
     } catch (e) {
       if (e instanceof ShExit) throw e;
-      status = errorString(e);
+      status = userError(e);
       await this.#report(io, `sh: ${status}`);
     }
     this.set("status", [status]);
@@ -479,12 +482,12 @@ export class Shell {
         return (await fn(ctx, args.slice(1))) ?? "";
       } catch (e) {
         if (e instanceof ShExit) throw e;
-        if (this.signal.aborted) return "killed";
+        if (this.signal.aborted) return abortStatus(this.signal);
         if (e instanceof ShUsageError) {
           await this.#report(opened.io, e.message);
           return "usage";
         }
-        const msg = errorString(e);
+        const msg = userError(e);
         await this.#report(opened.io, `${name}: ${msg}`);
         return msg;
       }
@@ -530,9 +533,12 @@ export class Shell {
     const fds: (ByteReader | ByteWriter)[] = [io.stdin, io.stdout, io.stderr];
     try {
       for (const r of redirs) {
-        if (r.fd > 2) throw new Error(`file descriptor ${r.fd} is not supported`);
+        if (r.fd > 2) throw new Error(`file descriptor ${r.fd} is not supported (only 0, 1 and 2)`);
         if (r.dupFrom !== undefined) {
-          if (r.dupFrom > 2) throw new Error(`file descriptor ${r.dupFrom} is not supported`);
+          if (r.dupFrom > 2) {
+            throw new Error(`file descriptor ${r.dupFrom} is not supported (only 0, 1 and 2)`);
+          }
+          // >[1=0]: fd 1 now refers to whatever fd 0 refers to, as dup(2) does.
           fds[r.fd] = fds[r.dupFrom]!;
           continue;
         }
@@ -545,25 +551,26 @@ export class Shell {
         try {
           f = await this.#openFor(r.op, p);
         } catch (e) {
-          throw new Error(`${names[0]}: ${errorString(e)}`);
+          throw new Error(`${names[0]}: ${userError(e)}`);
         }
         out.files.push(f);
-        if (r.op === "<") fds[r.fd] = new FileReader(f);
-        else if (r.op === "<>") {
-          fds[r.fd] = r.fd === 0 ? new FileReader(f) : new FileWriter(f);
-        } else {
-          const off = r.op === ">>" ? (await this.ns.stat(p)).length : 0n;
-          fds[r.fd] = new FileWriter(f, off);
-        }
+        const offset = r.op === ">>" ? (await this.ns.stat(p)).length : 0n;
+        fds[r.fd] = new FileStream(f, {
+          name: names[0]!,
+          read: r.op === "<" || r.op === "<>",
+          write: r.op !== "<",
+          offset,
+          signal: this.signal,
+        });
       }
     } catch (e) {
       for (const f of out.files) await f.close().catch(() => {});
       throw e;
     }
     out.io = {
-      stdin: fds[0] as ByteReader,
-      stdout: fds[1] as ByteWriter,
-      stderr: fds[2] as ByteWriter,
+      stdin: asReader(fds[0]!, 0),
+      stdout: asWriter(fds[1]!, 1),
+      stderr: asWriter(fds[2]!, 2),
     };
     return out;
   }
@@ -709,6 +716,12 @@ export class Shell {
       await writeText(io.stderr, line + "\n");
     } catch { /* stderr gone */ }
   }
+}
+
+/** The status of a command stopped by `signal`: "killed", "interrupted"… */
+function abortStatus(signal: AbortSignal): string {
+  const r: unknown = signal.reason;
+  return r instanceof StyxError ? r.message : "interrupted";
 }
 
 /** A signal aborted when any of `signals` is. */

@@ -7,6 +7,7 @@
  */
 
 import type { OpenFile } from "../fs/tree.ts";
+import { errorString } from "../styx/types.ts";
 
 /** Where a builtin reads its input. */
 export interface ByteReader {
@@ -158,6 +159,104 @@ export class BytePipe implements ByteReader, ByteWriter {
   }
 }
 
+/**
+ * A file opened by a redirection, as a Plan 9 file descriptor: readable,
+ * writable or both (`<>`), with one offset that reads and writes share, so
+ * `{echo query >[1=0]; cat} <>/net/cs` writes a query and reads the answer
+ * through the same open file. Using it the way it was not opened fails with
+ * an error naming the file.
+ */
+export class FileStream implements ByteReader, ByteWriter {
+  #offset: bigint;
+  #eof = false;
+  /**
+   * A stream over `file`.
+   * @param file an open file
+   * @param opts what it was opened for, where it starts, and its name for errors
+   */
+  constructor(
+    readonly file: OpenFile,
+    readonly opts: {
+      name: string;
+      read: boolean;
+      write: boolean;
+      offset?: bigint;
+      /** Aborting it interrupts a read or write in progress (a Tflush on a remote file). */
+      signal?: AbortSignal;
+    },
+  ) {
+    this.#offset = opts.offset ?? 0n;
+  }
+  async read(): Promise<Uint8Array | null> {
+    if (!this.opts.read) throw new Error(`'${this.opts.name}' is not open for reading`);
+    if (this.#eof) return null;
+    const n = this.file.iounit > 0 ? Math.min(this.file.iounit, 1 << 20) : 65536;
+    const data = await this.file.read(this.#offset, n, { signal: this.opts.signal });
+    if (data.length === 0) {
+      this.#eof = true;
+      return null;
+    }
+    this.#offset += BigInt(data.length);
+    return data;
+  }
+  async write(data: Uint8Array): Promise<void> {
+    if (!this.opts.write) throw new Error(`'${this.opts.name}' is not open for writing`);
+    const max = this.file.iounit > 0 ? this.file.iounit : 65536;
+    let off = 0;
+    while (off < data.length) {
+      const piece = data.subarray(off, Math.min(data.length, off + max));
+      const n = await this.file.write(this.#offset, piece, { signal: this.opts.signal });
+      if (n <= 0) throw new Error(`short write to '${this.opts.name}'`);
+      off += n;
+      this.#offset += BigInt(n);
+    }
+    // A write may follow a read that reached the end: reading goes on.
+    this.#eof = false;
+  }
+}
+
+/** What `fd` holds, as a reader; reading fails clearly when it holds only a writer. */
+export function asReader(x: ByteReader | ByteWriter, fd: number): ByteReader {
+  if ("read" in x && typeof x.read === "function") return x;
+  return {
+    read: () => Promise.reject(new Error(`file descriptor ${fd} is open for writing, not reading`)),
+  };
+}
+
+/** What `fd` holds, as a writer; writing fails clearly when it holds only a reader. */
+export function asWriter(x: ByteReader | ByteWriter, fd: number): ByteWriter {
+  if ("write" in x && typeof x.write === "function") return x;
+  return {
+    write: () =>
+      Promise.reject(new Error(`file descriptor ${fd} is open for reading, not writing`)),
+  };
+}
+
+const INTERNAL_ERRORS = [TypeError, ReferenceError, RangeError, SyntaxError, EvalError, URIError];
+
+/**
+ * The text of error `e` for the shell's user. A JavaScript error (a
+ * TypeError and the like) is a bug in Ferry, not something the user did: it
+ * is reported as such, its JavaScript text only when FERRY_DEBUG is set.
+ *
+ * @example
+ * ```ts
+ * import { userError } from "./io.ts";
+ * if (!userError(new TypeError("x is undefined")).startsWith("internal error")) throw new Error();
+ * if (userError(new Error("file does not exist")) !== "file does not exist") throw new Error();
+ * ```
+ */
+export function userError(e: unknown): string {
+  if (INTERNAL_ERRORS.some((c) => e instanceof c)) {
+    let detail = "";
+    try {
+      if (Deno.env.get("FERRY_DEBUG")) detail = `: ${(e as Error).stack ?? String(e)}`;
+    } catch { /* no env permission */ }
+    return `internal error in Ferry (please report it; FERRY_DEBUG=1 shows details)${detail}`;
+  }
+  return errorString(e);
+}
+
 /** Reads an open file from offset 0 (or `offset`) to its end. */
 export class FileReader implements ByteReader {
   #offset: bigint;
@@ -167,14 +266,20 @@ export class FileReader implements ByteReader {
    * @param file an open file
    * @param offset where to start
    * @param count bytes per read when the file gives no iounit
+   * @param signal aborting it interrupts a read in progress (a Tflush on a remote file)
    */
-  constructor(readonly file: OpenFile, offset = 0n, readonly count = 65536) {
+  constructor(
+    readonly file: OpenFile,
+    offset = 0n,
+    readonly count = 65536,
+    readonly signal?: AbortSignal,
+  ) {
     this.#offset = offset;
   }
   async read(): Promise<Uint8Array | null> {
     if (this.#done) return null;
     const n = this.file.iounit > 0 ? Math.min(this.file.iounit, 1 << 20) : this.count;
-    const data = await this.file.read(this.#offset, n);
+    const data = await this.file.read(this.#offset, n, { signal: this.signal });
     if (data.length === 0) {
       this.#done = true;
       return null;

@@ -6,18 +6,9 @@
  * @module
  */
 
-import {
-  type Dir,
-  DMDIR,
-  errorString,
-  nullDir,
-  OREAD,
-  OTRUNC,
-  OWRITE,
-  QTDIR,
-} from "../../styx/types.ts";
+import { type Dir, DMDIR, nullDir, OREAD, OTRUNC, OWRITE, QTDIR } from "../../styx/types.ts";
 import { type Builtin, type Ctx, ShUsageError } from "../interp.ts";
-import { FileReader, FileWriter, writeText } from "../io.ts";
+import { FileReader, FileWriter, userError, writeText } from "../io.ts";
 import { baseName, dirName, joinPath } from "../path.ts";
 import { getopts, longListing } from "./util.ts";
 import { firstOfEachName } from "../../ns/union.ts";
@@ -44,7 +35,7 @@ export const ls: Builtin = async (ctx, args) => {
     try {
       d = await sh.ns.stat(p);
     } catch (e) {
-      status = errorString(e);
+      status = userError(e);
       await warn(ctx, `${arg}: ${status}`);
       continue;
     }
@@ -57,7 +48,7 @@ export const ls: Builtin = async (ctx, args) => {
       entries = await sh.ns.readDir(p);
       if (o.flags.has("c")) entries = firstOfEachName(entries);
     } catch (e) {
-      status = errorString(e);
+      status = userError(e);
       await warn(ctx, `${arg}: ${status}`);
       continue;
     }
@@ -86,7 +77,7 @@ export const cat: Builtin = async (ctx, args) => {
     try {
       const f = await ctx.sh.ns.open(ctx.sh.path(arg), OREAD);
       try {
-        const r = new FileReader(f);
+        const r = new FileReader(f, 0n, 65536, ctx.signal);
         for (;;) {
           if (ctx.signal.aborted) throw new Error("interrupted");
           const c = await r.read();
@@ -97,7 +88,9 @@ export const cat: Builtin = async (ctx, args) => {
         await f.close();
       }
     } catch (e) {
-      status = errorString(e);
+      // Interrupted: the shell says so once, not once per file.
+      if (ctx.signal.aborted) throw e;
+      status = userError(e);
       await warn(ctx, `${arg}: ${status}`);
     }
   }
@@ -123,7 +116,7 @@ class PathError extends Error {
 
 /** Report `e` about argument `arg` (or the path the error names). */
 async function report(ctx: Ctx, arg: string, e: unknown): Promise<string> {
-  const status = errorString(e);
+  const status = userError(e);
   await warn(ctx, `${e instanceof PathError ? e.path : arg}: ${status}`);
   return status;
 }
@@ -140,11 +133,11 @@ async function copyFile(ctx: Ctx, src: string, dst: string, srcDir: Dir): Promis
       try {
         to = await ns.create(dst, srcDir.mode & 0o777 | 0o600, OWRITE);
       } catch (e) {
-        throw new PathError(dst, errorString(e));
+        throw new PathError(dst, userError(e));
       }
     }
     try {
-      const r = new FileReader(from);
+      const r = new FileReader(from, 0n, 65536, ctx.signal);
       const w = new FileWriter(to);
       for (;;) {
         if (ctx.signal.aborted) throw new Error("interrupted");
@@ -251,7 +244,7 @@ export const rm: Builtin = async (ctx, args) => {
       else await ctx.sh.ns.remove(p);
     } catch (e) {
       if (o.flags.has("f")) continue;
-      status = errorString(e);
+      status = userError(e);
       await warn(ctx, `${a}: ${status}`);
     }
   }
@@ -279,7 +272,7 @@ export const mkdir: Builtin = async (ctx, args) => {
     try {
       await make(ctx.sh.path(a), o.flags.has("p"));
     } catch (e) {
-      status = errorString(e);
+      status = userError(e);
       await warn(ctx, `${a}: ${status}`);
     }
   }
@@ -295,7 +288,7 @@ export const cd: Builtin = async (ctx, args) => {
   try {
     d = await ctx.sh.ns.stat(p);
   } catch (e) {
-    throw new Error(`${arg}: ${errorString(e)}`);
+    throw new Error(`${arg}: ${userError(e)}`);
   }
   if (!isDir(d)) throw new Error(`${arg}: not a directory`);
   ctx.sh.cwd = p;

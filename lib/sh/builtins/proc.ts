@@ -78,8 +78,9 @@ export const run: Builtin = async (ctx, args) => {
     } finally {
       await f.close();
     }
-  }).catch((e) => {
-    throw new Error(`${args[0]}: ${(e as Error).message}`);
+  }).catch(async (e) => {
+    const { userError } = await import("../io.ts");
+    throw new Error(`${args[0]}: ${userError(e)}`);
   });
   let seq;
   try {
