@@ -125,6 +125,21 @@ export class ShExit extends Error {
   }
 }
 
+/**
+ * Thrown by `raise`: unwinds to the nearest `rescue` whose pattern matches,
+ * or to the loop it ends (`break`, `continue`); uncaught, it becomes $status.
+ */
+export class ShRaise extends Error {
+  /**
+   * Raise `exception`.
+   * @param exception its name, e.g. "break"
+   */
+  constructor(readonly exception: string) {
+    super(`exception '${exception}'`);
+    this.name = "ShRaise";
+  }
+}
+
 /** What a builtin is given. */
 export interface Ctx {
   /** The shell running the command. */
@@ -280,7 +295,10 @@ export class Shell {
   exited = false;
   /** Remote mounts made by this shell, closed by unmount when no longer in the table. */
   readonly dialed: { source: string; target: string; close(): void }[];
+  /** Functions defined with `fn`, by name: the body block's text. */
+  readonly functions: Map<string, string> = new Map();
   #scopes: Scope[];
+  #parsed = new Map<string, Seq>();
 
   /** Make a shell; see {@link ShellOptions}. */
   constructor(opts: ShellOptions) {
@@ -311,6 +329,7 @@ export class Shell {
     const flat: Scope = new Map();
     for (const s of this.#scopes) for (const [k, v] of s) flat.set(k, [...v]);
     child.#scopes = [flat];
+    for (const [k, v] of this.functions) child.functions.set(k, v);
     child.listenConn = this.listenConn;
     child.signal = this.signal;
     return child;
@@ -374,6 +393,11 @@ export class Shell {
         this.set("status", [e.status]);
         return e.status;
       }
+      if (e instanceof ShRaise) {
+        // Nothing rescued it: like Inferno's prompt, the shell takes it as a status.
+        this.set("status", [e.exception]);
+        return e.exception;
+      }
       throw e;
     }
   }
@@ -394,7 +418,9 @@ export class Shell {
           try {
             await child.exec(item.cmd, bgio);
           } catch (e) {
-            if (!(e instanceof ShExit)) await child.#report(bgio, `sh: ${userError(e)}`);
+            if (!(e instanceof ShExit) && !(e instanceof ShRaise)) {
+              await child.#report(bgio, `sh: ${userError(e)}`);
+            }
           }
         });
         this.set("apid", [String(job.pid)]);
@@ -411,7 +437,7 @@ export class Shell {
     try {
       status = await this.#exec(cmd, io);
     } catch (e) {
-      if (e instanceof ShExit) throw e;
+      if (e instanceof ShExit || e instanceof ShRaise) throw e;
       status = userError(e);
       await this.#report(io, `sh: ${status}`);
     }
@@ -469,40 +495,57 @@ export class Shell {
     const args = await this.expandAll(words);
     const opened = await this.#redirect(redirs, io);
     try {
-      if (args.length === 0) return "";
-      const name = args[0]!;
-      if (name.startsWith("{")) return await this.#block(name, args.slice(1), opened.io);
-      const fn = this.builtins.get(name);
-      if (!fn) {
-        await this.#report(opened.io, `sh: ${name}: command not found`);
-        return "command not found";
-      }
-      const ctx: Ctx = { sh: this, name, io: opened.io, signal: this.signal };
-      try {
-        return (await fn(ctx, args.slice(1))) ?? "";
-      } catch (e) {
-        if (e instanceof ShExit) throw e;
-        if (this.signal.aborted) return abortStatus(this.signal);
-        if (e instanceof ShUsageError) {
-          await this.#report(opened.io, e.message);
-          return "usage";
-        }
-        const msg = userError(e);
-        await this.#report(opened.io, `${name}: ${msg}`);
-        return msg;
-      }
+      return await this.call(args, opened.io);
     } finally {
       for (const f of opened.files) await f.close().catch(() => {});
     }
   }
 
-  /** Run a block given as text, with $* set to `args`, in a new scope. */
-  async #block(text: string, args: string[], io: ShIO): Promise<string> {
-    let seq: Seq;
+  /**
+   * Run the command `args` names (a `{block}`, a function defined with
+   * `fn`, or a builtin) with the rest as its arguments, and resolve to its
+   * status. Errors are printed here, as for a command typed; `exit` and
+   * `raise` propagate.
+   */
+  async call(args: string[], io: ShIO): Promise<string> {
+    if (args.length === 0) return "";
+    const name = args[0]!;
+    if (name.startsWith("{")) return await this.#block(name, args.slice(1), io);
+    const body = this.functions.get(name);
+    if (body !== undefined) return await this.#block(body, args.slice(1), io, name);
+    const fn = this.builtins.get(name);
+    if (!fn) {
+      await this.#report(io, `sh: ${name}: command not found`);
+      return "command not found";
+    }
+    const ctx: Ctx = { sh: this, name, io, signal: this.signal };
     try {
-      seq = parse(text);
+      return (await fn(ctx, args.slice(1))) ?? "";
     } catch (e) {
-      throw new Error(e instanceof ShSyntaxError ? `bad block: ${e.message}` : String(e));
+      if (e instanceof ShExit || e instanceof ShRaise) throw e;
+      if (this.signal.aborted) return abortStatus(this.signal);
+      if (e instanceof ShUsageError) {
+        await this.#report(io, e.message);
+        return "usage";
+      }
+      const msg = userError(e);
+      await this.#report(io, `${name}: ${msg}`);
+      return msg;
+    }
+  }
+
+  /** Run a block given as text, with $* set to `args`, in a new scope. */
+  async #block(text: string, args: string[], io: ShIO, self = text): Promise<string> {
+    let seq = this.#parsed.get(text);
+    if (seq === undefined) {
+      try {
+        seq = parse(text);
+      } catch (e) {
+        throw new Error(e instanceof ShSyntaxError ? `bad block: ${e.message}` : String(e));
+      }
+      // Loops run the same few blocks again and again: keep the last ones parsed.
+      if (this.#parsed.size >= 256) this.#parsed.delete(this.#parsed.keys().next().value!);
+      this.#parsed.set(text, seq);
     }
     // A braced block parses to a single command: the block itself.
     const inner = seq.items.length === 1 && seq.items[0]!.cmd.kind === "simple"
@@ -510,7 +553,7 @@ export class Shell {
       : [];
     const first = inner.length === 1 ? inner[0] : undefined;
     const body = first?.kind === "block" ? first.body : seq;
-    return await this.runBlock(body, args, io, text);
+    return await this.runBlock(body, args, io, self);
   }
 
   /** Run `body` in a new variable scope with `$*` = `args` (and `$0` = `self`). */

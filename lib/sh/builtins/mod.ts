@@ -9,6 +9,7 @@ import { cat, cd, cp, echo, ls, mkdir, mv, pwd, rm } from "./fs.ts";
 import { bind, mount, ns, unmount } from "./ns.ts";
 import { exportFn, listen } from "./net.ts";
 import { date, exit, kill, ndbService, ps, run, sleep, subshell } from "./proc.ts";
+import * as std from "./std.ts";
 
 /**
  * A fresh table of every builtin, by name.
@@ -43,6 +44,20 @@ export function builtins(): Map<string, Builtin> {
     ["exit", exit],
     ["run", run],
     ["@", subshell],
+    ["load", std.load],
+    ["if", std.ifFn],
+    ["while", std.whileFn],
+    ["for", std.forFn],
+    ["apply", std.apply],
+    ["fn", std.fn],
+    ["and", std.and],
+    ["or", std.or],
+    ["!", std.not],
+    ["~", std.match],
+    ["no", std.no],
+    ["status", std.status],
+    ["raise", std.raise],
+    ["rescue", std.rescue],
     ["ndb/cs", ndbService],
     ["ndb/dns", ndbService],
     ["webgrab", (ctx, a) => import("./webgrab.ts").then((m) => m.webgrab(ctx, a))],
