@@ -47,8 +47,17 @@ const spec = {
     "               modemmanager[:MODEM] or termux[:STATEDIR] (default state ~/.ferry/phone)",
 };
 
-function hostUser(): string {
-  return Deno.env.get("USER") ?? Deno.env.get("LOGNAME") ?? "none";
+/**
+ * $user: $USER, else $LOGNAME, else the account name of this process's uid
+ * in /etc/passwd (its number when it has none), as a login would set it.
+ */
+async function hostUser(): Promise<string> {
+  const env = Deno.env.get("USER") || Deno.env.get("LOGNAME");
+  if (env) return env;
+  const uid = Deno.uid();
+  if (uid === null) return "none";
+  const { hostUsers } = await import("../lib/fs/users.ts");
+  return (await hostUsers()).userName(uid);
 }
 
 /** Reads lines from a stream that is not a terminal. */
@@ -150,7 +159,7 @@ export async function run(args: string[]): Promise<number> {
   try {
     rootDir = (p.values.r as string | undefined) ?? defaultRootDir();
     if (typeof p.values.phone === "string") phone = await startPhone(p.values.phone, rootDir);
-    ns = await Namespace.standard({ user: hostUser(), rootDir });
+    ns = await Namespace.standard({ user: await hostUser(), rootDir });
   } catch (e) {
     return fail("sh", e);
   }
@@ -180,7 +189,7 @@ export async function run(args: string[]): Promise<number> {
  */
 async function startPhone(spec: string, rootDir: string): Promise<PhoneDevice> {
   const { parsePhoneSpec, registerPhoneDevice } = await import("../lib/dev/phone/device.ts");
-  const dev = registerPhoneDevice({ ...parsePhoneSpec(spec), uid: hostUser() });
+  const dev = registerPhoneDevice({ ...parsePhoneSpec(spec), uid: await hostUser() });
   await Deno.mkdir(`${rootDir}/phone`, { recursive: true });
   const signals: [Deno.Signal, number][] = [["SIGTERM", 143]];
   if (!Deno.stdin.isTerminal()) signals.push(["SIGINT", 130]);

@@ -86,3 +86,30 @@ Deno.test("ferry sh: -c, script files, standard input, exit status", async (t) =
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("ferry sh: without USER and LOGNAME, $user is the uid's account name", async () => {
+  const root = await Deno.makeTempDir({ prefix: "ferry-cmd-sh-user-" });
+  try {
+    const id = await new Deno.Command("id", { args: ["-un"], stdout: "piped" }).output();
+    const account = new TextDecoder().decode(id.stdout).trim();
+    assert.notEqual(account, "");
+    const env: Record<string, string> = {};
+    for (const k of ["PATH", "HOME", "DENO_DIR"]) {
+      const v = Deno.env.get(k);
+      if (v !== undefined) env[k] = v;
+    }
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-all", `${REPO}cmd/ferry.ts`, "sh", "-r", root, "-c", "echo $user"],
+      clearEnv: true,
+      env,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const dec = new TextDecoder();
+    assert.equal(dec.decode(out.stderr), "");
+    assert.equal(dec.decode(out.stdout), `${account}\n`);
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
