@@ -29,6 +29,10 @@ export interface MountEntry {
   aname?: string;
   /** For a mount whose server went away: "ADDRESS: reason". */
   lost?: string;
+  /** For a mount made with -A: no authentication, no encryption. */
+  insecure?: boolean;
+  /** For a mount, the node the server's certificate had to name (`--peer`). */
+  peer?: string;
 }
 
 /** Nodes of a bind or mount source, shared by every copy of a table that holds them. */
@@ -68,6 +72,10 @@ export interface Member {
   kind: "bind" | "mount" | "underlying";
   /** For a mount, the attach name, when not empty. */
   aname?: string;
+  /** For a mount made with -A. */
+  insecure?: boolean;
+  /** For a mount, the node the server had to prove it was (`--peer`). */
+  peer?: string;
   /** New files in the union go to the first member with this set (-c). */
   create: boolean;
   /** The member's nodes; null for the underlying directory, found by walking. */
@@ -276,6 +284,8 @@ export class MountTable {
         if (m.aname) e.aname = m.aname;
         const lost = m.lost?.();
         if (lost !== undefined) e.lost = lost;
+        if (m.insecure) e.insecure = true;
+        if (m.peer) e.peer = m.peer;
         return e;
       };
       if (u < 0) {

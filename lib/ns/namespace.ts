@@ -93,6 +93,10 @@ export interface MountFlags extends BindFlags {
   source?: string;
   /** Attach name (spec) passed to the tree. */
   aname?: string;
+  /** Recorded for listings: the mount was made with -A. */
+  insecure?: boolean;
+  /** Recorded for listings: the node the server had to prove it was (`--peer`). */
+  peer?: string;
 }
 
 /** Options of {@link Namespace.standard}. */
@@ -807,7 +811,7 @@ export class Namespace implements Tree {
     source: string,
     nodes: Node[],
     target: string,
-    flags: BindFlags | undefined,
+    flags: MountFlags | undefined,
     aname = "",
     conn?: { lost?: () => string | undefined; recover: boolean },
   ): Promise<void> {
@@ -845,6 +849,8 @@ export class Namespace implements Tree {
     if (aname !== "") member.aname = aname;
     if (conn?.lost) member.lost = conn.lost;
     if (conn?.recover) member.recover = true;
+    if (kind === "mount" && flags?.insecure) member.insecure = true;
+    if (kind === "mount" && flags?.peer) member.peer = flags.peer;
     const dropped = this.#engine.table.add(target, member, order);
     await Promise.allSettled(dropped.map((s) => s.release()));
   }

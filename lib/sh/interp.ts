@@ -52,6 +52,12 @@ export interface MountEntry {
   target: string;
   /** For a mount whose server went away: "ADDRESS: reason". */
   lost?: string;
+  /** For a mount, the attach name (spec) when one was given. */
+  aname?: string;
+  /** For a mount made with -A. */
+  insecure?: boolean;
+  /** For a mount, the node the server had to prove it was (`--peer`). */
+  peer?: string;
 }
 
 /** Flags of bind and mount: union position and the create mark. */
@@ -79,7 +85,7 @@ export interface ShellNamespace extends Tree {
   mount(
     tree: Tree,
     target: string,
-    flags?: BindFlags & { source?: string; aname?: string },
+    flags?: BindFlags & { source?: string; aname?: string; insecure?: boolean; peer?: string },
   ): Promise<void>;
   /** Undo a bind or mount on `target` (only `source`'s, when given). */
   unmount(source: string | undefined, target: string): Promise<void>;

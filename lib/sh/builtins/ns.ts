@@ -97,7 +97,13 @@ export const mount: Builtin = async (ctx, args) => {
     ? await recovering(ctx, addr, how)
     : await dialRemote(ctx, addr, how);
   try {
-    await ctx.sh.ns.mount(dialed.tree, target, { ...flags, source: addr, aname: spec });
+    await ctx.sh.ns.mount(dialed.tree, target, {
+      ...flags,
+      source: addr,
+      aname: spec,
+      insecure: o.flags.has("A"),
+      peer,
+    });
   } catch (e) {
     dialed.close();
     throw e;
@@ -211,11 +217,23 @@ export const unmount: Builtin = async (ctx, args) => {
   }
 };
 
-/** ns: the mount table as bind and mount commands. */
+/**
+ * ns: the mount table as the bind and mount commands that rebuild it, with
+ * everything a mount was made with (-A, --peer, the attach name), so that
+ * its output can be run as it is.
+ */
 export const ns: Builtin = async (ctx, args) => {
   if (args.length > 0) throw new ShUsageError("ns");
   const lines = ctx.sh.ns.mounts().map((m) =>
-    [m.kind, ...(m.flags ? [m.flags] : []), shQuote(m.source), shQuote(m.target)].join(" ") +
+    [
+      m.kind,
+      ...(m.flags ? [m.flags] : []),
+      ...(m.insecure ? ["-A"] : []),
+      ...(m.peer ? ["--peer", shQuote(m.peer)] : []),
+      shQuote(m.source),
+      shQuote(m.target),
+      ...(m.aname ? [shQuote(m.aname)] : []),
+    ].join(" ") +
     // A comment, so the listing still replays.
     (m.lost !== undefined ? ` # lost: ${m.lost.replaceAll("\n", " ")}` : "")
   );
