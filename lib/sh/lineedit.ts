@@ -103,27 +103,29 @@ export class LineEditor {
     this.term.setRaw(true);
     try {
       await this.#out(prompt);
+      // Bytes typed ahead (after an earlier line's Enter) are this line's start.
+      let r: KeyResult = this.#pending.length > 0
+        ? await this.#feed(new Uint8Array(0))
+        : "continue";
       const buf = new Uint8Array(1024);
-      for (;;) {
+      while (r === "continue") {
         const n = await this.term.read(buf);
         if (n === null) {
           await this.#out("\r\n");
           return this.#chars.length > 0 ? this.#chars.join("") : null;
         }
-        const r = await this.#feed(buf.subarray(0, n));
-        if (r === "enter") {
-          await this.#out("\r\n");
-          return this.#chars.join("");
-        }
-        if (r === "eof") {
-          await this.#out("\r\n");
-          return null;
-        }
-        if (r === "cancel") {
-          await this.#out("^C\r\n");
-          return "";
-        }
+        r = await this.#feed(buf.subarray(0, n));
       }
+      if (r === "enter") {
+        await this.#out("\r\n");
+        return this.#chars.join("");
+      }
+      if (r === "eof") {
+        await this.#out("\r\n");
+        return null;
+      }
+      await this.#out("^C\r\n");
+      return "";
     } finally {
       this.term.setRaw(false);
     }
@@ -175,7 +177,8 @@ export class LineEditor {
         i++;
         const r = await this.#control(b);
         if (r !== "continue") {
-          this.#pending = new Uint8Array(0);
+          // What follows was typed ahead: it belongs to the next line.
+          this.#pending = all.slice(i);
           return r;
         }
         continue;

@@ -39,6 +39,17 @@ Deno.test("line editor", async (t) => {
     assert.ok(term.screen.startsWith("; "));
   });
 
+  await t.step("lines typed ahead in one chunk are each read in turn", async () => {
+    const term = scripted(["echo one\recho two\rec", "ho three\r"]);
+    const ed = new LineEditor(term);
+    assert.equal(await ed.readLine("; "), "echo one");
+    assert.equal(await ed.readLine("; "), "echo two");
+    assert.equal(await ed.readLine("; "), "echo three");
+    assert.equal(await ed.readLine("; "), null);
+    // Each line shows on the screen as it is read.
+    assert.match(term.screen, /echo one[^]*echo two[^]*echo three/);
+  });
+
   await t.step("cursor movement, backspace, delete and insertion", async () => {
     const ed = new LineEditor(
       scripted(["echo abc", LEFT + LEFT, "\x7f", "X", "\x01", "\x1b[3~", "E\r"]),
