@@ -14,6 +14,7 @@ import { Shell } from "../lib/sh/interp.ts";
 import { builtins } from "../lib/sh/builtins/mod.ts";
 import { denoReader, denoWriter, emptyReader, type ShIO } from "../lib/sh/io.ts";
 import { incomplete } from "../lib/sh/parser.ts";
+import { StyxError } from "../lib/styx/types.ts";
 import { denoTerminal, LineEditor } from "../lib/sh/lineedit.ts";
 import { standardDeviceTable } from "../lib/ns/devices.ts";
 // Loading a device module registers its '#' name with every standard namespace.
@@ -88,48 +89,134 @@ class LineReader {
   }
 }
 
+/**
+ * The terminal while `ferry sh` runs on it: kept in raw mode the whole
+ * session, with one reader taking every keystroke into a queue. While a
+ * command runs, ctrl-c interrupts it at once (a blocked read is flushed)
+ * and everything else typed stays queued for the prompt. Left to the
+ * terminal driver, ctrl-c would discard the lines typed ahead, and a read
+ * that never returns could not be interrupted.
+ */
+class TtyInput {
+  #queue: Uint8Array[] = [];
+  #eof = false;
+  #wake: (() => void) | null = null;
+  /** Called on ctrl-c while a command runs; null while the line editor reads. */
+  interrupt: (() => void) | null = null;
+
+  /** Start reading the terminal; it runs until end of input. */
+  start(): void {
+    (async () => {
+      const buf = new Uint8Array(4096);
+      for (;;) {
+        let n: number | null;
+        try {
+          n = await Deno.stdin.read(buf);
+        } catch {
+          n = null;
+        }
+        if (n === null) break;
+        let chunk = buf.slice(0, n);
+        if (this.interrupt && chunk.includes(0x03)) {
+          chunk = chunk.filter((b) => b !== 0x03);
+          this.interrupt();
+        }
+        if (chunk.length > 0) this.#queue.push(chunk);
+        this.#wake?.();
+      }
+      this.#eof = true;
+      this.#wake?.();
+    })();
+  }
+
+  /** The line editor's read: queued keystrokes first. */
+  async read(p: Uint8Array): Promise<number | null> {
+    while (this.#queue.length === 0) {
+      if (this.#eof) return null;
+      await new Promise<void>((r) => (this.#wake = r));
+      this.#wake = null;
+    }
+    const c = this.#queue[0]!;
+    const n = Math.min(c.length, p.length);
+    p.set(c.subarray(0, n));
+    if (n === c.length) this.#queue.shift();
+    else this.#queue[0] = c.subarray(n);
+    return n;
+  }
+}
+
+function setRaw(raw: boolean): void {
+  try {
+    Deno.stdin.setRaw(raw);
+  } catch { /* not a terminal any more */ }
+}
+
 async function interactive(sh: Shell, rootDir: string, io: ShIO): Promise<number> {
   const tty = Deno.stdin.isTerminal();
   let editor: LineEditor | undefined;
   let plain: LineReader | undefined;
+  let input: TtyInput | undefined;
   if (tty) {
     const dir = `${rootDir}/usr/${sh.user}/lib`;
     await Deno.mkdir(dir, { recursive: true }).catch(() => {});
-    editor = new LineEditor(denoTerminal(), { historyFile: `${dir}/sh_history` });
+    input = new TtyInput();
+    const term = denoTerminal();
+    editor = new LineEditor(
+      { read: (p) => input!.read(p), write: term.write, setRaw: () => {} },
+      { historyFile: `${dir}/sh_history` },
+    );
     await editor.loadHistory();
+    // A SIGINT sent from elsewhere interrupts the command as ctrl-c does. One
+    // listener for the whole session: adding and removing one per command
+    // was seen to put the terminal back into cooked mode.
+    Deno.addSignalListener("SIGINT", () => input?.interrupt?.());
+    setRaw(true);
+    // However the process ends, the terminal is left as it was found.
+    globalThis.addEventListener("unload", () => setRaw(false));
+    input.start();
   } else {
     plain = new LineReader(Deno.stdin);
   }
-  for (;;) {
-    let src = "";
-    let prompt = "; ";
+  try {
     for (;;) {
-      const line = editor ? await editor.readLine(prompt) : await plain!.readLine();
-      if (line === null) {
-        if (src !== "") break;
-        // Commands piped in end like a script: background jobs (a listen) keep
-        // the process alive. On a terminal, end of input ends everything.
-        if (!tty) await sh.jobs.waitAll();
-        return sh.status === "" ? 0 : 1;
+      let src = "";
+      let prompt = "; ";
+      for (;;) {
+        const line = editor ? await editor.readLine(prompt) : await plain!.readLine();
+        if (line === null) {
+          if (src !== "") break;
+          // Commands piped in end like a script: background jobs (a listen) keep
+          // the process alive. On a terminal, end of input ends everything.
+          if (!tty) await sh.jobs.waitAll();
+          return sh.status === "" ? 0 : 1;
+        }
+        src += line + "\n";
+        if (!incomplete(src)) break;
+        prompt = "\t";
       }
-      src += line + "\n";
-      if (!incomplete(src)) break;
-      prompt = "\t";
+      if (src.trim() === "") continue;
+      // ctrl-c while a command runs interrupts it, not the shell. From here
+      // on a ctrl-c typed is this command's, even before it starts.
+      const ctrl = new AbortController();
+      const interrupt = () => {
+        if (ctrl.signal.aborted) return;
+        ctrl.abort(new StyxError("interrupted"));
+        // The terminal echoes nothing in raw mode: say what happened.
+        io.stderr.write(new TextEncoder().encode("^C\n")).catch(() => {});
+      };
+      if (input) input.interrupt = interrupt;
+      sh.signal = ctrl.signal;
+      try {
+        await editor?.addHistory(src.trimEnd());
+        await sh.run(src, io);
+      } finally {
+        if (input) input.interrupt = null;
+        sh.signal = new AbortController().signal;
+      }
+      if (sh.exited) return sh.status === "" ? 0 : 1;
     }
-    if (src.trim() === "") continue;
-    await editor?.addHistory(src.trimEnd());
-    // ctrl-c while a command runs interrupts it, not the shell.
-    const ctrl = new AbortController();
-    const onInt = () => ctrl.abort();
-    if (tty) Deno.addSignalListener("SIGINT", onInt);
-    sh.signal = ctrl.signal;
-    try {
-      await sh.run(src, io);
-    } finally {
-      if (tty) Deno.removeSignalListener("SIGINT", onInt);
-      sh.signal = new AbortController().signal;
-    }
-    if (sh.exited) return sh.status === "" ? 0 : 1;
+  } finally {
+    if (tty) setRaw(false);
   }
 }
 
