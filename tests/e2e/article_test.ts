@@ -254,7 +254,8 @@ Deno.test("article: namespaces, binds, the host file system, remote files", asyn
           "notes.txt",
           "bind '#I' /net",
           "bind '#p' /prog",
-          `mount tcp!127.0.0.1!${port} /tmp/myuser`,
+          // As typed: ns output can be run again.
+          `mount -A tcp!127.0.0.1!${port} /tmp/myuser`,
           "",
         ].join("\n"),
       );
