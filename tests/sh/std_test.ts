@@ -5,6 +5,8 @@ import { Namespace } from "../../lib/ns/namespace.ts";
 import { Shell } from "../../lib/sh/interp.ts";
 import { builtins } from "../../lib/sh/builtins/mod.ts";
 import { Collector } from "../../lib/sh/io.ts";
+import { StyxClient } from "../../lib/styx/client.ts";
+import { tcpDial } from "../../lib/transport/tcp.ts";
 
 const REPO = new URL("../../", import.meta.url).pathname;
 
@@ -91,6 +93,29 @@ Deno.test("sh-std: if, while, for, fn, and, or, !, ~, raise and rescue", async (
       await run("fn countdown {if {! ~ $1 0} {echo $1; countdown `{echo $2} 0}}");
       // The innermost if ran no action: its status is its condition's.
       assert.deepEqual(await run("countdown 1 0"), ["1\n", "", "false"]);
+    });
+
+    await t.step("a listen block branches and calls a function", async () => {
+      await run("mkdir -p /usr/glenda; echo served > /usr/glenda/f");
+      await run("fn serve {export /usr/glenda}");
+      const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      const port = (l.addr as Deno.NetAddr).port;
+      l.close();
+      const [, e, s] = await run(
+        `listen -A 'tcp!127.0.0.1!${port}' {if {~ $user glenda} {serve} {echo refused}}`,
+      );
+      assert.match(e, /^(listen: warning: -A given: .*\n)?$/);
+      assert.equal(s, "");
+      const client = await StyxClient.connect(await tcpDial("127.0.0.1", port));
+      try {
+        const top = await client.attach("glenda");
+        assert.equal(new TextDecoder().decode(await client.readFile(top, "/f")), "served\n");
+        await top.close();
+      } finally {
+        await client.close();
+        sh.jobs.killAll();
+        await sh.jobs.waitAll();
+      }
     });
 
     await t.step("and, or, ! and no", async () => {
