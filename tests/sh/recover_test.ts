@@ -50,8 +50,8 @@ Deno.test("mount -r survives a server restart; a plain mount says it is lost", a
     assert.doesNotMatch(e1 + e2, /file does not exist|hungup/);
     // ns marks both, in a comment, so that the listing still replays.
     const [listing] = await run("ns");
-    assert.match(listing, /^mount -r \S+ \/n\/r # lost: .*redialling/m);
-    assert.match(listing, /^mount [^-]\S+ \/n\/p # lost: tcp!127\.0\.0\.1!\d+: /m);
+    assert.match(listing, /^mount -r -A \S+ \/n\/r # lost: .*redialling/m);
+    assert.match(listing, /^mount -A [^-]\S+ \/n\/p # lost: tcp!127\.0\.0\.1!\d+: /m);
 
     srv.start();
     // The recovering mount comes back with no action by the user.
