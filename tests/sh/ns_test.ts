@@ -9,6 +9,13 @@ import { Collector } from "../../lib/sh/io.ts";
 import { serve } from "../../lib/styx/server.ts";
 import { tcpListen } from "../../lib/transport/tcp.ts";
 import type { Conn } from "../../lib/transport/conn.ts";
+import { tlsListen } from "../../lib/transport/tls.ts";
+import { HostTree } from "../../lib/fs/host.ts";
+import { writeCredentials } from "../../lib/auth/ca.ts";
+import { makeFixture } from "../auth/fixture.ts";
+
+const REPO = new URL("../../", import.meta.url).pathname;
+const dec = new TextDecoder();
 
 function shell(ns: Namespace) {
   const out = new Collector();
@@ -104,22 +111,52 @@ Deno.test("ns output replayed in a fresh shell rebuilds the same namespace", asy
   }
 });
 
-Deno.test("ns prints the node a mount named with --peer", async () => {
-  const ns = new Namespace(new MemTree({ owner: "glenda" }), { caller: { user: "glenda" } });
-  const sh = shell(ns);
+Deno.test("ns keeps --peer: a TLS mount through a name replays in a fresh ferry sh", async () => {
+  const f = await makeFixture("nspeerca");
+  const tmp = await Deno.makeTempDir({ prefix: "ferry-ns-peer-" });
+  const env = { FERRY_CERTS: `${tmp}/certs`, FERRY_NAME: "alice", USER: "alice" };
+  // The server's certificate is for 'files': dialled as 127.0.0.1 it must be named.
+  const srv = await f.creds("files", "node");
+  const alice = await f.creds("alice", "user");
+  await writeCredentials(`${tmp}/certs`, "alice", alice.cert, alice.key);
+  await Deno.writeTextFile(`${tmp}/certs/ca.pem`, alice.ca);
+  await Deno.mkdir(`${tmp}/share/sub`, { recursive: true });
+  await Deno.writeTextFile(`${tmp}/share/sub/hello`, "hello over TLS\n");
+  const l = await tlsListen("127.0.0.1", 0, { creds: srv, onRefused: () => {} });
+  const exported = new Namespace(new HostTree(`${tmp}/share`), { caller: { user: "alice" } });
+  const conns: Conn[] = [];
+  const accepting = (async () => {
+    for await (const c of l) {
+      conns.push(c);
+      serve(c, exported).catch(() => {});
+    }
+  })();
+  const sh = async (root: string, command: string) => {
+    const o = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "--allow-all", `${REPO}cmd/ferry.ts`, "sh", "-r", root, "-c", command],
+      env,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    return { code: o.code, out: dec.decode(o.stdout), err: dec.decode(o.stderr) };
+  };
   try {
-    await sh.run("mkdir /n; mkdir /n/c");
-    await ns.mount(new MemTree({ owner: "glenda" }), "/n/c", {
-      source: "tcp!remote!8001",
-      peer: "client",
-      aname: "it's",
-    });
-    assert.deepEqual(await sh.run("ns"), [
-      "mount --peer client tcp!remote!8001 /n/c 'it''s'\n",
-      "",
-      "",
-    ]);
+    const a = await sh(`${tmp}/a`, `mkdir -p /n/f; mount --peer files ${l.addr} /n/f /sub; ns`);
+    assert.equal(a.err, "");
+    assert.equal(
+      a.out,
+      `bind '#I' /net\nbind '#p' /prog\nmount --peer files ${l.addr} /n/f /sub\n`,
+    );
+    const b = await sh(`${tmp}/b`, `mkdir -p /n/f\n${a.out}ns; cat /n/f/hello`);
+    assert.equal(b.err, "");
+    assert.equal(b.out, a.out + "hello over TLS\n");
   } finally {
-    await ns.close();
+    l.close();
+    for (const c of conns) c.close();
+    await accepting;
+    await exported.close();
+    await f.cleanup();
+    await Deno.remove(tmp, { recursive: true }).catch(() => {});
   }
 });
