@@ -98,7 +98,7 @@ export interface ShellNamespace extends Tree {
   /** The entries of directory `path`. */
   readDir(path: string): Promise<Dir[]>;
   /** Open `path` with a 9P mode. */
-  open(path: string, mode: number): Promise<OpenFile>;
+  open(path: string, mode: number, opts?: OpOptions): Promise<OpenFile>;
   /** Create `path` with 9P `perm` and open it with `mode`. */
   create(path: string, perm: number, mode: number): Promise<OpenFile>;
   /** Remove `path`. */
@@ -625,17 +625,19 @@ export class Shell {
   }
 
   async #openFor(op: Redir["op"], p: string): Promise<OpenFile> {
-    if (op === "<") return await this.ns.open(p, OREAD);
-    if (op === "<>") return await this.ns.open(p, ORDWR);
+    // An open may block too (a /net listen file): ctrl-c interrupts it.
+    const opts = { signal: this.signal };
+    if (op === "<") return await this.ns.open(p, OREAD, opts);
+    if (op === "<>") return await this.ns.open(p, ORDWR, opts);
     const mode = op === ">" ? OWRITE | OTRUNC : OWRITE;
     try {
-      return await this.ns.open(p, mode);
+      return await this.ns.open(p, mode, opts);
     } catch (e) {
       if (errorString(e) === Ename.notFound) return await this.ns.create(p, 0o666, OWRITE);
       if (op === ">") {
         // Some synthetic files refuse truncation; a plain write open is what they expect.
         try {
-          return await this.ns.open(p, OWRITE);
+          return await this.ns.open(p, OWRITE, opts);
         } catch {
           throw e;
         }

@@ -2,6 +2,12 @@
 // it interrupts a read that would block until a process ends, at once, with a
 // Tflush when the file is remote, and the lines typed meanwhile still run.
 import assert from "node:assert/strict";
+import { Namespace } from "../../lib/ns/namespace.ts";
+import { Shell } from "../../lib/sh/interp.ts";
+import { builtins } from "../../lib/sh/builtins/mod.ts";
+import { Collector } from "../../lib/sh/io.ts";
+import { StyxError } from "../../lib/styx/types.ts";
+import "../../lib/dev/net/mod.ts";
 
 const REPO = new URL("../../", import.meta.url).pathname;
 const FERRY = `${Deno.execPath()} run --allow-all ${REPO}cmd/ferry.ts`;
@@ -129,3 +135,48 @@ Deno.test("ctrl-c interrupts a blocked read at once; lines typed ahead still run
     await Deno.remove(serverRoot, { recursive: true });
   }
 });
+
+Deno.test("an interrupted command stops waiting in an open of /net/tcp/N/listen", async () => {
+  const root = await Deno.makeTempDir({ prefix: "ferry-intr-open-" });
+  const ns = await Namespace.standard({ user: "glenda", rootDir: root });
+  await ns.bind("#I", "/net");
+  const out = new Collector();
+  const err = new Collector();
+  const sh = new Shell({ ns, builtins: builtins(), io: { stdout: out, stderr: err } });
+  try {
+    const ctrl = new AbortController();
+    sh.signal = ctrl.signal;
+    // Announce, then wait for a call that never comes: the open of listen blocks.
+    const running = sh.run(
+      "{echo announce 127.0.0.1!0 >[1=0]; cat /net/tcp/*/listen} <> /net/tcp/clone",
+    );
+    for (let i = 0; !/Announced/.test(await status(ns)); i++) {
+      if (i > 400) throw new Error("the conversation was never announced");
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    ctrl.abort(new StyxError("interrupted"));
+    let timer = 0;
+    const stuck = new Promise<string>((r) => {
+      timer = setTimeout(() => r("still waiting in the open"), 20_000);
+    });
+    try {
+      assert.equal(await Promise.race([running, stuck]), "interrupted");
+    } finally {
+      clearTimeout(timer);
+    }
+    assert.equal(err.text(), "");
+  } finally {
+    await ns.close();
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+/** The status lines of every tcp conversation in `ns`. */
+async function status(ns: Namespace): Promise<string> {
+  let all = "";
+  for (const d of await ns.readDir("/net/tcp")) {
+    if (!/^\d+$/.test(d.name)) continue;
+    all += dec.decode(await ns.readFile(`/net/tcp/${d.name}/status`));
+  }
+  return all;
+}

@@ -75,7 +75,7 @@ export const cat: Builtin = async (ctx, args) => {
   let status = "";
   for (const arg of args) {
     try {
-      const f = await ctx.sh.ns.open(ctx.sh.path(arg), OREAD);
+      const f = await ctx.sh.ns.open(ctx.sh.path(arg), OREAD, { signal: ctx.signal });
       try {
         const r = new FileReader(f, 0n, 65536, ctx.signal);
         for (;;) {
