@@ -155,7 +155,7 @@ Deno.test("an interrupted command stops waiting in an open of /net/tcp/N/listen"
       await new Promise((r) => setTimeout(r, 10));
     }
     ctrl.abort(new StyxError("interrupted"));
-    let timer = 0;
+    let timer: ReturnType<typeof setTimeout> | undefined;
     const stuck = new Promise<string>((r) => {
       timer = setTimeout(() => r("still waiting in the open"), 20_000);
     });
