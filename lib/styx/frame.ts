@@ -67,12 +67,26 @@ const SCRATCH = 64 * 1024;
 export class FrameReader {
   /** The largest frame accepted; may be lowered after Tversion. */
   msize: number;
+  /**
+   * Milliseconds a frame may take to arrive once its first byte is in
+   * (0, the default: no limit). Past it the connection is closed and
+   * {@link next} throws a {@link FramingError}, so a peer that starts a
+   * frame and stalls cannot hold the reader (and the frame's buffer) forever.
+   */
+  frameTimeoutMs = 0;
   readonly #conn: Conn;
   /** Unconsumed chunks, the first starting at #off. */
   #chunks: Uint8Array[] = [];
   #off = 0;
   #avail = 0;
   #eof = false;
+  /** A read under way, started by {@link readAhead} or by the frame being gathered. */
+  #filling: Promise<boolean> | null = null;
+  /** When the frame being gathered must be complete (0: no deadline yet). */
+  #deadline = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #timedOut = false;
+  #inNext = false;
   /** With readInto: the reused buffer, its unread bytes at [#start, #end). */
   readonly #into: ReadIntoConn | null;
   #buf: Uint8Array | null = null;
@@ -99,7 +113,11 @@ export class FrameReader {
   }
 
   /** Read one more chunk into the queue; false at end of stream. */
-  async #fill(): Promise<boolean> {
+  #fill(): Promise<boolean> {
+    return this.#filling ??= this.#fillChunk().finally(() => this.#filling = null);
+  }
+
+  async #fillChunk(): Promise<boolean> {
     if (this.#eof) return false;
     for (;;) {
       const c = await this.#conn.read();
@@ -132,8 +150,61 @@ export class FrameReader {
    * cleanly between frames. Throws {@link FramingError} when the stream ends
    * mid-frame or announces a size below 7 or above `msize`.
    */
-  next(): Promise<Uint8Array | null> {
-    return this.#into ? this.#nextInto(this.#into) : this.#nextChunked();
+  async next(): Promise<Uint8Array | null> {
+    // A read started by readAhead lands first.
+    if (this.#filling) await this.#filling;
+    this.#inNext = true;
+    try {
+      return await (this.#into ? this.#nextInto(this.#into) : this.#nextChunked());
+    } catch (e) {
+      if (this.#timedOut) {
+        throw new FramingError(
+          `frame still incomplete after ${this.frameTimeoutMs} ms: the peer stalled mid-frame`,
+        );
+      }
+      throw e;
+    } finally {
+      this.#inNext = false;
+      if (this.#timer !== undefined) {
+        clearTimeout(this.#timer);
+        this.#timer = undefined;
+      }
+    }
+  }
+
+  /**
+   * Start the frame deadline, if there is one: called before waiting for
+   * more bytes of a frame already begun. On expiry the connection is closed,
+   * which ends the wait.
+   */
+  #arm(): void {
+    if (this.frameTimeoutMs <= 0 || this.#timer !== undefined) return;
+    this.#timer = setTimeout(() => {
+      this.#timedOut = true;
+      this.#conn.close();
+    }, this.frameTimeoutMs);
+  }
+
+  /**
+   * Read what the peer sends next into the buffer without returning a
+   * frame, so a caller that has stopped taking frames (to let replies
+   * drain) still learns at once when the stream ends. Resolves false at end
+   * of stream, true once bytes arrived. Null when there is no room left to
+   * read ahead into (64 KiB are waiting) or {@link next} is under way.
+   */
+  readAhead(): Promise<boolean> | null {
+    if (this.#eof) return Promise.resolve(false);
+    if (this.#filling) return this.#filling;
+    if (this.#inNext) return null;
+    if (this.#into) {
+      const buf = this.#buf ??= new Uint8Array(SCRATCH);
+      if (this.#start === this.#end) this.#start = this.#end = 0;
+      else if (this.#end === buf.length && this.#start > 0) this.#compact();
+      if (this.#end === buf.length) return null;
+      return this.#fillInto(this.#into);
+    }
+    if (this.#avail >= SCRATCH) return null;
+    return this.#fill();
   }
 
   #checkSize(size: number): void {
@@ -146,7 +217,11 @@ export class FrameReader {
   }
 
   /** Read more into the reused buffer after #end; false at end of stream. */
-  async #fillInto(conn: ReadIntoConn): Promise<boolean> {
+  #fillInto(conn: ReadIntoConn): Promise<boolean> {
+    return this.#filling ??= this.#fillScratch(conn).finally(() => this.#filling = null);
+  }
+
+  async #fillScratch(conn: ReadIntoConn): Promise<boolean> {
     if (this.#eof) return false;
     const buf = this.#buf!;
     for (;;) {
@@ -167,6 +242,7 @@ export class FrameReader {
     if (this.#start === this.#end) this.#start = this.#end = 0;
     while (this.#end - this.#start < 4) {
       if (this.#start > 0 && buf.length - this.#start < 4) this.#compact();
+      if (this.#end > this.#start) this.#arm();
       if (!(await this.#fillInto(conn))) {
         const have = this.#end - this.#start;
         if (have === 0) return null;
@@ -180,6 +256,7 @@ export class FrameReader {
       // Small enough for the reused buffer: gather it there, copy it out.
       if (buf.length - this.#start < size) this.#compact();
       while (this.#end - this.#start < size) {
+        this.#arm();
         if (!(await this.#fillInto(conn))) {
           throw new FramingError(
             `connection ended inside a frame (${
@@ -198,6 +275,7 @@ export class FrameReader {
     frame.set(buf.subarray(this.#start, this.#end));
     this.#start = this.#end = 0;
     while (have < size) {
+      this.#arm();
       const n = this.#eof ? null : await conn.readInto(frame.subarray(have));
       if (n === null) {
         this.#eof = true;
@@ -220,6 +298,7 @@ export class FrameReader {
 
   async #nextChunked(): Promise<Uint8Array | null> {
     while (this.#avail < 4) {
+      if (this.#avail > 0) this.#arm();
       if (!(await this.#fill())) {
         if (this.#avail === 0) return null;
         throw new FramingError(
@@ -248,6 +327,7 @@ export class FrameReader {
         this.#consume(n);
       }
       if (have === size) return frame;
+      this.#arm();
       if (!(await this.#fill())) {
         throw new FramingError(
           `connection ended inside a frame (${have} of ${size} bytes received)`,
@@ -359,7 +439,37 @@ const readPool = new BufferPool(32);
  * ```
  */
 export function allocReadData(n: number): Uint8Array {
+  if (charging !== null) charging.bytes += RREAD_HEADER + n;
   return readPool.take(RREAD_HEADER + n).subarray(RREAD_HEADER);
+}
+
+/**
+ * Bytes {@link allocReadData} handed out while a read was being started
+ * through {@link chargeReads}.
+ * @internal
+ */
+export interface ReadCharge {
+  bytes: number;
+}
+
+let charging: ReadCharge | null = null;
+
+/**
+ * Call `fn` (which starts a tree's read), adding to `charge` what it
+ * allocates with {@link allocReadData} before it first waits. Trees
+ * allocate a read's buffer up front, so the server learns what a read
+ * holds while it runs; a read that blocks before allocating (a `/net`
+ * file waiting for data) holds, and is charged, nothing.
+ * @internal
+ */
+export function chargeReads<T>(charge: ReadCharge, fn: () => T): T {
+  const prev = charging;
+  charging = charge;
+  try {
+    return fn();
+  } finally {
+    charging = prev;
+  }
 }
 
 /**
