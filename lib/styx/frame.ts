@@ -151,8 +151,6 @@ export class FrameReader {
    * mid-frame or announces a size below 7 or above `msize`.
    */
   async next(): Promise<Uint8Array | null> {
-    // A read started by readAhead lands first.
-    if (this.#filling) await this.#filling;
     this.#inNext = true;
     try {
       return await (this.#into ? this.#nextInto(this.#into) : this.#nextChunked());
@@ -239,6 +237,10 @@ export class FrameReader {
 
   async #nextInto(conn: ReadIntoConn): Promise<Uint8Array | null> {
     const buf = this.#buf ??= new Uint8Array(SCRATCH);
+    // A read started by readAhead fills the buffer after #end: a frame
+    // already whole before it is taken at once, else the read lands before
+    // anything in the buffer moves.
+    if (this.#filling && !this.#whole(buf)) await this.#filling;
     if (this.#start === this.#end) this.#start = this.#end = 0;
     while (this.#end - this.#start < 4) {
       if (this.#start > 0 && buf.length - this.#start < 4) this.#compact();
@@ -286,6 +288,14 @@ export class FrameReader {
       have += n;
     }
     return frame;
+  }
+
+  /** True when a whole frame waits in the reused buffer. */
+  #whole(buf: Uint8Array): boolean {
+    const p = this.#start;
+    const have = this.#end - p;
+    if (have < 4) return false;
+    return (buf[p]! | buf[p + 1]! << 8 | buf[p + 2]! << 16) + buf[p + 3]! * 0x1000000 <= have;
   }
 
   /** Move the unread bytes to the front of the reused buffer. */

@@ -448,7 +448,9 @@ class Session {
         this.#dispatch(msg);
       }
     } catch (e) {
-      if (!this.#closing) {
+      // A broken frame is worth a line even when the break closed the
+      // connection (a frame timeout, a hangup mid-frame).
+      if (!this.#closing || e instanceof FramingError) {
         const hint = this.#msize === 0 && e instanceof FramingError
           ? " (not a Styx client? a TLS client needs a listener without -A)"
           : "";
