@@ -388,12 +388,20 @@ export class BufferPool {
   readonly #pooled = new WeakSet<ArrayBufferLike>();
   readonly #max: number;
   readonly #granule: number;
+  readonly #freeExtra: boolean;
   #count = 0;
 
-  /** Keep at most `max` buffers; capacities are multiples of `granule` (1: exact sizes). */
-  constructor(max: number, granule = 1) {
+  /**
+   * Keep at most `max` buffers; capacities are multiples of `granule` (1:
+   * exact sizes). With `opts.freeExtra`, a buffer given back when the pool
+   * is full is freed at once rather than left to the garbage collector,
+   * which an idle process may not run for a long time: after a burst (many
+   * connections, or a hostile client) the memory goes back to the system.
+   */
+  constructor(max: number, granule = 1, opts: { freeExtra?: boolean } = {}) {
     this.#max = max;
     this.#granule = granule;
+    this.#freeExtra = opts.freeExtra === true;
   }
 
   /** A buffer of exactly `size` bytes (not necessarily zeroed), at offset 0 of its ArrayBuffer. */
@@ -418,7 +426,12 @@ export class BufferPool {
 
   /** Give back `buf` (the whole buffer under some view) once nothing refers to it. */
   give(buf: ArrayBufferLike): void {
-    if (!this.#mine.has(buf) || this.#pooled.has(buf) || this.#count >= this.#max) return;
+    if (!this.#mine.has(buf) || this.#pooled.has(buf)) return;
+    if (this.#count >= this.#max) {
+      // Detaching frees the memory now.
+      if (this.#freeExtra && buf instanceof ArrayBuffer && !buf.detached) buf.transfer(0);
+      return;
+    }
     let free = this.#free.get(buf.byteLength);
     if (free === undefined) this.#free.set(buf.byteLength, free = []);
     free.push(new Uint8Array(buf));
@@ -431,7 +444,7 @@ export class BufferPool {
 export const RREAD_HEADER = 11;
 
 /** Buffers made by {@link allocReadData}: their first RREAD_HEADER bytes are free. */
-const readPool = new BufferPool(32);
+const readPool = new BufferPool(32, 1, { freeExtra: true });
 
 /**
  * A buffer of `n` bytes for a tree to read file data into and return from
@@ -450,6 +463,17 @@ const readPool = new BufferPool(32);
  */
 export function allocReadData(n: number): Uint8Array {
   if (charging !== null) charging.bytes += RREAD_HEADER + n;
+  return readPool.take(RREAD_HEADER + n).subarray(RREAD_HEADER);
+}
+
+/**
+ * Like {@link allocReadData}, for a buffer a file allocates for itself ahead
+ * of the data (a socket's read buffer, kept across reads) rather than for
+ * the one read under way. It is not charged to that read (see
+ * {@link chargeReads}): a read that waits for data holds no share of its
+ * connection's bound, so many waiting reads never stop a connection.
+ */
+export function allocReadAhead(n: number): Uint8Array {
   return readPool.take(RREAD_HEADER + n).subarray(RREAD_HEADER);
 }
 

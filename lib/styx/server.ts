@@ -75,6 +75,7 @@ import {
   FrameReader,
   FramingError,
   type ReadCharge,
+  recycleReadBuffer,
   recycleReadData,
   rreadInPlace,
 } from "./frame.ts";
@@ -91,7 +92,7 @@ export const DEFAULT_MAX_IN_FLIGHT = 1024;
 /** Reply bytes one connection may hold by default ({@link ServerOptions.maxReplyBytes}). */
 export const DEFAULT_MAX_REPLY_BYTES = 8 * 1024 * 1024;
 /** Fids one connection may hold by default ({@link ServerOptions.maxFids}). */
-export const DEFAULT_MAX_FIDS = 16384;
+export const DEFAULT_MAX_FIDS = 4096;
 /** Milliseconds a frame may take to arrive by default ({@link ServerOptions.frameTimeoutMs}). */
 export const DEFAULT_FRAME_TIMEOUT_MS = 10_000;
 /** Connections served at once by default, per process ({@link ServerOptions.connections}). */
@@ -194,11 +195,11 @@ export interface ServerOptions {
    */
   maxReplyBytes?: number;
   /**
-   * Fids one connection may hold (default {@link DEFAULT_MAX_FIDS}: a FUSE
-   * client such as 9pfuse keeps a fid for every file the kernel has cached,
-   * so a walk over a large tree needs thousands; at about 1 KiB each the
-   * default costs at most some 16 MiB). Tattach and Twalk to a new fid
-   * beyond it get an Rerror naming the limit.
+   * Fids one connection may hold (default {@link DEFAULT_MAX_FIDS}: far
+   * more than Plan 9, Inferno or Ferry clients hold, a fid for each open
+   * file, directory and mount; a fid costs about 3 KiB on a host tree, so
+   * the default bounds a connection's fids to about 12 MiB). Tattach and
+   * Twalk to a new fid beyond it get an Rerror naming the limit.
    */
   maxFids?: number;
   /**
@@ -223,7 +224,7 @@ type Reply = RMsg extends infer R ? R extends RMsg ? Omit<R, "tag"> : never : ne
 const exclusiveOpen = new WeakMap<Tree, Set<bigint>>();
 
 /** Buffers of large Twrite frames, shared by every session whose tree copies writes. */
-const writePool = new BufferPool(32);
+const writePool = new BufferPool(32, 1, { freeExtra: true });
 /** Replies smaller than this are gathered into one write. */
 const GATHER = 64 * 1024;
 /** Rread data at least this large is written after its header instead of copied into it. */
@@ -503,7 +504,8 @@ class Session {
     const out = this.#out;
     this.#out = [];
     this.#outBytes = 0;
-    if (this.#recycle) { for (const b of out) recycleReadData(b); }
+    // Never written, so nothing else refers to them.
+    for (const b of out) recycleReadData(b);
     this.#wake();
   }
 
@@ -551,7 +553,7 @@ class Session {
   // Replies
 
   #send(msg: RMsg): void {
-    if (this.#closing) return;
+    if (this.#closing) return this.#discard(msg);
     if (msg.type === MsgType.Rread) {
       // Data read into a buffer with room for the header goes out as one
       // frame, built in place.
@@ -611,9 +613,10 @@ class Session {
   }
 
   async #pump(): Promise<void> {
+    let buf: Uint8Array | null = null;
     try {
       while (this.#out.length > 0) {
-        let buf = this.#out[0]!;
+        buf = this.#out[0]!;
         let n = 1;
         if (buf.length < GATHER && this.#out.length > 1) {
           let total = buf.length;
@@ -635,13 +638,17 @@ class Session {
         }
         this.#out.splice(0, n);
         await this.#conn.write(buf);
-        if (this.#closing) break;
-        this.#outBytes -= buf.length;
+        // (A hangup meanwhile has zeroed the count already.)
+        if (!this.#closing) this.#outBytes -= buf.length;
         if (this.#recycle) recycleReadData(buf);
+        buf = null;
+        if (this.#closing) break;
         this.#wake();
       }
     } catch {
       // The connection is gone: abandon everything it still had queued.
+      // A failed write has finished with its buffer too.
+      if (buf !== null && this.#recycle) recycleReadData(buf);
       this.#hangup();
     } finally {
       this.#writing = false;
@@ -741,8 +748,14 @@ class Session {
     // What the request held now leaves with its reply (or is dropped).
     this.#heldBytes -= req.held.bytes;
     req.held.bytes = 0;
-    if (req.flushed) return;
+    if (req.flushed) return this.#discard(reply);
     this.#send(reply);
+  }
+
+  /** Drop a reply that will never be sent, giving back its read buffer. */
+  #discard(reply: RMsg): void {
+    // Nothing else refers to a buffer a tree returned from a read.
+    if (reply.type === MsgType.Rread) recycleReadBuffer(reply.data.buffer);
   }
 
   /**

@@ -287,12 +287,12 @@ Deno.test("bounds: fids past the limit get an Rerror naming it", async (t) => {
   const mem = new MemTree({ owner: "glenda" });
   await mem.writeFile("/f", "x");
 
-  await t.step("the default, 16384, over TCP", async () => {
+  await t.step("the default, 4096, over TCP", async () => {
     const srv = tcpServer(mem);
     const raw = await srv.dial();
     await raw.start(8192 + IOHDRSZ);
-    // Fid 0 is the attach; walks make fids 1 to 16383, then one more.
-    const limit = 16384;
+    // Fid 0 is the attach; walks make fids 1 to 4095, then one more.
+    const limit = 4096;
     const walks: TMsg[] = [];
     for (let fid = 1; fid <= limit; fid++) {
       walks.push({ type: MsgType.Twalk, tag: fid & 0x7fff, fid: 0, newfid: fid, wnames: ["f"] });
@@ -313,7 +313,7 @@ Deno.test("bounds: fids past the limit get an Rerror naming it", async (t) => {
         if (fid < limit) assert.equal(r.type, MsgType.Rwalk, `fid ${fid}: ${show(r)}`);
         else {
           assert.equal(r.type, MsgType.Rerror, `fid ${fid}: ${show(r)}`);
-          assert.match(r.ename, /too many fids: .*at most 16384/);
+          assert.match(r.ename, /too many fids: .*at most 4096/);
         }
       }
     }
