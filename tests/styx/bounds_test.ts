@@ -11,6 +11,8 @@ import { FrameReader } from "../../lib/styx/frame.ts";
 import { HostTree } from "../../lib/fs/host.ts";
 import { MemTree } from "../../lib/fs/memory.ts";
 import type { Node, OpenFile, Tree } from "../../lib/fs/tree.ts";
+import { NetDevice } from "../../lib/dev/net/device.ts";
+import { RemoteTree, StyxClient } from "../../lib/styx/client.ts";
 import { memPipe } from "../../lib/transport/pipe.ts";
 import { tcpDial, tcpListen } from "../../lib/transport/tcp.ts";
 import type { Conn } from "../../lib/transport/conn.ts";
@@ -20,6 +22,7 @@ import {
   MsgType,
   NOFID,
   NOTAG,
+  ORDWR,
   OREAD,
   type TMsg,
 } from "../../lib/styx/types.ts";
@@ -135,6 +138,7 @@ function tcpServer(tree: Tree, opts: ServerOptions = {}) {
     for await (const c of l) sessions.push(serve(c, tree, { log: (m) => logs.push(m), ...opts }));
   })();
   return {
+    addr: l.addr,
     logs,
     sessions,
     dial: async () => new Raw(await tcpDial("127.0.0.1", port)),
@@ -376,4 +380,64 @@ Deno.test("bounds: a frame left incomplete is dropped after the frame timeout; a
   assert.equal(await header.conn.read(), null);
   idle.conn.close();
   await srv.close();
+});
+
+Deno.test("bounds: reads waiting on /net data files hold no share of the byte bound", async () => {
+  // An echo server on loopback, and /net served over TCP with a 1 MiB bound.
+  const far = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const farPort = (far.addr as Deno.NetAddr).port;
+  const echoing = (async () => {
+    for await (const c of far) {
+      (async () => {
+        const buf = new Uint8Array(4096);
+        for (;;) {
+          const n = await c.read(buf).catch(() => null);
+          if (n === null) break;
+          await c.write(buf.subarray(0, n));
+        }
+        c.close();
+      })();
+    }
+  })();
+  const dev = new NetDevice();
+  const srv = tcpServer(dev.tree(), { maxReplyBytes: 1 * MiB });
+  const styxPort = Number(srv.addr.split("!")[2]);
+  const client = await StyxClient.connect(await tcpDial("127.0.0.1", styxPort));
+  const root = await new RemoteTree(client).attach({ user: "glenda" }, "");
+  const open = async (path: string): Promise<OpenFile> => {
+    const { node } = await root.walk(path.split("/"));
+    assert.ok(node, `no ${path}`);
+    try {
+      return await node.open(ORDWR);
+    } finally {
+      await node.close();
+    }
+  };
+  const enc = new TextEncoder();
+  const dec = new TextDecoder();
+  try {
+    // 24 conversations, each with a 512 KiB read waiting for data: 12 MiB
+    // of counts, far past the bound.
+    const convs: { ctl: OpenFile; data: OpenFile; read: Promise<Uint8Array> }[] = [];
+    for (let i = 0; i < 24; i++) {
+      const ctl = await open("tcp/clone");
+      const n = dec.decode(await ctl.read(0n, 32)).trim();
+      await ctl.write(0n, enc.encode(`connect 127.0.0.1!${farPort}`));
+      const data = await open(`tcp/${n}/data`);
+      convs.push({ ctl, data, read: data.read(0n, 512 * KiB) });
+    }
+    // The writes still get through, and every waiting read is answered.
+    for (const [i, c] of convs.entries()) await c.data.write(0n, enc.encode(`ping ${i}`));
+    for (const [i, c] of convs.entries()) assert.equal(dec.decode(await c.read), `ping ${i}`);
+    for (const c of convs) {
+      await c.data.close();
+      await c.ctl.close();
+    }
+  } finally {
+    await root.close();
+    client.close();
+    far.close();
+    await echoing;
+    await srv.close();
+  }
 });
