@@ -56,39 +56,109 @@ Deno.test("connection cap: a listener's cap refuses the connection past it with 
   assert.equal(cap.open, 0);
 });
 
-Deno.test("connection cap: `ferry listen -A` refuses connections past the default cap", async () => {
+/** Run `ferry listen -A ARGS… tcp!127.0.0.1!0 DIR` until `fn` is done with its port. */
+async function withFerryListen(
+  args: string[],
+  fn: (port: number) => Promise<void>,
+): Promise<string> {
   const dir = await Deno.makeTempDir();
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "--allow-all", `${REPO}cmd/ferry.ts`, "listen", "-A", "tcp!127.0.0.1!0", dir],
+    args: [
+      "run",
+      "--allow-all",
+      `${REPO}cmd/ferry.ts`,
+      "listen",
+      "-A",
+      ...args,
+      "tcp!127.0.0.1!0",
+      dir,
+    ],
     stdout: "piped",
     stderr: "piped",
   }).spawn();
-  const conns: TcpConn[] = [];
+  const stderr = new Response(child.stderr).text();
   try {
     const out = child.stdout.getReader();
     let text = "";
     while (!/listening on \S+!\d+/.test(text)) {
       const { value, done } = await out.read();
-      if (done) throw new Error(`ferry listen ended: ${text}`);
+      if (done) throw new Error(`ferry listen ended: ${text} ${await stderr}`);
       text += new TextDecoder().decode(value);
     }
     out.releaseLock();
-    const port = Number(text.match(/listening on \S+!(\d+)/)![1]);
-    for (let i = 0; i < DEFAULT_MAX_CONNECTIONS; i++) {
-      const { conn, reply } = await version(port);
-      assert.equal(reply?.type, MsgType.Rversion, `connection ${i + 1}`);
-      conns.push(conn);
-    }
-    const over = await version(port);
-    conns.push(over.conn);
-    assert.ok(over.reply?.type === MsgType.Rerror, `got ${over.reply?.type}`);
-    assert.match(over.reply.ename, new RegExp(`at most ${DEFAULT_MAX_CONNECTIONS} at once`));
+    await fn(Number(text.match(/listening on \S+!(\d+)/)![1]));
   } finally {
-    for (const c of conns) c.close();
     child.kill("SIGTERM");
     await child.stdout.cancel().catch(() => {});
-    await child.stderr.cancel().catch(() => {});
     await child.status;
     await Deno.remove(dir, { recursive: true });
+  }
+  return await stderr;
+}
+
+Deno.test("connection cap: `ferry listen -A` refuses connections past the default cap", async () => {
+  const conns: TcpConn[] = [];
+  try {
+    await withFerryListen([], async (port) => {
+      for (let i = 0; i < DEFAULT_MAX_CONNECTIONS; i++) {
+        const { conn, reply } = await version(port);
+        conns.push(conn);
+        assert.equal(reply?.type, MsgType.Rversion, `connection ${i + 1}`);
+      }
+      const over = await version(port);
+      conns.push(over.conn);
+      assert.ok(over.reply?.type === MsgType.Rerror, `got ${over.reply?.type}`);
+      assert.match(over.reply.ename, new RegExp(`at most ${DEFAULT_MAX_CONNECTIONS} at once`));
+    });
+  } finally {
+    for (const c of conns) c.close();
+  }
+});
+
+Deno.test("connection cap: `ferry listen --max-conns` and `--frame-timeout` set the bounds", async () => {
+  const conns: TcpConn[] = [];
+  try {
+    const log = await withFerryListen(
+      ["--max-conns", "2", "--frame-timeout", "0.3"],
+      async (port) => {
+        for (let i = 0; i < 2; i++) {
+          const { conn, reply } = await version(port);
+          conns.push(conn);
+          assert.equal(reply?.type, MsgType.Rversion);
+        }
+        const over = await version(port);
+        conns.push(over.conn);
+        assert.ok(over.reply?.type === MsgType.Rerror, `got ${over.reply?.type}`);
+        assert.match(over.reply.ename, /at most 2 at once/);
+        // Half a frame on a served connection: dropped after 0.3 s.
+        await conns[0]!.write(new Uint8Array([19, 0, 0]));
+        assert.equal(await conns[0]!.read(), null);
+      },
+    );
+    assert.match(log, /still incomplete after 300 ms/);
+  } finally {
+    for (const c of conns) c.close();
+  }
+});
+
+Deno.test("connection cap: `ferry listen` refuses a bad --max-conns or --frame-timeout", async () => {
+  for (const [flag, value] of [["--max-conns", "0"], ["--frame-timeout", "soon"]] as const) {
+    const o = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "--allow-all",
+        `${REPO}cmd/ferry.ts`,
+        "listen",
+        "-A",
+        flag,
+        value,
+        "tcp!127.0.0.1!0",
+        ".",
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(o.success, false);
+    assert.match(new TextDecoder().decode(o.stderr), new RegExp(`${flag} '${value}' is not`));
   }
 });
