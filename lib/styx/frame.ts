@@ -80,7 +80,7 @@ export class FrameReader {
   #off = 0;
   #avail = 0;
   #eof = false;
-  /** A read under way, started by {@link readAhead} or by the frame being gathered. */
+  /** A read under way that {@link readAhead} started. */
   #filling: Promise<boolean> | null = null;
   /** When the frame being gathered must be complete (0: no deadline yet). */
   #deadline = 0;
@@ -114,7 +114,7 @@ export class FrameReader {
 
   /** Read one more chunk into the queue; false at end of stream. */
   #fill(): Promise<boolean> {
-    return this.#filling ??= this.#fillChunk().finally(() => this.#filling = null);
+    return this.#filling ?? this.#fillChunk();
   }
 
   async #fillChunk(): Promise<boolean> {
@@ -150,24 +150,26 @@ export class FrameReader {
    * cleanly between frames. Throws {@link FramingError} when the stream ends
    * mid-frame or announces a size below 7 or above `msize`.
    */
-  async next(): Promise<Uint8Array | null> {
+  next(): Promise<Uint8Array | null> {
     this.#inNext = true;
-    try {
-      return await (this.#into ? this.#nextInto(this.#into) : this.#nextChunked());
-    } catch (e) {
-      if (this.#timedOut) {
-        throw new FramingError(
-          `frame still incomplete after ${this.frameTimeoutMs} ms: the peer stalled mid-frame`,
-        );
-      }
-      throw e;
-    } finally {
-      this.#inNext = false;
-      if (this.#timer !== undefined) {
-        clearTimeout(this.#timer);
-        this.#timer = undefined;
-      }
+    return this.#into ? this.#nextInto(this.#into) : this.#nextChunked();
+  }
+
+  /** What next() ends with, however it ends: the frame deadline is over. */
+  #done(): void {
+    this.#inNext = false;
+    if (this.#timer !== undefined) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
     }
+  }
+
+  /** The error next() throws for `e`: a timeout says so rather than "connection ended". */
+  #failure(e: unknown): unknown {
+    if (!this.#timedOut) return e;
+    return new FramingError(
+      `frame still incomplete after ${this.frameTimeoutMs} ms: the peer stalled mid-frame`,
+    );
   }
 
   /**
@@ -199,10 +201,15 @@ export class FrameReader {
       if (this.#start === this.#end) this.#start = this.#end = 0;
       else if (this.#end === buf.length && this.#start > 0) this.#compact();
       if (this.#end === buf.length) return null;
-      return this.#fillInto(this.#into);
+      return this.#ahead(this.#fillScratch(this.#into));
     }
     if (this.#avail >= SCRATCH) return null;
-    return this.#fill();
+    return this.#ahead(this.#fillChunk());
+  }
+
+  /** Note a read started ahead, which next() then waits for instead of starting its own. */
+  #ahead(p: Promise<boolean>): Promise<boolean> {
+    return this.#filling = p.finally(() => this.#filling = null);
   }
 
   #checkSize(size: number): void {
@@ -216,7 +223,7 @@ export class FrameReader {
 
   /** Read more into the reused buffer after #end; false at end of stream. */
   #fillInto(conn: ReadIntoConn): Promise<boolean> {
-    return this.#filling ??= this.#fillScratch(conn).finally(() => this.#filling = null);
+    return this.#filling ?? this.#fillScratch(conn);
   }
 
   async #fillScratch(conn: ReadIntoConn): Promise<boolean> {
@@ -236,58 +243,66 @@ export class FrameReader {
   }
 
   async #nextInto(conn: ReadIntoConn): Promise<Uint8Array | null> {
-    const buf = this.#buf ??= new Uint8Array(SCRATCH);
-    // A read started by readAhead fills the buffer after #end: a frame
-    // already whole before it is taken at once, else the read lands before
-    // anything in the buffer moves.
-    if (this.#filling && !this.#whole(buf)) await this.#filling;
-    if (this.#start === this.#end) this.#start = this.#end = 0;
-    while (this.#end - this.#start < 4) {
-      if (this.#start > 0 && buf.length - this.#start < 4) this.#compact();
-      if (this.#end > this.#start) this.#arm();
-      if (!(await this.#fillInto(conn))) {
-        const have = this.#end - this.#start;
-        if (have === 0) return null;
-        throw new FramingError(`connection ended inside a frame header (${have} of 4 size bytes)`);
-      }
-    }
-    const p = this.#start;
-    const size = (buf[p]! | buf[p + 1]! << 8 | buf[p + 2]! << 16) + buf[p + 3]! * 0x1000000;
-    this.#checkSize(size);
-    if (size <= buf.length) {
-      // Small enough for the reused buffer: gather it there, copy it out.
-      if (buf.length - this.#start < size) this.#compact();
-      while (this.#end - this.#start < size) {
-        this.#arm();
+    try {
+      const buf = this.#buf ??= new Uint8Array(SCRATCH);
+      // A read started by readAhead fills the buffer after #end: a frame
+      // already whole before it is taken at once, else the read lands before
+      // anything in the buffer moves.
+      if (this.#filling && !this.#whole(buf)) await this.#filling;
+      if (this.#start === this.#end) this.#start = this.#end = 0;
+      while (this.#end - this.#start < 4) {
+        if (this.#start > 0 && buf.length - this.#start < 4) this.#compact();
+        if (this.#end > this.#start) this.#arm();
         if (!(await this.#fillInto(conn))) {
+          const have = this.#end - this.#start;
+          if (have === 0) return null;
           throw new FramingError(
-            `connection ended inside a frame (${
-              this.#end - this.#start
-            } of ${size} bytes received)`,
+            `connection ended inside a frame header (${have} of 4 size bytes)`,
           );
         }
       }
-      const frame = buf.slice(this.#start, this.#start + size);
-      this.#start += size;
-      return frame;
-    }
-    // Large: what has arrived is copied, the rest is read into place.
-    const frame = this.#alloc(size);
-    let have = this.#end - this.#start;
-    frame.set(buf.subarray(this.#start, this.#end));
-    this.#start = this.#end = 0;
-    while (have < size) {
-      this.#arm();
-      const n = this.#eof ? null : await conn.readInto(frame.subarray(have));
-      if (n === null) {
-        this.#eof = true;
-        throw new FramingError(
-          `connection ended inside a frame (${have} of ${size} bytes received)`,
-        );
+      const p = this.#start;
+      const size = (buf[p]! | buf[p + 1]! << 8 | buf[p + 2]! << 16) + buf[p + 3]! * 0x1000000;
+      this.#checkSize(size);
+      if (size <= buf.length) {
+        // Small enough for the reused buffer: gather it there, copy it out.
+        if (buf.length - this.#start < size) this.#compact();
+        while (this.#end - this.#start < size) {
+          this.#arm();
+          if (!(await this.#fillInto(conn))) {
+            throw new FramingError(
+              `connection ended inside a frame (${
+                this.#end - this.#start
+              } of ${size} bytes received)`,
+            );
+          }
+        }
+        const frame = buf.slice(this.#start, this.#start + size);
+        this.#start += size;
+        return frame;
       }
-      have += n;
+      // Large: what has arrived is copied, the rest is read into place.
+      const frame = this.#alloc(size);
+      let have = this.#end - this.#start;
+      frame.set(buf.subarray(this.#start, this.#end));
+      this.#start = this.#end = 0;
+      while (have < size) {
+        this.#arm();
+        const n = this.#eof ? null : await conn.readInto(frame.subarray(have));
+        if (n === null) {
+          this.#eof = true;
+          throw new FramingError(
+            `connection ended inside a frame (${have} of ${size} bytes received)`,
+          );
+        }
+        have += n;
+      }
+      return frame;
+    } catch (e) {
+      throw this.#failure(e);
+    } finally {
+      this.#done();
     }
-    return frame;
   }
 
   /** True when a whole frame waits in the reused buffer. */
@@ -307,42 +322,48 @@ export class FrameReader {
   }
 
   async #nextChunked(): Promise<Uint8Array | null> {
-    while (this.#avail < 4) {
-      if (this.#avail > 0) this.#arm();
-      if (!(await this.#fill())) {
-        if (this.#avail === 0) return null;
-        throw new FramingError(
-          `connection ended inside a frame header (${this.#avail} of 4 size bytes)`,
-        );
+    try {
+      while (this.#avail < 4) {
+        if (this.#avail > 0) this.#arm();
+        if (!(await this.#fill())) {
+          if (this.#avail === 0) return null;
+          throw new FramingError(
+            `connection ended inside a frame header (${this.#avail} of 4 size bytes)`,
+          );
+        }
       }
-    }
-    const size = this.#peekSize();
-    this.#checkSize(size);
-    const first = this.#chunks[0]!;
-    if (first.length - this.#off >= size) {
-      // The whole frame is inside the first chunk: hand out a view.
-      const frame = first.subarray(this.#off, this.#off + size);
-      this.#consume(size);
-      return frame;
-    }
-    // Spread over several chunks: allocate once, copy each piece once.
-    const frame = this.#alloc(size);
-    let have = 0;
-    for (;;) {
-      while (have < size && this.#chunks.length > 0) {
-        const c = this.#chunks[0]!;
-        const n = Math.min(c.length - this.#off, size - have);
-        frame.set(c.subarray(this.#off, this.#off + n), have);
-        have += n;
-        this.#consume(n);
+      const size = this.#peekSize();
+      this.#checkSize(size);
+      const first = this.#chunks[0]!;
+      if (first.length - this.#off >= size) {
+        // The whole frame is inside the first chunk: hand out a view.
+        const frame = first.subarray(this.#off, this.#off + size);
+        this.#consume(size);
+        return frame;
       }
-      if (have === size) return frame;
-      this.#arm();
-      if (!(await this.#fill())) {
-        throw new FramingError(
-          `connection ended inside a frame (${have} of ${size} bytes received)`,
-        );
+      // Spread over several chunks: allocate once, copy each piece once.
+      const frame = this.#alloc(size);
+      let have = 0;
+      for (;;) {
+        while (have < size && this.#chunks.length > 0) {
+          const c = this.#chunks[0]!;
+          const n = Math.min(c.length - this.#off, size - have);
+          frame.set(c.subarray(this.#off, this.#off + n), have);
+          have += n;
+          this.#consume(n);
+        }
+        if (have === size) return frame;
+        this.#arm();
+        if (!(await this.#fill())) {
+          throw new FramingError(
+            `connection ended inside a frame (${have} of ${size} bytes received)`,
+          );
+        }
       }
+    } catch (e) {
+      throw this.#failure(e);
+    } finally {
+      this.#done();
     }
   }
 
