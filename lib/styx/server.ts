@@ -90,7 +90,7 @@ export const MIN_MSIZE = 256;
 /** Requests one connection may have in flight by default ({@link ServerOptions.maxInFlight}). */
 export const DEFAULT_MAX_IN_FLIGHT = 1024;
 /** Reply bytes one connection may hold by default ({@link ServerOptions.maxReplyBytes}). */
-export const DEFAULT_MAX_REPLY_BYTES = 8 * 1024 * 1024;
+export const DEFAULT_MAX_REPLY_BYTES = 2 * 1024 * 1024;
 /** Fids one connection may hold by default ({@link ServerOptions.maxFids}). */
 export const DEFAULT_MAX_FIDS = 4096;
 /** Milliseconds a frame may take to arrive by default ({@link ServerOptions.frameTimeoutMs}). */
@@ -189,9 +189,11 @@ export interface ServerOptions {
   /**
    * Reply bytes queued for the client, or being read from files for it,
    * plus Twrite data being written, past which no further request is read
-   * until half have drained (default {@link DEFAULT_MAX_REPLY_BYTES}). A
-   * client that reads its replies keeps far less queued; one that never
-   * reads them is held here.
+   * until half have drained (default {@link DEFAULT_MAX_REPLY_BYTES}: four
+   * reads of the largest msize, while the socket buffers hold more, so a
+   * client that reads its replies never waits on it; one that never reads
+   * them is held here, and twenty such cost some 40 MiB, little enough
+   * that memory need not be given back for the process to stay small).
    */
   maxReplyBytes?: number;
   /**
