@@ -3,7 +3,7 @@
  * measured against, in the same run. Not a test: nothing here passes or
  * fails on timing.
  *
- * deno task bench [--mib N] [--files N] [--reps N] [--only styx,ns,tls,net,fuse]
+ * deno task bench [--mib N] [--files N] [--reps N] [--only styx,ns,tls,net,fuse,hostile]
  *
  * Styx figures are medians of --reps runs (default 3), Ferry and its peer
  * taking turns, so a burst of load elsewhere on the machine skews one run
@@ -363,6 +363,8 @@ try {
   }
   if (want("manifest")) await probe("manifest", "manifest_probe.ts");
   if (want("fuse")) await probe("fuse", "fuse_probe.ts");
+  // A Ferry server's memory under hostile clients (no peer: targets instead).
+  if (want("hostile")) await tableProbe("hostile", "hostile.ts");
 } finally {
   await Deno.remove(dir, { recursive: true }).catch(() => {});
 }

@@ -7,12 +7,13 @@
 import { fail, parse, UsageError, warnInsecure } from "../lib/cli.ts";
 import { announceStyx } from "../lib/net/connect.ts";
 import { HostTree } from "../lib/fs/host.ts";
-import { serve } from "../lib/styx/server.ts";
+import { ConnectionLimit, serve } from "../lib/styx/server.ts";
 import { traceEnabled } from "../lib/styx/trace.ts";
 import type { Tree } from "../lib/fs/tree.ts";
 
 const spec = {
-  usage: "ferry listen [-A] [--ro] [--allow USERS] [-a ALG] [--certs DIR] [-D] ADDR DIR",
+  usage:
+    "ferry listen [-A] [--ro] [--allow USERS] [-a ALG] [--certs DIR] [-D] [--max-conns N] [--frame-timeout SECS] ADDR DIR",
   about: "Export the host directory DIR as a Styx tree on ADDR (a dial string such as\n" +
     "'tcp!*!6666') until interrupted. Without -A every connection is mutually\n" +
     "authenticated and encrypted with TLS 1.3 using this machine's credentials.",
@@ -23,6 +24,8 @@ const spec = {
     a: { type: "string" as const },
     certs: { type: "string" as const },
     D: { type: "boolean" as const },
+    "max-conns": { type: "string" as const },
+    "frame-timeout": { type: "string" as const },
   },
   optionsHelp: [
     "  -A            no authentication or encryption (warns)",
@@ -31,8 +34,35 @@ const spec = {
     "  -a ALG        Inferno algorithm name, mapped onto a TLS 1.3 cipher choice",
     "  --certs DIR   credentials directory (default $FERRY_CERTS, else ~/.ferry/certs)",
     "  -D            trace Styx messages on stderr",
+    "  --max-conns N         serve at most N connections at once (default 256 per process)",
+    "  --frame-timeout SECS  drop a connection whose frame stays incomplete this long (default 10)",
   ].join("\n"),
 };
+
+/** The server bounds `--max-conns` and `--frame-timeout` ask for. */
+function listenBounds(
+  maxConns: unknown,
+  frameTimeout: unknown,
+): { connections?: ConnectionLimit; frameTimeoutMs?: number } {
+  const out: { connections?: ConnectionLimit; frameTimeoutMs?: number } = {};
+  if (typeof maxConns === "string") {
+    const n = Number(maxConns);
+    if (!Number.isInteger(n) || n < 1) {
+      throw new UsageError(`--max-conns '${maxConns}' is not a positive whole number`);
+    }
+    out.connections = new ConnectionLimit(n);
+  }
+  if (typeof frameTimeout === "string") {
+    const secs = Number(frameTimeout);
+    if (frameTimeout.trim() === "" || !Number.isFinite(secs) || secs < 0) {
+      throw new UsageError(
+        `--frame-timeout '${frameTimeout}' is not a number of seconds (0 turns it off)`,
+      );
+    }
+    out.frameTimeoutMs = secs * 1000;
+  }
+  return out;
+}
 
 /** Run `ferry listen`. */
 export async function run(args: string[]): Promise<number> {
@@ -43,6 +73,7 @@ export async function run(args: string[]): Promise<number> {
     if (addr === undefined || dir === undefined || p.positionals.length > 2) {
       throw new UsageError(`need ADDR and DIR\nusage: ${spec.usage}`);
     }
+    const bounds = listenBounds(p.values["max-conns"], p.values["frame-timeout"]);
     const insecure = p.values.A === true;
     const st = await Deno.stat(dir).catch(() => null);
     if (!st?.isDirectory) throw new Error(`'${dir}' is not a directory`);
@@ -64,7 +95,7 @@ export async function run(args: string[]): Promise<number> {
     Deno.addSignalListener("SIGTERM", stop);
     const sessions = new Set<Promise<void>>();
     for await (const conn of listener) {
-      const s = serve(conn, tree, { trace }).catch((e) =>
+      const s = serve(conn, tree, { trace, ...bounds }).catch((e) =>
         console.error(`listen: ${conn.peer.addr}: ${(e as Error).message}`)
       ).finally(() => sessions.delete(s));
       sessions.add(s);

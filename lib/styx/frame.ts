@@ -67,12 +67,26 @@ const SCRATCH = 64 * 1024;
 export class FrameReader {
   /** The largest frame accepted; may be lowered after Tversion. */
   msize: number;
+  /**
+   * Milliseconds a frame may take to arrive once its first byte is in
+   * (0, the default: no limit). Past it the connection is closed and
+   * {@link next} throws a {@link FramingError}, so a peer that starts a
+   * frame and stalls cannot hold the reader (and the frame's buffer) forever.
+   */
+  frameTimeoutMs = 0;
   readonly #conn: Conn;
   /** Unconsumed chunks, the first starting at #off. */
   #chunks: Uint8Array[] = [];
   #off = 0;
   #avail = 0;
   #eof = false;
+  /** A read under way that {@link readAhead} started. */
+  #filling: Promise<boolean> | null = null;
+  /** When the frame being gathered must be complete (0: no deadline yet). */
+  #deadline = 0;
+  #timer: ReturnType<typeof setTimeout> | undefined;
+  #timedOut = false;
+  #inNext = false;
   /** With readInto: the reused buffer, its unread bytes at [#start, #end). */
   readonly #into: ReadIntoConn | null;
   #buf: Uint8Array | null = null;
@@ -99,7 +113,11 @@ export class FrameReader {
   }
 
   /** Read one more chunk into the queue; false at end of stream. */
-  async #fill(): Promise<boolean> {
+  #fill(): Promise<boolean> {
+    return this.#filling ?? this.#fillChunk();
+  }
+
+  async #fillChunk(): Promise<boolean> {
     if (this.#eof) return false;
     for (;;) {
       const c = await this.#conn.read();
@@ -133,7 +151,65 @@ export class FrameReader {
    * mid-frame or announces a size below 7 or above `msize`.
    */
   next(): Promise<Uint8Array | null> {
+    this.#inNext = true;
     return this.#into ? this.#nextInto(this.#into) : this.#nextChunked();
+  }
+
+  /** What next() ends with, however it ends: the frame deadline is over. */
+  #done(): void {
+    this.#inNext = false;
+    if (this.#timer !== undefined) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+    }
+  }
+
+  /** The error next() throws for `e`: a timeout says so rather than "connection ended". */
+  #failure(e: unknown): unknown {
+    if (!this.#timedOut) return e;
+    return new FramingError(
+      `frame still incomplete after ${this.frameTimeoutMs} ms: the peer stalled mid-frame`,
+    );
+  }
+
+  /**
+   * Start the frame deadline, if there is one: called before waiting for
+   * more bytes of a frame already begun. On expiry the connection is closed,
+   * which ends the wait.
+   */
+  #arm(): void {
+    if (this.frameTimeoutMs <= 0 || this.#timer !== undefined) return;
+    this.#timer = setTimeout(() => {
+      this.#timedOut = true;
+      this.#conn.close();
+    }, this.frameTimeoutMs);
+  }
+
+  /**
+   * Read what the peer sends next into the buffer without returning a
+   * frame, so a caller that has stopped taking frames (to let replies
+   * drain) still learns at once when the stream ends. Resolves false at end
+   * of stream, true once bytes arrived. Null when there is no room left to
+   * read ahead into (64 KiB are waiting) or {@link next} is under way.
+   */
+  readAhead(): Promise<boolean> | null {
+    if (this.#eof) return Promise.resolve(false);
+    if (this.#filling) return this.#filling;
+    if (this.#inNext) return null;
+    if (this.#into) {
+      const buf = this.#buf ??= new Uint8Array(SCRATCH);
+      if (this.#start === this.#end) this.#start = this.#end = 0;
+      else if (this.#end === buf.length && this.#start > 0) this.#compact();
+      if (this.#end === buf.length) return null;
+      return this.#ahead(this.#fillScratch(this.#into));
+    }
+    if (this.#avail >= SCRATCH) return null;
+    return this.#ahead(this.#fillChunk());
+  }
+
+  /** Note a read started ahead, which next() then waits for instead of starting its own. */
+  #ahead(p: Promise<boolean>): Promise<boolean> {
+    return this.#filling = p.finally(() => this.#filling = null);
   }
 
   #checkSize(size: number): void {
@@ -146,7 +222,11 @@ export class FrameReader {
   }
 
   /** Read more into the reused buffer after #end; false at end of stream. */
-  async #fillInto(conn: ReadIntoConn): Promise<boolean> {
+  #fillInto(conn: ReadIntoConn): Promise<boolean> {
+    return this.#filling ?? this.#fillScratch(conn);
+  }
+
+  async #fillScratch(conn: ReadIntoConn): Promise<boolean> {
     if (this.#eof) return false;
     const buf = this.#buf!;
     for (;;) {
@@ -163,51 +243,74 @@ export class FrameReader {
   }
 
   async #nextInto(conn: ReadIntoConn): Promise<Uint8Array | null> {
-    const buf = this.#buf ??= new Uint8Array(SCRATCH);
-    if (this.#start === this.#end) this.#start = this.#end = 0;
-    while (this.#end - this.#start < 4) {
-      if (this.#start > 0 && buf.length - this.#start < 4) this.#compact();
-      if (!(await this.#fillInto(conn))) {
-        const have = this.#end - this.#start;
-        if (have === 0) return null;
-        throw new FramingError(`connection ended inside a frame header (${have} of 4 size bytes)`);
-      }
-    }
-    const p = this.#start;
-    const size = (buf[p]! | buf[p + 1]! << 8 | buf[p + 2]! << 16) + buf[p + 3]! * 0x1000000;
-    this.#checkSize(size);
-    if (size <= buf.length) {
-      // Small enough for the reused buffer: gather it there, copy it out.
-      if (buf.length - this.#start < size) this.#compact();
-      while (this.#end - this.#start < size) {
+    try {
+      const buf = this.#buf ??= new Uint8Array(SCRATCH);
+      // A read started by readAhead fills the buffer after #end: a frame
+      // already whole before it is taken at once, else the read lands before
+      // anything in the buffer moves.
+      if (this.#filling && !this.#whole(buf)) await this.#filling;
+      if (this.#start === this.#end) this.#start = this.#end = 0;
+      while (this.#end - this.#start < 4) {
+        if (this.#start > 0 && buf.length - this.#start < 4) this.#compact();
+        if (this.#end > this.#start) this.#arm();
         if (!(await this.#fillInto(conn))) {
+          const have = this.#end - this.#start;
+          if (have === 0) return null;
           throw new FramingError(
-            `connection ended inside a frame (${
-              this.#end - this.#start
-            } of ${size} bytes received)`,
+            `connection ended inside a frame header (${have} of 4 size bytes)`,
           );
         }
       }
-      const frame = buf.slice(this.#start, this.#start + size);
-      this.#start += size;
-      return frame;
-    }
-    // Large: what has arrived is copied, the rest is read into place.
-    const frame = this.#alloc(size);
-    let have = this.#end - this.#start;
-    frame.set(buf.subarray(this.#start, this.#end));
-    this.#start = this.#end = 0;
-    while (have < size) {
-      const n = this.#eof ? null : await conn.readInto(frame.subarray(have));
-      if (n === null) {
-        this.#eof = true;
-        throw new FramingError(
-          `connection ended inside a frame (${have} of ${size} bytes received)`,
-        );
+      const p = this.#start;
+      const size = (buf[p]! | buf[p + 1]! << 8 | buf[p + 2]! << 16) + buf[p + 3]! * 0x1000000;
+      this.#checkSize(size);
+      if (size <= buf.length) {
+        // Small enough for the reused buffer: gather it there, copy it out.
+        if (buf.length - this.#start < size) this.#compact();
+        while (this.#end - this.#start < size) {
+          this.#arm();
+          if (!(await this.#fillInto(conn))) {
+            throw new FramingError(
+              `connection ended inside a frame (${
+                this.#end - this.#start
+              } of ${size} bytes received)`,
+            );
+          }
+        }
+        const frame = buf.slice(this.#start, this.#start + size);
+        this.#start += size;
+        return frame;
       }
-      have += n;
+      // Large: what has arrived is copied, the rest is read into place.
+      const frame = this.#alloc(size);
+      let have = this.#end - this.#start;
+      frame.set(buf.subarray(this.#start, this.#end));
+      this.#start = this.#end = 0;
+      while (have < size) {
+        this.#arm();
+        const n = this.#eof ? null : await conn.readInto(frame.subarray(have));
+        if (n === null) {
+          this.#eof = true;
+          throw new FramingError(
+            `connection ended inside a frame (${have} of ${size} bytes received)`,
+          );
+        }
+        have += n;
+      }
+      return frame;
+    } catch (e) {
+      throw this.#failure(e);
+    } finally {
+      this.#done();
     }
-    return frame;
+  }
+
+  /** True when a whole frame waits in the reused buffer. */
+  #whole(buf: Uint8Array): boolean {
+    const p = this.#start;
+    const have = this.#end - p;
+    if (have < 4) return false;
+    return (buf[p]! | buf[p + 1]! << 8 | buf[p + 2]! << 16) + buf[p + 3]! * 0x1000000 <= have;
   }
 
   /** Move the unread bytes to the front of the reused buffer. */
@@ -219,40 +322,48 @@ export class FrameReader {
   }
 
   async #nextChunked(): Promise<Uint8Array | null> {
-    while (this.#avail < 4) {
-      if (!(await this.#fill())) {
-        if (this.#avail === 0) return null;
-        throw new FramingError(
-          `connection ended inside a frame header (${this.#avail} of 4 size bytes)`,
-        );
+    try {
+      while (this.#avail < 4) {
+        if (this.#avail > 0) this.#arm();
+        if (!(await this.#fill())) {
+          if (this.#avail === 0) return null;
+          throw new FramingError(
+            `connection ended inside a frame header (${this.#avail} of 4 size bytes)`,
+          );
+        }
       }
-    }
-    const size = this.#peekSize();
-    this.#checkSize(size);
-    const first = this.#chunks[0]!;
-    if (first.length - this.#off >= size) {
-      // The whole frame is inside the first chunk: hand out a view.
-      const frame = first.subarray(this.#off, this.#off + size);
-      this.#consume(size);
-      return frame;
-    }
-    // Spread over several chunks: allocate once, copy each piece once.
-    const frame = this.#alloc(size);
-    let have = 0;
-    for (;;) {
-      while (have < size && this.#chunks.length > 0) {
-        const c = this.#chunks[0]!;
-        const n = Math.min(c.length - this.#off, size - have);
-        frame.set(c.subarray(this.#off, this.#off + n), have);
-        have += n;
-        this.#consume(n);
+      const size = this.#peekSize();
+      this.#checkSize(size);
+      const first = this.#chunks[0]!;
+      if (first.length - this.#off >= size) {
+        // The whole frame is inside the first chunk: hand out a view.
+        const frame = first.subarray(this.#off, this.#off + size);
+        this.#consume(size);
+        return frame;
       }
-      if (have === size) return frame;
-      if (!(await this.#fill())) {
-        throw new FramingError(
-          `connection ended inside a frame (${have} of ${size} bytes received)`,
-        );
+      // Spread over several chunks: allocate once, copy each piece once.
+      const frame = this.#alloc(size);
+      let have = 0;
+      for (;;) {
+        while (have < size && this.#chunks.length > 0) {
+          const c = this.#chunks[0]!;
+          const n = Math.min(c.length - this.#off, size - have);
+          frame.set(c.subarray(this.#off, this.#off + n), have);
+          have += n;
+          this.#consume(n);
+        }
+        if (have === size) return frame;
+        this.#arm();
+        if (!(await this.#fill())) {
+          throw new FramingError(
+            `connection ended inside a frame (${have} of ${size} bytes received)`,
+          );
+        }
       }
+    } catch (e) {
+      throw this.#failure(e);
+    } finally {
+      this.#done();
     }
   }
 
@@ -298,12 +409,20 @@ export class BufferPool {
   readonly #pooled = new WeakSet<ArrayBufferLike>();
   readonly #max: number;
   readonly #granule: number;
+  readonly #freeExtra: boolean;
   #count = 0;
 
-  /** Keep at most `max` buffers; capacities are multiples of `granule` (1: exact sizes). */
-  constructor(max: number, granule = 1) {
+  /**
+   * Keep at most `max` buffers; capacities are multiples of `granule` (1:
+   * exact sizes). With `opts.freeExtra`, a buffer given back when the pool
+   * is full is freed at once rather than left to the garbage collector,
+   * which an idle process may not run for a long time: after a burst (many
+   * connections, or a hostile client) the memory goes back to the system.
+   */
+  constructor(max: number, granule = 1, opts: { freeExtra?: boolean } = {}) {
     this.#max = max;
     this.#granule = granule;
+    this.#freeExtra = opts.freeExtra === true;
   }
 
   /** A buffer of exactly `size` bytes (not necessarily zeroed), at offset 0 of its ArrayBuffer. */
@@ -328,7 +447,12 @@ export class BufferPool {
 
   /** Give back `buf` (the whole buffer under some view) once nothing refers to it. */
   give(buf: ArrayBufferLike): void {
-    if (!this.#mine.has(buf) || this.#pooled.has(buf) || this.#count >= this.#max) return;
+    if (!this.#mine.has(buf) || this.#pooled.has(buf)) return;
+    if (this.#count >= this.#max) {
+      // Detaching frees the memory now.
+      if (this.#freeExtra && buf instanceof ArrayBuffer && !buf.detached) buf.transfer(0);
+      return;
+    }
     let free = this.#free.get(buf.byteLength);
     if (free === undefined) this.#free.set(buf.byteLength, free = []);
     free.push(new Uint8Array(buf));
@@ -341,7 +465,7 @@ export class BufferPool {
 export const RREAD_HEADER = 11;
 
 /** Buffers made by {@link allocReadData}: their first RREAD_HEADER bytes are free. */
-const readPool = new BufferPool(32);
+const readPool = new BufferPool(32, 1, { freeExtra: true });
 
 /**
  * A buffer of `n` bytes for a tree to read file data into and return from
@@ -359,7 +483,48 @@ const readPool = new BufferPool(32);
  * ```
  */
 export function allocReadData(n: number): Uint8Array {
+  if (charging !== null) charging.bytes += RREAD_HEADER + n;
   return readPool.take(RREAD_HEADER + n).subarray(RREAD_HEADER);
+}
+
+/**
+ * Like {@link allocReadData}, for a buffer a file allocates for itself ahead
+ * of the data (a socket's read buffer, kept across reads) rather than for
+ * the one read under way. It is not charged to that read (see
+ * {@link chargeReads}): a read that waits for data holds no share of its
+ * connection's bound, so many waiting reads never stop a connection.
+ */
+export function allocReadAhead(n: number): Uint8Array {
+  return readPool.take(RREAD_HEADER + n).subarray(RREAD_HEADER);
+}
+
+/**
+ * Bytes {@link allocReadData} handed out while a read was being started
+ * through {@link chargeReads}.
+ * @internal
+ */
+export interface ReadCharge {
+  bytes: number;
+}
+
+let charging: ReadCharge | null = null;
+
+/**
+ * Call `fn` (which starts a tree's read), adding to `charge` what it
+ * allocates with {@link allocReadData} before it first waits. Trees
+ * allocate a read's buffer up front, so the server learns what a read
+ * holds while it runs; a read that blocks before allocating (a `/net`
+ * file waiting for data) holds, and is charged, nothing.
+ * @internal
+ */
+export function chargeReads<T>(charge: ReadCharge, fn: () => T): T {
+  const prev = charging;
+  charging = charge;
+  try {
+    return fn();
+  } finally {
+    charging = prev;
+  }
 }
 
 /**

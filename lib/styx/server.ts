@@ -7,7 +7,15 @@
  * a read that blocks (a `/net` listen, a phone waiting for a call) holds up
  * nothing else, replies are written one whole frame at a time, and Tflush
  * aborts the old request's AbortSignal and drops its reply, as flush(5)
- * says. When the connection ends every fid is released.
+ * says. When the connection ends every fid is released, requests not yet
+ * answered are abandoned and their replies dropped.
+ *
+ * What one client can make the server hold is bounded, so a hostile or
+ * stuck client costs a fixed amount of memory: requests in flight, reply
+ * bytes queued or being read for it, fids, the time a frame may take to
+ * arrive, and (per process unless a listener brings its own) connections.
+ * Past the first two the server stops reading requests until replies
+ * drain: backpressure, never a dropped request. See {@link ServerOptions}.
  *
  * @example
  * ```ts
@@ -15,8 +23,7 @@
  * import { MemTree } from "../fs/memory.ts";
  * import { memPipe } from "../transport/pipe.ts";
  * import { decode, encode } from "./codec.ts";
- * import { TcpConn } from "../transport/tcp.ts";
-import { BufferPool, FrameReader, recycleReadData, rreadInPlace } from "./frame.ts";
+ * import { FrameReader } from "./frame.ts";
  * const [client, server] = memPipe();
  * const done = serve(server, new MemTree());
  * await client.write(encode({ type: 100, tag: 0xffff, msize: 8192, version: "9P2000" }));
@@ -62,7 +69,16 @@ import {
   VERSION,
 } from "./types.ts";
 import { CodecError, decode, encode, encodeDir, isTMsg, msgName } from "./codec.ts";
-import { BufferPool, FrameReader, FramingError, recycleReadData, rreadInPlace } from "./frame.ts";
+import {
+  BufferPool,
+  chargeReads,
+  FrameReader,
+  FramingError,
+  type ReadCharge,
+  recycleReadBuffer,
+  recycleReadData,
+  rreadInPlace,
+} from "./frame.ts";
 import { formatMsg, traceEnabled } from "./trace.ts";
 
 /** The largest first message accepted: a Tversion is far smaller. */
@@ -71,7 +87,83 @@ const FIRST_FRAME_MAX = 8192;
 /** The smallest msize the server accepts in Tversion. */
 export const MIN_MSIZE = 256;
 
-/** Options for {@link serve}. */
+/** Requests one connection may have in flight by default ({@link ServerOptions.maxInFlight}). */
+export const DEFAULT_MAX_IN_FLIGHT = 1024;
+/** Reply bytes one connection may hold by default ({@link ServerOptions.maxReplyBytes}). */
+export const DEFAULT_MAX_REPLY_BYTES = 2 * 1024 * 1024;
+/** Fids one connection may hold by default ({@link ServerOptions.maxFids}). */
+export const DEFAULT_MAX_FIDS = 4096;
+/** Milliseconds a frame may take to arrive by default ({@link ServerOptions.frameTimeoutMs}). */
+export const DEFAULT_FRAME_TIMEOUT_MS = 10_000;
+/** Connections served at once by default, per process ({@link ServerOptions.connections}). */
+export const DEFAULT_MAX_CONNECTIONS = 256;
+
+/**
+ * A cap on connections served at once, shared by every {@link serve} given
+ * it (a listener passes one to all its sessions). A connection beyond the
+ * cap has its first request answered with an Rerror naming the cap and is
+ * closed.
+ *
+ * @example
+ * ```ts
+ * import { ConnectionLimit } from "./server.ts";
+ * const cap = new ConnectionLimit(100);
+ * if (cap.max !== 100 || cap.open !== 0) throw new Error("wrong cap");
+ * ```
+ */
+export class ConnectionLimit {
+  #open = 0;
+  #refused = 0;
+  #lastLog = -Infinity;
+
+  /** Allow at most `max` connections at once (a positive integer). */
+  constructor(readonly max: number) {
+    if (!Number.isInteger(max) || max < 1) {
+      throw new RangeError(`connection limit '${max}' is not a positive integer`);
+    }
+  }
+
+  /** Connections being served now. */
+  get open(): number {
+    return this.#open;
+  }
+
+  /** @internal Take a slot: false when all are taken. */
+  take(): boolean {
+    if (this.#open >= this.max) return false;
+    this.#open++;
+    return true;
+  }
+
+  /** @internal Give back a slot taken by {@link take}. */
+  give(): void {
+    this.#open--;
+  }
+
+  /**
+   * @internal Count a refusal; returns how many to report now (0: stay
+   * quiet), so a flood of refused connections logs a line every few seconds
+   * instead of one each.
+   */
+  refused(now: number): number {
+    this.#refused++;
+    if (now - this.#lastLog < 5000) return 0;
+    this.#lastLog = now;
+    const n = this.#refused;
+    this.#refused = 0;
+    return n;
+  }
+}
+
+/** The cap every session in this process shares unless given its own. */
+const processConnections = new ConnectionLimit(DEFAULT_MAX_CONNECTIONS);
+
+/**
+ * Options for {@link serve}. The bounds (`maxInFlight`, `maxReplyBytes`,
+ * `maxFids`, `frameTimeoutMs`, `connections`) have defaults that hold a
+ * client that never reads its replies, or that hangs up with requests
+ * queued, to a few MiB; every listener gets them without asking.
+ */
 export interface ServerOptions {
   /** Largest msize offered (default DEFAULT_MSIZE); a client asking for more gets this. */
   maxMsize?: number;
@@ -86,6 +178,45 @@ export interface ServerOptions {
   callerFor?(uname: string, aname: string, peer: Peer): Caller | Promise<Caller>;
   /** Where trace lines and connection problems go (default: standard error). */
   log?(msg: string): void;
+  /**
+   * Requests in flight (running, or flushed but not yet finished) past
+   * which no further request is read until one finishes (default
+   * {@link DEFAULT_MAX_IN_FLIGHT}: far above the 8 to 16 reads Ferry's own
+   * clients keep in flight per stream, so that even many blocked reads on
+   * `/net` files leave room for the request that unblocks them).
+   */
+  maxInFlight?: number;
+  /**
+   * Reply bytes queued for the client, or being read from files for it,
+   * plus Twrite data being written, past which no further request is read
+   * until half have drained (default {@link DEFAULT_MAX_REPLY_BYTES}: four
+   * reads of the largest msize, while the socket buffers hold more, so a
+   * client that reads its replies never waits on it; one that never reads
+   * them is held here, and twenty such cost some 40 MiB, little enough
+   * that memory need not be given back for the process to stay small).
+   */
+  maxReplyBytes?: number;
+  /**
+   * Fids one connection may hold (default {@link DEFAULT_MAX_FIDS}: far
+   * more than Plan 9, Inferno or Ferry clients hold, a fid for each open
+   * file, directory and mount; a fid costs about 3 KiB on a host tree, so
+   * the default bounds a connection's fids to about 12 MiB). Tattach and
+   * Twalk to a new fid beyond it get an Rerror naming the limit.
+   */
+  maxFids?: number;
+  /**
+   * Milliseconds a frame may take to arrive once it has begun; a
+   * connection whose frame stays incomplete longer is dropped (default
+   * {@link DEFAULT_FRAME_TIMEOUT_MS}, the TLS handshake's limit; 0: none).
+   * An idle connection, between frames, is not affected.
+   */
+  frameTimeoutMs?: number;
+  /**
+   * The cap on connections this session counts against (default: one cap
+   * of {@link DEFAULT_MAX_CONNECTIONS} shared by the whole process); null
+   * for none.
+   */
+  connections?: ConnectionLimit | null;
 }
 
 /** A reply without its tag; the request's tag is added when it is sent. */
@@ -94,10 +225,8 @@ type Reply = RMsg extends infer R ? R extends RMsg ? Omit<R, "tag"> : never : ne
 /** Open files of DMEXCL files, per tree, shared by every connection serving it. */
 const exclusiveOpen = new WeakMap<Tree, Set<bigint>>();
 
-/** Out-going bytes queued beyond which the server stops reading new requests. */
-const HIGH_WATER = 16 * 1024 * 1024;
 /** Buffers of large Twrite frames, shared by every session whose tree copies writes. */
-const writePool = new BufferPool(32);
+const writePool = new BufferPool(32, 1, { freeExtra: true });
 /** Replies smaller than this are gathered into one write. */
 const GATHER = 64 * 1024;
 /** Rread data at least this large is written after its header instead of copied into it. */
@@ -108,6 +237,13 @@ function defaultCaller(uname: string, _aname: string, peer: Peer): Caller {
     return { user: peer.identity, groups: peer.groups ?? [], authenticated: true };
   }
   return { user: uname === "" ? "none" : uname, authenticated: false };
+}
+
+function positive(name: string, n: number): number {
+  if (!Number.isInteger(n) || n < 1) {
+    throw new RangeError(`${name} '${n}' is not a positive integer`);
+  }
+  return n;
 }
 
 function badName(name: string): boolean {
@@ -150,6 +286,8 @@ interface Req {
   ctrl: AbortController;
   /** Set by Tflush, a new Tversion or hangup: the reply must not be sent. */
   flushed: boolean;
+  /** Bytes the request holds (read buffers, Twrite data) until it finishes. */
+  held: ReadCharge;
   /** Settles when the request is finished (replied or dropped). */
   done: Promise<void>;
 }
@@ -203,6 +341,10 @@ class Session {
   readonly #recycle: boolean;
   /** Large Twrite frames come from {@link writePool} and go back after the write. */
   readonly #reuseWrites: boolean;
+  readonly #maxInFlight: number;
+  readonly #maxReplyBytes: number;
+  readonly #maxFids: number;
+  readonly #connections: ConnectionLimit | null;
 
   /** Negotiated msize; 0 until a Tversion succeeds. */
   #msize = 0;
@@ -212,11 +354,17 @@ class Session {
   readonly #running = new Set<Req>();
   /** Releases started but maybe not finished, awaited before serve() resolves. */
   readonly #releasing = new Set<Promise<void>>();
+  /** Set once the connection has ended (or is being torn down): nothing more is done for it. */
   #closing = false;
 
   #out: Uint8Array[] = [];
   #outBytes = 0;
+  /** Bytes held by requests still running (their {@link Req.held}). */
+  #heldBytes = 0;
+  /** Reading stopped at the byte bound, until half has drained. */
+  #paused = false;
   #writing = false;
+  /** The read loop waiting for room (see {@link #mustWait}). */
   #drain: { promise: Promise<void>; resolve: () => void } | null = null;
 
   constructor(conn: Conn, tree: Tree, opts: ServerOptions) {
@@ -227,6 +375,14 @@ class Session {
       throw new RangeError(`maxMsize '${max}' is not an integer from ${MIN_MSIZE} to 2^31-1`);
     }
     this.#maxMsize = max;
+    this.#maxInFlight = positive("maxInFlight", opts.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT);
+    this.#maxReplyBytes = positive("maxReplyBytes", opts.maxReplyBytes ?? DEFAULT_MAX_REPLY_BYTES);
+    this.#maxFids = positive("maxFids", opts.maxFids ?? DEFAULT_MAX_FIDS);
+    const timeout = opts.frameTimeoutMs ?? DEFAULT_FRAME_TIMEOUT_MS;
+    if (!Number.isFinite(timeout) || timeout < 0) {
+      throw new RangeError(`frameTimeoutMs '${timeout}' is not a number of milliseconds from 0`);
+    }
+    this.#connections = opts.connections === undefined ? processConnections : opts.connections;
     this.#trace = opts.trace ?? traceEnabled();
     this.#log = opts.log ?? ((m) => console.error(m));
     this.#callerFor = opts.callerFor ?? defaultCaller;
@@ -243,17 +399,33 @@ class Session {
       Math.min(max, FIRST_FRAME_MAX),
       this.#reuseWrites ? (size) => writePool.take(size) : undefined,
     );
+    this.#reader.frameTimeoutMs = timeout;
     this.#recycle = conn.releasesWrites === true;
+    // However the connection ends (a failed write, the peer's hangup seen
+    // by a read ahead, a close from outside), what it still had queued is
+    // abandoned at once.
+    conn.closed.then(() => this.#hangup());
   }
 
   async run(): Promise<void> {
+    if (this.#connections && !this.#connections.take()) return await this.#refuse();
     try {
       for (;;) {
-        if (this.#outBytes > HIGH_WATER) {
+        while (!this.#closing && this.#mustWait()) {
+          // Replies are not being taken: read no more requests until they
+          // drain, but keep watching the stream so a hangup is seen at once.
           this.#drain ??= deferred();
-          await Promise.race([this.#drain.promise, this.#conn.closed]);
-          if (this.#closing) break;
+          const ahead = this.#reader.readAhead();
+          // (A hangup from elsewhere resolves #drain through #hangup.)
+          const waits: Promise<unknown>[] = [this.#drain.promise];
+          if (ahead) {
+            waits.push(ahead.then((more) => {
+              if (!more) this.#hangup();
+            }, () => this.#hangup()));
+          }
+          await Promise.race(waits);
         }
+        if (this.#closing) break;
         const frame = await this.#reader.next();
         if (frame === null || this.#closing) break;
         let msg;
@@ -279,7 +451,9 @@ class Session {
         this.#dispatch(msg);
       }
     } catch (e) {
-      if (!this.#closing) {
+      // A broken frame is worth a line even when the break closed the
+      // connection (a frame timeout, a hangup mid-frame).
+      if (!this.#closing || e instanceof FramingError) {
         const hint = this.#msize === 0 && e instanceof FramingError
           ? " (not a Styx client? a TLS client needs a listener without -A)"
           : "";
@@ -289,6 +463,91 @@ class Session {
       }
     } finally {
       await this.#teardown();
+      this.#connections?.give();
+    }
+  }
+
+  /** True while the bounds say no further request may be read. */
+  #mustWait(): boolean {
+    if (this.#running.size >= this.#maxInFlight) return true;
+    const bytes = this.#outBytes + this.#heldBytes;
+    if (this.#paused) {
+      if (bytes > this.#maxReplyBytes / 2) return true;
+      this.#paused = false;
+    } else if (bytes >= this.#maxReplyBytes) {
+      this.#paused = true;
+      return true;
+    }
+    return false;
+  }
+
+  /** Let the read loop go on if it waits and the bounds now allow it. */
+  #wake(): void {
+    if (this.#drain && (this.#closing || !this.#mustWait())) {
+      this.#drain.resolve();
+      this.#drain = null;
+    }
+  }
+
+  /**
+   * The connection has ended: abort every request, drop every queued reply.
+   * Requests not yet started never reach the tree; results still coming
+   * are dropped in {@link #finish}.
+   */
+  #hangup(): void {
+    if (this.#closing) return;
+    this.#closing = true;
+    this.#conn.close();
+    this.#pending.clear();
+    for (const req of this.#running) {
+      req.flushed = true;
+      req.ctrl.abort(new StyxError(Ename.hungup));
+    }
+    const out = this.#out;
+    this.#out = [];
+    this.#outBytes = 0;
+    // Never written, so nothing else refers to them.
+    for (const b of out) recycleReadData(b);
+    this.#wake();
+  }
+
+  /**
+   * Refuse a connection over the cap: answer its first request with an
+   * Rerror naming the cap (reading it first, so closing does not reset the
+   * connection before the answer arrives), then close.
+   */
+  async #refuse(): Promise<void> {
+    const cap = this.#connections!;
+    const n = cap.refused(Date.now());
+    if (n > 0) {
+      this.#log(
+        `styx: refusing ${
+          n === 1 ? "a connection" : `${n} connections`
+        } (latest from ${this.#conn.peer.addr}): ${cap.max} connections are already being served`,
+      );
+    }
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      // A silent peer is not waited for longer than a frame may take.
+      const wait = this.#reader.frameTimeoutMs || DEFAULT_FRAME_TIMEOUT_MS;
+      const frame = await Promise.race([
+        this.#reader.next(),
+        new Promise<null>((r) => timer = setTimeout(() => r(null), wait)),
+      ]);
+      if (frame !== null && frame.length >= 7) {
+        const tag = frame[5]! | frame[6]! << 8;
+        await this.#conn.write(encode({
+          type: MsgType.Rerror,
+          tag,
+          ename: `too many connections: this server serves at most ${cap.max} at once; ` +
+            "try again later",
+        }));
+      }
+    } catch {
+      // Nothing more can be said to a peer that broke off.
+    } finally {
+      clearTimeout(timer);
+      this.#conn.close();
     }
   }
 
@@ -296,7 +555,7 @@ class Session {
   // Replies
 
   #send(msg: RMsg): void {
-    if (this.#closing) return;
+    if (this.#closing) return this.#discard(msg);
     if (msg.type === MsgType.Rread) {
       // Data read into a buffer with room for the header goes out as one
       // frame, built in place.
@@ -356,9 +615,10 @@ class Session {
   }
 
   async #pump(): Promise<void> {
+    let buf: Uint8Array | null = null;
     try {
       while (this.#out.length > 0) {
-        let buf = this.#out[0]!;
+        buf = this.#out[0]!;
         let n = 1;
         if (buf.length < GATHER && this.#out.length > 1) {
           let total = buf.length;
@@ -380,18 +640,18 @@ class Session {
         }
         this.#out.splice(0, n);
         await this.#conn.write(buf);
-        this.#outBytes -= buf.length;
+        // (A hangup meanwhile has zeroed the count already.)
+        if (!this.#closing) this.#outBytes -= buf.length;
         if (this.#recycle) recycleReadData(buf);
-        if (this.#drain && this.#outBytes <= HIGH_WATER / 2) {
-          this.#drain.resolve();
-          this.#drain = null;
-        }
+        buf = null;
+        if (this.#closing) break;
+        this.#wake();
       }
     } catch {
-      // The connection is gone; the read loop ends and tears down.
-      this.#out = [];
-      this.#outBytes = 0;
-      this.#conn.close();
+      // The connection is gone: abandon everything it still had queued.
+      // A failed write has finished with its buffer too.
+      if (buf !== null && this.#recycle) recycleReadData(buf);
+      this.#hangup();
     } finally {
       this.#writing = false;
     }
@@ -456,9 +716,17 @@ class Session {
    * Run `fn` as request `tag`: registers it for Tflush, sends its reply or
    * an Rerror, and drops the reply if the request was flushed.
    */
-  #run(tag: number, type: number, fn: (req: Req) => Promise<Reply>): void {
+  #run(tag: number, type: number, fn: (req: Req) => Promise<Reply>, held = 0): void {
     const d = deferred();
-    const req: Req = { tag, type, ctrl: new AbortController(), flushed: false, done: d.promise };
+    const req: Req = {
+      tag,
+      type,
+      ctrl: new AbortController(),
+      flushed: false,
+      held: { bytes: held },
+      done: d.promise,
+    };
+    this.#heldBytes += held;
     this.#pending.set(tag, req);
     this.#running.add(req);
     let out: Promise<Reply>;
@@ -473,13 +741,23 @@ class Session {
     ).finally(() => {
       this.#running.delete(req);
       d.resolve();
+      this.#wake();
     });
   }
 
   #finish(req: Req, reply: RMsg): void {
     if (this.#pending.get(req.tag) === req) this.#pending.delete(req.tag);
-    if (req.flushed) return;
+    // What the request held now leaves with its reply (or is dropped).
+    this.#heldBytes -= req.held.bytes;
+    req.held.bytes = 0;
+    if (req.flushed) return this.#discard(reply);
     this.#send(reply);
+  }
+
+  /** Drop a reply that will never be sent, giving back its read buffer. */
+  #discard(reply: RMsg): void {
+    // Nothing else refers to a buffer a tree returned from a read.
+    if (reply.type === MsgType.Rread) recycleReadBuffer(reply.data.buffer);
   }
 
   /**
@@ -496,6 +774,7 @@ class Session {
     change: boolean,
     fn: (req: Req, f: Fid, signal: AbortSignal) => Promise<Reply>,
     after?: () => void,
+    held = 0,
   ): void {
     const f = this.#fids.get(fid);
     const prev = f?.busy ?? null;
@@ -510,6 +789,8 @@ class Session {
         f.refs++;
         try {
           if (prev) await prev;
+          // Flushed or hung up while waiting its turn: never reaches the tree.
+          req.ctrl.signal.throwIfAborted();
           if (f.clunked || !f.node) throw new StyxError(Ename.badFid);
           return await fn(req, f, req.ctrl.signal);
         } finally {
@@ -522,7 +803,7 @@ class Session {
       } finally {
         after?.();
       }
-    });
+    }, held);
   }
 
   #unref(f: Fid): void {
@@ -612,6 +893,17 @@ class Session {
     this.#send({ type: MsgType.Rflush, tag });
   }
 
+  /** At the fid limit: answer `tag` with an Rerror naming it and say true. */
+  #tooManyFids(tag: number): boolean {
+    if (this.#fids.size < this.#maxFids) return false;
+    this.#send({
+      type: MsgType.Rerror,
+      tag,
+      ename: `too many fids: a connection may hold at most ${this.#maxFids}; clunk some first`,
+    });
+    return true;
+  }
+
   #attach(m: Tattach): void {
     if (this.#fids.has(m.fid)) {
       this.#send({ type: MsgType.Rerror, tag: m.tag, ename: Ename.fidInUse });
@@ -621,6 +913,7 @@ class Session {
       this.#send({ type: MsgType.Rerror, tag: m.tag, ename: Ename.noAuth });
       return;
     }
+    if (this.#tooManyFids(m.tag)) return;
     const f = new Fid(m.fid);
     const mine = deferred();
     f.busy = mine.promise;
@@ -679,6 +972,7 @@ class Session {
       this.#send({ type: MsgType.Rerror, tag: m.tag, ename: Ename.fidInUse });
       return;
     }
+    if (this.#tooManyFids(m.tag)) return;
     // Reserve newfid now, so requests pipelined behind this walk find it.
     const nf = new Fid(m.newfid);
     const mine = deferred();
@@ -775,13 +1069,22 @@ class Session {
   }
 
   #read(m: Tread): void {
-    this.#useFid(m.tag, m.type, m.fid, false, async (_req, f, signal) => {
+    this.#useFid(m.tag, m.type, m.fid, false, async (req, f, signal) => {
       const file = f.file;
       if (!file) throw new StyxError(Ename.notOpen);
       if (!canRead(f.omode)) throw new StyxError(Ename.perm);
       const count = Math.min(m.count, this.#msize - IOHDRSZ);
       if (f.qid.type & QTDIR) return await this.#readDir(f, file, m.offset, count, signal);
-      const data = await file.read(m.offset, count, { signal });
+      // The buffer a tree allocates for this read counts against the
+      // connection's bound from now until the reply has left.
+      const charged = req.held.bytes;
+      let p: Promise<Uint8Array>;
+      try {
+        p = chargeReads(req.held, () => file.read(m.offset, count, { signal }));
+      } finally {
+        this.#heldBytes += req.held.bytes - charged;
+      }
+      const data = await p;
       return {
         type: MsgType.Rread,
         data: data.length > count ? data.subarray(0, count) : data,
@@ -838,21 +1141,29 @@ class Session {
   }
 
   #write(m: Twrite): void {
-    this.#useFid(m.tag, m.type, m.fid, false, async (_req, f, signal) => {
-      const file = f.file;
-      if (!file) throw new StyxError(Ename.notOpen);
-      if (f.qid.type & QTDIR) throw new StyxError(Ename.isDir);
-      if (!canWrite(f.omode)) throw new StyxError(Ename.perm);
-      try {
-        const n = await file.write(m.offset, m.data, { signal });
-        return { type: MsgType.Rwrite, count: n };
-      } finally {
-        // A write cut short by a flush or hangup may still be using the
-        // data underneath (a socket write under way): its buffer is left
-        // to the garbage collector rather than reused.
-        if (this.#reuseWrites && !signal.aborted) writePool.give(m.data.buffer);
-      }
-    });
+    this.#useFid(
+      m.tag,
+      m.type,
+      m.fid,
+      false,
+      async (_req, f, signal) => {
+        const file = f.file;
+        if (!file) throw new StyxError(Ename.notOpen);
+        if (f.qid.type & QTDIR) throw new StyxError(Ename.isDir);
+        if (!canWrite(f.omode)) throw new StyxError(Ename.perm);
+        try {
+          const n = await file.write(m.offset, m.data, { signal });
+          return { type: MsgType.Rwrite, count: n };
+        } finally {
+          // A write cut short by a flush or hangup may still be using the
+          // data underneath (a socket write under way): its buffer is left
+          // to the garbage collector rather than reused.
+          if (this.#reuseWrites && !signal.aborted) writePool.give(m.data.buffer);
+        }
+      },
+      undefined,
+      m.data.length,
+    );
   }
 
   #wstat(m: Twstat): void {
@@ -896,14 +1207,8 @@ class Session {
   // Hangup
 
   async #teardown(): Promise<void> {
-    this.#closing = true;
-    this.#conn.close();
+    this.#hangup();
     const reqs = [...this.#running];
-    this.#pending.clear();
-    for (const req of reqs) {
-      req.flushed = true;
-      req.ctrl.abort(new StyxError(Ename.hungup));
-    }
     await Promise.allSettled(reqs.map((r) => r.done));
     for (const f of [...this.#fids.values()]) this.#drop(f);
     while (this.#releasing.size > 0) await Promise.allSettled([...this.#releasing]);

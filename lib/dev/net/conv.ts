@@ -11,7 +11,7 @@
  */
 
 import { Ename, StyxError } from "../../styx/types.ts";
-import { allocReadData } from "../../styx/frame.ts";
+import { allocReadAhead } from "../../styx/frame.ts";
 
 /** State names as status shows them. */
 export type ConvState = "Closed" | "Connecting" | "Established" | "Announced" | "Hungup";
@@ -304,7 +304,7 @@ export class TcpConv {
    * shorter reply), else small chunks joined by one copy.
    *
    * A whole chunk read by the socket is handed out as it is: it lies in a
-   * buffer from allocReadData, so the Styx server sends it as one Rread
+   * buffer from allocReadAhead, so the Styx server sends it as one Rread
    * frame without a copy and then reuses the buffer. Only a whole chunk
    * may go that way; a part of one, whose rest still waits in the queue,
    * is copied out so that the buffer is never reused under the rest.
@@ -364,7 +364,7 @@ export class TcpConv {
     const sock = this.#sock;
     const want = this.#readers[0]?.count ?? this.#lastCount;
     const size = Math.min(READ_MAX, Math.max(READ_MIN, want));
-    if (!this.#scratch || this.#scratch.length !== size) this.#scratch = allocReadData(size);
+    if (!this.#scratch || this.#scratch.length !== size) this.#scratch = allocReadAhead(size);
     const buf = this.#scratch;
     sock.read(buf).then((n) => {
       if (n === null) this.#eof = true;
