@@ -81,15 +81,22 @@ class Shell {
   async run(line: string, mark: string): Promise<void> {
     await this.#w.write(enc.encode(`${line}\necho ${mark}\n`));
     while (!this.out.includes(`${mark}\n`)) {
-      if (!alive(this.child.pid)) throw new Error(`ferry sh ended: ${this.err}`);
+      if (!alive(this.child.pid)) await this.#ended();
       await new Promise((r) => setTimeout(r, 20));
     }
+  }
+
+  /** Throw with everything the shell printed, once its output has all arrived. */
+  async #ended(): Promise<never> {
+    const st = await this.child.status;
+    await Promise.allSettled(this.#pumps);
+    throw new Error(`ferry sh ended (exit ${st.code}, signal ${st.signal}): ${this.err}${this.out}`);
   }
 
   /** Wait until standard error holds `text`. */
   async stderrHas(text: string): Promise<void> {
     while (!this.err.includes(text)) {
-      if (!alive(this.child.pid)) throw new Error(`ferry sh ended: ${this.err}`);
+      if (!alive(this.child.pid)) await this.#ended();
       await new Promise((r) => setTimeout(r, 20));
     }
   }
