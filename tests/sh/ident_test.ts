@@ -90,7 +90,9 @@ class Shell {
   async #ended(): Promise<never> {
     const st = await this.child.status;
     await Promise.allSettled(this.#pumps);
-    throw new Error(`ferry sh ended (exit ${st.code}, signal ${st.signal}): ${this.err}${this.out}`);
+    throw new Error(
+      `ferry sh ended (exit ${st.code}, signal ${st.signal}): ${this.err}${this.out}`,
+    );
   }
 
   /** Wait until standard error holds `text`. */
