@@ -1,0 +1,208 @@
+/**
+ * `ferry logon -u USER FILE -- COMMAND`: run COMMAND, as USER's host
+ * account, in a private Linux mount namespace where every mount point of
+ * USER's composed namespace is a FUSE mount of that part of the namespace
+ * at its own path (`/usr/alice`, `/n/files`, `/phone`), as Plan 9 gives
+ * each process its own namespace.
+ *
+ * Two processes do it. The launcher ({@link launch}, run as root) starts
+ * Ferry again under util-linux `unshare --mount --propagation private`, so
+ * nothing it mounts is seen outside; that second process composes the
+ * namespace, builds the view (see view.ts), mounts, and runs COMMAND
+ * through `setpriv` as the account ({@link runInView}), serving FUSE until
+ * COMMAND exits. When it exits (or is killed) the mounts go with the
+ * namespace's last process. COMMAND's exit status is logon's.
+ *
+ * @module
+ */
+
+import type { Namespace } from "../ns/namespace.ts";
+import { type FuseMount, mountTree } from "../fuse/mount.ts";
+import { ferryArgv } from "../self.ts";
+import type { Account } from "./account.ts";
+import { buildView, planView, type View } from "./view.ts";
+import { mountNamespace } from "./sys.ts";
+
+/** Set by the launcher for the second process: the launcher's mount namespace. */
+export const OUTER_NS_ENV = "FERRY_LOGON_OUTER_NS";
+
+/**
+ * True in the process the launcher started: it runs in a mount namespace
+ * other than the launcher's.
+ */
+export function inPrivateNamespace(): boolean {
+  const outer = Deno.env.get(OUTER_NS_ENV);
+  return outer !== undefined && outer !== "" && outer !== mountNamespace();
+}
+
+/** Exit status of a child the way a shell reports it (128+N when killed by signal N). */
+function exitCode(s: Deno.CommandStatus): number {
+  if (s.signal !== null) return 128 + (SIGNALS[s.signal] ?? 0);
+  return s.code;
+}
+
+const SIGNALS: Partial<Record<Deno.Signal, number>> = {
+  SIGHUP: 1,
+  SIGINT: 2,
+  SIGQUIT: 3,
+  SIGABRT: 6,
+  SIGKILL: 9,
+  SIGSEGV: 11,
+  SIGPIPE: 13,
+  SIGALRM: 14,
+  SIGTERM: 15,
+};
+
+/**
+ * Wait for `child`, passing on SIGTERM and SIGHUP, while SIGINT and SIGQUIT
+ * (which a terminal sends to the whole foreground group, the child
+ * included) leave this process alone.
+ */
+async function waitFor(child: Deno.ChildProcess): Promise<number> {
+  const ignore = () => {};
+  const pass = (sig: Deno.Signal) => () => {
+    try {
+      child.kill(sig);
+    } catch { /* already gone */ }
+  };
+  const handlers: [Deno.Signal, () => void][] = [
+    ["SIGINT", ignore],
+    ["SIGQUIT", ignore],
+    ["SIGTERM", pass("SIGTERM")],
+    ["SIGHUP", pass("SIGHUP")],
+  ];
+  for (const [s, f] of handlers) Deno.addSignalListener(s, f);
+  try {
+    return exitCode(await child.status);
+  } finally {
+    for (const [s, f] of handlers) Deno.removeSignalListener(s, f);
+  }
+}
+
+/**
+ * Start `ferry logon ARGS` again in a new private mount namespace and
+ * return its exit status. Needs root (or CAP_SYS_ADMIN).
+ */
+export async function launch(args: readonly string[]): Promise<number> {
+  if (Deno.uid() !== 0) {
+    throw new Error(
+      "a private mount namespace needs root: run 'ferry logon … -- COMMAND' as root " +
+        "(through sudo at an SSH logon, see the README); the command itself runs as the user's account",
+    );
+  }
+  const child = new Deno.Command("unshare", {
+    args: ["--mount", "--propagation", "private", "--", ...ferryArgv(), "logon", ...args],
+    env: { [OUTER_NS_ENV]: mountNamespace() },
+    stdin: "inherit",
+    stdout: "inherit",
+    stderr: "inherit",
+  }).spawn();
+  return await waitFor(child);
+}
+
+/** The command a logon runs: `command` if given, else the account's login shell. */
+export function commandFor(
+  account: Account,
+  command: readonly string[],
+  sshCommand?: string,
+): string[] {
+  if (command.length > 0) return [...command];
+  if (sshCommand !== undefined && sshCommand !== "") return [account.shell, "-c", sshCommand];
+  return [account.shell, "-l"];
+}
+
+/** Options of {@link runInView}. */
+export interface ViewOptions {
+  /** The Ferry user (names the mounts in /proc/mounts). */
+  user: string;
+  /** The host account COMMAND runs as (never uid 0). */
+  account: Account;
+  /** The command and its arguments. */
+  command: readonly string[];
+  /** Told about each mount made (default: nothing). */
+  onMount?: (target: string) => void;
+}
+
+/**
+ * In a private mount namespace, as root: mount every outermost mount point
+ * of `ns` at its own path, run the command as the account, serve until it
+ * exits, then take everything down. Returns the command's exit status.
+ */
+export async function runInView(ns: Namespace, opts: ViewOptions): Promise<number> {
+  const { account } = opts;
+  if (account.uid === 0) {
+    throw new Error(
+      `host account '${account.name}' is root: logon never runs a command as root; ` +
+        `set 'account' for user '${opts.user}' in the manifest to an unprivileged account`,
+    );
+  }
+  const plan = planView(ns.mounts().map((m) => m.target));
+  const stage = await Deno.makeTempDir({ prefix: "ferry-logon-" });
+  let view: View | undefined;
+  const mounts: FuseMount[] = [];
+  try {
+    view = await buildView(await plan, stage);
+    const v = view;
+    await Promise.all([...v.paths].map(async ([target, at]) => {
+      const node = await ns.resolve(target);
+      const m = await mountTree(node, at, {
+        uid: account.uid,
+        gid: account.gid,
+        allowOther: true,
+        fsname: `ferry:${opts.user}`,
+      });
+      mounts.push(m);
+      opts.onMount?.(target);
+    }));
+    return await spawnAs(account, opts.command, v.root);
+  } finally {
+    await Promise.allSettled(mounts.map((m) => m.close()));
+    if (view) await view.close();
+    else await Deno.remove(stage).catch(() => {});
+  }
+}
+
+async function spawnAs(account: Account, command: readonly string[], root: string) {
+  const env = Deno.env.toObject();
+  for (const k of Object.keys(env)) {
+    if (k.startsWith("SUDO_") || k === OUTER_NS_ENV) delete env[k];
+  }
+  Object.assign(env, {
+    HOME: account.home,
+    USER: account.name,
+    LOGNAME: account.name,
+    SHELL: account.shell,
+    PATH: env.PATH ?? "/usr/local/bin:/usr/bin:/bin",
+  });
+  // The home directory as the command will see it (under the mounts).
+  let wd = "/";
+  try {
+    if ((await Deno.stat(root === "/" ? account.home : root + account.home)).isDirectory) {
+      wd = account.home;
+    }
+  } catch { /* no home: start at / */ }
+  const setpriv = [
+    "setpriv",
+    `--reuid=${account.uid}`,
+    `--regid=${account.gid}`,
+    "--init-groups",
+    "--",
+    ...command,
+  ];
+  const args = root === "/" ? setpriv : ["unshare", `--root=${root}`, `--wd=${wd}`, ...setpriv];
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command(args[0]!, {
+      args: args.slice(1),
+      env,
+      clearEnv: true,
+      cwd: root === "/" ? wd : "/",
+      stdin: "inherit",
+      stdout: "inherit",
+      stderr: "inherit",
+    }).spawn();
+  } catch (e) {
+    throw new Error(`cannot run '${command[0]}': ${(e as Error).message}`);
+  }
+  return await waitFor(child);
+}
