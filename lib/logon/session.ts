@@ -100,6 +100,18 @@ export async function launch(args: readonly string[]): Promise<number> {
   return await waitFor(child);
 }
 
+/**
+ * True when `ferry logon ARGS` asks for a private mount namespace (a `--`
+ * or `--ssh` among its options, no --help) and this process is not yet in
+ * one: then Ferry can start itself there before loading anything else.
+ */
+export function launchesAtOnce(args: readonly string[]): boolean {
+  const dashes = args.indexOf("--");
+  const own = dashes < 0 ? args : args.slice(0, dashes);
+  if (own.includes("-h") || own.includes("--help")) return false;
+  return (dashes >= 0 || own.includes("--ssh")) && !inPrivateNamespace();
+}
+
 /** The command a logon runs: `command` if given, else the account's login shell. */
 export function commandFor(
   account: Account,
