@@ -213,6 +213,18 @@ Deno.test({
       await held.waitFor(/bye/);
       assert.equal((await held.status).code, 0);
 
+      // A command killed by a signal: logon says so the way a shell does.
+      const killed = await logonIn(login, [
+        "-u",
+        "alice",
+        ...base,
+        "--",
+        "sh",
+        "-c",
+        "kill -KILL $$",
+      ]);
+      assert.equal(killed.code, 128 + 9, killed.err);
+
       // A missing host account and the root account are refused before anything runs.
       const carol = await logonIn(login, ["-u", "carol", ...base, "--", "true"]);
       assert.equal(carol.code, 1);
