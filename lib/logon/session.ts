@@ -161,7 +161,7 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
         uid: account.uid,
         gid: account.gid,
         allowOther: true,
-        fsname: `ferry:${opts.user}`,
+        fsname: `ferry-logon:${opts.user}`,
       });
       mounts.push(m);
       opts.onMount?.(target);

@@ -146,7 +146,7 @@ async function logonIn(ns: string, args: string[]) {
 /** Ferry's mounts in this process's mount namespace. */
 async function ferryMounts(): Promise<string[]> {
   const text = await run("cat", ["/proc/self/mountinfo"]);
-  return text.split("\n").filter((l) => /fuse\.ferry|ferry-view/.test(l));
+  return text.split("\n").filter((l) => /ferry-logon:|ferry-view/.test(l));
 }
 
 const why1 = skipReason([]);
@@ -313,7 +313,8 @@ Deno.test({
       ]);
       procs.push(sshd);
       await sshd.waitFor(/Server listening/, "err");
-      const ssh = (user: string, cmd: string) =>
+      // Without a command: a terminal (-tt) and the login shell.
+      const ssh = (user: string, cmd?: string) =>
         new Proc(user, "ip", [
           "netns",
           "exec",
@@ -331,8 +332,10 @@ Deno.test({
           "UserKnownHostsFile=/dev/null",
           "-o",
           "LogLevel=ERROR",
-          `${user}@${hosts.ip.login}`,
-          cmd,
+          ...(cmd === undefined ? ["-tt", `${user}@${hosts.ip.login}`] : [
+            `${user}@${hosts.ip.login}`,
+            cmd,
+          ]),
         ], { stdin: true });
 
       const alice = ssh(
@@ -350,8 +353,8 @@ Deno.test({
       // Bob, logged in at the same time, sees his own tree and nothing of alice's.
       const bob = ssh(
         "bob",
-        "whoami; cat /n/files/hello.txt; ls /n/files; grep -c 'ferry:alice' /proc/self/mountinfo; " +
-          "grep -c 'ferry:bob' /proc/self/mountinfo; ls /usr/alice 2>&1; " +
+        "whoami; cat /n/files/hello.txt; ls /n/files; grep -c 'ferry-logon:alice' /proc/self/mountinfo; " +
+          "grep -c 'ferry-logon:bob' /proc/self/mountinfo; ls /usr/alice 2>&1; " +
           "cat /n/files/secret-alice.txt 2>&1; exit 5",
       );
       procs.push(bob);
@@ -370,6 +373,13 @@ Deno.test({
       await alice.send("");
       await alice.waitFor(/bye/);
       assert.equal((await alice.status).code, 0);
+
+      // An interactive login: alice's login shell on a terminal, in her namespace.
+      const tty = ssh("alice");
+      procs.push(tty);
+      await tty.send("echo tty:$(id -un):$(cat /n/files/hello.txt); exit 3");
+      await tty.waitFor(/tty:alice:hello alice, from the file server/);
+      assert.equal((await tty.status).code, 3, tty.out + tty.err);
     } finally {
       for (const p of procs.reverse()) await p.stop();
       await Deno.remove(sudoers).catch(() => {});
