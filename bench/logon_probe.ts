@@ -56,6 +56,18 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)]!;
 }
 
+const missing = ["sshd", "ssh", "sshfs", "sudo", "git", "unshare", "setpriv"].filter((c) =>
+  !new Deno.Command("sh", { args: ["-c", `command -v ${c}`], stdout: "null" }).outputSync().success
+);
+if (Deno.uid() !== 0 || missing.length > 0) {
+  console.log(
+    `skipped: ${
+      Deno.uid() !== 0 ? "needs root" : `missing ${missing.join(", ")}`
+    } (apt-get install -y openssh-server sudo sshfs git)`,
+  );
+  Deno.exit(0);
+}
+
 const c = await makeCluster();
 const work = c.dir;
 const cleanups: (() => Promise<unknown>)[] = [];
