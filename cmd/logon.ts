@@ -167,6 +167,7 @@ export async function run(args: string[]): Promise<number> {
         account,
         command: run,
         onMount: quiet ? undefined : (t) => console.error(`logon: mounted ${t}`),
+        onSkip: (t, why) => console.error(`logon: '${t}' is not mounted on the host: ${why}`),
       });
     }
     if (typeof v.export === "string") {

@@ -20,7 +20,9 @@ import type { Namespace } from "../ns/namespace.ts";
 import { type FuseMount, mountTree } from "../fuse/mount.ts";
 import { ferryArgv } from "../self.ts";
 import type { Account } from "./account.ts";
-import { buildView, planView, type View } from "./view.ts";
+import { buildView, outermost, planView, type View } from "./view.ts";
+import type { Node } from "../fs/tree.ts";
+import { QTDIR } from "../styx/types.ts";
 import { mountNamespace } from "./sys.ts";
 
 /** Set by the launcher for the second process: the launcher's mount namespace. */
@@ -133,6 +135,8 @@ export interface ViewOptions {
   command: readonly string[];
   /** Told about each mount made (default: nothing). */
   onMount?: (target: string) => void;
+  /** Told about each mount point left out, and why (default: nothing). */
+  onSkip?: (target: string, why: string) => void;
 }
 
 /**
@@ -148,15 +152,31 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
         `set 'account' for user '${opts.user}' in the manifest to an unprivileged account`,
     );
   }
-  const plan = planView(ns.mounts().map((m) => m.target));
+  // Only directories can be mounted on directories: a file bound on a file
+  // stays visible only to Ferry's own shell.
+  const nodes = new Map<string, Node>();
+  await Promise.all(
+    outermost(ns.mounts().map((m) => m.target)).map(async (target) => {
+      try {
+        const node = await ns.resolve(target);
+        if (node.qid.type & QTDIR) nodes.set(target, node);
+        else {
+          await node.close();
+          opts.onSkip?.(target, "it is a file, not a directory");
+        }
+      } catch (e) {
+        opts.onSkip?.(target, (e as Error).message);
+      }
+    }),
+  );
   const stage = await Deno.makeTempDir({ prefix: "ferry-logon-" });
   let view: View | undefined;
   const mounts: FuseMount[] = [];
   try {
-    view = await buildView(await plan, stage);
+    view = await buildView(await planView([...nodes.keys()]), stage);
     const v = view;
     await Promise.all([...v.paths].map(async ([target, at]) => {
-      const node = await ns.resolve(target);
+      const node = nodes.get(target)!;
       const m = await mountTree(node, at, {
         uid: account.uid,
         gid: account.gid,
