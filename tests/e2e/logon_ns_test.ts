@@ -295,6 +295,8 @@ Deno.test({
           "StrictModes no",
           "PasswordAuthentication no",
           "KbdInteractiveAuthentication no",
+          // sftp (and scp, which speaks it) runs through ForceCommand too.
+          "Subsystem sftp /usr/lib/openssh/sftp-server",
           `AuthorizedKeysFile ${sshDir}/keys/%u`,
           "Match User alice,bob",
           `    ForceCommand sudo -n ${logon}`,
@@ -373,6 +375,29 @@ Deno.test({
       await alice.send("");
       await alice.waitFor(/bye/);
       assert.equal((await alice.status).code, 0);
+
+      // scp copies out of the namespace: its sftp server runs in it.
+      const copy = `${sshDir}/copied.txt`;
+      await run("ip", [
+        "netns",
+        "exec",
+        hosts.ns("client"),
+        "scp",
+        "-q",
+        "-i",
+        `${sshDir}/user_key`,
+        "-P",
+        String(sshPort),
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        `alice@${hosts.ip.login}:/n/files/hello.txt`,
+        copy,
+      ]);
+      assert.equal(await Deno.readTextFile(copy), "hello alice, from the file server\n");
 
       // An interactive login: alice's login shell on a terminal, in her namespace.
       const tty = ssh("alice");
