@@ -280,6 +280,9 @@ async function accountOf(m: Manifest, user: string, invoker?: Account): Promise<
       `Unknown user '${user}' in '${m.file}' (users: ${[...m.users.keys()].join(", ") || "none"})`,
     );
   }
+  const refuse = () =>
+    new Error(`'${invoker!.name}' may not log on as '${user}' (host account '${spec.account}')`);
+  if (invoker && spec.account !== invoker.name) throw refuse();
   const account = await lookupAccount(spec.account);
   if (!account) {
     throw new Error(
@@ -287,11 +290,7 @@ async function accountOf(m: Manifest, user: string, invoker?: Account): Promise<
         `create it (useradd ${spec.account}) or set users.${user}.account in the manifest`,
     );
   }
-  if (invoker && account.uid !== invoker.uid) {
-    throw new Error(
-      `'${invoker.name}' may not log on as '${user}' (host account '${account.name}')`,
-    );
-  }
+  if (invoker && account.uid !== invoker.uid) throw refuse();
   return account;
 }
 

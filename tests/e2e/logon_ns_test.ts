@@ -132,10 +132,11 @@ async function ferryUp(hosts: Hosts, file: string, certs: string): Promise<Proc>
 }
 
 /** `ferry logon ARGS` run to completion on `host`; stdout and stderr. */
-async function logonIn(ns: string, args: string[]) {
+async function logonIn(ns: string, args: string[], env: Record<string, string> = {}) {
   const [exe, ...pre] = ferryArgv();
   const o = await new Deno.Command("ip", {
     args: ["netns", "exec", ns, exe!, ...pre, "logon", ...args],
+    env,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -229,6 +230,28 @@ Deno.test({
       const rooty = await logonIn(login, ["-u", "rooty", ...base, "--", "true"]);
       assert.equal(rooty.code, 1);
       assert.match(rooty.err, /logon never runs a command as root/);
+      // Run through sudo by alice: she is the user, nobody else, and only root's CA counts.
+      const sudo = { SUDO_UID: uid, SUDO_GID: uid, SUDO_USER: "alice" };
+      const asAlice = await logonIn(login, [...base, "--", "id", "-un"], sudo);
+      assert.equal(asAlice.code, 0, asAlice.err);
+      assert.equal(asAlice.out, "alice\n");
+      const asBob = await logonIn(login, ["-u", "bob", ...base, "--", "true"], sudo);
+      assert.equal(asBob.code, 1);
+      assert.match(asBob.err, /'alice' may not log on as 'bob'/);
+      const insecure = await logonIn(login, ["--insecure-manifest", ...base, "--", "true"], sudo);
+      assert.equal(insecure.code, 1);
+      assert.match(insecure.err, /--insecure-manifest and -r are refused/);
+      const mine = await Deno.makeTempDir();
+      try {
+        await Deno.copyFile(`${users}/ca.pem`, `${mine}/ca.pem`);
+        await Deno.chown(mine, Number(uid), Number(uid));
+        const own = await logonIn(login, ["-q", "--certs", mine, file, "--", "true"], sudo);
+        assert.equal(own.code, 1);
+        assert.match(own.err, /must be owned by root and writable only by root/);
+      } finally {
+        await Deno.remove(mine, { recursive: true });
+      }
+
       // Everything went with the commands.
       assert.deepEqual(await ferryMounts(), []);
       assert.deepEqual(
