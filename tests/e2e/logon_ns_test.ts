@@ -159,6 +159,8 @@ Deno.test({
     const port = freePort();
     const { c, file, users, src } = await cluster(hosts.ip.files!, port);
     const removeAlice = await account("alice");
+    // The node acts as the verified user's host account: alice's tree is hers.
+    await run("chown", ["-R", "alice:", `${src}/alice`]);
     let up: Proc | undefined;
     let held: Proc | undefined;
     try {
@@ -277,6 +279,8 @@ Deno.test({
     const port = freePort();
     const { c, file, users, src } = await cluster(hosts.ip.files!, port);
     const removers = [await account("alice"), await account("bob")];
+    // The node acts as each verified user's host account: each tree is its user's.
+    for (const u of ["alice", "bob"]) await run("chown", ["-R", `${u}:`, `${src}/${u}`]);
     const sshDir = await Deno.makeTempDir({ prefix: "ferry-sshd-" });
     const sudoers = `/etc/sudoers.d/ferry-test-${Deno.pid}`;
     const procs: Proc[] = [];
