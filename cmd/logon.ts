@@ -291,6 +291,12 @@ async function accountOf(m: Manifest, user: string, invoker?: Account): Promise<
     );
   }
   if (invoker && account.uid !== invoker.uid) throw refuse();
+  if (account.uid === 0) {
+    throw new Error(
+      `user '${user}' runs as host account '${account.name}', which is root: logon never runs ` +
+        `a command as root; set users.${user}.account in the manifest to an unprivileged account`,
+    );
+  }
   return account;
 }
 
