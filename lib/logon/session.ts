@@ -56,28 +56,62 @@ const SIGNALS: Partial<Record<Deno.Signal, number>> = {
 };
 
 /**
- * Wait for `child`, passing on SIGTERM and SIGHUP, while SIGINT and SIGQUIT
- * (which a terminal sends to the whole foreground group, the child
- * included) leave this process alone.
+ * Signals while a logon runs: SIGINT and SIGQUIT (which a terminal sends to
+ * the whole foreground group, the command included) leave this process
+ * alone; SIGTERM and SIGHUP are passed on to the command once it runs, and
+ * before that (or after it) only noted, so that the mounts are always taken
+ * down and the stage removed. A group signal (`timeout`, a closed terminal)
+ * reaches this process twice, once from the launcher.
  */
-async function waitFor(child: Deno.ChildProcess): Promise<number> {
-  const ignore = () => {};
-  const pass = (sig: Deno.Signal) => () => {
+class Signals {
+  /** The first SIGTERM or SIGHUP that came before there was a command to pass it to. */
+  pending: Deno.Signal | undefined;
+  #child: Deno.ChildProcess | undefined;
+  readonly #handlers: [Deno.Signal, () => void][];
+
+  constructor() {
+    const ignore = () => {};
+    const pass = (sig: Deno.Signal) => () => {
+      if (!this.#child) {
+        this.pending ??= sig;
+        return;
+      }
+      try {
+        this.#child.kill(sig);
+      } catch { /* already gone */ }
+    };
+    this.#handlers = [
+      ["SIGINT", ignore],
+      ["SIGQUIT", ignore],
+      ["SIGTERM", pass("SIGTERM")],
+      ["SIGHUP", pass("SIGHUP")],
+    ];
+    for (const [sig, f] of this.#handlers) Deno.addSignalListener(sig, f);
+  }
+
+  /** Wait for `child`, passing signals on to it; its exit status as a shell gives it. */
+  async wait(child: Deno.ChildProcess): Promise<number> {
+    this.#child = child;
     try {
-      child.kill(sig);
-    } catch { /* already gone */ }
-  };
-  const handlers: [Deno.Signal, () => void][] = [
-    ["SIGINT", ignore],
-    ["SIGQUIT", ignore],
-    ["SIGTERM", pass("SIGTERM")],
-    ["SIGHUP", pass("SIGHUP")],
-  ];
-  for (const [s, f] of handlers) Deno.addSignalListener(s, f);
+      return exitCode(await child.status);
+    } finally {
+      this.#child = undefined;
+    }
+  }
+
+  /** Stop handling signals. */
+  release(): void {
+    for (const [sig, f] of this.#handlers) Deno.removeSignalListener(sig, f);
+  }
+}
+
+/** Wait for `child` with {@link Signals} in place. */
+async function waitFor(child: Deno.ChildProcess): Promise<number> {
+  const signals = new Signals();
   try {
-    return exitCode(await child.status);
+    return await signals.wait(child);
   } finally {
-    for (const [s, f] of handlers) Deno.removeSignalListener(s, f);
+    signals.release();
   }
 }
 
@@ -169,6 +203,7 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
       }
     }),
   );
+  const signals = new Signals();
   const stage = await Deno.makeTempDir({ prefix: "ferry-logon-" });
   let view: View | undefined;
   const mounts: FuseMount[] = [];
@@ -186,15 +221,22 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
       mounts.push(m);
       opts.onMount?.(target);
     }));
-    return await spawnAs(account, opts.command, v.root);
+    if (signals.pending) return 128 + (SIGNALS[signals.pending] ?? 0);
+    return await spawnAs(account, opts.command, v.root, signals);
   } finally {
     await Promise.allSettled(mounts.map((m) => m.close()));
     if (view) await view.close();
     else await Deno.remove(stage).catch(() => {});
+    signals.release();
   }
 }
 
-async function spawnAs(account: Account, command: readonly string[], root: string) {
+async function spawnAs(
+  account: Account,
+  command: readonly string[],
+  root: string,
+  signals: Signals,
+): Promise<number> {
   const env = Deno.env.toObject();
   for (const k of Object.keys(env)) {
     if (k.startsWith("SUDO_") || k === OUTER_NS_ENV) delete env[k];
@@ -236,5 +278,5 @@ async function spawnAs(account: Account, command: readonly string[], root: strin
   } catch (e) {
     throw new Error(`cannot run '${command[0]}': ${(e as Error).message}`);
   }
-  return await waitFor(child);
+  return await signals.wait(child);
 }

@@ -132,16 +132,28 @@ async function ferryUp(hosts: Hosts, file: string, certs: string): Promise<Proc>
 }
 
 /** `ferry logon ARGS` run to completion on `host`; stdout and stderr. */
-async function logonIn(ns: string, args: string[], env: Record<string, string> = {}) {
+async function logonIn(
+  ns: string,
+  args: string[],
+  env: Record<string, string> = {},
+  wrap: string[] = [],
+) {
   const [exe, ...pre] = ferryArgv();
   const o = await new Deno.Command("ip", {
-    args: ["netns", "exec", ns, exe!, ...pre, "logon", ...args],
+    args: ["netns", "exec", ns, ...wrap, exe!, ...pre, "logon", ...args],
     env,
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
   }).output();
   return { code: o.code, out: dec.decode(o.stdout), err: dec.decode(o.stderr) };
+}
+
+/** Stage directories of logons (each is removed when its logon ends). */
+function stages(): string[] {
+  return [...Deno.readDirSync("/tmp")].map((e) => e.name).filter((n) =>
+    n.startsWith("ferry-logon-")
+  );
 }
 
 /** Ferry's mounts in this process's mount namespace. */
@@ -213,6 +225,17 @@ Deno.test({
       await held.waitFor(/bye/);
       assert.equal((await held.status).code, 0);
 
+      // timeout(1) sends SIGTERM to logon and then to its whole process
+      // group: whenever it comes, logon ends and still takes everything down.
+      const timedOut = await logonIn(login, ["-u", "alice", ...base, "--", "sleep", "600"], {}, [
+        "timeout",
+        "-s",
+        "TERM",
+        "2",
+      ]);
+      assert.equal(timedOut.code, 124, timedOut.err);
+      assert.deepEqual(stages(), []);
+
       // A command killed by a signal: logon says so the way a shell does.
       const killed = await logonIn(login, [
         "-u",
@@ -256,10 +279,7 @@ Deno.test({
 
       // Everything went with the commands.
       assert.deepEqual(await ferryMounts(), []);
-      assert.deepEqual(
-        [...Deno.readDirSync("/tmp")].filter((e) => e.name.startsWith("ferry-logon-")),
-        [],
-      );
+      assert.deepEqual(stages(), []);
     } finally {
       await held?.stop();
       await up?.stop();
