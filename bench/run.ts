@@ -365,6 +365,7 @@ try {
   if (want("fuse")) await probe("fuse", "fuse_probe.ts");
   // A Ferry server's memory under hostile clients (no peer: targets instead).
   if (want("hostile")) await tableProbe("hostile", "hostile.ts");
+  if (want("logon")) await probe("logon", "logon_probe.ts");
 } finally {
   await Deno.remove(dir, { recursive: true }).catch(() => {});
 }

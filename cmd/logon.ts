@@ -2,7 +2,10 @@
  * `ferry logon -u USER FILE`: compose USER's namespace from the manifest on
  * this machine, with USER's credentials (Inferno's wm/logon applying
  * namespace(6), 9front's newns), then run the shell in it, a command with
- * -c, or serve the composed view with --export ADDR.
+ * -c, or serve the composed view with --export ADDR. With `-- COMMAND` (or
+ * --ssh) run a host command as USER's host account in a private mount
+ * namespace that shows the namespace's mounts at their own paths (see
+ * lib/logon/session.ts).
  *
  * @module
  */
@@ -30,10 +33,14 @@ import { announceStyx } from "../lib/net/connect.ts";
 import { tlsListen } from "../lib/transport/tls.ts";
 import { listenHost, parseDialString } from "../lib/net/dial.ts";
 import type { Listener } from "../lib/transport/conn.ts";
+import type { Manifest } from "../lib/manifest/schema.ts";
+import { type Account, lookupAccount, lookupUid } from "../lib/logon/account.ts";
+import { commandFor, inPrivateNamespace, launch, runInView } from "../lib/logon/session.ts";
 
 const spec = {
   usage:
-    "ferry logon -u USER [--certs DIR] [-r ROOT] [-c CMD | --export ADDR | --fuse HOSTDIR] FILE",
+    "ferry logon -u USER [--certs DIR] [-r ROOT] [-c CMD | --export ADDR | --fuse HOSTDIR] FILE\n" +
+    "       ferry logon [-u USER] [--certs DIR] FILE [--ssh] [-- COMMAND [ARG...]]",
   about: "Build USER's namespace from the manifest FILE: every entry of the user's\n" +
     "namespace is applied in order, mounts are dialed at once with USER's credentials\n" +
     "(mutual TLS), and an entry that fails is reported without giving up on the rest\n" +
@@ -41,7 +48,13 @@ const spec = {
     "the namespace, or COMMANDS with -c, or serve the whole view with --export ADDR\n" +
     "(mutual TLS with the node credentials in --export-certs, allowing only USER; or\n" +
     "plain with -A), or mount it on a host directory through FUSE with --fuse. The manifest must carry the CA's signature (FILE.sig) unless\n" +
-    "--insecure-manifest is given.",
+    "--insecure-manifest is given.\n\n" +
+    "With '-- COMMAND' (default: the login shell), run COMMAND as USER's host account\n" +
+    "('account' in the manifest, default USER) in a private mount namespace where every\n" +
+    "mount point of the namespace is mounted at its own path (FUSE); nobody else sees\n" +
+    "them, and they go when COMMAND exits. Needs root. --ssh takes COMMAND from\n" +
+    "$SSH_ORIGINAL_COMMAND (for sshd's ForceCommand). Run through sudo, USER defaults to\n" +
+    "the Ferry user whose account is the invoking one, and no other may be named.",
   options: {
     u: { type: "string" as const, short: "u" },
     certs: { type: "string" as const },
@@ -53,6 +66,7 @@ const spec = {
     A: { type: "boolean" as const, short: "A" },
     "insecure-manifest": { type: "boolean" as const },
     q: { type: "boolean" as const, short: "q" },
+    ssh: { type: "boolean" as const },
   },
   optionsHelp: "  -u USER              the user to log on as\n" +
     "  --certs DIR          USER's credentials (default $FERRY_CERTS, else ~/.ferry/certs)\n" +
@@ -63,7 +77,9 @@ const spec = {
     "  --fuse HOSTDIR       mount the composed namespace on HOSTDIR until interrupted\n" +
     "  -A                   with --export: no authentication, no encryption\n" +
     "  --insecure-manifest  accept an unsigned or altered manifest\n" +
-    "  -q                   report only the entries that fail",
+    "  -q                   report only the entries that fail\n" +
+    "  --ssh                run $SSH_ORIGINAL_COMMAND (else a login shell) as with --\n" +
+    "  -- COMMAND [ARG...]  run COMMAND in a private mount namespace showing the mounts",
 };
 
 /** Run `ferry logon`. */
@@ -71,20 +87,36 @@ export async function run(args: string[]): Promise<number> {
   let composed: Awaited<ReturnType<typeof logon>> | undefined;
   let listener: Listener | undefined;
   try {
-    const p = parse(spec, args);
+    const dashes = args.indexOf("--");
+    const hostCommand = dashes < 0 ? undefined : args.slice(dashes + 1);
+    const p = parse(spec, dashes < 0 ? args : args.slice(0, dashes));
     if (p.help) return 0;
     const v = p.values;
     if (p.positionals.length !== 1) {
       throw new UsageError(`expected one manifest FILE\nusage: ${spec.usage}`);
     }
-    if (typeof v.u !== "string") throw new UsageError(`-u USER is required\nusage: ${spec.usage}`);
+    const privateNs = hostCommand !== undefined || v.ssh === true;
     if ([v.c, v.export, v.fuse].filter((x) => typeof x === "string").length > 1) {
       throw new UsageError("give only one of -c, --export and --fuse");
     }
+    if (privateNs && [v.c, v.export, v.fuse].some((x) => typeof x === "string")) {
+      throw new UsageError("-- COMMAND and --ssh run a command: drop -c, --export and --fuse");
+    }
+    const invoker = privateNs ? await sudoInvoker() : undefined;
+    if (invoker && (v["insecure-manifest"] === true || typeof v.r === "string")) {
+      throw new UsageError(
+        `run through sudo by '${invoker.name}': --insecure-manifest and -r are refused`,
+      );
+    }
+    if (typeof v.u !== "string" && !invoker) {
+      throw new UsageError(`-u USER is required\nusage: ${spec.usage}`);
+    }
+    // The mounts are made by a second Ferry in a private mount namespace.
+    if (privateNs && !inPrivateNamespace()) return await launch(args);
     const file = p.positionals[0]!;
-    const user = v.u;
     const certDir = typeof v.certs === "string" ? v.certs : defaultCertsDir();
-    const creds = await loadCredentials(certDir, user);
+    if (invoker) await rootOwned(certDir, invoker);
+    let creds = typeof v.u === "string" ? await loadCredentials(certDir, v.u) : undefined;
     let bytes: Uint8Array;
     let signed: SignedManifest | undefined;
     const insecure = v["insecure-manifest"] === true;
@@ -93,13 +125,16 @@ export async function run(args: string[]): Promise<number> {
       bytes = await Deno.readFile(file);
     } else {
       // An older signed copy put back is refused, as 'ferry up' refuses it.
-      signed = await readSigned(file, creds.ca);
+      signed = await readSigned(file, creds?.ca ?? await Deno.readTextFile(`${certDir}/ca.pem`));
       await checkSerial(signed, file, certDir);
       bytes = signed.bytes;
     }
     const m = loadBytes(bytes, file, insecure ? {} : { readFile: refuseUnsigned });
     const problems = checkManifest(m);
     if (problems.length) throw new ManifestError(problems);
+    const user = typeof v.u === "string" ? v.u : userOfAccount(m, invoker!);
+    const account = privateNs ? await accountOf(m, user, invoker) : undefined;
+    creds ??= await loadCredentials(certDir, user);
     const quiet = v.q === true;
     const t0 = performance.now();
     composed = await logon(m, user, {
@@ -125,6 +160,16 @@ export async function run(args: string[]): Promise<number> {
       );
     }
     const ns = composed.ns;
+    if (account) {
+      const run = commandFor(account, hostCommand ?? [], Deno.env.get("SSH_ORIGINAL_COMMAND"));
+      return await runInView(ns, {
+        user,
+        account,
+        command: run,
+        onMount: quiet ? undefined : (t) => console.error(`logon: mounted ${t}`),
+        onSkip: (t, why) => console.error(`logon: '${t}' is not mounted on the host: ${why}`),
+      });
+    }
     if (typeof v.export === "string") {
       const addr = v.export;
       if (v.A === true) {
@@ -189,6 +234,70 @@ export async function run(args: string[]): Promise<number> {
     listener?.close();
     await composed?.close();
   }
+}
+
+/** Who ran this logon through sudo (not root), or undefined. */
+async function sudoInvoker(): Promise<Account | undefined> {
+  const uid = Deno.env.get("SUDO_UID");
+  if (Deno.uid() !== 0 || uid === undefined || uid === "0" || !/^\d+$/.test(uid)) return undefined;
+  const a = await lookupUid(Number(uid));
+  if (!a) throw new Error(`sudo was run by uid ${uid}, which has no passwd entry`);
+  return a;
+}
+
+/** Through sudo the credentials (and so the CA that vouches for the manifest) must be root's. */
+async function rootOwned(dir: string, invoker: Account): Promise<void> {
+  for (const p of [dir, `${dir}/ca.pem`]) {
+    const st = await Deno.stat(p);
+    if (st.uid !== 0 || (st.mode! & 0o022) !== 0) {
+      throw new Error(
+        `run through sudo by '${invoker.name}': '${p}' must be owned by root and writable only by root`,
+      );
+    }
+  }
+}
+
+/** The Ferry user whose host account is `invoker`'s. */
+function userOfAccount(m: Manifest, invoker: Account): string {
+  const users = [...m.users.values()].filter((u) => u.account === invoker.name);
+  if (users.length !== 1) {
+    throw new Error(
+      users.length === 0
+        ? `no user in '${m.file}' has host account '${invoker.name}'`
+        : `several users in '${m.file}' have host account '${invoker.name}' (${
+          users.map((u) => u.name).join(", ")
+        }): name one with -u`,
+    );
+  }
+  return users[0]!.name;
+}
+
+/** The host account `user`'s command runs as; refuses a missing one and, through sudo, another's. */
+async function accountOf(m: Manifest, user: string, invoker?: Account): Promise<Account> {
+  const spec = m.users.get(user);
+  if (!spec) {
+    throw new Error(
+      `Unknown user '${user}' in '${m.file}' (users: ${[...m.users.keys()].join(", ") || "none"})`,
+    );
+  }
+  const refuse = () =>
+    new Error(`'${invoker!.name}' may not log on as '${user}' (host account '${spec.account}')`);
+  if (invoker && spec.account !== invoker.name) throw refuse();
+  const account = await lookupAccount(spec.account);
+  if (!account) {
+    throw new Error(
+      `user '${user}' runs as host account '${spec.account}', which does not exist on this host: ` +
+        `create it (useradd ${spec.account}) or set users.${user}.account in the manifest`,
+    );
+  }
+  if (invoker && account.uid !== invoker.uid) throw refuse();
+  if (account.uid === 0) {
+    throw new Error(
+      `user '${user}' runs as host account '${account.name}', which is root: logon never runs ` +
+        `a command as root; set users.${user}.account in the manifest to an unprivileged account`,
+    );
+  }
+  return account;
 }
 
 async function interactive(sh: Shell): Promise<void> {

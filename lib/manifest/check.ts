@@ -199,6 +199,14 @@ export function checkManifest(m: Manifest): Problem[] {
   }
 
   for (const u of m.users.values()) {
+    if (!ACCOUNT.test(u.account)) {
+      bad(
+        u.where,
+        `Bad host account name '${u.account}': want a login name such as "alice" ` +
+          `(letters, digits, '.', '_', '-'; at most 32)`,
+        `users.${u.name}.account`,
+      );
+    }
     const groups = groupsOf(m, u.name);
     const targets = new Set<string>();
     checkEntries(m, u.namespace, u.name, u.home, groups, bad, targets);
@@ -214,6 +222,9 @@ export function checkManifest(m: Manifest): Problem[] {
   }
   return sortProblems(ps);
 }
+
+/** A host login name, as useradd accepts them. */
+const ACCOUNT = /^[A-Za-z_][A-Za-z0-9_.-]{0,30}\$?$/;
 
 type Bad = (w: Where, message: string, key?: string) => void;
 

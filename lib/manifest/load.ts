@@ -321,11 +321,19 @@ class Builder {
         this.bad(key, `Expected a table, got ${describe(v)}`);
         continue;
       }
-      this.known(v, key, ["groups", "home", "namespace", "namespace_file", "required"]);
+      this.known(v, key, [
+        "account",
+        "groups",
+        "home",
+        "namespace",
+        "namespace_file",
+        "required",
+      ]);
       users.set(u, {
         name: u,
         groups: this.strings(v, "groups", `${key}.groups`),
         home: this.str(v, "home", `${key}.home`) ?? `/usr/${u}`,
+        account: this.str(v, "account", `${key}.account`) ?? u,
         namespace: this.namespace(v, key),
         required: this.strings(v, "required", `${key}.required`),
         where: this.where(key),

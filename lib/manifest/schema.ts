@@ -132,6 +132,8 @@ export interface UserSpec {
   groups: string[];
   /** $home in namespace lines; default "/usr/NAME". */
   home: string;
+  /** The host account `ferry logon -- COMMAND` runs COMMAND as; default NAME. */
+  account: string;
   /** The user's namespace, in order. */
   namespace: NsEntry[];
   /** Mount points whose entries must succeed at logon. */

@@ -1,0 +1,290 @@
+/**
+ * Logon speed beside OpenSSH, in the same run, on 127.0.0.1:
+ *
+ * - time to a first prompt: `ferry logon -u alice FILE -- true` (a private
+ *   mount namespace with alice's namespace mounted, the command run as
+ *   alice) against `ssh alice@127.0.0.1 true` to a throwaway sshd, and
+ *   `ssh` through that sshd's ForceCommand into `ferry logon --ssh`;
+ * - `git status` in a 10,000-file checkout: under `logon --` over the
+ *   mounts (the checkout lives on a `ferry up` node) against the same
+ *   checkout over sshfs. Each run is a fresh logon or a fresh sshfs mount;
+ *   a first `git status` through each kind of mount refreshes its index.
+ *
+ * Medians of RUNS runs. Needs root, /dev/fuse, openssh-server, sudo,
+ * sshfs; makes host account alice when missing and removes it after.
+ *
+ * Usage: deno run --allow-all bench/logon_probe.ts [--runs N] [--files N]
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { writeCredentials } from "../lib/auth/ca.ts";
+import { freePort, makeCluster } from "../tests/manifest/cluster.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    runs: { type: "string", default: "7" },
+    files: { type: "string", default: "10000" },
+  },
+});
+const RUNS = Number(values.runs);
+const FILES = Number(values.files);
+const REPO = new URL("..", import.meta.url).pathname;
+const FERRY = `${REPO}cmd/ferry.ts`;
+const dec = new TextDecoder();
+
+async function sh(script: string): Promise<string> {
+  const o = await new Deno.Command("bash", {
+    args: ["-c", script],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!o.success) throw new Error(`'${script}' failed (${o.code}): ${dec.decode(o.stderr)}`);
+  return dec.decode(o.stdout);
+}
+
+async function timed(script: string): Promise<number> {
+  const t0 = performance.now();
+  await sh(script);
+  return (performance.now() - t0) / 1000;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+const missing = ["sshd", "ssh", "sshfs", "sudo", "git", "unshare", "setpriv"].filter((c) =>
+  !new Deno.Command("sh", { args: ["-c", `command -v ${c}`], stdout: "null" }).outputSync().success
+);
+if (Deno.uid() !== 0 || missing.length > 0) {
+  console.log(
+    `skipped: ${
+      Deno.uid() !== 0 ? "needs root" : `missing ${missing.join(", ")}`
+    } (apt-get install -y openssh-server sudo sshfs git)`,
+  );
+  Deno.exit(0);
+}
+
+const c = await makeCluster();
+const work = c.dir;
+const cleanups: (() => Promise<unknown>)[] = [];
+try {
+  // Host account alice ('*' keeps it unlocked for key logins).
+  if (
+    !(await new Deno.Command("id", { args: ["alice"], stdout: "null", stderr: "null" }).output())
+      .success
+  ) {
+    await sh("useradd -m -s /bin/sh -p '*' alice");
+    cleanups.push(() => sh("userdel -r alice").catch(() => {}));
+  }
+
+  // A node serving a directory with a 10,000-file checkout.
+  const src = `${work}/src`;
+  console.error(`preparing a ${FILES}-file checkout in ${src}`);
+  await sh(`mkdir -p ${src}/origin`);
+  for (let d = 0; d * 100 < FILES; d++) {
+    await Deno.mkdir(`${src}/origin/d${d}`);
+    for (let f = 0; f < 100 && d * 100 + f < FILES; f++) {
+      Deno.writeTextFileSync(`${src}/origin/d${d}/f${f}.txt`, `file ${d}/${f}\n`.repeat(8));
+    }
+  }
+  await sh(
+    `cd ${src}/origin && git init -q -b main && git add . && ` +
+      `git -c user.name=b -c user.email=b@example.com commit -q -m files && ` +
+      `git clone -q --no-hardlinks ${src}/origin ${src}/repo-ferry && ` +
+      `git clone -q --no-hardlinks ${src}/origin ${src}/repo-sshfs && chmod -R a+rwX ${src}`,
+  );
+  const port = freePort();
+  const node = await c.ca.issue("files", { kind: "node", sans: ["127.0.0.1"] });
+  await writeCredentials(c.certs("files"), "files", node.certPem, node.keyPem);
+  await Deno.writeTextFile(`${c.certs("files")}/ca.pem`, c.ca.certPem);
+  const users = `${work}/users`;
+  const alice = await c.ca.issue("alice", { kind: "user" });
+  await writeCredentials(users, "alice", alice.certPem, alice.keyPem);
+  await Deno.writeTextFile(`${users}/ca.pem`, c.ca.certPem);
+  const file = await c.write(`
+[nodes.files]
+address = "tcp!127.0.0.1!${port}"
+[nodes.files.exports.src]
+kind = "host"
+path = "${src}"
+access = ["alice"]
+[users.alice]
+namespace = "mount files!src /n/files"
+`);
+  const up = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-all",
+      FERRY,
+      "up",
+      file,
+      "--node",
+      "files",
+      "--certs",
+      c.certs("files"),
+      "--poll",
+      "0",
+    ],
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  cleanups.push(async () => {
+    up.kill("SIGTERM");
+    await up.status;
+  });
+  const r = up.stdout.getReader();
+  for (let buf = ""; !/listening/.test(buf);) {
+    const { value, done } = await r.read();
+    if (done) throw new Error("ferry up ended");
+    buf += dec.decode(value);
+  }
+  r.releaseLock();
+  up.stdout.cancel().catch(() => {});
+
+  // A throwaway sshd for plain logins and sshfs.
+  const sshPort = freePort();
+  const ssh = `${work}/ssh`;
+  await Deno.mkdir(`${ssh}/keys`, { recursive: true, mode: 0o755 });
+  await Deno.chmod(work, 0o755);
+  await sh(
+    `ssh-keygen -q -t ed25519 -N '' -f ${ssh}/host_key && ssh-keygen -q -t ed25519 -N '' -f ${ssh}/user_key && ` +
+      `cp ${ssh}/user_key.pub ${ssh}/keys/alice && cp ${ssh}/user_key.pub ${ssh}/keys/root && chmod 644 ${ssh}/keys/*`,
+  );
+  const info = JSON.parse(await sh(`${Deno.execPath()} info --json`));
+  const ferry = `${ssh}/ferry`;
+  await Deno.writeTextFile(
+    ferry,
+    `#!/bin/sh\nDENO_DIR='${info.denoDir}' exec '${Deno.execPath()}' run --allow-all ` +
+      `--config '${REPO}deno.json' '${FERRY}' "$@"\n`,
+    { mode: 0o755 },
+  );
+  const logonCmd = `${ferry} logon --ssh -q --certs ${users} ${file}`;
+  const sudoers = `/etc/sudoers.d/ferry-bench-${Deno.pid}`;
+  await Deno.writeTextFile(
+    sudoers,
+    `Defaults!${ferry} env_keep += "SSH_ORIGINAL_COMMAND"\nalice ALL=(root) NOPASSWD: ${logonCmd}\n`,
+    { mode: 0o440 },
+  );
+  cleanups.push(() => Deno.remove(sudoers));
+  await Deno.mkdir("/run/sshd", { recursive: true });
+  await Deno.writeTextFile(
+    `${ssh}/sshd_config`,
+    [
+      `Port ${sshPort}`,
+      "ListenAddress 127.0.0.1",
+      `HostKey ${ssh}/host_key`,
+      "PidFile none",
+      "UsePAM no",
+      "StrictModes no",
+      "PasswordAuthentication no",
+      `AuthorizedKeysFile ${ssh}/keys/%u`,
+      "Subsystem sftp internal-sftp",
+      "",
+    ].join("\n"),
+  );
+  // A second sshd whose ForceCommand is ferry logon.
+  const sshPort2 = freePort();
+  await Deno.writeTextFile(
+    `${ssh}/sshd_config2`,
+    (await Deno.readTextFile(`${ssh}/sshd_config`)).replace(`Port ${sshPort}`, `Port ${sshPort2}`) +
+      `Match User alice\n    ForceCommand sudo -n ${logonCmd}\n`,
+  );
+  for (const cfg of ["sshd_config", "sshd_config2"]) {
+    const d = new Deno.Command("/usr/sbin/sshd", {
+      args: ["-D", "-e", "-f", `${ssh}/${cfg}`],
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    cleanups.push(async () => {
+      d.kill("SIGTERM");
+      await d.status;
+    });
+    const er = d.stderr.getReader();
+    for (let buf = ""; !/Server listening/.test(buf);) {
+      const { value, done } = await er.read();
+      if (done) throw new Error(`sshd ended: ${buf}`);
+      buf += dec.decode(value);
+    }
+    er.releaseLock();
+    d.stderr.cancel().catch(() => {});
+  }
+  const sshOpts = `-i ${ssh}/user_key -o BatchMode=yes -o StrictHostKeyChecking=no ` +
+    `-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR`;
+  const logon =
+    `${Deno.execPath()} run --allow-all ${FERRY} logon -q -u alice --certs ${users} ${file} --`;
+
+  const rows: [string, number, number, string][] = [];
+  const firstPrompt = async () => {
+    const f: number[] = [];
+    const s: number[] = [];
+    const l: number[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      f.push(await timed(`${logon} true`));
+      s.push(await timed(`ssh ${sshOpts} -p ${sshPort} alice@127.0.0.1 true`));
+      l.push(await timed(`ssh ${sshOpts} -p ${sshPort2} alice@127.0.0.1 true`));
+    }
+    rows.push(["first prompt: logon -- true vs ssh true", median(f), median(s), "ferry/ssh"]);
+    rows.push([
+      "first prompt: ssh into ForceCommand logon vs ssh true",
+      median(l),
+      median(s),
+      "ferry/ssh",
+    ]);
+  };
+  await firstPrompt();
+
+  // git status: a first run through each kind of mount refreshes its index.
+  const mnt = `${work}/sshfs`;
+  await Deno.mkdir(mnt);
+  const sshfsMount = () =>
+    sh(
+      `sshfs -p ${sshPort} -o IdentityFile=${ssh}/user_key,StrictHostKeyChecking=no,` +
+        `UserKnownHostsFile=/dev/null,allow_other root@127.0.0.1:${src} ${mnt}`,
+    );
+  // Prints how long `git status` took in DIR, in microseconds.
+  const gitSh = `${work}/git-status.sh`;
+  await Deno.writeTextFile(
+    gitSh,
+    `cd "$1" && s=$(date +%s%N) && git -c safe.directory='*' status --short >/dev/null && ` +
+      `e=$(date +%s%N) && echo $(( (e - s) / 1000 ))\n`,
+    { mode: 0o755 },
+  );
+  const gitIn = (dir: string) => `sh ${gitSh} ${dir}`;
+  const drop = () => sh("sync; echo 3 > /proc/sys/vm/drop_caches").catch(() => {});
+  await sh(`${logon} ${gitIn("/n/files/repo-ferry")}`);
+  await sshfsMount();
+  await sh(gitIn(`${mnt}/repo-sshfs`));
+  await sh(`fusermount -u ${mnt}`);
+  const g: number[] = [];
+  const gs: number[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    await drop();
+    g.push(Number(await sh(`${logon} ${gitIn("/n/files/repo-ferry")}`)) / 1e6);
+    await drop();
+    await sshfsMount();
+    gs.push(Number(await sh(gitIn(`${mnt}/repo-sshfs`))) / 1e6);
+    await sh(`fusermount -u ${mnt}`);
+  }
+  rows.push([
+    `git status, ${FILES} files: logon mounts vs sshfs`,
+    median(g),
+    median(gs),
+    "ferry/sshfs",
+  ]);
+
+  console.log(`median of ${RUNS} runs, seconds (lower is better)`);
+  console.log("| what | ferry | openssh | ratio |");
+  console.log("|---|---|---|---|");
+  for (const [what, f, o, label] of rows) {
+    console.log(
+      `| ${what} | ${f.toFixed(3)} | ${o.toFixed(3)} | ${label} ${(f / o).toFixed(2)}x |`,
+    );
+  }
+} finally {
+  for (const f of cleanups.reverse()) await f().catch(() => {});
+  await c.cleanup();
+}

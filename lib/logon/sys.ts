@@ -1,0 +1,96 @@
+/**
+ * The mount(2) calls a logon's private view needs beyond FUSE itself: a
+ * tmpfs, recursive bind mounts, making a mount unbindable, lazy unmounts.
+ * Through Deno's FFI on libc; needs --allow-ffi and root.
+ *
+ * @module
+ */
+
+const MS_NOSUID = 0x2;
+const MS_NODEV = 0x4;
+const MS_BIND = 0x1000;
+const MS_REC = 0x4000;
+const MS_UNBINDABLE = 0x20000;
+const MNT_DETACH = 2;
+
+const symbols = {
+  mount: { parameters: ["buffer", "buffer", "buffer", "u64", "buffer"], result: "i32" },
+  umount2: { parameters: ["buffer", "i32"], result: "i32" },
+  readlink: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
+  __errno_location: { parameters: [], result: "pointer" },
+  strerror: { parameters: ["i32"], result: "pointer" },
+} as const;
+
+type Libc = Deno.DynamicLibrary<typeof symbols>["symbols"];
+let libc: Libc | undefined;
+
+function lib(): Libc {
+  if (libc) return libc;
+  let last: unknown;
+  for (const n of ["libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6", "/lib64/libc.so.6"]) {
+    try {
+      libc = Deno.dlopen(n, symbols).symbols;
+      return libc;
+    } catch (e) {
+      last = e;
+    }
+  }
+  throw new Error(`cannot load the C library: ${(last as Error).message}`);
+}
+
+function cstr(s: string | null): Uint8Array<ArrayBuffer> | null {
+  if (s === null) return null;
+  const b = new TextEncoder().encode(s);
+  const out = new Uint8Array(b.length + 1);
+  out.set(b);
+  return out;
+}
+
+function check(r: number, what: string): void {
+  if (r === 0) return;
+  const l = lib();
+  const p = l.__errno_location();
+  const errno = p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
+  const s = l.strerror(errno);
+  const why = s === null ? `errno ${errno}` : Deno.UnsafePointerView.getCString(s);
+  throw new Error(`${what}: ${why}`);
+}
+
+function mount(src: string | null, target: string, type: string | null, flags: number, data = "") {
+  return lib().mount(cstr(src), cstr(target), cstr(type), BigInt(flags), cstr(data));
+}
+
+/** Mount an empty tmpfs on `target` with directory mode `mode`. */
+export function mountTmpfs(target: string, mode = 0o755): void {
+  const data = `mode=${mode.toString(8)},size=1m`;
+  check(
+    mount("ferry-view", target, "tmpfs", MS_NOSUID | MS_NODEV, data),
+    `cannot mount a tmpfs on '${target}'`,
+  );
+}
+
+/** Bind `src` (with every mount below it) on `target`. */
+export function rbind(src: string, target: string): void {
+  check(mount(src, target, null, MS_BIND | MS_REC), `cannot bind '${src}' on '${target}'`);
+}
+
+/** Make the mount at `target` unbindable, so recursive binds of its parents leave it out. */
+export function makeUnbindable(target: string): void {
+  check(mount(null, target, null, MS_UNBINDABLE), `cannot make '${target}' unbindable`);
+}
+
+/** Detach the mount at `target` and everything below it (a lazy unmount). */
+export function detach(target: string): void {
+  check(lib().umount2(cstr(target), MNT_DETACH), `cannot unmount '${target}'`);
+}
+
+/**
+ * This process's mount namespace ("mnt:[4026531841]"), read with readlink(2)
+ * since Deno grants /proc/self/ns only to --allow-all.
+ */
+export function mountNamespace(): string {
+  const buf = new Uint8Array(128);
+  const n = Number(lib().readlink(cstr("/proc/self/ns/mnt"), buf, BigInt(buf.length)));
+  if (n <= 0) throw new Error("cannot read '/proc/self/ns/mnt'");
+  return new TextDecoder().decode(buf.subarray(0, n));
+}
