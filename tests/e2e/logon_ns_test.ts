@@ -5,7 +5,7 @@
  * with `ForceCommand` running `ferry logon --ssh` through sudo, lands
  * each user who logs in with `ssh` in their own namespace. The trees live
  * on a `ferry up` node on another host (network namespaces); host
- * accounts alice and bob are made for the test (or reused) and removed.
+ * accounts ferrya and ferryb are made for the test (or reused) and removed.
  */
 import assert from "node:assert/strict";
 import { writeCredentials } from "../../lib/auth/ca.ts";
@@ -47,8 +47,8 @@ async function account(name: string): Promise<() => Promise<void>> {
 }
 
 /**
- * A cluster whose node `files` (at `ip`) serves `alice` and `bob` host
- * trees, one per user; alice's holds a git checkout with a Makefile.
+ * A cluster whose node `files` (at `ip`) serves `ferrya` and `ferryb` host
+ * trees, one per user; ferrya's holds a git checkout with a Makefile.
  * Users' credentials share one root-owned directory, as on a login host.
  */
 async function cluster(ip: string, port: number) {
@@ -57,18 +57,18 @@ async function cluster(ip: string, port: number) {
   await writeCredentials(c.certs("files"), "files", node.certPem, node.keyPem);
   await Deno.writeTextFile(`${c.certs("files")}/ca.pem`, c.ca.certPem);
   const users = `${c.dir}/users`;
-  for (const u of ["alice", "bob", "carol", "rooty"]) {
+  for (const u of ["ferrya", "ferryb", "ferryc", "rooty"]) {
     const r = await c.ca.issue(u, { kind: "user" });
     await writeCredentials(users, u, r.certPem, r.keyPem);
   }
   await Deno.writeTextFile(`${users}/ca.pem`, c.ca.certPem);
   const src = `${c.dir}/src`;
-  await Deno.mkdir(`${src}/alice/proj`, { recursive: true });
-  await Deno.mkdir(`${src}/bob`, { recursive: true });
-  await Deno.writeTextFile(`${src}/alice/hello.txt`, "hello alice, from the file server\n");
-  await Deno.writeTextFile(`${src}/alice/secret-alice.txt`, "alice only\n");
-  await Deno.writeTextFile(`${src}/bob/hello.txt`, "hello bob\n");
-  const proj = `${src}/alice/proj`;
+  await Deno.mkdir(`${src}/ferrya/proj`, { recursive: true });
+  await Deno.mkdir(`${src}/ferryb`, { recursive: true });
+  await Deno.writeTextFile(`${src}/ferrya/hello.txt`, "hello ferrya, from the file server\n");
+  await Deno.writeTextFile(`${src}/ferrya/secret-ferrya.txt`, "ferrya only\n");
+  await Deno.writeTextFile(`${src}/ferryb/hello.txt`, "hello ferryb\n");
+  const proj = `${src}/ferrya/proj`;
   await Deno.writeTextFile(`${proj}/in.txt`, "made by make\n");
   await Deno.writeTextFile(
     `${proj}/Makefile`,
@@ -84,34 +84,34 @@ async function cluster(ip: string, port: number) {
 [nodes.files]
 address = "tcp!${ip}!${port}"
 
-[nodes.files.exports.alice]
+[nodes.files.exports.ferrya]
 kind = "host"
-path = "${src}/alice"
-access = ["alice"]
+path = "${src}/ferrya"
+access = ["ferrya"]
 
-[nodes.files.exports.bob]
+[nodes.files.exports.ferryb]
 kind = "host"
-path = "${src}/bob"
-access = ["bob", "carol", "rooty"]
+path = "${src}/ferryb"
+access = ["ferryb", "ferryc", "rooty"]
 
-[users.alice]
+[users.ferrya]
 namespace = """
-mount files!alice /n/files
-mount files!alice /usr/$user
+mount files!ferrya /n/files
+mount files!ferrya /usr/$user
 """
 
-[users.bob]
+[users.ferryb]
 namespace = """
-mount files!bob /n/files
+mount files!ferryb /n/files
 """
 
-[users.carol]
+[users.ferryc]
 account = "ferry-no-such-account"
-namespace = "mount files!bob /n/files"
+namespace = "mount files!ferryb /n/files"
 
 [users.rooty]
 account = "root"
-namespace = "mount files!bob /n/files"
+namespace = "mount files!ferryb /n/files"
 `);
   return { c, file, users, src };
 }
@@ -170,26 +170,26 @@ Deno.test({
     const hosts = await makeHosts(["files", "login"], "fl");
     const port = freePort();
     const { c, file, users, src } = await cluster(hosts.ip.files!, port);
-    const removeAlice = await account("alice");
-    // The node acts as the verified user's host account: alice's tree is hers.
-    await run("chown", ["-R", "alice:", `${src}/alice`]);
+    const removeAlice = await account("ferrya");
+    // The node acts as the verified user's host account: ferrya's tree is hers.
+    await run("chown", ["-R", "ferrya:", `${src}/ferrya`]);
     let up: Proc | undefined;
     let held: Proc | undefined;
     try {
       up = await ferryUp(hosts, file, c.certs("files"));
-      const uid = (await run("id", ["-u", "alice"])).trim();
+      const uid = (await run("id", ["-u", "ferrya"])).trim();
       const login = hosts.ns("login");
       const base = ["-q", "--certs", users, file];
 
-      // Files, git and make on the other node's tree, as alice's account.
+      // Files, git and make on the other node's tree, as ferrya's account.
       const r = await logonIn(login, [
         "-u",
-        "alice",
+        "ferrya",
         ...base,
         "--",
         "sh",
         "-c",
-        "id -u; cat /n/files/hello.txt; cat /usr/alice/hello.txt; cd /n/files/proj && " +
+        "id -u; cat /n/files/hello.txt; cat /usr/ferrya/hello.txt; cd /n/files/proj && " +
         "git status && make && cat out.txt; exit 7",
       ]);
       assert.equal(r.code, 7, r.err);
@@ -197,11 +197,11 @@ Deno.test({
       assert.equal(lines[0], uid);
       assert.match(
         r.out,
-        /hello alice, from the file server\n.*hello alice, from the file server/s,
+        /hello ferrya, from the file server\n.*hello ferrya, from the file server/s,
       );
       assert.match(r.out, /On branch main\nnothing to commit, working tree clean/);
       assert.match(r.out, /MADE BY MAKE/);
-      assert.equal(await Deno.readTextFile(`${src}/alice/proj/out.txt`), "MADE BY MAKE\n");
+      assert.equal(await Deno.readTextFile(`${src}/ferrya/proj/out.txt`), "MADE BY MAKE\n");
 
       // While one logon runs, nothing of it shows outside its namespace.
       held = new Proc("held", "ip", [
@@ -211,14 +211,14 @@ Deno.test({
         ...ferryArgv(),
         "logon",
         "-u",
-        "alice",
+        "ferrya",
         ...base,
         "--",
         "sh",
         "-c",
         "cat /n/files/hello.txt; read x; echo bye",
       ], { stdin: true });
-      await held.waitFor(/hello alice/);
+      await held.waitFor(/hello ferrya/);
       assert.deepEqual(await ferryMounts(), []);
       await assert.rejects(Deno.stat("/n/files/hello.txt"));
       await held.send("");
@@ -227,7 +227,7 @@ Deno.test({
 
       // timeout(1) sends SIGTERM to logon and then to its whole process
       // group: whenever it comes, logon ends and still takes everything down.
-      const timedOut = await logonIn(login, ["-u", "alice", ...base, "--", "sleep", "600"], {}, [
+      const timedOut = await logonIn(login, ["-u", "ferrya", ...base, "--", "sleep", "600"], {}, [
         "timeout",
         "-s",
         "TERM",
@@ -239,7 +239,7 @@ Deno.test({
       // A command killed by a signal: logon says so the way a shell does.
       const killed = await logonIn(login, [
         "-u",
-        "alice",
+        "ferrya",
         ...base,
         "--",
         "sh",
@@ -249,20 +249,20 @@ Deno.test({
       assert.equal(killed.code, 128 + 9, killed.err);
 
       // A missing host account and the root account are refused before anything runs.
-      const carol = await logonIn(login, ["-u", "carol", ...base, "--", "true"]);
-      assert.equal(carol.code, 1);
-      assert.match(carol.err, /host account 'ferry-no-such-account', which does not exist/);
+      const ferryc = await logonIn(login, ["-u", "ferryc", ...base, "--", "true"]);
+      assert.equal(ferryc.code, 1);
+      assert.match(ferryc.err, /host account 'ferry-no-such-account', which does not exist/);
       const rooty = await logonIn(login, ["-u", "rooty", ...base, "--", "true"]);
       assert.equal(rooty.code, 1);
       assert.match(rooty.err, /logon never runs a command as root/);
-      // Run through sudo by alice: she is the user, nobody else, and only root's CA counts.
-      const sudo = { SUDO_UID: uid, SUDO_GID: uid, SUDO_USER: "alice" };
+      // Run through sudo by ferrya: she is the user, nobody else, and only root's CA counts.
+      const sudo = { SUDO_UID: uid, SUDO_GID: uid, SUDO_USER: "ferrya" };
       const asAlice = await logonIn(login, [...base, "--", "id", "-un"], sudo);
       assert.equal(asAlice.code, 0, asAlice.err);
-      assert.equal(asAlice.out, "alice\n");
-      const asBob = await logonIn(login, ["-u", "bob", ...base, "--", "true"], sudo);
+      assert.equal(asAlice.out, "ferrya\n");
+      const asBob = await logonIn(login, ["-u", "ferryb", ...base, "--", "true"], sudo);
       assert.equal(asBob.code, 1);
-      assert.match(asBob.err, /'alice' may not log on as 'bob'/);
+      assert.match(asBob.err, /'ferrya' may not log on as 'ferryb'/);
       const insecure = await logonIn(login, ["--insecure-manifest", ...base, "--", "true"], sudo);
       assert.equal(insecure.code, 1);
       assert.match(insecure.err, /--insecure-manifest and -r are refused/);
@@ -298,9 +298,9 @@ Deno.test({
     const hosts = await makeHosts(["files", "login", "client"], "fs");
     const port = freePort();
     const { c, file, users, src } = await cluster(hosts.ip.files!, port);
-    const removers = [await account("alice"), await account("bob")];
+    const removers = [await account("ferrya"), await account("ferryb")];
     // The node acts as each verified user's host account: each tree is its user's.
-    for (const u of ["alice", "bob"]) await run("chown", ["-R", `${u}:`, `${src}/${u}`]);
+    for (const u of ["ferrya", "ferryb"]) await run("chown", ["-R", `${u}:`, `${src}/${u}`]);
     const sshDir = await Deno.makeTempDir({ prefix: "ferry-sshd-" });
     const sudoers = `/etc/sudoers.d/ferry-test-${Deno.pid}`;
     const procs: Proc[] = [];
@@ -312,7 +312,7 @@ Deno.test({
       await run("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", `${sshDir}/user_key`]);
       await Deno.mkdir(`${sshDir}/keys`);
       const pub = await Deno.readTextFile(`${sshDir}/user_key.pub`);
-      for (const u of ["alice", "bob"]) await Deno.writeTextFile(`${sshDir}/keys/${u}`, pub);
+      for (const u of ["ferrya", "ferryb"]) await Deno.writeTextFile(`${sshDir}/keys/${u}`, pub);
       // The `ferry` sudo runs: root's, with Deno's cache where this test found it.
       const info = JSON.parse(await run(Deno.execPath(), ["info", "--json"]));
       const ferry = `${sshDir}/ferry`;
@@ -326,7 +326,7 @@ Deno.test({
       await Deno.writeTextFile(
         sudoers,
         `Defaults!${ferry} env_keep += "SSH_ORIGINAL_COMMAND"\n` +
-          `alice, bob ALL=(root) NOPASSWD: ${logon}\n`,
+          `ferrya, ferryb ALL=(root) NOPASSWD: ${logon}\n`,
         { mode: 0o440 },
       );
       await Deno.mkdir("/run/sshd", { recursive: true });
@@ -345,7 +345,7 @@ Deno.test({
           // sftp (and scp, which speaks it) runs through ForceCommand too.
           "Subsystem sftp /usr/lib/openssh/sftp-server",
           `AuthorizedKeysFile ${sshDir}/keys/%u`,
-          "Match User alice,bob",
+          "Match User ferrya,ferryb",
           `    ForceCommand sudo -n ${logon}`,
           "",
         ].join("\n"),
@@ -387,41 +387,41 @@ Deno.test({
           ]),
         ], { stdin: true });
 
-      const alice = ssh(
-        "alice",
+      const ferrya = ssh(
+        "ferrya",
         "whoami; cat /n/files/hello.txt; cd /n/files/proj && git status && make && cat out.txt; " +
           "echo ready; read x; echo bye",
       );
-      procs.push(alice);
-      await alice.waitFor(/ready/);
-      assert.match(alice.out, /^alice\nhello alice, from the file server\n/);
-      assert.match(alice.out, /On branch main\nnothing to commit, working tree clean/);
-      assert.match(alice.out, /MADE BY MAKE/);
-      assert.equal(await Deno.readTextFile(`${src}/alice/proj/out.txt`), "MADE BY MAKE\n");
+      procs.push(ferrya);
+      await ferrya.waitFor(/ready/);
+      assert.match(ferrya.out, /^ferrya\nhello ferrya, from the file server\n/);
+      assert.match(ferrya.out, /On branch main\nnothing to commit, working tree clean/);
+      assert.match(ferrya.out, /MADE BY MAKE/);
+      assert.equal(await Deno.readTextFile(`${src}/ferrya/proj/out.txt`), "MADE BY MAKE\n");
 
-      // Bob, logged in at the same time, sees his own tree and nothing of alice's.
-      const bob = ssh(
-        "bob",
-        "whoami; cat /n/files/hello.txt; ls /n/files; grep -c 'ferry-logon:alice' /proc/self/mountinfo; " +
-          "grep -c 'ferry-logon:bob' /proc/self/mountinfo; ls /usr/alice 2>&1; " +
-          "cat /n/files/secret-alice.txt 2>&1; exit 5",
+      // Bob, logged in at the same time, sees his own tree and nothing of ferrya's.
+      const ferryb = ssh(
+        "ferryb",
+        "whoami; cat /n/files/hello.txt; ls /n/files; grep -c 'ferry-logon:ferrya' /proc/self/mountinfo; " +
+          "grep -c 'ferry-logon:ferryb' /proc/self/mountinfo; ls /usr/ferrya 2>&1; " +
+          "cat /n/files/secret-ferrya.txt 2>&1; exit 5",
       );
-      procs.push(bob);
-      const bs = await bob.status;
-      assert.equal(bs.code, 5, bob.err);
-      const b = bob.out.split("\n");
-      assert.equal(b[0], "bob");
-      assert.equal(b[1], "hello bob");
+      procs.push(ferryb);
+      const bs = await ferryb.status;
+      assert.equal(bs.code, 5, ferryb.err);
+      const b = ferryb.out.split("\n");
+      assert.equal(b[0], "ferryb");
+      assert.equal(b[1], "hello ferryb");
       assert.equal(b[2], "hello.txt");
       assert.equal(b[3], "0");
-      assert.ok(Number(b[4]) >= 1, bob.out);
+      assert.ok(Number(b[4]) >= 1, ferryb.out);
       assert.match(b[5]!, /No such file or directory/);
       assert.match(b[6]!, /No such file or directory/);
       assert.deepEqual(await ferryMounts(), []);
 
-      await alice.send("");
-      await alice.waitFor(/bye/);
-      assert.equal((await alice.status).code, 0);
+      await ferrya.send("");
+      await ferrya.waitFor(/bye/);
+      assert.equal((await ferrya.status).code, 0);
 
       // scp copies out of the namespace: its sftp server runs in it.
       const copy = `${sshDir}/copied.txt`;
@@ -441,16 +441,16 @@ Deno.test({
         "StrictHostKeyChecking=no",
         "-o",
         "UserKnownHostsFile=/dev/null",
-        `alice@${hosts.ip.login}:/n/files/hello.txt`,
+        `ferrya@${hosts.ip.login}:/n/files/hello.txt`,
         copy,
       ]);
-      assert.equal(await Deno.readTextFile(copy), "hello alice, from the file server\n");
+      assert.equal(await Deno.readTextFile(copy), "hello ferrya, from the file server\n");
 
-      // An interactive login: alice's login shell on a terminal, in her namespace.
-      const tty = ssh("alice");
+      // An interactive login: ferrya's login shell on a terminal, in her namespace.
+      const tty = ssh("ferrya");
       procs.push(tty);
       await tty.send("echo tty:$(id -un):$(cat /n/files/hello.txt); exit 3");
-      await tty.waitFor(/tty:alice:hello alice, from the file server/);
+      await tty.waitFor(/tty:ferrya:hello ferrya, from the file server/);
       assert.equal((await tty.status).code, 3, tty.out + tty.err);
     } finally {
       for (const p of procs.reverse()) await p.stop();
