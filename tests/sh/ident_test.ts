@@ -80,8 +80,13 @@ class Shell {
   /** Run `line`, then wait until the shell has printed `mark` after it. */
   async run(line: string, mark: string): Promise<void> {
     await this.#w.write(enc.encode(`${line}\necho ${mark}\n`));
+    // A bound so that a stuck shell fails the test with what it printed.
+    const give = Date.now() + 60_000;
     while (!this.out.includes(`${mark}\n`)) {
       if (!alive(this.child.pid)) await this.#ended();
+      if (Date.now() > give) {
+        throw new Error(`no '${mark}' after '${line}': out: ${this.out}\nerr: ${this.err}`);
+      }
       await new Promise((r) => setTimeout(r, 20));
     }
   }
