@@ -1,5 +1,8 @@
 /**
- * `ferry signer ADDR`: serve enrolment and renewal from the CA host.
+ * `ferry signer ADDR`: serve enrolment and renewal from the CA host, and
+ * the cluster's state (the published manifest, its signature, the CA
+ * certificate, the CRL and a long-polled serial) to enrolled nodes and
+ * users over mutual TLS on the same port.
  *
  * @module
  */
@@ -9,17 +12,20 @@ import { CertificateAuthority } from "../lib/auth/ca.ts";
 import { startSigner } from "../lib/auth/enroll.ts";
 import { defaultCertsDir } from "../lib/auth/link.ts";
 import { parseDialString } from "../lib/net/dial.ts";
+import { ClusterState } from "../lib/cluster/state.ts";
+import { clusterTree } from "../lib/cluster/tree.ts";
 
 const USAGE = "ferry signer [--dir DIR] [--san NAME]... ADDR";
 
 /** Run `ferry signer`. */
 export async function run(args: string[]): Promise<number> {
   let ca: CertificateAuthority | undefined;
+  let state: ClusterState | undefined;
   try {
     const p = parse({
       usage: USAGE,
       about:
-        `Serve enrolment ('ferry enroll') and renewal ('ferry renew') for the CA in DIR on ADDR (e.g. tcp!*!6670). The signer presents a one-off certificate from the CA; devices pin the CA by the fingerprint in their token. Runs until interrupted.`,
+        `Serve enrolment ('ferry enroll') and renewal ('ferry renew') for the CA in DIR on ADDR (e.g. tcp!*!6670). The signer presents a one-off certificate from the CA; devices pin the CA by the fingerprint in their token.\nOn the same port, enrolled nodes and users read the cluster's state as files: manifest.toml and manifest.toml.sig (what 'ferry sign' last published in DIR), ca.pem, crl.pem (DIR/crl.pem, which 'ferry ca revoke' rewrites) and serial, whose read waits for the next change ('ferry up --join', 'ferry logon --join'). Runs until interrupted.`,
       optionsHelp: `  --dir DIR    the CA's directory (default $FERRY_CERTS, else ~/.ferry/certs)
   --san NAME   a DNS name or address devices use to reach the signer (repeatable)`,
       options: { dir: { type: "string" }, san: { type: "string", multiple: true } },
@@ -30,8 +36,19 @@ export async function run(args: string[]): Promise<number> {
     const dir = typeof p.values.dir === "string" ? p.values.dir : defaultCertsDir();
     ca = await CertificateAuthority.open(dir);
     const sans = Array.isArray(p.values.san) ? p.values.san.map(String) : [];
-    const s = await startSigner(ca, a.host === "*" ? "0.0.0.0" : a.host, a.port, { sans });
+    state = await ClusterState.open(dir);
+    const st = state;
+    const s = await startSigner(ca, a.host === "*" ? "0.0.0.0" : a.host, a.port, {
+      sans,
+      tree: clusterTree(st),
+      changed: (signal) => st.changed(signal),
+    });
     console.log(`signer for CA '${ca.cert.subjectName.getField("CN")[0]}' on ${s.addr}`);
+    console.log(
+      st.current.serial > 0
+        ? `serving manifest serial ${st.current.serial}`
+        : `no manifest published yet: 'ferry sign FILE --dir ${dir}' publishes one`,
+    );
     console.log(`CA fingerprint sha256:${await ca.fingerprint()}`);
     await new Promise<void>((resolve) => {
       const stop = () => resolve();
@@ -45,6 +62,7 @@ export async function run(args: string[]): Promise<number> {
   } catch (e) {
     return fail("ferry signer", e);
   } finally {
+    state?.close();
     ca?.close();
   }
 }

@@ -13,8 +13,17 @@
  * a certificate for a fresh key pair.
  *
  * Requests: `{"op":"ca"}`, `{"op":"enroll","token","csr"}`,
- * `{"op":"renew","csr","proof"}`, `{"op":"crl"}`. Replies: `{"ok":true,...}`
- * or `{"ok":false,"error":"..."}`.
+ * `{"op":"renew","csr","proof"}`, `{"op":"crl"}`, `{"op":"tree","proof"}`.
+ * Replies: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
+ *
+ * Enrolment and the cluster's state share the signer's one port: a device
+ * without a certificate can only enrol, so the first line decides. After
+ * `{"op":"tree"}` (a client certificate that chains to the CA and is not
+ * revoked, plus a signature by its key over the TLS session, as for
+ * renewal) and the signer's `{"ok":true}`, the same TLS connection carries
+ * Styx: the read-only tree of lib/cluster/tree.ts, attached as the
+ * certificate's name. The signer ends such a session as soon as the CRL it
+ * serves revokes the certificate.
  *
  * @module
  */
@@ -49,9 +58,15 @@ import {
 import { type Credentials, loadCredentials } from "./link.ts";
 import { crlSerials, verifyPeer } from "./verify.ts";
 import { parseToken } from "./token.ts";
+import type { Conn, Peer } from "../transport/conn.ts";
+import type { Tree } from "../fs/tree.ts";
+import { serve } from "../styx/server.ts";
+import { StyxClient } from "../styx/client.ts";
+import type { RemoteNode } from "../styx/client.ts";
 
 const MAX_MSG = 64 * 1024;
 const RENEW_LABEL = "ferry-renew/1 ";
+const TREE_LABEL = "ferry-tree/1 ";
 
 /** Options for {@link startSigner}. */
 export interface SignerOptions {
@@ -60,6 +75,16 @@ export interface SignerOptions {
   log?: (msg: string) => void;
   /** Extra names/addresses for the signer's own certificate. */
   sans?: string[];
+  /**
+   * The cluster's tree, served to `{"op":"tree"}` (see the module doc);
+   * without it that request is refused.
+   */
+  tree?: Tree;
+  /**
+   * Resolves when the served state changes (a new CRL, say), so open tree
+   * sessions are checked against the revocation list at once.
+   */
+  changed?: (signal: AbortSignal) => Promise<void>;
 }
 
 /** A running signer. */
@@ -67,6 +92,8 @@ export interface Signer {
   /** "tcp!HOST!PORT" actually bound. */
   addr: string;
   port: number;
+  /** Sessions reading the cluster's tree now. */
+  readonly watchers: number;
   close(): void;
 }
 
@@ -117,12 +144,16 @@ function sendJson(sock: tls.TLSSocket, v: Json): Promise<void> {
   return new Promise((resolve) => sock.write(JSON.stringify(v) + "\n", () => resolve()));
 }
 
-function binding(sock: tls.TLSSocket, isServer: boolean): Uint8Array<ArrayBuffer> {
+function binding(
+  sock: tls.TLSSocket,
+  isServer: boolean,
+  what = RENEW_LABEL,
+): Uint8Array<ArrayBuffer> {
   const mine = sock.getFinished();
   const theirs = sock.getPeerFinished();
   if (!mine || !theirs) throw new Error("TLS channel binding is unavailable");
   const [c, s] = isServer ? [theirs, mine] : [mine, theirs];
-  const label = new TextEncoder().encode(RENEW_LABEL);
+  const label = new TextEncoder().encode(what);
   const out = new Uint8Array(label.length + c.length + s.length);
   out.set(label, 0);
   out.set(c, label.length);
@@ -167,16 +198,47 @@ export async function startSigner(
     rejectUnauthorized: false,
   });
   server.on("tlsClientError", () => {});
+  const watchers = new Set<{ serial: string; conn: Conn }>();
+  const stopping = new AbortController();
   server.on("secureConnection", (sock: tls.TLSSocket) => {
     const who = `${sock.remoteAddress ?? "?"}:${sock.remotePort ?? 0}`;
     sock.on("error", () => {});
     const t = setTimeout(() => sock.destroy(), 30_000);
+    let handedOver = false;
     (async () => {
       for (let i = 0; i < 4; i++) {
         let req: Json;
         try {
           req = await readJsonLine(sock);
         } catch {
+          return;
+        }
+        if (req.op === "tree") {
+          let id: Awaited<ReturnType<typeof treePeer>>;
+          try {
+            id = await treePeer(req, sock);
+          } catch (e) {
+            log(`refused tree from ${who}: ${(e as Error).message}`);
+            await sendJson(sock, { ok: false, error: (e as Error).message });
+            continue;
+          }
+          clearTimeout(t);
+          handedOver = true;
+          await sendJson(sock, { ok: true });
+          sock.setKeepAlive(true, 30_000);
+          const conn = new SocketConn(sock, {
+            addr: `tcp!${sock.remoteAddress ?? "?"}!${sock.remotePort ?? 0}`,
+            identity: id.name,
+            kind: id.kind,
+            groups: id.groups,
+            authenticated: true,
+          }, `tcp!${sock.localAddress ?? "?"}!${sock.localPort ?? 0}`);
+          const w = { serial: id.serial, conn };
+          watchers.add(w);
+          serve(conn, opts.tree!).finally(() => {
+            watchers.delete(w);
+            conn.close();
+          });
           return;
         }
         let reply: Json;
@@ -189,10 +251,55 @@ export async function startSigner(
         await sendJson(sock, reply);
       }
     })().finally(() => {
+      if (handedOver) return;
       clearTimeout(t);
       sock.end();
     });
   });
+
+  /** Who asks for the tree: a valid, unrevoked certificate whose key signed this session. */
+  async function treePeer(req: Json, sock: tls.TLSSocket) {
+    if (!opts.tree) throw new Error("this signer serves no cluster tree");
+    if (typeof req.proof !== "string") throw new Error("tree needs a proof");
+    const pc = sock.getPeerCertificate(true) as { raw?: Buffer } | null;
+    const der = pc?.raw ? new Uint8Array(pc.raw) : undefined;
+    const revoked = new Set(ca.store.revoked().map((r) => r.serial));
+    const id = await verifyPeer(der, { ca: ca.cert, now: now(), revoked, role: "client" });
+    const pub = await parseCert(der!).publicKey.export({ name: "Ed25519" }, ["verify"]);
+    let good = false;
+    try {
+      good = await crypto.subtle.verify(
+        "Ed25519",
+        pub,
+        fromBase64(req.proof),
+        binding(sock, true, TREE_LABEL),
+      );
+    } catch {
+      good = false;
+    }
+    if (!good) throw new Error(`'${id.name}' did not prove possession of its certificate key`);
+    return id;
+  }
+
+  // A revoked certificate loses its view of the cluster as soon as the CRL changes.
+  if (opts.changed && opts.tree) {
+    const changed = opts.changed;
+    (async () => {
+      while (!stopping.signal.aborted) {
+        await changed(stopping.signal);
+        if (watchers.size === 0) continue;
+        const revoked = new Set(ca.store.revoked().map((r) => r.serial));
+        for (const w of watchers) {
+          if (revoked.has(w.serial)) {
+            log(
+              `ending the tree session of '${w.conn.peer.identity}': its certificate was revoked`,
+            );
+            w.conn.close();
+          }
+        }
+      }
+    })().catch(() => {});
+  }
 
   async function handle(req: Json, sock: tls.TLSSocket): Promise<Json> {
     switch (req.op) {
@@ -282,8 +389,127 @@ export async function startSigner(
   return {
     addr: `tcp!${a.address}!${a.port}`,
     port: a.port,
-    close: () => server.close(),
+    get watchers() {
+      return watchers.size;
+    },
+    close: () => {
+      stopping.abort();
+      server.close();
+      for (const w of watchers) w.conn.close();
+    },
   };
+}
+
+/**
+ * A Conn over a TLS socket that has already carried the JSON lines above:
+ * the cluster tree's Styx runs on it from then on.
+ */
+class SocketConn implements Conn {
+  readonly closed: Promise<void>;
+  #done!: () => void;
+  #isClosed = false;
+  #chunks: Uint8Array[] = [];
+  #waiter: ((c: Uint8Array | null) => void) | null = null;
+
+  constructor(readonly sock: tls.TLSSocket, readonly peer: Peer, readonly local: string) {
+    this.closed = new Promise((r) => (this.#done = r));
+    sock.on("data", (d: Buffer) => {
+      const c = new Uint8Array(d.buffer, d.byteOffset, d.length);
+      if (this.#waiter) {
+        const w = this.#waiter;
+        this.#waiter = null;
+        w(c);
+      } else this.#chunks.push(c);
+    });
+    sock.on("end", () => this.close());
+    sock.on("close", () => this.close());
+    sock.on("error", () => this.close());
+    sock.resume();
+  }
+
+  read(): Promise<Uint8Array | null> {
+    const c = this.#chunks.shift();
+    if (c) return Promise.resolve(c);
+    if (this.#isClosed) return Promise.resolve(null);
+    return new Promise((resolve) => (this.#waiter = resolve));
+  }
+
+  write(data: Uint8Array): Promise<void> {
+    if (this.#isClosed) return Promise.reject(new Error("write to a closed connection"));
+    return new Promise((resolve, reject) => {
+      this.sock.write(data, (err) => err ? reject(err) : resolve());
+    });
+  }
+
+  close(): void {
+    if (this.#isClosed) return;
+    this.#isClosed = true;
+    const w = this.#waiter;
+    this.#waiter = null;
+    w?.(null);
+    this.sock.destroy();
+    this.#done();
+  }
+}
+
+/** A session reading the signer's cluster tree (see {@link openClusterTree}). */
+export interface ClusterTreeSession {
+  client: StyxClient;
+  root: RemoteNode;
+  /** Resolves once the connection is gone. */
+  closed: Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * Open the signer's cluster tree at `host:port` with `creds` (whose CA the
+ * signer's certificate must chain to), attached as the certificate's name.
+ */
+export async function openClusterTree(
+  host: string,
+  port: number,
+  creds: Credentials,
+  opts: { now?: () => Date } = {},
+): Promise<ClusterTreeSession> {
+  const now = opts.now ?? (() => new Date());
+  const ca = parseCert(creds.ca, "the CA certificate");
+  const sock = await open(host, port, creds);
+  let conn: SocketConn | undefined;
+  try {
+    try {
+      await checkSigner(sock, ca, now());
+    } catch (e) {
+      throw new Error(`the signer's certificate is not from our CA: ${(e as Error).message}`);
+    }
+    const key = await importKeyPem(creds.key, `the key of '${creds.name}'`);
+    const proof = new Uint8Array(
+      await crypto.subtle.sign("Ed25519", key, binding(sock, false, TREE_LABEL)),
+    );
+    await ask(sock, { op: "tree", proof: toBase64(proof) });
+    sock.setKeepAlive(true, 30_000);
+    conn = new SocketConn(sock, {
+      addr: `tcp!${host}!${port}`,
+      identity: "signer",
+      kind: "node",
+      authenticated: true,
+    }, `tcp!${sock.localAddress ?? "?"}!${sock.localPort ?? 0}`);
+    const client = await StyxClient.connect(conn);
+    const root = await client.attach(creds.name);
+    const c = conn;
+    return {
+      client,
+      root,
+      closed: c.closed,
+      close: async () => {
+        await client.close().catch(() => {});
+        c.close();
+      },
+    };
+  } catch (e) {
+    if (conn) conn.close();
+    else sock.destroy();
+    throw e;
+  }
 }
 
 async function open(
