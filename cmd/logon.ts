@@ -30,10 +30,11 @@ import { announceStyx } from "../lib/net/connect.ts";
 import { tlsListen } from "../lib/transport/tls.ts";
 import { listenHost, parseDialString } from "../lib/net/dial.ts";
 import type { Listener } from "../lib/transport/conn.ts";
+import { joinedManifest } from "../lib/cluster/join.ts";
 
 const spec = {
   usage:
-    "ferry logon -u USER [--certs DIR] [-r ROOT] [-c CMD | --export ADDR | --fuse HOSTDIR] FILE",
+    "ferry logon -u USER [--certs DIR] [-r ROOT] [-c CMD | --export ADDR | --fuse HOSTDIR] FILE|--join ADDR",
   about: "Build USER's namespace from the manifest FILE: every entry of the user's\n" +
     "namespace is applied in order, mounts are dialed at once with USER's credentials\n" +
     "(mutual TLS), and an entry that fails is reported without giving up on the rest\n" +
@@ -41,8 +42,9 @@ const spec = {
     "the namespace, or COMMANDS with -c, or serve the whole view with --export ADDR\n" +
     "(mutual TLS with the node credentials in --export-certs, allowing only USER; or\n" +
     "plain with -A), or mount it on a host directory through FUSE with --fuse. The manifest must carry the CA's signature (FILE.sig) unless\n" +
-    "--insecure-manifest is given.",
+    "--insecure-manifest is given. With --join ADDR the manifest comes from the signer at ADDR.",
   options: {
+    join: { type: "string" as const },
     u: { type: "string" as const, short: "u" },
     certs: { type: "string" as const },
     r: { type: "string" as const, short: "r" },
@@ -55,6 +57,7 @@ const spec = {
     q: { type: "boolean" as const, short: "q" },
   },
   optionsHelp: "  -u USER              the user to log on as\n" +
+    "  --join ADDR          take the signed manifest from the signer at ADDR\n" +
     "  --certs DIR          USER's credentials (default $FERRY_CERTS, else ~/.ferry/certs)\n" +
     "  -r ROOT              root directory of the namespace on this host\n" +
     "  -c COMMANDS          run COMMANDS in the namespace and exit\n" +
@@ -74,17 +77,22 @@ export async function run(args: string[]): Promise<number> {
     const p = parse(spec, args);
     if (p.help) return 0;
     const v = p.values;
-    if (p.positionals.length !== 1) {
-      throw new UsageError(`expected one manifest FILE\nusage: ${spec.usage}`);
+    const join = typeof v.join === "string" ? v.join : undefined;
+    if (p.positionals.length !== (join === undefined ? 1 : 0)) {
+      throw new UsageError(`expected one manifest FILE or --join ADDR\nusage: ${spec.usage}`);
     }
     if (typeof v.u !== "string") throw new UsageError(`-u USER is required\nusage: ${spec.usage}`);
     if ([v.c, v.export, v.fuse].filter((x) => typeof x === "string").length > 1) {
       throw new UsageError("give only one of -c, --export and --fuse");
     }
-    const file = p.positionals[0]!;
     const user = v.u;
     const certDir = typeof v.certs === "string" ? v.certs : defaultCertsDir();
     const creds = await loadCredentials(certDir, user);
+    const file = join === undefined
+      ? p.positionals[0]!
+      : await joinedManifest(join, certDir, user, {
+        log: (l) => console.error(`logon: ${l}`),
+      });
     let bytes: Uint8Array;
     let signed: SignedManifest | undefined;
     const insecure = v["insecure-manifest"] === true;

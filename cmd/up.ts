@@ -20,12 +20,7 @@ import { load } from "../lib/manifest/load.ts";
 import { ManifestError } from "../lib/manifest/schema.ts";
 import { ferryArgv } from "../lib/self.ts";
 import { parseDialString } from "../lib/net/dial.ts";
-import {
-  cachedManifest,
-  ClusterWatcher,
-  fetchCluster,
-  type WatcherOptions,
-} from "../lib/cluster/join.ts";
+import { ClusterWatcher, joinedManifest, type WatcherOptions } from "../lib/cluster/join.ts";
 import { watchCredentials } from "../lib/auth/link.ts";
 import { appliedSerial } from "../lib/manifest/sign.ts";
 import { fingerprint, parseCert } from "../lib/auth/certs.ts";
@@ -76,35 +71,6 @@ async function enrolAt(addr: string, certDir: string, node: string, token: strin
     stderr: "inherit",
   }).output();
   if (o.code !== 0) throw new Error(`enrolment of '${node}' at ${addr} failed`);
-}
-
-/**
- * For --join: the manifest to start from: fetched from the signer, or the
- * cached one when the signer cannot be reached or serves one refused here.
- */
-async function joinFile(addr: string, certDir: string, node: string): Promise<string> {
-  try {
-    const f = await fetchCluster(addr, certDir, node, node);
-    if (f.serial !== undefined) console.error(`up: manifest serial ${f.serial} from ${addr}`);
-    return f.file;
-  } catch (e) {
-    const file = cachedManifest(certDir);
-    try {
-      await Deno.stat(`${file}.sig`);
-    } catch {
-      throw new Error(
-        `cannot take the manifest from the signer at ${addr} and none is cached in '${file}': ${
-          (e as Error).message
-        }`,
-      );
-    }
-    console.error(
-      `up: cannot take the manifest from the signer at ${addr} (${
-        (e as Error).message
-      }): starting from the cached manifest '${file}'`,
-    );
-    return file;
-  }
 }
 
 async function enrol(file: string, certDir: string, node: string, token: string): Promise<void> {
@@ -211,7 +177,12 @@ export async function run(args: string[]): Promise<number> {
       if (join !== undefined) await enrolAt(join, certDir, name, token);
       else await enrol(p.positionals[0]!, certDir, name, token);
     }
-    const file = join === undefined ? p.positionals[0]! : await joinFile(join, certDir, name);
+    const file = join === undefined
+      ? p.positionals[0]!
+      : await joinedManifest(join, certDir, name, {
+        node: name,
+        log: (l) => console.error(`up: ${l}`),
+      });
     const insecure = v["insecure-manifest"] === true;
     if (insecure) {
       console.error("up: warning: --insecure-manifest: the manifest's signature is not checked");

@@ -204,6 +204,41 @@ export async function fetchCluster(
   }
 }
 
+/**
+ * The manifest to start from when joining: fetched from the signer at
+ * `addr` (see {@link fetchCluster}), or the cached one when the signer
+ * cannot be reached or serves one refused here. Returns its path.
+ */
+export async function joinedManifest(
+  addr: string,
+  certDir: string,
+  name: string,
+  opts: { node?: string; log: (line: string) => void },
+): Promise<string> {
+  try {
+    const f = await fetchCluster(addr, certDir, name, opts.node);
+    if (f.serial !== undefined) opts.log(`manifest serial ${f.serial} from ${addr}`);
+    return f.file;
+  } catch (e) {
+    const file = cachedManifest(certDir);
+    try {
+      await Deno.stat(`${file}.sig`);
+    } catch {
+      throw new Error(
+        `Cannot take the manifest from the signer at ${addr}, and none is cached in '${file}': ${
+          (e as Error).message
+        }`,
+      );
+    }
+    opts.log(
+      `cannot take the manifest from the signer at ${addr} (${
+        (e as Error).message
+      }): starting from the cached manifest '${file}'`,
+    );
+    return file;
+  }
+}
+
 async function syncOnce(
   s: ClusterTreeSession,
   creds: Credentials,
