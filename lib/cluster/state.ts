@@ -30,6 +30,8 @@ export const PUBLISHED_DIR = "published";
 export const MANIFEST_NAME = "manifest.toml";
 
 const enc = new TextEncoder();
+/** How long a published pair must stay refused before the refusal is logged. */
+const SETTLE_MS = 250;
 
 async function sha256Hex(b: Uint8Array): Promise<string> {
   const d = new Uint8Array(
@@ -95,7 +97,7 @@ export class ClusterState {
   #refreshing: Promise<void> | undefined;
   #again = false;
   #caCert: ReturnType<typeof parseCert>;
-  #lastRefused = "";
+  #refused = { key: "", at: 0 };
   #loggedRefused = "";
 
   private constructor(dir: string, ca: string, opts: ClusterStateOptions) {
@@ -206,10 +208,12 @@ export class ClusterState {
           serial = n;
           this.#log(`serving manifest serial ${n}`);
         } catch (e) {
-          // A pair caught between its two writes fails once; say so only when it stays.
-          if (key !== this.#lastRefused) {
-            this.#lastRefused = key;
-            setTimeout(() => void this.refresh(), 200);
+          // A pair caught between its two writes fails for a moment: say so
+          // only when the same pair is still refused a little later.
+          const at = Date.now();
+          if (key !== this.#refused.key) this.#refused = { key, at };
+          if (at - this.#refused.at < SETTLE_MS) {
+            setTimeout(() => void this.refresh(), SETTLE_MS);
           } else if (key !== this.#loggedRefused) {
             this.#loggedRefused = key;
             this.#log(`not serving the manifest in '${pub}': ${(e as Error).message}`);
