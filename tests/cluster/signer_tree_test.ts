@@ -11,7 +11,7 @@ import { openClusterTree, startSigner } from "../../lib/auth/enroll.ts";
 import { ClusterState, publishManifest } from "../../lib/cluster/state.ts";
 import { clusterTree } from "../../lib/cluster/tree.ts";
 import { signFile } from "../../lib/manifest/sign.ts";
-import { OREAD } from "../../lib/styx/types.ts";
+import { OREAD, OWRITE } from "../../lib/styx/types.ts";
 import { makeFixture, selfSigned } from "../auth/fixture.ts";
 
 const dec = new TextDecoder();
@@ -67,6 +67,14 @@ Deno.test("signer tree: serves the cluster's state; serial waits for a change", 
         assert.equal(
           dec.decode(await s.client.readFile(s.root, "crl.pem")),
           await Deno.readTextFile(`${caDir}/crl.pem`),
+        );
+      });
+
+      await t.step("the tree is read-only", async () => {
+        await assert.rejects(s.client.openPath(s.root, "crl.pem", OWRITE), /permission denied/);
+        await assert.rejects(
+          s.client.create(s.root, "/x", { perm: 0o644, mode: OWRITE }),
+          /create prohibited|permission denied/,
         );
       });
 
