@@ -182,7 +182,7 @@ export async function startSigner(
   const sans = [...(opts.sans ?? [])];
   if (host !== "0.0.0.0" && host !== "::" && host !== "*" && !sans.includes(host)) sans.push(host);
   const own = await issueLeaf({ cert: ca.cert, key: ca.key }, keys.publicKey, {
-    name: "signer",
+    name: SIGNER_NAME,
     kind: "node",
     sans,
     ttlMs: 7 * 86400e3,
@@ -476,10 +476,17 @@ export async function openClusterTree(
   const sock = await open(host, port, creds);
   let conn: SocketConn | undefined;
   try {
+    let name: string;
     try {
-      await checkSigner(sock, ca, now());
+      name = await checkSigner(sock, ca, now());
     } catch (e) {
       throw new Error(`the signer's certificate is not from our CA: ${(e as Error).message}`);
+    }
+    // Any node holds a certificate from the CA: only the signer's may speak for the cluster.
+    if (name !== SIGNER_NAME) {
+      throw new Error(
+        `${host}:${port} answered with the certificate of '${name}', not the signer's: check the address`,
+      );
     }
     const key = await importKeyPem(creds.key, `the key of '${creds.name}'`);
     const proof = new Uint8Array(
@@ -549,11 +556,14 @@ async function checkSigner(
   sock: tls.TLSSocket,
   ca: x509.X509Certificate,
   now: Date,
-): Promise<void> {
+): Promise<string> {
   const pc = sock.getPeerCertificate(true) as { raw?: Buffer } | null;
   const der = pc?.raw ? new Uint8Array(pc.raw) : undefined;
-  await verifyPeer(der, { ca, now, role: "server" });
+  return (await verifyPeer(der, { ca, now, role: "server" })).name;
 }
+
+/** The name of the certificate every signer presents (see {@link startSigner}). */
+export const SIGNER_NAME = "signer";
 
 async function checkIssued(
   certPem: string,

@@ -25,7 +25,7 @@
 
 import { type ClusterTreeSession, openClusterTree } from "../auth/enroll.ts";
 import { type Credentials, loadCredentials } from "../auth/link.ts";
-import { parseCert } from "../auth/certs.ts";
+import { parseCert, x509 } from "../auth/certs.ts";
 import { crlSerials } from "../auth/verify.ts";
 import { writePublicFile } from "../auth/keys.ts";
 import { parseDialString } from "../net/dial.ts";
@@ -154,15 +154,28 @@ export async function writeCache(certDir: string, bytes: Uint8Array, sig: string
   return path;
 }
 
+/** When a CRL was made (its thisUpdate), or undefined when it cannot be read. */
+function madeAt(pem: string): Date | undefined {
+  try {
+    return new x509.X509Crl(pem).thisUpdate;
+  } catch {
+    return undefined;
+  }
+}
+
 /**
- * Write `crl` to `certDir`/crl.pem if the CA in `caPem` signed it and it
- * differs from what is there; true when it was written.
+ * Write `crl` to `certDir`/crl.pem if the CA in `caPem` signed it and it is
+ * newer than what is there; true when it was written. An older CRL, even
+ * one the CA signed, is never put back: it could list fewer revocations.
  */
 export async function writeCrl(certDir: string, crl: string, caPem: string): Promise<boolean> {
   if (crl === "") return false;
   const old = await Deno.readTextFile(`${certDir}/crl.pem`).catch(() => "");
   if (old === crl) return false;
   await crlSerials(crl, parseCert(caPem));
+  const was = old === "" ? undefined : madeAt(old);
+  const now = madeAt(crl);
+  if (was !== undefined && now !== undefined && now < was) return false;
   await writePublicFile(`${certDir}/crl.pem`, crl);
   return true;
 }
