@@ -58,7 +58,8 @@ import {
 import { type Credentials, loadCredentials } from "./link.ts";
 import { crlSerials, verifyPeer } from "./verify.ts";
 import { parseToken } from "./token.ts";
-import type { Conn, Peer } from "../transport/conn.ts";
+import type { Conn, Listener, Peer } from "../transport/conn.ts";
+import { tlsListen } from "../transport/tls.ts";
 import type { Tree } from "../fs/tree.ts";
 import { serve } from "../styx/server.ts";
 import { StyxClient } from "../styx/client.ts";
@@ -85,6 +86,11 @@ export interface SignerOptions {
    * sessions are checked against the revocation list at once.
    */
   changed?: (signal: AbortSignal) => Promise<void>;
+  /**
+   * Also serve the tree on this address as an ordinary Ferry TLS listener,
+   * so `mount`, `ferry 9p` and the shell can read it (`--peer signer`).
+   */
+  treeListen?: { host: string; port: number };
 }
 
 /** A running signer. */
@@ -94,6 +100,8 @@ export interface Signer {
   port: number;
   /** Sessions reading the cluster's tree now. */
   readonly watchers: number;
+  /** The address of the plain tree listener ({@link SignerOptions.treeListen}), if any. */
+  treeAddr?: string;
   close(): void;
 }
 
@@ -188,9 +196,10 @@ export async function startSigner(
     ttlMs: 7 * 86400e3,
     now: now(),
   });
+  const ownKey = await exportKeyPem(keys.privateKey);
   const server = tls.createServer({
     cert: own.toString("pem"),
-    key: await exportKeyPem(keys.privateKey),
+    key: ownKey,
     ca: ca.certPem,
     minVersion: "TLSv1.3",
     requestCert: true,
@@ -385,16 +394,32 @@ export async function startSigner(
       resolve();
     });
   });
+  let treeListener: Listener | undefined;
+  if (opts.treeListen && opts.tree) {
+    const tree = opts.tree;
+    treeListener = await tlsListen(opts.treeListen.host, opts.treeListen.port, {
+      creds: { ca: ca.certPem, cert: own.toString("pem"), key: ownKey, name: SIGNER_NAME },
+      // The CA's database is the newest revocation list there is.
+      revoked: () => new Set(ca.store.revoked().map((r) => r.serial)),
+      onRefused: (addr, reason) => log(`refused ${addr}: ${reason}`),
+    });
+    const l = treeListener;
+    (async () => {
+      for await (const conn of l) serve(conn, tree).finally(() => conn.close());
+    })().catch(() => {});
+  }
   const a = server.address() as { address: string; port: number };
   return {
     addr: `tcp!${a.address}!${a.port}`,
     port: a.port,
+    treeAddr: treeListener?.addr,
     get watchers() {
       return watchers.size;
     },
     close: () => {
       stopping.abort();
       server.close();
+      treeListener?.close();
       for (const w of watchers) w.conn.close();
     },
   };

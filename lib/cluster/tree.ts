@@ -43,7 +43,7 @@ function serialFile(st: ClusterState): Entry {
         if (off === 0n || given === "") {
           given = st.current.line;
           base = 0n;
-        } else if (off >= base + BigInt(enc.encode(given).length)) {
+        } else if (off < base || off >= base + BigInt(enc.encode(given).length)) {
           // At the end of the line given: wait for a state it has not seen.
           while (st.current.line === given) {
             try {

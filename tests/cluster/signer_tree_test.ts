@@ -12,6 +12,8 @@ import { ClusterState, publishManifest } from "../../lib/cluster/state.ts";
 import { clusterTree } from "../../lib/cluster/tree.ts";
 import { signFile } from "../../lib/manifest/sign.ts";
 import { OREAD, OWRITE } from "../../lib/styx/types.ts";
+import { tlsDial } from "../../lib/transport/tls.ts";
+import { StyxClient } from "../../lib/styx/client.ts";
 import { makeFixture, selfSigned } from "../auth/fixture.ts";
 
 const dec = new TextDecoder();
@@ -160,6 +162,40 @@ Deno.test("signer tree: serves the cluster's state; serial waits for a change", 
     } finally {
       await s.close();
     }
+  } finally {
+    signer.close();
+    state.close();
+    await fx.cleanup();
+  }
+});
+
+Deno.test("signer tree: also served to ordinary Ferry clients with --tree", async () => {
+  const fx = await makeFixture("treeca");
+  const caDir = `${fx.dir}/certs`;
+  const state = await ClusterState.open(caDir, { log: () => {} });
+  const signer = await startSigner(fx.ca, "127.0.0.1", 0, {
+    tree: clusterTree(state),
+    changed: (s) => state.changed(s),
+    treeListen: { host: "127.0.0.1", port: 0 },
+    log: () => {},
+  });
+  try {
+    const port = Number(signer.treeAddr!.split("!")[2]);
+    const alice = await fx.creds("alice", "user");
+    const conn = await tlsDial("127.0.0.1", port, { creds: alice, peer: "signer" });
+    const client = await StyxClient.connect(conn);
+    try {
+      const root = await client.attach("alice");
+      const f = await client.openPath(root, "serial", OREAD);
+      assert.match(dec.decode(await f.readOnce(0n, 256)), /^manifest 0 crl [0-9a-f]{16}\n$/);
+      await f.close();
+      assert.equal(dec.decode(await client.readFile(root, "ca.pem")), fx.ca.certPem);
+    } finally {
+      await client.close();
+    }
+    const revoked = await fx.creds("mallory", "user");
+    await fx.ca.revoke(revoked.serial);
+    await assert.rejects(tlsDial("127.0.0.1", port, { creds: revoked, peer: "signer" }), /revoked/);
   } finally {
     signer.close();
     state.close();
