@@ -3,6 +3,7 @@
  * holds the CA and serves the cluster's state; three node hosts, each in
  * its own network namespace, run `ferry up --join` with a token. Checked:
  * a published manifest change reaches every node and what a user sees; a
+ * signed manifest that fails the checks leaves every node on the last good one; a
  * revoked user's open session on a node that is not the CA host ends; an
  * older signed manifest put back is refused; with the signer stopped a
  * node restarts from its cache and serves; and when the signer is back the
@@ -120,7 +121,7 @@ Deno.test({
       await Deno.copyFile(file, `${dir}/old.toml`);
       await Deno.copyFile(`${file}.sig`, `${dir}/old.toml.sig`);
       let signer = await startSigner();
-      assert.match(signer.out, /serving manifest serial 1/);
+      await signer.waitFor(/serving manifest serial 1/);
 
       // Each node joins with one command and a token.
       const nodes: Record<string, Proc> = {};
@@ -191,6 +192,23 @@ Deno.test({
       console.log(`bob's session on n2 ended ${Math.round(ended)} ms after 'ferry ca revoke'`);
       await bob.stop();
 
+      // A signed manifest that fails the checks is refused on every node, which keep serial 2.
+      await Deno.writeTextFile(
+        file,
+        manifest(hosts, dir, "v1").replaceAll('access = ["alice", "bob"]', 'access = ["carol"]'),
+      );
+      assert.match(
+        await ok(ferryOnce(hosts, "signer", ["sign", file, "--dir", ca])),
+        /published serial 3/,
+      );
+      for (const n of NODES) {
+        await nodes[n]!.waitFor(
+          /manifest serial 3 refused, keeping serial 2:\n.*Unknown user 'carol'/,
+          "err",
+        );
+      }
+      assert.match(await ok(see("alice", all)), /n1 v2\nn2 v2\nn3 v2/);
+
       // The signer stops: n3 restarts from its cache and serves.
       await signer.stop();
       await nodes.n3!.stop();
@@ -203,11 +221,11 @@ Deno.test({
       await Deno.writeTextFile(file, manifest(hosts, dir, "v3"));
       assert.match(
         await ok(ferryOnce(hosts, "signer", ["sign", file, "--dir", ca])),
-        /published serial 3/,
+        /published serial 4/,
       );
       signer = await startSigner();
       for (const n of NODES) {
-        await nodes[n]!.waitFor(/reloaded \(manifest serial 3 from the signer\)/, "err");
+        await nodes[n]!.waitFor(/reloaded \(manifest serial 4 from the signer\)/, "err");
       }
       assert.match(await ok(see("alice", all)), /n1 v3\nn2 v3\nn3 v3/);
     } finally {
