@@ -91,6 +91,8 @@ export interface SignerOptions {
    * so `mount`, `ferry 9p` and the shell can read it (`--peer signer`).
    */
   treeListen?: { host: string; port: number };
+  /** How often open tree sessions are checked for expired certificates (default 60 s). */
+  expiryCheckMs?: number;
 }
 
 /** A running signer. */
@@ -207,7 +209,7 @@ export async function startSigner(
     rejectUnauthorized: false,
   });
   server.on("tlsClientError", () => {});
-  const watchers = new Set<{ serial: string; conn: Conn }>();
+  const watchers = new Set<{ serial: string; notAfter: Date; conn: Conn }>();
   const stopping = new AbortController();
   server.on("secureConnection", (sock: tls.TLSSocket) => {
     const who = `${sock.remoteAddress ?? "?"}:${sock.remotePort ?? 0}`;
@@ -242,7 +244,7 @@ export async function startSigner(
             groups: id.groups,
             authenticated: true,
           }, `tcp!${sock.localAddress ?? "?"}!${sock.localPort ?? 0}`);
-          const w = { serial: id.serial, conn };
+          const w = { serial: id.serial, notAfter: id.notAfter, conn };
           watchers.add(w);
           serve(conn, opts.tree!).finally(() => {
             watchers.delete(w);
@@ -309,6 +311,16 @@ export async function startSigner(
       }
     })().catch(() => {});
   }
+  // Nor does a certificate that expires while its session is open keep it.
+  const expiry = setInterval(() => {
+    for (const w of watchers) {
+      if (now() > w.notAfter) {
+        log(`ending the tree session of '${w.conn.peer.identity}': its certificate expired`);
+        w.conn.close();
+      }
+    }
+  }, opts.expiryCheckMs ?? 60_000);
+  Deno.unrefTimer(expiry);
 
   async function handle(req: Json, sock: tls.TLSSocket): Promise<Json> {
     switch (req.op) {
@@ -418,6 +430,7 @@ export async function startSigner(
     },
     close: () => {
       stopping.abort();
+      clearInterval(expiry);
       server.close();
       treeListener?.close();
       for (const w of watchers) w.conn.close();

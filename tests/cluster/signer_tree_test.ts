@@ -203,7 +203,7 @@ Deno.test("signer tree: also served to ordinary Ferry clients with --tree", asyn
   }
 });
 
-Deno.test("signer tree: who is refused, and a revoked session ends", async (t) => {
+Deno.test("signer tree: who is refused, and revoked or expired sessions end", async (t) => {
   const fx = await makeFixture("treeca");
   const caDir = `${fx.dir}/certs`;
   const logs: string[] = [];
@@ -212,6 +212,7 @@ Deno.test("signer tree: who is refused, and a revoked session ends", async (t) =
     tree: clusterTree(state),
     changed: (s) => state.changed(s),
     log: (m) => logs.push(m),
+    expiryCheckMs: 200,
   });
   try {
     await t.step("no client certificate", async () => {
@@ -251,6 +252,16 @@ Deno.test("signer tree: who is refused, and a revoked session ends", async (t) =
       await s.closed;
       await s.close();
       assert.ok(logs.some((l) => /ending the tree session of 'n3'/.test(l)), logs.join("\n"));
+    });
+    await t.step("an open session ends once its certificate expires", async () => {
+      const c = await fx.creds("n4", "node", { ttlMs: 1500 });
+      const s = await openClusterTree("127.0.0.1", signer.port, c);
+      await s.closed;
+      await s.close();
+      assert.ok(
+        logs.some((l) => /ending the tree session of 'n4': its certificate expired/.test(l)),
+        logs.join("\n"),
+      );
     });
   } finally {
     signer.close();
