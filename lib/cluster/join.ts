@@ -25,15 +25,18 @@
 
 import { type ClusterTreeSession, openClusterTree } from "../auth/enroll.ts";
 import { type Credentials, loadCredentials } from "../auth/link.ts";
-import { parseCert, x509 } from "../auth/certs.ts";
+import { fingerprint, parseCert, x509 } from "../auth/certs.ts";
 import { crlSerials } from "../auth/verify.ts";
 import { writePublicFile } from "../auth/keys.ts";
 import { parseDialString } from "../net/dial.ts";
-import { checkSerial, type SignedManifest, verifyManifest } from "../manifest/sign.ts";
-import { fingerprint } from "../auth/certs.ts";
+import {
+  checkSerial,
+  refuseUnsigned,
+  type SignedManifest,
+  verifyManifest,
+} from "../manifest/sign.ts";
 import { loadBytes } from "../manifest/load.ts";
 import { checkManifest } from "../manifest/check.ts";
-import { refuseUnsigned } from "../manifest/sign.ts";
 import { ManifestError } from "../manifest/schema.ts";
 import { OREAD } from "../styx/types.ts";
 import type { RemoteFile } from "../styx/client.ts";
@@ -193,6 +196,8 @@ export interface Fetched {
   serial?: number;
   /** True when a new CRL was written. */
   crl: boolean;
+  /** Why the signer's CRL was not taken, when it was refused. */
+  crlRefused?: string;
 }
 
 /**
@@ -264,11 +269,17 @@ async function syncOnce(
   const state = line ?? parseSerialLine(await readSerialNow(s));
   // The CRL first: a revocation takes effect even if the manifest is refused.
   let crl = false;
+  let crlRefused: string | undefined;
   const local = await Deno.readTextFile(`${certDir}/crl.pem`).catch(() => "");
   if (state.crl !== "none" && state.crl !== await crlTag(local)) {
-    crl = await writeCrl(certDir, dec.decode(await readTreeFile(s, "crl.pem")), creds.ca);
+    const text = dec.decode(await readTreeFile(s, "crl.pem"));
+    try {
+      crl = await writeCrl(certDir, text, creds.ca);
+    } catch (e) {
+      crlRefused = (e as Error).message;
+    }
   }
-  if (applied !== undefined && state.manifest === applied) return { file, crl };
+  if (applied !== undefined && state.manifest === applied) return { file, crl, crlRefused };
   if (state.manifest === 0) {
     throw new Error("the signer serves no manifest yet: publish one with 'ferry sign FILE'");
   }
@@ -276,7 +287,7 @@ async function syncOnce(
   const sig = dec.decode(await readTreeFile(s, `${MANIFEST_NAME}.sig`));
   const signed = await checkFetched(bytes, sig, certDir, creds.ca, node);
   await writeCache(certDir, bytes, sig);
-  return { file, serial: signed.serial, crl };
+  return { file, serial: signed.serial, crl, crlRefused };
 }
 
 /** Options for {@link ClusterWatcher}. */
@@ -386,6 +397,9 @@ export class ClusterWatcher {
         return;
       }
       throw e;
+    }
+    if (got.crlRefused !== undefined) {
+      this.#o.log(`join: not taking the signer's crl.pem: ${got.crlRefused}`);
     }
     if (got.crl) {
       this.#o.log("join: new CRL from the signer");
