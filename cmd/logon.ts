@@ -36,11 +36,12 @@ import type { Listener } from "../lib/transport/conn.ts";
 import type { Manifest } from "../lib/manifest/schema.ts";
 import { type Account, lookupAccount, lookupUid } from "../lib/logon/account.ts";
 import { commandFor, inPrivateNamespace, launch, runInView } from "../lib/logon/session.ts";
+import { joinedManifest } from "../lib/cluster/join.ts";
 
 const spec = {
   usage:
-    "ferry logon -u USER [--certs DIR] [-r ROOT] [-c CMD | --export ADDR | --fuse HOSTDIR] FILE\n" +
-    "       ferry logon [-u USER] [--certs DIR] FILE [--ssh] [-- COMMAND [ARG...]]",
+    "ferry logon -u USER [--certs DIR] [-r ROOT] [-c CMD | --export ADDR | --fuse HOSTDIR] FILE|--join ADDR\n" +
+    "       ferry logon [-u USER] [--certs DIR] FILE|--join ADDR [--ssh] [-- COMMAND [ARG...]]",
   about: "Build USER's namespace from the manifest FILE: every entry of the user's\n" +
     "namespace is applied in order, mounts are dialed at once with USER's credentials\n" +
     "(mutual TLS), and an entry that fails is reported without giving up on the rest\n" +
@@ -48,7 +49,7 @@ const spec = {
     "the namespace, or COMMANDS with -c, or serve the whole view with --export ADDR\n" +
     "(mutual TLS with the node credentials in --export-certs, allowing only USER; or\n" +
     "plain with -A), or mount it on a host directory through FUSE with --fuse. The manifest must carry the CA's signature (FILE.sig) unless\n" +
-    "--insecure-manifest is given.\n\n" +
+    "--insecure-manifest is given. With --join ADDR the manifest comes from the signer at ADDR.\n\n" +
     "With '-- COMMAND' (default: the login shell), run COMMAND as USER's host account\n" +
     "('account' in the manifest, default USER) in a private mount namespace where every\n" +
     "mount point of the namespace is mounted at its own path (FUSE); nobody else sees\n" +
@@ -56,6 +57,7 @@ const spec = {
     "$SSH_ORIGINAL_COMMAND (for sshd's ForceCommand). Run through sudo, USER defaults to\n" +
     "the Ferry user whose account is the invoking one, and no other may be named.",
   options: {
+    join: { type: "string" as const },
     u: { type: "string" as const, short: "u" },
     certs: { type: "string" as const },
     r: { type: "string" as const, short: "r" },
@@ -69,6 +71,7 @@ const spec = {
     ssh: { type: "boolean" as const },
   },
   optionsHelp: "  -u USER              the user to log on as\n" +
+    "  --join ADDR          take the signed manifest from the signer at ADDR\n" +
     "  --certs DIR          USER's credentials (default $FERRY_CERTS, else ~/.ferry/certs)\n" +
     "  -r ROOT              root directory of the namespace on this host\n" +
     "  -c COMMANDS          run COMMANDS in the namespace and exit\n" +
@@ -92,8 +95,9 @@ export async function run(args: string[]): Promise<number> {
     const p = parse(spec, dashes < 0 ? args : args.slice(0, dashes));
     if (p.help) return 0;
     const v = p.values;
-    if (p.positionals.length !== 1) {
-      throw new UsageError(`expected one manifest FILE\nusage: ${spec.usage}`);
+    const join = typeof v.join === "string" ? v.join : undefined;
+    if (p.positionals.length !== (join === undefined ? 1 : 0)) {
+      throw new UsageError(`expected one manifest FILE or --join ADDR\nusage: ${spec.usage}`);
     }
     const privateNs = hostCommand !== undefined || v.ssh === true;
     if ([v.c, v.export, v.fuse].filter((x) => typeof x === "string").length > 1) {
@@ -113,10 +117,17 @@ export async function run(args: string[]): Promise<number> {
     }
     // The mounts are made by a second Ferry in a private mount namespace.
     if (privateNs && !inPrivateNamespace()) return await launch(args);
-    const file = p.positionals[0]!;
+    if (join !== undefined && typeof v.u !== "string") {
+      throw new UsageError("--join needs -u USER: the signer is asked as that user");
+    }
     const certDir = typeof v.certs === "string" ? v.certs : defaultCertsDir();
     if (invoker) await rootOwned(certDir, invoker);
     let creds = typeof v.u === "string" ? await loadCredentials(certDir, v.u) : undefined;
+    const file = join === undefined
+      ? p.positionals[0]!
+      : await joinedManifest(join, certDir, v.u as string, {
+        log: (l) => console.error(`logon: ${l}`),
+      });
     let bytes: Uint8Array;
     let signed: SignedManifest | undefined;
     const insecure = v["insecure-manifest"] === true;

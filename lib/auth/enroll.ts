@@ -13,8 +13,17 @@
  * a certificate for a fresh key pair.
  *
  * Requests: `{"op":"ca"}`, `{"op":"enroll","token","csr"}`,
- * `{"op":"renew","csr","proof"}`, `{"op":"crl"}`. Replies: `{"ok":true,...}`
- * or `{"ok":false,"error":"..."}`.
+ * `{"op":"renew","csr","proof"}`, `{"op":"crl"}`, `{"op":"tree","proof"}`.
+ * Replies: `{"ok":true,...}` or `{"ok":false,"error":"..."}`.
+ *
+ * Enrolment and the cluster's state share the signer's one port: a device
+ * without a certificate can only enrol, so the first line decides. After
+ * `{"op":"tree"}` (a client certificate that chains to the CA and is not
+ * revoked, plus a signature by its key over the TLS session, as for
+ * renewal) and the signer's `{"ok":true}`, the same TLS connection carries
+ * Styx: the read-only tree of lib/cluster/tree.ts, attached as the
+ * certificate's name. The signer ends such a session as soon as the CRL it
+ * serves revokes the certificate.
  *
  * @module
  */
@@ -49,9 +58,16 @@ import {
 import { type Credentials, loadCredentials } from "./link.ts";
 import { crlSerials, verifyPeer } from "./verify.ts";
 import { parseToken } from "./token.ts";
+import type { Conn, Listener, Peer } from "../transport/conn.ts";
+import { tlsListen } from "../transport/tls.ts";
+import type { Tree } from "../fs/tree.ts";
+import { serve } from "../styx/server.ts";
+import { StyxClient } from "../styx/client.ts";
+import type { RemoteNode } from "../styx/client.ts";
 
 const MAX_MSG = 64 * 1024;
 const RENEW_LABEL = "ferry-renew/1 ";
+const TREE_LABEL = "ferry-tree/1 ";
 
 /** Options for {@link startSigner}. */
 export interface SignerOptions {
@@ -60,6 +76,23 @@ export interface SignerOptions {
   log?: (msg: string) => void;
   /** Extra names/addresses for the signer's own certificate. */
   sans?: string[];
+  /**
+   * The cluster's tree, served to `{"op":"tree"}` (see the module doc);
+   * without it that request is refused.
+   */
+  tree?: Tree;
+  /**
+   * Resolves when the served state changes (a new CRL, say), so open tree
+   * sessions are checked against the revocation list at once.
+   */
+  changed?: (signal: AbortSignal) => Promise<void>;
+  /**
+   * Also serve the tree on this address as an ordinary Ferry TLS listener,
+   * so `mount`, `ferry 9p` and the shell can read it (`--peer signer`).
+   */
+  treeListen?: { host: string; port: number };
+  /** How often open tree sessions are checked for expired certificates (default 60 s). */
+  expiryCheckMs?: number;
 }
 
 /** A running signer. */
@@ -67,6 +100,10 @@ export interface Signer {
   /** "tcp!HOST!PORT" actually bound. */
   addr: string;
   port: number;
+  /** Sessions reading the cluster's tree now. */
+  readonly watchers: number;
+  /** The address of the plain tree listener ({@link SignerOptions.treeListen}), if any. */
+  treeAddr?: string;
   close(): void;
 }
 
@@ -117,12 +154,16 @@ function sendJson(sock: tls.TLSSocket, v: Json): Promise<void> {
   return new Promise((resolve) => sock.write(JSON.stringify(v) + "\n", () => resolve()));
 }
 
-function binding(sock: tls.TLSSocket, isServer: boolean): Uint8Array<ArrayBuffer> {
+function binding(
+  sock: tls.TLSSocket,
+  isServer: boolean,
+  what = RENEW_LABEL,
+): Uint8Array<ArrayBuffer> {
   const mine = sock.getFinished();
   const theirs = sock.getPeerFinished();
   if (!mine || !theirs) throw new Error("TLS channel binding is unavailable");
   const [c, s] = isServer ? [theirs, mine] : [mine, theirs];
-  const label = new TextEncoder().encode(RENEW_LABEL);
+  const label = new TextEncoder().encode(what);
   const out = new Uint8Array(label.length + c.length + s.length);
   out.set(label, 0);
   out.set(c, label.length);
@@ -151,15 +192,16 @@ export async function startSigner(
   const sans = [...(opts.sans ?? [])];
   if (host !== "0.0.0.0" && host !== "::" && host !== "*" && !sans.includes(host)) sans.push(host);
   const own = await issueLeaf({ cert: ca.cert, key: ca.key }, keys.publicKey, {
-    name: "signer",
+    name: SIGNER_NAME,
     kind: "node",
     sans,
     ttlMs: 7 * 86400e3,
     now: now(),
   });
+  const ownKey = await exportKeyPem(keys.privateKey);
   const server = tls.createServer({
     cert: own.toString("pem"),
-    key: await exportKeyPem(keys.privateKey),
+    key: ownKey,
     ca: ca.certPem,
     minVersion: "TLSv1.3",
     requestCert: true,
@@ -167,16 +209,47 @@ export async function startSigner(
     rejectUnauthorized: false,
   });
   server.on("tlsClientError", () => {});
+  const watchers = new Set<{ serial: string; notAfter: Date; conn: Conn }>();
+  const stopping = new AbortController();
   server.on("secureConnection", (sock: tls.TLSSocket) => {
     const who = `${sock.remoteAddress ?? "?"}:${sock.remotePort ?? 0}`;
     sock.on("error", () => {});
     const t = setTimeout(() => sock.destroy(), 30_000);
+    let handedOver = false;
     (async () => {
       for (let i = 0; i < 4; i++) {
         let req: Json;
         try {
           req = await readJsonLine(sock);
         } catch {
+          return;
+        }
+        if (req.op === "tree") {
+          let id: Awaited<ReturnType<typeof treePeer>>;
+          try {
+            id = await treePeer(req, sock);
+          } catch (e) {
+            log(`refused tree from ${who}: ${(e as Error).message}`);
+            await sendJson(sock, { ok: false, error: (e as Error).message });
+            continue;
+          }
+          clearTimeout(t);
+          handedOver = true;
+          await sendJson(sock, { ok: true });
+          sock.setKeepAlive(true, 30_000);
+          const conn = new SocketConn(sock, {
+            addr: `tcp!${sock.remoteAddress ?? "?"}!${sock.remotePort ?? 0}`,
+            identity: id.name,
+            kind: id.kind,
+            groups: id.groups,
+            authenticated: true,
+          }, `tcp!${sock.localAddress ?? "?"}!${sock.localPort ?? 0}`);
+          const w = { serial: id.serial, notAfter: id.notAfter, conn };
+          watchers.add(w);
+          serve(conn, opts.tree!).finally(() => {
+            watchers.delete(w);
+            conn.close();
+          });
           return;
         }
         let reply: Json;
@@ -189,10 +262,65 @@ export async function startSigner(
         await sendJson(sock, reply);
       }
     })().finally(() => {
+      if (handedOver) return;
       clearTimeout(t);
       sock.end();
     });
   });
+
+  /** Who asks for the tree: a valid, unrevoked certificate whose key signed this session. */
+  async function treePeer(req: Json, sock: tls.TLSSocket) {
+    if (!opts.tree) throw new Error("this signer serves no cluster tree");
+    if (typeof req.proof !== "string") throw new Error("tree needs a proof");
+    const pc = sock.getPeerCertificate(true) as { raw?: Buffer } | null;
+    const der = pc?.raw ? new Uint8Array(pc.raw) : undefined;
+    const revoked = new Set(ca.store.revoked().map((r) => r.serial));
+    const id = await verifyPeer(der, { ca: ca.cert, now: now(), revoked, role: "client" });
+    const pub = await parseCert(der!).publicKey.export({ name: "Ed25519" }, ["verify"]);
+    let good = false;
+    try {
+      good = await crypto.subtle.verify(
+        "Ed25519",
+        pub,
+        fromBase64(req.proof),
+        binding(sock, true, TREE_LABEL),
+      );
+    } catch {
+      good = false;
+    }
+    if (!good) throw new Error(`'${id.name}' did not prove possession of its certificate key`);
+    return id;
+  }
+
+  // A revoked certificate loses its view of the cluster as soon as the CRL changes.
+  if (opts.changed && opts.tree) {
+    const changed = opts.changed;
+    (async () => {
+      while (!stopping.signal.aborted) {
+        await changed(stopping.signal);
+        if (watchers.size === 0) continue;
+        const revoked = new Set(ca.store.revoked().map((r) => r.serial));
+        for (const w of watchers) {
+          if (revoked.has(w.serial)) {
+            log(
+              `ending the tree session of '${w.conn.peer.identity}': its certificate was revoked`,
+            );
+            w.conn.close();
+          }
+        }
+      }
+    })().catch(() => {});
+  }
+  // Nor does a certificate that expires while its session is open keep it.
+  const expiry = setInterval(() => {
+    for (const w of watchers) {
+      if (now() > w.notAfter) {
+        log(`ending the tree session of '${w.conn.peer.identity}': its certificate expired`);
+        w.conn.close();
+      }
+    }
+  }, opts.expiryCheckMs ?? 60_000);
+  Deno.unrefTimer(expiry);
 
   async function handle(req: Json, sock: tls.TLSSocket): Promise<Json> {
     switch (req.op) {
@@ -278,12 +406,155 @@ export async function startSigner(
       resolve();
     });
   });
+  let treeListener: Listener | undefined;
+  if (opts.treeListen && opts.tree) {
+    const tree = opts.tree;
+    treeListener = await tlsListen(opts.treeListen.host, opts.treeListen.port, {
+      creds: { ca: ca.certPem, cert: own.toString("pem"), key: ownKey, name: SIGNER_NAME },
+      // The CA's database is the newest revocation list there is.
+      revoked: () => new Set(ca.store.revoked().map((r) => r.serial)),
+      onRefused: (addr, reason) => log(`refused ${addr}: ${reason}`),
+    });
+    const l = treeListener;
+    (async () => {
+      for await (const conn of l) serve(conn, tree).finally(() => conn.close());
+    })().catch(() => {});
+  }
   const a = server.address() as { address: string; port: number };
   return {
     addr: `tcp!${a.address}!${a.port}`,
     port: a.port,
-    close: () => server.close(),
+    treeAddr: treeListener?.addr,
+    get watchers() {
+      return watchers.size;
+    },
+    close: () => {
+      stopping.abort();
+      clearInterval(expiry);
+      server.close();
+      treeListener?.close();
+      for (const w of watchers) w.conn.close();
+    },
   };
+}
+
+/**
+ * A Conn over a TLS socket that has already carried the JSON lines above:
+ * the cluster tree's Styx runs on it from then on.
+ */
+class SocketConn implements Conn {
+  readonly closed: Promise<void>;
+  #done!: () => void;
+  #isClosed = false;
+  #chunks: Uint8Array[] = [];
+  #waiter: ((c: Uint8Array | null) => void) | null = null;
+
+  constructor(readonly sock: tls.TLSSocket, readonly peer: Peer, readonly local: string) {
+    this.closed = new Promise((r) => (this.#done = r));
+    sock.on("data", (d: Buffer) => {
+      const c = new Uint8Array(d.buffer, d.byteOffset, d.length);
+      if (this.#waiter) {
+        const w = this.#waiter;
+        this.#waiter = null;
+        w(c);
+      } else this.#chunks.push(c);
+    });
+    sock.on("end", () => this.close());
+    sock.on("close", () => this.close());
+    sock.on("error", () => this.close());
+    sock.resume();
+  }
+
+  read(): Promise<Uint8Array | null> {
+    const c = this.#chunks.shift();
+    if (c) return Promise.resolve(c);
+    if (this.#isClosed) return Promise.resolve(null);
+    return new Promise((resolve) => (this.#waiter = resolve));
+  }
+
+  write(data: Uint8Array): Promise<void> {
+    if (this.#isClosed) return Promise.reject(new Error("write to a closed connection"));
+    return new Promise((resolve, reject) => {
+      this.sock.write(data, (err) => err ? reject(err) : resolve());
+    });
+  }
+
+  close(): void {
+    if (this.#isClosed) return;
+    this.#isClosed = true;
+    const w = this.#waiter;
+    this.#waiter = null;
+    w?.(null);
+    this.sock.destroy();
+    this.#done();
+  }
+}
+
+/** A session reading the signer's cluster tree (see {@link openClusterTree}). */
+export interface ClusterTreeSession {
+  client: StyxClient;
+  root: RemoteNode;
+  /** Resolves once the connection is gone. */
+  closed: Promise<void>;
+  close(): Promise<void>;
+}
+
+/**
+ * Open the signer's cluster tree at `host:port` with `creds` (whose CA the
+ * signer's certificate must chain to), attached as the certificate's name.
+ */
+export async function openClusterTree(
+  host: string,
+  port: number,
+  creds: Credentials,
+  opts: { now?: () => Date } = {},
+): Promise<ClusterTreeSession> {
+  const now = opts.now ?? (() => new Date());
+  const ca = parseCert(creds.ca, "the CA certificate");
+  const sock = await open(host, port, creds);
+  let conn: SocketConn | undefined;
+  try {
+    let name: string;
+    try {
+      name = await checkSigner(sock, ca, now());
+    } catch (e) {
+      throw new Error(`the signer's certificate is not from our CA: ${(e as Error).message}`);
+    }
+    // Any node holds a certificate from the CA: only the signer's may speak for the cluster.
+    if (name !== SIGNER_NAME) {
+      throw new Error(
+        `${host}:${port} answered with the certificate of '${name}', not the signer's: check the address`,
+      );
+    }
+    const key = await importKeyPem(creds.key, `the key of '${creds.name}'`);
+    const proof = new Uint8Array(
+      await crypto.subtle.sign("Ed25519", key, binding(sock, false, TREE_LABEL)),
+    );
+    await ask(sock, { op: "tree", proof: toBase64(proof) });
+    sock.setKeepAlive(true, 30_000);
+    conn = new SocketConn(sock, {
+      addr: `tcp!${host}!${port}`,
+      identity: "signer",
+      kind: "node",
+      authenticated: true,
+    }, `tcp!${sock.localAddress ?? "?"}!${sock.localPort ?? 0}`);
+    const client = await StyxClient.connect(conn);
+    const root = await client.attach(creds.name);
+    const c = conn;
+    return {
+      client,
+      root,
+      closed: c.closed,
+      close: async () => {
+        await client.close().catch(() => {});
+        c.close();
+      },
+    };
+  } catch (e) {
+    if (conn) conn.close();
+    else sock.destroy();
+    throw e;
+  }
 }
 
 async function open(
@@ -323,11 +594,14 @@ async function checkSigner(
   sock: tls.TLSSocket,
   ca: x509.X509Certificate,
   now: Date,
-): Promise<void> {
+): Promise<string> {
   const pc = sock.getPeerCertificate(true) as { raw?: Buffer } | null;
   const der = pc?.raw ? new Uint8Array(pc.raw) : undefined;
-  await verifyPeer(der, { ca, now, role: "server" });
+  return (await verifyPeer(der, { ca, now, role: "server" })).name;
 }
+
+/** The name of the certificate every signer presents (see {@link startSigner}). */
+export const SIGNER_NAME = "signer";
 
 async function checkIssued(
   certPem: string,

@@ -1,10 +1,11 @@
 /**
  * Ferry's main demo, driven by the embedded default manifest
- * (manifests/demo.toml): a CA, three nodes on loopback started as separate
- * `ferry up` processes (a file server with a home directory and /prog, a
- * gateway with /net, a phone behind NAT reached through the gateway's
- * /net), a user logging on, and the article's walkthrough done for real
- * with mutual TLS. Each step prints the command and what it shows. It
+ * (manifests/demo.toml): a CA and its signer, three nodes on loopback that
+ * each join the cluster with one command (`ferry up --join` and a token:
+ * a file server with a home directory and /prog, a gateway with /net, a
+ * phone behind NAT reached through the gateway's /net), a user logging on,
+ * and the article's walkthrough done for real with mutual TLS; then a
+ * change and a revocation published from the CA host reaching every node. Each step prints the command and what it shows. It
  * works in a temporary directory and removes it at the end.
  *
  * @module
@@ -177,44 +178,22 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
 
     step("1. A certificate authority; a token for each node, credentials for the users");
     await must("ferry ca init ferry-demo-ca", ["ca", "init", "ferry-demo-ca", "--dir", ca]);
-    const canEnrol = (await ferry(["enroll", "--help"])).code === 0 &&
-      (await ferry(["signer", "--help"])).code === 0;
     const tokens = new Map<string, string>();
-    if (canEnrol) {
-      const addr = `tcp!127.0.0.1!${ports.signer}`;
-      signer = new Child(["signer", addr, "--dir", ca]);
-      await signer.waitFor(/fingerprint sha256:\S+/);
-      say(`% ferry signer '${addr}' &`);
-      for (const l of signer.stdout.trim().split("\n")) if (l) say(`  ${l}`);
-    }
+    const addr = `tcp!127.0.0.1!${ports.signer}`;
+    signer = new Child(["signer", addr, "--dir", ca]);
+    await signer.waitFor(/fingerprint sha256:\S+/);
+    say(`% ferry signer '${addr}' &`);
+    for (const l of signer.stdout.trim().split("\n")) if (l) say(`  ${l}`);
     for (const n of ["files", "gateway", "phone"]) {
-      const dir = `${tmp}/${n}/certs`;
-      if (canEnrol) {
-        // --manifest: the certificate also carries the host of the node's address.
-        const r = await ferry(["ca", "token", n, "--node", "--manifest", file, "--dir", ca]);
-        const token = r.out.trim();
-        show(`ferry ca token ${n} --node --manifest ${short(file)}`, {
-          out: `${token.slice(0, 32)}…`,
-          err: r.err,
-        });
-        if (r.code !== 0) throw new Error(`step failed: ferry ca token ${n}`);
-        tokens.set(n, token);
-      } else {
-        await must(`ferry ca issue ${n} --node --san 127.0.0.1`, [
-          "ca",
-          "issue",
-          n,
-          "--node",
-          "--san",
-          "127.0.0.1",
-          "--dir",
-          ca,
-        ]);
-        await copyCreds(ca, dir, n);
-      }
-    }
-    if (!canEnrol) {
-      say("  (this build has no 'ferry signer'/'ferry enroll': node credentials issued directly)");
+      // --manifest: the certificate also carries the host of the node's address.
+      const r = await ferry(["ca", "token", n, "--node", "--manifest", file, "--dir", ca]);
+      const token = r.out.trim();
+      show(`ferry ca token ${n} --node --manifest ${short(file)}`, {
+        out: `${token.slice(0, 32)}…`,
+        err: r.err,
+      });
+      if (r.code !== 0) throw new Error(`step failed: ferry ca token ${n}`);
+      tokens.set(n, token);
     }
     for (const [u, g] of [["alice", "staff"], ["bob", "staff"]] as const) {
       await must(`ferry ca issue ${u} --user --group ${g}`, [
@@ -230,28 +209,36 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
       await copyCreds(ca, `${tmp}/${u}`, u);
     }
 
-    step("2. The manifest: checked, then signed with the CA's key");
+    step("2. The manifest: checked, then signed with the CA's key and published by the signer");
     say(
       `  nodes: files (${ports.files}), gateway (${ports.gateway}), phone via gateway (${ports.phone})`,
     );
     await must(`ferry check ${short(file)}`, ["check", file]);
     await must(`ferry sign ${short(file)}`, ["sign", "--dir", ca, file]);
+    await signer.waitFor(/serving manifest serial 1/);
     // Kept to show in step 12 that an older signed copy cannot be put back.
     await Deno.copyFile(file, `${tmp}/cluster-first.toml`);
     await Deno.copyFile(`${file}.sig`, `${tmp}/cluster-first.toml.sig`);
 
-    step("3. Three nodes come up, each a separate process with mutual TLS");
+    step("3. Three nodes join, one command each: enrol, fetch the signed manifest, serve");
+    const up = (n: string, token?: string) =>
+      new Child([
+        "up",
+        "--join",
+        addr,
+        "--node",
+        n,
+        "--certs",
+        `${tmp}/${n}/certs`,
+        ...(token ? ["--token", token] : []),
+      ]);
     for (const n of ["gateway", "files", "phone"]) {
-      const dir = `${tmp}/${n}/certs`;
-      const args = ["up", file, "--node", n, "--certs", dir, "--poll", "0"];
-      const token = tokens.get(n);
-      if (token) args.push("--token", token);
-      const c = new Child(args);
+      const c = up(n, tokens.get(n));
       nodes.set(n, c);
       const line = await c.waitFor(/node \S+ listening on \S+/);
-      say(`% ferry up ${short(file)} --node ${n}${token ? " --token …" : ""} &`);
+      say(`% ferry up --join '${addr}' --node ${n} --token … &`);
       for (const l of (c.stderr + c.stdout).split("\n")) {
-        if (/enrolling|^enrolled/.test(l)) say(`  ${short(l)}`);
+        if (/enrolling|^enrolled|manifest serial/.test(l)) say(`  ${short(l)}`);
       }
       say(`  ${line}`);
       const serving = c.stderr.match(/up: node .*/)?.[0];
@@ -259,14 +246,15 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
     }
 
     const alice = ["logon", "-u", "alice", "--certs", `${tmp}/alice`, "-r", `${tmp}/root-alice`];
-    step("4. alice logs on: her namespace is composed from the manifest");
-    await must(`ferry logon -u alice ${short(file)} -c ns`, [...alice, file, "-c", "ns"]);
+    const joined = ["--join", addr];
+    step("4. alice logs on: her namespace is composed from the manifest the signer serves");
+    await must(`ferry logon -u alice --join '${addr}' -c ns`, [...alice, ...joined, "-c", "ns"]);
 
     step("5. Remote files: the file server's home is alice's home (id.key is filtered out)");
     await must(`ferry logon -u alice -c 'ls -l /usr/alice; cat /usr/alice/hello.txt'`, [
       ...alice,
       "-q",
-      file,
+      ...joined,
       "-c",
       "ls -l /usr/alice; cat /usr/alice/hello.txt; echo 'edited by alice' > /usr/alice/notes/todo",
     ]);
@@ -277,21 +265,21 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
     );
 
     step("6. Remote processes: the file server's /prog");
-    const prog = await ferry([...alice, "-q", file, "-c", "ls /n/files/prog"]);
+    const prog = await ferry([...alice, "-q", ...joined, "-c", "ls /n/files/prog"]);
     show("ferry logon -u alice -c 'ls /n/files/prog'", prog, 6);
     if (prog.code !== 0) say("  (the node process lacks the permission to read the host's /proc)");
 
     step("7. A remote network: the gateway's /net, and the phone behind NAT reached through it");
     await must(
       "ferry logon -u alice -c 'ls /n/gateway/net'",
-      [...alice, "-q", file, "-c", "ls /n/gateway/net"],
+      [...alice, "-q", ...joined, "-c", "ls /n/gateway/net"],
     );
     await must(
       "ferry logon -u alice -c 'echo send 6412345678 hello > /phone/sms; cat /phone/sms'",
       [
         ...alice,
         "-q",
-        file,
+        ...joined,
         "-c",
         "echo send 6412345678 'hello from alice' > /phone/sms; cat /phone/sms; cat /phone/status",
       ],
@@ -299,7 +287,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
 
     step("8. Access lists: bob is on staff but not on the phone's list");
     const bob = ["logon", "-u", "bob", "--certs", `${tmp}/bob`, "-r", `${tmp}/root-bob`];
-    await must(`ferry logon -u bob ${short(file)} -c ns`, [...bob, file, "-c", "ns"]);
+    await must(`ferry logon -u bob --join '${addr}' -c ns`, [...bob, ...joined, "-c", "ns"]);
     const bad = `${tmp}/bob-phone.toml`;
     await Deno.writeTextFile(
       bad,
@@ -332,8 +320,24 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
     ]);
     show("ferry logon -u alice -c 'ls /usr/alice'   (mallory's forged certificate)", forged, 8);
     if (forged.code === 0) throw new Error("a forged certificate was accepted");
+    const forgedJoin = await ferry([
+      "logon",
+      "-u",
+      "alice",
+      "--certs",
+      `${tmp}/mallory`,
+      "-r",
+      `${tmp}/root-mallory`,
+      ...joined,
+      "-c",
+      "ls /usr/alice",
+    ]);
+    show("ferry logon -u alice --join … (the same certificate, at the signer)", forgedJoin, 4);
+    if (forgedJoin.code === 0) throw new Error("the signer served a forged certificate");
 
-    step("10. A live change: the file server stops exporting /prog, gains 'notes'");
+    step(
+      "10. A live change published from the CA host: the file server drops /prog, gains 'notes'",
+    );
     const changed = text
       .replace(
         /\[nodes\.files\.exports\.prog\]\nkind = "prog"\naccess = \["alice"\]\n/,
@@ -341,40 +345,90 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
       )
       .replace("mount files!prog /n/files/prog", "mount files!notes /n/notes");
     await Deno.writeTextFile(file, changed);
-    await must(`ferry sign ${short(file)}`, ["sign", "--dir", ca, file]);
     const files = nodes.get("files")!;
-    const before = files.stderr.length;
-    files.proc.kill("SIGHUP");
-    say("% kill -HUP <files>");
-    await waitText(files, before, /up: reload(ed)? \(SIGHUP\)[^\n]*/);
-    say(`  ${files.stderr.slice(before).trim().split("\n").join("\n  ")}`);
+    const before = new Map([...nodes].map(([n, c]) => [n, c.stderr.length]));
+    const signed = performance.now();
+    await must(`ferry sign ${short(file)}`, ["sign", "--dir", ca, file]);
+    for (const [n, c] of nodes) {
+      await waitText(c, before.get(n)!, /up: reloaded \(manifest serial 2 from the signer\)[^\n]*/);
+      say(`  ${n}: ${c.stderr.slice(before.get(n)!).match(/up: reloaded[^\n]*/)![0]}`);
+    }
+    say(`  (every node applied it ${ms(signed)} after 'ferry sign' began)`);
     await must("ferry logon -u alice -c 'cat /n/notes/todo'", [
       ...alice,
       "-q",
-      file,
+      ...joined,
       "-c",
       "cat /n/notes/todo",
     ]);
 
-    step("11. A tampered manifest is refused; the running one stays");
-    await Deno.writeTextFile(file, changed.replace('access = ["alice"]', 'access = ["*"]'));
-    const before2 = files.stderr.length;
-    files.proc.kill("SIGHUP");
-    say("% (edit the manifest without signing it) ; kill -HUP <files>");
-    await waitText(files, before2, /refused[^\n]*\n[^\n]*/);
-    say(`  ${files.stderr.slice(before2).trim().split("\n").join("\n  ")}`);
+    const pub = `${ca}/published/manifest.toml`;
+    step("11. A tampered manifest is refused; the one served stays");
+    const before2 = signer.stderr.length;
+    await Deno.writeTextFile(pub, changed.replace('access = ["alice"]', 'access = ["*"]'));
+    say(`% (edit ${short(pub)} without signing it)`);
+    await waitText(signer, before2, /not serving[^\n]*/);
+    say(`  ${signer.stderr.slice(before2).trim().split("\n").join("\n  ")}`);
 
     step("12. The first signed manifest put back is refused: its serial is lower");
-    await Deno.copyFile(`${tmp}/cluster-first.toml.sig`, `${file}.sig`);
-    await Deno.copyFile(`${tmp}/cluster-first.toml`, file);
-    const before3 = files.stderr.length;
-    files.proc.kill("SIGHUP");
-    say("% cp cluster-first.toml cluster.toml; cp cluster-first.toml.sig cluster.toml.sig");
-    say("% kill -HUP <files>");
-    await waitText(files, before3, /refused[^\n]*\n[^\n]*serial[^\n]*/);
-    say(`  ${files.stderr.slice(before3).trim().split("\n").join("\n  ")}`);
+    const before3 = signer.stderr.length;
+    await Deno.copyFile(`${tmp}/cluster-first.toml`, pub);
+    await Deno.copyFile(`${tmp}/cluster-first.toml.sig`, `${pub}.sig`);
+    say("% cp cluster-first.toml cluster-first.toml.sig $DEMO/ca/published/");
+    await waitText(signer, before3, /not serving[^\n]*serial[^\n]*/);
+    say(`  ${signer.stderr.slice(before3).trim().split("\n").join("\n  ")}`);
+    say("  (a node given that copy refuses it too: it keeps the highest serial it applied)");
 
-    step("13. ferry down");
+    step("13. Revocation reaches every node within a second; bob's open session ends");
+    const bobSession = new Child([
+      ...bob,
+      ...joined,
+      "-q",
+      "-c",
+      "cat /usr/bob/hello.txt; sleep 60",
+    ]);
+    await bobSession.waitFor(/hello from the file server/);
+    say("% ferry logon -u bob --join … -c 'cat /usr/bob/hello.txt; sleep 60' &");
+    const before4 = new Map([...nodes].map(([n, c]) => [n, c.stderr.length]));
+    const revoked = performance.now();
+    await must("ferry ca revoke bob", ["ca", "revoke", "bob", "--dir", ca]);
+    for (const [n, c] of nodes) {
+      await waitText(c, before4.get(n)!, /new CRL from the signer/);
+      say(`  ${n}: new CRL from the signer (${ms(revoked)} after 'ferry ca revoke' began)`);
+    }
+    await waitText(files, before4.get("files")!, /certificate of 'bob' was revoked[^\n]*/);
+    say(
+      `  files: ${
+        files.stderr.slice(before4.get("files")!).match(/refused[^\n]*revoked[^\n]*/)![0]
+      } (${ms(revoked)})`,
+    );
+    await bobSession.stop();
+
+    step("14. With the signer down, a node restarts from its cached manifest");
+    await signer.stop();
+    say("% kill <signer>");
+    await must("ferry down --node files", [
+      "down",
+      "--node",
+      "files",
+      "--certs",
+      `${tmp}/files/certs`,
+    ]);
+    await files.proc.status;
+    const again = up("files");
+    nodes.set("files", again);
+    await again.waitFor(/node \S+ listening on \S+/);
+    say(`% ferry up --join '${addr}' --node files &`);
+    say(`  ${short(again.stderr.match(/up: cannot take[^\n]*/)?.[0] ?? "")}`);
+    await must("ferry logon -u alice --join … -c 'cat /n/notes/todo'", [
+      ...alice,
+      "-q",
+      ...joined,
+      "-c",
+      "cat /n/notes/todo",
+    ]);
+
+    step("15. ferry down");
     for (const n of ["phone", "files", "gateway"]) {
       await must(`ferry down --node ${n}`, ["down", "--node", n, "--certs", `${tmp}/${n}/certs`]);
       await nodes.get(n)!.proc.status;
@@ -399,6 +453,10 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
     if (opts.keep) say(`kept ${tmp}`);
     else await Deno.remove(tmp, { recursive: true }).catch(() => {});
   }
+}
+
+function ms(since: number): string {
+  return `${Math.round(performance.now() - since)} ms`;
 }
 
 async function waitText(c: Child, from: number, re: RegExp, ms = 15_000): Promise<void> {

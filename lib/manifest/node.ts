@@ -6,7 +6,8 @@
  * attach against the export's access list as the manifest says now.
  *
  * A changed manifest (file change or {@link FerryNode.reload}, e.g. on
- * SIGHUP) is verified, checked and applied live: new exports appear,
+ * SIGHUP, or a change published by the signer that `ferry up --join`
+ * follows, see lib/cluster/join.ts) is verified, checked and applied live: new exports appear,
  * removed or redefined exports drop the sessions using them, a user who
  * lost access loses the sessions attached to that export, and every other
  * session carries on. A manifest that fails to verify or check is

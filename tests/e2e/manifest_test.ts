@@ -26,7 +26,10 @@ Deno.test("manifest demo: three nodes, logon, live change, tampering", async () 
       /out 6412345678 sent 1 'hello from alice'/,
       /'bob' mounts 'phone!phone' but its access list \(alice\) denies 'bob'/,
       /refused the link: client certificate 'alice'/,
-      /up: reloaded \(SIGHUP\)/,
+      /up: reloaded \(manifest serial 2 from the signer\)/,
+      /not serving the manifest .*serial 1 is not above serial 2/,
+      /certificate of .bob. was revoked: session closed/,
+      /starting from the cached manifest/,
       /altered after it was signed/,
       /node 'gateway' stopped/,
     ]
