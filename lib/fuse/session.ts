@@ -17,7 +17,6 @@ import {
   DMDIR,
   Ename,
   errorString,
-  MsgType,
   nullDir,
   ORDWR,
   OREAD,
@@ -27,9 +26,7 @@ import {
   QTDIR,
   StyxError,
 } from "../styx/types.ts";
-import type { Node, OpenFile } from "../fs/tree.ts";
-import { decodeDirs } from "../styx/codec.ts";
-import { RemoteFile, RemoteNode } from "../styx/client_tree.ts";
+import { type Node, type OpenFile, walkOpen, walkStat } from "../fs/tree.ts";
 import { Errno, readFd, waitReadable, waitReadableNow, writeParts } from "./ffi.ts";
 import {
   type Attr,
@@ -245,9 +242,8 @@ function inode(
 interface Prefetch {
   ino: Inode;
   qpath: bigint;
+  /** Opened with the start of the file read along. */
   file: Promise<OpenFile | null>;
-  head: Promise<Uint8Array | null>;
-  count: number;
   at: number;
 }
 
@@ -256,9 +252,8 @@ interface Handle {
   /** The open file; null for a directory whose entries were read ahead (opened when needed). */
   file: OpenFile | null;
   direct: boolean;
-  /** The start of the file, read together with the open (used once). */
-  head: Promise<Uint8Array | null> | null;
-  headCount: number;
+  /** The start of the file was read together with the open: the first read at 0 asks for it. */
+  head: boolean;
   entries: Dir[] | null;
   /** `entries` were read ahead: the first READDIR at offset 0 uses them. */
   fresh: boolean;
@@ -732,26 +727,10 @@ export class FuseSession {
       if (!next || !d || next.isDir || this.#ahead.has(next) || next.qpath !== d.qid.path) continue;
       if (d.length <= 0n || d.length > BigInt(HEAD_MAX) || (d.qid.type & QTAPPEND) !== 0) continue;
       if (this.#opts.directIo) continue;
-      const head = { count: Number(d.length) + 1 } as {
-        count: number;
-        data?: Promise<Uint8Array | null>;
-      };
       const signal = new AbortController().signal;
-      const file = this.#openIno(next, OREAD, signal, head).catch(() => null);
-      const p: Prefetch = {
-        ino: next,
-        qpath: next.qpath,
-        file,
-        head: head.data ?? Promise.resolve(null),
-        count: head.count,
-        at: now,
-      };
-      this.#ahead.set(next, p);
-      // A head is only known once the open has gone out.
-      file.then(() => {
-        if (head.data) p.head = head.data;
-        p.count = head.count;
-      });
+      // One byte more than the length: a short reply shows the end of the file.
+      const file = this.#openIno(next, OREAD, signal, Number(d.length) + 1).catch(() => null);
+      this.#ahead.set(next, { ino: next, qpath: next.qpath, file, at: now });
     }
   }
 
@@ -775,13 +754,9 @@ export class FuseSession {
     // Shared by every caller: no one caller's interrupt may end it.
     const signal = new AbortController().signal;
     const load: Promise<Map<string, Dir> | null> = (async () => {
-      const head = { count: Number.MAX_SAFE_INTEGER } as {
-        count: number;
-        data?: Promise<Uint8Array | null>;
-      };
-      const f = await this.#openIno(dir, OREAD, signal, head);
+      const f = await this.#openIno(dir, OREAD, signal, Number.MAX_SAFE_INTEGER);
       try {
-        const entries = await this.#readDir(f, head.data, signal);
+        const entries = await f.readDir({ signal });
         if (dir.gen !== gen) return null;
         this.#setListing(dir, entries, true);
         dir.scanned = forLookups;
@@ -862,29 +837,6 @@ export class FuseSession {
       }
       if (!moved) break;
     }
-  }
-
-  /**
-   * Every entry of the open directory `f`. `first`, when given, is the
-   * reply to a read at offset 0 sent along with the open: reading goes on
-   * after it (or starts over when it failed).
-   */
-  async #readDir(
-    f: OpenFile,
-    first: Promise<Uint8Array | null> | undefined,
-    signal: AbortSignal,
-  ): Promise<Dir[]> {
-    const got = first ? await first : null;
-    if (got === null || !(f instanceof RemoteFile)) return await f.readDir({ signal });
-    const entries = decodeDirs(got);
-    let off = BigInt(got.length);
-    while (got.length > 0) {
-      const d = await f.readOnce(off, f.iounit, { signal });
-      if (d.length === 0) break;
-      for (const e of decodeDirs(d)) entries.push(e);
-      off += BigInt(d.length);
-    }
-    return entries;
   }
 
   /**
@@ -1009,93 +961,27 @@ export class FuseSession {
     return entryOut(0n, a, { entryMs: Math.max(0, ms), attrMs: 0 });
   }
 
-  /** Open `ino` with 9P `mode`: two messages to a Styx server (walk, open). */
+  /**
+   * Open `ino` with 9P `mode`, walking from its nearest walked ancestor:
+   * one round trip to a tree that can walk and open in one go. With
+   * `readAhead`, the start of the file is read along with the open.
+   */
   async #openIno(
     ino: Inode,
     mode: number,
     signal: AbortSignal,
-    head?: { count: number; data?: Promise<Uint8Array | null> },
+    readAhead?: number,
   ): Promise<OpenFile> {
     const [base, names] = await this.#pathTo(ino);
     // Files closed meanwhile are clunked first, in the same write.
     this.#flushCloses();
-    if (base instanceof RemoteNode) {
-      // Twalk and Topen sent together: one round trip when the server
-      // queues requests on a fid behind the walk that makes it (Ferry's
-      // does); otherwise the open is simply sent again after the walk.
-      const c = base.client;
-      const fid = c.allocFid();
-      const walked = c.walkFid(base.fid, fid, names, { signal });
-      const opened = c.rpc({ type: MsgType.Topen, fid, mode }, { signal }).then(
-        (r) => r,
-        () => null,
-      );
-      if (head && head.count > 0) {
-        // A small file is read in the same round trip as it is opened.
-        head.count = Math.min(head.count, c.maxIo);
-        head.data = c.rpc({ type: MsgType.Tread, fid, offset: 0n, count: head.count })
-          .then((r) => r.data, () => null);
-      }
-      let q;
-      try {
-        q = await walked;
-      } catch (e) {
-        await opened;
-        throw e;
-      }
-      if (q.length < names.length) {
-        await opened;
-        throw new StyxError(Ename.notFound);
-      }
-      const r = await opened;
-      if (r) return new RemoteFile(c, fid, r.qid, r.iounit);
-      return await c.openFid(fid, mode, { signal });
-    }
-    if (names.length === 0) return await base.open(mode, { signal });
-    const w = await base.walk(names, { signal });
-    if (!w.node) throw new StyxError(Ename.notFound);
-    try {
-      return await w.node.open(mode, { signal });
-    } finally {
-      w.node.close().catch(() => {});
-    }
+    return await walkOpen(base, names, mode, { signal, readAhead });
   }
 
-  /** Walk to `name` under `pn` and stat it: one round trip to a Ferry server (pipelined). */
+  /** Walk `names` from `pn` and stat the file reached: one round trip where the tree can. */
   async #walkStat(pn: Node, names: string[], signal: AbortSignal): Promise<[Node, Dir]> {
-    const o = { signal };
-    if (!(pn instanceof RemoteNode)) {
-      const w = await pn.walk(names, o);
-      if (!w.node) throw new Fail(Errno.ENOENT);
-      try {
-        return [w.node, await w.node.stat(o)];
-      } catch (e) {
-        w.node.close().catch(() => {});
-        throw e;
-      }
-    }
-    const c = pn.client;
-    const fid = c.allocFid();
-    const walked = c.walkFid(pn.fid, fid, names, o);
-    const statted = c.rpc({ type: MsgType.Tstat, fid }, o).then((r) => r.stat, () => null);
-    let q;
-    try {
-      q = await walked;
-    } catch (e) {
-      await statted;
-      throw e;
-    }
-    if (q.length < names.length || q.length === 0) {
-      await statted;
-      throw new Fail(Errno.ENOENT);
-    }
-    const node = new RemoteNode(c, fid, q[q.length - 1]!);
-    try {
-      return [node, (await statted) ?? await node.stat(o)];
-    } catch (e) {
-      node.close().catch(() => {});
-      throw e;
-    }
+    const w = await walkStat(pn, names, { signal });
+    return [w.node, w.dir];
   }
 
   #newHandle(ino: Inode, file: OpenFile | null, direct: boolean): bigint {
@@ -1106,8 +992,7 @@ export class FuseSession {
       direct,
       entries: null,
       fresh: false,
-      head: null,
-      headCount: 0,
+      head: false,
     });
     return fh;
   }
@@ -1226,24 +1111,21 @@ export class FuseSession {
         const early = ahead ? await ahead.file : null;
         if (ahead && early) {
           const fh = this.#newHandle(ino, early, false);
-          const h = this.#handles.get(fh)!;
-          h.head = ahead.head;
-          h.headCount = ahead.count;
+          this.#handles.get(fh)!.head = true;
           this.#readAhead(ino);
           return [openOut(fh, FOPEN_KEEP_CACHE)];
         }
         // One byte more than the length: a short reply shows the end of the file.
-        const head = { count: 0 } as { count: number; data?: Promise<Uint8Array | null> };
-        if (mode === OREAD && !direct && ino.length > 0n && ino.length <= BigInt(HEAD_MAX)) {
-          head.count = Number(ino.length) + 1;
-        }
-        const file = await this.#openIno(ino, mode, signal, head);
+        const small = mode === OREAD && !direct && ino.length > 0n &&
+          ino.length <= BigInt(HEAD_MAX);
+        const file = await this.#openIno(
+          ino,
+          mode,
+          signal,
+          small ? Number(ino.length) + 1 : undefined,
+        );
         const fh = this.#newHandle(ino, file, direct);
-        if (head.data) {
-          const h = this.#handles.get(fh)!;
-          h.head = head.data;
-          h.headCount = head.count;
-        }
+        this.#handles.get(fh)!.head = small;
         if (mode === OREAD && !direct) this.#readAhead(ino);
         // The page cache is kept across opens; AUTO_INVAL_DATA drops it when
         // a fresh stat shows another mtime or size.
@@ -1262,14 +1144,8 @@ export class FuseSession {
           return [openOut(fh, 0)];
         }
         // The first directory read goes out with the open.
-        const head = { count: Number.MAX_SAFE_INTEGER } as {
-          count: number;
-          data?: Promise<Uint8Array | null>;
-        };
-        const file = await this.#openIno(ino, OREAD, signal, head);
-        const fh = this.#newHandle(ino, file, false);
-        if (head.data) this.#handles.get(fh)!.head = head.data;
-        return [openOut(fh, 0)];
+        const file = await this.#openIno(ino, OREAD, signal, Number.MAX_SAFE_INTEGER);
+        return [openOut(this.#newHandle(ino, file, false), 0)];
       }
       case Op.READ: {
         const h = this.#handleOf(v.getBigUint64(0, true));
@@ -1279,9 +1155,10 @@ export class FuseSession {
         if (!file) throw new Fail(Errno.EISDIR);
         const parts = await this.#read(h, file, off, size, signal);
         // The reply copies the data into the kernel: the buffers can carry later replies.
-        if (file instanceof RemoteFile) {
+        const release = file.release?.bind(file);
+        if (release) {
           late.after = () => {
-            for (const p of parts) file.client.recycle(p);
+            for (const p of parts) release(p);
           };
         }
         return parts;
@@ -1311,9 +1188,7 @@ export class FuseSession {
             else h.file = f;
           }
           const gen = h.ino.gen;
-          const first = h.head ?? undefined;
-          h.head = null;
-          h.entries = await this.#readDir(h.file!, first, signal);
+          h.entries = await h.file!.readDir({ signal });
           if (h.ino.gen === gen) this.#setListing(h.ino, h.entries, false);
         }
         return [this.#dirents(h, Number(off), size, op === Op.READDIRPLUS)];
@@ -1531,12 +1406,9 @@ export class FuseSession {
     signal: AbortSignal,
   ): Promise<Uint8Array[]> {
     if (h.head && off === 0n) {
-      const head = await h.head;
-      h.head = null;
-      // Whole when it holds all that was asked, or it was short (end of file).
-      if (head && (head.length >= size || head.length < h.headCount)) {
-        return [head.length > size ? head.subarray(0, size) : head];
-      }
+      // The file answers from the start it read along with the open.
+      h.head = false;
+      return [await file.read(off, size, { signal })];
     }
     const unit = file.iounit;
     if (h.direct || unit <= 0 || size <= unit) return [await file.read(off, size, { signal })];
