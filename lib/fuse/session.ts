@@ -59,6 +59,7 @@ export interface SessionOptions {
 const IDLE_WAIT_MS = 2;
 /** Microtask turns given to requests answered without waiting on anything. */
 const SETTLE_TURNS = 16;
+
 /**
  * Serves `root` on an open, mounted /dev/fuse descriptor until the kernel
  * ends the connection (unmount) or {@link FuseSession.stop} is called.

@@ -17,7 +17,9 @@
  *    name (client side) and the allow list (server side).
  *
  * Only when both ends said ok does the caller get a Conn, whose peer carries
- * the verified identity, kind and groups.
+ * the verified identity, kind and groups. The exchange itself, shared with
+ * the `ferry-link/2` client of tls_native.ts, is in link_exchange.ts; this
+ * module gives it the lines of a node:tls socket.
  *
  * @module
  */
