@@ -11,7 +11,7 @@
  * @module
  */
 
-import type { Dir, Qid } from "../styx/types.ts";
+import { type Dir, Ename, type Qid, StyxError } from "../styx/types.ts";
 
 /** Who is asking: the verified identity (or the attach name under -A). */
 export interface Caller {
@@ -88,6 +88,101 @@ export interface Node {
   remove(opts?: OpOptions): Promise<void>;
   /** Release what the node holds (a remote fid). Safe to call twice. */
   close(): Promise<void>;
+  /**
+   * Optional: walk `names` and stat the file reached, as one operation (a
+   * remote tree sends the Tstat along with the Twalk: one round trip).
+   * Rejects with "file does not exist" unless every name was walked. Use
+   * {@link walkStat} to get the same result from any node.
+   */
+  walkStat?(names: string[], opts?: OpOptions): Promise<Walked>;
+  /**
+   * Optional: walk `names` and open the file reached with 9P `mode`, as one
+   * operation (a remote tree sends the Topen, and the read asked for by
+   * {@link WalkOpenOptions.readAhead}, along with the Twalk). No node is
+   * kept. Rejects with "file does not exist" unless every name was walked.
+   * Use {@link walkOpen} to get the same result from any node.
+   */
+  walkOpen?(names: string[], mode: number, opts?: WalkOpenOptions): Promise<OpenFile>;
+}
+
+/** What {@link Node.walkStat} resolves with: the node walked to and its attributes. */
+export interface Walked {
+  node: Node;
+  dir: Dir;
+}
+
+/** Options of {@link Node.walkOpen}. */
+export interface WalkOpenOptions extends OpOptions {
+  /**
+   * Read up to this many bytes at offset 0 along with the open: the open
+   * file's first read at offset 0 (or its first {@link OpenFile.readDir})
+   * is answered from them when they hold all it asks for or the end of
+   * the file. A hint: trees that cannot send it along ignore it.
+   */
+  readAhead?: number;
+}
+
+/**
+ * Walk `names` from `node` and stat the file reached: through
+ * {@link Node.walkStat} when the node offers it, else a walk and a stat.
+ * Rejects with "file does not exist" unless every name was walked; the
+ * caller closes the node it gets.
+ *
+ * @example
+ * ```ts
+ * import { walkStat } from "./tree.ts";
+ * import { MemTree } from "./memory.ts";
+ * const root = await new MemTree().attach({ user: "glenda" }, "");
+ * const { node, dir } = await walkStat(root, []);
+ * console.log(dir.name);
+ * await node.close();
+ * ```
+ */
+export async function walkStat(node: Node, names: string[], opts?: OpOptions): Promise<Walked> {
+  if (node.walkStat) return await node.walkStat(names, opts);
+  const w = await node.walk(names, withoutOpenMode(opts));
+  if (!w.node) throw new StyxError(Ename.notFound);
+  try {
+    return { node: w.node, dir: await w.node.stat(opts) };
+  } catch (e) {
+    w.node.close().catch(() => {});
+    throw e;
+  }
+}
+
+/**
+ * Walk `names` from `node` and open the file reached with 9P `mode`:
+ * through {@link Node.walkOpen} when the node offers it, else a walk, an
+ * open and a close of the walked node. Rejects with "file does not exist"
+ * unless every name was walked.
+ *
+ * @example
+ * ```ts
+ * import { walkOpen } from "./tree.ts";
+ * import { MemTree } from "./memory.ts";
+ * import { OREAD } from "../styx/types.ts";
+ * const root = await new MemTree().attach({ user: "glenda" }, "");
+ * const dir = await walkOpen(root, [], OREAD);
+ * console.log((await dir.readDir()).length);
+ * await dir.close();
+ * ```
+ */
+export async function walkOpen(
+  node: Node,
+  names: string[],
+  mode: number,
+  opts?: WalkOpenOptions,
+): Promise<OpenFile> {
+  if (node.walkOpen) return await node.walkOpen(names, mode, opts);
+  const o = opts?.signal ? { signal: opts.signal } : undefined;
+  if (names.length === 0) return await node.open(mode, o);
+  const w = await node.walk(names, o);
+  if (!w.node) throw new StyxError(Ename.notFound);
+  try {
+    return await w.node.open(mode, o);
+  } finally {
+    w.node.close().catch(() => {});
+  }
 }
 
 /** What {@link Node.create} returns. */

@@ -378,3 +378,153 @@ export function cString(b: Uint8Array, off: number): [string, number] {
   if (end < 0) end = b.length;
   return [new TextDecoder().decode(b.subarray(off, end)), end + 1];
 }
+
+// -- request bodies -----------------------------------------------------------
+//
+// One decoder per request, each named after the struct the kernel sends
+// (the body is what follows struct fuse_in_header).
+
+function view(body: Uint8Array): DataView {
+  return new DataView(body.buffer, body.byteOffset, body.byteLength);
+}
+
+/** A request whose body is only a name (LOOKUP, UNLINK, RMDIR): the name. */
+export function decodeNameIn(body: Uint8Array): string {
+  return cString(body, 0)[0];
+}
+
+/** struct fuse_forget_in: how many lookups the kernel forgets. */
+export function decodeForgetIn(body: Uint8Array): bigint {
+  return view(body).getBigUint64(0, true);
+}
+
+/** struct fuse_batch_forget_in with its fuse_forget_one entries: [node id, lookups] pairs. */
+export function decodeBatchForgetIn(body: Uint8Array): Array<[bigint, bigint]> {
+  const v = view(body);
+  const count = v.getUint32(0, true);
+  const out: Array<[bigint, bigint]> = [];
+  for (let i = 0; i < count && 8 + i * 16 + 16 <= body.length; i++) {
+    out.push([v.getBigUint64(8 + i * 16, true), v.getBigUint64(16 + i * 16, true)]);
+  }
+  return out;
+}
+
+/** struct fuse_interrupt_in: the unique id of the request to interrupt. */
+export function decodeInterruptIn(body: Uint8Array): bigint {
+  return view(body).getBigUint64(0, true);
+}
+
+/** struct fuse_setattr_in, decoded (times in seconds). */
+export interface SetattrIn {
+  /** Which fields are set: {@link Fattr} bits. */
+  valid: number;
+  size: bigint;
+  atime: bigint;
+  mtime: bigint;
+  mode: number;
+  uid: number;
+  gid: number;
+}
+
+/** Decode struct fuse_setattr_in. */
+export function decodeSetattrIn(body: Uint8Array): SetattrIn {
+  const v = view(body);
+  return {
+    valid: v.getUint32(0, true),
+    size: v.getBigUint64(16, true),
+    atime: v.getBigUint64(32, true),
+    mtime: v.getBigUint64(40, true),
+    mode: v.getUint32(68, true),
+    uid: v.getUint32(76, true),
+    gid: v.getUint32(80, true),
+  };
+}
+
+/** struct fuse_open_in: the open(2) flags. */
+export function decodeOpenIn(body: Uint8Array): number {
+  return view(body).getUint32(0, true);
+}
+
+/** struct fuse_read_in (READ, READDIR, READDIRPLUS), decoded. */
+export interface ReadIn {
+  fh: bigint;
+  offset: bigint;
+  size: number;
+}
+
+/** Decode struct fuse_read_in. */
+export function decodeReadIn(body: Uint8Array): ReadIn {
+  const v = view(body);
+  return {
+    fh: v.getBigUint64(0, true),
+    offset: v.getBigUint64(8, true),
+    size: v.getUint32(16, true),
+  };
+}
+
+/** sizeof(struct fuse_write_in): the data follows it. */
+const WRITE_IN = 40;
+
+/** struct fuse_write_in and the data after it (a view, not a copy). */
+export interface WriteIn {
+  fh: bigint;
+  offset: bigint;
+  data: Uint8Array;
+}
+
+/** Decode struct fuse_write_in. */
+export function decodeWriteIn(body: Uint8Array): WriteIn {
+  const v = view(body);
+  const size = v.getUint32(16, true);
+  return {
+    fh: v.getBigUint64(0, true),
+    offset: v.getBigUint64(8, true),
+    data: body.subarray(WRITE_IN, WRITE_IN + size),
+  };
+}
+
+/** The file handle that starts struct fuse_release_in and struct fuse_fsync_in. */
+export function decodeFhIn(body: Uint8Array): bigint {
+  return view(body).getBigUint64(0, true);
+}
+
+/** struct fuse_create_in and the name after it, decoded. */
+export interface CreateIn {
+  flags: number;
+  /** Permission bits only. */
+  perm: number;
+  name: string;
+}
+
+/** Decode struct fuse_create_in and its name. */
+export function decodeCreateIn(body: Uint8Array): CreateIn {
+  const v = view(body);
+  return {
+    flags: v.getUint32(0, true),
+    perm: v.getUint32(4, true) & 0o777,
+    name: cString(body, 16)[0],
+  };
+}
+
+/** Decode struct fuse_mkdir_in and its name: the permission bits and the name. */
+export function decodeMkdirIn(body: Uint8Array): { perm: number; name: string } {
+  return { perm: view(body).getUint32(0, true) & 0o777, name: cString(body, 8)[0] };
+}
+
+/** struct fuse_rename_in / fuse_rename2_in and the two names after it, decoded. */
+export interface RenameIn {
+  newdir: bigint;
+  /** RENAME2 flags (RENAME_NOREPLACE, RENAME_EXCHANGE...); 0 for RENAME. */
+  flags: number;
+  oldname: string;
+  newname: string;
+}
+
+/** Decode a RENAME (`two` false) or RENAME2 (`two` true) body. */
+export function decodeRenameIn(body: Uint8Array, two: boolean): RenameIn {
+  const v = view(body);
+  const flags = two ? v.getUint32(8, true) : 0;
+  const [oldname, next] = cString(body, two ? 16 : 8);
+  const [newname] = cString(body, next);
+  return { newdir: v.getBigUint64(0, true), flags, oldname, newname };
+}

@@ -1,64 +1,35 @@
 /**
- * One FUSE connection serving a {@link Tree}: reads kernel requests from
- * /dev/fuse, maps each onto walk/open/read/write/create/stat/wstat/remove
- * of the tree, and writes the replies. Requests run concurrently; an
- * INTERRUPT aborts the matching request's signal (a remote tree turns that
- * into Tflush).
- *
- * Inodes: the kernel's node ids name (parent, name) pairs. A node id holds
- * a walked {@link Node} only once an operation needed one, so listing a big
- * directory with READDIRPLUS costs no walks at all.
+ * One FUSE connection serving a {@link Node}'s tree: reads kernel requests
+ * from /dev/fuse, hands each to its handler (handlers.ts, ops.ts) and
+ * writes the replies. Requests run concurrently; an INTERRUPT aborts the
+ * matching request's signal (a remote tree turns that into Tflush).
  *
  * @module
  */
 
-import {
-  type Dir,
-  DMDIR,
-  Ename,
-  errorString,
-  MsgType,
-  nullDir,
-  ORDWR,
-  OREAD,
-  OTRUNC,
-  OWRITE,
-  QTAPPEND,
-  QTDIR,
-  StyxError,
-} from "../styx/types.ts";
-import type { Node, OpenFile } from "../fs/tree.ts";
-import { decodeDirs } from "../styx/codec.ts";
-import { RemoteFile, RemoteNode } from "../styx/client_tree.ts";
-import { firstOfEachName } from "../ns/union.ts";
+import { errorString } from "../styx/types.ts";
+import type { Node } from "../fs/tree.ts";
 import { Errno, readFd, waitReadable, waitReadableNow, writeParts } from "./ffi.ts";
+import { ErrnoError, errnoOf } from "./errno.ts";
+import { FuseOps, type Late } from "./ops.ts";
+import { HANDLERS } from "./handlers.ts";
 import {
-  type Attr,
-  attrOut,
-  cString,
+  decodeBatchForgetIn,
+  decodeForgetIn,
   decodeInHeader,
   decodeInitIn,
-  direntSize,
-  ENTRY_OUT,
-  entryOut,
-  Fattr,
-  FOPEN_DIRECT_IO,
-  FOPEN_KEEP_CACHE,
+  decodeInterruptIn,
   IN_HEADER,
+  type InHeader,
   InitFlag,
   initOut,
   KERNEL_MAJOR,
   KERNEL_MINOR,
   Op,
-  openOut,
   OUT_HEADER,
-  putDirent,
-  putEntry,
-  statfsOut,
-  utf8Length,
-  type Validity,
-  writeOut,
 } from "./proto.ts";
+
+export { errnoOf } from "./errno.ts";
 
 /** Tuning of a {@link FuseSession}. */
 export interface SessionOptions {
@@ -78,29 +49,6 @@ export interface SessionOptions {
   debug?: boolean;
 }
 
-const O_ACCMODE = 3;
-const O_WRONLY = 1;
-const O_RDWR = 2;
-const O_TRUNC = 0o1000;
-const S_IFDIR = 0o040000;
-const S_IFREG = 0o100000;
-const DT_DIR = 4;
-const DT_REG = 8;
-const ROOT_ID = 1n;
-/** Files up to this size are read in the same round trip as they are opened. */
-const HEAD_MAX = 128 * 1024;
-/** Files opened ahead of a reader going through a directory in order (tar, cp -r, grep -r). */
-const AHEAD = 16;
-/** In-order opens in one directory before files are opened ahead. */
-const AHEAD_AFTER = 2;
-/** Subdirectory listings read ahead of a walk through a tree (ls -R, find, tar, git). */
-const DIRS_AHEAD = 8;
-/** Subdirectories read for lookups after the one being looked up during a scan. */
-const SCAN_AHEAD = 4;
-/** Most subdirectories held read ahead of the kernel's lookups. */
-const UNSEEN_MAX = 64;
-/** Subdirectories of one directory opened before their siblings are read ahead. */
-const DIRS_AHEAD_AFTER = 2;
 /**
  * How long the loop waits for the next request on its own thread, when
  * nothing else is in flight, before handing the wait to a worker thread.
@@ -111,193 +59,6 @@ const DIRS_AHEAD_AFTER = 2;
 const IDLE_WAIT_MS = 2;
 /** Microtask turns given to requests answered without waiting on anything. */
 const SETTLE_TURNS = 16;
-/** Longest a released file waits for an open to share its clunk's write. */
-const CLOSE_DELAY_MS = 2;
-
-/**
- * The errno value a Styx error string stands for, matched on Plan 9's
- * wording (as 9pfuse does): "file does not exist" is ENOENT, "permission
- * denied" EACCES, "file exists" EEXIST, "directory not empty" ENOTEMPTY,
- * "is a directory" EISDIR, "not a directory" ENOTDIR; anything else EIO.
- *
- * @example
- * ```ts
- * import { errnoOf } from "./session.ts";
- * if (errnoOf(new Error("file does not exist")) !== 2) throw new Error("wrong");
- * ```
- */
-export function errnoOf(e: unknown): number {
-  const s = errorString(e).toLowerCase();
-  if (s.includes("does not exist") || s.includes("not found") || s.includes("no such")) {
-    return Errno.ENOENT;
-  }
-  if (s.includes("permission denied") || s.includes("prohibited")) return Errno.EACCES;
-  if (s.includes("not empty")) return Errno.ENOTEMPTY;
-  if (s.includes("not a directory") || s.includes("walk in non-directory")) return Errno.ENOTDIR;
-  if (s.includes("is a directory")) return Errno.EISDIR;
-  if (s.includes("exists")) return Errno.EEXIST;
-  if (s === Ename.interrupted) return Errno.EINTR;
-  if (s.includes("name too long")) return Errno.ENAMETOOLONG;
-  if (s.includes("illegal name")) return Errno.EINVAL;
-  if (s.includes("read-only") || s.includes("read only")) return Errno.EROFS;
-  if (s.includes("no space")) return Errno.ENOSPC;
-  return Errno.EIO;
-}
-
-/** A local failure carrying its errno directly. */
-class Fail extends Error {
-  constructor(readonly errno: number) {
-    super(`errno ${errno}`);
-  }
-}
-
-/** The errno value for a failure of either kind. */
-function errnoFrom(e: unknown): number {
-  return e instanceof Fail ? e.errno : errnoOf(e);
-}
-
-interface Inode {
-  id: bigint;
-  /** `${id}/`: the start of the keys of the names in this directory. */
-  prefix: string;
-  parent: Inode | null;
-  name: string;
-  qpath: bigint;
-  isDir: boolean;
-  node: Node | null;
-  /** Rename epoch the cached node was walked in (paths may be stale after a rename). */
-  epoch: number;
-  walking: Promise<Node> | null;
-  nlookup: number;
-  /** Length as last seen (stat, lookup or directory read). */
-  length: bigint;
-  /** Attributes as last seen, and when (performance.now()); 0: not to be reused. */
-  dir: Dir | null;
-  dirAt: number;
-  /** For directories: the entries by name as last read, and when. */
-  listing: Map<string, Dir> | null;
-  listingAt: number;
-  listingLoad: Promise<Map<string, Dir> | null> | null;
-  /**
-   * For directories: the entries of `listing` in order when they were read
-   * ahead (or for lookups) and no OPENDIR has used them yet; the next one may.
-   */
-  unread: Dir[] | null;
-  /** For directories: `listing` was read to answer lookups (names are being looked up one by one). */
-  scanned?: boolean;
-  /** For directories: bumped by every change made through the mount (a load begun before is stale). */
-  gen: number;
-  /** For directories: subdirectories opened (by name) since `dirsAt`, and the one opened last. */
-  dirsOpened?: Set<string>;
-  dirsAt?: number;
-  lastDir?: string;
-  /** For directories: the subdirectories of `listing`, in its order and sorted, with places. */
-  subdirs?: {
-    of: Map<string, Dir>;
-    listed: [string[], Map<string, number>];
-    sorted: [string[], Map<string, number>];
-  };
-  /** Lookups that missed the listing since `missAt`. */
-  misses: number;
-  missAt: number;
-  /** For directories: entry names of `listing` in its order, and each name's place (made when needed). */
-  order?: { of: Map<string, Dir>; names: string[]; place: Map<string, number> };
-  /** For directories: place of the file opened last, and how many opens in a row came in order. */
-  lastOpen?: number;
-  streak?: number;
-}
-
-/** An inode with nothing cached yet. */
-function inode(
-  id: bigint,
-  parent: Inode | null,
-  name: string,
-  qpath: bigint,
-  isDir: boolean,
-  node: Node | null,
-  epoch: number,
-  nlookup: number,
-): Inode {
-  return {
-    id,
-    prefix: `${id}/`,
-    parent,
-    name,
-    qpath,
-    isDir,
-    node,
-    epoch,
-    walking: null,
-    nlookup,
-    length: 0n,
-    dir: null,
-    dirAt: -Infinity,
-    listing: null,
-    listingAt: -Infinity,
-    listingLoad: null,
-    unread: null,
-    gen: 0,
-    misses: 0,
-    missAt: 0,
-  };
-}
-
-/** A small file opened and read ahead of the kernel asking for it. */
-interface Prefetch {
-  ino: Inode;
-  qpath: bigint;
-  file: Promise<OpenFile | null>;
-  head: Promise<Uint8Array | null>;
-  count: number;
-  at: number;
-}
-
-interface Handle {
-  ino: Inode;
-  /** The open file; null for a directory whose entries were read ahead (opened when needed). */
-  file: OpenFile | null;
-  direct: boolean;
-  /** The start of the file, read together with the open (used once). */
-  head: Promise<Uint8Array | null> | null;
-  headCount: number;
-  entries: Dir[] | null;
-  /** `entries` were read ahead: the first READDIR at offset 0 uses them. */
-  fresh: boolean;
-}
-
-/** `p`, or a rejection with "interrupted" as soon as `signal` aborts. */
-function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(new StyxError(Ename.interrupted));
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(new StyxError(Ename.interrupted));
-    signal.addEventListener("abort", onAbort, { once: true });
-    p.then(
-      (v) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(v);
-      },
-      (e) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(e);
-      },
-    );
-  });
-}
-
-/** Work to do once a request's reply has been written. */
-interface Late {
-  after: (() => void) | null;
-}
-
-/** A name a directory entry can carry on the host. */
-function usableName(name: string): boolean {
-  return name !== "" && name !== "." && name !== ".." && !name.includes("/") &&
-    !name.includes("\0");
-}
-
-function key(parent: Inode, name: string): string {
-  return parent.prefix + name;
-}
 
 /**
  * Serves `root` on an open, mounted /dev/fuse descriptor until the kernel
@@ -305,46 +66,39 @@ function key(parent: Inode, name: string): string {
  */
 export class FuseSession {
   readonly #fd: number;
-  readonly #root: Inode;
-  readonly #t: Validity;
   readonly #opts: SessionOptions;
   readonly #maxIo: number;
-  readonly #uid: number;
-  readonly #gid: number;
-  readonly #inodes = new Map<bigint, Inode>();
-  readonly #byKey = new Map<string, Inode>();
-  readonly #handles = new Map<bigint, Handle>();
+  readonly #ops: FuseOps;
   readonly #inflight = new Map<bigint, AbortController>();
-  readonly #ahead = new Map<Inode, Prefetch>();
-  /** Files released by the kernel, to be closed with the next open. */
-  #closing: OpenFile[] = [];
-  #closeTimer: ReturnType<typeof setTimeout> | undefined;
-  /** Subdirectories read ahead during a scan before the kernel looked them up, by key. */
-  readonly #unseen = new Map<string, Inode>();
   readonly #headerBytes = new Uint8Array(OUT_HEADER);
   readonly #header = new DataView(this.#headerBytes.buffer);
-  #nextId = 2n;
-  #nextFh = 1n;
-  #epoch = 0;
   #stopped = false;
   readonly #done: Promise<void>;
   #resolveInit!: () => void;
   /** Resolves once the kernel's FUSE_INIT has been answered. */
   readonly initialised: Promise<void>;
+  /** Requests answered at once, without a reply of their own (or before any other). */
+  readonly #immediate = new Map<number, (h: InHeader, body: Uint8Array) => void>([
+    [Op.FORGET, (h, b) => this.#ops.inodes.forget(h.nodeid, decodeForgetIn(b))],
+    [Op.BATCH_FORGET, (_h, b) => {
+      for (const [id, n] of decodeBatchForgetIn(b)) this.#ops.inodes.forget(id, n);
+    }],
+    [Op.INTERRUPT, (_h, b) => this.#inflight.get(decodeInterruptIn(b))?.abort()],
+    [Op.INIT, (h, b) => this.#init(h.unique, b)],
+  ]);
 
   /** Serve `root` on the mounted device `fd`; the loop starts at once. */
   constructor(fd: number, root: Node, opts: SessionOptions = {}) {
     this.#fd = fd;
     this.#opts = opts;
-    this.#t = {
+    const t = {
       entryMs: (opts.entryTimeout ?? 1) * 1000,
       attrMs: (opts.attrTimeout ?? 1) * 1000,
     };
     this.#maxIo = opts.maxIo ?? 1024 * 1024;
-    this.#uid = opts.uid ?? Deno.uid() ?? 0;
-    this.#gid = opts.gid ?? Deno.gid() ?? 0;
-    this.#root = inode(ROOT_ID, null, "", root.qid.path, true, root, Infinity, 1);
-    this.#inodes.set(ROOT_ID, this.#root);
+    const uid = opts.uid ?? Deno.uid() ?? 0;
+    const gid = opts.gid ?? Deno.gid() ?? 0;
+    this.#ops = new FuseOps(root, t, uid, gid, opts.directIo === true);
     this.initialised = new Promise((r) => (this.#resolveInit = r));
     this.#done = this.#loop();
   }
@@ -356,12 +110,12 @@ export class FuseSession {
 
   /** Number of node ids the kernel currently holds. */
   get inodeCount(): number {
-    return this.#inodes.size;
+    return this.#ops.inodes.size;
   }
 
   /** Number of open files and directories. */
   get openHandles(): number {
-    return this.#handles.size;
+    return this.#ops.handleCount;
   }
 
   /** Stop reading requests (the caller unmounts and closes the descriptor). */
@@ -406,36 +160,8 @@ export class FuseSession {
       this.#stopped = true;
       this.#resolveInit();
       for (const c of this.#inflight.values()) c.abort();
-      this.#flushCloses();
-      if (this.#closeTimer !== undefined) clearTimeout(this.#closeTimer);
-      const hs = [...this.#handles.values()];
-      this.#handles.clear();
-      for (const p of [...this.#ahead.values()]) this.#drop(p);
-      await Promise.allSettled(hs.map((h) => h.file?.close()));
-      const nodes = [...this.#inodes.values()].filter((i) => i !== this.#root && i.node);
-      await Promise.allSettled(nodes.map((i) => i.node!.close()));
+      await this.#ops.shutdown();
     }
-  }
-
-  /**
-   * Close `f` soon: with the next open sent to the server (the clunk then
-   * shares its write), or after CLOSE_DELAY_MS. Nothing waits on a clunk.
-   */
-  #closeLater(f: OpenFile): void {
-    this.#closing.push(f);
-    // One timer at a time; flushing early leaves it to find nothing.
-    this.#closeTimer ??= setTimeout(() => {
-      this.#closeTimer = undefined;
-      this.#flushCloses();
-    }, CLOSE_DELAY_MS);
-  }
-
-  /** Close every file {@link #closeLater} holds. */
-  #flushCloses(): void {
-    if (this.#closing.length === 0) return;
-    const fs = this.#closing;
-    this.#closing = [];
-    for (const f of fs) f.close().catch(() => {});
   }
 
   /**
@@ -467,47 +193,38 @@ export class FuseSession {
   #dispatch(req: Uint8Array): void {
     const h = decodeInHeader(req);
     const body = req.subarray(IN_HEADER, h.len);
-    if (h.opcode === Op.FORGET) {
-      this.#forget(h.nodeid, new DataView(body.buffer, body.byteOffset).getBigUint64(0, true));
+    const now = this.#immediate.get(h.opcode);
+    if (now) {
+      now(h, body);
       return;
     }
-    if (h.opcode === Op.BATCH_FORGET) {
-      const v = new DataView(body.buffer, body.byteOffset, body.byteLength);
-      const count = v.getUint32(0, true);
-      for (let i = 0; i < count && 8 + i * 16 + 16 <= body.length; i++) {
-        this.#forget(v.getBigUint64(8 + i * 16, true), v.getBigUint64(16 + i * 16, true));
-      }
-      return;
-    }
-    if (h.opcode === Op.INTERRUPT) {
-      const target = new DataView(body.buffer, body.byteOffset).getBigUint64(0, true);
-      this.#inflight.get(target)?.abort();
-      return;
-    }
-    if (h.opcode === Op.INIT) {
-      this.#init(h.unique, body);
-      return;
-    }
+    const handler = HANDLERS.get(h.opcode);
     const ac = new AbortController();
     this.#inflight.set(h.unique, ac);
     const started = this.#opts.debug ? performance.now() : 0;
     const late: Late = { after: null };
-    this.#handle(h.opcode, h.nodeid, body, ac.signal, late).then(
+    const run = async () => {
+      // Not in Styx (xattrs, links, locks...): ENOSYS tells the kernel to stop asking.
+      if (!handler) throw new ErrnoError(Errno.ENOSYS);
+      return await handler(this.#ops, { nodeid: h.nodeid, body, signal: ac.signal, late });
+    };
+    run().then(
       (parts) => {
         this.#inflight.delete(h.unique);
         if (this.#opts.debug) {
-          console.error(
-            `fuse: op ${h.opcode} node ${h.nodeid} ok (${
-              (performance.now() - started).toFixed(1)
-            } ms)`,
-          );
+          const ms = (performance.now() - started).toFixed(1);
+          console.error(`fuse: op ${h.opcode} node ${h.nodeid} ok (${ms} ms)`);
         }
         if (parts !== null) this.#reply(h.unique, 0, parts);
         late.after?.();
       },
       (e) => {
         this.#inflight.delete(h.unique);
-        const err = e instanceof Fail ? e.errno : ac.signal.aborted ? Errno.EINTR : errnoOf(e);
+        const err = e instanceof ErrnoError
+          ? e.errno
+          : ac.signal.aborted
+          ? Errno.EINTR
+          : errnoOf(e);
         if (this.#opts.debug) {
           console.error(`fuse: op ${h.opcode} node ${h.nodeid} error ${err}: ${errorString(e)}`);
         }
@@ -538,1077 +255,5 @@ export class FuseSession {
       }),
     ]);
     this.#resolveInit();
-  }
-
-  // -- inodes -----------------------------------------------------------------
-
-  #inode(id: bigint): Inode {
-    const i = this.#inodes.get(id);
-    if (!i) throw new Fail(Errno.ENOENT);
-    return i;
-  }
-
-  #forget(id: bigint, n: bigint): void {
-    const i = this.#inodes.get(id);
-    if (!i || i === this.#root) return;
-    i.nlookup -= Number(n);
-    if (i.nlookup > 0) return;
-    this.#inodes.delete(id);
-    if (i.parent && this.#byKey.get(key(i.parent, i.name)) === i) {
-      this.#byKey.delete(key(i.parent, i.name));
-    }
-    const node = i.node;
-    i.node = null;
-    node?.close().catch(() => {});
-  }
-
-  /** Record a lookup of `name` in `parent` (one more kernel reference). */
-  #remember(parent: Inode, name: string, d: Dir, node: Node | null): Inode {
-    const k = key(parent, name);
-    const old = this.#byKey.get(k);
-    const isDir = (d.qid.type & QTDIR) !== 0;
-    if (old && old.qpath === d.qid.path && old.isDir === isDir) {
-      old.nlookup++;
-      this.#saw(old, d);
-      if (node) {
-        if (old.node === null && old.walking === null) {
-          old.node = node;
-          old.epoch = this.#epoch;
-        } else node.close().catch(() => {});
-      }
-      return old;
-    }
-    if (old) {
-      // A different file now has this name: the old node id may no longer walk here.
-      old.parent = null;
-    }
-    const ahead = this.#unseen.get(k);
-    if (ahead) this.#unseen.delete(k);
-    let ino: Inode;
-    if (ahead && !old && ahead.qpath === d.qid.path && ahead.isDir === isDir) {
-      // Read ahead before the kernel knew it: the kernel knows it now.
-      ino = ahead;
-      ino.nlookup = 1;
-      this.#saw(ino, d);
-      if (node) {
-        ino.node = node;
-        ino.epoch = this.#epoch;
-      }
-    } else {
-      ino = this.#newInode(parent, name, d.qid.path, isDir, node);
-      ino.nlookup = 1;
-      this.#saw(ino, d);
-    }
-    this.#inodes.set(ino.id, ino);
-    this.#byKey.set(k, ino);
-    return ino;
-  }
-
-  /** A new inode for `name` in `parent` (not yet known to the kernel: nlookup 0). */
-  #newInode(
-    parent: Inode,
-    name: string,
-    qpath: bigint,
-    isDir: boolean,
-    node: Node | null,
-  ): Inode {
-    return inode(this.#nextId++, parent, name, qpath, isDir, node, this.#epoch, 0);
-  }
-
-  /** The node for `ino`, walking from its nearest known ancestor when needed. */
-  #nodeOf(ino: Inode): Promise<Node> {
-    if (ino.node && (ino === this.#root || ino.epoch === this.#epoch)) {
-      return Promise.resolve(ino.node);
-    }
-    if (ino.walking) return ino.walking;
-    const stale = ino.node;
-    ino.node = null;
-    stale?.close().catch(() => {});
-    const p = ino.parent;
-    if (!p) return Promise.reject(new Fail(Errno.ENOENT));
-    const epoch = this.#epoch;
-    const w = (async () => {
-      const pn = await this.#nodeOf(p);
-      const r = await pn.walk([ino.name]);
-      if (!r.node) throw new StyxError(Ename.notFound);
-      ino.node = r.node;
-      ino.epoch = epoch;
-      return r.node;
-    })().finally(() => {
-      ino.walking = null;
-    });
-    ino.walking = w;
-    return w;
-  }
-
-  /**
-   * The nearest of `ino` and its ancestors that holds a walked node, and
-   * the names from there down to `ino`: one Twalk reaches it, however
-   * many directories above it were only ever seen in listings.
-   */
-  async #pathTo(ino: Inode): Promise<[Node, string[]]> {
-    const names: string[] = [];
-    let cur = ino;
-    for (;;) {
-      if (cur.node && (cur === this.#root || cur.epoch === this.#epoch)) return [cur.node, names];
-      // Leave room for one more name: a Twalk carries at most 16.
-      if (cur.walking || !cur.parent || names.length >= 15) {
-        return [await this.#nodeOf(cur), names];
-      }
-      names.unshift(cur.name);
-      cur = cur.parent;
-    }
-  }
-
-  /** `ino` is being changed through this mount: forget what was cached about it. */
-  #changed(ino: Inode): void {
-    // -Infinity, not 0: performance.now() counts from process start, so 0
-    // would still look fresh during a new mount's first second.
-    ino.dirAt = -Infinity;
-    if (ino.parent) this.#unlist(ino.parent);
-    const p = this.#ahead.get(ino);
-    if (p) this.#drop(p);
-  }
-
-  /**
-   * Directory `dir` is being changed through this mount: forget its
-   * listing, and make any read of it still under way unable to keep what
-   * it reads.
-   */
-  #unlist(dir: Inode): void {
-    dir.listing = null;
-    dir.unread = null;
-    dir.listingLoad = null;
-    dir.gen++;
-    // Its subdirectories read ahead by name may no longer be what those names are.
-    for (const [k, ino] of this.#unseen) if (ino.parent === dir) this.#unseen.delete(k);
-  }
-
-  /** Forget a file opened ahead, clunking it. */
-  #drop(p: Prefetch): void {
-    if (this.#ahead.get(p.ino) === p) this.#ahead.delete(p.ino);
-    p.file.then((f) => f?.close()).catch(() => {});
-  }
-
-  /** The file `ino` opened ahead moments ago (unchanged since), taken for use, or null. */
-  #takeAhead(ino: Inode): Prefetch | null {
-    const p = this.#ahead.get(ino);
-    if (!p) return null;
-    this.#ahead.delete(ino);
-    if (performance.now() - p.at < this.#t.attrMs && p.qpath === ino.qpath) return p;
-    this.#drop(p);
-    return null;
-  }
-
-  /**
-   * `ino` was opened for reading. When its directory is being read file
-   * by file in listing order, open and read the next small files now, so
-   * that their opens find them waiting instead of costing a round trip each.
-   */
-  #readAhead(ino: Inode): void {
-    const dir = ino.parent;
-    if (!dir || !dir.listing || this.#t.attrMs <= 0) return;
-    if (performance.now() - dir.listingAt >= this.#t.entryMs) return;
-    const listing = dir.listing;
-    if (dir.order?.of !== listing) {
-      const names = [...listing.keys()];
-      dir.order = { of: listing, names, place: new Map(names.map((n, i) => [n, i])) };
-    }
-    const { names, place } = dir.order;
-    const at = place.get(ino.name);
-    if (at === undefined) return;
-    const last = dir.lastOpen ?? -2;
-    dir.streak = at > last && at <= last + AHEAD + 1 ? (dir.streak ?? 0) + 1 : 0;
-    dir.lastOpen = at;
-    if (dir.streak < AHEAD_AFTER) return;
-    const now = performance.now();
-    for (const p of [...this.#ahead.values()]) {
-      if (now - p.at >= this.#t.attrMs) this.#drop(p);
-    }
-    for (let i = at + 1; i <= at + AHEAD && i < names.length; i++) {
-      if (this.#ahead.size >= AHEAD * 2) break;
-      const name = names[i]!;
-      const next = this.#byKey.get(key(dir, name));
-      const d = listing.get(name);
-      if (!next || !d || next.isDir || this.#ahead.has(next) || next.qpath !== d.qid.path) continue;
-      if (d.length <= 0n || d.length > BigInt(HEAD_MAX) || (d.qid.type & QTAPPEND) !== 0) continue;
-      if (this.#opts.directIo) continue;
-      const head = { count: Number(d.length) + 1 } as {
-        count: number;
-        data?: Promise<Uint8Array | null>;
-      };
-      const signal = new AbortController().signal;
-      const file = this.#openIno(next, OREAD, signal, head).catch(() => null);
-      const p: Prefetch = {
-        ino: next,
-        qpath: next.qpath,
-        file,
-        head: head.data ?? Promise.resolve(null),
-        count: head.count,
-        at: now,
-      };
-      this.#ahead.set(next, p);
-      // A head is only known once the open has gone out.
-      file.then(() => {
-        if (head.data) p.head = head.data;
-        p.count = head.count;
-      });
-    }
-  }
-
-  #setListing(dir: Inode, entries: Dir[], unread: boolean): void {
-    const m = new Map<string, Dir>();
-    for (const e of entries) m.set(e.name, e);
-    dir.listing = m;
-    dir.listingAt = performance.now();
-    dir.unread = unread ? entries : null;
-  }
-
-  /**
-   * Read directory `dir` whole (walk, open, read, clunk) and keep it as its
-   * listing, not yet used by an OPENDIR. Resolves with the listing, or null
-   * when the directory was changed through this mount meanwhile. One read
-   * at a time per directory; every caller shares it.
-   */
-  #loadListing(dir: Inode, forLookups: boolean): Promise<Map<string, Dir> | null> {
-    if (dir.listingLoad) return dir.listingLoad;
-    const gen = dir.gen;
-    // Shared by every caller: no one caller's interrupt may end it.
-    const signal = new AbortController().signal;
-    const load: Promise<Map<string, Dir> | null> = (async () => {
-      const head = { count: Number.MAX_SAFE_INTEGER } as {
-        count: number;
-        data?: Promise<Uint8Array | null>;
-      };
-      const f = await this.#openIno(dir, OREAD, signal, head);
-      try {
-        const entries = await this.#readDir(f, head.data, signal);
-        if (dir.gen !== gen) return null;
-        this.#setListing(dir, entries, true);
-        dir.scanned = forLookups;
-        return dir.listing;
-      } finally {
-        f.close().catch(() => {});
-      }
-    })().finally(() => {
-      if (dir.listingLoad === load) dir.listingLoad = null;
-    });
-    dir.listingLoad = load;
-    return load;
-  }
-
-  /**
-   * Entries of `dir` read ahead (or for lookups) within the entry timeout
-   * and not used by an OPENDIR yet: taken for this one, or null.
-   */
-  async #takeListing(dir: Inode, signal: AbortSignal): Promise<Dir[] | null> {
-    if (dir.listingLoad) await abortable(dir.listingLoad.catch(() => null), signal);
-    const e = dir.unread;
-    if (!e || performance.now() - dir.listingAt >= this.#t.entryMs) return null;
-    dir.unread = null;
-    return e;
-  }
-
-  /**
-   * Directory `ino` is being opened. When its parent's subdirectories are
-   * being opened one after another (ls -R, find, du, tar, git status), read
-   * the next few ahead, so that their OPENDIR and READDIR find the entries
-   * waiting instead of costing a round trip and the server's directory
-   * read each, one after another.
-   */
-  #openedDir(ino: Inode): void {
-    const p = ino.parent;
-    if (!p || this.#t.entryMs <= 0) return;
-    const now = performance.now();
-    const listing = p.listing;
-    if (!listing || now - p.listingAt >= this.#t.entryMs) return;
-    if (!p.dirsOpened || now - (p.dirsAt ?? -Infinity) >= this.#t.entryMs) {
-      p.dirsOpened = new Set();
-      p.lastDir = undefined;
-    }
-    p.dirsAt = now;
-    const prev = p.lastDir;
-    p.dirsOpened.add(ino.name);
-    p.lastDir = ino.name;
-    if (p.dirsOpened.size < DIRS_AHEAD_AFTER) return;
-    const subs = this.#subdirs(p, listing);
-    // Programs go through a directory in the order it lists (find, tar, git)
-    // or sorted by name (ls): follow whichever the last two opens fit, or both.
-    const orders: Array<[string[], Map<string, number>]> = [];
-    for (const o of [subs.listed, subs.sorted]) {
-      const at = o[1].get(ino.name);
-      const before = prev === undefined ? undefined : o[1].get(prev);
-      if (at !== undefined && (before === undefined || before < at)) orders.push(o);
-    }
-    if (orders.length === 0) orders.push(subs.listed, subs.sorted);
-    const cursors = orders.map((o) => (o[1].get(ino.name) ?? -1) + 1);
-    let pending = 0;
-    for (let step = 0; pending < DIRS_AHEAD && step < DIRS_AHEAD * 4; step++) {
-      let moved = false;
-      for (let k = 0; k < orders.length && pending < DIRS_AHEAD; k++) {
-        const names = orders[k]![0];
-        const i = cursors[k]!;
-        if (i >= names.length) continue;
-        cursors[k] = i + 1;
-        moved = true;
-        const name = names[i]!;
-        if (p.dirsOpened.has(name)) continue;
-        const child = this.#byKey.get(key(p, name));
-        const d = listing.get(name);
-        if (!child || !child.isDir || !d || child.qpath !== d.qid.path) continue;
-        pending++;
-        if (child.listingLoad) continue;
-        if (child.unread && now - child.listingAt < this.#t.entryMs) continue;
-        this.#loadListing(child, false).catch(() => null);
-      }
-      if (!moved) break;
-    }
-  }
-
-  /**
-   * Every entry of the open directory `f`. `first`, when given, is the
-   * reply to a read at offset 0 sent along with the open: reading goes on
-   * after it (or starts over when it failed). A union lists a name once
-   * per member; the kernel gets the first only, the file a lookup finds,
-   * so a name never stands for two inodes.
-   */
-  async #readDir(
-    f: OpenFile,
-    first: Promise<Uint8Array | null> | undefined,
-    signal: AbortSignal,
-  ): Promise<Dir[]> {
-    const got = first ? await first : null;
-    if (got === null || !(f instanceof RemoteFile)) {
-      return firstOfEachName(await f.readDir({ signal }));
-    }
-    const entries = decodeDirs(got);
-    let off = BigInt(got.length);
-    while (got.length > 0) {
-      const d = await f.readOnce(off, f.iounit, { signal });
-      if (d.length === 0) break;
-      for (const e of decodeDirs(d)) entries.push(e);
-      off += BigInt(d.length);
-    }
-    return firstOfEachName(entries);
-  }
-
-  /**
-   * Subdirectory `dir` of `parent` was looked up during a scan: read it
-   * whole for the lookups that follow, and the next few subdirectories
-   * after it in name order (the order of git's index and of sorted lists)
-   * too, even before the kernel looks them up.
-   */
-  #scanAhead(parent: Inode, dir: Inode, listing: Map<string, Dir>): void {
-    const now = performance.now();
-    const load = (ino: Inode) => {
-      if (ino.listingLoad || (ino.listing && now - ino.listingAt < this.#t.entryMs)) return;
-      this.#loadListing(ino, true).catch(() => null);
-    };
-    load(dir);
-    const [names, places] = this.#subdirs(parent, listing).sorted;
-    const at = places.get(dir.name);
-    if (at === undefined) return;
-    for (let i = at + 1; i < names.length && i <= at + SCAN_AHEAD; i++) {
-      const name = names[i]!;
-      const d = listing.get(name)!;
-      const k = key(parent, name);
-      let child = this.#byKey.get(k) ?? this.#unseen.get(k);
-      if (child && (!child.isDir || child.qpath !== d.qid.path)) continue;
-      if (!child) {
-        if (this.#unseen.size >= UNSEEN_MAX) {
-          const oldest = this.#unseen.keys().next().value;
-          if (oldest !== undefined) this.#unseen.delete(oldest);
-        }
-        child = this.#newInode(parent, name, d.qid.path, true, null);
-        this.#unseen.set(k, child);
-      }
-      load(child);
-    }
-  }
-
-  /** The subdirectories in `listing` of `dir`, in listing order and sorted by name. */
-  #subdirs(dir: Inode, listing: Map<string, Dir>): NonNullable<Inode["subdirs"]> {
-    if (dir.subdirs?.of === listing) return dir.subdirs;
-    const names: string[] = [];
-    for (const [name, d] of listing) if ((d.qid.type & QTDIR) !== 0) names.push(name);
-    const sorted = [...names].sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
-    const places = (ns: string[]) => new Map(ns.map((n, i) => [n, i]));
-    dir.subdirs = {
-      of: listing,
-      listed: [names, places(names)],
-      sorted: [sorted, places(sorted)],
-    };
-    return dir.subdirs;
-  }
-
-  /**
-   * The fresh listing of directory `dir` to answer a lookup from, or null.
-   * A directory read moments ago answers at once; after a few lookups
-   * that missed within one entry timeout (ls -l, git status, make) the
-   * whole directory is read once instead of walking to each name.
-   */
-  async #listingFor(dir: Inode, signal: AbortSignal): Promise<Map<string, Dir> | null> {
-    const now = performance.now();
-    if (dir.listing && now - dir.listingAt < this.#t.entryMs) return dir.listing;
-    if (this.#t.entryMs <= 0) return null;
-    let load = dir.listingLoad;
-    if (!load) {
-      if (now - dir.missAt > this.#t.entryMs) dir.misses = 0;
-      dir.missAt = now;
-      if (++dir.misses < 3) return null;
-      dir.misses = 0;
-      load = this.#loadListing(dir, true);
-    }
-    try {
-      return await abortable(load, signal);
-    } catch (e) {
-      if (signal.aborted) throw e;
-      return null; // fall back to a walk
-    }
-  }
-
-  /** Note fresh attributes of `ino`. */
-  #saw(ino: Inode, d: Dir): void {
-    ino.length = d.length;
-    ino.dir = d;
-    ino.dirAt = performance.now();
-  }
-
-  #attr(d: Dir): Attr {
-    const isDir = (d.qid.type & QTDIR) !== 0 || (d.mode & DMDIR) !== 0;
-    const size = d.length;
-    return {
-      ino: d.qid.path === 0n ? 0xffffffffffffn : d.qid.path,
-      size,
-      blocks: (size + 511n) / 512n,
-      atime: d.atime,
-      mtime: d.mtime,
-      ctime: d.mtime,
-      mode: (isDir ? S_IFDIR : S_IFREG) | (d.mode & 0o777),
-      nlink: isDir ? 2 : 1,
-      uid: this.#uid,
-      gid: this.#gid,
-      blksize: 128 * 1024,
-    };
-  }
-
-  #entry(ino: Inode, d: Dir): Uint8Array {
-    return entryOut(ino.id, this.#attr(d), this.#t);
-  }
-
-  /** A lookup's answer "no such name", which the kernel may remember for `ms`. */
-  #negative(ms: number): Uint8Array {
-    const a: Attr = {
-      ino: 0n,
-      size: 0n,
-      blocks: 0n,
-      atime: 0,
-      mtime: 0,
-      ctime: 0,
-      mode: 0,
-      nlink: 0,
-      uid: 0,
-      gid: 0,
-      blksize: 0,
-    };
-    return entryOut(0n, a, { entryMs: Math.max(0, ms), attrMs: 0 });
-  }
-
-  /** Open `ino` with 9P `mode`: two messages to a Styx server (walk, open). */
-  async #openIno(
-    ino: Inode,
-    mode: number,
-    signal: AbortSignal,
-    head?: { count: number; data?: Promise<Uint8Array | null> },
-  ): Promise<OpenFile> {
-    const [base, names] = await this.#pathTo(ino);
-    // Files closed meanwhile are clunked first, in the same write.
-    this.#flushCloses();
-    if (base instanceof RemoteNode) {
-      // Twalk and Topen sent together: one round trip when the server
-      // queues requests on a fid behind the walk that makes it (Ferry's
-      // does); otherwise the open is simply sent again after the walk.
-      const c = base.client;
-      const fid = c.allocFid();
-      const walked = c.walkFid(base.fid, fid, names, { signal });
-      const opened = c.rpc({ type: MsgType.Topen, fid, mode }, { signal }).then(
-        (r) => r,
-        () => null,
-      );
-      if (head && head.count > 0) {
-        // A small file is read in the same round trip as it is opened.
-        head.count = Math.min(head.count, c.maxIo);
-        head.data = c.rpc({ type: MsgType.Tread, fid, offset: 0n, count: head.count })
-          .then((r) => r.data, () => null);
-      }
-      let q;
-      try {
-        q = await walked;
-      } catch (e) {
-        await opened;
-        throw e;
-      }
-      if (q.length < names.length) {
-        await opened;
-        throw new StyxError(Ename.notFound);
-      }
-      const r = await opened;
-      if (r) return new RemoteFile(c, fid, r.qid, r.iounit);
-      return await c.openFid(fid, mode, { signal });
-    }
-    if (names.length === 0) return await base.open(mode, { signal });
-    const w = await base.walk(names, { signal });
-    if (!w.node) throw new StyxError(Ename.notFound);
-    try {
-      return await w.node.open(mode, { signal });
-    } finally {
-      w.node.close().catch(() => {});
-    }
-  }
-
-  /** Walk to `name` under `pn` and stat it: one round trip to a Ferry server (pipelined). */
-  async #walkStat(pn: Node, names: string[], signal: AbortSignal): Promise<[Node, Dir]> {
-    const o = { signal };
-    if (!(pn instanceof RemoteNode)) {
-      const w = await pn.walk(names, o);
-      if (!w.node) throw new Fail(Errno.ENOENT);
-      try {
-        return [w.node, await w.node.stat(o)];
-      } catch (e) {
-        w.node.close().catch(() => {});
-        throw e;
-      }
-    }
-    const c = pn.client;
-    const fid = c.allocFid();
-    const walked = c.walkFid(pn.fid, fid, names, o);
-    const statted = c.rpc({ type: MsgType.Tstat, fid }, o).then((r) => r.stat, () => null);
-    let q;
-    try {
-      q = await walked;
-    } catch (e) {
-      await statted;
-      throw e;
-    }
-    if (q.length < names.length || q.length === 0) {
-      await statted;
-      throw new Fail(Errno.ENOENT);
-    }
-    const node = new RemoteNode(c, fid, q[q.length - 1]!);
-    try {
-      return [node, (await statted) ?? await node.stat(o)];
-    } catch (e) {
-      node.close().catch(() => {});
-      throw e;
-    }
-  }
-
-  #newHandle(ino: Inode, file: OpenFile | null, direct: boolean): bigint {
-    const fh = this.#nextFh++;
-    this.#handles.set(fh, {
-      ino,
-      file,
-      direct,
-      entries: null,
-      fresh: false,
-      head: null,
-      headCount: 0,
-    });
-    return fh;
-  }
-
-  #handleOf(fh: bigint): Handle {
-    const h = this.#handles.get(fh);
-    if (!h) throw new Fail(Errno.EBADF);
-    return h;
-  }
-
-  // -- requests ---------------------------------------------------------------
-
-  /** Run one request; resolves with the reply body, or null for "no reply". */
-  async #handle(
-    op: number,
-    nodeid: bigint,
-    body: Uint8Array,
-    signal: AbortSignal,
-    late: Late,
-  ): Promise<Uint8Array[] | null> {
-    const v = new DataView(body.buffer, body.byteOffset, body.byteLength);
-    const o = { signal };
-    switch (op) {
-      case Op.LOOKUP: {
-        const parent = this.#inode(nodeid);
-        const [name] = cString(body, 0);
-        if (!parent.isDir) throw new Fail(Errno.ENOTDIR);
-        const listing = await this.#listingFor(parent, signal);
-        if (listing) {
-          const d = listing.get(name);
-          if (!d) return [this.#negative(this.#t.entryMs - (performance.now() - parent.listingAt))];
-          const ino = this.#remember(parent, name, d, null);
-          // Names are being looked up one by one through this directory (git
-          // status, make, ls -l of named files): the subdirectory looked up now
-          // is likely next, so read it whole while the kernel goes on.
-          if (parent.scanned && ino.isDir && ino.qpath === d.qid.path) {
-            this.#scanAhead(parent, ino, listing);
-          }
-          return [this.#entry(ino, d)];
-        }
-        const [pn, path] = await this.#pathTo(parent);
-        const gen = parent.gen;
-        let found: [Node, Dir];
-        try {
-          path.push(name);
-          found = await this.#walkStat(pn, path, signal);
-        } catch (e) {
-          // Not there: the kernel may remember that for the entry timeout,
-          // unless this mount changed the directory meanwhile.
-          if (!signal.aborted && gen === parent.gen && errnoFrom(e) === Errno.ENOENT) {
-            return [this.#negative(this.#t.entryMs)];
-          }
-          throw e;
-        }
-        const [node, d] = found;
-        const ino = this.#remember(parent, name, d, node);
-        return [this.#entry(ino, d)];
-      }
-      case Op.GETATTR: {
-        const ino = this.#inode(nodeid);
-        // Attributes read moments ago by a lookup or READDIRPLUS serve again.
-        const age = performance.now() - ino.dirAt;
-        if (ino.dir && age < this.#t.attrMs) {
-          const left = { entryMs: this.#t.entryMs, attrMs: this.#t.attrMs - age };
-          return [attrOut(this.#attr(ino.dir), left)];
-        }
-        let d: Dir;
-        if (ino.node === null && ino.walking === null && ino.parent) {
-          const [pn, path] = await this.#pathTo(ino.parent);
-          path.push(ino.name);
-          const [node, st] = await this.#walkStat(pn, path, signal);
-          if (ino.node === null && ino.walking === null) {
-            ino.node = node;
-            ino.epoch = this.#epoch;
-          } else node.close().catch(() => {});
-          d = st;
-        } else {
-          d = await (await this.#nodeOf(ino)).stat(o);
-        }
-        this.#saw(ino, d);
-        return [attrOut(this.#attr(d), this.#t)];
-      }
-      case Op.SETATTR: {
-        const ino = this.#inode(nodeid);
-        this.#changed(ino);
-        const d = await this.#setattr(ino, v, o);
-        this.#changed(ino);
-        this.#saw(ino, d);
-        return [attrOut(this.#attr(d), this.#t)];
-      }
-      case Op.ACCESS:
-        throw new Fail(Errno.ENOSYS); // the server decides; the kernel stops asking
-      case Op.STATFS:
-        return [statfsOut({
-          blocks: 1n << 30n,
-          bfree: 1n << 29n,
-          bavail: 1n << 29n,
-          files: 1n << 24n,
-          ffree: 1n << 23n,
-          bsize: 4096,
-          namelen: 255,
-        })];
-      case Op.OPEN: {
-        const ino = this.#inode(nodeid);
-        const flags = v.getUint32(0, true);
-        const acc = flags & O_ACCMODE;
-        let mode = acc === O_WRONLY ? OWRITE : acc === O_RDWR ? ORDWR : OREAD;
-        if (flags & O_TRUNC) mode |= OTRUNC;
-        if (acc !== 0 || flags & O_TRUNC) this.#changed(ino);
-        // Files that say they are empty are often synthetic (ctl, status): read them directly.
-        // Append-only files ignore offsets: their writes must go one at a time, in order.
-        const direct = this.#opts.directIo === true ||
-          ((ino.dir?.qid.type ?? 0) & QTAPPEND) !== 0 ||
-          (!(flags & O_TRUNC) && acc !== O_WRONLY && ino.length === 0n);
-        const ahead = mode === OREAD && !direct ? this.#takeAhead(ino) : null;
-        const early = ahead ? await ahead.file : null;
-        if (ahead && early) {
-          const fh = this.#newHandle(ino, early, false);
-          const h = this.#handles.get(fh)!;
-          h.head = ahead.head;
-          h.headCount = ahead.count;
-          this.#readAhead(ino);
-          return [openOut(fh, FOPEN_KEEP_CACHE)];
-        }
-        // One byte more than the length: a short reply shows the end of the file.
-        const head = { count: 0 } as { count: number; data?: Promise<Uint8Array | null> };
-        if (mode === OREAD && !direct && ino.length > 0n && ino.length <= BigInt(HEAD_MAX)) {
-          head.count = Number(ino.length) + 1;
-        }
-        const file = await this.#openIno(ino, mode, signal, head);
-        const fh = this.#newHandle(ino, file, direct);
-        if (head.data) {
-          const h = this.#handles.get(fh)!;
-          h.head = head.data;
-          h.headCount = head.count;
-        }
-        if (mode === OREAD && !direct) this.#readAhead(ino);
-        // The page cache is kept across opens; AUTO_INVAL_DATA drops it when
-        // a fresh stat shows another mtime or size.
-        return [openOut(fh, direct ? FOPEN_DIRECT_IO : FOPEN_KEEP_CACHE)];
-      }
-      case Op.OPENDIR: {
-        const ino = this.#inode(nodeid);
-        this.#openedDir(ino);
-        const ahead = await this.#takeListing(ino, signal);
-        if (ahead) {
-          // Read moments ago: the directory is opened only if it is read again.
-          const fh = this.#newHandle(ino, null, false);
-          const h = this.#handles.get(fh)!;
-          h.entries = ahead;
-          h.fresh = true;
-          return [openOut(fh, 0)];
-        }
-        // The first directory read goes out with the open.
-        const head = { count: Number.MAX_SAFE_INTEGER } as {
-          count: number;
-          data?: Promise<Uint8Array | null>;
-        };
-        const file = await this.#openIno(ino, OREAD, signal, head);
-        const fh = this.#newHandle(ino, file, false);
-        if (head.data) this.#handles.get(fh)!.head = head.data;
-        return [openOut(fh, 0)];
-      }
-      case Op.READ: {
-        const h = this.#handleOf(v.getBigUint64(0, true));
-        const off = v.getBigUint64(8, true);
-        const size = v.getUint32(16, true);
-        const file = h.file;
-        if (!file) throw new Fail(Errno.EISDIR);
-        const parts = await this.#read(h, file, off, size, signal);
-        // The reply copies the data into the kernel: the buffers can carry later replies.
-        if (file instanceof RemoteFile) {
-          late.after = () => {
-            for (const p of parts) file.client.recycle(p);
-          };
-        }
-        return parts;
-      }
-      case Op.WRITE: {
-        const h = this.#handleOf(v.getBigUint64(0, true));
-        const off = v.getBigUint64(8, true);
-        const size = v.getUint32(16, true);
-        const data = body.subarray(40, 40 + size);
-        this.#changed(h.ino);
-        const n = await this.#write(h, off, data, signal);
-        this.#changed(h.ino);
-        return [writeOut(n)];
-      }
-      case Op.READDIR:
-      case Op.READDIRPLUS: {
-        const h = this.#handleOf(v.getBigUint64(0, true));
-        const off = v.getBigUint64(8, true);
-        const size = v.getUint32(16, true);
-        if (h.fresh && off === 0n) {
-          h.fresh = false;
-        } else if (off === 0n || h.entries === null) {
-          h.fresh = false;
-          if (!h.file) {
-            const f = await this.#openIno(h.ino, OREAD, signal);
-            if (h.file) f.close().catch(() => {});
-            else h.file = f;
-          }
-          const gen = h.ino.gen;
-          const first = h.head ?? undefined;
-          h.head = null;
-          h.entries = await this.#readDir(h.file!, first, signal);
-          if (h.ino.gen === gen) this.#setListing(h.ino, h.entries, false);
-        }
-        return [this.#dirents(h, Number(off), size, op === Op.READDIRPLUS)];
-      }
-      case Op.RELEASE:
-      case Op.RELEASEDIR: {
-        const fh = v.getBigUint64(0, true);
-        const h = this.#handles.get(fh);
-        this.#handles.delete(fh);
-        // Nothing waits on a clunk: answer at once.
-        if (h?.file) this.#closeLater(h.file);
-        return [];
-      }
-      case Op.FLUSH:
-        // Writes reach the server before WRITE is answered: nothing to flush
-        // at close. ENOSYS tells the kernel to stop sending FLUSH at all.
-        throw new Fail(Errno.ENOSYS);
-      case Op.FSYNC:
-      case Op.FSYNCDIR:
-        this.#handleOf(v.getBigUint64(0, true));
-        return [];
-      case Op.CREATE: {
-        const parent = this.#inode(nodeid);
-        const flags = v.getUint32(0, true);
-        const perm = v.getUint32(4, true) & 0o777;
-        const [name] = cString(body, 16);
-        const acc = flags & O_ACCMODE;
-        const mode = acc === O_WRONLY ? OWRITE : acc === O_RDWR ? ORDWR : OREAD;
-        const pn = await this.#nodeOf(parent);
-        this.#unlist(parent);
-        this.#flushCloses();
-        const c = await pn.create(name, perm, mode, o);
-        this.#unlist(parent);
-        let d: Dir;
-        try {
-          d = await c.node.stat(o);
-        } catch (e) {
-          await c.file.close().catch(() => {});
-          await c.node.close().catch(() => {});
-          throw e;
-        }
-        const ino = this.#remember(parent, name, d, c.node);
-        const fh = this.#newHandle(ino, c.file, this.#opts.directIo === true);
-        return [this.#entry(ino, d), openOut(fh, this.#opts.directIo ? FOPEN_DIRECT_IO : 0)];
-      }
-      case Op.MKDIR: {
-        const parent = this.#inode(nodeid);
-        const perm = v.getUint32(0, true) & 0o777;
-        const [name] = cString(body, 8);
-        const pn = await this.#nodeOf(parent);
-        this.#unlist(parent);
-        const c = await pn.create(name, (DMDIR | perm) >>> 0, OREAD, o);
-        this.#unlist(parent);
-        await c.file.close().catch(() => {});
-        let d: Dir;
-        try {
-          d = await c.node.stat(o);
-        } catch (e) {
-          await c.node.close().catch(() => {});
-          throw e;
-        }
-        return [this.#entry(this.#remember(parent, name, d, c.node), d)];
-      }
-      case Op.UNLINK:
-      case Op.RMDIR: {
-        const parent = this.#inode(nodeid);
-        const [name] = cString(body, 0);
-        const pn = await this.#nodeOf(parent);
-        const w = await pn.walk([name], o);
-        if (!w.node) throw new Fail(Errno.ENOENT);
-        const isDir = (w.node.qid.type & QTDIR) !== 0;
-        if (op === Op.UNLINK && isDir) {
-          await w.node.close();
-          throw new Fail(Errno.EISDIR);
-        }
-        if (op === Op.RMDIR && !isDir) {
-          await w.node.close();
-          throw new Fail(Errno.ENOTDIR);
-        }
-        this.#unlist(parent);
-        await w.node.remove(o);
-        this.#unlist(parent);
-        this.#unname(parent, name);
-        return [];
-      }
-      case Op.RENAME:
-      case Op.RENAME2: {
-        const newdir = v.getBigUint64(0, true);
-        let at = 8;
-        if (op === Op.RENAME2) {
-          if (v.getUint32(8, true) !== 0) throw new Fail(Errno.EINVAL);
-          at = 16;
-        }
-        const [oldname, next] = cString(body, at);
-        const [newname] = cString(body, next);
-        await this.#rename(this.#inode(nodeid), this.#inode(newdir), oldname, newname, signal);
-        return [];
-      }
-      case Op.DESTROY:
-        return [];
-      default:
-        // xattrs, links, locks, ioctl, poll, fallocate, lseek...: not in Styx.
-        throw new Fail(Errno.ENOSYS);
-    }
-  }
-
-  #unname(parent: Inode, name: string): void {
-    const k = key(parent, name);
-    const ino = this.#byKey.get(k);
-    if (!ino) return;
-    this.#byKey.delete(k);
-    ino.parent = null;
-    const p = this.#ahead.get(ino);
-    if (p) this.#drop(p);
-    const node = ino.node;
-    ino.node = null;
-    node?.close().catch(() => {});
-  }
-
-  async #setattr(ino: Inode, v: DataView, o: { signal: AbortSignal }): Promise<Dir> {
-    const valid = v.getUint32(0, true);
-    const node = await this.#nodeOf(ino);
-    const cur = await node.stat(o);
-    const d = nullDir();
-    let change = false;
-    if (valid & Fattr.SIZE) {
-      d.length = v.getBigUint64(16, true);
-      change = true;
-    }
-    const now = Math.floor(Date.now() / 1000);
-    if (valid & Fattr.MTIME) {
-      d.mtime = valid & Fattr.MTIME_NOW ? now : Number(v.getBigUint64(40, true));
-      change = true;
-    }
-    if (valid & Fattr.ATIME) {
-      d.atime = valid & Fattr.ATIME_NOW ? now : Number(v.getBigUint64(32, true));
-      change = true;
-    }
-    if (valid & Fattr.MODE) {
-      const mode = v.getUint32(68, true);
-      d.mode = ((cur.mode & ~0o777) | (mode & 0o777)) >>> 0;
-      change = true;
-    }
-    if (
-      (valid & Fattr.UID && v.getUint32(76, true) !== this.#uid) ||
-      (valid & Fattr.GID && v.getUint32(80, true) !== this.#gid)
-    ) {
-      throw new Fail(Errno.EPERM);
-    }
-    if (!change) return cur;
-    await node.wstat(d, o);
-    return await node.stat(o);
-  }
-
-  async #rename(
-    parent: Inode,
-    newdir: Inode,
-    oldname: string,
-    newname: string,
-    signal: AbortSignal,
-  ): Promise<void> {
-    // Styx renames only within a directory; EXDEV makes mv fall back to copy and remove.
-    if (parent !== newdir) throw new Fail(Errno.EXDEV);
-    if (oldname === newname) return;
-    const o = { signal };
-    this.#unlist(parent);
-    const pn = await this.#nodeOf(parent);
-    const w = await pn.walk([oldname], o);
-    if (!w.node) throw new Fail(Errno.ENOENT);
-    const node = w.node;
-    const isDir = (node.qid.type & QTDIR) !== 0;
-    try {
-      const d = nullDir();
-      d.name = newname;
-      try {
-        await node.wstat(d, o);
-      } catch (e) {
-        if (errnoOf(e) !== Errno.EEXIST) throw e;
-        // rename(2) replaces the target; Twstat does not: remove it first.
-        const t = await pn.walk([newname], o);
-        if (!t.node) throw e;
-        const targetDir = (t.node.qid.type & QTDIR) !== 0;
-        if (targetDir !== isDir) {
-          await t.node.close();
-          throw new Fail(isDir ? Errno.ENOTDIR : Errno.EISDIR);
-        }
-        await t.node.remove(o);
-        await node.wstat(d, o);
-      }
-    } finally {
-      node.close().catch(() => {});
-    }
-    this.#unlist(parent);
-    this.#unname(parent, newname);
-    const k = key(parent, oldname);
-    const ino = this.#byKey.get(k);
-    if (ino) {
-      this.#byKey.delete(k);
-      ino.name = newname;
-      this.#byKey.set(key(parent, newname), ino);
-      const stale = ino.node;
-      ino.node = null;
-      stale?.close().catch(() => {});
-    }
-    // Nodes below a renamed directory hold its old path: walk them again.
-    if (isDir) this.#epoch++;
-  }
-
-  /** Read for the kernel; the reply is written from the parts as they are (no copy). */
-  async #read(
-    h: Handle,
-    file: OpenFile,
-    off: bigint,
-    size: number,
-    signal: AbortSignal,
-  ): Promise<Uint8Array[]> {
-    if (h.head && off === 0n) {
-      const head = await h.head;
-      h.head = null;
-      // Whole when it holds all that was asked, or it was short (end of file).
-      if (head && (head.length >= size || head.length < h.headCount)) {
-        return [head.length > size ? head.subarray(0, size) : head];
-      }
-    }
-    const unit = file.iounit;
-    if (h.direct || unit <= 0 || size <= unit) return [await file.read(off, size, { signal })];
-    // Several Treads in flight for one large kernel read.
-    const parts: Promise<Uint8Array>[] = [];
-    for (let at = 0; at < size; at += unit) {
-      parts.push(file.read(off + BigInt(at), Math.min(unit, size - at), { signal }));
-    }
-    const got = await Promise.all(parts);
-    const out: Uint8Array[] = [];
-    for (let i = 0; i < got.length; i++) {
-      out.push(got[i]!);
-      if (got[i]!.length < Math.min(unit, size - i * unit)) break; // end of file
-    }
-    return out;
-  }
-
-  async #write(h: Handle, off: bigint, data: Uint8Array, signal: AbortSignal): Promise<number> {
-    const file = h.file;
-    if (!file) throw new Fail(Errno.EISDIR);
-    const unit = file.iounit;
-    if (h.direct || unit <= 0 || data.length <= unit) {
-      return await file.write(off, data, { signal });
-    }
-    const parts: Promise<number>[] = [];
-    for (let at = 0; at < data.length; at += unit) {
-      parts.push(file.write(off + BigInt(at), data.subarray(at, at + unit), { signal }));
-    }
-    const got = await Promise.all(parts);
-    let total = 0;
-    for (let i = 0; i < got.length; i++) {
-      total += got[i]!;
-      if (got[i]! < Math.min(unit, data.length - i * unit)) break;
-    }
-    return total;
-  }
-
-  #dirents(h: Handle, start: number, size: number, plus: boolean): Uint8Array {
-    const entries = h.entries ?? [];
-    // Sized to what fits, not to `size`: the kernel may offer a megabyte.
-    let total = 0;
-    let end = start;
-    const lens: number[] = [];
-    for (; end < entries.length; end++) {
-      const name = entries[end]!.name;
-      const len = utf8Length(name);
-      lens.push(len);
-      if (!usableName(name)) continue;
-      const need = direntSize(len, plus);
-      if (total + need > size) break;
-      total += need;
-    }
-    const b = new Uint8Array(total);
-    const v = new DataView(b.buffer);
-    let pos = 0;
-    for (let i = start; i < end; i++) {
-      const d = entries[i]!;
-      if (!usableName(d.name)) continue;
-      const a = this.#attr(d);
-      const type = (a.mode & 0o170000) === S_IFDIR ? DT_DIR : DT_REG;
-      if (plus) {
-        const ino = this.#remember(h.ino, d.name, d, null);
-        putEntry(v, pos, ino.id, a, this.#t);
-        pos += ENTRY_OUT;
-      }
-      pos += putDirent(b, v, pos, a.ino, i + 1, type, d.name, lens[i - start]!);
-    }
-    return b;
   }
 }

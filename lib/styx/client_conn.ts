@@ -585,8 +585,13 @@ export class StyxClient {
    * in: the qids, and the Ropen or the StyxError refusing it (which may
    * only mean the server ran the Topen before the walk). When the walk fell
    * short, `newfid` has been released; when it succeeded, the caller owns
-   * `newfid`, open or not. Other failures reject, with `newfid` released
-   * or clunked.
+   * `newfid`, open or not. Other failures (an interrupt included) reject,
+   * with `newfid` released or clunked.
+   *
+   * With `opts.readAhead`, a Tread of that many bytes (at most
+   * {@link maxIo}) at offset 0 follows the Topen: `head` resolves with its
+   * data, or null when it failed. `newfid` is given back only once every
+   * reply is in, so a late request never reaches a fid reused meanwhile.
    * @internal
    */
   async walkThenOpen(
@@ -594,14 +599,31 @@ export class StyxClient {
     newfid: number,
     names: string[],
     mode: number,
-  ): Promise<{ qids: Qid[]; open: Ropen | StyxError }> {
-    const walk = this.#rpc({ type: MsgType.Twalk, fid, newfid, wnames: names }, {});
-    const open = this.#rpc({ type: MsgType.Topen, fid: newfid, mode }, {});
-    const [w, o] = await Promise.allSettled([walk, open]);
-    const walked = w.status === "fulfilled" && w.value.wqids.length === names.length;
-    if (!walked) {
-      if (o.status === "fulfilled") {
-        // Cannot happen with a correct server; the fid is open, so clunk it.
+    opts: RpcOptions & { readAhead?: number } = {},
+  ): Promise<{ qids: Qid[]; open: Ropen | StyxError; head?: Promise<Uint8Array | null> }> {
+    const o = opts.signal ? { signal: opts.signal } : {};
+    const walk = this.#rpc({ type: MsgType.Twalk, fid, newfid, wnames: names }, o);
+    const open = this.#rpc({ type: MsgType.Topen, fid: newfid, mode }, o);
+    const count = Math.min(opts.readAhead ?? 0, this.maxIo);
+    const head = count > 0
+      ? this.#rpc({ type: MsgType.Tread, fid: newfid, offset: 0n, count }, o).then(
+        (r) => r.data.length > count ? null : r.data,
+        () => null,
+      )
+      : undefined;
+    const [w, op] = await Promise.allSettled([walk, open]);
+    // An interrupted walk whose Rwalk arrived before Rflush did happen.
+    const wr = w.status === "fulfilled"
+      ? w.value
+      : w.reason instanceof Interrupted && w.reason.reply?.type === MsgType.Rwalk
+      ? w.reason.reply
+      : undefined;
+    const walked = wr !== undefined && wr.wqids.length === names.length;
+    if (w.status === "rejected" || !walked) {
+      await head;
+      if (walked || op.status === "fulfilled") {
+        // The fid exists (or is even open, which a correct server never does
+        // after a failed walk): clunk it.
         this.clunk(newfid).catch(() => {});
       } else if (!this.#hungup) {
         this.releaseFid(newfid);
@@ -615,12 +637,12 @@ export class StyxClient {
       if (names.length > 0 && w.value.wqids.length === 0) throw new StyxError(Ename.notFound);
       return { qids: w.value.wqids, open: new StyxError(Ename.notFound) };
     }
-    if (o.status === "fulfilled") return { qids: w.value.wqids, open: o.value };
-    if (this.#hungup || !(o.reason instanceof StyxError)) {
+    if (op.status === "fulfilled") return { qids: w.value.wqids, open: op.value, head };
+    if (this.#hungup || !(op.reason instanceof StyxError) || op.reason instanceof Interrupted) {
       this.clunk(newfid).catch(() => {});
-      throw o.reason;
+      throw op.reason;
     }
-    return { qids: w.value.wqids, open: o.reason };
+    return { qids: w.value.wqids, open: op.reason, head };
   }
 
   /**

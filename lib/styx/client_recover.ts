@@ -31,7 +31,16 @@
 
 import { ConnectionLost, Hangup, type StyxClient } from "./client_conn.ts";
 import type { RemoteFile, RemoteNode } from "./client_tree.ts";
-import type { Caller, Created, Node, OpenFile, OpOptions, Tree, WalkResult } from "../fs/tree.ts";
+import type {
+  Caller,
+  Created,
+  Node,
+  OpenFile,
+  OpOptions,
+  Tree,
+  WalkOpenOptions,
+  WalkResult,
+} from "../fs/tree.ts";
 import { type Dir, Ename, OTRUNC, type Qid, StyxError } from "./types.ts";
 
 /** Options of {@link RecoveringTree.connect}. */
@@ -373,6 +382,35 @@ export class RecoverNode implements Node {
     if (!w.node) return { qids: w.qids };
     const path = joinNames(this.#names, names);
     return { qids: w.qids, node: new RecoverNode(this.#tree, this.#att, path, w.node, gen, true) };
+  }
+
+  /** Walk `names` and stat the file reached, in one round trip (see RemoteNode.walkStat). */
+  async walkStat(names: string[], opts: OpOptions = {}): Promise<{ node: RecoverNode; dir: Dir }> {
+    const { node, gen } = await this.#live();
+    let r;
+    try {
+      r = await node.walkStat(names, opts);
+    } catch (e) {
+      throw this.#tree.failed(e, this.#att, gen);
+    }
+    const path = joinNames(this.#names, names);
+    return { node: new RecoverNode(this.#tree, this.#att, path, r.node, gen, true), dir: r.dir };
+  }
+
+  /**
+   * Walk `names` and open the file reached, in one round trip (see
+   * RemoteNode.walkOpen); the file is opened again after a reconnection.
+   */
+  async walkOpen(names: string[], mode: number, opts: WalkOpenOptions = {}): Promise<RecoverFile> {
+    const { node, gen } = await this.#live();
+    let f: RemoteFile;
+    try {
+      f = await node.walkOpen(names, mode, opts);
+    } catch (e) {
+      throw this.#tree.failed(e, this.#att, gen);
+    }
+    const path = joinNames(this.#names, names);
+    return new RecoverFile(this.#tree, this.#att, path, mode, f, gen);
   }
 
   /** Open with `mode`; the file is opened again after a reconnection. */

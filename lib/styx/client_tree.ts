@@ -17,7 +17,16 @@ import {
   type Rread,
   StyxError,
 } from "./types.ts";
-import type { Caller, Created, Node, OpenFile, OpOptions, Tree, WalkResult } from "../fs/tree.ts";
+import type {
+  Caller,
+  Created,
+  Node,
+  OpenFile,
+  OpOptions,
+  Tree,
+  WalkOpenOptions,
+  WalkResult,
+} from "../fs/tree.ts";
 import { lostAs, type Origin, type StyxClient } from "./client_conn.ts";
 
 /**
@@ -186,6 +195,96 @@ export class RemoteNode implements Node {
   }
 
   /**
+   * Walk `names` and stat the file reached: the Tstat goes out with the
+   * Twalk, one round trip. Rejects with "file does not exist" unless every
+   * name was walked.
+   */
+  async walkStat(names: string[], opts: OpOptions = {}): Promise<{ node: RemoteNode; dir: Dir }> {
+    this.#check();
+    try {
+      return await this.#walkStat(names, opts);
+    } catch (e) {
+      throw lostAs(e, this.#origin);
+    }
+  }
+
+  async #walkStat(names: string[], opts: OpOptions): Promise<{ node: RemoteNode; dir: Dir }> {
+    const o = opts.signal ? { signal: opts.signal } : {};
+    if (names.length === 0 || names.length > 16) {
+      const w = await this.#walk(names, o);
+      if (!w.node) throw new StyxError(Ename.notFound);
+      try {
+        return { node: w.node, dir: await w.node.stat(o) };
+      } catch (e) {
+        w.node.close().catch(() => {});
+        throw e;
+      }
+    }
+    const c = this.client;
+    const fid = c.allocFid();
+    const walked = c.walkFid(this.fid, fid, names, o);
+    // A Tstat has no effect on the server: one that reaches a fid the walk
+    // did not make only fails.
+    const statted = c.rpc({ type: MsgType.Tstat, fid }, o).then((r) => r.stat, () => null);
+    let qids: Qid[];
+    try {
+      qids = await walked;
+    } catch (e) {
+      await statted;
+      throw e;
+    }
+    if (qids.length < names.length) {
+      await statted;
+      throw new StyxError(Ename.notFound);
+    }
+    const node = new RemoteNode(c, fid, qids[qids.length - 1]!, this.#origin);
+    try {
+      const st = await statted;
+      return { node, dir: st ?? await node.stat(o) };
+    } catch (e) {
+      node.close().catch(() => {});
+      throw e;
+    }
+  }
+
+  /**
+   * Walk `names` and open the file reached with `mode`: the Topen (and a
+   * Tread of `opts.readAhead` bytes at offset 0) go out with the Twalk, one
+   * round trip. Rejects with "file does not exist" unless every name was
+   * walked.
+   */
+  async walkOpen(names: string[], mode: number, opts: WalkOpenOptions = {}): Promise<RemoteFile> {
+    this.#check();
+    let f: RemoteFile;
+    try {
+      f = await this.#walkOpen(names, mode, opts);
+    } catch (e) {
+      throw lostAs(e, this.#origin);
+    }
+    f.origin = this.#origin;
+    return f;
+  }
+
+  async #walkOpen(names: string[], mode: number, opts: WalkOpenOptions): Promise<RemoteFile> {
+    const c = this.client;
+    const o = opts.signal ? { signal: opts.signal } : {};
+    const fid = c.allocFid();
+    if (names.length > 16) {
+      const qids = await c.walkLong(this.fid, fid, names, o);
+      if (qids.length < names.length) throw new StyxError(Ename.notFound);
+      return await c.openFid(fid, mode, o);
+    }
+    const w = await c.walkThenOpen(this.fid, fid, names, mode, { ...o, readAhead: opts.readAhead });
+    if (w.qids.length < names.length) throw new StyxError(Ename.notFound);
+    // Refused, perhaps only for overtaking the walk: open in place now.
+    const f = w.open instanceof StyxError
+      ? await c.openFid(fid, mode, o)
+      : new RemoteFile(c, fid, w.open.qid, w.open.iounit);
+    if (w.head) f.prime(Math.min(opts.readAhead ?? 0, c.maxIo), w.head);
+    return f;
+  }
+
+  /**
    * Create `name` in this directory: clone, Tcreate on the clone (which
    * becomes the open file), then walk to `name` for the node.
    */
@@ -284,6 +383,8 @@ export class RemoteFile implements OpenFile {
   /** Where the attach this file came from is mounted, for errors naming it. */
   origin: Origin | undefined;
   #closed = false;
+  /** A read at offset 0 sent along with the open, for the first read or readDir. */
+  #head: { count: number; data: Promise<Uint8Array | null> } | null = null;
 
   /** Wrap the open `fid`; `iounit` is as Ropen gave it. */
   constructor(
@@ -303,6 +404,31 @@ export class RemoteFile implements OpenFile {
 
   #check(): void {
     if (this.#closed) throw new StyxError(Ename.badFid);
+  }
+
+  /**
+   * Keep `data`, the reply to a Tread of `count` bytes at offset 0 sent
+   * along with the open, for the first {@link read} at offset 0 or the
+   * first {@link readDir}.
+   * @internal
+   */
+  prime(count: number, data: Promise<Uint8Array | null>): void {
+    this.#head = { count, data };
+  }
+
+  /**
+   * The primed read, when it answers a read of `count` bytes at offset 0:
+   * it holds them all, or it was short (the end of the file).
+   */
+  async #fromHead(count: number): Promise<Uint8Array | null> {
+    const h = this.#head;
+    if (h === null) return null;
+    this.#head = null;
+    const d = await h.data;
+    if (d === null) return null;
+    if (d.length >= count || d.length < h.count) return d.length > count ? d.subarray(0, count) : d;
+    this.client.recycle(d);
+    return null;
   }
 
   /** One Tread of at most `iounit` bytes; the data is a view of the reply frame. */
@@ -344,6 +470,10 @@ export class RemoteFile implements OpenFile {
    * after another, stopping at the first short one.
    */
   async read(offset: bigint, count: number, opts: OpOptions = {}): Promise<Uint8Array> {
+    if (offset === 0n && this.#head !== null) {
+      const d = await this.#fromHead(count);
+      if (d !== null) return d;
+    }
     if (count <= this.iounit) return await this.readOnce(offset, count, opts);
     const parts: Uint8Array[] = [];
     let got = 0;
@@ -379,6 +509,15 @@ export class RemoteFile implements OpenFile {
   async readDir(opts: OpOptions = {}): Promise<Dir[]> {
     const dirs: Dir[] = [];
     let off = 0n;
+    const h = this.#head;
+    this.#head = null;
+    const first = h === null ? null : await h.data;
+    if (first !== null) {
+      // Whole entries, as any directory read returns them.
+      if (first.length === 0) return dirs;
+      for (const e of decodeDirs(first)) dirs.push(e);
+      off = BigInt(first.length);
+    }
     for (;;) {
       const d = await this.readOnce(off, this.iounit, opts);
       if (d.length === 0) return dirs;

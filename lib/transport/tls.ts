@@ -17,7 +17,9 @@
  *    name (client side) and the allow list (server side).
  *
  * Only when both ends said ok does the caller get a Conn, whose peer carries
- * the verified identity, kind and groups.
+ * the verified identity, kind and groups. The exchange itself, shared with
+ * the `ferry-link/2` client of tls_native.ts, is in link_exchange.ts; this
+ * module gives it the lines of a node:tls socket.
  *
  * @module
  */
@@ -29,11 +31,8 @@ import { Duplex } from "node:stream";
 import type { Conn, Listener, Peer } from "./conn.ts";
 import { TcpConn, tcpDial } from "./tcp.ts";
 import type { CertIdentity } from "../auth/certs.ts";
-import { ed25519Key, readCert } from "../auth/der.ts";
-import { fromBase64, importKeyPem, toBase64 } from "../auth/keys.ts";
 import { PeerRefused } from "../auth/verify.ts";
 import {
-  allowed,
   type Credentials,
   type CredentialWatch,
   followCredentials,
@@ -42,58 +41,47 @@ import {
   type LinkOptions,
   mapAlg,
 } from "../auth/link.ts";
+import { isCertificateFailure, nativeTlsDial } from "./tls_native.ts";
 import {
-  checkPeerCert,
-  isCertificateFailure,
-  LINK_PROTOCOL_2,
-  linkLine,
-  linkMessage,
-  linkNonce,
-  linkSignatureOk,
-  MAX_LINK_LINE,
-  nativeTlsDial,
-  ownCertDer,
-  takeLine,
-} from "./tls_native.ts";
+  explainLinkFailure,
+  type ExplainRules,
+  LINK_PROTOCOL,
+  LinkError,
+  linkExchange,
+  LinkLines,
+} from "./link_exchange.ts";
 
 export type { Credentials, LinkOptions } from "../auth/link.ts";
-
-/** The version tag of Ferry's post-handshake exchange. */
-export const LINK_PROTOCOL = "ferry-link/1";
+export { LINK_PROTOCOL, LinkError } from "./link_exchange.ts";
 
 const HIGH_WATER = 1 << 20;
-
-/** A TLS link failed or was refused; the message says why. */
-export class LinkError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = "LinkError";
-  }
-}
 
 function isIpAddr(h: string): boolean {
   return net.isIP(h.replace(/^\[|\]$/g, "")) !== 0;
 }
 
+/** node:tls's handshake errors in Ferry's words. */
+const NODE_TLS_ERRORS: ExplainRules = [
+  [
+    /CERTIFICATE_REQUIRED|CertificateRequired|no certificates/i,
+    () => "the server requires a client certificate and none was accepted",
+  ],
+  [
+    /UnknownCA|unknown ca|BadCertificate|bad certificate|certificate unknown/i,
+    (m) => `the other end refused our certificate (${m})`,
+  ],
+  [
+    /disconnected before secure|ECONNRESET|socket hang up|EPIPE/i,
+    (m) => `the connection closed during the TLS handshake (${m})`,
+  ],
+  [
+    /wrong version|unexpected message|corrupt message|InvalidContentType|record|http request|not a tls|unsupported protocol/i,
+    (m) => `the other end does not speak TLS (${m})`,
+  ],
+];
+
 function explainTlsError(e: Error): string {
-  const m = e.message;
-  const code = (e as { code?: string }).code ?? "";
-  if (/CERTIFICATE_REQUIRED|CertificateRequired|no certificates/i.test(m + code)) {
-    return "the server requires a client certificate and none was accepted";
-  }
-  if (/UnknownCA|unknown ca|BadCertificate|bad certificate|certificate unknown/i.test(m + code)) {
-    return `the other end refused our certificate (${m})`;
-  }
-  if (/disconnected before secure|ECONNRESET|socket hang up|EPIPE/i.test(m + code)) {
-    return `the connection closed during the TLS handshake (${m})`;
-  }
-  if (
-    /wrong version|unexpected message|corrupt message|InvalidContentType|record|http request|not a tls|unsupported protocol/i
-      .test(m + code)
-  ) {
-    return `the other end does not speak TLS (${m})`;
-  }
-  return m;
+  return explainLinkFailure(e, NODE_TLS_ERRORS);
 }
 
 class TlsConn implements IdentifiedConn {
@@ -188,91 +176,6 @@ class TlsConn implements IdentifiedConn {
   }
 }
 
-/**
- * Collects a socket's bytes during the post-handshake exchange and hands
- * out lines; detach() gives back whatever came after them. It listens from
- * the start, so nothing is lost between lines or when the peer hangs up.
- */
-class LineReader {
-  #buf = new Uint8Array(0);
-  #ended = false;
-  #error: Error | null = null;
-  #wake: (() => void) | null = null;
-  readonly #onData = (d: Buffer) => {
-    const nb = new Uint8Array(this.#buf.length + d.length);
-    nb.set(this.#buf, 0);
-    nb.set(d, this.#buf.length);
-    this.#buf = nb;
-    this.#notify();
-  };
-  readonly #onEnd = () => {
-    this.#ended = true;
-    this.#notify();
-  };
-  readonly #onError = (e: Error) => {
-    this.#error = e;
-    this.#notify();
-  };
-
-  constructor(readonly sock: tls.TLSSocket) {
-    sock.on("data", this.#onData);
-    sock.on("end", this.#onEnd);
-    sock.on("close", this.#onEnd);
-    sock.on("error", this.#onError);
-    sock.resume();
-  }
-
-  #notify(): void {
-    const w = this.#wake;
-    this.#wake = null;
-    w?.();
-  }
-
-  async line(): Promise<string> {
-    while (true) {
-      const got = takeLine(this.#buf);
-      if (got) {
-        this.#buf = got[1];
-        return got[0];
-      }
-      if (this.#buf.length > MAX_LINK_LINE) {
-        throw new LinkError("the other end sent an overlong link line (not a Ferry peer?)");
-      }
-      if (this.#error) throw new LinkError(explainTlsError(this.#error));
-      if (this.#ended) {
-        throw new LinkError("the other end closed the connection before confirming the link");
-      }
-      await new Promise<void>((r) => (this.#wake = r));
-    }
-  }
-
-  /**
-   * The next line if it starts with `prefix`; null as soon as the bytes
-   * received show it does not (so a peer that never sends a newline is
-   * answered at once).
-   */
-  async lineStartingWith(prefix: string): Promise<string | null> {
-    const want = new TextEncoder().encode(prefix);
-    while (true) {
-      const n = Math.min(want.length, this.#buf.length);
-      for (let i = 0; i < n; i++) if (this.#buf[i] !== want[i]) return null;
-      if (n === want.length) return await this.line();
-      if (this.#buf.indexOf(10) >= 0) return null;
-      if (this.#error || this.#ended) return null;
-      await new Promise<void>((r) => (this.#wake = r));
-    }
-  }
-
-  /** Stop listening; returns bytes not yet consumed and whether the peer hung up. */
-  detach(): { rest: Uint8Array; ended: boolean } {
-    this.sock.off("data", this.#onData);
-    this.sock.off("end", this.#onEnd);
-    this.sock.off("close", this.#onEnd);
-    this.sock.off("error", this.#onError);
-    return { rest: this.#buf, ended: this.#ended || this.#error !== null };
-  }
-}
-
 function bindingOf(sock: tls.TLSSocket, isServer: boolean): Uint8Array {
   const mine = sock.getFinished();
   const theirs = sock.getPeerFinished();
@@ -286,21 +189,6 @@ function bindingOf(sock: tls.TLSSocket, isServer: boolean): Uint8Array {
   return out;
 }
 
-function proofMessage(role: "client" | "server", binding: Uint8Array): Uint8Array<ArrayBuffer> {
-  const label = new TextEncoder().encode(`${LINK_PROTOCOL} ${role} `);
-  const out = new Uint8Array(label.length + binding.length);
-  out.set(label, 0);
-  out.set(binding, label.length);
-  return out;
-}
-
-/** Write one link line; resolves once the TLS layer has taken it. */
-function writeLine(sock: tls.TLSSocket, line: string): Promise<void> {
-  return new Promise((resolve) => {
-    sock.write(linkLine(line), () => resolve());
-  });
-}
-
 function peerDer(sock: tls.TLSSocket): Uint8Array | undefined {
   const pc = sock.getPeerCertificate(true) as { raw?: Buffer } | null;
   if (!pc || !pc.raw || pc.raw.length === 0) return undefined;
@@ -308,9 +196,11 @@ function peerDer(sock: tls.TLSSocket): Uint8Array | undefined {
 }
 
 /**
- * Run Ferry's post-handshake exchange on a secure socket. Resolves with the
- * peer identity and bytes already read past the verdict; rejects (after
- * telling the peer) when either end refuses.
+ * Run Ferry's link exchange (link_exchange.ts) on a secure socket. It
+ * listens from the start, so nothing is lost between lines or when the
+ * peer hangs up. Resolves with the peer identity and bytes already read
+ * past the verdict; rejects (after telling the peer) when either end
+ * refuses.
  */
 async function confirm(
   sock: tls.TLSSocket,
@@ -319,146 +209,48 @@ async function confirm(
   creds: Credentials,
   peerName: string | undefined,
 ): Promise<{ id: CertIdentity; rest: Uint8Array; ended: boolean }> {
-  const lines = new LineReader(sock);
-  try {
-    const id = await exchange(sock, lines, isServer, opts, creds, peerName);
-    return { id, ...lines.detach() };
-  } catch (e) {
-    lines.detach();
-    throw e;
-  }
-}
-
-async function exchange(
-  sock: tls.TLSSocket,
-  lines: LineReader,
-  isServer: boolean,
-  opts: LinkOptions & { servername?: string },
-  creds: Credentials,
-  peerName: string | undefined,
-): Promise<CertIdentity> {
-  const myRole = isServer ? "server" : "client";
-  const theirRole = isServer ? "client" : "server";
   // Take the channel binding first, while the session is certainly intact.
   let binding: Uint8Array | undefined;
   try {
     binding = bindingOf(sock, isServer);
-  } catch { /* checked below, after any refusal the peer sent */ }
-  // Refusals carry the tag of the exchange under way (a ferry-link/2 client has no TLS certificate).
-  let tag = LINK_PROTOCOL;
-  const refuse = async (reason: string): Promise<never> => {
-    await writeLine(sock, `${tag} refused ${reason}`);
-    throw new PeerRefused(reason);
+  } catch { /* the exchange fails on it, after any refusal the peer sent */ }
+  const ch = new LinkLines({
+    write: (b) => new Promise((resolve) => sock.write(b, () => resolve())),
+    explain: explainTlsError,
+  });
+  const onData = (d: Buffer) => ch.push(new Uint8Array(d.buffer, d.byteOffset, d.length));
+  const onEnd = () => ch.end();
+  const onError = (e: Error) => ch.end(e);
+  sock.on("data", onData);
+  sock.on("end", onEnd);
+  sock.on("close", onEnd);
+  sock.on("error", onError);
+  sock.resume();
+  const detach = () => {
+    sock.off("data", onData);
+    sock.off("end", onEnd);
+    sock.off("close", onEnd);
+    sock.off("error", onError);
   };
-  const reasonOf = (e: unknown) =>
-    e instanceof PeerRefused ? e.message : `cannot verify ${theirRole}: ${(e as Error).message}`;
-  // The peer's certificate: chain, dates, revocation, usage, kind, name, allow list.
-  const check = async (der: Uint8Array | undefined): Promise<CertIdentity> => {
-    try {
-      const kind = isServer ? opts.peerKind : "node";
-      const id = await checkPeerCert(der, creds, opts, theirRole, kind, peerName);
-      if (isServer && !allowed(id, opts.allow)) {
-        throw new PeerRefused(`'${id.name}' is not allowed to connect here`);
-      }
-      return id;
-    } catch (e) {
-      return await refuse(reasonOf(e));
-    }
-  };
-  const refusedRe = /^ferry-link\/\d+ refused (.*)$/;
-  const der = peerDer(sock);
-  // A client without a TLS certificate may still prove itself in the link
-  // (ferry-link/2, see tls_native.ts), answering a fresh challenge.
-  const nonce = isServer ? linkNonce() : undefined;
-  const v2Re = new RegExp(`^${LINK_PROTOCOL_2} proof ([A-Za-z0-9+/=]+) ([A-Za-z0-9+/=]+)$`);
-  const linkV2 = async (m: RegExpExecArray): Promise<CertIdentity> => {
-    tag = LINK_PROTOCOL_2;
-    let cDer: Uint8Array<ArrayBuffer>;
-    try {
-      cDer = fromBase64(m[1]!);
-    } catch {
-      return await refuse("client sent a malformed ferry-link/2 proof");
-    }
-    if (der && !sameBytes(der, cDer)) {
-      return await refuse("client presented one certificate in TLS and another in the link");
-    }
-    const id = await check(cDer);
-    const msg = await linkMessage(nonce!, cDer, ownCertDer(creds));
-    if (!(await linkSignatureOk(cDer, m[2]!, msg))) {
-      return await refuse(`client '${id.name}' did not prove possession of its certificate key`);
-    }
-    writeLine(sock, `${LINK_PROTOCOL_2} ok`);
-    return id;
-  };
-  if (isServer && !der) {
-    writeLine(sock, `${LINK_PROTOCOL_2} challenge ${toBase64(nonce!)}`);
-    const first = await lines.lineStartingWith(`${LINK_PROTOCOL_2} `);
-    const r0 = first === null ? null : refusedRe.exec(first);
-    if (r0) throw new LinkError(`the other end refused the link: ${r0[1]}`);
-    const m = first === null ? null : v2Re.exec(first);
-    if (!m) return await refuse("client presented no certificate");
-    return await linkV2(m);
-  }
-
-  // 1. The certificate presented in TLS.
-  const id = await check(der);
-
-  // 2. Proofs of key possession bound to this TLS session, both ways.
-  if (!binding) {
-    const early = await lines.line().catch(() => "");
-    const r0 = refusedRe.exec(early);
-    if (r0) throw new LinkError(`the other end refused the link: ${r0[1]}`);
-    throw new LinkError("TLS channel binding is unavailable on this connection");
-  }
-  const key = await importKeyPem(creds.key, "this end's key");
-  const sig = new Uint8Array(
-    await crypto.subtle.sign("Ed25519", key, proofMessage(myRole, binding)),
-  );
-  writeLine(sock, `${LINK_PROTOCOL} proof ${toBase64(sig)}`);
-  if (isServer) writeLine(sock, `${LINK_PROTOCOL_2} challenge ${toBase64(nonce!)}`);
-  const proofLine = await lines.line();
-  const r = refusedRe.exec(proofLine);
-  if (r) throw new LinkError(`the other end refused the link: ${r[1]}`);
-  const v2 = isServer ? v2Re.exec(proofLine) : null;
-  if (v2) return await linkV2(v2);
-  const m = new RegExp(`^${LINK_PROTOCOL} proof ([A-Za-z0-9+/=]+)$`).exec(proofLine);
-  if (!m) return await refuse(`${theirRole} is not a Ferry peer (no link proof)`);
-  let good = false;
   try {
-    const pub = await ed25519Key(readCert(der!));
-    good = await crypto.subtle.verify(
-      "Ed25519",
-      pub,
-      fromBase64(m[1]!),
-      proofMessage(theirRole, binding),
+    const id = await linkExchange(
+      ch,
+      {
+        role: isServer ? "server" : "client",
+        dialect: LINK_PROTOCOL,
+        peerDer: peerDer(sock),
+        binding,
+      },
+      creds,
+      opts,
+      peerName,
     );
-  } catch {
-    good = false;
+    detach();
+    return { id, ...ch.rest() };
+  } catch (e) {
+    detach();
+    throw e;
   }
-  if (!good) {
-    return await refuse(
-      `${theirRole} '${id.name}' did not prove possession of its certificate key`,
-    );
-  }
-
-  // 3. Verdicts.
-  writeLine(sock, `${LINK_PROTOCOL} ok`);
-  let verdict: string;
-  // A client skips the server's challenge to clients of the other version.
-  do verdict = await lines.line(); while (!isServer && verdict.startsWith(`${LINK_PROTOCOL_2} `));
-  if (verdict !== `${LINK_PROTOCOL} ok`) {
-    const v = refusedRe.exec(verdict);
-    throw new LinkError(
-      v ? `the other end refused the link: ${v[1]}` : "the other end sent a bad link verdict",
-    );
-  }
-  return id;
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 function contextOptions(creds: Credentials, opts: LinkOptions): tls.SecureContextOptions {

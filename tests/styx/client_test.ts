@@ -365,6 +365,49 @@ Deno.test("StyxClient against a scripted server", async (t) => {
     await server.done;
   });
 
+  await t.step(
+    "an interrupted walkOpen clunks a newfid the walk made, frees one it did not",
+    async () => {
+      let flushes = 0;
+      const held: TMsg[] = [];
+      const { client, server } = await fake((m, reply) => {
+        if (m.type === MsgType.Twalk || m.type === MsgType.Topen || m.type === MsgType.Tread) {
+          held.push(m); // held until flushed
+        } else if (m.type === MsgType.Tflush) {
+          const w = held.find((x) => x.tag === m.oldtag);
+          // The first walk flushed had already happened; the second never did.
+          if (w?.type === MsgType.Twalk && ++flushes === 1) {
+            reply({ type: MsgType.Rwalk, tag: w.tag, wqids: [fileQid] });
+          }
+          reply({ type: MsgType.Rflush, tag: m.tag });
+        } else if (m.type === MsgType.Tclunk) {
+          reply({ type: MsgType.Rclunk, tag: m.tag });
+        }
+      });
+      const root = await client.attach("glenda");
+      const base = client.fidsInUse;
+      for (let i = 0; i < 2; i++) {
+        const ac = new AbortController();
+        const p = root.walkOpen(["f"], OREAD, { signal: ac.signal, readAhead: 100 });
+        // Walk, open and read go out together, before any reply.
+        await until(() => held.length === 3 * (i + 1), "Twalk, Topen and Tread");
+        ac.abort();
+        await assert.rejects(p, (e) => e instanceof Interrupted);
+      }
+      const newfid = (held[0] as TMsg & { newfid: number }).newfid;
+      assert.deepEqual(held.slice(0, 3).map((m) => m.type), [
+        MsgType.Twalk,
+        MsgType.Topen,
+        MsgType.Tread,
+      ]);
+      await until(() => server.sent(MsgType.Tclunk).length === 1, "Tclunk of the walked newfid");
+      assert.equal(server.sent(MsgType.Tclunk)[0]!.fid, newfid);
+      await until(() => client.fidsInUse === base, "fids released");
+      await client.close();
+      await server.done;
+    },
+  );
+
   await t.step("a Tread answered with more data than asked for is an error", async () => {
     const { client, server } = await fake((m, reply) => {
       if (m.type === MsgType.Twalk) reply({ type: MsgType.Rwalk, tag: m.tag, wqids: [fileQid] });

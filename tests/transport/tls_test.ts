@@ -12,6 +12,7 @@ import {
 } from "../../lib/transport/tls.ts";
 import type { Credentials, IdentifiedConn, LinkOptions } from "../../lib/auth/link.ts";
 import { type Fixture, makeFixture, selfSigned } from "../auth/fixture.ts";
+import { importKeyPem, toBase64 } from "../../lib/auth/keys.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -482,6 +483,130 @@ Deno.test("rotation and revocation under open sessions", async (t) => {
       c1.close();
     } finally {
       l.close();
+    }
+  } finally {
+    await f.cleanup();
+  }
+});
+
+/** Alice's real certificate and key in TLS; the ferry-link/1 proof line as `proof` makes it. */
+async function boundProofClient(
+  p: number,
+  alice: Credentials,
+  proof: (binding: Uint8Array) => Promise<string>,
+): Promise<string[]> {
+  const s = tls.connect({
+    host: "127.0.0.1",
+    port: p,
+    ca: alice.ca,
+    cert: alice.cert,
+    key: alice.key,
+    rejectUnauthorized: false,
+    checkServerIdentity: () => undefined,
+  });
+  let got = "";
+  const ended = new Promise<void>((resolve) => {
+    const t = setTimeout(() => s.destroy(), 10_000);
+    s.on("data", (d) => (got += String(d)));
+    s.on("error", () => {});
+    s.on("close", () => {
+      clearTimeout(t);
+      resolve();
+    });
+  });
+  await new Promise<void>((r) => s.once("secureConnect", () => r()));
+  const mine = s.getFinished()!;
+  const theirs = s.getPeerFinished()!;
+  const binding = new Uint8Array(mine.length + theirs.length);
+  binding.set(mine, 0);
+  binding.set(theirs, mine.length);
+  s.write(`${await proof(binding)}\n`);
+  await ended;
+  return got.split("\n").filter((l) => l !== "");
+}
+
+async function boundSignature(key: string, binding: Uint8Array): Promise<string> {
+  const k = await importKeyPem(key, "test key");
+  const label = enc.encode("ferry-link/1 client ");
+  const msg = new Uint8Array(label.length + binding.length);
+  msg.set(label, 0);
+  msg.set(binding, label.length);
+  return toBase64(new Uint8Array(await crypto.subtle.sign("Ed25519", k, msg)));
+}
+
+Deno.test("ferry-link/1: forged proofs over a real certificate are refused", async (t) => {
+  const f: Fixture = await makeFixture("testca");
+  const reasons: string[] = [];
+  try {
+    const srv = await f.creds("srv", "node", { sans: ["127.0.0.1"] });
+    const alice = await f.creds("alice", "user");
+    const bob = await f.creds("bob", "user");
+    const l = await tlsListen("127.0.0.1", 0, {
+      creds: srv,
+      onRefused: (_a, r) => reasons.push(r),
+    });
+    const accepted: Conn[] = [];
+    const serving = (async () => {
+      for await (const c of l) accepted.push(c);
+    })();
+    const forged = async (
+      name: string,
+      proof: (binding: Uint8Array) => Promise<string>,
+      want: RegExp,
+    ) => {
+      await t.step(name, async () => {
+        const before = reasons.length;
+        const lines = await boundProofClient(port(l.addr), alice, proof);
+        // The server proved itself and challenged, then refused, and hung up.
+        assert.match(lines[0] ?? "", /^ferry-link\/1 proof /);
+        assert.match(lines.at(-1) ?? "", /^ferry-link\/1 refused /);
+        assert.match(lines.at(-1)!, want);
+        for (let i = 0; i < 1000 && reasons.length === before; i++) {
+          await new Promise((r) => setTimeout(r, 2));
+        }
+        assert.match(reasons[before] ?? "", want);
+      });
+    };
+    try {
+      await forged(
+        "alice's certificate with a proof signed by another key",
+        (b) => boundSignature(bob.key, b).then((sig) => `ferry-link/1 proof ${sig}`),
+        /client 'alice' did not prove possession of its certificate key/,
+      );
+      await forged(
+        "alice's own signature over another session",
+        (b) =>
+          boundSignature(alice.key, b.map((x) => x ^ 1)).then((sig) => `ferry-link/1 proof ${sig}`),
+        /client 'alice' did not prove possession of its certificate key/,
+      );
+      await forged(
+        "a proof that is not base64",
+        () => Promise.resolve("ferry-link/1 proof !!!"),
+        /client is not a Ferry peer \(no link proof\)/,
+      );
+      await forged(
+        "no proof at all",
+        () => Promise.resolve("hello"),
+        /client is not a Ferry peer \(no link proof\)/,
+      );
+      await t.step("the real proof is accepted", async () => {
+        const n = accepted.length;
+        const client = boundProofClient(port(l.addr), alice, async (b) => {
+          const sig = await boundSignature(alice.key, b);
+          return `ferry-link/1 proof ${sig}\nferry-link/1 ok`;
+        });
+        for (let i = 0; i < 5000 && accepted.length === n; i++) {
+          await new Promise((r) => setTimeout(r, 2));
+        }
+        assert.equal((accepted[n] as IdentifiedConn | undefined)?.peer.identity, "alice");
+        // The server's hang-up ends the hand-driven client.
+        accepted[n]!.close();
+        assert.deepEqual((await client).slice(-1), ["ferry-link/1 ok"]);
+      });
+    } finally {
+      l.close();
+      await serving;
+      for (const c of accepted) c.close();
     }
   } finally {
     await f.cleanup();
