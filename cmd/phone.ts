@@ -40,7 +40,7 @@ const spec = {
     D: { type: "boolean" as const },
   },
   optionsHelp: [
-    "  --backend NAME  sim (default: a simulated modem), modemmanager (mmcli) or termux",
+    "  --backend NAME  sim (default: a simulated modem), modemmanager (D-Bus) or termux",
     "  --state DIR     message store and simulator socket (default ~/.ferry/phone)",
     "  -A              no authentication or encryption (warns)",
     "  --listen ADDR   dial string to announce on (default 'tcp!*!styx', port 6666)",

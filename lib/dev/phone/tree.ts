@@ -3,7 +3,8 @@
  * placing and answering calls, over any {@link PhoneBackend}.
  *
  * ```
- * /phone/sms      write "send NUMBER 'text'" (or "send NUMBER words..."); read the
+ * /phone/sms      write "send NUMBER 'text'" (or "send NUMBER words..."), or "resend ID"
+ *                 for a message that failed; read the
  *                 message list, one per line, newest last:
  *                 ID TIME in|out NUMBER STATUS SEGMENTS 'TEXT'
  *                 (STATUS: queued, sent, 'failed: REASON', received; fields quoted
@@ -12,7 +13,8 @@
  * /phone/status   modem, operator, signal, call (idle | ringing N | dialing N |
  *                 active N), muted, pending: one "key value" per line
  * /phone/events   each read blocks for the next event and returns one line:
- *                 ring N, sms N ID, missed N, hangup, answered N, sent ID, failed ID REASON
+ *                 ring N, sms N ID, missed N, hangup, answered N, sent ID, failed ID REASON,
+ *                 modem gone, modem ready (while gone, messages stay queued)
  * ```
  *
  * Take a call with `cat /phone/events` in one shell and `echo answer >/phone/ctl`
@@ -112,6 +114,8 @@ export class Phone {
   #queued = new Set<number>();
   #worker: Promise<void> | undefined;
   #closed = false;
+  /** False while the backend reports no modem: sends wait, queued. */
+  #modemReady = true;
   #now: () => Date;
   #log: (m: string) => void;
 
@@ -172,6 +176,12 @@ export class Phone {
           this.#emit(`answered ${quote(this.#call.number)}`);
         }
         return;
+      case "modem":
+        this.#modemReady = e.state === "ready";
+        this.#emit(`modem ${e.state}`);
+        // Messages that waited for the modem go now.
+        if (this.#modemReady) { for (const m of this.store.pending()) this.#enqueue(m.id); }
+        return;
       case "hangup": {
         const was = this.#call;
         if (was.state === "idle") return;
@@ -196,7 +206,22 @@ export class Phone {
     return rec;
   }
 
+  /**
+   * Send a failed message again (the modem or network refused it); resolves
+   * once it is queued on disk.
+   */
+  async resend(id: number): Promise<SmsRecord> {
+    const rec = this.store.get(id);
+    if (!rec || rec.dir !== "out") throw new StyxError(`resend: no outgoing message ${id}`);
+    if (rec.status !== "failed") throw new StyxError(`resend: message ${id} is ${rec.status}`);
+    await this.store.requeue(id);
+    this.#queued.delete(id);
+    this.#enqueue(id);
+    return rec;
+  }
+
   #enqueue(id: number): void {
+    if (!this.#modemReady) return; // queued on disk; sent when the modem is back
     if (this.#queued.has(id)) return;
     this.#queued.add(id);
     this.#queue.push(id);
@@ -215,6 +240,13 @@ export class Phone {
         result = { ok: false, reason: message(e) };
       }
       if (this.#closed) return; // left queued on disk: sent on the next start
+      if (!result.ok && result.retry) {
+        // No modem just now: the message stays queued, and so does the rest.
+        this.#modemReady = false;
+        this.#queue = [];
+        this.#queued.clear();
+        return;
+      }
       try {
         await this.store.settle(id, result);
       } catch (e) {
@@ -319,6 +351,15 @@ export class Phone {
       usage: "NUMBER 'text'",
       run: async ([number, ...words]) => {
         await this.send(number!, words.join(" "));
+      },
+    }, {
+      name: "resend",
+      min: 1,
+      max: 1,
+      usage: "ID",
+      run: async ([id]) => {
+        if (!/^\d+$/.test(id!)) throw new StyxError(`resend: bad message id '${id}'`);
+        await this.resend(Number(id));
       },
     }];
     const ctlCmds: Command[] = [
