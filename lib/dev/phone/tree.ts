@@ -9,6 +9,11 @@
  *                 ID TIME in|out NUMBER STATUS SEGMENTS 'TEXT'
  *                 (STATUS: queued, sent, 'failed: REASON', received; fields quoted
  *                 as the shell quotes; a newline in a text is shown as \n)
+ * /phone/conv/    one file per number that has messages: reading NUMBER gives
+ *                 the /phone/sms lines of that conversation only; writing
+ *                 "send 'text'" to it sends to NUMBER. (/phone/sms stays a
+ *                 file, so "echo send ... >/phone/sms" keeps working: a 9P
+ *                 file cannot also be a directory.)
  * /phone/ctl      dial NUMBER | answer | hangup | mute | unmute
  * /phone/status   modem, operator, signal, call (idle | ringing N | dialing N |
  *                 active N), muted, pending: one "key value" per line
@@ -340,6 +345,19 @@ export class Phone {
     return this.store.list().map((m) => formatSms(m) + "\n").join("");
   }
 
+  /** The numbers that have messages, in order of their latest message. */
+  conversations(): string[] {
+    const last = new Map<string, number>();
+    for (const m of this.store.list()) last.set(m.number, m.id);
+    return [...last.entries()].sort((a, b) => a[1] - b[1]).map(([n]) => n);
+  }
+
+  /** The /phone/conv/NUMBER text: the flat log's lines for `number` only. */
+  conversationText(number: string): string {
+    return this.store.list().filter((m) => m.number === number).map((m) => formatSms(m) + "\n")
+      .join("");
+  }
+
   /** The /phone tree over this phone. */
   tree(): SynthTree {
     const perm = this.opts.perm ?? 0o666;
@@ -375,6 +393,18 @@ export class Phone {
         ctlFile("ctl", ctlCmds, { read: () => `call ${describe(this.#call)}\n`, perm }),
         textFile("status", () => this.statusText(), { perm: rperm }),
         eventFile("events", this.events, { perm: rperm }),
+        dir("conv", () =>
+          this.conversations().map((number) =>
+            ctlFile(number, [{
+              name: "send",
+              min: 1,
+              max: Infinity,
+              usage: "'text'",
+              run: async (words) => {
+                await this.send(number, words.join(" "));
+              },
+            }], { read: () => this.conversationText(number), perm })
+          ), { perm: 0o555 }),
       ], { perm: 0o555 }),
       { uid: this.opts.uid ?? "ferry" },
     );
