@@ -142,10 +142,10 @@ interface Stored {
 
 /** What the modem did, as `state` reports it. */
 export interface ModemState {
-  /** Every SMS part the host sent with +CMGS, decoded, in order. */
-  sent: SmsPart[];
+  /** Every SMS part the host sent with +CMGS, decoded, in order, with when it came (ms since the epoch). */
+  sent: (SmsPart & { at: number })[];
   /** Sent parts reassembled into messages (a message appears once all its parts are sent). */
-  messages: { number: string; text: string; encoding: string; parts: number }[];
+  messages: { number: string; text: string; encoding: string; parts: number; at: number }[];
   /** The current call, if any, as +CLCC would list it. */
   call: { dir: "out" | "in"; state: string; number: string } | null;
   /** Every call event in order: "dial N", "answer", "hangup" (host side), "remote-*". */
@@ -178,7 +178,7 @@ export class AtModem {
   #ref = 1;
   #call: Call | undefined;
   #ringTimer: ReturnType<typeof setInterval> | undefined;
-  #sent: SmsPart[] = [];
+  #sent: (SmsPart & { at: number })[] = [];
   #calls: string[] = [];
   #refuse = false;
   #refused = 0;
@@ -275,10 +275,16 @@ export class AtModem {
   /** What the modem sent and where calls stand. */
   state(): ModemState {
     const messages: ModemState["messages"] = [];
-    const groups = new Map<string, SmsPart[]>();
+    const groups = new Map<string, (SmsPart & { at: number })[]>();
     for (const p of this.#sent) {
       if (!p.concat) {
-        messages.push({ number: p.number, text: p.text, encoding: p.encoding, parts: 1 });
+        messages.push({
+          number: p.number,
+          text: p.text,
+          encoding: p.encoding,
+          parts: 1,
+          at: p.at,
+        });
         continue;
       }
       const key = `${p.number}|${p.concat.ref}|${p.concat.total}`;
@@ -292,6 +298,7 @@ export class AtModem {
           text: g.map((x) => x.text).join(""),
           encoding: p.encoding,
           parts: g.length,
+          at: p.at,
         });
         groups.delete(key);
       }
@@ -417,7 +424,7 @@ export class AtModem {
     } catch {
       return "\r\n+CMS ERROR: 304\r\n";
     }
-    this.#sent.push(part);
+    this.#sent.push({ ...part, at: performance.timeOrigin + performance.now() });
     return `\r\n+CMGS: ${this.#mr++ % 256}\r\n\r\nOK\r\n`;
   }
 
