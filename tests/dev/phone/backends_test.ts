@@ -46,7 +46,9 @@ bad() { echo "error: unexpected arguments: $*" >&2; exit 64; }
 
 const TERMUX_SEND = `#!/bin/bash
 ${LOG}
-[ $# -eq 3 ] && [ "$1" = "-n" ] || bad "$@"
+[ $# -eq 2 ] && [ "$1" = "-n" ] || bad "$@"
+cat >>"$STANDIN/stdin"
+printf '\n--\n' >>"$STANDIN/stdin"
 if [ -e "$STANDIN/send-error" ]; then echo "Error: no SIM" >&2; exit 1; fi
 `;
 const TERMUX_LIST = `#!/bin/bash
@@ -186,9 +188,11 @@ Deno.test("termux backend against stand-in Termux:API programs", async (t) => {
   const next = async () => dec.decode(await events.read(0n, 8192));
   try {
     await t.step("send", async () => {
-      await echo(root, "sms", "send 6412345678 'hello  world'");
+      // A backslash sequence that sh's echo would expand goes through as typed.
+      await echo(root, "sms", "send 6412345678 'hello  world \\c not cut'");
       assert.equal(await next(), "sent 1\n");
-      assert.deepEqual(await si.calls(), [["termux-sms-send", "-n", "6412345678", "hello  world"]]);
+      assert.deepEqual(await si.calls(), [["termux-sms-send", "-n", "6412345678"]]);
+      assert.equal(await Deno.readTextFile(`${si.dir}/stdin`), "hello  world \\c not cut\n--\n");
       await si.put("send-error", "");
       await echo(root, "sms", "send 555 x");
       assert.equal(await next(), "failed 2 '''termux-sms-send'' failed (exit 1): Error: no SIM'\n");
@@ -202,6 +206,8 @@ Deno.test("termux backend against stand-in Termux:API programs", async (t) => {
           threadid: 4,
           type: "inbox",
           read: false,
+          sender: "Aroha",
+          address: "+64211",
           number: "+64211",
           received: "2026-11-27 10:01:00",
           body: "second",
@@ -211,7 +217,7 @@ Deno.test("termux backend against stand-in Termux:API programs", async (t) => {
           threadid: 4,
           type: "inbox",
           read: true,
-          number: "+64211",
+          address: "+64211",
           received: "2026-11-27 10:00:00",
           body: "first",
           _id: 11,
