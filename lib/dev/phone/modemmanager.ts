@@ -6,8 +6,9 @@
  *
  * ```
  * modem appears / goes   ObjectManager InterfacesAdded / InterfacesRemoved,
- *                        and the bus's NameOwnerChanged when the daemon stops
- * SMS received           Modem.Messaging Added(path, received=true); a long
+ *                        and the bus's NameOwnerChanged when the daemon stops;
+ *                        it is ready once registered (Modem StateChanged)
+ * SMS received           Modem.Messaging Added(path, received); a long
  *                        message still "receiving" is reported once its
  *                        State property becomes "received" (PropertiesChanged)
  * calls                  Modem.Voice CallAdded(path); Call StateChanged
@@ -49,6 +50,8 @@ const PDU_DELIVER = 1;
 const CALL_RINGING_IN = 3;
 const CALL_ACTIVE = 4;
 const CALL_TERMINATED = 7;
+/** How long an incoming call waits for the caller's number before ringing without it. */
+const CLIP_WAIT_MS = 1000;
 /** MMCallDirection: incoming. */
 const DIR_INCOMING = 1;
 /** MMModemState values (see ModemManager-enums.h). */
@@ -68,6 +71,8 @@ const MODEM_STATES: Record<number, string> = {
   11: "connected",
 };
 const MODEM_DISABLED = 3;
+/** From "registered" on (connecting, connected...), the modem can send and call. */
+const MODEM_REGISTERED = 8;
 
 /** Options for {@link ModemManagerBackend}. */
 export interface ModemManagerOptions {
@@ -86,6 +91,19 @@ function message(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
+/**
+ * A ModemManager error as a reason: its text and its short error name
+ * ("Unknown (Message.Unknown)" for a network refusal ModemManager cannot
+ * classify).
+ */
+function mmReason(e: unknown): string {
+  if (e instanceof dbus.DBusError) {
+    const name = e.type.replace(/^org\.freedesktop\.ModemManager1\.Error\./, "");
+    return `${e.text} (${name})`;
+  }
+  return message(e);
+}
+
 /** A variant's value (dbus-next hands properties over as Variants). */
 function val(v: unknown): unknown {
   return v instanceof dbus.Variant ? v.value : v;
@@ -97,6 +115,10 @@ interface TrackedCall {
   incoming: boolean;
   state: number;
   number: string;
+  /** Incoming: the ring was reported. */
+  rang?: boolean;
+  /** Incoming: reports the ring if the caller's number does not come. */
+  ringTimer?: ReturnType<typeof setTimeout>;
 }
 
 /**
@@ -117,6 +139,8 @@ export class ModemManagerBackend implements PhoneBackend {
   #sink: BackendSink | undefined;
   /** The modem in use, undefined while there is none. */
   #modem: string | undefined;
+  /** True while the modem is registered and so can send and call. */
+  #usable = false;
   #call: TrackedCall | undefined;
   /** SMS objects already handled (reported, or sent by us). */
   #seen = new Set<string>();
@@ -187,6 +211,7 @@ export class ModemManagerBackend implements PhoneBackend {
       const rule of [
         `type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='${MM}'`,
         `type='signal',sender='${MM}',interface='${I_OM}'`,
+        `type='signal',sender='${MM}',interface='${I_MODEM}',member='StateChanged'`,
         `type='signal',sender='${MM}',interface='${I_MESSAGING}'`,
         `type='signal',sender='${MM}',interface='${I_VOICE}'`,
         `type='signal',sender='${MM}',interface='${I_CALL}'`,
@@ -229,20 +254,33 @@ export class ModemManagerBackend implements PhoneBackend {
     return path === `${MM_PATH}/Modem/${want}`;
   }
 
-  /** Take `path` as the modem: enable it if needed, report messages waiting on it. */
+  /**
+   * Take `path` as the modem: enable it if needed, and report it ready once
+   * it is registered on a network (Modem StateChanged says when).
+   */
   async #attach(path: string): Promise<void> {
     if (this.#modem === path || this.#closed) return;
     this.#modem = path;
+    let state = 0;
     try {
-      const m = await this.#props(path, I_MODEM);
-      if (m.State === MODEM_DISABLED) await this.#mm(path, I_MODEM, "Enable", "b", [true]);
+      state = Number((await this.#props(path, I_MODEM)).State);
+      if (state === MODEM_DISABLED) await this.#mm(path, I_MODEM, "Enable", "b", [true]);
     } catch (e) {
       this.#sink?.error(`cannot enable modem '${path}': ${message(e)}`);
     }
-    await this.#sink?.event({ type: "modem", state: "ready" });
+    await this.#modemState(state);
+  }
+
+  /** Follow the modem's state: ready from "registered" on, gone below it. */
+  async #modemState(state: number): Promise<void> {
+    const usable = state >= MODEM_REGISTERED;
+    if (usable === this.#usable) return;
+    this.#usable = usable;
+    await this.#sink?.event({ type: "modem", state: usable ? "ready" : "gone" });
+    if (!usable || !this.#modem) return;
     // Messages that came while nobody was listening (the store drops duplicates).
     try {
-      const [list] = await this.#mm(path, I_MESSAGING, "List");
+      const [list] = await this.#mm(this.#modem, I_MESSAGING, "List");
       for (const sms of (list ?? []) as string[]) await this.#sms(sms);
     } catch (e) {
       this.#sink?.error(`cannot list messages: ${message(e)}`);
@@ -255,10 +293,12 @@ export class ModemManagerBackend implements PhoneBackend {
     this.#receiving.clear();
     this.#seen.clear();
     if (this.#call) {
+      clearTimeout(this.#call.ringTimer);
+      const rang = !this.#call.incoming || this.#call.rang;
       this.#call = undefined;
-      await this.#sink?.event({ type: "hangup" });
+      if (rang) await this.#sink?.event({ type: "hangup" });
     }
-    await this.#sink?.event({ type: "modem", state: "gone" });
+    await this.#modemState(0);
   }
 
   #signal(m: dbus.Message): void {
@@ -279,8 +319,13 @@ export class ModemManagerBackend implements PhoneBackend {
             await this.#detach();
           }
           return;
+        case `${I_MODEM}.StateChanged`:
+          if (m.path === this.#modem) await this.#modemState(body[1] as number);
+          return;
         case `${I_MESSAGING}.Added`:
-          if (m.path === this.#modem && body[1] === true) await this.#sms(body[0] as string);
+          // Also those loaded from the modem's storage (received=false): they
+          // may have come while ModemManager was down. The store drops duplicates.
+          if (m.path === this.#modem) await this.#sms(body[0] as string);
           return;
         case `${I_VOICE}.CallAdded`:
           if (m.path === this.#modem) await this.#callAdded(body[0] as string);
@@ -289,6 +334,13 @@ export class ModemManagerBackend implements PhoneBackend {
           if (m.path === this.#call?.path) await this.#callState(body[1] as number);
           return;
         case `${I_PROPS}.PropertiesChanged`:
+          if (body[0] === I_CALL && m.path === this.#call?.path) {
+            const number = val((body[1] as Props).Number);
+            if (typeof number === "string" && number !== "") {
+              this.#call.number = number;
+              if (this.#call.incoming) await this.#ring(this.#call);
+            }
+          }
           if (body[0] === I_SMS && this.#receiving.has(m.path)) {
             const state = val((body[1] as Props).State);
             if (state === SMS_RECEIVED) await this.#sms(m.path);
@@ -335,8 +387,29 @@ export class ModemManagerBackend implements PhoneBackend {
     const state = Number(p.State);
     if (this.#call || state === CALL_TERMINATED) return;
     if (incoming && state !== CALL_RINGING_IN) return; // a waiting call while busy
-    this.#call = { path, incoming, state, number: String(p.Number ?? "") };
-    if (incoming) await this.#sink?.event({ type: "ring", number: this.#call.number });
+    const call: TrackedCall = { path, incoming, state, number: String(p.Number ?? "") };
+    this.#call = call;
+    if (!incoming) return;
+    if (call.number !== "") return await this.#ring(call);
+    // ModemManager makes the call on RING and learns the number from +CLIP
+    // just after (a Number PropertiesChanged); a withheld number never comes.
+    call.ringTimer = setTimeout(() => {
+      this.#signals = this.#signals.then(() => this.#ring(call)).catch(() => {});
+    }, CLIP_WAIT_MS);
+  }
+
+  /** Report a ring not yet reported (the call ended before its number came). */
+  async #ringNow(call: TrackedCall): Promise<void> {
+    clearTimeout(call.ringTimer);
+    call.rang = true;
+    await this.#sink?.event({ type: "ring", number: call.number });
+  }
+
+  async #ring(call: TrackedCall): Promise<void> {
+    clearTimeout(call.ringTimer);
+    if (call.rang || this.#call !== call) return;
+    call.rang = true;
+    await this.#sink?.event({ type: "ring", number: call.number });
   }
 
   async #callState(state: number): Promise<void> {
@@ -346,6 +419,7 @@ export class ModemManagerBackend implements PhoneBackend {
     c.state = state;
     if (state === CALL_TERMINATED) {
       this.#call = undefined;
+      if (c.incoming && !c.rang) await this.#ringNow(c);
       await this.#sink?.event({ type: "hangup" });
     } else if (!c.incoming && state === CALL_ACTIVE && was !== CALL_ACTIVE) {
       await this.#sink?.event({ type: "answered" });
@@ -357,10 +431,16 @@ export class ModemManagerBackend implements PhoneBackend {
     return this.#modem;
   }
 
+  #needUsable(): string {
+    const modem = this.#needModem();
+    if (!this.#usable) throw new Error("the modem is not registered on a network");
+    return modem;
+  }
+
   /** Create the message on the modem and send it. */
   async sendSms(number: string, text: string): Promise<SendResult> {
     const modem = this.#modem;
-    if (!modem) return { ok: false, reason: "modem unavailable", retry: true };
+    if (!modem || !this.#usable) return { ok: false, reason: "modem unavailable", retry: true };
     let path: string;
     try {
       const [p] = await this.#mm(modem, I_MESSAGING, "Create", "a{sv}", [{
@@ -369,8 +449,8 @@ export class ModemManagerBackend implements PhoneBackend {
       }]);
       path = p as string;
     } catch (e) {
-      return this.#modem === modem
-        ? { ok: false, reason: message(e) }
+      return this.#modem === modem && this.#usable
+        ? { ok: false, reason: mmReason(e) }
         : { ok: false, reason: "modem unavailable", retry: true };
     }
     this.#seen.add(path);
@@ -380,8 +460,8 @@ export class ModemManagerBackend implements PhoneBackend {
     } catch (e) {
       // The daemon or the modem went away mid-send: the modem may not have
       // it, so keep it queued; a refusal from a present modem is final.
-      result = this.#modem === modem
-        ? { ok: false, reason: message(e) }
+      result = this.#modem === modem && this.#usable
+        ? { ok: false, reason: mmReason(e) }
         : { ok: false, reason: "modem unavailable", retry: true };
     }
     // Ferry's store keeps the message; the modem's copy is not needed.
@@ -391,7 +471,7 @@ export class ModemManagerBackend implements PhoneBackend {
 
   /** Create an outgoing call and start it. */
   async dial(number: string): Promise<void> {
-    const modem = this.#needModem();
+    const modem = this.#needUsable();
     const [path] = await this.#mm(modem, I_VOICE, "CreateCall", "a{sv}", [{
       number: new dbus.Variant("s", number),
     }]);
@@ -448,6 +528,7 @@ export class ModemManagerBackend implements PhoneBackend {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    clearTimeout(this.#call?.ringTimer);
     await this.#signals.catch(() => {});
     this.#bus?.disconnect();
     this.#bus = undefined;

@@ -452,7 +452,8 @@ export class AtModem {
   /** One command: its info lines ("" for none), "PROMPT", or undefined for ERROR. */
   #one(c: string): string | undefined {
     const u = c.toUpperCase();
-    const info = (...lines: string[]) => lines.map((l) => `\r\n${l}\r\n`).join("");
+    // Information text: lines separated by CR LF, framed by CR LF (V.250).
+    const info = (...lines: string[]) => lines.length ? `\r\n${lines.join("\r\n")}\r\n` : "";
     if (
       /^(E[01]?|V1?|Q0?|Z|&F|&C1?|&D[0-2]|X[0-4]|S\d+=\d+|L\d|M\d|\+CMEE=[0-2]|\+IFC=.*)$/.test(u)
     ) {
