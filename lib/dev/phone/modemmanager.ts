@@ -24,10 +24,13 @@
  * ModemManager has no microphone mute (audio is routed elsewhere), so
  * `mute` is refused with an error saying so.
  *
+ * The D-Bus client is loaded when the backend starts (it costs tens of
+ * milliseconds), so commands that never use ModemManager do not pay for it.
+ *
  * @module
  */
 
-import dbus from "dbus-next";
+import type * as DBus from "dbus-next";
 import type { BackendSink, BackendStatus, PhoneBackend, SendResult } from "./backend.ts";
 
 const MM = "org.freedesktop.ModemManager1";
@@ -97,16 +100,19 @@ function message(e: unknown): string {
  * classify).
  */
 function mmReason(e: unknown): string {
-  if (e instanceof dbus.DBusError) {
-    const name = e.type.replace(/^org\.freedesktop\.ModemManager1\.Error\./, "");
-    return `${e.text} (${name})`;
+  if (e instanceof Error && typeof (e as DBus.DBusError).type === "string") {
+    const { type, text } = e as DBus.DBusError;
+    const name = type.replace(/^org\.freedesktop\.ModemManager1\.Error\./, "");
+    return `${text} (${name})`;
   }
   return message(e);
 }
 
 /** A variant's value (dbus-next hands properties over as Variants). */
 function val(v: unknown): unknown {
-  return v instanceof dbus.Variant ? v.value : v;
+  return typeof v === "object" && v !== null && "signature" in v && "value" in v
+    ? (v as DBus.Variant).value
+    : v;
 }
 
 /** The call ModemManager is reporting, as the backend follows it. */
@@ -135,7 +141,9 @@ interface TrackedCall {
  */
 export class ModemManagerBackend implements PhoneBackend {
   readonly name = "modemmanager";
-  #bus: dbus.MessageBus | undefined;
+  #bus: DBus.MessageBus | undefined;
+  /** The D-Bus client module, loaded by start(). */
+  #dbus: typeof DBus | undefined;
   #sink: BackendSink | undefined;
   /** The modem in use, undefined while there is none. */
   #modem: string | undefined;
@@ -167,11 +175,16 @@ export class ModemManagerBackend implements PhoneBackend {
     body: unknown[] = [],
   ): Promise<unknown[]> {
     const bus = this.#bus;
-    if (!bus) throw new Error("not connected to the system bus");
+    const dbus = this.#dbus;
+    if (!bus || !dbus) throw new Error("not connected to the system bus");
     const reply = await bus.call(
       new dbus.Message({ destination: dest, path, interface: iface, member, signature, body }),
     );
     return reply?.body ?? [];
+  }
+
+  #variant(s: string): DBus.Variant {
+    return new this.#dbus!.Variant("s", s);
   }
 
   #mm(path: string, iface: string, member: string, signature = "", body: unknown[] = []) {
@@ -191,6 +204,8 @@ export class ModemManagerBackend implements PhoneBackend {
    */
   async start(sink: BackendSink): Promise<void> {
     this.#sink = sink;
+    const dbus = (await import("dbus-next")).default as unknown as typeof DBus;
+    this.#dbus = dbus;
     const bus = dbus.sessionBus({ busAddress: this.#address });
     this.#bus = bus;
     await new Promise<void>((resolve, reject) => {
@@ -204,7 +219,7 @@ export class ModemManagerBackend implements PhoneBackend {
     bus.on("error", (e: unknown) => {
       if (!this.#closed) sink.error(`system bus: ${message(e)}`);
     });
-    bus.on("message", (m: dbus.Message) => {
+    bus.on("message", (m: DBus.Message) => {
       if (m.type === dbus.MessageType.SIGNAL) this.#signal(m);
     });
     for (
@@ -301,7 +316,7 @@ export class ModemManagerBackend implements PhoneBackend {
     await this.#modemState(0);
   }
 
-  #signal(m: dbus.Message): void {
+  #signal(m: DBus.Message): void {
     const run = async () => {
       const body = m.body ?? [];
       switch (`${m.interface}.${m.member}`) {
@@ -444,8 +459,8 @@ export class ModemManagerBackend implements PhoneBackend {
     let path: string;
     try {
       const [p] = await this.#mm(modem, I_MESSAGING, "Create", "a{sv}", [{
-        number: new dbus.Variant("s", number),
-        text: new dbus.Variant("s", text),
+        number: this.#variant(number),
+        text: this.#variant(text),
       }]);
       path = p as string;
     } catch (e) {
@@ -473,7 +488,7 @@ export class ModemManagerBackend implements PhoneBackend {
   async dial(number: string): Promise<void> {
     const modem = this.#needUsable();
     const [path] = await this.#mm(modem, I_VOICE, "CreateCall", "a{sv}", [{
-      number: new dbus.Variant("s", number),
+      number: this.#variant(number),
     }]);
     const call = { path: path as string, incoming: false, state: 0, number };
     this.#call = call;
