@@ -36,7 +36,7 @@ const O_NOCTTY = 0o400;
 const O_NONBLOCK = 0o4000;
 const POLLIN = 1;
 
-const libc = Deno.dlopen("libc.so.6", {
+const SYMBOLS = {
   posix_openpt: { parameters: ["i32"], result: "i32" },
   grantpt: { parameters: ["i32"], result: "i32" },
   unlockpt: { parameters: ["i32"], result: "i32" },
@@ -49,7 +49,13 @@ const libc = Deno.dlopen("libc.so.6", {
   tcgetattr: { parameters: ["i32", "buffer"], result: "i32" },
   tcsetattr: { parameters: ["i32", "i32", "buffer"], result: "i32" },
   cfmakeraw: { parameters: ["buffer"], result: "void" },
-});
+} as const;
+
+let lib: Deno.DynamicLibrary<typeof SYMBOLS> | undefined;
+/** libc, opened on first use (importing this module for its client needs no FFI). */
+function libc(): Deno.DynamicLibrary<typeof SYMBOLS> {
+  return lib ??= Deno.dlopen("libc.so.6", SYMBOLS);
+}
 
 /** A pseudo-terminal: the modem's (master) side and the port path a host opens. */
 class Pty {
@@ -59,7 +65,7 @@ class Pty {
   #closed = false;
 
   constructor() {
-    const s = libc.symbols;
+    const s = libc().symbols;
     const m = s.posix_openpt(O_RDWR | O_NOCTTY | O_NONBLOCK);
     if (m < 0 || s.grantpt(m) !== 0 || s.unlockpt(m) !== 0) {
       throw new Error("Cannot open a pseudo-terminal through /dev/ptmx");
@@ -87,10 +93,10 @@ class Pty {
     new DataView(fds.buffer).setInt16(4, POLLIN, true);
     const buf = new Uint8Array(4096);
     while (!this.#closed) {
-      const r = await libc.symbols.poll(fds, 1n, 200);
+      const r = await libc().symbols.poll(fds, 1n, 200);
       if (this.#closed) return null;
       if (r <= 0) continue;
-      const n = Number(libc.symbols.read(this.#master, buf, BigInt(buf.length)));
+      const n = Number(libc().symbols.read(this.#master, buf, BigInt(buf.length)));
       if (n > 0) return buf.slice(0, n);
       // EAGAIN (a spurious wake) or EIO (no host has the port open): wait a little.
       await new Promise((res) => setTimeout(res, 20));
@@ -105,7 +111,7 @@ class Pty {
     let off = 0;
     while (off < data.length) {
       const n = Number(
-        libc.symbols.write(this.#master, data.subarray(off), BigInt(data.length - off)),
+        libc().symbols.write(this.#master, data.subarray(off), BigInt(data.length - off)),
       );
       if (n <= 0) return; // the host is gone or its queue is full: as a real line would, drop it
       off += n;
@@ -117,8 +123,8 @@ class Pty {
     this.#closed = true;
     // Let a poll under way see the flag before its descriptor goes.
     setTimeout(() => {
-      libc.symbols.close(this.#slave);
-      libc.symbols.close(this.#master);
+      libc().symbols.close(this.#slave);
+      libc().symbols.close(this.#master);
     }, 300);
   }
 }
