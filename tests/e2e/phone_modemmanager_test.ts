@@ -258,6 +258,15 @@ Deno.test({
         assert.match(await cat(root, "status"), /^call idle$/m);
       });
 
+      await t.step("a call from a withheld number still rings", async () => {
+        await mm.modem("ring");
+        await ev.next(/^ring ''$/);
+        await echo(root, "ctl", "answer");
+        await ev.next(/^answered ''$/);
+        await mm.modem("hangup");
+        await ev.next(/^hangup$/);
+      });
+
       await t.step("the modem refusing a send: reported failed, kept, not lost", async () => {
         await mm.modem("refuse on");
         await echo(root, "sms", "send 6412345678 'refused one'");

@@ -15,7 +15,8 @@
  * answer line each ("ok", "error: WHY", or JSON for `state`):
  *
  * ```
- * ring NUMBER        an incoming call rings (RING and +CLIP every 2 s)
+ * ring [NUMBER]      an incoming call rings (RING and +CLIP every 2 s; no
+ *                    NUMBER: the caller withholds it)
  * sms NUMBER TEXT    a message arrives (its parts 1.2 s apart)
  * answer             the far end answers the call the host dialled
  * hangup             the far end hangs up (or stops ringing)
@@ -326,13 +327,19 @@ export class AtModem {
 
   /** An incoming call from `number` starts ringing. */
   ring(number: string): string {
-    if (!/^\+?[0-9]{1,20}$/.test(number)) throw new Error(`bad number '${number}'`);
+    if (number !== "" && !/^\+?[0-9]{1,20}$/.test(number)) {
+      throw new Error(`bad number '${number}'`);
+    }
     if (this.#call) throw new Error("a call is already in progress");
     this.#call = { id: 1, dir: 1, stat: 4, number };
-    this.#calls.push(`remote-ring ${number}`);
+    this.#calls.push(`remote-ring ${number || "withheld"}`);
+    // CLI validity 1: the caller withheld the number.
+    const clip = number === ""
+      ? '+CLIP: "",128,,,,1'
+      : `+CLIP: "${number}",${number.startsWith("+") ? 145 : 129},,,,0`;
     const ring = () => {
       this.#unsolicited("RING");
-      this.#unsolicited(`+CLIP: "${number}",${number.startsWith("+") ? 145 : 129},,,,0`);
+      this.#unsolicited(clip);
     };
     ring();
     this.#ringTimer = setInterval(ring, 2000);
@@ -512,7 +519,7 @@ export class AtModem {
       case "+CLCC": {
         const c = this.#call;
         if (!c) return "";
-        const toa = c.number.startsWith("+") ? 145 : 129;
+        const toa = c.number === "" ? 128 : c.number.startsWith("+") ? 145 : 129;
         return info(`+CLCC: ${c.id},${c.dir},${c.stat},0,0,"${c.number}",${toa}`);
       }
       case "+CLCC=?":
