@@ -371,9 +371,10 @@ export class AtModem {
   }
 
   /**
-   * A message arrives: its parts are stored and announced with +CMTI, each
-   * 1.2 s after the one before (ModemManager drops a notice that comes while
-   * it is still reading the previous part).
+   * A message arrives: its parts are stored and announced with +CMTI. Each
+   * notice waits until the host has read the part before (or 10 s pass),
+   * then 1.2 s more: ModemManager drops a notice that comes while it is
+   * still handling the previous part.
    */
   sms(number: string, text: string): Promise<void> {
     if (!/^\+?[0-9]{1,20}$/.test(number)) throw new Error(`bad number '${number}'`);
@@ -381,14 +382,23 @@ export class AtModem {
     const pdus = deliverPdus(number, text, this.#ref++, new Date());
     const run = this.#incoming.then(async () => {
       for (const [i, pdu] of pdus.entries()) {
-        if (i > 0) await new Promise((r) => setTimeout(r, 1200));
+        if (i > 0) await this.#settle(this.#nextIndex - 1);
         const index = this.#nextIndex++;
         this.#store.set(index, { pdu, stat: 0 });
         this.#unsolicited(`+CMTI: "SM",${index}`);
       }
     });
-    this.#incoming = run.then(() => new Promise((r) => setTimeout(r, 1200)));
+    const last = () => this.#nextIndex - 1;
+    this.#incoming = run.then(() => this.#settle(last()));
     return Promise.resolve();
+  }
+
+  /** Wait until part `index` was read (or deleted), at most 10 s, then 1.2 s. */
+  async #settle(index: number): Promise<void> {
+    for (let waited = 0; waited < 10_000 && this.#store.get(index)?.stat === 0; waited += 50) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await new Promise((r) => setTimeout(r, 1200));
   }
 
   async #readLoop(): Promise<void> {
@@ -554,6 +564,7 @@ export class AtModem {
       for (const [i, s] of this.#store) {
         if (want !== 4 && want !== s.stat) continue;
         lines.push(`+CMGL: ${i},${s.stat},,${pduLength(s.pdu)}`, s.pdu);
+        s.stat = 1; // listing marks unread messages read, as +CMGR does
       }
       return info(...lines);
     }
