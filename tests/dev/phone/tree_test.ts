@@ -252,7 +252,7 @@ Deno.test("/phone over the simulator, through the Tree interface", async (t) => 
 
 /** A backend whose sends never finish (the modem went away mid-send). */
 class StuckBackend implements PhoneBackend {
-  readonly name = "stuck";
+  readonly name: string = "stuck";
   sends: string[] = [];
   start(_sink: BackendSink): Promise<void> {
     return Promise.resolve();
@@ -384,6 +384,58 @@ Deno.test("/phone over the simulator, through a Styx server and client", async (
   } finally {
     await client.close();
     await served;
+    await phone.close();
+    await Deno.remove(stateDir, { recursive: true });
+  }
+});
+
+/** A backend whose modem comes and goes, as ModemManager's does when it restarts. */
+class FlakyModem extends StuckBackend {
+  override readonly name: string = "flaky";
+  sink: BackendSink | undefined;
+  present = true;
+  override start(sink: BackendSink): Promise<void> {
+    this.sink = sink;
+    return Promise.resolve();
+  }
+  override sendSms(_n: string, text: string): Promise<SendResult> {
+    this.sends.push(text);
+    return Promise.resolve(
+      this.present ? { ok: true } : { ok: false, reason: "modem unavailable", retry: true },
+    );
+  }
+}
+
+Deno.test("while the modem is gone sends stay queued; they go once it is back", async () => {
+  const stateDir = await Deno.makeTempDir();
+  const modem = new FlakyModem();
+  const phone = await Phone.open({ backend: modem, stateDir });
+  try {
+    const root = await phone.tree().attach({ user: "glenda" }, "");
+    const events = await (await walk(root, "events")).open(OREAD);
+    const next = async () => dec.decode(await events.read(0n, 8192));
+    // Gone without telling: the send comes back "retry" and stays queued.
+    modem.present = false;
+    await echo(root, "sms", "send 111 one");
+    await phone.drain();
+    assert.match(await cat(root, "sms"), /^1 \S+ out 111 queued 1 'one'$/m);
+    // Known gone: nothing is tried at all.
+    await modem.sink!.event({ type: "modem", state: "gone" });
+    assert.equal(await next(), "modem gone\n");
+    await echo(root, "sms", "send 222 two");
+    await phone.drain();
+    assert.deepEqual(modem.sends, ["one"]);
+    assert.match(await cat(root, "status"), /^pending 2$/m);
+    // Back: both go, in order, once each.
+    modem.present = true;
+    await modem.sink!.event({ type: "modem", state: "ready" });
+    assert.equal(await next(), "modem ready\n");
+    assert.equal(await next(), "sent 1\n");
+    assert.equal(await next(), "sent 2\n");
+    assert.deepEqual(modem.sends, ["one", "one", "two"]);
+    assert.match(await cat(root, "status"), /^pending 0$/m);
+    await events.close();
+  } finally {
     await phone.close();
     await Deno.remove(stateDir, { recursive: true });
   }
