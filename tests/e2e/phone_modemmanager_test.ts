@@ -176,8 +176,8 @@ Deno.test({
 
       const sendAndCheck = async (text: string, encoding: string, parts: number) => {
         await echo(root, "sms", `send 6412345678 '${text.replaceAll("'", "''")}'`);
-        const [, id] = await ev.next(/^(?:sent|failed) (\d+)/);
-        assert.match(ev.lines.at(-1)!, /^sent/, `send failed: ${ev.lines.at(-1)}`);
+        const [line, id] = await ev.next(/^(?:sent|failed) (\d+)/);
+        assert.match(line!, /^sent/, `send failed: ${line}`);
         const s = await mm.state();
         const got = s.messages.find((m) => m.text === text);
         assert.ok(got, `the modem never sent '${text}': ${JSON.stringify(s.messages)}`);
