@@ -23,10 +23,11 @@ const spec = {
   usage: "ferry phone [--backend sim|modemmanager|termux] [--state DIR] [-A] [--listen ADDR]\n" +
     "       ferry phone sim inject sms NUMBER TEXT... | call NUMBER | answer | hangup | signal N",
   about: "Serve /phone over Styx on ADDR (default 'tcp!*!styx'): write 'send NUMBER text'\n" +
-    "to sms, 'dial NUMBER', 'answer', 'hangup', 'mute' or 'unmute' to ctl; read status,\n" +
-    "the sms list, and events (each read waits for the next: ring, sms, missed, hangup,\n" +
-    "answered, sent, failed). Outgoing messages are queued on disk in the state directory\n" +
-    "until the backend confirms them. Without -A every connection is mutually\n" +
+    "or 'resend ID' to sms, 'send text' to conv/NUMBER, 'dial NUMBER', 'answer', 'hangup',\n" +
+    "'mute' or 'unmute' to ctl; read status, the sms list, one conversation in conv/NUMBER,\n" +
+    "and events (each read waits for the next: ring, sms, missed, hangup, answered, sent,\n" +
+    "failed, modem gone, modem ready). Outgoing messages are queued on disk in the state\n" +
+    "directory until the backend confirms them. Without -A every connection is mutually\n" +
     "authenticated and encrypted with TLS 1.3 using this machine's credentials.",
   options: {
     backend: { type: "string" as const },
@@ -40,7 +41,7 @@ const spec = {
     D: { type: "boolean" as const },
   },
   optionsHelp: [
-    "  --backend NAME  sim (default: a simulated modem), modemmanager (mmcli) or termux",
+    "  --backend NAME  sim (default: a simulated modem), modemmanager (D-Bus) or termux",
     "  --state DIR     message store and simulator socket (default ~/.ferry/phone)",
     "  -A              no authentication or encryption (warns)",
     "  --listen ADDR   dial string to announce on (default 'tcp!*!styx', port 6666)",

@@ -5,8 +5,12 @@
  * @module
  */
 
-/** The outcome of sending one SMS. */
-export type SendResult = { ok: true } | { ok: false; reason: string };
+/**
+ * The outcome of sending one SMS. `retry` means the message was not taken
+ * (no modem at the moment): it stays queued and is tried again when the
+ * backend reports the modem ready.
+ */
+export type SendResult = { ok: true } | { ok: false; reason: string; retry?: boolean };
 
 /** What a backend reports about the modem. */
 export interface BackendStatus {
@@ -23,7 +27,9 @@ export type BackendEvent =
   | { type: "sms"; number: string; text: string; time?: Date; key?: string }
   | { type: "ring"; number: string }
   | { type: "answered" }
-  | { type: "hangup" };
+  | { type: "hangup" }
+  /** The modem went away (daemon stopped, device unplugged) or is usable again. */
+  | { type: "modem"; state: "gone" | "ready" };
 
 /** Where a backend sends what happens and what goes wrong in the background. */
 export interface BackendSink {

@@ -164,6 +164,24 @@ export class SmsStore {
     await this.#save();
   }
 
+  /** Put a failed outgoing message back in the queue; resolves once on disk. */
+  async requeue(id: number): Promise<SmsRecord> {
+    const rec = this.get(id);
+    if (!rec || rec.dir !== "out") throw new Error(`No outgoing message with id ${id}`);
+    if (rec.status !== "failed") throw new Error(`Message ${id} is ${rec.status}, not failed`);
+    const reason = rec.reason;
+    rec.status = "queued";
+    delete rec.reason;
+    try {
+      await this.#save();
+    } catch (e) {
+      rec.status = "failed";
+      if (reason !== undefined) rec.reason = reason;
+      throw new Error(`Cannot save message store '${this.path}': ${(e as Error).message}`);
+    }
+    return rec;
+  }
+
   /** Add `rec` and save; if saving fails the store is as it was before. */
   async #append(rec: SmsRecord): Promise<void> {
     this.#state.messages.push(rec);

@@ -2,11 +2,29 @@
  * The Termux backend: Android phones through the Termux:API programs.
  *
  * ```
- * send     termux-sms-send -n NUMBER TEXT
+ * send     termux-sms-send -n NUMBER        (the text on standard input)
  * receive  termux-sms-list -t inbox -l LIMIT     (polled; JSON array)
  * dial     termux-telephony-call NUMBER
  * status   termux-telephony-deviceinfo           (JSON object)
  * ```
+ *
+ * Checked against the sources of termux-api-package (scripts/*.in) and
+ * termux-api (app/src/main/java/com/termux/api/apis/*.java):
+ *
+ * - termux-sms-send.in passes text given as arguments through `echo "$@"`
+ *   in /bin/sh, whose echo may expand backslashes ("\c" ends the text), and
+ *   reads standard input when given none; SmsSendAPI.java reads that input
+ *   as UTF-8 and trims it. So the text goes on standard input. `-n` takes
+ *   comma-separated numbers (a number never has a comma here).
+ * - SmsSendAPI.java hands the message to Android's SmsManager with no
+ *   delivery callback, so "sent" means "given to Android"; a failure shows
+ *   only as a nonzero exit (no permission, no such program).
+ * - SmsInboxAPI.java writes each message as threadid, type, read, sender
+ *   (contacts only), address, number (deprecated, same as address),
+ *   received ("yyyy-MM-dd HH:mm:ss" in the phone's local time), body, _id;
+ *   the list comes newest last. `-t inbox` selects type 1.
+ * - TelephonyAPI.java's device info has phone_type, network_type,
+ *   sim_state and network_operator_name as strings, and no signal level.
  *
  * Termux:API can place a call but cannot answer, end or mute one, nor see
  * incoming calls, so `answer`, `hangup` and `mute` are refused with an error
@@ -36,13 +54,19 @@ export interface TermuxOptions {
   limit?: number;
 }
 
-/** One message as termux-sms-list prints it. */
+/** One message as termux-sms-list prints it (SmsInboxAPI.java, writeElement). */
 interface TermuxSms {
   _id?: number;
   threadid?: number;
   type?: string;
   read?: boolean;
+  /** A contact's name, when the number is in the contacts. */
+  sender?: string;
+  /** The other party's number (or a name, for some service senders). */
+  address?: string;
+  /** Deprecated copy of address, kept by older and newer versions alike. */
   number?: string;
+  /** "yyyy-MM-dd HH:mm:ss", the phone's local time. */
   received?: string;
   body?: string;
 }
@@ -96,16 +120,19 @@ export class TermuxBackend implements PhoneBackend {
       }
       if (!Array.isArray(list)) throw new Error("termux-sms-list did not print a JSON array");
       // Oldest first, so ids in the store follow arrival order.
-      const msgs = (list as TermuxSms[]).filter((m) => typeof m.number === "string")
+      const from = (m: TermuxSms) =>
+        typeof m.address === "string" ? m.address : typeof m.number === "string" ? m.number : "";
+      const msgs = (list as TermuxSms[]).filter((m) => from(m) !== "")
         .sort((a, b) => (a.received ?? "").localeCompare(b.received ?? ""));
       for (const m of msgs) {
+        // Local time without a zone: Ferry runs on the phone, in its zone.
         const time = m.received ? new Date(m.received.replace(" ", "T")) : undefined;
         const key = m._id !== undefined
           ? `termux|${m._id}`
-          : `termux|${m.number}|${m.received}|${m.body}`;
+          : `termux|${from(m)}|${m.received}|${m.body}`;
         await sink.event({
           type: "sms",
-          number: m.number!,
+          number: from(m),
           text: m.body ?? "",
           ...(time && !Number.isNaN(time.getTime()) ? { time } : {}),
           key,
@@ -119,10 +146,13 @@ export class TermuxBackend implements PhoneBackend {
     }
   }
 
-  /** Send with termux-sms-send. */
+  /** Send with termux-sms-send, the text on standard input (see the module doc). */
   async sendSms(number: string, text: string): Promise<SendResult> {
     try {
-      const r = await runProgram("termux-sms-send", ["-n", number, text], { env: this.opts.env });
+      const r = await runProgram("termux-sms-send", ["-n", number], {
+        env: this.opts.env,
+        stdin: text,
+      });
       if (r.code !== 0) {
         const said = (r.stderr.trim() || r.stdout.trim()).split("\n")[0] ?? "";
         return {

@@ -3,16 +3,23 @@
  * placing and answering calls, over any {@link PhoneBackend}.
  *
  * ```
- * /phone/sms      write "send NUMBER 'text'" (or "send NUMBER words..."); read the
+ * /phone/sms      write "send NUMBER 'text'" (or "send NUMBER words..."), or "resend ID"
+ *                 for a message that failed; read the
  *                 message list, one per line, newest last:
  *                 ID TIME in|out NUMBER STATUS SEGMENTS 'TEXT'
  *                 (STATUS: queued, sent, 'failed: REASON', received; fields quoted
  *                 as the shell quotes; a newline in a text is shown as \n)
+ * /phone/conv/    one file per number that has messages: reading NUMBER gives
+ *                 the /phone/sms lines of that conversation only; writing
+ *                 "send 'text'" to it sends to NUMBER. (/phone/sms stays a
+ *                 file, so "echo send ... >/phone/sms" keeps working: a 9P
+ *                 file cannot also be a directory.)
  * /phone/ctl      dial NUMBER | answer | hangup | mute | unmute
  * /phone/status   modem, operator, signal, call (idle | ringing N | dialing N |
  *                 active N), muted, pending: one "key value" per line
  * /phone/events   each read blocks for the next event and returns one line:
- *                 ring N, sms N ID, missed N, hangup, answered N, sent ID, failed ID REASON
+ *                 ring N, sms N ID, missed N, hangup, answered N, sent ID, failed ID REASON,
+ *                 modem gone, modem ready (while gone, messages stay queued)
  * ```
  *
  * Take a call with `cat /phone/events` in one shell and `echo answer >/phone/ctl`
@@ -112,6 +119,8 @@ export class Phone {
   #queued = new Set<number>();
   #worker: Promise<void> | undefined;
   #closed = false;
+  /** False while the backend reports no modem: sends wait, queued. */
+  #modemReady = true;
   #now: () => Date;
   #log: (m: string) => void;
 
@@ -172,6 +181,12 @@ export class Phone {
           this.#emit(`answered ${quote(this.#call.number)}`);
         }
         return;
+      case "modem":
+        this.#modemReady = e.state === "ready";
+        this.#emit(`modem ${e.state}`);
+        // Messages that waited for the modem go now.
+        if (this.#modemReady) { for (const m of this.store.pending()) this.#enqueue(m.id); }
+        return;
       case "hangup": {
         const was = this.#call;
         if (was.state === "idle") return;
@@ -196,7 +211,22 @@ export class Phone {
     return rec;
   }
 
+  /**
+   * Send a failed message again (the modem or network refused it); resolves
+   * once it is queued on disk.
+   */
+  async resend(id: number): Promise<SmsRecord> {
+    const rec = this.store.get(id);
+    if (!rec || rec.dir !== "out") throw new StyxError(`resend: no outgoing message ${id}`);
+    if (rec.status !== "failed") throw new StyxError(`resend: message ${id} is ${rec.status}`);
+    await this.store.requeue(id);
+    this.#queued.delete(id);
+    this.#enqueue(id);
+    return rec;
+  }
+
   #enqueue(id: number): void {
+    if (!this.#modemReady) return; // queued on disk; sent when the modem is back
     if (this.#queued.has(id)) return;
     this.#queued.add(id);
     this.#queue.push(id);
@@ -215,6 +245,13 @@ export class Phone {
         result = { ok: false, reason: message(e) };
       }
       if (this.#closed) return; // left queued on disk: sent on the next start
+      if (!result.ok && result.retry) {
+        // No modem just now: the message stays queued, and so does the rest.
+        this.#modemReady = false;
+        this.#queue = [];
+        this.#queued.clear();
+        return;
+      }
       try {
         await this.store.settle(id, result);
       } catch (e) {
@@ -308,6 +345,19 @@ export class Phone {
     return this.store.list().map((m) => formatSms(m) + "\n").join("");
   }
 
+  /** The numbers that have messages, in order of their latest message. */
+  conversations(): string[] {
+    const last = new Map<string, number>();
+    for (const m of this.store.list()) last.set(m.number, m.id);
+    return [...last.entries()].sort((a, b) => a[1] - b[1]).map(([n]) => n);
+  }
+
+  /** The /phone/conv/NUMBER text: the flat log's lines for `number` only. */
+  conversationText(number: string): string {
+    return this.store.list().filter((m) => m.number === number).map((m) => formatSms(m) + "\n")
+      .join("");
+  }
+
   /** The /phone tree over this phone. */
   tree(): SynthTree {
     const perm = this.opts.perm ?? 0o666;
@@ -319,6 +369,15 @@ export class Phone {
       usage: "NUMBER 'text'",
       run: async ([number, ...words]) => {
         await this.send(number!, words.join(" "));
+      },
+    }, {
+      name: "resend",
+      min: 1,
+      max: 1,
+      usage: "ID",
+      run: async ([id]) => {
+        if (!/^\d+$/.test(id!)) throw new StyxError(`resend: bad message id '${id}'`);
+        await this.resend(Number(id));
       },
     }];
     const ctlCmds: Command[] = [
@@ -334,6 +393,18 @@ export class Phone {
         ctlFile("ctl", ctlCmds, { read: () => `call ${describe(this.#call)}\n`, perm }),
         textFile("status", () => this.statusText(), { perm: rperm }),
         eventFile("events", this.events, { perm: rperm }),
+        dir("conv", () =>
+          this.conversations().map((number) =>
+            ctlFile(number, [{
+              name: "send",
+              min: 1,
+              max: Infinity,
+              usage: "'text'",
+              run: async (words) => {
+                await this.send(number, words.join(" "));
+              },
+            }], { read: () => this.conversationText(number), perm })
+          ), { perm: 0o555 }),
       ], { perm: 0o555 }),
       { uid: this.opts.uid ?? "ferry" },
     );

@@ -57,7 +57,13 @@ export async function phoneSemantics(
 
   await t.step("directory and initial status", async () => {
     const f = await root.open(OREAD);
-    assert.deepEqual((await f.readDir()).map((d) => d.name), ["sms", "ctl", "status", "events"]);
+    assert.deepEqual((await f.readDir()).map((d) => d.name), [
+      "sms",
+      "ctl",
+      "status",
+      "events",
+      "conv",
+    ]);
     await f.close();
     const status = await cat(root, "status");
     assert.match(status, /^modem sim$/m);
@@ -181,6 +187,40 @@ export async function phoneSemantics(
     assert.equal(last[4], "failed: no signal");
     await assert.rejects(echo(root, "ctl", "dial 555"), { message: "dial: no signal" });
     await inject("signal", "80");
+    // Kept with its reason, and sent on request once the network is back.
+    await echo(root, "sms", "resend 6");
+    assert.equal(await next(), "sent 6\n");
+    assert.match(await cat(root, "sms"), /^6 \S+ out 555 sent 1 'are you there\?'$/m);
+    await assert.rejects(echo(root, "sms", "resend 6"), { message: "resend: message 6 is sent" });
+    await assert.rejects(echo(root, "sms", "resend 99"), {
+      message: "resend: no outgoing message 99",
+    });
+    await assert.rejects(echo(root, "sms", "resend x"), { message: "resend: bad message id 'x'" });
+  });
+
+  await t.step("conversations by number under /phone/conv", async () => {
+    const conv = await walk(root, "conv");
+    const d = await conv.open(OREAD);
+    assert.deepEqual((await d.readDir()).map((e) => e.name), [
+      "6412345678",
+      "+6412345678",
+      "4321",
+      "555",
+    ]);
+    await d.close();
+    assert.match(await cat(conv, "4321"), /^5 \S+ in 4321 received 1 'hi there'\n$/);
+    await echo(conv, "4321", "send 'hello back'");
+    assert.equal(await next(), "sent 7\n");
+    const lines = (await cat(conv, "4321")).trimEnd().split("\n").map(tokenize);
+    assert.deepEqual(lines.map((l) => [l[0], l[2], l[6]]), [["5", "in", "hi there"], [
+      "7",
+      "out",
+      "hello back",
+    ]]);
+    // The flat log keeps everything, the new message last.
+    assert.match(await cat(root, "sms"), /^1 [\s\S]*\n7 \S+ out 4321 sent 1 'hello back'\n$/);
+    await assert.rejects(echo(conv, "4321", "dial"), /unknown ctl message 'dial'/);
+    await assert.rejects(conv.walk(["999"]), { message: "file does not exist" });
   });
 
   await t.step("a flushed read returns promptly", async () => {
@@ -212,7 +252,7 @@ Deno.test("/phone over the simulator, through the Tree interface", async (t) => 
 
 /** A backend whose sends never finish (the modem went away mid-send). */
 class StuckBackend implements PhoneBackend {
-  readonly name = "stuck";
+  readonly name: string = "stuck";
   sends: string[] = [];
   start(_sink: BackendSink): Promise<void> {
     return Promise.resolve();
@@ -344,6 +384,58 @@ Deno.test("/phone over the simulator, through a Styx server and client", async (
   } finally {
     await client.close();
     await served;
+    await phone.close();
+    await Deno.remove(stateDir, { recursive: true });
+  }
+});
+
+/** A backend whose modem comes and goes, as ModemManager's does when it restarts. */
+class FlakyModem extends StuckBackend {
+  override readonly name: string = "flaky";
+  sink: BackendSink | undefined;
+  present = true;
+  override start(sink: BackendSink): Promise<void> {
+    this.sink = sink;
+    return Promise.resolve();
+  }
+  override sendSms(_n: string, text: string): Promise<SendResult> {
+    this.sends.push(text);
+    return Promise.resolve(
+      this.present ? { ok: true } : { ok: false, reason: "modem unavailable", retry: true },
+    );
+  }
+}
+
+Deno.test("while the modem is gone sends stay queued; they go once it is back", async () => {
+  const stateDir = await Deno.makeTempDir();
+  const modem = new FlakyModem();
+  const phone = await Phone.open({ backend: modem, stateDir });
+  try {
+    const root = await phone.tree().attach({ user: "glenda" }, "");
+    const events = await (await walk(root, "events")).open(OREAD);
+    const next = async () => dec.decode(await events.read(0n, 8192));
+    // Gone without telling: the send comes back "retry" and stays queued.
+    modem.present = false;
+    await echo(root, "sms", "send 111 one");
+    await phone.drain();
+    assert.match(await cat(root, "sms"), /^1 \S+ out 111 queued 1 'one'$/m);
+    // Known gone: nothing is tried at all.
+    await modem.sink!.event({ type: "modem", state: "gone" });
+    assert.equal(await next(), "modem gone\n");
+    await echo(root, "sms", "send 222 two");
+    await phone.drain();
+    assert.deepEqual(modem.sends, ["one"]);
+    assert.match(await cat(root, "status"), /^pending 2$/m);
+    // Back: both go, in order, once each.
+    modem.present = true;
+    await modem.sink!.event({ type: "modem", state: "ready" });
+    assert.equal(await next(), "modem ready\n");
+    assert.equal(await next(), "sent 1\n");
+    assert.equal(await next(), "sent 2\n");
+    assert.deepEqual(modem.sends, ["one", "one", "two"]);
+    assert.match(await cat(root, "status"), /^pending 0$/m);
+    await events.close();
+  } finally {
     await phone.close();
     await Deno.remove(stateDir, { recursive: true });
   }
