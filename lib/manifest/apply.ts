@@ -18,10 +18,9 @@ import { standardDeviceTable } from "../ns/devices.ts";
 import { MemTree } from "../fs/memory.ts";
 import type { Tree } from "../fs/tree.ts";
 import { DMDIR, Ename, OREAD, StyxError } from "../styx/types.ts";
-import { RecoveringTree, StyxClient } from "../styx/client.ts";
+import { RecoveringTree, type StyxClient } from "../styx/client.ts";
 import { type Credentials, defaultCertsDir, loadCredentials } from "../auth/link.ts";
-import { tlsDial } from "../transport/tls.ts";
-import { parseDialString } from "../net/dial.ts";
+import { dialStyx } from "../net/connect.ts";
 import { dialStyxVia } from "../net/nsdial.ts";
 import { expand } from "./nsfile.ts";
 import { netExportOf, resolveSource } from "./check.ts";
@@ -158,17 +157,16 @@ export class NodeDialer {
         });
         return d.client;
       }
-      const a = parseDialString(node.address, { net: "tcp", service: "styx" });
-      const conn = await timed(
-        tlsDial(a.host, a.port, { creds: this.creds, peer: node.name }),
-        ms,
-      );
-      try {
-        return await StyxClient.connect(conn, { trace: this.opts.trace, signal });
-      } catch (e) {
-        conn.close();
-        throw e;
-      }
+      const d = await dialStyx(node.address, {
+        insecure: false,
+        creds: this.creds,
+        peer: node.name,
+        user: this.user,
+        timeoutMs: ms,
+        signal,
+        trace: this.opts.trace,
+      });
+      return d.client;
     } catch (e) {
       throw new Error(`${what}: ${(e as Error).message}`);
     }
@@ -202,27 +200,6 @@ export class NodeDialer {
     for (const p of this.#links.values()) {
       await p.then((l) => l.close(), () => {});
     }
-  }
-}
-
-async function timed<T extends { close(): void }>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let late = false;
-  p.then((c) => {
-    if (late) c.close();
-  }, () => {});
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
-      }),
-    ]);
-  } catch (e) {
-    late = true;
-    throw e;
-  } finally {
-    clearTimeout(timer);
   }
 }
 

@@ -97,3 +97,52 @@ namespace = ""
     await c.cleanup();
   }
 });
+
+Deno.test("a node that accepts but never answers is given up after timeoutMs", async () => {
+  const c = await makeCluster();
+  // Takes connections and says nothing: no TLS handshake ever completes.
+  const silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of silent) held.push(conn);
+  })();
+  try {
+    await c.issue("alice", "user");
+    const port = (silent.addr as Deno.NetAddr).port;
+    const file = await c.write(`[nodes.files]
+address = "tcp!127.0.0.1!${port}"
+
+[nodes.files.exports.home]
+kind = "host"
+path = "${c.dir}"
+access = ["alice"]
+
+[users.alice]
+namespace = ""
+`);
+    const m = await loadChecked(file);
+    const problems: Problem[] = [];
+    const entries = parseNamespace("mount files!home /n/home", where, problems);
+    assert.deepEqual(problems, []);
+    const a = await applyNamespace(m, entries, {
+      user: "alice",
+      certDir: c.certs("alice"),
+      rootDir: `${c.dir}/root-alice`,
+      timeoutMs: 300,
+    });
+    try {
+      assert.deepEqual(a.report.map((r) => r.ok), [false]);
+      assert.match(
+        a.report[0]!.error!,
+        new RegExp(`cannot reach node 'files' at 'tcp!127\\.0\\.0\\.1!${port}': .*timed out`),
+      );
+    } finally {
+      await a.close();
+    }
+  } finally {
+    silent.close();
+    await accepting.catch(() => {});
+    for (const conn of held) conn.close();
+    await c.cleanup();
+  }
+});
