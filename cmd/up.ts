@@ -14,6 +14,7 @@ import { load } from "../lib/manifest/load.ts";
 import { ManifestError } from "../lib/manifest/schema.ts";
 import { ferryArgv } from "../lib/self.ts";
 import { parseDialString } from "../lib/net/dial.ts";
+import { standardDevices } from "./devices.ts";
 
 const spec = {
   usage: "ferry up FILE --node NAME [--certs DIR] [--token TOKEN] [--insecure-manifest]",
@@ -136,7 +137,14 @@ export async function run(args: string[]): Promise<number> {
     if (insecure) {
       console.error("up: warning: --insecure-manifest: the manifest's signature is not checked");
     }
-    node = await FerryNode.start({ file, node: name, certDir, insecureManifest: insecure, pollMs });
+    node = await FerryNode.start({
+      file,
+      node: name,
+      certDir,
+      insecureManifest: insecure,
+      pollMs,
+      devices: standardDevices(),
+    });
     const signer = node.manifest.ca.signer;
     if (signer && v["no-renew"] !== true) renewer = startRenewer(signer, certDir, name);
     const runDir = typeof v.run === "string" ? v.run : certDir;

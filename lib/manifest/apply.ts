@@ -14,7 +14,7 @@
  */
 
 import { Namespace } from "../ns/namespace.ts";
-import { standardDeviceTable } from "../ns/devices.ts";
+import type { DeviceFactory } from "../ns/devices.ts";
 import { MemTree } from "../fs/memory.ts";
 import type { Tree } from "../fs/tree.ts";
 import { DMDIR, Ename, OREAD, StyxError } from "../styx/types.ts";
@@ -25,8 +25,6 @@ import { dialStyxVia } from "../net/nsdial.ts";
 import { expand } from "./nsfile.ts";
 import { netExportOf, resolveSource } from "./check.ts";
 import type { Manifest, NodeSpec, NsEntry } from "./schema.ts";
-import "../dev/net/mod.ts";
-import "../dev/prog/mod.ts";
 
 /** Options for {@link applyNamespace} and {@link logon}. */
 export interface ApplyOptions {
@@ -38,6 +36,11 @@ export interface ApplyOptions {
   certDir?: string;
   /** The namespace's root directory on this host (see Namespace.standard). */
   rootDir?: string;
+  /**
+   * The namespace's devices besides `#U` (see cmd/devices.ts); `#I` is bound
+   * on /net and `#p` on /prog when present. Default: none.
+   */
+  devices?: ReadonlyMap<string, DeviceFactory>;
   /** $home (default the user's `home`, else "/usr/USER"). */
   home?: string;
   /** Mount points whose entries must succeed. */
@@ -221,7 +224,8 @@ async function mkdirs(ns: Namespace, p: string): Promise<void> {
 
 /**
  * Apply `entries` to a fresh standard namespace for `opts.user` (with '#I'
- * on /net and '#p' on /prog, as `ferry sh` starts). Throws only when a
+ * on /net and '#p' on /prog when `opts.devices` has them, as `ferry sh`
+ * starts). Throws only when a
  * required entry fails (after closing what it made); every other failure is
  * in the report.
  *
@@ -241,8 +245,8 @@ export async function applyNamespace(
   const home = opts.home ?? m.users.get(user)?.home ?? `/usr/${user}`;
   const creds = opts.creds ?? await loadCredentials(opts.certDir ?? defaultCertsDir(), user);
   const dialer = new NodeDialer(m, creds, user, opts);
-  const ns = await Namespace.standard({ user, rootDir: opts.rootDir });
-  const devices = standardDeviceTable();
+  const devices = opts.devices ?? new Map();
+  const ns = await Namespace.standard({ user, rootDir: opts.rootDir, devices });
   for (const [dev, at] of [["#I", "/net"], ["#p", "/prog"]] as const) {
     if (devices.has(dev)) await ns.bind(dev, at).catch(() => {});
   }

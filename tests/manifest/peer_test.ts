@@ -9,6 +9,7 @@ import { loadChecked } from "../../lib/manifest/check.ts";
 import { parseNamespace } from "../../lib/manifest/nsfile.ts";
 import type { Problem } from "../../lib/manifest/schema.ts";
 import { freePort, makeCluster } from "./cluster.ts";
+import { standardDevices } from "../../cmd/devices.ts";
 
 const dec = new TextDecoder();
 const where = { file: "ns", line: 1, key: "users.alice.namespace" };
@@ -75,6 +76,8 @@ namespace = ""
       user: "alice",
       certDir: c.certs("alice"),
       rootDir: `${c.dir}/root-alice`,
+      // An address is dialled through the namespace's /net.
+      devices: standardDevices(),
     });
     try {
       assert.deepEqual(a.report.map((r) => r.ok), [true, false, false]);
