@@ -410,10 +410,11 @@ export interface FrameWriterOptions {
    */
   start?: "microtask" | "turn";
   /**
-   * Called with each frame the writer has finished with while nothing else
-   * reads it any more, so its buffer may be reused: once it was copied into
-   * a gathered write or written, on a connection whose `releasesWrites` is
-   * true, and when {@link FrameWriter.abandon} drops it unwritten.
+   * Called with each buffer the writer has finished with while nothing else
+   * reads it any more, so that it may be reused: on a connection whose
+   * `releasesWrites` is true, a frame once copied into a gathered write or
+   * written, and each gathered write once written; on any connection, a
+   * frame {@link FrameWriter.abandon} drops unwritten.
    */
   release?(frame: Uint8Array): void;
   /** Called after each completed write (so {@link FrameWriter.queued} fell). */

@@ -323,6 +323,9 @@ const canWrite = (omode: number) => {
  *
  * Data a tree returns from `OpenFile.read` is written to the connection
  * as it is, without a copy: a tree must not change that buffer afterwards.
+ * Each read is offered buffers (`ReadOptions.alloc`, `allocAhead`) with
+ * room for the Rread header in front; data returned in one goes out as one
+ * frame and the buffer is then reused.
  * A tree whose `copiesWrites` property is `true` promises to keep no
  * reference to the data given to `OpenFile.write` once that settles
  * without its signal having been aborted; the server then reuses the
