@@ -22,6 +22,7 @@ import {
   type SignedManifest,
 } from "../lib/manifest/sign.ts";
 import { logon } from "../lib/manifest/apply.ts";
+import { standardDevices } from "./devices.ts";
 import { ManifestError } from "../lib/manifest/schema.ts";
 import { Shell } from "../lib/sh/interp.ts";
 import { builtins } from "../lib/sh/builtins/mod.ts";
@@ -151,6 +152,7 @@ export async function run(args: string[]): Promise<number> {
     composed = await logon(m, user, {
       creds,
       rootDir: typeof v.r === "string" ? v.r : undefined,
+      devices: standardDevices(),
       onEntry: (r) => {
         const at = `${r.entry.where.file}:${r.entry.where.line}`;
         if (!r.ok) console.error(`logon: ${at}: ${r.line}: ${r.error}`);

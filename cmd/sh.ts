@@ -9,17 +9,14 @@
 
 import { fail, parse, UsageError } from "../lib/cli.ts";
 import { Namespace } from "../lib/ns/namespace.ts";
-import { defaultRootDir } from "../lib/ns/devices.ts";
+import { defaultRootDir, type DeviceFactory } from "../lib/ns/devices.ts";
 import { Shell } from "../lib/sh/interp.ts";
 import { builtins } from "../lib/sh/builtins/mod.ts";
 import { denoReader, denoWriter, emptyReader, type ShIO } from "../lib/sh/io.ts";
 import { incomplete } from "../lib/sh/parser.ts";
 import { StyxError } from "../lib/styx/types.ts";
 import { denoTerminal, LineEditor } from "../lib/sh/lineedit.ts";
-import { standardDeviceTable } from "../lib/ns/devices.ts";
-// Loading a device module registers its '#' name with every standard namespace.
-import "../lib/dev/net/mod.ts";
-import "../lib/dev/prog/mod.ts";
+import { standardDevices } from "./devices.ts";
 import type { PhoneDevice } from "../lib/dev/phone/device.ts";
 
 /** Devices bound into every new shell's namespace, as Inferno's /lib/namespace does. */
@@ -243,15 +240,17 @@ export async function run(args: string[]): Promise<number> {
   let rootDir: string;
   let ns: Namespace;
   let phone: PhoneDevice | undefined;
+  const devices = standardDevices();
   try {
     rootDir = (p.values.r as string | undefined) ?? defaultRootDir();
-    if (typeof p.values.phone === "string") phone = await startPhone(p.values.phone, rootDir);
-    ns = await Namespace.standard({ user: await hostUser(), rootDir });
+    if (typeof p.values.phone === "string") {
+      phone = await startPhone(p.values.phone, rootDir, devices);
+    }
+    ns = await Namespace.standard({ user: await hostUser(), rootDir, devices });
   } catch (e) {
     return fail("sh", e);
   }
   try {
-    const devices = standardDeviceTable();
     const binds = phone ? [...STARTUP_BINDS, [phone.device, "/phone"] as const] : STARTUP_BINDS;
     for (const [dev, path] of binds) {
       if (!devices.has(dev)) continue;
@@ -269,14 +268,21 @@ export async function run(args: string[]): Promise<number> {
 }
 
 /**
- * Register '#P' for the phone `spec` names (`ferry sh --phone`) and make the
- * /phone mount point in the root directory. SIGTERM (and SIGINT unless a
- * terminal is attached) stops the phone in order before the shell exits, so
- * a message the modem took is recorded as sent and not sent again.
+ * Add '#P' for the phone `spec` names (`ferry sh --phone`) to `devices` and
+ * make the /phone mount point in the root directory. SIGTERM (and SIGINT
+ * unless a terminal is attached) stops the phone in order before the shell
+ * exits, so a message the modem took is recorded as sent and not sent again.
  */
-async function startPhone(spec: string, rootDir: string): Promise<PhoneDevice> {
-  const { parsePhoneSpec, registerPhoneDevice } = await import("../lib/dev/phone/device.ts");
-  const dev = registerPhoneDevice({ ...parsePhoneSpec(spec), uid: await hostUser() });
+async function startPhone(
+  spec: string,
+  rootDir: string,
+  devices: Map<string, DeviceFactory>,
+): Promise<PhoneDevice> {
+  const { parsePhoneSpec, PhoneDevice, phoneDevice } = await import(
+    "../lib/dev/phone/device.ts"
+  );
+  const dev = new PhoneDevice({ ...parsePhoneSpec(spec), uid: await hostUser() });
+  devices.set(dev.device, phoneDevice(dev));
   await Deno.mkdir(`${rootDir}/phone`, { recursive: true });
   const signals: [Deno.Signal, number][] = [["SIGTERM", 143]];
   if (!Deno.stdin.isTerminal()) signals.push(["SIGINT", 130]);

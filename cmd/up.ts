@@ -24,6 +24,7 @@ import { ClusterWatcher, joinedManifest, type WatcherOptions } from "../lib/clus
 import { watchCredentials } from "../lib/auth/link.ts";
 import { appliedSerial } from "../lib/manifest/sign.ts";
 import { fingerprint, parseCert } from "../lib/auth/certs.ts";
+import { standardDevices } from "./devices.ts";
 
 const spec = {
   usage: "ferry up FILE --node NAME [--certs DIR] [--token TOKEN] [--insecure-manifest]\n" +
@@ -193,6 +194,7 @@ export async function run(args: string[]): Promise<number> {
       certDir,
       insecureManifest: insecure,
       pollMs: join === undefined ? pollMs : 0,
+      devices: standardDevices(),
     });
     if (join !== undefined) {
       const n = node;

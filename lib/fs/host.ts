@@ -57,7 +57,16 @@
  * @module
  */
 
-import type { Caller, Created, Node, OpenFile, OpOptions, Tree, WalkResult } from "./tree.ts";
+import type {
+  Caller,
+  Created,
+  Node,
+  OpenFile,
+  OpOptions,
+  ReadOptions,
+  Tree,
+  WalkResult,
+} from "./tree.ts";
 import {
   type Dir,
   DMDIR,
@@ -74,7 +83,6 @@ import {
 } from "../styx/types.ts";
 import { type HostUsers, hostUsers } from "./users.ts";
 import { accountFor, AEXEC, AREAD, AWRITE, mustOwn, need } from "./hostperm.ts";
-import { allocReadData } from "../styx/frame.ts";
 import {
   type Access,
   type Beneath,
@@ -712,7 +720,7 @@ class HostFile implements OpenFile {
     }
   }
 
-  read(offset: bigint, count: number, _opts?: OpOptions): Promise<Uint8Array> {
+  read(offset: bigint, count: number, opts?: ReadOptions): Promise<Uint8Array> {
     return this.#io(async () => {
       if ((this.mode & 3) === OWRITE) throw new StyxError(Ename.perm);
       const pos = toPosition(offset);
@@ -723,7 +731,7 @@ class HostFile implements OpenFile {
       if (pos >= this.#size) this.#size = this.file.stat().size;
       n = Math.min(n, this.#size - pos);
       if (n <= 0) return new Uint8Array(0);
-      const buf = allocReadData(n);
+      const buf = opts?.alloc?.(n) ?? new Uint8Array(n);
       const got = await this.file.pread(buf, pos);
       return got === n ? buf : buf.subarray(0, got);
     });

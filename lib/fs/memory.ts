@@ -21,7 +21,16 @@
  * @module
  */
 
-import type { Caller, Created, Node, OpenFile, OpOptions, Tree, WalkResult } from "./tree.ts";
+import type {
+  Caller,
+  Created,
+  Node,
+  OpenFile,
+  OpOptions,
+  ReadOptions,
+  Tree,
+  WalkResult,
+} from "./tree.ts";
 import {
   DMAPPEND,
   DMDIR,
@@ -39,7 +48,6 @@ import {
   StyxError,
 } from "../styx/types.ts";
 import type { Dir, Qid } from "../styx/types.ts";
-import { allocReadData } from "../styx/frame.ts";
 
 /** Options for {@link MemTree}. */
 export interface MemTreeOptions {
@@ -562,7 +570,7 @@ class MemFile implements OpenFile {
     }
   }
 
-  read(offset: bigint, count: number, _opts?: OpOptions): Promise<Uint8Array> {
+  read(offset: bigint, count: number, opts?: ReadOptions): Promise<Uint8Array> {
     try {
       this.#check(AREAD);
       const e = this.entry;
@@ -573,8 +581,8 @@ class MemFile implements OpenFile {
       }
       const start = Number(offset);
       const end = Math.min(e.length, start + count);
-      // A copy (later writes must not change it) with room for the Rread header.
-      const out = allocReadData(end - start);
+      // A copy (later writes must not change it), where the reader wants it.
+      const out = opts?.alloc?.(end - start) ?? new Uint8Array(end - start);
       out.set(e.data.subarray(start, end));
       return Promise.resolve(out);
     } catch (err) {

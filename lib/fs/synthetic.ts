@@ -39,7 +39,16 @@
  * @module
  */
 
-import type { Caller, Created, Node, OpenFile, OpOptions, Tree, WalkResult } from "./tree.ts";
+import type {
+  Caller,
+  Created,
+  Node,
+  OpenFile,
+  OpOptions,
+  ReadOptions,
+  Tree,
+  WalkResult,
+} from "./tree.ts";
 import {
   type Dir,
   DMDIR,
@@ -64,6 +73,9 @@ export interface Ctx {
   /** Aborted when the request is flushed or the connection goes away. */
   signal?: AbortSignal;
 }
+
+/** What a read handler is told: the request plus where to get buffers (see ReadOptions). */
+export interface ReadCtx extends Ctx, Pick<ReadOptions, "alloc" | "allocAhead"> {}
 
 /** What an open handler is told: the request plus the 9P open mode. */
 export interface OpenCtx extends Ctx {
@@ -92,7 +104,7 @@ export interface Common {
 /** One open instance of a file: per-open state lives in its closure. */
 export interface Handle {
   /** Read up to `count` bytes at `offset`; may block (honour ctx.signal). */
-  read?(offset: bigint, count: number, ctx: Ctx): Uint8Array | Promise<Uint8Array>;
+  read?(offset: bigint, count: number, ctx: ReadCtx): Uint8Array | Promise<Uint8Array>;
   /** Write `data` at `offset`; returns bytes taken; may block. */
   write?(offset: bigint, data: Uint8Array, ctx: Ctx): number | Promise<number>;
   /** Called once when the open file is closed (clunked). */
@@ -750,14 +762,18 @@ class SynthFile implements OpenFile {
     readonly qid: Qid,
   ) {}
 
-  async read(offset: bigint, count: number, opts?: OpOptions): Promise<Uint8Array> {
+  async read(offset: bigint, count: number, opts?: ReadOptions): Promise<Uint8Array> {
     const m = this.mode & 3;
     if (m !== 0 && m !== ORDWR && m !== OEXEC) throw new StyxError(Ename.notOpen);
     if (!this.handle.read) return new Uint8Array(0);
+    const ctx: ReadCtx = {
+      caller: this.caller,
+      signal: opts?.signal,
+      alloc: opts?.alloc,
+      allocAhead: opts?.allocAhead,
+    };
     return await withSignal(
-      Promise.resolve(
-        this.handle.read(offset, count, { caller: this.caller, signal: opts?.signal }),
-      ),
+      Promise.resolve(this.handle.read(offset, count, ctx)),
       opts?.signal,
     );
   }

@@ -45,6 +45,30 @@ export interface OpOptions {
 }
 
 /**
+ * Options of {@link OpenFile.read}: besides the signal, where to get the
+ * buffer for the data. The Styx server offers buffers with room for the
+ * reply's header kept in front, so data read into one goes out without a
+ * copy and the buffer is then reused.
+ */
+export interface ReadOptions extends OpOptions {
+  /**
+   * A buffer of `n` bytes for this read's data: fill it, return it (whole,
+   * or a prefix of it) from this one read, and keep no reference to it. It
+   * counts against what the connection may hold until the reply has left,
+   * so allocate it only once the data is there to fill it. Its contents are
+   * not guaranteed to be zero.
+   */
+  alloc?(n: number): Uint8Array;
+  /**
+   * Like {@link alloc}, for a buffer a file fills ahead of the reads that
+   * return it (a socket's read buffer, kept across reads): not counted
+   * against this read, so a read that waits for data holds nothing. Return
+   * it whole from one later read, or copy out of it.
+   */
+  allocAhead?(n: number): Uint8Array;
+}
+
+/**
  * `opts` without {@link OpOptions.openMode}, for a walk whose node will not
  * be the one opened (an intermediate step, or a walk that stops short).
  */
@@ -198,7 +222,7 @@ export interface OpenFile {
   /** Largest count worth asking for in one read or write; 0 means "msize - IOHDRSZ". */
   readonly iounit: number;
   /** Read up to `count` bytes at `offset` (regular files only). */
-  read(offset: bigint, count: number, opts?: OpOptions): Promise<Uint8Array>;
+  read(offset: bigint, count: number, opts?: ReadOptions): Promise<Uint8Array>;
   /** Write `data` at `offset`; returns how many bytes were written. */
   write(offset: bigint, data: Uint8Array, opts?: OpOptions): Promise<number>;
   /**

@@ -14,20 +14,17 @@
  */
 
 import { Namespace } from "../ns/namespace.ts";
-import { standardDeviceTable } from "../ns/devices.ts";
+import type { DeviceFactory } from "../ns/devices.ts";
 import { MemTree } from "../fs/memory.ts";
 import type { Tree } from "../fs/tree.ts";
 import { DMDIR, Ename, OREAD, StyxError } from "../styx/types.ts";
-import { RecoveringTree, StyxClient } from "../styx/client.ts";
+import { RecoveringTree, type StyxClient } from "../styx/client.ts";
 import { type Credentials, defaultCertsDir, loadCredentials } from "../auth/link.ts";
-import { tlsDial } from "../transport/tls.ts";
-import { parseDialString } from "../net/dial.ts";
+import { dialStyx } from "../net/connect.ts";
 import { dialStyxVia } from "../net/nsdial.ts";
 import { expand } from "./nsfile.ts";
 import { netExportOf, resolveSource } from "./check.ts";
 import type { Manifest, NodeSpec, NsEntry } from "./schema.ts";
-import "../dev/net/mod.ts";
-import "../dev/prog/mod.ts";
 
 /** Options for {@link applyNamespace} and {@link logon}. */
 export interface ApplyOptions {
@@ -39,6 +36,11 @@ export interface ApplyOptions {
   certDir?: string;
   /** The namespace's root directory on this host (see Namespace.standard). */
   rootDir?: string;
+  /**
+   * The namespace's devices besides `#U` (see cmd/devices.ts); `#I` is bound
+   * on /net and `#p` on /prog when present. Default: none.
+   */
+  devices?: ReadonlyMap<string, DeviceFactory>;
   /** $home (default the user's `home`, else "/usr/USER"). */
   home?: string;
   /** Mount points whose entries must succeed. */
@@ -158,17 +160,16 @@ export class NodeDialer {
         });
         return d.client;
       }
-      const a = parseDialString(node.address, { net: "tcp", service: "styx" });
-      const conn = await timed(
-        tlsDial(a.host, a.port, { creds: this.creds, peer: node.name }),
-        ms,
-      );
-      try {
-        return await StyxClient.connect(conn, { trace: this.opts.trace, signal });
-      } catch (e) {
-        conn.close();
-        throw e;
-      }
+      const d = await dialStyx(node.address, {
+        insecure: false,
+        creds: this.creds,
+        peer: node.name,
+        user: this.user,
+        timeoutMs: ms,
+        signal,
+        trace: this.opts.trace,
+      });
+      return d.client;
     } catch (e) {
       throw new Error(`${what}: ${(e as Error).message}`);
     }
@@ -205,27 +206,6 @@ export class NodeDialer {
   }
 }
 
-async function timed<T extends { close(): void }>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  let late = false;
-  p.then((c) => {
-    if (late) c.close();
-  }, () => {});
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
-      }),
-    ]);
-  } catch (e) {
-    late = true;
-    throw e;
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 /** Make directory `p` and its parents in `ns` when missing. */
 async function mkdirs(ns: Namespace, p: string): Promise<void> {
   const names = p.split("/").filter((n) => n !== "");
@@ -244,7 +224,8 @@ async function mkdirs(ns: Namespace, p: string): Promise<void> {
 
 /**
  * Apply `entries` to a fresh standard namespace for `opts.user` (with '#I'
- * on /net and '#p' on /prog, as `ferry sh` starts). Throws only when a
+ * on /net and '#p' on /prog when `opts.devices` has them, as `ferry sh`
+ * starts). Throws only when a
  * required entry fails (after closing what it made); every other failure is
  * in the report.
  *
@@ -264,8 +245,8 @@ export async function applyNamespace(
   const home = opts.home ?? m.users.get(user)?.home ?? `/usr/${user}`;
   const creds = opts.creds ?? await loadCredentials(opts.certDir ?? defaultCertsDir(), user);
   const dialer = new NodeDialer(m, creds, user, opts);
-  const ns = await Namespace.standard({ user, rootDir: opts.rootDir });
-  const devices = standardDeviceTable();
+  const devices = opts.devices ?? new Map();
+  const ns = await Namespace.standard({ user, rootDir: opts.rootDir, devices });
   for (const [dev, at] of [["#I", "/net"], ["#p", "/prog"]] as const) {
     if (devices.has(dev)) await ns.bind(dev, at).catch(() => {});
   }

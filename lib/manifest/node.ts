@@ -45,6 +45,7 @@ import {
   type SignedManifest,
 } from "./sign.ts";
 import { applyNamespace, NodeDialer } from "./apply.ts";
+import type { DeviceFactory } from "../ns/devices.ts";
 import {
   accessAllows,
   type ExportSpec,
@@ -68,6 +69,8 @@ export interface NodeOptions {
   pollMs?: number;
   /** Where status lines go (default: standard error). */
   log?: (line: string) => void;
+  /** Devices of the namespaces its `namespace` exports compose (see cmd/devices.ts). */
+  devices?: ReadonlyMap<string, DeviceFactory>;
 }
 
 interface LiveExport {
@@ -239,6 +242,7 @@ export class FerryNode {
           user: this.#opts.node,
           creds: this.#creds.current(),
           rootDir: `${this.#opts.certDir}/root-${e.name}`,
+          devices: this.#opts.devices,
           home: "/",
           required: [],
           onEntry: (r) => {

@@ -11,7 +11,12 @@ import type { Conn, Listener } from "../transport/conn.ts";
 import { tcpDial, tcpListen } from "../transport/tcp.ts";
 import { listenHost, parseDialString } from "./dial.ts";
 import { RemoteTree, StyxClient } from "../styx/client.ts";
-import { defaultCertsDir, watchCredentials } from "../auth/link.ts";
+import {
+  type Credentials,
+  type CredentialWatch,
+  defaultCertsDir,
+  watchCredentials,
+} from "../auth/link.ts";
 import { tlsDial, tlsListen } from "../transport/tls.ts";
 import type { Tree } from "../fs/tree.ts";
 import { handshakeFailed, SPEAKS_PLAIN, speaksPlainStyx, watchForTls } from "./mismatch.ts";
@@ -29,6 +34,8 @@ export interface DialOptions {
   timeoutMs?: number;
   /** Directory holding this machine's credentials. */
   certDir?: string;
+  /** Credentials to dial with, instead of those in `certDir`. */
+  creds?: Credentials | CredentialWatch;
   /** Expected node name of the server when it differs from the dial host. */
   peer?: string;
   /** Inferno -C algorithm name, mapped onto TLS cipher choices. */
@@ -46,19 +53,23 @@ export interface Dialed {
   close(): void;
 }
 
+/** `p`, or a rejection saying why it was given up (callers add what was being done). */
 async function withTimeout<T extends { close(): void }>(
   p: Promise<T>,
   ms: number,
-  what: string,
   signal?: AbortSignal,
 ): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   let timedOut = false;
   let onAbort: (() => void) | undefined;
   const fail = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: timed out after ${ms} ms`)), ms);
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
     if (signal) {
-      onAbort = () => reject(new Error(`${what}: interrupted`));
+      onAbort = () => {
+        // A deadline given as a signal (AbortSignal.timeout) says so.
+        const late = (signal.reason as Error | undefined)?.name === "TimeoutError";
+        reject(new Error(late ? "timed out" : "interrupted"));
+      };
       signal.addEventListener("abort", onAbort, { once: true });
     }
   });
@@ -84,19 +95,20 @@ export async function dialConn(addr: string, opts: DialOptions): Promise<Conn> {
   const ms = opts.timeoutMs ?? 10_000;
   if (opts.insecure) {
     try {
-      const c = await withTimeout(tcpDial(a.host, a.port), ms, `dial '${addr}'`, opts.signal);
+      const c = await withTimeout(tcpDial(a.host, a.port), ms, opts.signal);
       return watchForTls(c);
     } catch (e) {
       throw new Error(`cannot dial '${addr}': ${(e as Error).message}`);
     }
   }
-  // The directory's shared watch: a renewed certificate and the latest CRL.
-  const creds = await watchCredentials(opts.certDir ?? defaultCertsDir());
+  // Unless given credentials, the directory's shared watch: a renewed
+  // certificate and the latest CRL.
+  const watch = opts.creds ? null : await watchCredentials(opts.certDir ?? defaultCertsDir());
+  const creds = opts.creds ?? watch!;
   try {
     return await withTimeout(
       tlsDial(a.host, a.port, { creds, peer: opts.peer, alg: opts.alg }),
       ms,
-      `dial '${addr}'`,
       opts.signal,
     );
   } catch (e) {
@@ -108,7 +120,7 @@ export async function dialConn(addr: string, opts: DialOptions): Promise<Conn> {
     }
     throw new Error(`cannot dial '${addr}': ${(e as Error).message}`);
   } finally {
-    creds.close();
+    watch?.close();
   }
 }
 

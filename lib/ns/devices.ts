@@ -2,9 +2,9 @@
  * Devices by name, as Inferno's `#` paths: `#U` is the host file system.
  * `#U` alone is the namespace's root directory on the host (like `emu -r`),
  * `#U*` is the host's `/`, and `#U*` followed by a path is that host
- * directory or file. Later devices (`#I` net, `#p` prog, phone) register
- * themselves with {@link registerStandardDevice} so every standard namespace
- * gets them.
+ * directory or file. Other devices (`#I` net, `#p` prog, `#P` phone) come
+ * in the device table a program gives its namespace (see cmd/devices.ts),
+ * as Inferno's emu configuration lists the devices it is built with.
  *
  * @module
  */
@@ -23,30 +23,6 @@ export type DeviceFactory = (spec: string, caller: Caller) => Tree | Promise<Tre
 
 /** Directories every standard root holds. */
 export const STANDARD_DIRS: readonly string[] = ["n", "tmp", "usr", "dev", "net", "prog"];
-
-const standardDevices = new Map<string, DeviceFactory>();
-
-/**
- * Add a device to every namespace {@link Namespace.standard} makes from now on
- * (the net, prog and phone devices call this when loaded).
- *
- * @example
- * ```ts
- * import { registerStandardDevice, standardDeviceTable } from "./devices.ts";
- * import { MemTree } from "../fs/memory.ts";
- * registerStandardDevice("#Z", () => new MemTree());
- * if (!standardDeviceTable().has("#Z")) throw new Error("not registered");
- * ```
- */
-export function registerStandardDevice(name: string, f: DeviceFactory): void {
-  checkDeviceName(name);
-  standardDevices.set(name, f);
-}
-
-/** A copy of the devices registered with {@link registerStandardDevice}. */
-export function standardDeviceTable(): Map<string, DeviceFactory> {
-  return new Map(standardDevices);
-}
 
 /** Throw unless `name` is '#' followed by exactly one character. */
 export function checkDeviceName(name: string): void {

@@ -70,7 +70,6 @@ import {
   hostDevice,
   prepareRootDir,
   splitDevicePath,
-  standardDeviceTable,
 } from "./devices.ts";
 
 export type { MountEntry } from "./mount_table.ts";
@@ -105,6 +104,8 @@ export interface StandardOptions {
   user: string;
   /** Root directory on the host (like `emu -r`); default $FERRY_ROOT or ~/.ferry/root. */
   rootDir?: string;
+  /** Devices by name besides `#U` (`#I`, `#p`…); a program lists its own (see cmd/devices.ts). */
+  devices?: ReadonlyMap<string, DeviceFactory>;
 }
 
 /** Options of {@link Namespace.writeFile}. */
@@ -748,7 +749,7 @@ export class Namespace implements Tree {
   readonly #devices: Map<string, DeviceFactory>;
 
   /** A namespace showing `root` at "/", with nothing mounted. */
-  constructor(root: Tree, opts: { caller: Caller; devices?: Map<string, DeviceFactory> }) {
+  constructor(root: Tree, opts: { caller: Caller; devices?: ReadonlyMap<string, DeviceFactory> }) {
     this.caller = opts.caller;
     this.#engine = new Engine(root, opts.caller, new MountTable());
     this.#devices = new Map(opts.devices ?? []);
@@ -757,15 +758,15 @@ export class Namespace implements Tree {
   /**
    * The default namespace of a new shell: the host directory `rootDir`
    * (made on first use, with /n /tmp /usr /dev /net /prog) at "/", `#U` for
-   * the host file system, and every device given to
-   * {@link registerStandardDevice}.
+   * the host file system, and the devices in `opts.devices`.
    */
   static async standard(opts: StandardOptions): Promise<Namespace> {
     const dir = opts.rootDir ?? defaultRootDir();
     await prepareRootDir(dir);
     const root = new HostTree(dir);
     await root.ready();
-    const devices = standardDeviceTable();
+    const devices = new Map(opts.devices ?? []);
+    for (const name of devices.keys()) checkDeviceName(name);
     devices.set("#U", hostDevice(dir));
     return new Namespace(root, { caller: { user: opts.user }, devices });
   }

@@ -6,8 +6,8 @@
  * @module
  */
 
-import { decode, encode, msgName } from "./codec.ts";
-import { BufferPool, FrameReader, FramingError, recycleReadBuffer } from "./frame.ts";
+import { decode, encode, encodeHeader, msgName, TWRITE_HEADER } from "./codec.ts";
+import { BufferPool, FrameReader, FrameWriter, FramingError, recycleReadBuffer } from "./frame.ts";
 import { formatMsg, traceEnabled } from "./trace.ts";
 import {
   DEFAULT_MSIZE,
@@ -38,10 +38,10 @@ import {
   type Rwstat,
   StyxError,
   type TMsg,
+  type Twrite,
   VERSION,
 } from "./types.ts";
 import type { Conn } from "../transport/conn.ts";
-import { TcpConn } from "../transport/tcp.ts";
 import { RemoteFile, RemoteNode } from "./client_tree.ts";
 import { Hangup } from "./client_lost.ts";
 
@@ -125,12 +125,8 @@ interface Pending {
 
 const MAXTAG = 0xfffe;
 const MAXFID = 0xfffffffe;
-/** Frames up to this size are coalesced into one transport write. */
-const COALESCE = 64 * 1024;
 /** Twrites with at least this much data are built in reused buffers. */
 const BIG_WRITE = 64 * 1024;
-/** size[4] type[1] tag[2] fid[4] offset[8] count[4]. */
-const TWRITE_HEADER = 23;
 const MAX_OFFSET = (1n << 64n) - 1n;
 /** Smallest msize worth using: room for a Twalk of long names and some data. */
 const MIN_MSIZE = 256;
@@ -187,8 +183,7 @@ export class StyxClient {
   #nextFid = 0;
   #fidsInUse = 0;
 
-  #wq: Uint8Array[] = [];
-  #writing = false;
+  readonly #writer: FrameWriter;
 
   #hungup: StyxError | null = null;
   /** Set by {@link close}: the hangup is ours, not the server's. */
@@ -201,7 +196,7 @@ export class StyxClient {
   readonly #replyPool = new BufferPool(16, 64 * 1024);
   /** Buffers of large Twrites, reused once the transport has copied them. */
   readonly #writePool = new BufferPool(16);
-  /** True when a resolved transport write has copied its bytes (TCP). */
+  /** True when a resolved transport write has finished with its bytes (TCP, TLS). */
   readonly #reuseWrites: boolean;
   readonly #done: Promise<void>;
 
@@ -209,7 +204,15 @@ export class StyxClient {
     this.#conn = conn;
     this.#msize = msize;
     this.#trace = trace;
-    this.#reuseWrites = conn instanceof TcpConn;
+    this.#reuseWrites = conn.releasesWrites === true;
+    this.#writer = new FrameWriter(conn, {
+      // The transport has finished with a Twrite buffer: it can carry the next one.
+      release: (frame) => this.#writePool.give(frame.buffer),
+      failed: (e) => {
+        this.#fail(this.#hangup(`cannot write: ${(e as Error).message ?? e}`));
+        this.#conn.close();
+      },
+    });
     this.#done = this.#readLoop();
   }
 
@@ -852,7 +855,7 @@ export class StyxClient {
     try {
       frame = t.type === MsgType.Twrite && this.#reuseWrites && t.data.length >= BIG_WRITE &&
           t.offset >= 0n && t.offset <= MAX_OFFSET
-        ? this.#twrite(t.tag, t.fid, t.offset, t.data)
+        ? this.#twrite(t)
         : encode(t);
     } catch (e) {
       const p = this.#pending.get(t.tag);
@@ -881,51 +884,7 @@ export class StyxClient {
       return;
     }
     if (this.#trace) this.#traceMsg("->", t);
-    this.#wq.push(frame);
-    if (!this.#writing) {
-      this.#writing = true;
-      queueMicrotask(() => this.#drain());
-    }
-  }
-
-  async #drain(): Promise<void> {
-    try {
-      while (this.#wq.length > 0 && !this.#hungup) {
-        let out: Uint8Array;
-        const head = this.#wq[0]!;
-        if (this.#wq.length === 1 || head.length >= COALESCE) {
-          out = head;
-          this.#wq.shift();
-        } else {
-          let n = 0;
-          let k = 0;
-          while (k < this.#wq.length && n + this.#wq[k]!.length <= COALESCE) {
-            n += this.#wq[k]!.length;
-            k++;
-          }
-          if (k <= 1) {
-            out = head;
-            this.#wq.shift();
-          } else {
-            out = new Uint8Array(n);
-            let o = 0;
-            for (const f of this.#wq.splice(0, k)) {
-              out.set(f, o);
-              o += f.length;
-            }
-          }
-        }
-        await this.#conn.write(out);
-        // TCP has copied the bytes: a Twrite buffer can carry the next one.
-        if (this.#reuseWrites) this.#writePool.give(out.buffer);
-      }
-    } catch (e) {
-      this.#fail(this.#hangup(`cannot write: ${(e as Error).message ?? e}`));
-      this.#conn.close();
-    } finally {
-      this.#writing = false;
-      this.#wq = [];
-    }
+    this.#writer.write(frame);
   }
 
   /**
@@ -941,18 +900,10 @@ export class StyxClient {
   }
 
   /** A Twrite frame in a reused buffer (the codec would allocate a new one each time). */
-  #twrite(tag: number, fid: number, offset: bigint, data: Uint8Array): Uint8Array {
-    const n = data.length;
-    const size = TWRITE_HEADER + n;
-    const f = this.#writePool.take(size);
-    const dv = new DataView(f.buffer, f.byteOffset, TWRITE_HEADER);
-    dv.setUint32(0, size, true);
-    dv.setUint8(4, MsgType.Twrite);
-    dv.setUint16(5, tag, true);
-    dv.setUint32(7, fid, true);
-    dv.setBigUint64(11, offset, true);
-    dv.setUint32(19, n, true);
-    f.set(data, TWRITE_HEADER);
+  #twrite(t: Twrite): Uint8Array {
+    const f = this.#writePool.take(TWRITE_HEADER + t.data.length);
+    encodeHeader(t, f);
+    f.set(t.data, TWRITE_HEADER);
     return f;
   }
 
@@ -1037,6 +988,7 @@ export class StyxClient {
   #fail(err: StyxError): void {
     if (this.#hungup) return;
     this.#hungup = err;
+    this.#writer.abandon();
     const all = [...this.#pending.values()];
     this.#pending.clear();
     for (const p of all) {

@@ -30,7 +30,9 @@ import {
   MsgType,
   type Qid,
   type RMsg,
+  type Rread,
   type TMsg,
+  type Twrite,
 } from "./types.ts";
 
 /**
@@ -129,9 +131,10 @@ class Writer {
   readonly dv: DataView;
   pos = 0;
 
-  constructor(size: number) {
-    this.buf = new Uint8Array(size);
-    this.dv = new DataView(this.buf.buffer);
+  /** Write into `buf` from its start. */
+  constructor(buf: Uint8Array) {
+    this.buf = buf;
+    this.dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   }
 
   u8(v: number): void {
@@ -420,7 +423,7 @@ function readDir(r: Reader): Dir {
 export function encodeDir(d: Dir): Uint8Array {
   checkDir(d, "directory entry");
   const size = sizeofDir(d);
-  const w = new Writer(size);
+  const w = new Writer(new Uint8Array(size));
   writeDir(w, d);
   return w.buf;
 }
@@ -470,6 +473,8 @@ interface Spec<M extends Msg = Msg> {
   size(m: M): number;
   /** Writes the body. */
   write(w: Writer, m: M): void;
+  /** For a message that ends in data (Rread, Twrite): writes the body up to the data. */
+  head?(w: Writer, m: M): void;
   /** Reads the body; the reader's tag is the message tag. */
   read(r: Reader, tag: number): M;
 }
@@ -723,13 +728,19 @@ def(MsgType.Tread, "Tread", {
     count: r.u32("count"),
   }),
 });
+// Rread and Twrite write the fields before their data with one function,
+// used alone by encodeHeader, so a header built in place is this encoder's.
+function rreadHead(w: Writer, m: Rread): void {
+  w.u32(m.data.length);
+}
 def(MsgType.Rread, "Rread", {
   size(m) {
     if (!(m.data instanceof Uint8Array)) throw new CodecError("Rread data is not a Uint8Array");
     return 4 + m.data.length;
   },
+  head: rreadHead,
   write(w, m) {
-    w.u32(m.data.length);
+    rreadHead(w, m);
     w.bytes(m.data);
   },
   read(r, tag) {
@@ -738,6 +749,11 @@ def(MsgType.Rread, "Rread", {
   },
 });
 
+function twriteHead(w: Writer, m: Twrite): void {
+  w.u32(m.fid);
+  w.u64(m.offset);
+  w.u32(m.data.length);
+}
 def(MsgType.Twrite, "Twrite", {
   size(m) {
     u32(m.fid, "fid", "Twrite");
@@ -745,10 +761,9 @@ def(MsgType.Twrite, "Twrite", {
     if (!(m.data instanceof Uint8Array)) throw new CodecError("Twrite data is not a Uint8Array");
     return 16 + m.data.length;
   },
+  head: twriteHead,
   write(w, m) {
-    w.u32(m.fid);
-    w.u64(m.offset);
-    w.u32(m.data.length);
+    twriteHead(w, m);
     w.bytes(m.data);
   },
   read(r, tag) {
@@ -886,7 +901,7 @@ export function encode(msg: Msg): Uint8Array {
   const spec = specFor(msg);
   const size = HEADER_SIZE + spec.size(msg);
   if (size > 0xffffffff) throw new CodecError(`${spec.name} of ${size} bytes is too large`);
-  const w = new Writer(size);
+  const w = new Writer(new Uint8Array(size));
   w.u32(size);
   w.u8(msg.type);
   w.u16(msg.tag);
@@ -896,6 +911,47 @@ export function encode(msg: Msg): Uint8Array {
     throw new CodecError(`${spec.name} encoded to ${w.pos} bytes, expected ${size}`);
   }
   return w.buf;
+}
+
+/** Bytes an Rread carries before its data: size[4] type[1] tag[2] count[4]. */
+export const RREAD_HEADER = 11;
+/** Bytes a Twrite carries before its data: size[4] type[1] tag[2] fid[4] offset[8] count[4]. */
+export const TWRITE_HEADER = 23;
+
+/**
+ * Encode all of `msg` but its data (an Rread's or a Twrite's: the
+ * {@link RREAD_HEADER} or {@link TWRITE_HEADER} bytes in front of it) into
+ * the start of `into`, which must have room. The frame is this header
+ * followed by the data, so a caller can send data where it lies: in room
+ * kept in front of it in the same buffer, or in a write of its own after
+ * the header. Returns the header's length. Fields are checked as
+ * {@link encode} checks them.
+ *
+ * @example
+ * ```ts
+ * import { encode, encodeHeader, RREAD_HEADER } from "./codec.ts";
+ * import { MsgType } from "./types.ts";
+ * const buf = new Uint8Array(RREAD_HEADER + 3);
+ * buf.set([1, 2, 3], RREAD_HEADER);
+ * const msg = { type: MsgType.Rread, tag: 5, data: buf.subarray(RREAD_HEADER) } as const;
+ * encodeHeader(msg, buf);
+ * if (buf.join() !== encode(msg).join()) throw new Error("wrong bytes");
+ * ```
+ */
+export function encodeHeader(msg: Rread | Twrite, into: Uint8Array): number {
+  const spec = specFor(msg);
+  const size = HEADER_SIZE + spec.size(msg);
+  if (size > 0xffffffff) throw new CodecError(`${spec.name} of ${size} bytes is too large`);
+  const n = size - msg.data.length;
+  if (into.length < n) {
+    throw new CodecError(`${spec.name} header needs ${n} bytes; the buffer has ${into.length}`);
+  }
+  const w = new Writer(into);
+  w.u32(size);
+  w.u8(msg.type);
+  w.u16(msg.tag);
+  spec.head!(w, msg);
+  return n;
 }
 
 /**

@@ -1,5 +1,5 @@
 /**
- * Cutting a byte stream into Styx frames.
+ * Cutting a byte stream into Styx frames, and writing frames to one.
  *
  * A frame starts with its own size[4]. {@link FrameReader} reads a
  * {@link Conn} and yields one whole frame at a time: frames that arrived
@@ -9,12 +9,15 @@
  * buffer it is given ({@link ReadIntoConn}, such as a TCP connection), small
  * frames are read through a reused buffer and copied out at their exact
  * size, and the body of a large frame is read straight into the frame's own
- * buffer.
+ * buffer. {@link FrameWriter} is the other direction: frames queued are
+ * written in order, one write at a time, small ones gathered into one write.
  *
  * @module
  */
 
+import { setImmediate } from "node:timers";
 import type { Conn } from "../transport/conn.ts";
+import { encodeHeader, RREAD_HEADER } from "./codec.ts";
 import { HEADER_SIZE, MsgType } from "./types.ts";
 
 /**
@@ -393,6 +396,158 @@ export class FrameReader {
   }
 }
 
+/** Frames smaller than this are gathered with those queued behind them into one write. */
+const GATHER = 64 * 1024;
+
+/** Options of {@link FrameWriter}. */
+export interface FrameWriterOptions {
+  /**
+   * When writing starts once a frame is queued on an idle writer:
+   * "microtask" (the default) as soon as the code that queued it is done,
+   * so frames issued together go out together; "turn" at the next turn of
+   * the event loop, so that frames queued by separate callbacks finishing
+   * in one turn (a server's replies) also share a write.
+   */
+  start?: "microtask" | "turn";
+  /**
+   * Called with each buffer the writer has finished with while nothing else
+   * reads it any more, so that it may be reused: on a connection whose
+   * `releasesWrites` is true, a frame once copied into a gathered write or
+   * written, and each gathered write once written; on any connection, a
+   * frame {@link FrameWriter.abandon} drops unwritten.
+   */
+  release?(frame: Uint8Array): void;
+  /** Called after each completed write (so {@link FrameWriter.queued} fell). */
+  written?(): void;
+  /** Called once when a write fails; the writer has abandoned its queue by then. */
+  failed?(e: unknown): void;
+}
+
+/**
+ * Writes whole frames to a connection in the order queued, one write at a
+ * time. Small frames queued together are gathered into one write of up to
+ * 64 KiB; larger ones are written as they are, without a copy.
+ *
+ * @example
+ * ```ts
+ * import { FrameReader, FrameWriter } from "./frame.ts";
+ * import { encode } from "./codec.ts";
+ * import { memPipe } from "../transport/pipe.ts";
+ * const [a, b] = memPipe();
+ * const out = new FrameWriter(a);
+ * out.write(encode({ type: 120, tag: 1, fid: 7 }));
+ * out.write(encode({ type: 120, tag: 2, fid: 8 }));
+ * const frames = new FrameReader(b, 8192);
+ * if ((await frames.next())?.[5] !== 1 || (await frames.next())?.[5] !== 2) {
+ *   throw new Error("wrong frames");
+ * }
+ * a.close();
+ * ```
+ */
+export class FrameWriter {
+  readonly #conn: Conn;
+  readonly #turn: boolean;
+  /** True when a resolved write has finished with its buffer (see Conn.releasesWrites). */
+  readonly #releases: boolean;
+  readonly #release: ((frame: Uint8Array) => void) | undefined;
+  readonly #written: (() => void) | undefined;
+  readonly #failed: ((e: unknown) => void) | undefined;
+  #queue: Uint8Array[] = [];
+  #bytes = 0;
+  #writing = false;
+  #abandoned = false;
+
+  /** Write frames to `conn`. */
+  constructor(conn: Conn, opts: FrameWriterOptions = {}) {
+    this.#conn = conn;
+    this.#turn = opts.start === "turn";
+    this.#releases = conn.releasesWrites === true;
+    this.#release = opts.release;
+    this.#written = opts.written;
+    this.#failed = opts.failed;
+  }
+
+  /** Bytes queued or being written. */
+  get queued(): number {
+    return this.#bytes;
+  }
+
+  /**
+   * Queue `frame` (a whole frame, or a piece of one when the rest follows
+   * at once, such as data after its header). The writer owns it from now
+   * on. After {@link abandon} the frame is dropped.
+   */
+  write(frame: Uint8Array): void {
+    if (this.#abandoned) {
+      this.#release?.(frame);
+      return;
+    }
+    this.#queue.push(frame);
+    this.#bytes += frame.length;
+    if (this.#writing) return;
+    this.#writing = true;
+    if (this.#turn) setImmediate(() => this.#pump());
+    else queueMicrotask(() => this.#pump());
+  }
+
+  /**
+   * Write nothing more: drop every frame still queued (releasing it) and
+   * the count of queued bytes. A write under way finishes on its own.
+   */
+  abandon(): void {
+    this.#abandoned = true;
+    const q = this.#queue;
+    this.#queue = [];
+    this.#bytes = 0;
+    // Never written, so nothing else refers to them.
+    if (this.#release) { for (const f of q) this.#release(f); }
+  }
+
+  async #pump(): Promise<void> {
+    let buf: Uint8Array | null = null;
+    try {
+      while (this.#queue.length > 0 && !this.#abandoned) {
+        const out = this.#queue;
+        buf = out[0]!;
+        let n = 1;
+        if (buf.length < GATHER && out.length > 1) {
+          let total = buf.length;
+          while (n < out.length && total + out[n]!.length <= GATHER) {
+            total += out[n]!.length;
+            n++;
+          }
+          if (n > 1) {
+            const joined = new Uint8Array(total);
+            let off = 0;
+            for (let i = 0; i < n; i++) {
+              const part = out[i]!;
+              joined.set(part, off);
+              off += part.length;
+              if (this.#releases) this.#release?.(part);
+            }
+            buf = joined;
+          }
+        }
+        out.splice(0, n);
+        await this.#conn.write(buf);
+        // (Abandoning meanwhile has zeroed the count already.)
+        if (!this.#abandoned) this.#bytes -= buf.length;
+        if (this.#releases) this.#release?.(buf);
+        buf = null;
+        if (this.#abandoned) break;
+        this.#written?.();
+      }
+    } catch (e) {
+      // A failed write has finished with its buffer too.
+      if (buf !== null && this.#releases) this.#release?.(buf);
+      this.abandon();
+      this.#failed?.(e);
+    } finally {
+      this.#writing = false;
+    }
+  }
+}
+
 /**
  * Large buffers kept for reuse. Allocating a fresh large buffer costs page
  * faults, zeroing and later garbage collection, about as much as moving its
@@ -461,19 +616,17 @@ export class BufferPool {
   }
 }
 
-/** Bytes an Rread carries before its data: size[4] type[1] tag[2] count[4]. */
-export const RREAD_HEADER = 11;
-
 /** Buffers made by {@link allocReadData}: their first RREAD_HEADER bytes are free. */
 const readPool = new BufferPool(32, 1, { freeExtra: true });
 
 /**
- * A buffer of `n` bytes for a tree to read file data into and return from
- * `OpenFile.read` (whole, or a prefix of it). The server then writes the
- * Rread header into room kept in front of the data, sends header and data
- * as one write without copying the data, and afterwards reuses the buffer
- * for a later read. So: fill it, return it from one read, and keep no
- * reference to it. Its contents are not guaranteed to be zero.
+ * A buffer of `n` bytes with room kept in front of it for an Rread header,
+ * from a pool of reused buffers. The Styx server hands it to trees (as
+ * `ReadOptions.alloc`) to read file data into and return from
+ * `OpenFile.read`, whole or a prefix of it; it then writes the Rread header
+ * into the room in front ({@link rreadInPlace}), sends header and data as
+ * one write without copying the data, and afterwards reuses the buffer for
+ * a later read. Its contents are not guaranteed to be zero.
  *
  * @example
  * ```ts
@@ -481,73 +634,22 @@ const readPool = new BufferPool(32, 1, { freeExtra: true });
  * const buf = allocReadData(8192);
  * if (buf.length !== 8192) throw new Error("wrong size");
  * ```
+ * @internal
  */
 export function allocReadData(n: number): Uint8Array {
-  if (charging !== null) charging.bytes += RREAD_HEADER + n;
   return readPool.take(RREAD_HEADER + n).subarray(RREAD_HEADER);
 }
 
 /**
- * Like {@link allocReadData}, for a buffer a file allocates for itself ahead
- * of the data (a socket's read buffer, kept across reads) rather than for
- * the one read under way. It is not charged to that read (see
- * {@link chargeReads}): a read that waits for data holds no share of its
- * connection's bound, so many waiting reads never stop a connection.
- */
-export function allocReadAhead(n: number): Uint8Array {
-  return readPool.take(RREAD_HEADER + n).subarray(RREAD_HEADER);
-}
-
-/**
- * Bytes {@link allocReadData} handed out while a read was being started
- * through {@link chargeReads}.
- * @internal
- */
-export interface ReadCharge {
-  bytes: number;
-}
-
-let charging: ReadCharge | null = null;
-
-/**
- * Call `fn` (which starts a tree's read), adding to `charge` what it
- * allocates with {@link allocReadData} before it first waits. Trees
- * allocate a read's buffer up front, so the server learns what a read
- * holds while it runs; a read that blocks before allocating (a `/net`
- * file waiting for data) holds, and is charged, nothing.
- * @internal
- */
-export function chargeReads<T>(charge: ReadCharge, fn: () => T): T {
-  const prev = charging;
-  charging = charge;
-  try {
-    return fn();
-  } finally {
-    charging = prev;
-  }
-}
-
-/**
- * The whole Rread frame for `data` with tag `tag`, built in place when
- * `data` came from {@link allocReadData} (no copy), else null.
+ * The whole Rread frame for `data` with tag `tag`, its header written in
+ * place by the codec when `data` came from {@link allocReadData} (no copy),
+ * else null.
  * @internal
  */
 export function rreadInPlace(tag: number, data: Uint8Array): Uint8Array | null {
   if (data.byteOffset !== RREAD_HEADER || !readPool.owns(data.buffer)) return null;
-  const n = data.length;
-  const f = new Uint8Array(data.buffer, 0, RREAD_HEADER + n);
-  const size = RREAD_HEADER + n;
-  f[0] = size & 0xff;
-  f[1] = (size >>> 8) & 0xff;
-  f[2] = (size >>> 16) & 0xff;
-  f[3] = (size >>> 24) & 0xff;
-  f[4] = MsgType.Rread;
-  f[5] = tag & 0xff;
-  f[6] = (tag >>> 8) & 0xff;
-  f[7] = n & 0xff;
-  f[8] = (n >>> 8) & 0xff;
-  f[9] = (n >>> 16) & 0xff;
-  f[10] = (n >>> 24) & 0xff;
+  const f = new Uint8Array(data.buffer, 0, RREAD_HEADER + data.length);
+  encodeHeader({ type: MsgType.Rread, tag, data }, f);
   return f;
 }
 

@@ -36,9 +36,8 @@
  * @module
  */
 
-import { setImmediate } from "node:timers";
 import type { Conn, Peer } from "../transport/conn.ts";
-import type { Caller, Node, OpenFile, Tree } from "../fs/tree.ts";
+import type { Caller, Node, OpenFile, ReadOptions, Tree } from "../fs/tree.ts";
 import {
   DEFAULT_MSIZE,
   type Dir,
@@ -68,13 +67,22 @@ import {
   type Twstat,
   VERSION,
 } from "./types.ts";
-import { CodecError, decode, encode, encodeDir, isTMsg, msgName } from "./codec.ts";
 import {
+  CodecError,
+  decode,
+  encode,
+  encodeDir,
+  encodeHeader,
+  isTMsg,
+  msgName,
+  RREAD_HEADER,
+} from "./codec.ts";
+import {
+  allocReadData,
   BufferPool,
-  chargeReads,
   FrameReader,
+  FrameWriter,
   FramingError,
-  type ReadCharge,
   recycleReadBuffer,
   recycleReadData,
   rreadInPlace,
@@ -227,8 +235,6 @@ const exclusiveOpen = new WeakMap<Tree, Set<bigint>>();
 
 /** Buffers of large Twrite frames, shared by every session whose tree copies writes. */
 const writePool = new BufferPool(32, 1, { freeExtra: true });
-/** Replies smaller than this are gathered into one write. */
-const GATHER = 64 * 1024;
 /** Rread data at least this large is written after its header instead of copied into it. */
 const SPLIT = 16 * 1024;
 
@@ -287,7 +293,9 @@ interface Req {
   /** Set by Tflush, a new Tversion or hangup: the reply must not be sent. */
   flushed: boolean;
   /** Bytes the request holds (read buffers, Twrite data) until it finishes. */
-  held: ReadCharge;
+  held: number;
+  /** Set once its reply is sent or dropped: it holds nothing from then on. */
+  finished: boolean;
   /** Settles when the request is finished (replied or dropped). */
   done: Promise<void>;
 }
@@ -315,6 +323,9 @@ const canWrite = (omode: number) => {
  *
  * Data a tree returns from `OpenFile.read` is written to the connection
  * as it is, without a copy: a tree must not change that buffer afterwards.
+ * Each read is offered buffers (`ReadOptions.alloc`, `allocAhead`) with
+ * room for the Rread header in front; data returned in one goes out as one
+ * frame and the buffer is then reused.
  * A tree whose `copiesWrites` property is `true` promises to keep no
  * reference to the data given to `OpenFile.write` once that settles
  * without its signal having been aborted; the server then reuses the
@@ -334,11 +345,12 @@ class Session {
   readonly #excl: Set<bigint>;
   readonly #reader: FrameReader;
   /**
-   * True when the transport has copied written bytes by the time a write
-   * resolves (TCP), so read buffers can be reused. An in-memory pipe hands
-   * the very buffer to the other end, so nothing is reused there.
+   * Replies go out through it. Read buffers come back to the pool once it
+   * is done with them, on a transport that has copied written bytes by the
+   * time a write resolves (TCP, TLS); an in-memory pipe hands the very
+   * buffer to the other end, so nothing is reused there.
    */
-  readonly #recycle: boolean;
+  readonly #writer: FrameWriter;
   /** Large Twrite frames come from {@link writePool} and go back after the write. */
   readonly #reuseWrites: boolean;
   readonly #maxInFlight: number;
@@ -357,13 +369,10 @@ class Session {
   /** Set once the connection has ended (or is being torn down): nothing more is done for it. */
   #closing = false;
 
-  #out: Uint8Array[] = [];
-  #outBytes = 0;
   /** Bytes held by requests still running (their {@link Req.held}). */
   #heldBytes = 0;
   /** Reading stopped at the byte bound, until half has drained. */
   #paused = false;
-  #writing = false;
   /** The read loop waiting for room (see {@link #mustWait}). */
   #drain: { promise: Promise<void>; resolve: () => void } | null = null;
 
@@ -400,7 +409,14 @@ class Session {
       this.#reuseWrites ? (size) => writePool.take(size) : undefined,
     );
     this.#reader.frameTimeoutMs = timeout;
-    this.#recycle = conn.releasesWrites === true;
+    // Replies finished in one turn of the event loop go out in one write.
+    this.#writer = new FrameWriter(conn, {
+      start: "turn",
+      release: recycleReadData,
+      written: () => this.#wake(),
+      // The connection is gone: abandon everything it still had queued.
+      failed: () => this.#hangup(),
+    });
     // However the connection ends (a failed write, the peer's hangup seen
     // by a read ahead, a close from outside), what it still had queued is
     // abandoned at once.
@@ -470,7 +486,7 @@ class Session {
   /** True while the bounds say no further request may be read. */
   #mustWait(): boolean {
     if (this.#running.size >= this.#maxInFlight) return true;
-    const bytes = this.#outBytes + this.#heldBytes;
+    const bytes = this.#writer.queued + this.#heldBytes;
     if (this.#paused) {
       if (bytes > this.#maxReplyBytes / 2) return true;
       this.#paused = false;
@@ -503,11 +519,7 @@ class Session {
       req.flushed = true;
       req.ctrl.abort(new StyxError(Ename.hungup));
     }
-    const out = this.#out;
-    this.#out = [];
-    this.#outBytes = 0;
-    // Never written, so nothing else refers to them.
-    for (const b of out) recycleReadData(b);
+    this.#writer.abandon();
     this.#wake();
   }
 
@@ -562,24 +574,17 @@ class Session {
       const f = rreadInPlace(msg.tag, msg.data);
       if (f !== null) {
         if (this.#trace) this.#log(`-> ${formatMsg(msg)}`);
-        this.#queue(f);
+        this.#writer.write(f);
         return;
       }
     }
     if (msg.type === MsgType.Rread && msg.data.length >= SPLIT) {
       // Large reads go out as header and data, so the data is never copied.
       if (this.#trace) this.#log(`-> ${formatMsg(msg)}`);
-      const n = msg.data.length;
-      const size = 11 + n;
-      const h = new Uint8Array(11);
-      const dv = new DataView(h.buffer);
-      dv.setUint32(0, size, true);
-      h[4] = MsgType.Rread;
-      dv.setUint16(5, msg.tag, true);
-      dv.setUint32(7, n, true);
-      this.#out.push(h, msg.data);
-      this.#outBytes += size;
-      this.#kick();
+      const h = new Uint8Array(RREAD_HEADER);
+      encodeHeader(msg, h);
+      this.#writer.write(h);
+      this.#writer.write(msg.data);
       return;
     }
     let frame: Uint8Array;
@@ -594,67 +599,7 @@ class Session {
       });
     }
     if (this.#trace) this.#log(`-> ${formatMsg(msg)}`);
-    this.#queue(frame);
-  }
-
-  #queue(frame: Uint8Array): void {
-    this.#out.push(frame);
-    this.#outBytes += frame.length;
-    this.#kick();
-  }
-
-  /**
-   * Start writing unless a write is under way. The first write waits for
-   * the current turn of the event loop, so replies finished together go out
-   * together (one write instead of one per reply).
-   */
-  #kick(): void {
-    if (this.#writing) return;
-    this.#writing = true;
-    setImmediate(() => this.#pump());
-  }
-
-  async #pump(): Promise<void> {
-    let buf: Uint8Array | null = null;
-    try {
-      while (this.#out.length > 0) {
-        buf = this.#out[0]!;
-        let n = 1;
-        if (buf.length < GATHER && this.#out.length > 1) {
-          let total = buf.length;
-          while (n < this.#out.length && total + this.#out[n]!.length <= GATHER) {
-            total += this.#out[n]!.length;
-            n++;
-          }
-          if (n > 1) {
-            const joined = new Uint8Array(total);
-            let off = 0;
-            for (let i = 0; i < n; i++) {
-              const part = this.#out[i]!;
-              joined.set(part, off);
-              off += part.length;
-              if (this.#recycle) recycleReadData(part);
-            }
-            buf = joined;
-          }
-        }
-        this.#out.splice(0, n);
-        await this.#conn.write(buf);
-        // (A hangup meanwhile has zeroed the count already.)
-        if (!this.#closing) this.#outBytes -= buf.length;
-        if (this.#recycle) recycleReadData(buf);
-        buf = null;
-        if (this.#closing) break;
-        this.#wake();
-      }
-    } catch {
-      // The connection is gone: abandon everything it still had queued.
-      // A failed write has finished with its buffer too.
-      if (buf !== null && this.#recycle) recycleReadData(buf);
-      this.#hangup();
-    } finally {
-      this.#writing = false;
-    }
+    this.#writer.write(frame);
   }
 
   // -------------------------------------------------------------------------
@@ -723,7 +668,8 @@ class Session {
       type,
       ctrl: new AbortController(),
       flushed: false,
-      held: { bytes: held },
+      held,
+      finished: false,
       done: d.promise,
     };
     this.#heldBytes += held;
@@ -748,8 +694,9 @@ class Session {
   #finish(req: Req, reply: RMsg): void {
     if (this.#pending.get(req.tag) === req) this.#pending.delete(req.tag);
     // What the request held now leaves with its reply (or is dropped).
-    this.#heldBytes -= req.held.bytes;
-    req.held.bytes = 0;
+    this.#heldBytes -= req.held;
+    req.held = 0;
+    req.finished = true;
     if (req.flushed) return this.#discard(reply);
     this.#send(reply);
   }
@@ -1075,21 +1022,31 @@ class Session {
       if (!canRead(f.omode)) throw new StyxError(Ename.perm);
       const count = Math.min(m.count, this.#msize - IOHDRSZ);
       if (f.qid.type & QTDIR) return await this.#readDir(f, file, m.offset, count, signal);
-      // The buffer a tree allocates for this read counts against the
-      // connection's bound from now until the reply has left.
-      const charged = req.held.bytes;
-      let p: Promise<Uint8Array>;
-      try {
-        p = chargeReads(req.held, () => file.read(m.offset, count, { signal }));
-      } finally {
-        this.#heldBytes += req.held.bytes - charged;
-      }
-      const data = await p;
+      const data = await file.read(m.offset, count, this.#readOptions(req, signal));
       return {
         type: MsgType.Rread,
         data: data.length > count ? data.subarray(0, count) : data,
       };
     });
+  }
+
+  /**
+   * What a read is given: buffers with room for the Rread header. The one
+   * for its data counts against the connection's bound from then until the
+   * reply has left; one filled ahead of the read does not.
+   */
+  #readOptions(req: Req, signal: AbortSignal): ReadOptions {
+    return {
+      signal,
+      alloc: (n) => {
+        if (!req.finished) {
+          req.held += RREAD_HEADER + n;
+          this.#heldBytes += RREAD_HEADER + n;
+        }
+        return allocReadData(n);
+      },
+      allocAhead: allocReadData,
+    };
   }
 
   async #readDir(

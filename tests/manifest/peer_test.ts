@@ -9,6 +9,7 @@ import { loadChecked } from "../../lib/manifest/check.ts";
 import { parseNamespace } from "../../lib/manifest/nsfile.ts";
 import type { Problem } from "../../lib/manifest/schema.ts";
 import { freePort, makeCluster } from "./cluster.ts";
+import { standardDevices } from "../../cmd/devices.ts";
 
 const dec = new TextDecoder();
 const where = { file: "ns", line: 1, key: "users.alice.namespace" };
@@ -75,6 +76,8 @@ namespace = ""
       user: "alice",
       certDir: c.certs("alice"),
       rootDir: `${c.dir}/root-alice`,
+      // An address is dialled through the namespace's /net.
+      devices: standardDevices(),
     });
     try {
       assert.deepEqual(a.report.map((r) => r.ok), [true, false, false]);
@@ -94,6 +97,55 @@ namespace = ""
     }
   } finally {
     await node?.close();
+    await c.cleanup();
+  }
+});
+
+Deno.test("a node that accepts but never answers is given up after timeoutMs", async () => {
+  const c = await makeCluster();
+  // Takes connections and says nothing: no TLS handshake ever completes.
+  const silent = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const held: Deno.Conn[] = [];
+  const accepting = (async () => {
+    for await (const conn of silent) held.push(conn);
+  })();
+  try {
+    await c.issue("alice", "user");
+    const port = (silent.addr as Deno.NetAddr).port;
+    const file = await c.write(`[nodes.files]
+address = "tcp!127.0.0.1!${port}"
+
+[nodes.files.exports.home]
+kind = "host"
+path = "${c.dir}"
+access = ["alice"]
+
+[users.alice]
+namespace = ""
+`);
+    const m = await loadChecked(file);
+    const problems: Problem[] = [];
+    const entries = parseNamespace("mount files!home /n/home", where, problems);
+    assert.deepEqual(problems, []);
+    const a = await applyNamespace(m, entries, {
+      user: "alice",
+      certDir: c.certs("alice"),
+      rootDir: `${c.dir}/root-alice`,
+      timeoutMs: 300,
+    });
+    try {
+      assert.deepEqual(a.report.map((r) => r.ok), [false]);
+      assert.match(
+        a.report[0]!.error!,
+        new RegExp(`cannot reach node 'files' at 'tcp!127\\.0\\.0\\.1!${port}': .*timed out`),
+      );
+    } finally {
+      await a.close();
+    }
+  } finally {
+    silent.close();
+    await accepting.catch(() => {});
+    for (const conn of held) conn.close();
     await c.cleanup();
   }
 });

@@ -1,12 +1,7 @@
 import assert from "node:assert/strict";
 import * as path from "node:path";
 import { Namespace } from "../../lib/ns/namespace.ts";
-import {
-  hostDevice,
-  registerStandardDevice,
-  splitDevicePath,
-  STANDARD_DIRS,
-} from "../../lib/ns/devices.ts";
+import { hostDevice, splitDevicePath, STANDARD_DIRS } from "../../lib/ns/devices.ts";
 import { MemTree } from "../../lib/fs/memory.ts";
 
 const enc = new TextEncoder();
@@ -92,11 +87,11 @@ Deno.test("devices by name", async (t) => {
       await ns.close();
     });
 
-    await t.step("devices registered for standard namespaces and by hand", async () => {
+    await t.step("devices given to a standard namespace and registered by hand", async () => {
       const phone = new MemTree();
       await phone.writeFile("/sms", "");
-      registerStandardDevice("#f", () => phone);
-      const ns = await Namespace.standard({ user: "alice", rootDir });
+      const devices = new Map([["#f", () => phone]]);
+      const ns = await Namespace.standard({ user: "alice", rootDir, devices });
       await ns.bind("#f", "/dev");
       assert.deepEqual(await names(ns, "/dev"), ["sms"]);
       ns.registerDevice("#H", hostDevice(host));
@@ -104,6 +99,28 @@ Deno.test("devices by name", async (t) => {
       assert.deepEqual(await names(ns, "/n"), ["alice"]);
       assert.throws(() => ns.registerDevice("U", hostDevice(host)), /Bad device name 'U'/);
       await ns.close();
+    });
+
+    await t.step("a device module loaded adds nothing: only the table given counts", async () => {
+      const { netDevice } = await import("../../lib/dev/net/mod.ts");
+      await import("../../lib/dev/prog/mod.ts");
+      const bare = await Namespace.standard({ user: "alice", rootDir });
+      await assert.rejects(bare.bind("#I", "/net"), /#I/);
+      await assert.rejects(bare.bind("#p", "/prog"), /#p/);
+      await bare.close();
+      const ns = await Namespace.standard({
+        user: "alice",
+        rootDir,
+        devices: new Map([["#I", netDevice()]]),
+      });
+      await ns.bind("#I", "/net");
+      assert.ok((await names(ns, "/net")).includes("tcp"));
+      await assert.rejects(ns.bind("#p", "/prog"), /#p/);
+      await ns.close();
+      await assert.rejects(
+        Namespace.standard({ user: "alice", rootDir, devices: new Map([["net", netDevice()]]) }),
+        /Bad device name 'net'/,
+      );
     });
   } finally {
     await Deno.remove(tmp, { recursive: true });

@@ -7,7 +7,7 @@ import { Shell } from "../../lib/sh/interp.ts";
 import { builtins } from "../../lib/sh/builtins/mod.ts";
 import { Collector } from "../../lib/sh/io.ts";
 import { StyxError } from "../../lib/styx/types.ts";
-import "../../lib/dev/net/mod.ts";
+import { netDevice } from "../../lib/dev/net/mod.ts";
 
 const REPO = new URL("../../", import.meta.url).pathname;
 const FERRY = `${Deno.execPath()} run --allow-all ${REPO}cmd/ferry.ts`;
@@ -138,7 +138,8 @@ Deno.test("ctrl-c interrupts a blocked read at once; lines typed ahead still run
 
 Deno.test("an interrupted command stops waiting in an open of /net/tcp/N/listen", async () => {
   const root = await Deno.makeTempDir({ prefix: "ferry-intr-open-" });
-  const ns = await Namespace.standard({ user: "glenda", rootDir: root });
+  const devices = new Map([["#I", netDevice()]]);
+  const ns = await Namespace.standard({ user: "glenda", rootDir: root, devices });
   await ns.bind("#I", "/net");
   const out = new Collector();
   const err = new Collector();

@@ -6,6 +6,7 @@ import {
   decodeDirs,
   encode,
   encodeDir,
+  encodeHeader,
   isRMsg,
   isTMsg,
   msgName,
@@ -718,4 +719,22 @@ Deno.test("trace: messages print as Plan 9's fcall does", async (t) => {
       else Deno.env.set("FERRY_TRACE", old);
     }
   });
+});
+
+Deno.test("encodeHeader writes the bytes encode puts before the data", () => {
+  const data = new Uint8Array([9, 8, 7, 6]);
+  const msgs = [
+    { type: MsgType.Rread, tag: 0x1234, data } as const,
+    { type: MsgType.Twrite, tag: 3, fid: 0x01020304, offset: 0x0102030405060708n, data } as const,
+  ];
+  for (const m of msgs) {
+    const whole = encode(m);
+    const head = new Uint8Array(whole.length - data.length);
+    assert.equal(encodeHeader(m, head), head.length);
+    assert.deepEqual([...head, ...data], [...whole], `${m.type}`);
+  }
+  assert.throws(
+    () => encodeHeader({ type: MsgType.Rread, tag: 1, data }, new Uint8Array(10)),
+    /Rread header needs 11 bytes; the buffer has 10/,
+  );
 });

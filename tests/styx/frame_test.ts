@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { decode, encode } from "../../lib/styx/codec.ts";
-import { FrameReader, FramingError } from "../../lib/styx/frame.ts";
+import { FrameReader, FrameWriter, FramingError } from "../../lib/styx/frame.ts";
 import { type Msg, MsgType, NOTAG } from "../../lib/styx/types.ts";
 import { memPipe } from "../../lib/transport/pipe.ts";
 import { tcpDial, tcpListen } from "../../lib/transport/tcp.ts";
@@ -222,5 +222,74 @@ Deno.test("FrameReader over real TCP", async () => {
     assert.deepEqual(got, msgs);
   } finally {
     listener.close();
+  }
+});
+
+Deno.test("FrameWriter over TCP", async (t) => {
+  const l = tcpListen("127.0.0.1", 0);
+  const port = Number(l.addr.split("!")[2]);
+  const pair = async (): Promise<[Conn, Conn]> => {
+    const accepted = l[Symbol.asyncIterator]().next();
+    const a = await tcpDial("127.0.0.1", port);
+    return [a, (await accepted).value as Conn];
+  };
+  try {
+    await t.step("frames small and large arrive whole, in order", async () => {
+      const [a, b] = await pair();
+      const released: Uint8Array[] = [];
+      const w = new FrameWriter(a, { release: (f) => released.push(f) });
+      const big = new Uint8Array(200_000).map((_, i) => i * 7);
+      const msgs: Msg[] = [];
+      for (let i = 0; i < 300; i++) {
+        msgs.push(
+          i % 50 === 7
+            ? { type: MsgType.Rread, tag: i, data: big }
+            : { type: MsgType.Tclunk, tag: i, fid: i },
+        );
+      }
+      const frames = msgs.map((m) => encode(m));
+      for (const f of frames) w.write(f);
+      assert.equal(w.queued, frames.reduce((n, f) => n + f.length, 0));
+      const r = new FrameReader(b, MSIZE);
+      for (const m of msgs) assert.deepEqual(decode((await r.next())!), m);
+      while (w.queued > 0) await new Promise((r) => setTimeout(r, 5));
+      // TCP has taken every byte: each frame was handed back once (and so
+      // was each gathered write).
+      for (const f of frames) assert.equal(released.filter((x) => x === f).length, 1);
+      a.close();
+      b.close();
+    });
+
+    await t.step(
+      "abandon drops what is queued and releases it; a failed write says so",
+      async () => {
+        const [a, b] = await pair();
+        const released: Uint8Array[] = [];
+        const failures: unknown[] = [];
+        const w = new FrameWriter(a, {
+          release: (f) => released.push(f),
+          failed: (e) => failures.push(e),
+        });
+        const frames = [1, 2, 3].map((i) => encode({ type: MsgType.Tclunk, tag: i, fid: i }));
+        for (const f of frames) w.write(f);
+        w.abandon();
+        assert.equal(w.queued, 0);
+        assert.deepEqual(released, frames);
+        w.write(encode({ type: MsgType.Tclunk, tag: 9, fid: 9 }));
+        assert.equal(released.length, 4, "a frame written after abandon is dropped at once");
+        a.close();
+        b.close();
+
+        const [c, d] = await pair();
+        const w2 = new FrameWriter(c, { failed: (e) => failures.push(e) });
+        c.close();
+        w2.write(encode({ type: MsgType.Tclunk, tag: 1, fid: 1 }));
+        while (failures.length === 0) await new Promise((r) => setTimeout(r, 5));
+        assert.equal(w2.queued, 0);
+        d.close();
+      },
+    );
+  } finally {
+    l.close();
   }
 });

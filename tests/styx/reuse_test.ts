@@ -14,7 +14,7 @@ import { MemTree } from "../../lib/fs/memory.ts";
 import { memPipe } from "../../lib/transport/pipe.ts";
 import { TcpConn, tcpDial, tcpListen } from "../../lib/transport/tcp.ts";
 import type { Conn, Listener } from "../../lib/transport/conn.ts";
-import { tlsDial, tlsListen } from "../../lib/transport/tls.ts";
+import { tlsDial, tlsListen, tlsWrapClient } from "../../lib/transport/tls.ts";
 import { makeFixture } from "../auth/fixture.ts";
 import {
   Ename,
@@ -263,6 +263,80 @@ for (const transport of ["TCP", "TLS"] as const) {
     }
   });
 }
+
+/** A Conn passing everything to `inner`, noting the buffer under each large write. */
+function watchWrites(inner: Conn, min: number): { conn: Conn; buffers: ArrayBufferLike[] } {
+  const buffers: ArrayBufferLike[] = [];
+  const conn: Conn = {
+    read: () => inner.read(),
+    write(data) {
+      if (data.length >= min) buffers.push(data.buffer);
+      return inner.write(data);
+    },
+    close: () => inner.close(),
+    closed: inner.closed,
+    releasesWrites: inner.releasesWrites,
+    peer: inner.peer,
+    local: inner.local,
+  };
+  return { conn, buffers };
+}
+
+Deno.test("a client over node:tls reuses its Twrite buffers and writes exactly", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ferry-reuse-" });
+  const fx = await makeFixture("reusetlsca");
+  const l = await tlsListen("127.0.0.1", 0, { creds: await fx.creds("srv", "node") });
+  const sessions: Promise<void>[] = [];
+  const loop = (async () => {
+    for await (const c of l) sessions.push(serve(c, new HostTree(dir)));
+  })();
+  try {
+    const port = Number(l.addr.split("!")[2]);
+    // TLS run by node:tls over a TCP connection, as through a tunnel.
+    const tls = await tlsWrapClient(await tcpDial("127.0.0.1", port), {
+      creds: await fx.creds("glenda", "user"),
+      peer: "srv",
+    });
+    assert.equal(tls.releasesWrites, true, "a node:tls link says its writes are released");
+    const w = watchWrites(tls, 64 * 1024);
+    const c = await StyxClient.connect(w.conn);
+    const root = await c.attach("glenda");
+    const size = 16 * 1024 * 1024 + 777;
+    const want = pattern(size, 7);
+    await c.create(root, "/big");
+    const f = await c.openPath(root, "/big", OWRITE | OTRUNC);
+    // Each Twrite's data comes from one source buffer, overwritten for the
+    // next: only bytes the client copied out in time arrive intact.
+    const piece = new Uint8Array(200_000);
+    let sent = 0;
+    const src = new ReadableStream<Uint8Array>({
+      pull(ctl) {
+        if (sent >= size) return ctl.close();
+        const n = Math.min(piece.length, size - sent);
+        piece.set(want.subarray(sent, sent + n));
+        sent += n;
+        ctl.enqueue(piece.subarray(0, n));
+      },
+    }, { highWaterMark: 0 });
+    assert.equal(await writeFrom(f, src, { window: 8 }), BigInt(size));
+    await f.close();
+    await c.close();
+    const disk = await Deno.readFile(`${dir}/big`);
+    assert.equal(disk.length, size);
+    assert.ok(disk.every((v, i) => v === want[i]), "file bytes differ");
+    const distinct = new Set(w.buffers).size;
+    assert.ok(
+      distinct < w.buffers.length / 2,
+      `${w.buffers.length} large writes used ${distinct} buffers: Twrite buffers were not reused`,
+    );
+  } finally {
+    l.close();
+    await loop;
+    await Promise.all(sessions);
+    await Deno.remove(dir, { recursive: true });
+    await fx.cleanup();
+  }
+});
 
 Deno.test("openPath sends Twalk and Topen together", async (t) => {
   const h = await hostOver("TCP");

@@ -11,7 +11,6 @@
  */
 
 import { Ename, StyxError } from "../../styx/types.ts";
-import { allocReadAhead } from "../../styx/frame.ts";
 
 /** State names as status shows them. */
 export type ConvState = "Closed" | "Connecting" | "Established" | "Announced" | "Hungup";
@@ -98,6 +97,8 @@ export class TcpConv {
   #scratch: Uint8Array | null = null;
   /** The count of the latest read, the size of socket reads made ahead. */
   #lastCount = READ_MIN;
+  /** Where socket reads get their buffers: the last reader's, if it offered one. */
+  #allocAhead: ((n: number) => Uint8Array) | null = null;
   #eof = false;
   #readErr: StyxError | null = null;
   #reading = false;
@@ -269,8 +270,17 @@ export class TcpConv {
     }
   }
 
-  /** Read what is available, up to `count` bytes; empty at end of stream. */
-  read(count: number, signal?: AbortSignal): Promise<Uint8Array> {
+  /**
+   * Read what is available, up to `count` bytes; empty at end of stream.
+   * `allocAhead`, if given, supplies the socket's read buffers from now on
+   * (see ReadOptions.allocAhead).
+   */
+  read(
+    count: number,
+    signal?: AbortSignal,
+    allocAhead?: (n: number) => Uint8Array,
+  ): Promise<Uint8Array> {
+    if (allocAhead) this.#allocAhead = allocAhead;
     if (this.state === "Hungup" || this.#gone) return Promise.reject(new StyxError(Ename.hungup));
     if (!this.#sock) return Promise.reject(new StyxError("not connected"));
     if (signal?.aborted) return Promise.reject(new StyxError(Ename.interrupted));
@@ -304,7 +314,7 @@ export class TcpConv {
    * shorter reply), else small chunks joined by one copy.
    *
    * A whole chunk read by the socket is handed out as it is: it lies in a
-   * buffer from allocReadAhead, so the Styx server sends it as one Rread
+   * buffer from the reader's allocAhead, so the Styx server sends it as one Rread
    * frame without a copy and then reuses the buffer. Only a whole chunk
    * may go that way; a part of one, whose rest still waits in the queue,
    * is copied out so that the buffer is never reused under the rest.
@@ -364,7 +374,9 @@ export class TcpConv {
     const sock = this.#sock;
     const want = this.#readers[0]?.count ?? this.#lastCount;
     const size = Math.min(READ_MAX, Math.max(READ_MIN, want));
-    if (!this.#scratch || this.#scratch.length !== size) this.#scratch = allocReadAhead(size);
+    if (!this.#scratch || this.#scratch.length !== size) {
+      this.#scratch = this.#allocAhead?.(size) ?? new Uint8Array(size);
+    }
     const buf = this.#scratch;
     sock.read(buf).then((n) => {
       if (n === null) this.#eof = true;

@@ -292,7 +292,7 @@ export class NetDevice {
         c.ref();
         let closed = false;
         return {
-          read: (_off, count, ctx) => c.read(count, ctx.signal),
+          read: (_off, count, ctx) => c.read(count, ctx.signal, ctx.allocAhead),
           write: (_off, data) => c.write(data),
           close: () => {
             if (closed) return;

@@ -1,9 +1,8 @@
 /**
  * The /net device (`#I`): TCP conversations after ip(3), the connection
- * server /net/cs after cs(8), and /net/dns. Loading this module registers
- * `#I` with every standard namespace (see {@link registerNetDevice}); one
- * {@link NetDevice} per process answers for it, as one IP stack per machine
- * does in Inferno.
+ * server /net/cs after cs(8), and /net/dns. One {@link NetDevice} per
+ * process answers for it, as one IP stack per machine does in Inferno;
+ * {@link netDevice} is its entry in a namespace's device table.
  *
  * @example
  * ```ts
@@ -15,7 +14,7 @@
  * @module
  */
 
-import { registerStandardDevice } from "../../ns/devices.ts";
+import type { DeviceFactory } from "../../ns/devices.ts";
 import { NetDevice } from "./device.ts";
 
 export { csTranslate, NetDevice, type NetOptions } from "./device.ts";
@@ -30,16 +29,10 @@ export function sharedNetDevice(): NetDevice {
   return shared;
 }
 
-/**
- * Register `#I` (the process's shared {@link NetDevice}) for every namespace
- * `Namespace.standard` makes from now on. Called when this module loads;
- * calling it again is harmless.
- */
-export function registerNetDevice(): void {
-  registerStandardDevice("#I", (spec) => {
+/** The `#I` device, answering with the process's shared {@link NetDevice}. */
+export function netDevice(): DeviceFactory {
+  return (spec) => {
     if (spec !== "") throw new Error(`Bad '#I' spec '${spec}': '#I' takes none`);
     return sharedNetDevice().tree();
-  });
+  };
 }
-
-registerNetDevice();

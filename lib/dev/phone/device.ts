@@ -3,7 +3,7 @@
  * tree (sms, ctl, status, events) of this process's one {@link Phone} into
  * a namespace, so that `echo send 6412345678 'hello' >/phone/sms` works in
  * the shell and `export /phone` serves it. `ferry sh --phone sim:STATEDIR`
- * registers the device and binds it at startup.
+ * adds the device to its namespace and binds it at startup.
  *
  * The phone behind the device is opened on the first bind (starting the
  * backend and resending messages left queued) and shared by every bind
@@ -13,7 +13,7 @@
  */
 
 import * as path from "node:path";
-import { registerStandardDevice } from "../../ns/devices.ts";
+import type { DeviceFactory } from "../../ns/devices.ts";
 import type { Tree } from "../../fs/tree.ts";
 import type { PhoneBackend } from "./backend.ts";
 import { Phone } from "./tree.ts";
@@ -21,7 +21,7 @@ import { SimBackend } from "./sim.ts";
 import { ModemManagerBackend } from "./modemmanager.ts";
 import { TermuxBackend } from "./termux.ts";
 
-/** The device name the phone registers: `bind '#P' /phone`. */
+/** The phone's device name: `bind '#P' /phone`. */
 export const PHONE_DEVICE = "#P";
 
 /** The phone backends a spec can name. */
@@ -113,7 +113,7 @@ export interface PhoneDeviceOptions extends PhoneSpec {
  * ```
  */
 export class PhoneDevice {
-  /** The device name this phone is registered as: {@link PHONE_DEVICE}. */
+  /** The device name this phone is known by: {@link PHONE_DEVICE}. */
   readonly device: string = PHONE_DEVICE;
   #opening: Promise<{ phone: Phone; tree: Tree }> | undefined;
   #closed = false;
@@ -185,37 +185,29 @@ export class PhoneDevice {
   }
 }
 
-let registered: PhoneDevice | undefined;
-
 /**
- * Register `#P` for every namespace `Namespace.standard` makes from now on,
- * answering with one shared {@link PhoneDevice} for `opts`. Replaces (and
- * closes) a phone registered earlier. Returns the device, so the caller can
- * close it when done.
+ * The `#P` device answering with `dev`'s tree, for a namespace's device
+ * table (`ferry sh --phone` adds it to its own).
  *
  * @example
  * ```ts
- * import { registerPhoneDevice } from "./device.ts";
+ * import { PHONE_DEVICE, PhoneDevice, phoneDevice } from "./device.ts";
  * import { Namespace } from "../../ns/namespace.ts";
  * const dir = await Deno.makeTempDir();
  * await Deno.mkdir(`${dir}/root/phone`, { recursive: true });
- * const dev = registerPhoneDevice({ backend: "sim", stateDir: `${dir}/state` });
- * const ns = await Namespace.standard({ user: "glenda", rootDir: `${dir}/root` });
+ * const dev = new PhoneDevice({ backend: "sim", stateDir: `${dir}/state` });
+ * const devices = new Map([[PHONE_DEVICE, phoneDevice(dev)]]);
+ * const ns = await Namespace.standard({ user: "glenda", rootDir: `${dir}/root`, devices });
  * await ns.bind("#P", "/phone");
  * await dev.close();
  * await Deno.remove(dir, { recursive: true });
  * ```
  */
-export function registerPhoneDevice(opts: PhoneDeviceOptions): PhoneDevice {
-  const old = registered;
-  const dev = new PhoneDevice(opts);
-  registered = dev;
-  registerStandardDevice(PHONE_DEVICE, (spec) => {
+export function phoneDevice(dev: PhoneDevice): DeviceFactory {
+  return (spec) => {
     if (spec !== "") {
       throw new Error(`Bad '${PHONE_DEVICE}' spec '${spec}': '${PHONE_DEVICE}' takes none`);
     }
     return dev.tree();
-  });
-  old?.close().catch(() => {});
-  return dev;
+  };
 }

@@ -6,7 +6,7 @@ import {
   parsePhoneSpec,
   PHONE_DEVICE,
   PhoneDevice,
-  registerPhoneDevice,
+  phoneDevice,
 } from "../../../lib/dev/phone/device.ts";
 import { Namespace } from "../../../lib/ns/namespace.ts";
 import { OREAD, OTRUNC, OWRITE } from "../../../lib/styx/types.ts";
@@ -64,9 +64,10 @@ Deno.test("phone device", async (t) => {
     await t.step("bind '#P' /phone; send; close records the outcome", async () => {
       const state = `${tmp}/bound`;
       await Deno.mkdir(`${tmp}/root/phone`, { recursive: true });
-      const dev = registerPhoneDevice({ backend: "sim", stateDir: state, uid: "glenda" });
+      const dev = new PhoneDevice({ backend: "sim", stateDir: state, uid: "glenda" });
       assert.equal(dev.device, PHONE_DEVICE);
-      const ns = await Namespace.standard({ user: "glenda", rootDir: `${tmp}/root` });
+      const devices = new Map([[dev.device, phoneDevice(dev)]]);
+      const ns = await Namespace.standard({ user: "glenda", rootDir: `${tmp}/root`, devices });
       await ns.bind(PHONE_DEVICE, "/phone");
       await assert.rejects(() => ns.bind("#Px", "/phone"), /'#P' takes none/);
       const w = await ns.open("/phone/sms", OWRITE | OTRUNC);
