@@ -412,6 +412,15 @@ class HostNode implements Node {
   }
 
   walk(names: string[], opts?: OpOptions): Promise<WalkResult> {
+    return this.#walk(names, opts, false);
+  }
+
+  /** A walk whose missing first name gives `{ qids: [] }`, for unions. */
+  tryWalk(names: string[], opts?: OpOptions): Promise<WalkResult> {
+    return this.#walk(names, opts, true);
+  }
+
+  #walk(names: string[], opts: OpOptions | undefined, miss: boolean): Promise<WalkResult> {
     // Nodes walked to act for whoever walked.
     const caller = opts?.caller ?? this.caller;
     if (names.length === 0) {
@@ -432,8 +441,10 @@ class HostNode implements Node {
         if (acct) need(acct, this.ctx.host.lstat(rel), AEXEC);
         [rel, qid, walked] = this.#step(rel, name);
       } catch (e) {
-        if (qids.length === 0) return Promise.reject(hostError(e));
-        return Promise.resolve({ qids });
+        if (qids.length > 0 || (miss && (e as { code?: unknown } | null)?.code === "ENOENT")) {
+          return Promise.resolve({ qids });
+        }
+        return Promise.reject(hostError(e));
       }
       qids.push(qid);
     }

@@ -74,6 +74,13 @@ export interface Node {
    * partial result (no `node`) when a later one cannot.
    */
   walk(names: string[], opts?: OpOptions): Promise<WalkResult>;
+  /**
+   * Optional: {@link walk}, except that a first name that does not exist
+   * resolves to `{ qids: [] }` instead of throwing "file does not exist".
+   * A union asks each member in turn, and a miss is the common answer, so
+   * it should cost no exception. Any other failure still throws.
+   */
+  tryWalk?(names: string[], opts?: OpOptions): Promise<WalkResult>;
   /** Open for I/O; `mode` is a 9P open mode (OREAD ... with OTRUNC, ORCLOSE). */
   open(mode: number, opts?: OpOptions): Promise<OpenFile>;
   /**

@@ -130,6 +130,11 @@ interface Loc {
   at: PathNode | undefined;
   /** The table generation `at` was looked up in. */
   gen: number;
+  /**
+   * Set when `layers` are the members of mount point `point`, one layer per
+   * slot as {@link Engine.through} counts them, in table generation `gen`.
+   */
+  slots?: { point: MountPoint; gen: number };
 }
 
 interface Walked {
@@ -193,14 +198,53 @@ async function walkLayers(
   let first: unknown;
   let lost: unknown;
   for (const l of layers) {
+    let r: WalkResult;
     try {
-      return await walkChunked(l.node, names, opts);
+      r = await tryWalkChunked(l.node, names, opts);
     } catch (e) {
       first ??= e;
       if (isLost(e)) lost ??= e;
+      continue;
     }
+    if (!isMiss(r)) return r;
   }
   throw lost ?? first ?? new StyxError(Ename.notFound);
+}
+
+/** True for the `{ qids: [] }` of a first name that is not there. */
+function isMiss(r: WalkResult): boolean {
+  return r.node === undefined && r.qids.length === 0;
+}
+
+/**
+ * {@link walkChunked} in one member of a union: a missing first name is a
+ * miss (`{ qids: [] }`), asked for without an exception where the tree can.
+ */
+function tryWalkChunked(node: Node, names: string[], opts?: OpOptions): Promise<WalkResult> {
+  // No async frame of its own on the common path: a union asks this of every member.
+  if (node.tryWalk && names.length <= MAXWELEM) return node.tryWalk(names, opts);
+  return catchMiss(node, names, opts);
+}
+
+async function catchMiss(node: Node, names: string[], opts?: OpOptions): Promise<WalkResult> {
+  try {
+    return await walkChunked(node, names, opts);
+  } catch (e) {
+    if (isNotFound(e) && !isLost(e)) return { qids: [] };
+    throw e;
+  }
+}
+
+/**
+ * What an open listing of a union says: for each member slot, the names it
+ * holds (undefined: not known). Valid in the table generation it was read
+ * in, while the listing stays open, and until the namespace changes a file.
+ */
+interface Listing {
+  gen: number;
+  names: (Set<string> | undefined)[];
+  /** The open union directory it came from. */
+  owner: object;
 }
 
 /** node.walk in pieces of at most MAXWELEM names. */
@@ -244,6 +288,8 @@ function releaseAll(held: readonly (SharedNodes | null)[]): Promise<unknown> | u
 /** The path resolver shared by a namespace and the nodes it hands out. */
 class Engine {
   #rootNode: Promise<Node> | null = null;
+  /** Listings of unions held open: a walk skips the members they show lack a name. */
+  listings = new WeakMap<MountPoint, Listing>();
 
   constructor(
     readonly rootTree: Tree,
@@ -329,7 +375,10 @@ class Engine {
         else first ??= p.reason;
       }
       if (layers.length === 0) throw first ?? new StyxError(Ename.notFound);
-      return { names, layers, mounted: true, at, gen };
+      const slots = members.reduce((n, m) => n + (m.nodes?.nodes.length ?? 1), 0);
+      const loc: Loc = { names, layers, mounted: true, at, gen };
+      if (first === undefined && layers.length === slots) loc.slots = { point, gen };
+      return loc;
     } finally {
       const w = releaseAll(held);
       if (w) await w;
@@ -378,9 +427,13 @@ class Engine {
     let mountQid: Qid | undefined;
     let first: unknown;
     let lost: unknown;
+    const listing = this.listings.get(point);
+    const known = listing?.gen === this.table.generation ? listing.names : undefined;
+    let slot = 0;
     try {
       for (const m of members) {
         if (m.nodes === null) {
+          slot++;
           let r: WalkResult;
           try {
             r = await walkLayers(parent.layers, [last, ...names], opts);
@@ -395,14 +448,17 @@ class Engine {
         }
         for (const n of m.nodes.nodes) {
           mountQid ??= n.qid;
+          const here = known?.[slot++];
+          if (here && !here.has(names[0]!)) continue;
           let r: WalkResult;
           try {
-            r = await walkChunked(n, names, opts);
+            r = await tryWalkChunked(n, names, opts);
           } catch (e) {
             first ??= e;
             if (isLost(e)) lost ??= e;
             continue;
           }
+          if (isMiss(r)) continue;
           r.qids.unshift(mountQid);
           return r;
         }
@@ -648,7 +704,23 @@ class NsNode implements Node {
       else first ??= o.reason;
     }
     if (files.length === 0) throw first;
-    return new UnionDir(files, []);
+    const slots = this.#loc.slots;
+    const engine = this.#engine;
+    if (!slots || files.length !== layers.length || slots.gen !== engine.table.generation) {
+      return new UnionDir(files, []);
+    }
+    // While this listing is open, walks through the union skip the members
+    // it shows lack a name: listing a union and then walking each name
+    // would otherwise ask every earlier member, a round trip each if remote.
+    return new UnionDir(files, [], {
+      listed: (owner, lists) => {
+        const names = lists.map((l) => l && new Set(l.map((d) => d.name)));
+        engine.listings.set(slots.point, { gen: slots.gen, owner, names });
+      },
+      closed: (owner) => {
+        if (engine.listings.get(slots.point)?.owner === owner) engine.listings.delete(slots.point);
+      },
+    });
   }
 
   async create(name: string, perm: number, mode: number, opts?: OpOptions): Promise<Created> {
@@ -677,6 +749,7 @@ class NsNode implements Node {
         if (r.node) throw new StyxError(Ename.exists);
       }
     }
+    this.#engine.listings = new WeakMap(); // a new name: what listings said is stale
     const c = await layer.node.create(name, perm, mode, opts);
     const child: Loc = {
       names: loc.names.concat(name),
@@ -698,6 +771,7 @@ class NsNode implements Node {
 
   async wstat(dir: Dir, opts?: OpOptions): Promise<void> {
     this.#check();
+    if (dir.name !== "") this.#engine.listings = new WeakMap(); // a rename makes a new name
     await this.#loc.layers[0]!.node.wstat(dir, this.#opts(opts));
   }
 
