@@ -124,6 +124,12 @@ export interface OpenFile {
    * read from offset 0 and packs whole entries into replies.
    */
   readDir(opts?: OpOptions): Promise<Dir[]>;
+  /**
+   * Optional, for directories: the same entries a batch at a time, so that
+   * a server holds one batch of an open directory rather than all of it.
+   * Each call starts again from the first entry.
+   */
+  dirEntries?(opts?: OpOptions): AsyncIterator<Dir[]>;
   /** Close the open file (and, for ORCLOSE, remove it). Safe to call twice. */
   close(): Promise<void>;
 }
