@@ -189,12 +189,21 @@ async function cloneNode(n: Node, opts?: OpOptions): Promise<Node> {
  * Walk `names` in the first layer that has names[0]. Throws when none has it;
  * returns a partial result when a later name is missing.
  */
-async function walkLayers(
+function walkLayers(
   layers: readonly Layer[],
   names: string[],
   opts?: OpOptions,
 ): Promise<WalkResult> {
-  if (layers.length === 1) return await walkChunked(layers[0]!.node, names, opts);
+  // No async frame of its own for the common single layer: every walk comes here.
+  if (layers.length === 1) return walkChunked(layers[0]!.node, names, opts);
+  return walkUnion(layers, names, opts);
+}
+
+async function walkUnion(
+  layers: readonly Layer[],
+  names: string[],
+  opts?: OpOptions,
+): Promise<WalkResult> {
   let first: unknown;
   let lost: unknown;
   for (const l of layers) {
@@ -248,8 +257,11 @@ interface Listing {
 }
 
 /** node.walk in pieces of at most MAXWELEM names. */
-async function walkChunked(node: Node, names: string[], opts?: OpOptions): Promise<WalkResult> {
-  if (names.length <= MAXWELEM) return await node.walk(names, opts);
+function walkChunked(node: Node, names: string[], opts?: OpOptions): Promise<WalkResult> {
+  return names.length <= MAXWELEM ? node.walk(names, opts) : walkLong(node, names, opts);
+}
+
+async function walkLong(node: Node, names: string[], opts?: OpOptions): Promise<WalkResult> {
   opts = withoutOpenMode(opts); // only a walk's last node may be opened along with it
   const qids: Qid[] = [];
   let cur = node;
