@@ -422,13 +422,19 @@ class Engine {
   }
 
   /**
-   * Walk through the mount point `point` (reached from `parent` by `last`)
-   * and on down `names`, without materialising the union: the first member
-   * holding names[0] wins. The first qid returned is the mount point's.
-   * Throws when the mount point itself cannot be reached.
+   * Walk `plain` from `cur` to the directory holding mount point `point`,
+   * through the point (named `last`) and on down `names`, without
+   * materialising the union: the first member holding names[0] wins. The
+   * qids are plain's, the mount point's, then names'. Throws when plain[0]
+   * (with no plain names, the mount point itself) cannot be walked.
+   *
+   * The member that was there before the mount walks from `cur` in one
+   * go, plain names included; `plain` is walked on its own only when
+   * another member answers first.
    */
   async through(
-    parent: Loc,
+    cur: Loc,
+    plain: string[],
     point: MountPoint,
     last: string,
     names: string[],
@@ -436,26 +442,42 @@ class Engine {
   ): Promise<WalkResult> {
     const members = point.members.slice();
     const held = members.map((m) => m.nodes?.retain() ?? null);
+    const np = plain.length;
+    /** The qids of `plain`, once walked (a partial walk leaves fewer). */
+    let plainQids: Qid[] | undefined = np === 0 ? [] : undefined;
+    const walkPlain = async (): Promise<Qid[]> => {
+      if (plainQids === undefined) {
+        const r = await walkLayers(cur.layers, plain, opts);
+        await r.node?.close();
+        plainQids = r.qids;
+      }
+      return plainQids;
+    };
     let mountQid: Qid | undefined;
     let first: unknown;
     let lost: unknown;
     const listing = this.listings.get(point);
     const known = listing?.gen === this.table.generation ? listing.names : undefined;
     let slot = 0;
+    let found: WalkResult | undefined;
     try {
       for (const m of members) {
         if (m.nodes === null) {
           slot++;
           let r: WalkResult;
           try {
-            r = await walkLayers(parent.layers, [last, ...names], opts);
+            r = await walkLayers(cur.layers, [...plain, last, ...names], opts);
           } catch (e) {
+            if (np > 0) throw e; // plain[0] is not there
             first ??= e;
             continue;
           }
-          mountQid ??= r.qids[0]!;
-          if (r.qids.length === 1) continue;
-          r.qids[0] = mountQid;
+          if (r.qids.length < np) return r; // plain stopped short
+          plainQids = r.qids.slice(0, np);
+          if (r.qids.length === np) continue; // no `last` here
+          mountQid ??= r.qids[np]!;
+          if (r.qids.length === np + 1) continue;
+          r.qids[np] = mountQid;
           return r;
         }
         for (const n of m.nodes.nodes) {
@@ -471,18 +493,37 @@ class Engine {
             continue;
           }
           if (isMiss(r)) continue;
-          r.qids.unshift(mountQid);
-          return r;
+          found = r;
+          break;
         }
+        if (found) break;
       }
     } finally {
       const w = releaseAll(held);
       if (w) await w;
     }
+    let pq: Qid[];
+    try {
+      pq = await walkPlain();
+    } catch (e) {
+      await found?.node?.close();
+      throw e;
+    }
+    if (pq.length < np) {
+      await found?.node?.close();
+      return { qids: pq };
+    }
+    if (found) {
+      found.qids.unshift(...pq, mountQid!);
+      return found;
+    }
     // Nothing answered below a mount whose server is gone: say so.
     if (lost !== undefined) throw lost;
-    if (mountQid === undefined) throw first ?? new StyxError(Ename.notFound);
-    return { qids: [mountQid] };
+    if (mountQid === undefined) {
+      if (pq.length === 0 || isLost(first)) throw first ?? new StyxError(Ename.notFound);
+      return { qids: pq };
+    }
+    return { qids: [...pq, mountQid] };
   }
 
   /**
@@ -548,6 +589,49 @@ class Engine {
           }
         }
         const plainEnd = point ? j - 1 : j;
+        // Names after the mount point, up to the next one or "..".
+        let at2: PathNode | undefined = at;
+        let k = j;
+        let point2: MountPoint | undefined;
+        while (point && k < names.length && names[k] !== "..") {
+          at2 = at2?.children.get(names[k]!);
+          k++;
+          if (at2?.point) {
+            point2 = at2.point;
+            break;
+          }
+        }
+        const afterEnd = point2 ? k - 1 : k;
+        if (point && afterEnd > j) {
+          // Through the mount point without cloning its members.
+          const plain = names.slice(i, plainEnd);
+          const pointName = names[j - 1]!;
+          const after = names.slice(j, afterEnd);
+          let r: WalkResult;
+          try {
+            r = await this.through(
+              cur,
+              plain,
+              point,
+              pointName,
+              after,
+              !point2 && afterEnd === names.length ? finalOpts : opts,
+            );
+          } catch (e) {
+            return partial(e);
+          }
+          qids.push(...r.qids);
+          if (!r.node) return { qids };
+          await advance({
+            names: cur.names.concat(plain, pointName, after),
+            layers: [{ node: r.node, create: false }],
+            mounted: false,
+            at: point2 ? undefined : at2,
+            gen: point2 ? -1 : gen,
+          });
+          i = afterEnd;
+          continue;
+        }
         let parent = cur;
         if (plainEnd > i) {
           const plain = names.slice(i, plainEnd);
@@ -576,46 +660,6 @@ class Engine {
         if (!point) continue;
         const pointName = names[j - 1]!;
         const from = parent;
-        // Names after the mount point, up to the next one or "..": walk
-        // through the members without cloning them.
-        let at2: PathNode | undefined = at;
-        let k = j;
-        let point2: MountPoint | undefined;
-        while (k < names.length && names[k] !== "..") {
-          at2 = at2?.children.get(names[k]!);
-          k++;
-          if (at2?.point) {
-            point2 = at2.point;
-            break;
-          }
-        }
-        const afterEnd = point2 ? k - 1 : k;
-        if (afterEnd > j) {
-          const after = names.slice(j, afterEnd);
-          let r: WalkResult;
-          try {
-            r = await this.through(
-              from,
-              point,
-              pointName,
-              after,
-              !point2 && afterEnd === names.length ? finalOpts : opts,
-            );
-          } catch (e) {
-            return partial(e);
-          }
-          qids.push(...r.qids);
-          if (!r.node) return { qids };
-          await advance({
-            names: from.names.concat(pointName, after),
-            layers: [{ node: r.node, create: false }],
-            mounted: false,
-            at: point2 ? undefined : at2,
-            gen: point2 ? -1 : gen,
-          });
-          i = afterEnd;
-          continue;
-        }
         let next: Loc;
         try {
           next = await this.enter(from.names.concat(pointName), at!, async () => {
