@@ -452,6 +452,7 @@ try {
   if (want("ns")) {
     await probe("ns", "ns_probe.ts");
     await probe("ns", "ls_probe.ts");
+    await probe("ns", "union_probe.ts", ["--reps", String(REPS)]);
   }
   if (want("listing")) {
     await tableProbe("listing", "listing_probe.ts", ["--reps", String(REPS)]);
