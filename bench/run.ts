@@ -3,12 +3,13 @@
  * measured against, in the same run. Not a test: nothing here passes or
  * fails on timing.
  *
- * deno task bench [--mib N] [--files N] [--reps N]
- *   [--only styx,ns,listing,tls,net,manifest,fuse]
+ * deno task bench [--mib N] [--files N] [--reps N] [--only styx,ns,tls,net,fuse]
  *
  * Styx figures are medians of --reps runs (default 3), Ferry and its peer
  * taking turns, so a burst of load elsewhere on the machine skews one run
  * of each rather than one side.
+ *
+ * --only also takes listing: a 100,000-entry directory listed over Styx.
  *
  * @module
  */
