@@ -8,7 +8,11 @@
  *                                 read PATH through the Styx client (--fresh:
  *                                 a new buffer per chunk instead of reusing them)
  *   write ADDR PATH BYTES [--tls DIR]
- *   files ADDR DIR N [--tls DIR]  walk+open+read+clunk N files DIR/f0…
+ *   files ADDR DIR N [--tls DIR] [--lanes N]
+ *                                 walk+open+read+clunk N files DIR/f0…, N at
+ *                                 a time (default 16)
+ *
+ * Every mode takes --msize N, the largest message to offer.
  *   idle ADDR N                   hold N attached idle connections until stdin closes
  *
  * @module
@@ -27,6 +31,8 @@ const { positionals, values } = parseArgs({
     window: { type: "string" },
     // Let the stream allocate a fresh buffer per chunk (no reuse).
     fresh: { type: "boolean" },
+    msize: { type: "string" },
+    lanes: { type: "string" },
   },
   allowPositionals: true,
 });
@@ -43,7 +49,7 @@ function report(o: Record<string, number | string>): void {
 
 async function connect(): Promise<StyxClient> {
   const conn = await dialConn(addr!, { insecure: !values.tls, certDir: values.tls });
-  return await StyxClient.connect(conn);
+  return await StyxClient.connect(conn, values.msize ? { msize: Number(values.msize) } : {});
 }
 
 // The clock starts when the transfer starts (after connecting, attaching
@@ -118,7 +124,7 @@ switch (mode) {
     const start = performance.now();
     let bytes = 0;
     // Several files in flight at once, as a real copy tool would do.
-    const lanes = 16;
+    const lanes = values.lanes ? Number(values.lanes) : 16;
     let next = 0;
     await Promise.all(
       Array.from({ length: lanes }, async () => {

@@ -9,6 +9,8 @@
  * taking turns, so a burst of load elsewhere on the machine skews one run
  * of each rather than one side.
  *
+ * --only also takes listing: a 100,000-entry directory listed over Styx.
+ *
  * @module
  */
 
@@ -173,6 +175,19 @@ async function styxSection(dir: string): Promise<void> {
       `raw TCP ${f1(raw.mbs!)}`,
       `${f1(wr.mbs! / raw.mbs! * 100)}% of raw`,
     );
+    // The physical ceiling: iperf3 (C) moving the same number of bytes over
+    // loopback, server to client, as the raw TCP baseline (a Deno server) does.
+    const ip = await iperf3(MIB);
+    if (ip === null) {
+      row("(a) iperf3, the physical ceiling", "-", "not installed (apt-get install iperf3)", "");
+    } else {
+      row(
+        `(a) read ${MIB} MiB beside iperf3 (raw TCP in Deno ${f1(raw.mbs!)}), MB/s`,
+        f1(rd.mbs!),
+        `iperf3 ${f1(ip)}`,
+        `${f1(rd.mbs! / ip * 100)}% of iperf3`,
+      );
+    }
     row(
       `(c) ${FILES} x 4 KiB walk+open+read+clunk, files/s`,
       f1(fs.filesPerSec!),
@@ -180,6 +195,13 @@ async function styxSection(dir: string): Promise<void> {
       `${f1(fs.filesPerSec! / 5000)}x target`,
     );
     row("(e) client RSS during the big read, MiB", f1(rd.rssMiB!), "target < 100", "");
+    const oneShot = await peakRss([...ferryArgv(), "9p", "-A", "-a", listen.addr, "read", "/big"]);
+    row(
+      `(e) one-shot 'ferry 9p read' of ${MIB} MiB into a pipe, peak RSS, MiB`,
+      oneShot === null ? "-" : f1(oneShot),
+      oneShot === null ? "needs /usr/bin/time" : "target < 100",
+      "",
+    );
 
     // (d) diod with diodcat, same files, same run.
     if (await which("diod") && await which("diodcat")) {
@@ -206,27 +228,63 @@ async function styxSection(dir: string): Promise<void> {
       try {
         const s = `127.0.0.1:${port}`;
         const names = Array.from({ length: FILES }, (_, i) => `small/f${i}`);
+        // Like with like: diodcat is timed as a whole process (start-up,
+        // version, attach included), at msize 64 KiB, one read in flight
+        // and one file at a time. Ferry's bench client is timed the same
+        // way, offered the same msize, with a window of one read and one
+        // lane of files.
+        const client = ["run", "-A", `${here}client.ts`];
         const d = await turns({
+          ferryBig: async () => ({
+            t: await timeCmd(Deno.execPath(), [
+              ...client,
+              "read",
+              listen.addr,
+              "/big",
+              "--msize",
+              "65536",
+              "--window",
+              "1",
+            ]),
+          }),
           big: async () => ({
             t: await timeCmd("diodcat", ["-s", s, "-a", dir, "-m", "65536", "big"]),
           }),
+          ferrySmall: async () => ({
+            t: await timeCmd(Deno.execPath(), [
+              ...client,
+              "files",
+              listen.addr,
+              "/small",
+              String(FILES),
+              "--msize",
+              "65536",
+              "--lanes",
+              "1",
+            ]),
+          }),
           small: async () => ({ t: await timeCmd("diodcat", ["-s", s, "-a", dir, ...names]) }),
         });
-        const t = d.big.t!;
-        const diodMbs = MIB * 2 ** 20 / 1e6 / t;
+        const mbs = (t: number) => MIB * 2 ** 20 / 1e6 / t;
+        const fb = mbs(d.ferryBig.t!), db = mbs(d.big.t!);
         row(
-          `(d) read ${MIB} MiB vs diod+diodcat, MB/s`,
-          f1(rd.mbs!),
-          `diod ${f1(diodMbs)}`,
-          `${f1(rd.mbs! / diodMbs)}x`,
+          `(d) read ${MIB} MiB, whole process, msize 64 KiB, 1 read in flight, MB/s`,
+          f1(fb),
+          `diod+diodcat ${f1(db)}`,
+          `${f1(fb / db)}x`,
         );
-        const t2 = d.small.t!;
-        const diodFps = FILES / t2;
+        const ff = FILES / d.ferrySmall.t!, df = FILES / d.small.t!;
         row(
-          `(d) ${FILES} small files vs diodcat, files/s`,
+          `(d) ${FILES} x 4 KiB, whole process, one file at a time, files/s`,
+          f1(ff),
+          `diod+diodcat ${f1(df)}`,
+          `${f1(ff / df)}x`,
+        );
+        row(
+          `(d) ${FILES} x 4 KiB, after attach, 16 files in flight, files/s`,
           f1(fs.filesPerSec!),
-          `diod ${f1(diodFps)}`,
-          `${f1(fs.filesPerSec! / diodFps)}x`,
+          "diodcat has no such mode",
+          "",
         );
       } finally {
         diod.kill("SIGTERM");
@@ -266,6 +324,58 @@ async function styxSection(dir: string): Promise<void> {
       await p.status;
     }
   }
+}
+
+/** iperf3's loopback rate for `mib` MiB, server to client, MB/s (median of REPS); null without it. */
+async function iperf3(mib: number): Promise<number | null> {
+  if (!(await which("iperf3"))) return null;
+  const port = freePort();
+  const srv = new Deno.Command("iperf3", {
+    args: ["-s", "-B", "127.0.0.1", "-p", String(port)],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  try {
+    await waitPort(port);
+    const rates: number[] = [];
+    for (let i = 0; i < REPS; i++) {
+      const o = await new Deno.Command("iperf3", {
+        args: ["-c", "127.0.0.1", "-p", String(port), "-R", "-n", `${mib}M`, "-J"],
+        stdout: "piped",
+        stderr: "null",
+      }).output();
+      const j = JSON.parse(dec.decode(o.stdout)) as {
+        end?: { sum_received?: { bits_per_second?: number } };
+      };
+      const bps = j.end?.sum_received?.bits_per_second;
+      if (!o.success || bps === undefined) throw new Error("iperf3 gave no result");
+      rates.push(bps / 8 / 1e6);
+    }
+    return median(rates);
+  } finally {
+    srv.kill("SIGTERM");
+    await srv.status;
+  }
+}
+
+/** Peak RSS in MiB of `argv` run to its end with its stdout drained through a pipe; null without /usr/bin/time. */
+async function peakRss(argv: string[]): Promise<number | null> {
+  try {
+    await Deno.stat("/usr/bin/time");
+  } catch {
+    return null;
+  }
+  const p = new Deno.Command("/usr/bin/time", {
+    args: ["-f", "maxrss %M", ...argv],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  for await (const _ of p.stdout) { /* drained, as a pipe to another program would be */ }
+  const err = await new Response(p.stderr).text();
+  const st = await p.status;
+  const m = err.match(/maxrss (\d+)/);
+  if (!st.success || !m) throw new Error(`${argv.join(" ")} failed: ${err.trim()}`);
+  return Number(m[1]) / 1024;
 }
 
 async function which(cmd: string): Promise<boolean> {
@@ -343,6 +453,10 @@ try {
   if (want("ns")) {
     await probe("ns", "ns_probe.ts");
     await probe("ns", "ls_probe.ts");
+    await probe("ns", "union_probe.ts", ["--reps", String(REPS)]);
+  }
+  if (want("listing")) {
+    await tableProbe("listing", "listing_probe.ts", ["--reps", String(REPS)]);
   }
   if (want("tls")) {
     await probe("tls", "tls_probe.ts");

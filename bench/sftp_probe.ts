@@ -191,18 +191,26 @@ async function makeData(dir: string): Promise<void> {
   for (let i = 0; i < FILES; i++) await Deno.writeFile(`${dir}/small/f${i}`, small);
 }
 
-/** A CA in `tmp/ca`; node credentials in `tmp/node`, user credentials in `tmp/user`. */
+/**
+ * A CA in `tmp/ca`; node credentials in `tmp/node`, user credentials in
+ * `tmp/user`, and the same user's again in `tmp/user-crl` with the CA's
+ * CRL (one certificate revoked), as certs/README.md says every machine has.
+ */
 async function makeCredentials(tmp: string): Promise<void> {
   const ca = await CertificateAuthority.init(`${tmp}/ca`, "bench-ca");
   try {
     const node = await ca.issue("node", { kind: "node", sans: ["127.0.0.1"] });
     const user = await ca.issue("alice", { kind: "user" });
-    for (const [d, name, issued] of [["node", "node", node], ["user", "alice", user]] as const) {
+    await ca.issue("mallory", { kind: "user" });
+    await ca.revoke("mallory");
+    const dirs = [["node", "node", node], ["user", "alice", user], ["user-crl", "alice", user]];
+    for (const [d, name, issued] of dirs as [string, string, typeof user][]) {
       await Deno.mkdir(`${tmp}/${d}`, { mode: 0o700 });
       await Deno.writeTextFile(`${tmp}/${d}/ca.pem`, ca.certPem);
       await Deno.writeTextFile(`${tmp}/${d}/${name}.pem`, issued.certPem);
       await Deno.writeTextFile(`${tmp}/${d}/${name}.key`, issued.keyPem!, { mode: 0o600 });
     }
+    await Deno.writeTextFile(`${tmp}/user-crl/crl.pem`, await ca.crlPem());
   } finally {
     ca.close();
   }
@@ -342,15 +350,25 @@ async function latencySection(
   // One-shot commands, taking turns.
   const [exe, ...args] = ferryArgv();
   const ls = [...args, "9p", "-a", listenAddr, "--certs", user, "ls", "/"];
+  const lsCrl = [...args, "9p", "-a", listenAddr, "--certs", `${user}-crl`, "ls", "/"];
   const ssh = [...sshd.sshArgs, sshd.target, "true"];
   await timed(exe!, ls);
+  await timed(exe!, lsCrl);
   await timed("ssh", ssh);
   const f: number[] = [];
+  const fc: number[] = [];
   const s: number[] = [];
   for (let i = 0; i < ONESHOT; i++) {
     f.push((await timed(exe!, ls)).secs);
+    fc.push((await timed(exe!, lsCrl)).secs);
     s.push((await timed("ssh", ssh)).secs);
   }
+  row(
+    `(c) one-shot 'ferry 9p ls /' (mTLS) with crl.pem in the user's directory, ms (median of ${ONESHOT})`,
+    f1(median(fc) * 1000),
+    `without crl.pem ${f1(median(f) * 1000)}`,
+    `${(median(fc) / median(f)).toFixed(2)}x`,
+  );
   const fm = median(f) * 1000;
   const sm = median(s) * 1000;
   row(

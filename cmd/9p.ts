@@ -75,7 +75,12 @@ const ops: Record<string, Op> = {
   async read(c, root, path) {
     const f = await c.openPath(root, path, OREAD);
     try {
-      await readStream(f).pipeTo(Deno.stdout.writable, { preventClose: true });
+      // Each chunk is written out whole before the next is asked for, so
+      // its memory can carry a later Tread: RSS stays flat whatever the size.
+      for await (const chunk of readStream(f, { reuse: true })) {
+        let off = 0;
+        while (off < chunk.length) off += await Deno.stdout.write(chunk.subarray(off));
+      }
     } finally {
       await f.close();
     }

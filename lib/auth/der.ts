@@ -2,7 +2,8 @@
  * A small DER reader for the certificates Ferry issues (Ed25519, X.509 v3):
  * just enough to verify a peer on every connection without loading a full
  * X.509 library, which costs a one-shot command more than its whole
- * network exchange. Issuing, CSRs and CRLs stay in certs.ts.
+ * network exchange; it reads CRLs for the same reason. Issuing, CSRs and
+ * making CRLs stay in certs.ts.
  *
  * @module
  */
@@ -285,6 +286,82 @@ export function readCert(pemOrDer: string | Uint8Array): CertFields {
   };
 }
 
+/** The fields of a CRL that Ferry checks. */
+export interface CrlFields {
+  /** The signed part (TBSCertList), DER. */
+  tbs: Uint8Array;
+  /** The signature algorithm's OID. */
+  sigAlg: string;
+  /** The signature bytes. */
+  signature: Uint8Array;
+  /** Issuer name as "CN=…, O=…". */
+  issuer: string;
+  thisUpdate: Date;
+  nextUpdate?: Date;
+  /** Revoked serial numbers, normalised hex (lowercase, no leading zeros). */
+  serials: string[];
+}
+
+/**
+ * Read a CRL's fields from DER (or the first "X509 CRL" or "CRL" block of
+ * PEM text). Throws on anything it cannot read.
+ *
+ * @example
+ * ```ts ignore
+ * const crl = readCrl(await Deno.readTextFile("certs/crl.pem"));
+ * console.log(crl.issuer, crl.serials);
+ * ```
+ */
+export function readCrl(pemOrDer: string | Uint8Array): CrlFields {
+  let b: Uint8Array;
+  if (typeof pemOrDer === "string") {
+    const d = pemBlocks(pemOrDer, "X509 CRL")[0] ?? pemBlocks(pemOrDer, "CRL")[0];
+    if (!d) throw new Error("no X509 CRL PEM block");
+    b = d;
+  } else b = pemOrDer;
+  const top = expect(tlv(b, 0), 0x30, "a CRL");
+  if (top.end !== b.length) throw new Error("trailing bytes after the CRL");
+  const [tbsT, algT, sigT] = children(b, top);
+  expect(tbsT, 0x30, "a TBSCertList");
+  const alg0 = children(b, expect(algT, 0x30, "a signature algorithm"))[0];
+  const sigAlg = oidString(b, expect(alg0, 0x06, "an algorithm OID"));
+  expect(sigT, 0x03, "a signature");
+  if (b[sigT!.vs] !== 0) throw new Error("signature has unused bits");
+  const f = children(b, tbsT!);
+  let i = 0;
+  if (f[0]?.tag === 0x02) i++; // version
+  const innerAlg = children(b, expect(f[i++], 0x30, "a TBS signature algorithm"))[0];
+  if (oidString(b, expect(innerAlg, 0x06, "an algorithm OID")) !== sigAlg) {
+    throw new Error("the two signature algorithms differ");
+  }
+  const issuer = name(b, f[i++]!);
+  const thisT = f[i++];
+  if (!thisT || (thisT.tag !== 0x17 && thisT.tag !== 0x18)) throw new Error("expected thisUpdate");
+  const thisUpdate = time(b, thisT);
+  let nextUpdate: Date | undefined;
+  if (f[i]?.tag === 0x17 || f[i]?.tag === 0x18) nextUpdate = time(b, f[i++]!);
+  const serials: string[] = [];
+  if (f[i]?.tag === 0x30) {
+    for (const entry of children(b, f[i++]!)) {
+      const serialT = expect(
+        children(b, expect(entry, 0x30, "a revoked entry"))[0],
+        0x02,
+        "a serial",
+      );
+      serials.push(hex(b.subarray(serialT.vs, serialT.end)).replace(/^0+/, "") || "0");
+    }
+  }
+  return {
+    tbs: b.subarray(tbsT!.start, tbsT!.end),
+    sigAlg,
+    signature: b.subarray(sigT!.vs + 1, sigT!.end),
+    issuer: issuer.str,
+    thisUpdate,
+    nextUpdate,
+    serials,
+  };
+}
+
 /** True when `cert` names `ca`'s subject as its issuer. */
 export function issuedBy(cert: CertFields, ca: CertFields): boolean {
   return eq(cert.issuerDer, ca.subjectDer) || cert.issuer === ca.subject;
@@ -298,8 +375,11 @@ export async function ed25519Key(cert: CertFields): Promise<CryptoKey> {
   ]);
 }
 
-/** True when `ca`'s key made `cert`'s signature (Ed25519 only). */
-export async function signedBy(cert: CertFields, ca: CertFields): Promise<boolean> {
+/** True when `ca`'s key made the signature of `cert` (or of a CRL); Ed25519 only. */
+export async function signedBy(
+  cert: Pick<CertFields, "sigAlg" | "signature" | "tbs">,
+  ca: CertFields,
+): Promise<boolean> {
   if (cert.sigAlg !== OID_ED25519) return false;
   try {
     return await crypto.subtle.verify(

@@ -457,8 +457,7 @@ export async function revokedSerials(opts: LinkOptions, creds = currentCreds(opt
     if (hit && hit.crl === creds.crl && hit.ca === creds.ca) {
       set = hit.set;
     } else {
-      const { parseCert } = await import("./certs.ts");
-      set = await crlSerials(creds.crl, parseCert(creds.ca));
+      set = await crlSerials(creds.crl, readCert(creds.ca));
       crlCache.set(creds, { crl: creds.crl, ca: creds.ca, set });
     }
   }

@@ -10,8 +10,15 @@
 // Only types come from certs.ts here: verifying a peer reads certificates
 // with der.ts, so a dialling client never loads the X.509 library.
 import type { CertIdentity, CertKind, x509 } from "./certs.ts";
-import { type CertFields, ferryKind, issuedBy, readCert, signedBy } from "./der.ts";
-import { pemBlocks } from "./keys.ts";
+import {
+  type CertFields,
+  type CrlFields,
+  ferryKind,
+  issuedBy,
+  readCert,
+  readCrl,
+  signedBy,
+} from "./der.ts";
 
 const OID_SERVER_AUTH = "1.3.6.1.5.5.7.3.1";
 const OID_CLIENT_AUTH = "1.3.6.1.5.5.7.3.2";
@@ -148,26 +155,17 @@ export async function verifyPeer(
 }
 
 /**
- * The revoked serials listed in a CRL, after checking the CA signed it.
- * Throws when it did not.
+ * The revoked serials listed in a CRL (PEM), after checking the CA signed
+ * it. Throws when it did not. Read with der.ts, as certificates are: a
+ * one-shot command with a CRL at hand never loads the X.509 library.
  */
-export async function crlSerials(crlPem: string, ca: x509.X509Certificate): Promise<Set<string>> {
-  // CRLs are rare on a client: the X.509 library loads only for one.
-  const { normSerial, x509 } = await import("./certs.ts");
-  let crl: x509.X509Crl;
+export async function crlSerials(crlPem: string, ca: VerifyOptions["ca"]): Promise<Set<string>> {
+  let crl: CrlFields;
   try {
-    const der = pemBlocks(crlPem, "X509 CRL")[0] ?? pemBlocks(crlPem, "CRL")[0];
-    if (!der) throw new Error("no PEM block");
-    crl = new x509.X509Crl(der);
+    crl = readCrl(crlPem);
   } catch {
     throw new Error("CRL is not a valid X.509 CRL");
   }
-  let ok = false;
-  try {
-    ok = await crl.verify({ publicKey: ca.publicKey });
-  } catch {
-    ok = false;
-  }
-  if (!ok) throw new Error("CRL is not signed by this CA");
-  return new Set(crl.entries.map((e) => normSerial(e.serialNumber)));
+  if (!(await signedBy(crl, caFields(ca)))) throw new Error("CRL is not signed by this CA");
+  return new Set(crl.serials);
 }

@@ -109,7 +109,7 @@ const ALL32 = 0xffffffff;
 const ALL64 = MASK64;
 /** Dir.mode flag bits other than DMDIR: none of them can be set on a host file. */
 const MODE_FLAGS = 0x7fff0000;
-/** Directory entries stat'ed between two yields to the event loop. */
+/** Directory entries stat'ed at a time: between two yields, and as one batch of dirEntries. */
 const DIR_BATCH = 256;
 
 /** State shared by every node of one attached tree. */
@@ -420,6 +420,15 @@ class HostNode implements Node {
   }
 
   walk(names: string[], opts?: OpOptions): Promise<WalkResult> {
+    return this.#walk(names, opts, false);
+  }
+
+  /** A walk whose missing first name gives `{ qids: [] }`, for unions. */
+  tryWalk(names: string[], opts?: OpOptions): Promise<WalkResult> {
+    return this.#walk(names, opts, true);
+  }
+
+  #walk(names: string[], opts: OpOptions | undefined, miss: boolean): Promise<WalkResult> {
     // Nodes walked to act for whoever walked.
     const caller = opts?.caller ?? this.caller;
     if (names.length === 0) {
@@ -440,8 +449,10 @@ class HostNode implements Node {
         if (acct) need(acct, this.ctx.host.lstat(rel), AEXEC);
         [rel, qid, walked] = this.#step(rel, name);
       } catch (e) {
-        if (qids.length === 0) return Promise.reject(hostError(e));
-        return Promise.resolve({ qids });
+        if (qids.length > 0 || (miss && (e as { code?: unknown } | null)?.code === "ENOENT")) {
+          return Promise.resolve({ qids });
+        }
+        return Promise.reject(hostError(e));
       }
       qids.push(qid);
     }
@@ -803,19 +814,33 @@ class HostDir implements OpenFile {
   }
 
   async readDir(opts?: OpOptions): Promise<Dir[]> {
-    if (this.#closed) throw new StyxError(Ename.notOpen);
-    const names = sys(() => this.dir.names());
     const out: Dir[] = [];
-    for (let i = 0; i < names.length; i++) {
-      if (i > 0 && i % DIR_BATCH === 0) {
-        await new Promise((r) => setTimeout(r, 0));
-        if (opts?.signal?.aborted) throw new StyxError(Ename.interrupted);
-        if (this.#closed) throw new StyxError(Ename.notOpen);
-      }
-      const d = this.#entry(names[i] as string);
-      if (d) out.push(d);
+    const it = this.dirEntries(opts);
+    for (let r = await it.next(); !r.done; r = await it.next()) {
+      for (const d of r.value) out.push(d);
+      // setImmediate, not setTimeout(0): a timer costs milliseconds a yield.
+      await new Promise((res) => setImmediate(res));
     }
     return out;
+  }
+
+  /**
+   * The entries DIR_BATCH at a time, each batch stat'ed when asked for:
+   * an open directory holds its names, not every entry's stat.
+   */
+  async *dirEntries(opts?: OpOptions): AsyncGenerator<Dir[]> {
+    if (this.#closed) throw new StyxError(Ename.notOpen);
+    const names = sys(() => this.dir.names());
+    for (let i = 0; i < names.length; i += DIR_BATCH) {
+      if (opts?.signal?.aborted) throw new StyxError(Ename.interrupted);
+      if (this.#closed) throw new StyxError(Ename.notOpen);
+      const out: Dir[] = [];
+      for (const name of names.slice(i, i + DIR_BATCH)) {
+        const d = this.#entry(name);
+        if (d) out.push(d);
+      }
+      if (out.length > 0) yield out;
+    }
   }
 
   /**

@@ -353,8 +353,17 @@ class MemNode implements Node {
   }
 
   walk(names: string[], opts?: OpOptions): Promise<WalkResult> {
+    return this.#walk(names, opts, false);
+  }
+
+  /** A walk whose missing first name gives `{ qids: [] }`, for unions. */
+  tryWalk(names: string[], opts?: OpOptions): Promise<WalkResult> {
+    return this.#walk(names, opts, true);
+  }
+
+  #walk(names: string[], opts: OpOptions | undefined, miss: boolean): Promise<WalkResult> {
     const other = this.#for(opts);
-    if (other) return other.walk(names, opts);
+    if (other) return other.#walk(names, opts, miss);
     if (names.length === 0) {
       return Promise.resolve({ qids: [], node: new MemNode(this.tree, this.entry, this.caller) });
     }
@@ -373,7 +382,9 @@ class MemNode implements Node {
         if (next === undefined) fail = Ename.notFound;
       }
       if (fail !== null || next === undefined) {
-        if (qids.length === 0) return Promise.reject(new StyxError(fail ?? Ename.notFound));
+        if (qids.length === 0 && !(miss && fail === Ename.notFound)) {
+          return Promise.reject(new StyxError(fail ?? Ename.notFound));
+        }
         return Promise.resolve({ qids });
       }
       e = next;

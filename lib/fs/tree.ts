@@ -98,6 +98,13 @@ export interface Node {
    * partial result (no `node`) when a later one cannot.
    */
   walk(names: string[], opts?: OpOptions): Promise<WalkResult>;
+  /**
+   * Optional: {@link walk}, except that a first name that does not exist
+   * resolves to `{ qids: [] }` instead of throwing "file does not exist".
+   * A union asks each member in turn, and a miss is the common answer, so
+   * it should cost no exception. Any other failure still throws.
+   */
+  tryWalk?(names: string[], opts?: OpOptions): Promise<WalkResult>;
   /** Open for I/O; `mode` is a 9P open mode (OREAD ... with OTRUNC, ORCLOSE). */
   open(mode: number, opts?: OpOptions): Promise<OpenFile>;
   /**
@@ -236,6 +243,12 @@ export interface OpenFile {
    * read from offset 0 and packs whole entries into replies.
    */
   readDir(opts?: OpOptions): Promise<Dir[]>;
+  /**
+   * Optional, for directories: the same entries a batch at a time, so that
+   * a server holds one batch of an open directory rather than all of it.
+   * Each call starts again from the first entry.
+   */
+  dirEntries?(opts?: OpOptions): AsyncIterator<Dir[]>;
   /** Close the open file (and, for ORCLOSE, remove it). Safe to call twice. */
   close(): Promise<void>;
 }

@@ -131,6 +131,11 @@ interface Loc {
   at: PathNode | undefined;
   /** The table generation `at` was looked up in. */
   gen: number;
+  /**
+   * Set when `layers` are the members of mount point `point`, one layer per
+   * slot as {@link Engine.through} counts them, in table generation `gen`.
+   */
+  slots?: { point: MountPoint; gen: number };
 }
 
 interface Walked {
@@ -185,28 +190,79 @@ async function cloneNode(n: Node, opts?: OpOptions): Promise<Node> {
  * Walk `names` in the first layer that has names[0]. Throws when none has it;
  * returns a partial result when a later name is missing.
  */
-async function walkLayers(
+function walkLayers(
   layers: readonly Layer[],
   names: string[],
   opts?: OpOptions,
 ): Promise<WalkResult> {
-  if (layers.length === 1) return await walkChunked(layers[0]!.node, names, opts);
+  // No async frame of its own for the common single layer: every walk comes here.
+  if (layers.length === 1) return walkChunked(layers[0]!.node, names, opts);
+  return walkUnion(layers, names, opts);
+}
+
+async function walkUnion(
+  layers: readonly Layer[],
+  names: string[],
+  opts?: OpOptions,
+): Promise<WalkResult> {
   let first: unknown;
   let lost: unknown;
   for (const l of layers) {
+    let r: WalkResult;
     try {
-      return await walkChunked(l.node, names, opts);
+      r = await tryWalkChunked(l.node, names, opts);
     } catch (e) {
       first ??= e;
       if (isLost(e)) lost ??= e;
+      continue;
     }
+    if (!isMiss(r)) return r;
   }
   throw lost ?? first ?? new StyxError(Ename.notFound);
 }
 
+/** True for the `{ qids: [] }` of a first name that is not there. */
+function isMiss(r: WalkResult): boolean {
+  return r.node === undefined && r.qids.length === 0;
+}
+
+/**
+ * {@link walkChunked} in one member of a union: a missing first name is a
+ * miss (`{ qids: [] }`), asked for without an exception where the tree can.
+ */
+function tryWalkChunked(node: Node, names: string[], opts?: OpOptions): Promise<WalkResult> {
+  // No async frame of its own on the common path: a union asks this of every member.
+  if (node.tryWalk && names.length <= MAXWELEM) return node.tryWalk(names, opts);
+  return catchMiss(node, names, opts);
+}
+
+async function catchMiss(node: Node, names: string[], opts?: OpOptions): Promise<WalkResult> {
+  try {
+    return await walkChunked(node, names, opts);
+  } catch (e) {
+    if (isNotFound(e) && !isLost(e)) return { qids: [] };
+    throw e;
+  }
+}
+
+/**
+ * What an open listing of a union says: for each member slot, the names it
+ * holds (undefined: not known). Valid in the table generation it was read
+ * in, while the listing stays open, and until the namespace changes a file.
+ */
+interface Listing {
+  gen: number;
+  names: (Set<string> | undefined)[];
+  /** The open union directory it came from. */
+  owner: object;
+}
+
 /** node.walk in pieces of at most MAXWELEM names. */
-async function walkChunked(node: Node, names: string[], opts?: OpOptions): Promise<WalkResult> {
-  if (names.length <= MAXWELEM) return await node.walk(names, opts);
+function walkChunked(node: Node, names: string[], opts?: OpOptions): Promise<WalkResult> {
+  return names.length <= MAXWELEM ? node.walk(names, opts) : walkLong(node, names, opts);
+}
+
+async function walkLong(node: Node, names: string[], opts?: OpOptions): Promise<WalkResult> {
   opts = withoutOpenMode(opts); // only a walk's last node may be opened along with it
   const qids: Qid[] = [];
   let cur = node;
@@ -245,6 +301,8 @@ function releaseAll(held: readonly (SharedNodes | null)[]): Promise<unknown> | u
 /** The path resolver shared by a namespace and the nodes it hands out. */
 class Engine {
   #rootNode: Promise<Node> | null = null;
+  /** Listings of unions held open: a walk skips the members they show lack a name. */
+  listings = new WeakMap<MountPoint, Listing>();
 
   constructor(
     readonly rootTree: Tree,
@@ -330,7 +388,10 @@ class Engine {
         else first ??= p.reason;
       }
       if (layers.length === 0) throw first ?? new StyxError(Ename.notFound);
-      return { names, layers, mounted: true, at, gen };
+      const slots = members.reduce((n, m) => n + (m.nodes?.nodes.length ?? 1), 0);
+      const loc: Loc = { names, layers, mounted: true, at, gen };
+      if (first === undefined && layers.length === slots) loc.slots = { point, gen };
+      return loc;
     } finally {
       const w = releaseAll(held);
       if (w) await w;
@@ -362,13 +423,19 @@ class Engine {
   }
 
   /**
-   * Walk through the mount point `point` (reached from `parent` by `last`)
-   * and on down `names`, without materialising the union: the first member
-   * holding names[0] wins. The first qid returned is the mount point's.
-   * Throws when the mount point itself cannot be reached.
+   * Walk `plain` from `cur` to the directory holding mount point `point`,
+   * through the point (named `last`) and on down `names`, without
+   * materialising the union: the first member holding names[0] wins. The
+   * qids are plain's, the mount point's, then names'. Throws when plain[0]
+   * (with no plain names, the mount point itself) cannot be walked.
+   *
+   * The member that was there before the mount walks from `cur` in one
+   * go, plain names included; `plain` is walked on its own only when
+   * another member answers first.
    */
   async through(
-    parent: Loc,
+    cur: Loc,
+    plain: string[],
     point: MountPoint,
     last: string,
     names: string[],
@@ -376,46 +443,88 @@ class Engine {
   ): Promise<WalkResult> {
     const members = point.members.slice();
     const held = members.map((m) => m.nodes?.retain() ?? null);
+    const np = plain.length;
+    /** The qids of `plain`, once walked (a partial walk leaves fewer). */
+    let plainQids: Qid[] | undefined = np === 0 ? [] : undefined;
+    const walkPlain = async (): Promise<Qid[]> => {
+      if (plainQids === undefined) {
+        const r = await walkLayers(cur.layers, plain, opts);
+        await r.node?.close();
+        plainQids = r.qids;
+      }
+      return plainQids;
+    };
     let mountQid: Qid | undefined;
     let first: unknown;
     let lost: unknown;
+    const listing = this.listings.get(point);
+    const known = listing?.gen === this.table.generation ? listing.names : undefined;
+    let slot = 0;
+    let found: WalkResult | undefined;
     try {
       for (const m of members) {
         if (m.nodes === null) {
+          slot++;
           let r: WalkResult;
           try {
-            r = await walkLayers(parent.layers, [last, ...names], opts);
+            r = await walkLayers(cur.layers, [...plain, last, ...names], opts);
           } catch (e) {
+            if (np > 0) throw e; // plain[0] is not there
             first ??= e;
             continue;
           }
-          mountQid ??= r.qids[0]!;
-          if (r.qids.length === 1) continue;
-          r.qids[0] = mountQid;
+          if (r.qids.length < np) return r; // plain stopped short
+          plainQids = r.qids.slice(0, np);
+          if (r.qids.length === np) continue; // no `last` here
+          mountQid ??= r.qids[np]!;
+          if (r.qids.length === np + 1) continue;
+          r.qids[np] = mountQid;
           return r;
         }
         for (const n of m.nodes.nodes) {
           mountQid ??= n.qid;
+          const here = known?.[slot++];
+          if (here && !here.has(names[0]!)) continue;
           let r: WalkResult;
           try {
-            r = await walkChunked(n, names, opts);
+            r = await tryWalkChunked(n, names, opts);
           } catch (e) {
             first ??= e;
             if (isLost(e)) lost ??= e;
             continue;
           }
-          r.qids.unshift(mountQid);
-          return r;
+          if (isMiss(r)) continue;
+          found = r;
+          break;
         }
+        if (found) break;
       }
     } finally {
       const w = releaseAll(held);
       if (w) await w;
     }
+    let pq: Qid[];
+    try {
+      pq = await walkPlain();
+    } catch (e) {
+      await found?.node?.close();
+      throw e;
+    }
+    if (pq.length < np) {
+      await found?.node?.close();
+      return { qids: pq };
+    }
+    if (found) {
+      found.qids.unshift(...pq, mountQid!);
+      return found;
+    }
     // Nothing answered below a mount whose server is gone: say so.
     if (lost !== undefined) throw lost;
-    if (mountQid === undefined) throw first ?? new StyxError(Ename.notFound);
-    return { qids: [mountQid] };
+    if (mountQid === undefined) {
+      if (pq.length === 0 || isLost(first)) throw first ?? new StyxError(Ename.notFound);
+      return { qids: pq };
+    }
+    return { qids: [...pq, mountQid] };
   }
 
   /**
@@ -481,6 +590,49 @@ class Engine {
           }
         }
         const plainEnd = point ? j - 1 : j;
+        // Names after the mount point, up to the next one or "..".
+        let at2: PathNode | undefined = at;
+        let k = j;
+        let point2: MountPoint | undefined;
+        while (point && k < names.length && names[k] !== "..") {
+          at2 = at2?.children.get(names[k]!);
+          k++;
+          if (at2?.point) {
+            point2 = at2.point;
+            break;
+          }
+        }
+        const afterEnd = point2 ? k - 1 : k;
+        if (point && afterEnd > j) {
+          // Through the mount point without cloning its members.
+          const plain = names.slice(i, plainEnd);
+          const pointName = names[j - 1]!;
+          const after = names.slice(j, afterEnd);
+          let r: WalkResult;
+          try {
+            r = await this.through(
+              cur,
+              plain,
+              point,
+              pointName,
+              after,
+              !point2 && afterEnd === names.length ? finalOpts : opts,
+            );
+          } catch (e) {
+            return partial(e);
+          }
+          qids.push(...r.qids);
+          if (!r.node) return { qids };
+          await advance({
+            names: cur.names.concat(plain, pointName, after),
+            layers: [{ node: r.node, create: false }],
+            mounted: false,
+            at: point2 ? undefined : at2,
+            gen: point2 ? -1 : gen,
+          });
+          i = afterEnd;
+          continue;
+        }
         let parent = cur;
         if (plainEnd > i) {
           const plain = names.slice(i, plainEnd);
@@ -509,46 +661,6 @@ class Engine {
         if (!point) continue;
         const pointName = names[j - 1]!;
         const from = parent;
-        // Names after the mount point, up to the next one or "..": walk
-        // through the members without cloning them.
-        let at2: PathNode | undefined = at;
-        let k = j;
-        let point2: MountPoint | undefined;
-        while (k < names.length && names[k] !== "..") {
-          at2 = at2?.children.get(names[k]!);
-          k++;
-          if (at2?.point) {
-            point2 = at2.point;
-            break;
-          }
-        }
-        const afterEnd = point2 ? k - 1 : k;
-        if (afterEnd > j) {
-          const after = names.slice(j, afterEnd);
-          let r: WalkResult;
-          try {
-            r = await this.through(
-              from,
-              point,
-              pointName,
-              after,
-              !point2 && afterEnd === names.length ? finalOpts : opts,
-            );
-          } catch (e) {
-            return partial(e);
-          }
-          qids.push(...r.qids);
-          if (!r.node) return { qids };
-          await advance({
-            names: from.names.concat(pointName, after),
-            layers: [{ node: r.node, create: false }],
-            mounted: false,
-            at: point2 ? undefined : at2,
-            gen: point2 ? -1 : gen,
-          });
-          i = afterEnd;
-          continue;
-        }
         let next: Loc;
         try {
           next = await this.enter(from.names.concat(pointName), at!, async () => {
@@ -649,7 +761,23 @@ class NsNode implements Node {
       else first ??= o.reason;
     }
     if (files.length === 0) throw first;
-    return new UnionDir(files, []);
+    const slots = this.#loc.slots;
+    const engine = this.#engine;
+    if (!slots || files.length !== layers.length || slots.gen !== engine.table.generation) {
+      return new UnionDir(files, []);
+    }
+    // While this listing is open, walks through the union skip the members
+    // it shows lack a name: listing a union and then walking each name
+    // would otherwise ask every earlier member, a round trip each if remote.
+    return new UnionDir(files, [], {
+      listed: (owner, lists) => {
+        const names = lists.map((l) => l && new Set(l.map((d) => d.name)));
+        engine.listings.set(slots.point, { gen: slots.gen, owner, names });
+      },
+      closed: (owner) => {
+        if (engine.listings.get(slots.point)?.owner === owner) engine.listings.delete(slots.point);
+      },
+    });
   }
 
   async create(name: string, perm: number, mode: number, opts?: OpOptions): Promise<Created> {
@@ -678,6 +806,7 @@ class NsNode implements Node {
         if (r.node) throw new StyxError(Ename.exists);
       }
     }
+    this.#engine.listings = new WeakMap(); // a new name: what listings said is stale
     const c = await layer.node.create(name, perm, mode, opts);
     const child: Loc = {
       names: loc.names.concat(name),
@@ -699,6 +828,7 @@ class NsNode implements Node {
 
   async wstat(dir: Dir, opts?: OpOptions): Promise<void> {
     this.#check();
+    if (dir.name !== "") this.#engine.listings = new WeakMap(); // a rename makes a new name
     await this.#loc.layers[0]!.node.wstat(dir, this.#opts(opts));
   }
 

@@ -54,6 +54,14 @@ export function firstOfEachName<T extends { name: string }>(entries: readonly T[
   return out;
 }
 
+/** Told what an open union directory lists, for as long as it stays open. */
+export interface UnionListener {
+  /** A read of the union: each member's entries (undefined for a member that failed). */
+  listed(owner: UnionDir, lists: (readonly Dir[] | undefined)[]): void;
+  /** The union directory was closed: what it listed is no longer held. */
+  closed(owner: UnionDir): void;
+}
+
 /**
  * An open union directory. It owns the open members and the nodes they were
  * opened from, and closes all of them when closed.
@@ -61,13 +69,18 @@ export function firstOfEachName<T extends { name: string }>(entries: readonly T[
 export class UnionDir implements OpenFile {
   readonly #files: OpenFile[];
   readonly #nodes: Node[];
+  readonly #listener: UnionListener | undefined;
   #closed = false;
 
-  /** Wrap `files` (open directories in union order) opened from `nodes`. */
-  constructor(files: OpenFile[], nodes: Node[]) {
+  /**
+   * Wrap `files` (open directories in union order) opened from `nodes`;
+   * `listener` hears of each listing, and of the close.
+   */
+  constructor(files: OpenFile[], nodes: Node[], listener?: UnionListener) {
     if (files.length === 0) throw new Error("A union directory needs at least one member");
     this.#files = files;
     this.#nodes = nodes;
+    this.#listener = listener;
   }
 
   /** The qid of the first member. */
@@ -104,6 +117,12 @@ export class UnionDir implements OpenFile {
       else firstError ??= r.reason;
     }
     if (lists.length === 0) throw firstError;
+    if (this.#listener && !this.#closed) {
+      this.#listener.listed(
+        this,
+        results.map((r) => r.status === "fulfilled" ? r.value : undefined),
+      );
+    }
     return mergeDirs(lists);
   }
 
@@ -111,6 +130,7 @@ export class UnionDir implements OpenFile {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#listener?.closed(this);
     await Promise.allSettled(this.#files.map((f) => f.close()));
     await Promise.allSettled(this.#nodes.map((n) => n.close()));
   }

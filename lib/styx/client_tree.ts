@@ -133,6 +133,24 @@ export class RemoteNode implements Node {
     }
   }
 
+  /**
+   * As {@link walk}, but a first name the server does not have gives
+   * `{ qids: [] }`, and a later one a partial result, as Rwalk does: to a
+   * union, a miss is an answer, not a failure.
+   */
+  async tryWalk(names: string[], opts: OpOptions = {}): Promise<RemoteWalkResult> {
+    try {
+      return await this.walk(names, opts);
+    } catch (e) {
+      // Only the server's own answer: a lost connection or a flush is no miss.
+      const own = e instanceof StyxError && e.constructor === StyxError;
+      if (names.length > 0 && own && e.message === Ename.notFound) {
+        return { qids: [] };
+      }
+      throw e;
+    }
+  }
+
   async #walk(names: string[], opts: OpOptions): Promise<RemoteWalkResult> {
     const newfid = this.client.allocFid();
     const mode = opts.openMode;

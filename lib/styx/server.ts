@@ -258,6 +258,8 @@ function badName(name: string): boolean {
 
 interface DirState {
   entries: Dir[];
+  /** Where the entries after `entries` come from, a batch at a time (OpenFile.dirEntries). */
+  more?: AsyncIterator<Dir[]>;
   /** Index of the next entry to return. */
   index: number;
   /** Offset at which the next read must start. */
@@ -1063,14 +1065,30 @@ class Session {
     try {
       await prev;
       if (offset === 0n) {
-        f.dir = { entries: await file.readDir({ signal }), index: 0, offset: 0n };
+        await f.dir?.more?.return?.();
+        // A file that lists in batches is read as the client goes: an open
+        // directory holds one batch, not the whole listing.
+        const more = file.dirEntries?.();
+        f.dir = more
+          ? { entries: [], more, index: 0, offset: 0n }
+          : { entries: await file.readDir({ signal }), index: 0, offset: 0n };
       } else if (!f.dir || offset !== f.dir.offset) {
         throw new StyxError(Ename.badOffset);
       }
       const st = f.dir!;
       const parts: Uint8Array[] = [];
       let n = 0;
-      while (st.index < st.entries.length) {
+      for (;;) {
+        if (st.index === st.entries.length) {
+          const r = st.more ? await st.more.next() : { done: true as const, value: undefined };
+          if (r.done) {
+            st.more = undefined;
+            break;
+          }
+          st.entries = r.value;
+          st.index = 0;
+          continue;
+        }
         const b = encodeDir(st.entries[st.index]!);
         if (n + b.length > count) {
           if (parts.length === 0) {

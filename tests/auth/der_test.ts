@@ -1,7 +1,15 @@
 import assert from "node:assert/strict";
 import { CertificateAuthority } from "../../lib/auth/ca.ts";
-import { identityOf, parseCert } from "../../lib/auth/certs.ts";
-import { ed25519Key, ferryKind, issuedBy, readCert, signedBy } from "../../lib/auth/der.ts";
+import { identityOf, normSerial, parseCert, x509 } from "../../lib/auth/certs.ts";
+import {
+  ed25519Key,
+  ferryKind,
+  issuedBy,
+  readCert,
+  readCrl,
+  signedBy,
+} from "../../lib/auth/der.ts";
+import { pemBlocks } from "../../lib/auth/keys.ts";
 
 Deno.test("der: readCert agrees with the X.509 library on Ferry certificates", async (t) => {
   const dir = await Deno.makeTempDir();
@@ -55,6 +63,50 @@ Deno.test("der: readCert agrees with the X.509 library on Ferry certificates", a
       assert.throws(() => readCert(new Uint8Array([0x30, 0x81])), /truncated|bad DER length/);
       assert.throws(() => readCert(new Uint8Array([...der, 0])), /trailing bytes/);
     });
+  } finally {
+    ca.close();
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("der: readCrl agrees with openssl and the X.509 library; a tampered CRL does not verify", async () => {
+  const dir = await Deno.makeTempDir();
+  const ca = await CertificateAuthority.init(`${dir}/ca`, "crl-ca");
+  try {
+    const caF = readCert(ca.certPem);
+    // An empty CRL: no revokedCertificates at all.
+    const empty = readCrl(await ca.crlPem());
+    assert.deepEqual(empty.serials, []);
+    assert.ok(await signedBy(empty, caF));
+    const serials: string[] = [];
+    for (const n of ["a", "b", "c"]) {
+      serials.push((await ca.issue(n, { kind: "user" })).serial);
+      await ca.revoke(n);
+    }
+    const pem = await ca.crlPem();
+    const crl = readCrl(pem);
+    assert.deepEqual([...crl.serials].sort(), [...serials].sort());
+    assert.equal(crl.issuer, caF.subject);
+    assert.ok(crl.nextUpdate && crl.nextUpdate > crl.thisUpdate);
+    const x = new x509.X509Crl(pem);
+    assert.deepEqual(crl.serials, x.entries.map((e) => normSerial(e.serialNumber)));
+    // openssl's reading, independently.
+    await Deno.writeTextFile(`${dir}/crl.pem`, pem);
+    const o = await new Deno.Command("openssl", {
+      args: ["crl", "-in", `${dir}/crl.pem`, "-noout", "-text"],
+      stdout: "piped",
+    }).output();
+    const listed = [...new TextDecoder().decode(o.stdout).matchAll(/Serial Number: ([0-9A-F]+)/g)]
+      .map((m) => normSerial(m[1]!));
+    assert.deepEqual(listed, crl.serials);
+    assert.ok(await signedBy(crl, caF));
+    // One byte of the signed part changed: the signature no longer holds.
+    const der = pemBlocks(pem, "X509 CRL")[0]!;
+    const bad = der.slice();
+    bad[der.length - 80] = bad[der.length - 80]! ^ 1;
+    assert.equal(await signedBy(readCrl(bad), caF), false);
+    assert.throws(() => readCrl(new Uint8Array([...der, 0])), /trailing bytes/);
+    assert.throws(() => readCrl(ca.certPem), /no X509 CRL PEM block/);
   } finally {
     ca.close();
     await Deno.remove(dir, { recursive: true });
