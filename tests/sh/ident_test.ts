@@ -30,14 +30,18 @@ function freePort(): number {
   return port;
 }
 
-/** True while process `pid` exists and has not ended. */
+/**
+ * True while process `pid` exists and has not ended. Asks ps(1): the test
+ * task's permissions do not cover reading /proc (only --allow-all does).
+ */
 function alive(pid: number): boolean {
-  try {
-    const stat = Deno.readTextFileSync(`/proc/${pid}/stat`);
-    return !/\) [ZX] /.test(stat);
-  } catch {
-    return false;
-  }
+  const r = new Deno.Command("ps", {
+    args: ["-o", "stat=", "-p", String(pid)],
+    stdout: "piped",
+    stderr: "null",
+  }).outputSync();
+  const stat = new TextDecoder().decode(r.stdout).trim();
+  return r.success && stat !== "" && !stat.startsWith("Z");
 }
 
 /** `ferry sh` as root, fed commands on its standard input. */
