@@ -32,8 +32,12 @@ function skipReason(extra: string[]): string {
 async function account(name: string): Promise<() => Promise<void>> {
   const exists = await new Deno.Command("getent", { args: ["passwd", name], stdout: "null" })
     .output();
-  if (exists.success) return async () => {};
-  // '*' rather than useradd's locked '!': sshd refuses a locked account even with a key.
+  // '*' rather than useradd's locked '!': sshd refuses a locked account even with a key
+  // (an account left by an earlier run may have been made locked).
+  if (exists.success) {
+    await run("usermod", ["-p", "*", name]);
+    return async () => {};
+  }
   await run("useradd", ["-m", "-s", "/bin/sh", "-p", "*", name]);
   return async () => {
     // The last processes of a session that just ended may still be exiting.
