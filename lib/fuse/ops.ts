@@ -119,11 +119,6 @@ export class FuseOps {
     );
   }
 
-  /** Number of open files and directories. */
-  get handleCount(): number {
-    return this.#handles.size;
-  }
-
   // -- attributes -------------------------------------------------------------
 
   #attr(d: Dir): Attr {

@@ -131,16 +131,6 @@ export function decodeInHeader(b: Uint8Array): InHeader {
   };
 }
 
-/** Encode a reply header for `unique` carrying `error` (0 or a negated errno) and `len` bytes in all. */
-export function outHeader(unique: bigint, error: number, len: number): Uint8Array {
-  const b = new Uint8Array(OUT_HEADER);
-  const v = new DataView(b.buffer);
-  v.setUint32(0, len, true);
-  v.setInt32(4, error, true);
-  v.setBigUint64(8, unique, true);
-  return b;
-}
-
 /** File attributes as struct fuse_attr carries them. */
 export interface Attr {
   ino: bigint;
