@@ -312,29 +312,11 @@ export function direntSize(nameLen: number, plus: boolean): number {
   return (plus ? ENTRY_OUT : 0) + ((DIRENT_BASE + nameLen + 7) & ~7);
 }
 
-/** Bytes `s` takes in UTF-8 (lone surrogates count as U+FFFD, as TextEncoder writes them). */
-export function utf8Length(s: string): number {
-  let n = s.length;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 0x80) continue;
-    if (c < 0x800) n += 1;
-    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
-      const d = s.charCodeAt(i + 1);
-      if (d >= 0xdc00 && d <= 0xdfff) {
-        n += 2; // a pair: 2 UTF-16 units, 4 bytes
-        i++;
-      } else n += 2;
-    } else n += 2;
-  }
-  return n;
-}
-
 const nameEncoder = new TextEncoder();
 
 /**
  * Write struct fuse_dirent at `off`: the name (`len` bytes of UTF-8, from
- * {@link utf8Length}) included, zero padded. Returns the bytes used.
+ * `utf8Length`) included, zero padded. Returns the bytes used.
  */
 export function putDirent(
   b: Uint8Array,

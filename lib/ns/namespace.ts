@@ -38,6 +38,7 @@
  * @module
  */
 
+import { concatBytes } from "../bytes.ts";
 import {
   type Caller,
   type Created,
@@ -1026,13 +1027,7 @@ export class Namespace implements Tree {
         parts.push(b);
         total += b.length;
       }
-      const out = new Uint8Array(total);
-      let o = 0;
-      for (const b of parts) {
-        out.set(b, o);
-        o += b.length;
-      }
-      return out;
+      return concatBytes(parts, total);
     } finally {
       await f.close();
     }

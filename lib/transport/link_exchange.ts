@@ -25,6 +25,7 @@
  * @module
  */
 
+import { concatBytes } from "../bytes.ts";
 import type { CertIdentity, CertKind } from "../auth/certs.ts";
 import { ed25519Key, readCert } from "../auth/der.ts";
 import { fromBase64, importKeyPem, pemBlocks, toBase64 } from "../auth/keys.ts";
@@ -230,16 +231,6 @@ async function sha256(b: Uint8Array<ArrayBuffer>): Promise<Uint8Array> {
   return new Uint8Array(await crypto.subtle.digest("SHA-256", b));
 }
 
-function join(parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
-
 /**
  * What a `ferry-link/2` client signs: the label, the server's nonce and the
  * SHA-256 of both certificates (client's first).
@@ -250,12 +241,12 @@ export async function linkMessage(
   serverDer: Uint8Array<ArrayBuffer>,
 ): Promise<Uint8Array<ArrayBuffer>> {
   const label = new TextEncoder().encode(`${LINK_PROTOCOL_2} client `);
-  return join([label, nonce, await sha256(clientDer), await sha256(serverDer)]);
+  return concatBytes([label, nonce, await sha256(clientDer), await sha256(serverDer)]);
 }
 
 /** What a `ferry-link/1` end signs: the label with its role, then the channel binding. */
 function proofMessage(role: "client" | "server", binding: Uint8Array): Uint8Array<ArrayBuffer> {
-  return join([new TextEncoder().encode(`${LINK_PROTOCOL} ${role} `), binding]);
+  return concatBytes([new TextEncoder().encode(`${LINK_PROTOCOL} ${role} `), binding]);
 }
 
 /** A fresh random nonce for {@link linkMessage}. */
