@@ -2,6 +2,7 @@
 // Ferry mounting an Inferno `export`, each side scripted from the manual
 // pages and emu's sources, over real TCP.
 
+import { pattern } from "../fixture.ts";
 import assert from "node:assert/strict";
 import {
   DMDIR,
@@ -29,16 +30,6 @@ import { OREAD } from "../../lib/styx/types.ts";
 const te = new TextEncoder();
 const td = new TextDecoder();
 const USER = "inferno";
-
-function pattern(n: number, seed = 7): Uint8Array {
-  const b = new Uint8Array(n);
-  let x = seed;
-  for (let i = 0; i < n; i++) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
-}
 
 /** The exact bytes of an Rerror with `tag` and `ename` (intro(5)). */
 function rerrorBytes(tag: number, ename: string): Uint8Array {
@@ -74,7 +65,7 @@ const RVERSION_8216 = new Uint8Array([
 async function fixture(): Promise<string> {
   const dir = await Deno.makeTempDir({ prefix: "ferry-interop-" });
   await Deno.writeTextFile(`${dir}/hello.txt`, "hello, world\n");
-  await Deno.writeFile(`${dir}/big`, pattern(20000));
+  await Deno.writeFile(`${dir}/big`, pattern(20000, 7));
   await Deno.mkdir(`${dir}/many`);
   for (let i = 0; i < 60; i++) {
     await Deno.writeTextFile(`${dir}/many/file-with-a-longish-name-${i}`, String(i));

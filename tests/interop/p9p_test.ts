@@ -2,6 +2,7 @@
 // server, each scripted after plan9port's lib9pclient and 9pfuse sources,
 // over real TCP.
 
+import { pattern } from "../fixture.ts";
 import assert from "node:assert/strict";
 import {
   DMDIR,
@@ -28,16 +29,6 @@ import {
 const te = new TextEncoder();
 const td = new TextDecoder();
 const USER = "glenda";
-
-function pattern(n: number, seed = 1): Uint8Array {
-  const b = new Uint8Array(n);
-  let x = seed;
-  for (let i = 0; i < n; i++) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
-}
 
 /** Exact Rversion bytes for msize and "9P2000". */
 function rversionBytes(msize: number): Uint8Array {

@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { pattern } from "../fixture.ts";
+import { concatBytes } from "../../lib/bytes.ts";
 import {
   Interrupted,
   readStream,
@@ -187,12 +189,7 @@ Deno.test("StyxClient framing: replies split anywhere, joined or copied", async 
           return encode({ type: MsgType.Rread, tag, data: pattern((tag * 167) % 8193, tag) });
         });
         const total = frames.reduce((a, f) => a + f.length, 0);
-        const all = new Uint8Array(total);
-        let o = 0;
-        for (const f of frames) {
-          all.set(f, o);
-          o += f.length;
-        }
+        const all = concatBytes(frames, total);
         let x = seed;
         for (let p = 0; p < total;) {
           x = (x * 1103515245 + 12345) >>> 0;
@@ -579,16 +576,6 @@ async function overTcp(tree: Tree): Promise<Setup & { serverConns: Conn[] }> {
       await served;
     },
   };
-}
-
-function pattern(n: number, seed = 1): Uint8Array {
-  const b = new Uint8Array(n);
-  let x = seed;
-  for (let i = 0; i < n; i++) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
 }
 
 for (const [kind, setup] of [["memPipe", overPipe], ["TCP", overTcp]] as const) {
