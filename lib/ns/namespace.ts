@@ -51,7 +51,7 @@ import {
 } from "../fs/tree.ts";
 import { Ename, MAXWELEM, OEXEC, OREAD, OTRUNC, OWRITE, QTDIR, StyxError } from "../styx/types.ts";
 import type { Dir, Qid } from "../styx/types.ts";
-import { ConnectionLost } from "../styx/client_lost.ts";
+import { ConnectionLostError } from "../styx/client_lost.ts";
 import {
   type Member,
   type MountEntry,
@@ -148,7 +148,7 @@ function isNotFound(e: unknown): boolean {
  * mistaken for a missing name, nor hidden by another member of a union.
  */
 function isLost(e: unknown): boolean {
-  return e instanceof ConnectionLost;
+  return e instanceof ConnectionLostError;
 }
 
 /** A tree reached over a connection that can be lost (a remote tree). */

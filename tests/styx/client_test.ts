@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { pattern } from "../fixture.ts";
 import { concatBytes } from "../../lib/bytes.ts";
 import {
-  Interrupted,
+  InterruptedError,
   readStream,
   RemoteTree,
   StyxClient,
@@ -344,7 +344,7 @@ Deno.test("StyxClient against a scripted server", async (t) => {
       const p = root.walk(["f"], { signal: ac.signal });
       await until(() => walks.length === i + 1, "Twalk");
       ac.abort();
-      await assert.rejects(p, (e) => e instanceof Interrupted && e.message === "interrupted");
+      await assert.rejects(p, (e) => e instanceof InterruptedError && e.message === "interrupted");
     }
     const w1 = walks[0] as TMsg & { newfid: number };
     // The walk that happened had its newfid clunked; the flushed one was just freed.
@@ -356,7 +356,7 @@ Deno.test("StyxClient against a scripted server", async (t) => {
     assert.equal(fl[0]!.oldtag, w1.tag);
     // An already aborted signal sends nothing.
     const n = server.log.length;
-    await assert.rejects(root.stat({ signal: AbortSignal.abort() }), Interrupted);
+    await assert.rejects(root.stat({ signal: AbortSignal.abort() }), InterruptedError);
     assert.equal(server.log.length, n);
     await client.close();
     await server.done;
@@ -389,7 +389,7 @@ Deno.test("StyxClient against a scripted server", async (t) => {
         // Walk, open and read go out together, before any reply.
         await until(() => held.length === 3 * (i + 1), "Twalk, Topen and Tread");
         ac.abort();
-        await assert.rejects(p, (e) => e instanceof Interrupted);
+        await assert.rejects(p, (e) => e instanceof InterruptedError);
       }
       const newfid = (held[0] as TMsg & { newfid: number }).newfid;
       assert.deepEqual(held.slice(0, 3).map((m) => m.type), [
@@ -432,7 +432,7 @@ Deno.test("StyxClient against a scripted server", async (t) => {
       const first = await b.read();
       assert.ok(first && first.length === 19);
       ac.abort();
-      await assert.rejects(p, Interrupted);
+      await assert.rejects(p, InterruptedError);
       assert.equal(await b.read(), null);
     },
   );
@@ -753,7 +753,7 @@ Deno.test("StyxClient: Tflush and hangup against the Ferry server", async (t) =>
     const q = f.read(0n, 10);
     await until(() => tree.reading === 2, "two blocked reads");
     ac.abort();
-    await assert.rejects(p, (e) => e instanceof Interrupted && e.message === "interrupted");
+    await assert.rejects(p, (e) => e instanceof InterruptedError && e.message === "interrupted");
     assert.equal(tree.flushed, 1);
     // The other read is still pending, and other requests go through.
     assert.equal((await root.stat()).name, "block");
