@@ -181,7 +181,7 @@ async function p9pSession(t: Deno.TestContext, port: number, dir: string): Promi
   });
 }
 
-Deno.test("plan9port 9p against serve() on a host directory", async (t) => {
+Deno.test("a scripted plan9port 9p against serve() on a host directory", async (t) => {
   const dir = await fixture();
   const srv = serveHost(dir);
   try {
@@ -192,7 +192,7 @@ Deno.test("plan9port 9p against serve() on a host directory", async (t) => {
   }
 });
 
-Deno.test("plan9port 9p against `ferry listen -A` (child process)", async (t) => {
+Deno.test("a scripted plan9port 9p against `ferry listen -A` (child process)", async (t) => {
   const dir = await fixture();
   const srv = await listenChild(dir);
   try {
@@ -394,7 +394,7 @@ async function fuseSession(t: Deno.TestContext, port: number, dir: string): Prom
   }
 }
 
-Deno.test("plan9port 9pfuse against serve() on a host directory", async (t) => {
+Deno.test("a scripted plan9port 9pfuse against serve() on a host directory", async (t) => {
   const dir = await fixture();
   const srv = serveHost(dir);
   try {
@@ -405,7 +405,7 @@ Deno.test("plan9port 9pfuse against serve() on a host directory", async (t) => {
   }
 });
 
-Deno.test("plan9port 9pfuse against `ferry listen -A` (child process)", async (t) => {
+Deno.test("a scripted plan9port 9pfuse against `ferry listen -A` (child process)", async (t) => {
   const dir = await fixture();
   const srv = await listenChild(dir);
   try {
@@ -416,7 +416,7 @@ Deno.test("plan9port 9pfuse against `ferry listen -A` (child process)", async (t
   }
 });
 
-Deno.test("9pfuse on a read-only export gets 'permission denied' (EACCES)", async () => {
+Deno.test("a scripted 9pfuse on a read-only export gets 'permission denied' (EACCES)", async () => {
   const dir = await fixture();
   const srv = serveHost(dir, { readOnly: true });
   const f = await NinePFuse.mount(srv.port, USER);
@@ -448,7 +448,7 @@ Deno.test("9pfuse on a read-only export gets 'permission denied' (EACCES)", asyn
 // directory) referring to the same file. 9pfuse relies on this: after
 // `mv a b` the kernel keeps the node id (fid) it had for "a" and opens "b"
 // through it.
-Deno.test("9pfuse: fids keep their file when it is renamed through another fid", async (t) => {
+Deno.test("a scripted 9pfuse: fids keep their file when it is renamed through another fid", async (t) => {
   const dir = await fixture();
   const srv = serveHost(dir);
   const f = await NinePFuse.mount(srv.port, USER);

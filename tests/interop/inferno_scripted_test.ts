@@ -236,7 +236,7 @@ async function emuSession(t: Deno.TestContext, port: number, dir: string): Promi
   }
 }
 
-Deno.test("Inferno emu mounts a Ferry export (serve on a host directory)", async (t) => {
+Deno.test("a scripted Inferno emu mounts a Ferry export (serve on a host directory)", async (t) => {
   const dir = await fixture();
   const srv = serveHost(dir);
   try {
@@ -247,7 +247,7 @@ Deno.test("Inferno emu mounts a Ferry export (serve on a host directory)", async
   }
 });
 
-Deno.test("Inferno emu mounts `ferry listen -A` (child process)", async (t) => {
+Deno.test("a scripted Inferno emu mounts `ferry listen -A` (child process)", async (t) => {
   const dir = await fixture();
   const srv = await listenChild(dir);
   try {
@@ -258,7 +258,7 @@ Deno.test("Inferno emu mounts `ferry listen -A` (child process)", async (t) => {
   }
 });
 
-Deno.test("Ferry mounts an Inferno export", async (t) => {
+Deno.test("Ferry mounts a scripted Inferno export", async (t) => {
   const data = pattern(100_000, 11);
   const ex = startInfernoExport({
     "hello": "hello from inferno\n",
@@ -417,7 +417,7 @@ Deno.test("Ferry mounts an Inferno export", async (t) => {
   }
 });
 
-Deno.test("Ferry mounts an Inferno export whose requests overtake one another", async (t) => {
+Deno.test("Ferry mounts a scripted Inferno export whose requests overtake one another", async (t) => {
   const data = pattern(100_000, 13);
   const ex = startInfernoExport({ "hello": "hello\n", "lib/data": data }, { overtake: true });
   try {
