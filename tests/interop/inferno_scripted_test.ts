@@ -5,16 +5,15 @@
 import { pattern } from "../fixture.ts";
 import assert from "node:assert/strict";
 import {
+  againstBothServers,
   DMDIR,
   ferry,
   InfernoMount,
-  listenChild,
   NOFID,
   NOTAG,
   nullDir,
   OWRITE,
   parseStats,
-  serveHost,
   startInfernoExport,
   T,
   tmsg,
@@ -236,27 +235,7 @@ async function emuSession(t: Deno.TestContext, port: number, dir: string): Promi
   }
 }
 
-Deno.test("a scripted Inferno emu mounts a Ferry export (serve on a host directory)", async (t) => {
-  const dir = await fixture();
-  const srv = serveHost(dir);
-  try {
-    await emuSession(t, srv.port, dir);
-  } finally {
-    await srv.close();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
-Deno.test("a scripted Inferno emu mounts `ferry listen -A` (child process)", async (t) => {
-  const dir = await fixture();
-  const srv = await listenChild(dir);
-  try {
-    await emuSession(t, srv.port, dir);
-  } finally {
-    await srv.close();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+againstBothServers((server) => `a scripted Inferno emu mounts ${server}`, fixture, emuSession);
 
 Deno.test("Ferry mounts a scripted Inferno export", async (t) => {
   const data = pattern(100_000, 11);

@@ -5,12 +5,12 @@
 import { pattern } from "../fixture.ts";
 import assert from "node:assert/strict";
 import {
+  againstBothServers,
   DMDIR,
   Errno,
   errnoFor,
   inodeOf,
   IOHDRSZ,
-  listenChild,
   NinePFuse,
   NOFID,
   NOTAG,
@@ -181,27 +181,7 @@ async function p9pSession(t: Deno.TestContext, port: number, dir: string): Promi
   });
 }
 
-Deno.test("a scripted plan9port 9p against serve() on a host directory", async (t) => {
-  const dir = await fixture();
-  const srv = serveHost(dir);
-  try {
-    await p9pSession(t, srv.port, dir);
-  } finally {
-    await srv.close();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
-Deno.test("a scripted plan9port 9p against `ferry listen -A` (child process)", async (t) => {
-  const dir = await fixture();
-  const srv = await listenChild(dir);
-  try {
-    await p9pSession(t, srv.port, dir);
-  } finally {
-    await srv.close();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+againstBothServers((server) => `a scripted plan9port 9p against ${server}`, fixture, p9pSession);
 
 const S_IFREG = 0o100000;
 const S_IFDIR = 0o040000;
@@ -394,27 +374,11 @@ async function fuseSession(t: Deno.TestContext, port: number, dir: string): Prom
   }
 }
 
-Deno.test("a scripted plan9port 9pfuse against serve() on a host directory", async (t) => {
-  const dir = await fixture();
-  const srv = serveHost(dir);
-  try {
-    await fuseSession(t, srv.port, dir);
-  } finally {
-    await srv.close();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
-Deno.test("a scripted plan9port 9pfuse against `ferry listen -A` (child process)", async (t) => {
-  const dir = await fixture();
-  const srv = await listenChild(dir);
-  try {
-    await fuseSession(t, srv.port, dir);
-  } finally {
-    await srv.close();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+againstBothServers(
+  (server) => `a scripted plan9port 9pfuse against ${server}`,
+  fixture,
+  fuseSession,
+);
 
 Deno.test("a scripted 9pfuse on a read-only export gets 'permission denied' (EACCES)", async () => {
   const dir = await fixture();
