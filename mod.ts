@@ -25,6 +25,7 @@
  */
 
 export * from "./lib/styx/types.ts";
+export * from "./lib/bytes.ts";
 export * from "./lib/styx/codec.ts";
 export * from "./lib/styx/frame.ts";
 export * from "./lib/styx/server.ts";

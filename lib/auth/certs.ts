@@ -26,8 +26,6 @@ export type CertKind = "user" | "node";
 
 const ED25519 = { name: "Ed25519" } as const;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
-const OID_SERVER_AUTH = "1.3.6.1.5.5.7.3.1";
-const OID_CLIENT_AUTH = "1.3.6.1.5.5.7.3.2";
 
 /** The identity a verified certificate carries. */
 export interface CertIdentity {
@@ -252,13 +250,6 @@ export function identityOf(cert: x509.X509Certificate): CertIdentity {
     dns,
     ips,
   };
-}
-
-/** The extended key usages of a certificate, as OIDs. */
-export function ekuOf(cert: x509.X509Certificate): { server: boolean; client: boolean } {
-  const e = cert.getExtension(x509.ExtendedKeyUsageExtension);
-  const u = (e?.usages ?? []).map(String);
-  return { server: u.includes(OID_SERVER_AUTH), client: u.includes(OID_CLIENT_AUTH) };
 }
 
 /**

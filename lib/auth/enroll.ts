@@ -268,28 +268,38 @@ export async function startSigner(
     });
   });
 
-  /** Who asks for the tree: a valid, unrevoked certificate whose key signed this session. */
-  async function treePeer(req: Json, sock: tls.TLSSocket) {
-    if (!opts.tree) throw new Error("this signer serves no cluster tree");
-    if (typeof req.proof !== "string") throw new Error("tree needs a proof");
+  /**
+   * The client's certificate, once it is valid and unrevoked and its key
+   * signed this TLS session's binding under `label` (`proof`); else throws
+   * saying which `key` was not proven.
+   */
+  async function provenPeer(sock: tls.TLSSocket, proof: string, label: string, key: string) {
     const pc = sock.getPeerCertificate(true) as { raw?: Buffer } | null;
     const der = pc?.raw ? new Uint8Array(pc.raw) : undefined;
     const revoked = new Set(ca.store.revoked().map((r) => r.serial));
     const id = await verifyPeer(der, { ca: ca.cert, now: now(), revoked, role: "client" });
-    const pub = await parseCert(der!).publicKey.export({ name: "Ed25519" }, ["verify"]);
+    const cert = parseCert(der!);
+    const pub = await cert.publicKey.export({ name: "Ed25519" }, ["verify"]);
     let good = false;
     try {
       good = await crypto.subtle.verify(
         "Ed25519",
         pub,
-        fromBase64(req.proof),
-        binding(sock, true, TREE_LABEL),
+        fromBase64(proof),
+        binding(sock, true, label),
       );
     } catch {
       good = false;
     }
-    if (!good) throw new Error(`'${id.name}' did not prove possession of its certificate key`);
-    return id;
+    if (!good) throw new Error(`'${id.name}' did not prove possession of its ${key}`);
+    return { id, cert };
+  }
+
+  /** Who asks for the tree: a valid, unrevoked certificate whose key signed this session. */
+  async function treePeer(req: Json, sock: tls.TLSSocket) {
+    if (!opts.tree) throw new Error("this signer serves no cluster tree");
+    if (typeof req.proof !== "string") throw new Error("tree needs a proof");
+    return (await provenPeer(sock, req.proof, TREE_LABEL, "certificate key")).id;
   }
 
   // A revoked certificate loses its view of the cluster as soon as the CRL changes.
@@ -363,24 +373,7 @@ export async function startSigner(
         if (typeof req.csr !== "string" || typeof req.proof !== "string") {
           throw new Error("renew needs a csr and a proof");
         }
-        const pc = sock.getPeerCertificate(true) as { raw?: Buffer } | null;
-        const der = pc?.raw ? new Uint8Array(pc.raw) : undefined;
-        const revoked = new Set(ca.store.revoked().map((r) => r.serial));
-        const id = await verifyPeer(der, { ca: ca.cert, now: now(), revoked, role: "client" });
-        const cur = parseCert(der!);
-        const pub = await cur.publicKey.export({ name: "Ed25519" }, ["verify"]);
-        let good = false;
-        try {
-          good = await crypto.subtle.verify(
-            "Ed25519",
-            pub,
-            fromBase64(req.proof),
-            binding(sock, true),
-          );
-        } catch {
-          good = false;
-        }
-        if (!good) throw new Error(`'${id.name}' did not prove possession of its current key`);
+        const { id, cert: cur } = await provenPeer(sock, req.proof, RENEW_LABEL, "current key");
         const rec = ca.store.get(normSerial(cur.serialNumber));
         const life = Math.round(ttlOf(cur.notBefore, cur.notAfter));
         const r = await ca.signCsr(req.csr, id.name, {

@@ -252,13 +252,6 @@ export function ensureSecretFileSync(path: string): void {
   Deno.chmodSync(path, 0o600);
 }
 
-/** Read a key file's PEM text after checking its mode (synchronous, for reloads). */
-export function readKeyFileSync(path: string): string {
-  const st = Deno.statSync(path);
-  checkKeyMode(path, st.mode);
-  return Deno.readTextFileSync(path);
-}
-
 /** Read a key file's PEM text after checking its mode. */
 export async function readKeyFile(path: string): Promise<string> {
   const st = await Deno.stat(path);

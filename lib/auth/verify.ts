@@ -24,10 +24,10 @@ const OID_SERVER_AUTH = "1.3.6.1.5.5.7.3.1";
 const OID_CLIENT_AUTH = "1.3.6.1.5.5.7.3.2";
 
 /** A peer was refused; `message` says why, naming the certificate but no key material. */
-export class PeerRefused extends Error {
+export class PeerRefusedError extends Error {
   constructor(message: string) {
     super(message);
-    this.name = "PeerRefused";
+    this.name = "PeerRefusedError";
   }
 }
 
@@ -59,7 +59,7 @@ function when(d: Date): string {
 
 /**
  * Verify a peer's certificate (DER). Returns the identity it carries, or
- * throws {@link PeerRefused} with a clear reason.
+ * throws {@link PeerRefusedError} with a clear reason.
  *
  * @example
  * ```ts ignore
@@ -72,12 +72,12 @@ export async function verifyPeer(
   opts: VerifyOptions,
 ): Promise<CertIdentity> {
   const role = opts.role;
-  if (!der || der.length === 0) throw new PeerRefused(`${role} presented no certificate`);
+  if (!der || der.length === 0) throw new PeerRefusedError(`${role} presented no certificate`);
   let cert: CertFields;
   try {
     cert = readCert(der);
   } catch {
-    throw new PeerRefused(`${role} presented a certificate that cannot be parsed`);
+    throw new PeerRefusedError(`${role} presented a certificate that cannot be parsed`);
   }
   const ca = caFields(opts.ca);
   const cn = cert.cn ?? "(no CN)";
@@ -86,33 +86,35 @@ export async function verifyPeer(
   if (issuedBy(cert, ca)) sigOk = await signedBy(cert, ca);
   if (!sigOk) {
     if (cert.issuer === cert.subject) {
-      throw new PeerRefused(`${who} is self-signed, not issued by this CA`);
+      throw new PeerRefusedError(`${who} is self-signed, not issued by this CA`);
     }
     if (issuedBy(cert, ca)) {
-      throw new PeerRefused(`${who} names this CA as issuer but its signature does not verify`);
+      throw new PeerRefusedError(
+        `${who} names this CA as issuer but its signature does not verify`,
+      );
     }
-    throw new PeerRefused(
+    throw new PeerRefusedError(
       `${who} is not signed by this CA (issuer '${cert.issuer}', expected '${ca.subject}')`,
     );
   }
   const now = opts.now ?? new Date();
   if (now < ca.notBefore || now > ca.notAfter) {
-    throw new PeerRefused(`the CA certificate is outside its validity period`);
+    throw new PeerRefusedError(`the CA certificate is outside its validity period`);
   }
   if (now < cert.notBefore) {
-    throw new PeerRefused(`${who} is not valid until ${when(cert.notBefore)}`);
+    throw new PeerRefusedError(`${who} is not valid until ${when(cert.notBefore)}`);
   }
   if (now > cert.notAfter) {
-    throw new PeerRefused(`${who} expired at ${when(cert.notAfter)}`);
+    throw new PeerRefusedError(`${who} expired at ${when(cert.notAfter)}`);
   }
   const serial = cert.serial;
   if (opts.revoked?.has(serial)) {
-    throw new PeerRefused(`${who} (serial ${serial}) has been revoked`);
+    throw new PeerRefusedError(`${who} (serial ${serial}) has been revoked`);
   }
-  if (cert.cn === undefined) throw new PeerRefused(`${who}: certificate has no subject CN`);
+  if (cert.cn === undefined) throw new PeerRefusedError(`${who}: certificate has no subject CN`);
   const fk = ferryKind(cert);
   if (!fk.kind) {
-    throw new PeerRefused(
+    throw new PeerRefusedError(
       `${who}: certificate for '${cn}' is not a Ferry user or node certificate`,
     );
   }
@@ -131,15 +133,15 @@ export async function verifyPeer(
     client: cert.eku.includes(OID_CLIENT_AUTH),
   };
   if (role === "server" && (!eku.server || id.kind !== "node")) {
-    throw new PeerRefused(
+    throw new PeerRefusedError(
       `${who} is a ${id.kind} certificate without serverAuth; a server needs a node certificate`,
     );
   }
   if (role === "client" && !eku.client) {
-    throw new PeerRefused(`${who} does not allow clientAuth`);
+    throw new PeerRefusedError(`${who} does not allow clientAuth`);
   }
   if (opts.kind && id.kind !== opts.kind) {
-    throw new PeerRefused(
+    throw new PeerRefusedError(
       `${who} is a ${id.kind} certificate where a ${opts.kind} certificate is required`,
     );
   }
@@ -148,7 +150,7 @@ export async function verifyPeer(
     if (want !== id.name && !id.dns.includes(want.toLowerCase()) && !id.ips.includes(want)) {
       // A node's CN is also its first DNS name: each name is listed once.
       const names = [...new Set([id.name, ...id.dns, ...id.ips])].map((n) => `'${n}'`).join(", ");
-      throw new PeerRefused(`${who} is for ${names}, not '${want}'`);
+      throw new PeerRefusedError(`${who} is for ${names}, not '${want}'`);
     }
   }
   return id;

@@ -23,6 +23,7 @@
  * @module
  */
 
+import { concatBytes } from "../bytes.ts";
 import { type ClusterTreeSession, openClusterTree } from "../auth/enroll.ts";
 import { type Credentials, loadCredentials } from "../auth/link.ts";
 import { fingerprint, parseCert, x509 } from "../auth/certs.ts";
@@ -81,13 +82,7 @@ async function readAllOf(f: RemoteFile): Promise<Uint8Array> {
     parts.push(b.slice());
     off += BigInt(b.length);
   }
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  return concatBytes(parts);
 }
 
 async function readTreeFile(s: ClusterTreeSession, name: string): Promise<Uint8Array> {

@@ -29,6 +29,7 @@ import {
   S_IFREG,
   SYNC_IO,
 } from "./beneath.ts";
+import { cstr, errnoVia, openLibc } from "../libc.ts";
 
 /** Open flags that differ between the architectures Linux runs Ferry on. */
 const ARCH: Record<string, { directory: number; nofollow: number }> = {
@@ -130,26 +131,15 @@ function lib(): Libc | null {
   } catch {
     return null;
   }
-  for (const n of ["libc.so.6", "/lib64/libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6"]) {
-    try {
-      libc = Deno.dlopen(n, symbols).symbols;
-      break;
-    } catch {
-      // Try the next name.
-    }
+  try {
+    libc = openLibc(symbols, "openat2");
+  } catch {
+    // No C library to be had: the checked-path resolver serves instead.
   }
   return libc;
 }
 
-const enc = new TextEncoder();
 const dec = new TextDecoder();
-
-/** A NUL-terminated copy of `s`. */
-function cstr(s: string): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(s.length * 3 + 1);
-  const { written } = enc.encodeInto(s, out);
-  return out.subarray(0, written + 1);
-}
 
 const EMPTY = cstr("");
 const DOT = cstr(".");
@@ -165,8 +155,7 @@ class HostCallError extends Error {
 }
 
 function errno(l: Libc): number {
-  const p = l.__errno_location();
-  return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
+  return errnoVia(l.__errno_location);
 }
 
 /** `r` when it is not negative; else throw the calling thread's errno. */

@@ -39,15 +39,16 @@
  * @module
  */
 
-import type {
-  Caller,
-  Created,
-  Node,
-  OpenFile,
-  OpOptions,
-  ReadOptions,
-  Tree,
-  WalkResult,
+import {
+  type Caller,
+  type Created,
+  type Node,
+  type OpenFile,
+  type OpOptions,
+  type ReadOptions,
+  type Tree,
+  type WalkResult,
+  withSignal,
 } from "./tree.ts";
 import {
   type Dir,
@@ -387,16 +388,6 @@ export function file(
 }
 
 /** Rejects with "interrupted" once `signal` aborts. */
-function aborted(signal: AbortSignal | undefined): Promise<never> | undefined {
-  if (!signal) return undefined;
-  return new Promise<never>((_, reject) => {
-    if (signal.aborted) reject(new StyxError(Ename.interrupted));
-    signal.addEventListener("abort", () => reject(new StyxError(Ename.interrupted)), {
-      once: true,
-    });
-  });
-}
-
 /** A reader's place in a {@link Broadcast}. */
 export interface Cursor<T> {
   /** The next event after the previous one; waits for it. Rejects "interrupted" on abort. */
@@ -537,12 +528,6 @@ export function eventFile(
       };
     },
   };
-}
-
-/** Await `p`, rejecting with "interrupted" as soon as `signal` aborts. */
-export function withSignal<T>(p: Promise<T>, signal?: AbortSignal): Promise<T> {
-  const a = aborted(signal);
-  return a ? Promise.race([p, a]) : p;
 }
 
 interface Place {

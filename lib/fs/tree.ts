@@ -78,6 +78,37 @@ export function withoutOpenMode(opts?: OpOptions): OpOptions | undefined {
   return rest;
 }
 
+/**
+ * Await `p`, rejecting with "interrupted" as soon as `signal` aborts: how an
+ * operation that waits on something else honours {@link OpOptions.signal}.
+ * `p` itself runs on; the caller cleans up after it if need be.
+ *
+ * @example
+ * ```ts
+ * import { withSignal } from "./tree.ts";
+ * import assert from "node:assert/strict";
+ * const ac = new AbortController();
+ * const waiting = withSignal(new Promise(() => {}), ac.signal);
+ * ac.abort();
+ * await assert.rejects(waiting, /interrupted/);
+ * ```
+ */
+export function withSignal<T>(p: Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (!signal) return p;
+  if (signal.aborted) return Promise.reject(new StyxError(Ename.interrupted));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(new StyxError(Ename.interrupted));
+    signal.addEventListener("abort", onAbort, { once: true });
+    p.then((v) => {
+      signal.removeEventListener("abort", onAbort);
+      resolve(v);
+    }, (e) => {
+      signal.removeEventListener("abort", onAbort);
+      reject(e);
+    });
+  });
+}
+
 /** The result of {@link Node.walk}, mirroring Rwalk. */
 export interface WalkResult {
   /** Qids of the names walked successfully, in order. */

@@ -9,8 +9,8 @@
  * @module
  */
 
-import { type Dir, Ename, OREAD, QTAPPEND, QTDIR, StyxError } from "../styx/types.ts";
-import type { OpenFile } from "../fs/tree.ts";
+import { type Dir, OREAD, QTAPPEND, QTDIR } from "../styx/types.ts";
+import { type OpenFile, withSignal } from "../fs/tree.ts";
 import type { Inode, InodeTable } from "./inodes.ts";
 import type { Validity } from "./proto.ts";
 import { firstOfEachName } from "../ns/union.ts";
@@ -83,25 +83,6 @@ export type Opener = (
   signal: AbortSignal,
   readAhead?: number,
 ) => Promise<OpenFile>;
-
-/** `p`, or a rejection with "interrupted" as soon as `signal` aborts. */
-export function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
-  if (signal.aborted) return Promise.reject(new StyxError(Ename.interrupted));
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(new StyxError(Ename.interrupted));
-    signal.addEventListener("abort", onAbort, { once: true });
-    p.then(
-      (v) => {
-        signal.removeEventListener("abort", onAbort);
-        resolve(v);
-      },
-      (e) => {
-        signal.removeEventListener("abort", onAbort);
-        reject(e);
-      },
-    );
-  });
-}
 
 /** The directory cache and read-ahead policy over one session's inodes. */
 export class DirCache {
@@ -271,7 +252,7 @@ export class DirCache {
   async takeListing(dir: Inode, signal: AbortSignal): Promise<Dir[] | null> {
     const s = dir.cache;
     if (!s) return null;
-    if (s.listingLoad) await abortable(s.listingLoad.catch(() => null), signal);
+    if (s.listingLoad) await withSignal(s.listingLoad.catch(() => null), signal);
     const e = s.unread;
     if (!e || performance.now() - s.listingAt >= this.t.entryMs) return null;
     s.unread = null;
@@ -390,7 +371,7 @@ export class DirCache {
       load = this.#loadListing(dir, true);
     }
     try {
-      return await abortable(load, signal);
+      return await withSignal(load, signal);
     } catch (e) {
       if (signal.aborted) throw e;
       return null; // fall back to a walk

@@ -7,6 +7,8 @@
  * @module
  */
 
+import { cstr, errnoVia, openLibc, strerror } from "../libc.ts";
+
 /** Linux errno values used by the FUSE layer. */
 export const Errno = {
   EPERM: 1,
@@ -61,45 +63,16 @@ const symbols = {
   },
   umount2: { parameters: ["buffer", "i32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
-  strerror: { parameters: ["i32"], result: "pointer" },
 } as const;
 
 type Libc = Deno.DynamicLibrary<typeof symbols>["symbols"];
 let libc: Libc | undefined;
 
 function lib(): Libc {
-  if (libc) return libc;
-  const names = ["libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6", "/lib64/libc.so.6"];
-  let last: unknown;
-  for (const n of names) {
-    try {
-      libc = Deno.dlopen(n, symbols).symbols;
-      return libc;
-    } catch (e) {
-      last = e;
-    }
-  }
-  throw new Error(`cannot load the C library for FUSE: ${(last as Error).message}`);
+  return libc ??= openLibc(symbols, "FUSE");
 }
 
-function cstr(s: string): Uint8Array<ArrayBuffer> {
-  const b = new TextEncoder().encode(s);
-  const out = new Uint8Array(b.length + 1);
-  out.set(b);
-  return out;
-}
-
-/** The calling thread's errno, read right after a failed call. */
-function errno(l: Libc): number {
-  const p = l.__errno_location();
-  return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
-}
-
-/** The C library's text for `err` (e.g. "Device or resource busy"). */
-export function strerror(err: number): string {
-  const p = lib().strerror(err);
-  return p === null ? `errno ${err}` : Deno.UnsafePointerView.getCString(p);
-}
+const errno = (l: Libc) => errnoVia(l.__errno_location);
 
 /** A failed system call: `errno` holds the error number. */
 export class SysError extends Error {

@@ -19,9 +19,9 @@ import {
   MNT_DETACH,
   mountFuse,
   openFuseDevice,
-  strerror,
   umount,
 } from "./ffi.ts";
+import { strerror } from "../libc.ts";
 import { FuseSession, type SessionOptions } from "./session.ts";
 
 export { errnoOf, FuseSession, type SessionOptions } from "./session.ts";

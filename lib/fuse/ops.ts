@@ -21,6 +21,7 @@ import {
   QTDIR,
 } from "../styx/types.ts";
 import { type Node, type OpenFile, walkOpen, walkStat } from "../fs/tree.ts";
+import { utf8Length } from "../bytes.ts";
 import { Errno } from "./ffi.ts";
 import { ErrnoError, errnoOf } from "./errno.ts";
 import { type Inode, InodeTable, saw } from "./inodes.ts";
@@ -44,7 +45,6 @@ import {
   type RenameIn,
   type SetattrIn,
   statfsOut,
-  utf8Length,
   type Validity,
   type WriteIn,
   writeOut,
@@ -117,11 +117,6 @@ export class FuseOps {
       (ino, mode, signal, readAhead) => this.#openIno(ino, mode, signal, readAhead),
       directIo,
     );
-  }
-
-  /** Number of open files and directories. */
-  get handleCount(): number {
-    return this.#handles.size;
   }
 
   // -- attributes -------------------------------------------------------------

@@ -131,16 +131,6 @@ export function decodeInHeader(b: Uint8Array): InHeader {
   };
 }
 
-/** Encode a reply header for `unique` carrying `error` (0 or a negated errno) and `len` bytes in all. */
-export function outHeader(unique: bigint, error: number, len: number): Uint8Array {
-  const b = new Uint8Array(OUT_HEADER);
-  const v = new DataView(b.buffer);
-  v.setUint32(0, len, true);
-  v.setInt32(4, error, true);
-  v.setBigUint64(8, unique, true);
-  return b;
-}
-
 /** File attributes as struct fuse_attr carries them. */
 export interface Attr {
   ino: bigint;
@@ -322,29 +312,11 @@ export function direntSize(nameLen: number, plus: boolean): number {
   return (plus ? ENTRY_OUT : 0) + ((DIRENT_BASE + nameLen + 7) & ~7);
 }
 
-/** Bytes `s` takes in UTF-8 (lone surrogates count as U+FFFD, as TextEncoder writes them). */
-export function utf8Length(s: string): number {
-  let n = s.length;
-  for (let i = 0; i < s.length; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 0x80) continue;
-    if (c < 0x800) n += 1;
-    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
-      const d = s.charCodeAt(i + 1);
-      if (d >= 0xdc00 && d <= 0xdfff) {
-        n += 2; // a pair: 2 UTF-16 units, 4 bytes
-        i++;
-      } else n += 2;
-    } else n += 2;
-  }
-  return n;
-}
-
 const nameEncoder = new TextEncoder();
 
 /**
  * Write struct fuse_dirent at `off`: the name (`len` bytes of UTF-8, from
- * {@link utf8Length}) included, zero padded. Returns the bytes used.
+ * `utf8Length`) included, zero padded. Returns the bytes used.
  */
 export function putDirent(
   b: Uint8Array,

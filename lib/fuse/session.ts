@@ -108,16 +108,6 @@ export class FuseSession {
     return this.#done;
   }
 
-  /** Number of node ids the kernel currently holds. */
-  get inodeCount(): number {
-    return this.#ops.inodes.size;
-  }
-
-  /** Number of open files and directories. */
-  get openHandles(): number {
-    return this.#ops.handleCount;
-  }
-
   /** Stop reading requests (the caller unmounts and closes the descriptor). */
   stop(): void {
     this.#stopped = true;

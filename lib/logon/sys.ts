@@ -6,6 +6,8 @@
  * @module
  */
 
+import { cstr, errnoVia, openLibc, strerror } from "../libc.ts";
+
 const MS_NOSUID = 0x2;
 const MS_NODEV = 0x4;
 const MS_BIND = 0x1000;
@@ -18,46 +20,24 @@ const symbols = {
   umount2: { parameters: ["buffer", "i32"], result: "i32" },
   readlink: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
   __errno_location: { parameters: [], result: "pointer" },
-  strerror: { parameters: ["i32"], result: "pointer" },
 } as const;
 
 type Libc = Deno.DynamicLibrary<typeof symbols>["symbols"];
 let libc: Libc | undefined;
 
 function lib(): Libc {
-  if (libc) return libc;
-  let last: unknown;
-  for (const n of ["libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6", "/lib64/libc.so.6"]) {
-    try {
-      libc = Deno.dlopen(n, symbols).symbols;
-      return libc;
-    } catch (e) {
-      last = e;
-    }
-  }
-  throw new Error(`cannot load the C library: ${(last as Error).message}`);
+  return libc ??= openLibc(symbols, "a logon's mounts");
 }
 
-function cstr(s: string | null): Uint8Array<ArrayBuffer> | null {
-  if (s === null) return null;
-  const b = new TextEncoder().encode(s);
-  const out = new Uint8Array(b.length + 1);
-  out.set(b);
-  return out;
-}
+const cstrOrNull = (s: string | null) => s === null ? null : cstr(s);
 
 function check(r: number, what: string): void {
   if (r === 0) return;
-  const l = lib();
-  const p = l.__errno_location();
-  const errno = p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
-  const s = l.strerror(errno);
-  const why = s === null ? `errno ${errno}` : Deno.UnsafePointerView.getCString(s);
-  throw new Error(`${what}: ${why}`);
+  throw new Error(`${what}: ${strerror(errnoVia(lib().__errno_location))}`);
 }
 
 function mount(src: string | null, target: string, type: string | null, flags: number, data = "") {
-  return lib().mount(cstr(src), cstr(target), cstr(type), BigInt(flags), cstr(data));
+  return lib().mount(cstrOrNull(src), cstr(target), cstrOrNull(type), BigInt(flags), cstr(data));
 }
 
 /** Mount an empty tmpfs on `target` with directory mode `mode`. */

@@ -24,9 +24,7 @@ import {
   whereIn,
 } from "./schema.ts";
 import { load, type LoadOptions, sortProblems } from "./load.ts";
-
-/** Phone backends an export may name. */
-export const PHONE_BACKENDS = ["sim", "modemmanager", "termux"];
+import { PHONE_BACKENDS } from "../dev/phone/backend.ts";
 
 /** What a `mount` source names once resolved against the manifest. */
 export type MountSource =

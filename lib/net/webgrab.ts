@@ -14,6 +14,7 @@
  * @module
  */
 
+import { concatBytes } from "../bytes.ts";
 import type { Conn } from "../transport/conn.ts";
 import type { OpenFile } from "../fs/tree.ts";
 import { Ename, OTRUNC, OWRITE } from "../styx/types.ts";
@@ -110,17 +111,6 @@ class Reader {
     this.#buf = new Uint8Array(0);
     return out;
   }
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const n = parts.reduce((s, p) => s + p.length, 0);
-  const out = new Uint8Array(n);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
 }
 
 async function tlsOver(conn: Conn, servername: string, ca?: string): Promise<Conn> {
@@ -235,7 +225,7 @@ async function getOnce(
         parts.push(await r.exactly(size));
         await r.line();
       }
-      body = concat(parts);
+      body = concatBytes(parts);
     } else if (cl !== undefined) {
       const n = Number(cl);
       if (!/^[0-9]+$/.test(cl) || n > max) throw new Error(`bad Content-Length '${cl}'`);

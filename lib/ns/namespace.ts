@@ -38,6 +38,7 @@
  * @module
  */
 
+import { concatBytes } from "../bytes.ts";
 import {
   type Caller,
   type Created,
@@ -50,7 +51,7 @@ import {
 } from "../fs/tree.ts";
 import { Ename, MAXWELEM, OEXEC, OREAD, OTRUNC, OWRITE, QTDIR, StyxError } from "../styx/types.ts";
 import type { Dir, Qid } from "../styx/types.ts";
-import { ConnectionLost } from "../styx/client_lost.ts";
+import { ConnectionLostError } from "../styx/client_lost.ts";
 import {
   type Member,
   type MountEntry,
@@ -152,7 +153,7 @@ function isNotFound(e: unknown): boolean {
  * mistaken for a missing name, nor hidden by another member of a union.
  */
 function isLost(e: unknown): boolean {
-  return e instanceof ConnectionLost;
+  return e instanceof ConnectionLostError;
 }
 
 /** A tree reached over a connection that can be lost (a remote tree). */
@@ -1156,13 +1157,7 @@ export class Namespace implements Tree {
         parts.push(b);
         total += b.length;
       }
-      const out = new Uint8Array(total);
-      let o = 0;
-      for (const b of parts) {
-        out.set(b, o);
-        o += b.length;
-      }
-      return out;
+      return concatBytes(parts, total);
     } finally {
       await f.close();
     }

@@ -39,36 +39,7 @@ import {
 } from "./io.ts";
 import { cleanPath } from "./path.ts";
 import { matchGlob } from "./glob.ts";
-
-/** One line of a namespace's mount table, as `ns` prints it. */
-export interface MountEntry {
-  /** A bind of a path or a mount of a remote tree. */
-  kind: "bind" | "mount";
-  /** e.g. "-a", "-bc", or "" */
-  flags: string;
-  /** What was bound or mounted (path, device path or dial string). */
-  source: string;
-  /** Where: the mount point. */
-  target: string;
-  /** For a mount whose server went away: "ADDRESS: reason". */
-  lost?: string;
-  /** For a mount, the attach name (spec) when one was given. */
-  aname?: string;
-  /** For a mount made with -A. */
-  insecure?: boolean;
-  /** For a mount, the node the server had to prove it was (`--peer`). */
-  peer?: string;
-}
-
-/** Flags of bind and mount: union position and the create mark. */
-export interface BindFlags {
-  /** -b: the new tree's names win. */
-  before?: boolean;
-  /** -a: the names already there win. */
-  after?: boolean;
-  /** -c: new files go to this member. */
-  create?: boolean;
-}
+import type { BindFlags, MountEntry, MountFlags } from "../ns/namespace.ts";
 
 /**
  * What the shell needs from a namespace (lib/ns's Namespace provides it).
@@ -85,7 +56,7 @@ export interface ShellNamespace extends Tree {
   mount(
     tree: Tree,
     target: string,
-    flags?: BindFlags & { source?: string; aname?: string; insecure?: boolean; peer?: string },
+    flags?: MountFlags,
   ): Promise<void>;
   /** Undo a bind or mount on `target` (only `source`'s, when given). */
   unmount(source: string | undefined, target: string): Promise<void>;
@@ -147,7 +118,7 @@ export class ShRaise extends Error {
 }
 
 /** What a builtin is given. */
-export interface Ctx {
+export interface BuiltinCtx {
   /** The shell running the command. */
   sh: Shell;
   /** The command's name as typed. */
@@ -162,7 +133,7 @@ export interface Ctx {
  * A builtin command: resolves to a status ("" or nothing for success), or
  * throws an Error whose message is printed after `name: `.
  */
-export type Builtin = (ctx: Ctx, args: string[]) => Promise<string | void>;
+export type Builtin = (ctx: BuiltinCtx, args: string[]) => Promise<string | void>;
 
 /** A background job of this Ferry process, as `ps` shows it. */
 export interface Job {
@@ -524,7 +495,7 @@ export class Shell {
       await this.#report(io, `sh: ${name}: command not found`);
       return "command not found";
     }
-    const ctx: Ctx = { sh: this, name, io, signal: this.signal };
+    const ctx: BuiltinCtx = { sh: this, name, io, signal: this.signal };
     try {
       return (await fn(ctx, args.slice(1))) ?? "";
     } catch (e) {

@@ -6,6 +6,7 @@
  * @module
  */
 
+import { concatBytes } from "../bytes.ts";
 import type { OpenFile } from "../fs/tree.ts";
 import { errorString } from "../styx/types.ts";
 
@@ -54,13 +55,7 @@ export async function readAll(r: ByteReader): Promise<Uint8Array> {
     parts.push(c);
     n += c.length;
   }
-  const out = new Uint8Array(n);
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
+  return concatBytes(parts, n);
 }
 
 /** A writer collecting everything written, for command substitution and tests. */

@@ -49,9 +49,9 @@ export {
   type WriteFromOptions,
 } from "./client_io.ts";
 export {
-  ConnectionLost,
-  Hangup,
-  Interrupted,
+  ConnectionLostError,
+  HangupError,
+  InterruptedError,
   type ReplyTo,
   type RpcOptions,
   StyxClient,

@@ -43,9 +43,9 @@ import {
 } from "./types.ts";
 import type { Conn } from "../transport/conn.ts";
 import { RemoteFile, RemoteNode } from "./client_tree.ts";
-import { Hangup } from "./client_lost.ts";
+import { HangupError } from "./client_lost.ts";
 
-export { ConnectionLost, Hangup, lostAs, type Origin } from "./client_lost.ts";
+export { ConnectionLostError, HangupError, lostAs, type Origin } from "./client_lost.ts";
 import {
   readAll,
   readStream,
@@ -90,7 +90,7 @@ export interface StyxClientOptions {
 
 /** Options of {@link StyxClient.rpc}. */
 export interface RpcOptions {
-  /** Aborting sends Tflush; the request then rejects with {@link Interrupted}. */
+  /** Aborting sends Tflush; the request then rejects with {@link InterruptedError}. */
   signal?: AbortSignal;
 }
 
@@ -100,13 +100,13 @@ export interface RpcOptions {
  * request did happen (flush(5)); `reply` then holds that answer so the caller
  * can undo it (for example clunk a walk's new fid).
  */
-export class Interrupted extends StyxError {
+export class InterruptedError extends StyxError {
   /** The original request's reply, when it arrived before Rflush. */
   reply?: RMsg;
   /** Make the error, with the late reply if there was one. */
   constructor(reply?: RMsg) {
     super(Ename.interrupted);
-    this.name = "Interrupted";
+    this.name = "InterruptedError";
     if (reply !== undefined) this.reply = reply;
   }
 }
@@ -302,7 +302,7 @@ export class StyxClient {
     return this.#hungup !== null;
   }
 
-  /** Why the connection is gone (a {@link Hangup} as a rule), or null while it is up. */
+  /** Why the connection is gone (a {@link HangupError} as a rule), or null while it is up. */
   get failure(): StyxError | null {
     return this.#hungup;
   }
@@ -329,7 +329,7 @@ export class StyxClient {
       r = await this.rpc({ type: MsgType.Tattach, fid, afid: NOFID, uname, aname }, opts);
     } catch (e) {
       // An interrupted attach that did happen left the fid behind: clunk it.
-      const late = e instanceof Interrupted ? e.reply : undefined;
+      const late = e instanceof InterruptedError ? e.reply : undefined;
       if (late?.type === MsgType.Rattach) this.clunk(fid).catch(() => {});
       else if (!this.#hungup) this.releaseFid(fid);
       throw e;
@@ -342,7 +342,7 @@ export class StyxClient {
    * request: Rerror rejects with a StyxError carrying the server's ename,
    * and a reply of any other type than the one that answers `t` rejects
    * with an error naming both. Aborting `opts.signal` sends Tflush and
-   * rejects with {@link Interrupted} once the server has answered it.
+   * rejects with {@link InterruptedError} once the server has answered it.
    */
   rpc<T extends Untagged>(t: T, opts: RpcOptions = {}): Promise<ReplyTo<T>> {
     if (t.type === MsgType.Tversion) {
@@ -356,7 +356,7 @@ export class StyxClient {
 
   #rpc<T extends Untagged>(t: T, opts: RpcOptions): Promise<ReplyTo<T>> {
     if (this.#hungup) return Promise.reject(this.#hungup);
-    if (opts.signal?.aborted) return Promise.reject(new Interrupted());
+    if (opts.signal?.aborted) return Promise.reject(new InterruptedError());
     let tag = this.#freeTags.pop();
     if (tag === undefined && this.#nextTag <= MAXTAG) tag = this.#nextTag++;
     if (tag !== undefined) {
@@ -380,7 +380,7 @@ export class StyxClient {
       if (signal) {
         if (signal.aborted) {
           this.#freeTag(t.tag);
-          reject(new Interrupted());
+          reject(new InterruptedError());
           return;
         }
         p.signal = signal;
@@ -398,7 +398,7 @@ export class StyxClient {
     p.flushing = true;
     if (p.t.tag === NOTAG) {
       // Nothing can flush a Tversion: drop the connection instead.
-      this.#fail(new Interrupted());
+      this.#fail(new InterruptedError());
       return;
     }
     const oldtag = p.t.tag;
@@ -417,7 +417,7 @@ export class StyxClient {
     this.#pending.delete(oldtag);
     this.#freeTag(oldtag);
     this.#detach(p);
-    p.reject(new Interrupted(p.late));
+    p.reject(new InterruptedError(p.late));
   }
 
   #detach(p: Pending): void {
@@ -483,7 +483,7 @@ export class StyxClient {
     try {
       await this.#rpc({ type: MsgType.Tremove, fid }, opts);
     } catch (e) {
-      if (e instanceof Interrupted && e.reply === undefined) {
+      if (e instanceof InterruptedError && e.reply === undefined) {
         // Flushed before the server acted (flush(5)): the fid still exists.
         await this.clunk(fid);
       } else if (!this.#hungup) this.releaseFid(fid);
@@ -511,7 +511,7 @@ export class StyxClient {
       if (newfid !== fid && !this.#hungup) {
         // An interrupted walk whose Rwalk arrived before Rflush did happen:
         // newfid exists if every name was walked, and must be clunked.
-        const late = e instanceof Interrupted ? e.reply : undefined;
+        const late = e instanceof InterruptedError ? e.reply : undefined;
         if (late?.type === MsgType.Rwalk && late.wqids.length === names.length) {
           this.clunk(newfid).catch(() => {});
         } else {
@@ -618,7 +618,7 @@ export class StyxClient {
     // An interrupted walk whose Rwalk arrived before Rflush did happen.
     const wr = w.status === "fulfilled"
       ? w.value
-      : w.reason instanceof Interrupted && w.reason.reply?.type === MsgType.Rwalk
+      : w.reason instanceof InterruptedError && w.reason.reply?.type === MsgType.Rwalk
       ? w.reason.reply
       : undefined;
     const walked = wr !== undefined && wr.wqids.length === names.length;
@@ -641,7 +641,9 @@ export class StyxClient {
       return { qids: w.value.wqids, open: new StyxError(Ename.notFound) };
     }
     if (op.status === "fulfilled") return { qids: w.value.wqids, open: op.value, head };
-    if (this.#hungup || !(op.reason instanceof StyxError) || op.reason instanceof Interrupted) {
+    if (
+      this.#hungup || !(op.reason instanceof StyxError) || op.reason instanceof InterruptedError
+    ) {
       this.clunk(newfid).catch(() => {});
       throw op.reason;
     }
@@ -679,7 +681,7 @@ export class StyxClient {
         got = await this.walkFid(newfid, newfid, piece, opts);
       } catch (e) {
         await this.clunk(newfid);
-        if (e instanceof StyxError && !(e instanceof Interrupted) && !this.#hungup) {
+        if (e instanceof StyxError && !(e instanceof InterruptedError) && !this.#hungup) {
           return qids; // a later element failed: a partial walk
         }
         throw e;
@@ -980,8 +982,8 @@ export class StyxClient {
   }
 
   /** The error for a lost connection; one closed by this end says so. */
-  #hangup(reason: string): Hangup {
-    return new Hangup(this.#conn.peer.addr, this.#closing ? "closed by this end" : reason);
+  #hangup(reason: string): HangupError {
+    return new HangupError(this.#conn.peer.addr, this.#closing ? "closed by this end" : reason);
   }
 
   /** Fail every pending request and every later one with `err`. */
@@ -993,7 +995,7 @@ export class StyxClient {
     this.#pending.clear();
     for (const p of all) {
       this.#detach(p);
-      p.reject(p.flushing && p.t.type !== MsgType.Tflush ? new Interrupted(p.late) : err);
+      p.reject(p.flushing && p.t.type !== MsgType.Tflush ? new InterruptedError(p.late) : err);
     }
     for (const w of this.#tagWaiters) w.reject(err);
     this.#tagWaiters = [];

@@ -1,6 +1,6 @@
 /**
- * The errors of a lost connection: {@link Hangup} at the client, and
- * {@link ConnectionLost} once a node knows the mount point it serves. Kept
+ * The errors of a lost connection: {@link HangupError} at the client, and
+ * {@link ConnectionLostError} once a node knows the mount point it serves. Kept
  * apart from the client so that a namespace can tell them without loading
  * it.
  *
@@ -13,13 +13,13 @@ import { Ename, StyxError } from "./types.ts";
  * The error every request fails with once the connection is gone. Its
  * message keeps Plan 9's wording ("i/o on hungup channel"); `address` and
  * `reason` say which server and why, for a caller that names the mount
- * (see {@link ConnectionLost}).
+ * (see {@link ConnectionLostError}).
  */
-export class Hangup extends StyxError {
+export class HangupError extends StyxError {
   /** Make the error for the server at `address`, gone because of `reason`. */
   constructor(readonly address: string, readonly reason: string) {
     super(Ename.hungup);
-    this.name = "Hangup";
+    this.name = "HangupError";
   }
 }
 
@@ -27,14 +27,14 @@ export class Hangup extends StyxError {
  * What an operation on a mount whose server went away fails with:
  * "'/n/files' is no longer connected (tcp!host!port: reason)".
  */
-export class ConnectionLost extends StyxError {
+export class ConnectionLostError extends StyxError {
   /**
    * Make the error for the mount `mount` (a path, or the address when the
    * tree is not mounted) whose server at `address` went away for `reason`.
    */
   constructor(readonly mount: string, readonly address: string, readonly reason: string) {
     super(`'${mount}' is no longer connected (${address}: ${reason})`);
-    this.name = "ConnectionLost";
+    this.name = "ConnectionLostError";
   }
 }
 
@@ -50,13 +50,13 @@ export interface Origin {
 }
 
 /**
- * `e`, or the {@link ConnectionLost} it means when it is a {@link Hangup}
+ * `e`, or the {@link ConnectionLostError} it means when it is a {@link HangupError}
  * and `origin` knows its mount point.
  * @internal
  */
 export function lostAs(e: unknown, origin: Origin | undefined): unknown {
-  if (e instanceof Hangup && origin?.label !== undefined) {
-    return new ConnectionLost(origin.label, e.address, e.reason);
+  if (e instanceof HangupError && origin?.label !== undefined) {
+    return new ConnectionLostError(origin.label, e.address, e.reason);
   }
   return e;
 }

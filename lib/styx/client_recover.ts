@@ -29,7 +29,7 @@
  * @module
  */
 
-import { ConnectionLost, Hangup, type StyxClient } from "./client_conn.ts";
+import { ConnectionLostError, HangupError, type StyxClient } from "./client_conn.ts";
 import type { RemoteFile, RemoteNode } from "./client_tree.ts";
 import type {
   Caller,
@@ -179,14 +179,18 @@ export class RecoveringTree implements Tree {
    */
   live(att: Attachment): number {
     if (this.#closed) {
-      throw new ConnectionLost(att.label ?? this.#address, this.#address, "closed by this end");
+      throw new ConnectionLostError(
+        att.label ?? this.#address,
+        this.#address,
+        "closed by this end",
+      );
     }
     if (this.#down) throw this.#lostError(att);
     return this.#gen;
   }
 
-  #lostError(att: Attachment): ConnectionLost {
-    return new ConnectionLost(att.label ?? this.#address, this.#address, this.#reason());
+  #lostError(att: Attachment): ConnectionLostError {
+    return new ConnectionLostError(att.label ?? this.#address, this.#address, this.#reason());
   }
 
   /**
@@ -210,10 +214,10 @@ export class RecoveringTree implements Tree {
    * @internal
    */
   failed(e: unknown, att: Attachment, gen: number): unknown {
-    if (e instanceof ConnectionLost) return e;
-    if (!(e instanceof Hangup) && !(gen === this.#gen && this.#client.hungup)) return e;
+    if (e instanceof ConnectionLostError) return e;
+    if (!(e instanceof HangupError) && !(gen === this.#gen && this.#client.hungup)) return e;
     if (gen === this.#gen) {
-      this.#lose(e instanceof Hangup ? e.reason : (e as Error).message ?? String(e));
+      this.#lose(e instanceof HangupError ? e.reason : (e as Error).message ?? String(e));
     }
     return this.#down ? this.#lostError(att) : e;
   }
@@ -222,7 +226,7 @@ export class RecoveringTree implements Tree {
     client.closed.then(() => {
       if (client !== this.#client || this.#closed) return;
       const f = client.failure;
-      this.#lose(f instanceof Hangup ? f.reason : f?.message ?? "hung up");
+      this.#lose(f instanceof HangupError ? f.reason : f?.message ?? "hung up");
     });
   }
 

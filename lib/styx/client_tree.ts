@@ -6,6 +6,7 @@
  * @module
  */
 
+import { concatBytes } from "../bytes.ts";
 import { decodeDirs } from "./codec.ts";
 import {
   type Dir,
@@ -554,12 +555,5 @@ export class RemoteFile implements OpenFile {
 
 /** Join `parts` holding `total` bytes (no copy when there is one part). */
 export function concat(parts: Uint8Array[], total: number): Uint8Array {
-  if (parts.length === 1) return parts[0]!;
-  const out = new Uint8Array(total);
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
+  return parts.length === 1 ? parts[0]! : concatBytes(parts, total);
 }

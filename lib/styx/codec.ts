@@ -22,6 +22,7 @@
  * @module
  */
 
+import { utf8Length } from "../bytes.ts";
 import {
   type Dir,
   HEADER_SIZE,
@@ -81,34 +82,6 @@ const MAX_U64 = 0xffffffffffffffffn;
 
 const textEncoder = new TextEncoder();
 const textDecoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
-
-/**
- * The number of bytes `s` takes in UTF-8, counting a lone surrogate as the
- * three bytes of U+FFFD (what TextEncoder writes for it).
- */
-export function utf8Length(s: string): number {
-  const n = s.length;
-  let bytes = n;
-  for (let i = 0; i < n; i++) {
-    const c = s.charCodeAt(i);
-    if (c < 0x80) continue;
-    if (c < 0x800) {
-      bytes += 1;
-    } else if (c >= 0xd800 && c <= 0xdbff && i + 1 < n) {
-      const d = s.charCodeAt(i + 1);
-      if (d >= 0xdc00 && d <= 0xdfff) {
-        // A surrogate pair: 4 bytes for 2 UTF-16 units.
-        bytes += 2;
-        i++;
-      } else {
-        bytes += 2;
-      }
-    } else {
-      bytes += 2;
-    }
-  }
-  return bytes;
-}
 
 function strSize(s: string, what: string): number {
   if (typeof s !== "string") throw new CodecError(`${what} is not a string`);

@@ -36,6 +36,7 @@
  * @module
  */
 
+import { concatBytes } from "../bytes.ts";
 import type { Conn, Peer } from "../transport/conn.ts";
 import type { Caller, Node, OpenFile, ReadOptions, Tree } from "../fs/tree.ts";
 import {
@@ -1102,12 +1103,7 @@ class Session {
         n += b.length;
         st.index++;
       }
-      const data = new Uint8Array(n);
-      let off = 0;
-      for (const p of parts) {
-        data.set(p, off);
-        off += p.length;
-      }
+      const data = concatBytes(parts, n);
       st.offset += BigInt(n);
       return { type: MsgType.Rread, data };
     } finally {

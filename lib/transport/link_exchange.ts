@@ -25,10 +25,11 @@
  * @module
  */
 
+import { concatBytes } from "../bytes.ts";
 import type { CertIdentity, CertKind } from "../auth/certs.ts";
 import { ed25519Key, readCert } from "../auth/der.ts";
 import { fromBase64, importKeyPem, pemBlocks, toBase64 } from "../auth/keys.ts";
-import { PeerRefused, verifyPeer } from "../auth/verify.ts";
+import { PeerRefusedError, verifyPeer } from "../auth/verify.ts";
 import { allowed, type Credentials, type LinkOptions, revokedSerials } from "../auth/link.ts";
 
 /** The version tag of the exchange bound to the TLS session's Finished messages. */
@@ -230,16 +231,6 @@ async function sha256(b: Uint8Array<ArrayBuffer>): Promise<Uint8Array> {
   return new Uint8Array(await crypto.subtle.digest("SHA-256", b));
 }
 
-function join(parts: Uint8Array[]): Uint8Array<ArrayBuffer> {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
-}
-
 /**
  * What a `ferry-link/2` client signs: the label, the server's nonce and the
  * SHA-256 of both certificates (client's first).
@@ -250,12 +241,12 @@ export async function linkMessage(
   serverDer: Uint8Array<ArrayBuffer>,
 ): Promise<Uint8Array<ArrayBuffer>> {
   const label = new TextEncoder().encode(`${LINK_PROTOCOL_2} client `);
-  return join([label, nonce, await sha256(clientDer), await sha256(serverDer)]);
+  return concatBytes([label, nonce, await sha256(clientDer), await sha256(serverDer)]);
 }
 
 /** What a `ferry-link/1` end signs: the label with its role, then the channel binding. */
 function proofMessage(role: "client" | "server", binding: Uint8Array): Uint8Array<ArrayBuffer> {
-  return join([new TextEncoder().encode(`${LINK_PROTOCOL} ${role} `), binding]);
+  return concatBytes([new TextEncoder().encode(`${LINK_PROTOCOL} ${role} `), binding]);
 }
 
 /** A fresh random nonce for {@link linkMessage}. */
@@ -297,7 +288,7 @@ export function ownCertDer(creds: Credentials): Uint8Array<ArrayBuffer> {
 /**
  * Check a peer's certificate as both dialects do: chain to the CA,
  * validity dates (by `opts.now`), revocation, key usage, kind and, for a
- * server, its name. Throws PeerRefused, or an Error naming what could not
+ * server, its name. Throws PeerRefusedError, or an Error naming what could not
  * be checked.
  */
 export async function checkPeerCert(
@@ -347,7 +338,7 @@ class Exchange {
   async refuse(tag: string, reason: string): Promise<never> {
     this.ch.send(`${tag} refused ${reason}`);
     await this.ch.flush();
-    throw new PeerRefused(reason);
+    throw new PeerRefusedError(reason);
   }
 
   /** Fail when `line` is the peer's refusal. */
@@ -379,11 +370,11 @@ class Exchange {
         this.peerName,
       );
       if (server && !allowed(id, this.opts.allow)) {
-        throw new PeerRefused(`'${id.name}' is not allowed to connect here`);
+        throw new PeerRefusedError(`'${id.name}' is not allowed to connect here`);
       }
       return id;
     } catch (e) {
-      const reason = e instanceof PeerRefused
+      const reason = e instanceof PeerRefusedError
         ? e.message
         : `cannot verify ${this.theirRole}: ${(e as Error).message}`;
       return await this.refuse(tag, reason);
@@ -539,7 +530,7 @@ async function server(x: Exchange): Promise<CertIdentity> {
  * Run the link exchange on `ch` as `session.role`, checking the peer
  * against `creds` and `opts` (and, for a client, that the server is the
  * node `peerName`). Resolves with the peer's verified identity; rejects
- * with PeerRefused after telling the peer why, or with a LinkError naming
+ * with PeerRefusedError after telling the peer why, or with a LinkError naming
  * what the peer refused or what went wrong.
  *
  * @example

@@ -31,7 +31,7 @@ import { Duplex } from "node:stream";
 import type { Conn, Listener, Peer } from "./conn.ts";
 import { TcpConn, tcpDial } from "./tcp.ts";
 import type { CertIdentity } from "../auth/certs.ts";
-import { PeerRefused } from "../auth/verify.ts";
+import { PeerRefusedError } from "../auth/verify.ts";
 import {
   type Credentials,
   type CredentialWatch,
@@ -393,7 +393,7 @@ async function dialWith(
       if (c) return c;
     } catch (e) {
       if (!isCertificateFailure(e)) {
-        throw e instanceof PeerRefused ? e : new LinkError((e as Error).message);
+        throw e instanceof PeerRefusedError ? e : new LinkError((e as Error).message);
       }
     }
   }

@@ -30,7 +30,7 @@
 import type { Conn, Peer } from "./conn.ts";
 import { TcpConn } from "./tcp.ts";
 import type { CertIdentity } from "../auth/certs.ts";
-import { PeerRefused } from "../auth/verify.ts";
+import { PeerRefusedError } from "../auth/verify.ts";
 import type { Credentials, IdentifiedConn, LinkOptions } from "../auth/link.ts";
 import {
   explainLinkFailure,
@@ -109,7 +109,7 @@ export function explainNativeError(e: Error): string {
  */
 export function isCertificateFailure(e: unknown): boolean {
   return e instanceof Error && /invalid peer certificate|certificate/i.test(e.message) &&
-    !(e instanceof LinkError) && !(e instanceof PeerRefused);
+    !(e instanceof LinkError) && !(e instanceof PeerRefusedError);
 }
 
 /** A verified link over Deno's TLS. */
@@ -157,7 +157,7 @@ export function nativeTlsAvailable(): boolean {
  * `ferry-link/2`. Resolves null when the link needs `ferry-link/1` instead
  * (the runtime cannot show the server's certificate). Rejects with the TLS library's error when the handshake
  * refuses the server's certificate (see {@link isCertificateFailure}), or
- * with a LinkError / PeerRefused naming why the link was refused.
+ * with a LinkError / PeerRefusedError naming why the link was refused.
  */
 export async function nativeTlsDial(
   host: string,

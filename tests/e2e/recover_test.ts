@@ -6,6 +6,7 @@
  * restart reads on to its end. The session serves its namespace (--export)
  * so that this test can read through it as a client would.
  */
+import { concatBytes } from "../../lib/bytes.ts";
 import assert from "node:assert/strict";
 import { ferryArgv } from "../../lib/self.ts";
 import { freePort, makeCluster } from "../manifest/cluster.ts";
@@ -137,12 +138,7 @@ Deno.test("a logon session's mount comes back after its node restarts", async ()
       got.push(d.slice());
       off += d.length;
     }
-    const all = new Uint8Array(off);
-    let o = 0;
-    for (const g of got) {
-      all.set(g, o);
-      o += g.length;
-    }
+    const all = concatBytes(got, off);
     assert.deepEqual(all, big);
     await f.close();
   } finally {

@@ -1612,3 +1612,32 @@ export async function listenChild(dir: string): Promise<FerryServer> {
     },
   };
 }
+
+/**
+ * Register `session` as two tests: against serve() on a host directory in
+ * this process, and against a `ferry listen -A` child process, each over a
+ * fresh directory from `fixture` (removed afterwards). `title` names each
+ * test from the server it runs against.
+ */
+export function againstBothServers(
+  title: (server: string) => string,
+  fixture: () => Promise<string>,
+  session: (t: Deno.TestContext, port: number, dir: string) => Promise<void>,
+): void {
+  const servers: [string, (dir: string) => FerryServer | Promise<FerryServer>][] = [
+    ["serve() on a host directory", serveHost],
+    ["`ferry listen -A` (child process)", listenChild],
+  ];
+  for (const [server, start] of servers) {
+    Deno.test(title(server), async (t) => {
+      const dir = await fixture();
+      const srv = await start(dir);
+      try {
+        await session(t, srv.port, dir);
+      } finally {
+        await srv.close();
+        await Deno.remove(dir, { recursive: true });
+      }
+    });
+  }
+}

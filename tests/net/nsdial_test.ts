@@ -362,21 +362,12 @@ Deno.test("nsdial through a remote /net mounted over Styx", async (t) => {
 });
 
 Deno.test("the shell survives a remote /net that vanishes", async () => {
-  const { Shell } = await import("../../lib/sh/interp.ts");
-  const { builtins } = await import("../../lib/sh/builtins/mod.ts");
-  const { Collector } = await import("../../lib/sh/io.ts");
+  const { harness } = await import("../sh/harness.ts");
   const localDev = new NetDevice();
   const remoteDev = new NetDevice();
   const exp = exportNet(remoteDev);
   const ns = await nsWithNet(localDev.tree());
-  const out = new Collector();
-  const err = new Collector();
-  const sh = new Shell({
-    ns,
-    user: "glenda",
-    builtins: builtins(),
-    io: { stdout: out, stderr: err },
-  });
+  const { sh, out, err } = harness({ ns, user: "glenda" });
   const e = echo();
   try {
     assert.equal(await sh.run(`mount -A 'tcp!127.0.0.1!${exp.port}' /net`), "", err.text());

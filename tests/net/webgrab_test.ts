@@ -3,9 +3,7 @@ import { NetDevice } from "../../lib/dev/net/device.ts";
 import { MemTree } from "../../lib/fs/memory.ts";
 import { Namespace } from "../../lib/ns/namespace.ts";
 import { fileNameFor, httpGet, webgrab } from "../../lib/net/webgrab.ts";
-import { Shell } from "../../lib/sh/interp.ts";
-import { builtins } from "../../lib/sh/builtins/mod.ts";
-import { Collector } from "../../lib/sh/io.ts";
+import { harness } from "../sh/harness.ts";
 import { makeFixture } from "../auth/fixture.ts";
 
 const dec = new TextDecoder();
@@ -72,15 +70,7 @@ Deno.test("webgrab through the namespace's /net", async (t) => {
       assert.deepEqual(dev.conversations(), []);
     });
     await t.step("the shell's webgrab builtin", async () => {
-      const out = new Collector();
-      const err = new Collector();
-      const sh = new Shell({
-        ns,
-        user: "glenda",
-        builtins: builtins(),
-        io: { stdout: out, stderr: err },
-        cwd: "/usr/glenda",
-      });
+      const { sh, out, err } = harness({ ns, user: "glenda", cwd: "/usr/glenda" });
       assert.equal(await sh.run(`webgrab -v ${base}/`), "", err.text());
       assert.match(out.text(), /^200 OK: 3 bytes to \/usr\/glenda\/index.html\n$/);
       assert.equal(dec.decode(await ns.readFile("/usr/glenda/index.html")), "top");

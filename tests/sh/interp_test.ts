@@ -1,35 +1,9 @@
 import assert from "node:assert/strict";
 import { Namespace } from "../../lib/ns/namespace.ts";
 import { MemTree } from "../../lib/fs/memory.ts";
-import { Shell } from "../../lib/sh/interp.ts";
-import { builtins } from "../../lib/sh/builtins/mod.ts";
-import { Collector } from "../../lib/sh/io.ts";
+import { type Harness, harness as shellHarness } from "./harness.ts";
 
-interface Harness {
-  sh: Shell;
-  out: Collector;
-  err: Collector;
-  /** Run `src`; returns [stdout, stderr, status] and clears the buffers. */
-  run(src: string): Promise<[string, string, string]>;
-}
-
-function harness(ns: Namespace, user = "glenda"): Harness {
-  const out = new Collector();
-  const err = new Collector();
-  const sh = new Shell({ ns, user, builtins: builtins(), io: { stdout: out, stderr: err } });
-  return {
-    sh,
-    out,
-    err,
-    async run(src: string) {
-      const status = await sh.run(src);
-      const r: [string, string, string] = [out.text(), err.text(), status];
-      out.clear();
-      err.clear();
-      return r;
-    },
-  };
-}
+const harness = (ns: Namespace, user = "glenda") => shellHarness({ ns, user });
 
 async function memShell(): Promise<{ h: Harness; tree: MemTree; ns: Namespace }> {
   const tree = new MemTree({ owner: "glenda" });

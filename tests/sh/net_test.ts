@@ -1,9 +1,7 @@
 import assert from "node:assert/strict";
 import { Namespace } from "../../lib/ns/namespace.ts";
 import { MemTree } from "../../lib/fs/memory.ts";
-import { Shell } from "../../lib/sh/interp.ts";
-import { builtins } from "../../lib/sh/builtins/mod.ts";
-import { Collector } from "../../lib/sh/io.ts";
+import { harness } from "./harness.ts";
 import { RemoteTree, StyxClient } from "../../lib/styx/client.ts";
 import { tcpDial } from "../../lib/transport/tcp.ts";
 import { OREAD } from "../../lib/styx/types.ts";
@@ -15,28 +13,6 @@ function freePort(): number {
   return port;
 }
 
-function shell(ns: Namespace) {
-  const out = new Collector();
-  const err = new Collector();
-  const sh = new Shell({
-    ns,
-    user: "glenda",
-    builtins: builtins(),
-    io: { stdout: out, stderr: err },
-  });
-  return {
-    sh,
-    err,
-    async run(src: string): Promise<[string, string, string]> {
-      const status = await sh.run(src);
-      const r: [string, string, string] = [out.text(), err.text(), status];
-      out.clear();
-      err.clear();
-      return r;
-    },
-  };
-}
-
 async function until(f: () => boolean): Promise<void> {
   for (let i = 0; i < 400 && !f(); i++) await new Promise((r) => setTimeout(r, 10));
 }
@@ -46,9 +22,9 @@ Deno.test("listen and export serve part of the shell's namespace over TCP", asyn
   await tree.writeFile("/usr/glenda/lib/profile", "profile\n");
   await tree.writeFile("/secret", "not exported\n");
   const nsA = new Namespace(tree, { caller: { user: "glenda" } });
-  const a = shell(nsA);
+  const a = harness({ ns: nsA, user: "glenda" });
   const nsB = new Namespace(new MemTree({ owner: "glenda" }), { caller: { user: "glenda" } });
-  const b = shell(nsB);
+  const b = harness({ ns: nsB, user: "glenda" });
   const port = freePort();
   const clients: StyxClient[] = [];
   try {

@@ -3,9 +3,7 @@
 import assert from "node:assert/strict";
 import { Namespace } from "../../lib/ns/namespace.ts";
 import { MemTree } from "../../lib/fs/memory.ts";
-import { Shell } from "../../lib/sh/interp.ts";
-import { builtins } from "../../lib/sh/builtins/mod.ts";
-import { Collector } from "../../lib/sh/io.ts";
+import { harness } from "./harness.ts";
 import { serve } from "../../lib/styx/server.ts";
 import { tcpListen } from "../../lib/transport/tcp.ts";
 import type { Conn } from "../../lib/transport/conn.ts";
@@ -16,22 +14,6 @@ import { makeFixture } from "../auth/fixture.ts";
 
 const REPO = new URL("../../", import.meta.url).pathname;
 const dec = new TextDecoder();
-
-function shell(ns: Namespace) {
-  const out = new Collector();
-  const err = new Collector();
-  const sh = new Shell({ ns, builtins: builtins(), io: { stdout: out, stderr: err } });
-  return {
-    sh,
-    async run(src: string): Promise<[string, string, string]> {
-      const status = await sh.run(src);
-      const r: [string, string, string] = [out.text(), err.text(), status];
-      out.clear();
-      err.clear();
-      return r;
-    },
-  };
-}
 
 const WARNING = /^(mount: warning: -A given: .*\n)?$/;
 
@@ -56,8 +38,8 @@ Deno.test("ns output replayed in a fresh shell rebuilds the same namespace", asy
   await Deno.writeTextFile(`${host}/h`, "host file\n");
   const nsA = await Namespace.standard({ user: "glenda", rootDir: rootA });
   const nsB = await Namespace.standard({ user: "glenda", rootDir: rootB });
-  const a = shell(nsA);
-  const b = shell(nsB);
+  const a = harness({ ns: nsA });
+  const b = harness({ ns: nsB });
   try {
     const setup = "mkdir -p /n/r /n/s /tmp/u1 /tmp/u2 /tmp/un /tmp/h";
     await a.run(setup);

@@ -6,9 +6,7 @@
 import assert from "node:assert/strict";
 import { Namespace } from "../../lib/ns/namespace.ts";
 import { MemTree } from "../../lib/fs/memory.ts";
-import { Shell } from "../../lib/sh/interp.ts";
-import { builtins } from "../../lib/sh/builtins/mod.ts";
-import { Collector } from "../../lib/sh/io.ts";
+import { harness } from "./harness.ts";
 import { Server } from "../styx/restartable.ts";
 
 Deno.test("mount -r survives a server restart; a plain mount says it is lost", async () => {
@@ -20,21 +18,7 @@ Deno.test("mount -r survives a server restart; a plain mount says it is lost", a
   await root.mkdirp("/n/r");
   await root.mkdirp("/n/p");
   const ns = new Namespace(root, { caller: { user: "glenda" } });
-  const out = new Collector();
-  const err = new Collector();
-  const sh = new Shell({
-    ns,
-    user: "glenda",
-    builtins: builtins(),
-    io: { stdout: out, stderr: err },
-  });
-  const run = async (src: string): Promise<[string, string, string]> => {
-    const status = await sh.run(src);
-    const r: [string, string, string] = [out.text(), err.text(), status];
-    out.clear();
-    err.clear();
-    return r;
-  };
+  const { sh, run } = harness({ ns, user: "glenda" });
   const addr = `tcp!127.0.0.1!${srv.port}`;
   try {
     assert.equal((await run(`mount -r -A '${addr}' /n/r`))[2], "");

@@ -3,9 +3,9 @@
 // a query and its answer.
 import assert from "node:assert/strict";
 import { Namespace } from "../../lib/ns/namespace.ts";
-import { type Builtin, Shell } from "../../lib/sh/interp.ts";
+import type { Builtin } from "../../lib/sh/interp.ts";
 import { builtins } from "../../lib/sh/builtins/mod.ts";
-import { Collector } from "../../lib/sh/io.ts";
+import { harness } from "./harness.ts";
 
 const REPO = new URL("../../", import.meta.url).pathname;
 const dec = new TextDecoder();
@@ -36,20 +36,11 @@ Deno.test("ferry sh: {echo query >[1=0]; cat} <>/net/cs asks the connection serv
 Deno.test("redirections: <>, fd duplication and their errors", async (t) => {
   const root = await Deno.makeTempDir({ prefix: "ferry-sh-redir-" });
   const ns = await Namespace.standard({ user: "glenda", rootDir: root });
-  const out = new Collector();
-  const err = new Collector();
   const table = builtins();
   // Stands for a bug inside a command: a JavaScript error must not reach the user as such.
   const buggy: Builtin = () => Promise.reject(new TypeError("w.write is not a function"));
   table.set("buggy", buggy);
-  const sh = new Shell({ ns, builtins: table, io: { stdout: out, stderr: err } });
-  const run = async (src: string): Promise<[string, string, string]> => {
-    const status = await sh.run(src);
-    const r: [string, string, string] = [out.text(), err.text(), status];
-    out.clear();
-    err.clear();
-    return r;
-  };
+  const { run } = harness({ ns, builtins: table });
   try {
     await t.step("<> shares one offset between the write and the read", async () => {
       await run("echo 'first line' > /tmp/f; echo second >> /tmp/f");

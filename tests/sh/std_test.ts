@@ -2,9 +2,7 @@
 // and a command's status is that of the last command it ran.
 import assert from "node:assert/strict";
 import { Namespace } from "../../lib/ns/namespace.ts";
-import { Shell } from "../../lib/sh/interp.ts";
-import { builtins } from "../../lib/sh/builtins/mod.ts";
-import { Collector } from "../../lib/sh/io.ts";
+import { harness } from "./harness.ts";
 import { StyxClient } from "../../lib/styx/client.ts";
 import { tcpDial } from "../../lib/transport/tcp.ts";
 
@@ -13,16 +11,7 @@ const REPO = new URL("../../", import.meta.url).pathname;
 Deno.test("sh-std: if, while, for, fn, and, or, !, ~, raise and rescue", async (t) => {
   const root = await Deno.makeTempDir({ prefix: "ferry-sh-std-" });
   const ns = await Namespace.standard({ user: "glenda", rootDir: root });
-  const out = new Collector();
-  const err = new Collector();
-  const sh = new Shell({ ns, builtins: builtins(), io: { stdout: out, stderr: err } });
-  const run = async (src: string): Promise<[string, string, string]> => {
-    const status = await sh.run(src);
-    const r: [string, string, string] = [out.text(), err.text(), status];
-    out.clear();
-    err.clear();
-    return r;
-  };
+  const { sh, run } = harness({ ns });
   try {
     await t.step("load std is accepted; other modules are named as unknown", async () => {
       assert.deepEqual(await run("load std"), ["", "", ""]);

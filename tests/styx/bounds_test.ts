@@ -4,6 +4,7 @@
  * buffer hides how much the server queued).
  */
 
+import { concatBytes } from "../../lib/bytes.ts";
 import assert from "node:assert/strict";
 import { serve, type ServerOptions } from "../../lib/styx/server.ts";
 import { decode, encode } from "../../lib/styx/codec.ts";
@@ -87,14 +88,7 @@ class Raw {
     this.frames = new FrameReader(conn, msize + 64);
   }
   send(...msgs: TMsg[]): Promise<void> {
-    const parts = msgs.map((m) => encode(m));
-    const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-    let off = 0;
-    for (const p of parts) {
-      all.set(p, off);
-      off += p.length;
-    }
-    return this.conn.write(all);
+    return this.conn.write(concatBytes(msgs.map((m) => encode(m))));
   }
   async next(): Promise<Msg | null> {
     const f = await this.frames.next();

@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
+import { pattern } from "../fixture.ts";
+import { concatBytes } from "../../lib/bytes.ts";
 import {
-  Interrupted,
+  InterruptedError,
   readStream,
   RemoteTree,
   StyxClient,
@@ -187,12 +189,7 @@ Deno.test("StyxClient framing: replies split anywhere, joined or copied", async 
           return encode({ type: MsgType.Rread, tag, data: pattern((tag * 167) % 8193, tag) });
         });
         const total = frames.reduce((a, f) => a + f.length, 0);
-        const all = new Uint8Array(total);
-        let o = 0;
-        for (const f of frames) {
-          all.set(f, o);
-          o += f.length;
-        }
+        const all = concatBytes(frames, total);
         let x = seed;
         for (let p = 0; p < total;) {
           x = (x * 1103515245 + 12345) >>> 0;
@@ -347,7 +344,7 @@ Deno.test("StyxClient against a scripted server", async (t) => {
       const p = root.walk(["f"], { signal: ac.signal });
       await until(() => walks.length === i + 1, "Twalk");
       ac.abort();
-      await assert.rejects(p, (e) => e instanceof Interrupted && e.message === "interrupted");
+      await assert.rejects(p, (e) => e instanceof InterruptedError && e.message === "interrupted");
     }
     const w1 = walks[0] as TMsg & { newfid: number };
     // The walk that happened had its newfid clunked; the flushed one was just freed.
@@ -359,7 +356,7 @@ Deno.test("StyxClient against a scripted server", async (t) => {
     assert.equal(fl[0]!.oldtag, w1.tag);
     // An already aborted signal sends nothing.
     const n = server.log.length;
-    await assert.rejects(root.stat({ signal: AbortSignal.abort() }), Interrupted);
+    await assert.rejects(root.stat({ signal: AbortSignal.abort() }), InterruptedError);
     assert.equal(server.log.length, n);
     await client.close();
     await server.done;
@@ -392,7 +389,7 @@ Deno.test("StyxClient against a scripted server", async (t) => {
         // Walk, open and read go out together, before any reply.
         await until(() => held.length === 3 * (i + 1), "Twalk, Topen and Tread");
         ac.abort();
-        await assert.rejects(p, (e) => e instanceof Interrupted);
+        await assert.rejects(p, (e) => e instanceof InterruptedError);
       }
       const newfid = (held[0] as TMsg & { newfid: number }).newfid;
       assert.deepEqual(held.slice(0, 3).map((m) => m.type), [
@@ -435,7 +432,7 @@ Deno.test("StyxClient against a scripted server", async (t) => {
       const first = await b.read();
       assert.ok(first && first.length === 19);
       ac.abort();
-      await assert.rejects(p, Interrupted);
+      await assert.rejects(p, InterruptedError);
       assert.equal(await b.read(), null);
     },
   );
@@ -579,16 +576,6 @@ async function overTcp(tree: Tree): Promise<Setup & { serverConns: Conn[] }> {
       await served;
     },
   };
-}
-
-function pattern(n: number, seed = 1): Uint8Array {
-  const b = new Uint8Array(n);
-  let x = seed;
-  for (let i = 0; i < n; i++) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
 }
 
 for (const [kind, setup] of [["memPipe", overPipe], ["TCP", overTcp]] as const) {
@@ -766,7 +753,7 @@ Deno.test("StyxClient: Tflush and hangup against the Ferry server", async (t) =>
     const q = f.read(0n, 10);
     await until(() => tree.reading === 2, "two blocked reads");
     ac.abort();
-    await assert.rejects(p, (e) => e instanceof Interrupted && e.message === "interrupted");
+    await assert.rejects(p, (e) => e instanceof InterruptedError && e.message === "interrupted");
     assert.equal(tree.flushed, 1);
     // The other read is still pending, and other requests go through.
     assert.equal((await root.stat()).name, "block");

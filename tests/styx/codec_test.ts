@@ -12,8 +12,8 @@ import {
   msgName,
   sizeofDir,
   sizeofMsg,
-  utf8Length,
 } from "../../lib/styx/codec.ts";
+import { utf8Length } from "../../lib/bytes.ts";
 import { formatMsg, traceEnabled } from "../../lib/styx/trace.ts";
 import {
   type Dir,

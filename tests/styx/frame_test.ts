@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { concatBytes } from "../../lib/bytes.ts";
 import { decode, encode } from "../../lib/styx/codec.ts";
 import { FrameReader, FrameWriter, FramingError } from "../../lib/styx/frame.ts";
 import { type Msg, MsgType, NOTAG } from "../../lib/styx/types.ts";
@@ -18,16 +19,6 @@ function sample(): Msg[] {
     { type: MsgType.Rread, tag: 2, data: big },
     { type: MsgType.Tclunk, tag: 4, fid: 1 },
   ];
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let o = 0;
-  for (const p of parts) {
-    out.set(p, o);
-    o += p.length;
-  }
-  return out;
 }
 
 /** Read every frame until clean EOF. */
@@ -54,7 +45,7 @@ function header(size: number): Uint8Array {
 Deno.test("FrameReader over an in-memory pipe", async (t) => {
   const msgs = sample();
   const frames = msgs.map(encode);
-  const stream = concat(frames);
+  const stream = concatBytes(frames);
 
   await t.step("several frames in one chunk come back as views, no copy", async () => {
     const [a, b] = memPipe();
@@ -102,7 +93,7 @@ Deno.test("FrameReader over an in-memory pipe", async (t) => {
     const msg: Msg = { type: MsgType.Rread, tag: 9, data };
     const f = encode(msg);
     const tail = encode({ type: MsgType.Rclunk, tag: 10 });
-    const all = concat([f, tail]);
+    const all = concatBytes([f, tail]);
     const [a, b] = memPipe();
     for (let o = 0; o < all.length; o += 1000) await a.write(all.slice(o, o + 1000));
     a.close();
@@ -208,11 +199,11 @@ Deno.test("FrameReader over real TCP", async () => {
     for (const m of msgs) {
       batch.push(encode(m));
       if (batch.length === 40 || m.type === MsgType.Rread) {
-        await client.write(concat(batch));
+        await client.write(concatBytes(batch));
         batch = [];
       }
     }
-    if (batch.length) await client.write(concat(batch));
+    if (batch.length) await client.write(concatBytes(batch));
   } finally {
     client.close();
   }

@@ -3,6 +3,7 @@
  * a loopback port) stops and starts again on the same port while files are
  * open through a namespace.
  */
+import { concatBytes } from "../../lib/bytes.ts";
 import assert from "node:assert/strict";
 import { type RecoverEvent, RecoveringTree, StyxClient } from "../../lib/styx/client.ts";
 import { MemTree } from "../../lib/fs/memory.ts";
@@ -72,12 +73,7 @@ Deno.test("a recovering mount survives its server restarting on the same port", 
       parts.push(d.slice());
       off += d.length;
     }
-    const all = new Uint8Array(off);
-    let o = 0;
-    for (const p of parts) {
-      all.set(p, o);
-      o += p.length;
-    }
+    const all = concatBytes(parts, off);
     assert.deepEqual(all, big);
     // A file removed meanwhile says so on its next use.
     await assert.rejects(

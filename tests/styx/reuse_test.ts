@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { pattern } from "../fixture.ts";
 import { decode, encode } from "../../lib/styx/codec.ts";
 import {
   allocReadData,
@@ -27,16 +28,6 @@ import {
   StyxError,
   type TMsg,
 } from "../../lib/styx/types.ts";
-
-function pattern(n: number, seed: number): Uint8Array {
-  const b = new Uint8Array(n);
-  let x = seed;
-  for (let i = 0; i < n; i++) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
-}
 
 Deno.test("BufferPool", async (t) => {
   await t.step("a buffer given back is taken again; foreign and repeated ones are ignored", () => {

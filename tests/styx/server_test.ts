@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { concatBytes } from "../../lib/bytes.ts";
 import { serve } from "../../lib/styx/server.ts";
 import { decode, decodeDirs, encode } from "../../lib/styx/codec.ts";
 import { FrameReader } from "../../lib/styx/frame.ts";
@@ -764,7 +765,7 @@ Deno.test("serve: pipelined walk, open and read on a new fid", async () => {
     { type: MsgType.Tread, tag: tags[2]!, fid: 7, offset: 0n, count: 100 },
     { type: MsgType.Tclunk, tag: tags[3]!, fid: 7 },
   ];
-  await raw.conn.write(concat(msgs.map((m) => encode(m))));
+  await raw.conn.write(concatBytes(msgs.map((m) => encode(m))));
   const [w, o, r, c] = await Promise.all(ps);
   expectType(w!, MsgType.Rwalk);
   expectType(o!, MsgType.Ropen);
@@ -772,16 +773,6 @@ Deno.test("serve: pipelined walk, open and read on a new fid", async () => {
   expectType(c!, MsgType.Rclunk);
   await close();
 });
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let off = 0;
-  for (const p of parts) {
-    out.set(p, off);
-    off += p.length;
-  }
-  return out;
-}
 
 Deno.test("serve: malformed frames", async (t) => {
   await t.step("a bad message with a readable tag gets Rerror; the connection lives", async () => {
@@ -848,7 +839,7 @@ Deno.test("serve: 10,000 fids are all released when the connection drops", async
       frames.push(encode({ type: MsgType.Twalk, tag: wt, fid: 0, newfid: fid, wnames: ["f"] }));
       frames.push(encode({ type: MsgType.Topen, tag: ot, fid, mode: OREAD }));
     }
-    await raw.conn.write(concat(frames));
+    await raw.conn.write(concatBytes(frames));
     for (const m of await Promise.all(ps)) {
       assert.ok(m.type === MsgType.Rwalk || m.type === MsgType.Ropen, `unexpected type ${m.type}`);
     }
@@ -884,7 +875,7 @@ Deno.test("serve: real TCP", async (t) => {
       ps.push(raw.read(1, BigInt(off), o.iounit));
     }
     const parts = (await Promise.all(ps)).map((m) => expectType(m, MsgType.Rread).data);
-    const all = concat(parts);
+    const all = concatBytes(parts);
     assert.equal(all.length, 1 << 20);
     assert.ok(all.every((b, i) => b === (i & 0xff)));
     raw.conn.close();

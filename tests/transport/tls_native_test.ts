@@ -1,3 +1,4 @@
+import { concatBytes } from "../../lib/bytes.ts";
 import assert from "node:assert/strict";
 import type { Conn } from "../../lib/transport/conn.ts";
 import { tcpDial } from "../../lib/transport/tcp.ts";
@@ -100,12 +101,7 @@ Deno.test("ferry-link/2: direct dials over Deno's TLS, forged proofs refused", a
       })();
       await c.write(big);
       await reading;
-      const all = new Uint8Array(n);
-      let o = 0;
-      for (const b of got) {
-        all.set(b, o);
-        o += b.length;
-      }
+      const all = concatBytes(got, n);
       assert.deepEqual(all, big);
       await s.write(enc.encode("Rversion"));
       assert.equal(dec.decode((await c.read())!), "Rversion");

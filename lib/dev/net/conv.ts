@@ -11,6 +11,7 @@
  */
 
 import { Ename, StyxError } from "../../styx/types.ts";
+import { withSignal } from "../../fs/tree.ts";
 
 /** State names as status shows them. */
 export type ConvState = "Closed" | "Connecting" | "Established" | "Announced" | "Hungup";
@@ -167,7 +168,7 @@ export class TcpConv {
     const p = Deno.connect({ hostname: host, port, transport: "tcp" });
     let sock: Deno.TcpConn;
     try {
-      sock = await raceAbort(p, signal);
+      sock = await withSignal(p, signal);
     } catch (e) {
       p.then((s) => s.close(), () => {});
       if (this.state === "Connecting") this.state = "Closed";
@@ -445,21 +446,4 @@ export class TcpConv {
     this.#gone = true;
     this.onGone(this);
   }
-}
-
-/** Await `p`, rejecting with "interrupted" once `signal` aborts. */
-export function raceAbort<T>(p: Promise<T>, signal?: AbortSignal): Promise<T> {
-  if (!signal) return p;
-  if (signal.aborted) return Promise.reject(new StyxError(Ename.interrupted));
-  return new Promise<T>((resolve, reject) => {
-    const onAbort = () => reject(new StyxError(Ename.interrupted));
-    signal.addEventListener("abort", onAbort, { once: true });
-    p.then((v) => {
-      signal.removeEventListener("abort", onAbort);
-      resolve(v);
-    }, (e) => {
-      signal.removeEventListener("abort", onAbort);
-      reject(e);
-    });
-  });
 }

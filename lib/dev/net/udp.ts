@@ -17,7 +17,8 @@
 
 import dgram from "node:dgram";
 import { Ename, StyxError } from "../../styx/types.ts";
-import { netError, parseHostPort, raceAbort } from "./conv.ts";
+import { withSignal } from "../../fs/tree.ts";
+import { netError, parseHostPort } from "./conv.ts";
 import { isIPv4, isIPv6 } from "./resolve.ts";
 
 /** Size of the header `headers` mode adds. */
@@ -145,7 +146,7 @@ export class UdpConv {
     }
     const s = this.#open(isIPv6(host) ? "udp6" : "udp4");
     try {
-      await raceAbort(
+      await withSignal(
         new Promise<void>((resolve, reject) => {
           s.once("error", reject);
           s.bind(Number(localPort ?? 0), () => {
@@ -210,7 +211,7 @@ export class UdpConv {
       const p = new Promise<Datagram | null>((r) => (w.resolve = r));
       this.#waiters.push(w);
       try {
-        d = (await raceAbort(p, signal)) ?? undefined;
+        d = (await withSignal(p, signal)) ?? undefined;
       } catch (e) {
         const i = this.#waiters.indexOf(w);
         if (i >= 0) this.#waiters.splice(i, 1);

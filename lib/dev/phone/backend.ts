@@ -5,6 +5,9 @@
  * @module
  */
 
+/** The phone backends a `--phone` spec or a manifest's phone export can name. */
+export const PHONE_BACKENDS: readonly string[] = ["sim", "modemmanager", "termux"];
+
 /**
  * The outcome of sending one SMS. `retry` means the message was not taken
  * (no modem at the moment): it stays queued and is tried again when the

@@ -15,7 +15,7 @@
 import * as path from "node:path";
 import type { DeviceFactory } from "../../ns/devices.ts";
 import type { Tree } from "../../fs/tree.ts";
-import type { PhoneBackend } from "./backend.ts";
+import { PHONE_BACKENDS, type PhoneBackend } from "./backend.ts";
 import { Phone } from "./tree.ts";
 import { SimBackend } from "./sim.ts";
 import { ModemManagerBackend } from "./modemmanager.ts";
@@ -23,9 +23,6 @@ import { TermuxBackend } from "./termux.ts";
 
 /** The phone's device name: `bind '#P' /phone`. */
 export const PHONE_DEVICE = "#P";
-
-/** The phone backends a spec can name. */
-export const PHONE_BACKENDS: readonly string[] = ["sim", "modemmanager", "termux"];
 
 /** Which phone to serve, as parsed by {@link parsePhoneSpec}. */
 export interface PhoneSpec {

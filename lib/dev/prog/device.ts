@@ -39,10 +39,9 @@ import {
   SynthTree,
   textFile,
 } from "../../fs/synthetic.ts";
-import type { Caller, Tree } from "../../fs/tree.ts";
+import { type Caller, type Tree, withSignal } from "../../fs/tree.ts";
 import { type HostUsers, hostUsers } from "../../fs/users.ts";
 import { Ename, StyxError } from "../../styx/types.ts";
-import { withSignal } from "../../fs/synthetic.ts";
 import { listPids, type ProcInfo, readProc, STATE_WORDS } from "./procfs.ts";
 
 const enc = new TextEncoder();

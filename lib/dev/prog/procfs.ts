@@ -167,16 +167,3 @@ export async function readProc(pid: number, procRoot = "/proc"): Promise<ProcInf
     return null;
   }
 }
-
-/** The uid owning /proc/PID, or null when the process is gone. */
-export async function procUid(pid: number, procRoot = "/proc"): Promise<number | null> {
-  if (procRoot === "/proc" && !procReadable()) {
-    // A kill decision must not use a stale owner.
-    return (await psSnapshot(true)).get(pid)?.uid ?? null;
-  }
-  try {
-    return (await Deno.stat(`${procRoot}/${pid}`)).uid ?? null;
-  } catch {
-    return null;
-  }
-}

@@ -7,13 +7,13 @@
  */
 
 import { type Dir, DMDIR, nullDir, OREAD, OTRUNC, OWRITE, QTDIR } from "../../styx/types.ts";
-import { type Builtin, type Ctx, ShUsageError } from "../interp.ts";
+import { type Builtin, type BuiltinCtx, ShUsageError } from "../interp.ts";
 import { FileReader, FileWriter, userError, writeText } from "../io.ts";
 import { baseName, dirName, joinPath } from "../path.ts";
 import { getopts, longListing } from "./util.ts";
 import { firstOfEachName } from "../../ns/union.ts";
 
-async function warn(ctx: Ctx, msg: string): Promise<void> {
+async function warn(ctx: BuiltinCtx, msg: string): Promise<void> {
   await writeText(ctx.io.stderr, `${ctx.name}: ${msg}\n`);
 }
 
@@ -115,14 +115,14 @@ class PathError extends Error {
 }
 
 /** Report `e` about argument `arg` (or the path the error names). */
-async function report(ctx: Ctx, arg: string, e: unknown): Promise<string> {
+async function report(ctx: BuiltinCtx, arg: string, e: unknown): Promise<string> {
   const status = userError(e);
   await warn(ctx, `${e instanceof PathError ? e.path : arg}: ${status}`);
   return status;
 }
 
 /** Copy the file at `src` to `dst` (created or truncated) through the namespace. */
-async function copyFile(ctx: Ctx, src: string, dst: string, srcDir: Dir): Promise<void> {
+async function copyFile(ctx: BuiltinCtx, src: string, dst: string, srcDir: Dir): Promise<void> {
   const ns = ctx.sh.ns;
   const from = await ns.open(src, OREAD);
   try {
@@ -154,7 +154,7 @@ async function copyFile(ctx: Ctx, src: string, dst: string, srcDir: Dir): Promis
 }
 
 /** Where `src` goes: into `dst` when it is a directory, else `dst` itself. */
-async function target(ctx: Ctx, src: string, dst: string): Promise<string> {
+async function target(ctx: BuiltinCtx, src: string, dst: string): Promise<string> {
   try {
     const d = await ctx.sh.ns.stat(dst);
     if (isDir(d)) return joinPath(dst, baseName(src));
@@ -223,7 +223,7 @@ export const mv: Builtin = async (ctx, args) => {
   return status;
 };
 
-async function removeAll(ctx: Ctx, p: string): Promise<void> {
+async function removeAll(ctx: BuiltinCtx, p: string): Promise<void> {
   const d = await ctx.sh.ns.stat(p);
   if (isDir(d)) {
     // A union lists a name once per member; the name reaches only the first.

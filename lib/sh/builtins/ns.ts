@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { Builtin, Ctx } from "../interp.ts";
+import type { Builtin, BuiltinCtx } from "../interp.ts";
 import type { Tree } from "../../fs/tree.ts";
 import type { StyxClient } from "../../styx/client_conn.ts";
 import { ShUsageError } from "../interp.ts";
@@ -13,7 +13,7 @@ import { writeText } from "../io.ts";
 import { getopts, shQuote, warnInsecureOnce } from "./util.ts";
 import { PEER_NEEDS_TLS } from "../../net/mismatch.ts";
 
-function unionFlags(ctx: Ctx, flags: Set<string>, usage: string) {
+function unionFlags(ctx: BuiltinCtx, flags: Set<string>, usage: string) {
   if (flags.has("a") && flags.has("b")) throw new ShUsageError(usage);
   void ctx;
   return { before: flags.has("b"), after: flags.has("a"), create: flags.has("c") };
@@ -113,13 +113,13 @@ export const mount: Builtin = async (ctx, args) => {
 
 /** A mount that redials `addr` whenever its connection is lost (mount -r). */
 async function recovering(
-  ctx: Ctx,
+  ctx: BuiltinCtx,
   addr: string,
   opts: { insecure: boolean; aname: string; alg?: string; peer?: string },
 ): Promise<{ tree: Tree; close(): void }> {
   const { RecoveringTree } = await import("../../styx/client_recover.ts");
   // Redials outlive this command: they must not stop when it is interrupted.
-  const later: Ctx = { ...ctx, signal: new AbortController().signal };
+  const later: BuiltinCtx = { ...ctx, signal: new AbortController().signal };
   let first = true;
   const tree = await RecoveringTree.connect({
     dial: async () => {
@@ -137,7 +137,7 @@ async function recovering(
 export const DIAL_TIMEOUT_MS = 10_000;
 
 /** True when the namespace has a network at /net (a local '#I' or a mounted remote one). */
-export async function hasNet(ctx: Ctx): Promise<boolean> {
+export async function hasNet(ctx: BuiltinCtx): Promise<boolean> {
   try {
     await ctx.sh.ns.stat("/net/cs");
     return true;
@@ -152,7 +152,7 @@ export async function hasNet(ctx: Ctx): Promise<boolean> {
  * /net, straight from this host.
  */
 async function dialRemote(
-  ctx: Ctx,
+  ctx: BuiltinCtx,
   addr: string,
   opts: { insecure: boolean; aname: string; alg?: string; peer?: string },
 ): Promise<{ tree: Tree; client: StyxClient; close(): void }> {

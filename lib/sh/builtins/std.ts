@@ -9,7 +9,7 @@
  * @module
  */
 
-import { type Builtin, type Ctx, ShRaise, ShUsageError } from "../interp.ts";
+import { type Builtin, type BuiltinCtx, ShRaise, ShUsageError } from "../interp.ts";
 import { matchGlob } from "../glob.ts";
 
 /** True for an argument that is a braced block (what a control command runs). */
@@ -18,7 +18,7 @@ function isBlock(a: string | undefined): a is string {
 }
 
 /** Run block `b` with the caller's $*, as sh-std does. */
-function runBlock(ctx: Ctx, b: string): Promise<string> {
+function runBlock(ctx: BuiltinCtx, b: string): Promise<string> {
   return ctx.sh.call([b, ...ctx.sh.get("*")], ctx.io);
 }
 

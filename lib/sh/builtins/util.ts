@@ -6,7 +6,7 @@
  */
 
 import { type Dir, DMAPPEND, DMDIR, DMEXCL } from "../../styx/types.ts";
-import { type Ctx, ShUsageError } from "../interp.ts";
+import { type BuiltinCtx, ShUsageError } from "../interp.ts";
 import { writeText } from "../io.ts";
 
 /** Parsed single-letter options and the remaining arguments. */
@@ -126,7 +126,7 @@ let warnedInsecure = false;
  * Print, once per process, the warning that -A sessions are neither
  * authenticated nor encrypted.
  */
-export async function warnInsecureOnce(ctx: Ctx): Promise<void> {
+export async function warnInsecureOnce(ctx: BuiltinCtx): Promise<void> {
   if (warnedInsecure) return;
   warnedInsecure = true;
   await writeText(

@@ -1,3 +1,4 @@
+import { concatBytes } from "../../../lib/bytes.ts";
 import assert from "node:assert/strict";
 import { TcpConv } from "../../../lib/dev/net/conv.ts";
 
@@ -60,12 +61,7 @@ Deno.test("TcpConv reads", async (t) => {
       }
       await w;
       assert.equal(total, big.length);
-      const all = new Uint8Array(total);
-      let o = 0;
-      for (const b of got) {
-        all.set(b, o);
-        o += b.length;
-      }
+      const all = concatBytes(got, total);
       assert.deepEqual(all, big);
       // End of stream stays end of stream.
       assert.equal((await conv.read(10)).length, 0);

@@ -2,18 +2,18 @@
 // Ferry mounting an Inferno `export`, each side scripted from the manual
 // pages and emu's sources, over real TCP.
 
+import { pattern } from "../fixture.ts";
 import assert from "node:assert/strict";
 import {
+  againstBothServers,
   DMDIR,
   ferry,
   InfernoMount,
-  listenChild,
   NOFID,
   NOTAG,
   nullDir,
   OWRITE,
   parseStats,
-  serveHost,
   startInfernoExport,
   T,
   tmsg,
@@ -29,16 +29,6 @@ import { OREAD } from "../../lib/styx/types.ts";
 const te = new TextEncoder();
 const td = new TextDecoder();
 const USER = "inferno";
-
-function pattern(n: number, seed = 7): Uint8Array {
-  const b = new Uint8Array(n);
-  let x = seed;
-  for (let i = 0; i < n; i++) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
-}
 
 /** The exact bytes of an Rerror with `tag` and `ename` (intro(5)). */
 function rerrorBytes(tag: number, ename: string): Uint8Array {
@@ -74,7 +64,7 @@ const RVERSION_8216 = new Uint8Array([
 async function fixture(): Promise<string> {
   const dir = await Deno.makeTempDir({ prefix: "ferry-interop-" });
   await Deno.writeTextFile(`${dir}/hello.txt`, "hello, world\n");
-  await Deno.writeFile(`${dir}/big`, pattern(20000));
+  await Deno.writeFile(`${dir}/big`, pattern(20000, 7));
   await Deno.mkdir(`${dir}/many`);
   for (let i = 0; i < 60; i++) {
     await Deno.writeTextFile(`${dir}/many/file-with-a-longish-name-${i}`, String(i));
@@ -245,29 +235,9 @@ async function emuSession(t: Deno.TestContext, port: number, dir: string): Promi
   }
 }
 
-Deno.test("Inferno emu mounts a Ferry export (serve on a host directory)", async (t) => {
-  const dir = await fixture();
-  const srv = serveHost(dir);
-  try {
-    await emuSession(t, srv.port, dir);
-  } finally {
-    await srv.close();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+againstBothServers((server) => `a scripted Inferno emu mounts ${server}`, fixture, emuSession);
 
-Deno.test("Inferno emu mounts `ferry listen -A` (child process)", async (t) => {
-  const dir = await fixture();
-  const srv = await listenChild(dir);
-  try {
-    await emuSession(t, srv.port, dir);
-  } finally {
-    await srv.close();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
-Deno.test("Ferry mounts an Inferno export", async (t) => {
+Deno.test("Ferry mounts a scripted Inferno export", async (t) => {
   const data = pattern(100_000, 11);
   const ex = startInfernoExport({
     "hello": "hello from inferno\n",
@@ -426,7 +396,7 @@ Deno.test("Ferry mounts an Inferno export", async (t) => {
   }
 });
 
-Deno.test("Ferry mounts an Inferno export whose requests overtake one another", async (t) => {
+Deno.test("Ferry mounts a scripted Inferno export whose requests overtake one another", async (t) => {
   const data = pattern(100_000, 13);
   const ex = startInfernoExport({ "hello": "hello\n", "lib/data": data }, { overtake: true });
   try {

@@ -2,14 +2,15 @@
 // server, each scripted after plan9port's lib9pclient and 9pfuse sources,
 // over real TCP.
 
+import { pattern } from "../fixture.ts";
 import assert from "node:assert/strict";
 import {
+  againstBothServers,
   DMDIR,
   Errno,
   errnoFor,
   inodeOf,
   IOHDRSZ,
-  listenChild,
   NinePFuse,
   NOFID,
   NOTAG,
@@ -28,16 +29,6 @@ import {
 const te = new TextEncoder();
 const td = new TextDecoder();
 const USER = "glenda";
-
-function pattern(n: number, seed = 1): Uint8Array {
-  const b = new Uint8Array(n);
-  let x = seed;
-  for (let i = 0; i < n; i++) {
-    x = (x * 1103515245 + 12345) >>> 0;
-    b[i] = x >>> 24;
-  }
-  return b;
-}
 
 /** Exact Rversion bytes for msize and "9P2000". */
 function rversionBytes(msize: number): Uint8Array {
@@ -190,27 +181,7 @@ async function p9pSession(t: Deno.TestContext, port: number, dir: string): Promi
   });
 }
 
-Deno.test("plan9port 9p against serve() on a host directory", async (t) => {
-  const dir = await fixture();
-  const srv = serveHost(dir);
-  try {
-    await p9pSession(t, srv.port, dir);
-  } finally {
-    await srv.close();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
-Deno.test("plan9port 9p against `ferry listen -A` (child process)", async (t) => {
-  const dir = await fixture();
-  const srv = await listenChild(dir);
-  try {
-    await p9pSession(t, srv.port, dir);
-  } finally {
-    await srv.close();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+againstBothServers((server) => `a scripted plan9port 9p against ${server}`, fixture, p9pSession);
 
 const S_IFREG = 0o100000;
 const S_IFDIR = 0o040000;
@@ -403,29 +374,13 @@ async function fuseSession(t: Deno.TestContext, port: number, dir: string): Prom
   }
 }
 
-Deno.test("plan9port 9pfuse against serve() on a host directory", async (t) => {
-  const dir = await fixture();
-  const srv = serveHost(dir);
-  try {
-    await fuseSession(t, srv.port, dir);
-  } finally {
-    await srv.close();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+againstBothServers(
+  (server) => `a scripted plan9port 9pfuse against ${server}`,
+  fixture,
+  fuseSession,
+);
 
-Deno.test("plan9port 9pfuse against `ferry listen -A` (child process)", async (t) => {
-  const dir = await fixture();
-  const srv = await listenChild(dir);
-  try {
-    await fuseSession(t, srv.port, dir);
-  } finally {
-    await srv.close();
-    await Deno.remove(dir, { recursive: true });
-  }
-});
-
-Deno.test("9pfuse on a read-only export gets 'permission denied' (EACCES)", async () => {
+Deno.test("a scripted 9pfuse on a read-only export gets 'permission denied' (EACCES)", async () => {
   const dir = await fixture();
   const srv = serveHost(dir, { readOnly: true });
   const f = await NinePFuse.mount(srv.port, USER);
@@ -457,7 +412,7 @@ Deno.test("9pfuse on a read-only export gets 'permission denied' (EACCES)", asyn
 // directory) referring to the same file. 9pfuse relies on this: after
 // `mv a b` the kernel keeps the node id (fid) it had for "a" and opens "b"
 // through it.
-Deno.test("9pfuse: fids keep their file when it is renamed through another fid", async (t) => {
+Deno.test("a scripted 9pfuse: fids keep their file when it is renamed through another fid", async (t) => {
   const dir = await fixture();
   const srv = serveHost(dir);
   const f = await NinePFuse.mount(srv.port, USER);
