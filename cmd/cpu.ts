@@ -1,0 +1,170 @@
+/**
+ * `ferry cpu -u USER FILE NODE [-c COMMAND]`: run COMMAND (default: a login
+ * shell on a pseudo-terminal) on NODE, as Plan 9's cpu(1) does, with the
+ * caller's composed namespace visible there at /n/client. One mutually
+ * authenticated link to NODE, dialled by name through the manifest (and
+ * its `via`), carries everything; see lib/cpu/.
+ *
+ * @module
+ */
+
+import { fail, parse, UsageError } from "../lib/cli.ts";
+import { defaultCertsDir, loadCredentials } from "../lib/auth/link.ts";
+import { loadBytes } from "../lib/manifest/load.ts";
+import { checkManifest } from "../lib/manifest/check.ts";
+import { checkSerial, readSigned, refuseUnsigned } from "../lib/manifest/sign.ts";
+import { logon, NodeDialer } from "../lib/manifest/apply.ts";
+import { groupsOf, ManifestError } from "../lib/manifest/schema.ts";
+import type { CpuControl } from "../lib/cpu/client.ts";
+
+const spec = {
+  usage: "ferry cpu -u USER [--certs DIR] [-r ROOT] FILE NODE [-c COMMAND | -- COMMAND [ARG...]]",
+  about: "Run COMMAND on NODE, as the host account NODE's manifest gives USER, in a\n" +
+    "private mount namespace where USER's namespace, composed here from the manifest\n" +
+    "FILE, is mounted at /n/client. NODE must have an export of kind 'cpu' whose access\n" +
+    "list admits USER. -c runs COMMAND through the account's shell; after -- the words\n" +
+    "are run as they are; with neither, a login shell on a pseudo-terminal. Standard\n" +
+    "input, output and error, ^C, the window size and the exit status travel over the\n" +
+    "one TLS link to NODE. The manifest must carry the CA's signature (FILE.sig) unless\n" +
+    "--insecure-manifest is given.",
+  options: {
+    u: { type: "string" as const, short: "u" },
+    certs: { type: "string" as const },
+    r: { type: "string" as const, short: "r" },
+    c: { type: "string" as const, short: "c" },
+    t: { type: "boolean" as const, short: "t" },
+    T: { type: "boolean" as const, short: "T" },
+    "insecure-manifest": { type: "boolean" as const },
+    // The node's helper for one command (started by the node, not by people).
+    session: { type: "string" as const },
+    account: { type: "string" as const },
+  },
+  optionsHelp: "  -u USER              the user to run as\n" +
+    "  --certs DIR          USER's credentials (default $FERRY_CERTS, else ~/.ferry/certs)\n" +
+    "  -r ROOT              root directory of USER's namespace on this host\n" +
+    "  -c COMMAND           run COMMAND through the account's shell\n" +
+    "  -t                   use a pseudo-terminal even with -c or --\n" +
+    "  -T                   no pseudo-terminal, even for a login shell\n" +
+    "  --insecure-manifest  accept an unsigned or altered manifest\n" +
+    "  -- COMMAND [ARG...]  run COMMAND with its arguments as they are",
+};
+
+/** Run `ferry cpu`. */
+export async function run(args: string[]): Promise<number> {
+  let close: (() => Promise<void>)[] = [];
+  try {
+    const dashes = args.indexOf("--");
+    const words = dashes < 0 ? undefined : args.slice(dashes + 1);
+    const p = parse(spec, dashes < 0 ? args : args.slice(0, dashes));
+    if (p.help) return 0;
+    const v = p.values;
+    if (typeof v.session === "string") {
+      if (typeof v.u !== "string" || typeof v.account !== "string" || !words?.length) {
+        throw new UsageError("--session needs -u USER, --account NAME and -- COMMAND");
+      }
+      const { runSession } = await import("../lib/cpu/session.ts");
+      return await runSession({
+        socket: v.session,
+        user: v.u,
+        account: v.account,
+        command: words,
+      });
+    }
+    if (p.positionals.length !== 2) {
+      throw new UsageError(`expected a manifest FILE and a NODE\nusage: ${spec.usage}`);
+    }
+    if (typeof v.u !== "string") throw new UsageError(`-u USER is required\nusage: ${spec.usage}`);
+    if (typeof v.c === "string" && words !== undefined) {
+      throw new UsageError("give -c COMMAND or -- COMMAND, not both");
+    }
+    const [file, nodeName] = p.positionals as [string, string];
+    const user = v.u;
+    const certDir = typeof v.certs === "string" ? v.certs : defaultCertsDir();
+    const creds = await loadCredentials(certDir, user);
+    let bytes: Uint8Array;
+    const insecure = v["insecure-manifest"] === true;
+    if (insecure) {
+      console.error("cpu: warning: --insecure-manifest: the manifest's signature is not checked");
+      bytes = await Deno.readFile(file);
+    } else {
+      const signed = await readSigned(file, creds.ca);
+      await checkSerial(signed, file, certDir);
+      bytes = signed.bytes;
+    }
+    const m = loadBytes(bytes, file, insecure ? {} : { readFile: refuseUnsigned });
+    const problems = checkManifest(m);
+    if (problems.length) throw new ManifestError(problems);
+    const node = m.nodes.get(nodeName);
+    if (!node) {
+      throw new Error(
+        `No node '${nodeName}' in '${file}' (nodes: ${[...m.nodes.keys()].join(", ") || "none"})`,
+      );
+    }
+    const cpu = [...node.exports.values()].find((e) => e.kind === "cpu");
+    if (!cpu) {
+      throw new Error(
+        `Node '${nodeName}' has no export of kind 'cpu': add one to its exports in '${file}'`,
+      );
+    }
+    // The link to the node first: a refusal comes before any other dialling.
+    const dialer = new NodeDialer(m, creds, user);
+    close.push(() => dialer.close());
+    const link = await dialer.link(node);
+    const composed = await logon(m, user, {
+      creds,
+      rootDir: typeof v.r === "string" ? v.r : undefined,
+      onEntry: (r) => {
+        if (!r.ok) {
+          console.error(`cpu: ${r.entry.where.file}:${r.entry.where.line}: ${r.line}: ${r.error}`);
+        }
+      },
+    });
+    close = [() => composed.close(), ...close];
+    const command = typeof v.c === "string" ? v.c : words ?? null;
+    const tty = Deno.stdin.isTerminal();
+    const pty = v.T !== true && tty && (v.t === true || command === null);
+    const { runCpu } = await import("../lib/cpu/client.ts");
+    let control: CpuControl | undefined;
+    const onInt = () => void control?.interrupt().catch(() => {});
+    const onWinch = () => {
+      const s = Deno.consoleSize();
+      void control?.winch(s.rows, s.columns).catch(() => {});
+    };
+    Deno.addSignalListener("SIGINT", onInt);
+    if (pty) {
+      Deno.addSignalListener("SIGWINCH", onWinch);
+      Deno.stdin.setRaw(true);
+    }
+    const out = Deno.stdout.writable.getWriter();
+    const err = Deno.stderr.writable.getWriter();
+    try {
+      const size = pty ? Deno.consoleSize() : undefined;
+      return await runCpu({
+        link: link.tree,
+        export: cpu.name,
+        caller: { user, groups: groupsOf(m, user), authenticated: true },
+        namespace: composed.ns,
+        command,
+        pty: size ? { rows: size.rows, cols: size.columns } : undefined,
+        io: {
+          stdin: Deno.stdin.readable,
+          stdout: (b) => out.write(b),
+          stderr: (b) => err.write(b),
+        },
+        onStart: (c) => (control = c),
+      });
+    } finally {
+      Deno.removeSignalListener("SIGINT", onInt);
+      if (pty) {
+        Deno.removeSignalListener("SIGWINCH", onWinch);
+        Deno.stdin.setRaw(false);
+      }
+      out.releaseLock();
+      err.releaseLock();
+    }
+  } catch (e) {
+    return fail("ferry cpu", e);
+  } finally {
+    for (const c of close) await c().catch(() => {});
+  }
+}

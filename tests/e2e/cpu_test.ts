@@ -1,0 +1,213 @@
+/**
+ * End to end: `ferry cpu -u USER FILE NODE -c COMMAND` between two hosts
+ * (network namespaces). The node runs `ferry up` with a `cpu` export; the
+ * caller's namespace, whose root holds C sources that exist only on the
+ * caller's side, is served back over the same link and seen on the node at
+ * /n/client. Host account ferrya is made for the test (or reused) and
+ * removed.
+ */
+import assert from "node:assert/strict";
+import { writeCredentials } from "../../lib/auth/ca.ts";
+import { ferryArgv } from "../../lib/self.ts";
+import { lookupAccount } from "../../lib/logon/account.ts";
+import { freePort, makeCluster } from "../manifest/cluster.ts";
+import { ferryIn, have, hostsSkipReason, makeHosts, type Proc, run } from "./hosts.ts";
+
+const dec = new TextDecoder();
+const enc = new TextEncoder();
+
+function skipReason(): string {
+  const r = hostsSkipReason();
+  if (r) return r;
+  const missing = ["unshare", "setpriv", "setsid", "getent", "useradd", "make", "cc"].filter(
+    (c) => !have(c),
+  );
+  if (missing.length) return `missing ${missing.join(", ")}`;
+  const fuse = new Deno.Command("test", { args: ["-c", "/dev/fuse"] }).outputSync();
+  return fuse.success ? "" : "no /dev/fuse";
+}
+
+/** Make host account `name` unless it exists; returns a function that removes what was made. */
+async function account(name: string): Promise<() => Promise<void>> {
+  if (await lookupAccount(name)) return async () => {};
+  await run("useradd", ["-m", "-s", "/bin/sh", name]);
+  return async () => {
+    for (let i = 0; i < 50; i++) {
+      const r = await new Deno.Command("userdel", { args: ["-r", name], stderr: "null" }).output();
+      if (r.success || (await lookupAccount(name)) === undefined) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`could not remove the test's host account '${name}'`);
+  };
+}
+
+const why = skipReason();
+Deno.test({
+  name: "cpu: a command on the node sees the caller's namespace at /n/client, over one link",
+  ignore: why !== "",
+  async fn() {
+    const hosts = await makeHosts(["term", "cpu"], "fc");
+    const port = freePort();
+    const c = await makeCluster();
+    const removeAccount = await account("ferrya");
+    const staging = () =>
+      [...Deno.readDirSync("/tmp")].map((e) => e.name).filter((n) =>
+        n.startsWith("ferry-cpu-") || n.startsWith("ferry-logon-")
+      ).sort();
+    const before = staging();
+    let up: Proc | undefined;
+    try {
+      const ip = hosts.ip.cpu!;
+      const node = await c.ca.issue("cpu", { kind: "node", sans: [ip] });
+      await writeCredentials(c.certs("cpu"), "cpu", node.certPem, node.keyPem);
+      await Deno.writeTextFile(`${c.certs("cpu")}/ca.pem`, c.ca.certPem);
+      for (const u of ["ferrya", "ferryb"]) await c.issue(u, "user");
+      const file = await c.write(`
+[nodes.cpu]
+address = "tcp!${ip}!${port}"
+
+[nodes.cpu.exports.cpu]
+kind = "cpu"
+access = ["ferrya"]
+
+[users.ferrya]
+namespace = ""
+
+[users.ferryb]
+namespace = ""
+`);
+      // The sources live only in the caller's namespace root.
+      const root = `${c.dir}/root-ferrya`;
+      const src = `${root}/src`;
+      await Deno.mkdir(src, { recursive: true });
+      await Deno.writeTextFile(
+        `${src}/hello.c`,
+        '#include <stdio.h>\nint main(void) { printf("hello from %s\\n", "afar"); return 0; }\n',
+      );
+      await Deno.writeTextFile(`${src}/Makefile`, "hello: hello.c\n\tcc -o hello hello.c\n");
+      await run("chown", ["-R", "ferrya:", src]);
+      await Deno.chmod(c.dir, 0o755);
+
+      up = ferryIn(hosts, "cpu", [
+        "up",
+        file,
+        "--node",
+        "cpu",
+        "--certs",
+        c.certs("cpu"),
+        "--poll",
+        "0",
+      ]);
+      await up.waitFor(/node cpu listening/);
+
+      const cpuArgs = (user: string) => [
+        "cpu",
+        "-u",
+        user,
+        "--certs",
+        c.certs(user),
+        "-r",
+        root,
+        file,
+        "cpu",
+      ];
+      const [exe, ...pre] = ferryArgv();
+      const cpu = async (user: string, args: string[], input?: string) => {
+        const child = new Deno.Command("ip", {
+          args: ["netns", "exec", hosts.ns("term"), exe!, ...pre, ...cpuArgs(user), ...args],
+          stdin: input === undefined ? "null" : "piped",
+          stdout: "piped",
+          stderr: "piped",
+        }).spawn();
+        if (input !== undefined) {
+          const w = child.stdin.getWriter();
+          await w.write(enc.encode(input));
+          await w.close();
+        }
+        const o = await child.output();
+        return { code: o.code, out: dec.decode(o.stdout), err: dec.decode(o.stderr) };
+      };
+
+      // Build on the node from sources only the caller has; the exit status comes back.
+      const uid = (await run("id", ["-u", "ferrya"])).trim();
+      const built = await cpu("ferrya", [
+        "-c",
+        "id -u; cd /n/client/src && make && ./hello; exit 7",
+      ]);
+      assert.equal(built.code, 7, built.err + up.err);
+      assert.match(built.out, new RegExp(`^${uid}\\n`));
+      assert.match(built.out, /cc -o hello hello.c\nhello from afar\n/);
+      // What make wrote landed in the caller's tree.
+      assert.ok((await Deno.stat(`${src}/hello`)).isFile);
+
+      // Standard input goes over, and standard error comes back apart.
+      const piped = await cpu("ferrya", ["-c", "tr a-z A-Z; echo oops >&2"], "shout\n");
+      assert.equal(piped.code, 0, piped.err);
+      assert.equal(piped.out, "SHOUT\n");
+      assert.match(piped.err, /oops/);
+
+      // A long output arrives whole and in order.
+      const long = await cpu("ferrya", ["--", "seq", "1", "300000"]);
+      assert.equal(long.code, 0, long.err);
+      const lines = long.out.trimEnd().split("\n");
+      assert.equal(lines.length, 300000);
+      assert.equal(lines[0], "1");
+      assert.equal(lines[299999], "300000");
+
+      // A command killed by a signal: the status says so as a shell would.
+      const killed = await cpu("ferrya", ["-c", "kill -KILL $$"]);
+      assert.equal(killed.code, 128 + 9, killed.err);
+
+      // ^C reaches the command's process group on the node.
+      const child = new Deno.Command("ip", {
+        args: [
+          "netns",
+          "exec",
+          hosts.ns("term"),
+          exe!,
+          ...pre,
+          ...cpuArgs("ferrya"),
+          "-c",
+          "trap 'echo caught; exit 5' INT; echo ready; sleep 600",
+        ],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      let seen = "";
+      const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      while (!seen.includes("ready\n")) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        seen += value;
+      }
+      assert.match(seen, /ready/);
+      child.kill("SIGINT");
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        seen += value;
+      }
+      const st = await child.status;
+      await child.stderr.cancel();
+      assert.equal(st.code, 5);
+      assert.match(seen, /caught/);
+
+      // A user outside the access list is refused before anything runs.
+      const marker = `${c.dir}/ran`;
+      const refused = await cpu("ferryb", ["-c", `touch ${marker}`]);
+      assert.equal(refused.code, 1);
+      assert.match(refused.err, /permission denied/);
+      await assert.rejects(Deno.stat(marker));
+      assert.match(up.err, /refused 'ferryb' attaching 'cpu'/);
+
+      // Nothing of the sessions is left on the node.
+      assert.deepEqual(staging(), before);
+    } finally {
+      await up?.stop();
+      await removeAccount();
+      await hosts.cleanup();
+      await c.cleanup();
+    }
+  },
+});
