@@ -129,15 +129,22 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
       winch: (r, c) => ctl(`winch ${r} ${c}`),
     });
 
+    // Two reads in flight, so the node has one to answer while the last
+    // reply is on its way; the node answers reads in the order they came.
     const drain = async (f: OpenFile, out: (b: Uint8Array) => Promise<void>) => {
       const unit = f.iounit || 512 * 1024;
-      let off = 0n;
-      for (;;) {
-        const b = await f.read(off, unit);
-        if (b.length === 0) break;
-        off += BigInt(b.length);
-        await out(b);
-        f.release?.(b);
+      let n = 0n;
+      const next = () => f.read(n++, unit);
+      const q = [next(), next()];
+      try {
+        for (;;) {
+          const b = await q.shift()!;
+          if (b.length === 0) break;
+          q.push(next());
+          await out(b);
+        }
+      } finally {
+        await Promise.allSettled(q);
       }
     };
     const outs = Promise.all([drain(stdout, opts.io.stdout), drain(stderr, opts.io.stderr)]);

@@ -8,6 +8,7 @@
  */
 
 import { withSignal } from "../fs/synthetic.ts";
+import { allocReadAhead } from "../styx/frame.ts";
 
 /** How far a producer may run ahead of its reader. */
 export const AHEAD_BYTES = 4 << 20;
@@ -76,24 +77,18 @@ export class ByteQueue {
       await withSignal(new Promise<void>((r) => this.#wakeReaders.push(r)), signal);
     }
     if (this.#bytes === 0 || count <= 0) return new Uint8Array(0);
-    const first = this.#chunks[0]!;
-    let out: Uint8Array;
-    if (first.length >= count) {
-      out = first.subarray(0, count);
-      if (first.length === count) this.#chunks.shift();
-      else this.#chunks[0] = first.subarray(count);
-    } else {
-      const n = Math.min(count, this.#bytes);
-      out = new Uint8Array(n);
-      let at = 0;
-      while (at < n) {
-        const c = this.#chunks[0]!;
-        const take = Math.min(c.length, n - at);
-        out.set(take === c.length ? c : c.subarray(0, take), at);
-        at += take;
-        if (take === c.length) this.#chunks.shift();
-        else this.#chunks[0] = c.subarray(take);
-      }
+    // Into a buffer with room for the Rread header in front, which the
+    // server fills in and sends as one write, then reuses.
+    const n = Math.min(count, this.#bytes);
+    const out = allocReadAhead(n);
+    let at = 0;
+    while (at < n) {
+      const c = this.#chunks[0]!;
+      const take = Math.min(c.length, n - at);
+      out.set(take === c.length ? c : c.subarray(0, take), at);
+      at += take;
+      if (take === c.length) this.#chunks.shift();
+      else this.#chunks[0] = c.subarray(take);
     }
     this.#bytes -= out.length;
     const f = this.#wakePump;
