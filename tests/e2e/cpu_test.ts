@@ -10,6 +10,9 @@ import assert from "node:assert/strict";
 import { writeCredentials } from "../../lib/auth/ca.ts";
 import { ferryArgv } from "../../lib/self.ts";
 import { lookupAccount } from "../../lib/logon/account.ts";
+import { loadText } from "../../lib/manifest/load.ts";
+import { checkManifest } from "../../lib/manifest/check.ts";
+import { formatProblem, ManifestError } from "../../lib/manifest/schema.ts";
 import { freePort, makeCluster } from "../manifest/cluster.ts";
 import { ferryIn, have, hostsSkipReason, makeHosts, type Proc, run } from "./hosts.ts";
 
@@ -40,6 +43,38 @@ async function account(name: string): Promise<() => Promise<void>> {
     throw new Error(`could not remove the test's host account '${name}'`);
   };
 }
+
+Deno.test("cpu export kind: an access list; no files, so never mounted", () => {
+  const text = (extra: string, ns = "") => `
+[nodes.build]
+address = "tcp!127.0.0.1!7001"
+
+[nodes.build.exports.cpu]
+kind = "cpu"
+access = ["alice"]
+${extra}
+[users.alice]
+account = "al"
+namespace = """
+${ns}
+"""
+`;
+  const m = loadText(text(""), "m.toml");
+  const e = m.nodes.get("build")!.exports.get("cpu")!;
+  assert.equal(e.kind, "cpu");
+  assert.deepEqual(e.access, ["alice"]);
+  assert.equal(m.users.get("alice")!.account, "al");
+  assert.deepEqual(checkManifest(m), []);
+  // A cpu export runs commands; mounting it is a mistake ferry check names.
+  const mounted = checkManifest(loadText(text("", "mount build!cpu /n/cpu"), "m.toml"));
+  assert.equal(mounted.length, 1);
+  assert.match(formatProblem(mounted[0]!), /is a cpu export, which runs commands.*ferry cpu build/);
+  // Keys of other kinds are refused by name.
+  assert.throws(
+    () => loadText(text('path = "/srv"'), "m.toml"),
+    (err: unknown) => err instanceof ManifestError && /path/.test(err.message),
+  );
+});
 
 const why = skipReason();
 Deno.test({
