@@ -228,6 +228,61 @@ namespace = ""
       assert.equal(st.code, 5);
       assert.match(seen, /caught/);
 
+      // No command: a login shell on a pseudo-terminal the size of the
+      // caller's, which follows the caller's when it changes.
+      const cmdline = [exe!, ...pre, ...cpuArgs("ferrya")].map((w) => `'${w}'`).join(" ");
+      const term = new Deno.Command("ip", {
+        args: [
+          "netns",
+          "exec",
+          hosts.ns("term"),
+          "script",
+          "-qfec",
+          `stty rows 30 cols 100; exec ${cmdline}`,
+          "/dev/null",
+        ],
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const keys = term.stdin.getWriter();
+      let screen = "";
+      const shown = term.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      const waitFor = async (re: RegExp) => {
+        while (!re.test(screen)) {
+          const { value, done } = await shown.read();
+          if (done) throw new Error(`the session ended before ${re}: ${screen}`);
+          screen += value;
+        }
+      };
+      await keys.write(enc.encode("echo tty:$(tty); stty size\n"));
+      await waitFor(/tty:\/dev\/pts\/\d+/);
+      await waitFor(/^30 100\r?$/m);
+      // The caller's terminal grows: the node's follows.
+      let tty = "";
+      for (const pid of (await run("pgrep", ["-f", "ferry.ts cpu -u ferrya"])).trim().split("\n")) {
+        const fd0 = await Deno.readLink(`/proc/${pid}/fd/0`).catch(() => "");
+        if (fd0.startsWith("/dev/pts/")) tty = fd0;
+      }
+      assert.notEqual(tty, "");
+      await run("stty", ["-F", tty, "rows", "40", "cols", "120"]);
+      // The new size reaches the node a moment later: ask until it shows.
+      for (let i = 0; !/^40 120\r?$/m.test(screen); i++) {
+        assert.ok(i < 100, `the window size never changed: ${screen}`);
+        const mark = screen.length;
+        await keys.write(enc.encode("stty size\n"));
+        while (!/^\d+ \d+\r?$/m.test(screen.slice(mark))) {
+          const { value, done } = await shown.read();
+          if (done) throw new Error(`the session ended: ${screen}`);
+          screen += value;
+        }
+      }
+      await keys.write(enc.encode("exit 3\n"));
+      const ts = await term.status;
+      await keys.close().catch(() => {});
+      await term.stderr.cancel();
+      assert.equal(ts.code, 3, screen);
+
       // A user outside the access list is refused before anything runs.
       const marker = `${c.dir}/ran`;
       const refused = await cpu("ferryb", ["-c", `touch ${marker}`]);
