@@ -301,3 +301,94 @@ namespace = ""
     }
   },
 });
+
+Deno.test({
+  name: "cpu: a node behind another, dialled through its 'via' like any mount",
+  ignore: why !== "",
+  async fn() {
+    const hosts = await makeHosts(["term", "gw", "cpu"], "fv");
+    const c = await makeCluster();
+    const removeAccount = await account("ferrya");
+    const procs: Proc[] = [];
+    try {
+      const gwPort = freePort();
+      const cpuPort = freePort();
+      for (const n of ["gw", "cpu"]) {
+        const r = await c.ca.issue(n, { kind: "node", sans: [hosts.ip[n]!] });
+        await writeCredentials(c.certs(n), n, r.certPem, r.keyPem);
+        await Deno.writeTextFile(`${c.certs(n)}/ca.pem`, c.ca.certPem);
+      }
+      await c.issue("ferrya", "user");
+      // The cpu node listens only on the gateway's loopback, through the gateway's /net.
+      const file = await c.write(`
+[nodes.gw]
+address = "tcp!${hosts.ip.gw}!${gwPort}"
+
+[nodes.gw.exports.net]
+kind = "net"
+access = ["cpu", "ferrya"]
+
+[nodes.cpu]
+address = "tcp!127.0.0.1!${cpuPort}"
+via = "gw"
+
+[nodes.cpu.exports.cpu]
+kind = "cpu"
+access = ["ferrya"]
+
+[users.ferrya]
+namespace = ""
+`);
+      const root = `${c.dir}/root-ferrya`;
+      await Deno.mkdir(`${root}/src`, { recursive: true });
+      await Deno.writeTextFile(`${root}/src/note.txt`, "only on the caller\n");
+      await Deno.chmod(c.dir, 0o755);
+      for (const n of ["gw", "cpu"]) {
+        const p = ferryIn(hosts, n, [
+          "up",
+          file,
+          "--node",
+          n,
+          "--certs",
+          c.certs(n),
+          "--poll",
+          "0",
+        ]);
+        procs.push(p);
+        await p.waitFor(new RegExp(`node ${n} listening`));
+      }
+      const [exe, ...pre] = ferryArgv();
+      const o = await new Deno.Command("ip", {
+        args: [
+          "netns",
+          "exec",
+          hosts.ns("term"),
+          exe!,
+          ...pre,
+          "cpu",
+          "-u",
+          "ferrya",
+          "--certs",
+          c.certs("ferrya"),
+          "-r",
+          root,
+          file,
+          "cpu",
+          "-c",
+          "id -un; cat /n/client/src/note.txt; exit 4",
+        ],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+      const err = dec.decode(o.stderr);
+      assert.equal(o.code, 4, err + procs.map((p) => p.err).join(""));
+      assert.equal(dec.decode(o.stdout), "ferrya\nonly on the caller\n");
+    } finally {
+      for (const p of procs.reverse()) await p.stop();
+      await removeAccount();
+      await hosts.cleanup();
+      await c.cleanup();
+    }
+  },
+});
