@@ -13,7 +13,8 @@
  * Medians of RUNS runs. Needs root, /dev/fuse, openssh-server; makes host
  * account alice when missing and removes it after.
  *
- * Usage: deno run --allow-all bench/cpu_probe.ts [--runs N] [--mib N]
+ * Usage: deno run --allow-all bench/cpu_probe.ts [--runs N] [--mib N] [--hold]
+ * (--hold: set everything up, print the commands, wait for ^C, then measure)
  *
  * @module
  */
@@ -28,6 +29,7 @@ const { values } = parseArgs({
   options: {
     runs: { type: "string", default: "7" },
     mib: { type: "string", default: "1024" },
+    hold: { type: "boolean", default: false },
   },
 });
 const RUNS = Number(values.runs);
@@ -193,6 +195,11 @@ namespace = ""
   await sh(`${sshCmd} true`);
   await sh(`${cpuCmd} -c true`);
 
+  if (values.hold) {
+    // For poking at by hand: print the two commands and wait for ^C.
+    console.log(`${cpuCmd} -c true\n${sshCmd} true\nbig: ${big}`);
+    await new Promise<void>((r) => Deno.addSignalListener("SIGINT", r));
+  }
   const rows: [string, number, number, string][] = [];
   const f: number[] = [];
   const s: number[] = [];

@@ -9,12 +9,6 @@
  */
 
 import { fail, parse, UsageError } from "../lib/cli.ts";
-import { defaultCertsDir, loadCredentials } from "../lib/auth/link.ts";
-import { loadBytes } from "../lib/manifest/load.ts";
-import { checkManifest } from "../lib/manifest/check.ts";
-import { checkSerial, readSigned, refuseUnsigned } from "../lib/manifest/sign.ts";
-import { logon, NodeDialer } from "../lib/manifest/apply.ts";
-import { groupsOf, ManifestError } from "../lib/manifest/schema.ts";
 import type { CpuControl } from "../lib/cpu/client.ts";
 
 const spec = {
@@ -79,38 +73,63 @@ export async function run(args: string[]): Promise<number> {
     }
     const [file, nodeName] = p.positionals as [string, string];
     const user = v.u;
+    // Loaded here, so that the node's helper (--session) loads none of it.
+    const [{ defaultCertsDir, loadCredentials }, { loadBytes }, { checkManifest }, sign, apply, {
+      groupsOf,
+      ManifestError,
+    }] = await Promise.all([
+      import("../lib/auth/link.ts"),
+      import("../lib/manifest/load.ts"),
+      import("../lib/manifest/check.ts"),
+      import("../lib/manifest/sign.ts"),
+      import("../lib/manifest/apply.ts"),
+      import("../lib/manifest/schema.ts"),
+    ]);
     const certDir = typeof v.certs === "string" ? v.certs : defaultCertsDir();
     const creds = await loadCredentials(certDir, user);
-    let bytes: Uint8Array;
     const insecure = v["insecure-manifest"] === true;
+    const load = (bytes: Uint8Array) => {
+      const m = loadBytes(bytes, file, insecure ? {} : { readFile: sign.refuseUnsigned });
+      const problems = checkManifest(m);
+      if (problems.length) throw new ManifestError(problems);
+      const node = m.nodes.get(nodeName);
+      if (!node) {
+        throw new Error(
+          `No node '${nodeName}' in '${file}' (nodes: ${[...m.nodes.keys()].join(", ") || "none"})`,
+        );
+      }
+      const cpu = [...node.exports.values()].find((e) => e.kind === "cpu");
+      if (!cpu) {
+        throw new Error(
+          `Node '${nodeName}' has no export of kind 'cpu': add one to its exports in '${file}'`,
+        );
+      }
+      return { m, node, cpu };
+    };
+    // The link is dialled while the signature is checked: TLS checks that
+    // the node's certificate names it, whatever address the file gives, and
+    // no session is asked for on the link until the manifest is verified.
+    const first = await Deno.readFile(file);
+    const early = load(first);
+    const dialer = new apply.NodeDialer(early.m, creds, user);
+    close.push(() => dialer.close());
+    const linked = dialer.link(early.node);
+    linked.catch(() => {});
+    let bytes: Uint8Array;
     if (insecure) {
       console.error("cpu: warning: --insecure-manifest: the manifest's signature is not checked");
-      bytes = await Deno.readFile(file);
+      bytes = first;
     } else {
-      const signed = await readSigned(file, creds.ca);
-      await checkSerial(signed, file, certDir);
+      const signed = await sign.readSigned(file, creds.ca);
+      await sign.checkSerial(signed, file, certDir);
       bytes = signed.bytes;
     }
-    const m = loadBytes(bytes, file, insecure ? {} : { readFile: refuseUnsigned });
-    const problems = checkManifest(m);
-    if (problems.length) throw new ManifestError(problems);
-    const node = m.nodes.get(nodeName);
-    if (!node) {
-      throw new Error(
-        `No node '${nodeName}' in '${file}' (nodes: ${[...m.nodes.keys()].join(", ") || "none"})`,
-      );
+    const { m, node, cpu } = load(bytes);
+    if (node.address !== early.node.address || node.via !== early.node.via) {
+      throw new Error(`The manifest '${file}' changed while it was read: run again`);
     }
-    const cpu = [...node.exports.values()].find((e) => e.kind === "cpu");
-    if (!cpu) {
-      throw new Error(
-        `Node '${nodeName}' has no export of kind 'cpu': add one to its exports in '${file}'`,
-      );
-    }
-    // The link to the node first: a refusal comes before any other dialling.
-    const dialer = new NodeDialer(m, creds, user);
-    close.push(() => dialer.close());
-    const link = await dialer.link(node);
-    const composed = await logon(m, user, {
+    const link = await linked;
+    const composed = await apply.logon(m, user, {
       creds,
       rootDir: typeof v.r === "string" ? v.r : undefined,
       onEntry: (r) => {
