@@ -8,7 +8,7 @@
  *   namespace on the node with it at /n/client, `true` run as alice)
  *   against `ssh alice@cpu true`;
  * - throughput of a 1 GiB stream: `ferry cpu … -c 'cat big'` against
- *   `ssh alice@cpu cat big`, both written to /dev/null on the caller.
+ *   `ssh alice@cpu cat big`, both counted by `wc -c` on the caller.
  *
  * Medians of RUNS runs. Needs root, /dev/fuse, openssh-server; makes host
  * account alice when missing and removes it after.
@@ -211,9 +211,17 @@ namespace = ""
 
   const ft: number[] = [];
   const st: number[] = [];
+  // Each stream is counted, so a transfer cut short cannot pass for a fast one.
+  const stream = async (cmd: string) => {
+    const t0 = performance.now();
+    const n = Number((await sh(`${cmd} | wc -c`)).trim());
+    const secs = (performance.now() - t0) / 1000;
+    if (n !== MIB * 1024 * 1024) throw new Error(`'${cmd}' gave ${n} bytes, not ${MIB} MiB`);
+    return MIB / 1024 / secs;
+  };
   for (let i = 0; i < Math.min(RUNS, 3); i++) {
-    ft.push(MIB / 1024 / await timed(`${cpuCmd} -c 'cat ${big}' > /dev/null`));
-    st.push(MIB / 1024 / await timed(`${sshCmd} cat ${big} > /dev/null`));
+    ft.push(await stream(`${cpuCmd} -c 'cat ${big}'`));
+    st.push(await stream(`${sshCmd} cat ${big}`));
   }
   rows.push([
     `${MIB} MiB stream: ferry cpu -c 'cat big' vs ssh cat big (GiB/s)`,

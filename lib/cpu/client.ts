@@ -142,6 +142,8 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
           if (b.length === 0) break;
           q.push(next());
           await out(b);
+          // The reply's buffer can carry a later reply.
+          f.release?.(b);
         }
       } finally {
         await Promise.allSettled(q);
