@@ -211,13 +211,13 @@ class CpuSession {
       file("stdout", () => ({
         read: async (_off, count, ctx) => {
           await this.#running;
-          return await this.#stdout!.read(count, ctx.signal);
+          return await this.#stdout!.read(count, ctx.signal, allocOf(ctx));
         },
       }), { perm: 0o400, uid: this.owner }),
       file("stderr", () => ({
         read: async (_off, count, ctx) => {
           await this.#running;
-          return await this.#stderr!.read(count, ctx.signal);
+          return await this.#stderr!.read(count, ctx.signal, allocOf(ctx));
         },
       }), { perm: 0o400, uid: this.owner }),
       file("wait", () => {
@@ -233,7 +233,7 @@ class CpuSession {
       file("ns", () => ({
         read: async (_off, count, ctx) => {
           await this.#running;
-          return await this.#nsIn!.read(count, ctx.signal);
+          return await this.#nsIn!.read(count, ctx.signal, allocOf(ctx));
         },
         write: async (_off, data) => {
           await this.#running;
@@ -414,6 +414,14 @@ class CpuSession {
     }
     this.#end();
   }
+}
+
+/**
+ * The reply buffer the Styx server offers a read, where it offers one (the
+ * data then goes out with no further copy), else none.
+ */
+function allocOf(ctx: Ctx): ((n: number) => Uint8Array) | undefined {
+  return (ctx as Ctx & { alloc?: (n: number) => Uint8Array }).alloc;
 }
 
 function size(r: string, c: string): { rows: number; cols: number } {

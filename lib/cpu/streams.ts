@@ -8,7 +8,6 @@
  */
 
 import { withSignal } from "../fs/synthetic.ts";
-import { allocReadAhead } from "../styx/frame.ts";
 
 /** How far a producer may run ahead of its reader. */
 export const AHEAD_BYTES = 4 << 20;
@@ -70,17 +69,21 @@ export class ByteQueue {
 
   /**
    * Up to `count` bytes, waiting until some are ready; an empty array once
-   * the source has ended and everything was read.
+   * the source has ended and everything was read. `alloc` gives the buffer
+   * the bytes are copied into (the Styx server's, with room for the reply's
+   * header in front, where it offers one).
    */
-  async read(count: number, signal?: AbortSignal): Promise<Uint8Array> {
+  async read(
+    count: number,
+    signal?: AbortSignal,
+    alloc: (n: number) => Uint8Array = (n) => new Uint8Array(n),
+  ): Promise<Uint8Array> {
     while (this.#bytes === 0 && !this.#ended) {
       await withSignal(new Promise<void>((r) => this.#wakeReaders.push(r)), signal);
     }
     if (this.#bytes === 0 || count <= 0) return new Uint8Array(0);
-    // Into a buffer with room for the Rread header in front, which the
-    // server fills in and sends as one write, then reuses.
     const n = Math.min(count, this.#bytes);
-    const out = allocReadAhead(n);
+    const out = alloc(n);
     let at = 0;
     while (at < n) {
       const c = this.#chunks[0]!;
