@@ -87,6 +87,21 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
       open("ns", ORDWR),
     ]);
     const ctl = async (line: string) => void await clone.write(0n, enc.encode(line));
+    // A refusal (an account the node lacks, say) comes here, with no reads
+    // yet waiting on the session.
+    if (opts.pty) await ctl(`pty ${opts.pty.rows} ${opts.pty.cols}`);
+    const cmd = opts.command;
+    await ctl(
+      cmd === null
+        ? "shell"
+        : typeof cmd === "string"
+        ? `shell ${quote(cmd)}`
+        : `exec ${cmd.map(quote).join(" ")}`,
+    );
+    // Reads still waiting when the session ends are flushed.
+    const stop = new AbortController();
+    hangups.push(() => stop.abort());
+    const signal = stop.signal;
 
     // The caller's namespace, served over the session's ns file.
     const [near, far] = memPipe();
@@ -108,22 +123,13 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
     const fromNode = (async () => {
       let off = 0n;
       for (;;) {
-        const b = await nsFile.read(off, nsUnit);
+        const b = await nsFile.read(off, nsUnit, { signal });
         if (b.length === 0) break;
         off += BigInt(b.length);
         await far.write(b.slice());
       }
     })().catch(() => {}).finally(() => far.close());
 
-    if (opts.pty) await ctl(`pty ${opts.pty.rows} ${opts.pty.cols}`);
-    const cmd = opts.command;
-    await ctl(
-      cmd === null
-        ? "shell"
-        : typeof cmd === "string"
-        ? `shell ${quote(cmd)}`
-        : `exec ${cmd.map(quote).join(" ")}`,
-    );
     opts.onStart?.({
       interrupt: () => ctl("intr"),
       winch: (r, c) => ctl(`winch ${r} ${c}`),
@@ -134,7 +140,7 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
     const drain = async (f: OpenFile, out: (b: Uint8Array) => Promise<void>) => {
       const unit = f.iounit || 512 * 1024;
       let n = 0n;
-      const next = () => f.read(n++, unit);
+      const next = () => f.read(n++, unit, { signal });
       const q = [next(), next()];
       try {
         for (;;) {
@@ -173,7 +179,7 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
     } else {
       await stdin.write(0n, new Uint8Array(0)).catch(() => {});
     }
-    const status = Number(dec.decode(await wait.read(0n, 64)).trim());
+    const status = Number(dec.decode(await wait.read(0n, 64, { signal })).trim());
     await outs;
     stopFeed();
     far.close();

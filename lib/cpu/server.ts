@@ -42,6 +42,7 @@ import {
   runCtl,
   sliceAt,
   SynthTree,
+  withSignal,
 } from "../fs/synthetic.ts";
 import { StyxError } from "../styx/types.ts";
 import type { Manifest } from "../manifest/schema.ts";
@@ -50,6 +51,8 @@ import { ferryArgv } from "../self.ts";
 import { ByteQueue } from "./streams.ts";
 import { TcpConn } from "../transport/tcp.ts";
 import type { Conn } from "../transport/conn.ts";
+
+const HUNG_UP = "the session is hung up";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -140,8 +143,9 @@ class CpuSession {
   #ns: Promise<Conn> | undefined;
   #nsIn: ByteQueue | undefined;
   #hungUp = false;
-  #started: (() => void) | undefined;
-  readonly #running = new Promise<void>((r) => (this.#started = r));
+  #started: ((running: boolean) => void) | undefined;
+  /** True once the command runs; false if the session was hung up before it ran. */
+  readonly #running = new Promise<boolean>((r) => (this.#started = r));
 
   constructor(readonly id: number, readonly caller: Caller, readonly opts: CpuServiceOptions) {
     this.owner = caller.user;
@@ -194,8 +198,8 @@ class CpuSession {
         },
       }), { perm: 0o200, uid: this.owner }),
       file("stdin", () => ({
-        write: async (_off, data) => {
-          await this.#running;
+        write: async (_off, data, ctx) => {
+          if (!await withSignal(this.#running, ctx.signal)) throw new StyxError(HUNG_UP);
           if (data.length === 0) {
             await this.#stdin?.close().catch(() => {});
             return 0;
@@ -210,13 +214,13 @@ class CpuSession {
       }), { perm: 0o200, uid: this.owner }),
       file("stdout", () => ({
         read: async (_off, count, ctx) => {
-          await this.#running;
+          if (!await withSignal(this.#running, ctx.signal)) return new Uint8Array(0);
           return await this.#stdout!.read(count, ctx.signal, allocOf(ctx));
         },
       }), { perm: 0o400, uid: this.owner }),
       file("stderr", () => ({
         read: async (_off, count, ctx) => {
-          await this.#running;
+          if (!await withSignal(this.#running, ctx.signal)) return new Uint8Array(0);
           return await this.#stderr!.read(count, ctx.signal, allocOf(ctx));
         },
       }), { perm: 0o400, uid: this.owner }),
@@ -232,11 +236,11 @@ class CpuSession {
       }, { perm: 0o400, uid: this.owner }),
       file("ns", () => ({
         read: async (_off, count, ctx) => {
-          await this.#running;
+          if (!await withSignal(this.#running, ctx.signal)) return new Uint8Array(0);
           return await this.#nsIn!.read(count, ctx.signal, allocOf(ctx));
         },
-        write: async (_off, data) => {
-          await this.#running;
+        write: async (_off, data, ctx) => {
+          if (!await withSignal(this.#running, ctx.signal)) throw new StyxError(HUNG_UP);
           const conn = await this.#ns!;
           await conn.write(data);
           return data.length;
@@ -268,6 +272,7 @@ class CpuSession {
       account.shell,
       "-l",
     ];
+    if (this.#hungUp) throw new StyxError(HUNG_UP);
     this.#dir = await Deno.makeTempDir({ prefix: "ferry-cpu-" });
     const sock = `${this.#dir}/ns`;
     this.#listener = Deno.listen({ transport: "unix", path: sock });
@@ -339,7 +344,7 @@ class CpuSession {
       await this.#cleanup();
     }, () => {});
     this.opts.log?.(`cpu: '${user}' runs '${args.join(" ")}' as '${account.name}'`);
-    this.#started!();
+    this.#started!(true);
   }
 
   async #winch(sz: { rows: number; cols: number }): Promise<void> {
@@ -409,6 +414,7 @@ class CpuSession {
       clearTimeout(timer);
       await this.#stdin?.close().catch(() => {});
     } else {
+      this.#started!(false);
       this.#closeListener();
       await this.#cleanup();
     }

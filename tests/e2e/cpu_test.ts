@@ -96,19 +96,27 @@ Deno.test({
       const node = await c.ca.issue("cpu", { kind: "node", sans: [ip] });
       await writeCredentials(c.certs("cpu"), "cpu", node.certPem, node.keyPem);
       await Deno.writeTextFile(`${c.certs("cpu")}/ca.pem`, c.ca.certPem);
-      for (const u of ["ferrya", "ferryb"]) await c.issue(u, "user");
+      for (const u of ["ferrya", "ferryb", "rooty", "ghost"]) await c.issue(u, "user");
       const file = await c.write(`
 [nodes.cpu]
 address = "tcp!${ip}!${port}"
 
 [nodes.cpu.exports.cpu]
 kind = "cpu"
-access = ["ferrya"]
+access = ["ferrya", "rooty", "ghost"]
 
 [users.ferrya]
 namespace = ""
 
 [users.ferryb]
+namespace = ""
+
+[users.rooty]
+account = "root"
+namespace = ""
+
+[users.ghost]
+account = "ferry-no-such-account"
 namespace = ""
 `);
       // The sources live only in the caller's namespace root.
@@ -290,6 +298,17 @@ namespace = ""
       assert.match(refused.err, /permission denied/);
       await assert.rejects(Deno.stat(marker));
       assert.match(up.err, /refused 'ferryb' attaching 'cpu'/);
+      // On the list, but mapped to root, or to an account the node lacks: refused at exec.
+      const rooty = await cpu("rooty", ["-c", `touch ${marker}`]);
+      assert.equal(rooty.code, 1);
+      assert.match(
+        rooty.err,
+        /host account 'root', which is root: cpu never runs a command as root/,
+      );
+      const ghost = await cpu("ghost", ["-c", `touch ${marker}`]);
+      assert.equal(ghost.code, 1);
+      assert.match(ghost.err, /'ferry-no-such-account', which does not exist on node 'cpu'/);
+      await assert.rejects(Deno.stat(marker));
 
       // Nothing of the sessions is left on the node.
       assert.deepEqual(staging(), before);
