@@ -13,6 +13,9 @@ import { lookupAccount } from "../../lib/logon/account.ts";
 import { loadText } from "../../lib/manifest/load.ts";
 import { checkManifest } from "../../lib/manifest/check.ts";
 import { formatProblem, ManifestError } from "../../lib/manifest/schema.ts";
+import { CpuService } from "../../lib/cpu/server.ts";
+import { walkOpen } from "../../lib/fs/tree.ts";
+import { ORDWR } from "../../lib/styx/types.ts";
 import { freePort, makeCluster } from "../manifest/cluster.ts";
 import { ferryIn, have, hostsSkipReason, makeHosts, type Proc, run } from "./hosts.ts";
 
@@ -74,6 +77,44 @@ ${ns}
     () => loadText(text('path = "/srv"'), "m.toml"),
     (err: unknown) => err instanceof ManifestError && /path/.test(err.message),
   );
+});
+
+Deno.test("cpu sessions are their owner's alone, and go when their clone file closes", async () => {
+  const m = loadText('[users.alice]\nnamespace = ""\n[users.bob]\nnamespace = ""\n', "m.toml");
+  const cpu = new CpuService({ node: "n", manifest: () => m });
+  const tree = cpu.tree();
+  const alice = await tree.attach({ user: "alice", authenticated: true }, "");
+  const bob = await tree.attach({ user: "bob", authenticated: true }, "");
+  const names = async (n: typeof alice) => {
+    const d = await n.open(0);
+    try {
+      return (await d.readDir!()).map((e) => e.name).sort();
+    } finally {
+      await d.close();
+    }
+  };
+  try {
+    const clone = await walkOpen(alice, ["clone"], ORDWR);
+    const id = dec.decode(await clone.read(0n, 64)).trim();
+    assert.match(id, /^\d+$/);
+    assert.deepEqual(await names(alice), ["clone", id].sort());
+    assert.deepEqual(await names(bob), ["clone"]);
+    await assert.rejects(bob.walk([id]), /file does not exist/);
+    // Nothing runs until 'exec'; the session's output is empty once it is hung up.
+    const w = await alice.walk([id, "stdout"]);
+    assert.ok(w.node);
+    const out = await w.node.open(0);
+    const pending = out.read(0n, 100);
+    await clone.close();
+    assert.equal((await pending).length, 0);
+    await out.close();
+    await w.node.close();
+    assert.deepEqual(await names(alice), ["clone"]);
+  } finally {
+    await alice.close();
+    await bob.close();
+    await cpu.close();
+  }
 });
 
 const why = skipReason();
