@@ -154,8 +154,10 @@ export async function run(args: string[]): Promise<number> {
       Deno.addSignalListener("SIGWINCH", onWinch);
       Deno.stdin.setRaw(true);
     }
-    const out = Deno.stdout.writable.getWriter();
-    const err = Deno.stderr.writable.getWriter();
+    // Straight to the file descriptors: no stream machinery per chunk.
+    const writeAll = (f: typeof Deno.stdout) => async (b: Uint8Array) => {
+      for (let at = 0; at < b.length;) at += await f.write(b.subarray(at));
+    };
     try {
       const size = pty ? Deno.consoleSize() : undefined;
       return await runCpu({
@@ -167,8 +169,8 @@ export async function run(args: string[]): Promise<number> {
         pty: size ? { rows: size.rows, cols: size.columns } : undefined,
         io: {
           stdin: Deno.stdin.readable,
-          stdout: (b) => out.write(b),
-          stderr: (b) => err.write(b),
+          stdout: writeAll(Deno.stdout),
+          stderr: writeAll(Deno.stderr),
         },
         onStart: (c) => (control = c),
       });
@@ -178,8 +180,6 @@ export async function run(args: string[]): Promise<number> {
         Deno.removeSignalListener("SIGWINCH", onWinch);
         Deno.stdin.setRaw(false);
       }
-      out.releaseLock();
-      err.releaseLock();
     }
   } catch (e) {
     return fail("ferry cpu", e);
