@@ -332,6 +332,42 @@ namespace = ""
       await term.stderr.cancel();
       assert.equal(ts.code, 3, screen);
 
+      // The caller killed outright: the link drops, and the command goes.
+      const doomed = new Deno.Command("ip", {
+        args: [
+          "netns",
+          "exec",
+          hosts.ns("term"),
+          exe!,
+          ...pre,
+          ...cpuArgs("ferrya"),
+          "--",
+          "sh",
+          "-c",
+          "echo ready; exec sleep 7777",
+        ],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "null",
+      }).spawn();
+      const said = doomed.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      for (let got = ""; !got.includes("ready");) {
+        const { value, done } = await said.read();
+        assert.ok(!done, "the command never started");
+        got += value;
+      }
+      const sleeping = async () =>
+        (await new Deno.Command("pgrep", { args: ["-u", "ferrya", "-f", "sleep 7777"] }).output())
+          .success;
+      assert.ok(await sleeping());
+      doomed.kill("SIGKILL");
+      await doomed.status;
+      await said.cancel();
+      for (let i = 0; await sleeping(); i++) {
+        assert.ok(i < 300, "the command outlived its caller");
+        await new Promise((r) => setTimeout(r, 100));
+      }
+
       // A user outside the access list is refused before anything runs.
       const marker = `${c.dir}/ran`;
       const refused = await cpu("ferryb", ["-c", `touch ${marker}`]);
