@@ -166,7 +166,7 @@ export async function run(args: string[]): Promise<number> {
         caller: { user, groups: groupsOf(m, user), authenticated: true },
         namespace: composed.ns,
         command,
-        pty: size ? { rows: size.rows, cols: size.columns } : undefined,
+        pty: size ? { rows: size.rows, cols: size.columns, term: Deno.env.get("TERM") } : undefined,
         io: {
           stdin: Deno.stdin.readable,
           stdout: writeAll(Deno.stdout),

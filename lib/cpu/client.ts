@@ -42,8 +42,8 @@ export interface CpuOptions {
   command: string[] | string | null;
   /** Where standard input, output and error come from and go. */
   io: CpuIo;
-  /** Run on a pseudo-terminal of this size. */
-  pty?: { rows: number; cols: number };
+  /** Run on a pseudo-terminal of this size (and terminal type). */
+  pty?: { rows: number; cols: number; term?: string };
   /** Told once the command runs, with the means to interrupt and resize it. */
   onStart?: (ctl: CpuControl) => void;
 }
@@ -89,7 +89,10 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
     const ctl = async (line: string) => void await clone.write(0n, enc.encode(line));
     // A refusal (an account the node lacks, say) comes here, with no reads
     // yet waiting on the session.
-    if (opts.pty) await ctl(`pty ${opts.pty.rows} ${opts.pty.cols}`);
+    if (opts.pty) {
+      const term = opts.pty.term ? ` ${quote(opts.pty.term)}` : "";
+      await ctl(`pty ${opts.pty.rows} ${opts.pty.cols}${term}`);
+    }
     const cmd = opts.command;
     await ctl(
       cmd === null

@@ -8,7 +8,7 @@
  *              are ctl messages; closing it ends the session (hangs up)
  * N/ctl        exec ARG…   run ARGs (a zero-length list is refused)
  *              shell [COMMAND] the account's login shell, with -c COMMAND
- *              pty ROWS COLS   before exec: run on a pseudo-terminal
+ *              pty ROWS COLS [TERM]  before exec: run on a pseudo-terminal
  *              winch ROWS COLS the terminal's new window size
  *              intr            ^C: SIGINT to the command's process group
  *                              (on a pty: the terminal's interrupt character)
@@ -138,6 +138,7 @@ class CpuSession {
   #stderr: ByteQueue | undefined;
   #status: Promise<number> | undefined;
   #pty: { rows: number; cols: number } | undefined;
+  #term: string | undefined;
   #dir: string | undefined;
   #listener: Deno.Listener | undefined;
   #ns: Promise<Conn> | undefined;
@@ -170,10 +171,15 @@ class CpuSession {
     {
       name: "pty",
       min: 2,
-      usage: "ROWS COLS",
-      run: ([r, c]) => {
+      max: 3,
+      usage: "ROWS COLS [TERM]",
+      run: ([r, c, term]) => {
         if (this.#child) throw new StyxError("the command is already running");
+        if (term !== undefined && !/^[A-Za-z0-9._+-]{1,64}$/.test(term)) {
+          throw new StyxError(`bad terminal type '${term}'`);
+        }
         this.#pty = size(r!, c!);
+        this.#term = term;
       },
     },
     {
@@ -311,6 +317,8 @@ class CpuSession {
     try {
       this.#child = new Deno.Command(argv[0]!, {
         args: argv.slice(1),
+        env: this.#env(),
+        clearEnv: true,
         stdin: "piped",
         stdout: "piped",
         stderr: "piped",
@@ -345,6 +353,22 @@ class CpuSession {
     }, () => {});
     this.opts.log?.(`cpu: '${user}' runs '${args.join(" ")}' as '${account.name}'`);
     this.#started!(true);
+  }
+
+  /**
+   * The helper's environment, which the command inherits: only what Ferry
+   * itself needs to start and the caller's terminal type, none of the
+   * node's own settings.
+   */
+  #env(): Record<string, string> {
+    const env: Record<string, string> = {};
+    for (const k of ["PATH", "HOME", "DENO_DIR", "LANG", "LC_ALL", "TZ"]) {
+      const v = Deno.env.get(k);
+      if (v !== undefined) env[k] = v;
+    }
+    env.PATH ??= "/usr/local/bin:/usr/bin:/bin";
+    env.TERM = this.#pty ? this.#term ?? "xterm" : "dumb";
+    return env;
   }
 
   async #winch(sz: { rows: number; cols: number }): Promise<void> {

@@ -181,7 +181,7 @@ namespace = ""
         c.certs("cpu"),
         "--poll",
         "0",
-      ]);
+      ], { env: { FERRY_NODE_ONLY: "the node's own" } });
       await up.waitFor(/node cpu listening/);
 
       const cpuArgs = (user: string) => [
@@ -228,6 +228,11 @@ namespace = ""
       const piped = await cpu("ferrya", ["-c", "tr a-z A-Z; echo oops >&2"], "shout\n");
       assert.equal(piped.code, 0, piped.err);
       assert.equal(piped.out, "SHOUT\n");
+      // The command's environment is its own, not the node's.
+      const env = await cpu("ferrya", ["--", "env"]);
+      assert.equal(env.code, 0, env.err);
+      assert.match(env.out, /^USER=ferrya$/m);
+      assert.doesNotMatch(env.out, /FERRY_NODE_ONLY/);
       assert.match(piped.err, /oops/);
 
       // A long output arrives whole and in order.
@@ -287,7 +292,7 @@ namespace = ""
           hosts.ns("term"),
           "script",
           "-qfec",
-          `stty rows 30 cols 100; exec ${cmdline}`,
+          `stty rows 30 cols 100; TERM=vt220 exec ${cmdline}`,
           "/dev/null",
         ],
         stdin: "piped",
@@ -304,8 +309,8 @@ namespace = ""
           screen += value;
         }
       };
-      await keys.write(enc.encode("echo tty:$(tty); stty size\n"));
-      await waitFor(/tty:\/dev\/pts\/\d+/);
+      await keys.write(enc.encode("echo tty:$(tty):$TERM; stty size\n"));
+      await waitFor(/tty:\/dev\/pts\/\d+:vt220/);
       await waitFor(/^30 100\r?$/m);
       // The caller's terminal grows: the node's follows.
       let tty = "";
