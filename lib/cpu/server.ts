@@ -233,9 +233,9 @@ class CpuSession {
       file("wait", () => {
         let text: Uint8Array | undefined;
         return {
-          read: async (off, count) => {
+          read: async (off, count, ctx) => {
             need();
-            text ??= enc.encode(`${await this.#status!}\n`);
+            text ??= enc.encode(`${await withSignal(this.#status!, ctx.signal)}\n`);
             return sliceAt(text, off, count);
           },
         };

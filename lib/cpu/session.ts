@@ -38,7 +38,14 @@ export async function runSession(opts: SessionOptions): Promise<number> {
   const account = await lookupAccount(opts.account);
   if (!account) throw new Error(`host account '${opts.account}' does not exist`);
   const raw = await Deno.connect({ transport: "unix", path: opts.socket });
-  const client = await StyxClient.connect(new TcpConn(raw, { authenticated: false }));
+  const conn = new TcpConn(raw, { authenticated: false });
+  const client = await StyxClient.connect(conn);
+  // The node gone, or the session hung up: the command is hung up too
+  // (runInView passes SIGHUP on to it, then takes the mounts down).
+  let done = false;
+  conn.closed.then(() => {
+    if (!done) Deno.kill(Deno.pid, "SIGHUP");
+  });
   try {
     const root = new MemTree();
     await root.mkdirp(CLIENT_MOUNT);
@@ -53,6 +60,7 @@ export async function runSession(opts: SessionOptions): Promise<number> {
       onSkip: (t, why) => console.error(`cpu: '${t}' is not mounted: ${why}`),
     });
   } finally {
+    done = true;
     client.close();
   }
 }
