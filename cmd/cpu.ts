@@ -73,23 +73,30 @@ export async function run(args: string[]): Promise<number> {
     }
     const [file, nodeName] = p.positionals as [string, string];
     const user = v.u;
-    // Loaded here, so that the node's helper (--session) loads none of it.
-    const [{ defaultCertsDir, loadCredentials }, { loadBytes }, { checkManifest }, sign, apply, {
+    // Loaded here, so that the node's helper (--session) loads none of it;
+    // the signature code (the slowest to load) only once the command is
+    // asked for.
+    const [{ defaultCertsDir, loadCredentials }, { loadBytes }, { checkManifest }, apply, {
       groupsOf,
       ManifestError,
     }] = await Promise.all([
       import("../lib/auth/link.ts"),
       import("../lib/manifest/load.ts"),
       import("../lib/manifest/check.ts"),
-      import("../lib/manifest/sign.ts"),
       import("../lib/manifest/apply.ts"),
       import("../lib/manifest/schema.ts"),
     ]);
     const certDir = typeof v.certs === "string" ? v.certs : defaultCertsDir();
     const creds = await loadCredentials(certDir, user);
     const insecure = v["insecure-manifest"] === true;
-    const load = (bytes: Uint8Array) => {
-      const m = loadBytes(bytes, file, insecure ? {} : { readFile: sign.refuseUnsigned });
+    // As sign.ts's refuseUnsigned, without loading the signature code.
+    const refuseUnsigned = (f: string): string => {
+      throw new Error(
+        `'${f}' is not covered by the manifest's signature: write the namespace into the manifest, or use --insecure-manifest`,
+      );
+    };
+    const load = (bytes: Uint8Array, signed: boolean) => {
+      const m = loadBytes(bytes, file, signed ? { readFile: refuseUnsigned } : {});
       const problems = checkManifest(m);
       if (problems.length) throw new ManifestError(problems);
       const node = m.nodes.get(nodeName);
@@ -106,39 +113,48 @@ export async function run(args: string[]): Promise<number> {
       }
       return { m, node, cpu };
     };
-    // The link is dialled while the signature is checked: TLS checks that
-    // the node's certificate names it, whatever address the file gives, and
-    // no session is asked for on the link until the manifest is verified.
+    // The node is dialled, and the command asked for, before the manifest's
+    // signature is checked: TLS checks that the node's certificate names
+    // it whatever address the file gives, the node's own manifest decides
+    // who runs what, and the command cannot start before the caller's
+    // namespace is served, which happens only once the manifest is verified.
     const first = await Deno.readFile(file);
-    const early = load(first);
+    const early = load(first, !insecure);
     const dialer = new apply.NodeDialer(early.m, creds, user);
     close.push(() => dialer.close());
-    const linked = dialer.link(early.node);
-    linked.catch(() => {});
-    let bytes: Uint8Array;
-    if (insecure) {
-      console.error("cpu: warning: --insecure-manifest: the manifest's signature is not checked");
-      bytes = first;
-    } else {
-      const signed = await sign.readSigned(file, creds.ca);
-      await sign.checkSerial(signed, file, certDir);
-      bytes = signed.bytes;
-    }
-    const { m, node, cpu } = load(bytes);
-    if (node.address !== early.node.address || node.via !== early.node.via) {
-      throw new Error(`The manifest '${file}' changed while it was read: run again`);
-    }
-    const link = await linked;
-    const composed = await apply.logon(m, user, {
-      creds,
-      rootDir: typeof v.r === "string" ? v.r : undefined,
-      onEntry: (r) => {
-        if (!r.ok) {
-          console.error(`cpu: ${r.entry.where.file}:${r.entry.where.line}: ${r.line}: ${r.error}`);
+    const link = await dialer.link(early.node);
+    const composeVerified = async () => {
+      let m = early.m;
+      if (insecure) {
+        console.error(
+          "cpu: warning: --insecure-manifest: the manifest's signature is not checked",
+        );
+      } else {
+        const sign = await import("../lib/manifest/sign.ts");
+        const signed = await sign.readSigned(file, creds.ca);
+        await sign.checkSerial(signed, file, certDir);
+        const verified = load(signed.bytes, true);
+        if (!sameBytes(signed.bytes, first)) {
+          throw new Error(`The manifest '${file}' changed while it was read: run again`);
         }
-      },
-    });
-    close = [() => composed.close(), ...close];
+        m = verified.m;
+      }
+      const composed = await apply.logon(m, user, {
+        creds,
+        rootDir: typeof v.r === "string" ? v.r : undefined,
+        onEntry: (r) => {
+          if (!r.ok) {
+            console.error(
+              `cpu: ${r.entry.where.file}:${r.entry.where.line}: ${r.line}: ${r.error}`,
+            );
+          }
+        },
+      });
+      close = [() => composed.close(), ...close];
+      return composed.ns;
+    };
+    const m = early.m;
+    const cpu = early.cpu;
     const command = typeof v.c === "string" ? v.c : words ?? null;
     const tty = Deno.stdin.isTerminal();
     const pty = v.T !== true && tty && (v.t === true || command === null);
@@ -164,7 +180,7 @@ export async function run(args: string[]): Promise<number> {
         link: link.tree,
         export: cpu.name,
         caller: { user, groups: groupsOf(m, user), authenticated: true },
-        namespace: composed.ns,
+        namespace: composeVerified,
         command,
         pty: size ? { rows: size.rows, cols: size.columns, term: Deno.env.get("TERM") } : undefined,
         io: {
@@ -186,4 +202,8 @@ export async function run(args: string[]): Promise<number> {
   } finally {
     for (const c of close) await c().catch(() => {});
   }
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }

@@ -36,8 +36,15 @@ export interface CpuOptions {
   export: string;
   /** The caller (the Ferry user) the session is made as. */
   caller: Caller;
-  /** What to serve back at /n/client: the caller's composed namespace. */
-  namespace: Tree;
+  /**
+   * What to serve back at /n/client: the caller's composed namespace, or a
+   * function making it, called once the command has been asked for (so
+   * the node starts it while the namespace is made). The command cannot
+   * start before the namespace is served, since its /n/client is mounted
+   * first; if making it fails, the session is hung up and runCpu rejects
+   * with that error.
+   */
+  namespace: Tree | (() => Promise<Tree>);
   /** The command and its arguments; a string runs through the account's shell, null a login shell. */
   command: string[] | string | null;
   /** Where standard input, output and error come from and go. */
@@ -108,8 +115,18 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
 
     // The caller's namespace, served over the session's ns file.
     const [near, far] = memPipe();
-    const served = serve(near, opts.namespace, { callerFor: () => opts.caller });
     hangups.push(() => far.close());
+    let failed: { error: unknown } | undefined;
+    const making = typeof opts.namespace === "function"
+      ? opts.namespace()
+      : Promise.resolve(opts.namespace);
+    const served = making.then(
+      (tree) => serve(near, tree, { callerFor: () => opts.caller }),
+      (error) => {
+        failed = { error };
+        stop.abort();
+      },
+    );
     const nsUnit = nsFile.iounit || 64 * 1024;
     const toNode = (async () => {
       let off = 0n;
@@ -159,6 +176,7 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
       }
     };
     const outs = Promise.all([drain(stdout, opts.io.stdout), drain(stderr, opts.io.stderr)]);
+    outs.catch(() => {}); // awaited below, unless the session fails first
     const feed = opts.io.stdin;
     let stopFeed = () => {};
     if (feed) {
@@ -182,7 +200,13 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
     } else {
       await stdin.write(0n, new Uint8Array(0)).catch(() => {});
     }
-    const status = Number(dec.decode(await wait.read(0n, 64, { signal })).trim());
+    let status: number;
+    try {
+      status = Number(dec.decode(await wait.read(0n, 64, { signal })).trim());
+    } catch (e) {
+      await served;
+      throw failed ? failed.error : e;
+    }
     await outs;
     stopFeed();
     far.close();

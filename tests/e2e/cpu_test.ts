@@ -392,6 +392,15 @@ namespace = ""
       assert.match(ghost.err, /'ferry-no-such-account', which does not exist on node 'cpu'/);
       await assert.rejects(Deno.stat(marker));
 
+      // A manifest altered after it was signed: refused, and nothing ran.
+      const signedText = await Deno.readTextFile(file);
+      await Deno.writeTextFile(file, signedText + "\n# altered\n");
+      const altered = await cpu("ferrya", ["-c", `touch ${marker}`]);
+      await Deno.writeTextFile(file, signedText);
+      assert.equal(altered.code, 1);
+      assert.match(altered.err, /altered after it was signed/);
+      await assert.rejects(Deno.stat(marker));
+
       // Nothing of the sessions is left on the node.
       assert.deepEqual(staging(), before);
     } finally {
