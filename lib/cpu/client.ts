@@ -68,7 +68,16 @@ export interface CpuControl {
  * has exited and its output is all written.
  */
 export async function runCpu(opts: CpuOptions): Promise<number> {
-  const root = await opts.link.attach(opts.caller, opts.export);
+  let root: Node;
+  try {
+    root = await opts.link.attach(opts.caller, opts.export);
+  } catch (e) {
+    const why = (e as Error).message;
+    const hint = /permission denied/.test(why) ? ": it is not on the export's access list" : "";
+    throw new Error(
+      `the node refused '${opts.caller.user}' its cpu export '${opts.export}': ${why}${hint}`,
+    );
+  }
   const opened: OpenFile[] = [];
   const nodes: Node[] = [root];
   const hangups: (() => void)[] = [];
