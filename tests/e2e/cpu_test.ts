@@ -331,6 +331,12 @@ namespace = ""
           screen += value;
         }
       }
+      // ^C typed on the terminal stops what runs in the foreground there.
+      await keys.write(enc.encode("echo $((6*7))go; sleep 600\n"));
+      await waitFor(/42go/);
+      await keys.write(new Uint8Array([3]));
+      await keys.write(enc.encode("echo back$((1+1))\n"));
+      await waitFor(/back2/);
       await keys.write(enc.encode("exit 3\n"));
       const ts = await term.status;
       await keys.close().catch(() => {});
