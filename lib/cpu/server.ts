@@ -257,6 +257,11 @@ class CpuSession {
 
   async #exec(words: string[], shell = false): Promise<void> {
     if (this.#child || this.#hungUp) throw new StyxError("the command is already running");
+    if (Deno.uid() !== 0) {
+      throw new StyxError(
+        `node '${this.opts.node}' does not run as root, which a cpu export needs (private mount namespaces, the command's account)`,
+      );
+    }
     const m = this.opts.manifest();
     const user = this.owner;
     const spec = m.users.get(user);
