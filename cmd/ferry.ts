@@ -56,6 +56,7 @@ const commands: Record<string, Entry> = {
     summary: "compose a user's namespace from a manifest",
     load: () => import("./logon.ts"),
   },
+  cpu: { summary: "run a command on another node", load: () => import("./cpu.ts") },
   sign: { summary: "sign a manifest with the CA's key", load: () => import("./ca_sign.ts") },
   check: { summary: "validate a cluster manifest", load: () => import("./check.ts") },
   mount: { summary: "FUSE-mount a Styx tree on a host dir", load: () => import("./mount.ts") },

@@ -305,6 +305,14 @@ function checkEntries(
     }
     if (src.kind !== "export") continue;
     const ex = src.export;
+    if (ex.kind === "cpu") {
+      bad(
+        e.where,
+        `'${args[0]}' in '${e.text}' is a cpu export, which runs commands and cannot be mounted: ` +
+          `use 'ferry cpu ${src.node.name}'`,
+      );
+      continue;
+    }
     if (!accessAllows(ex.access, user, groups)) {
       bad(
         e.where,

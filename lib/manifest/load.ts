@@ -356,6 +356,7 @@ class Builder {
       prog: [],
       phone: ["backend", "state"],
       namespace: ["namespace", "namespace_file"],
+      cpu: [],
     };
     this.known(v, key, [...common, ...extra[kind as ExportKind]]);
     const e: ExportSpec = {

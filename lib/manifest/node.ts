@@ -35,6 +35,7 @@ import { ModemManagerBackend } from "../dev/phone/modemmanager.ts";
 import { TermuxBackend } from "../dev/phone/termux.ts";
 import type { PhoneBackend } from "../dev/phone/backend.ts";
 import { FilterTree } from "./filter.ts";
+import { CpuService } from "../cpu/server.ts";
 import { checkManifest } from "./check.ts";
 import { loadBytes } from "./load.ts";
 import {
@@ -250,6 +251,14 @@ export class FerryNode {
           },
         });
         return { spec: e, key, tree: c.ns.subtree("/"), dispose: () => c.close() };
+      }
+      case "cpu": {
+        const cpu = new CpuService({
+          node: this.#opts.node,
+          manifest: () => this.#m,
+          log: this.#log,
+        });
+        return { spec: e, key, tree: cpu.tree(), dispose: () => cpu.close() };
       }
     }
   }

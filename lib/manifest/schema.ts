@@ -65,8 +65,11 @@ export class ManifestError extends Error {
   }
 }
 
-/** Export kinds a node can serve. */
-export const EXPORT_KINDS = ["host", "net", "prog", "phone", "namespace"] as const;
+/**
+ * Export kinds a node can serve. A `cpu` export runs commands for the users
+ * on its access list (`ferry cpu NODE`), each as its host account.
+ */
+export const EXPORT_KINDS = ["host", "net", "prog", "phone", "namespace", "cpu"] as const;
 /** One of {@link EXPORT_KINDS}. */
 export type ExportKind = typeof EXPORT_KINDS[number];
 
@@ -132,7 +135,10 @@ export interface UserSpec {
   groups: string[];
   /** $home in namespace lines; default "/usr/NAME". */
   home: string;
-  /** The host account `ferry logon -- COMMAND` runs COMMAND as; default NAME. */
+  /**
+   * The host account `ferry logon -- COMMAND` runs COMMAND as, and a node's
+   * `cpu` export runs the user's commands as; default NAME.
+   */
   account: string;
   /** The user's namespace, in order. */
   namespace: NsEntry[];

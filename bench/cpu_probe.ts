@@ -1,0 +1,245 @@
+/**
+ * `ferry cpu` speed beside OpenSSH, in the same run, between two hosts in
+ * network namespaces ("term" and "cpu"), with `ferry up` and a throwaway
+ * `sshd` both on the cpu host:
+ *
+ * - time to a first prompt: `ferry cpu -u alice FILE cpu -c true` (a link,
+ *   the caller's namespace composed and served back, a private mount
+ *   namespace on the node with it at /n/client, `true` run as alice)
+ *   against `ssh alice@cpu true`;
+ * - throughput of a 1 GiB stream: `ferry cpu … -c 'cat big'` against
+ *   `ssh alice@cpu cat big`, both counted by `wc -c` on the caller.
+ *
+ * Medians of RUNS runs. Needs root, /dev/fuse, openssh-server; makes host
+ * account alice when missing and removes it after.
+ *
+ * Usage: deno run --allow-all bench/cpu_probe.ts [--runs N] [--mib N] [--hold]
+ * (--hold: set everything up, print the commands, wait for ^C, then measure)
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { writeCredentials } from "../lib/auth/ca.ts";
+import { freePort, makeCluster } from "../tests/manifest/cluster.ts";
+import { makeHosts } from "../tests/e2e/hosts.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    runs: { type: "string", default: "7" },
+    mib: { type: "string", default: "1024" },
+    hold: { type: "boolean", default: false },
+  },
+});
+const RUNS = Number(values.runs);
+const MIB = Number(values.mib);
+const REPO = new URL("..", import.meta.url).pathname;
+const FERRY = `${REPO}cmd/ferry.ts`;
+const dec = new TextDecoder();
+
+async function sh(script: string): Promise<string> {
+  const o = await new Deno.Command("bash", {
+    args: ["-c", script],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!o.success) throw new Error(`'${script}' failed (${o.code}): ${dec.decode(o.stderr)}`);
+  return dec.decode(o.stdout);
+}
+
+async function timed(script: string): Promise<number> {
+  const t0 = performance.now();
+  await sh(script);
+  return (performance.now() - t0) / 1000;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+const missing = ["sshd", "ssh", "unshare", "setpriv", "setsid", "ip"].filter((c) =>
+  !new Deno.Command("sh", { args: ["-c", `command -v ${c}`], stdout: "null" }).outputSync().success
+);
+if (Deno.uid() !== 0 || missing.length > 0) {
+  console.log(
+    `skipped: ${
+      Deno.uid() !== 0 ? "needs root" : `missing ${missing.join(", ")}`
+    } (apt-get install -y openssh-server)`,
+  );
+  Deno.exit(0);
+}
+
+const c = await makeCluster();
+const work = c.dir;
+const hosts = await makeHosts(["term", "cpu"], "bc");
+const inTerm = `ip netns exec ${hosts.ns("term")}`;
+const ip = hosts.ip.cpu!;
+const cleanups: (() => Promise<unknown>)[] = [];
+try {
+  if (
+    !(await new Deno.Command("id", { args: ["alice"], stdout: "null", stderr: "null" }).output())
+      .success
+  ) {
+    await sh("useradd -m -s /bin/sh -p '*' alice");
+    cleanups.push(() => sh("userdel -r alice").catch(() => {}));
+  }
+  await Deno.chmod(work, 0o755);
+  const big = `${work}/big`;
+  await sh(`head -c ${MIB}M /dev/urandom > ${big} && chmod 644 ${big}`);
+
+  const port = freePort();
+  const node = await c.ca.issue("cpu", { kind: "node", sans: [ip] });
+  await writeCredentials(c.certs("cpu"), "cpu", node.certPem, node.keyPem);
+  await Deno.writeTextFile(`${c.certs("cpu")}/ca.pem`, c.ca.certPem);
+  await c.issue("alice", "user");
+  const file = await c.write(`
+[nodes.cpu]
+address = "tcp!${ip}!${port}"
+[nodes.cpu.exports.cpu]
+kind = "cpu"
+access = ["alice"]
+[users.alice]
+namespace = ""
+`);
+  const up = new Deno.Command("ip", {
+    args: [
+      "netns",
+      "exec",
+      hosts.ns("cpu"),
+      Deno.execPath(),
+      "run",
+      "--allow-all",
+      FERRY,
+      "up",
+      file,
+      "--node",
+      "cpu",
+      "--certs",
+      c.certs("cpu"),
+      "--poll",
+      "0",
+    ],
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  cleanups.push(async () => {
+    up.kill("SIGTERM");
+    await up.status;
+  });
+  const r = up.stdout.getReader();
+  for (let buf = ""; !/listening/.test(buf);) {
+    const { value, done } = await r.read();
+    if (done) throw new Error("ferry up ended");
+    buf += dec.decode(value);
+  }
+  r.releaseLock();
+  up.stdout.cancel().catch(() => {});
+
+  // A throwaway sshd on the same host.
+  const sshPort = 2222;
+  const ssh = `${work}/ssh`;
+  await Deno.mkdir(`${ssh}/keys`, { recursive: true, mode: 0o755 });
+  await sh(
+    `ssh-keygen -q -t ed25519 -N '' -f ${ssh}/host_key && ssh-keygen -q -t ed25519 -N '' -f ${ssh}/user_key && ` +
+      `cp ${ssh}/user_key.pub ${ssh}/keys/alice && chmod 644 ${ssh}/keys/*`,
+  );
+  await Deno.mkdir("/run/sshd", { recursive: true });
+  await Deno.writeTextFile(
+    `${ssh}/sshd_config`,
+    [
+      `Port ${sshPort}`,
+      `ListenAddress ${ip}`,
+      `HostKey ${ssh}/host_key`,
+      "PidFile none",
+      "UsePAM no",
+      "StrictModes no",
+      "PasswordAuthentication no",
+      `AuthorizedKeysFile ${ssh}/keys/%u`,
+      "",
+    ].join("\n"),
+  );
+  const d = new Deno.Command("ip", {
+    args: [
+      "netns",
+      "exec",
+      hosts.ns("cpu"),
+      "/usr/sbin/sshd",
+      "-D",
+      "-e",
+      "-f",
+      `${ssh}/sshd_config`,
+    ],
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  cleanups.push(async () => {
+    d.kill("SIGTERM");
+    await d.status;
+  });
+  const er = d.stderr.getReader();
+  for (let buf = ""; !/Server listening/.test(buf);) {
+    const { value, done } = await er.read();
+    if (done) throw new Error(`sshd ended: ${buf}`);
+    buf += dec.decode(value);
+  }
+  er.releaseLock();
+  d.stderr.cancel().catch(() => {});
+
+  const sshCmd = `${inTerm} ssh -i ${ssh}/user_key -o BatchMode=yes -o StrictHostKeyChecking=no ` +
+    `-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -p ${sshPort} alice@${ip}`;
+  const cpuCmd = `${inTerm} ${Deno.execPath()} run --allow-all ${FERRY} cpu -u alice ` +
+    `--certs ${c.certs("alice")} ${file} cpu`;
+  // Both work before anything is timed.
+  await sh(`${sshCmd} true`);
+  await sh(`${cpuCmd} -c true`);
+
+  if (values.hold) {
+    // For poking at by hand: print the two commands and wait for ^C.
+    console.log(`${cpuCmd} -c true\n${sshCmd} true\nbig: ${big}`);
+    await new Promise<void>((r) => Deno.addSignalListener("SIGINT", r));
+  }
+  const rows: [string, number, number, string][] = [];
+  const f: number[] = [];
+  const s: number[] = [];
+  for (let i = 0; i < RUNS; i++) {
+    f.push(await timed(`${cpuCmd} -c true`));
+    s.push(await timed(`${sshCmd} true`));
+  }
+  rows.push(["first prompt: ferry cpu -c true vs ssh true (s)", median(f), median(s), "ferry/ssh"]);
+
+  const ft: number[] = [];
+  const st: number[] = [];
+  // Each stream is counted, so a transfer cut short cannot pass for a fast one.
+  const stream = async (cmd: string) => {
+    const t0 = performance.now();
+    const n = Number((await sh(`${cmd} | wc -c`)).trim());
+    const secs = (performance.now() - t0) / 1000;
+    if (n !== MIB * 1024 * 1024) throw new Error(`'${cmd}' gave ${n} bytes, not ${MIB} MiB`);
+    return MIB / 1024 / secs;
+  };
+  for (let i = 0; i < Math.min(RUNS, 3); i++) {
+    ft.push(await stream(`${cpuCmd} -c 'cat ${big}'`));
+    st.push(await stream(`${sshCmd} cat ${big}`));
+  }
+  rows.push([
+    `${MIB} MiB stream: ferry cpu -c 'cat big' vs ssh cat big (GiB/s)`,
+    median(ft),
+    median(st),
+    "ferry/ssh",
+  ]);
+
+  console.log(`medians of ${RUNS} runs (first prompt) and ${Math.min(RUNS, 3)} runs (stream)`);
+  console.log("| what | ferry | openssh | ratio |");
+  console.log("|---|---|---|---|");
+  for (const [what, fv, ov, label] of rows) {
+    console.log(
+      `| ${what} | ${fv.toFixed(3)} | ${ov.toFixed(3)} | ${label} ${(fv / ov).toFixed(2)}x |`,
+    );
+  }
+} finally {
+  for (const f of cleanups.reverse()) await f().catch(() => {});
+  await hosts.cleanup();
+  await c.cleanup();
+}

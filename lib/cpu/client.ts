@@ -1,0 +1,231 @@
+/**
+ * The caller's side of `ferry cpu NODE`: over the one Styx link to NODE's
+ * cpu export, make a session, serve the caller's composed namespace back
+ * through the session's `ns` file, run the command, and carry standard
+ * input, output and error, ^C and the window size until it exits. See
+ * server.ts for the files.
+ *
+ * @module
+ */
+
+import type { Caller, Node, OpenFile, Tree } from "../fs/tree.ts";
+import { walkOpen } from "../fs/tree.ts";
+import { quote } from "../fs/synthetic.ts";
+import { ORDWR, OREAD, OWRITE } from "../styx/types.ts";
+import { serve } from "../styx/server.ts";
+import { memPipe } from "../transport/pipe.ts";
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** Where a {@link runCpu} session's bytes come from and go. */
+export interface CpuIo {
+  /** Standard input (null: none, the command reads end of file). */
+  stdin: ReadableStream<Uint8Array> | null;
+  /** Write standard output bytes; resolves when taken. */
+  stdout(b: Uint8Array): Promise<void>;
+  /** Write standard error bytes. */
+  stderr(b: Uint8Array): Promise<void>;
+}
+
+/** Options of {@link runCpu}. */
+export interface CpuOptions {
+  /** The node's link (a tree whose attach names the export). */
+  link: Tree;
+  /** The name of the node's cpu export. */
+  export: string;
+  /** The caller (the Ferry user) the session is made as. */
+  caller: Caller;
+  /**
+   * What to serve back at /n/client: the caller's composed namespace, or a
+   * function making it, called once the command has been asked for (so
+   * the node starts it while the namespace is made). The command cannot
+   * start before the namespace is served, since its /n/client is mounted
+   * first; if making it fails, the session is hung up and runCpu rejects
+   * with that error.
+   */
+  namespace: Tree | (() => Promise<Tree>);
+  /** The command and its arguments; a string runs through the account's shell, null a login shell. */
+  command: string[] | string | null;
+  /** Where standard input, output and error come from and go. */
+  io: CpuIo;
+  /** Run on a pseudo-terminal of this size (and terminal type). */
+  pty?: { rows: number; cols: number; term?: string };
+  /** Told once the command runs, with the means to interrupt and resize it. */
+  onStart?: (ctl: CpuControl) => void;
+}
+
+/** What a running session can be told. */
+export interface CpuControl {
+  /** ^C: interrupt the command's process group. */
+  interrupt(): Promise<void>;
+  /** The terminal's new size. */
+  winch(rows: number, cols: number): Promise<void>;
+}
+
+/**
+ * Run `opts.command` on the node; resolves with its exit status once it
+ * has exited and its output is all written.
+ */
+export async function runCpu(opts: CpuOptions): Promise<number> {
+  let root: Node;
+  try {
+    root = await opts.link.attach(opts.caller, opts.export);
+  } catch (e) {
+    const why = (e as Error).message;
+    const hint = /permission denied/.test(why) ? ": it is not on the export's access list" : "";
+    throw new Error(
+      `the node refused '${opts.caller.user}' its cpu export '${opts.export}': ${why}${hint}`,
+    );
+  }
+  const opened: OpenFile[] = [];
+  const nodes: Node[] = [root];
+  const hangups: (() => void)[] = [];
+  try {
+    const clone = await walkOpen(root, ["clone"], ORDWR);
+    opened.push(clone);
+    const id = dec.decode(await clone.read(0n, 64)).trim();
+    if (!/^\d+$/.test(id)) throw new Error(`the node answered '${id}' for a session number`);
+    const w = await root.walk([id]);
+    if (!w.node) throw new Error(`session '${id}' vanished on the node`);
+    const sdir = w.node;
+    nodes.push(sdir);
+    const open = async (name: string, mode: number) => {
+      const f = await walkOpen(sdir, [name], mode);
+      opened.push(f);
+      return f;
+    };
+    const [stdin, stdout, stderr, wait, nsFile] = await Promise.all([
+      open("stdin", OWRITE),
+      open("stdout", OREAD),
+      open("stderr", OREAD),
+      open("wait", OREAD),
+      open("ns", ORDWR),
+    ]);
+    const ctl = async (line: string) => void await clone.write(0n, enc.encode(line));
+    // A refusal (an account the node lacks, say) comes here, with no reads
+    // yet waiting on the session.
+    if (opts.pty) {
+      const term = opts.pty.term ? ` ${quote(opts.pty.term)}` : "";
+      await ctl(`pty ${opts.pty.rows} ${opts.pty.cols}${term}`);
+    }
+    const cmd = opts.command;
+    await ctl(
+      cmd === null
+        ? "shell"
+        : typeof cmd === "string"
+        ? `shell ${quote(cmd)}`
+        : `exec ${cmd.map(quote).join(" ")}`,
+    );
+    // Reads still waiting when the session ends are flushed.
+    const stop = new AbortController();
+    hangups.push(() => stop.abort());
+    const signal = stop.signal;
+
+    // The caller's namespace, served over the session's ns file.
+    const [near, far] = memPipe();
+    hangups.push(() => far.close());
+    let failed: { error: unknown } | undefined;
+    const making = typeof opts.namespace === "function"
+      ? opts.namespace()
+      : Promise.resolve(opts.namespace);
+    const served = making.then(
+      (tree) => serve(near, tree, { callerFor: () => opts.caller }),
+      (error) => {
+        failed = { error };
+        stop.abort();
+      },
+    );
+    const nsUnit = nsFile.iounit || 64 * 1024;
+    const toNode = (async () => {
+      let off = 0n;
+      for (;;) {
+        const b = await far.read();
+        if (b === null) break;
+        for (let i = 0; i < b.length; i += nsUnit) {
+          const part = b.subarray(i, i + nsUnit);
+          await nsFile.write(off, part);
+          off += BigInt(part.length);
+        }
+      }
+    })().catch(() => {});
+    const fromNode = (async () => {
+      let off = 0n;
+      for (;;) {
+        const b = await nsFile.read(off, nsUnit, { signal });
+        if (b.length === 0) break;
+        off += BigInt(b.length);
+        await far.write(b.slice());
+      }
+    })().catch(() => {}).finally(() => far.close());
+
+    opts.onStart?.({
+      interrupt: () => ctl("intr"),
+      winch: (r, c) => ctl(`winch ${r} ${c}`),
+    });
+
+    // Two reads in flight, so the node has one to answer while the last
+    // reply is on its way; the node answers reads in the order they came.
+    const drain = async (f: OpenFile, out: (b: Uint8Array) => Promise<void>) => {
+      const unit = f.iounit || 512 * 1024;
+      let n = 0n;
+      const next = () => f.read(n++, unit, { signal });
+      const q = [next(), next()];
+      try {
+        for (;;) {
+          const b = await q.shift()!;
+          if (b.length === 0) break;
+          q.push(next());
+          await out(b);
+          // The reply's buffer can carry a later reply.
+          f.release?.(b);
+        }
+      } finally {
+        await Promise.allSettled(q);
+      }
+    };
+    const outs = Promise.all([drain(stdout, opts.io.stdout), drain(stderr, opts.io.stderr)]);
+    outs.catch(() => {}); // awaited below, unless the session fails first
+    const feed = opts.io.stdin;
+    let stopFeed = () => {};
+    if (feed) {
+      const r = feed.getReader();
+      stopFeed = () => void r.cancel().catch(() => {});
+      hangups.push(stopFeed);
+      (async () => {
+        let off = 0n;
+        const unit = stdin.iounit || 64 * 1024;
+        for (;;) {
+          const { value, done } = await r.read();
+          if (done) break;
+          for (let i = 0; i < value.length; i += unit) {
+            const part = value.subarray(i, i + unit);
+            await stdin.write(off, part);
+            off += BigInt(part.length);
+          }
+        }
+        await stdin.write(off, new Uint8Array(0));
+      })().catch(() => {});
+    } else {
+      await stdin.write(0n, new Uint8Array(0)).catch(() => {});
+    }
+    let status: number;
+    try {
+      status = Number(dec.decode(await wait.read(0n, 64, { signal })).trim());
+    } catch (e) {
+      await served;
+      throw failed ? failed.error : e;
+    }
+    await outs;
+    stopFeed();
+    far.close();
+    await Promise.allSettled([toNode, fromNode]);
+    near.close();
+    await served;
+    return Number.isInteger(status) ? status : 1;
+  } finally {
+    for (const h of hangups) h();
+    await Promise.allSettled(opened.reverse().map((f) => f.close()));
+    await Promise.allSettled(nodes.reverse().map((n) => n.close()));
+  }
+}

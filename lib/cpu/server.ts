@@ -1,0 +1,486 @@
+/**
+ * The node's side of `ferry cpu`: a `cpu` export, served as a Styx tree
+ * like any other export, that runs commands for the users on its access
+ * list, each as the host account the manifest gives the user.
+ *
+ * ```
+ * clone        open it to make a session; read gives its number N; writes
+ *              are ctl messages; closing it ends the session (hangs up)
+ * N/ctl        exec ARG…   run ARGs (a zero-length list is refused)
+ *              shell [COMMAND] the account's login shell, with -c COMMAND
+ *              pty ROWS COLS [TERM]  before exec: run on a pseudo-terminal
+ *              winch ROWS COLS the terminal's new window size
+ *              intr            ^C: SIGINT to the command's process group
+ *                              (on a pty: the terminal's interrupt character)
+ *              kill            SIGKILL to the process group
+ * N/stdin      writes go to the command's standard input; a zero-length
+ *              write closes it
+ * N/stdout     the command's standard output; a zero-length read is the end
+ * N/stderr     its standard error
+ * N/wait       blocks until the command ends, then reads its exit status
+ * N/ns         the caller's namespace, reversed: reads give the Styx
+ *              requests the node makes of the caller's composed namespace,
+ *              and the caller writes the replies back
+ * ```
+ *
+ * A session's files are its owner's alone. The command runs in a helper
+ * process (`ferry cpu --session`, see session.ts) in a private mount
+ * namespace, in a new process group, with the caller's namespace mounted
+ * at /n/client through FUSE, the helper reaching it through a Unix socket
+ * that this process joins to N/ns.
+ *
+ * @module
+ */
+
+import type { Caller, Tree } from "../fs/tree.ts";
+import {
+  type Command,
+  type Ctx,
+  dir,
+  type Entry,
+  file,
+  runCtl,
+  sliceAt,
+  SynthTree,
+  withSignal,
+} from "../fs/synthetic.ts";
+import { StyxError } from "../styx/types.ts";
+import type { Manifest } from "../manifest/schema.ts";
+import { lookupAccount } from "../logon/account.ts";
+import { ferryArgv } from "../self.ts";
+import { ByteQueue } from "./streams.ts";
+import { TcpConn } from "../transport/tcp.ts";
+import type { Conn } from "../transport/conn.ts";
+
+const HUNG_UP = "the session is hung up";
+
+const enc = new TextEncoder();
+const dec = new TextDecoder();
+
+/** Options of {@link CpuService}. */
+export interface CpuServiceOptions {
+  /** The node's name, for messages. */
+  node: string;
+  /** The manifest in force (read at each exec, so a reload counts). */
+  manifest: () => Manifest;
+  /** Where status lines go. */
+  log?: (line: string) => void;
+  /** The command line that starts Ferry (default: this Ferry's). */
+  ferry?: string[];
+}
+
+/** Signal numbers for exit statuses (128+N) of a helper killed by a signal. */
+const SIGNO: Partial<Record<Deno.Signal, number>> = {
+  SIGHUP: 1,
+  SIGINT: 2,
+  SIGQUIT: 3,
+  SIGKILL: 9,
+  SIGPIPE: 13,
+  SIGTERM: 15,
+};
+
+/** Serves `cpu` exports: one per export of kind `cpu` on a node. */
+export class CpuService {
+  readonly #opts: CpuServiceOptions;
+  readonly #sessions = new Map<number, CpuSession>();
+  #next = 1;
+  readonly #tree: SynthTree;
+
+  /** A service running commands as `opts.manifest()` says. */
+  constructor(opts: CpuServiceOptions) {
+    this.#opts = opts;
+    const clone = file("clone", (ctx) => {
+      const id = this.#next++;
+      const s = new CpuSession(id, ctx.caller, this.#opts);
+      this.#sessions.set(id, s);
+      s.ended.then(() => this.#sessions.delete(id));
+      const text = enc.encode(`${id}\n`);
+      return {
+        read: (off, count) => sliceAt(text, off, count),
+        write: async (_off, data, wctx) => {
+          await runCtl(dec.decode(data), s.ctl, wctx);
+          return data.length;
+        },
+        close: () => s.hangup(),
+      };
+    }, { perm: 0o666 });
+    this.#tree = new SynthTree(
+      dir("", (ctx) => [clone, ...this.#mine(ctx)], { perm: 0o555 }),
+      { checkPerm: false },
+    );
+  }
+
+  /** The export's tree. */
+  tree(): Tree {
+    return this.#tree;
+  }
+
+  #mine(ctx: Ctx): Entry[] {
+    return [...this.#sessions.values()].filter((s) => s.owner === ctx.caller.user).map((s) =>
+      s.entry()
+    );
+  }
+
+  /** End every session. */
+  async close(): Promise<void> {
+    await Promise.allSettled([...this.#sessions.values()].map((s) => s.hangup()));
+  }
+}
+
+/** One command run for one caller. */
+class CpuSession {
+  readonly owner: string;
+  readonly ended: Promise<void>;
+  #end!: () => void;
+  #child: Deno.ChildProcess | undefined;
+  #stdin: WritableStreamDefaultWriter<Uint8Array> | undefined;
+  #stdout: ByteQueue | undefined;
+  #stderr: ByteQueue | undefined;
+  #status: Promise<number> | undefined;
+  #pty: { rows: number; cols: number } | undefined;
+  #term: string | undefined;
+  #dir: string | undefined;
+  #listener: Deno.Listener | undefined;
+  #ns: Promise<Conn> | undefined;
+  #nsIn: ByteQueue | undefined;
+  #hungUp = false;
+  #started: ((running: boolean) => void) | undefined;
+  /** True once the command runs; false if the session was hung up before it ran. */
+  readonly #running = new Promise<boolean>((r) => (this.#started = r));
+
+  constructor(readonly id: number, readonly caller: Caller, readonly opts: CpuServiceOptions) {
+    this.owner = caller.user;
+    this.ended = new Promise((r) => (this.#end = r));
+  }
+
+  readonly ctl: Command[] = [
+    {
+      name: "exec",
+      min: 1,
+      max: Infinity,
+      usage: "COMMAND [ARG...]",
+      run: (args) => this.#exec(args),
+    },
+    {
+      name: "shell",
+      min: 0,
+      max: 1,
+      usage: "[COMMAND]",
+      run: (args) => this.#exec(args, true),
+    },
+    {
+      name: "pty",
+      min: 2,
+      max: 3,
+      usage: "ROWS COLS [TERM]",
+      run: ([r, c, term]) => {
+        if (this.#child) throw new StyxError("the command is already running");
+        if (term !== undefined && !/^[A-Za-z0-9._+-]{1,64}$/.test(term)) {
+          throw new StyxError(`bad terminal type '${term}'`);
+        }
+        this.#pty = size(r!, c!);
+        this.#term = term;
+      },
+    },
+    {
+      name: "winch",
+      min: 2,
+      usage: "ROWS COLS",
+      run: async ([r, c]) => await this.#winch(size(r!, c!)),
+    },
+    { name: "intr", run: async () => await this.#interrupt() },
+    { name: "kill", run: () => this.#signal("SIGKILL") },
+  ];
+
+  entry(): Entry {
+    const need = () => {
+      if (!this.#child) throw new StyxError("no command is running: write 'exec COMMAND' first");
+    };
+    return dir(String(this.id), [
+      file("ctl", () => ({
+        write: async (_off, data, ctx) => {
+          await runCtl(dec.decode(data), this.ctl, ctx);
+          return data.length;
+        },
+      }), { perm: 0o200, uid: this.owner }),
+      file("stdin", () => ({
+        write: async (_off, data, ctx) => {
+          if (!await withSignal(this.#running, ctx.signal)) throw new StyxError(HUNG_UP);
+          if (data.length === 0) {
+            await this.#stdin?.close().catch(() => {});
+            return 0;
+          }
+          try {
+            await this.#stdin!.write(data);
+          } catch {
+            throw new StyxError("the command's standard input is closed");
+          }
+          return data.length;
+        },
+      }), { perm: 0o200, uid: this.owner }),
+      file("stdout", () => ({
+        read: async (_off, count, ctx) => {
+          if (!await withSignal(this.#running, ctx.signal)) return new Uint8Array(0);
+          return await this.#stdout!.read(count, ctx.signal, allocOf(ctx));
+        },
+      }), { perm: 0o400, uid: this.owner }),
+      file("stderr", () => ({
+        read: async (_off, count, ctx) => {
+          if (!await withSignal(this.#running, ctx.signal)) return new Uint8Array(0);
+          return await this.#stderr!.read(count, ctx.signal, allocOf(ctx));
+        },
+      }), { perm: 0o400, uid: this.owner }),
+      file("wait", () => {
+        let text: Uint8Array | undefined;
+        return {
+          read: async (off, count, ctx) => {
+            need();
+            text ??= enc.encode(`${await withSignal(this.#status!, ctx.signal)}\n`);
+            return sliceAt(text, off, count);
+          },
+        };
+      }, { perm: 0o400, uid: this.owner }),
+      file("ns", () => ({
+        read: async (_off, count, ctx) => {
+          if (!await withSignal(this.#running, ctx.signal)) return new Uint8Array(0);
+          return await this.#nsIn!.read(count, ctx.signal, allocOf(ctx));
+        },
+        write: async (_off, data, ctx) => {
+          if (!await withSignal(this.#running, ctx.signal)) throw new StyxError(HUNG_UP);
+          const conn = await this.#ns!;
+          await conn.write(data);
+          return data.length;
+        },
+      }), { perm: 0o600, uid: this.owner }),
+    ], { perm: 0o500, uid: this.owner });
+  }
+
+  async #exec(words: string[], shell = false): Promise<void> {
+    if (this.#child || this.#hungUp) throw new StyxError("the command is already running");
+    if (Deno.uid() !== 0) {
+      throw new StyxError(
+        `node '${this.opts.node}' does not run as root, which a cpu export needs (private mount namespaces, the command's account)`,
+      );
+    }
+    const m = this.opts.manifest();
+    const user = this.owner;
+    const spec = m.users.get(user);
+    if (!spec) {
+      throw new StyxError(`user '${user}' is not in node '${this.opts.node}''s manifest`);
+    }
+    const account = await lookupAccount(spec.account);
+    if (!account) {
+      throw new StyxError(
+        `user '${user}' runs as host account '${spec.account}', which does not exist on node '${this.opts.node}'`,
+      );
+    }
+    if (account.uid === 0) {
+      throw new StyxError(
+        `user '${user}' runs as host account '${account.name}', which is root: cpu never runs a command as root`,
+      );
+    }
+    const args = !shell ? words : words.length ? [account.shell, "-c", words[0]!] : [
+      account.shell,
+      "-l",
+    ];
+    if (this.#hungUp) throw new StyxError(HUNG_UP);
+    this.#dir = await Deno.makeTempDir({ prefix: "ferry-cpu-" });
+    const sock = `${this.#dir}/ns`;
+    this.#listener = Deno.listen({ transport: "unix", path: sock });
+    const l = this.#listener;
+    this.#ns = (async () => {
+      const c = await l.accept();
+      this.#closeListener();
+      return new TcpConn(c, { authenticated: false });
+    })();
+    this.#ns.catch(() => {});
+    const ferry = this.opts.ferry ?? ferryArgv();
+    const helper = [
+      ...ferry,
+      "cpu",
+      "--session",
+      sock,
+      "-u",
+      user,
+      "--account",
+      account.name,
+      "--",
+      ...args,
+    ];
+    // A new session, so the command's process group is its own to signal;
+    // its own mount namespace, so the mounts it makes are seen by nobody else.
+    const inner = ["unshare", "--mount", "--propagation", "private", "--", ...helper];
+    const argv = this.#pty
+      ? [
+        "setsid",
+        "script",
+        "-qfec",
+        `stty rows ${this.#pty.rows} cols ${this.#pty.cols}; exec ${inner.map(sh).join(" ")}`,
+        "/dev/null",
+      ]
+      : ["setsid", ...inner];
+    try {
+      this.#child = new Deno.Command(argv[0]!, {
+        args: argv.slice(1),
+        env: this.#env(),
+        clearEnv: true,
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+    } catch (e) {
+      await this.#cleanup();
+      throw new StyxError(`cannot start the command: ${(e as Error).message}`);
+    }
+    const child = this.#child;
+    this.#stdin = child.stdin.getWriter();
+    this.#stdout = ByteQueue.of(child.stdout);
+    this.#stderr = ByteQueue.of(child.stderr);
+    this.#nsIn = new ByteQueue(async () => {
+      try {
+        return await (await this.#ns!).read();
+      } catch {
+        return null;
+      }
+    });
+    this.#status = child.status.then((s) =>
+      s.signal !== null ? 128 + (SIGNO[s.signal] ?? 0) : s.code
+    );
+    this.#status.then(async () => {
+      // What the command left running in its group goes with it, as its
+      // namespace does.
+      try {
+        Deno.kill(-child.pid, "SIGKILL");
+      } catch { /* nothing left */ }
+      this.#closeListener();
+      (await this.#ns!.catch(() => undefined))?.close();
+      await this.#cleanup();
+    }, () => {});
+    this.opts.log?.(`cpu: '${user}' runs '${args.join(" ")}' as '${account.name}'`);
+    this.#started!(true);
+  }
+
+  /**
+   * The helper's environment, which the command inherits: only what Ferry
+   * itself needs to start and the caller's terminal type, none of the
+   * node's own settings.
+   */
+  #env(): Record<string, string> {
+    const env: Record<string, string> = {};
+    for (const k of ["PATH", "HOME", "DENO_DIR", "LANG", "LC_ALL", "TZ"]) {
+      const v = Deno.env.get(k);
+      if (v !== undefined) env[k] = v;
+    }
+    env.PATH ??= "/usr/local/bin:/usr/bin:/bin";
+    env.TERM = this.#pty ? this.#term ?? "xterm" : "dumb";
+    return env;
+  }
+
+  async #winch(sz: { rows: number; cols: number }): Promise<void> {
+    if (!this.#pty || !this.#child) return;
+    this.#pty = sz;
+    // The pty `script` made is its child's standard input.
+    const tty = await findPty(this.#child.pid);
+    if (!tty) return;
+    await new Deno.Command("stty", {
+      args: ["-F", tty, "rows", String(sz.rows), "cols", String(sz.cols)],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+  }
+
+  async #interrupt(): Promise<void> {
+    if (!this.#child) throw new StyxError("no command is running: write 'exec COMMAND' first");
+    if (this.#pty) {
+      // The terminal's interrupt character: the line discipline signals the
+      // foreground group, which a shell on the pty has set.
+      await this.#stdin?.write(new Uint8Array([3])).catch(() => {});
+      return;
+    }
+    this.#signal("SIGINT");
+  }
+
+  #signal(sig: Deno.Signal): void {
+    if (!this.#child) throw new StyxError("no command is running: write 'exec COMMAND' first");
+    try {
+      Deno.kill(-this.#child.pid, sig);
+    } catch { /* already gone */ }
+  }
+
+  #closeListener(): void {
+    const l = this.#listener;
+    this.#listener = undefined;
+    try {
+      l?.close();
+    } catch { /* already closed */ }
+  }
+
+  async #cleanup(): Promise<void> {
+    const d = this.#dir;
+    this.#dir = undefined;
+    if (d) await Deno.remove(d, { recursive: true }).catch(() => {});
+  }
+
+  /** End the session: SIGHUP to the command's group, SIGKILL if it lingers. */
+  async hangup(): Promise<void> {
+    if (this.#hungUp) return;
+    this.#hungUp = true;
+    const child = this.#child;
+    if (child) {
+      let done = false;
+      this.#status!.finally(() => (done = true));
+      try {
+        Deno.kill(-child.pid, "SIGHUP");
+      } catch { /* already gone */ }
+      const timer = setTimeout(() => {
+        if (!done) {
+          try {
+            Deno.kill(-child.pid, "SIGKILL");
+          } catch { /* already gone */ }
+        }
+      }, 3000);
+      await this.#status!.catch(() => {});
+      clearTimeout(timer);
+      await this.#stdin?.close().catch(() => {});
+    } else {
+      this.#started!(false);
+      this.#closeListener();
+      await this.#cleanup();
+    }
+    this.#end();
+  }
+}
+
+/**
+ * The reply buffer the Styx server offers a read, where it offers one (the
+ * data then goes out with no further copy), else none.
+ */
+function allocOf(ctx: Ctx): ((n: number) => Uint8Array) | undefined {
+  return (ctx as Ctx & { alloc?: (n: number) => Uint8Array }).alloc;
+}
+
+function size(r: string, c: string): { rows: number; cols: number } {
+  const rows = Number(r);
+  const cols = Number(c);
+  if (!Number.isInteger(rows) || !Number.isInteger(cols) || rows <= 0 || cols <= 0) {
+    throw new StyxError(`bad window size '${r} ${c}': want ROWS COLS, both positive`);
+  }
+  return { rows, cols };
+}
+
+/** `word` quoted for sh(1). */
+function sh(word: string): string {
+  return `'${word.replaceAll("'", `'\\''`)}'`;
+}
+
+/** The pseudo-terminal `script` (pid `pid`) runs its child on. */
+async function findPty(pid: number): Promise<string | undefined> {
+  try {
+    const kids = (await Deno.readTextFile(`/proc/${pid}/task/${pid}/children`)).trim().split(/\s+/);
+    for (const k of kids) {
+      const t = await Deno.readLink(`/proc/${k}/fd/0`).catch(() => "");
+      if (t.startsWith("/dev/pts/")) return t;
+    }
+  } catch { /* gone */ }
+  return undefined;
+}

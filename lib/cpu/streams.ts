@@ -1,0 +1,104 @@
+/**
+ * Byte queues between a process's pipes (or a socket) and Styx reads: the
+ * producer runs ahead of the reader up to a bound, so a read finds as
+ * much as is ready and one round trip carries it, and a reader that stops
+ * reading stops the producer (backpressure) instead of growing memory.
+ *
+ * @module
+ */
+
+import { withSignal } from "../fs/synthetic.ts";
+
+/** How far a producer may run ahead of its reader. */
+export const AHEAD_BYTES = 4 << 20;
+
+/**
+ * A bounded queue of byte chunks read from a source by a pump of its own;
+ * {@link read} takes what is ready, up to a count, and waits when nothing is.
+ */
+export class ByteQueue {
+  #chunks: Uint8Array[] = [];
+  #bytes = 0;
+  #ended = false;
+  #wakeReaders: (() => void)[] = [];
+  #wakePump: (() => void) | null = null;
+  /** Resolves once the source has ended (and its pump stopped). */
+  readonly pumped: Promise<void>;
+
+  /** Pump `next` (null at the end of the source) until it ends. */
+  constructor(next: () => Promise<Uint8Array | null>, readonly limit = AHEAD_BYTES) {
+    this.pumped = this.#pump(next);
+  }
+
+  /** A queue fed from a web stream (a child's stdout). */
+  static of(stream: ReadableStream<Uint8Array>, limit?: number): ByteQueue {
+    const r = stream.getReader();
+    return new ByteQueue(async () => {
+      const { value, done } = await r.read();
+      return done ? null : value;
+    }, limit);
+  }
+
+  async #pump(next: () => Promise<Uint8Array | null>): Promise<void> {
+    try {
+      for (;;) {
+        while (this.#bytes >= this.limit) await new Promise<void>((r) => (this.#wakePump = r));
+        const b = await next();
+        if (b === null) break;
+        if (b.length === 0) continue;
+        this.#chunks.push(b);
+        this.#bytes += b.length;
+        this.#wake();
+      }
+    } catch {
+      // A broken source ends like a closed one.
+    } finally {
+      this.#ended = true;
+      this.#wake();
+    }
+  }
+
+  #wake(): void {
+    for (const f of this.#wakeReaders.splice(0)) f();
+  }
+
+  /** Bytes ready and not yet read. */
+  get buffered(): number {
+    return this.#bytes;
+  }
+
+  /**
+   * Up to `count` bytes, waiting until some are ready; an empty array once
+   * the source has ended and everything was read. `alloc` gives the buffer
+   * the bytes are copied into (the Styx server's, with room for the reply's
+   * header in front, where it offers one).
+   */
+  async read(
+    count: number,
+    signal?: AbortSignal,
+    alloc: (n: number) => Uint8Array = (n) => new Uint8Array(n),
+  ): Promise<Uint8Array> {
+    while (this.#bytes === 0 && !this.#ended) {
+      await withSignal(new Promise<void>((r) => this.#wakeReaders.push(r)), signal);
+    }
+    if (this.#bytes === 0 || count <= 0) return new Uint8Array(0);
+    const n = Math.min(count, this.#bytes);
+    const out = alloc(n);
+    let at = 0;
+    while (at < n) {
+      const c = this.#chunks[0]!;
+      const take = Math.min(c.length, n - at);
+      out.set(take === c.length ? c : c.subarray(0, take), at);
+      at += take;
+      if (take === c.length) this.#chunks.shift();
+      else this.#chunks[0] = c.subarray(take);
+    }
+    this.#bytes -= out.length;
+    const f = this.#wakePump;
+    if (f && this.#bytes < this.limit) {
+      this.#wakePump = null;
+      f();
+    }
+    return out;
+  }
+}
