@@ -42,8 +42,8 @@ import {
   runCtl,
   sliceAt,
   SynthTree,
-  withSignal,
 } from "../fs/synthetic.ts";
+import { withSignal } from "../fs/tree.ts";
 import { StyxError } from "../styx/types.ts";
 import type { Manifest } from "../manifest/schema.ts";
 import { lookupAccount } from "../logon/account.ts";

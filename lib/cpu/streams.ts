@@ -7,7 +7,7 @@
  * @module
  */
 
-import { withSignal } from "../fs/synthetic.ts";
+import { withSignal } from "../fs/tree.ts";
 
 /** How far a producer may run ahead of its reader. */
 export const AHEAD_BYTES = 4 << 20;
