@@ -37,7 +37,6 @@ import type { Listener } from "../lib/transport/conn.ts";
 import type { Manifest } from "../lib/manifest/schema.ts";
 import { type Account, lookupAccount, lookupUid } from "../lib/logon/account.ts";
 import { commandFor, inPrivateNamespace, launch, runInView } from "../lib/logon/session.ts";
-import { joinedManifest } from "../lib/cluster/join.ts";
 
 const spec = {
   usage:
@@ -126,9 +125,15 @@ export async function run(args: string[]): Promise<number> {
     let creds = typeof v.u === "string" ? await loadCredentials(certDir, v.u) : undefined;
     const file = join === undefined
       ? p.positionals[0]!
-      : await joinedManifest(join, certDir, v.u as string, {
-        log: (l) => console.error(`logon: ${l}`),
-      });
+      // Loaded only for --join: it brings the X.509 library, ~100 ms of start-up.
+      : await (await import("../lib/cluster/join.ts")).joinedManifest(
+        join,
+        certDir,
+        v.u as string,
+        {
+          log: (l) => console.error(`logon: ${l}`),
+        },
+      );
     let bytes: Uint8Array;
     let signed: SignedManifest | undefined;
     const insecure = v["insecure-manifest"] === true;
