@@ -473,13 +473,20 @@ function sh(word: string): string {
   return `'${word.replaceAll("'", `'\\''`)}'`;
 }
 
-/** The pseudo-terminal `script` (pid `pid`) runs its child on. */
+/**
+ * The pseudo-terminal `script` (pid `pid`) runs its child on. Asks ps(1):
+ * Deno grants /proc only under --allow-all, which `deno task ferry` does not.
+ */
 async function findPty(pid: number): Promise<string | undefined> {
   try {
-    const kids = (await Deno.readTextFile(`/proc/${pid}/task/${pid}/children`)).trim().split(/\s+/);
-    for (const k of kids) {
-      const t = await Deno.readLink(`/proc/${k}/fd/0`).catch(() => "");
-      if (t.startsWith("/dev/pts/")) return t;
+    const out = await new Deno.Command("ps", {
+      args: ["-o", "tty=", "--ppid", String(pid)],
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    for (const t of new TextDecoder().decode(out.stdout).split("\n")) {
+      const name = t.trim();
+      if (name.startsWith("pts/")) return `/dev/${name}`;
     }
   } catch { /* gone */ }
   return undefined;
