@@ -23,6 +23,7 @@ import { parseArgs } from "node:util";
 import { writeCredentials } from "../lib/auth/ca.ts";
 import { freePort, makeCluster } from "../tests/manifest/cluster.ts";
 import { makeHosts } from "../tests/e2e/hosts.ts";
+import { median, sh, timed } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -37,27 +38,6 @@ const MIB = Number(values.mib);
 const REPO = new URL("..", import.meta.url).pathname;
 const FERRY = `${REPO}cmd/ferry.ts`;
 const dec = new TextDecoder();
-
-async function sh(script: string): Promise<string> {
-  const o = await new Deno.Command("bash", {
-    args: ["-c", script],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  if (!o.success) throw new Error(`'${script}' failed (${o.code}): ${dec.decode(o.stderr)}`);
-  return dec.decode(o.stdout);
-}
-
-async function timed(script: string): Promise<number> {
-  const t0 = performance.now();
-  await sh(script);
-  return (performance.now() - t0) / 1000;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
 
 const missing = ["sshd", "ssh", "unshare", "setpriv", "setsid", "ip"].filter((c) =>
   !new Deno.Command("sh", { args: ["-c", `command -v ${c}`], stdout: "null" }).outputSync().success

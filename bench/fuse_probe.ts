@@ -16,6 +16,7 @@
  */
 
 import { parseArgs } from "node:util";
+import { median } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -66,11 +67,6 @@ async function until(what: string, f: () => Promise<boolean>): Promise<void> {
 async function isMounted(mp: string): Promise<boolean> {
   const t = await Deno.readTextFile("/proc/self/mounts");
   return t.split("\n").some((l) => l.split(" ")[1] === mp);
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
 }
 
 /** Drop every cache (the mounts' too), re-read the source on the host, then time `script`. */

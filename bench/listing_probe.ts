@@ -23,6 +23,7 @@ import { StyxClient } from "../lib/styx/client.ts";
 import { dialConn } from "../lib/net/connect.ts";
 import { OREAD } from "../lib/styx/types.ts";
 import { ferryArgv } from "../lib/self.ts";
+import { median } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -41,11 +42,6 @@ const rows: [string, string, string, string][] = [];
 function row(what: string, ferry: string, peer: string, ratio: string): void {
   rows.push([what, ferry, peer, ratio]);
   console.error(`  ${what}: ferry ${ferry} | peer ${peer} | ${ratio}`);
-}
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 async function which(cmd: string): Promise<boolean> {
   const o = await new Deno.Command("sh", { args: ["-c", `command -v ${cmd}`], stdout: "null" })

@@ -37,6 +37,7 @@ import { tcpDial } from "../lib/transport/tcp.ts";
 import { dial } from "../lib/net/nsdial.ts";
 import type { Conn } from "../lib/transport/conn.ts";
 import type { ReadIntoConn } from "../lib/styx/frame.ts";
+import { median } from "./util.ts";
 
 const REPO = new URL("../", import.meta.url).pathname;
 
@@ -117,11 +118,6 @@ function cpuMs(pid: number): number {
   } catch {
     return 0;
   }
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
 }
 
 async function bulk(c: Conn, bytes: number): Promise<number> {

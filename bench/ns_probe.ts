@@ -12,6 +12,7 @@
 import process from "node:process";
 import { Namespace } from "../lib/ns/namespace.ts";
 import { MemTree } from "../lib/fs/memory.ts";
+import { median } from "./util.ts";
 
 const PATH = "/usr/glenda/lib/deep/er/still/file";
 
@@ -69,11 +70,6 @@ async function rate(ns: Namespace, ms: number): Promise<number> {
     n += 100;
   }
   return n / (cpuSecs() - c0);
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
 }
 
 if (import.meta.main) {

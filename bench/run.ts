@@ -16,6 +16,7 @@
 
 import { parseArgs } from "node:util";
 import { ferryArgv } from "../lib/self.ts";
+import { median } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -29,12 +30,6 @@ const { values } = parseArgs({
 const MIB = Number(values.mib);
 const FILES = Number(values.files);
 const REPS = Math.max(1, Number(values.reps));
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
-}
 
 /** Run each of `fns` `REPS` times in turn; the median of each key of each. */
 async function turns<K extends string>(

@@ -32,6 +32,7 @@ import { type RemoteNode, StyxClient } from "../lib/styx/client.ts";
 import { OREAD } from "../lib/styx/types.ts";
 import { ferryArgv } from "../lib/self.ts";
 import { type Sshd, startSshd } from "./ssh.ts";
+import { median } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -67,12 +68,6 @@ const f1 = (n: number) => n.toFixed(1);
 function row(what: string, ferry: string, peer: string, ratio: string): void {
   rows.push([what, ferry, peer, ratio]);
   console.error(`  ${what}: ferry ${ferry} | peer ${peer} | ${ratio}`);
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 function pct(xs: number[], p: number): number {

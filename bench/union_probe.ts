@@ -17,6 +17,7 @@ import { MemTree } from "../lib/fs/memory.ts";
 import { dialStyx } from "../lib/net/connect.ts";
 import { OREAD } from "../lib/styx/types.ts";
 import { ferryArgv } from "../lib/self.ts";
+import { median } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -40,11 +41,6 @@ async function listen(dir: string): Promise<string> {
   while (!banner.includes("\n")) banner += (await r.read()).value ?? "";
   r.releaseLock();
   return banner.match(/(tcp!\S+)/)![1]!;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[s.length >> 1]!;
 }
 
 try {
