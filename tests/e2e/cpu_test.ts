@@ -302,11 +302,24 @@ namespace = ""
       const keys = term.stdin.getWriter();
       let screen = "";
       const shown = term.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      // Bounded, so a terminal that stops answering fails the step with what it showed.
       const waitFor = async (re: RegExp) => {
+        const give = Date.now() + 30_000;
         while (!re.test(screen)) {
-          const { value, done } = await shown.read();
-          if (done) throw new Error(`the session ended before ${re}: ${screen}`);
-          screen += value;
+          let timer: ReturnType<typeof setTimeout> | undefined;
+          const late = new Promise<never>((_, reject) => {
+            timer = setTimeout(
+              () => reject(new Error(`no ${re} on the terminal: ${JSON.stringify(screen)}`)),
+              Math.max(0, give - Date.now()),
+            );
+          });
+          try {
+            const { value, done } = await Promise.race([shown.read(), late]);
+            if (done) throw new Error(`the session ended before ${re}: ${screen}`);
+            screen += value;
+          } finally {
+            clearTimeout(timer);
+          }
         }
       };
       await keys.write(enc.encode("echo tty:$(tty):$TERM; stty size\n"));
