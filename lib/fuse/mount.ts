@@ -24,6 +24,9 @@ import {
 import { strerror } from "../libc.ts";
 import { FuseSession, type SessionOptions } from "./session.ts";
 
+/** How long close() waits for the session to end after a lazy unmount. */
+const CLOSE_GRACE_MS = 2000;
+
 export { errnoOf, FuseSession, type SessionOptions } from "./session.ts";
 
 /** Options of {@link mountTree}. */
@@ -230,7 +233,17 @@ export async function mountTree(
         closed = true;
         closeFd(fd);
       }
-      await done;
+      // A detached mount lives on while anything still holds it, and closing
+      // the descriptor does not wake a read already blocked on it: wait for
+      // the session a little, not for ever (the read ends with the mount).
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const grace = new Promise<void>((r) => {
+        const t = setTimeout(r, CLOSE_GRACE_MS);
+        Deno.unrefTimer(t);
+        timer = t;
+      });
+      await Promise.race([done.catch(() => {}), grace]);
+      clearTimeout(timer);
     },
   };
 }
