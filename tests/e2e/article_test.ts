@@ -6,6 +6,7 @@
  */
 
 import assert from "node:assert/strict";
+import { freePort } from "../manifest/cluster.ts";
 
 const REPO = new URL("../../", import.meta.url).pathname;
 const FERRY = ["run", "--allow-all", `${REPO}cmd/ferry.ts`];
@@ -17,13 +18,6 @@ function warning(cmd: string): string {
 
 /** What the article's ndb/cs and ndb/dns lines say: /net already serves both. */
 const NDB = "ndb/cs: already running (/net/cs)\nndb/dns: already running (/net/dns)\n";
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
 
 interface Result {
   code: number;

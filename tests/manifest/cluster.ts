@@ -24,11 +24,21 @@ export interface Cluster {
 
 /** A free TCP port on 127.0.0.1 (closed again, so a race is possible but unlikely). */
 export function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
+  // The kernel may hand the same free port out twice in a row; a test that
+  // asks for two ports must get two.
+  for (;;) {
+    const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const port = (l.addr as Deno.NetAddr).port;
+    l.close();
+    if (!handedOut.has(port)) {
+      handedOut.add(port);
+      return port;
+    }
+  }
 }
+
+/** Ports {@link freePort} has given this process. */
+const handedOut = new Set<number>();
 
 /** Make a cluster directory with a CA. */
 export async function makeCluster(): Promise<Cluster> {

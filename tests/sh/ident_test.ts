@@ -17,18 +17,12 @@ import { Namespace } from "../../lib/ns/namespace.ts";
 import { RemoteTree, StyxClient } from "../../lib/styx/client.ts";
 import { tlsDial } from "../../lib/transport/tls.ts";
 import { makeFixture } from "../auth/fixture.ts";
+import { freePort } from "../manifest/cluster.ts";
 
 const REPO = new URL("../../", import.meta.url).pathname;
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 const MALLORY_UID = 4242;
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
 
 /**
  * True while process `pid` exists and has not ended. Asks ps(1): the test

@@ -8,6 +8,7 @@ import { builtins } from "../../lib/sh/builtins/mod.ts";
 import { Collector } from "../../lib/sh/io.ts";
 import { StyxError } from "../../lib/styx/types.ts";
 import { netDevice } from "../../lib/dev/net/mod.ts";
+import { freePort } from "../manifest/cluster.ts";
 
 const REPO = new URL("../../", import.meta.url).pathname;
 const FERRY = `${Deno.execPath()} run --allow-all ${REPO}cmd/ferry.ts`;
@@ -20,13 +21,6 @@ async function hasTmux(): Promise<boolean> {
   } catch {
     return false;
   }
-}
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
 }
 
 /** Poll `get` until `pred` holds; fail naming `what` and the last value. */

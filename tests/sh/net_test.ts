@@ -5,13 +5,7 @@ import { harness } from "./harness.ts";
 import { RemoteTree, StyxClient } from "../../lib/styx/client.ts";
 import { tcpDial } from "../../lib/transport/tcp.ts";
 import { OREAD } from "../../lib/styx/types.ts";
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
+import { freePort } from "../manifest/cluster.ts";
 
 async function until(f: () => boolean): Promise<void> {
   for (let i = 0; i < 400 && !f(); i++) await new Promise((r) => setTimeout(r, 10));
