@@ -12,6 +12,8 @@
  */
 
 import { ferryArgv } from "../self.ts";
+import { FerryChild } from "../child.ts";
+import { lookupAccount } from "../logon/account.ts";
 
 /** Options for {@link runDemo}. */
 export interface DemoOptions {
@@ -66,53 +68,6 @@ interface Result {
 
 const dec = new TextDecoder();
 
-/** A `ferry` child process kept running, with its output gathered. */
-class Child {
-  readonly proc: Deno.ChildProcess;
-  stdout = "";
-  stderr = "";
-  readonly #done: Promise<void>;
-  constructor(args: string[]) {
-    const [exe, ...pre] = ferryArgv();
-    this.proc = new Deno.Command(exe!, {
-      args: [...pre, ...args],
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const pump = async (s: ReadableStream<Uint8Array>, k: "stdout" | "stderr") => {
-      for await (const t of s.pipeThrough(new TextDecoderStream())) this[k] += t;
-    };
-    this.#done = Promise.all([pump(this.proc.stdout, "stdout"), pump(this.proc.stderr, "stderr")])
-      .then(() => {});
-  }
-  /** Wait until `re` matches the output (or the process ends). */
-  async waitFor(re: RegExp, ms = 20_000): Promise<string> {
-    const until = Date.now() + ms;
-    let ended = false;
-    this.proc.status.then(() => (ended = true));
-    for (;;) {
-      const m = (this.stdout + this.stderr).match(re);
-      if (m) return m[0];
-      if (ended) {
-        await this.#done;
-        const m2 = (this.stdout + this.stderr).match(re);
-        if (m2) return m2[0];
-        throw new Error(`process ended before printing ${re}: ${this.stderr.trim()}`);
-      }
-      if (Date.now() > until) throw new Error(`timed out waiting for ${re}`);
-      await new Promise((r) => setTimeout(r, 30));
-    }
-  }
-  async stop(): Promise<void> {
-    try {
-      this.proc.kill("SIGTERM");
-    } catch { /* already gone */ }
-    await this.proc.status;
-    await this.#done;
-  }
-}
-
 async function ferry(args: string[], stdin?: string): Promise<Result> {
   const [exe, ...pre] = ferryArgv();
   const child = new Deno.Command(exe!, {
@@ -137,8 +92,8 @@ async function ferry(args: string[], stdin?: string): Promise<Result> {
 export async function runDemo(opts: DemoOptions = {}): Promise<number> {
   const say = opts.out ?? ((l: string) => console.log(l));
   const tmp = await Deno.makeTempDir({ prefix: "ferry-demo-" });
-  const nodes = new Map<string, Child>();
-  let signer: Child | undefined;
+  const nodes = new Map<string, FerryChild>();
+  let signer: FerryChild | undefined;
   const t0 = performance.now();
 
   const step = (title: string) => say(`\n== ${title}`);
@@ -173,6 +128,10 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
     await Deno.mkdir(`${tmp}/phone/state`, { recursive: true });
     await Deno.writeTextFile(`${tmp}/files/home/hello.txt`, "hello from the file server's disk\n");
     await Deno.writeTextFile(`${tmp}/files/home/notes/todo`, "share the phone\n");
+    // A host account named alice holds the Ferry user alice to its own
+    // permissions in host trees; give it the home it is shown editing.
+    const acct = await lookupAccount("alice");
+    if (acct && Deno.uid() === 0) await chownTree(`${tmp}/files/home`, acct.uid, acct.gid);
     await Deno.writeTextFile(`${tmp}/files/home/id.key`, "not for export\n");
     await Deno.writeTextFile(`${tmp}/gateway/tmp/motd`, "the gateway's /tmp, read-only\n");
 
@@ -180,7 +139,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
     await must("ferry ca init ferry-demo-ca", ["ca", "init", "ferry-demo-ca", "--dir", ca]);
     const tokens = new Map<string, string>();
     const addr = `tcp!127.0.0.1!${ports.signer}`;
-    signer = new Child(["signer", addr, "--dir", ca]);
+    signer = new FerryChild(["signer", addr, "--dir", ca]);
     await signer.waitFor(/fingerprint sha256:\S+/);
     say(`% ferry signer '${addr}' &`);
     for (const l of signer.stdout.trim().split("\n")) if (l) say(`  ${l}`);
@@ -222,7 +181,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
 
     step("3. Three nodes join, one command each: enrol, fetch the signed manifest, serve");
     const up = (n: string, token?: string) =>
-      new Child([
+      new FerryChild([
         "up",
         "--join",
         addr,
@@ -350,7 +309,11 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
     const signed = performance.now();
     await must(`ferry sign ${short(file)}`, ["sign", "--dir", ca, file]);
     for (const [n, c] of nodes) {
-      await waitText(c, before.get(n)!, /up: reloaded \(manifest serial 2 from the signer\)[^\n]*/);
+      await c.waitFor(/up: reloaded \(manifest serial 2 from the signer\)[^\n]*/, {
+        stream: "stderr",
+        from: before.get(n)!,
+        ms: 15_000,
+      });
       say(`  ${n}: ${c.stderr.slice(before.get(n)!).match(/up: reloaded[^\n]*/)![0]}`);
     }
     say(`  (every node applied it ${ms(signed)} after 'ferry sign' began)`);
@@ -367,7 +330,7 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
     const before2 = signer.stderr.length;
     await Deno.writeTextFile(pub, changed.replace('access = ["alice"]', 'access = ["*"]'));
     say(`% (edit ${short(pub)} without signing it)`);
-    await waitText(signer, before2, /not serving[^\n]*/);
+    await signer.waitFor(/not serving[^\n]*/, { stream: "stderr", from: before2, ms: 15_000 });
     say(`  ${signer.stderr.slice(before2).trim().split("\n").join("\n  ")}`);
 
     step("12. The first signed manifest put back is refused: its serial is lower");
@@ -375,12 +338,16 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
     await Deno.copyFile(`${tmp}/cluster-first.toml`, pub);
     await Deno.copyFile(`${tmp}/cluster-first.toml.sig`, `${pub}.sig`);
     say("% cp cluster-first.toml cluster-first.toml.sig $DEMO/ca/published/");
-    await waitText(signer, before3, /not serving[^\n]*serial[^\n]*/);
+    await signer.waitFor(/not serving[^\n]*serial[^\n]*/, {
+      stream: "stderr",
+      from: before3,
+      ms: 15_000,
+    });
     say(`  ${signer.stderr.slice(before3).trim().split("\n").join("\n  ")}`);
     say("  (a node given that copy refuses it too: it keeps the highest serial it applied)");
 
     step("13. Revocation reaches every node within a second; bob's open session ends");
-    const bobSession = new Child([
+    const bobSession = new FerryChild([
       ...bob,
       ...joined,
       "-q",
@@ -393,10 +360,18 @@ export async function runDemo(opts: DemoOptions = {}): Promise<number> {
     const revoked = performance.now();
     await must("ferry ca revoke bob", ["ca", "revoke", "bob", "--dir", ca]);
     for (const [n, c] of nodes) {
-      await waitText(c, before4.get(n)!, /new CRL from the signer/);
+      await c.waitFor(/new CRL from the signer/, {
+        stream: "stderr",
+        from: before4.get(n)!,
+        ms: 15_000,
+      });
       say(`  ${n}: new CRL from the signer (${ms(revoked)} after 'ferry ca revoke' began)`);
     }
-    await waitText(files, before4.get("files")!, /certificate of 'bob' was revoked[^\n]*/);
+    await files.waitFor(/certificate of 'bob' was revoked[^\n]*/, {
+      stream: "stderr",
+      from: before4.get("files")!,
+      ms: 15_000,
+    });
     say(
       `  files: ${
         files.stderr.slice(before4.get("files")!).match(/refused[^\n]*revoked[^\n]*/)![0]
@@ -459,11 +434,11 @@ function ms(since: number): string {
   return `${Math.round(performance.now() - since)} ms`;
 }
 
-async function waitText(c: Child, from: number, re: RegExp, ms = 15_000): Promise<void> {
-  const until = Date.now() + ms;
-  while (!re.test(c.stderr.slice(from))) {
-    if (Date.now() > until) throw new Error(`timed out waiting for ${re}`);
-    await new Promise((r) => setTimeout(r, 30));
+async function chownTree(path: string, uid: number, gid: number): Promise<void> {
+  await Deno.chown(path, uid, gid);
+  for await (const e of Deno.readDir(path)) {
+    if (e.isDirectory) await chownTree(`${path}/${e.name}`, uid, gid);
+    else await Deno.chown(`${path}/${e.name}`, uid, gid);
   }
 }
 

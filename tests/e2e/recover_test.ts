@@ -8,53 +8,13 @@
  */
 import { concatBytes } from "../../lib/bytes.ts";
 import assert from "node:assert/strict";
-import { ferryArgv } from "../../lib/self.ts";
+import { FerryChild } from "../../lib/child.ts";
 import { freePort, makeCluster } from "../manifest/cluster.ts";
 import { type RemoteFile, StyxClient } from "../../lib/styx/client.ts";
 import { tcpDial } from "../../lib/transport/tcp.ts";
 import { OREAD } from "../../lib/styx/types.ts";
 
 const dec = new TextDecoder();
-
-/** A `ferry` child process whose output is gathered as it comes. */
-class Ferry {
-  readonly proc: Deno.ChildProcess;
-  out = "";
-  err = "";
-  readonly #done: Promise<unknown>;
-  constructor(args: string[]) {
-    const [exe, ...pre] = ferryArgv();
-    this.proc = new Deno.Command(exe!, {
-      args: [...pre, ...args],
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const pump = async (s: ReadableStream<Uint8Array>, to: "out" | "err") => {
-      for await (const c of s.pipeThrough(new TextDecoderStream())) this[to] += c;
-    };
-    this.#done = Promise.all([pump(this.proc.stdout, "out"), pump(this.proc.stderr, "err")]);
-  }
-
-  /** Wait until stdout matches `re` (or the process ends, which fails). */
-  async waitFor(re: RegExp): Promise<void> {
-    let ended = false;
-    this.proc.status.then(() => (ended = true));
-    while (!re.test(this.out)) {
-      if (ended) throw new Error(`exited before printing ${re}:\n${this.out}\n${this.err}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-
-  async stop(signal: Deno.Signal): Promise<Deno.CommandStatus> {
-    try {
-      this.proc.kill(signal);
-    } catch { /* gone already */ }
-    const s = await this.proc.status;
-    await this.#done;
-    return s;
-  }
-}
 
 Deno.test("a logon session's mount comes back after its node restarts", async () => {
   const c = await makeCluster();
@@ -73,13 +33,13 @@ Deno.test("a logon session's mount comes back after its node restarts", async ()
       `[users.alice]\nnamespace = """\nmount files!home /n/files\n"""\n`,
   );
   const up = () =>
-    new Ferry(["up", file, "--node", "files", "--certs", c.certs("files"), "--poll", "0"]);
+    new FerryChild(["up", file, "--node", "files", "--certs", c.certs("files"), "--poll", "0"]);
   let node = up();
-  let logon: Ferry | undefined;
+  let logon: FerryChild | undefined;
   let client: StyxClient | undefined;
   try {
-    await node.waitFor(/node files listening on/);
-    logon = new Ferry([
+    await node.waitFor(/node files listening on/, { stream: "stdout" });
+    logon = new FerryChild([
       "logon",
       "-u",
       "alice",
@@ -92,7 +52,7 @@ Deno.test("a logon session's mount comes back after its node restarts", async ()
       `tcp!127.0.0.1!${exportPort}`,
       file,
     ]);
-    await logon.waitFor(/serving alice's namespace on/);
+    await logon.waitFor(/serving alice's namespace on/, { stream: "stdout" });
     client = await StyxClient.connect(await tcpDial("127.0.0.1", exportPort));
     const root = await client.attach("alice");
     const hello = () => client!.readFile(root, "/n/files/hello").then((b) => dec.decode(b));
@@ -118,11 +78,11 @@ Deno.test("a logon session's mount comes back after its node restarts", async ()
     await assert.rejects(f.read(BigInt(off), 8192), lost);
 
     node = up();
-    await node.waitFor(/node files listening on/);
+    await node.waitFor(/node files listening on/, { stream: "stdout" });
     // No action by the user: the session redials by itself.
     let back: string | undefined;
     for (let i = 0; back === undefined; i++) {
-      if (i > 600) throw new Error(`the mount did not come back:\n${logon.err}`);
+      if (i > 600) throw new Error(`the mount did not come back:\n${logon.stderr}`);
       try {
         back = await hello();
       } catch (e) {

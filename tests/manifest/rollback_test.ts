@@ -1,56 +1,6 @@
 import assert from "node:assert/strict";
-import { ferryArgv } from "../../lib/self.ts";
+import { FerryChild } from "../../lib/child.ts";
 import { freePort, makeCluster } from "./cluster.ts";
-
-const dec = new TextDecoder();
-
-/** A ferry child process whose standard error is collected as it comes. */
-class Ferry {
-  readonly proc: Deno.ChildProcess;
-  stderr = "";
-  stdout = "";
-  readonly #done: Promise<void>;
-
-  constructor(args: string[]) {
-    const [exe, ...pre] = ferryArgv();
-    this.proc = new Deno.Command(exe!, {
-      args: [...pre, ...args],
-      stdin: "null",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const drain = async (s: ReadableStream<Uint8Array>, add: (t: string) => void) => {
-      for await (const c of s) add(dec.decode(c));
-    };
-    this.#done = Promise.all([
-      drain(this.proc.stderr, (t) => this.stderr += t),
-      drain(this.proc.stdout, (t) => this.stdout += t),
-    ]).then(() => {});
-  }
-
-  /** Wait until standard error, from offset `from`, matches `re` (or the process ends). */
-  async waitFor(re: RegExp, from = 0): Promise<string> {
-    for (let i = 0; i < 1200; i++) {
-      const m = this.stderr.slice(from).match(re);
-      if (m) return m[0];
-      await new Promise((r) => setTimeout(r, 25));
-    }
-    throw new Error(`no ${re} from ferry; it said:\n${this.stderr}`);
-  }
-
-  async result(): Promise<{ code: number; out: string; err: string }> {
-    const st = await this.proc.status;
-    await this.#done;
-    return { code: st.code, out: this.stdout, err: this.stderr };
-  }
-
-  async stop(): Promise<void> {
-    try {
-      this.proc.kill("SIGTERM");
-    } catch { /* already gone */ }
-    await this.result();
-  }
-}
 
 function manifest(dir: string, port: number, bob: boolean): string {
   return `[nodes.files]
@@ -79,7 +29,7 @@ mount -c files!home /n/home
 
 Deno.test("an older signed manifest put back is refused by ferry up and ferry logon", async (t) => {
   const c = await makeCluster();
-  const procs: Ferry[] = [];
+  const procs: FerryChild[] = [];
   try {
     await Deno.mkdir(`${c.dir}/home`);
     await Deno.writeTextFile(`${c.dir}/home/hello.txt`, "hello\n");
@@ -93,8 +43,8 @@ Deno.test("an older signed manifest put back is refused by ferry up and ferry lo
     await Deno.copyFile(`${file}.sig`, `${c.dir}/old.toml.sig`);
     assert.match(await Deno.readTextFile(`${file}.sig`), /\nserial 1\n/);
 
-    const up = (): Ferry => {
-      const p = new Ferry([
+    const up = (): FerryChild => {
+      const p = new FerryChild([
         "up",
         file,
         "--node",
@@ -108,7 +58,7 @@ Deno.test("an older signed manifest put back is refused by ferry up and ferry lo
       return p;
     };
     const logon = async (user: string, cmd: string) => {
-      const p = new Ferry([
+      const p = new FerryChild([
         "logon",
         "-u",
         user,
@@ -125,13 +75,17 @@ Deno.test("an older signed manifest put back is refused by ferry up and ferry lo
     };
 
     const node = up();
-    await node.waitFor(/up: node 'files' serving/);
+    await node.waitFor(/up: node 'files' serving/, { stream: "stderr", ms: 30_000 });
 
     await t.step("a newer manifest, signed, takes bob's access away", async () => {
       const from = node.stderr.length;
       await c.write(manifest(c.dir, port, false));
       assert.match(await Deno.readTextFile(`${file}.sig`), /\nserial 2\n/);
-      await node.waitFor(/up: reloaded \(the manifest changed\): manifest serial 2/, from);
+      await node.waitFor(/up: reloaded \(the manifest changed\): manifest serial 2/, {
+        stream: "stderr",
+        from: from,
+        ms: 30_000,
+      });
       const a = await logon("alice", "cat /n/home/hello.txt");
       assert.equal(a.out, "hello\n", a.err);
     });
@@ -140,7 +94,11 @@ Deno.test("an older signed manifest put back is refused by ferry up and ferry lo
       const from = node.stderr.length;
       await Deno.copyFile(`${c.dir}/old.toml.sig`, `${file}.sig`);
       await Deno.copyFile(`${c.dir}/old.toml`, file);
-      const said = await node.waitFor(/its serial 1 is lower than serial 2[^\n]*/, from);
+      const said = await node.waitFor(/its serial 1 is lower than serial 2[^\n]*/, {
+        stream: "stderr",
+        from: from,
+        ms: 30_000,
+      });
       assert.match(said, /already applied here/);
       assert.doesNotMatch(node.stderr.slice(from), /manifest serial 1/);
       // bob's own logon takes the old manifest (he never applied a newer one), but
@@ -172,7 +130,7 @@ Deno.test("an older signed manifest put back is refused by ferry up and ferry lo
       await c.write(manifest(c.dir, port, false));
       assert.match(await Deno.readTextFile(`${file}.sig`), /\nserial 3\n/);
       const n = up();
-      await n.waitFor(/up: node 'files' serving/);
+      await n.waitFor(/up: node 'files' serving/, { stream: "stderr", ms: 30_000 });
       const a = await logon("alice", "cat /n/home/hello.txt");
       assert.equal(a.out, "hello\n", a.err);
       assert.match(await Deno.readTextFile(`${c.certs("files")}/manifest.applied`), / 3\n$/);
