@@ -328,7 +328,12 @@ async function applyOne(
       if (src?.kind === "address") {
         const link = await dialer.address(ns, src.address, { peer: e.peer, alg: e.alg });
         await mkdirs(ns, args[1]!);
-        await ns.mount(link.tree, args[1]!, { ...flags, source: args[0]!, aname: args[2] ?? "" });
+        await ns.mount(link.tree, args[1]!, {
+          ...flags,
+          source: args[0]!,
+          aname: args[2] ?? "",
+          peer: e.peer,
+        });
         return;
       }
       if (e.peer !== undefined && src?.kind === "export" && e.peer !== src.node.name) {

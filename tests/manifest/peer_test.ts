@@ -83,6 +83,8 @@ namespace = ""
       assert.deepEqual(a.report.map((r) => r.ok), [true, false, false]);
       assert.equal(a.report[0]!.line, `mount --peer files tcp!127.0.0.1!${port} /n/right home`);
       assert.equal(dec.decode(await a.ns.readFile("/n/right/hello.txt")), "hello\n");
+      // `ns` shows the mount as it was made, so that replaying it checks the same node.
+      assert.equal(a.ns.mounts().find((m) => m.target === "/n/right")?.peer, "files");
       // The wrong node is refused, naming the one expected and the one that answered.
       assert.match(
         a.report[1]!.error!,
