@@ -419,6 +419,10 @@ class HostNode implements Node {
     return this.#qid;
   }
 
+  get place(): readonly string[] {
+    return this.rel;
+  }
+
   walk(names: string[], opts?: OpOptions): Promise<WalkResult> {
     return this.#walk(names, opts, false);
   }

@@ -122,6 +122,12 @@ export interface Node {
   /** The file's qid as last seen. */
   readonly qid: Qid;
   /**
+   * Where the file really is, from the tree's root, once symlinks are
+   * resolved: for trees whose names can lead elsewhere (a host directory),
+   * so that a filter judges the file and not the name it was reached by.
+   */
+  readonly place?: readonly string[];
+  /**
    * Walk `names` from here (each a single path element, never "." or
    * containing "/"; ".." is allowed and must not escape the tree's root).
    * With no names, returns a new node for the same file (a clone).

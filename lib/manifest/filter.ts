@@ -52,8 +52,21 @@ export class FilterTree implements Tree {
     if (rel.includes("..") || rel.some((_, i) => hidden(this.filter, rel.slice(0, i + 1)))) {
       throw new StyxError(Ename.notFound);
     }
-    return new FilterNode(await this.inner.attach(caller, aname), rel, this.filter);
+    return reached(await this.inner.attach(caller, aname), rel, this.filter);
   }
+}
+
+/**
+ * `node`, reached by the names `rel`, seen through `filter`; refused when
+ * where it really is (a symlink may lead elsewhere) is hidden.
+ */
+async function reached(node: Node, rel: string[], filter: readonly string[]): Promise<FilterNode> {
+  const place = node.place ? [...node.place] : rel;
+  if (place !== rel && place.some((_, i) => hidden(filter, place.slice(0, i + 1)))) {
+    await node.close();
+    throw new StyxError(Ename.notFound);
+  }
+  return new FilterNode(node, place, filter);
 }
 
 function hidden(filter: readonly string[], rel: string[]): boolean {
@@ -150,7 +163,8 @@ class FilterNode implements Node {
       await r.node?.close();
       return { qids: r.qids };
     }
-    return { qids: r.qids, node: new FilterNode(r.node, rel, this.filter) };
+    // Names that lead somewhere hidden fail the walk as a hidden name does.
+    return { qids: r.qids, node: await reached(r.node, rel, this.filter) };
   }
 
   async open(mode: number, opts?: OpOptions): Promise<OpenFile> {

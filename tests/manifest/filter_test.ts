@@ -162,6 +162,38 @@ Deno.test("a filter holds whatever a path becomes", async (t) => {
         d.close();
       }
     });
+
+    await t.step("a symlink on the host does not lead past the filter", async () => {
+      // Made on the host, inside the export: each leads to a hidden place.
+      await Deno.symlink("private/diary", `${home}/diary-link`);
+      await Deno.symlink("private", `${home}/private-link`);
+      await Deno.symlink("../a/b/secret", `${home}/notes/secret-link`);
+      await Deno.writeTextFile(`${home}/id.key`, "the key\n");
+      await Deno.symlink("id.key", `${home}/id-link`);
+      await Deno.symlink("notes", `${home}/notes-link`);
+      const a = await logon(m, "alice", { certDir: c.certs("alice"), rootDir: `${c.dir}/root-s` });
+      try {
+        for (
+          const p of [
+            "/n/home/diary-link",
+            "/n/home/private-link/diary",
+            "/n/home/notes/secret-link",
+            "/n/home/id-link",
+          ]
+        ) {
+          await assert.rejects(a.ns.readFile(p), /file does not exist/, p);
+        }
+        await assert.rejects(a.ns.writeFile("/n/home/private-link/planted", enc.encode("x")));
+        assert.ok(!(await exists(`${home}/private/planted`)));
+        // A symlink to a place the filter leaves alone still works.
+        assert.equal(
+          dec.decode(await a.ns.readFile("/n/home/notes-link/todo")),
+          "share the phone\n",
+        );
+      } finally {
+        await a.close();
+      }
+    });
   } finally {
     await node?.close();
     await c.cleanup();
