@@ -11,8 +11,9 @@ import { Namespace } from "../../lib/ns/namespace.ts";
 import { serve } from "../../lib/styx/server.ts";
 import { RemoteTree, StyxClient } from "../../lib/styx/client.ts";
 import { tlsDial, tlsListen, tlsWrapClient } from "../../lib/transport/tls.ts";
+import { tcpDial, tcpListen } from "../../lib/transport/tcp.ts";
 import type { Conn } from "../../lib/transport/conn.ts";
-import { dial } from "../../lib/net/nsdial.ts";
+import { dial, type FileConn } from "../../lib/net/nsdial.ts";
 import { makeFixture } from "../auth/fixture.ts";
 
 /**
@@ -212,5 +213,61 @@ Deno.test("bulk streams through a remote /net over mutual TLS arrive whole and i
     await exportLoop;
     await farLoop;
     await fx.cleanup();
+  }
+});
+
+Deno.test("small writes in a burst through a remote /net go out gathered, in order", async () => {
+  const remoteDev = new NetDevice();
+  const exportL = tcpListen("127.0.0.1", 0);
+  const exportLoop = (async () => {
+    for await (const c of exportL) serve(c, remoteDev.tree()).catch(() => {});
+  })();
+  // The far end checks the stream as it comes and answers with what it saw.
+  const n = 3000;
+  const piece = 1000;
+  const farL = tcpListen("127.0.0.1", 0);
+  const farLoop = (async () => {
+    for await (const c of farL) {
+      const check = await recvStream(c, n * piece, new StreamCheck(7));
+      await c.write(new Uint8Array([...u32(check.got), ...u32(check.bad + 1)]));
+    }
+  })();
+  const client = await StyxClient.connect(
+    await tcpDial("127.0.0.1", Number(exportL.addr.split("!")[2])),
+  );
+  const mem = new MemTree();
+  await mem.mkdirp("/net");
+  const ns = new Namespace(mem, { caller: { user: "glenda" } });
+  await ns.mount(new RemoteTree(client), "/net");
+  try {
+    const c = await dial(ns, `tcp!127.0.0.1!${farL.addr.split("!")[2]}`) as FileConn;
+    // Count the Twrites the stream costs.
+    let twrites = 0;
+    const write = c.data.write.bind(c.data);
+    c.data.write = (off, data, opts) => {
+      twrites++;
+      return write(off, data, opts);
+    };
+    // A burst, as TLS writes its records: each write is made without
+    // waiting for the one before to be answered.
+    const writes: Promise<void>[] = [];
+    for (let i = 0; i < n; i++) writes.push(c.write(streamBytes(i * piece, piece, 7)));
+    await Promise.all(writes);
+    await c.flush();
+    const { head: reply } = await readN(c, 8);
+    const v = new DataView(reply.buffer, reply.byteOffset);
+    assert.equal(v.getUint32(0), n * piece, "the far end got another byte count");
+    assert.equal(v.getUint32(4), 0, `the far end saw a wrong byte at ${v.getUint32(4) - 1}`);
+    assert.ok(twrites < n / 10, `${n} writes cost ${twrites} Twrites`);
+    c.close();
+    await c.closed;
+  } finally {
+    await client.close();
+    await ns.close().catch(() => {});
+    exportL.close();
+    farL.close();
+    remoteDev.closeAll();
+    await exportLoop;
+    await farLoop;
   }
 });
