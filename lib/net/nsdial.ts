@@ -355,16 +355,22 @@ export class FileConn implements Conn {
    * answered; `spare`, if given, may be gathered into after that.
    */
   #twrite(piece: Uint8Array, spare?: Uint8Array): void {
-    const p = this.data.write(this.#woff, piece).then((n) => {
-      if (n !== piece.length) throw new StyxError(`short write: ${n} of ${piece.length} bytes`);
-    }).catch((e) => {
-      this.#writeErr ??= e;
-    }).finally(() => {
+    // One promise per Twrite (not a then, catch and finally chain): a
+    // stream of small request and answer exchanges makes many.
+    const done = (err: unknown) => {
+      this.#writeErr ??= err;
       this.#writes.delete(p);
       if (spare) this.#spare = spare;
       // One fewer in flight: what was gathered meanwhile goes now.
       if (this.#writes.size < GATHER_BUSY && !this.#writeErr) this.#sendGathered();
-    });
+    };
+    const p: Promise<void> = this.data.write(this.#woff, piece).then(
+      (n) =>
+        done(
+          n === piece.length ? null : new StyxError(`short write: ${n} of ${piece.length} bytes`),
+        ),
+      done,
+    );
     this.#woff += BigInt(piece.length);
     this.#writes.add(p);
   }
