@@ -15,7 +15,9 @@
  *
  * The Conn over a data file keeps several reads in flight and lets several
  * writes be outstanding at once (each a whole iounit), so a tunnel through a
- * remote /net is not limited to one round trip per chunk.
+ * remote /net is not limited to one round trip per chunk. Small writes made
+ * while Twrites are in flight (TLS records, say) are gathered into one
+ * Twrite, sent as soon as one in flight is answered.
  *
  * @example
  * ```ts
@@ -80,6 +82,16 @@ export interface CsAnswer {
   /** e.g. "10.0.0.1!80" or "*!8000". */
   addr: string;
 }
+
+/**
+ * A write smaller than this, made while GATHER_BUSY Twrites are in flight,
+ * is gathered with the writes after it into one Twrite. TLS over a tunnel
+ * writes a few records at a time (tens of KiB), which would otherwise cost
+ * a Twrite, an Rwrite and a relay write each.
+ */
+const GATHER_MAX = 64 * 1024;
+/** Twrites in flight from which small writes are gathered; below it they go at once. */
+const GATHER_BUSY = 2;
 
 function isNotFound(e: unknown): boolean {
   return e instanceof Error && e.message === Ename.notFound;
@@ -177,6 +189,11 @@ export class FileConn implements Conn {
   #restWhole: Uint8Array | null = null;
   #writes = new Set<Promise<unknown>>();
   #writeErr: unknown = null;
+  /** Small writes gathered while Twrites are in flight (see write), and how many bytes. */
+  #gather: Uint8Array | null = null;
+  #gathered = 0;
+  /** A gathering buffer whose Twrite was answered, for the next gathering. */
+  #spare: Uint8Array | null = null;
   #abort = new AbortController();
   #off = 0n;
   #woff = 0n;
@@ -277,35 +294,100 @@ export class FileConn implements Conn {
     if (this.#reads.length > 0 && !this.#eof) {
       while (this.#reads.length < this.#depth) this.#issueRead();
     }
-    for (let o = 0; o < data.length; o += this.#size) {
-      while (this.#writes.size >= this.#window) {
-        await Promise.race(this.#writes);
-        if (this.#writeErr) throw this.#writeErr;
+    if (data.length < GATHER_MAX && (this.#gathered > 0 || this.#writes.size >= GATHER_BUSY)) {
+      // Twrites are in flight: gather this small write with those after
+      // it into one Twrite, sent when one of them is answered (or the
+      // gathered piece is full), rather than a Twrite each.
+      let o = 0;
+      while (o < data.length) {
+        if (this.#gather === null) {
+          this.#gather = this.#spare ?? new Uint8Array(this.#size);
+          this.#spare = null;
+        }
+        const k = Math.min(this.#size - this.#gathered, data.length - o);
+        this.#gather.set(data.subarray(o, o + k), this.#gathered);
+        this.#gathered += k;
+        o += k;
+        if (this.#gathered === this.#size) {
+          if (this.#writes.size >= this.#window) await this.#room();
+          this.#sendGathered();
+        }
       }
-      const piece = data.subarray(o, o + this.#size);
-      const p = this.data.write(this.#woff, piece).then((n) => {
-        if (n !== piece.length) throw new StyxError(`short write: ${n} of ${piece.length} bytes`);
-      }).catch((e) => {
-        this.#writeErr ??= e;
-      }).finally(() => this.#writes.delete(p));
-      this.#woff += BigInt(piece.length);
-      this.#writes.add(p);
+      if (this.#writes.size < GATHER_BUSY) this.#sendGathered();
+      if (this.#writeErr) throw this.#writeErr;
+      return;
+    }
+    // The window is checked before awaiting, so that writes made together
+    // see each other's Twrites in flight (and gather) at once.
+    if (this.#gathered > 0) {
+      if (this.#writes.size >= this.#window) await this.#room();
+      this.#sendGathered();
+    }
+    for (let o = 0; o < data.length; o += this.#size) {
+      if (this.#writes.size >= this.#window) await this.#room();
+      this.#twrite(data.subarray(o, o + this.#size));
     }
     if (this.#writeErr) throw this.#writeErr;
   }
 
+  /** Wait until fewer than the window's Twrites are in flight; throws a write's failure. */
+  async #room(): Promise<void> {
+    while (this.#writes.size >= this.#window) {
+      await Promise.race(this.#writes);
+      if (this.#writeErr) throw this.#writeErr;
+    }
+    if (this.#writeErr) throw this.#writeErr;
+  }
+
+  /** Send the gathered bytes, if any, as one Twrite (the window has room or will wait). */
+  #sendGathered(): void {
+    if (this.#gathered === 0) return;
+    const buf = this.#gather!;
+    // The buffer goes with its Twrite, and is gathered into again only
+    // once that is answered: nothing below may still be reading it then.
+    this.#twrite(buf.subarray(0, this.#gathered), buf);
+    this.#gather = null;
+    this.#gathered = 0;
+  }
+
+  /**
+   * One Twrite of `piece` at the stream's write offset, in flight until
+   * answered; `spare`, if given, may be gathered into after that.
+   */
+  #twrite(piece: Uint8Array, spare?: Uint8Array): void {
+    // One promise per Twrite (not a then, catch and finally chain): a
+    // stream of small request and answer exchanges makes many.
+    const done = (err: unknown) => {
+      this.#writeErr ??= err;
+      this.#writes.delete(p);
+      if (spare) this.#spare = spare;
+      // One fewer in flight: what was gathered meanwhile goes now.
+      if (this.#writes.size < GATHER_BUSY && !this.#writeErr) this.#sendGathered();
+    };
+    const p: Promise<void> = this.data.write(this.#woff, piece).then(
+      (n) =>
+        done(
+          n === piece.length ? null : new StyxError(`short write: ${n} of ${piece.length} bytes`),
+        ),
+      done,
+    );
+    this.#woff += BigInt(piece.length);
+    this.#writes.add(p);
+  }
+
   /** Resolves once every write so far has reached the far end's socket. */
   async flush(): Promise<void> {
-    await Promise.allSettled([...this.#writes]);
+    this.#sendGathered();
+    while (this.#writes.size > 0) await Promise.allSettled([...this.#writes]);
     if (this.#writeErr) throw this.#writeErr;
   }
 
   close(): void {
     if (this.#isClosed) return;
     this.#isClosed = true;
-    const writes = [...this.#writes];
+    if (!this.#writeErr) this.#sendGathered();
     (async () => {
-      await Promise.allSettled(writes);
+      while (this.#writes.size > 0) await Promise.allSettled([...this.#writes]);
       this.#abort.abort();
       await Promise.allSettled([this.data.close(), this.ctl.close()]);
     })().finally(() => this.#resolveClosed());
