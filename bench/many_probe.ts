@@ -5,23 +5,28 @@
  * read to the last reply), the server's CPU (user + system, every thread)
  * per GiB moved, and the client's.
  *
- * Both servers are driven by the same client: one process that speaks just
+ * Both servers are driven by the same client, a small one that speaks just
  * enough 9P to version, attach, walk, open and read (9P2000 to Ferry,
  * 9P2000.L to diod, which speaks nothing else), each connection at msize
  * 64 KiB (diod's cap) with one read in flight, as diodcat and the kernel's
- * v9fs client read. Connections are set up before the clock starts.
+ * v9fs client read. The connections are shared among --procs client
+ * processes (default 2, so the client is not held to one core either),
+ * set up before the clock starts, and started together.
  *
  *   deno run -A bench/many_probe.ts [--json] [--conns 64] [--mib 16] [--reps 3]
- *                                   [--tls] [--ferry PATH/cmd/ferry.ts]
+ *        [--procs 2] [--threads N] [--tls] [--ferry PATH/cmd/ferry.ts]
  *
- * --tls adds a row for Ferry's mutual-TLS listener (diod has none: its row
- * shows diod's plain figure beside it). --ferry adds a row for another
- * checkout's `ferry listen -A`, run in turn with the others (before/after).
+ * --threads is passed to `ferry listen`. --tls adds a row for Ferry's
+ * mutual-TLS listener (diod has none: its row shows diod's plain figure
+ * beside it). --ferry adds a row for another checkout's `ferry listen -A`,
+ * run in turn with the others (before/after in one run).
  *
  *   deno run -A bench/many_probe.ts drive ADDR --proto 9P2000|9P2000.L
- *        [--aname A] [--conns N] [--pid SERVERPID] [--certs DIR]
+ *        [--aname A] [--conns N] [--first I] [--certs DIR]
  *
- * is the client on its own; it prints one JSON line.
+ * is one client process: it reads files fI, fI+1, … on N connections,
+ * prints "ready" once they are open, starts when its stdin ends, and
+ * prints one JSON line.
  *
  * @module
  */
@@ -44,7 +49,6 @@ const { values, positionals } = parseArgs({
     ferry: { type: "string" },
     proto: { type: "string", default: "9P2000" },
     aname: { type: "string", default: "" },
-    pid: { type: "string" },
     certs: { type: "string" },
     procs: { type: "string", default: "2" },
     first: { type: "string", default: "0" },
@@ -421,26 +425,33 @@ async function main(): Promise<void> {
       }
     }
     const med = (k: string, key: keyof Figures) => median(got[k]!.map((f) => f[key]));
-    const what = `${CONNS} clients x own ${MIB} MiB file, msize 64 KiB, 1 read in flight each, ` +
-      `one client process for both, medians of ${REPS}`;
+    row(
+      `method: ${CONNS} connections, each its own ${MIB} MiB file, msize 64 KiB, one read in ` +
+        `flight each, from ${PROCS} client processes (the same client for both: 9P2000 to ` +
+        `Ferry, 9P2000.L to diod), timed from the first read; medians of ${REPS}, in turns`,
+      "",
+      "",
+      "",
+    );
     const d = got.diod ? med("diod", "mbs") : NaN;
     const dc = got.diod ? med("diod", "serverCpuPerGiB") : NaN;
-    const peer = (x: number, unit: string) =>
-      got.diod ? `diod ${x.toFixed(unit ? 2 : 0)}` : "diod not installed";
+    const peer = (x: number, digits: number) =>
+      got.diod ? `diod ${x.toFixed(digits)}` : "diod not installed";
     const line = (label: string, k: string) => {
       const m = med(k, "mbs");
       const c = med(k, "serverCpuPerGiB");
-      row(`${what}: ${label}, aggregate MB/s`, m.toFixed(0), peer(d, ""), `${(m / d).toFixed(2)}x`);
+      row(`${label}: aggregate MB/s`, m.toFixed(0), peer(d, 0), `${(m / d).toFixed(2)}x`);
       row(
-        `${what}: ${label}, server CPU s per GiB (client ${med(k, "clientCpuPerGiB").toFixed(2)})`,
+        `${label}: server CPU s per GiB (client's: ${med(k, "clientCpuPerGiB").toFixed(2)})`,
         c.toFixed(2),
-        peer(dc, "s"),
+        peer(dc, 2),
         `${(c / dc).toFixed(2)}x`,
       );
     };
-    line("ferry listen -A", "ferry");
-    if (got.before) line(`ferry listen -A of ${values.ferry}`, "before");
-    if (got.tls) line("ferry listen with mutual TLS (diod: plain)", "tls");
+    const t = values.threads ? `--threads ${values.threads}` : "default threads";
+    line(`${CONNS} clients, ferry listen -A (${t})`, "ferry");
+    if (got.before) line(`${CONNS} clients, ferry listen -A of ${values.ferry}`, "before");
+    if (got.tls) line(`${CONNS} clients, ferry listen with mutual TLS (${t}; diod: plain)`, "tls");
   } finally {
     for (const s of servers) await stop(s);
     if (diod) {
