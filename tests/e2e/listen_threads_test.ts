@@ -190,3 +190,30 @@ Deno.test("listen threads: identity, allow list and revocation hold on every thr
     await fx.cleanup();
   }
 });
+
+Deno.test("listen threads: a second listener on a port in use is refused, not let share it", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ferry-threads-" });
+  try {
+    await withListen(["-A", "--threads", "2"], dir, async (addr) => {
+      const [exe, ...pre] = ferryArgv();
+      const second = new Deno.Command(exe!, {
+        args: [...pre, "listen", "-A", "--threads", "2", addr, dir],
+        stdin: "null",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const err = new Response(second.stderr).text();
+      // It must end on its own; one that starts listening is stopped and fails the test.
+      const first = await second.stdout.getReader().read();
+      const listening = !first.done && /listening on/.test(dec.decode(first.value));
+      if (listening) second.kill("SIGKILL");
+      await second.stdout.cancel().catch(() => {});
+      const st = await second.status;
+      assert.equal(listening, false, "the second listener shares the port");
+      assert.equal(st.success, false);
+      assert.match(await err, /cannot announce .*in use/i);
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
