@@ -433,6 +433,13 @@ async function main(): Promise<void> {
       "",
       "",
     );
+    // The spread shows the noise: the machine may be busy with other work.
+    const spread = (k: string) => {
+      const xs = got[k]!.map((f) => f.mbs);
+      return `${med(k, "mbs").toFixed(0)} (${Math.min(...xs).toFixed(0)}-${
+        Math.max(...xs).toFixed(0)
+      })`;
+    };
     const d = got.diod ? med("diod", "mbs") : NaN;
     const dc = got.diod ? med("diod", "serverCpuPerGiB") : NaN;
     const peer = (x: number, digits: number) =>
@@ -440,7 +447,12 @@ async function main(): Promise<void> {
     const line = (label: string, k: string) => {
       const m = med(k, "mbs");
       const c = med(k, "serverCpuPerGiB");
-      row(`${label}: aggregate MB/s`, m.toFixed(0), peer(d, 0), `${(m / d).toFixed(2)}x`);
+      row(
+        `${label}: aggregate MB/s (range)`,
+        spread(k),
+        got.diod ? `diod ${spread("diod")}` : "diod not installed",
+        `${(m / d).toFixed(2)}x`,
+      );
       row(
         `${label}: server CPU s per GiB (client's: ${med(k, "clientCpuPerGiB").toFixed(2)})`,
         c.toFixed(2),
