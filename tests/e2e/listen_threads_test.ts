@@ -217,3 +217,17 @@ Deno.test("listen threads: a second listener on a port in use is refused, not le
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("listen threads: a bad --threads is refused, naming the value", async () => {
+  for (const value of ["0", "two", "1.5"]) {
+    const [exe, ...pre] = ferryArgv();
+    const o = await new Deno.Command(exe!, {
+      args: [...pre, "listen", "-A", "--threads", value, "tcp!127.0.0.1!0", "."],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(o.success, false);
+    assert.match(dec.decode(o.stderr), new RegExp(`--threads '${value}' is not a whole number`));
+  }
+});
