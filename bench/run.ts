@@ -3,13 +3,15 @@
  * measured against, in the same run. Not a test: nothing here passes or
  * fails on timing.
  *
- * deno task bench [--mib N] [--files N] [--reps N] [--only styx,ns,tls,net,fuse,hostile]
+ * deno task bench [--mib N] [--files N] [--reps N] [--only styx,ns,tls,net,fuse,hostile,many]
  *
  * Styx figures are medians of --reps runs (default 3), Ferry and its peer
  * taking turns, so a burst of load elsewhere on the machine skews one run
  * of each rather than one side.
  *
- * --only also takes listing: a 100,000-entry directory listed over Styx.
+ * --only also takes listing: a 100,000-entry directory listed over Styx;
+ * and many: 64 clients each reading its own 16 MiB file through one server,
+ * beside diod.
  *
  * @module
  */
@@ -453,6 +455,7 @@ try {
   if (want("listing")) {
     await tableProbe("listing", "listing_probe.ts", ["--reps", String(REPS)]);
   }
+  if (want("many")) await tableProbe("many", "many_probe.ts", ["--reps", String(REPS), "--tls"]);
   if (want("tls")) {
     await probe("tls", "tls_probe.ts");
     await tableProbe("tls", "sftp_probe.ts", [

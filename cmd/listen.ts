@@ -5,15 +5,23 @@
  */
 
 import { fail, parse, UsageError, warnInsecure } from "../lib/cli.ts";
-import { announceStyx } from "../lib/net/connect.ts";
-import { HostTree } from "../lib/fs/host.ts";
-import { ConnectionLimit, serve } from "../lib/styx/server.ts";
+import { listenHost, parseDialString } from "../lib/net/dial.ts";
+import { DEFAULT_MAX_CONNECTIONS } from "../lib/styx/server.ts";
 import { traceEnabled } from "../lib/styx/trace.ts";
-import type { Tree } from "../lib/fs/tree.ts";
+import {
+  type FromWorker,
+  type Loop,
+  type LoopJob,
+  loopShares,
+  startLoop,
+} from "./listen_worker.ts";
+
+/** Serving threads by default: one per CPU, up to this many. */
+const MAX_DEFAULT_THREADS = 4;
 
 const spec = {
   usage:
-    "ferry listen [-A] [--ro] [--allow USERS] [-a ALG] [--certs DIR] [-D] [--max-conns N] [--frame-timeout SECS] ADDR DIR",
+    "ferry listen [-A] [--ro] [--allow USERS] [-a ALG] [--certs DIR] [-D] [--max-conns N] [--frame-timeout SECS] [--threads N] ADDR DIR",
   about: "Export the host directory DIR as a Styx tree on ADDR (a dial string such as\n" +
     "'tcp!*!6666') until interrupted. Without -A every connection is mutually\n" +
     "authenticated and encrypted with TLS 1.3 using this machine's credentials.",
@@ -26,6 +34,7 @@ const spec = {
     D: { type: "boolean" as const },
     "max-conns": { type: "string" as const },
     "frame-timeout": { type: "string" as const },
+    threads: { type: "string" as const },
   },
   optionsHelp: [
     "  -A            no authentication or encryption (warns)",
@@ -34,8 +43,10 @@ const spec = {
     "  -a ALG        Inferno algorithm name, mapped onto a TLS 1.3 cipher choice",
     "  --certs DIR   credentials directory (default $FERRY_CERTS, else ~/.ferry/certs)",
     "  -D            trace Styx messages on stderr",
-    "  --max-conns N         serve at most N connections at once (default 256 per process)",
+    "  --max-conns N         serve at most N connections at once (default 256, all threads together)",
     "  --frame-timeout SECS  drop a connection whose frame stays incomplete this long (default 10)",
+    `  --threads N           serve on N threads, each taking some of the connections`,
+    `                        (default: one per CPU, at most ${MAX_DEFAULT_THREADS})`,
   ].join("\n"),
 };
 
@@ -43,14 +54,14 @@ const spec = {
 function listenBounds(
   maxConns: unknown,
   frameTimeout: unknown,
-): { connections?: ConnectionLimit; frameTimeoutMs?: number } {
-  const out: { connections?: ConnectionLimit; frameTimeoutMs?: number } = {};
+): { maxConns: number; frameTimeoutMs?: number } {
+  const out: { maxConns: number; frameTimeoutMs?: number } = { maxConns: DEFAULT_MAX_CONNECTIONS };
   if (typeof maxConns === "string") {
     const n = Number(maxConns);
     if (!Number.isInteger(n) || n < 1) {
       throw new UsageError(`--max-conns '${maxConns}' is not a positive whole number`);
     }
-    out.connections = new ConnectionLimit(n);
+    out.maxConns = n;
   }
   if (typeof frameTimeout === "string") {
     const secs = Number(frameTimeout);
@@ -64,6 +75,102 @@ function listenBounds(
   return out;
 }
 
+/** How many serving threads `--threads` asks for, or the default. */
+function threadCount(threads: unknown): number {
+  if (typeof threads === "string") {
+    const n = Number(threads);
+    if (!Number.isInteger(n) || n < 1 || n > 64) {
+      throw new UsageError(`--threads '${threads}' is not a whole number from 1 to 64`);
+    }
+    return n;
+  }
+  return Math.max(1, Math.min(MAX_DEFAULT_THREADS, navigator.hardwareConcurrency || 1));
+}
+
+/**
+ * True when this Deno lets TCP listeners share a port (Deno.listen's
+ * reusePort needs --unstable-net, which Ferry's deno.json asks for).
+ */
+function canSharePort(): boolean {
+  try {
+    Deno.listen({ hostname: "127.0.0.1", port: 0, reusePort: true }).close();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Fail as a lone listener would when something holds the port: with
+ * SO_REUSEPORT a second listener of the same user would otherwise share
+ * it silently.
+ */
+function checkPortFree(addr: string): void {
+  const a = parseDialString(addr, { net: "tcp", service: "styx" });
+  if (a.port === 0) return;
+  try {
+    Deno.listen({ hostname: listenHost(a), port: a.port }).close();
+  } catch (e) {
+    throw new Error(`cannot announce '${addr}': ${(e as Error).message}`);
+  }
+}
+
+/** `addr` with the port `bound` (a dial string) says was chosen. */
+function withBoundPort(addr: string, bound: string): string {
+  const a = parseDialString(addr, { net: "tcp", service: "styx" });
+  const host = listenHost(a);
+  const port = bound.slice(bound.lastIndexOf("!") + 1);
+  return `tcp!${host.includes(":") ? `[${host}]` : host}!${port}`;
+}
+
+/** Called when a worker says it has stopped listening. */
+const stopped = new WeakMap<Worker, () => void>();
+
+/** Start `n` workers each running a loop of `job`; resolves once all listen. */
+async function startWorkers(n: number, job: LoopJob, failed: (msg: string) => void) {
+  const workers: Worker[] = [];
+  const ready: Promise<void>[] = [];
+  for (let i = 0; i < n; i++) {
+    const w = new Worker(new URL("./listen_worker.ts", import.meta.url), { type: "module" });
+    workers.push(w);
+    ready.push(
+      new Promise<void>((resolve, reject) => {
+        w.onmessage = (e: MessageEvent<FromWorker>) => {
+          if ("ready" in e.data) resolve();
+          else if ("failed" in e.data) reject(new Error(e.data.failed));
+          else stopped.get(w)?.();
+        };
+        w.onerror = (e) => {
+          e.preventDefault();
+          const msg = `a serving thread failed: ${e.message}`;
+          reject(new Error(msg));
+          failed(msg);
+        };
+      }),
+    );
+    w.postMessage({ start: job });
+  }
+  try {
+    await Promise.all(ready);
+  } catch (e) {
+    for (const w of workers) w.terminate();
+    throw e;
+  }
+  return workers;
+}
+
+/**
+ * Wait (a little) for told workers to stop listening, so that what they
+ * were saying is said, then end them.
+ */
+async function stopWorkers(workers: Worker[], told: Promise<void>[]): Promise<void> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<void>((r) => timer = setTimeout(r, 2000));
+  await Promise.race([late, Promise.all(told)]);
+  clearTimeout(timer);
+  for (const w of workers) w.terminate();
+}
+
 /** Run `ferry listen`. */
 export async function run(args: string[]): Promise<number> {
   try {
@@ -74,37 +181,76 @@ export async function run(args: string[]): Promise<number> {
       throw new UsageError(`need ADDR and DIR\nusage: ${spec.usage}`);
     }
     const bounds = listenBounds(p.values["max-conns"], p.values["frame-timeout"]);
+    let threads = threadCount(p.values.threads);
     const insecure = p.values.A === true;
     const st = await Deno.stat(dir).catch(() => null);
     if (!st?.isDirectory) throw new Error(`'${dir}' is not a directory`);
-    const tree: Tree = new HostTree(dir, { readOnly: p.values.ro === true });
     const allow = typeof p.values.allow === "string"
       ? p.values.allow.split(",").map((s) => s.trim()).filter((s) => s)
       : undefined;
-    const listener = await announceStyx(addr, {
+    // node:tls shares a port as it is; Deno's own TCP listener needs --unstable-net.
+    if (threads > 1 && insecure && !canSharePort()) {
+      if (typeof p.values.threads === "string") {
+        console.error(
+          "listen: serving on one thread: sharing the port between threads needs " +
+            "Deno's --unstable-net (Ferry's deno.json turns it on)",
+        );
+      }
+      threads = 1;
+    }
+    if (threads > 1) checkPortFree(addr);
+    const job: LoopJob = {
+      addr,
+      dir,
+      readOnly: p.values.ro === true,
       insecure,
       allow,
       alg: p.values.a as string | undefined,
       certDir: p.values.certs as string | undefined,
-    });
+      trace: p.values.D === true || traceEnabled(),
+      frameTimeoutMs: bounds.frameTimeoutMs,
+      ...loopShares(bounds.maxConns),
+      shared: threads > 1,
+    };
+    // This thread's loop binds first, so the others take the port it was given.
+    const loop: Loop = await startLoop(job);
+    let workers: Worker[] = [];
+    let status = 0;
+    const told: Promise<void>[] = [];
+    const stop = () => {
+      loop.close();
+      for (const w of workers) {
+        if (stopped.has(w)) continue;
+        told.push(new Promise<void>((r) => stopped.set(w, r)));
+        w.postMessage({ stop: true });
+      }
+    };
+    try {
+      workers = await startWorkers(
+        threads - 1,
+        { ...job, addr: withBoundPort(addr, loop.addr) },
+        (msg) => {
+          console.error(`listen: ${msg}`);
+          status = 1;
+          stop();
+        },
+      );
+    } catch (e) {
+      loop.close();
+      await loop.done;
+      throw e;
+    }
     if (insecure) warnInsecure("listen");
-    console.log(`listening on ${listener.addr}`);
-    const trace = p.values.D === true || traceEnabled();
-    const stop = () => listener.close();
+    console.log(`listening on ${loop.addr}`);
     Deno.addSignalListener("SIGINT", stop);
     Deno.addSignalListener("SIGTERM", stop);
-    const sessions = new Set<Promise<void>>();
-    for await (const conn of listener) {
-      const s = serve(conn, tree, { trace, ...bounds }).catch((e) =>
-        console.error(`listen: ${conn.peer.addr}: ${(e as Error).message}`)
-      ).finally(() => sessions.delete(s));
-      sessions.add(s);
-    }
+    await loop.done;
+    await stopWorkers(workers, told);
     Deno.removeSignalListener("SIGINT", stop);
     Deno.removeSignalListener("SIGTERM", stop);
     console.error("listen: stopped");
     // Ctrl-C ends the process without waiting for idle clients.
-    return 0;
+    return status;
   } catch (e) {
     return fail("listen", e);
   }

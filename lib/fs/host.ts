@@ -40,7 +40,7 @@
  * - qid.path is the inode number for files on the root's device (mixed with
  *   the device number for other devices), and never 0. qid.version changes
  *   with the file's mtime, ctime and size, and with every write made through
- *   this tree.
+ *   this tree or a sibling (see {@link HostTreeSiblings}).
  *
  * Speed: metadata calls (lstat, open, close, mkdir, rename...) are made
  * synchronously, since an asynchronous file-system call costs several times
@@ -50,6 +50,10 @@
  * iounit (512 KiB) are made synchronously: from the page cache that takes
  * tens of microseconds, less than a trip through the thread pool costs.
  * Larger ones go asynchronously so that they do not hold up other requests.
+ * (Sending 64 KiB reads through the thread pool too was measured with 64
+ * clients at once: more CPU per byte and no more bytes per second. A
+ * listener uses more cores by running one tree per event loop instead,
+ * tied together as siblings.)
  * Directory reads yield to the event loop every few hundred entries. With
  * openat2, a walk step (openat2, statx, close through FFI) costs less than
  * one Deno.lstatSync; the checked fallback adds a realpath to each call.
@@ -100,7 +104,35 @@ import { openat2Beneath } from "./openat2.ts";
 export interface HostTreeOptions {
   /** Refuse every change (write, create, remove, wstat) with "permission denied". */
   readOnly?: boolean;
+  /**
+   * Ties to other trees serving the same directory in other workers of
+   * this process (a listener with one event loop per core), so that all of
+   * them behave as one tree would.
+   */
+  siblings?: HostTreeSiblings;
 }
+
+/** What trees serving one directory from several workers share (see {@link HostTreeOptions}). */
+export interface HostTreeSiblings {
+  /**
+   * Write counts, mixed into qid.version, in shared memory (a
+   * SharedArrayBuffer, at least {@link WRITE_SLOTS} counters): a write
+   * through any of the trees changes the version every one of them reports.
+   */
+  writes: Int32Array;
+  /**
+   * Told of every rename made through this tree (the old and new path
+   * below the root), to pass to the other trees' {@link HostTree.renamed}.
+   */
+  onRename?(from: string[], to: string[]): void;
+}
+
+/**
+ * Write counters a tree keeps: one per file, by qid.path modulo this many.
+ * Two files sharing one only change each other's qid.version needlessly,
+ * and the memory stays the same however many files are written.
+ */
+export const WRITE_SLOTS = 4096;
 
 /** Largest single read or write the tree performs (the server splits at iounit anyway). */
 const MAX_IO = 16 * 1024 * 1024;
@@ -120,10 +152,11 @@ interface Ctx {
   rootDev: bigint;
   users: HostUsers;
   readOnly: boolean;
-  /** Writes made through this tree, per qid.path: mixed into qid.version. */
-  writes: Map<bigint, number>;
+  /** Writes made through this tree (and its siblings), by qid.path: mixed into qid.version. */
+  writes: Int32Array;
   /** Every node not yet closed, so a rename can move the others that name the same file. */
   live: Set<HostNode>;
+  onRename?: (from: string[], to: string[]) => void;
 }
 
 /**
@@ -156,11 +189,28 @@ export class HostTree implements Tree {
   readonly readOnly: boolean;
   #ctx: Promise<Ctx> | undefined;
   #containment: Beneath["kind"] | undefined;
+  readonly #siblings: HostTreeSiblings | undefined;
+  /** Nodes live once the context is made; renames come only after that. */
+  #live: Set<HostNode> | undefined;
 
   /** Export `root`; nothing is checked until {@link ready} or the first attach. */
   constructor(root: string, opts: HostTreeOptions = {}) {
     this.root = root;
     this.readOnly = opts.readOnly ?? false;
+    const w = opts.siblings?.writes;
+    if (w && w.length < WRITE_SLOTS) {
+      throw new RangeError(`siblings.writes holds ${w.length} counters; ${WRITE_SLOTS} are needed`);
+    }
+    this.#siblings = opts.siblings;
+  }
+
+  /**
+   * A rename made through a sibling tree (see {@link HostTreeSiblings}):
+   * nodes of this tree that name the file, or something below it, follow
+   * it as they follow renames made through this tree.
+   */
+  renamed(from: string[], to: string[]): void {
+    if (this.#live) moveNodes(this.#live, from, to);
   }
 
   /**
@@ -197,14 +247,16 @@ export class HostTree implements Tree {
         throw new Error(`cannot export '${this.root}': ${hostError(e).message}`);
       }
       this.#containment = host.kind;
+      const live = this.#live = new Set<HostNode>();
       return {
         realRoot,
         host,
         rootDev: st.dev,
         users: await hostUsers(),
         readOnly: this.readOnly,
-        writes: new Map(),
-        live: new Set(),
+        writes: this.#siblings?.writes ?? new Int32Array(WRITE_SLOTS),
+        live,
+        onRename: this.#siblings?.onRename,
       };
     })();
     return this.#ctx;
@@ -335,12 +387,30 @@ function qidOf(ctx: Ctx, st: HostStat): Qid {
       BigInt(st.mtimeMs),
       BigInt(st.ctimeMs),
       BigInt(st.size),
-      BigInt(ctx.writes.get(path) ?? 0),
+      BigInt(Atomics.load(ctx.writes, writeSlot(path))),
     ]
   ) {
     v = mix(v ^ x);
   }
   return { type: isDir(st) ? QTDIR : QTFILE, version: Number(v & 0xffffffffn), path };
+}
+
+/** The write counter of the file with qid.path `path`. */
+function writeSlot(path: bigint): number {
+  return Number(path % BigInt(WRITE_SLOTS));
+}
+
+/** Nodes naming `from` or something below it now name `to` (a rename within one directory). */
+function moveNodes(live: Set<HostNode>, from: string[], to: string[]): void {
+  const old = from[from.length - 1];
+  const now = to[to.length - 1]!;
+  for (const n of live) {
+    if (n.rel.length >= from.length && from.every((x, i) => n.rel[i] === x)) {
+      // Clones of this file that were walked by its own name take the new one.
+      if (n.rel.length === from.length && n.name === old) n.name = now;
+      n.rel = [...to, ...n.rel.slice(from.length)];
+    }
+  }
 }
 
 function dirOf(ctx: Ctx, st: HostStat, name: string): Dir {
@@ -667,15 +737,9 @@ class HostNode implements Node {
       const from = this.rel;
       host.rename(from, newName);
       const to = [...from.slice(0, -1), newName];
-      const old = from[from.length - 1];
-      for (const n of ctx.live) {
-        if (n.rel.length >= from.length && from.every((x, i) => n.rel[i] === x)) {
-          // Clones of this file that were walked by its own name take the new one.
-          if (n.rel.length === from.length && n.name === old) n.name = newName;
-          n.rel = [...to, ...n.rel.slice(from.length)];
-        }
-      }
+      moveNodes(ctx.live, from, to);
       this.name = newName;
+      ctx.onRename?.(from, to);
     }
   }
 
@@ -765,9 +829,7 @@ class HostFile implements OpenFile {
         done += n;
       }
       if (pos + done > this.#size) this.#size = pos + done;
-      const writes = this.node.ctx.writes;
-      const path = this.node.qid.path;
-      writes.set(path, ((writes.get(path) ?? 0) + 1) >>> 0);
+      Atomics.add(this.node.ctx.writes, writeSlot(this.node.qid.path), 1);
       return done;
     });
   }

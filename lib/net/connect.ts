@@ -149,6 +149,11 @@ export interface AnnounceOptions {
   /** Users and `group:NAME` entries allowed to connect (TLS only). */
   allow?: string[];
   alg?: string;
+  /**
+   * Let other listeners that ask for it too share the port, each taking
+   * some of the connections (SO_REUSEPORT): one per worker of a listener.
+   */
+  reusePort?: boolean;
 }
 
 /** Announce on `addr` ("tcp!*!8000") and yield connections (verified under TLS). */
@@ -158,7 +163,7 @@ export async function announceStyx(addr: string, opts: AnnounceOptions): Promise
   const host = listenHost(a);
   if (opts.insecure) {
     try {
-      return tcpListen(host, a.port);
+      return tcpListen(host, a.port, { reusePort: opts.reusePort });
     } catch (e) {
       throw new Error(`cannot announce '${addr}': ${(e as Error).message}`);
     }
@@ -175,6 +180,7 @@ export async function announceStyx(addr: string, opts: AnnounceOptions): Promise
       creds: w,
       allow: opts.allow,
       alg: opts.alg,
+      reusePort: opts.reusePort,
     });
   } catch (e) {
     w.close();

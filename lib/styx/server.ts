@@ -121,32 +121,46 @@ export const DEFAULT_MAX_CONNECTIONS = 256;
  * ```
  */
 export class ConnectionLimit {
-  #open = 0;
+  /** Connections open, in memory that may be shared with other workers. */
+  readonly #count: Int32Array;
   #refused = 0;
   #lastLog = -Infinity;
 
-  /** Allow at most `max` connections at once (a positive integer). */
-  constructor(readonly max: number) {
+  /**
+   * Allow at most `max` connections at once (a positive integer). Limits
+   * made with the same `opts.shared` (4 bytes of shared memory, as
+   * {@link shared} gives it, in this worker or another) count against one
+   * cap: listeners in several workers of one process share it so.
+   */
+  constructor(readonly max: number, opts: { shared?: SharedArrayBuffer } = {}) {
     if (!Number.isInteger(max) || max < 1) {
       throw new RangeError(`connection limit '${max}' is not a positive integer`);
     }
+    this.#count = new Int32Array(opts.shared ?? new SharedArrayBuffer(4), 0, 1);
+  }
+
+  /** The memory the count lives in, to build the same cap in another worker. */
+  get shared(): SharedArrayBuffer {
+    return this.#count.buffer as SharedArrayBuffer;
   }
 
   /** Connections being served now. */
   get open(): number {
-    return this.#open;
+    return Atomics.load(this.#count, 0);
   }
 
   /** @internal Take a slot: false when all are taken. */
   take(): boolean {
-    if (this.#open >= this.max) return false;
-    this.#open++;
-    return true;
+    for (;;) {
+      const n = Atomics.load(this.#count, 0);
+      if (n >= this.max) return false;
+      if (Atomics.compareExchange(this.#count, 0, n, n + 1) === n) return true;
+    }
   }
 
   /** @internal Give back a slot taken by {@link take}. */
   give(): void {
-    this.#open--;
+    Atomics.sub(this.#count, 0, 1);
   }
 
   /**

@@ -106,9 +106,23 @@ export async function tcpDial(hostname: string, port: number): Promise<TcpConn> 
   return new TcpConn(raw);
 }
 
-/** Listen for TCP connections on `hostname:port` (port 0 picks a free one). */
-export function tcpListen(hostname: string, port: number): Listener {
-  const l = Deno.listen({ hostname, port, transport: "tcp" });
+/**
+ * Listen for TCP connections on `hostname:port` (port 0 picks a free one).
+ * With `opts.reusePort`, other listeners that ask for it too may share the
+ * port (SO_REUSEPORT: the kernel spreads connections over them); this needs
+ * Deno's `--unstable-net` (Ferry's deno.json asks for it).
+ */
+export function tcpListen(
+  hostname: string,
+  port: number,
+  opts: { reusePort?: boolean } = {},
+): Listener {
+  const l = Deno.listen({
+    hostname,
+    port,
+    transport: "tcp",
+    ...(opts.reusePort ? { reusePort: true } : {}),
+  });
   return {
     addr: addrString(l.addr),
     close() {

@@ -591,7 +591,11 @@ async function wrapServer(raw: Conn, opts: LinkOptions, creds: Credentials): Pro
  * for await (const conn of l) serve(conn, tree);
  * ```
  */
-export async function tlsListen(host: string, port: number, opts: LinkOptions): Promise<Listener> {
+export async function tlsListen(
+  host: string,
+  port: number,
+  opts: LinkOptions & { reusePort?: boolean },
+): Promise<Listener> {
   // Credentials that fail to reload are reported to whoever asked for the watch with onError.
   const src = await followCredentials(opts.creds);
   try {
@@ -605,7 +609,7 @@ export async function tlsListen(host: string, port: number, opts: LinkOptions): 
 async function listenWith(
   host: string,
   port: number,
-  opts: LinkOptions,
+  opts: LinkOptions & { reusePort?: boolean },
   src: CredentialWatch,
 ): Promise<Listener> {
   let creds = src.current();
@@ -684,7 +688,8 @@ async function listenWith(
   server.on("error", () => {});
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
-    server.listen(port, host, () => {
+    // reusePort: several listeners (one per worker) share the port.
+    server.listen({ port, host, reusePort: opts.reusePort === true }, () => {
       server.off("error", reject);
       resolve();
     });
