@@ -3,13 +3,15 @@
  * measured against, in the same run. Not a test: nothing here passes or
  * fails on timing.
  *
- * deno task bench [--mib N] [--files N] [--reps N] [--only styx,ns,tls,net,fuse,hostile]
+ * deno task bench [--mib N] [--files N] [--reps N] [--only styx,ns,tls,net,fuse,hostile,idle]
  *
  * Styx figures are medians of --reps runs (default 3), Ferry and its peer
  * taking turns, so a burst of load elsewhere on the machine skews one run
  * of each rather than one side.
  *
- * --only also takes listing: a 100,000-entry directory listed over Styx.
+ * --only also takes listing: a 100,000-entry directory listed over Styx;
+ * and idle: what an idle connection costs `ferry listen` (plain and TLS,
+ * beside diod), and its memory after clients come and go.
  *
  * @module
  */
@@ -474,6 +476,7 @@ try {
   if (want("fuse")) await probe("fuse", "fuse_probe.ts");
   // A Ferry server's memory under hostile clients (no peer: targets instead).
   if (want("hostile")) await tableProbe("hostile", "hostile.ts");
+  if (want("idle")) await tableProbe("idle", "idle_probe.ts");
   if (want("logon")) await probe("logon", "logon_probe.ts");
 } finally {
   await Deno.remove(dir, { recursive: true }).catch(() => {});
