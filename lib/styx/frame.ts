@@ -23,6 +23,7 @@ import { setImmediate } from "node:timers";
 import type { Conn } from "../transport/conn.ts";
 import { encodeHeader, RREAD_HEADER } from "./codec.ts";
 import { HEADER_SIZE, MsgType } from "./types.ts";
+import { onReclaim } from "./reclaim.ts";
 
 /**
  * The byte stream no longer divides into frames (a size below 7 or above
@@ -676,6 +677,24 @@ export class BufferPool {
     return this.#mine.has(buf);
   }
 
+  /**
+   * Free every buffer kept for reuse now (with `freeExtra`), or let the
+   * garbage collector have them: memory goes back once the pool's users
+   * have gone.
+   */
+  trim(): void {
+    for (const free of this.#free.values()) {
+      for (const b of free) {
+        this.#pooled.delete(b.buffer);
+        if (this.#freeExtra && b.buffer instanceof ArrayBuffer && !b.buffer.detached) {
+          b.buffer.transfer(0);
+        }
+      }
+    }
+    this.#free.clear();
+    this.#count = 0;
+  }
+
   /** Give back `buf` (the whole buffer under some view) once nothing refers to it. */
   give(buf: ArrayBufferLike): void {
     if (!this.#mine.has(buf) || this.#pooled.has(buf)) return;
@@ -699,9 +718,11 @@ export class BufferPool {
  * freed at once, so memory goes back after many connections were busy.
  */
 const workPool = new BufferPool(16, 1, { freeExtra: true });
+onReclaim(() => workPool.trim());
 
 /** Buffers made by {@link allocReadData}: their first RREAD_HEADER bytes are free. */
 const readPool = new BufferPool(32, 1, { freeExtra: true });
+onReclaim(() => readPool.trim());
 
 /**
  * A buffer of `n` bytes with room kept in front of it for an Rread header,

@@ -89,6 +89,7 @@ import {
   rreadInPlace,
 } from "./frame.ts";
 import { formatMsg, traceEnabled } from "./trace.ts";
+import { onReclaim, sessionEnded } from "./reclaim.ts";
 
 /** The largest first message accepted: a Tversion is far smaller. */
 const FIRST_FRAME_MAX = 8192;
@@ -236,6 +237,7 @@ const exclusiveOpen = new WeakMap<Tree, Set<bigint>>();
 
 /** Buffers of large Twrite frames, shared by every session whose tree copies writes. */
 const writePool = new BufferPool(32, 1, { freeExtra: true });
+onReclaim(() => writePool.trim());
 /** Rread data at least this large is written after its header instead of copied into it. */
 const SPLIT = 16 * 1024;
 
@@ -483,6 +485,8 @@ class Session {
     } finally {
       await this.#teardown();
       this.#connections?.give();
+      // Once enough clients have left, their memory goes back to the system.
+      sessionEnded();
     }
   }
 
