@@ -283,17 +283,21 @@ export class FrameReader {
       return own;
     }
     if (buf === own && (this.#burst || (this.#end === buf.length && this.#start === 0))) {
-      this.#toWork(Math.min(SCRATCH, Math.max(IDLE_READ, this.msize)));
+      this.#toWork();
       buf = this.#buf!;
     }
     if (this.#end === buf.length && this.#start > 0) this.#compact();
     return buf;
   }
 
-  /** Move the unread bytes to the front of a work buffer of `size` bytes. */
-  #toWork(size: number): void {
+  /**
+   * Move the unread bytes to the front of a work buffer. It is as large
+   * whatever the msize: it is shared, and a burst of frames smaller than
+   * the msize still comes in with a few reads.
+   */
+  #toWork(): void {
     const old = this.#buf!;
-    const work = workPool.take(size);
+    const work = workPool.take(SCRATCH);
     work.set(old.subarray(this.#start, this.#end));
     this.#end -= this.#start;
     this.#start = 0;
@@ -341,7 +345,7 @@ export class FrameReader {
         // Small enough for a reused buffer: gather it there, copy it out.
         while (this.#end - this.#start < size) {
           buf = this.#room();
-          if (buf.length < size) this.#toWork(Math.max(size, Math.min(SCRATCH, this.msize)));
+          if (buf.length < size) this.#toWork();
           else if (buf.length - this.#start < size) this.#compact();
           buf = this.#buf!;
           this.#arm();
