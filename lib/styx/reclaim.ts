@@ -5,19 +5,20 @@
  * and an idle server may not run one for a long time: after 1,000 clients
  * came and went four times, a server's RSS had doubled although its live
  * heap was back where it started. So once a number of sessions have ended,
- * and after a short pause for the rest of a departing crowd, the server
- * runs one full collection and empties its buffer pools; V8 then returns
- * the freed pages.
+ * or the last one has, and after a short pause for the rest of a departing
+ * crowd, the server runs one full collection and empties its buffer pools;
+ * V8 then returns the freed pages.
  *
  * @module
  */
 
 /** Sessions that must have ended since the last collection before another runs. */
-const MIN_ENDED = 32;
+const MIN_ENDED = 16;
 /** How long after that the collection runs, so that one runs per departing crowd. */
 const PAUSE_MS = 2000;
 
 let ended = 0;
+let live = 0;
 let timer: ReturnType<typeof setTimeout> | undefined;
 /** The full collection; null once found unavailable. */
 let collect: (() => void) | null | undefined;
@@ -33,13 +34,23 @@ export function onReclaim(trim: () => void): void {
 }
 
 /**
- * Note that a session has ended; after enough have, memory is reclaimed a
- * moment later. The pending reclaim never keeps the process alive.
+ * Note that a session has started.
+ * @internal
+ */
+export function sessionStarted(): void {
+  live++;
+}
+
+/**
+ * Note that a session (one {@link sessionStarted} counted) has ended; after
+ * enough have, or the last one has, memory is reclaimed a moment later. The
+ * pending reclaim never keeps the process alive.
  * @internal
  */
 export function sessionEnded(): void {
   ended++;
-  if (ended < MIN_ENDED || timer !== undefined) return;
+  live = Math.max(0, live - 1);
+  if ((ended < MIN_ENDED && live > 0) || timer !== undefined) return;
   const t = setTimeout(() => void reclaim(), PAUSE_MS);
   Deno.unrefTimer(t as unknown as number);
   timer = t;

@@ -89,7 +89,7 @@ import {
   rreadInPlace,
 } from "./frame.ts";
 import { formatMsg, traceEnabled } from "./trace.ts";
-import { onReclaim, sessionEnded } from "./reclaim.ts";
+import { onReclaim, sessionEnded, sessionStarted } from "./reclaim.ts";
 
 /** The largest first message accepted: a Tversion is far smaller. */
 const FIRST_FRAME_MAX = 8192;
@@ -430,6 +430,7 @@ class Session {
 
   async run(): Promise<void> {
     if (this.#connections && !this.#connections.take()) return await this.#refuse();
+    sessionStarted();
     try {
       for (;;) {
         while (!this.#closing && this.#mustWait()) {
