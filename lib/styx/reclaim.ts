@@ -7,10 +7,13 @@
  * heap was back where it started. So once a number of sessions have ended,
  * or the last one has, and after a short pause for the rest of a departing
  * crowd, the server runs one full collection and empties its buffer pools;
- * V8 then returns the freed pages.
+ * V8 then returns the freed pages, and glibc is asked to return what the
+ * collection freed outside V8's heap.
  *
  * @module
  */
+
+import { openLibc } from "../libc.ts";
 
 /** Sessions that must have ended since the last collection before another runs. */
 const MIN_ENDED = 16;
@@ -64,6 +67,31 @@ export async function reclaim(): Promise<void> {
   for (const trim of trimmers) trim();
   if (collect === undefined) collect = await findCollector();
   collect?.();
+  if (mallocTrim === undefined) mallocTrim = findMallocTrim();
+  mallocTrim?.();
+}
+
+/** glibc's malloc_trim; null once found unavailable. */
+let mallocTrim: (() => void) | null | undefined;
+
+/**
+ * What the collection freed outside V8's heap (TLS sessions, socket
+ * state) sits in the C allocator's free lists, which glibc returns to the
+ * system only when asked. Where FFI is allowed and the C library is glibc,
+ * ask it.
+ */
+function findMallocTrim(): (() => void) | null {
+  try {
+    if (Deno.build.os !== "linux") return null;
+    if (Deno.permissions.querySync({ name: "ffi" }).state !== "granted") return null;
+    const libc = openLibc(
+      { malloc_trim: { parameters: ["usize"], result: "i32" } },
+      "giving memory back",
+    );
+    return () => void libc.malloc_trim(0n);
+  } catch {
+    return null;
+  }
 }
 
 /**
