@@ -3,15 +3,16 @@
  * measured against, in the same run. Not a test: nothing here passes or
  * fails on timing.
  *
- * deno task bench [--mib N] [--files N] [--reps N] [--only styx,ns,tls,net,fuse,hostile,many]
+ * deno task bench [--mib N] [--files N] [--reps N] [--only styx,ns,tls,net,fuse,hostile,many,idle]
  *
  * Styx figures are medians of --reps runs (default 3), Ferry and its peer
  * taking turns, so a burst of load elsewhere on the machine skews one run
  * of each rather than one side.
  *
  * --only also takes listing: a 100,000-entry directory listed over Styx;
- * and many: 64 clients each reading its own 16 MiB file through one server,
- * beside diod.
+ * many: 64 clients each reading its own 16 MiB file through one server,
+ * beside diod; and idle: what an idle connection costs `ferry listen`
+ * (plain and TLS, beside diod), and its memory after clients come and go.
  *
  * @module
  */
@@ -477,6 +478,7 @@ try {
   if (want("fuse")) await probe("fuse", "fuse_probe.ts");
   // A Ferry server's memory under hostile clients (no peer: targets instead).
   if (want("hostile")) await tableProbe("hostile", "hostile.ts");
+  if (want("idle")) await tableProbe("idle", "idle_probe.ts");
   if (want("logon")) await probe("logon", "logon_probe.ts");
 } finally {
   await Deno.remove(dir, { recursive: true }).catch(() => {});

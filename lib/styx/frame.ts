@@ -9,7 +9,11 @@
  * buffer it is given ({@link ReadIntoConn}, such as a TCP connection), small
  * frames are read through a reused buffer and copied out at their exact
  * size, and the body of a large frame is read straight into the frame's own
- * buffer. {@link FrameWriter} is the other direction: frames queued are
+ * buffer. The reused buffer is small (1 KiB) while the connection is idle:
+ * a burst of frames, or a frame too big for it, moves to a larger buffer
+ * shared with other connections, given back as soon as every byte in it
+ * has been taken, so a thousand idle connections do not hold a thousand
+ * large buffers. {@link FrameWriter} is the other direction: frames queued are
  * written in order, one write at a time, small ones gathered into one write.
  *
  * @module
@@ -19,6 +23,7 @@ import { setImmediate } from "node:timers";
 import type { Conn } from "../transport/conn.ts";
 import { encodeHeader, RREAD_HEADER } from "./codec.ts";
 import { HEADER_SIZE, MsgType } from "./types.ts";
+import { onReclaim } from "./reclaim.ts";
 
 /**
  * The byte stream no longer divides into frames (a size below 7 or above
@@ -48,7 +53,15 @@ export function canReadInto(conn: Conn): conn is ReadIntoConn {
   return typeof (conn as Partial<ReadIntoConn>).readInto === "function";
 }
 
-/** Size of the reused buffer small frames are read through. */
+/**
+ * Size of the buffer each connection keeps for reading: while it is idle,
+ * a read waits with this buffer, so it is what an idle connection costs.
+ * Requests a client pipelines in one go (a window of Treads, a walk and
+ * open) fit in it.
+ */
+const IDLE_READ = 1024;
+
+/** Most bytes read ahead of the frames taken, and the largest frame gathered in a work buffer. */
 const SCRATCH = 64 * 1024;
 
 /**
@@ -90,11 +103,19 @@ export class FrameReader {
   #timer: ReturnType<typeof setTimeout> | undefined;
   #timedOut = false;
   #inNext = false;
-  /** With readInto: the reused buffer, its unread bytes at [#start, #end). */
+  /**
+   * With readInto: the buffer read into, its unread bytes at [#start,
+   * #end): {@link #own}, or a work buffer from {@link workPool} during a
+   * burst.
+   */
   readonly #into: ReadIntoConn | null;
   #buf: Uint8Array | null = null;
   #start = 0;
   #end = 0;
+  /** This reader's idle buffer ({@link IDLE_READ} bytes), made at the first read. */
+  #own: Uint8Array | null = null;
+  /** The last read filled the idle buffer: more is likely waiting, read it into a work buffer. */
+  #burst = false;
 
   readonly #alloc: (size: number) => Uint8Array;
 
@@ -200,9 +221,7 @@ export class FrameReader {
     if (this.#filling) return this.#filling;
     if (this.#inNext) return null;
     if (this.#into) {
-      const buf = this.#buf ??= new Uint8Array(SCRATCH);
-      if (this.#start === this.#end) this.#start = this.#end = 0;
-      else if (this.#end === buf.length && this.#start > 0) this.#compact();
+      const buf = this.#room();
       if (this.#end === buf.length) return null;
       return this.#ahead(this.#fillScratch(this.#into));
     }
@@ -233,6 +252,7 @@ export class FrameReader {
     if (this.#eof) return false;
     const buf = this.#buf!;
     for (;;) {
+      const room = buf.length - this.#end;
       const n = await conn.readInto(buf.subarray(this.#end));
       if (n === null) {
         this.#eof = true;
@@ -240,21 +260,75 @@ export class FrameReader {
       }
       if (n > 0) {
         this.#end += n;
+        this.#burst = n === room && buf === this.#own;
         return true;
       }
     }
   }
 
+  /**
+   * The buffer to read into next, with room after #end unless it is a
+   * full work buffer: the idle buffer when nothing is left unread (a work
+   * buffer goes back), else the unread bytes moved to the front, or into a
+   * work buffer when the idle buffer is full or the last read filled it.
+   * Never called while a read is under way: nothing may move under it.
+   */
+  #room(): Uint8Array {
+    const own = this.#own ??= new Uint8Array(IDLE_READ);
+    let buf = this.#buf ?? own;
+    if (this.#start === this.#end) {
+      this.#start = this.#end = 0;
+      if (buf !== own) this.#giveBack();
+      this.#buf = own;
+      return own;
+    }
+    if (buf === own && (this.#burst || (this.#end === buf.length && this.#start === 0))) {
+      this.#toWork();
+      buf = this.#buf!;
+    }
+    if (this.#end === buf.length && this.#start > 0) this.#compact();
+    return buf;
+  }
+
+  /**
+   * Move the unread bytes to the front of a work buffer. It is as large
+   * whatever the msize: it is shared, and a burst of frames smaller than
+   * the msize still comes in with a few reads.
+   */
+  #toWork(): void {
+    const old = this.#buf!;
+    const work = workPool.take(SCRATCH);
+    work.set(old.subarray(this.#start, this.#end));
+    this.#end -= this.#start;
+    this.#start = 0;
+    if (old !== this.#own) workPool.give(old.buffer);
+    this.#buf = work;
+    this.#burst = false;
+  }
+
+  /** Give the work buffer back (everything in it has been taken) and return to the idle one. */
+  #giveBack(): void {
+    const buf = this.#buf;
+    if (buf === null || buf === this.#own) return;
+    this.#buf = this.#own;
+    this.#start = this.#end = 0;
+    workPool.give(buf.buffer);
+  }
+
+  /** After a frame was taken: with nothing left unread, hand the work buffer back now. */
+  #taken(): void {
+    if (this.#start === this.#end && this.#filling === null) this.#giveBack();
+  }
+
   async #nextInto(conn: ReadIntoConn): Promise<Uint8Array | null> {
     try {
-      const buf = this.#buf ??= new Uint8Array(SCRATCH);
       // A read started by readAhead fills the buffer after #end: a frame
       // already whole before it is taken at once, else the read lands before
       // anything in the buffer moves.
-      if (this.#filling && !this.#whole(buf)) await this.#filling;
-      if (this.#start === this.#end) this.#start = this.#end = 0;
+      if (this.#filling && !(this.#buf && this.#whole(this.#buf))) await this.#filling;
+      let buf = this.#filling ? this.#buf! : this.#room();
       while (this.#end - this.#start < 4) {
-        if (this.#start > 0 && buf.length - this.#start < 4) this.#compact();
+        buf = this.#room();
         if (this.#end > this.#start) this.#arm();
         if (!(await this.#fillInto(conn))) {
           const have = this.#end - this.#start;
@@ -267,10 +341,13 @@ export class FrameReader {
       const p = this.#start;
       const size = (buf[p]! | buf[p + 1]! << 8 | buf[p + 2]! << 16) + buf[p + 3]! * 0x1000000;
       this.#checkSize(size);
-      if (size <= buf.length) {
-        // Small enough for the reused buffer: gather it there, copy it out.
-        if (buf.length - this.#start < size) this.#compact();
+      if (size <= SCRATCH) {
+        // Small enough for a reused buffer: gather it there, copy it out.
         while (this.#end - this.#start < size) {
+          buf = this.#room();
+          if (buf.length < size) this.#toWork();
+          else if (buf.length - this.#start < size) this.#compact();
+          buf = this.#buf!;
           this.#arm();
           if (!(await this.#fillInto(conn))) {
             throw new FramingError(
@@ -282,6 +359,7 @@ export class FrameReader {
         }
         const frame = buf.slice(this.#start, this.#start + size);
         this.#start += size;
+        this.#taken();
         return frame;
       }
       // Large: what has arrived is copied, the rest is read into place.
@@ -289,6 +367,7 @@ export class FrameReader {
       let have = this.#end - this.#start;
       frame.set(buf.subarray(this.#start, this.#end));
       this.#start = this.#end = 0;
+      this.#taken();
       while (have < size) {
         this.#arm();
         const n = this.#eof ? null : await conn.readInto(frame.subarray(have));
@@ -302,6 +381,8 @@ export class FrameReader {
       }
       return frame;
     } catch (e) {
+      // The stream is unusable now: nothing in the buffers will be taken.
+      if (this.#filling === null) this.#giveBack();
       throw this.#failure(e);
     } finally {
       this.#done();
@@ -600,6 +681,24 @@ export class BufferPool {
     return this.#mine.has(buf);
   }
 
+  /**
+   * Free every buffer kept for reuse now (with `freeExtra`), or let the
+   * garbage collector have them: memory goes back once the pool's users
+   * have gone.
+   */
+  trim(): void {
+    for (const free of this.#free.values()) {
+      for (const b of free) {
+        this.#pooled.delete(b.buffer);
+        if (this.#freeExtra && b.buffer instanceof ArrayBuffer && !b.buffer.detached) {
+          b.buffer.transfer(0);
+        }
+      }
+    }
+    this.#free.clear();
+    this.#count = 0;
+  }
+
   /** Give back `buf` (the whole buffer under some view) once nothing refers to it. */
   give(buf: ArrayBufferLike): void {
     if (!this.#mine.has(buf) || this.#pooled.has(buf)) return;
@@ -616,8 +715,18 @@ export class BufferPool {
   }
 }
 
+/**
+ * Work buffers of up to 64 KiB bytes, shared by every reader: taken
+ * when a burst overflows a connection's idle buffer by a FrameReader, given back once the
+ * burst has been taken. A few are kept for the next burst; the rest are
+ * freed at once, so memory goes back after many connections were busy.
+ */
+const workPool = new BufferPool(16, 1, { freeExtra: true });
+onReclaim(() => workPool.trim());
+
 /** Buffers made by {@link allocReadData}: their first RREAD_HEADER bytes are free. */
 const readPool = new BufferPool(32, 1, { freeExtra: true });
+onReclaim(() => readPool.trim());
 
 /**
  * A buffer of `n` bytes with room kept in front of it for an Rread header,

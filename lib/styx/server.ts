@@ -89,6 +89,7 @@ import {
   rreadInPlace,
 } from "./frame.ts";
 import { formatMsg, traceEnabled } from "./trace.ts";
+import { onReclaim, sessionEnded, sessionStarted } from "./reclaim.ts";
 
 /** The largest first message accepted: a Tversion is far smaller. */
 const FIRST_FRAME_MAX = 8192;
@@ -250,6 +251,7 @@ const exclusiveOpen = new WeakMap<Tree, Set<bigint>>();
 
 /** Buffers of large Twrite frames, shared by every session whose tree copies writes. */
 const writePool = new BufferPool(32, 1, { freeExtra: true });
+onReclaim(() => writePool.trim());
 /** Rread data at least this large is written after its header instead of copied into it. */
 const SPLIT = 16 * 1024;
 
@@ -442,6 +444,7 @@ class Session {
 
   async run(): Promise<void> {
     if (this.#connections && !this.#connections.take()) return await this.#refuse();
+    sessionStarted();
     try {
       for (;;) {
         while (!this.#closing && this.#mustWait()) {
@@ -497,6 +500,8 @@ class Session {
     } finally {
       await this.#teardown();
       this.#connections?.give();
+      // Once enough clients have left, their memory goes back to the system.
+      sessionEnded();
     }
   }
 

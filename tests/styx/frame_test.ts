@@ -216,6 +216,81 @@ Deno.test("FrameReader over real TCP", async () => {
   }
 });
 
+Deno.test("FrameReader over real TCP: frames of every size up to the largest msize", async (t) => {
+  // Around the reader's idle buffer (1 KiB) and work buffers (64 KiB), and
+  // up to the default msize and beyond, all in one connection.
+  const MAX = 4 * 1024 * 1024 + 24;
+  const sizes = [
+    11,
+    100,
+    1023,
+    1024,
+    1025,
+    4096 + 24,
+    8216,
+    65535,
+    65536,
+    65537,
+    512 * 1024 + 24,
+    MAX,
+  ];
+  const frames = sizes.flatMap((n, k) => {
+    // An Rread frame is 11 bytes of header and count before its data.
+    const data = new Uint8Array(n - 11);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 7 + k) & 0xff;
+    // Each size twice, the second time behind a tiny frame, so frames start
+    // at every kind of offset in the reader's buffers.
+    return [
+      encode({ type: MsgType.Rread, tag: k, data }),
+      encode({ type: MsgType.Tclunk, tag: k, fid: k }),
+      encode({ type: MsgType.Rread, tag: k + 100, data }),
+    ];
+  });
+  const stream = concatBytes(frames);
+
+  const receive = async (write: (c: Conn) => Promise<void>) => {
+    const listener = tcpListen("127.0.0.1", 0);
+    const port = Number(listener.addr.split("!")[2]);
+    const server = (async () => {
+      for await (const c of listener) {
+        try {
+          return await readAll(new FrameReader(c, MAX));
+        } finally {
+          c.close();
+        }
+      }
+      throw new Error("no connection");
+    })();
+    const client = await tcpDial("127.0.0.1", port);
+    try {
+      await write(client);
+    } finally {
+      client.close();
+    }
+    try {
+      const got = await server;
+      assert.equal(got.length, frames.length);
+      for (let i = 0; i < frames.length; i++) {
+        assert.deepEqual(got[i], frames[i], `frame ${i} (${frames[i]!.length} bytes)`);
+      }
+    } finally {
+      listener.close();
+    }
+  };
+
+  await t.step("all written at once", () => receive((c) => c.write(stream)));
+
+  await t.step("written in pieces that cut frames anywhere", () =>
+    receive(async (c) => {
+      let off = 0;
+      for (let i = 0; off < stream.length; i++) {
+        const n = [1, 3, 700, 1024, 1500, 70_000, 5][i % 7]!;
+        await c.write(stream.slice(off, off + n));
+        off += n;
+      }
+    }));
+});
+
 Deno.test("FrameWriter over TCP", async (t) => {
   const l = tcpListen("127.0.0.1", 0);
   const port = Number(l.addr.split("!")[2]);

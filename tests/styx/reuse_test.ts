@@ -53,6 +53,23 @@ Deno.test("BufferPool", async (t) => {
     assert.equal(pool.take(10).buffer, a.buffer);
     assert.notEqual(pool.take(10).buffer, b.buffer);
   });
+
+  await t.step("trim frees what it keeps; buffers still in use are untouched", () => {
+    const pool = new BufferPool(4, 1, { freeExtra: true });
+    const kept = pool.take(1000);
+    const used = pool.take(1000);
+    pool.give(kept.buffer);
+    pool.trim();
+    // Freed at once (detached), and never handed out again.
+    assert.equal(kept.buffer.byteLength, 0);
+    assert.equal(used.length, 1000);
+    const next = pool.take(1000);
+    assert.notEqual(next.buffer, kept.buffer);
+    assert.equal(next.length, 1000);
+    // What was in use still comes back afterwards.
+    pool.give(used.buffer);
+    assert.equal(pool.take(1000).buffer, used.buffer);
+  });
 });
 
 Deno.test("Rread frames built in place", async (t) => {
