@@ -52,6 +52,13 @@ export interface LinkOptions {
   peerKind?: CertKind;
   /** Told about every refused connection, with the reason (default: console.error). */
   onRefused?: (addr: string, reason: string) => void;
+  /**
+   * For a listener: the TLS library that serves it. "deno" (Deno's own TLS,
+   * the faster) speaks only `ferry-link/2`; "node" (node:tls) also serves
+   * peers that speak only `ferry-link/1` and honours {@link alg}. Default:
+   * $FERRY_TLS_LISTENER if set, else "node" when `alg` is given, else "deno".
+   */
+  listener?: "deno" | "node";
   /** Give up on a handshake after this long (default 10 s). */
   handshakeTimeoutMs?: number;
   /**
