@@ -530,7 +530,7 @@ async function server(x: Exchange): Promise<CertIdentity> {
       return await x.refuse(
         LINK_PROTOCOL,
         v1 !== null && !x.s.binding
-          ? "client speaks only ferry-link/1, which this listener (Deno's TLS) cannot check: update the client, or serve it from a node:tls listener (FERRY_TLS_LISTENER=node)"
+          ? "client speaks only ferry-link/1, which this listener (Deno's TLS) cannot check: update the client, or serve it from a node:tls listener (unset FERRY_TLS_LISTENER)"
           : "client presented no certificate",
       );
     }

@@ -633,7 +633,9 @@ function listenerEngine(opts: LinkOptions): "deno" | "node" {
   // A function may return new credentials at any moment, and is asked at
   // every handshake: only node:tls can change certificates that often.
   if (typeof opts.creds === "function" && !isCredentialWatch(opts.creds)) return "node";
-  return opts.listener ?? (env === "node" ? "node" : "deno");
+  // node:tls by default: in a 1 GiB Styx read, Deno's TLS listener cost the
+  // server more CPU per byte, and it cannot serve ferry-link/1 peers.
+  return opts.listener ?? (env === "deno" ? "deno" : "node");
 }
 
 async function listenWith(
