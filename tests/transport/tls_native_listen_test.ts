@@ -15,6 +15,7 @@ import { serve } from "../../lib/styx/server.ts";
 import { OREAD } from "../../lib/styx/types.ts";
 import { HostTree } from "../../lib/fs/host.ts";
 import { makeFixture, selfSigned } from "../auth/fixture.ts";
+import { ferryArgv } from "../../lib/self.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -271,6 +272,98 @@ Deno.test("Deno's TLS listener: a 64 MiB Styx read arrives intact", async () => 
       await Promise.all(sessions);
     }
   } finally {
+    await Deno.remove(tmp, { recursive: true });
+    await f.cleanup();
+  }
+});
+
+Deno.test("ferry listen with FERRY_TLS_LISTENER=deno serves a file and names a refused peer", async () => {
+  const f = await makeFixture("nativecmd");
+  const tmp = await Deno.makeTempDir({ prefix: "ferry-native-cmd-" });
+  let proc: Deno.ChildProcess | undefined;
+  try {
+    const put = async (dir: string, name: string, kind: "node" | "user") => {
+      const o = kind === "node" ? { kind, sans: ["127.0.0.1"] } : { kind };
+      const issued = await f.ca.issue(name, o);
+      await Deno.mkdir(dir);
+      await Deno.writeTextFile(`${dir}/ca.pem`, f.ca.certPem);
+      await Deno.writeTextFile(`${dir}/${name}.pem`, issued.certPem);
+      await Deno.writeTextFile(`${dir}/${name}.key`, issued.keyPem, { mode: 0o600 });
+    };
+    await put(`${tmp}/node`, "srv", "node");
+    await put(`${tmp}/user`, "glenda", "user");
+    await Deno.mkdir(`${tmp}/data`);
+    await Deno.writeTextFile(`${tmp}/data/hello`, "hello over Deno's TLS\n");
+    const [exe, ...pre] = ferryArgv();
+    proc = new Deno.Command(exe!, {
+      args: [...pre, "listen", "--certs", `${tmp}/node`, "tcp!127.0.0.1!0", `${tmp}/data`],
+      env: { FERRY_TLS_LISTENER: "deno" },
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const errText = new Response(proc.stderr).text();
+    const out = proc.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let text = "";
+    while (!text.includes("\n")) {
+      const { value, done } = await out.read();
+      if (done) break;
+      text += value;
+    }
+    out.releaseLock();
+    proc.stdout.cancel().catch(() => {});
+    const addr = /tcp!\S+/.exec(text)?.[0];
+    assert.ok(addr, `ferry listen said '${text}'`);
+    const conn = await tlsDial("127.0.0.1", port(addr), {
+      creds: await loadCredentials(`${tmp}/user`, "glenda"),
+    });
+    const c = await StyxClient.connect(conn);
+    try {
+      const fh = await c.openPath(await c.attach("glenda"), "/hello", OREAD);
+      assert.equal(dec.decode(await fh.read(0n, 100)), "hello over Deno's TLS\n");
+      await fh.close();
+    } finally {
+      await c.close();
+    }
+    // A peer that speaks only ferry-link/1 is refused, and the log says why.
+    const srvCa = f.ca.certPem;
+    const alice = await f.creds("alice", "user");
+    const s = tls.connect({
+      host: "127.0.0.1",
+      port: port(addr),
+      ca: srvCa,
+      cert: alice.cert,
+      key: alice.key,
+      rejectUnauthorized: false,
+    });
+    const said = await new Promise<string>((resolve) => {
+      let text = "";
+      const done = () => {
+        clearTimeout(t);
+        s.destroy();
+        resolve(text);
+      };
+      // node:tls in Deno may not report the end of a socket the server closed.
+      const t = setTimeout(done, 10_000);
+      s.on("secureConnect", () => s.write("ferry-link/1 proof AAAA\n"));
+      s.on("data", (d) => {
+        text += String(d);
+        if (/refused/.test(text)) done();
+      });
+      s.on("error", done);
+      s.on("end", done);
+      s.on("close", done);
+    });
+    assert.match(said, /^ferry-link\/2 challenge /);
+    proc.kill("SIGTERM");
+    await proc.status;
+    proc = undefined;
+    const err = await errText;
+    assert.match(err, /refused tcp!127\.0\.0\.1!\d+: client speaks only ferry-link\/1/);
+  } finally {
+    if (proc) {
+      proc.kill("SIGTERM");
+      await proc.status;
+    }
     await Deno.remove(tmp, { recursive: true });
     await f.cleanup();
   }
