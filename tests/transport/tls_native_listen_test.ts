@@ -127,6 +127,42 @@ Deno.test("Deno's TLS listener: only clients that prove a valid certificate get 
         assert.match(got, /ferry-link\/1 refused client speaks only ferry-link\/1/);
         assert.match(await h.reason(n), /client speaks only ferry-link\/1/);
       });
+      await t.step("a TLS 1.2 client gets nothing without the ferry-link/2 proof", async () => {
+        // Deno's TLS server also negotiates TLS 1.2; the link proof is still required.
+        const n = h.reasons.length;
+        const s = tls.connect({
+          host: "127.0.0.1",
+          port: h.port,
+          ca: srv.ca,
+          maxVersion: "TLSv1.2",
+          rejectUnauthorized: false,
+        });
+        const got = await new Promise<{ text: string; protocol: string | null }>((resolve) => {
+          let text = "";
+          let protocol: string | null = null;
+          const done = () => {
+            clearTimeout(timer);
+            s.destroy();
+            resolve({ text, protocol });
+          };
+          const timer = setTimeout(done, 10_000);
+          s.on("secureConnect", () => {
+            protocol = s.getProtocol();
+            s.write("Tversion\n");
+          });
+          s.on("data", (d) => {
+            text += String(d);
+            if (/refused/.test(text)) done();
+          });
+          s.on("error", done);
+          s.on("end", done);
+          s.on("close", done);
+        });
+        assert.equal(got.protocol, "TLSv1.2");
+        assert.match(got.text, /ferry-link\/1 refused client presented no certificate/);
+        assert.match(await h.reason(n), /client presented no certificate/);
+        assert.equal(h.accepted.length, 2);
+      });
       await t.step("a TLS client that says nothing is dropped, no Conn", async () => {
         const quiet = await denoListener({ creds: srv, handshakeTimeoutMs: 300 });
         try {
