@@ -55,8 +55,23 @@ async function connect(): Promise<StyxClient> {
 // The clock starts when the transfer starts (after connecting, attaching
 // and opening), so process start-up is not counted against either side.
 let t0 = performance.now();
-const start = () => (t0 = performance.now());
+let cpu0 = 0;
+const start = () => {
+  cpu0 = cpuSecs();
+  t0 = performance.now();
+};
 const secs = () => (performance.now() - t0) / 1000;
+
+/** User + system CPU seconds this process has used (Linux; 0 elsewhere). */
+function cpuSecs(): number {
+  try {
+    const st = Deno.readTextFileSync("/proc/self/stat");
+    const f = st.slice(st.lastIndexOf(")") + 2).split(" ");
+    return (Number(f[11]) + Number(f[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
 
 switch (mode) {
   case "raw": {
@@ -87,7 +102,8 @@ switch (mode) {
     for await (const chunk of readStream(f, { window, reuse })) n += chunk.length;
     await f.close();
     const s = secs();
-    report({ bytes: n, seconds: s, mbs: n / 1e6 / s, msize: client.msize });
+    const cpuSec = +(cpuSecs() - cpu0).toFixed(2);
+    report({ bytes: n, seconds: s, mbs: n / 1e6 / s, msize: client.msize, cpuSec });
     await client.close();
     break;
   }

@@ -3,7 +3,10 @@
  * `ferry listen` child with node credentials serves a temporary directory;
  * a throwaway sshd (bench/ssh.ts) serves the same directory over sftp.
  *
- *   (a) 1 GiB read: `bench/client.ts read --tls` vs `sftp -b` get
+ *   (a) 1 GiB read: `bench/client.ts read --tls` vs `sftp -b` get; the
+ *       same read from a second `ferry listen` on Deno's TLS
+ *       (FERRY_TLS_LISTENER=deno) against the default node:tls listener,
+ *       with server and client CPU seconds per GiB
  *   (b) 1,000 files of 4 KiB: `bench/client.ts files --tls` vs sftp gets
  *   (c) connect + TLS handshake + attach, in-process, median and p99; and
  *       one-shot `ferry 9p ls /` vs `ssh -o BatchMode=yes host true`
@@ -211,14 +214,23 @@ async function makeCredentials(tmp: string): Promise<void> {
   }
 }
 
-/** Start `ferry listen` with TLS; its address and process. */
+/** User + system CPU seconds process `pid` has used so far. */
+function cpuSecs(pid: number): number {
+  const st = Deno.readTextFileSync(`/proc/${pid}/stat`);
+  const f = st.slice(st.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[11]) + Number(f[12])) / 100;
+}
+
+/** Start `ferry listen` with TLS (on `engine`'s TLS listener); its address and process. */
 async function startListen(
   certs: string,
   dir: string,
+  engine: "node" | "deno" = "node",
 ): Promise<{ addr: string; proc: Deno.ChildProcess }> {
   const [exe, ...args] = ferryArgv();
   const proc = new Deno.Command(exe!, {
     args: [...args, "listen", "--certs", certs, "tcp!127.0.0.1!0", dir],
+    env: { FERRY_TLS_LISTENER: engine },
     stdin: "null",
     stdout: "piped",
     stderr: "piped",
@@ -257,12 +269,16 @@ async function attach(
   }
 }
 
+type Listening = { addr: string; proc: Deno.ChildProcess };
+
 async function sftpSection(
   sshd: Sshd,
-  listenAddr: string,
+  listen: Listening,
+  denoListen: Listening,
   tmp: string,
   data: string,
 ): Promise<number> {
+  const listenAddr = listen.addr;
   const user = `${tmp}/user`;
   const sftpRun = (batch: string, sample = false) =>
     timed("sftp", ["-q", "-b", "-", ...sshd.sshArgs, sshd.target], batch, sample);
@@ -282,15 +298,26 @@ async function sftpSection(
   const sBig: number[] = [];
   const sSmall: number[] = [];
   let sftpRss = 0;
+  const rdDeno: Record<string, number>[] = [];
+  const srvCpu: number[] = [];
+  const srvCpuDeno: number[] = [];
+  /** A read from `l`, with the server's CPU seconds for it. */
+  const readFrom = async (l: Listening, cpu: number[]) => {
+    const c0 = cpuSecs(l.proc.pid);
+    const r = await client(["read", l.addr, "/big", "--tls", user]);
+    cpu.push(cpuSecs(l.proc.pid) - c0);
+    return r;
+  };
   for (let r = 0; r < REPS; r++) {
-    rd.push(await client(["read", listenAddr, "/big", "--tls", user]));
+    rd.push(await readFrom(listen, srvCpu));
+    rdDeno.push(await readFrom(denoListen, srvCpuDeno));
     const big = await sftpRun(bigBatch, true);
     sBig.push(Math.max(1e-3, big.secs - sftpBase));
     sftpRss = Math.max(sftpRss, big.peakMiB);
     fs.push(await client(["files", listenAddr, "/small", String(FILES), "--tls", user]));
     sSmall.push(Math.max(1e-3, (await sftp(smallBatch)) - sftpBase));
   }
-  for (const r of rd) {
+  for (const r of [...rd, ...rdDeno]) {
     if (r.bytes !== MIB * 2 ** 20) throw new Error(`TLS read got ${r.bytes} bytes`);
   }
   const bytes = MIB * 2 ** 20;
@@ -301,6 +328,21 @@ async function sftpSection(
     f1(ferryMbs),
     `sftp get ${f1(sftpMbs)}`,
     `${(ferryMbs / sftpMbs).toFixed(2)}x`,
+  );
+  const denoMbs = median(rdDeno.map((r) => r.mbs!));
+  row(
+    `(a) read ${MIB} MiB from a listener on Deno's TLS (ferry-link/2 only), MB/s (target >= 1800)`,
+    f1(denoMbs),
+    `node:tls listener ${f1(ferryMbs)}`,
+    `${(denoMbs / ferryMbs).toFixed(2)}x`,
+  );
+  const gib = bytes / 2 ** 30;
+  const perGib = (xs: number[]) => (median(xs) / gib).toFixed(2);
+  row(
+    `(a) CPU s per GiB read, server / client (transfer only), listener on Deno's TLS`,
+    `${perGib(srvCpuDeno)} / ${perGib(rdDeno.map((r) => r.cpuSec!))}`,
+    `node:tls listener ${perGib(srvCpu)} / ${perGib(rd.map((r) => r.cpuSec!))}`,
+    "",
   );
   const ferryFps = median(fs.map((r) => r.filesPerSec!));
   const sftpFps = FILES / median(sSmall);
@@ -456,7 +498,8 @@ async function sshClientsSection(sshd: Sshd): Promise<Crowd> {
 
 async function main(): Promise<void> {
   const tmp = await Deno.makeTempDir({ prefix: "ferry-sftp-probe-" });
-  let listen: { addr: string; proc: Deno.ChildProcess } | null = null;
+  let listen: Listening | null = null;
+  let denoListen: Listening | null = null;
   let sshd: Sshd | null = null;
   try {
     const data = `${tmp}/data`;
@@ -464,11 +507,12 @@ async function main(): Promise<void> {
     await makeData(data);
     await makeCredentials(tmp);
     listen = await startListen(`${tmp}/node`, data);
+    denoListen = await startListen(`${tmp}/node`, data, "deno");
     sshd = await startSshd();
     const t0 = performance.now();
     const lap = (what: string) =>
       console.error(`sftp_probe: ${what} done at ${f1((performance.now() - t0) / 1000)} s`);
-    const sftpBase = await sftpSection(sshd, listen.addr, tmp, data);
+    const sftpBase = await sftpSection(sshd, listen, denoListen, tmp, data);
     lap("(a) (b) (e)");
     await latencySection(sshd, listen.addr, tmp, sftpBase);
     lap("(c)");
@@ -491,11 +535,12 @@ async function main(): Promise<void> {
       `${f1(f.during)} MiB for ${CLIENTS} vs ${f1(o.before + oPer * CLIENTS)} MiB (sshd, scaled)`,
     );
   } finally {
-    if (listen) {
+    for (const l of [listen, denoListen]) {
+      if (!l) continue;
       try {
-        listen.proc.kill("SIGTERM");
+        l.proc.kill("SIGTERM");
       } catch { /* gone */ }
-      await listen.proc.status;
+      await l.proc.status;
     }
     await sshd?.stop();
     await Deno.remove(tmp, { recursive: true }).catch(() => {});

@@ -52,6 +52,14 @@ export interface LinkOptions {
   peerKind?: CertKind;
   /** Told about every refused connection, with the reason (default: console.error). */
   onRefused?: (addr: string, reason: string) => void;
+  /**
+   * For a listener: the TLS library that serves it. "node" (node:tls)
+   * speaks both link dialects and honours {@link alg}; "deno" (Deno's own
+   * TLS) speaks only `ferry-link/2`, so it refuses peers that speak only
+   * `ferry-link/1`. Default: $FERRY_TLS_LISTENER if set, else "node".
+   * Credentials given as a function and {@link alg} always need "node".
+   */
+  listener?: "deno" | "node";
   /** Give up on a handshake after this long (default 10 s). */
   handshakeTimeoutMs?: number;
   /**

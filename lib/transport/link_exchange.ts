@@ -431,13 +431,21 @@ class Exchange {
   }
 }
 
-/** A client speaking `ferry-link/1`. */
+/**
+ * A client with channel binding: `ferry-link/1`, or `ferry-link/2` when the
+ * server opens with a challenge instead of its proof (a server on Deno's
+ * TLS, which cannot bind to the session). Either way the server's
+ * certificate, presented in TLS, is checked first, so the challenge is
+ * answered only inside a session with that server.
+ */
 async function boundClient(x: Exchange): Promise<CertIdentity> {
   const id = await x.check(LINK_PROTOCOL, x.s.peerDer);
   const binding = await x.binding();
-  await x.proveBound(binding);
+  // Every server speaks first: its proof, or only a challenge.
   const proof = await x.ch.line();
   x.refusedBy(proof);
+  if (V2_CHALLENGE.test(proof)) return await answerChallenge(x, id, proof);
+  await x.proveBound(binding);
   await x.checkBound(V1_PROOF.exec(proof), id, x.s.peerDer!, binding);
   x.ch.send(`${LINK_PROTOCOL} ok`);
   let verdict: string;
@@ -449,11 +457,16 @@ async function boundClient(x: Exchange): Promise<CertIdentity> {
 
 /** A client speaking `ferry-link/2`. */
 async function challengedClient(x: Exchange): Promise<CertIdentity> {
-  const serverDer = x.s.peerDer;
   // The server's certificate, as presented in TLS.
-  const id = await x.check(LINK_PROTOCOL_2, serverDer);
+  const id = await x.check(LINK_PROTOCOL_2, x.s.peerDer);
   const line = await x.ch.line();
   x.refusedBy(line);
+  return await answerChallenge(x, id, line);
+}
+
+/** Answer the server's `ferry-link/2` challenge `line`; `id` is the server, already checked. */
+async function answerChallenge(x: Exchange, id: CertIdentity, line: string): Promise<CertIdentity> {
+  const serverDer = x.s.peerDer;
   const m = V2_CHALLENGE.exec(line);
   let nonce: Uint8Array | undefined;
   try {
@@ -509,7 +522,18 @@ async function server(x: Exchange): Promise<CertIdentity> {
     const first = await x.ch.lineStartingWith(`${LINK_PROTOCOL_2} `);
     if (first !== null) x.refusedBy(first);
     const m = first === null ? null : V2_PROOF.exec(first);
-    if (!m) return await x.refuse(LINK_PROTOCOL, "client presented no certificate");
+    if (!m) {
+      // A client that refused this server (its certificate) says so in ferry-link/1.
+      const no = await x.ch.lineStartingWith(`${LINK_PROTOCOL} refused `).catch(() => null);
+      if (no !== null) x.refusedBy(no);
+      const v1 = await x.ch.lineStartingWith(`${LINK_PROTOCOL} proof `).catch(() => null);
+      return await x.refuse(
+        LINK_PROTOCOL,
+        v1 !== null && !x.s.binding
+          ? "client speaks only ferry-link/1, which this listener (Deno's TLS) cannot check: update the client, or serve it from a node:tls listener (unset FERRY_TLS_LISTENER)"
+          : "client presented no certificate",
+      );
+    }
     return await challenged(m);
   }
   const id = await x.check(LINK_PROTOCOL, der);

@@ -51,6 +51,11 @@ export class TcpConn implements Conn {
     }
   }
 
+  /** True once {@link close} has run (from either side). */
+  get isClosed(): boolean {
+    return this.#isClosed;
+  }
+
   async read(): Promise<Uint8Array | null> {
     const buf = this.#scratch ??= new Uint8Array(SCRATCH);
     const n = await this.readInto(buf);

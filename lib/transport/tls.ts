@@ -38,10 +38,11 @@ import {
   followCredentials,
   guardSessions,
   type IdentifiedConn,
+  isCredentialWatch,
   type LinkOptions,
   mapAlg,
 } from "../auth/link.ts";
-import { isCertificateFailure, nativeTlsDial } from "./tls_native.ts";
+import { isCertificateFailure, nativeTlsDial, nativeTlsListen } from "./tls_native.ts";
 import {
   explainLinkFailure,
   type ExplainRules,
@@ -596,14 +597,49 @@ export async function tlsListen(
   port: number,
   opts: LinkOptions & { reusePort?: boolean },
 ): Promise<Listener> {
+  const engine = listenerEngine(opts);
   // Credentials that fail to reload are reported to whoever asked for the watch with onError.
   const src = await followCredentials(opts.creds);
   try {
+    if (engine === "deno") {
+      return await nativeTlsListen(host, port, opts, src, {
+        refused: (addr, reason) => refusedLog(opts, addr, reason),
+        revoked: (c) => revokedLog(opts, c),
+      });
+    }
     return await listenWith(host, port, opts, src);
   } catch (e) {
     src.close();
     throw e;
   }
+}
+
+/** Which TLS library serves a listener (see {@link LinkOptions.listener}). */
+function listenerEngine(opts: LinkOptions): "deno" | "node" {
+  let env: string | undefined;
+  try {
+    env = Deno.env.get("FERRY_TLS_LISTENER");
+  } catch { /* no permission to read it: the default */ }
+  if (env !== undefined && env !== "" && env !== "deno" && env !== "node") {
+    throw new LinkError(
+      `Unknown TLS listener '${env}' in FERRY_TLS_LISTENER: use 'deno' or 'node'`,
+    );
+  }
+  if (opts.alg) {
+    // Only node:tls lets a listener choose its cipher suites.
+    if (opts.listener === "deno") {
+      throw new LinkError(
+        "Deno's TLS listener cannot choose cipher suites: drop the algorithm (-a) or use the 'node' listener",
+      );
+    }
+    return "node";
+  }
+  // A function may return new credentials at any moment, and is asked at
+  // every handshake: only node:tls can change certificates that often.
+  if (typeof opts.creds === "function" && !isCredentialWatch(opts.creds)) return "node";
+  // node:tls by default: in a 1 GiB Styx read, Deno's TLS listener cost the
+  // server more CPU per byte, and it cannot serve ferry-link/1 peers.
+  return opts.listener ?? (env === "deno" ? "deno" : "node");
 }
 
 async function listenWith(

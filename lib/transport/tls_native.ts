@@ -24,14 +24,27 @@
  * The server's certificate is read through the runtime's internal
  * accessor; where a Deno release lacks it, the client uses node:tls.
  *
+ * {@link nativeTlsListen} is the server side on Deno's TLS: it speaks only
+ * `ferry-link/2` (Deno's TLS server can neither ask for a client certificate
+ * nor show the Finished messages that `ferry-link/1` signs), encrypts without
+ * the copies node:tls makes, and follows its credentials as the node:tls
+ * listener does.
+ *
  * @module
  */
 
-import type { Conn, Peer } from "./conn.ts";
+import type { Conn, Listener, Peer } from "./conn.ts";
 import { TcpConn } from "./tcp.ts";
 import type { CertIdentity } from "../auth/certs.ts";
+import { ed25519Key, readCert } from "../auth/der.ts";
 import { PeerRefusedError } from "../auth/verify.ts";
-import type { Credentials, IdentifiedConn, LinkOptions } from "../auth/link.ts";
+import {
+  type Credentials,
+  type CredentialWatch,
+  guardSessions,
+  type IdentifiedConn,
+  type LinkOptions,
+} from "../auth/link.ts";
 import {
   explainLinkFailure,
   type ExplainRules,
@@ -226,4 +239,228 @@ export async function nativeTlsDial(
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** What {@link nativeTlsListen} reports through, shared with the node:tls listener. */
+export interface ListenReports {
+  /** A connection was refused (or new credentials could not be used), with the reason. */
+  refused(addr: string, reason: string): void;
+  /** An open session was closed because its certificate was revoked. */
+  revoked(c: IdentifiedConn): void;
+}
+
+/** Deno's TLS listener for `creds`; refuses a certificate whose key is not Ed25519. */
+async function bindTls(
+  host: string,
+  port: number,
+  creds: Credentials,
+  reusePort: boolean,
+): Promise<Deno.TlsListener> {
+  // Ferry's links use Ed25519 certificates only: a listener with another key
+  // would serve clients that could never check its ferry-link proofs.
+  try {
+    await ed25519Key(readCert(creds.cert));
+  } catch (e) {
+    throw new LinkError(
+      `cannot listen with the certificate of '${creds.name}': ${
+        (e as Error).message
+      }; issue it from Ferry's CA ('ferry ca issue ${creds.name}')`,
+    );
+  }
+  // A listener just closed may hold its port for a moment.
+  for (let i = 0;; i++) {
+    try {
+      return Deno.listenTls({ hostname: host, port, cert: creds.cert, key: creds.key, reusePort });
+    } catch (e) {
+      if (!(e instanceof Deno.errors.AddrInUse) || i >= 50 || port === 0) throw e;
+      await new Promise((r) => setTimeout(r, i < 5 ? 0 : 10));
+    }
+  }
+}
+
+/**
+ * Listen on `host:port` with Deno's TLS and run the server side of
+ * `ferry-link/2` on every connection: the client proves in the link that it
+ * holds the key of a certificate from the CA, which is checked (chain,
+ * dates, revocation, kind, allow list) before the connection is yielded,
+ * so no Styx byte is read from an unverified peer. A client that speaks
+ * only `ferry-link/1` is refused with a reason naming that.
+ *
+ * The listener holds `src`, the watch of its credentials: renewed
+ * credentials take effect for new handshakes (the port is bound again
+ * with them; open sessions stay), and sessions whose certificate is
+ * revoked are closed when the new CRL is loaded, and at worst within
+ * `opts.revocationCheckMs`. Closing the listener closes `src`.
+ */
+export async function nativeTlsListen(
+  host: string,
+  port: number,
+  opts: LinkOptions & { reusePort?: boolean },
+  src: CredentialWatch,
+  reports: ListenReports,
+): Promise<Listener> {
+  let creds = src.current();
+  let tls = await bindTls(host, port, creds, opts.reusePort === true);
+  const bound = tls.addr as Deno.NetAddr;
+  const queue: Conn[] = [];
+  let waiter: ((c: Conn | null) => void) | null = null;
+  let closed = false;
+  const live = new Set<IdentifiedConn>();
+  const watch = guardSessions(live, src, opts, reports.revoked);
+  const deliver = (c: Conn | null) => {
+    if (waiter) {
+      const w = waiter;
+      waiter = null;
+      w(c);
+    } else if (c) queue.push(c);
+  };
+
+  // New credentials: bind again with them. Deno's TLS listener keeps the
+  // certificate it was made with; sessions already open are not touched.
+  let rebinding: Promise<void> = Promise.resolve();
+  const renew = (next: Credentials) => {
+    if (next.cert === creds.cert && next.key === creds.key) {
+      creds = next;
+      return;
+    }
+    rebinding = rebinding.then(async () => {
+      if (closed) return;
+      const old = tls;
+      const prev = creds;
+      try {
+        await ed25519Key(readCert(next.cert));
+      } catch (e) {
+        reports.refused("(credentials)", `cannot use new credentials: ${(e as Error).message}`);
+        return;
+      }
+      try {
+        old.close();
+      } catch { /* already closed */ }
+      try {
+        tls = await bindTls(host, bound.port, next, opts.reusePort === true);
+        creds = next;
+      } catch (e) {
+        reports.refused("(credentials)", `cannot use new credentials: ${(e as Error).message}`);
+        // Keep serving with the credentials that worked.
+        tls = await bindTls(host, bound.port, prev, opts.reusePort === true);
+      }
+    }).catch((e) => {
+      reports.refused("(credentials)", `cannot listen again: ${(e as Error).message}`);
+    });
+  };
+  const offChange = src.onChange(renew);
+  // Credentials that changed while the port was being bound.
+  if (src.current() !== creds) renew(src.current());
+
+  const admit = async (raw: Deno.TlsConn) => {
+    const addr = `tcp!${raw.remoteAddr.hostname}!${raw.remoteAddr.port}`;
+    const used = creds;
+    const ms = opts.handshakeTimeoutMs ?? 10_000;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(
+        () => reject(new LinkError(`TLS handshake did not finish within ${ms} ms`)),
+        ms,
+      );
+    });
+    const run = async (): Promise<NativeTlsConn> => {
+      try {
+        await raw.handshake();
+      } catch (e) {
+        throw new LinkError(explainServerError(e as Error));
+      }
+      const lines = nativeLines(raw);
+      const id = await linkExchange(lines, { role: "server" }, used, opts, undefined);
+      // The verdict must be out before the Styx session writes.
+      await lines.flush();
+      return new NativeTlsConn(
+        raw,
+        { identity: id.name, kind: id.kind, groups: id.groups, authenticated: true },
+        id,
+        lines.rest().rest,
+      );
+    };
+    let c: NativeTlsConn;
+    try {
+      c = await Promise.race([run(), timeout]);
+    } catch (e) {
+      try {
+        raw.close();
+      } catch { /* already closed */ }
+      reports.refused(addr, (e as Error).message);
+      return;
+    } finally {
+      clearTimeout(timer);
+    }
+    if (closed) {
+      c.close();
+      return;
+    }
+    live.add(c);
+    c.closed.then(() => live.delete(c));
+    // Credentials that changed during the handshake may carry a new CRL.
+    if (src.current() !== used) await watch.check();
+    if (!c.isClosed) deliver(c);
+  };
+
+  (async () => {
+    while (!closed) {
+      const l = tls;
+      let raw: Deno.TlsConn;
+      try {
+        raw = await l.accept();
+      } catch (e) {
+        if (closed) break;
+        // Bound again with new credentials: accept from the new listener.
+        if (l !== tls) continue;
+        await rebinding;
+        if (l !== tls) continue;
+        if (e instanceof Deno.errors.BadResource || e instanceof Deno.errors.Interrupted) break;
+        // Out of file descriptors and the like: try again shortly.
+        await new Promise((r) => setTimeout(r, 50));
+        continue;
+      }
+      void admit(raw);
+    }
+    deliver(null);
+  })();
+
+  return {
+    addr: `tcp!${bound.hostname}!${bound.port}`,
+    close() {
+      if (closed) return;
+      closed = true;
+      offChange();
+      watch.stop();
+      src.close();
+      try {
+        tls.close();
+      } catch { /* already closed */ }
+      deliver(null);
+    },
+    async *[Symbol.asyncIterator]() {
+      while (true) {
+        const c = queue.shift() ??
+          (closed ? null : await new Promise<Conn | null>((r) => (waiter = r)));
+        if (c === null) return;
+        yield c;
+      }
+    },
+  };
+}
+
+/** Deno's TLS server-side handshake errors in Ferry's words. */
+const DENO_TLS_SERVER_ERRORS: ExplainRules = [
+  [
+    /corrupt message|InvalidContentType|InvalidMessage|unexpected message|received fatal alert: (Decode|Protocol)|peer is incompatible|no (shared|common)/i,
+    (m) => `the other end does not speak TLS 1.3 with Ed25519 (${m})`,
+  ],
+  [
+    /reset|broken pipe|closed|eof|end of file/i,
+    (m) => `the connection closed during the TLS handshake (${m})`,
+  ],
+];
+
+function explainServerError(e: Error): string {
+  return explainLinkFailure(e, DENO_TLS_SERVER_ERRORS);
 }

@@ -293,6 +293,7 @@ Deno.test("mutual TLS links: every bad input refused on both sides", async (t) =
         let reason = "";
         const l = await tlsListen("127.0.0.1", 0, {
           creds: srv,
+          listener: "node",
           handshakeTimeoutMs: 300,
           onRefused: (_a, r) => (reason = r),
         });
@@ -541,8 +542,10 @@ Deno.test("ferry-link/1: forged proofs over a real certificate are refused", asy
     const srv = await f.creds("srv", "node", { sans: ["127.0.0.1"] });
     const alice = await f.creds("alice", "user");
     const bob = await f.creds("bob", "user");
+    // ferry-link/1 is node:tls's dialect: Deno's TLS listener speaks only ferry-link/2.
     const l = await tlsListen("127.0.0.1", 0, {
       creds: srv,
+      listener: "node",
       onRefused: (_a, r) => reasons.push(r),
     });
     const accepted: Conn[] = [];
