@@ -9,7 +9,9 @@
  * taking turns, so a burst of load elsewhere on the machine skews one run
  * of each rather than one side.
  *
- * --only also takes listing: a 100,000-entry directory listed over Styx.
+ * --only also takes listing: a 100,000-entry directory listed over Styx;
+ * and qd1: one request at a time (walk+clunk, stat, 4 KiB write) beside diod
+ * and Inferno's export.
  *
  * @module
  */
@@ -453,6 +455,7 @@ try {
   if (want("listing")) {
     await tableProbe("listing", "listing_probe.ts", ["--reps", String(REPS)]);
   }
+  if (want("qd1")) await tableProbe("qd1", "qd1_probe.ts", ["--reps", String(REPS)]);
   if (want("tls")) {
     await probe("tls", "tls_probe.ts");
     await tableProbe("tls", "sftp_probe.ts", [
