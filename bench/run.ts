@@ -3,7 +3,7 @@
  * measured against, in the same run. Not a test: nothing here passes or
  * fails on timing.
  *
- * deno task bench [--mib N] [--files N] [--reps N] [--only styx,ns,tls,net,fuse,hostile]
+ * deno task bench [--mib N] [--files N] [--reps N] [--only styx,ns,qd1,tls,net,fuse,hostile]
  *
  * Styx figures are medians of --reps runs (default 3), Ferry and its peer
  * taking turns, so a burst of load elsewhere on the machine skews one run
