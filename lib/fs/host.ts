@@ -319,28 +319,27 @@ function isLink(st: HostStat): boolean {
   return (st.mode & S_IFMT) === S_IFLNK;
 }
 
-/** A 64-bit mixing step (the splitmix64 finaliser): every input bit moves every output bit. */
-function mix(x: bigint): bigint {
-  x = ((x ^ (x >> 30n)) * 0xbf58476d1ce4e5b9n) & MASK64;
-  x = ((x ^ (x >> 27n)) * 0x94d049bb133111ebn) & MASK64;
-  return x ^ (x >> 31n);
+/** A 32-bit mixing step (murmur3's finaliser): every input bit moves every output bit. */
+function mix32(h: number): number {
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  return (h ^ (h >>> 16)) >>> 0;
+}
+
+/** Fold the non-negative integer `x` (below 2^53) into the hash `h`, both 32-bit halves. */
+function fold(h: number, x: number): number {
+  return mix32(mix32(h ^ (x >>> 0)) ^ Math.floor(x / 0x100000000));
 }
 
 function qidOf(ctx: Ctx, st: HostStat): Qid {
-  let path = (st.ino ^ ((st.dev ^ ctx.rootDev) << 40n)) & MASK64;
+  // Plain numbers, not bigint: this runs for every walk and stat.
+  let path = st.dev === ctx.rootDev ? st.ino : (st.ino ^ ((st.dev ^ ctx.rootDev) << 40n)) & MASK64;
   if (path === 0n) path = 1n << 63n;
-  let v = 0n;
-  for (
-    const x of [
-      BigInt(st.mtimeMs),
-      BigInt(st.ctimeMs),
-      BigInt(st.size),
-      BigInt(ctx.writes.get(path) ?? 0),
-    ]
-  ) {
-    v = mix(v ^ x);
-  }
-  return { type: isDir(st) ? QTDIR : QTFILE, version: Number(v & 0xffffffffn), path };
+  let v = fold(0, st.mtimeMs);
+  v = fold(v, st.ctimeMs);
+  v = fold(v, st.size);
+  v = fold(v, ctx.writes.get(path) ?? 0);
+  return { type: isDir(st) ? QTDIR : QTFILE, version: v, path };
 }
 
 function dirOf(ctx: Ctx, st: HostStat, name: string): Dir {

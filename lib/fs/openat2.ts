@@ -175,10 +175,38 @@ const dentsView = new DataView(dents.buffer);
 const sx = new Uint8Array(256);
 const sxv = new DataView(sx.buffer);
 
+/** The path argument of the call being made: each is used before the next is built. */
+const pathBuf = new Uint8Array(4096);
+
+/**
+ * `s` NUL-terminated for a synchronous call: ASCII (nearly every path) is
+ * written into {@link pathBuf}, since a fresh encoding per call costs more
+ * than the system call it is for; anything else gets its own copy.
+ */
+function pathArg(s: string): Uint8Array {
+  const n = s.length;
+  if (n >= pathBuf.length) return cstr(s);
+  for (let i = 0; i < n; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0x80) return cstr(s);
+    pathBuf[i] = c;
+  }
+  pathBuf[n] = 0;
+  // The call reads up to the NUL: no view of the exact length is needed.
+  return pathBuf;
+}
+
+/** The last device seen: nearly every stat is of the same one. */
+let lastDev = { major: -1, minor: -1, dev: 0n };
+
 /** st_dev as glibc's makedev builds it, so it matches what stat(2) reports. */
 function makedev(major: number, minor: number): bigint {
-  return (BigInt((major & 0xfffff000) >>> 0) << 32n) | (BigInt(major & 0xfff) << 8n) |
+  const last = lastDev;
+  if (last.major === major && last.minor === minor) return last.dev;
+  const dev = (BigInt((major & 0xfffff000) >>> 0) << 32n) | (BigInt(major & 0xfff) << 8n) |
     (BigInt((minor & 0xffffff00) >>> 0) << 12n) | BigInt(minor & 0xff);
+  lastDev = { major, minor, dev };
+  return dev;
 }
 
 function ms(off: number): number {
@@ -226,7 +254,7 @@ export function openat2Beneath(realRoot: string): Beneath | undefined {
   // root that cannot be opened at all gets its error from the fallback.
   if (rootfd < 0) return undefined;
 
-  const rel = (names: readonly string[]) => names.length === 0 ? DOT : cstr(names.join("/"));
+  const rel = (names: readonly string[]) => names.length === 0 ? DOT : pathArg(names.join("/"));
 
   /** Open `names` below the root with `flags`; the caller closes it. */
   const open = (names: readonly string[], flags: number, mode = 0) =>
