@@ -455,6 +455,8 @@ export class FrameWriter {
   #queue: Uint8Array[] = [];
   #bytes = 0;
   #writing = false;
+  /** A start is scheduled and has not happened yet. */
+  #due = false;
   #abandoned = false;
 
   /** Write frames to `conn`. */
@@ -475,19 +477,39 @@ export class FrameWriter {
   /**
    * Queue `frame` (a whole frame, or a piece of one when the rest follows
    * at once, such as data after its header). The writer owns it from now
-   * on. After {@link abandon} the frame is dropped.
+   * on. After {@link abandon} the frame is dropped. With `now`, writing
+   * starts at once (with whatever is queued) instead of when the options'
+   * `start` says: for a caller that knows nothing else will be queued
+   * before then, such as a server with no other request to answer, so the
+   * frame does not wait for a turn of the event loop for nothing.
    */
-  write(frame: Uint8Array): void {
+  write(frame: Uint8Array, now = false): void {
     if (this.#abandoned) {
       this.#release?.(frame);
       return;
     }
     this.#queue.push(frame);
     this.#bytes += frame.length;
+    if (now && this.#due) {
+      // Queued frames were waiting for the turn: they go now, with this one.
+      this.#due = false;
+      this.#pump();
+      return;
+    }
     if (this.#writing) return;
     this.#writing = true;
-    if (this.#turn) setImmediate(() => this.#pump());
-    else queueMicrotask(() => this.#pump());
+    if (now) {
+      this.#pump();
+      return;
+    }
+    this.#due = true;
+    const go = () => {
+      if (!this.#due) return;
+      this.#due = false;
+      this.#pump();
+    };
+    if (this.#turn) setImmediate(go);
+    else queueMicrotask(go);
   }
 
   /**

@@ -289,18 +289,33 @@ class Fid {
 }
 
 /** One request in flight. */
-interface Req {
-  tag: number;
-  type: number;
-  ctrl: AbortController;
+class Req {
   /** Set by Tflush, a new Tversion or hangup: the reply must not be sent. */
-  flushed: boolean;
-  /** Bytes the request holds (read buffers, Twrite data) until it finishes. */
-  held: number;
+  flushed = false;
   /** Set once its reply is sent or dropped: it holds nothing from then on. */
-  finished: boolean;
-  /** Settles when the request is finished (replied or dropped). */
-  done: Promise<void>;
+  finished = false;
+  /** The fid the request uses, given back when it finishes ({@link Session.useFid}). */
+  fid: Fid | null = null;
+  /** The fid's state change this request made, ended when it finishes. */
+  change: { promise: Promise<void>; resolve: () => void } | null = null;
+  /** Run when it finishes, before its reply is sent. */
+  after: (() => void) | undefined = undefined;
+  /** Made only when something asks for the signal or aborts: most requests never do. */
+  #ctrl: AbortController | null = null;
+
+  /** `held`: bytes the request holds (read buffers, Twrite data) until it finishes. */
+  constructor(readonly tag: number, readonly type: number, public held: number) {}
+
+  /** Aborted when the request is flushed or the connection goes away. */
+  get signal(): AbortSignal {
+    return (this.#ctrl ??= new AbortController()).signal;
+  }
+
+  /** Drop the reply and abort what the request is doing. */
+  abort(reason: StyxError): void {
+    this.flushed = true;
+    (this.#ctrl ??= new AbortController()).abort(reason);
+  }
 }
 
 function deferred(): { promise: Promise<void>; resolve: () => void } {
@@ -376,6 +391,8 @@ class Session {
   #heldBytes = 0;
   /** Reading stopped at the byte bound, until half has drained. */
   #paused = false;
+  /** Teardown waiting for the last request to finish. */
+  #idle: { promise: Promise<void>; resolve: () => void } | null = null;
   /** The read loop waiting for room (see {@link #mustWait}). */
   #drain: { promise: Promise<void>; resolve: () => void } | null = null;
 
@@ -518,10 +535,7 @@ class Session {
     this.#closing = true;
     this.#conn.close();
     this.#pending.clear();
-    for (const req of this.#running) {
-      req.flushed = true;
-      req.ctrl.abort(new StyxError(Ename.hungup));
-    }
+    for (const req of this.#running) req.abort(new StyxError(Ename.hungup));
     this.#writer.abandon();
     this.#wake();
   }
@@ -571,13 +585,16 @@ class Session {
 
   #send(msg: RMsg): void {
     if (this.#closing) return this.#discard(msg);
+    // No other request is running and none has arrived: no other reply
+    // can join this one in a write, so it goes at once.
+    const now = this.#running.size <= 1 && this.#reader.buffered === 0;
     if (msg.type === MsgType.Rread) {
       // Data read into a buffer with room for the header goes out as one
       // frame, built in place.
       const f = rreadInPlace(msg.tag, msg.data);
       if (f !== null) {
         if (this.#trace) this.#log(`-> ${formatMsg(msg)}`);
-        this.#writer.write(f);
+        this.#writer.write(f, now);
         return;
       }
     }
@@ -587,7 +604,7 @@ class Session {
       const h = new Uint8Array(RREAD_HEADER);
       encodeHeader(msg, h);
       this.#writer.write(h);
-      this.#writer.write(msg.data);
+      this.#writer.write(msg.data, now);
       return;
     }
     let frame: Uint8Array;
@@ -602,7 +619,7 @@ class Session {
       });
     }
     if (this.#trace) this.#log(`-> ${formatMsg(msg)}`);
-    this.#writer.write(frame);
+    this.#writer.write(frame, now);
   }
 
   // -------------------------------------------------------------------------
@@ -665,33 +682,58 @@ class Session {
    * an Rerror, and drops the reply if the request was flushed.
    */
   #run(tag: number, type: number, fn: (req: Req) => Promise<Reply>, held = 0): void {
-    const d = deferred();
-    const req: Req = {
-      tag,
-      type,
-      ctrl: new AbortController(),
-      flushed: false,
-      held,
-      finished: false,
-      done: d.promise,
-    };
+    this.#settle(this.#begin(tag, type, held), fn);
+  }
+
+  /** Register request `tag` (for Tflush, the bounds and hangup). */
+  #begin(tag: number, type: number, held: number): Req {
+    const req = new Req(tag, type, held);
     this.#heldBytes += held;
     this.#pending.set(tag, req);
     this.#running.add(req);
+    return req;
+  }
+
+  /** Answer `req` with what `fn` resolves to, or an Rerror with what it throws. */
+  #settle(req: Req, fn: (req: Req) => Promise<Reply>): void {
     let out: Promise<Reply>;
     try {
       out = fn(req);
     } catch (e) {
       out = Promise.reject(e);
     }
-    out.then(
-      (r) => this.#finish(req, { ...r, tag } as RMsg),
-      (e) => this.#finish(req, { type: MsgType.Rerror, tag, ename: errorString(e) }),
-    ).finally(() => {
-      this.#running.delete(req);
-      d.resolve();
-      this.#wake();
-    });
+    out.then((r) => this.#end(req, r, null), (e) => this.#end(req, null, e));
+  }
+
+  /** `req` is over: give back what it used, then send its reply (or drop it). */
+  #end(req: Req, r: Reply | null, e: unknown): void {
+    const f = req.fid;
+    if (f !== null) {
+      const change = req.change;
+      if (change !== null) {
+        change.resolve();
+        if (f.busy === change.promise) f.busy = null;
+      }
+      this.#unref(f);
+    }
+    try {
+      req.after?.();
+    } catch (err) {
+      r = null;
+      e = err;
+    }
+    let reply: RMsg;
+    if (r !== null) {
+      // The reply is the handler's own new object: it takes the tag as it is.
+      reply = r as RMsg;
+      reply.tag = req.tag;
+    } else {
+      reply = { type: MsgType.Rerror, tag: req.tag, ename: errorString(e) };
+    }
+    this.#finish(req, reply);
+    this.#running.delete(req);
+    if (this.#idle !== null && this.#running.size === 0) this.#idle.resolve();
+    this.#wake();
   }
 
   #finish(req: Req, reply: RMsg): void {
@@ -727,33 +769,27 @@ class Session {
     held = 0,
   ): void {
     const f = this.#fids.get(fid);
-    const prev = f?.busy ?? null;
-    let mine: { promise: Promise<void>; resolve: () => void } | null = null;
-    if (f && change) {
-      mine = deferred();
-      f.busy = mine.promise;
+    const req = this.#begin(tag, type, held);
+    req.after = after;
+    if (!f) return this.#settle(req, () => Promise.reject(new StyxError(Ename.badFid)));
+    const prev = f.busy;
+    if (change) {
+      req.change = deferred();
+      f.busy = req.change.promise;
     }
-    this.#run(tag, type, async (req) => {
-      try {
-        if (!f) throw new StyxError(Ename.badFid);
-        f.refs++;
-        try {
-          if (prev) await prev;
-          // Flushed or hung up while waiting its turn: never reaches the tree.
-          req.ctrl.signal.throwIfAborted();
-          if (f.clunked || !f.node) throw new StyxError(Ename.badFid);
-          return await fn(req, f, req.ctrl.signal);
-        } finally {
-          if (mine) {
-            mine.resolve();
-            if (f.busy === mine.promise) f.busy = null;
-          }
-          this.#unref(f);
-        }
-      } finally {
-        after?.();
-      }
-    }, held);
+    f.refs++;
+    req.fid = f;
+    const go = (req: Req): Promise<Reply> => {
+      if (f.clunked || !f.node) throw new StyxError(Ename.badFid);
+      return fn(req, f, req.signal);
+    };
+    if (prev === null) return this.#settle(req, go);
+    this.#settle(req, () =>
+      prev.then(() => {
+        // Flushed or hung up while waiting its turn: never reaches the tree.
+        if (req.flushed) throw new StyxError(Ename.interrupted);
+        return go(req);
+      }));
   }
 
   #unref(f: Fid): void {
@@ -806,10 +842,7 @@ class Session {
 
   #version(tag: number, msize: number, version: string): void {
     // A new Tversion aborts everything outstanding and clunks every fid.
-    for (const req of this.#pending.values()) {
-      req.flushed = true;
-      req.ctrl.abort(new StyxError(Ename.interrupted));
-    }
+    for (const req of this.#pending.values()) req.abort(new StyxError(Ename.interrupted));
     this.#pending.clear();
     for (const f of [...this.#fids.values()]) this.#drop(f);
     this.#msize = 0;
@@ -834,9 +867,8 @@ class Session {
     const old = this.#pending.get(oldtag);
     if (old && old.type !== MsgType.Tflush) {
       // Its reply has not been queued yet: it never will be.
-      old.flushed = true;
       this.#pending.delete(oldtag);
-      old.ctrl.abort(new StyxError(Ename.interrupted));
+      old.abort(new StyxError(Ename.interrupted));
     }
     // Either the old request is gone, or its reply is already queued ahead
     // of this Rflush: both satisfy flush(5).
@@ -1161,7 +1193,7 @@ class Session {
       let err: unknown = null;
       if (remove) {
         try {
-          await f.node.remove({ signal: req.ctrl.signal });
+          await f.node.remove({ signal: req.signal });
         } catch (e) {
           err = e;
         }
@@ -1179,8 +1211,7 @@ class Session {
 
   async #teardown(): Promise<void> {
     this.#hangup();
-    const reqs = [...this.#running];
-    await Promise.allSettled(reqs.map((r) => r.done));
+    if (this.#running.size > 0) await (this.#idle ??= deferred()).promise;
     for (const f of [...this.#fids.values()]) this.#drop(f);
     while (this.#releasing.size > 0) await Promise.allSettled([...this.#releasing]);
     this.#drain?.resolve();
