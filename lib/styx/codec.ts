@@ -871,10 +871,31 @@ function specFor(msg: Msg): Spec {
  * ```
  */
 export function encode(msg: Msg): Uint8Array {
+  return encodeWith(msg, newBuffer);
+}
+
+const newBuffer = (size: number) => new Uint8Array(size);
+
+/**
+ * Like {@link encode}, into the buffer `alloc` returns for the frame's
+ * size, which must be exactly that many bytes: a view into a larger buffer
+ * the caller reuses, say. `alloc` is called only once `msg` has been
+ * checked.
+ *
+ * @example
+ * ```ts
+ * import { encodeWith } from "./codec.ts";
+ * import { MsgType } from "./types.ts";
+ * const arena = new Uint8Array(64);
+ * const f = encodeWith({ type: MsgType.Rclunk, tag: 3 }, (n) => arena.subarray(8, 8 + n));
+ * if (f.buffer !== arena.buffer || arena[8] !== 7) throw new Error("not in place");
+ * ```
+ */
+export function encodeWith(msg: Msg, alloc: (size: number) => Uint8Array): Uint8Array {
   const spec = specFor(msg);
   const size = HEADER_SIZE + spec.size(msg);
   if (size > 0xffffffff) throw new CodecError(`${spec.name} of ${size} bytes is too large`);
-  const w = new Writer(new Uint8Array(size));
+  const w = new Writer(alloc(size));
   w.u32(size);
   w.u8(msg.type);
   w.u16(msg.tag);

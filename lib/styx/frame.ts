@@ -50,6 +50,11 @@ export function canReadInto(conn: Conn): conn is ReadIntoConn {
 
 /** Size of the reused buffer small frames are read through. */
 const SCRATCH = 64 * 1024;
+/**
+ * Frames at least this large are copied out of the reused buffer into one
+ * from the reader's `alloc` (a pool, say) rather than a fresh one.
+ */
+const ALLOC_MIN = 1024;
 
 /**
  * Reads whole Styx frames from a connection.
@@ -100,8 +105,8 @@ export class FrameReader {
 
   /**
    * Read frames from `conn`, refusing any larger than `msize`. `alloc`, if
-   * given, supplies the buffer (of exactly `size` bytes) for each frame too
-   * large to come back as a view or a copy out of the reused buffer.
+   * given, supplies the buffer (of exactly `size` bytes) for each frame of
+   * 1 KiB or more, and for every frame too large to come back as a view.
    */
   constructor(conn: Conn, msize: number, alloc?: (size: number) => Uint8Array) {
     this.#conn = conn;
@@ -233,7 +238,7 @@ export class FrameReader {
     if (this.#eof) return false;
     const buf = this.#buf!;
     for (;;) {
-      const n = await conn.readInto(buf.subarray(this.#end));
+      const n = await conn.readInto(this.#end === 0 ? buf : buf.subarray(this.#end));
       if (n === null) {
         this.#eof = true;
         return false;
@@ -280,7 +285,14 @@ export class FrameReader {
             );
           }
         }
-        const frame = buf.slice(this.#start, this.#start + size);
+        const start = this.#start;
+        let frame: Uint8Array;
+        if (size >= ALLOC_MIN) {
+          frame = this.#alloc(size);
+          frame.set(buf.subarray(start, start + size));
+        } else {
+          frame = buf.slice(start, start + size);
+        }
         this.#start += size;
         return frame;
       }

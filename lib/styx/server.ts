@@ -74,6 +74,7 @@ import {
   encode,
   encodeDir,
   encodeHeader,
+  encodeWith,
   isTMsg,
   msgName,
   RREAD_HEADER,
@@ -238,6 +239,10 @@ const exclusiveOpen = new WeakMap<Tree, Set<bigint>>();
 const writePool = new BufferPool(32, 1, { freeExtra: true });
 /** Rread data at least this large is written after its header instead of copied into it. */
 const SPLIT = 16 * 1024;
+/** Bytes of a session's reused reply buffer ({@link Session.replyBuf}). */
+const REPLY_ARENA = 4096;
+/** Replies larger than this get buffers of their own. */
+const REPLY_ARENA_MAX = 1024;
 
 function defaultCaller(uname: string, _aname: string, peer: Peer): Caller {
   if (peer.authenticated && peer.identity) {
@@ -391,6 +396,27 @@ class Session {
   #heldBytes = 0;
   /** Reading stopped at the byte bound, until half has drained. */
   #paused = false;
+  /**
+   * Small replies are encoded one after another into this buffer, which
+   * starts over once the writer has handed all of them back; null until
+   * the first reply, and for good on a connection that does not hand
+   * written buffers back.
+   */
+  #arena: Uint8Array | null = null;
+  #arenaUsed = 0;
+  /** Replies in {@link #arena} the writer has not handed back yet. */
+  #arenaLive = 0;
+  readonly #reuseReplies: boolean;
+  /** Where {@link encode} puts a reply: a fresh allocation costs more than encoding it. */
+  readonly #replyBuf = (size: number): Uint8Array => {
+    if (!this.#reuseReplies || size > REPLY_ARENA_MAX) return new Uint8Array(size);
+    const a = this.#arena ??= new Uint8Array(REPLY_ARENA);
+    const at = this.#arenaUsed;
+    if (at + size > a.length) return new Uint8Array(size);
+    this.#arenaUsed = at + size;
+    this.#arenaLive++;
+    return a.subarray(at, at + size);
+  };
   /** Teardown waiting for the last request to finish. */
   #idle: { promise: Promise<void>; resolve: () => void } | null = null;
   /** The read loop waiting for room (see {@link #mustWait}). */
@@ -429,10 +455,11 @@ class Session {
       this.#reuseWrites ? (size) => writePool.take(size) : undefined,
     );
     this.#reader.frameTimeoutMs = timeout;
+    this.#reuseReplies = conn.releasesWrites === true;
     // Replies finished in one turn of the event loop go out in one write.
     this.#writer = new FrameWriter(conn, {
       start: "turn",
-      release: recycleReadData,
+      release: (f) => this.#released(f),
       written: () => this.#wake(),
       // The connection is gone: abandon everything it still had queued.
       failed: () => this.#hangup(),
@@ -609,8 +636,9 @@ class Session {
     }
     let frame: Uint8Array;
     try {
-      frame = encode(msg);
+      frame = encodeWith(msg, this.#replyBuf);
     } catch (e) {
+      // (encode takes its buffer only once the message has been checked.)
       // A reply the codec refuses (an over-long name from a tree, say).
       frame = encode({
         type: MsgType.Rerror,
@@ -744,6 +772,15 @@ class Session {
     req.finished = true;
     if (req.flushed) return this.#discard(reply);
     this.#send(reply);
+  }
+
+  /** The writer is done with `frame`: its buffer may be used again. */
+  #released(frame: Uint8Array): void {
+    if (this.#arena !== null && frame.buffer === this.#arena.buffer) {
+      if (--this.#arenaLive === 0) this.#arenaUsed = 0;
+      return;
+    }
+    recycleReadData(frame);
   }
 
   /** Drop a reply that will never be sent, giving back its read buffer. */

@@ -84,7 +84,8 @@ export class TcpConn implements Conn {
   }
 
   async write(data: Uint8Array): Promise<void> {
-    let off = 0;
+    if (data.length === 0) return;
+    let off = await this.raw.write(data);
     while (off < data.length) {
       off += await this.raw.write(data.subarray(off));
     }
