@@ -234,21 +234,23 @@ export class FrameReader {
     return this.#filling ?? this.#fillScratch(conn);
   }
 
-  async #fillScratch(conn: ReadIntoConn): Promise<boolean> {
-    if (this.#eof) return false;
+  #fillScratch(conn: ReadIntoConn): Promise<boolean> {
+    if (this.#eof) return Promise.resolve(false);
     const buf = this.#buf!;
-    for (;;) {
-      const n = await conn.readInto(this.#end === 0 ? buf : buf.subarray(this.#end));
-      if (n === null) {
-        this.#eof = true;
-        return false;
-      }
-      if (n > 0) {
-        this.#end += n;
-        return true;
-      }
-    }
+    const p = conn.readInto(this.#end === 0 ? buf : buf.subarray(this.#end));
+    return p.then(this.#filled);
   }
+
+  /** What a read into the reused buffer gave: false at end of stream. */
+  readonly #filled = (n: number | null): boolean | Promise<boolean> => {
+    if (n === null) {
+      this.#eof = true;
+      return false;
+    }
+    if (n === 0) return this.#fillScratch(this.#into!);
+    this.#end += n;
+    return true;
+  };
 
   async #nextInto(conn: ReadIntoConn): Promise<Uint8Array | null> {
     try {
@@ -562,7 +564,8 @@ export class FrameWriter {
             buf = joined;
           }
         }
-        out.splice(0, n);
+        if (n === 1) out.shift();
+        else out.splice(0, n);
         await this.#conn.write(buf);
         // (Abandoning meanwhile has zeroed the count already.)
         if (!this.#abandoned) this.#bytes -= buf.length;

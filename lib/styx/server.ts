@@ -821,11 +821,24 @@ class Session {
       return fn(req, f, req.signal);
     };
     if (prev === null) return this.#settle(req, go);
+    // Waiting its turn behind a state change: requests after this one (a
+    // Tclunk, say) wait until it has started, so it still finds the fid.
+    const start = change ? null : deferred();
+    if (start) f.busy = start.promise;
+    const started = () => {
+      if (start === null) return;
+      start.resolve();
+      if (f.busy === start.promise) f.busy = null;
+    };
     this.#settle(req, () =>
       prev.then(() => {
-        // Flushed or hung up while waiting its turn: never reaches the tree.
-        if (req.flushed) throw new StyxError(Ename.interrupted);
-        return go(req);
+        try {
+          // Flushed or hung up while waiting its turn: never reaches the tree.
+          if (req.flushed) throw new StyxError(Ename.interrupted);
+          return go(req);
+        } finally {
+          started();
+        }
       }));
   }
 
@@ -1216,31 +1229,52 @@ class Session {
   /** Tclunk, or Tremove when `remove`: either way the fid is gone afterwards. */
   #clunk(tag: number, fid: number, remove: boolean): void {
     const f = this.#fids.get(fid);
+    // A state change like any other: requests sent after it wait for it,
+    // and so find the fid gone.
+    const prev = f?.busy ?? null;
+    const mine = f ? deferred() : null;
+    if (f) f.busy = mine!.promise;
     this.#run(tag, remove ? MsgType.Tremove : MsgType.Tclunk, async (req) => {
       if (!f) throw new StyxError(Ename.badFid);
-      f.refs++;
       try {
-        if (f.busy) await f.busy;
+        return await this.#clunkNow(req, f, fid, remove, prev);
       } finally {
-        f.refs--;
+        mine!.resolve();
+        if (f.busy === mine!.promise) f.busy = null;
       }
-      if (f.clunked || !f.node) throw new StyxError(Ename.badFid);
-      f.clunked = true;
-      if (this.#fids.get(fid) === f) this.#fids.delete(fid);
-      let err: unknown = null;
-      if (remove) {
-        try {
-          await f.node.remove({ signal: req.signal });
-        } catch (e) {
-          err = e;
-        }
-      }
-      // Wait for the release (an ORCLOSE removal, say) unless a request
-      // still using the fid, such as a blocked read, will do it later.
-      if (f.refs === 0) await this.#release(f);
-      if (err !== null) throw err;
-      return remove ? { type: MsgType.Rremove } : { type: MsgType.Rclunk };
     });
+  }
+
+  /** The clunk or remove of `f` once the state changes queued before it are done. */
+  async #clunkNow(
+    req: Req,
+    f: Fid,
+    fid: number,
+    remove: boolean,
+    prev: Promise<void> | null,
+  ): Promise<Reply> {
+    f.refs++;
+    try {
+      if (prev) await prev;
+    } finally {
+      f.refs--;
+    }
+    if (f.clunked || !f.node) throw new StyxError(Ename.badFid);
+    f.clunked = true;
+    if (this.#fids.get(fid) === f) this.#fids.delete(fid);
+    let err: unknown = null;
+    if (remove) {
+      try {
+        await f.node.remove({ signal: req.signal });
+      } catch (e) {
+        err = e;
+      }
+    }
+    // Wait for the release (an ORCLOSE removal, say) unless a request
+    // still using the fid, such as a blocked read, will do it later.
+    if (f.refs === 0) await this.#release(f);
+    if (err !== null) throw err;
+    return remove ? { type: MsgType.Rremove } : { type: MsgType.Rclunk };
   }
 
   // -------------------------------------------------------------------------
