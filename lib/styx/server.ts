@@ -329,6 +329,8 @@ function deferred(): { promise: Promise<void>; resolve: () => void } {
   return { promise, resolve };
 }
 
+const rclunk = (): Reply => ({ type: MsgType.Rclunk });
+
 const canRead = (omode: number) => {
   const m = omode & 3;
   return m === OREAD || m === ORDWR || m === OEXEC;
@@ -855,29 +857,45 @@ class Session {
       this.#excl.delete(f.excl);
       f.excl = null;
     }
-    const p = (async () => {
-      const file = f.file;
-      const node = f.node;
-      f.file = null;
-      f.dir = null;
-      if (file) {
-        try {
-          await file.close();
-        } catch (e) {
-          this.#log(`styx: closing fid ${f.num}: ${errorString(e)}`);
-        }
-      }
-      if (node) {
-        try {
-          await node.close();
-        } catch (e) {
-          this.#log(`styx: releasing fid ${f.num}: ${errorString(e)}`);
-        }
-      }
-    })();
+    const file = f.file;
+    const node = f.node;
+    f.file = null;
+    f.dir = null;
+    const p = file === null && node !== null
+      ? this.#closeNode(f, node)
+      : this.#closeBoth(f, file, node);
     this.#releasing.add(p);
     p.finally(() => this.#releasing.delete(p));
     return p;
+  }
+
+  /** Release a fid that was never opened: the common walk-then-clunk case. */
+  #closeNode(f: Fid, node: Node): Promise<void> {
+    let p: Promise<void>;
+    try {
+      p = node.close();
+    } catch (e) {
+      p = Promise.reject(e);
+    }
+    return p.catch((e) => this.#log(`styx: releasing fid ${f.num}: ${errorString(e)}`));
+  }
+
+  /** Close the open file, then the node (either may be absent). */
+  async #closeBoth(f: Fid, file: OpenFile | null, node: Node | null): Promise<void> {
+    if (file) {
+      try {
+        await file.close();
+      } catch (e) {
+        this.#log(`styx: closing fid ${f.num}: ${errorString(e)}`);
+      }
+    }
+    if (node) {
+      try {
+        await node.close();
+      } catch (e) {
+        this.#log(`styx: releasing fid ${f.num}: ${errorString(e)}`);
+      }
+    }
   }
 
   /** Take `f` out of the table and release it once no request uses it. */
@@ -1229,6 +1247,18 @@ class Session {
   /** Tclunk, or Tremove when `remove`: either way the fid is gone afterwards. */
   #clunk(tag: number, fid: number, remove: boolean): void {
     const f = this.#fids.get(fid);
+    if (f && !remove && f.busy === null) {
+      // Nothing queued on the fid: it is gone from now on.
+      const req = this.#begin(tag, MsgType.Tclunk, 0);
+      if (f.clunked || !f.node) {
+        return this.#settle(req, () => Promise.reject(new StyxError(Ename.badFid)));
+      }
+      f.clunked = true;
+      if (this.#fids.get(fid) === f) this.#fids.delete(fid);
+      // A request still using it (a blocked read) releases it when done.
+      if (f.refs > 0) return this.#settle(req, () => Promise.resolve(rclunk()));
+      return this.#settle(req, () => this.#release(f).then(rclunk));
+    }
     // A state change like any other: requests sent after it wait for it,
     // and so find the fid gone.
     const prev = f?.busy ?? null;
