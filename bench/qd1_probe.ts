@@ -444,7 +444,7 @@ try {
       ).join(", "),
   );
   const label: Record<Figure, string> = {
-    walk: "Twalk+Tclunk",
+    walk: "Twalk+Tclunk (the pair, halved)",
     stat: "Tstat (diod: Tgetattr)",
     write: "4 KiB Twrite",
   };

@@ -168,6 +168,7 @@ function check(l: Libc, call: string, r: number | bigint): number {
 /** struct open_how {u64 flags; u64 mode; u64 resolve}, reused for every call. */
 const how = new BigUint64Array(3);
 const howBytes = new Uint8Array(how.buffer);
+const how32 = new Uint32Array(how.buffer);
 /** getdents64 records, reused by every listing (each is read in one synchronous go). */
 const dents = new Uint8Array(64 * 1024);
 const dentsView = new DataView(dents.buffer);
@@ -209,8 +210,14 @@ function makedev(major: number, minor: number): bigint {
   return dev;
 }
 
+/** The little-endian u64 at `off`, as a number (file sizes and times stay below 2^53). */
+function u64(off: number): number {
+  return sxv.getUint32(off + 4, true) * 0x100000000 + sxv.getUint32(off, true);
+}
+
 function ms(off: number): number {
-  return Number(sxv.getBigInt64(off, true)) * 1000 + Math.floor(sxv.getUint32(off + 8, true) / 1e6);
+  const sec = sxv.getInt32(off + 4, true) * 0x100000000 + sxv.getUint32(off, true);
+  return sec * 1000 + Math.floor(sxv.getUint32(off + 8, true) / 1e6);
 }
 
 /** The statx buffer as a HostStat. */
@@ -221,7 +228,7 @@ function decodeStatx(): HostStat {
     mode: sxv.getUint16(28, true),
     uid: sxv.getUint32(20, true),
     gid: sxv.getUint32(24, true),
-    size: Number(sxv.getBigUint64(40, true)),
+    size: u64(40),
     atimeMs: ms(64),
     ctimeMs: ms(96),
     mtimeMs: ms(112),
@@ -240,9 +247,13 @@ export function openat2Beneath(realRoot: string): Beneath | undefined {
   const O_NOFOLLOW = arch.nofollow;
 
   function openat2(dirfd: number, path: Uint8Array, flags: number, mode = 0): number {
-    how[0] = BigInt(flags | O_CLOEXEC);
-    how[1] = BigInt(mode);
-    how[2] = BigInt(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS);
+    // Written as 32-bit halves (both architectures are little-endian): no bigint per call.
+    how32[0] = flags | O_CLOEXEC;
+    how32[1] = 0;
+    how32[2] = mode;
+    how32[3] = 0;
+    how32[4] = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS;
+    how32[5] = 0;
     return check(l!, "openat2", l!.openat2(SYS_OPENAT2, dirfd, path, howBytes, 24n));
   }
 
