@@ -419,22 +419,32 @@ class HostNode implements Node {
   }
 
   walk(names: string[], opts?: OpOptions): Promise<WalkResult> {
-    return this.#walk(names, opts, false);
+    try {
+      return Promise.resolve(this.#walk(names, opts, false));
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
   /** A walk whose missing first name gives `{ qids: [] }`, for unions. */
   tryWalk(names: string[], opts?: OpOptions): Promise<WalkResult> {
-    return this.#walk(names, opts, true);
+    try {
+      return Promise.resolve(this.#walk(names, opts, true));
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
-  #walk(names: string[], opts: OpOptions | undefined, miss: boolean): Promise<WalkResult> {
+  /** The walk, made at once: only system calls. */
+  walkNow(names: string[], opts?: OpOptions): WalkResult {
+    return this.#walk(names, opts, false);
+  }
+
+  #walk(names: string[], opts: OpOptions | undefined, miss: boolean): WalkResult {
     // Nodes walked to act for whoever walked.
     const caller = opts?.caller ?? this.caller;
     if (names.length === 0) {
-      return Promise.resolve({
-        qids: [],
-        node: new HostNode(this.ctx, this.rel, this.name, this.#qid, caller),
-      });
+      return { qids: [], node: new HostNode(this.ctx, this.rel, this.name, this.#qid, caller) };
     }
     const qids: Qid[] = [];
     let rel = this.rel;
@@ -449,13 +459,13 @@ class HostNode implements Node {
         [rel, qid, walked] = this.#step(rel, name);
       } catch (e) {
         if (qids.length > 0 || (miss && (e as { code?: unknown } | null)?.code === "ENOENT")) {
-          return Promise.resolve({ qids });
+          return { qids };
         }
-        return Promise.reject(hostError(e));
+        throw hostError(e);
       }
       qids.push(qid);
     }
-    return Promise.resolve({ qids, node: new HostNode(this.ctx, rel, walked, qid, caller) });
+    return { qids, node: new HostNode(this.ctx, rel, walked, qid, caller) };
   }
 
   #step(rel: string[], name: string): [string[], Qid, string] {
@@ -563,14 +573,23 @@ class HostNode implements Node {
 
   stat(_opts?: OpOptions): Promise<Dir> {
     try {
+      return Promise.resolve(this.statNow());
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /** The stat, made at once: one system call or three. */
+  statNow(_opts?: OpOptions): Dir {
+    try {
       const st = this.ctx.host.lstat(this.rel);
       // Nodes hold resolved paths: a symlink here replaced the walked file.
       if (isLink(st)) throw new StyxError(Ename.perm);
       const d = dirOf(this.ctx, st, this.name);
       this.#qid = d.qid;
-      return Promise.resolve(d);
+      return d;
     } catch (e) {
-      return Promise.reject(hostError(e));
+      throw hostError(e);
     }
   }
 
@@ -696,6 +715,10 @@ class HostNode implements Node {
   close(): Promise<void> {
     this.ctx.live.delete(this);
     return Promise.resolve();
+  }
+
+  closeNow(): void {
+    this.ctx.live.delete(this);
   }
 }
 

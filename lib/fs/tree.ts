@@ -165,6 +165,17 @@ export interface Node {
    * Use {@link walkOpen} to get the same result from any node.
    */
   walkOpen?(names: string[], mode: number, opts?: WalkOpenOptions): Promise<OpenFile>;
+  /**
+   * Optional, for a node whose walk never waits (a host directory makes
+   * only system calls): {@link walk} answered at once, throwing where walk
+   * would reject. A server then answers a Twalk without waiting for a turn
+   * of the event loop.
+   */
+  walkNow?(names: string[], opts?: OpOptions): WalkResult;
+  /** Optional: {@link stat} answered at once, as {@link walkNow}. */
+  statNow?(opts?: OpOptions): Dir;
+  /** Optional: {@link close} done at once, as {@link walkNow}. */
+  closeNow?(): void;
 }
 
 /** What {@link Node.walkStat} resolves with: the node walked to and its attributes. */

@@ -697,11 +697,24 @@ class Session {
         return this.#clunk(m.tag, m.fid, false);
       case MsgType.Tremove:
         return this.#clunk(m.tag, m.fid, true);
-      case MsgType.Tstat:
+      case MsgType.Tstat: {
+        const f = this.#fids.get(m.fid);
+        if (f !== undefined && f.busy === null && !f.clunked && f.node?.statNow) {
+          // Answered at once: nothing is queued on the fid, and the tree
+          // need not wait for anything.
+          let reply: RMsg;
+          try {
+            reply = { type: MsgType.Rstat, tag: m.tag, stat: f.node.statNow() };
+          } catch (e) {
+            reply = { type: MsgType.Rerror, tag: m.tag, ename: errorString(e) };
+          }
+          return this.#send(reply);
+        }
         return this.#useFid(m.tag, m.type, m.fid, false, async (_req, f, signal) => {
           const stat = await f.node!.stat({ signal });
           return { type: MsgType.Rstat, stat };
         });
+      }
       case MsgType.Twstat:
         return this.#wstat(m);
     }
@@ -1004,6 +1017,10 @@ class Session {
     const partialOnly = bad > 0;
     if (partialOnly) names = names.slice(0, bad);
 
+    if (src.busy === null && !src.clunked && src.node?.walkNow) {
+      return this.#walkNow(m, src, names, partialOnly);
+    }
+
     if (m.newfid === m.fid) {
       this.#useFid(m.tag, m.type, m.fid, true, async (req, f, signal) => {
         const r = await walkFid(f, names, partialOnly, () => req.flushed || f.clunked, signal);
@@ -1043,6 +1060,40 @@ class Session {
       mine.resolve();
       if (nf.busy === mine.promise) nf.busy = null;
     });
+  }
+
+  /**
+   * Twalk on a node that walks at once, with nothing queued on its fid:
+   * answered here and now, as {@link #walk} would answer it.
+   */
+  #walkNow(m: Twalk, src: Fid, names: string[], partialOnly: boolean): void {
+    if (m.newfid !== m.fid) {
+      if (this.#fids.has(m.newfid)) {
+        return this.#send({ type: MsgType.Rerror, tag: m.tag, ename: Ename.fidInUse });
+      }
+      if (this.#tooManyFids(m.tag)) return;
+    }
+    let reply: RMsg;
+    try {
+      const r = walkFidNow(src, names, partialOnly);
+      if (r.node) {
+        if (m.newfid === m.fid) {
+          const old = src.node!;
+          src.node = r.node;
+          src.qid = r.qid;
+          closeQuietly(old);
+        } else {
+          const nf = new Fid(m.newfid);
+          nf.node = r.node;
+          nf.qid = r.qid;
+          this.#fids.set(m.newfid, nf);
+        }
+      }
+      reply = { type: MsgType.Rwalk, tag: m.tag, wqids: r.wqids };
+    } catch (e) {
+      reply = { type: MsgType.Rerror, tag: m.tag, ename: errorString(e) };
+    }
+    this.#send(reply);
   }
 
   #iounit(file: OpenFile): number {
@@ -1247,6 +1298,24 @@ class Session {
   /** Tclunk, or Tremove when `remove`: either way the fid is gone afterwards. */
   #clunk(tag: number, fid: number, remove: boolean): void {
     const f = this.#fids.get(fid);
+    if (
+      f && !remove && f.busy === null && f.refs === 0 && !f.clunked && f.file === null &&
+      f.excl === null && f.node?.closeNow
+    ) {
+      // Nothing queued on it, never opened, and its node closes at once.
+      f.clunked = true;
+      f.released = true;
+      if (this.#fids.get(fid) === f) this.#fids.delete(fid);
+      const node = f.node;
+      f.node = null;
+      f.dir = null;
+      try {
+        node.closeNow!();
+      } catch (e) {
+        this.#log(`styx: releasing fid ${f.num}: ${errorString(e)}`);
+      }
+      return this.#send({ type: MsgType.Rclunk, tag });
+    }
     if (f && !remove && f.busy === null) {
       // Nothing queued on the fid: it is gone from now on.
       const req = this.#begin(tag, MsgType.Tclunk, 0);
@@ -1317,6 +1386,33 @@ class Session {
     while (this.#releasing.size > 0) await Promise.allSettled([...this.#releasing]);
     this.#drain?.resolve();
   }
+}
+
+/** Close `node` without waiting or complaining (a node no longer needed). */
+function closeQuietly(node: Node): void {
+  try {
+    if (node.closeNow) node.closeNow();
+    else node.close().catch(() => {});
+  } catch {
+    // Nothing to report: the node is no longer used.
+  }
+}
+
+/** {@link walkFid} on a node that walks at once ({@link Node.walkNow}). */
+function walkFidNow(
+  f: Fid,
+  names: string[],
+  partialOnly: boolean,
+): { wqids: Qid[]; node?: Node; qid: Qid } {
+  if (f.file) throw new StyxError(Ename.openFid);
+  if (names.length > 0 && !(f.qid.type & QTDIR)) throw new StyxError(Ename.walkNoDir);
+  const r = f.node!.walkNow!(names);
+  if (!r.node || partialOnly) {
+    if (r.node) closeQuietly(r.node);
+    return { wqids: r.qids, qid: f.qid };
+  }
+  const qid = r.qids.length > 0 ? r.qids[r.qids.length - 1]! : r.node.qid;
+  return { wqids: r.qids, node: r.node, qid };
 }
 
 /**

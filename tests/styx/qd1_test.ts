@@ -228,3 +228,46 @@ Deno.test("serve over TCP: replies overtake a blocked request, and Tflush still 
   expectType(await s.rpc({ type: MsgType.Tclunk, tag: 31, fid: 3 }), MsgType.Rclunk);
   await s.close();
 });
+
+Deno.test("serve over TCP: walks of a host tree answered at once keep walk(5)'s rules", async () => {
+  const root = await Deno.makeTempDir({ prefix: "ferry-qd1-" });
+  try {
+    await Deno.mkdir(`${root}/d`);
+    await Deno.writeTextFile(`${root}/d/f`, "x");
+    const s = await tcpSession(new HostTree(root));
+    const walk = (fid: number, newfid: number, ...wnames: string[]) =>
+      s.rpc({ type: MsgType.Twalk, tag: 1, fid, newfid, wnames });
+    // A partial walk: the qids walked, and newfid not made.
+    assert.equal(expectType(await walk(0, 1, "d", "nope"), MsgType.Rwalk).wqids.length, 1);
+    expectError(await s.rpc({ type: MsgType.Tstat, tag: 1, fid: 1 }), "unknown fid");
+    expectError(await walk(0, 1, "nope"), "file does not exist");
+    expectError(await walk(0, 1, "d/f"), "illegal name");
+    // A whole walk makes newfid; walking to it again is refused.
+    assert.equal(expectType(await walk(0, 1, "d"), MsgType.Rwalk).wqids.length, 1);
+    expectError(await walk(0, 1, "d"), "fid already in use");
+    // newfid == fid moves the fid, and only when the whole walk worked.
+    expectError(await walk(1, 1, "nope"), "file does not exist");
+    assert.equal(expectType(await walk(1, 1, "f"), MsgType.Rwalk).wqids.length, 1);
+    assert.equal(
+      expectType(await s.rpc({ type: MsgType.Tstat, tag: 1, fid: 1 }), MsgType.Rstat).stat.name,
+      "f",
+    );
+    expectError(await walk(1, 2, "g"), "walk in non-directory");
+    // ".." goes up, and at the root stays there; a clone walks no names.
+    const up = expectType(await walk(0, 2, "d", "..", ".."), MsgType.Rwalk).wqids;
+    assert.deepEqual(up.map((q) => q.path), [up[0]!.path, up[1]!.path, up[1]!.path]);
+    expectType(await s.rpc({ type: MsgType.Tclunk, tag: 1, fid: 2 }), MsgType.Rclunk);
+    expectType(await walk(1, 2), MsgType.Rwalk);
+    // An open fid cannot be walked; its clunk closes the file.
+    expectType(await s.rpc({ type: MsgType.Topen, tag: 1, fid: 2, mode: OREAD }), MsgType.Ropen);
+    expectError(await walk(2, 3), "fid is already open");
+    expectType(await s.rpc({ type: MsgType.Tclunk, tag: 1, fid: 2 }), MsgType.Rclunk);
+    expectError(await s.rpc({ type: MsgType.Tclunk, tag: 1, fid: 2 }), "unknown fid");
+    // A clunked fid number is free again.
+    expectType(await walk(0, 2, "d", "f"), MsgType.Rwalk);
+    expectType(await s.rpc({ type: MsgType.Tclunk, tag: 1, fid: 2 }), MsgType.Rclunk);
+    await s.close();
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
