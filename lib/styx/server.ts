@@ -697,24 +697,8 @@ class Session {
         return this.#clunk(m.tag, m.fid, false);
       case MsgType.Tremove:
         return this.#clunk(m.tag, m.fid, true);
-      case MsgType.Tstat: {
-        const f = this.#fids.get(m.fid);
-        if (f !== undefined && f.busy === null && !f.clunked && f.node?.statNow) {
-          // Answered at once: nothing is queued on the fid, and the tree
-          // need not wait for anything.
-          let reply: RMsg;
-          try {
-            reply = { type: MsgType.Rstat, tag: m.tag, stat: f.node.statNow() };
-          } catch (e) {
-            reply = { type: MsgType.Rerror, tag: m.tag, ename: errorString(e) };
-          }
-          return this.#send(reply);
-        }
-        return this.#useFid(m.tag, m.type, m.fid, false, async (_req, f, signal) => {
-          const stat = await f.node!.stat({ signal });
-          return { type: MsgType.Rstat, stat };
-        });
-      }
+      case MsgType.Tstat:
+        return this.#stat(m.tag, m.fid);
       case MsgType.Twstat:
         return this.#wstat(m);
     }
@@ -1094,6 +1078,25 @@ class Session {
       reply = { type: MsgType.Rerror, tag: m.tag, ename: errorString(e) };
     }
     this.#send(reply);
+  }
+
+  #stat(tag: number, fid: number): void {
+    const f = this.#fids.get(fid);
+    if (f !== undefined && f.busy === null && !f.clunked && f.node?.statNow) {
+      // Answered at once: nothing is queued on the fid, and the tree need
+      // not wait for anything.
+      let reply: RMsg;
+      try {
+        reply = { type: MsgType.Rstat, tag, stat: f.node.statNow() };
+      } catch (e) {
+        reply = { type: MsgType.Rerror, tag, ename: errorString(e) };
+      }
+      return this.#send(reply);
+    }
+    this.#useFid(tag, MsgType.Tstat, fid, false, async (_req, f, signal) => {
+      const stat = await f.node!.stat({ signal });
+      return { type: MsgType.Rstat, stat };
+    });
   }
 
   #iounit(file: OpenFile): number {
