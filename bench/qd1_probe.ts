@@ -13,7 +13,8 @@
  * before the next request leaves, so the client costs the same whatever
  * answers. Each figure is the median over batches of 20 RPCs, the servers
  * taking turns batch by batch and figure by figure, and then the median of
- * --reps such runs. The Ferry server's user CPU per RPC comes from
+ * --reps such runs; in brackets the same for the batches' 10th percentile,
+ * which load elsewhere on a shared machine moves much less. The Ferry server's user CPU per RPC comes from
  * /proc/PID/stat over the whole run.
  *
  *   deno run -A bench/qd1_probe.ts [--n 3000] [--reps 3] [--json]
@@ -393,6 +394,7 @@ try {
     }
   }
   const per: number[][][] = servers.map(() => FIGURES.map(() => []));
+  const low: number[][][] = servers.map(() => FIGURES.map(() => []));
   const ticks = servers.map(() => 0);
   const sysTicks = servers.map(() => 0);
   let rpcs = 0;
@@ -426,7 +428,10 @@ try {
       sysTicks[i] = sysTicks[i]! + sy - t0[i]![1];
     });
     for (let i = 0; i < servers.length; i++) {
-      for (let f = 0; f < FIGURES.length; f++) per[i]![f]!.push(median(samples[i]![f]!));
+      for (let f = 0; f < FIGURES.length; f++) {
+        per[i]![f]!.push(median(samples[i]![f]!));
+        low[i]![f]!.push(pct(samples[i]![f]!, 0.1));
+      }
     }
     console.error(
       `  qd1 run ${rep + 1}: ` +
@@ -436,6 +441,9 @@ try {
     );
   }
   const us = per.map((figs) => figs.map((xs) => median(xs)));
+  // The 10th percentile says what each server does while the machine is
+  // quiet: on a shared machine, load elsewhere moves the median.
+  const p10 = low.map((figs) => figs.map((xs) => median(xs)));
   const cpu = ticks.map((t) => t * TICK_US / (rpcs * REPS));
   console.error(
     "  qd1 CPU µs per RPC, user/system: " +
@@ -453,10 +461,10 @@ try {
     const fig = FIGURES[f]!;
     for (let i = 1; i < servers.length; i++) {
       row(
-        `QD1 ${label[fig]}, msize ${MSIZE}, µs per RPC (median)`,
-        f1(us[0]![f]!),
-        `${servers[i]!.name} ${f1(us[i]![f]!)}`,
-        `${(us[0]![f]! / us[i]![f]!).toFixed(2)}x`,
+        `QD1 ${label[fig]}, msize ${MSIZE}, µs per RPC, median (10th percentile)`,
+        `${f1(us[0]![f]!)} (${f1(p10[0]![f]!)})`,
+        `${servers[i]!.name} ${f1(us[i]![f]!)} (${f1(p10[i]![f]!)})`,
+        `${(us[0]![f]! / us[i]![f]!).toFixed(2)}x (${(p10[0]![f]! / p10[i]![f]!).toFixed(2)}x)`,
       );
     }
     if (servers.length === 1) row(`QD1 ${label[fig]}, µs per RPC`, f1(us[0]![f]!), "-", "");
