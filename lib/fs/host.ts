@@ -93,6 +93,7 @@ import {
   S_IFDIR,
   S_IFLNK,
   S_IFMT,
+  SYNC_IO,
 } from "./beneath.ts";
 import { openat2Beneath } from "./openat2.ts";
 
@@ -782,12 +783,40 @@ class HostFile implements OpenFile {
         if (n <= 0) throw new StyxError(Ename.io);
         done += n;
       }
-      if (pos + done > this.#size) this.#size = pos + done;
-      const writes = this.node.ctx.writes;
-      const path = this.node.qid.path;
-      writes.set(path, ((writes.get(path) ?? 0) + 1) >>> 0);
+      this.#wrote(pos + done);
       return done;
     });
+  }
+
+  /** The write made at once when it is one system call's worth (see SYNC_IO). */
+  writeNow(offset: bigint, data: Uint8Array): number | undefined {
+    const file = this.file;
+    if (!file.pwriteNow || data.length > SYNC_IO) return undefined;
+    try {
+      if (this.#closed) throw new StyxError(Ename.notOpen);
+      const acc = this.mode & 3;
+      if (acc !== OWRITE && acc !== ORDWR) throw new StyxError(Ename.perm);
+      const pos = toPosition(offset);
+      toPosition(offset + BigInt(data.length));
+      let done = 0;
+      while (done < data.length) {
+        const n = file.pwriteNow(data, done, pos + done);
+        if (n <= 0) throw new StyxError(Ename.io);
+        done += n;
+      }
+      this.#wrote(pos + done);
+      return done;
+    } catch (e) {
+      throw hostError(e);
+    }
+  }
+
+  /** Bookkeeping after a write that ended at `end`: the size, and qid.version. */
+  #wrote(end: number): void {
+    if (end > this.#size) this.#size = end;
+    const writes = this.node.ctx.writes;
+    const path = this.node.qid.path;
+    writes.set(path, ((writes.get(path) ?? 0) + 1) >>> 0);
   }
 
   readDir(_opts?: OpOptions): Promise<Dir[]> {

@@ -343,6 +343,10 @@ export function openat2Beneath(realRoot: string): Beneath | undefined {
           return Number(n);
         });
       },
+      pwriteNow(data, off, pos) {
+        const part = off === 0 ? data : data.subarray(off);
+        return check(l!, "write", l!.pwrite(fd, part, BigInt(part.length), BigInt(pos)));
+      },
       pwrite(data, off, pos) {
         const part = off === 0 ? data : data.subarray(off);
         if (part.length <= SYNC_IO) {

@@ -275,6 +275,14 @@ export interface OpenFile {
   /** Write `data` at `offset`; returns how many bytes were written. */
   write(offset: bigint, data: Uint8Array, opts?: OpOptions): Promise<number>;
   /**
+   * Optional: {@link write} made at once, for a file that can (a host file
+   * written with one system call); undefined when this write would have to
+   * wait, and then the caller uses write. Throws where write would reject.
+   * A server then answers a Twrite without waiting for a turn of the event
+   * loop.
+   */
+  writeNow?(offset: bigint, data: Uint8Array): number | undefined;
+  /**
    * Optional: give back `data`, returned by {@link read}, once the caller
    * has finished with it and keeps no reference, so that its memory can
    * carry a later read (a remote file reuses the reply's buffer).

@@ -1266,6 +1266,26 @@ class Session {
   }
 
   #write(m: Twrite): void {
+    const f = this.#fids.get(m.fid);
+    const file = f?.file;
+    if (
+      f !== undefined && file?.writeNow && f.busy === null && !f.clunked &&
+      !(f.qid.type & QTDIR) && canWrite(f.omode)
+    ) {
+      // Written and answered at once when the file can: nothing is queued
+      // on the fid, and the data is not needed afterwards.
+      let reply: RMsg | null = null;
+      try {
+        const n = file.writeNow(m.offset, m.data);
+        if (n !== undefined) reply = { type: MsgType.Rwrite, tag: m.tag, count: n };
+      } catch (e) {
+        reply = { type: MsgType.Rerror, tag: m.tag, ename: errorString(e) };
+      }
+      if (reply !== null) {
+        if (this.#reuseWrites) writePool.give(m.data.buffer);
+        return this.#send(reply);
+      }
+    }
     this.#useFid(
       m.tag,
       m.type,

@@ -117,6 +117,29 @@ Deno.test("serve over TCP: one request at a time", async () => {
         "unknown fid",
       );
     }
+    // Writes the file refuses say why, and change nothing.
+    expectError(
+      await s.rpc({ type: MsgType.Twrite, tag: 1, fid: 2, offset: 1n << 60n, data: page(0) }),
+      `offset ${1n << 60n} is beyond what the host file system supports`,
+    );
+    expectType(
+      await s.rpc({ type: MsgType.Twalk, tag: 1, fid: 0, newfid: 3, wnames: ["w"] }),
+      MsgType.Rwalk,
+    );
+    expectType(await s.rpc({ type: MsgType.Topen, tag: 1, fid: 3, mode: OREAD }), MsgType.Ropen);
+    expectError(
+      await s.rpc({ type: MsgType.Twrite, tag: 1, fid: 3, offset: 0n, data: page(0) }),
+      "permission denied",
+    );
+    expectType(
+      await s.rpc({ type: MsgType.Twalk, tag: 1, fid: 0, newfid: 4, wnames: [] }),
+      MsgType.Rwalk,
+    );
+    expectType(await s.rpc({ type: MsgType.Topen, tag: 1, fid: 4, mode: OREAD }), MsgType.Ropen);
+    expectError(
+      await s.rpc({ type: MsgType.Twrite, tag: 1, fid: 4, offset: 0n, data: page(0) }),
+      "is a directory",
+    );
     await s.close();
     // Each page holds the last write made to it, whole.
     const got = await Deno.readFile(`${root}/w`);
