@@ -156,9 +156,21 @@ class Writer {
   }
 }
 
+/** The little-endian u32 at `p` in `b` (no DataView: a frame is read once). */
+function getU32(b: Uint8Array, p: number): number {
+  return (b[p]! | b[p + 1]! << 8 | b[p + 2]! << 16) + b[p + 3]! * 0x1000000;
+}
+
+/** The little-endian u64 at `p` in `b`. */
+function getU64(b: Uint8Array, p: number): bigint {
+  const lo = getU32(b, p);
+  const hi = getU32(b, p + 4);
+  // Below 2^53 (every offset and qid path in practice) one conversion does.
+  return hi < 0x200000 ? BigInt(hi * 0x100000000 + lo) : (BigInt(hi) << 32n) | BigInt(lo);
+}
+
 class Reader {
   readonly buf: Uint8Array;
-  readonly dv: DataView;
   pos: number;
   readonly end: number;
   /** Set while decoding a message, for error messages and CodecError.tag. */
@@ -166,9 +178,8 @@ class Reader {
   msgType: number | undefined;
   what: string;
 
-  constructor(buf: Uint8Array, pos: number, end: number, what: string, dv?: DataView) {
+  constructor(buf: Uint8Array, pos: number, end: number, what: string) {
     this.buf = buf;
-    this.dv = dv ?? new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
     this.pos = pos;
     this.end = end;
     this.what = what;
@@ -194,19 +205,19 @@ class Reader {
   }
   u16(field: string): number {
     this.need(2, field);
-    const v = this.dv.getUint16(this.pos, true);
-    this.pos += 2;
-    return v;
+    const p = this.pos;
+    this.pos = p + 2;
+    return this.buf[p]! | this.buf[p + 1]! << 8;
   }
   u32(field: string): number {
     this.need(4, field);
-    const v = this.dv.getUint32(this.pos, true);
+    const v = getU32(this.buf, this.pos);
     this.pos += 4;
     return v;
   }
   u64(field: string): bigint {
     this.need(8, field);
-    const v = this.dv.getBigUint64(this.pos, true);
+    const v = getU64(this.buf, this.pos);
     this.pos += 8;
     return v;
   }
@@ -217,18 +228,14 @@ class Reader {
     }
     const start = this.pos;
     this.pos += n;
-    return decodeUtf8(this.buf, start, start + n, (why) => this.fail(`${field} ${why}`));
+    return decodeUtf8(this, start, start + n, field);
   }
   qid(field: string): Qid {
     this.need(QID_SIZE, field);
-    const dv = this.dv;
+    const b = this.buf;
     const p = this.pos;
     this.pos += QID_SIZE;
-    return {
-      type: this.buf[p]!,
-      version: dv.getUint32(p + 1, true),
-      path: dv.getBigUint64(p + 5, true),
-    };
+    return { type: b[p]!, version: getU32(b, p + 1), path: getU64(b, p + 5) };
   }
   /** A view of the next `n` bytes (no copy). */
   bytes(n: number, field: string): Uint8Array {
@@ -241,12 +248,9 @@ class Reader {
   }
 }
 
-function decodeUtf8(
-  buf: Uint8Array,
-  start: number,
-  end: number,
-  bad: (why: string) => never,
-): string {
+/** The string field `field` at [start, end) of what `r` reads. */
+function decodeUtf8(r: Reader, start: number, end: number, field: string): string {
+  const buf = r.buf;
   const n = end - start;
   if (n === 0) return "";
   if (n <= 32) {
@@ -256,18 +260,18 @@ function decodeUtf8(
     for (; i < end; i++) {
       const c = buf[i]!;
       if (c >= 0x80) break;
-      if (c === 0) return bad("contains NUL");
+      if (c === 0) return r.fail(`${field} contains NUL`);
       s += String.fromCharCode(c);
     }
     if (i === end) return s;
   }
   const bytes = buf.subarray(start, end);
   // intro(5): NUL is illegal in all 9P text strings.
-  if (bytes.indexOf(0) >= 0) return bad("contains NUL");
+  if (bytes.indexOf(0) >= 0) return r.fail(`${field} contains NUL`);
   try {
     return textDecoder.decode(bytes);
   } catch {
-    return bad("is not valid UTF-8");
+    return r.fail(`${field} is not valid UTF-8`);
   }
 }
 
@@ -357,7 +361,7 @@ function readDir(r: Reader): Dir {
   const start = r.pos;
   if (start + n > r.end) r.fail(`stat entry claims ${n} bytes but only ${r.end - start} remain`);
   // Read the entry within its own bounds, so its fields cannot run past it.
-  const inner = new Reader(r.buf, start, start + n, r.what, r.dv);
+  const inner = new Reader(r.buf, start, start + n, r.what);
   inner.tag = r.tag;
   inner.msgType = r.msgType;
   const d: Dir = {
@@ -969,8 +973,7 @@ export function decode(frame: Uint8Array, msize?: number): Msg {
   if (len < HEADER_SIZE) {
     throw new CodecError(`frame of ${len} bytes is shorter than the 7-byte header`);
   }
-  const dv = new DataView(frame.buffer, frame.byteOffset, len);
-  const size = dv.getUint32(0, true);
+  const size = getU32(frame, 0);
   if (size < HEADER_SIZE) throw new CodecError(`message size ${size} is below the minimum of 7`);
   if (msize !== undefined && size > msize) {
     throw new CodecError(`message size ${size} exceeds msize ${msize}`);
@@ -979,7 +982,7 @@ export function decode(frame: Uint8Array, msize?: number): Msg {
     throw new CodecError(`message size field says ${size} bytes but the frame has ${len}`);
   }
   const type = frame[4]!;
-  const tag = dv.getUint16(5, true);
+  const tag = frame[5]! | frame[6]! << 8;
   const spec = table[type];
   if (!spec) throw new CodecError(`unknown message type ${type}`, tag, type);
   const r = new Reader(frame, HEADER_SIZE, len, spec.name);
