@@ -101,30 +101,45 @@ function strSize(s: string, what: string): number {
 
 class Writer {
   readonly buf: Uint8Array;
-  readonly dv: DataView;
   pos = 0;
 
-  /** Write into `buf` from its start. */
+  /** Write into `buf` from its start (bytes by hand: no DataView per frame). */
   constructor(buf: Uint8Array) {
     this.buf = buf;
-    this.dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   }
 
   u8(v: number): void {
-    this.dv.setUint8(this.pos, v);
-    this.pos += 1;
+    this.buf[this.pos++] = v;
   }
   u16(v: number): void {
-    this.dv.setUint16(this.pos, v, true);
+    this.patch16(this.pos, v);
     this.pos += 2;
   }
+  /** Write `v` as a u16 at `at` (a size known only once what follows is written). */
+  patch16(at: number, v: number): void {
+    const b = this.buf;
+    b[at] = v;
+    b[at + 1] = v >>> 8;
+  }
   u32(v: number): void {
-    this.dv.setUint32(this.pos, v, true);
-    this.pos += 4;
+    const b = this.buf;
+    const p = this.pos;
+    b[p] = v;
+    b[p + 1] = v >>> 8;
+    b[p + 2] = v >>> 16;
+    b[p + 3] = v >>> 24;
+    this.pos = p + 4;
   }
   u64(v: bigint): void {
-    this.dv.setBigUint64(this.pos, v, true);
-    this.pos += 8;
+    if (v >= 0n && v <= 0x1fffffffffffffn) {
+      // Below 2^53 (nearly every offset, length and qid path): as a number.
+      const n = Number(v);
+      this.u32(n >>> 0);
+      this.u32(Math.floor(n / 0x100000000));
+    } else {
+      this.u32(Number(BigInt.asUintN(32, v)));
+      this.u32(Number(BigInt.asUintN(32, v >> 32n)));
+    }
   }
   str(s: string): void {
     const start = this.pos;
@@ -142,7 +157,7 @@ class Writer {
     if (i < n) {
       p = start + 2 + textEncoder.encodeInto(s, buf.subarray(start + 2)).written;
     }
-    this.dv.setUint16(start, p - start - 2, true);
+    this.patch16(start, p - start - 2);
     this.pos = p;
   }
   qid(q: Qid): void {
@@ -345,7 +360,7 @@ function writeDir(w: Writer, d: Dir): void {
   w.str(d.uid);
   w.str(d.gid);
   w.str(d.muid);
-  w.dv.setUint16(start, w.pos - start - 2, true);
+  w.patch16(start, w.pos - start - 2);
 }
 
 /** Write `d` with the extra nstat[2] that Rstat and Twstat put in front (stat(5)). */
@@ -353,7 +368,7 @@ function writeStat(w: Writer, d: Dir): void {
   const start = w.pos;
   w.u16(0);
   writeDir(w, d);
-  w.dv.setUint16(start, w.pos - start - 2, true);
+  w.patch16(start, w.pos - start - 2);
 }
 
 function readDir(r: Reader): Dir {
