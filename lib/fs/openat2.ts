@@ -404,7 +404,21 @@ export function openat2Beneath(realRoot: string): Beneath | undefined {
 
   const self: Beneath = {
     kind: "openat2",
-    lstat: (names) => withFd(names, O_PATH | O_NOFOLLOW, fstat),
+    lstat(names) {
+      const name = names.length === 1 ? names[0]! : "";
+      if (name !== "" && name !== "." && name !== ".." && !name.includes("/")) {
+        // A name directly below the root has no directory on its way that a
+        // symlink could replace: one statx that does not follow the name
+        // itself is as safe as openat2, and a third of the system calls.
+        check(
+          l!,
+          "statx",
+          l!.statx(rootfd, pathArg(name), AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, sx),
+        );
+        return decodeStatx();
+      }
+      return withFd(names, O_PATH | O_NOFOLLOW, fstat);
+    },
 
     open(names, access, trunc) {
       const fd = open(names, access | O_NOFOLLOW | O_NONBLOCK);
