@@ -513,6 +513,19 @@ export class FrameWriter {
     if (this.#writing) return;
     this.#writing = true;
     if (now) {
+      if (this.#queue.length === 1) {
+        // One frame and nothing behind it (one request at a time): written
+        // without the loop, which the next frame queued meanwhile restarts.
+        this.#queue.pop();
+        let p: Promise<void>;
+        try {
+          p = this.#conn.write(frame);
+        } catch (e) {
+          p = Promise.reject(e);
+        }
+        p.then(() => this.#wrote(frame), (e) => this.#writeFailed(frame, e));
+        return;
+      }
       this.#pump();
       return;
     }
@@ -537,6 +550,26 @@ export class FrameWriter {
     this.#bytes = 0;
     // Never written, so nothing else refers to them.
     if (this.#release) { for (const f of q) this.#release(f); }
+  }
+
+  /** The single frame written at once is out: carry on as the loop would. */
+  #wrote(frame: Uint8Array): void {
+    if (!this.#abandoned) this.#bytes -= frame.length;
+    if (this.#releases) this.#release?.(frame);
+    if (this.#abandoned) {
+      this.#writing = false;
+      return;
+    }
+    this.#written?.();
+    if (this.#queue.length > 0 && !this.#abandoned) this.#pump();
+    else this.#writing = false;
+  }
+
+  #writeFailed(frame: Uint8Array, e: unknown): void {
+    if (this.#releases) this.#release?.(frame);
+    this.abandon();
+    this.#writing = false;
+    this.#failed?.(e);
   }
 
   async #pump(): Promise<void> {
