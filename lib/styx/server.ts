@@ -239,7 +239,7 @@ const exclusiveOpen = new WeakMap<Tree, Set<bigint>>();
 const writePool = new BufferPool(32, 1, { freeExtra: true });
 /** Rread data at least this large is written after its header instead of copied into it. */
 const SPLIT = 16 * 1024;
-/** Bytes of a session's reused reply buffer ({@link Session.replyBuf}). */
+/** Bytes of the buffer each session encodes its small replies into, over and over. */
 const REPLY_ARENA = 4096;
 /** Replies larger than this get buffers of their own. */
 const REPLY_ARENA_MAX = 1024;
@@ -299,7 +299,7 @@ class Req {
   flushed = false;
   /** Set once its reply is sent or dropped: it holds nothing from then on. */
   finished = false;
-  /** The fid the request uses, given back when it finishes ({@link Session.useFid}). */
+  /** The fid the request uses, given back when it finishes. */
   fid: Fid | null = null;
   /** The fid's state change this request made, ended when it finishes. */
   change: { promise: Promise<void>; resolve: () => void } | null = null;
@@ -640,8 +640,8 @@ class Session {
     try {
       frame = encodeWith(msg, this.#replyBuf);
     } catch (e) {
-      // (encode takes its buffer only once the message has been checked.)
-      // A reply the codec refuses (an over-long name from a tree, say).
+      // A reply the codec refuses (an over-long name from a tree, say); it
+      // took no reply buffer, since encodeWith checks before it allocates.
       frame = encode({
         type: MsgType.Rerror,
         tag: msg.tag,
@@ -790,8 +790,9 @@ class Session {
 
   /**
    * Like {@link #run}, for a request on fid `fid`. It first waits for the
-   * state changes (attach, walk, open, create) queued on the fid before it;
-   * with `change`, requests queued after it wait for it in turn. The fid is
+   * state changes (attach, walk, open, create, clunk) queued on the fid
+   * before it; with `change`, requests queued after it wait for it in turn,
+   * and without, those after it wait until it has started. The fid is
    * looked up now, in arrival order, so pipelined requests see the fids
    * reserved by those ahead of them.
    */
