@@ -3,7 +3,7 @@
  * measured against, in the same run. Not a test: nothing here passes or
  * fails on timing.
  *
- * deno task bench [--mib N] [--files N] [--reps N] [--only styx,ns,tls,net,fuse,hostile,many,idle]
+ * deno task bench [--mib N] [--files N] [--reps N] [--only styx,ns,qd1,tls,net,fuse,hostile,many,idle]
  *
  * Styx figures are medians of --reps runs (default 3), Ferry and its peer
  * taking turns, so a burst of load elsewhere on the machine skews one run
@@ -11,8 +11,10 @@
  *
  * --only also takes listing: a 100,000-entry directory listed over Styx;
  * many: 64 clients each reading its own 16 MiB file through one server,
- * beside diod; and idle: what an idle connection costs `ferry listen`
- * (plain and TLS, beside diod), and its memory after clients come and go.
+ * beside diod; idle: what an idle connection costs `ferry listen` (plain
+ * and TLS, beside diod), and its memory after clients come and go; and
+ * qd1: one request at a time (walk+clunk, stat, 4 KiB write) beside diod
+ * and Inferno's export.
  *
  * @module
  */
@@ -457,6 +459,7 @@ try {
     await tableProbe("listing", "listing_probe.ts", ["--reps", String(REPS)]);
   }
   if (want("many")) await tableProbe("many", "many_probe.ts", ["--reps", String(REPS), "--tls"]);
+  if (want("qd1")) await tableProbe("qd1", "qd1_probe.ts", ["--reps", String(REPS)]);
   if (want("tls")) {
     await probe("tls", "tls_probe.ts");
     await tableProbe("tls", "sftp_probe.ts", [

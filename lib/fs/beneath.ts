@@ -54,6 +54,8 @@ export interface BeneathFile {
   pread(buf: Uint8Array, pos: number): Promise<number>;
   /** Write `data` from `off` at `pos` (pwrite); returns how many bytes were written. */
   pwrite(data: Uint8Array, off: number, pos: number): Promise<number>;
+  /** {@link pwrite} on the calling thread, for writes up to SYNC_IO bytes. */
+  pwriteNow?(data: Uint8Array, off: number, pos: number): number;
   stat(): HostStat;
   /** Safe to call twice. */
   close(): void;
@@ -167,6 +169,7 @@ function nodeFile(fd: number, size: number): BeneathFile {
         fs.read(fd, buf, 0, buf.length, pos, (e, n) => e ? reject(e) : resolve(n));
       });
     },
+    pwriteNow: (data, off, pos) => fs.writeSync(fd, data, off, data.length - off, pos),
     pwrite(data, off, pos) {
       const n = data.length - off;
       if (n <= SYNC_IO) {

@@ -97,6 +97,7 @@ import {
   S_IFDIR,
   S_IFLNK,
   S_IFMT,
+  SYNC_IO,
 } from "./beneath.ts";
 import { openat2Beneath } from "./openat2.ts";
 
@@ -371,33 +372,32 @@ function isLink(st: HostStat): boolean {
   return (st.mode & S_IFMT) === S_IFLNK;
 }
 
-/** A 64-bit mixing step (the splitmix64 finaliser): every input bit moves every output bit. */
-function mix(x: bigint): bigint {
-  x = ((x ^ (x >> 30n)) * 0xbf58476d1ce4e5b9n) & MASK64;
-  x = ((x ^ (x >> 27n)) * 0x94d049bb133111ebn) & MASK64;
-  return x ^ (x >> 31n);
+/** A 32-bit mixing step (murmur3's finaliser): every input bit moves every output bit. */
+function mix32(h: number): number {
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  return (h ^ (h >>> 16)) >>> 0;
+}
+
+/** Fold the non-negative integer `x` (below 2^53) into the hash `h`, both 32-bit halves. */
+function fold(h: number, x: number): number {
+  return mix32(mix32(h ^ (x >>> 0)) ^ Math.floor(x / 0x100000000));
 }
 
 function qidOf(ctx: Ctx, st: HostStat): Qid {
-  let path = (st.ino ^ ((st.dev ^ ctx.rootDev) << 40n)) & MASK64;
+  // Plain numbers, not bigint: this runs for every walk and stat.
+  let path = st.dev === ctx.rootDev ? st.ino : (st.ino ^ ((st.dev ^ ctx.rootDev) << 40n)) & MASK64;
   if (path === 0n) path = 1n << 63n;
-  let v = 0n;
-  for (
-    const x of [
-      BigInt(st.mtimeMs),
-      BigInt(st.ctimeMs),
-      BigInt(st.size),
-      BigInt(Atomics.load(ctx.writes, writeSlot(path))),
-    ]
-  ) {
-    v = mix(v ^ x);
-  }
-  return { type: isDir(st) ? QTDIR : QTFILE, version: Number(v & 0xffffffffn), path };
+  let v = fold(0, st.mtimeMs);
+  v = fold(v, st.ctimeMs);
+  v = fold(v, st.size);
+  v = fold(v, Atomics.load(ctx.writes, writeSlot(path)));
+  return { type: isDir(st) ? QTDIR : QTFILE, version: v, path };
 }
 
 /** The write counter of the file with qid.path `path`. */
 function writeSlot(path: bigint): number {
-  return Number(path % BigInt(WRITE_SLOTS));
+  return Number(BigInt.asUintN(32, path)) % WRITE_SLOTS;
 }
 
 /** Nodes naming `from` or something below it now name `to` (a rename within one directory). */
@@ -494,22 +494,32 @@ class HostNode implements Node {
   }
 
   walk(names: string[], opts?: OpOptions): Promise<WalkResult> {
-    return this.#walk(names, opts, false);
+    try {
+      return Promise.resolve(this.#walk(names, opts, false));
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
   /** A walk whose missing first name gives `{ qids: [] }`, for unions. */
   tryWalk(names: string[], opts?: OpOptions): Promise<WalkResult> {
-    return this.#walk(names, opts, true);
+    try {
+      return Promise.resolve(this.#walk(names, opts, true));
+    } catch (e) {
+      return Promise.reject(e);
+    }
   }
 
-  #walk(names: string[], opts: OpOptions | undefined, miss: boolean): Promise<WalkResult> {
+  /** The walk, made at once: only system calls. */
+  walkNow(names: string[], opts?: OpOptions): WalkResult {
+    return this.#walk(names, opts, false);
+  }
+
+  #walk(names: string[], opts: OpOptions | undefined, miss: boolean): WalkResult {
     // Nodes walked to act for whoever walked.
     const caller = opts?.caller ?? this.caller;
     if (names.length === 0) {
-      return Promise.resolve({
-        qids: [],
-        node: new HostNode(this.ctx, this.rel, this.name, this.#qid, caller),
-      });
+      return { qids: [], node: new HostNode(this.ctx, this.rel, this.name, this.#qid, caller) };
     }
     const qids: Qid[] = [];
     let rel = this.rel;
@@ -524,13 +534,13 @@ class HostNode implements Node {
         [rel, qid, walked] = this.#step(rel, name);
       } catch (e) {
         if (qids.length > 0 || (miss && (e as { code?: unknown } | null)?.code === "ENOENT")) {
-          return Promise.resolve({ qids });
+          return { qids };
         }
-        return Promise.reject(hostError(e));
+        throw hostError(e);
       }
       qids.push(qid);
     }
-    return Promise.resolve({ qids, node: new HostNode(this.ctx, rel, walked, qid, caller) });
+    return { qids, node: new HostNode(this.ctx, rel, walked, qid, caller) };
   }
 
   #step(rel: string[], name: string): [string[], Qid, string] {
@@ -638,14 +648,23 @@ class HostNode implements Node {
 
   stat(_opts?: OpOptions): Promise<Dir> {
     try {
+      return Promise.resolve(this.statNow());
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /** The stat, made at once: one system call or three. */
+  statNow(_opts?: OpOptions): Dir {
+    try {
       const st = this.ctx.host.lstat(this.rel);
       // Nodes hold resolved paths: a symlink here replaced the walked file.
       if (isLink(st)) throw new StyxError(Ename.perm);
       const d = dirOf(this.ctx, st, this.name);
       this.#qid = d.qid;
-      return Promise.resolve(d);
+      return d;
     } catch (e) {
-      return Promise.reject(hostError(e));
+      throw hostError(e);
     }
   }
 
@@ -766,6 +785,10 @@ class HostNode implements Node {
     this.ctx.live.delete(this);
     return Promise.resolve();
   }
+
+  closeNow(): void {
+    this.ctx.live.delete(this);
+  }
 }
 
 /** An open regular file: reads and writes at explicit positions (pread/pwrite). */
@@ -828,10 +851,38 @@ class HostFile implements OpenFile {
         if (n <= 0) throw new StyxError(Ename.io);
         done += n;
       }
-      if (pos + done > this.#size) this.#size = pos + done;
-      Atomics.add(this.node.ctx.writes, writeSlot(this.node.qid.path), 1);
+      this.#wrote(pos + done);
       return done;
     });
+  }
+
+  /** The write made at once when it is one system call's worth (see SYNC_IO). */
+  writeNow(offset: bigint, data: Uint8Array): number | undefined {
+    const file = this.file;
+    if (!file.pwriteNow || data.length > SYNC_IO) return undefined;
+    try {
+      if (this.#closed) throw new StyxError(Ename.notOpen);
+      const acc = this.mode & 3;
+      if (acc !== OWRITE && acc !== ORDWR) throw new StyxError(Ename.perm);
+      const pos = toPosition(offset);
+      toPosition(offset + BigInt(data.length));
+      let done = 0;
+      while (done < data.length) {
+        const n = file.pwriteNow(data, done, pos + done);
+        if (n <= 0) throw new StyxError(Ename.io);
+        done += n;
+      }
+      this.#wrote(pos + done);
+      return done;
+    } catch (e) {
+      throw hostError(e);
+    }
+  }
+
+  /** Bookkeeping after a write that ended at `end`: the size, and qid.version. */
+  #wrote(end: number): void {
+    if (end > this.#size) this.#size = end;
+    Atomics.add(this.node.ctx.writes, writeSlot(this.node.qid.path), 1);
   }
 
   readDir(_opts?: OpOptions): Promise<Dir[]> {

@@ -168,6 +168,7 @@ function check(l: Libc, call: string, r: number | bigint): number {
 /** struct open_how {u64 flags; u64 mode; u64 resolve}, reused for every call. */
 const how = new BigUint64Array(3);
 const howBytes = new Uint8Array(how.buffer);
+const how32 = new Uint32Array(how.buffer);
 /** getdents64 records, reused by every listing (each is read in one synchronous go). */
 const dents = new Uint8Array(64 * 1024);
 const dentsView = new DataView(dents.buffer);
@@ -175,14 +176,48 @@ const dentsView = new DataView(dents.buffer);
 const sx = new Uint8Array(256);
 const sxv = new DataView(sx.buffer);
 
+/** The path argument of the call being made: each is used before the next is built. */
+const pathBuf = new Uint8Array(4096);
+
+/**
+ * `s` NUL-terminated for a synchronous call: ASCII (nearly every path) is
+ * written into {@link pathBuf}, since a fresh encoding per call costs more
+ * than the system call it is for; anything else gets its own copy.
+ */
+function pathArg(s: string): Uint8Array {
+  const n = s.length;
+  if (n >= pathBuf.length) return cstr(s);
+  for (let i = 0; i < n; i++) {
+    const c = s.charCodeAt(i);
+    if (c >= 0x80) return cstr(s);
+    pathBuf[i] = c;
+  }
+  pathBuf[n] = 0;
+  // The call reads up to the NUL: no view of the exact length is needed.
+  return pathBuf;
+}
+
+/** The last device seen: nearly every stat is of the same one. */
+let lastDev = { major: -1, minor: -1, dev: 0n };
+
 /** st_dev as glibc's makedev builds it, so it matches what stat(2) reports. */
 function makedev(major: number, minor: number): bigint {
-  return (BigInt((major & 0xfffff000) >>> 0) << 32n) | (BigInt(major & 0xfff) << 8n) |
+  const last = lastDev;
+  if (last.major === major && last.minor === minor) return last.dev;
+  const dev = (BigInt((major & 0xfffff000) >>> 0) << 32n) | (BigInt(major & 0xfff) << 8n) |
     (BigInt((minor & 0xffffff00) >>> 0) << 12n) | BigInt(minor & 0xff);
+  lastDev = { major, minor, dev };
+  return dev;
+}
+
+/** The little-endian u64 at `off`, as a number (file sizes and times stay below 2^53). */
+function u64(off: number): number {
+  return sxv.getUint32(off + 4, true) * 0x100000000 + sxv.getUint32(off, true);
 }
 
 function ms(off: number): number {
-  return Number(sxv.getBigInt64(off, true)) * 1000 + Math.floor(sxv.getUint32(off + 8, true) / 1e6);
+  const sec = sxv.getInt32(off + 4, true) * 0x100000000 + sxv.getUint32(off, true);
+  return sec * 1000 + Math.floor(sxv.getUint32(off + 8, true) / 1e6);
 }
 
 /** The statx buffer as a HostStat. */
@@ -193,7 +228,7 @@ function decodeStatx(): HostStat {
     mode: sxv.getUint16(28, true),
     uid: sxv.getUint32(20, true),
     gid: sxv.getUint32(24, true),
-    size: Number(sxv.getBigUint64(40, true)),
+    size: u64(40),
     atimeMs: ms(64),
     ctimeMs: ms(96),
     mtimeMs: ms(112),
@@ -212,9 +247,13 @@ export function openat2Beneath(realRoot: string): Beneath | undefined {
   const O_NOFOLLOW = arch.nofollow;
 
   function openat2(dirfd: number, path: Uint8Array, flags: number, mode = 0): number {
-    how[0] = BigInt(flags | O_CLOEXEC);
-    how[1] = BigInt(mode);
-    how[2] = BigInt(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS);
+    // Written as 32-bit halves (both architectures are little-endian): no bigint per call.
+    how32[0] = flags | O_CLOEXEC;
+    how32[1] = 0;
+    how32[2] = mode;
+    how32[3] = 0;
+    how32[4] = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS;
+    how32[5] = 0;
     return check(l!, "openat2", l!.openat2(SYS_OPENAT2, dirfd, path, howBytes, 24n));
   }
 
@@ -226,7 +265,7 @@ export function openat2Beneath(realRoot: string): Beneath | undefined {
   // root that cannot be opened at all gets its error from the fallback.
   if (rootfd < 0) return undefined;
 
-  const rel = (names: readonly string[]) => names.length === 0 ? DOT : cstr(names.join("/"));
+  const rel = (names: readonly string[]) => names.length === 0 ? DOT : pathArg(names.join("/"));
 
   /** Open `names` below the root with `flags`; the caller closes it. */
   const open = (names: readonly string[], flags: number, mode = 0) =>
@@ -304,6 +343,10 @@ export function openat2Beneath(realRoot: string): Beneath | undefined {
           return Number(n);
         });
       },
+      pwriteNow(data, off, pos) {
+        const part = off === 0 ? data : data.subarray(off);
+        return check(l!, "write", l!.pwrite(fd, part, BigInt(part.length), BigInt(pos)));
+      },
       pwrite(data, off, pos) {
         const part = off === 0 ? data : data.subarray(off);
         if (part.length <= SYNC_IO) {
@@ -361,7 +404,21 @@ export function openat2Beneath(realRoot: string): Beneath | undefined {
 
   const self: Beneath = {
     kind: "openat2",
-    lstat: (names) => withFd(names, O_PATH | O_NOFOLLOW, fstat),
+    lstat(names) {
+      const name = names.length === 1 ? names[0]! : "";
+      if (name !== "" && name !== "." && name !== ".." && !name.includes("/")) {
+        // A name directly below the root has no directory on its way that a
+        // symlink could replace: one statx that does not follow the name
+        // itself is as safe as openat2, and a third of the system calls.
+        check(
+          l!,
+          "statx",
+          l!.statx(rootfd, pathArg(name), AT_SYMLINK_NOFOLLOW, STATX_BASIC_STATS, sx),
+        );
+        return decodeStatx();
+      }
+      return withFd(names, O_PATH | O_NOFOLLOW, fstat);
+    },
 
     open(names, access, trunc) {
       const fd = open(names, access | O_NOFOLLOW | O_NONBLOCK);

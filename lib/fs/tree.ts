@@ -171,6 +171,17 @@ export interface Node {
    * Use {@link walkOpen} to get the same result from any node.
    */
   walkOpen?(names: string[], mode: number, opts?: WalkOpenOptions): Promise<OpenFile>;
+  /**
+   * Optional, for a node whose walk never waits (a host directory makes
+   * only system calls): {@link walk} answered at once, throwing where walk
+   * would reject. A server then answers a Twalk without waiting for a turn
+   * of the event loop.
+   */
+  walkNow?(names: string[], opts?: OpOptions): WalkResult;
+  /** Optional: {@link stat} answered at once, as {@link walkNow}. */
+  statNow?(opts?: OpOptions): Dir;
+  /** Optional: {@link close} done at once, as {@link walkNow}. */
+  closeNow?(): void;
 }
 
 /** What {@link Node.walkStat} resolves with: the node walked to and its attributes. */
@@ -269,6 +280,14 @@ export interface OpenFile {
   read(offset: bigint, count: number, opts?: ReadOptions): Promise<Uint8Array>;
   /** Write `data` at `offset`; returns how many bytes were written. */
   write(offset: bigint, data: Uint8Array, opts?: OpOptions): Promise<number>;
+  /**
+   * Optional: {@link write} made at once, for a file that can (a host file
+   * written with one system call); undefined when this write would have to
+   * wait, and then the caller uses write. Throws where write would reject.
+   * A server then answers a Twrite without waiting for a turn of the event
+   * loop.
+   */
+  writeNow?(offset: bigint, data: Uint8Array): number | undefined;
   /**
    * Optional: give back `data`, returned by {@link read}, once the caller
    * has finished with it and keeps no reference, so that its memory can

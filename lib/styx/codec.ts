@@ -101,30 +101,45 @@ function strSize(s: string, what: string): number {
 
 class Writer {
   readonly buf: Uint8Array;
-  readonly dv: DataView;
   pos = 0;
 
-  /** Write into `buf` from its start. */
+  /** Write into `buf` from its start (bytes by hand: no DataView per frame). */
   constructor(buf: Uint8Array) {
     this.buf = buf;
-    this.dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   }
 
   u8(v: number): void {
-    this.dv.setUint8(this.pos, v);
-    this.pos += 1;
+    this.buf[this.pos++] = v;
   }
   u16(v: number): void {
-    this.dv.setUint16(this.pos, v, true);
+    this.patch16(this.pos, v);
     this.pos += 2;
   }
+  /** Write `v` as a u16 at `at` (a size known only once what follows is written). */
+  patch16(at: number, v: number): void {
+    const b = this.buf;
+    b[at] = v;
+    b[at + 1] = v >>> 8;
+  }
   u32(v: number): void {
-    this.dv.setUint32(this.pos, v, true);
-    this.pos += 4;
+    const b = this.buf;
+    const p = this.pos;
+    b[p] = v;
+    b[p + 1] = v >>> 8;
+    b[p + 2] = v >>> 16;
+    b[p + 3] = v >>> 24;
+    this.pos = p + 4;
   }
   u64(v: bigint): void {
-    this.dv.setBigUint64(this.pos, v, true);
-    this.pos += 8;
+    if (v >= 0n && v <= 0x1fffffffffffffn) {
+      // Below 2^53 (nearly every offset, length and qid path): as a number.
+      const n = Number(v);
+      this.u32(n >>> 0);
+      this.u32(Math.floor(n / 0x100000000));
+    } else {
+      this.u32(Number(BigInt.asUintN(32, v)));
+      this.u32(Number(BigInt.asUintN(32, v >> 32n)));
+    }
   }
   str(s: string): void {
     const start = this.pos;
@@ -142,7 +157,7 @@ class Writer {
     if (i < n) {
       p = start + 2 + textEncoder.encodeInto(s, buf.subarray(start + 2)).written;
     }
-    this.dv.setUint16(start, p - start - 2, true);
+    this.patch16(start, p - start - 2);
     this.pos = p;
   }
   qid(q: Qid): void {
@@ -156,9 +171,21 @@ class Writer {
   }
 }
 
+/** The little-endian u32 at `p` in `b` (no DataView: a frame is read once). */
+function getU32(b: Uint8Array, p: number): number {
+  return (b[p]! | b[p + 1]! << 8 | b[p + 2]! << 16) + b[p + 3]! * 0x1000000;
+}
+
+/** The little-endian u64 at `p` in `b`. */
+function getU64(b: Uint8Array, p: number): bigint {
+  const lo = getU32(b, p);
+  const hi = getU32(b, p + 4);
+  // Below 2^53 (every offset and qid path in practice) one conversion does.
+  return hi < 0x200000 ? BigInt(hi * 0x100000000 + lo) : (BigInt(hi) << 32n) | BigInt(lo);
+}
+
 class Reader {
   readonly buf: Uint8Array;
-  readonly dv: DataView;
   pos: number;
   readonly end: number;
   /** Set while decoding a message, for error messages and CodecError.tag. */
@@ -166,9 +193,8 @@ class Reader {
   msgType: number | undefined;
   what: string;
 
-  constructor(buf: Uint8Array, pos: number, end: number, what: string, dv?: DataView) {
+  constructor(buf: Uint8Array, pos: number, end: number, what: string) {
     this.buf = buf;
-    this.dv = dv ?? new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
     this.pos = pos;
     this.end = end;
     this.what = what;
@@ -194,19 +220,19 @@ class Reader {
   }
   u16(field: string): number {
     this.need(2, field);
-    const v = this.dv.getUint16(this.pos, true);
-    this.pos += 2;
-    return v;
+    const p = this.pos;
+    this.pos = p + 2;
+    return this.buf[p]! | this.buf[p + 1]! << 8;
   }
   u32(field: string): number {
     this.need(4, field);
-    const v = this.dv.getUint32(this.pos, true);
+    const v = getU32(this.buf, this.pos);
     this.pos += 4;
     return v;
   }
   u64(field: string): bigint {
     this.need(8, field);
-    const v = this.dv.getBigUint64(this.pos, true);
+    const v = getU64(this.buf, this.pos);
     this.pos += 8;
     return v;
   }
@@ -217,18 +243,14 @@ class Reader {
     }
     const start = this.pos;
     this.pos += n;
-    return decodeUtf8(this.buf, start, start + n, (why) => this.fail(`${field} ${why}`));
+    return decodeUtf8(this, start, start + n, field);
   }
   qid(field: string): Qid {
     this.need(QID_SIZE, field);
-    const dv = this.dv;
+    const b = this.buf;
     const p = this.pos;
     this.pos += QID_SIZE;
-    return {
-      type: this.buf[p]!,
-      version: dv.getUint32(p + 1, true),
-      path: dv.getBigUint64(p + 5, true),
-    };
+    return { type: b[p]!, version: getU32(b, p + 1), path: getU64(b, p + 5) };
   }
   /** A view of the next `n` bytes (no copy). */
   bytes(n: number, field: string): Uint8Array {
@@ -241,12 +263,9 @@ class Reader {
   }
 }
 
-function decodeUtf8(
-  buf: Uint8Array,
-  start: number,
-  end: number,
-  bad: (why: string) => never,
-): string {
+/** The string field `field` at [start, end) of what `r` reads. */
+function decodeUtf8(r: Reader, start: number, end: number, field: string): string {
+  const buf = r.buf;
   const n = end - start;
   if (n === 0) return "";
   if (n <= 32) {
@@ -256,18 +275,18 @@ function decodeUtf8(
     for (; i < end; i++) {
       const c = buf[i]!;
       if (c >= 0x80) break;
-      if (c === 0) return bad("contains NUL");
+      if (c === 0) return r.fail(`${field} contains NUL`);
       s += String.fromCharCode(c);
     }
     if (i === end) return s;
   }
   const bytes = buf.subarray(start, end);
   // intro(5): NUL is illegal in all 9P text strings.
-  if (bytes.indexOf(0) >= 0) return bad("contains NUL");
+  if (bytes.indexOf(0) >= 0) return r.fail(`${field} contains NUL`);
   try {
     return textDecoder.decode(bytes);
   } catch {
-    return bad("is not valid UTF-8");
+    return r.fail(`${field} is not valid UTF-8`);
   }
 }
 
@@ -341,7 +360,7 @@ function writeDir(w: Writer, d: Dir): void {
   w.str(d.uid);
   w.str(d.gid);
   w.str(d.muid);
-  w.dv.setUint16(start, w.pos - start - 2, true);
+  w.patch16(start, w.pos - start - 2);
 }
 
 /** Write `d` with the extra nstat[2] that Rstat and Twstat put in front (stat(5)). */
@@ -349,7 +368,7 @@ function writeStat(w: Writer, d: Dir): void {
   const start = w.pos;
   w.u16(0);
   writeDir(w, d);
-  w.dv.setUint16(start, w.pos - start - 2, true);
+  w.patch16(start, w.pos - start - 2);
 }
 
 function readDir(r: Reader): Dir {
@@ -357,7 +376,7 @@ function readDir(r: Reader): Dir {
   const start = r.pos;
   if (start + n > r.end) r.fail(`stat entry claims ${n} bytes but only ${r.end - start} remain`);
   // Read the entry within its own bounds, so its fields cannot run past it.
-  const inner = new Reader(r.buf, start, start + n, r.what, r.dv);
+  const inner = new Reader(r.buf, start, start + n, r.what);
   inner.tag = r.tag;
   inner.msgType = r.msgType;
   const d: Dir = {
@@ -871,10 +890,31 @@ function specFor(msg: Msg): Spec {
  * ```
  */
 export function encode(msg: Msg): Uint8Array {
+  return encodeWith(msg, newBuffer);
+}
+
+const newBuffer = (size: number) => new Uint8Array(size);
+
+/**
+ * Like {@link encode}, into the buffer `alloc` returns for the frame's
+ * size, which must be exactly that many bytes: a view into a larger buffer
+ * the caller reuses, say. `alloc` is called only once `msg` has been
+ * checked.
+ *
+ * @example
+ * ```ts
+ * import { encodeWith } from "./codec.ts";
+ * import { MsgType } from "./types.ts";
+ * const arena = new Uint8Array(64);
+ * const f = encodeWith({ type: MsgType.Rclunk, tag: 3 }, (n) => arena.subarray(8, 8 + n));
+ * if (f.buffer !== arena.buffer || arena[8] !== 7) throw new Error("not in place");
+ * ```
+ */
+export function encodeWith(msg: Msg, alloc: (size: number) => Uint8Array): Uint8Array {
   const spec = specFor(msg);
   const size = HEADER_SIZE + spec.size(msg);
   if (size > 0xffffffff) throw new CodecError(`${spec.name} of ${size} bytes is too large`);
-  const w = new Writer(new Uint8Array(size));
+  const w = new Writer(alloc(size));
   w.u32(size);
   w.u8(msg.type);
   w.u16(msg.tag);
@@ -948,8 +988,7 @@ export function decode(frame: Uint8Array, msize?: number): Msg {
   if (len < HEADER_SIZE) {
     throw new CodecError(`frame of ${len} bytes is shorter than the 7-byte header`);
   }
-  const dv = new DataView(frame.buffer, frame.byteOffset, len);
-  const size = dv.getUint32(0, true);
+  const size = getU32(frame, 0);
   if (size < HEADER_SIZE) throw new CodecError(`message size ${size} is below the minimum of 7`);
   if (msize !== undefined && size > msize) {
     throw new CodecError(`message size ${size} exceeds msize ${msize}`);
@@ -958,7 +997,7 @@ export function decode(frame: Uint8Array, msize?: number): Msg {
     throw new CodecError(`message size field says ${size} bytes but the frame has ${len}`);
   }
   const type = frame[4]!;
-  const tag = dv.getUint16(5, true);
+  const tag = frame[5]! | frame[6]! << 8;
   const spec = table[type];
   if (!spec) throw new CodecError(`unknown message type ${type}`, tag, type);
   const r = new Reader(frame, HEADER_SIZE, len, spec.name);

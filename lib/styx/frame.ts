@@ -63,6 +63,11 @@ const IDLE_READ = 1024;
 
 /** Most bytes read ahead of the frames taken, and the largest frame gathered in a work buffer. */
 const SCRATCH = 64 * 1024;
+/**
+ * Frames at least this large are copied out of the reused buffer into one
+ * from the reader's `alloc` (a pool, say) rather than a fresh one.
+ */
+const ALLOC_MIN = 1024;
 
 /**
  * Reads whole Styx frames from a connection.
@@ -121,8 +126,8 @@ export class FrameReader {
 
   /**
    * Read frames from `conn`, refusing any larger than `msize`. `alloc`, if
-   * given, supplies the buffer (of exactly `size` bytes) for each frame too
-   * large to come back as a view or a copy out of the reused buffer.
+   * given, supplies the buffer (of exactly `size` bytes) for each frame of
+   * 1 KiB or more, and for every frame too large to come back as a view.
    */
   constructor(conn: Conn, msize: number, alloc?: (size: number) => Uint8Array) {
     this.#conn = conn;
@@ -357,7 +362,14 @@ export class FrameReader {
             );
           }
         }
-        const frame = buf.slice(this.#start, this.#start + size);
+        const start = this.#start;
+        let frame: Uint8Array;
+        if (size >= ALLOC_MIN) {
+          frame = this.#alloc(size);
+          frame.set(buf.subarray(start, start + size));
+        } else {
+          frame = buf.slice(start, start + size);
+        }
         this.#start += size;
         this.#taken();
         return frame;
@@ -536,6 +548,8 @@ export class FrameWriter {
   #queue: Uint8Array[] = [];
   #bytes = 0;
   #writing = false;
+  /** A start is scheduled and has not happened yet. */
+  #due = false;
   #abandoned = false;
 
   /** Write frames to `conn`. */
@@ -556,19 +570,52 @@ export class FrameWriter {
   /**
    * Queue `frame` (a whole frame, or a piece of one when the rest follows
    * at once, such as data after its header). The writer owns it from now
-   * on. After {@link abandon} the frame is dropped.
+   * on. After {@link abandon} the frame is dropped. With `now`, writing
+   * starts at once (with whatever is queued) instead of when the options'
+   * `start` says: for a caller that knows nothing else will be queued
+   * before then, such as a server with no other request to answer, so the
+   * frame does not wait for a turn of the event loop for nothing.
    */
-  write(frame: Uint8Array): void {
+  write(frame: Uint8Array, now = false): void {
     if (this.#abandoned) {
       this.#release?.(frame);
       return;
     }
     this.#queue.push(frame);
     this.#bytes += frame.length;
+    if (now && this.#due) {
+      // Queued frames were waiting for the turn: they go now, with this one.
+      this.#due = false;
+      this.#pump();
+      return;
+    }
     if (this.#writing) return;
     this.#writing = true;
-    if (this.#turn) setImmediate(() => this.#pump());
-    else queueMicrotask(() => this.#pump());
+    if (now) {
+      if (this.#queue.length === 1) {
+        // One frame and nothing behind it (one request at a time): written
+        // without the loop, which the next frame queued meanwhile restarts.
+        this.#queue.pop();
+        let p: Promise<void>;
+        try {
+          p = this.#conn.write(frame);
+        } catch (e) {
+          p = Promise.reject(e);
+        }
+        p.then(() => this.#wrote(frame), (e) => this.#writeFailed(frame, e));
+        return;
+      }
+      this.#pump();
+      return;
+    }
+    this.#due = true;
+    const go = () => {
+      if (!this.#due) return;
+      this.#due = false;
+      this.#pump();
+    };
+    if (this.#turn) setImmediate(go);
+    else queueMicrotask(go);
   }
 
   /**
@@ -582,6 +629,26 @@ export class FrameWriter {
     this.#bytes = 0;
     // Never written, so nothing else refers to them.
     if (this.#release) { for (const f of q) this.#release(f); }
+  }
+
+  /** The single frame written at once is out: carry on as the loop would. */
+  #wrote(frame: Uint8Array): void {
+    if (!this.#abandoned) this.#bytes -= frame.length;
+    if (this.#releases) this.#release?.(frame);
+    if (this.#abandoned) {
+      this.#writing = false;
+      return;
+    }
+    this.#written?.();
+    if (this.#queue.length > 0 && !this.#abandoned) this.#pump();
+    else this.#writing = false;
+  }
+
+  #writeFailed(frame: Uint8Array, e: unknown): void {
+    if (this.#releases) this.#release?.(frame);
+    this.abandon();
+    this.#writing = false;
+    this.#failed?.(e);
   }
 
   async #pump(): Promise<void> {
@@ -609,7 +676,8 @@ export class FrameWriter {
             buf = joined;
           }
         }
-        out.splice(0, n);
+        if (n === 1) out.shift();
+        else out.splice(0, n);
         await this.#conn.write(buf);
         // (Abandoning meanwhile has zeroed the count already.)
         if (!this.#abandoned) this.#bytes -= buf.length;

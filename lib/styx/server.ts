@@ -74,6 +74,7 @@ import {
   encode,
   encodeDir,
   encodeHeader,
+  encodeWith,
   isTMsg,
   msgName,
   RREAD_HEADER,
@@ -254,6 +255,10 @@ const writePool = new BufferPool(32, 1, { freeExtra: true });
 onReclaim(() => writePool.trim());
 /** Rread data at least this large is written after its header instead of copied into it. */
 const SPLIT = 16 * 1024;
+/** Bytes of the buffer each session encodes its small replies into, over and over. */
+const REPLY_ARENA = 4096;
+/** Replies larger than this get buffers of their own. */
+const REPLY_ARENA_MAX = 1024;
 
 function defaultCaller(uname: string, _aname: string, peer: Peer): Caller {
   if (peer.authenticated && peer.identity) {
@@ -305,18 +310,33 @@ class Fid {
 }
 
 /** One request in flight. */
-interface Req {
-  tag: number;
-  type: number;
-  ctrl: AbortController;
+class Req {
   /** Set by Tflush, a new Tversion or hangup: the reply must not be sent. */
-  flushed: boolean;
-  /** Bytes the request holds (read buffers, Twrite data) until it finishes. */
-  held: number;
+  flushed = false;
   /** Set once its reply is sent or dropped: it holds nothing from then on. */
-  finished: boolean;
-  /** Settles when the request is finished (replied or dropped). */
-  done: Promise<void>;
+  finished = false;
+  /** The fid the request uses, given back when it finishes. */
+  fid: Fid | null = null;
+  /** The fid's state change this request made, ended when it finishes. */
+  change: { promise: Promise<void>; resolve: () => void } | null = null;
+  /** Run when it finishes, before its reply is sent. */
+  after: (() => void) | undefined = undefined;
+  /** Made only when something asks for the signal or aborts: most requests never do. */
+  #ctrl: AbortController | null = null;
+
+  /** `held`: bytes the request holds (read buffers, Twrite data) until it finishes. */
+  constructor(readonly tag: number, readonly type: number, public held: number) {}
+
+  /** Aborted when the request is flushed or the connection goes away. */
+  get signal(): AbortSignal {
+    return (this.#ctrl ??= new AbortController()).signal;
+  }
+
+  /** Drop the reply and abort what the request is doing. */
+  abort(reason: StyxError): void {
+    this.flushed = true;
+    (this.#ctrl ??= new AbortController()).abort(reason);
+  }
 }
 
 function deferred(): { promise: Promise<void>; resolve: () => void } {
@@ -324,6 +344,8 @@ function deferred(): { promise: Promise<void>; resolve: () => void } {
   const promise = new Promise<void>((r) => (resolve = r));
   return { promise, resolve };
 }
+
+const rclunk = (): Reply => ({ type: MsgType.Rclunk });
 
 const canRead = (omode: number) => {
   const m = omode & 3;
@@ -392,6 +414,29 @@ class Session {
   #heldBytes = 0;
   /** Reading stopped at the byte bound, until half has drained. */
   #paused = false;
+  /**
+   * Small replies are encoded one after another into this buffer, which
+   * starts over once the writer has handed all of them back; null until
+   * the first reply, and for good on a connection that does not hand
+   * written buffers back.
+   */
+  #arena: Uint8Array | null = null;
+  #arenaUsed = 0;
+  /** Replies in {@link #arena} the writer has not handed back yet. */
+  #arenaLive = 0;
+  readonly #reuseReplies: boolean;
+  /** Where {@link encode} puts a reply: a fresh allocation costs more than encoding it. */
+  readonly #replyBuf = (size: number): Uint8Array => {
+    if (!this.#reuseReplies || size > REPLY_ARENA_MAX) return new Uint8Array(size);
+    const a = this.#arena ??= new Uint8Array(REPLY_ARENA);
+    const at = this.#arenaUsed;
+    if (at + size > a.length) return new Uint8Array(size);
+    this.#arenaUsed = at + size;
+    this.#arenaLive++;
+    return a.subarray(at, at + size);
+  };
+  /** Teardown waiting for the last request to finish. */
+  #idle: { promise: Promise<void>; resolve: () => void } | null = null;
   /** The read loop waiting for room (see {@link #mustWait}). */
   #drain: { promise: Promise<void>; resolve: () => void } | null = null;
 
@@ -428,10 +473,11 @@ class Session {
       this.#reuseWrites ? (size) => writePool.take(size) : undefined,
     );
     this.#reader.frameTimeoutMs = timeout;
+    this.#reuseReplies = conn.releasesWrites === true;
     // Replies finished in one turn of the event loop go out in one write.
     this.#writer = new FrameWriter(conn, {
       start: "turn",
-      release: recycleReadData,
+      release: (f) => this.#released(f),
       written: () => this.#wake(),
       // The connection is gone: abandon everything it still had queued.
       failed: () => this.#hangup(),
@@ -537,10 +583,7 @@ class Session {
     this.#closing = true;
     this.#conn.close();
     this.#pending.clear();
-    for (const req of this.#running) {
-      req.flushed = true;
-      req.ctrl.abort(new StyxError(Ename.hungup));
-    }
+    for (const req of this.#running) req.abort(new StyxError(Ename.hungup));
     this.#writer.abandon();
     this.#wake();
   }
@@ -590,13 +633,16 @@ class Session {
 
   #send(msg: RMsg): void {
     if (this.#closing) return this.#discard(msg);
+    // No other request is running and none has arrived: no other reply
+    // can join this one in a write, so it goes at once.
+    const now = this.#running.size <= 1 && this.#reader.buffered === 0;
     if (msg.type === MsgType.Rread) {
       // Data read into a buffer with room for the header goes out as one
       // frame, built in place.
       const f = rreadInPlace(msg.tag, msg.data);
       if (f !== null) {
         if (this.#trace) this.#log(`-> ${formatMsg(msg)}`);
-        this.#writer.write(f);
+        this.#writer.write(f, now);
         return;
       }
     }
@@ -606,14 +652,15 @@ class Session {
       const h = new Uint8Array(RREAD_HEADER);
       encodeHeader(msg, h);
       this.#writer.write(h);
-      this.#writer.write(msg.data);
+      this.#writer.write(msg.data, now);
       return;
     }
     let frame: Uint8Array;
     try {
-      frame = encode(msg);
+      frame = encodeWith(msg, this.#replyBuf);
     } catch (e) {
-      // A reply the codec refuses (an over-long name from a tree, say).
+      // A reply the codec refuses (an over-long name from a tree, say); it
+      // took no reply buffer, since encodeWith checks before it allocates.
       frame = encode({
         type: MsgType.Rerror,
         tag: msg.tag,
@@ -621,7 +668,7 @@ class Session {
       });
     }
     if (this.#trace) this.#log(`-> ${formatMsg(msg)}`);
-    this.#writer.write(frame);
+    this.#writer.write(frame, now);
   }
 
   // -------------------------------------------------------------------------
@@ -670,10 +717,7 @@ class Session {
       case MsgType.Tremove:
         return this.#clunk(m.tag, m.fid, true);
       case MsgType.Tstat:
-        return this.#useFid(m.tag, m.type, m.fid, false, async (_req, f, signal) => {
-          const stat = await f.node!.stat({ signal });
-          return { type: MsgType.Rstat, stat };
-        });
+        return this.#stat(m.tag, m.fid);
       case MsgType.Twstat:
         return this.#wstat(m);
     }
@@ -684,33 +728,58 @@ class Session {
    * an Rerror, and drops the reply if the request was flushed.
    */
   #run(tag: number, type: number, fn: (req: Req) => Promise<Reply>, held = 0): void {
-    const d = deferred();
-    const req: Req = {
-      tag,
-      type,
-      ctrl: new AbortController(),
-      flushed: false,
-      held,
-      finished: false,
-      done: d.promise,
-    };
+    this.#settle(this.#begin(tag, type, held), fn);
+  }
+
+  /** Register request `tag` (for Tflush, the bounds and hangup). */
+  #begin(tag: number, type: number, held: number): Req {
+    const req = new Req(tag, type, held);
     this.#heldBytes += held;
     this.#pending.set(tag, req);
     this.#running.add(req);
+    return req;
+  }
+
+  /** Answer `req` with what `fn` resolves to, or an Rerror with what it throws. */
+  #settle(req: Req, fn: (req: Req) => Promise<Reply>): void {
     let out: Promise<Reply>;
     try {
       out = fn(req);
     } catch (e) {
       out = Promise.reject(e);
     }
-    out.then(
-      (r) => this.#finish(req, { ...r, tag } as RMsg),
-      (e) => this.#finish(req, { type: MsgType.Rerror, tag, ename: errorString(e) }),
-    ).finally(() => {
-      this.#running.delete(req);
-      d.resolve();
-      this.#wake();
-    });
+    out.then((r) => this.#end(req, r, null), (e) => this.#end(req, null, e));
+  }
+
+  /** `req` is over: give back what it used, then send its reply (or drop it). */
+  #end(req: Req, r: Reply | null, e: unknown): void {
+    const f = req.fid;
+    if (f !== null) {
+      const change = req.change;
+      if (change !== null) {
+        change.resolve();
+        if (f.busy === change.promise) f.busy = null;
+      }
+      this.#unref(f);
+    }
+    try {
+      req.after?.();
+    } catch (err) {
+      r = null;
+      e = err;
+    }
+    let reply: RMsg;
+    if (r !== null) {
+      // The reply is the handler's own new object: it takes the tag as it is.
+      reply = r as RMsg;
+      reply.tag = req.tag;
+    } else {
+      reply = { type: MsgType.Rerror, tag: req.tag, ename: errorString(e) };
+    }
+    this.#finish(req, reply);
+    this.#running.delete(req);
+    if (this.#idle !== null && this.#running.size === 0) this.#idle.resolve();
+    this.#wake();
   }
 
   #finish(req: Req, reply: RMsg): void {
@@ -723,6 +792,15 @@ class Session {
     this.#send(reply);
   }
 
+  /** The writer is done with `frame`: its buffer may be used again. */
+  #released(frame: Uint8Array): void {
+    if (this.#arena !== null && frame.buffer === this.#arena.buffer) {
+      if (--this.#arenaLive === 0) this.#arenaUsed = 0;
+      return;
+    }
+    recycleReadData(frame);
+  }
+
   /** Drop a reply that will never be sent, giving back its read buffer. */
   #discard(reply: RMsg): void {
     // Nothing else refers to a buffer a tree returned from a read.
@@ -731,8 +809,9 @@ class Session {
 
   /**
    * Like {@link #run}, for a request on fid `fid`. It first waits for the
-   * state changes (attach, walk, open, create) queued on the fid before it;
-   * with `change`, requests queued after it wait for it in turn. The fid is
+   * state changes (attach, walk, open, create, clunk) queued on the fid
+   * before it; with `change`, requests queued after it wait for it in turn,
+   * and without, those after it wait until it has started. The fid is
    * looked up now, in arrival order, so pipelined requests see the fids
    * reserved by those ahead of them.
    */
@@ -746,33 +825,40 @@ class Session {
     held = 0,
   ): void {
     const f = this.#fids.get(fid);
-    const prev = f?.busy ?? null;
-    let mine: { promise: Promise<void>; resolve: () => void } | null = null;
-    if (f && change) {
-      mine = deferred();
-      f.busy = mine.promise;
+    const req = this.#begin(tag, type, held);
+    req.after = after;
+    if (!f) return this.#settle(req, () => Promise.reject(new StyxError(Ename.badFid)));
+    const prev = f.busy;
+    if (change) {
+      req.change = deferred();
+      f.busy = req.change.promise;
     }
-    this.#run(tag, type, async (req) => {
-      try {
-        if (!f) throw new StyxError(Ename.badFid);
-        f.refs++;
+    f.refs++;
+    req.fid = f;
+    const go = (req: Req): Promise<Reply> => {
+      if (f.clunked || !f.node) throw new StyxError(Ename.badFid);
+      return fn(req, f, req.signal);
+    };
+    if (prev === null) return this.#settle(req, go);
+    // Waiting its turn behind a state change: requests after this one (a
+    // Tclunk, say) wait until it has started, so it still finds the fid.
+    const start = change ? null : deferred();
+    if (start) f.busy = start.promise;
+    const started = () => {
+      if (start === null) return;
+      start.resolve();
+      if (f.busy === start.promise) f.busy = null;
+    };
+    this.#settle(req, () =>
+      prev.then(() => {
         try {
-          if (prev) await prev;
           // Flushed or hung up while waiting its turn: never reaches the tree.
-          req.ctrl.signal.throwIfAborted();
-          if (f.clunked || !f.node) throw new StyxError(Ename.badFid);
-          return await fn(req, f, req.ctrl.signal);
+          if (req.flushed) throw new StyxError(Ename.interrupted);
+          return go(req);
         } finally {
-          if (mine) {
-            mine.resolve();
-            if (f.busy === mine.promise) f.busy = null;
-          }
-          this.#unref(f);
+          started();
         }
-      } finally {
-        after?.();
-      }
-    }, held);
+      }));
   }
 
   #unref(f: Fid): void {
@@ -788,29 +874,45 @@ class Session {
       this.#excl.delete(f.excl);
       f.excl = null;
     }
-    const p = (async () => {
-      const file = f.file;
-      const node = f.node;
-      f.file = null;
-      f.dir = null;
-      if (file) {
-        try {
-          await file.close();
-        } catch (e) {
-          this.#log(`styx: closing fid ${f.num}: ${errorString(e)}`);
-        }
-      }
-      if (node) {
-        try {
-          await node.close();
-        } catch (e) {
-          this.#log(`styx: releasing fid ${f.num}: ${errorString(e)}`);
-        }
-      }
-    })();
+    const file = f.file;
+    const node = f.node;
+    f.file = null;
+    f.dir = null;
+    const p = file === null && node !== null
+      ? this.#closeNode(f, node)
+      : this.#closeBoth(f, file, node);
     this.#releasing.add(p);
     p.finally(() => this.#releasing.delete(p));
     return p;
+  }
+
+  /** Release a fid that was never opened: the common walk-then-clunk case. */
+  #closeNode(f: Fid, node: Node): Promise<void> {
+    let p: Promise<void>;
+    try {
+      p = node.close();
+    } catch (e) {
+      p = Promise.reject(e);
+    }
+    return p.catch((e) => this.#log(`styx: releasing fid ${f.num}: ${errorString(e)}`));
+  }
+
+  /** Close the open file, then the node (either may be absent). */
+  async #closeBoth(f: Fid, file: OpenFile | null, node: Node | null): Promise<void> {
+    if (file) {
+      try {
+        await file.close();
+      } catch (e) {
+        this.#log(`styx: closing fid ${f.num}: ${errorString(e)}`);
+      }
+    }
+    if (node) {
+      try {
+        await node.close();
+      } catch (e) {
+        this.#log(`styx: releasing fid ${f.num}: ${errorString(e)}`);
+      }
+    }
   }
 
   /** Take `f` out of the table and release it once no request uses it. */
@@ -825,10 +927,7 @@ class Session {
 
   #version(tag: number, msize: number, version: string): void {
     // A new Tversion aborts everything outstanding and clunks every fid.
-    for (const req of this.#pending.values()) {
-      req.flushed = true;
-      req.ctrl.abort(new StyxError(Ename.interrupted));
-    }
+    for (const req of this.#pending.values()) req.abort(new StyxError(Ename.interrupted));
     this.#pending.clear();
     for (const f of [...this.#fids.values()]) this.#drop(f);
     this.#msize = 0;
@@ -853,9 +952,8 @@ class Session {
     const old = this.#pending.get(oldtag);
     if (old && old.type !== MsgType.Tflush) {
       // Its reply has not been queued yet: it never will be.
-      old.flushed = true;
       this.#pending.delete(oldtag);
-      old.ctrl.abort(new StyxError(Ename.interrupted));
+      old.abort(new StyxError(Ename.interrupted));
     }
     // Either the old request is gone, or its reply is already queued ahead
     // of this Rflush: both satisfy flush(5).
@@ -923,6 +1021,10 @@ class Session {
     const partialOnly = bad > 0;
     if (partialOnly) names = names.slice(0, bad);
 
+    if (src.busy === null && !src.clunked && src.node?.walkNow) {
+      return this.#walkNow(m, src, names, partialOnly);
+    }
+
     if (m.newfid === m.fid) {
       this.#useFid(m.tag, m.type, m.fid, true, async (req, f, signal) => {
         const r = await walkFid(f, names, partialOnly, () => req.flushed || f.clunked, signal);
@@ -961,6 +1063,59 @@ class Session {
       if (!ok) this.#drop(nf);
       mine.resolve();
       if (nf.busy === mine.promise) nf.busy = null;
+    });
+  }
+
+  /**
+   * Twalk on a node that walks at once, with nothing queued on its fid:
+   * answered here and now, as {@link #walk} would answer it.
+   */
+  #walkNow(m: Twalk, src: Fid, names: string[], partialOnly: boolean): void {
+    if (m.newfid !== m.fid) {
+      if (this.#fids.has(m.newfid)) {
+        return this.#send({ type: MsgType.Rerror, tag: m.tag, ename: Ename.fidInUse });
+      }
+      if (this.#tooManyFids(m.tag)) return;
+    }
+    let reply: RMsg;
+    try {
+      const r = walkFidNow(src, names, partialOnly);
+      if (r.node) {
+        if (m.newfid === m.fid) {
+          const old = src.node!;
+          src.node = r.node;
+          src.qid = r.qid;
+          closeQuietly(old);
+        } else {
+          const nf = new Fid(m.newfid);
+          nf.node = r.node;
+          nf.qid = r.qid;
+          this.#fids.set(m.newfid, nf);
+        }
+      }
+      reply = { type: MsgType.Rwalk, tag: m.tag, wqids: r.wqids };
+    } catch (e) {
+      reply = { type: MsgType.Rerror, tag: m.tag, ename: errorString(e) };
+    }
+    this.#send(reply);
+  }
+
+  #stat(tag: number, fid: number): void {
+    const f = this.#fids.get(fid);
+    if (f !== undefined && f.busy === null && !f.clunked && f.node?.statNow) {
+      // Answered at once: nothing is queued on the fid, and the tree need
+      // not wait for anything.
+      let reply: RMsg;
+      try {
+        reply = { type: MsgType.Rstat, tag, stat: f.node.statNow() };
+      } catch (e) {
+        reply = { type: MsgType.Rerror, tag, ename: errorString(e) };
+      }
+      return this.#send(reply);
+    }
+    this.#useFid(tag, MsgType.Tstat, fid, false, async (_req, f, signal) => {
+      const stat = await f.node!.stat({ signal });
+      return { type: MsgType.Rstat, stat };
     });
   }
 
@@ -1131,6 +1286,26 @@ class Session {
   }
 
   #write(m: Twrite): void {
+    const f = this.#fids.get(m.fid);
+    const file = f?.file;
+    if (
+      f !== undefined && file?.writeNow && f.busy === null && !f.clunked &&
+      !(f.qid.type & QTDIR) && canWrite(f.omode)
+    ) {
+      // Written and answered at once when the file can: nothing is queued
+      // on the fid, and the data is not needed afterwards.
+      let reply: RMsg | null = null;
+      try {
+        const n = file.writeNow(m.offset, m.data);
+        if (n !== undefined) reply = { type: MsgType.Rwrite, tag: m.tag, count: n };
+      } catch (e) {
+        reply = { type: MsgType.Rerror, tag: m.tag, ename: errorString(e) };
+      }
+      if (reply !== null) {
+        if (this.#reuseWrites) writePool.give(m.data.buffer);
+        return this.#send(reply);
+      }
+    }
     this.#useFid(
       m.tag,
       m.type,
@@ -1166,31 +1341,82 @@ class Session {
   /** Tclunk, or Tremove when `remove`: either way the fid is gone afterwards. */
   #clunk(tag: number, fid: number, remove: boolean): void {
     const f = this.#fids.get(fid);
-    this.#run(tag, remove ? MsgType.Tremove : MsgType.Tclunk, async (req) => {
-      if (!f) throw new StyxError(Ename.badFid);
-      f.refs++;
+    if (
+      f && !remove && f.busy === null && f.refs === 0 && !f.clunked && f.file === null &&
+      f.excl === null && f.node?.closeNow
+    ) {
+      // Nothing queued on it, never opened, and its node closes at once.
+      f.clunked = true;
+      f.released = true;
+      if (this.#fids.get(fid) === f) this.#fids.delete(fid);
+      const node = f.node;
+      f.node = null;
+      f.dir = null;
       try {
-        if (f.busy) await f.busy;
-      } finally {
-        f.refs--;
+        node.closeNow!();
+      } catch (e) {
+        this.#log(`styx: releasing fid ${f.num}: ${errorString(e)}`);
       }
-      if (f.clunked || !f.node) throw new StyxError(Ename.badFid);
+      return this.#send({ type: MsgType.Rclunk, tag });
+    }
+    if (f && !remove && f.busy === null) {
+      // Nothing queued on the fid: it is gone from now on.
+      const req = this.#begin(tag, MsgType.Tclunk, 0);
+      if (f.clunked || !f.node) {
+        return this.#settle(req, () => Promise.reject(new StyxError(Ename.badFid)));
+      }
       f.clunked = true;
       if (this.#fids.get(fid) === f) this.#fids.delete(fid);
-      let err: unknown = null;
-      if (remove) {
-        try {
-          await f.node.remove({ signal: req.ctrl.signal });
-        } catch (e) {
-          err = e;
-        }
+      // A request still using it (a blocked read) releases it when done.
+      if (f.refs > 0) return this.#settle(req, () => Promise.resolve(rclunk()));
+      return this.#settle(req, () => this.#release(f).then(rclunk));
+    }
+    // A state change like any other: requests sent after it wait for it,
+    // and so find the fid gone.
+    const prev = f?.busy ?? null;
+    const mine = f ? deferred() : null;
+    if (f) f.busy = mine!.promise;
+    this.#run(tag, remove ? MsgType.Tremove : MsgType.Tclunk, async (req) => {
+      if (!f) throw new StyxError(Ename.badFid);
+      try {
+        return await this.#clunkNow(req, f, fid, remove, prev);
+      } finally {
+        mine!.resolve();
+        if (f.busy === mine!.promise) f.busy = null;
       }
-      // Wait for the release (an ORCLOSE removal, say) unless a request
-      // still using the fid, such as a blocked read, will do it later.
-      if (f.refs === 0) await this.#release(f);
-      if (err !== null) throw err;
-      return remove ? { type: MsgType.Rremove } : { type: MsgType.Rclunk };
     });
+  }
+
+  /** The clunk or remove of `f` once the state changes queued before it are done. */
+  async #clunkNow(
+    req: Req,
+    f: Fid,
+    fid: number,
+    remove: boolean,
+    prev: Promise<void> | null,
+  ): Promise<Reply> {
+    f.refs++;
+    try {
+      if (prev) await prev;
+    } finally {
+      f.refs--;
+    }
+    if (f.clunked || !f.node) throw new StyxError(Ename.badFid);
+    f.clunked = true;
+    if (this.#fids.get(fid) === f) this.#fids.delete(fid);
+    let err: unknown = null;
+    if (remove) {
+      try {
+        await f.node.remove({ signal: req.signal });
+      } catch (e) {
+        err = e;
+      }
+    }
+    // Wait for the release (an ORCLOSE removal, say) unless a request
+    // still using the fid, such as a blocked read, will do it later.
+    if (f.refs === 0) await this.#release(f);
+    if (err !== null) throw err;
+    return remove ? { type: MsgType.Rremove } : { type: MsgType.Rclunk };
   }
 
   // -------------------------------------------------------------------------
@@ -1198,12 +1424,38 @@ class Session {
 
   async #teardown(): Promise<void> {
     this.#hangup();
-    const reqs = [...this.#running];
-    await Promise.allSettled(reqs.map((r) => r.done));
+    if (this.#running.size > 0) await (this.#idle ??= deferred()).promise;
     for (const f of [...this.#fids.values()]) this.#drop(f);
     while (this.#releasing.size > 0) await Promise.allSettled([...this.#releasing]);
     this.#drain?.resolve();
   }
+}
+
+/** Close `node` without waiting or complaining (a node no longer needed). */
+function closeQuietly(node: Node): void {
+  try {
+    if (node.closeNow) node.closeNow();
+    else node.close().catch(() => {});
+  } catch {
+    // Nothing to report: the node is no longer used.
+  }
+}
+
+/** {@link walkFid} on a node that walks at once ({@link Node.walkNow}). */
+function walkFidNow(
+  f: Fid,
+  names: string[],
+  partialOnly: boolean,
+): { wqids: Qid[]; node?: Node; qid: Qid } {
+  if (f.file) throw new StyxError(Ename.openFid);
+  if (names.length > 0 && !(f.qid.type & QTDIR)) throw new StyxError(Ename.walkNoDir);
+  const r = f.node!.walkNow!(names);
+  if (!r.node || partialOnly) {
+    if (r.node) closeQuietly(r.node);
+    return { wqids: r.qids, qid: f.qid };
+  }
+  const qid = r.qids.length > 0 ? r.qids[r.qids.length - 1]! : r.node.qid;
+  return { wqids: r.qids, node: r.node, qid };
 }
 
 /**

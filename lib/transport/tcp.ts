@@ -67,29 +67,36 @@ export class TcpConn implements Conn {
    * read (at least 1 for a non-empty `buf`), or null at end of stream. Like
    * {@link read}, only one read at a time.
    */
-  async readInto(buf: Uint8Array): Promise<number | null> {
+  readInto(buf: Uint8Array): Promise<number | null> {
+    if (this.#first !== null || this.#isClosed) return this.#readIntoRest(buf);
+    // One promise between the socket and the caller: this is every request's path.
+    return this.raw.read(buf).then(this.#afterRead, this.#readFailed);
+  }
+
+  readonly #afterRead = (n: number | null): number | null => {
+    if (n === null) this.close();
+    return n;
+  };
+
+  readonly #readFailed = (): null => {
+    this.close();
+    return null;
+  };
+
+  /** {@link readInto} with bytes read ahead of the connection, or once it is closed. */
+  #readIntoRest(buf: Uint8Array): Promise<number | null> {
     if (this.#first) {
       const n = Math.min(buf.length, this.#first.length);
       buf.set(this.#first.subarray(0, n), 0);
       this.#first = n === this.#first.length ? null : this.#first.subarray(n);
-      return n;
+      return Promise.resolve(n);
     }
-    if (this.#isClosed) return null;
-    let n: number | null;
-    try {
-      n = await this.raw.read(buf);
-    } catch {
-      n = null;
-    }
-    if (n === null) {
-      this.close();
-      return null;
-    }
-    return n;
+    return Promise.resolve(null);
   }
 
   async write(data: Uint8Array): Promise<void> {
-    let off = 0;
+    if (data.length === 0) return;
+    let off = await this.raw.write(data);
     while (off < data.length) {
       off += await this.raw.write(data.subarray(off));
     }

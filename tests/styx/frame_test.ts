@@ -327,6 +327,49 @@ Deno.test("FrameWriter over TCP", async (t) => {
     });
 
     await t.step(
+      "frames written at once keep their order with frames queued meanwhile",
+      async () => {
+        const [a, b] = await pair();
+        const released: Uint8Array[] = [];
+        let written = 0;
+        const w = new FrameWriter(a, {
+          start: "turn",
+          release: (f) => released.push(f),
+          written: () => written++,
+        });
+        const r = new FrameReader(b, MSIZE);
+        const frames: Uint8Array[] = [];
+        for (let i = 0; i < 200; i++) {
+          const f = encode({ type: MsgType.Tclunk, tag: i, fid: i });
+          frames.push(f);
+          // Now and then a frame goes at once, with or behind those queued for the turn.
+          w.write(f, i % 3 === 0);
+          if (i % 10 === 9) {
+            for (let j = i - 9; j <= i; j++) assert.equal(decode((await r.next())!).tag, j);
+          }
+        }
+        while (w.queued > 0) await new Promise((r) => setTimeout(r, 5));
+        for (const f of frames) assert.equal(released.filter((x) => x === f).length, 1);
+        assert.ok(written > 0);
+        a.close();
+        b.close();
+
+        // A frame written at once to a closed connection: the failure is
+        // reported once and what is queued behind it is dropped.
+        const [c, d] = await pair();
+        const failures: unknown[] = [];
+        const w2 = new FrameWriter(c, { failed: (e) => failures.push(e) });
+        c.close();
+        w2.write(encode({ type: MsgType.Tclunk, tag: 1, fid: 1 }), true);
+        w2.write(encode({ type: MsgType.Tclunk, tag: 2, fid: 2 }));
+        while (failures.length === 0) await new Promise((r) => setTimeout(r, 5));
+        assert.equal(failures.length, 1);
+        assert.equal(w2.queued, 0);
+        d.close();
+      },
+    );
+
+    await t.step(
       "abandon drops what is queued and releases it; a failed write says so",
       async () => {
         const [a, b] = await pair();
