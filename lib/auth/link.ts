@@ -244,6 +244,8 @@ export interface CredentialWatch {
   current(): Credentials;
   /** Reload now (also done every interval); keeps the old ones on error. */
   reload(): Promise<void>;
+  /** Look at the files now and reload what changed (a few stats when nothing did). */
+  refresh?(): Promise<void>;
   /**
    * Call `fn` whenever new credentials take effect (a renewed certificate,
    * a new CRL); returns a function that stops calling it.
@@ -336,6 +338,7 @@ class SharedWatch {
     const h: CredentialWatch = {
       current: () => this.#cur,
       reload: () => this.check(true),
+      refresh: () => this.check(),
       onChange: (fn) => {
         const f = (c: Credentials) => fn(c);
         mine.add(f);
@@ -441,6 +444,19 @@ export async function followCredentials(
   // The snapshot may be older than the files: look now, not in 2 s.
   await w.check();
   return h;
+}
+
+/**
+ * The credentials to check a new peer with on a listener that presented
+ * `used` in its handshake: the latest on disk, looked at now, when they hold
+ * the same certificate and key, so that a CRL written a moment ago (seen
+ * first by another thread or a poll not yet due) already counts; else
+ * `used` (a renewal under way: the listener takes it up on its own).
+ */
+export async function freshCreds(src: CredentialWatch, used: Credentials): Promise<Credentials> {
+  await src.refresh?.().catch(() => {});
+  const now = src.current();
+  return now.cert === used.cert && now.key === used.key ? now : used;
 }
 
 /** The current credentials from link options. */

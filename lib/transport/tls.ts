@@ -36,6 +36,7 @@ import {
   type Credentials,
   type CredentialWatch,
   followCredentials,
+  freshCreds,
   guardSessions,
   type IdentifiedConn,
   isCredentialWatch,
@@ -535,7 +536,7 @@ export async function tlsWrapServer(raw: Conn, opts: LinkOptions): Promise<Conn>
     throw e;
   }
   try {
-    const c = await wrapServer(raw, opts, src.current());
+    const c = await wrapServer(raw, opts, await freshCreds(src, src.current()));
     const guard = guardSessions(new Set([c]), src, opts, (x) => revokedLog(opts, x));
     const held = src;
     c.closed.then(() => {
@@ -699,10 +700,11 @@ async function listenWith(
   server.on("secureConnection", (sock: tls.TLSSocket) => {
     const addr = addrOf(sock);
     const local = `tcp!${sock.localAddress ?? "?"}!${sock.localPort ?? 0}`;
-    const used = creds;
+    const presented = creds;
     sock.on("error", () => {});
+    let used = presented;
     withTimeout(
-      confirm(sock, true, opts, used, undefined),
+      freshCreds(src, presented).then((c) => confirm(sock, true, opts, used = c, undefined)),
       opts.handshakeTimeoutMs ?? 10_000,
       () => sock.destroy(),
     ).then(({ id, rest, ended }) => {

@@ -41,6 +41,7 @@ import { PeerRefusedError } from "../auth/verify.ts";
 import {
   type Credentials,
   type CredentialWatch,
+  freshCreds,
   guardSessions,
   type IdentifiedConn,
   type LinkOptions,
@@ -370,7 +371,13 @@ export async function nativeTlsListen(
         throw new LinkError(explainServerError(e as Error));
       }
       const lines = nativeLines(raw);
-      const id = await linkExchange(lines, { role: "server" }, used, opts, undefined);
+      const id = await linkExchange(
+        lines,
+        { role: "server" },
+        await freshCreds(src, used),
+        opts,
+        undefined,
+      );
       // The verdict must be out before the Styx session writes.
       await lines.flush();
       return new NativeTlsConn(

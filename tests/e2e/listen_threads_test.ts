@@ -181,6 +181,13 @@ Deno.test("listen threads: identity, allow list and revocation hold on every thr
       // Revoked: every open session ends, on every thread.
       await fx.ca.revoke("nobody");
       await Deno.writeTextFile(`${node}/crl.pem`, await fx.ca.crlPem());
+      // New sessions are refused at once, on every thread: none waits for
+      // its own look at the credentials directory.
+      const again = await Promise.allSettled(Array.from({ length: 12 }, () => dial(nobody)));
+      for (const r of again) {
+        if (r.status === "fulfilled") r.value.close();
+        assert.equal(r.status, "rejected", "a revoked user was let in");
+      }
       await Promise.all(open.map((c) => c.closed));
     });
     assert.match(log, /not on the allow list|not allowed/);
