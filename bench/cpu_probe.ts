@@ -3,15 +3,15 @@
  * network namespaces ("term" and "cpu"), with `ferry up` and a throwaway
  * `sshd` both on the cpu host:
  *
- * - time to a first prompt: `ferry cpu -u alice FILE cpu -c true` (a link,
+ * - time to a first prompt: `ferry cpu -u ferrybench FILE cpu -c true` (a link,
  *   the caller's namespace composed and served back, a private mount
- *   namespace on the node with it at /n/client, `true` run as alice)
- *   against `ssh alice@cpu true`;
+ *   namespace on the node with it at /n/client, `true` run as ferrybench)
+ *   against `ssh ferrybench@cpu true`;
  * - throughput of a 1 GiB stream: `ferry cpu … -c 'cat big'` against
- *   `ssh alice@cpu cat big`, both counted by `wc -c` on the caller.
+ *   `ssh ferrybench@cpu cat big`, both counted by `wc -c` on the caller.
  *
  * Medians of RUNS runs. Needs root, /dev/fuse, openssh-server; makes host
- * account alice when missing and removes it after.
+ * account ferrybench when missing and removes it after.
  *
  * Usage: deno run --allow-all bench/cpu_probe.ts [--runs N] [--mib N] [--hold]
  * (--hold: set everything up, print the commands, wait for ^C, then measure)
@@ -59,11 +59,12 @@ const ip = hosts.ip.cpu!;
 const cleanups: (() => Promise<unknown>)[] = [];
 try {
   if (
-    !(await new Deno.Command("id", { args: ["alice"], stdout: "null", stderr: "null" }).output())
+    !(await new Deno.Command("id", { args: ["ferrybench"], stdout: "null", stderr: "null" })
+      .output())
       .success
   ) {
-    await sh("useradd -m -s /bin/sh -p '*' alice");
-    cleanups.push(() => sh("userdel -r alice").catch(() => {}));
+    await sh("useradd -m -s /bin/sh -p '*' ferrybench");
+    cleanups.push(() => sh("userdel -r ferrybench").catch(() => {}));
   }
   await Deno.chmod(work, 0o755);
   const big = `${work}/big`;
@@ -73,14 +74,14 @@ try {
   const node = await c.ca.issue("cpu", { kind: "node", sans: [ip] });
   await writeCredentials(c.certs("cpu"), "cpu", node.certPem, node.keyPem);
   await Deno.writeTextFile(`${c.certs("cpu")}/ca.pem`, c.ca.certPem);
-  await c.issue("alice", "user");
+  await c.issue("ferrybench", "user");
   const file = await c.write(`
 [nodes.cpu]
 address = "tcp!${ip}!${port}"
 [nodes.cpu.exports.cpu]
 kind = "cpu"
-access = ["alice"]
-[users.alice]
+access = ["ferrybench"]
+[users.ferrybench]
 namespace = ""
 `);
   const up = new Deno.Command("ip", {
@@ -123,7 +124,7 @@ namespace = ""
   await Deno.mkdir(`${ssh}/keys`, { recursive: true, mode: 0o755 });
   await sh(
     `ssh-keygen -q -t ed25519 -N '' -f ${ssh}/host_key && ssh-keygen -q -t ed25519 -N '' -f ${ssh}/user_key && ` +
-      `cp ${ssh}/user_key.pub ${ssh}/keys/alice && chmod 644 ${ssh}/keys/*`,
+      `cp ${ssh}/user_key.pub ${ssh}/keys/ferrybench && chmod 644 ${ssh}/keys/*`,
   );
   await Deno.mkdir("/run/sshd", { recursive: true });
   await Deno.writeTextFile(
@@ -168,9 +169,9 @@ namespace = ""
   d.stderr.cancel().catch(() => {});
 
   const sshCmd = `${inTerm} ssh -i ${ssh}/user_key -o BatchMode=yes -o StrictHostKeyChecking=no ` +
-    `-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -p ${sshPort} alice@${ip}`;
-  const cpuCmd = `${inTerm} ${Deno.execPath()} run --allow-all ${FERRY} cpu -u alice ` +
-    `--certs ${c.certs("alice")} ${file} cpu`;
+    `-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -p ${sshPort} ferrybench@${ip}`;
+  const cpuCmd = `${inTerm} ${Deno.execPath()} run --allow-all ${FERRY} cpu -u ferrybench ` +
+    `--certs ${c.certs("ferrybench")} ${file} cpu`;
   // Both work before anything is timed.
   await sh(`${sshCmd} true`);
   await sh(`${cpuCmd} -c true`);

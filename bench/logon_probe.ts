@@ -1,9 +1,9 @@
 /**
  * Logon speed beside OpenSSH, in the same run, on 127.0.0.1:
  *
- * - time to a first prompt: `ferry logon -u alice FILE -- true` (a private
- *   mount namespace with alice's namespace mounted, the command run as
- *   alice) against `ssh alice@127.0.0.1 true` to a throwaway sshd, and
+ * - time to a first prompt: `ferry logon -u ferrybench FILE -- true` (a private
+ *   mount namespace with ferrybench's namespace mounted, the command run as
+ *   ferrybench) against `ssh ferrybench@127.0.0.1 true` to a throwaway sshd, and
  *   `ssh` through that sshd's ForceCommand into `ferry logon --ssh`;
  * - `git status` in a 10,000-file checkout: under `logon --` over the
  *   mounts (the checkout lives on a `ferry up` node) against the same
@@ -11,7 +11,7 @@
  *   a first `git status` through each kind of mount refreshes its index.
  *
  * Medians of RUNS runs. Needs root, /dev/fuse, openssh-server, sudo,
- * sshfs; makes host account alice when missing and removes it after.
+ * sshfs; makes host account ferrybench when missing and removes it after.
  *
  * Usage: deno run --allow-all bench/logon_probe.ts [--runs N] [--files N]
  *
@@ -52,13 +52,14 @@ const c = await makeCluster();
 const work = c.dir;
 const cleanups: (() => Promise<unknown>)[] = [];
 try {
-  // Host account alice ('*' keeps it unlocked for key logins).
+  // Host account ferrybench ('*' keeps it unlocked for key logins).
   if (
-    !(await new Deno.Command("id", { args: ["alice"], stdout: "null", stderr: "null" }).output())
+    !(await new Deno.Command("id", { args: ["ferrybench"], stdout: "null", stderr: "null" })
+      .output())
       .success
   ) {
-    await sh("useradd -m -s /bin/sh -p '*' alice");
-    cleanups.push(() => sh("userdel -r alice").catch(() => {}));
+    await sh("useradd -m -s /bin/sh -p '*' ferrybench");
+    cleanups.push(() => sh("userdel -r ferrybench").catch(() => {}));
   }
 
   // A node serving a directory with a 10,000-file checkout.
@@ -82,8 +83,8 @@ try {
   await writeCredentials(c.certs("files"), "files", node.certPem, node.keyPem);
   await Deno.writeTextFile(`${c.certs("files")}/ca.pem`, c.ca.certPem);
   const users = `${work}/users`;
-  const alice = await c.ca.issue("alice", { kind: "user" });
-  await writeCredentials(users, "alice", alice.certPem, alice.keyPem);
+  const ferrybench = await c.ca.issue("ferrybench", { kind: "user" });
+  await writeCredentials(users, "ferrybench", ferrybench.certPem, ferrybench.keyPem);
   await Deno.writeTextFile(`${users}/ca.pem`, c.ca.certPem);
   const file = await c.write(`
 [nodes.files]
@@ -91,8 +92,8 @@ address = "tcp!127.0.0.1!${port}"
 [nodes.files.exports.src]
 kind = "host"
 path = "${src}"
-access = ["alice"]
-[users.alice]
+access = ["ferrybench"]
+[users.ferrybench]
 namespace = "mount files!src /n/files"
 `);
   const up = new Deno.Command(Deno.execPath(), {
@@ -132,7 +133,7 @@ namespace = "mount files!src /n/files"
   await Deno.chmod(work, 0o755);
   await sh(
     `ssh-keygen -q -t ed25519 -N '' -f ${ssh}/host_key && ssh-keygen -q -t ed25519 -N '' -f ${ssh}/user_key && ` +
-      `cp ${ssh}/user_key.pub ${ssh}/keys/alice && cp ${ssh}/user_key.pub ${ssh}/keys/root && chmod 644 ${ssh}/keys/*`,
+      `cp ${ssh}/user_key.pub ${ssh}/keys/ferrybench && cp ${ssh}/user_key.pub ${ssh}/keys/root && chmod 644 ${ssh}/keys/*`,
   );
   const info = JSON.parse(await sh(`${Deno.execPath()} info --json`));
   const ferry = `${ssh}/ferry`;
@@ -171,7 +172,7 @@ namespace = "mount files!src /n/files"
   await Deno.writeTextFile(
     `${ssh}/sshd_config2`,
     (await Deno.readTextFile(`${ssh}/sshd_config`)).replace(`Port ${sshPort}`, `Port ${sshPort2}`) +
-      `Match User alice\n    ForceCommand sudo -n ${logonCmd}\n`,
+      `Match User ferrybench\n    ForceCommand sudo -n ${logonCmd}\n`,
   );
   for (const cfg of ["sshd_config", "sshd_config2"]) {
     const d = new Deno.Command("/usr/sbin/sshd", {
@@ -195,7 +196,7 @@ namespace = "mount files!src /n/files"
   const sshOpts = `-i ${ssh}/user_key -o BatchMode=yes -o StrictHostKeyChecking=no ` +
     `-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR`;
   const logon =
-    `${Deno.execPath()} run --allow-all ${FERRY} logon -q -u alice --certs ${users} ${file} --`;
+    `${Deno.execPath()} run --allow-all ${FERRY} logon -q -u ferrybench --certs ${users} ${file} --`;
 
   const rows: [string, number, number, string][] = [];
   const firstPrompt = async () => {
@@ -204,8 +205,8 @@ namespace = "mount files!src /n/files"
     const l: number[] = [];
     for (let i = 0; i < RUNS; i++) {
       f.push(await timed(`${logon} true`));
-      s.push(await timed(`ssh ${sshOpts} -p ${sshPort} alice@127.0.0.1 true`));
-      l.push(await timed(`ssh ${sshOpts} -p ${sshPort2} alice@127.0.0.1 true`));
+      s.push(await timed(`ssh ${sshOpts} -p ${sshPort} ferrybench@127.0.0.1 true`));
+      l.push(await timed(`ssh ${sshOpts} -p ${sshPort2} ferrybench@127.0.0.1 true`));
     }
     rows.push(["first prompt: logon -- true vs ssh true", median(f), median(s), "ferry/ssh"]);
     rows.push([
