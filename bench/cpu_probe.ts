@@ -23,12 +23,14 @@ import { parseArgs } from "node:util";
 import { writeCredentials } from "../lib/auth/ca.ts";
 import { freePort, makeCluster } from "../tests/manifest/cluster.ts";
 import { makeHosts } from "../tests/e2e/hosts.ts";
-import { median, sh, timed } from "./util.ts";
+import { median, printRows, sh, timed } from "./util.ts";
+import { startProbeSshd } from "./ssh.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
   options: {
     runs: { type: "string", default: "7" },
+    json: { type: "boolean", default: false },
     mib: { type: "string", default: "1024" },
     hold: { type: "boolean", default: false },
   },
@@ -43,11 +45,10 @@ const missing = ["sshd", "ssh", "unshare", "setpriv", "setsid", "ip"].filter((c)
   !new Deno.Command("sh", { args: ["-c", `command -v ${c}`], stdout: "null" }).outputSync().success
 );
 if (Deno.uid() !== 0 || missing.length > 0) {
-  console.log(
-    `skipped: ${
-      Deno.uid() !== 0 ? "needs root" : `missing ${missing.join(", ")}`
-    } (apt-get install -y openssh-server)`,
-  );
+  const why = `${
+    Deno.uid() !== 0 ? "needs root" : `missing ${missing.join(", ")}`
+  } (apt-get install -y openssh-server)`;
+  console.log(values.json ? JSON.stringify(["skipped", "-", "-", why]) : `skipped: ${why}`);
   Deno.exit(0);
 }
 
@@ -120,56 +121,16 @@ namespace = ""
 
   // A throwaway sshd on the same host.
   const sshPort = 2222;
-  const ssh = `${work}/ssh`;
-  await Deno.mkdir(`${ssh}/keys`, { recursive: true, mode: 0o755 });
-  await sh(
-    `ssh-keygen -q -t ed25519 -N '' -f ${ssh}/host_key && ssh-keygen -q -t ed25519 -N '' -f ${ssh}/user_key && ` +
-      `cp ${ssh}/user_key.pub ${ssh}/keys/ferrybench && chmod 644 ${ssh}/keys/*`,
-  );
-  await Deno.mkdir("/run/sshd", { recursive: true });
-  await Deno.writeTextFile(
-    `${ssh}/sshd_config`,
-    [
-      `Port ${sshPort}`,
-      `ListenAddress ${ip}`,
-      `HostKey ${ssh}/host_key`,
-      "PidFile none",
-      "UsePAM no",
-      "StrictModes no",
-      "PasswordAuthentication no",
-      `AuthorizedKeysFile ${ssh}/keys/%u`,
-      "",
-    ].join("\n"),
-  );
-  const d = new Deno.Command("ip", {
-    args: [
-      "netns",
-      "exec",
-      hosts.ns("cpu"),
-      "/usr/sbin/sshd",
-      "-D",
-      "-e",
-      "-f",
-      `${ssh}/sshd_config`,
-    ],
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  cleanups.push(async () => {
-    d.kill("SIGTERM");
-    await d.status;
+  const d = await startProbeSshd({
+    dir: `${work}/ssh`,
+    users: ["ferrybench"],
+    address: ip,
+    port: sshPort,
+    netns: hosts.ns("cpu"),
   });
-  const er = d.stderr.getReader();
-  for (let buf = ""; !/Server listening/.test(buf);) {
-    const { value, done } = await er.read();
-    if (done) throw new Error(`sshd ended: ${buf}`);
-    buf += dec.decode(value);
-  }
-  er.releaseLock();
-  d.stderr.cancel().catch(() => {});
+  cleanups.push(() => d.stop());
 
-  const sshCmd = `${inTerm} ssh -i ${ssh}/user_key -o BatchMode=yes -o StrictHostKeyChecking=no ` +
-    `-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -p ${sshPort} ferrybench@${ip}`;
+  const sshCmd = `${inTerm} ssh ${d.sshOpts} ferrybench@${ip}`;
   const cpuCmd = `${inTerm} ${Deno.execPath()} run --allow-all ${FERRY} cpu -u ferrybench ` +
     `--certs ${c.certs("ferrybench")} ${file} cpu`;
   // Both work before anything is timed.
@@ -211,14 +172,11 @@ namespace = ""
     "ferry/ssh",
   ]);
 
-  console.log(`medians of ${RUNS} runs (first prompt) and ${Math.min(RUNS, 3)} runs (stream)`);
-  console.log("| what | ferry | openssh | ratio |");
-  console.log("|---|---|---|---|");
-  for (const [what, fv, ov, label] of rows) {
-    console.log(
-      `| ${what} | ${fv.toFixed(3)} | ${ov.toFixed(3)} | ${label} ${(fv / ov).toFixed(2)}x |`,
-    );
-  }
+  printRows(
+    rows,
+    values.json,
+    `medians of ${RUNS} runs (first prompt) and ${Math.min(RUNS, 3)} runs (stream)`,
+  );
 } finally {
   for (const f of cleanups.reverse()) await f().catch(() => {});
   await hosts.cleanup();

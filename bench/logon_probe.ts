@@ -21,12 +21,14 @@
 import { parseArgs } from "node:util";
 import { writeCredentials } from "../lib/auth/ca.ts";
 import { freePort, makeCluster } from "../tests/manifest/cluster.ts";
-import { median, sh, timed } from "./util.ts";
+import { median, printRows, sh, timed } from "./util.ts";
+import { startProbeSshd } from "./ssh.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
   options: {
     runs: { type: "string", default: "7" },
+    json: { type: "boolean", default: false },
     files: { type: "string", default: "10000" },
   },
 });
@@ -40,11 +42,10 @@ const missing = ["sshd", "ssh", "sshfs", "sudo", "git", "unshare", "setpriv"].fi
   !new Deno.Command("sh", { args: ["-c", `command -v ${c}`], stdout: "null" }).outputSync().success
 );
 if (Deno.uid() !== 0 || missing.length > 0) {
-  console.log(
-    `skipped: ${
-      Deno.uid() !== 0 ? "needs root" : `missing ${missing.join(", ")}`
-    } (apt-get install -y openssh-server sudo sshfs git)`,
-  );
+  const why = `${
+    Deno.uid() !== 0 ? "needs root" : `missing ${missing.join(", ")}`
+  } (apt-get install -y openssh-server sudo sshfs git)`;
+  console.log(values.json ? JSON.stringify(["skipped", "-", "-", why]) : `skipped: ${why}`);
   Deno.exit(0);
 }
 
@@ -126,17 +127,15 @@ namespace = "mount files!src /n/files"
   r.releaseLock();
   up.stdout.cancel().catch(() => {});
 
-  // A throwaway sshd for plain logins and sshfs.
+  // A throwaway sshd for plain logins and sshfs, and a second one whose
+  // ForceCommand is ferry logon.
   const sshPort = freePort();
+  const sshPort2 = freePort();
   const ssh = `${work}/ssh`;
-  await Deno.mkdir(`${ssh}/keys`, { recursive: true, mode: 0o755 });
   await Deno.chmod(work, 0o755);
-  await sh(
-    `ssh-keygen -q -t ed25519 -N '' -f ${ssh}/host_key && ssh-keygen -q -t ed25519 -N '' -f ${ssh}/user_key && ` +
-      `cp ${ssh}/user_key.pub ${ssh}/keys/ferrybench && cp ${ssh}/user_key.pub ${ssh}/keys/root && chmod 644 ${ssh}/keys/*`,
-  );
   const info = JSON.parse(await sh(`${Deno.execPath()} info --json`));
   const ferry = `${ssh}/ferry`;
+  await Deno.mkdir(ssh, { recursive: true, mode: 0o755 });
   await Deno.writeTextFile(
     ferry,
     `#!/bin/sh\nDENO_DIR='${info.denoDir}' exec '${Deno.execPath()}' run --allow-all ` +
@@ -147,54 +146,20 @@ namespace = "mount files!src /n/files"
   const sudoers = `/etc/sudoers.d/ferry-bench-${Deno.pid}`;
   await Deno.writeTextFile(
     sudoers,
-    `Defaults!${ferry} env_keep += "SSH_ORIGINAL_COMMAND"\nalice ALL=(root) NOPASSWD: ${logonCmd}\n`,
+    `Defaults!${ferry} env_keep += "SSH_ORIGINAL_COMMAND"\nferrybench ALL=(root) NOPASSWD: ${logonCmd}\n`,
     { mode: 0o440 },
   );
   cleanups.push(() => Deno.remove(sudoers));
-  await Deno.mkdir("/run/sshd", { recursive: true });
-  await Deno.writeTextFile(
-    `${ssh}/sshd_config`,
-    [
-      `Port ${sshPort}`,
-      "ListenAddress 127.0.0.1",
-      `HostKey ${ssh}/host_key`,
-      "PidFile none",
-      "UsePAM no",
-      "StrictModes no",
-      "PasswordAuthentication no",
-      `AuthorizedKeysFile ${ssh}/keys/%u`,
-      "Subsystem sftp internal-sftp",
-      "",
-    ].join("\n"),
-  );
-  // A second sshd whose ForceCommand is ferry logon.
-  const sshPort2 = freePort();
-  await Deno.writeTextFile(
-    `${ssh}/sshd_config2`,
-    (await Deno.readTextFile(`${ssh}/sshd_config`)).replace(`Port ${sshPort}`, `Port ${sshPort2}`) +
-      `Match User ferrybench\n    ForceCommand sudo -n ${logonCmd}\n`,
-  );
-  for (const cfg of ["sshd_config", "sshd_config2"]) {
-    const d = new Deno.Command("/usr/sbin/sshd", {
-      args: ["-D", "-e", "-f", `${ssh}/${cfg}`],
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-    cleanups.push(async () => {
-      d.kill("SIGTERM");
-      await d.status;
-    });
-    const er = d.stderr.getReader();
-    for (let buf = ""; !/Server listening/.test(buf);) {
-      const { value, done } = await er.read();
-      if (done) throw new Error(`sshd ended: ${buf}`);
-      buf += dec.decode(value);
-    }
-    er.releaseLock();
-    d.stderr.cancel().catch(() => {});
-  }
-  const sshOpts = `-i ${ssh}/user_key -o BatchMode=yes -o StrictHostKeyChecking=no ` +
-    `-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR`;
+  const common = { dir: ssh, users: ["ferrybench", "root"], address: "127.0.0.1" };
+  const d1 = await startProbeSshd({ ...common, port: sshPort });
+  cleanups.push(() => d1.stop());
+  const d2 = await startProbeSshd({
+    ...common,
+    port: sshPort2,
+    config: "sshd_config2",
+    extra: `Match User ferrybench\n    ForceCommand sudo -n ${logonCmd}\n`,
+  });
+  cleanups.push(() => d2.stop());
   const logon =
     `${Deno.execPath()} run --allow-all ${FERRY} logon -q -u ferrybench --certs ${users} ${file} --`;
 
@@ -205,8 +170,8 @@ namespace = "mount files!src /n/files"
     const l: number[] = [];
     for (let i = 0; i < RUNS; i++) {
       f.push(await timed(`${logon} true`));
-      s.push(await timed(`ssh ${sshOpts} -p ${sshPort} ferrybench@127.0.0.1 true`));
-      l.push(await timed(`ssh ${sshOpts} -p ${sshPort2} ferrybench@127.0.0.1 true`));
+      s.push(await timed(`ssh ${d1.sshOpts} ferrybench@127.0.0.1 true`));
+      l.push(await timed(`ssh ${d2.sshOpts} ferrybench@127.0.0.1 true`));
     }
     rows.push(["first prompt: logon -- true vs ssh true", median(f), median(s), "ferry/ssh"]);
     rows.push([
@@ -223,7 +188,7 @@ namespace = "mount files!src /n/files"
   await Deno.mkdir(mnt);
   const sshfsMount = () =>
     sh(
-      `sshfs -p ${sshPort} -o IdentityFile=${ssh}/user_key,StrictHostKeyChecking=no,` +
+      `sshfs -p ${sshPort} -o IdentityFile=${d1.identity},StrictHostKeyChecking=no,` +
         `UserKnownHostsFile=/dev/null,allow_other root@127.0.0.1:${src} ${mnt}`,
     );
   // Prints how long `git status` took in DIR, in microseconds.
@@ -257,14 +222,7 @@ namespace = "mount files!src /n/files"
     "ferry/sshfs",
   ]);
 
-  console.log(`median of ${RUNS} runs, seconds (lower is better)`);
-  console.log("| what | ferry | openssh | ratio |");
-  console.log("|---|---|---|---|");
-  for (const [what, f, o, label] of rows) {
-    console.log(
-      `| ${what} | ${f.toFixed(3)} | ${o.toFixed(3)} | ${label} ${(f / o).toFixed(2)}x |`,
-    );
-  }
+  printRows(rows, values.json, `median of ${RUNS} runs, seconds (lower is better)`);
 } finally {
   for (const f of cleanups.reverse()) await f().catch(() => {});
   await c.cleanup();
