@@ -36,7 +36,7 @@ import { listenHost, parseDialString } from "../lib/net/dial.ts";
 import type { Listener } from "../lib/transport/conn.ts";
 import type { Manifest } from "../lib/manifest/schema.ts";
 import { type Account, lookupAccount, lookupUid } from "../lib/logon/account.ts";
-import { commandFor, inPrivateNamespace, launch, runInView } from "../lib/logon/session.ts";
+import { commandFor, runInView } from "../lib/logon/session.ts";
 
 const spec = {
   usage:
@@ -115,8 +115,12 @@ export async function run(args: string[]): Promise<number> {
     if (typeof v.u !== "string" && !invoker) {
       throw new UsageError(`-u USER is required\nusage: ${spec.usage}`);
     }
-    // The mounts are made by a second Ferry in a private mount namespace.
-    if (privateNs && !inPrivateNamespace()) return await launch(args);
+    if (privateNs && Deno.uid() !== 0) {
+      throw new Error(
+        "a private mount namespace needs root: run 'ferry logon … -- COMMAND' as root " +
+          "(through sudo at an SSH logon, see the README); the command itself runs as the user's account",
+      );
+    }
     if (join !== undefined && typeof v.u !== "string") {
       throw new UsageError("--join needs -u USER: the signer is asked as that user");
     }

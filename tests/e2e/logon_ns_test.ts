@@ -207,6 +207,22 @@ Deno.test({
       assert.match(r.out, /MADE BY MAKE/);
       assert.equal(await Deno.readTextFile(`${src}/ferrya/proj/out.txt`), "MADE BY MAKE\n");
 
+      // One Ferry process runs a logon: it makes its private mount namespace
+      // in-process, not by starting Ferry again under unshare(1).
+      const chain = await logonIn(login, [
+        "-u",
+        "ferrya",
+        ...base,
+        "--",
+        "sh",
+        "-c",
+        `p=$PPID; n=0; while [ "$p" -gt 1 ] && [ "$p" != ${Deno.pid} ]; do ` +
+        `[ "$(cat /proc/$p/comm)" = deno ] && n=$((n+1)); ` +
+        `p=$(sed 's/.*) //' /proc/$p/stat | cut -d' ' -f2); done; echo $n`,
+      ]);
+      assert.equal(chain.code, 0, chain.err);
+      assert.equal(chain.out, "1\n", "Ferry processes between the test and the command");
+
       // While one logon runs, nothing of it shows outside its namespace.
       held = new Proc("held", "ip", [
         "netns",
