@@ -24,12 +24,6 @@ import {
 import { logon } from "../lib/manifest/apply.ts";
 import { standardDevices } from "./devices.ts";
 import { ManifestError } from "../lib/manifest/schema.ts";
-import { Shell } from "../lib/sh/interp.ts";
-import { builtins } from "../lib/sh/builtins/mod.ts";
-import { denoReader, denoWriter, emptyReader } from "../lib/sh/io.ts";
-import { incomplete } from "../lib/sh/parser.ts";
-import { denoTerminal, LineEditor } from "../lib/sh/lineedit.ts";
-import { serve } from "../lib/styx/server.ts";
 import { announceStyx } from "../lib/net/connect.ts";
 import { tlsListen } from "../lib/transport/tls.ts";
 import { listenHost, parseDialString } from "../lib/net/dial.ts";
@@ -211,6 +205,7 @@ export async function run(args: string[]): Promise<number> {
       const stop = () => l.close();
       Deno.addSignalListener("SIGINT", stop);
       Deno.addSignalListener("SIGTERM", stop);
+      const { serve } = await import("../lib/styx/server.ts");
       const sessions: Promise<void>[] = [];
       for await (const conn of l) sessions.push(serve(conn, ns));
       Deno.removeSignalListener("SIGINT", stop);
@@ -231,25 +226,10 @@ export async function run(args: string[]): Promise<number> {
       Deno.removeSignalListener("SIGTERM", stop);
       return 0;
     }
-    const command = typeof v.c === "string" ? v.c : undefined;
-    const sh = new Shell({
-      ns,
-      user,
-      cwd: composed.cwd,
-      builtins: builtins(),
-      io: {
-        stdin: command !== undefined ? denoReader(Deno.stdin) : emptyReader,
-        stdout: denoWriter(Deno.stdout),
-        stderr: denoWriter(Deno.stderr),
-      },
-    });
-    if (command !== undefined) {
-      await sh.run(command);
-    } else {
-      await interactive(sh);
-    }
-    if (!sh.exited) await sh.jobs.waitAll();
-    return sh.status === "" ? 0 : 1;
+    // The shell is loaded only when it runs: a logon running a host
+    // command (or serving the view) does without it.
+    const { runShell } = await import("./logon_shell.ts");
+    return await runShell(ns, user, composed.cwd, typeof v.c === "string" ? v.c : undefined);
   } catch (e) {
     return fail("ferry logon", e);
   } finally {
@@ -320,54 +300,4 @@ async function accountOf(m: Manifest, user: string, invoker?: Account): Promise<
     );
   }
   return account;
-}
-
-async function interactive(sh: Shell): Promise<void> {
-  const tty = Deno.stdin.isTerminal();
-  const editor = tty ? new LineEditor(denoTerminal(), {}) : undefined;
-  const reader = tty ? undefined : Deno.stdin.readable.pipeThrough(new TextDecoderStream())
-    .getReader();
-  let buf = "";
-  const next = async (prompt: string): Promise<string | null> => {
-    if (editor) return await editor.readLine(prompt);
-    for (;;) {
-      const nl = buf.indexOf("\n");
-      if (nl >= 0) {
-        const l = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        return l;
-      }
-      const { value, done } = await reader!.read();
-      if (done) {
-        if (buf === "") return null;
-        const l = buf;
-        buf = "";
-        return l;
-      }
-      buf += value;
-    }
-  };
-  const io = {
-    stdin: emptyReader,
-    stdout: denoWriter(Deno.stdout),
-    stderr: denoWriter(Deno.stderr),
-  };
-  for (;;) {
-    let src = "";
-    let prompt = "; ";
-    for (;;) {
-      const line = await next(prompt);
-      if (line === null) {
-        if (src === "") return;
-        break;
-      }
-      src += line + "\n";
-      if (!incomplete(src)) break;
-      prompt = "\t";
-    }
-    if (src.trim() === "") continue;
-    await editor?.addHistory(src.trimEnd());
-    await sh.run(src, io);
-    if (sh.exited) return;
-  }
 }
