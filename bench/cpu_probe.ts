@@ -13,7 +13,7 @@
  * Medians of RUNS runs. Needs root, /dev/fuse, openssh-server; makes host
  * account ferrybench when missing and removes it after.
  *
- * Usage: deno run --allow-all bench/cpu_probe.ts [--runs N] [--mib N] [--hold]
+ * Usage: deno run --allow-all bench/cpu_probe.ts [--runs N] [--mib N] [--json] [--hold]
  * (--hold: set everything up, print the commands, wait for ^C, then measure)
  *
  * @module

@@ -13,7 +13,8 @@
  * Medians of RUNS runs. Needs root, /dev/fuse, openssh-server, sudo,
  * sshfs; makes host account ferrybench when missing and removes it after.
  *
- * Usage: deno run --allow-all bench/logon_probe.ts [--runs N] [--files N]
+ * Usage: deno run --allow-all bench/logon_probe.ts [--runs N] [--files N] [--json] [--hold]
+ * (--hold: set everything up, print the commands, wait for ^C, then measure)
  *
  * @module
  */
@@ -29,6 +30,7 @@ const { values } = parseArgs({
   options: {
     runs: { type: "string", default: "7" },
     json: { type: "boolean", default: false },
+    hold: { type: "boolean", default: false },
     files: { type: "string", default: "10000" },
   },
 });
@@ -163,6 +165,11 @@ namespace = "mount files!src /n/files"
   const logon =
     `${Deno.execPath()} run --allow-all ${FERRY} logon -q -u ferrybench --certs ${users} ${file} --`;
 
+  if (values.hold) {
+    // For poking at by hand: print the commands and wait for ^C.
+    console.log(`${logon} true\nssh ${d1.sshOpts} ferrybench@127.0.0.1 true`);
+    await new Promise<void>((r) => Deno.addSignalListener("SIGINT", r));
+  }
   const rows: [string, number, number, string][] = [];
   const firstPrompt = async () => {
     const f: number[] = [];
