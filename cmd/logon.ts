@@ -11,7 +11,12 @@
  */
 
 import { fail, parse, UsageError, warnInsecure } from "../lib/cli.ts";
-import { defaultCertsDir, loadCredentials, watchCredentials } from "../lib/auth/link.ts";
+import {
+  type Credentials,
+  defaultCertsDir,
+  loadCredentials,
+  watchCredentials,
+} from "../lib/auth/link.ts";
 import { loadBytes } from "../lib/manifest/load.ts";
 import { checkManifest } from "../lib/manifest/check.ts";
 import {
@@ -21,7 +26,7 @@ import {
   refuseUnsigned,
   type SignedManifest,
 } from "../lib/manifest/sign.ts";
-import { logon } from "../lib/manifest/apply.ts";
+import { dialAhead, logon, NodeDialer } from "../lib/manifest/apply.ts";
 import { standardDevices } from "./devices.ts";
 import { ManifestError } from "../lib/manifest/schema.ts";
 import { announceStyx } from "../lib/net/connect.ts";
@@ -83,6 +88,7 @@ const spec = {
 export async function run(args: string[]): Promise<number> {
   let composed: Awaited<ReturnType<typeof logon>> | undefined;
   let listener: Listener | undefined;
+  let dialer: NodeDialer | undefined;
   try {
     const dashes = args.indexOf("--");
     const hostCommand = dashes < 0 ? undefined : args.slice(dashes + 1);
@@ -135,6 +141,17 @@ export async function run(args: string[]): Promise<number> {
     let bytes: Uint8Array;
     let signed: SignedManifest | undefined;
     const insecure = v["insecure-manifest"] === true;
+    // The user's nodes are dialled while the signature is checked, from the
+    // manifest as read: TLS checks that each node holds its certificate
+    // whatever address the file gives, and nothing is composed before the
+    // manifest is verified (and found to be the one dialled from).
+    const first = insecure ? undefined : await Deno.readFile(file);
+    if (first) {
+      dialer = await dialEarly(first, file, certDir, typeof v.u === "string" ? v.u : undefined, {
+        invoker,
+        creds,
+      });
+    }
     if (insecure) {
       console.error("logon: warning: --insecure-manifest: the manifest's signature is not checked");
       bytes = await Deno.readFile(file);
@@ -143,6 +160,11 @@ export async function run(args: string[]): Promise<number> {
       signed = await readSigned(file, creds?.ca ?? await Deno.readTextFile(`${certDir}/ca.pem`));
       await checkSerial(signed, file, certDir);
       bytes = signed.bytes;
+      if (dialer && !sameBytes(bytes, first!)) {
+        // Changed since it was dialled from: those links are not this manifest's.
+        await dialer.close();
+        dialer = undefined;
+      }
     }
     const m = loadBytes(bytes, file, insecure ? {} : { readFile: refuseUnsigned });
     const problems = checkManifest(m);
@@ -154,6 +176,7 @@ export async function run(args: string[]): Promise<number> {
     const t0 = performance.now();
     composed = await logon(m, user, {
       creds,
+      dialer: dialer?.user === user ? dialer : undefined,
       rootDir: typeof v.r === "string" ? v.r : undefined,
       devices: standardDevices(),
       onEntry: (r) => {
@@ -235,6 +258,7 @@ export async function run(args: string[]): Promise<number> {
   } finally {
     listener?.close();
     await composed?.close();
+    await dialer?.close();
   }
 }
 
@@ -300,4 +324,33 @@ async function accountOf(m: Manifest, user: string, invoker?: Account): Promise<
     );
   }
   return account;
+}
+
+/**
+ * A dialer already dialling the nodes the user's namespace mounts from, in
+ * the manifest `bytes` as read (not yet verified), or undefined when it
+ * does not parse or name the user: then logon dials as it composes.
+ */
+async function dialEarly(
+  bytes: Uint8Array,
+  file: string,
+  certDir: string,
+  named: string | undefined,
+  o: { invoker?: Account; creds?: Credentials },
+): Promise<NodeDialer | undefined> {
+  try {
+    const m = loadBytes(bytes, file, { readFile: refuseUnsigned });
+    if (checkManifest(m).length) return undefined;
+    const user = named ?? userOfAccount(m, o.invoker!);
+    const creds = o.creds ?? await loadCredentials(certDir, user);
+    const dialer = new NodeDialer(m, creds, user);
+    dialAhead(m, user, dialer);
+    return dialer;
+  } catch {
+    return undefined;
+  }
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }

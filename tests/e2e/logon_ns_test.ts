@@ -223,6 +223,17 @@ Deno.test({
       assert.equal(chain.code, 0, chain.err);
       assert.equal(chain.out, "1\n", "Ferry processes between the test and the command");
 
+      // Nodes are dialled while the signature is checked, but a manifest
+      // altered after it was signed is still refused before anything runs.
+      const signedText = await Deno.readTextFile(file);
+      const marker = `/tmp/ferry-altered-${Deno.pid}`;
+      await Deno.writeTextFile(file, signedText + "\n# altered\n");
+      const altered = await logonIn(login, ["-u", "ferrya", ...base, "--", "touch", marker]);
+      await Deno.writeTextFile(file, signedText);
+      assert.equal(altered.code, 1, altered.err);
+      assert.match(altered.err, /altered after it was signed/);
+      await assert.rejects(Deno.stat(marker));
+
       // While one logon runs, nothing of it shows outside its namespace.
       held = new Proc("held", "ip", [
         "netns",
