@@ -15,6 +15,9 @@ import { ORDWR, OREAD, OWRITE } from "../styx/types.ts";
 import { serve } from "../styx/server.ts";
 import { memPipe } from "../transport/pipe.ts";
 
+/** Reads of standard output (and error) kept in flight. */
+const READS_IN_FLIGHT = 4;
+
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
@@ -164,13 +167,14 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
       winch: (r, c) => ctl(`winch ${r} ${c}`),
     });
 
-    // Two reads in flight, so the node has one to answer while the last
-    // reply is on its way; the node answers reads in the order they came.
+    // Several reads in flight, so the node always has one to answer while
+    // earlier replies are on their way and being written out here; the
+    // node answers reads in the order they came.
     const drain = async (f: OpenFile, out: (b: Uint8Array) => Promise<void>) => {
       const unit = f.iounit || 512 * 1024;
       let n = 0n;
       const next = () => f.read(n++, unit, { signal });
-      const q = [next(), next()];
+      const q = Array.from({ length: READS_IN_FLIGHT }, next);
       try {
         for (;;) {
           const b = await q.shift()!;

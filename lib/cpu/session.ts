@@ -18,6 +18,7 @@ import { Namespace } from "../ns/namespace.ts";
 import { RemoteTree, StyxClient } from "../styx/client.ts";
 import { TcpConn } from "../transport/tcp.ts";
 import type { Account } from "../logon/account.ts";
+import { openLibc } from "../libc.ts";
 import { runInView } from "../logon/session.ts";
 
 /** Where the caller's namespace appears on the node. */
@@ -72,6 +73,9 @@ export async function runSession(opts: SessionOptions): Promise<number> {
     await ns.mount(new RemoteTree(client, { uname: job.user }), CLIENT_MOUNT, {
       source: "client",
     });
+    // The command writes to this helper's standard output, a pipe the node
+    // reads: a larger pipe lets each of the node's reads take more.
+    growPipe(1, PIPE_BYTES);
     return await runInView(ns, {
       user: job.user,
       account: job.account,
@@ -114,4 +118,16 @@ async function readJob(conn: Deno.Conn): Promise<Job | undefined> {
     throw new Error("the node sent a malformed job");
   }
   return job;
+}
+
+/** Pipe capacity asked for the command's standard output. */
+const PIPE_BYTES = 1 << 20;
+const F_SETPIPE_SZ = 1031;
+
+/** Ask for a pipe of `bytes` on `fd`; only a tuning, so nothing is said when it is refused. */
+function growPipe(fd: number, bytes: number): void {
+  try {
+    openLibc({ fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" } }, "pipe sizes")
+      .fcntl(fd, F_SETPIPE_SZ, bytes);
+  } catch { /* not a pipe, or no FFI: the default size */ }
 }
