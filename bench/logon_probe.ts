@@ -77,7 +77,7 @@ try {
   }
   await sh(
     `cd ${src}/origin && git init -q -b main && git add . && ` +
-      `git -c user.name=b -c user.email=b@example.com commit -q -m files && ` +
+      `git -c user.name=b -c user.email=b@example.com -c gc.auto=0 commit -q -m files && ` +
       `git clone -q --no-hardlinks ${src}/origin ${src}/repo-ferry && ` +
       `git clone -q --no-hardlinks ${src}/origin ${src}/repo-sshfs && chmod -R a+rwX ${src}`,
   );

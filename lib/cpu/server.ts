@@ -94,17 +94,21 @@ export class CpuService {
   #next = 1;
   readonly #tree: SynthTree;
   #spare: Helper | undefined;
+  #starting = false;
   #closed = false;
 
   /** A service running commands as `opts.manifest()` says. */
   constructor(opts: CpuServiceOptions) {
     this.#opts = opts;
-    if (opts.spare ?? Deno.uid() === 0) this.#startSpare();
+    this.#replenish();
     const clone = file("clone", (ctx) => {
       const id = this.#next++;
       const s = new CpuSession(id, ctx.caller, this.#opts, () => this.#takeSpare());
       this.#sessions.set(id, s);
-      s.ended.then(() => this.#sessions.delete(id));
+      s.ended.then(() => {
+        this.#sessions.delete(id);
+        this.#replenish();
+      });
       const text = enc.encode(`${id}\n`);
       return {
         read: (off, count) => sliceAt(text, off, count),
@@ -132,10 +136,18 @@ export class CpuService {
     );
   }
 
-  #startSpare(): void {
-    if (this.#closed) return;
+  /**
+   * Start a spare helper unless one is there or starting. Called at the
+   * start and when a session ends, not when one takes the spare: a helper
+   * starting would take CPU from the command that has just begun.
+   */
+  #replenish(): void {
+    if (this.#closed || this.#spare || this.#starting) return;
+    if (!(this.#opts.spare ?? Deno.uid() === 0)) return;
+    this.#starting = true;
     const ferry = this.#opts.ferry ?? ferryArgv();
     startHelper(ferry, helperEnv("dumb"), undefined, "ferry-cpu-spare-").then((h) => {
+      this.#starting = false;
       if (this.#closed) return void h.kill().then(() => h.dispose());
       this.#spare = h;
       // One that dies unused (killed by hand, say) is not handed out.
@@ -143,14 +155,16 @@ export class CpuService {
         if (this.#spare === h) this.#spare = undefined;
         void h.dispose();
       });
-    }, (e) => this.#opts.log?.(`cpu: cannot start a helper ahead of need: ${e.message}`));
+    }, (e) => {
+      this.#starting = false;
+      this.#opts.log?.(`cpu: cannot start a helper ahead of need: ${e.message}`);
+    });
   }
 
-  /** The spare helper, if one is ready, starting the next one. */
+  /** The spare helper, if one is ready. */
   #takeSpare(): Helper | undefined {
     const h = this.#spare;
     this.#spare = undefined;
-    if (h || this.#opts.spare !== false) this.#startSpare();
     return h;
   }
 
