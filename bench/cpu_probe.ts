@@ -3,17 +3,17 @@
  * network namespaces ("term" and "cpu"), with `ferry up` and a throwaway
  * `sshd` both on the cpu host:
  *
- * - time to a first prompt: `ferry cpu -u alice FILE cpu -c true` (a link,
+ * - time to a first prompt: `ferry cpu -u ferrybench FILE cpu -c true` (a link,
  *   the caller's namespace composed and served back, a private mount
- *   namespace on the node with it at /n/client, `true` run as alice)
- *   against `ssh alice@cpu true`;
+ *   namespace on the node with it at /n/client, `true` run as ferrybench)
+ *   against `ssh ferrybench@cpu true`;
  * - throughput of a 1 GiB stream: `ferry cpu … -c 'cat big'` against
- *   `ssh alice@cpu cat big`, both counted by `wc -c` on the caller.
+ *   `ssh ferrybench@cpu cat big`, both counted by `wc -c` on the caller.
  *
  * Medians of RUNS runs. Needs root, /dev/fuse, openssh-server; makes host
- * account alice when missing and removes it after.
+ * account ferrybench when missing and removes it after.
  *
- * Usage: deno run --allow-all bench/cpu_probe.ts [--runs N] [--mib N] [--hold]
+ * Usage: deno run --allow-all bench/cpu_probe.ts [--runs N] [--mib N] [--json] [--hold]
  * (--hold: set everything up, print the commands, wait for ^C, then measure)
  *
  * @module
@@ -23,12 +23,14 @@ import { parseArgs } from "node:util";
 import { writeCredentials } from "../lib/auth/ca.ts";
 import { freePort, makeCluster } from "../tests/manifest/cluster.ts";
 import { makeHosts } from "../tests/e2e/hosts.ts";
-import { median, sh, timed } from "./util.ts";
+import { median, printRows, sh, timed } from "./util.ts";
+import { startProbeSshd } from "./ssh.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
   options: {
     runs: { type: "string", default: "7" },
+    json: { type: "boolean", default: false },
     mib: { type: "string", default: "1024" },
     hold: { type: "boolean", default: false },
   },
@@ -43,11 +45,10 @@ const missing = ["sshd", "ssh", "unshare", "setpriv", "setsid", "ip"].filter((c)
   !new Deno.Command("sh", { args: ["-c", `command -v ${c}`], stdout: "null" }).outputSync().success
 );
 if (Deno.uid() !== 0 || missing.length > 0) {
-  console.log(
-    `skipped: ${
-      Deno.uid() !== 0 ? "needs root" : `missing ${missing.join(", ")}`
-    } (apt-get install -y openssh-server)`,
-  );
+  const why = `${
+    Deno.uid() !== 0 ? "needs root" : `missing ${missing.join(", ")}`
+  } (apt-get install -y openssh-server)`;
+  console.log(values.json ? JSON.stringify(["skipped", "-", "-", why]) : `skipped: ${why}`);
   Deno.exit(0);
 }
 
@@ -59,11 +60,12 @@ const ip = hosts.ip.cpu!;
 const cleanups: (() => Promise<unknown>)[] = [];
 try {
   if (
-    !(await new Deno.Command("id", { args: ["alice"], stdout: "null", stderr: "null" }).output())
+    !(await new Deno.Command("id", { args: ["ferrybench"], stdout: "null", stderr: "null" })
+      .output())
       .success
   ) {
-    await sh("useradd -m -s /bin/sh -p '*' alice");
-    cleanups.push(() => sh("userdel -r alice").catch(() => {}));
+    await sh("useradd -m -s /bin/sh -p '*' ferrybench");
+    cleanups.push(() => sh("userdel -r ferrybench").catch(() => {}));
   }
   await Deno.chmod(work, 0o755);
   const big = `${work}/big`;
@@ -73,14 +75,14 @@ try {
   const node = await c.ca.issue("cpu", { kind: "node", sans: [ip] });
   await writeCredentials(c.certs("cpu"), "cpu", node.certPem, node.keyPem);
   await Deno.writeTextFile(`${c.certs("cpu")}/ca.pem`, c.ca.certPem);
-  await c.issue("alice", "user");
+  await c.issue("ferrybench", "user");
   const file = await c.write(`
 [nodes.cpu]
 address = "tcp!${ip}!${port}"
 [nodes.cpu.exports.cpu]
 kind = "cpu"
-access = ["alice"]
-[users.alice]
+access = ["ferrybench"]
+[users.ferrybench]
 namespace = ""
 `);
   const up = new Deno.Command("ip", {
@@ -119,58 +121,18 @@ namespace = ""
 
   // A throwaway sshd on the same host.
   const sshPort = 2222;
-  const ssh = `${work}/ssh`;
-  await Deno.mkdir(`${ssh}/keys`, { recursive: true, mode: 0o755 });
-  await sh(
-    `ssh-keygen -q -t ed25519 -N '' -f ${ssh}/host_key && ssh-keygen -q -t ed25519 -N '' -f ${ssh}/user_key && ` +
-      `cp ${ssh}/user_key.pub ${ssh}/keys/alice && chmod 644 ${ssh}/keys/*`,
-  );
-  await Deno.mkdir("/run/sshd", { recursive: true });
-  await Deno.writeTextFile(
-    `${ssh}/sshd_config`,
-    [
-      `Port ${sshPort}`,
-      `ListenAddress ${ip}`,
-      `HostKey ${ssh}/host_key`,
-      "PidFile none",
-      "UsePAM no",
-      "StrictModes no",
-      "PasswordAuthentication no",
-      `AuthorizedKeysFile ${ssh}/keys/%u`,
-      "",
-    ].join("\n"),
-  );
-  const d = new Deno.Command("ip", {
-    args: [
-      "netns",
-      "exec",
-      hosts.ns("cpu"),
-      "/usr/sbin/sshd",
-      "-D",
-      "-e",
-      "-f",
-      `${ssh}/sshd_config`,
-    ],
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  cleanups.push(async () => {
-    d.kill("SIGTERM");
-    await d.status;
+  const d = await startProbeSshd({
+    dir: `${work}/ssh`,
+    users: ["ferrybench"],
+    address: ip,
+    port: sshPort,
+    netns: hosts.ns("cpu"),
   });
-  const er = d.stderr.getReader();
-  for (let buf = ""; !/Server listening/.test(buf);) {
-    const { value, done } = await er.read();
-    if (done) throw new Error(`sshd ended: ${buf}`);
-    buf += dec.decode(value);
-  }
-  er.releaseLock();
-  d.stderr.cancel().catch(() => {});
+  cleanups.push(() => d.stop());
 
-  const sshCmd = `${inTerm} ssh -i ${ssh}/user_key -o BatchMode=yes -o StrictHostKeyChecking=no ` +
-    `-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -p ${sshPort} alice@${ip}`;
-  const cpuCmd = `${inTerm} ${Deno.execPath()} run --allow-all ${FERRY} cpu -u alice ` +
-    `--certs ${c.certs("alice")} ${file} cpu`;
+  const sshCmd = `${inTerm} ssh ${d.sshOpts} ferrybench@${ip}`;
+  const cpuCmd = `${inTerm} ${Deno.execPath()} run --allow-all ${FERRY} cpu -u ferrybench ` +
+    `--certs ${c.certs("ferrybench")} ${file} cpu`;
   // Both work before anything is timed.
   await sh(`${sshCmd} true`);
   await sh(`${cpuCmd} -c true`);
@@ -210,14 +172,11 @@ namespace = ""
     "ferry/ssh",
   ]);
 
-  console.log(`medians of ${RUNS} runs (first prompt) and ${Math.min(RUNS, 3)} runs (stream)`);
-  console.log("| what | ferry | openssh | ratio |");
-  console.log("|---|---|---|---|");
-  for (const [what, fv, ov, label] of rows) {
-    console.log(
-      `| ${what} | ${fv.toFixed(3)} | ${ov.toFixed(3)} | ${label} ${(fv / ov).toFixed(2)}x |`,
-    );
-  }
+  printRows(
+    rows,
+    values.json,
+    `medians of ${RUNS} runs (first prompt) and ${Math.min(RUNS, 3)} runs (stream)`,
+  );
 } finally {
   for (const f of cleanups.reverse()) await f().catch(() => {});
   await hosts.cleanup();

@@ -1,9 +1,9 @@
 /**
  * Logon speed beside OpenSSH, in the same run, on 127.0.0.1:
  *
- * - time to a first prompt: `ferry logon -u alice FILE -- true` (a private
- *   mount namespace with alice's namespace mounted, the command run as
- *   alice) against `ssh alice@127.0.0.1 true` to a throwaway sshd, and
+ * - time to a first prompt: `ferry logon -u ferrybench FILE -- true` (a private
+ *   mount namespace with ferrybench's namespace mounted, the command run as
+ *   ferrybench) against `ssh ferrybench@127.0.0.1 true` to a throwaway sshd, and
  *   `ssh` through that sshd's ForceCommand into `ferry logon --ssh`;
  * - `git status` in a 10,000-file checkout: under `logon --` over the
  *   mounts (the checkout lives on a `ferry up` node) against the same
@@ -11,9 +11,10 @@
  *   a first `git status` through each kind of mount refreshes its index.
  *
  * Medians of RUNS runs. Needs root, /dev/fuse, openssh-server, sudo,
- * sshfs; makes host account alice when missing and removes it after.
+ * sshfs; makes host account ferrybench when missing and removes it after.
  *
- * Usage: deno run --allow-all bench/logon_probe.ts [--runs N] [--files N]
+ * Usage: deno run --allow-all bench/logon_probe.ts [--runs N] [--files N] [--json] [--hold]
+ * (--hold: set everything up, print the commands, wait for ^C, then measure)
  *
  * @module
  */
@@ -21,12 +22,15 @@
 import { parseArgs } from "node:util";
 import { writeCredentials } from "../lib/auth/ca.ts";
 import { freePort, makeCluster } from "../tests/manifest/cluster.ts";
-import { median, sh, timed } from "./util.ts";
+import { median, printRows, sh, timed } from "./util.ts";
+import { startProbeSshd } from "./ssh.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
   options: {
     runs: { type: "string", default: "7" },
+    json: { type: "boolean", default: false },
+    hold: { type: "boolean", default: false },
     files: { type: "string", default: "10000" },
   },
 });
@@ -40,11 +44,10 @@ const missing = ["sshd", "ssh", "sshfs", "sudo", "git", "unshare", "setpriv"].fi
   !new Deno.Command("sh", { args: ["-c", `command -v ${c}`], stdout: "null" }).outputSync().success
 );
 if (Deno.uid() !== 0 || missing.length > 0) {
-  console.log(
-    `skipped: ${
-      Deno.uid() !== 0 ? "needs root" : `missing ${missing.join(", ")}`
-    } (apt-get install -y openssh-server sudo sshfs git)`,
-  );
+  const why = `${
+    Deno.uid() !== 0 ? "needs root" : `missing ${missing.join(", ")}`
+  } (apt-get install -y openssh-server sudo sshfs git)`;
+  console.log(values.json ? JSON.stringify(["skipped", "-", "-", why]) : `skipped: ${why}`);
   Deno.exit(0);
 }
 
@@ -52,13 +55,14 @@ const c = await makeCluster();
 const work = c.dir;
 const cleanups: (() => Promise<unknown>)[] = [];
 try {
-  // Host account alice ('*' keeps it unlocked for key logins).
+  // Host account ferrybench ('*' keeps it unlocked for key logins).
   if (
-    !(await new Deno.Command("id", { args: ["alice"], stdout: "null", stderr: "null" }).output())
+    !(await new Deno.Command("id", { args: ["ferrybench"], stdout: "null", stderr: "null" })
+      .output())
       .success
   ) {
-    await sh("useradd -m -s /bin/sh -p '*' alice");
-    cleanups.push(() => sh("userdel -r alice").catch(() => {}));
+    await sh("useradd -m -s /bin/sh -p '*' ferrybench");
+    cleanups.push(() => sh("userdel -r ferrybench").catch(() => {}));
   }
 
   // A node serving a directory with a 10,000-file checkout.
@@ -73,7 +77,7 @@ try {
   }
   await sh(
     `cd ${src}/origin && git init -q -b main && git add . && ` +
-      `git -c user.name=b -c user.email=b@example.com commit -q -m files && ` +
+      `git -c user.name=b -c user.email=b@example.com -c gc.auto=0 commit -q -m files && ` +
       `git clone -q --no-hardlinks ${src}/origin ${src}/repo-ferry && ` +
       `git clone -q --no-hardlinks ${src}/origin ${src}/repo-sshfs && chmod -R a+rwX ${src}`,
   );
@@ -82,8 +86,8 @@ try {
   await writeCredentials(c.certs("files"), "files", node.certPem, node.keyPem);
   await Deno.writeTextFile(`${c.certs("files")}/ca.pem`, c.ca.certPem);
   const users = `${work}/users`;
-  const alice = await c.ca.issue("alice", { kind: "user" });
-  await writeCredentials(users, "alice", alice.certPem, alice.keyPem);
+  const ferrybench = await c.ca.issue("ferrybench", { kind: "user" });
+  await writeCredentials(users, "ferrybench", ferrybench.certPem, ferrybench.keyPem);
   await Deno.writeTextFile(`${users}/ca.pem`, c.ca.certPem);
   const file = await c.write(`
 [nodes.files]
@@ -91,8 +95,8 @@ address = "tcp!127.0.0.1!${port}"
 [nodes.files.exports.src]
 kind = "host"
 path = "${src}"
-access = ["alice"]
-[users.alice]
+access = ["ferrybench"]
+[users.ferrybench]
 namespace = "mount files!src /n/files"
 `);
   const up = new Deno.Command(Deno.execPath(), {
@@ -125,17 +129,15 @@ namespace = "mount files!src /n/files"
   r.releaseLock();
   up.stdout.cancel().catch(() => {});
 
-  // A throwaway sshd for plain logins and sshfs.
+  // A throwaway sshd for plain logins and sshfs, and a second one whose
+  // ForceCommand is ferry logon.
   const sshPort = freePort();
+  const sshPort2 = freePort();
   const ssh = `${work}/ssh`;
-  await Deno.mkdir(`${ssh}/keys`, { recursive: true, mode: 0o755 });
   await Deno.chmod(work, 0o755);
-  await sh(
-    `ssh-keygen -q -t ed25519 -N '' -f ${ssh}/host_key && ssh-keygen -q -t ed25519 -N '' -f ${ssh}/user_key && ` +
-      `cp ${ssh}/user_key.pub ${ssh}/keys/alice && cp ${ssh}/user_key.pub ${ssh}/keys/root && chmod 644 ${ssh}/keys/*`,
-  );
   const info = JSON.parse(await sh(`${Deno.execPath()} info --json`));
   const ferry = `${ssh}/ferry`;
+  await Deno.mkdir(ssh, { recursive: true, mode: 0o755 });
   await Deno.writeTextFile(
     ferry,
     `#!/bin/sh\nDENO_DIR='${info.denoDir}' exec '${Deno.execPath()}' run --allow-all ` +
@@ -146,57 +148,28 @@ namespace = "mount files!src /n/files"
   const sudoers = `/etc/sudoers.d/ferry-bench-${Deno.pid}`;
   await Deno.writeTextFile(
     sudoers,
-    `Defaults!${ferry} env_keep += "SSH_ORIGINAL_COMMAND"\nalice ALL=(root) NOPASSWD: ${logonCmd}\n`,
+    `Defaults!${ferry} env_keep += "SSH_ORIGINAL_COMMAND"\nferrybench ALL=(root) NOPASSWD: ${logonCmd}\n`,
     { mode: 0o440 },
   );
   cleanups.push(() => Deno.remove(sudoers));
-  await Deno.mkdir("/run/sshd", { recursive: true });
-  await Deno.writeTextFile(
-    `${ssh}/sshd_config`,
-    [
-      `Port ${sshPort}`,
-      "ListenAddress 127.0.0.1",
-      `HostKey ${ssh}/host_key`,
-      "PidFile none",
-      "UsePAM no",
-      "StrictModes no",
-      "PasswordAuthentication no",
-      `AuthorizedKeysFile ${ssh}/keys/%u`,
-      "Subsystem sftp internal-sftp",
-      "",
-    ].join("\n"),
-  );
-  // A second sshd whose ForceCommand is ferry logon.
-  const sshPort2 = freePort();
-  await Deno.writeTextFile(
-    `${ssh}/sshd_config2`,
-    (await Deno.readTextFile(`${ssh}/sshd_config`)).replace(`Port ${sshPort}`, `Port ${sshPort2}`) +
-      `Match User alice\n    ForceCommand sudo -n ${logonCmd}\n`,
-  );
-  for (const cfg of ["sshd_config", "sshd_config2"]) {
-    const d = new Deno.Command("/usr/sbin/sshd", {
-      args: ["-D", "-e", "-f", `${ssh}/${cfg}`],
-      stdout: "null",
-      stderr: "piped",
-    }).spawn();
-    cleanups.push(async () => {
-      d.kill("SIGTERM");
-      await d.status;
-    });
-    const er = d.stderr.getReader();
-    for (let buf = ""; !/Server listening/.test(buf);) {
-      const { value, done } = await er.read();
-      if (done) throw new Error(`sshd ended: ${buf}`);
-      buf += dec.decode(value);
-    }
-    er.releaseLock();
-    d.stderr.cancel().catch(() => {});
-  }
-  const sshOpts = `-i ${ssh}/user_key -o BatchMode=yes -o StrictHostKeyChecking=no ` +
-    `-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR`;
+  const common = { dir: ssh, users: ["ferrybench", "root"], address: "127.0.0.1" };
+  const d1 = await startProbeSshd({ ...common, port: sshPort });
+  cleanups.push(() => d1.stop());
+  const d2 = await startProbeSshd({
+    ...common,
+    port: sshPort2,
+    config: "sshd_config2",
+    extra: `Match User ferrybench\n    ForceCommand sudo -n ${logonCmd}\n`,
+  });
+  cleanups.push(() => d2.stop());
   const logon =
-    `${Deno.execPath()} run --allow-all ${FERRY} logon -q -u alice --certs ${users} ${file} --`;
+    `${Deno.execPath()} run --allow-all ${FERRY} logon -q -u ferrybench --certs ${users} ${file} --`;
 
+  if (values.hold) {
+    // For poking at by hand: print the commands and wait for ^C.
+    console.log(`${logon} true\nssh ${d1.sshOpts} ferrybench@127.0.0.1 true`);
+    await new Promise<void>((r) => Deno.addSignalListener("SIGINT", r));
+  }
   const rows: [string, number, number, string][] = [];
   const firstPrompt = async () => {
     const f: number[] = [];
@@ -204,8 +177,8 @@ namespace = "mount files!src /n/files"
     const l: number[] = [];
     for (let i = 0; i < RUNS; i++) {
       f.push(await timed(`${logon} true`));
-      s.push(await timed(`ssh ${sshOpts} -p ${sshPort} alice@127.0.0.1 true`));
-      l.push(await timed(`ssh ${sshOpts} -p ${sshPort2} alice@127.0.0.1 true`));
+      s.push(await timed(`ssh ${d1.sshOpts} ferrybench@127.0.0.1 true`));
+      l.push(await timed(`ssh ${d2.sshOpts} ferrybench@127.0.0.1 true`));
     }
     rows.push(["first prompt: logon -- true vs ssh true", median(f), median(s), "ferry/ssh"]);
     rows.push([
@@ -222,7 +195,7 @@ namespace = "mount files!src /n/files"
   await Deno.mkdir(mnt);
   const sshfsMount = () =>
     sh(
-      `sshfs -p ${sshPort} -o IdentityFile=${ssh}/user_key,StrictHostKeyChecking=no,` +
+      `sshfs -p ${sshPort} -o IdentityFile=${d1.identity},StrictHostKeyChecking=no,` +
         `UserKnownHostsFile=/dev/null,allow_other root@127.0.0.1:${src} ${mnt}`,
     );
   // Prints how long `git status` took in DIR, in microseconds.
@@ -256,14 +229,7 @@ namespace = "mount files!src /n/files"
     "ferry/sshfs",
   ]);
 
-  console.log(`median of ${RUNS} runs, seconds (lower is better)`);
-  console.log("| what | ferry | openssh | ratio |");
-  console.log("|---|---|---|---|");
-  for (const [what, f, o, label] of rows) {
-    console.log(
-      `| ${what} | ${f.toFixed(3)} | ${o.toFixed(3)} | ${label} ${(f / o).toFixed(2)}x |`,
-    );
-  }
+  printRows(rows, values.json, `median of ${RUNS} runs, seconds (lower is better)`);
 } finally {
   for (const f of cleanups.reverse()) await f().catch(() => {});
   await c.cleanup();

@@ -3,7 +3,8 @@
  * measured against, in the same run. Not a test: nothing here passes or
  * fails on timing.
  *
- * deno task bench [--mib N] [--files N] [--reps N] [--only styx,ns,qd1,tls,net,fuse,hostile,many,idle]
+ * deno task bench [--mib N] [--files N] [--reps N]
+ *   [--only styx,ns,qd1,tls,net,fuse,hostile,many,idle,logon,cpu]
  *
  * Styx figures are medians of --reps runs (default 3), Ferry and its peer
  * taking turns, so a burst of load elsewhere on the machine skews one run
@@ -482,7 +483,8 @@ try {
   // A Ferry server's memory under hostile clients (no peer: targets instead).
   if (want("hostile")) await tableProbe("hostile", "hostile.ts");
   if (want("idle")) await tableProbe("idle", "idle_probe.ts");
-  if (want("logon")) await probe("logon", "logon_probe.ts");
+  if (want("logon")) await tableProbe("logon", "logon_probe.ts", ["--runs", "5"]);
+  if (want("cpu")) await tableProbe("cpu", "cpu_probe.ts", ["--runs", "5", "--mib", String(MIB)]);
 } finally {
   await Deno.remove(dir, { recursive: true }).catch(() => {});
 }

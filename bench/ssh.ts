@@ -216,3 +216,94 @@ export async function startSshd(): Promise<Sshd> {
     throw e;
   }
 }
+
+/** Options of {@link startProbeSshd}. */
+export interface ProbeSshdOptions {
+  /** Directory for keys and configuration (made; keys already there are reused). */
+  dir: string;
+  /** Host accounts that may log in with the probe's client key. */
+  users: string[];
+  /** Address sshd listens on. */
+  address: string;
+  /** Port sshd listens on. */
+  port: number;
+  /** Run sshd in this network namespace (`ip netns exec`). */
+  netns?: string;
+  /** Lines appended to sshd_config (a `Match` block, say). */
+  extra?: string;
+  /** Configuration file name inside `dir` (default sshd_config), for a second sshd. */
+  config?: string;
+}
+
+/** An sshd started by {@link startProbeSshd}. */
+export interface ProbeSshd {
+  /** The client's private key. */
+  identity: string;
+  /** `ssh` options (key, port, no host key checks, batch mode) as one shell string. */
+  sshOpts: string;
+  /** Stop sshd. */
+  stop(): Promise<void>;
+}
+
+/**
+ * An sshd for the logon and cpu probes: key logins only, no PAM, for the
+ * host accounts `users`, on `address`:`port`, in a network namespace if
+ * asked; internal-sftp for sshfs. Resolves once sshd says it listens.
+ */
+export async function startProbeSshd(o: ProbeSshdOptions): Promise<ProbeSshd> {
+  await Deno.mkdir(`${o.dir}/keys`, { recursive: true, mode: 0o755 });
+  const identity = `${o.dir}/user_key`;
+  for (const key of [`${o.dir}/host_key`, identity]) {
+    if (!(await exists(key))) {
+      await run("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-f", key], "sshd keys");
+    }
+  }
+  for (const u of o.users) {
+    await Deno.copyFile(`${identity}.pub`, `${o.dir}/keys/${u}`);
+    await Deno.chmod(`${o.dir}/keys/${u}`, 0o644);
+  }
+  await Deno.mkdir("/run/sshd", { recursive: true, mode: 0o755 }).catch(() => {});
+  const config = `${o.dir}/${o.config ?? "sshd_config"}`;
+  await Deno.writeTextFile(
+    config,
+    [
+      `Port ${o.port}`,
+      `ListenAddress ${o.address}`,
+      `HostKey ${o.dir}/host_key`,
+      "PidFile none",
+      "UsePAM no",
+      "StrictModes no",
+      "PasswordAuthentication no",
+      `AuthorizedKeysFile ${o.dir}/keys/%u`,
+      "Subsystem sftp internal-sftp",
+      "",
+    ].join("\n") + (o.extra ?? ""),
+  );
+  const sshd = (await sshdPath()) ?? "/usr/sbin/sshd";
+  const argv = [sshd, "-D", "-e", "-f", config];
+  const full = o.netns ? ["ip", "netns", "exec", o.netns, ...argv] : argv;
+  const d = new Deno.Command(full[0]!, { args: full.slice(1), stdout: "null", stderr: "piped" })
+    .spawn();
+  const stop = async () => {
+    try {
+      d.kill("SIGTERM");
+    } catch { /* already gone */ }
+    await d.status;
+  };
+  const er = d.stderr.getReader();
+  try {
+    for (let buf = ""; !/Server listening/.test(buf);) {
+      const { value, done } = await er.read();
+      if (done) throw new Error(`sshd ended: ${buf}`);
+      buf += dec.decode(value);
+    }
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+  er.releaseLock();
+  d.stderr.cancel().catch(() => {});
+  const sshOpts = `-i ${identity} -p ${o.port} -o BatchMode=yes -o StrictHostKeyChecking=no ` +
+    `-o UserKnownHostsFile=/dev/null -o LogLevel=ERROR`;
+  return { identity, sshOpts, stop };
+}

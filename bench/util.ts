@@ -31,3 +31,26 @@ export async function timed(script: string): Promise<number> {
   await sh(script);
   return (performance.now() - t0) / 1000;
 }
+
+/**
+ * Print probe rows `[figure, ferry, peer, ratio label]`: as JSON arrays of
+ * strings, one a line, for `bench/run.ts` (`json`), else as a table under
+ * `title`.
+ */
+export function printRows(
+  rows: [string, number, number, string][],
+  json: boolean,
+  title: string,
+): void {
+  const cells = rows.map(([what, f, o, label]) =>
+    [what, f.toFixed(3), o.toFixed(3), `${label} ${(f / o).toFixed(2)}x`] as const
+  );
+  if (json) {
+    for (const c of cells) console.log(JSON.stringify(c));
+    return;
+  }
+  console.log(title);
+  console.log("| what | ferry | openssh | ratio |");
+  console.log("|---|---|---|---|");
+  for (const c of cells) console.log(`| ${c.join(" | ")} |`);
+}

@@ -31,7 +31,6 @@ const spec = {
     "insecure-manifest": { type: "boolean" as const },
     // The node's helper for one command (started by the node, not by people).
     session: { type: "string" as const },
-    account: { type: "string" as const },
   },
   optionsHelp: "  -u USER              the user to run as\n" +
     "  --certs DIR          USER's credentials (default $FERRY_CERTS, else ~/.ferry/certs)\n" +
@@ -53,16 +52,9 @@ export async function run(args: string[]): Promise<number> {
     if (p.help) return 0;
     const v = p.values;
     if (typeof v.session === "string") {
-      if (typeof v.u !== "string" || typeof v.account !== "string" || !words?.length) {
-        throw new UsageError("--session needs -u USER, --account NAME and -- COMMAND");
-      }
+      // The node tells its helper what to run over SOCKET.
       const { runSession } = await import("../lib/cpu/session.ts");
-      return await runSession({
-        socket: v.session,
-        user: v.u,
-        account: v.account,
-        command: words,
-      });
+      return await runSession({ socket: v.session });
     }
     if (p.positionals.length !== 2) {
       throw new UsageError(`expected a manifest FILE and a NODE\nusage: ${spec.usage}`);
@@ -122,7 +114,8 @@ export async function run(args: string[]): Promise<number> {
     const early = load(first, !insecure);
     const dialer = new apply.NodeDialer(early.m, creds, user);
     close.push(() => dialer.close());
-    const link = await dialer.link(early.node);
+    const linking = dialer.link(early.node);
+    linking.catch(() => {});
     const composeVerified = async () => {
       let m = early.m;
       if (insecure) {
@@ -153,12 +146,17 @@ export async function run(args: string[]): Promise<number> {
       close = [() => composed.close(), ...close];
       return composed.ns;
     };
+    // Verified and composed while the link and the session are set up; it
+    // is served only once both are done.
+    const verified = composeVerified();
+    verified.catch(() => {});
     const m = early.m;
     const cpu = early.cpu;
     const command = typeof v.c === "string" ? v.c : words ?? null;
     const tty = Deno.stdin.isTerminal();
     const pty = v.T !== true && tty && (v.t === true || command === null);
     const { runCpu } = await import("../lib/cpu/client.ts");
+    const link = await linking;
     let control: CpuControl | undefined;
     const onInt = () => void control?.interrupt().catch(() => {});
     const onWinch = () => {
@@ -180,7 +178,7 @@ export async function run(args: string[]): Promise<number> {
         link: link.tree,
         export: cpu.name,
         caller: { user, groups: groupsOf(m, user), authenticated: true },
-        namespace: composeVerified,
+        namespace: () => verified,
         command,
         pty: size ? { rows: size.rows, cols: size.columns, term: Deno.env.get("TERM") } : undefined,
         io: {

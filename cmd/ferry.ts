@@ -94,17 +94,6 @@ export async function main(args: string[]): Promise<number> {
     console.error(`ferry: unknown command '${name}'\n\n${usage()}`);
     return 1;
   }
-  if (name === "logon") {
-    // A logon into a private mount namespace starts Ferry again in it at
-    // once, without loading what the logon itself needs (about 100 ms).
-    const ns = await import("../lib/logon/session.ts");
-    if (ns.launchesAtOnce(rest)) {
-      return await ns.launch(rest).catch((e) => {
-        console.error(`ferry logon: ${(e as Error).message}`);
-        return 1;
-      });
-    }
-  }
   const mod = await entry.load();
   return await mod.run(rest);
 }

@@ -11,7 +11,12 @@
  */
 
 import { fail, parse, UsageError, warnInsecure } from "../lib/cli.ts";
-import { defaultCertsDir, loadCredentials, watchCredentials } from "../lib/auth/link.ts";
+import {
+  type Credentials,
+  defaultCertsDir,
+  loadCredentials,
+  watchCredentials,
+} from "../lib/auth/link.ts";
 import { loadBytes } from "../lib/manifest/load.ts";
 import { checkManifest } from "../lib/manifest/check.ts";
 import {
@@ -21,22 +26,16 @@ import {
   refuseUnsigned,
   type SignedManifest,
 } from "../lib/manifest/sign.ts";
-import { logon } from "../lib/manifest/apply.ts";
+import { dialAhead, logon, NodeDialer } from "../lib/manifest/apply.ts";
 import { standardDevices } from "./devices.ts";
 import { ManifestError } from "../lib/manifest/schema.ts";
-import { Shell } from "../lib/sh/interp.ts";
-import { builtins } from "../lib/sh/builtins/mod.ts";
-import { denoReader, denoWriter, emptyReader } from "../lib/sh/io.ts";
-import { incomplete } from "../lib/sh/parser.ts";
-import { denoTerminal, LineEditor } from "../lib/sh/lineedit.ts";
-import { serve } from "../lib/styx/server.ts";
 import { announceStyx } from "../lib/net/connect.ts";
 import { tlsListen } from "../lib/transport/tls.ts";
 import { listenHost, parseDialString } from "../lib/net/dial.ts";
 import type { Listener } from "../lib/transport/conn.ts";
 import type { Manifest } from "../lib/manifest/schema.ts";
 import { type Account, lookupAccount, lookupUid } from "../lib/logon/account.ts";
-import { commandFor, inPrivateNamespace, launch, runInView } from "../lib/logon/session.ts";
+import { commandFor, runInView } from "../lib/logon/session.ts";
 
 const spec = {
   usage:
@@ -89,6 +88,7 @@ const spec = {
 export async function run(args: string[]): Promise<number> {
   let composed: Awaited<ReturnType<typeof logon>> | undefined;
   let listener: Listener | undefined;
+  let dialer: NodeDialer | undefined;
   try {
     const dashes = args.indexOf("--");
     const hostCommand = dashes < 0 ? undefined : args.slice(dashes + 1);
@@ -115,8 +115,12 @@ export async function run(args: string[]): Promise<number> {
     if (typeof v.u !== "string" && !invoker) {
       throw new UsageError(`-u USER is required\nusage: ${spec.usage}`);
     }
-    // The mounts are made by a second Ferry in a private mount namespace.
-    if (privateNs && !inPrivateNamespace()) return await launch(args);
+    if (privateNs && Deno.uid() !== 0) {
+      throw new Error(
+        "a private mount namespace needs root: run 'ferry logon … -- COMMAND' as root " +
+          "(through sudo at an SSH logon, see the README); the command itself runs as the user's account",
+      );
+    }
     if (join !== undefined && typeof v.u !== "string") {
       throw new UsageError("--join needs -u USER: the signer is asked as that user");
     }
@@ -137,6 +141,17 @@ export async function run(args: string[]): Promise<number> {
     let bytes: Uint8Array;
     let signed: SignedManifest | undefined;
     const insecure = v["insecure-manifest"] === true;
+    // The user's nodes are dialled while the signature is checked, from the
+    // manifest as read: TLS checks that each node holds its certificate
+    // whatever address the file gives, and nothing is composed before the
+    // manifest is verified (and found to be the one dialled from).
+    const first = insecure ? undefined : await Deno.readFile(file);
+    if (first) {
+      dialer = await dialEarly(first, file, certDir, typeof v.u === "string" ? v.u : undefined, {
+        invoker,
+        creds,
+      });
+    }
     if (insecure) {
       console.error("logon: warning: --insecure-manifest: the manifest's signature is not checked");
       bytes = await Deno.readFile(file);
@@ -145,6 +160,11 @@ export async function run(args: string[]): Promise<number> {
       signed = await readSigned(file, creds?.ca ?? await Deno.readTextFile(`${certDir}/ca.pem`));
       await checkSerial(signed, file, certDir);
       bytes = signed.bytes;
+      if (dialer && !sameBytes(bytes, first!)) {
+        // Changed since it was dialled from: those links are not this manifest's.
+        await dialer.close();
+        dialer = undefined;
+      }
     }
     const m = loadBytes(bytes, file, insecure ? {} : { readFile: refuseUnsigned });
     const problems = checkManifest(m);
@@ -156,6 +176,7 @@ export async function run(args: string[]): Promise<number> {
     const t0 = performance.now();
     composed = await logon(m, user, {
       creds,
+      dialer: dialer?.user === user ? dialer : undefined,
       rootDir: typeof v.r === "string" ? v.r : undefined,
       devices: standardDevices(),
       onEntry: (r) => {
@@ -207,6 +228,7 @@ export async function run(args: string[]): Promise<number> {
       const stop = () => l.close();
       Deno.addSignalListener("SIGINT", stop);
       Deno.addSignalListener("SIGTERM", stop);
+      const { serve } = await import("../lib/styx/server.ts");
       const sessions: Promise<void>[] = [];
       for await (const conn of l) sessions.push(serve(conn, ns));
       Deno.removeSignalListener("SIGINT", stop);
@@ -227,30 +249,16 @@ export async function run(args: string[]): Promise<number> {
       Deno.removeSignalListener("SIGTERM", stop);
       return 0;
     }
-    const command = typeof v.c === "string" ? v.c : undefined;
-    const sh = new Shell({
-      ns,
-      user,
-      cwd: composed.cwd,
-      builtins: builtins(),
-      io: {
-        stdin: command !== undefined ? denoReader(Deno.stdin) : emptyReader,
-        stdout: denoWriter(Deno.stdout),
-        stderr: denoWriter(Deno.stderr),
-      },
-    });
-    if (command !== undefined) {
-      await sh.run(command);
-    } else {
-      await interactive(sh);
-    }
-    if (!sh.exited) await sh.jobs.waitAll();
-    return sh.status === "" ? 0 : 1;
+    // The shell is loaded only when it runs: a logon running a host
+    // command (or serving the view) does without it.
+    const { runShell } = await import("./logon_shell.ts");
+    return await runShell(ns, user, composed.cwd, typeof v.c === "string" ? v.c : undefined);
   } catch (e) {
     return fail("ferry logon", e);
   } finally {
     listener?.close();
     await composed?.close();
+    await dialer?.close();
   }
 }
 
@@ -318,52 +326,31 @@ async function accountOf(m: Manifest, user: string, invoker?: Account): Promise<
   return account;
 }
 
-async function interactive(sh: Shell): Promise<void> {
-  const tty = Deno.stdin.isTerminal();
-  const editor = tty ? new LineEditor(denoTerminal(), {}) : undefined;
-  const reader = tty ? undefined : Deno.stdin.readable.pipeThrough(new TextDecoderStream())
-    .getReader();
-  let buf = "";
-  const next = async (prompt: string): Promise<string | null> => {
-    if (editor) return await editor.readLine(prompt);
-    for (;;) {
-      const nl = buf.indexOf("\n");
-      if (nl >= 0) {
-        const l = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        return l;
-      }
-      const { value, done } = await reader!.read();
-      if (done) {
-        if (buf === "") return null;
-        const l = buf;
-        buf = "";
-        return l;
-      }
-      buf += value;
-    }
-  };
-  const io = {
-    stdin: emptyReader,
-    stdout: denoWriter(Deno.stdout),
-    stderr: denoWriter(Deno.stderr),
-  };
-  for (;;) {
-    let src = "";
-    let prompt = "; ";
-    for (;;) {
-      const line = await next(prompt);
-      if (line === null) {
-        if (src === "") return;
-        break;
-      }
-      src += line + "\n";
-      if (!incomplete(src)) break;
-      prompt = "\t";
-    }
-    if (src.trim() === "") continue;
-    await editor?.addHistory(src.trimEnd());
-    await sh.run(src, io);
-    if (sh.exited) return;
+/**
+ * A dialer already dialling the nodes the user's namespace mounts from, in
+ * the manifest `bytes` as read (not yet verified), or undefined when it
+ * does not parse or name the user: then logon dials as it composes.
+ */
+async function dialEarly(
+  bytes: Uint8Array,
+  file: string,
+  certDir: string,
+  named: string | undefined,
+  o: { invoker?: Account; creds?: Credentials },
+): Promise<NodeDialer | undefined> {
+  try {
+    const m = loadBytes(bytes, file, { readFile: refuseUnsigned });
+    if (checkManifest(m).length) return undefined;
+    const user = named ?? userOfAccount(m, o.invoker!);
+    const creds = o.creds ?? await loadCredentials(certDir, user);
+    const dialer = new NodeDialer(m, creds, user);
+    dialAhead(m, user, dialer);
+    return dialer;
+  } catch {
+    return undefined;
   }
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
 }

@@ -15,6 +15,9 @@ import { ORDWR, OREAD, OWRITE } from "../styx/types.ts";
 import { serve } from "../styx/server.ts";
 import { memPipe } from "../transport/pipe.ts";
 
+/** Reads of standard output (and error) kept in flight. */
+const READS_IN_FLIGHT = 4;
+
 const enc = new TextEncoder();
 const dec = new TextDecoder();
 
@@ -86,6 +89,26 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
     opened.push(clone);
     const id = dec.decode(await clone.read(0n, 64)).trim();
     if (!/^\d+$/.test(id)) throw new Error(`the node answered '${id}' for a session number`);
+    const ctl = async (line: string) => void await clone.write(0n, enc.encode(line));
+    // The command is asked for at once, so the node starts it while the
+    // session's files are opened here. A refusal (an account the node
+    // lacks, say) comes back from this, with no reads yet waiting on the
+    // session.
+    const asked = (async () => {
+      if (opts.pty) {
+        const term = opts.pty.term ? ` ${quote(opts.pty.term)}` : "";
+        await ctl(`pty ${opts.pty.rows} ${opts.pty.cols}${term}`);
+      }
+      const cmd = opts.command;
+      await ctl(
+        cmd === null
+          ? "shell"
+          : typeof cmd === "string"
+          ? `shell ${quote(cmd)}`
+          : `exec ${cmd.map(quote).join(" ")}`,
+      );
+    })();
+    asked.catch(() => {}); // awaited below
     const w = await root.walk([id]);
     if (!w.node) throw new Error(`session '${id}' vanished on the node`);
     const sdir = w.node;
@@ -102,21 +125,7 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
       open("wait", OREAD),
       open("ns", ORDWR),
     ]);
-    const ctl = async (line: string) => void await clone.write(0n, enc.encode(line));
-    // A refusal (an account the node lacks, say) comes here, with no reads
-    // yet waiting on the session.
-    if (opts.pty) {
-      const term = opts.pty.term ? ` ${quote(opts.pty.term)}` : "";
-      await ctl(`pty ${opts.pty.rows} ${opts.pty.cols}${term}`);
-    }
-    const cmd = opts.command;
-    await ctl(
-      cmd === null
-        ? "shell"
-        : typeof cmd === "string"
-        ? `shell ${quote(cmd)}`
-        : `exec ${cmd.map(quote).join(" ")}`,
-    );
+    await asked;
     // Reads still waiting when the session ends are flushed.
     const stop = new AbortController();
     hangups.push(() => stop.abort());
@@ -164,13 +173,14 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
       winch: (r, c) => ctl(`winch ${r} ${c}`),
     });
 
-    // Two reads in flight, so the node has one to answer while the last
-    // reply is on its way; the node answers reads in the order they came.
+    // Several reads in flight, so the node always has one to answer while
+    // earlier replies are on their way and being written out here; the
+    // node answers reads in the order they came.
     const drain = async (f: OpenFile, out: (b: Uint8Array) => Promise<void>) => {
       const unit = f.iounit || 512 * 1024;
       let n = 0n;
       const next = () => f.read(n++, unit, { signal });
-      const q = [next(), next()];
+      const q = Array.from({ length: READS_IN_FLIGHT }, next);
       try {
         for (;;) {
           const b = await q.shift()!;

@@ -27,7 +27,10 @@
  * process (`ferry cpu --session`, see session.ts) in a private mount
  * namespace, in a new process group, with the caller's namespace mounted
  * at /n/client through FUSE, the helper reaching it through a Unix socket
- * that this process joins to N/ns.
+ * that this process joins to N/ns. The helper learns who runs what as the
+ * first thing on that socket, so one is kept started ahead of need (as
+ * root): a command then waits for no Ferry to start on the node. A session
+ * on a pseudo-terminal starts its own helper, inside the terminal.
  *
  * @module
  */
@@ -46,7 +49,7 @@ import {
 import { withSignal } from "../fs/tree.ts";
 import { StyxError } from "../styx/types.ts";
 import type { Manifest } from "../manifest/schema.ts";
-import { lookupAccount } from "../logon/account.ts";
+import { type Account, lookupAccount } from "../logon/account.ts";
 import { ferryArgv } from "../self.ts";
 import { ByteQueue } from "./streams.ts";
 import { TcpConn } from "../transport/tcp.ts";
@@ -67,6 +70,11 @@ export interface CpuServiceOptions {
   log?: (line: string) => void;
   /** The command line that starts Ferry (default: this Ferry's). */
   ferry?: string[];
+  /**
+   * Keep one helper started ahead of need (default: when running as root),
+   * so that a command does not wait for Ferry to start on the node.
+   */
+  spare?: boolean;
 }
 
 /** Signal numbers for exit statuses (128+N) of a helper killed by a signal. */
@@ -85,15 +93,22 @@ export class CpuService {
   readonly #sessions = new Map<number, CpuSession>();
   #next = 1;
   readonly #tree: SynthTree;
+  #spare: Helper | undefined;
+  #starting = false;
+  #closed = false;
 
   /** A service running commands as `opts.manifest()` says. */
   constructor(opts: CpuServiceOptions) {
     this.#opts = opts;
+    this.#replenish();
     const clone = file("clone", (ctx) => {
       const id = this.#next++;
-      const s = new CpuSession(id, ctx.caller, this.#opts);
+      const s = new CpuSession(id, ctx.caller, this.#opts, () => this.#takeSpare());
       this.#sessions.set(id, s);
-      s.ended.then(() => this.#sessions.delete(id));
+      s.ended.then(() => {
+        this.#sessions.delete(id);
+        this.#replenish();
+      });
       const text = enc.encode(`${id}\n`);
       return {
         read: (off, count) => sliceAt(text, off, count),
@@ -121,9 +136,47 @@ export class CpuService {
     );
   }
 
-  /** End every session. */
+  /**
+   * Start a spare helper unless one is there or starting. Called at the
+   * start and when a session ends, not when one takes the spare: a helper
+   * starting would take CPU from the command that has just begun.
+   */
+  #replenish(): void {
+    if (this.#closed || this.#spare || this.#starting) return;
+    if (!(this.#opts.spare ?? Deno.uid() === 0)) return;
+    this.#starting = true;
+    const ferry = this.#opts.ferry ?? ferryArgv();
+    startHelper(ferry, helperEnv("dumb"), undefined, "ferry-cpu-spare-").then((h) => {
+      this.#starting = false;
+      if (this.#closed) return void h.kill().then(() => h.dispose());
+      this.#spare = h;
+      // One that dies unused (killed by hand, say) is not handed out.
+      h.child.status.then(() => {
+        if (this.#spare === h) this.#spare = undefined;
+        void h.dispose();
+      });
+    }, (e) => {
+      this.#starting = false;
+      this.#opts.log?.(`cpu: cannot start a helper ahead of need: ${e.message}`);
+    });
+  }
+
+  /** The spare helper, if one is ready. */
+  #takeSpare(): Helper | undefined {
+    const h = this.#spare;
+    this.#spare = undefined;
+    return h;
+  }
+
+  /** End every session and stop the spare helper. */
   async close(): Promise<void> {
-    await Promise.allSettled([...this.#sessions.values()].map((s) => s.hangup()));
+    this.#closed = true;
+    const spare = this.#spare;
+    this.#spare = undefined;
+    await Promise.allSettled([
+      ...[...this.#sessions.values()].map((s) => s.hangup()),
+      spare?.kill().then(() => spare.dispose()),
+    ]);
   }
 }
 
@@ -139,8 +192,6 @@ class CpuSession {
   #status: Promise<number> | undefined;
   #pty: { rows: number; cols: number } | undefined;
   #term: string | undefined;
-  #dir: string | undefined;
-  #listener: Deno.Listener | undefined;
   #ns: Promise<Conn> | undefined;
   #nsIn: ByteQueue | undefined;
   #hungUp = false;
@@ -148,7 +199,12 @@ class CpuSession {
   /** True once the command runs; false if the session was hung up before it ran. */
   readonly #running = new Promise<boolean>((r) => (this.#started = r));
 
-  constructor(readonly id: number, readonly caller: Caller, readonly opts: CpuServiceOptions) {
+  constructor(
+    readonly id: number,
+    readonly caller: Caller,
+    readonly opts: CpuServiceOptions,
+    readonly spare: () => Helper | undefined,
+  ) {
     this.owner = caller.user;
     this.ended = new Promise((r) => (this.#end = r));
   }
@@ -284,54 +340,27 @@ class CpuSession {
       "-l",
     ];
     if (this.#hungUp) throw new StyxError(HUNG_UP);
-    this.#dir = await Deno.makeTempDir({ prefix: "ferry-cpu-" });
-    const sock = `${this.#dir}/ns`;
-    this.#listener = Deno.listen({ transport: "unix", path: sock });
-    const l = this.#listener;
-    this.#ns = (async () => {
-      const c = await l.accept();
-      this.#closeListener();
-      return new TcpConn(c, { authenticated: false });
-    })();
-    this.#ns.catch(() => {});
-    const ferry = this.opts.ferry ?? ferryArgv();
-    const helper = [
-      ...ferry,
-      "cpu",
-      "--session",
-      sock,
-      "-u",
-      user,
-      "--account",
-      account.name,
-      "--",
-      ...args,
-    ];
-    // A new session, so the command's process group is its own to signal;
-    // its own mount namespace, so the mounts it makes are seen by nobody else.
-    const inner = ["unshare", "--mount", "--propagation", "private", "--", ...helper];
-    const argv = this.#pty
-      ? [
-        "setsid",
-        "script",
-        "-qfec",
-        `stty rows ${this.#pty.rows} cols ${this.#pty.cols}; exec ${inner.map(sh).join(" ")}`,
-        "/dev/null",
-      ]
-      : ["setsid", ...inner];
+    let helper: Helper;
     try {
-      this.#child = new Deno.Command(argv[0]!, {
-        args: argv.slice(1),
-        env: this.#env(),
-        clearEnv: true,
-        stdin: "piped",
-        stdout: "piped",
-        stderr: "piped",
-      }).spawn();
+      // A helper started ahead of need has Ferry loaded already; one on a
+      // pseudo-terminal is started for the session, at the terminal's size.
+      helper = (!this.#pty && this.spare()) ||
+        await startHelper(this.opts.ferry ?? ferryArgv(), this.#env(), this.#pty);
     } catch (e) {
-      await this.#cleanup();
       throw new StyxError(`cannot start the command: ${(e as Error).message}`);
     }
+    if (this.#hungUp) {
+      await helper.kill();
+      await helper.dispose();
+      throw new StyxError(HUNG_UP);
+    }
+    this.#child = helper.child;
+    const job: Job = { user, account, command: args };
+    this.#ns = helper.conn.then(async (c) => {
+      await sendJob(c, job);
+      return new TcpConn(c, { authenticated: false });
+    });
+    this.#ns.catch(() => {});
     const child = this.#child;
     this.#stdin = child.stdin.getWriter();
     this.#stdout = ByteQueue.of(child.stdout);
@@ -352,9 +381,8 @@ class CpuSession {
       try {
         Deno.kill(-child.pid, "SIGKILL");
       } catch { /* nothing left */ }
-      this.#closeListener();
       (await this.#ns!.catch(() => undefined))?.close();
-      await this.#cleanup();
+      await helper.dispose();
     }, () => {});
     this.opts.log?.(`cpu: '${user}' runs '${args.join(" ")}' as '${account.name}'`);
     this.#started!(true);
@@ -366,14 +394,7 @@ class CpuSession {
    * node's own settings.
    */
   #env(): Record<string, string> {
-    const env: Record<string, string> = {};
-    for (const k of ["PATH", "HOME", "DENO_DIR", "LANG", "LC_ALL", "TZ"]) {
-      const v = Deno.env.get(k);
-      if (v !== undefined) env[k] = v;
-    }
-    env.PATH ??= "/usr/local/bin:/usr/bin:/bin";
-    env.TERM = this.#pty ? this.#term ?? "xterm" : "dumb";
-    return env;
+    return helperEnv(this.#pty ? this.#term ?? "xterm" : "dumb");
   }
 
   async #winch(sz: { rows: number; cols: number }): Promise<void> {
@@ -407,20 +428,6 @@ class CpuSession {
     } catch { /* already gone */ }
   }
 
-  #closeListener(): void {
-    const l = this.#listener;
-    this.#listener = undefined;
-    try {
-      l?.close();
-    } catch { /* already closed */ }
-  }
-
-  async #cleanup(): Promise<void> {
-    const d = this.#dir;
-    this.#dir = undefined;
-    if (d) await Deno.remove(d, { recursive: true }).catch(() => {});
-  }
-
   /** End the session: SIGHUP to the command's group, SIGKILL if it lingers. */
   async hangup(): Promise<void> {
     if (this.#hungUp) return;
@@ -444,11 +451,120 @@ class CpuSession {
       await this.#stdin?.close().catch(() => {});
     } else {
       this.#started!(false);
-      this.#closeListener();
-      await this.#cleanup();
     }
     this.#end();
   }
+}
+
+/** What a helper is told to run, the first thing on its socket. */
+export interface Job {
+  /** The Ferry user. */
+  user: string;
+  /** The host account the command runs as. */
+  account: Account;
+  /** The command and its arguments. */
+  command: string[];
+}
+
+/**
+ * A helper process (`ferry cpu --session SOCKET`): in a new session and a
+ * private mount namespace, with its standard input, output and error piped
+ * to this process, waiting for its {@link Job} on SOCKET.
+ */
+interface Helper {
+  child: Deno.ChildProcess;
+  /** The helper's connection, once it has started. */
+  conn: Promise<Deno.UnixConn>;
+  /** SIGKILL to the helper's process group; resolves once the helper is reaped. */
+  kill(): Promise<void>;
+  /** Close the socket and remove the helper's directory. */
+  dispose(): Promise<void>;
+}
+
+async function startHelper(
+  ferry: string[],
+  env: Record<string, string>,
+  pty?: { rows: number; cols: number },
+  prefix = "ferry-cpu-",
+): Promise<Helper> {
+  const dir = await Deno.makeTempDir({ prefix });
+  const sock = `${dir}/ns`;
+  let listener: Deno.UnixListener | undefined;
+  const closeListener = () => {
+    try {
+      listener?.close();
+    } catch { /* already closed */ }
+    listener = undefined;
+  };
+  const dispose = async () => {
+    closeListener();
+    await Deno.remove(dir, { recursive: true }).catch(() => {});
+  };
+  try {
+    listener = Deno.listen({ transport: "unix", path: sock });
+    const l = listener;
+    // Once the helper is connected its socket's directory has done its work.
+    const conn = l.accept().finally(dispose);
+    conn.catch(() => {});
+    // A new session, so the command's process group is its own to signal;
+    // its own mount namespace, so the mounts it makes are seen by nobody else.
+    const inner = ["unshare", "--mount", "--propagation", "private", "--", ...ferry, "cpu"];
+    inner.push("--session", sock);
+    const argv = pty
+      ? [
+        "setsid",
+        "script",
+        "-qfec",
+        `stty rows ${pty.rows} cols ${pty.cols}; exec ${inner.map(sh).join(" ")}`,
+        "/dev/null",
+      ]
+      : ["setsid", ...inner];
+    const child = new Deno.Command(argv[0]!, {
+      args: argv.slice(1),
+      env,
+      clearEnv: true,
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    // Gone before it connected: nothing will.
+    child.status.then(closeListener);
+    const kill = async () => {
+      try {
+        Deno.kill(-child.pid, "SIGKILL");
+      } catch { /* already gone */ }
+      await child.status;
+    };
+    return { child, conn, kill, dispose };
+  } catch (e) {
+    await dispose();
+    throw e;
+  }
+}
+
+/**
+ * A helper's environment, which the command inherits: only what Ferry
+ * itself needs to start and the terminal type, none of the node's own
+ * settings.
+ */
+function helperEnv(term: string): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const k of ["PATH", "HOME", "DENO_DIR", "LANG", "LC_ALL", "TZ"]) {
+    const v = Deno.env.get(k);
+    if (v !== undefined) env[k] = v;
+  }
+  env.PATH ??= "/usr/local/bin:/usr/bin:/bin";
+  env.TERM = term;
+  return env;
+}
+
+/** Write `job` on `conn`: its length (4 bytes, big-endian), then its JSON. */
+async function sendJob(conn: Deno.Conn, job: Job): Promise<void> {
+  const body = enc.encode(JSON.stringify(job));
+  const msg = new Uint8Array(4 + body.length);
+  new DataView(msg.buffer).setUint32(0, body.length);
+  msg.set(body, 4);
+  for (let at = 0; at < msg.length;) at += await conn.write(msg.subarray(at));
 }
 
 /**

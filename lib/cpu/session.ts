@@ -2,8 +2,10 @@
  * The helper a node's cpu export starts for each command (`ferry cpu
  * --session SOCKET`): it runs in a private mount namespace and a process
  * group of its own, with the command's standard input, output and error
- * as its own. It reaches the caller's composed namespace over the Unix
- * socket SOCKET (which the node joins to the caller's link), mounts it at
+ * as its own. The node may start it before there is a command: it waits
+ * for its job (the user, the account and the command) on the Unix socket
+ * SOCKET. Then it reaches the caller's composed namespace over that socket
+ * (which the node joins to the caller's link), mounts it at
  * /n/client, and runs the command there as the host account, with
  * lib/logon's machinery: the same view, FUSE mounts and account switch as
  * `ferry logon -- COMMAND`.
@@ -15,7 +17,8 @@ import { MemTree } from "../fs/memory.ts";
 import { Namespace } from "../ns/namespace.ts";
 import { RemoteTree, StyxClient } from "../styx/client.ts";
 import { TcpConn } from "../transport/tcp.ts";
-import { lookupAccount } from "../logon/account.ts";
+import type { Account } from "../logon/account.ts";
+import { openLibc } from "../libc.ts";
 import { runInView } from "../logon/session.ts";
 
 /** Where the caller's namespace appears on the node. */
@@ -23,21 +26,38 @@ export const CLIENT_MOUNT = "/n/client";
 
 /** Options of {@link runSession}. */
 export interface SessionOptions {
-  /** The Unix socket that carries the caller's namespace. */
+  /** The Unix socket that brings the job, then carries the caller's namespace. */
   socket: string;
-  /** The Ferry user. */
+}
+
+/** What the node sends first: who runs what (see server.ts's Job). */
+interface Job {
   user: string;
-  /** The host account to run as. */
-  account: string;
-  /** The command and its arguments. */
+  account: Account;
   command: string[];
 }
 
-/** Run the command with the caller's namespace at /n/client; its exit status. */
+/**
+ * Run the command the node sends, with the caller's namespace at
+ * /n/client; its exit status. A node that hangs up before sending one
+ * ends the helper with status 0.
+ */
 export async function runSession(opts: SessionOptions): Promise<number> {
-  const account = await lookupAccount(opts.account);
-  if (!account) throw new Error(`host account '${opts.account}' does not exist`);
-  const raw = await Deno.connect({ transport: "unix", path: opts.socket });
+  let raw: Deno.UnixConn;
+  try {
+    raw = await Deno.connect({ transport: "unix", path: opts.socket });
+  } catch (e) {
+    // The node went before this helper was needed: its socket's directory
+    // is this helper's to remove.
+    const dir = opts.socket.slice(0, opts.socket.lastIndexOf("/"));
+    if (/\/ferry-cpu-[^/]+$/.test(dir)) await Deno.remove(dir, { recursive: true }).catch(() => {});
+    throw e;
+  }
+  const job = await readJob(raw);
+  if (!job) {
+    raw.close();
+    return 0;
+  }
   const conn = new TcpConn(raw, { authenticated: false });
   const client = await StyxClient.connect(conn);
   // The node gone, or the session hung up: the command is hung up too
@@ -49,18 +69,65 @@ export async function runSession(opts: SessionOptions): Promise<number> {
   try {
     const root = new MemTree();
     await root.mkdirp(CLIENT_MOUNT);
-    const ns = new Namespace(root, { caller: { user: opts.user } });
-    await ns.mount(new RemoteTree(client, { uname: opts.user }), CLIENT_MOUNT, {
+    const ns = new Namespace(root, { caller: { user: job.user } });
+    await ns.mount(new RemoteTree(client, { uname: job.user }), CLIENT_MOUNT, {
       source: "client",
     });
+    // The command writes to this helper's standard output, a pipe the node
+    // reads: a larger pipe lets each of the node's reads take more.
+    growPipe(1, PIPE_BYTES);
     return await runInView(ns, {
-      user: opts.user,
-      account,
-      command: opts.command,
+      user: job.user,
+      account: job.account,
+      command: job.command,
       onSkip: (t, why) => console.error(`cpu: '${t}' is not mounted: ${why}`),
     });
   } finally {
     done = true;
     client.close();
   }
+}
+
+/** Read exactly `buf.length` bytes; false at end of input before any. */
+async function readFull(conn: Deno.Conn, buf: Uint8Array): Promise<boolean> {
+  for (let at = 0; at < buf.length;) {
+    // Never past `buf`: what follows the job is the Styx stream.
+    const n = await conn.read(buf.subarray(at));
+    if (n === null) {
+      if (at === 0) return false;
+      throw new Error("the node hung up in the middle of the job");
+    }
+    at += n;
+  }
+  return true;
+}
+
+/** The job the node sends: a 4-byte big-endian length, then JSON. */
+async function readJob(conn: Deno.Conn): Promise<Job | undefined> {
+  const head = new Uint8Array(4);
+  if (!await readFull(conn, head)) return undefined;
+  const n = new DataView(head.buffer).getUint32(0);
+  if (n > 1 << 20) throw new Error(`the node sent a job of ${n} bytes`);
+  const body = new Uint8Array(n);
+  if (!await readFull(conn, body)) throw new Error("the node hung up in the middle of the job");
+  const job = JSON.parse(new TextDecoder().decode(body)) as Job;
+  if (
+    typeof job?.user !== "string" || !Array.isArray(job.command) || job.command.length === 0 ||
+    typeof job.account?.uid !== "number"
+  ) {
+    throw new Error("the node sent a malformed job");
+  }
+  return job;
+}
+
+/** Pipe capacity asked for the command's standard output. */
+const PIPE_BYTES = 1 << 20;
+const F_SETPIPE_SZ = 1031;
+
+/** Ask for a pipe of `bytes` on `fd`; only a tuning, so nothing is said when it is refused. */
+function growPipe(fd: number, bytes: number): void {
+  try {
+    openLibc({ fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" } }, "pipe sizes")
+      .fcntl(fd, F_SETPIPE_SZ, bytes);
+  } catch { /* not a pipe, or no FFI: the default size */ }
 }

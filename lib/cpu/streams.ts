@@ -12,6 +12,9 @@ import { withSignal } from "../fs/tree.ts";
 /** How far a producer may run ahead of its reader. */
 export const AHEAD_BYTES = 4 << 20;
 
+/** How much one read from a byte stream may take. */
+const READ_CHUNK = 1 << 20;
+
 /**
  * A bounded queue of byte chunks read from a source by a pump of its own;
  * {@link read} takes what is ready, up to a count, and waits when nothing is.
@@ -30,8 +33,32 @@ export class ByteQueue {
     this.pumped = this.#pump(next);
   }
 
-  /** A queue fed from a web stream (a child's stdout). */
-  static of(stream: ReadableStream<Uint8Array>, limit?: number): ByteQueue {
+  /**
+   * A queue fed from a web stream (a child's stdout). A byte stream is read
+   * into buffers of `chunk` bytes of its own, so one read takes all a pipe
+   * holds rather than the stream's default 64 KiB.
+   */
+  static of(stream: ReadableStream<Uint8Array>, limit?: number, chunk = READ_CHUNK): ByteQueue {
+    let byob: ReadableStreamBYOBReader | undefined;
+    try {
+      byob = stream.getReader({ mode: "byob" });
+    } catch { /* not a byte stream */ }
+    if (byob) {
+      const r = byob;
+      let buf = new Uint8Array(chunk);
+      return new ByteQueue(async () => {
+        const { value, done } = await r.read(buf);
+        if (done || !value) return null;
+        // A short read is copied out and the buffer read into again, so a
+        // queue of small reads does not hold a large buffer for each.
+        if (value.length >= chunk / 2) {
+          buf = new Uint8Array(chunk);
+          return value;
+        }
+        buf = new Uint8Array(value.buffer);
+        return value.slice();
+      }, limit);
+    }
     const r = stream.getReader();
     return new ByteQueue(async () => {
       const { value, done } = await r.read();

@@ -174,8 +174,10 @@ export async function mountTree(
   if (why) throw new Error(`cannot mount on '${mountpoint}': ${why}`);
   let mp: string;
   try {
-    mp = await Deno.realPath(mountpoint);
-    if (!(await Deno.stat(mp)).isDirectory) throw new Error("not a directory");
+    // Synchronous, so the calling thread's mounts count (a logon's private
+    // namespace is its main thread's).
+    mp = Deno.realPathSync(mountpoint);
+    if (!Deno.statSync(mp).isDirectory) throw new Error("not a directory");
   } catch (e) {
     const msg = e instanceof Deno.errors.NotFound ? "no such directory" : (e as Error).message;
     throw new Error(`cannot mount on '${mountpoint}': ${msg}`);

@@ -5,37 +5,24 @@
  * at its own path (`/usr/alice`, `/n/files`, `/phone`), as Plan 9 gives
  * each process its own namespace.
  *
- * Two processes do it. The launcher ({@link launch}, run as root) starts
- * Ferry again under util-linux `unshare --mount --propagation private`, so
- * nothing it mounts is seen outside; that second process composes the
- * namespace, builds the view (see view.ts), mounts, and runs COMMAND
- * through `setpriv` as the account ({@link runInView}), serving FUSE until
- * COMMAND exits. When it exits (or is killed) the mounts go with the
- * namespace's last process. COMMAND's exit status is logon's.
+ * One process does it, as root: it composes the namespace, then its main
+ * thread enters a private mount namespace of its own (unshare(2) through
+ * FFI, see sys.ts), builds the view there (see view.ts), mounts, and runs
+ * COMMAND through `setpriv` as the account ({@link runInView}), serving
+ * FUSE until COMMAND exits. Nothing it mounts is seen outside, and the
+ * mounts go with the namespace's last process when it exits (or is
+ * killed). COMMAND's exit status is logon's.
  *
  * @module
  */
 
 import type { Namespace } from "../ns/namespace.ts";
 import { type FuseMount, mountTree } from "../fuse/mount.ts";
-import { ferryArgv } from "../self.ts";
 import type { Account } from "./account.ts";
 import { buildView, outermost, planView, type View } from "./view.ts";
 import type { Node } from "../fs/tree.ts";
 import { QTDIR } from "../styx/types.ts";
-import { mountNamespace } from "./sys.ts";
-
-/** Set by the launcher for the second process: the launcher's mount namespace. */
-export const OUTER_NS_ENV = "FERRY_LOGON_OUTER_NS";
-
-/**
- * True in the process the launcher started: it runs in a mount namespace
- * other than the launcher's.
- */
-export function inPrivateNamespace(): boolean {
-  const outer = Deno.env.get(OUTER_NS_ENV);
-  return outer !== undefined && outer !== "" && outer !== mountNamespace();
-}
+import { enterPrivateMountNamespace } from "./sys.ts";
 
 /** Exit status of a child the way a shell reports it (128+N when killed by signal N). */
 function exitCode(s: Deno.CommandStatus): number {
@@ -60,8 +47,7 @@ const SIGNALS: Partial<Record<Deno.Signal, number>> = {
  * the whole foreground group, the command included) leave this process
  * alone; SIGTERM and SIGHUP are passed on to the command once it runs, and
  * before that (or after it) only noted, so that the mounts are always taken
- * down and the stage removed. A group signal (`timeout`, a closed terminal)
- * reaches this process twice, once from the launcher.
+ * down and the stage removed.
  */
 class Signals {
   /** The first SIGTERM or SIGHUP that came before there was a command to pass it to. */
@@ -105,49 +91,6 @@ class Signals {
   }
 }
 
-/** Wait for `child` with {@link Signals} in place. */
-async function waitFor(child: Deno.ChildProcess): Promise<number> {
-  const signals = new Signals();
-  try {
-    return await signals.wait(child);
-  } finally {
-    signals.release();
-  }
-}
-
-/**
- * Start `ferry logon ARGS` again in a new private mount namespace and
- * return its exit status. Needs root (or CAP_SYS_ADMIN).
- */
-export async function launch(args: readonly string[]): Promise<number> {
-  if (Deno.uid() !== 0) {
-    throw new Error(
-      "a private mount namespace needs root: run 'ferry logon … -- COMMAND' as root " +
-        "(through sudo at an SSH logon, see the README); the command itself runs as the user's account",
-    );
-  }
-  const child = new Deno.Command("unshare", {
-    args: ["--mount", "--propagation", "private", "--", ...ferryArgv(), "logon", ...args],
-    env: { [OUTER_NS_ENV]: mountNamespace() },
-    stdin: "inherit",
-    stdout: "inherit",
-    stderr: "inherit",
-  }).spawn();
-  return await waitFor(child);
-}
-
-/**
- * True when `ferry logon ARGS` asks for a private mount namespace (a `--`
- * or `--ssh` among its options, no --help) and this process is not yet in
- * one: then Ferry can start itself there before loading anything else.
- */
-export function launchesAtOnce(args: readonly string[]): boolean {
-  const dashes = args.indexOf("--");
-  const own = dashes < 0 ? args : args.slice(0, dashes);
-  if (own.includes("-h") || own.includes("--help")) return false;
-  return (dashes >= 0 || own.includes("--ssh")) && !inPrivateNamespace();
-}
-
 /** The command a logon runs: `command` if given, else the account's login shell. */
 export function commandFor(
   account: Account,
@@ -174,9 +117,10 @@ export interface ViewOptions {
 }
 
 /**
- * In a private mount namespace, as root: mount every outermost mount point
- * of `ns` at its own path, run the command as the account, serve until it
- * exits, then take everything down. Returns the command's exit status.
+ * As root: enter a private mount namespace (this thread's, see sys.ts),
+ * mount every outermost mount point of `ns` at its own path there, run the
+ * command as the account, serve until it exits, then take everything
+ * down. Returns the command's exit status.
  */
 export async function runInView(ns: Namespace, opts: ViewOptions): Promise<number> {
   const { account } = opts;
@@ -203,13 +147,25 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
       }
     }),
   );
+  if (Deno.uid() !== 0) {
+    throw new Error(
+      "a private mount namespace needs root: run 'ferry logon … -- COMMAND' as root " +
+        "(through sudo at an SSH logon, see the README); the command itself runs as the user's account",
+    );
+  }
   const signals = new Signals();
   const stage = await Deno.makeTempDir({ prefix: "ferry-logon-" });
   let view: View | undefined;
   const mounts: FuseMount[] = [];
+  let tuning: Promise<unknown> = Promise.resolve();
   try {
-    view = await buildView(await planView([...nodes.keys()]), stage);
+    enterPrivateMountNamespace();
+    view = buildView(planView([...nodes.keys()]), stage);
     const v = view;
+    // From here this thread must not look at its own FUSE mounts with a
+    // synchronous call: the answer needs this thread. So the working
+    // directory is found first, and readahead is set by a child.
+    const wd = await homeIn(ns, account.home, v.root, [...v.paths.keys()]);
     await Promise.all([...v.paths].map(async ([target, at]) => {
       const node = nodes.get(target)!;
       const m = await mountTree(node, at, {
@@ -217,17 +173,71 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
         gid: account.gid,
         allowOther: true,
         fsname: `ferry-logon:${opts.user}`,
+        readaheadKb: 0,
       });
       mounts.push(m);
       opts.onMount?.(target);
     }));
+    tuning = Promise.all(mounts.map((m) => setReadahead(m.mountpoint, READAHEAD_KB)));
     if (signals.pending) return 128 + (SIGNALS[signals.pending] ?? 0);
-    return await spawnAs(account, opts.command, v.root, signals);
+    return await spawnAs(account, opts.command, v.root, wd, signals);
   } finally {
+    await tuning;
     await Promise.allSettled(mounts.map((m) => m.close()));
-    if (view) await view.close();
+    if (view) view.close();
     else await Deno.remove(stage).catch(() => {});
     signals.release();
+  }
+}
+
+/** Kernel readahead for the mounts, in KiB (as mountTree's default). */
+const READAHEAD_KB = 4096;
+
+/**
+ * Set the kernel's readahead for the FUSE mount at `at` (only a tuning).
+ * Its device number is asked of a child, which sees this thread's mounts
+ * while this thread stays free to answer the FUSE request that takes.
+ */
+async function setReadahead(at: string, kb: number): Promise<void> {
+  try {
+    const o = await new Deno.Command("stat", {
+      args: ["-c", "%d", at],
+      stdin: "null",
+      stdout: "piped",
+      stderr: "null",
+    }).output();
+    const dev = Number(new TextDecoder().decode(o.stdout).trim());
+    if (!o.success || !Number.isInteger(dev)) return;
+    const major = (dev >> 8) & 0xfff;
+    const minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    await Deno.writeTextFile(`/sys/class/bdi/${major}:${minor}/read_ahead_kb`, `${kb}\n`);
+  } catch {
+    // The mount works with the kernel's default readahead.
+  }
+}
+
+/**
+ * The command's working directory: the account's home as the command will
+ * see it, if it is a directory there, else "/". A home at or below a mount
+ * point is looked up in the namespace, not through the mount.
+ */
+async function homeIn(
+  ns: Namespace,
+  home: string,
+  root: string,
+  targets: readonly string[],
+): Promise<string> {
+  try {
+    if (targets.some((t) => home === t || home.startsWith(t + "/"))) {
+      const node = await ns.resolve(home);
+      const dir = (node.qid.type & QTDIR) !== 0;
+      await node.close();
+      return dir ? home : "/";
+    }
+    // Synchronous: this thread's mounts are the ones the command sees.
+    return Deno.statSync(root === "/" ? home : root + home).isDirectory ? home : "/";
+  } catch {
+    return "/";
   }
 }
 
@@ -235,11 +245,12 @@ async function spawnAs(
   account: Account,
   command: readonly string[],
   root: string,
+  wd: string,
   signals: Signals,
 ): Promise<number> {
   const env = Deno.env.toObject();
   for (const k of Object.keys(env)) {
-    if (k.startsWith("SUDO_") || k === OUTER_NS_ENV) delete env[k];
+    if (k.startsWith("SUDO_")) delete env[k];
   }
   Object.assign(env, {
     HOME: account.home,
@@ -248,13 +259,6 @@ async function spawnAs(
     SHELL: account.shell,
     PATH: env.PATH ?? "/usr/local/bin:/usr/bin:/bin",
   });
-  // The home directory as the command will see it (under the mounts).
-  let wd = "/";
-  try {
-    if ((await Deno.stat(root === "/" ? account.home : root + account.home)).isDirectory) {
-      wd = account.home;
-    }
-  } catch { /* no home: start at / */ }
   const setpriv = [
     "setpriv",
     `--reuid=${account.uid}`,
@@ -263,14 +267,21 @@ async function spawnAs(
     "--",
     ...command,
   ];
-  const args = root === "/" ? setpriv : ["unshare", `--root=${root}`, `--wd=${wd}`, ...setpriv];
+  // The child changes directory itself (unshare --wd): while Deno spawns,
+  // this thread waits, and cannot answer a FUSE lookup the change needs.
+  const args = [
+    "unshare",
+    ...(root === "/" ? [] : [`--root=${root}`]),
+    `--wd=${wd}`,
+    ...setpriv,
+  ];
   let child: Deno.ChildProcess;
   try {
     child = new Deno.Command(args[0]!, {
       args: args.slice(1),
       env,
       clearEnv: true,
-      cwd: root === "/" ? wd : "/",
+      cwd: "/",
       stdin: "inherit",
       stdout: "inherit",
       stderr: "inherit",

@@ -1,24 +1,27 @@
 /**
  * The mount(2) calls a logon's private view needs beyond FUSE itself: a
- * tmpfs, recursive bind mounts, making a mount unbindable, lazy unmounts.
- * Through Deno's FFI on libc; needs --allow-ffi and root.
+ * private mount namespace, a tmpfs, recursive bind mounts, making a mount
+ * unbindable, lazy unmounts. Through Deno's FFI on libc; needs --allow-ffi
+ * and root.
  *
  * @module
  */
 
 import { cstr, errnoVia, openLibc, strerror } from "../libc.ts";
 
+const CLONE_NEWNS = 0x20000;
 const MS_NOSUID = 0x2;
 const MS_NODEV = 0x4;
 const MS_BIND = 0x1000;
 const MS_REC = 0x4000;
 const MS_UNBINDABLE = 0x20000;
+const MS_PRIVATE = 0x40000;
 const MNT_DETACH = 2;
 
 const symbols = {
   mount: { parameters: ["buffer", "buffer", "buffer", "u64", "buffer"], result: "i32" },
   umount2: { parameters: ["buffer", "i32"], result: "i32" },
-  readlink: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
+  unshare: { parameters: ["i32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const;
 
@@ -38,6 +41,22 @@ function check(r: number, what: string): void {
 
 function mount(src: string | null, target: string, type: string | null, flags: number, data = "") {
   return lib().mount(cstrOrNull(src), cstr(target), cstrOrNull(type), BigInt(flags), cstr(data));
+}
+
+/**
+ * Move the calling thread (Deno's main thread, where JavaScript and
+ * synchronous calls run) into a new mount namespace of its own with
+ * private propagation. Nothing mounted from here on is seen by other
+ * processes, and processes spawned from here on start in it.
+ *
+ * unshare(2) acts on the calling thread only: Deno's other threads, where
+ * asynchronous file operations run, stay in the old namespace. So
+ * everything that must see the private mounts is done with synchronous
+ * calls (and in child processes); asynchronous ones see the host's view.
+ */
+export function enterPrivateMountNamespace(): void {
+  check(lib().unshare(CLONE_NEWNS), "cannot make a private mount namespace");
+  check(mount(null, "/", null, MS_REC | MS_PRIVATE), "cannot make the mounts private");
 }
 
 /** Mount an empty tmpfs on `target` with directory mode `mode`. */
@@ -62,15 +81,4 @@ export function makeUnbindable(target: string): void {
 /** Detach the mount at `target` and everything below it (a lazy unmount). */
 export function detach(target: string): void {
   check(lib().umount2(cstr(target), MNT_DETACH), `cannot unmount '${target}'`);
-}
-
-/**
- * This process's mount namespace ("mnt:[4026531841]"), read with readlink(2)
- * since Deno grants /proc/self/ns only to --allow-all.
- */
-export function mountNamespace(): string {
-  const buf = new Uint8Array(128);
-  const n = Number(lib().readlink(cstr("/proc/self/ns/mnt"), buf, BigInt(buf.length)));
-  if (n <= 0) throw new Error("cannot read '/proc/self/ns/mnt'");
-  return new TextDecoder().decode(buf.subarray(0, n));
 }

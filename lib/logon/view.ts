@@ -49,9 +49,9 @@ export function outermost(targets: readonly string[]): string[] {
   return out;
 }
 
-async function kind(p: string): Promise<"dir" | "other" | "none"> {
+function kind(p: string): "dir" | "other" | "none" {
   try {
-    return (await Deno.stat(p)).isDirectory ? "dir" : "other";
+    return Deno.statSync(p).isDirectory ? "dir" : "other";
   } catch (e) {
     if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.NotADirectory) return "none";
     throw e;
@@ -61,9 +61,11 @@ async function kind(p: string): Promise<"dir" | "other" | "none"> {
 /**
  * Decide where each of `targets` goes on the host and which host
  * directories must be mirrored to make room for the missing ones. Throws
- * when the host has a file (not a directory) at a mount point.
+ * when the host has a file (not a directory) at a mount point. Synchronous,
+ * as everything here is: it looks with the calling thread's mounts (see
+ * sys.ts's enterPrivateMountNamespace).
  */
-export async function planView(targets: readonly string[]): Promise<ViewPlan> {
+export function planView(targets: readonly string[]): ViewPlan {
   const mirrors = new Map<string, Set<string>>();
   const points: ViewPlan["points"] = [];
   for (const target of outermost(targets)) {
@@ -72,7 +74,7 @@ export async function planView(targets: readonly string[]): Promise<ViewPlan> {
     let i = 0;
     for (; i < names.length; i++) {
       const next = cur === "/" ? `/${names[i]}` : `${cur}/${names[i]}`;
-      const k = await kind(next);
+      const k = kind(next);
       if (k === "other") {
         throw new Error(
           `cannot mount '${target}': the host has a file, not a directory, at '${next}'`,
@@ -84,7 +86,7 @@ export async function planView(targets: readonly string[]): Promise<ViewPlan> {
         add.add(names[i]!);
         break;
       }
-      cur = await Deno.realPath(next);
+      cur = Deno.realPathSync(next);
     }
     const rest = names.slice(i);
     points.push({ target, at: rest.length === 0 ? cur : join(cur, rest.join("/")) });
@@ -112,75 +114,77 @@ export interface View {
   /** Where each mount point is, as this (unchrooted) process reaches it. */
   paths: Map<string, string>;
   /** Detach everything the view mounted and remove the stage directory. */
-  close(): Promise<void>;
+  close(): void;
 }
 
 /**
- * Build `plan` in this process's mount namespace, which must be private
- * (the caller runs under `unshare --mount --propagation private`): the
+ * Build `plan` in the calling thread's mount namespace, which must be
+ * private (see sys.ts's enterPrivateMountNamespace): the
  * stage directory `stage` (an empty directory) holds a tmpfs with the
  * mirror of `/` when one is needed and the copies mirrors are made from.
  */
-export async function buildView(plan: ViewPlan, stage: string): Promise<View> {
+export function buildView(plan: ViewPlan, stage: string): View {
   mountTmpfs(stage, 0o700);
   // Recursive binds of the directories above the stage must not bring the
   // stage (with the mirror of `/` in it) along.
   makeUnbindable(stage);
-  const close = async () => {
+  const close = () => {
     try {
       detach(stage);
     } catch { /* already gone */ }
-    await Deno.remove(stage).catch(() => {});
+    try {
+      Deno.removeSync(stage);
+    } catch { /* already gone */ }
   };
   try {
     const root = plan.chroot ? `${stage}/root` : "";
     let n = 0;
     for (const m of plan.mirrors) {
       const view = root + m.dir;
-      const st = await Deno.stat(m.dir);
+      const st = Deno.statSync(m.dir);
       if (m.dir === "/") {
-        await Deno.mkdir(view);
+        Deno.mkdirSync(view);
         mountTmpfs(view, st.mode! & 0o7777);
-        await populate(view, "/");
+        populate(view, "/");
       } else {
         // The original's entries are bound from a copy taken before the
         // tmpfs covers it.
         const copy = `${stage}/orig${n++}`;
-        await Deno.mkdir(copy);
+        Deno.mkdirSync(copy);
         rbind(m.dir, copy);
         mountTmpfs(view, st.mode! & 0o7777);
-        await populate(view, copy);
+        populate(view, copy);
         detach(copy);
-        await Deno.remove(copy);
+        Deno.removeSync(copy);
       }
-      await Deno.chown(view, st.uid, st.gid);
-      for (const name of m.add) await Deno.mkdir(join(view, name), { mode: 0o755 });
+      Deno.chownSync(view, st.uid, st.gid);
+      for (const name of m.add) Deno.mkdirSync(join(view, name), { mode: 0o755 });
     }
     const paths = new Map<string, string>();
     for (const p of plan.points) {
       const at = root + p.at;
-      await Deno.mkdir(at, { recursive: true, mode: 0o755 });
+      Deno.mkdirSync(at, { recursive: true, mode: 0o755 });
       paths.set(p.target, at);
     }
     return { root: root === "" ? "/" : root, paths, close };
   } catch (e) {
-    await close();
+    close();
     throw e;
   }
 }
 
 /** Fill the tmpfs at `view` with `from`'s entries. */
-async function populate(view: string, from: string): Promise<void> {
-  for await (const e of Deno.readDir(from)) {
+function populate(view: string, from: string): void {
+  for (const e of Deno.readDirSync(from)) {
     const src = join(from, e.name);
     const dst = join(view, e.name);
     if (e.isSymlink) {
-      await Deno.symlink(await Deno.readLink(src), dst);
+      Deno.symlinkSync(Deno.readLinkSync(src), dst);
     } else if (e.isDirectory) {
-      await Deno.mkdir(dst);
+      Deno.mkdirSync(dst);
       rbind(src, dst);
     } else {
-      await Deno.writeFile(dst, new Uint8Array());
+      Deno.writeFileSync(dst, new Uint8Array());
       rbind(src, dst);
     }
   }

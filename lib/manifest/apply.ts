@@ -51,6 +51,12 @@ export interface ApplyOptions {
   onEntry?: (r: EntryReport) => void;
   /** Print Styx messages on stderr. */
   trace?: boolean;
+  /**
+   * Dial through this dialer (made for the same manifest, user and
+   * credentials), whose links may already be under way (see
+   * {@link dialAhead}); the caller closes it. Default: a dialer of its own.
+   */
+  dialer?: NodeDialer;
 }
 
 /** What became of one entry. */
@@ -244,7 +250,7 @@ export async function applyNamespace(
   const user = opts.user;
   const home = opts.home ?? m.users.get(user)?.home ?? `/usr/${user}`;
   const creds = opts.creds ?? await loadCredentials(opts.certDir ?? defaultCertsDir(), user);
-  const dialer = new NodeDialer(m, creds, user, opts);
+  const dialer = opts.dialer ?? new NodeDialer(m, creds, user, opts);
   const devices = opts.devices ?? new Map();
   const ns = await Namespace.standard({ user, rootDir: opts.rootDir, devices });
   for (const [dev, at] of [["#I", "/net"], ["#p", "/prog"]] as const) {
@@ -252,7 +258,7 @@ export async function applyNamespace(
   }
   const close = async () => {
     await ns.close().catch(() => {});
-    await dialer.close();
+    if (!opts.dialer) await dialer.close();
   };
   const required = new Set(opts.required ?? m.users.get(user)?.required ?? []);
   const vars = { user, home };
@@ -367,6 +373,25 @@ async function applyOne(
     case "nodev":
       // Each logon starts from a fresh namespace already; nothing to do.
       return;
+  }
+}
+
+/**
+ * Start dialing every node `user`'s namespace in `m` mounts from, through
+ * `dialer`, without waiting: a later {@link logon} with the same dialer
+ * finds the links made or under way. Entries that do not expand or resolve
+ * are left for logon to report.
+ */
+export function dialAhead(m: Manifest, user: string, dialer: NodeDialer): void {
+  const u = m.users.get(user);
+  if (!u) return;
+  const vars = { user, home: u.home ?? `/usr/${user}` };
+  for (const e of u.namespace) {
+    if (e.op !== "mount") continue;
+    try {
+      const src = resolveSource(m, expand(e.args[0]!, vars));
+      if (src.kind === "export") dialer.link(src.node);
+    } catch { /* reported by logon */ }
   }
 }
 

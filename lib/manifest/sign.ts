@@ -26,7 +26,6 @@
  * @module
  */
 
-import * as ed from "@noble/ed25519";
 import { decryptKeyPem, fromBase64, isEncryptedKey, pemBlocks, toBase64 } from "../auth/keys.ts";
 import { askPassphrase, checkDirMode, readKeyFile } from "../auth/keys.ts";
 import { readCert } from "../auth/der.ts";
@@ -128,6 +127,8 @@ export async function signManifest(
     throw new SignatureError(`Bad manifest serial '${serial}': expected a whole number from 1`);
   }
   const seed = seedOf(caKeyPem, "the CA key");
+  // Loaded only to sign: checking a signature (every logon) uses WebCrypto.
+  const ed = await import("@noble/ed25519");
   const pub = await ed.getPublicKeyAsync(seed);
   const certPub = publicKeyOfCert(caCertPem, "the CA certificate");
   if (hex(pub) !== hex(certPub)) {

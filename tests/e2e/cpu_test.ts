@@ -126,9 +126,11 @@ Deno.test({
     const port = freePort();
     const c = await makeCluster();
     const removeAccount = await account("ferrya");
+    // The node keeps one helper started ahead of need ("ferry-cpu-spare-").
     const staging = () =>
       [...Deno.readDirSync("/tmp")].map((e) => e.name).filter((n) =>
-        n.startsWith("ferry-cpu-") || n.startsWith("ferry-logon-")
+        (n.startsWith("ferry-cpu-") && !n.startsWith("ferry-cpu-spare-")) ||
+        n.startsWith("ferry-logon-")
       ).sort();
     const before = staging();
     let up: Proc | undefined;
@@ -531,5 +533,35 @@ namespace = ""
       await hosts.cleanup();
       await c.cleanup();
     }
+  },
+});
+
+Deno.test({
+  name: "cpu: the helper kept ready for the next command goes when the service closes",
+  ignore: why !== "",
+  async fn() {
+    const m = loadText('[users.alice]\nnamespace = ""\n', "m.toml");
+    const spares = async () => {
+      const o = await new Deno.Command("pgrep", {
+        args: ["-f", "cpu --session /tmp/ferry-cpu-spare-"],
+        stdout: "piped",
+      }).output();
+      return dec.decode(o.stdout).split("\n").filter((l) => l !== "").map(Number);
+    };
+    const already = new Set(await spares());
+    const cpu = new CpuService({ node: "n", manifest: () => m, spare: true });
+    let mine: number[] = [];
+    try {
+      // Started with the service, before any session asks for it.
+      for (let i = 0; i < 600 && mine.length === 0; i++) {
+        mine = (await spares()).filter((p) => !already.has(p));
+        if (mine.length === 0) await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.equal(mine.length, 1, "no helper was started ahead of need");
+    } finally {
+      await cpu.close();
+    }
+    const left = (await spares()).filter((p) => mine.includes(p));
+    assert.deepEqual(left, [], "the helper outlived its service");
   },
 });

@@ -207,6 +207,33 @@ Deno.test({
       assert.match(r.out, /MADE BY MAKE/);
       assert.equal(await Deno.readTextFile(`${src}/ferrya/proj/out.txt`), "MADE BY MAKE\n");
 
+      // One Ferry process runs a logon: it makes its private mount namespace
+      // in-process, not by starting Ferry again under unshare(1).
+      const chain = await logonIn(login, [
+        "-u",
+        "ferrya",
+        ...base,
+        "--",
+        "sh",
+        "-c",
+        `p=$PPID; n=0; while [ "$p" -gt 1 ] && [ "$p" != ${Deno.pid} ]; do ` +
+        `[ "$(cat /proc/$p/comm)" = deno ] && n=$((n+1)); ` +
+        `p=$(sed 's/.*) //' /proc/$p/stat | cut -d' ' -f2); done; echo $n`,
+      ]);
+      assert.equal(chain.code, 0, chain.err);
+      assert.equal(chain.out, "1\n", "Ferry processes between the test and the command");
+
+      // Nodes are dialled while the signature is checked, but a manifest
+      // altered after it was signed is still refused before anything runs.
+      const signedText = await Deno.readTextFile(file);
+      const marker = `/tmp/ferry-altered-${Deno.pid}`;
+      await Deno.writeTextFile(file, signedText + "\n# altered\n");
+      const altered = await logonIn(login, ["-u", "ferrya", ...base, "--", "touch", marker]);
+      await Deno.writeTextFile(file, signedText);
+      assert.equal(altered.code, 1, altered.err);
+      assert.match(altered.err, /altered after it was signed/);
+      await assert.rejects(Deno.stat(marker));
+
       // While one logon runs, nothing of it shows outside its namespace.
       held = new Proc("held", "ip", [
         "netns",
