@@ -330,9 +330,10 @@ class CpuSession {
         `user '${user}' runs as host account '${spec.account}', which does not exist on node '${this.opts.node}'`,
       );
     }
-    if (account.uid === 0) {
+    // Root only by the manifest's own word, never by a user's name.
+    if (account.uid === 0 && !spec.accountNamed) {
       throw new StyxError(
-        `user '${user}' runs as host account '${account.name}', which is root: cpu never runs a command as root`,
+        `user '${user}' would run as host account '${account.name}', which is root: cpu runs a command as root only for a user whose manifest entry says account = "${account.name}"`,
       );
     }
     const args = !shell ? words : words.length ? [account.shell, "-c", words[0]!] : [
@@ -355,7 +356,7 @@ class CpuSession {
       throw new StyxError(HUNG_UP);
     }
     this.#child = helper.child;
-    const job: Job = { user, account, command: args };
+    const job: Job = { user, account, command: args, root: account.uid === 0 };
     this.#ns = helper.conn.then(async (c) => {
       await sendJob(c, job);
       return new TcpConn(c, { authenticated: false });
@@ -464,6 +465,8 @@ export interface Job {
   account: Account;
   /** The command and its arguments. */
   command: string[];
+  /** The account is root and the manifest names it for the user (checked by the node). */
+  root?: boolean;
 }
 
 /**

@@ -17,7 +17,7 @@ import { MemTree } from "../fs/memory.ts";
 import { Namespace } from "../ns/namespace.ts";
 import { RemoteTree, StyxClient } from "../styx/client.ts";
 import { TcpConn } from "../transport/tcp.ts";
-import type { Account } from "../logon/account.ts";
+import type { Job } from "./server.ts";
 import { openLibc } from "../libc.ts";
 import { runInView } from "../logon/session.ts";
 
@@ -28,13 +28,6 @@ export const CLIENT_MOUNT = "/n/client";
 export interface SessionOptions {
   /** The Unix socket that brings the job, then carries the caller's namespace. */
   socket: string;
-}
-
-/** What the node sends first: who runs what (see server.ts's Job). */
-interface Job {
-  user: string;
-  account: Account;
-  command: string[];
 }
 
 /**
@@ -80,6 +73,7 @@ export async function runSession(opts: SessionOptions): Promise<number> {
       user: job.user,
       account: job.account,
       command: job.command,
+      rootByManifest: job.root === true,
       onSkip: (t, why) => console.error(`cpu: '${t}' is not mounted: ${why}`),
     });
   } finally {

@@ -106,8 +106,13 @@ export function commandFor(
 export interface ViewOptions {
   /** The Ferry user (names the mounts in /proc/mounts). */
   user: string;
-  /** The host account COMMAND runs as (never uid 0). */
+  /** The host account COMMAND runs as (uid 0 only with `rootByManifest`). */
   account: Account;
+  /**
+   * The manifest names root as the user's account (`account = "root"`), as a
+   * `cpu` export allows; `ferry logon` never sets it.
+   */
+  rootByManifest?: boolean;
   /** The command and its arguments. */
   command: readonly string[];
   /** Told about each mount made (default: nothing). */
@@ -124,7 +129,7 @@ export interface ViewOptions {
  */
 export async function runInView(ns: Namespace, opts: ViewOptions): Promise<number> {
   const { account } = opts;
-  if (account.uid === 0) {
+  if (account.uid === 0 && !opts.rootByManifest) {
     throw new Error(
       `host account '${account.name}' is root: logon never runs a command as root; ` +
         `set 'account' for user '${opts.user}' in the manifest to an unprivileged account`,

@@ -329,11 +329,13 @@ class Builder {
         "namespace_file",
         "required",
       ]);
+      const account = this.str(v, "account", `${key}.account`);
       users.set(u, {
         name: u,
         groups: this.strings(v, "groups", `${key}.groups`),
         home: this.str(v, "home", `${key}.home`) ?? `/usr/${u}`,
-        account: this.str(v, "account", `${key}.account`) ?? u,
+        account: account ?? u,
+        accountNamed: account !== undefined,
         namespace: this.namespace(v, key),
         required: this.strings(v, "required", `${key}.required`),
         where: this.where(key),

@@ -140,6 +140,12 @@ export interface UserSpec {
    * `cpu` export runs the user's commands as; default NAME.
    */
   account: string;
+  /**
+   * True when the manifest names the account (`account = "…"`) rather than
+   * leaving it to default to NAME: only a named root account lets a `cpu`
+   * export run the user's commands as root.
+   */
+  accountNamed?: boolean;
   /** The user's namespace, in order. */
   namespace: NsEntry[];
   /** Mount points whose entries must succeed at logon. */

@@ -139,14 +139,14 @@ Deno.test({
       const node = await c.ca.issue("cpu", { kind: "node", sans: [ip] });
       await writeCredentials(c.certs("cpu"), "cpu", node.certPem, node.keyPem);
       await Deno.writeTextFile(`${c.certs("cpu")}/ca.pem`, c.ca.certPem);
-      for (const u of ["ferrya", "ferryb", "rooty", "ghost"]) await c.issue(u, "user");
+      for (const u of ["ferrya", "ferryb", "rooty", "root", "ghost"]) await c.issue(u, "user");
       const file = await c.write(`
 [nodes.cpu]
 address = "tcp!${ip}!${port}"
 
 [nodes.cpu.exports.cpu]
 kind = "cpu"
-access = ["ferrya", "rooty", "ghost"]
+access = ["ferrya", "rooty", "root", "ghost"]
 
 [users.ferrya]
 namespace = ""
@@ -156,6 +156,9 @@ namespace = ""
 
 [users.rooty]
 account = "root"
+namespace = ""
+
+[users.root]
 namespace = ""
 
 [users.ghost]
@@ -413,17 +416,21 @@ namespace = ""
       );
       await assert.rejects(Deno.stat(marker));
       assert.match(up.err, /refused 'ferryb' attaching 'cpu'/);
-      // On the list, but mapped to root, or to an account the node lacks: refused at exec.
-      const rooty = await cpu("rooty", ["-c", `touch ${marker}`]);
-      assert.equal(rooty.code, 1);
+      // On the list, but root by name only, or mapped to an account the node lacks: refused at exec.
+      const byName = await cpu("root", ["-c", `touch ${marker}`]);
+      assert.equal(byName.code, 1);
       assert.match(
-        rooty.err,
-        /host account 'root', which is root: cpu never runs a command as root/,
+        byName.err,
+        /user 'root' would run as host account 'root', which is root: cpu runs a command as root only for a user whose manifest entry says account = "root"/,
       );
       const ghost = await cpu("ghost", ["-c", `touch ${marker}`]);
       assert.equal(ghost.code, 1);
       assert.match(ghost.err, /'ferry-no-such-account', which does not exist on node 'cpu'/);
       await assert.rejects(Deno.stat(marker));
+      // Mapped to root by the manifest: runs as root.
+      const rooty = await cpu("rooty", ["-c", "id -u"]);
+      assert.equal(rooty.code, 0, rooty.err);
+      assert.equal(rooty.out.trim(), "0");
 
       // A manifest altered after it was signed: refused, and nothing ran.
       const signedText = await Deno.readTextFile(file);
