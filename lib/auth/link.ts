@@ -446,17 +446,25 @@ export async function followCredentials(
   return h;
 }
 
+const withLatest = new WeakMap<Credentials, WeakMap<Credentials, Credentials>>();
+
 /**
  * The credentials to check a new peer with on a listener that presented
- * `used` in its handshake: the latest on disk, looked at now, when they hold
- * the same certificate and key, so that a CRL written a moment ago (seen
- * first by another thread or a poll not yet due) already counts; else
- * `used` (a renewal under way: the listener takes it up on its own).
+ * `used` in its handshake: the CA and CRL on disk, looked at now, so that a
+ * CRL written a moment ago (seen first by another thread, or before this
+ * thread's next poll) already counts, with `used`'s own certificate and
+ * key (the ones the handshake presented, even while a renewal is taken up).
  */
 export async function freshCreds(src: CredentialWatch, used: Credentials): Promise<Credentials> {
   await src.refresh?.().catch(() => {});
   const now = src.current();
-  return now.cert === used.cert && now.key === used.key ? now : used;
+  if (now.cert === used.cert && now.key === used.key) return now;
+  // One object per pair, so that the CRL's parsed serials stay cached.
+  let m = withLatest.get(now);
+  if (!m) withLatest.set(now, m = new WeakMap());
+  let c = m.get(used);
+  if (!c) m.set(used, c = { ...used, ca: now.ca, crl: now.crl });
+  return c;
 }
 
 /** The current credentials from link options. */
