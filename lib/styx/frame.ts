@@ -61,6 +61,13 @@ export function canReadInto(conn: Conn): conn is ReadIntoConn {
  */
 const IDLE_READ = 1024;
 
+/**
+ * The idle buffer grows, up to this, to hold whole the frames its
+ * connection sends (4 KiB Twrites, say): one read per request rather than
+ * a piece in the idle buffer and the rest in a work buffer.
+ */
+const IDLE_READ_MAX = 16 * 1024;
+
 /** Most bytes read ahead of the frames taken, and the largest frame gathered in a work buffer. */
 const SCRATCH = 64 * 1024;
 /**
@@ -119,6 +126,8 @@ export class FrameReader {
   #end = 0;
   /** This reader's idle buffer ({@link IDLE_READ} bytes), made at the first read. */
   #own: Uint8Array | null = null;
+  /** What the idle buffer grows to when next empty (see {@link IDLE_READ_MAX}). */
+  #ownWant = IDLE_READ;
   /** The last read filled the idle buffer: more is likely waiting, read it into a work buffer. */
   #burst = false;
 
@@ -279,11 +288,12 @@ export class FrameReader {
    * Never called while a read is under way: nothing may move under it.
    */
   #room(): Uint8Array {
-    const own = this.#own ??= new Uint8Array(IDLE_READ);
+    let own = this.#own ??= new Uint8Array(IDLE_READ);
     let buf = this.#buf ?? own;
     if (this.#start === this.#end) {
       this.#start = this.#end = 0;
       if (buf !== own) this.#giveBack();
+      if (own.length < this.#ownWant) own = this.#own = new Uint8Array(this.#ownWant);
       this.#buf = own;
       return own;
     }
@@ -346,6 +356,9 @@ export class FrameReader {
       const p = this.#start;
       const size = (buf[p]! | buf[p + 1]! << 8 | buf[p + 2]! << 16) + buf[p + 3]! * 0x1000000;
       this.#checkSize(size);
+      if (size > this.#ownWant && size <= IDLE_READ_MAX) {
+        this.#ownWant = Math.min(IDLE_READ_MAX, 2 ** Math.ceil(Math.log2(size)));
+      }
       if (size <= SCRATCH) {
         // Small enough for a reused buffer: gather it there, copy it out.
         while (this.#end - this.#start < size) {
