@@ -29,7 +29,7 @@ import { MsgType, NOFID, NOTAG } from "../lib/styx/types.ts";
 import type { Conn } from "../lib/transport/conn.ts";
 import { tcpDial } from "../lib/transport/tcp.ts";
 import { tlsDial } from "../lib/transport/tls.ts";
-import { sh } from "./util.ts";
+import { sh, spawnDiod } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -234,47 +234,14 @@ let diodDir = "";
 async function diodFigures(dir: string): Promise<Figures | null> {
   if (!(await sh("command -v diod || true")).trim()) return null;
   diodDir = dir;
-  const port = freePort();
-  const diod = new Deno.Command("diod", {
-    args: [
-      "-f",
-      "-n",
-      "-N",
-      "-S",
-      "-U",
-      "root",
-      "-e",
-      dir,
-      "-l",
-      `127.0.0.1:${port}`,
-      "-L",
-      "/dev/null",
-    ],
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
+  const { proc: diod, port } = await spawnDiod(dir);
   try {
-    for (let i = 0; i < 100; i++) {
-      try {
-        (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-        break;
-      } catch {
-        await sleep(50);
-      }
-    }
     const srv = { pid: diod.pid, port, stop: () => Promise.resolve() };
     return await measure(srv, () => tcpDial("127.0.0.1", port), 1, true);
   } finally {
     diod.kill("SIGTERM");
     await diod.status;
   }
-}
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const p = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return p;
 }
 
 const tmp = await Deno.makeTempDir({ prefix: "ferry-idle-" });

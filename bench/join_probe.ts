@@ -28,16 +28,10 @@ import { tlsDial } from "../lib/transport/tls.ts";
 import { StyxClient } from "../lib/styx/client.ts";
 import { OREAD } from "../lib/styx/types.ts";
 import { ferryArgv } from "../lib/self.ts";
+import { freePort } from "./util.ts";
 
 const RUNS = Number(Deno.args[0] ?? 20);
 const WATCHERS = Number(Deno.args[1] ?? 200);
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const p = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return p;
-}
 
 function pct(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);

@@ -23,7 +23,7 @@ import { StyxClient } from "../lib/styx/client.ts";
 import { dialConn } from "../lib/net/connect.ts";
 import { OREAD } from "../lib/styx/types.ts";
 import { ferryArgv } from "../lib/self.ts";
-import { median } from "./util.ts";
+import { median, spawnDiod } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -62,17 +62,6 @@ async function timeCmd(cmd: string, args: string[]): Promise<{ ms: number; lines
   for (const b of o.stdout) if (b === 10) lines++;
   return { ms, lines };
 }
-async function waitPort(port: number): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      return;
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  throw new Error(`nothing listening on port ${port}`);
-}
 
 const dir = await Deno.makeTempDir({ prefix: "ferry-listing-" });
 const big = `${dir}/big`;
@@ -95,28 +84,9 @@ const addr = banner.match(/(tcp!\S+)/)![1]!;
 let diod: Deno.ChildProcess | undefined;
 let diodAddr = "";
 if (await which("diod") && await which("diodls")) {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  diod = new Deno.Command("diod", {
-    args: [
-      "-f",
-      "-n",
-      "-N",
-      "-S",
-      "-U",
-      "root",
-      "-e",
-      dir,
-      "-l",
-      `127.0.0.1:${port}`,
-      "-L",
-      "/dev/null",
-    ],
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  await waitPort(port);
+  const started = await spawnDiod(dir);
+  diod = started.proc;
+  const port = started.port;
   diodAddr = `127.0.0.1:${port}`;
 }
 

@@ -17,15 +17,9 @@ import { applyNamespace, logon } from "../lib/manifest/apply.ts";
 import { checkManifest } from "../lib/manifest/check.ts";
 import { loadText } from "../lib/manifest/load.ts";
 import { ferryArgv } from "../lib/self.ts";
+import { freePort } from "./util.ts";
 
 const RUNS = Number(Deno.args[0] ?? 20);
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const p = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return p;
-}
 
 function pct(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);

@@ -36,7 +36,7 @@ import { ferryArgv } from "../lib/self.ts";
 import { CertificateAuthority } from "../lib/auth/ca.ts";
 import { dialConn } from "../lib/net/connect.ts";
 import type { Conn } from "../lib/transport/conn.ts";
-import { median } from "./util.ts";
+import { median, spawnDiod } from "./util.ts";
 
 const { values, positionals } = parseArgs({
   args: Deno.args,
@@ -263,25 +263,6 @@ async function runClients(addr: string, pid: number, extra: string[]): Promise<F
   }
 }
 
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const p = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return p;
-}
-
-async function waitPort(port: number): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      return;
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  throw new Error(`nothing listening on port ${port}`);
-}
-
 interface Server {
   addr: string;
   proc: Deno.ChildProcess;
@@ -384,26 +365,9 @@ async function main(): Promise<void> {
         runClients(tls.addr, tls.proc.pid, ["--proto", "9P2000", "--certs", `${tmp}/user`]);
     }
     if (await has("diod")) {
-      const port = freePort();
-      diod = new Deno.Command("diod", {
-        args: [
-          "-f",
-          "-n",
-          "-N",
-          "-S",
-          "-U",
-          "root",
-          "-e",
-          data,
-          "-l",
-          `127.0.0.1:${port}`,
-          "-L",
-          "/dev/null",
-        ],
-        stdout: "null",
-        stderr: "null",
-      }).spawn();
-      await waitPort(port);
+      const started = await spawnDiod(data);
+      diod = started.proc;
+      const port = started.port;
       const pid = diod.pid;
       runs.diod = () =>
         runClients(`tcp!127.0.0.1!${port}`, pid, ["--proto", "9P2000.L", "--aname", data]);

@@ -28,7 +28,7 @@
 
 import { parseArgs } from "node:util";
 import { ferryArgv } from "../lib/self.ts";
-import { median } from "./util.ts";
+import { freePort, median, spawnDiod, waitPort } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -221,25 +221,6 @@ interface Server {
   stop(): Promise<void>;
 }
 
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const p = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return p;
-}
-
-async function waitPort(port: number): Promise<void> {
-  for (let i = 0; i < 200; i++) {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      return;
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  throw new Error(`nothing listening on port ${port}`);
-}
-
 function stopper(p: Deno.ChildProcess): () => Promise<void> {
   return async () => {
     try {
@@ -281,26 +262,7 @@ async function which(cmd: string): Promise<string | null> {
 
 async function diod(dir: string): Promise<Server | null> {
   if (!(await which("diod"))) return null;
-  const port = freePort();
-  const p = new Deno.Command("diod", {
-    args: [
-      "-f",
-      "-n",
-      "-N",
-      "-S",
-      "-U",
-      "root",
-      "-e",
-      dir,
-      "-l",
-      `127.0.0.1:${port}`,
-      "-L",
-      "/dev/null",
-    ],
-    stdout: "null",
-    stderr: "null",
-  }).spawn();
-  await waitPort(port);
+  const { proc: p, port } = await spawnDiod(dir);
   return { name: "diod", port, dotL: true, aname: dir, pid: p.pid, stop: stopper(p) };
 }
 

@@ -22,7 +22,7 @@
 
 import { parseArgs } from "node:util";
 import { ferryArgv } from "../lib/self.ts";
-import { median } from "./util.ts";
+import { freePort, median, spawnDiod, waitPort } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -114,13 +114,6 @@ function rssOf(pid: number): number {
   return o.success && kib > 0 ? kib / 1024 : NaN;
 }
 
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const p = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return p;
-}
-
 async function makeData(dir: string): Promise<void> {
   const big = await Deno.open(`${dir}/big`, { write: true, create: true, truncate: true });
   const chunk = new Uint8Array(4 * 1024 * 1024);
@@ -206,26 +199,7 @@ async function styxSection(dir: string): Promise<void> {
 
     // (d) diod with diodcat, same files, same run.
     if (await which("diod") && await which("diodcat")) {
-      const port = freePort();
-      const diod = new Deno.Command("diod", {
-        args: [
-          "-f",
-          "-n",
-          "-N",
-          "-S",
-          "-U",
-          "root",
-          "-e",
-          dir,
-          "-l",
-          `127.0.0.1:${port}`,
-          "-L",
-          "/dev/null",
-        ],
-        stdout: "null",
-        stderr: "null",
-      }).spawn();
-      await waitPort(port);
+      const { proc: diod, port } = await spawnDiod(dir);
       try {
         const s = `127.0.0.1:${port}`;
         const names = Array.from({ length: FILES }, (_, i) => `small/f${i}`);
@@ -387,18 +361,6 @@ async function which(cmd: string): Promise<boolean> {
   } catch {
     return false;
   }
-}
-
-async function waitPort(port: number): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    try {
-      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
-      return;
-    } catch {
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-  throw new Error(`nothing listening on port ${port}`);
 }
 
 async function probe(name: string, script: string, args: string[] = []): Promise<void> {

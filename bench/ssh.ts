@@ -19,6 +19,8 @@
  * @module
  */
 
+import { freePort } from "./util.ts";
+
 const dec = new TextDecoder();
 
 /** A running throwaway sshd and how to reach it. */
@@ -97,13 +99,6 @@ export async function ensureOpenSsh(): Promise<void> {
     "installing OpenSSH",
   );
   if (!(await sshdPath())) throw new Error("installing OpenSSH: sshd is still missing");
-}
-
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const p = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return p;
 }
 
 async function waitFor(what: string, ok: () => Promise<boolean>, ms = 10_000): Promise<void> {

@@ -54,3 +54,53 @@ export function printRows(
   console.log("|---|---|---|---|");
   for (const c of cells) console.log(`| ${c.join(" | ")} |`);
 }
+
+/** A loopback TCP port nobody listens on at this moment. */
+export function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const p = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return p;
+}
+
+/** Wait (10 s at most) until something accepts connections on 127.0.0.1:`port`. */
+export async function waitPort(port: number): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    try {
+      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+      return;
+    } catch {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+  throw new Error(`nothing listening on port ${port}`);
+}
+
+/**
+ * diod exporting `dir` on a free loopback port, in the foreground, with no
+ * authentication and every user squashed to root, as the probes compare it;
+ * returned once it accepts connections. The caller stops it.
+ */
+export async function spawnDiod(dir: string): Promise<{ proc: Deno.ChildProcess; port: number }> {
+  const port = freePort();
+  const proc = new Deno.Command("diod", {
+    args: [
+      "-f",
+      "-n",
+      "-N",
+      "-S",
+      "-U",
+      "root",
+      "-e",
+      dir,
+      "-l",
+      `127.0.0.1:${port}`,
+      "-L",
+      "/dev/null",
+    ],
+    stdout: "null",
+    stderr: "null",
+  }).spawn();
+  await waitPort(port);
+  return { proc, port };
+}
