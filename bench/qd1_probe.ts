@@ -19,6 +19,7 @@
  *
  *   deno run -A bench/qd1_probe.ts [--n 3000] [--reps 3] [--json]
  *     [--before DIR]   also a Ferry row served from the checkout in DIR
+ *     [--one-cpu]      this process and every server on CPU 0
  *     [--detail]       each figure's CPU (user and system) and 10th percentile
  *     [--also FILE]    also a row for the Deno script FILE, which must print
  *                      "tcp!HOST!PORT" first (a floor for experiments)
@@ -39,12 +40,22 @@ const { values } = parseArgs({
     also: { type: "string", multiple: true },
     detail: { type: "boolean" },
     json: { type: "boolean" },
+    "one-cpu": { type: "boolean" },
   },
 });
 const N = Number(values.n);
 const REPS = Math.max(1, Number(values.reps));
 if (!Number.isInteger(N) || N < 20) throw new Error(`Bad value for --n: '${values.n}'`);
 const MSIZE = 8216;
+
+// --one-cpu: this process, and so every server it starts, on CPU 0. On this
+// kind of machine a round trip between two CPUs pays for waking the idle
+// one, and whether client and server share a CPU is the scheduler's choice;
+// on one CPU the figure is the servers' own cost.
+const ONE_CPU = values["one-cpu"] === true &&
+  new Deno.Command("taskset", { args: ["-a", "-p", "-c", "0", String(Deno.pid)], stdout: "null" })
+    .outputSync().success;
+const WHERE = ONE_CPU ? "everything on one CPU, " : "";
 const BATCH = 20;
 
 const enc = new TextEncoder();
@@ -426,7 +437,7 @@ try {
     const fig = FIGURES[f]!;
     for (let i = 1; i < servers.length; i++) {
       row(
-        `QD1 ${label[fig]}, msize ${MSIZE}, µs per RPC, median (10th percentile)`,
+        `QD1 ${label[fig]}, msize ${MSIZE}, ${WHERE}µs per RPC, median (10th percentile)`,
         `${f1(us[0]![f]!)} (${f1(p10[0]![f]!)})`,
         `${servers[i]!.name} ${f1(us[i]![f]!)} (${f1(p10[i]![f]!)})`,
         `${(us[0]![f]! / us[i]![f]!).toFixed(2)}x (${(p10[0]![f]! / p10[i]![f]!).toFixed(2)}x)`,
@@ -435,7 +446,7 @@ try {
     if (servers.length === 1) row(`QD1 ${label[fig]}, µs per RPC`, f1(us[0]![f]!), "-", "");
   }
   row(
-    "QD1 server user CPU, µs per RPC (all three figures)",
+    `QD1 server user CPU, ${WHERE}µs per RPC (all three figures)`,
     f1(cpu[0]!),
     servers.slice(1).map((s, i) => `${s.name} ${f1(cpu[i + 1]!)}`).join(", ") || "-",
     "",

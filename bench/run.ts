@@ -422,7 +422,10 @@ try {
     await tableProbe("listing", "listing_probe.ts", ["--reps", String(REPS)]);
   }
   if (want("many")) await tableProbe("many", "many_probe.ts", ["--reps", String(REPS), "--tls"]);
-  if (want("qd1")) await tableProbe("qd1", "qd1_probe.ts", ["--reps", String(REPS)]);
+  if (want("qd1")) {
+    await tableProbe("qd1", "qd1_probe.ts", ["--reps", String(REPS)]);
+    await tableProbe("qd1", "qd1_probe.ts", ["--reps", String(REPS), "--one-cpu"]);
+  }
   if (want("tls")) {
     await probe("tls", "tls_probe.ts");
     await tableProbe("tls", "sftp_probe.ts", [
