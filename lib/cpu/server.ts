@@ -330,8 +330,12 @@ class CpuSession {
         `user '${user}' runs as host account '${spec.account}', which does not exist on node '${this.opts.node}'`,
       );
     }
-    // Root only by the manifest's own word, never by a user's name.
-    if (account.uid === 0 && !spec.accountNamed) {
+    // Root only by the manifest's own word (account = "root"), never by a
+    // user's name, a numeric name or another account that is uid 0 here.
+    if (
+      account.uid === 0 &&
+      !(spec.accountNamed && spec.account === "root" && account.name === "root")
+    ) {
       throw new StyxError(
         `user '${user}' would run as host account '${account.name}', which is root: cpu runs a command as root only for a user whose manifest entry says account = "${account.name}"`,
       );
@@ -509,9 +513,11 @@ async function startHelper(
     // Once the helper is connected its socket's directory has done its work.
     const conn = l.accept().finally(dispose);
     conn.catch(() => {});
-    // A new session, so the command's process group is its own to signal;
-    // its own mount namespace, so the mounts it makes are seen by nobody else.
-    const inner = ["unshare", "--mount", "--propagation", "private", "--", ...ferry, "cpu"];
+    // A new session, so the command's process group is its own to signal.
+    // The helper makes its private mount namespace when its job comes (see
+    // runInView): made now, a spare's would be a copy of the node's mounts
+    // as they were when it started.
+    const inner = [...ferry, "cpu"];
     inner.push("--session", sock);
     const argv = pty
       ? [

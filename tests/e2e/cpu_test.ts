@@ -248,6 +248,26 @@ namespace = ""
       assert.equal(lines[0], "1");
       assert.equal(lines[299999], "300000");
 
+      // Something mounted on the node after its spare helper started is
+      // seen by the next command: the helper's view is made when its job
+      // comes, not when it started.
+      await new Promise((r) => setTimeout(r, 2000));
+      const nodePid =
+        (await run("pgrep", ["-o", "-f", "--", `--node cpu --certs ${c.certs("cpu")}`]))
+          .trim();
+      const late = `${c.dir}/late`;
+      await run("nsenter", [
+        "-t",
+        nodePid,
+        "-m",
+        "sh",
+        "-c",
+        `mkdir -p ${late} && mount -t tmpfs ferry-late ${late} && echo mounted late > ${late}/hello`,
+      ]);
+      const lateRead = await cpu("ferrya", ["-c", `cat ${late}/hello`]);
+      assert.equal(lateRead.code, 0, lateRead.err);
+      assert.equal(lateRead.out, "mounted late\n");
+
       // A command killed by a signal: the status says so as a shell would.
       const killed = await cpu("ferrya", ["-c", "kill -KILL $$"]);
       assert.equal(killed.code, 128 + 9, killed.err);
