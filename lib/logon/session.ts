@@ -164,6 +164,10 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
   const mounts: FuseMount[] = [];
   let tuning: Promise<unknown> = Promise.resolve();
   try {
+    // Programs this thread starts are found now: once the view is
+    // mounted, a PATH directory may lie under a FUSE mount only this
+    // thread can answer, while it waits for the spawn.
+    resolveTools(["unshare", "stat"]);
     enterPrivateMountNamespace();
     view = buildView(planView([...nodes.keys()]), stage);
     const v = view;
@@ -195,6 +199,28 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
   }
 }
 
+const tools = new Map<string, string>();
+
+/** Find each of `names` along PATH now (synchronously), for {@link tool}. */
+function resolveTools(names: string[]): void {
+  const dirs = (Deno.env.get("PATH") ?? "/usr/local/bin:/usr/bin:/bin").split(":");
+  for (const n of names) {
+    for (const d of dirs) {
+      try {
+        if (d && Deno.statSync(`${d}/${n}`).isFile) {
+          tools.set(n, `${d}/${n}`);
+          break;
+        }
+      } catch { /* not here */ }
+    }
+  }
+}
+
+/** The path {@link resolveTools} found for `name`, else `name` itself. */
+function tool(name: string): string {
+  return tools.get(name) ?? name;
+}
+
 /** Kernel readahead for the mounts, in KiB (as mountTree's default). */
 const READAHEAD_KB = 4096;
 
@@ -205,7 +231,7 @@ const READAHEAD_KB = 4096;
  */
 async function setReadahead(at: string, kb: number): Promise<void> {
   try {
-    const o = await new Deno.Command("stat", {
+    const o = await new Deno.Command(tool("stat"), {
       args: ["-c", "%d", at],
       stdin: "null",
       stdout: "piped",
@@ -282,7 +308,7 @@ async function spawnAs(
   ];
   let child: Deno.ChildProcess;
   try {
-    child = new Deno.Command(args[0]!, {
+    child = new Deno.Command(tool(args[0]!), {
       args: args.slice(1),
       env,
       clearEnv: true,

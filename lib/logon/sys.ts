@@ -49,10 +49,12 @@ function mount(src: string | null, target: string, type: string | null, flags: n
  * private propagation. Nothing mounted from here on is seen by other
  * processes, and processes spawned from here on start in it.
  *
- * unshare(2) acts on the calling thread only: Deno's other threads, where
- * asynchronous file operations run, stay in the old namespace. So
- * everything that must see the private mounts is done with synchronous
- * calls (and in child processes); asynchronous ones see the host's view.
+ * unshare(2) acts on the calling thread only: Deno's threads that exist
+ * already, where asynchronous file operations run, stay in the old
+ * namespace, while threads started later from this one join the new one.
+ * So everything that must see the private mounts is done with synchronous
+ * calls (and in child processes), and nothing may count on which view an
+ * asynchronous call sees.
  */
 export function enterPrivateMountNamespace(): void {
   check(lib().unshare(CLONE_NEWNS), "cannot make a private mount namespace");
