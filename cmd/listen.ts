@@ -138,7 +138,16 @@ async function startWorkers(n: number, job: LoopJob, failed: (msg: string) => vo
         w.onmessage = (e: MessageEvent<FromWorker>) => {
           if ("ready" in e.data) resolve();
           else if ("failed" in e.data) reject(new Error(e.data.failed));
-          else stopped.get(w)?.();
+          else {
+            const told = stopped.get(w);
+            // A thread that stops unasked (its listener lost) ends them all:
+            // serving on fewer threads would go unnoticed.
+            if (told) told();
+            else {
+              stopped.set(w, () => {});
+              failed("a serving thread stopped listening");
+            }
+          }
         };
         w.onerror = (e) => {
           e.preventDefault();
