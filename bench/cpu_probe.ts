@@ -23,7 +23,7 @@ import { parseArgs } from "node:util";
 import { writeCredentials } from "../lib/auth/ca.ts";
 import { freePort, makeCluster } from "../tests/manifest/cluster.ts";
 import { makeHosts } from "../tests/e2e/hosts.ts";
-import { median, printRows, sh, timed } from "./util.ts";
+import { median, printRows, sh, startNode, timed } from "./util.ts";
 import { startProbeSshd } from "./ssh.ts";
 
 const { values } = parseArgs({
@@ -39,7 +39,6 @@ const RUNS = Number(values.runs);
 const MIB = Number(values.mib);
 const REPO = new URL("..", import.meta.url).pathname;
 const FERRY = `${REPO}cmd/ferry.ts`;
-const dec = new TextDecoder();
 
 const missing = ["sshd", "ssh", "unshare", "setpriv", "setsid", "ip"].filter((c) =>
   !new Deno.Command("sh", { args: ["-c", `command -v ${c}`], stdout: "null" }).outputSync().success
@@ -85,39 +84,23 @@ access = ["ferrybench"]
 [users.ferrybench]
 namespace = ""
 `);
-  const up = new Deno.Command("ip", {
-    args: [
-      "netns",
-      "exec",
-      hosts.ns("cpu"),
-      Deno.execPath(),
-      "run",
-      "--allow-all",
-      FERRY,
-      "up",
-      file,
-      "--node",
-      "cpu",
-      "--certs",
-      c.certs("cpu"),
-      "--poll",
-      "0",
-    ],
-    stdout: "piped",
-    stderr: "null",
-  }).spawn();
-  cleanups.push(async () => {
-    up.kill("SIGTERM");
-    await up.status;
-  });
-  const r = up.stdout.getReader();
-  for (let buf = ""; !/listening/.test(buf);) {
-    const { value, done } = await r.read();
-    if (done) throw new Error("ferry up ended");
-    buf += dec.decode(value);
-  }
-  r.releaseLock();
-  up.stdout.cancel().catch(() => {});
+  await startNode("ip", [
+    "netns",
+    "exec",
+    hosts.ns("cpu"),
+    Deno.execPath(),
+    "run",
+    "--allow-all",
+    FERRY,
+    "up",
+    file,
+    "--node",
+    "cpu",
+    "--certs",
+    c.certs("cpu"),
+    "--poll",
+    "0",
+  ], cleanups);
 
   // A throwaway sshd on the same host.
   const sshPort = 2222;

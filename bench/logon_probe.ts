@@ -22,7 +22,7 @@
 import { parseArgs } from "node:util";
 import { writeCredentials } from "../lib/auth/ca.ts";
 import { freePort, makeCluster } from "../tests/manifest/cluster.ts";
-import { median, printRows, sh, timed } from "./util.ts";
+import { median, printRows, sh, startNode, timed } from "./util.ts";
 import { startProbeSshd } from "./ssh.ts";
 
 const { values } = parseArgs({
@@ -38,7 +38,6 @@ const RUNS = Number(values.runs);
 const FILES = Number(values.files);
 const REPO = new URL("..", import.meta.url).pathname;
 const FERRY = `${REPO}cmd/ferry.ts`;
-const dec = new TextDecoder();
 
 const missing = ["sshd", "ssh", "sshfs", "sudo", "git", "unshare", "setpriv"].filter((c) =>
   !new Deno.Command("sh", { args: ["-c", `command -v ${c}`], stdout: "null" }).outputSync().success
@@ -99,35 +98,19 @@ access = ["ferrybench"]
 [users.ferrybench]
 namespace = "mount files!src /n/files"
 `);
-  const up = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-all",
-      FERRY,
-      "up",
-      file,
-      "--node",
-      "files",
-      "--certs",
-      c.certs("files"),
-      "--poll",
-      "0",
-    ],
-    stdout: "piped",
-    stderr: "null",
-  }).spawn();
-  cleanups.push(async () => {
-    up.kill("SIGTERM");
-    await up.status;
-  });
-  const r = up.stdout.getReader();
-  for (let buf = ""; !/listening/.test(buf);) {
-    const { value, done } = await r.read();
-    if (done) throw new Error("ferry up ended");
-    buf += dec.decode(value);
-  }
-  r.releaseLock();
-  up.stdout.cancel().catch(() => {});
+  await startNode(Deno.execPath(), [
+    "run",
+    "--allow-all",
+    FERRY,
+    "up",
+    file,
+    "--node",
+    "files",
+    "--certs",
+    c.certs("files"),
+    "--poll",
+    "0",
+  ], cleanups);
 
   // A throwaway sshd for plain logins and sshfs, and a second one whose
   // ForceCommand is ferry logon.

@@ -104,3 +104,27 @@ export async function spawnDiod(dir: string): Promise<{ proc: Deno.ChildProcess;
   await waitPort(port);
   return { proc, port };
 }
+
+/**
+ * Start `cmd args` (a `ferry up`), have `cleanups` stop it, and wait until
+ * it prints that it is listening.
+ */
+export async function startNode(
+  cmd: string,
+  args: string[],
+  cleanups: (() => Promise<unknown>)[],
+): Promise<void> {
+  const up = new Deno.Command(cmd, { args, stdout: "piped", stderr: "null" }).spawn();
+  cleanups.push(async () => {
+    up.kill("SIGTERM");
+    await up.status;
+  });
+  const r = up.stdout.getReader();
+  for (let buf = ""; !/listening/.test(buf);) {
+    const { value, done } = await r.read();
+    if (done) throw new Error("ferry up ended");
+    buf += dec.decode(value);
+  }
+  r.releaseLock();
+  up.stdout.cancel().catch(() => {});
+}
