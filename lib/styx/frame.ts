@@ -110,8 +110,6 @@ export class FrameReader {
   #eof = false;
   /** A read under way that {@link readAhead} started. */
   #filling: Promise<boolean> | null = null;
-  /** When the frame being gathered must be complete (0: no deadline yet). */
-  #deadline = 0;
   #timer: ReturnType<typeof setTimeout> | undefined;
   #timedOut = false;
   #inNext = false;
