@@ -115,6 +115,43 @@ function checkPortFree(addr: string): void {
   }
 }
 
+/**
+ * Hold a lock of this user's for `addr`'s port while `fn` checks that the
+ * port is free and binds it. Listeners sharing a port must belong to one
+ * user, so two `ferry listen` of that user started at once could otherwise
+ * both find the port free and both bind it. Without a private place for
+ * the lock (a runtime directory owned by someone else), `fn` runs unlocked.
+ */
+async function withPortLock<T>(addr: string, fn: () => Promise<T>): Promise<T> {
+  const a = parseDialString(addr, { net: "tcp", service: "styx" });
+  if (a.port === 0) return await fn();
+  const uid = Deno.uid() ?? 0;
+  const dir = `${Deno.env.get("XDG_RUNTIME_DIR") || "/tmp"}/ferry-${uid}`;
+  let file: Deno.FsFile | undefined;
+  try {
+    await Deno.mkdir(dir, { mode: 0o700 }).catch((e) => {
+      if (!(e instanceof Deno.errors.AlreadyExists)) throw e;
+    });
+    const st = await Deno.lstat(dir);
+    if (st.isDirectory && st.uid === uid && ((st.mode ?? 0) & 0o022) === 0) {
+      file = await Deno.open(`${dir}/listen-${a.port}.lock`, {
+        write: true,
+        create: true,
+        mode: 0o600,
+      });
+      await file.lock(true);
+    }
+  } catch {
+    file?.close();
+    file = undefined;
+  }
+  try {
+    return await fn();
+  } finally {
+    file?.close();
+  }
+}
+
 /** `addr` with the port `bound` (a dial string) says was chosen. */
 function withBoundPort(addr: string, bound: string): string {
   const a = parseDialString(addr, { net: "tcp", service: "styx" });
@@ -207,7 +244,6 @@ export async function run(args: string[]): Promise<number> {
       }
       threads = 1;
     }
-    if (threads > 1) checkPortFree(addr);
     const job: LoopJob = {
       addr,
       dir,
@@ -221,34 +257,40 @@ export async function run(args: string[]): Promise<number> {
       ...loopShares(bounds.maxConns),
       shared: threads > 1,
     };
-    // This thread's loop binds first, so the others take the port it was given.
-    const loop: Loop = await startLoop(job);
     let workers: Worker[] = [];
     let status = 0;
     const told: Promise<void>[] = [];
+    let loop: Loop | undefined;
     const stop = () => {
-      loop.close();
+      loop?.close();
       for (const w of workers) {
         if (stopped.has(w)) continue;
         told.push(new Promise<void>((r) => stopped.set(w, r)));
         w.postMessage({ stop: true });
       }
     };
-    try {
-      workers = await startWorkers(
-        threads - 1,
-        { ...job, addr: withBoundPort(addr, loop.addr) },
-        (msg) => {
-          console.error(`listen: ${msg}`);
-          status = 1;
-          stop();
-        },
-      );
-    } catch (e) {
-      loop.close();
-      await loop.done;
-      throw e;
-    }
+    const bind = async (): Promise<Loop> => {
+      if (threads > 1) checkPortFree(addr);
+      // This thread's loop binds first, so the others take the port it was given.
+      const first = loop = await startLoop(job);
+      try {
+        workers = await startWorkers(
+          threads - 1,
+          { ...job, addr: withBoundPort(addr, first.addr) },
+          (msg) => {
+            console.error(`listen: ${msg}`);
+            status = 1;
+            stop();
+          },
+        );
+      } catch (e) {
+        first.close();
+        await first.done;
+        throw e;
+      }
+      return first;
+    };
+    loop = threads > 1 ? await withPortLock(addr, bind) : await bind();
     if (insecure) warnInsecure("listen");
     console.log(`listening on ${loop.addr}`);
     Deno.addSignalListener("SIGINT", stop);

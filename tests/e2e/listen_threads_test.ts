@@ -242,3 +242,42 @@ Deno.test("listen threads: a bad --threads is refused, naming the value", async 
     assert.match(dec.decode(o.stderr), new RegExp(`--threads '${value}' is not a whole number`));
   }
 });
+
+Deno.test("listen threads: of two listeners started at once on one port, one serves and the other is refused", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ferry-threads-" });
+  const [exe, ...pre] = ferryArgv();
+  try {
+    for (let round = 0; round < 8; round++) {
+      const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+      const port = (probe.addr as Deno.NetAddr).port;
+      probe.close();
+      const both = [0, 1].map(() =>
+        new Deno.Command(exe!, {
+          args: [...pre, "listen", "-A", "--threads", "2", `tcp!127.0.0.1!${port}`, dir],
+          stdin: "null",
+          stdout: "piped",
+          stderr: "piped",
+        }).spawn()
+      );
+      const outcomes = await Promise.all(both.map(async (child) => {
+        const err = new Response(child.stderr).text();
+        const first = await child.stdout.getReader().read();
+        const listening = !first.done && /listening on/.test(dec.decode(first.value));
+        return { child, listening, err };
+      }));
+      for (const o of outcomes) if (o.listening) o.child.kill("SIGTERM");
+      for (const o of outcomes) {
+        await o.child.stdout.cancel().catch(() => {});
+        await o.child.status;
+      }
+      assert.equal(
+        outcomes.filter((o) => o.listening).length,
+        1,
+        `round ${round}: ${outcomes.filter((o) => o.listening).length} listeners on port ${port}`,
+      );
+      assert.match(await outcomes.find((o) => !o.listening)!.err, /cannot announce .*in use/i);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
