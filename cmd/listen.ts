@@ -116,8 +116,8 @@ function checkPortFree(addr: string): void {
 }
 
 /**
- * Hold a lock of this user's for `addr`'s port while `fn` checks that the
- * port is free and binds it. Listeners sharing a port must belong to one
+ * Hold this user's listen lock while `fn` checks that `addr`'s port is free
+ * and binds it. Listeners sharing a port must belong to one
  * user, so two `ferry listen` of that user started at once could otherwise
  * both find the port free and both bind it. Without a private place for
  * the lock (a runtime directory owned by someone else), `fn` runs unlocked.
@@ -134,7 +134,8 @@ async function withPortLock<T>(addr: string, fn: () => Promise<T>): Promise<T> {
     });
     const st = await Deno.lstat(dir);
     if (st.isDirectory && st.uid === uid && ((st.mode ?? 0) & 0o022) === 0) {
-      file = await Deno.open(`${dir}/listen-${a.port}.lock`, {
+      // One lock for all ports: binds are brief, and files per port would pile up.
+      file = await Deno.open(`${dir}/listen.lock`, {
         write: true,
         create: true,
         mode: 0o600,
