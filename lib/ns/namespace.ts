@@ -227,18 +227,6 @@ function isMiss(r: WalkResult): boolean {
   return r.node === undefined && r.qids.length === 0;
 }
 
-/** A node that can say at once, with no walk, that a name is not in it. */
-interface Lacks {
-  /** True only when `name` is certainly not there for the caller; false says nothing. */
-  lacks(name: string, opts?: OpOptions): boolean;
-}
-
-/** True when `node` says at once that `name` is not in it: a union skips it without a walk. */
-function lacks(node: Node, name: string, opts?: OpOptions): boolean {
-  const f = (node as Node & Partial<Lacks>).lacks;
-  return f !== undefined && f.call(node, name, opts);
-}
-
 /**
  * {@link walkChunked} in one member of a union: a missing first name is a
  * miss (`{ qids: [] }`), asked for without an exception where the tree can.
@@ -527,7 +515,7 @@ class Engine {
           mountQid ??= n.qid;
           const here = known?.[slot];
           slot++;
-          if (here ? !here.has(name) : lacks(n, name, opts)) continue;
+          if (here ? !here.has(name) : n.lacks?.(name, opts) === true) continue;
           let r: WalkResult;
           try {
             r = await tryWalkChunked(n, below ??= run.slice(np + 1), opts);

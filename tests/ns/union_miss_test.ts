@@ -223,3 +223,26 @@ Deno.test("a union member that lacked a name answers for it as soon as it has it
     await ns.close();
   }
 });
+
+Deno.test("lacks: a memory tree says at once only that a name is certainly not there", async () => {
+  const mem = new MemTree({ owner: "glenda" });
+  await mem.writeFile("/d/f", "x");
+  await mem.mkdirp("/closed", 0o700);
+  const root = await mem.attach({ user: "glenda" }, "");
+  const d = (await root.walk(["d"])).node!;
+  const f = (await d.walk(["f"])).node!;
+  const closed = (await root.walk(["closed"])).node!;
+  try {
+    assert.equal(d.lacks!("nowhere"), true);
+    assert.equal(d.lacks!("f"), false);
+    for (const odd of ["..", ".", "", "a/b"]) assert.equal(d.lacks!(odd), false, odd);
+    // Not a directory: a walk must say so, not a skip.
+    assert.equal(f.lacks!("x"), false);
+    // The owner may search it; another caller may not, and is told so by a walk.
+    assert.equal(closed.lacks!("x"), true);
+    assert.equal(closed.lacks!("x", { caller: { user: "other" } }), false);
+    await assert.rejects(closed.walk(["x"], { caller: { user: "other" } }), new RegExp(Ename.perm));
+  } finally {
+    for (const n of [f, d, closed, root]) await n.close();
+  }
+});
