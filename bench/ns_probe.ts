@@ -5,7 +5,8 @@
  * same run. Peer: the no-mount namespace over the same in-memory tree
  * (target: at most 2x slower for any member).
  *
- * Run: deno run --allow-read --allow-env bench/ns_probe.ts [seconds-per-round] [--json]
+ * Run: deno run --allow-read --allow-env bench/ns_probe.ts [SECS] [--json]
+ * (each case walks for about 5 x SECS seconds, in 50 turns taken in rotation).
  *
  * @module
  */
