@@ -414,9 +414,9 @@ try {
     await styxSection(dir);
   }
   if (want("ns")) {
-    await probe("ns", "ns_probe.ts");
+    await tableProbe("ns", "ns_probe.ts");
     await probe("ns", "ls_probe.ts");
-    await probe("ns", "union_probe.ts", ["--reps", String(REPS)]);
+    await tableProbe("ns", "union_probe.ts", ["--reps", String(REPS)]);
   }
   if (want("listing")) {
     await tableProbe("listing", "listing_probe.ts", ["--reps", String(REPS)]);

@@ -6,7 +6,7 @@
  * asked first, a round trip each. Peer: the same names in one remote
  * directory. Each member is a `ferry listen -A` child process.
  *
- * deno run -A bench/union_probe.ts [--names 400] [--reps 3]
+ * deno run -A bench/union_probe.ts [--names 400] [--reps 3] [--json]
  *
  * @module
  */
@@ -21,7 +21,11 @@ import { median } from "./util.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
-  options: { names: { type: "string", default: "400" }, reps: { type: "string", default: "3" } },
+  options: {
+    names: { type: "string", default: "400" },
+    reps: { type: "string", default: "3" },
+    json: { type: "boolean" },
+  },
 });
 const N = Number(values.names);
 const REPS = Math.max(1, Number(values.reps));
@@ -89,11 +93,22 @@ try {
     plain.push(await lsl("/p", true));
   }
   const o = median(open), c = median(closed), p = median(plain);
-  console.log(
-    `list + stat ${N} names, 4 remote members: ${o.toFixed(0)} ms with the listing open, ` +
-      `${c.toFixed(0)} ms with it closed first; one remote dir: ${p.toFixed(0)} ms ` +
-      `(${(o / p).toFixed(2)}x and ${(c / p).toFixed(2)}x)`,
-  );
+  if (values.json) {
+    const what = `list + stat ${N} names, union of 4 remote members, ms (median of ${REPS})`;
+    const peer = `one remote dir ${p.toFixed(0)}`;
+    console.log(
+      JSON.stringify([`${what}, listing open`, o.toFixed(0), peer, `${(o / p).toFixed(2)}x`]),
+    );
+    console.log(
+      JSON.stringify([`${what}, listing closed`, c.toFixed(0), peer, `${(c / p).toFixed(2)}x`]),
+    );
+  } else {
+    console.log(
+      `list + stat ${N} names, 4 remote members: ${o.toFixed(0)} ms with the listing open, ` +
+        `${c.toFixed(0)} ms with it closed first; one remote dir: ${p.toFixed(0)} ms ` +
+        `(${(o / p).toFixed(2)}x and ${(c / p).toFixed(2)}x)`,
+    );
+  }
   await ns.close();
   for (const d of dials) d.close();
 } finally {

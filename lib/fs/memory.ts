@@ -361,6 +361,19 @@ class MemNode implements Node {
     return this.#walk(names, opts, true);
   }
 
+  /**
+   * True when `name` is certainly not in this directory for the caller, told
+   * at once: a union skips this member without a walk. False says nothing
+   * (not a directory, not searchable, or a name a walk treats specially).
+   */
+  lacks(name: string, opts?: OpOptions): boolean {
+    const e = this.entry;
+    const c = e.children;
+    return c !== null && !e.removed && !c.has(name) && name !== ".." && name !== "." &&
+      name !== "" && !name.includes("/") &&
+      (access(e, opts?.caller ?? this.caller) & AEXEC) !== 0;
+  }
+
   #walk(names: string[], opts: OpOptions | undefined, miss: boolean): Promise<WalkResult> {
     const other = this.#for(opts);
     if (other) return other.#walk(names, opts, miss);

@@ -142,6 +142,13 @@ export interface Node {
    * it should cost no exception. Any other failure still throws.
    */
   tryWalk?(names: string[], opts?: OpOptions): Promise<WalkResult>;
+  /**
+   * Optional: true when `name` is certainly not in this directory for the
+   * caller, told at once with no walk (a tree that holds its directories in
+   * memory); false says nothing. A union skips such a member without
+   * awaiting it.
+   */
+  lacks?(name: string, opts?: OpOptions): boolean;
   /** Open for I/O; `mode` is a 9P open mode (OREAD ... with OTRUNC, ORCLOSE). */
   open(mode: number, opts?: OpOptions): Promise<OpenFile>;
   /**

@@ -90,8 +90,11 @@ export interface Member {
 export interface MountPoint {
   /** Canonical path of the mount point. */
   path: string;
-  /** Members, first looked up first. */
-  members: Member[];
+  /**
+   * Members, first looked up first. The table replaces the array rather
+   * than changing it, so a walk may hold it across awaits without a copy.
+   */
+  members: readonly Member[];
 }
 
 /** A node of the table's tree of path elements. */
@@ -130,7 +133,7 @@ export class MountTable {
     this.#points = new Map();
   }
 
-  /** Changes every time a mount point is made or removed. */
+  /** Changes every time a mount point is made or removed, or its members change. */
   get generation(): number {
     return this.#generation;
   }
@@ -217,8 +220,10 @@ export class MountTable {
       this.#set(path, { path, members });
       return dropped;
     }
-    if (order === "before") point.members.unshift(member);
-    else point.members.push(member);
+    // A new array, never a change in place: a walk under way keeps the one it
+    // started with. The generation moves, as the members' positions did.
+    point.members = order === "before" ? [member, ...point.members] : [...point.members, member];
+    this.#generation++;
     return [];
   }
 
@@ -238,7 +243,10 @@ export class MountTable {
     if (keep.length === point.members.length) return null;
     const dropped = sourcesOf(point.members.filter((m) => !keep.includes(m)));
     if (keep.every((m) => m.kind === "underlying")) this.#delete(path);
-    else point.members = keep;
+    else {
+      point.members = keep;
+      this.#generation++;
+    }
     return dropped;
   }
 
@@ -303,6 +311,6 @@ function underlying(): Member {
   return { source: "", kind: "underlying", create: false, nodes: null };
 }
 
-function sourcesOf(members: Member[]): SharedNodes[] {
+function sourcesOf(members: readonly Member[]): SharedNodes[] {
   return members.flatMap((m) => m.nodes ? [m.nodes] : []);
 }

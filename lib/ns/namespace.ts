@@ -289,11 +289,11 @@ async function walkLong(node: Node, names: string[], opts?: OpOptions): Promise<
   }
 }
 
-/** Let go of retained sources; only the last holder waits for their nodes to close. */
-function releaseAll(held: readonly (SharedNodes | null)[]): Promise<unknown> | undefined {
+/** Let go of the members' retained sources; only the last holder waits for their nodes to close. */
+function releaseAll(members: readonly Member[]): Promise<unknown> | undefined {
   let waits: Promise<void>[] | undefined;
-  for (const h of held) {
-    const p = h?.release();
+  for (let i = 0; i < members.length; i++) {
+    const p = members[i]!.nodes?.release();
     if (p) (waits ??= []).push(p);
   }
   return waits && Promise.all(waits);
@@ -303,7 +303,9 @@ function releaseAll(held: readonly (SharedNodes | null)[]): Promise<unknown> | u
 class Engine {
   #rootNode: Promise<Node> | null = null;
   /** Listings of unions held open: a walk skips the members they show lack a name. */
-  listings = new WeakMap<MountPoint, Listing>();
+  #listings = new WeakMap<MountPoint, Listing>();
+  /** How many listings are held, so that a walk with none open looks for none. */
+  #listingCount = 0;
 
   constructor(
     readonly rootTree: Tree,
@@ -333,6 +335,32 @@ class Engine {
       loc.gen = gen;
     }
     return loc.at;
+  }
+
+  /** What an open listing of `point` says each member slot holds, if one is open and current. */
+  #listed(point: MountPoint): (Set<string> | undefined)[] | undefined {
+    if (this.#listingCount === 0) return undefined;
+    const l = this.#listings.get(point);
+    return l?.gen === this.table.generation ? l.names : undefined;
+  }
+
+  /** Keep what a listing of `point` showed, until {@link forget} or {@link forgetListings}. */
+  remember(point: MountPoint, listing: Listing): void {
+    if (!this.#listings.has(point)) this.#listingCount++;
+    this.#listings.set(point, listing);
+  }
+
+  /** The listing of `point` made by `owner` is closed. */
+  forget(point: MountPoint, owner: object): void {
+    if (this.#listings.get(point)?.owner !== owner) return;
+    this.#listings.delete(point);
+    this.#listingCount--;
+  }
+
+  /** A name was made or renamed through the namespace: what every listing said is stale. */
+  forgetListings(): void {
+    this.#listings = new WeakMap();
+    this.#listingCount = 0;
   }
 
   /** The namespace root, with a mount on "/" applied. */
@@ -365,8 +393,8 @@ class Engine {
     const gen = this.table.generation;
     const point = at.point;
     if (!point) throw new StyxError(Ename.notFound);
-    const members = point.members.slice();
-    const held = members.map((m) => m.nodes?.retain() ?? null);
+    const members = point.members;
+    for (const m of members) m.nodes?.retain();
     try {
       const parts = await Promise.allSettled(members.map(async (m): Promise<Layer[]> => {
         if (m.nodes === null) return await under();
@@ -394,7 +422,7 @@ class Engine {
       if (first === undefined && layers.length === slots) loc.slots = { point, gen };
       return loc;
     } finally {
-      const w = releaseAll(held);
+      const w = releaseAll(members);
       if (w) await w;
     }
   }
@@ -424,71 +452,78 @@ class Engine {
   }
 
   /**
-   * Walk `plain` from `cur` to the directory holding mount point `point`,
-   * through the point (named `last`) and on down `names`, without
-   * materialising the union: the first member holding names[0] wins. The
-   * qids are plain's, the mount point's, then names'. Throws when plain[0]
-   * (with no plain names, the mount point itself) cannot be walked.
+   * Walk `run` from `cur`: `np` plain names to the directory holding mount
+   * point `point`, the point's own name, then on down, without materialising
+   * the union: the first member holding the name after the point wins. The
+   * qids are the plain names', the mount point's, then the rest's. Throws
+   * when the first plain name (with none, the mount point itself) cannot be
+   * walked.
    *
-   * The member that was there before the mount walks from `cur` in one
-   * go, plain names included; `plain` is walked on its own only when
-   * another member answers first.
+   * The member that was there before the mount walks `run` from `cur` in
+   * one go; the plain names are walked on their own only when another
+   * member answers first.
    */
   async through(
     cur: Loc,
-    plain: string[],
+    run: string[],
+    np: number,
     point: MountPoint,
-    last: string,
-    names: string[],
     opts?: OpOptions,
   ): Promise<WalkResult> {
-    const members = point.members.slice();
-    const held = members.map((m) => m.nodes?.retain() ?? null);
-    const np = plain.length;
-    /** The qids of `plain`, once walked (a partial walk leaves fewer). */
+    // The table replaces a point's members, never changes them in place:
+    // this array stays as it is across the awaits below.
+    // Indexed loops: for-of costs an iterator per member in this async frame,
+    // measurably so on a walk that every member is asked about.
+    const members = point.members;
+    for (let i = 0; i < members.length; i++) members[i]!.nodes?.retain();
+    const name = run[np + 1]!;
+    /** The names below the mount point, sliced when a member is asked. */
+    let below: string[] | undefined;
+    /** The plain names' qids, once walked (a partial walk leaves fewer). */
     let plainQids: Qid[] | undefined = np === 0 ? [] : undefined;
-    const walkPlain = async (): Promise<Qid[]> => {
-      if (plainQids === undefined) {
-        const r = await walkLayers(cur.layers, plain, opts);
-        await r.node?.close();
-        plainQids = r.qids;
-      }
-      return plainQids;
-    };
     let mountQid: Qid | undefined;
     let first: unknown;
     let lost: unknown;
-    const listing = this.listings.get(point);
-    const known = listing?.gen === this.table.generation ? listing.names : undefined;
+    const known = this.#listed(point);
     let slot = 0;
     let found: WalkResult | undefined;
     try {
-      for (const m of members) {
+      for (let i = 0; i < members.length; i++) {
+        const m = members[i]!;
         if (m.nodes === null) {
           slot++;
           let r: WalkResult;
           try {
-            r = await walkLayers(cur.layers, [...plain, last, ...names], opts);
+            r = await walkLayers(cur.layers, run, opts);
           } catch (e) {
-            if (np > 0) throw e; // plain[0] is not there
+            if (np > 0) throw e; // the first plain name is not there
             first ??= e;
             continue;
           }
-          if (r.qids.length < np) return r; // plain stopped short
-          plainQids = r.qids.slice(0, np);
-          if (r.qids.length === np) continue; // no `last` here
+          const n = r.qids.length;
+          if (n < np) return r; // the plain names stopped short
+          if (n === np) {
+            plainQids = r.qids; // no mount point's name here
+            continue;
+          }
           mountQid ??= r.qids[np]!;
-          if (r.qids.length === np + 1) continue;
+          if (n === np + 1) {
+            plainQids = r.qids.slice(0, np);
+            continue;
+          }
           r.qids[np] = mountQid;
           return r;
         }
-        for (const n of m.nodes.nodes) {
+        const nodes = m.nodes.nodes;
+        for (let k = 0; k < nodes.length; k++) {
+          const n = nodes[k]!;
           mountQid ??= n.qid;
-          const here = known?.[slot++];
-          if (here && !here.has(names[0]!)) continue;
+          const here = known?.[slot];
+          slot++;
+          if (here ? !here.has(name) : n.lacks?.(name, opts) === true) continue;
           let r: WalkResult;
           try {
-            r = await tryWalkChunked(n, names, opts);
+            r = await tryWalkChunked(n, below ??= run.slice(np + 1), opts);
           } catch (e) {
             first ??= e;
             if (isLost(e)) lost ??= e;
@@ -501,15 +536,19 @@ class Engine {
         if (found) break;
       }
     } finally {
-      const w = releaseAll(held);
+      const w = releaseAll(members);
       if (w) await w;
     }
-    let pq: Qid[];
-    try {
-      pq = await walkPlain();
-    } catch (e) {
-      await found?.node?.close();
-      throw e;
+    let pq = plainQids;
+    if (pq === undefined) {
+      try {
+        const r = await walkLayers(cur.layers, run.slice(0, np), opts);
+        await r.node?.close();
+        pq = r.qids;
+      } catch (e) {
+        await found?.node?.close();
+        throw e;
+      }
     }
     if (pq.length < np) {
       await found?.node?.close();
@@ -606,17 +645,14 @@ class Engine {
         const afterEnd = point2 ? k - 1 : k;
         if (point && afterEnd > j) {
           // Through the mount point without cloning its members.
-          const plain = names.slice(i, plainEnd);
-          const pointName = names[j - 1]!;
-          const after = names.slice(j, afterEnd);
+          const run = i === 0 && afterEnd === names.length ? names : names.slice(i, afterEnd);
           let r: WalkResult;
           try {
             r = await this.through(
               cur,
-              plain,
+              run,
+              plainEnd - i,
               point,
-              pointName,
-              after,
               !point2 && afterEnd === names.length ? finalOpts : opts,
             );
           } catch (e) {
@@ -625,7 +661,7 @@ class Engine {
           qids.push(...r.qids);
           if (!r.node) return { qids };
           await advance({
-            names: cur.names.concat(plain, pointName, after),
+            names: cur.names.concat(run),
             layers: [{ node: r.node, create: false }],
             mounted: false,
             at: point2 ? undefined : at2,
@@ -773,10 +809,10 @@ class NsNode implements Node {
     return new UnionDir(files, [], {
       listed: (owner, lists) => {
         const names = lists.map((l) => l && new Set(l.map((d) => d.name)));
-        engine.listings.set(slots.point, { gen: slots.gen, owner, names });
+        engine.remember(slots.point, { gen: slots.gen, owner, names });
       },
       closed: (owner) => {
-        if (engine.listings.get(slots.point)?.owner === owner) engine.listings.delete(slots.point);
+        engine.forget(slots.point, owner);
       },
     });
   }
@@ -807,7 +843,7 @@ class NsNode implements Node {
         if (r.node) throw new StyxError(Ename.exists);
       }
     }
-    this.#engine.listings = new WeakMap(); // a new name: what listings said is stale
+    this.#engine.forgetListings(); // a new name: what listings said is stale
     const c = await layer.node.create(name, perm, mode, opts);
     const child: Loc = {
       names: loc.names.concat(name),
@@ -829,7 +865,7 @@ class NsNode implements Node {
 
   async wstat(dir: Dir, opts?: OpOptions): Promise<void> {
     this.#check();
-    if (dir.name !== "") this.#engine.listings = new WeakMap(); // a rename makes a new name
+    if (dir.name !== "") this.#engine.forgetListings(); // a rename makes a new name
     await this.#loc.layers[0]!.node.wstat(dir, this.#opts(opts));
   }
 

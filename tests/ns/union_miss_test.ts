@@ -158,3 +158,91 @@ Deno.test("tryWalk: a missing first name is { qids: [] } in memory, host and rem
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a member bound or unmounted while a union's listing is open is asked in its new place", async () => {
+  const enc = new TextEncoder();
+  const dec = new TextDecoder();
+  const trees = { a: new MemTree({ owner: "glenda" }), b: new MemTree({ owner: "glenda" }) };
+  await trees.a.writeFile("/x", "a\n");
+  await trees.b.writeFile("/y", "b\n");
+  const c = new MemTree({ owner: "glenda" });
+  await c.writeFile("/y", "c\n");
+  const d = new MemTree({ owner: "glenda" });
+  await d.writeFile("/z", "d\n");
+  const root = new MemTree({ owner: "glenda" });
+  await root.mkdirp("/u");
+  const ns = new Namespace(root, { caller: { user: "glenda" } });
+  try {
+    await ns.mount(trees.a, "/u", { source: "a" });
+    await ns.mount(trees.b, "/u", { after: true, source: "b" });
+    await ns.mount(d, "/u", { after: true, source: "d" });
+    const dir = await ns.open("/u", OREAD);
+    assert.deepEqual((await dir.readDir()).map((e) => e.name), ["x", "y", "z"]);
+    // c goes first: its y now wins over b's.
+    await ns.mount(c, "/u", { before: true, source: "c" });
+    assert.equal(dec.decode(await ns.readFile("/u/y")), "c\n");
+    // With a and c gone, d's z is one place nearer the front, and still found.
+    await ns.unmount("c", "/u");
+    await ns.unmount("a", "/u");
+    assert.equal(dec.decode(await ns.readFile("/u/z")), "d\n");
+    await assert.rejects(ns.stat("/u/x"), new RegExp(Ename.notFound));
+    await dir.close();
+    // A name made in a member behind the namespace's back, after a walk missed it there.
+    await assert.rejects(ns.stat("/u/late"), new RegExp(Ename.notFound));
+    await trees.b.writeFile("/late", "b late\n");
+    assert.equal(dec.decode(await ns.readFile("/u/late")), "b late\n");
+    await ns.writeFile("/u/z", enc.encode("d again\n"));
+    assert.equal(dec.decode(await ns.readFile("/u/z")), "d again\n");
+  } finally {
+    await ns.close();
+  }
+});
+
+Deno.test("a union member that lacked a name answers for it as soon as it has it", async () => {
+  const dec = new TextDecoder();
+  const first = new MemTree({ owner: "glenda" });
+  await first.mkdirp("/lib");
+  const last = new MemTree({ owner: "glenda" });
+  await last.writeFile("/f", "last\n");
+  const root = new MemTree({ owner: "glenda" });
+  await root.mkdirp("/u");
+  const ns = new Namespace(root, { caller: { user: "glenda" } });
+  try {
+    await ns.mount(last, "/u", { source: "last" });
+    await ns.mount(first, "/u", { before: true, source: "first" });
+    for (let i = 0; i < 3; i++) assert.equal(dec.decode(await ns.readFile("/u/f")), "last\n");
+    // Now in the first member too, made outside the namespace: the first member wins at once.
+    await first.writeFile("/f", "first\n");
+    assert.equal(dec.decode(await ns.readFile("/u/f")), "first\n");
+    // Gone from it again: the last member's shows through.
+    const top = await first.attach({ user: "glenda" }, "");
+    await (await top.walk(["f"])).node!.remove();
+    await top.close();
+    assert.equal(dec.decode(await ns.readFile("/u/f")), "last\n");
+  } finally {
+    await ns.close();
+  }
+});
+
+Deno.test("lacks: a memory tree says at once only that a name is certainly not there", async () => {
+  const mem = new MemTree({ owner: "glenda" });
+  await mem.writeFile("/d/f", "x");
+  await mem.mkdirp("/closed", 0o700);
+  const root = await mem.attach({ user: "glenda" }, "");
+  const d = (await root.walk(["d"])).node!;
+  const f = (await d.walk(["f"])).node!;
+  const closed = (await root.walk(["closed"])).node!;
+  try {
+    assert.equal(d.lacks!("nowhere"), true);
+    assert.equal(d.lacks!("f"), false);
+    for (const odd of ["..", ".", "", "a/b"]) assert.equal(d.lacks!(odd), false, odd);
+    // Not a directory: a walk must say so, not a skip.
+    assert.equal(f.lacks!("x"), false);
+    // The owner may search it; another caller may not, and is told so by a walk.
+    assert.equal(closed.lacks!("x"), true);
+    assert.equal(closed.lacks!("x", { caller: { user: "other" } }), false);
+    await assert.rejects(closed.walk(["x"], { caller: { user: "other" } }), new RegExp(Ename.perm));
+  } finally {
+    for (const n of [f, d, closed, root]) await n.close();
+  }
+});
