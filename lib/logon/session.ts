@@ -162,18 +162,17 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
   const stage = await Deno.makeTempDir({ prefix: "ferry-logon-" });
   let view: View | undefined;
   const mounts: FuseMount[] = [];
-  let tuning: Promise<unknown> = Promise.resolve();
   try {
     // Programs this thread starts are found now: once the view is
     // mounted, a PATH directory may lie under a FUSE mount only this
     // thread can answer, while it waits for the spawn.
-    resolveTools(["unshare", "stat"]);
+    resolveTools(["unshare"]);
     enterPrivateMountNamespace();
     view = buildView(planView([...nodes.keys()]), stage);
     const v = view;
     // From here this thread must not look at its own FUSE mounts with a
     // synchronous call: the answer needs this thread. So the working
-    // directory is found first, and readahead is set by a child.
+    // directory is found first, and readahead is set from mountinfo.
     const wd = await homeIn(ns, account.home, v.root, [...v.paths.keys()]);
     await Promise.all([...v.paths].map(async ([target, at]) => {
       const node = nodes.get(target)!;
@@ -187,11 +186,10 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
       mounts.push(m);
       opts.onMount?.(target);
     }));
-    tuning = Promise.all(mounts.map((m) => setReadahead(m.mountpoint, READAHEAD_KB)));
+    setReadahead(mounts.map((m) => m.mountpoint), READAHEAD_KB);
     if (signals.pending) return 128 + (SIGNALS[signals.pending] ?? 0);
     return await spawnAs(account, opts.command, v.root, wd, signals);
   } finally {
-    await tuning;
     await Promise.allSettled(mounts.map((m) => m.close()));
     if (view) view.close();
     else await Deno.remove(stage).catch(() => {});
@@ -225,26 +223,52 @@ function tool(name: string): string {
 const READAHEAD_KB = 4096;
 
 /**
- * Set the kernel's readahead for the FUSE mount at `at` (only a tuning).
- * Its device number is asked of a child, which sees this thread's mounts
- * while this thread stays free to answer the FUSE request that takes.
+ * Set the kernel's readahead for the FUSE mounts at `points` (only a
+ * tuning). Each mount's device number is read from this thread's
+ * mountinfo: a stat(2) of the mount point would wait for this very thread
+ * to answer it.
  */
-async function setReadahead(at: string, kb: number): Promise<void> {
+function setReadahead(points: readonly string[], kb: number): void {
+  let info: string;
   try {
-    const o = await new Deno.Command(tool("stat"), {
-      args: ["-c", "%d", at],
-      stdin: "null",
-      stdout: "piped",
-      stderr: "null",
-    }).output();
-    const dev = Number(new TextDecoder().decode(o.stdout).trim());
-    if (!o.success || !Number.isInteger(dev)) return;
-    const major = (dev >> 8) & 0xfff;
-    const minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
-    await Deno.writeTextFile(`/sys/class/bdi/${major}:${minor}/read_ahead_kb`, `${kb}\n`);
+    info = Deno.readTextFileSync("/proc/thread-self/mountinfo");
   } catch {
-    // The mount works with the kernel's default readahead.
+    return; // The mounts work with the kernel's default readahead.
   }
+  const devs = mountDevices(info);
+  for (const at of points) {
+    const dev = devs.get(at);
+    if (!dev) continue;
+    try {
+      Deno.writeTextFileSync(`/sys/class/bdi/${dev}/read_ahead_kb`, `${kb}\n`);
+    } catch { /* the kernel's default readahead */ }
+  }
+}
+
+/**
+ * Each mount point in `mountinfo` (proc(5)'s format) with its device
+ * number, "MAJOR:MINOR"; where mounts are stacked, the topmost.
+ *
+ * @example
+ * ```ts
+ * import { mountDevices } from "./session.ts";
+ * const line = "41 29 0:52 / /n/my\\040files rw,nosuid - fuse.ferry ferry rw,user_id=0";
+ * if (mountDevices(line).get("/n/my files") !== "0:52") throw new Error("not found");
+ * ```
+ */
+export function mountDevices(mountinfo: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const line of mountinfo.split("\n")) {
+    const f = line.split(" ");
+    if (f.length < 5) continue;
+    // Spaces, tabs, newlines and backslashes in paths are octal escapes.
+    const at = f[4]!.replace(
+      /\\([0-7]{3})/g,
+      (_, o: string) => String.fromCharCode(parseInt(o, 8)),
+    );
+    out.set(at, f[2]!);
+  }
+  return out;
 }
 
 /**
