@@ -30,7 +30,6 @@ import { dialAhead, logon, NodeDialer } from "../lib/manifest/apply.ts";
 import { standardDevices } from "./devices.ts";
 import { ManifestError } from "../lib/manifest/schema.ts";
 import { announceStyx } from "../lib/net/connect.ts";
-import { tlsListen } from "../lib/transport/tls.ts";
 import { listenHost, parseDialString } from "../lib/net/dial.ts";
 import type { Listener } from "../lib/transport/conn.ts";
 import type { Manifest } from "../lib/manifest/schema.ts";
@@ -221,6 +220,8 @@ export async function run(args: string[]): Promise<number> {
           onError: (e) => console.error(`logon: keeping the current credentials: ${e.message}`),
         });
         const a = parseDialString(addr, { net: "tcp", service: "styx" });
+        // Loaded only here: node:tls is slow to load, and no other logon needs it.
+        const { tlsListen } = await import("../lib/transport/tls.ts");
         listener = await tlsListen(listenHost(a), a.port, { creds: nodeCreds, allow: [user] });
       }
       console.log(`serving ${user}'s namespace on ${listener.addr}`);
