@@ -145,11 +145,14 @@ export async function run(args: string[]): Promise<number> {
     // whatever address the file gives, and nothing is composed before the
     // manifest is verified (and found to be the one dialled from).
     const first = insecure ? undefined : await Deno.readFile(file);
+    let early: Manifest | undefined;
     if (first) {
-      dialer = await dialEarly(first, file, certDir, typeof v.u === "string" ? v.u : undefined, {
+      const e = await dialEarly(first, file, certDir, typeof v.u === "string" ? v.u : undefined, {
         invoker,
         creds,
       });
+      dialer = e?.dialer;
+      early = e?.m;
     }
     if (insecure) {
       console.error("logon: warning: --insecure-manifest: the manifest's signature is not checked");
@@ -159,14 +162,16 @@ export async function run(args: string[]): Promise<number> {
       signed = await readSigned(file, creds?.ca ?? await Deno.readTextFile(`${certDir}/ca.pem`));
       await checkSerial(signed, file, certDir);
       bytes = signed.bytes;
-      if (dialer && !sameBytes(bytes, first!)) {
+      if (!sameBytes(bytes, first!)) {
         // Changed since it was dialled from: those links are not this manifest's.
-        await dialer.close();
+        await dialer?.close();
         dialer = undefined;
+        early = undefined;
       }
     }
-    const m = loadBytes(bytes, file, insecure ? {} : { readFile: refuseUnsigned });
-    const problems = checkManifest(m);
+    // The bytes verified are those read first: their reading stands.
+    const m = early ?? loadBytes(bytes, file, insecure ? {} : { readFile: refuseUnsigned });
+    const problems = early ? [] : checkManifest(m);
     if (problems.length) throw new ManifestError(problems);
     const user = typeof v.u === "string" ? v.u : userOfAccount(m, invoker!);
     const account = privateNs ? await accountOf(m, user, invoker) : undefined;
@@ -329,8 +334,9 @@ async function accountOf(m: Manifest, user: string, invoker?: Account): Promise<
 
 /**
  * A dialer already dialling the nodes the user's namespace mounts from, in
- * the manifest `bytes` as read (not yet verified), or undefined when it
- * does not parse or name the user: then logon dials as it composes.
+ * the manifest `bytes` as read (not yet verified), with the manifest as
+ * parsed (and found sound); undefined when it does not parse or name the
+ * user: then logon dials as it composes.
  */
 async function dialEarly(
   bytes: Uint8Array,
@@ -338,7 +344,7 @@ async function dialEarly(
   certDir: string,
   named: string | undefined,
   o: { invoker?: Account; creds?: Credentials },
-): Promise<NodeDialer | undefined> {
+): Promise<{ dialer: NodeDialer; m: Manifest } | undefined> {
   try {
     const m = loadBytes(bytes, file, { readFile: refuseUnsigned });
     if (checkManifest(m).length) return undefined;
@@ -346,7 +352,7 @@ async function dialEarly(
     const creds = o.creds ?? await loadCredentials(certDir, user);
     const dialer = new NodeDialer(m, creds, user);
     dialAhead(m, user, dialer);
-    return dialer;
+    return { dialer, m };
   } catch {
     return undefined;
   }
