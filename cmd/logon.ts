@@ -34,7 +34,7 @@ import { listenHost, parseDialString } from "../lib/net/dial.ts";
 import type { Listener } from "../lib/transport/conn.ts";
 import type { Manifest } from "../lib/manifest/schema.ts";
 import { type Account, lookupAccount, lookupUid } from "../lib/logon/account.ts";
-import { commandFor, runInView } from "../lib/logon/session.ts";
+import { commandFor, prepareView, runInView } from "../lib/logon/session.ts";
 
 const spec = {
   usage:
@@ -154,6 +154,8 @@ export async function run(args: string[]): Promise<number> {
       dialer = e?.dialer;
       early = e?.m;
     }
+    // While the links are made: what a private view needs loaded first.
+    if (privateNs) prepareView();
     if (insecure) {
       console.error("logon: warning: --insecure-manifest: the manifest's signature is not checked");
       bytes = await Deno.readFile(file);
@@ -174,7 +176,12 @@ export async function run(args: string[]): Promise<number> {
     const problems = early ? [] : checkManifest(m);
     if (problems.length) throw new ManifestError(problems);
     const user = typeof v.u === "string" ? v.u : userOfAccount(m, invoker!);
-    const account = privateNs ? await accountOf(m, user, invoker) : undefined;
+    // The host account is looked up (a getent) while the namespace is
+    // composed; through sudo first, so that an invoker who may not log on
+    // as this user learns nothing of the user's namespace.
+    const accounting = privateNs ? accountOf(m, user, invoker) : undefined;
+    accounting?.catch(() => {});
+    if (invoker) await accounting;
     creds ??= await loadCredentials(certDir, user);
     const quiet = v.q === true;
     const t0 = performance.now();
@@ -203,6 +210,7 @@ export async function run(args: string[]): Promise<number> {
       );
     }
     const ns = composed.ns;
+    const account = await accounting;
     if (account) {
       const run = commandFor(account, hostCommand ?? [], Deno.env.get("SSH_ORIGINAL_COMMAND"));
       return await runInView(ns, {

@@ -19,7 +19,7 @@ import { RemoteTree, StyxClient } from "../styx/client.ts";
 import { TcpConn } from "../transport/tcp.ts";
 import type { Job } from "./server.ts";
 import { openLibc } from "../libc.ts";
-import { runInView } from "../logon/session.ts";
+import { prepareView, runInView } from "../logon/session.ts";
 
 /** Where the caller's namespace appears on the node. */
 export const CLIENT_MOUNT = "/n/client";
@@ -46,7 +46,10 @@ export async function runSession(opts: SessionOptions): Promise<number> {
     if (/\/ferry-cpu-[^/]+$/.test(dir)) await Deno.remove(dir, { recursive: true }).catch(() => {});
     throw e;
   }
-  const job = await readJob(raw);
+  // Done while the job is awaited: the view's first steps, ahead of need.
+  const reading = readJob(raw);
+  prepareView();
+  const job = await reading;
   if (!job) {
     raw.close();
     return 0;

@@ -17,12 +17,12 @@
  */
 
 import type { Namespace } from "../ns/namespace.ts";
-import { type FuseMount, mountTree } from "../fuse/mount.ts";
+import { type FuseMount, fuseUnavailable, mountTree } from "../fuse/mount.ts";
 import type { Account } from "./account.ts";
 import { buildView, outermost, planView, type View } from "./view.ts";
 import type { Node } from "../fs/tree.ts";
 import { QTDIR } from "../styx/types.ts";
-import { enterPrivateMountNamespace } from "./sys.ts";
+import { enterPrivateMountNamespace, loadMountCalls } from "./sys.ts";
 
 /** Exit status of a child the way a shell reports it (128+N when killed by signal N). */
 function exitCode(s: Deno.CommandStatus): number {
@@ -135,10 +135,17 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
         `set 'account' for user '${opts.user}' in the manifest to an unprivileged account`,
     );
   }
+  if (Deno.uid() !== 0) {
+    throw new Error(
+      "a private mount namespace needs root: run 'ferry logon … -- COMMAND' as root " +
+        "(through sudo at an SSH logon, see the README); the command itself runs as the user's account",
+    );
+  }
   // Only directories can be mounted on directories: a file bound on a file
-  // stays visible only to Ferry's own shell.
+  // stays visible only to Ferry's own shell. The mount points are resolved
+  // while this thread makes its private mount namespace.
   const nodes = new Map<string, Node>();
-  await Promise.all(
+  const resolving = Promise.all(
     outermost(ns.mounts().map((m) => m.target)).map(async (target) => {
       try {
         const node = await ns.resolve(target);
@@ -152,22 +159,15 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
       }
     }),
   );
-  if (Deno.uid() !== 0) {
-    throw new Error(
-      "a private mount namespace needs root: run 'ferry logon … -- COMMAND' as root " +
-        "(through sudo at an SSH logon, see the README); the command itself runs as the user's account",
-    );
-  }
+  const staging = Deno.makeTempDir({ prefix: "ferry-logon-" });
+  staging.catch(() => {});
   const signals = new Signals();
-  const stage = await Deno.makeTempDir({ prefix: "ferry-logon-" });
   let view: View | undefined;
   const mounts: FuseMount[] = [];
   try {
-    // Programs this thread starts are found now: once the view is
-    // mounted, a PATH directory may lie under a FUSE mount only this
-    // thread can answer, while it waits for the spawn.
-    resolveTools(["unshare"]);
+    prepareView();
     enterPrivateMountNamespace();
+    const [stage] = await Promise.all([staging, resolving]);
     view = buildView(planView([...nodes.keys()]), stage);
     const v = view;
     // From here this thread must not look at its own FUSE mounts with a
@@ -192,10 +192,31 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
   } finally {
     await Promise.allSettled(mounts.map((m) => m.close()));
     if (view) view.close();
-    else await Deno.remove(stage).catch(() => {});
+    else await staging.then((d) => Deno.remove(d)).catch(() => {});
     signals.release();
   }
 }
+
+/**
+ * Do ahead of need what {@link runInView} does first on this thread: find
+ * the programs it runs and load the system calls it makes. A caller with
+ * time to spare (waiting for a link, or for a job) calls it then; calling
+ * it again costs nothing.
+ */
+export function prepareView(): void {
+  if (prepared) return;
+  prepared = true;
+  // Programs this thread starts are found now: once the view is mounted,
+  // a PATH directory may lie under a FUSE mount only this thread can
+  // answer, while it waits for the spawn.
+  resolveTools(["unshare"]);
+  loadMountCalls();
+  // Opens /dev/fuse once and loads the FUSE system calls; a reason it
+  // cannot be used is reported by the mounts themselves.
+  fuseUnavailable();
+}
+
+let prepared = false;
 
 const tools = new Map<string, string>();
 

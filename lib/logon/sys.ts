@@ -43,6 +43,11 @@ function mount(src: string | null, target: string, type: string | null, flags: n
   return lib().mount(cstrOrNull(src), cstr(target), cstrOrNull(type), BigInt(flags), cstr(data));
 }
 
+/** Load the system calls this module makes (they load on first use otherwise). */
+export function loadMountCalls(): void {
+  lib();
+}
+
 /**
  * Move the calling thread (Deno's main thread, where JavaScript and
  * synchronous calls run) into a new mount namespace of its own with
