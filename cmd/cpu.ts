@@ -201,7 +201,7 @@ export async function run(args: string[]): Promise<number> {
   } catch (e) {
     return fail("ferry cpu", e);
   } finally {
-    for (const c of close) await c().catch(() => {});
+    await Promise.allSettled(close.map((c) => c()));
   }
 }
 
