@@ -63,12 +63,12 @@ export async function runSession(opts: SessionOptions): Promise<number> {
     if (!done) Deno.kill(Deno.pid, "SIGHUP");
   });
   try {
-    const root = new MemTree();
-    await root.mkdirp(CLIENT_MOUNT);
-    const ns = new Namespace(root, { caller: { user: job.user } });
-    await ns.mount(new RemoteTree(client, { uname: job.user }), CLIENT_MOUNT, {
-      source: "client",
-    });
+    // The caller's namespace is mounted at /n/client as attached: a walk
+    // through a namespace of this helper's to reach it would cost a round
+    // trip to the caller, through the node, for nothing.
+    const caller = { user: job.user };
+    const top = await new RemoteTree(client, { uname: job.user }).attach(caller, "");
+    const ns = new Namespace(new MemTree(), { caller });
     // The command writes to this helper's standard output, a pipe the node
     // reads: a larger pipe lets each of the node's reads take more.
     growPipe(1, PIPE_BYTES);
@@ -78,6 +78,7 @@ export async function runSession(opts: SessionOptions): Promise<number> {
       command: job.command,
       rootByManifest: job.root === true,
       onSkip: (t, why) => console.error(`cpu: '${t}' is not mounted: ${why}`),
+      roots: new Map([[CLIENT_MOUNT, top]]),
     });
   } finally {
     done = true;

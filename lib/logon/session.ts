@@ -119,6 +119,13 @@ export interface ViewOptions {
   onMount?: (target: string) => void;
   /** Told about each mount point left out, and why (default: nothing). */
   onSkip?: (target: string, why: string) => void;
+  /**
+   * Nodes to mount as they are at these paths, beside the mount points of
+   * the namespace (which has none at or above them): a tree attached for
+   * the view, with no walk through the namespace to reach it. Closed with
+   * the view.
+   */
+  roots?: ReadonlyMap<string, Node>;
 }
 
 /**
@@ -145,10 +152,11 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
   // stays visible only to Ferry's own shell. The mount points are resolved
   // while this thread makes its private mount namespace.
   const nodes = new Map<string, Node>();
+  const roots = opts.roots ?? new Map<string, Node>();
   const resolving = Promise.all(
-    outermost(ns.mounts().map((m) => m.target)).map(async (target) => {
+    outermost([...ns.mounts().map((m) => m.target), ...roots.keys()]).map(async (target) => {
       try {
-        const node = await ns.resolve(target);
+        const node = roots.get(target) ?? await ns.resolve(target);
         if (node.qid.type & QTDIR) nodes.set(target, node);
         else {
           await node.close();
