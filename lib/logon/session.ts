@@ -22,7 +22,7 @@ import type { Account } from "./account.ts";
 import { buildView, outermost, planView, type View } from "./view.ts";
 import type { Node } from "../fs/tree.ts";
 import { QTDIR } from "../styx/types.ts";
-import { enterPrivateMountNamespace, loadMountCalls } from "./sys.ts";
+import { enterPrivateMountNamespace, loadMountCalls, mountDevice } from "./sys.ts";
 
 /** Exit status of a child the way a shell reports it (128+N when killed by signal N). */
 function exitCode(s: Deno.CommandStatus): number {
@@ -180,7 +180,7 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
     const v = view;
     // From here this thread must not look at its own FUSE mounts with a
     // synchronous call: the answer needs this thread. So the working
-    // directory is found first, and readahead is set from mountinfo.
+    // directory is found first, and readahead set without asking the mounts.
     const wd = await homeIn(ns, account.home, v.root, [...v.paths.keys()]);
     await Promise.all([...v.paths].map(async ([target, at]) => {
       const node = nodes.get(target)!;
@@ -253,51 +253,15 @@ const READAHEAD_KB = 4096;
 
 /**
  * Set the kernel's readahead for the FUSE mounts at `points` (only a
- * tuning). Each mount's device number is read from this thread's
- * mountinfo: a stat(2) of the mount point would wait for this very thread
- * to answer it.
+ * tuning). Each mount's device number is asked of the kernel without
+ * asking the mount (see {@link mountDevice}): this thread answers it.
  */
 function setReadahead(points: readonly string[], kb: number): void {
-  let info: string;
-  try {
-    info = Deno.readTextFileSync("/proc/thread-self/mountinfo");
-  } catch {
-    return; // The mounts work with the kernel's default readahead.
-  }
-  const devs = mountDevices(info);
   for (const at of points) {
-    const dev = devs.get(at);
-    if (!dev) continue;
     try {
-      Deno.writeTextFileSync(`/sys/class/bdi/${dev}/read_ahead_kb`, `${kb}\n`);
-    } catch { /* the kernel's default readahead */ }
+      Deno.writeTextFileSync(`/sys/class/bdi/${mountDevice(at)}/read_ahead_kb`, `${kb}\n`);
+    } catch { /* the kernel's default readahead (writing /sys needs --allow-all) */ }
   }
-}
-
-/**
- * Each mount point in `mountinfo` (proc(5)'s format) with its device
- * number, "MAJOR:MINOR"; where mounts are stacked, the topmost.
- *
- * @example
- * ```ts
- * import { mountDevices } from "./session.ts";
- * const line = "41 29 0:52 / /n/my\\040files rw,nosuid - fuse.ferry ferry rw,user_id=0";
- * if (mountDevices(line).get("/n/my files") !== "0:52") throw new Error("not found");
- * ```
- */
-export function mountDevices(mountinfo: string): Map<string, string> {
-  const out = new Map<string, string>();
-  for (const line of mountinfo.split("\n")) {
-    const f = line.split(" ");
-    if (f.length < 5) continue;
-    // Spaces, tabs, newlines and backslashes in paths are octal escapes.
-    const at = f[4]!.replace(
-      /\\([0-7]{3})/g,
-      (_, o: string) => String.fromCharCode(parseInt(o, 8)),
-    );
-    out.set(at, f[2]!);
-  }
-  return out;
 }
 
 /**
