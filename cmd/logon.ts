@@ -154,8 +154,6 @@ export async function run(args: string[]): Promise<number> {
       dialer = e?.dialer;
       early = e?.m;
     }
-    // While the links are made: what a private view needs loaded first.
-    if (privateNs) prepareView();
     if (insecure) {
       console.error("logon: warning: --insecure-manifest: the manifest's signature is not checked");
       bytes = await Deno.readFile(file);
@@ -171,6 +169,9 @@ export async function run(args: string[]): Promise<number> {
         early = undefined;
       }
     }
+    // While the links are made (not before they start): what a private
+    // view needs loaded first.
+    if (privateNs) prepareView();
     // The bytes verified are those read first: their reading stands.
     const m = early ?? loadBytes(bytes, file, insecure ? {} : { readFile: refuseUnsigned });
     const problems = early ? [] : checkManifest(m);
