@@ -116,22 +116,27 @@ export async function run(args: string[]): Promise<number> {
     close.push(() => dialer.close());
     const linking = dialer.link(early.node);
     linking.catch(() => {});
-    const composeVerified = async () => {
-      let m = early.m;
+    // The signature is checked, and the namespace composed, while the link
+    // and the session are set up; it is served only once both are done.
+    const checking = (async () => {
       if (insecure) {
         console.error(
           "cpu: warning: --insecure-manifest: the manifest's signature is not checked",
         );
-      } else {
-        const sign = await import("../lib/manifest/sign.ts");
-        const signed = await sign.readSigned(file, creds.ca);
-        await sign.checkSerial(signed, file, certDir);
-        const verified = load(signed.bytes, true);
-        if (!sameBytes(signed.bytes, first)) {
-          throw new Error(`The manifest '${file}' changed while it was read: run again`);
-        }
-        m = verified.m;
+        return early.m;
       }
+      const sign = await import("../lib/manifest/sign.ts");
+      const signed = await sign.readSigned(file, creds.ca);
+      await sign.checkSerial(signed, file, certDir);
+      if (!sameBytes(signed.bytes, first)) {
+        throw new Error(`The manifest '${file}' changed while it was read: run again`);
+      }
+      // The bytes verified are those parsed and checked above.
+      return early.m;
+    })();
+    checking.catch(() => {});
+    const composeVerified = async () => {
+      const m = await checking;
       const composed = await apply.logon(m, user, {
         creds,
         rootDir: typeof v.r === "string" ? v.r : undefined,
@@ -146,8 +151,6 @@ export async function run(args: string[]): Promise<number> {
       close = [() => composed.close(), ...close];
       return composed.ns;
     };
-    // Verified and composed while the link and the session are set up; it
-    // is served only once both are done.
     const verified = composeVerified();
     verified.catch(() => {});
     const m = early.m;
@@ -198,7 +201,7 @@ export async function run(args: string[]): Promise<number> {
   } catch (e) {
     return fail("ferry cpu", e);
   } finally {
-    for (const c of close) await c().catch(() => {});
+    await Promise.allSettled(close.map((c) => c()));
   }
 }
 

@@ -14,6 +14,8 @@ export interface CommandModule {
 interface Entry {
   summary: string;
   load: () => Promise<CommandModule>;
+  /** The command dials a TLS link as it starts (see {@link warmTls}). */
+  dials?: true;
 }
 
 // Modules load lazily so a one-shot command pays only for what it uses.
@@ -25,6 +27,7 @@ const commands: Record<string, Entry> = {
   "9p": {
     summary: "one-shot Styx client: ls, read, write, stat, create, rm",
     load: () => import("./9p.ts"),
+    dials: true,
   },
   demo: {
     summary: "run the local multi-node demo with real TLS",
@@ -55,11 +58,16 @@ const commands: Record<string, Entry> = {
   logon: {
     summary: "compose a user's namespace from a manifest",
     load: () => import("./logon.ts"),
+    dials: true,
   },
-  cpu: { summary: "run a command on another node", load: () => import("./cpu.ts") },
+  cpu: { summary: "run a command on another node", load: () => import("./cpu.ts"), dials: true },
   sign: { summary: "sign a manifest with the CA's key", load: () => import("./ca_sign.ts") },
   check: { summary: "validate a cluster manifest", load: () => import("./check.ts") },
-  mount: { summary: "FUSE-mount a Styx tree on a host dir", load: () => import("./mount.ts") },
+  mount: {
+    summary: "FUSE-mount a Styx tree on a host dir",
+    load: () => import("./mount.ts"),
+    dials: true,
+  },
   unmount: { summary: "unmount a 'ferry mount'", load: () => import("./unmount.ts") },
   phone: {
     summary: "serve /phone: SMS, calls, status, events (sim, modemmanager, termux)",
@@ -82,6 +90,18 @@ function usage(): string {
   ].join("\n");
 }
 
+/**
+ * Seed the TLS library's random generator now, on a worker thread, while
+ * the command's modules load. Deno's TLS seeds it at the first client
+ * handshake, on the main thread, which then stands still for about 20 ms;
+ * WebCrypto's ECDSA key generation seeds the same generator off that
+ * thread. The key is thrown away.
+ */
+function warmTls(): void {
+  crypto.subtle.generateKey({ name: "ECDSA", namedCurve: "P-256" }, false, ["sign"])
+    .catch(() => {});
+}
+
 /** Run `ferry` with `args`; returns the exit status. */
 export async function main(args: string[]): Promise<number> {
   const [name, ...rest] = args;
@@ -94,6 +114,7 @@ export async function main(args: string[]): Promise<number> {
     console.error(`ferry: unknown command '${name}'\n\n${usage()}`);
     return 1;
   }
+  if (entry.dials) warmTls();
   const mod = await entry.load();
   return await mod.run(rest);
 }

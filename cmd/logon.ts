@@ -30,12 +30,11 @@ import { dialAhead, logon, NodeDialer } from "../lib/manifest/apply.ts";
 import { standardDevices } from "./devices.ts";
 import { ManifestError } from "../lib/manifest/schema.ts";
 import { announceStyx } from "../lib/net/connect.ts";
-import { tlsListen } from "../lib/transport/tls.ts";
 import { listenHost, parseDialString } from "../lib/net/dial.ts";
 import type { Listener } from "../lib/transport/conn.ts";
 import type { Manifest } from "../lib/manifest/schema.ts";
 import { type Account, lookupAccount, lookupUid } from "../lib/logon/account.ts";
-import { commandFor, runInView } from "../lib/logon/session.ts";
+import { commandFor, prepareView, runInView } from "../lib/logon/session.ts";
 
 const spec = {
   usage:
@@ -146,11 +145,14 @@ export async function run(args: string[]): Promise<number> {
     // whatever address the file gives, and nothing is composed before the
     // manifest is verified (and found to be the one dialled from).
     const first = insecure ? undefined : await Deno.readFile(file);
+    let early: Manifest | undefined;
     if (first) {
-      dialer = await dialEarly(first, file, certDir, typeof v.u === "string" ? v.u : undefined, {
+      const e = await dialEarly(first, file, certDir, typeof v.u === "string" ? v.u : undefined, {
         invoker,
         creds,
       });
+      dialer = e?.dialer;
+      early = e?.m;
     }
     if (insecure) {
       console.error("logon: warning: --insecure-manifest: the manifest's signature is not checked");
@@ -160,17 +162,27 @@ export async function run(args: string[]): Promise<number> {
       signed = await readSigned(file, creds?.ca ?? await Deno.readTextFile(`${certDir}/ca.pem`));
       await checkSerial(signed, file, certDir);
       bytes = signed.bytes;
-      if (dialer && !sameBytes(bytes, first!)) {
+      if (!sameBytes(bytes, first!)) {
         // Changed since it was dialled from: those links are not this manifest's.
-        await dialer.close();
+        await dialer?.close();
         dialer = undefined;
+        early = undefined;
       }
     }
-    const m = loadBytes(bytes, file, insecure ? {} : { readFile: refuseUnsigned });
-    const problems = checkManifest(m);
+    // While the links are made (not before they start): what a private
+    // view needs loaded first.
+    if (privateNs) prepareView();
+    // The bytes verified are those read first: their reading stands.
+    const m = early ?? loadBytes(bytes, file, insecure ? {} : { readFile: refuseUnsigned });
+    const problems = early ? [] : checkManifest(m);
     if (problems.length) throw new ManifestError(problems);
     const user = typeof v.u === "string" ? v.u : userOfAccount(m, invoker!);
-    const account = privateNs ? await accountOf(m, user, invoker) : undefined;
+    // The host account is looked up (a getent) while the namespace is
+    // composed; through sudo first, so that an invoker who may not log on
+    // as this user learns nothing of the user's namespace.
+    const accounting = privateNs ? accountOf(m, user, invoker) : undefined;
+    accounting?.catch(() => {});
+    if (invoker) await accounting;
     creds ??= await loadCredentials(certDir, user);
     const quiet = v.q === true;
     const t0 = performance.now();
@@ -199,6 +211,7 @@ export async function run(args: string[]): Promise<number> {
       );
     }
     const ns = composed.ns;
+    const account = await accounting;
     if (account) {
       const run = commandFor(account, hostCommand ?? [], Deno.env.get("SSH_ORIGINAL_COMMAND"));
       return await runInView(ns, {
@@ -221,6 +234,8 @@ export async function run(args: string[]): Promise<number> {
           onError: (e) => console.error(`logon: keeping the current credentials: ${e.message}`),
         });
         const a = parseDialString(addr, { net: "tcp", service: "styx" });
+        // Loaded only here: node:tls is slow to load, and no other logon needs it.
+        const { tlsListen } = await import("../lib/transport/tls.ts");
         listener = await tlsListen(listenHost(a), a.port, { creds: nodeCreds, allow: [user] });
       }
       console.log(`serving ${user}'s namespace on ${listener.addr}`);
@@ -328,8 +343,9 @@ async function accountOf(m: Manifest, user: string, invoker?: Account): Promise<
 
 /**
  * A dialer already dialling the nodes the user's namespace mounts from, in
- * the manifest `bytes` as read (not yet verified), or undefined when it
- * does not parse or name the user: then logon dials as it composes.
+ * the manifest `bytes` as read (not yet verified), with the manifest as
+ * parsed (and found sound); undefined when it does not parse or name the
+ * user: then logon dials as it composes.
  */
 async function dialEarly(
   bytes: Uint8Array,
@@ -337,7 +353,7 @@ async function dialEarly(
   certDir: string,
   named: string | undefined,
   o: { invoker?: Account; creds?: Credentials },
-): Promise<NodeDialer | undefined> {
+): Promise<{ dialer: NodeDialer; m: Manifest } | undefined> {
   try {
     const m = loadBytes(bytes, file, { readFile: refuseUnsigned });
     if (checkManifest(m).length) return undefined;
@@ -345,7 +361,7 @@ async function dialEarly(
     const creds = o.creds ?? await loadCredentials(certDir, user);
     const dialer = new NodeDialer(m, creds, user);
     dialAhead(m, user, dialer);
-    return dialer;
+    return { dialer, m };
   } catch {
     return undefined;
   }

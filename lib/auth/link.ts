@@ -137,16 +137,16 @@ type Stamp = string[];
 const KEY_STAMP = 2;
 
 async function stampOf(dir: string, n: string): Promise<Stamp> {
-  const parts: string[] = [];
-  for (const f of credentialFiles(n)) {
-    try {
-      const st = await Deno.stat(`${dir}/${f}`);
-      parts.push(`${st.mtime?.getTime()}:${st.size}`);
-    } catch {
-      parts.push("-");
-    }
-  }
-  return parts;
+  return await Promise.all(
+    credentialFiles(n).map(async (f) => {
+      try {
+        const st = await Deno.stat(`${dir}/${f}`);
+        return `${st.mtime?.getTime()}:${st.size}`;
+      } catch {
+        return "-";
+      }
+    }),
+  );
 }
 
 /** Where loaded credentials came from, and their files' stamp just before they were read. */
@@ -186,42 +186,44 @@ async function loadFrom(
 ): Promise<Credentials> {
   // Stamped before reading: a change made while reading shows as a new stamp later.
   const stamp = await stampOf(dir, n);
-  let ca: string;
-  let cert: string;
-  try {
-    ca = await Deno.readTextFile(`${dir}/ca.pem`);
-    cert = await Deno.readTextFile(`${dir}/${n}.pem`);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
+  // The key file has not changed: no second passphrase prompt for a new CRL.
+  const kept = prev && prev.stamp[KEY_STAMP] === stamp[KEY_STAMP] && stamp[KEY_STAMP] !== "-"
+    ? prev.creds.key
+    : undefined;
+  // Read together (small files, each a trip to the file system's thread);
+  // their errors are told in the order they were before.
+  const [caR, certR, keyR, crlR] = await Promise.allSettled([
+    Deno.readTextFile(`${dir}/ca.pem`),
+    Deno.readTextFile(`${dir}/${n}.pem`),
+    kept ?? readKeyFile(`${dir}/${n}.key`),
+    Deno.readTextFile(`${dir}/crl.pem`),
+  ]);
+  for (const r of [caR, certR]) {
+    if (r.status === "fulfilled") continue;
+    if (r.reason instanceof Deno.errors.NotFound) {
       throw new Error(
         `no credentials for '${n}' in '${dir}': run 'ferry ca issue ${n} --dir ${dir}' or 'ferry enroll ADDR TOKEN --dir ${dir}'`,
       );
     }
-    throw e;
+    throw r.reason;
   }
-  let key: string;
-  if (prev && prev.stamp[KEY_STAMP] === stamp[KEY_STAMP] && stamp[KEY_STAMP] !== "-") {
-    // The key file has not changed: no second passphrase prompt for a new CRL.
-    key = prev.creds.key;
-  } else {
-    try {
-      key = await readKeyFile(`${dir}/${n}.key`);
-    } catch (e) {
-      if (e instanceof Deno.errors.NotFound) {
-        throw new Error(`no key for '${n}' in '${dir}': expected '${dir}/${n}.key'`);
-      }
-      throw e;
+  const ca = (caR as PromiseFulfilledResult<string>).value;
+  const cert = (certR as PromiseFulfilledResult<string>).value;
+  if (keyR.status === "rejected") {
+    if (keyR.reason instanceof Deno.errors.NotFound) {
+      throw new Error(`no key for '${n}' in '${dir}': expected '${dir}/${n}.key'`);
     }
-    if (isEncryptedKey(key)) {
-      key = await decryptKeyPem(key, askPassphrase(`'${dir}/${n}.key'`), `'${dir}/${n}.key'`);
-    }
+    throw keyR.reason;
+  }
+  let key = keyR.value;
+  if (kept === undefined && isEncryptedKey(key)) {
+    key = await decryptKeyPem(key, askPassphrase(`'${dir}/${n}.key'`), `'${dir}/${n}.key'`);
   }
   checkCert(ca, `'${dir}/ca.pem'`);
   checkCert(cert, `'${dir}/${n}.pem'`);
   const creds: Credentials = { ca, cert, key, name: n };
-  try {
-    creds.crl = await Deno.readTextFile(`${dir}/crl.pem`);
-  } catch { /* no CRL yet */ }
+  // No CRL yet: none.
+  if (crlR.status === "fulfilled") creds.crl = crlR.value;
   origins.set(creds, { dir, name: n, stamp });
   return creds;
 }

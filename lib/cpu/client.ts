@@ -235,7 +235,9 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
     return Number.isInteger(status) ? status : 1;
   } finally {
     for (const h of hangups) h();
-    await Promise.allSettled(opened.reverse().map((f) => f.close()));
-    await Promise.allSettled(nodes.reverse().map((n) => n.close()));
+    // Clunked without waiting for the answers: the status and the output
+    // are in, and a caller that hangs up the link next loses nothing.
+    const files = Promise.allSettled(opened.reverse().map((f) => f.close()));
+    void files.then(() => Promise.allSettled(nodes.reverse().map((n) => n.close())));
   }
 }

@@ -199,6 +199,9 @@ class CpuSession {
   /** True once the command runs; false if the session was hung up before it ran. */
   readonly #running = new Promise<boolean>((r) => (this.#started = r));
 
+  /** The account the manifest named when the session was made, looked up then. */
+  #lookup: { name: string; account: Promise<Account | undefined> } | undefined;
+
   constructor(
     readonly id: number,
     readonly caller: Caller,
@@ -207,6 +210,17 @@ class CpuSession {
   ) {
     this.owner = caller.user;
     this.ended = new Promise((r) => (this.#end = r));
+    // Looked up (a getent) while the caller opens the session's files and
+    // asks for the command; exec uses it only for the account the
+    // manifest names by then.
+    try {
+      const name = Deno.uid() === 0 ? opts.manifest().users.get(this.owner)?.account : undefined;
+      if (name !== undefined) {
+        const account = lookupAccount(name);
+        account.catch(() => {});
+        this.#lookup = { name, account };
+      }
+    } catch { /* exec looks it up, and says what is wrong */ }
   }
 
   readonly ctl: Command[] = [
@@ -324,7 +338,10 @@ class CpuSession {
     if (!spec) {
       throw new StyxError(`user '${user}' is not in node '${this.opts.node}''s manifest`);
     }
-    const account = await lookupAccount(spec.account);
+    const account =
+      await (this.#lookup?.name === spec.account
+        ? this.#lookup.account
+        : lookupAccount(spec.account));
     if (!account) {
       throw new StyxError(
         `user '${user}' runs as host account '${spec.account}', which does not exist on node '${this.opts.node}'`,

@@ -19,7 +19,7 @@ import { RemoteTree, StyxClient } from "../styx/client.ts";
 import { TcpConn } from "../transport/tcp.ts";
 import type { Job } from "./server.ts";
 import { openLibc } from "../libc.ts";
-import { runInView } from "../logon/session.ts";
+import { prepareView, runInView } from "../logon/session.ts";
 
 /** Where the caller's namespace appears on the node. */
 export const CLIENT_MOUNT = "/n/client";
@@ -46,7 +46,10 @@ export async function runSession(opts: SessionOptions): Promise<number> {
     if (/\/ferry-cpu-[^/]+$/.test(dir)) await Deno.remove(dir, { recursive: true }).catch(() => {});
     throw e;
   }
-  const job = await readJob(raw);
+  // Done while the job is awaited: the view's first steps, ahead of need.
+  const reading = readJob(raw);
+  prepareView();
+  const job = await reading;
   if (!job) {
     raw.close();
     return 0;
@@ -60,12 +63,12 @@ export async function runSession(opts: SessionOptions): Promise<number> {
     if (!done) Deno.kill(Deno.pid, "SIGHUP");
   });
   try {
-    const root = new MemTree();
-    await root.mkdirp(CLIENT_MOUNT);
-    const ns = new Namespace(root, { caller: { user: job.user } });
-    await ns.mount(new RemoteTree(client, { uname: job.user }), CLIENT_MOUNT, {
-      source: "client",
-    });
+    // The caller's namespace is mounted at /n/client as attached: a walk
+    // through a namespace of this helper's to reach it would cost a round
+    // trip to the caller, through the node, for nothing.
+    const caller = { user: job.user };
+    const top = await new RemoteTree(client, { uname: job.user }).attach(caller, "");
+    const ns = new Namespace(new MemTree(), { caller });
     // The command writes to this helper's standard output, a pipe the node
     // reads: a larger pipe lets each of the node's reads take more.
     growPipe(1, PIPE_BYTES);
@@ -75,6 +78,7 @@ export async function runSession(opts: SessionOptions): Promise<number> {
       command: job.command,
       rootByManifest: job.root === true,
       onSkip: (t, why) => console.error(`cpu: '${t}' is not mounted: ${why}`),
+      roots: new Map([[CLIENT_MOUNT, top]]),
     });
   } finally {
     done = true;

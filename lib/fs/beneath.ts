@@ -19,7 +19,18 @@
  * @module
  */
 
-import * as fs from "node:fs";
+import type * as NodeFs from "node:fs";
+
+// node:fs is loaded only for the checked resolver (see
+// loadCheckedBeneath): with openat2(2) a host tree does without it, and
+// loading it costs a one-shot command such as `ferry logon` about a tenth
+// of its start.
+let fs: typeof NodeFs;
+
+/** Load what {@link checkedBeneath} needs; await it before calling that. */
+export async function loadCheckedBeneath(): Promise<void> {
+  fs ??= await import("node:fs");
+}
 
 /** File type bits of a mode. */
 export const S_IFMT = 0o170000;
@@ -106,8 +117,6 @@ export interface Beneath {
   remove(names: readonly string[]): void;
 }
 
-const C = fs.constants;
-
 function ms(d: Date | null): number {
   return d?.getTime() ?? 0;
 }
@@ -149,6 +158,7 @@ function fail(code: string, what: string): never {
 }
 
 function accessFlags(access: Access): number {
+  const C = fs.constants;
   return access === 1 ? C.O_WRONLY : access === 2 ? C.O_RDWR : C.O_RDONLY;
 }
 
@@ -194,6 +204,8 @@ function nodeFile(fd: number, size: number): BeneathFile {
 
 /** The checked-path resolver: see the module doc for what it cannot catch. */
 export function checkedBeneath(realRoot: string): Beneath {
+  if (!fs) throw new Error("the checked resolver is not loaded: await loadCheckedBeneath() first");
+  const C = fs.constants;
   const pathOf = (names: readonly string[]) =>
     names.length === 0
       ? realRoot

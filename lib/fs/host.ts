@@ -94,6 +94,7 @@ import {
   type BeneathFile,
   checkedBeneath,
   type HostStat,
+  loadCheckedBeneath,
   S_IFDIR,
   S_IFLNK,
   S_IFMT,
@@ -241,7 +242,12 @@ export class HostTree implements Tree {
       try {
         realRoot = Deno.realPathSync(this.root);
         if (!Deno.statSync(realRoot).isDirectory) throw new StyxError(Ename.notDir);
-        host = openat2Beneath(realRoot) ?? checkedBeneath(realRoot);
+        const beneath = openat2Beneath(realRoot);
+        if (beneath) host = beneath;
+        else {
+          await loadCheckedBeneath();
+          host = checkedBeneath(realRoot);
+        }
         st = host.lstat([]);
       } catch (e) {
         this.#ctx = undefined;

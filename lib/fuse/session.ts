@@ -73,6 +73,8 @@ export class FuseSession {
   readonly #headerBytes = new Uint8Array(OUT_HEADER);
   readonly #header = new DataView(this.#headerBytes.buffer);
   #stopped = false;
+  /** A request other than FUSE_INIT has come: someone uses the mount. */
+  #used = false;
   readonly #done: Promise<void>;
   #resolveInit!: () => void;
   /** Resolves once the kernel's FUSE_INIT has been answered. */
@@ -160,6 +162,9 @@ export class FuseSession {
    * on a worker thread so that the event loop runs meanwhile.
    */
   #waitIdle(): Promise<"ready" | "gone"> | "ready" | "gone" {
+    // Not before the mount is first used: right after mounting, the
+    // thread has other mounts to make and a command to start.
+    if (!this.#used) return waitReadable(this.#fd);
     const w = waitReadableNow(this.#fd, IDLE_WAIT_MS);
     if (w !== "timeout") return w;
     return waitReadable(this.#fd);
@@ -182,6 +187,7 @@ export class FuseSession {
 
   #dispatch(req: Uint8Array): void {
     const h = decodeInHeader(req);
+    if (h.opcode !== Op.INIT) this.#used = true;
     const body = req.subarray(IN_HEADER, h.len);
     const now = this.#immediate.get(h.opcode);
     if (now) {

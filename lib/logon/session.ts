@@ -17,12 +17,12 @@
  */
 
 import type { Namespace } from "../ns/namespace.ts";
-import { type FuseMount, mountTree } from "../fuse/mount.ts";
+import { type FuseMount, fuseUnavailable, mountTree } from "../fuse/mount.ts";
 import type { Account } from "./account.ts";
 import { buildView, outermost, planView, type View } from "./view.ts";
 import type { Node } from "../fs/tree.ts";
 import { QTDIR } from "../styx/types.ts";
-import { enterPrivateMountNamespace } from "./sys.ts";
+import { enterPrivateMountNamespace, loadMountCalls, mountDevice } from "./sys.ts";
 
 /** Exit status of a child the way a shell reports it (128+N when killed by signal N). */
 function exitCode(s: Deno.CommandStatus): number {
@@ -119,6 +119,13 @@ export interface ViewOptions {
   onMount?: (target: string) => void;
   /** Told about each mount point left out, and why (default: nothing). */
   onSkip?: (target: string, why: string) => void;
+  /**
+   * Nodes to mount as they are at these paths, beside the mount points of
+   * the namespace (which has none at or above them): a tree attached for
+   * the view, with no walk through the namespace to reach it. Closed with
+   * the view.
+   */
+  roots?: ReadonlyMap<string, Node>;
 }
 
 /**
@@ -135,13 +142,21 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
         `set 'account' for user '${opts.user}' in the manifest to an unprivileged account`,
     );
   }
+  if (Deno.uid() !== 0) {
+    throw new Error(
+      "a private mount namespace needs root: run 'ferry logon … -- COMMAND' as root " +
+        "(through sudo at an SSH logon, see the README); the command itself runs as the user's account",
+    );
+  }
   // Only directories can be mounted on directories: a file bound on a file
-  // stays visible only to Ferry's own shell.
+  // stays visible only to Ferry's own shell. The mount points are resolved
+  // while this thread makes its private mount namespace.
   const nodes = new Map<string, Node>();
-  await Promise.all(
-    outermost(ns.mounts().map((m) => m.target)).map(async (target) => {
+  const roots = opts.roots ?? new Map<string, Node>();
+  const resolving = Promise.all(
+    outermost([...ns.mounts().map((m) => m.target), ...roots.keys()]).map(async (target) => {
       try {
-        const node = await ns.resolve(target);
+        const node = roots.get(target) ?? await ns.resolve(target);
         if (node.qid.type & QTDIR) nodes.set(target, node);
         else {
           await node.close();
@@ -152,28 +167,20 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
       }
     }),
   );
-  if (Deno.uid() !== 0) {
-    throw new Error(
-      "a private mount namespace needs root: run 'ferry logon … -- COMMAND' as root " +
-        "(through sudo at an SSH logon, see the README); the command itself runs as the user's account",
-    );
-  }
+  const staging = Deno.makeTempDir({ prefix: "ferry-logon-" });
+  staging.catch(() => {});
   const signals = new Signals();
-  const stage = await Deno.makeTempDir({ prefix: "ferry-logon-" });
   let view: View | undefined;
   const mounts: FuseMount[] = [];
-  let tuning: Promise<unknown> = Promise.resolve();
   try {
-    // Programs this thread starts are found now: once the view is
-    // mounted, a PATH directory may lie under a FUSE mount only this
-    // thread can answer, while it waits for the spawn.
-    resolveTools(["unshare", "stat"]);
+    prepareView();
     enterPrivateMountNamespace();
+    const [stage] = await Promise.all([staging, resolving]);
     view = buildView(planView([...nodes.keys()]), stage);
     const v = view;
     // From here this thread must not look at its own FUSE mounts with a
     // synchronous call: the answer needs this thread. So the working
-    // directory is found first, and readahead is set by a child.
+    // directory is found first, and readahead set without asking the mounts.
     const wd = await homeIn(ns, account.home, v.root, [...v.paths.keys()]);
     await Promise.all([...v.paths].map(async ([target, at]) => {
       const node = nodes.get(target)!;
@@ -187,17 +194,37 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
       mounts.push(m);
       opts.onMount?.(target);
     }));
-    tuning = Promise.all(mounts.map((m) => setReadahead(m.mountpoint, READAHEAD_KB)));
+    setReadahead(mounts.map((m) => m.mountpoint), READAHEAD_KB);
     if (signals.pending) return 128 + (SIGNALS[signals.pending] ?? 0);
     return await spawnAs(account, opts.command, v.root, wd, signals);
   } finally {
-    await tuning;
     await Promise.allSettled(mounts.map((m) => m.close()));
     if (view) view.close();
-    else await Deno.remove(stage).catch(() => {});
+    else await staging.then((d) => Deno.remove(d)).catch(() => {});
     signals.release();
   }
 }
+
+/**
+ * Do ahead of need what {@link runInView} does first on this thread: find
+ * the programs it runs and load the system calls it makes. A caller with
+ * time to spare (waiting for a link, or for a job) calls it then; calling
+ * it again costs nothing.
+ */
+export function prepareView(): void {
+  if (prepared) return;
+  prepared = true;
+  // Programs this thread starts are found now: once the view is mounted,
+  // a PATH directory may lie under a FUSE mount only this thread can
+  // answer, while it waits for the spawn.
+  resolveTools(["unshare"]);
+  loadMountCalls();
+  // Opens /dev/fuse once and loads the FUSE system calls; a reason it
+  // cannot be used is reported by the mounts themselves.
+  fuseUnavailable();
+}
+
+let prepared = false;
 
 const tools = new Map<string, string>();
 
@@ -225,25 +252,15 @@ function tool(name: string): string {
 const READAHEAD_KB = 4096;
 
 /**
- * Set the kernel's readahead for the FUSE mount at `at` (only a tuning).
- * Its device number is asked of a child, which sees this thread's mounts
- * while this thread stays free to answer the FUSE request that takes.
+ * Set the kernel's readahead for the FUSE mounts at `points` (only a
+ * tuning). Each mount's device number is asked of the kernel without
+ * asking the mount (see {@link mountDevice}): this thread answers it.
  */
-async function setReadahead(at: string, kb: number): Promise<void> {
-  try {
-    const o = await new Deno.Command(tool("stat"), {
-      args: ["-c", "%d", at],
-      stdin: "null",
-      stdout: "piped",
-      stderr: "null",
-    }).output();
-    const dev = Number(new TextDecoder().decode(o.stdout).trim());
-    if (!o.success || !Number.isInteger(dev)) return;
-    const major = (dev >> 8) & 0xfff;
-    const minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
-    await Deno.writeTextFile(`/sys/class/bdi/${major}:${minor}/read_ahead_kb`, `${kb}\n`);
-  } catch {
-    // The mount works with the kernel's default readahead.
+function setReadahead(points: readonly string[], kb: number): void {
+  for (const at of points) {
+    try {
+      Deno.writeTextFileSync(`/sys/class/bdi/${mountDevice(at)}/read_ahead_kb`, `${kb}\n`);
+    } catch { /* the kernel's default readahead (writing /sys needs --allow-all) */ }
   }
 }
 

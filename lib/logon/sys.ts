@@ -17,11 +17,19 @@ const MS_REC = 0x4000;
 const MS_UNBINDABLE = 0x20000;
 const MS_PRIVATE = 0x40000;
 const MNT_DETACH = 2;
+const AT_FDCWD = -100;
+const AT_SYMLINK_NOFOLLOW = 0x100;
+const AT_STATX_DONT_SYNC = 0x4000;
+const STATX_TYPE = 0x1;
+/** Offsets of stx_dev_major and stx_dev_minor in struct statx. */
+const STX_DEV_MAJOR = 136;
+const STX_DEV_MINOR = 140;
 
 const symbols = {
   mount: { parameters: ["buffer", "buffer", "buffer", "u64", "buffer"], result: "i32" },
   umount2: { parameters: ["buffer", "i32"], result: "i32" },
   unshare: { parameters: ["i32"], result: "i32" },
+  statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const;
 
@@ -41,6 +49,11 @@ function check(r: number, what: string): void {
 
 function mount(src: string | null, target: string, type: string | null, flags: number, data = "") {
   return lib().mount(cstrOrNull(src), cstr(target), cstrOrNull(type), BigInt(flags), cstr(data));
+}
+
+/** Load the system calls this module makes (they load on first use otherwise). */
+export function loadMountCalls(): void {
+  lib();
 }
 
 /**
@@ -83,4 +96,20 @@ export function makeUnbindable(target: string): void {
 /** Detach the mount at `target` and everything below it (a lazy unmount). */
 export function detach(target: string): void {
   check(lib().umount2(cstr(target), MNT_DETACH), `cannot unmount '${target}'`);
+}
+
+/**
+ * The device number, "MAJOR:MINOR", of the file system mounted at
+ * `target`, from what the kernel has at hand: asked with
+ * AT_STATX_DONT_SYNC, a FUSE file system is not asked for the root's
+ * attributes, so this thread may ask about a mount only it answers.
+ */
+export function mountDevice(target: string): string {
+  const buf = new Uint8Array(256);
+  check(
+    lib().statx(AT_FDCWD, cstr(target), AT_SYMLINK_NOFOLLOW | AT_STATX_DONT_SYNC, STATX_TYPE, buf),
+    `cannot stat '${target}'`,
+  );
+  const v = new DataView(buf.buffer);
+  return `${v.getUint32(STX_DEV_MAJOR, true)}:${v.getUint32(STX_DEV_MINOR, true)}`;
 }

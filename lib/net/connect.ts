@@ -17,7 +17,7 @@ import {
   defaultCertsDir,
   watchCredentials,
 } from "../auth/link.ts";
-import { tlsDial, tlsListen } from "../transport/tls.ts";
+import { tlsDial } from "../transport/tls_dial.ts";
 import type { Tree } from "../fs/tree.ts";
 import { handshakeFailed, SPEAKS_PLAIN, speaksPlainStyx, watchForTls } from "./mismatch.ts";
 
@@ -176,6 +176,8 @@ export async function announceStyx(addr: string, opts: AnnounceOptions): Promise
   });
   let l: Listener;
   try {
+    // Loaded here: only a listener needs node:tls, and a dial does without it.
+    const { tlsListen } = await import("../transport/tls.ts");
     l = await tlsListen(host, a.port, {
       creds: w,
       allow: opts.allow,

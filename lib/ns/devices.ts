@@ -11,7 +11,6 @@
 
 import * as path from "node:path";
 import type { Caller, Node, Tree } from "../fs/tree.ts";
-import { HostTree } from "../fs/host.ts";
 import { errorString, StyxError } from "../styx/types.ts";
 import { splitNames } from "./path.ts";
 
@@ -105,6 +104,8 @@ export function hostDevice(rootDir: string): DeviceFactory {
     } catch (e) {
       throw new Error(`Host path '${host}': ${errorString(e)}`);
     }
+    // Loaded when first used: it brings node:fs, slow to load.
+    const { HostTree } = await import("../fs/host.ts");
     if (info.isDirectory) {
       const t = new HostTree(host);
       await t.ready();

@@ -63,7 +63,6 @@ import {
 } from "./mount_table.ts";
 import { cleanPath, joinNames, splitNames } from "./path.ts";
 import { OwnedFile, UnionDir } from "./union.ts";
-import { HostTree } from "../fs/host.ts";
 import {
   checkDeviceName,
   defaultRootDir,
@@ -929,7 +928,9 @@ export class Namespace implements Tree {
    */
   static async standard(opts: StandardOptions): Promise<Namespace> {
     const dir = opts.rootDir ?? defaultRootDir();
-    await prepareRootDir(dir);
+    // Loaded here: the host tree brings node:fs, the slowest module a
+    // one-shot command would load, and only a standard namespace needs it.
+    const [{ HostTree }] = await Promise.all([import("../fs/host.ts"), prepareRootDir(dir)]);
     const root = new HostTree(dir);
     await root.ready();
     const devices = new Map(opts.devices ?? []);

@@ -29,9 +29,8 @@ import net from "node:net";
 import { Buffer } from "node:buffer";
 import { Duplex } from "node:stream";
 import type { Conn, Listener, Peer } from "./conn.ts";
-import { TcpConn, tcpDial } from "./tcp.ts";
+import { TcpConn } from "./tcp.ts";
 import type { CertIdentity } from "../auth/certs.ts";
-import { PeerRefusedError } from "../auth/verify.ts";
 import {
   type Credentials,
   type CredentialWatch,
@@ -43,7 +42,7 @@ import {
   type LinkOptions,
   mapAlg,
 } from "../auth/link.ts";
-import { isCertificateFailure, nativeTlsDial, nativeTlsListen } from "./tls_native.ts";
+import { nativeTlsListen } from "./tls_native.ts";
 import {
   explainLinkFailure,
   type ExplainRules,
@@ -55,6 +54,7 @@ import {
 
 export type { Credentials, LinkOptions } from "../auth/link.ts";
 export { LINK_PROTOCOL, LinkError } from "./link_exchange.ts";
+export { tlsDial } from "./tls_dial.ts";
 
 const HIGH_WATER = 1 << 20;
 
@@ -357,59 +357,6 @@ function clientOptions(
   };
   if (servername && !isIpAddr(servername)) o.servername = servername;
   return o;
-}
-
-/**
- * Dial `host:port` and set up a mutually authenticated TLS link. The server
- * must present a node certificate for `opts.peer` (default: `host`).
- *
- * @example
- * ```ts ignore
- * const creds = await loadCredentials("certs");
- * const conn = await tlsDial("fileserver", 6666, { creds });
- * console.log(conn.peer.identity);
- * ```
- */
-export async function tlsDial(host: string, port: number, opts: LinkOptions): Promise<Conn> {
-  // The credentials as their directory has them now (a renewed certificate, the latest CRL).
-  const src = await followCredentials(opts.creds);
-  try {
-    return await dialWith(host, port, { ...opts, creds: src.current() });
-  } finally {
-    src.close();
-  }
-}
-
-async function dialWith(
-  host: string,
-  port: number,
-  opts: LinkOptions & { creds: Credentials },
-): Promise<Conn> {
-  const bare = host.replace(/^\[|\]$/g, "");
-  if (!opts.alg) {
-    // Deno's own TLS first: several times faster to read from. When it
-    // refuses the server's certificate, dial again through node:tls below,
-    // whose ferry-link/1 tells both ends precisely what was wrong.
-    try {
-      const c = await nativeTlsDial(bare, port, opts, opts.creds, opts.peer ?? host);
-      if (c) return c;
-    } catch (e) {
-      if (!isCertificateFailure(e)) {
-        throw e instanceof PeerRefusedError ? e : new LinkError((e as Error).message);
-      }
-    }
-  }
-  // TLS runs over a Deno TCP connection rather than node:tls's own socket:
-  // the same code path as a tunnel, and reads from the network stop when the
-  // reader stops (node:tls's own socket kept buffering: hundreds of MiB for
-  // one bulk transfer).
-  let raw: Conn;
-  try {
-    raw = await tcpDial(bare, port);
-  } catch (e) {
-    throw new LinkError(`cannot connect to ${host}:${port}: ${(e as Error).message}`);
-  }
-  return await tlsWrapClient(raw, { ...opts, peer: opts.peer ?? host });
 }
 
 /** Size of the buffers connDuplex reads a TcpConn into. */
