@@ -525,6 +525,13 @@ export interface FrameWriterOptions {
   written?(): void;
   /** Called once when a write fails; the writer has abandoned its queue by then. */
   failed?(e: unknown): void;
+  /**
+   * Sends bytes on the connection at once, when it can (see
+   * {@link import("./direct.ts").directSender}): a frame written `now` on
+   * an idle writer goes through it first, and only what it did not take
+   * through the connection's own write.
+   */
+  direct?(data: Uint8Array): number;
 }
 
 /**
@@ -556,6 +563,7 @@ export class FrameWriter {
   readonly #release: ((frame: Uint8Array) => void) | undefined;
   readonly #written: (() => void) | undefined;
   readonly #failed: ((e: unknown) => void) | undefined;
+  readonly #direct: ((data: Uint8Array) => number) | undefined;
   #queue: Uint8Array[] = [];
   #bytes = 0;
   #writing = false;
@@ -571,6 +579,7 @@ export class FrameWriter {
     this.#release = opts.release;
     this.#written = opts.written;
     this.#failed = opts.failed;
+    this.#direct = opts.direct;
   }
 
   /** Bytes queued or being written. */
@@ -607,9 +616,18 @@ export class FrameWriter {
         // One frame and nothing behind it (one request at a time): written
         // without the loop, which the next frame queued meanwhile restarts.
         this.#queue.pop();
+        const sent = this.#direct?.(frame) ?? 0;
+        if (sent === frame.length) {
+          // The kernel has it all: nothing is left to wait for.
+          this.#writing = false;
+          this.#bytes -= frame.length;
+          this.#release?.(frame);
+          this.#written?.();
+          return;
+        }
         let p: Promise<void>;
         try {
-          p = this.#conn.write(frame);
+          p = this.#conn.write(sent === 0 ? frame : frame.subarray(sent));
         } catch (e) {
           p = Promise.reject(e);
         }

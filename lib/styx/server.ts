@@ -89,6 +89,7 @@ import {
   recycleReadData,
   rreadInPlace,
 } from "./frame.ts";
+import { directSender } from "./direct.ts";
 import { formatMsg, traceEnabled } from "./trace.ts";
 import { onReclaim, sessionEnded, sessionStarted } from "./reclaim.ts";
 
@@ -481,6 +482,9 @@ class Session {
       written: () => this.#wake(),
       // The connection is gone: abandon everything it still had queued.
       failed: () => this.#hangup(),
+      // On plain TCP a reply with nothing queued before it leaves in one
+      // send(2), without waiting for the event loop.
+      direct: directSender(conn) ?? undefined,
     });
     // However the connection ends (a failed write, the peer's hangup seen
     // by a read ahead, a close from outside), what it still had queued is
