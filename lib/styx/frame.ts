@@ -188,8 +188,67 @@ export class FrameReader {
    */
   next(): Promise<Uint8Array | null> {
     this.#inNext = true;
-    return this.#into ? this.#nextInto(this.#into) : this.#nextChunked();
+    const conn = this.#into;
+    if (conn === null) return this.#nextChunked();
+    if (this.#filling === null && !this.#eof && this.#start === this.#end) {
+      // Nothing buffered, as after each request of a client that waits
+      // for every reply: one read, and the frame it brings taken as it
+      // lands, without the general loop's chain of promises.
+      const buf = this.#room();
+      return conn.readInto(buf).then(this.#landed, this.#readFailed);
+    }
+    return this.#nextInto(conn);
   }
+
+  /**
+   * The read {@link next} made into an empty buffer has landed: a whole
+   * frame in it is returned now; anything else (end of stream, part of a
+   * frame, a size to refuse) goes on in the general loop, which finds the
+   * bytes where this read put them.
+   */
+  readonly #landed = (n: number | null): Uint8Array | null | Promise<Uint8Array | null> => {
+    const buf = this.#buf!;
+    if (n === null) {
+      this.#eof = true;
+      this.#done();
+      return null;
+    }
+    this.#end += n;
+    this.#burst = n === buf.length && buf === this.#own;
+    const p = this.#start;
+    const have = this.#end - p;
+    if (have >= 4) {
+      const size = (buf[p]! | buf[p + 1]! << 8 | buf[p + 2]! << 16) + buf[p + 3]! * 0x1000000;
+      if (size <= have && size >= HEADER_SIZE && size <= this.msize && size <= SCRATCH) {
+        if (size > this.#ownWant && size <= IDLE_READ_MAX) {
+          this.#ownWant = Math.min(IDLE_READ_MAX, 2 ** Math.ceil(Math.log2(size)));
+        }
+        let frame: Uint8Array;
+        try {
+          if (size >= ALLOC_MIN) {
+            frame = this.#alloc(size);
+            frame.set(buf.subarray(p, p + size));
+          } else {
+            frame = buf.slice(p, p + size);
+          }
+        } catch (e) {
+          return this.#readFailed(e);
+        }
+        this.#start += size;
+        this.#taken();
+        this.#done();
+        return frame;
+      }
+    }
+    return this.#nextInto(this.#into!);
+  };
+
+  /** The read {@link next} made failed: as the general loop ends on a failure. */
+  readonly #readFailed = (e: unknown): never => {
+    if (this.#filling === null) this.#giveBack();
+    this.#done();
+    throw this.#failure(e);
+  };
 
   /** What next() ends with, however it ends: the frame deadline is over. */
   #done(): void {
