@@ -76,6 +76,34 @@ const SCRATCH = 64 * 1024;
  */
 const ALLOC_MIN = 1024;
 
+/** Bytes of each slab small frames are cut from (see {@link copySmall}). */
+const SLAB = 8 * 1024;
+let slab = new Uint8Array(0);
+let slabAt = 0;
+
+/**
+ * A copy of the small frame at `buf[p, p + size)`: for most types, a piece
+ * of a slab shared by every reader, since a buffer of its own costs more
+ * than the rest of a walk or stat. A slab is never written again where a
+ * frame was cut, so a frame stays as it is for as long as it is kept; it is
+ * dropped once none of its frames is referred to. Frames whose decoded
+ * message keeps a view of them (Twrite and Rread data, which a tree or a
+ * reader may hold for long) get buffers of their own, so as not to keep a
+ * slab alive.
+ */
+function copySmall(buf: Uint8Array, p: number, size: number): Uint8Array {
+  const type = buf[p + 4];
+  if (type === MsgType.Twrite || type === MsgType.Rread) return buf.slice(p, p + size);
+  if (slabAt + size > slab.length) {
+    slab = new Uint8Array(SLAB);
+    slabAt = 0;
+  }
+  const at = slabAt;
+  slabAt += size;
+  for (let i = 0; i < size; i++) slab[at + i] = buf[p + i]!;
+  return slab.subarray(at, at + size);
+}
+
 /**
  * Reads whole Styx frames from a connection.
  *
@@ -229,7 +257,7 @@ export class FrameReader {
             frame = this.#alloc(size);
             frame.set(buf.subarray(p, p + size));
           } else {
-            frame = buf.slice(p, p + size);
+            frame = copySmall(buf, p, size);
           }
         } catch (e) {
           return this.#readFailed(e);
@@ -438,7 +466,7 @@ export class FrameReader {
           frame = this.#alloc(size);
           frame.set(buf.subarray(start, start + size));
         } else {
-          frame = buf.slice(start, start + size);
+          frame = copySmall(buf, start, size);
         }
         this.#start += size;
         this.#taken();
