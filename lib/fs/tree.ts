@@ -285,7 +285,8 @@ export interface OpenFile {
    * written with one system call); undefined when this write would have to
    * wait, and then the caller uses write. Throws where write would reject.
    * A server then answers a Twrite without waiting for a turn of the event
-   * loop.
+   * loop. Keeps no reference to `data` once it returns: the server may
+   * reuse it at once.
    */
   writeNow?(offset: bigint, data: Uint8Array): number | undefined;
   /**

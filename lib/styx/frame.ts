@@ -130,6 +130,17 @@ export class FrameReader {
    * frame and stalls cannot hold the reader (and the frame's buffer) forever.
    */
   frameTimeoutMs = 0;
+  /**
+   * Lend frames rather than copy them: a frame gathered in the reused
+   * buffer comes back as a view of it, valid only until the next call to
+   * {@link next} or {@link readAhead} (check with {@link lent}). For a
+   * caller that decodes each frame at once and copies the little it keeps
+   * (a server: only Twrite data outlives the decoding), this saves a
+   * buffer and a copy per frame.
+   */
+  lend = false;
+  /** The buffer the last lent frame lies in. */
+  #lentFrom: ArrayBufferLike | null = null;
   readonly #conn: Conn;
   /** Unconsumed chunks, the first starting at #off. */
   #chunks: Uint8Array[] = [];
@@ -253,12 +264,7 @@ export class FrameReader {
         }
         let frame: Uint8Array;
         try {
-          if (size >= ALLOC_MIN) {
-            frame = this.#alloc(size);
-            frame.set(buf.subarray(p, p + size));
-          } else {
-            frame = copySmall(buf, p, size);
-          }
+          frame = this.#cut(buf, p, size);
         } catch (e) {
           return this.#readFailed(e);
         }
@@ -270,6 +276,27 @@ export class FrameReader {
     }
     return this.#nextInto(this.#into!);
   };
+
+  /** The frame at `buf[p, p + size)`, lent or copied out of the reused buffer. */
+  #cut(buf: Uint8Array, p: number, size: number): Uint8Array {
+    if (this.lend) {
+      this.#lentFrom = buf.buffer;
+      return buf.subarray(p, p + size);
+    }
+    if (size < ALLOC_MIN) return copySmall(buf, p, size);
+    const frame = this.#alloc(size);
+    frame.set(buf.subarray(p, p + size));
+    return frame;
+  }
+
+  /**
+   * True when `bytes` lie in the buffer the last frame was lent from (see
+   * {@link lend}): they change once {@link next} or {@link readAhead} is
+   * called again, so whatever is to be kept must be copied first.
+   */
+  lent(bytes: Uint8Array): boolean {
+    return this.#lentFrom !== null && bytes.buffer === this.#lentFrom;
+  }
 
   /** The read {@link next} made failed: as the general loop ends on a failure. */
   readonly #readFailed = (e: unknown): never => {
@@ -460,14 +487,7 @@ export class FrameReader {
             );
           }
         }
-        const start = this.#start;
-        let frame: Uint8Array;
-        if (size >= ALLOC_MIN) {
-          frame = this.#alloc(size);
-          frame.set(buf.subarray(start, start + size));
-        } else {
-          frame = copySmall(buf, start, size);
-        }
+        const frame = this.#cut(buf, this.#start, size);
         this.#start += size;
         this.#taken();
         return frame;

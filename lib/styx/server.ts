@@ -474,6 +474,9 @@ class Session {
       this.#reuseWrites ? (size) => writePool.take(size) : undefined,
     );
     this.#reader.frameTimeoutMs = timeout;
+    // Each frame is decoded at once, and only Twrite data outlives that
+    // (copied in #write when its request has to wait).
+    this.#reader.lend = true;
     this.#reuseReplies = conn.releasesWrites === true;
     // Replies finished in one turn of the event loop go out in one write.
     this.#writer = new FrameWriter(conn, {
@@ -1310,6 +1313,13 @@ class Session {
         return this.#send(reply);
       }
     }
+    let data = m.data;
+    if (this.#reader.lent(data)) {
+      // The frame was lent by the reader, which reads the next one over it.
+      const copy = this.#reuseWrites ? writePool.take(data.length) : new Uint8Array(data.length);
+      copy.set(data);
+      data = copy;
+    }
     this.#useFid(
       m.tag,
       m.type,
@@ -1321,17 +1331,17 @@ class Session {
         if (f.qid.type & QTDIR) throw new StyxError(Ename.isDir);
         if (!canWrite(f.omode)) throw new StyxError(Ename.perm);
         try {
-          const n = await file.write(m.offset, m.data, { signal });
+          const n = await file.write(m.offset, data, { signal });
           return { type: MsgType.Rwrite, count: n };
         } finally {
           // A write cut short by a flush or hangup may still be using the
           // data underneath (a socket write under way): its buffer is left
           // to the garbage collector rather than reused.
-          if (this.#reuseWrites && !signal.aborted) writePool.give(m.data.buffer);
+          if (this.#reuseWrites && !signal.aborted) writePool.give(data.buffer);
         }
       },
       undefined,
-      m.data.length,
+      data.length,
     );
   }
 

@@ -294,3 +294,52 @@ Deno.test("serve over TCP: walks of a host tree answered at once keep walk(5)'s 
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("serve over TCP: a Twrite that has to wait keeps its data while later requests arrive", async () => {
+  // A file whose writes finish later and are looked at only then: by that
+  // time the server has read many more frames over the same connection.
+  const kept: { data: Uint8Array; later: Promise<void> }[] = [];
+  const tree = new SynthTree(dir("", [
+    file("slow", () => ({
+      write: (_off, data) => {
+        const later = new Promise<void>((r) => setTimeout(r, 5));
+        kept.push({ data, later });
+        return later.then(() => data.length);
+      },
+    }), { perm: 0o666 }),
+  ]));
+  const s = await tcpSession(tree);
+  expectType(
+    await s.rpc({ type: MsgType.Twalk, tag: 1, fid: 0, newfid: 1, wnames: ["slow"] }),
+    MsgType.Rwalk,
+  );
+  expectType(await s.rpc({ type: MsgType.Topen, tag: 1, fid: 1, mode: OWRITE }), MsgType.Ropen);
+  // One at a time, and in bursts of writes and stats of other sizes.
+  for (let i = 0; i < 20; i++) {
+    const w = expectType(
+      await s.rpc({ type: MsgType.Twrite, tag: 2, fid: 1, offset: 0n, data: page(i) }),
+      MsgType.Rwrite,
+    );
+    assert.equal(w.count, 4096);
+  }
+  const burst: TMsg[] = [];
+  for (let i = 20; i < 120; i++) {
+    const size = 1 + (i * 37) % 3000;
+    burst.push({
+      type: MsgType.Twrite,
+      tag: i,
+      fid: 1,
+      offset: 0n,
+      data: page(i).subarray(0, size),
+    });
+    burst.push({ type: MsgType.Tstat, tag: 1000 + i, fid: 1 });
+  }
+  await s.send(...burst);
+  for (let i = 0; i < burst.length; i++) await s.next();
+  assert.equal(kept.length, 120);
+  for (let i = 0; i < kept.length; i++) {
+    const d = kept[i]!.data;
+    assert.ok(d.length > 0 && d.every((b) => b === i % 251), `write ${i} came out changed`);
+  }
+  await s.close();
+});
