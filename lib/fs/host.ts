@@ -85,6 +85,7 @@ import {
   QTFILE,
   StyxError,
 } from "../styx/types.ts";
+import { encodeDir } from "../styx/codec.ts";
 import { type HostUsers, hostUsers } from "./users.ts";
 import { accountFor, AEXEC, AREAD, AWRITE, mustOwn, need } from "./hostperm.ts";
 import {
@@ -384,10 +385,17 @@ function fold(h: number, x: number): number {
   return mix32(mix32(h ^ (x >>> 0)) ^ Math.floor(x / 0x100000000));
 }
 
+/** The qid.path of the file `st` describes. */
+function qidPath(ctx: Ctx, st: HostStat): bigint {
+  const path = st.dev === ctx.rootDev
+    ? st.ino
+    : (st.ino ^ ((st.dev ^ ctx.rootDev) << 40n)) & MASK64;
+  return path === 0n ? 1n << 63n : path;
+}
+
 function qidOf(ctx: Ctx, st: HostStat): Qid {
   // Plain numbers, not bigint: this runs for every walk and stat.
-  let path = st.dev === ctx.rootDev ? st.ino : (st.ino ^ ((st.dev ^ ctx.rootDev) << 40n)) & MASK64;
-  if (path === 0n) path = 1n << 63n;
+  const path = qidPath(ctx, st);
   let v = fold(0, st.mtimeMs);
   v = fold(v, st.ctimeMs);
   v = fold(v, st.size);
@@ -431,6 +439,13 @@ function dirOf(ctx: Ctx, st: HostStat, name: string): Dir {
   };
 }
 
+/** True when the host said the same of a file both times (a symlink never is: it is refused). */
+function sameStat(a: HostStat, b: HostStat): boolean {
+  return a.ino === b.ino && a.dev === b.dev && a.mode === b.mode && a.uid === b.uid &&
+    a.gid === b.gid && a.size === b.size && a.mtimeMs === b.mtimeMs &&
+    a.ctimeMs === b.ctimeMs && a.atimeMs === b.atimeMs && !isLink(b);
+}
+
 function toPosition(offset: bigint): number {
   if (offset < 0n || offset > BigInt(Number.MAX_SAFE_INTEGER)) {
     throw new StyxError(`offset ${offset} is beyond what the host file system supports`);
@@ -459,6 +474,8 @@ function access(mode: number): Access {
 /** A file or directory below the root, reached by walking. */
 class HostNode implements Node {
   #qid: Qid;
+  /** What {@link statEntryNow} made last, and from what. */
+  #lastStat: { st: HostStat; name: string; writes: number; entry: Uint8Array } | null = null;
 
   /**
    * `rel` is the resolved path below the root (no symlink in it); `name`
@@ -666,6 +683,34 @@ class HostNode implements Node {
     } catch (e) {
       throw hostError(e);
     }
+  }
+
+  /**
+   * {@link statNow} as the bytes of its stat(5) entry, size[2] included:
+   * while the host's answer (and the name, and the writes counted) stay as
+   * they were, the entry made last time is given again, which saves
+   * building and encoding it for a client that stats the same file over
+   * and over. The buffer is the node's, valid until its next call.
+   */
+  statEntryNow(): Uint8Array {
+    let st: HostStat;
+    try {
+      st = this.ctx.host.lstat(this.rel);
+    } catch (e) {
+      throw hostError(e);
+    }
+    const last = this.#lastStat;
+    const writes = Atomics.load(this.ctx.writes, writeSlot(qidPath(this.ctx, st)));
+    if (
+      last !== null && last.name === this.name && last.writes === writes &&
+      sameStat(last.st, st)
+    ) {
+      return last.entry;
+    }
+    const d = this.statNow();
+    const entry = encodeDir(d);
+    this.#lastStat = { st, name: this.name, writes, entry };
+    return entry;
   }
 
   wstat(d: Dir, opts?: OpOptions): Promise<void> {

@@ -180,6 +180,12 @@ export interface Node {
   walkNow?(names: string[], opts?: OpOptions): WalkResult;
   /** Optional: {@link stat} answered at once, as {@link walkNow}. */
   statNow?(opts?: OpOptions): Dir;
+  /**
+   * Optional, with {@link statNow}: its answer as the bytes of a stat(5)
+   * entry (size[2] included), in a buffer the node may reuse at its next
+   * call, so that an unchanged file need not be encoded again.
+   */
+  statEntryNow?(): Uint8Array;
   /** Optional: {@link close} done at once, as {@link walkNow}. */
   closeNow?(): void;
 }

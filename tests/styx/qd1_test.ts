@@ -13,7 +13,16 @@ import { dir, file, SynthTree, textFile } from "../../lib/fs/synthetic.ts";
 import type { Tree } from "../../lib/fs/tree.ts";
 import { tcpDial, tcpListen } from "../../lib/transport/tcp.ts";
 import type { Conn } from "../../lib/transport/conn.ts";
-import { type Msg, MsgType, NOFID, NOTAG, OREAD, OWRITE, type TMsg } from "../../lib/styx/types.ts";
+import {
+  type Msg,
+  MsgType,
+  NOFID,
+  NOTAG,
+  nullDir,
+  OREAD,
+  OWRITE,
+  type TMsg,
+} from "../../lib/styx/types.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -342,4 +351,50 @@ Deno.test("serve over TCP: a Twrite that has to wait keeps its data while later 
     assert.ok(d.length > 0 && d.every((b) => b === i % 251), `write ${i} came out changed`);
   }
   await s.close();
+});
+
+Deno.test("serve over TCP: one Tstat after another follows every change to the file", async () => {
+  const root = await Deno.makeTempDir({ prefix: "ferry-qd1-" });
+  try {
+    await Deno.writeTextFile(`${root}/f`, "one");
+    const s = await tcpSession(new HostTree(root));
+    for (const [fid, mode] of [[1, OREAD], [2, OWRITE]] as const) {
+      expectType(
+        await s.rpc({ type: MsgType.Twalk, tag: 1, fid: 0, newfid: fid, wnames: ["f"] }),
+        MsgType.Rwalk,
+      );
+      if (fid === 2) {
+        expectType(await s.rpc({ type: MsgType.Topen, tag: 1, fid, mode }), MsgType.Ropen);
+      }
+    }
+    const stat = async () =>
+      expectType(await s.rpc({ type: MsgType.Tstat, tag: 1, fid: 1 }), MsgType.Rstat).stat;
+    const first = await stat();
+    // The same answer while nothing changes.
+    for (let i = 0; i < 20; i++) assert.deepEqual(await stat(), first);
+    // A write through the server, even of the same bytes: a new version.
+    expectType(
+      await s.rpc({ type: MsgType.Twrite, tag: 1, fid: 2, offset: 0n, data: enc.encode("one") }),
+      MsgType.Rwrite,
+    );
+    const written = await stat();
+    assert.notEqual(written.qid.version, first.qid.version);
+    // A change made on the host: length, and then permissions.
+    await Deno.writeTextFile(`${root}/f`, "three", { append: true });
+    assert.equal((await stat()).length, 8n);
+    await Deno.chmod(`${root}/f`, 0o600);
+    assert.equal((await stat()).mode & 0o777, 0o600);
+    // A rename through the server: the new name.
+    const d = { ...nullDir(), name: "g" };
+    expectType(await s.rpc({ type: MsgType.Twstat, tag: 1, fid: 1, stat: d }), MsgType.Rwstat);
+    assert.equal((await stat()).name, "g");
+    // Gone from the host: the error, every time.
+    await Deno.remove(`${root}/g`);
+    for (let i = 0; i < 2; i++) {
+      expectError(await s.rpc({ type: MsgType.Tstat, tag: 1, fid: 1 }), "file does not exist");
+    }
+    await s.close();
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
 });
