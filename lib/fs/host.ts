@@ -446,8 +446,11 @@ function sameStat(a: HostStat, b: HostStat): boolean {
     a.ctimeMs === b.ctimeMs && a.atimeMs === b.atimeMs && !isLink(b);
 }
 
+/** The largest offset a host file is read or written at. */
+const MAX_POSITION = BigInt(Number.MAX_SAFE_INTEGER);
+
 function toPosition(offset: bigint): number {
-  if (offset < 0n || offset > BigInt(Number.MAX_SAFE_INTEGER)) {
+  if (offset < 0n || offset > MAX_POSITION) {
     throw new StyxError(`offset ${offset} is beyond what the host file system supports`);
   }
   return Number(offset);

@@ -290,10 +290,14 @@ interface DirState {
   offset: bigint;
 }
 
+/** The qid of a fid whose node is not known yet. */
+const NO_QID: Qid = Object.freeze({ type: 0, version: 0, path: 0n });
+
 /** One entry of the fid table. */
 class Fid {
   node: Node | null = null;
-  qid: Qid = { type: 0, version: 0, path: 0n };
+  /** Replaced, never changed in place. */
+  qid: Qid = NO_QID;
   file: OpenFile | null = null;
   omode = -1;
   /** The last state-changing request (attach, walk, open, create) still running. */
@@ -305,8 +309,8 @@ class Fid {
   /** qid.path registered in the exclusive-open set. */
   excl: bigint | null = null;
   dir: DirState | null = null;
-  /** Serialises directory reads on this fid. */
-  dirLock: Promise<void> = Promise.resolve();
+  /** Serialises directory reads on this fid (null: none has run). */
+  dirLock: Promise<void> | null = null;
 
   constructor(readonly num: number) {}
 }
