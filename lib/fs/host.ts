@@ -904,6 +904,28 @@ class HostFile implements OpenFile {
     });
   }
 
+  /** The read made at once when it is one system call's worth (see SYNC_IO). */
+  readNow(offset: bigint, count: number, opts?: ReadOptions): Uint8Array | undefined {
+    const file = this.file;
+    if (!file.preadNow || count > SYNC_IO) return undefined;
+    try {
+      if (this.#closed) throw new StyxError(Ename.notOpen);
+      if ((this.mode & 3) === OWRITE) throw new StyxError(Ename.perm);
+      const pos = toPosition(offset);
+      let n = Math.min(Math.max(0, Math.trunc(count)), MAX_IO);
+      if (n === 0) return new Uint8Array(0);
+      // As read: the buffer sized by what the file holds.
+      if (pos >= this.#size) this.#size = file.stat().size;
+      n = Math.min(n, this.#size - pos);
+      if (n <= 0) return new Uint8Array(0);
+      const buf = opts?.alloc?.(n) ?? new Uint8Array(n);
+      const got = file.preadNow(buf, pos);
+      return got === n ? buf : buf.subarray(0, got);
+    } catch (e) {
+      throw hostError(e);
+    }
+  }
+
   /** The write made at once when it is one system call's worth (see SYNC_IO). */
   writeNow(offset: bigint, data: Uint8Array): number | undefined {
     const file = this.file;

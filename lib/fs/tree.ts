@@ -284,6 +284,14 @@ export interface OpenFile {
   readonly iounit: number;
   /** Read up to `count` bytes at `offset` (regular files only). */
   read(offset: bigint, count: number, opts?: ReadOptions): Promise<Uint8Array>;
+  /**
+   * Optional: {@link read} made at once, for a file that can (a host file
+   * read with one system call); undefined when this read would have to
+   * wait, and then the caller uses read. Throws where read would reject.
+   * A server then answers a Tread without waiting for a turn of the event
+   * loop.
+   */
+  readNow?(offset: bigint, count: number, opts?: ReadOptions): Uint8Array | undefined;
   /** Write `data` at `offset`; returns how many bytes were written. */
   write(offset: bigint, data: Uint8Array, opts?: OpOptions): Promise<number>;
   /**

@@ -398,3 +398,61 @@ Deno.test("serve over TCP: one Tstat after another follows every change to the f
     await Deno.remove(root, { recursive: true });
   }
 });
+
+Deno.test("serve over TCP: Treads of a host file keep read(5)'s rules one at a time and in bursts", async () => {
+  const root = await Deno.makeTempDir({ prefix: "ferry-qd1-" });
+  try {
+    const data = new Uint8Array(100_000).map((_, i) => i % 253);
+    await Deno.writeFile(`${root}/f`, data);
+    const s = await tcpSession(new HostTree(root));
+    for (const [fid, mode] of [[1, OREAD], [2, OWRITE]] as const) {
+      expectType(
+        await s.rpc({ type: MsgType.Twalk, tag: 1, fid: 0, newfid: fid, wnames: ["f"] }),
+        MsgType.Rwalk,
+      );
+      expectType(await s.rpc({ type: MsgType.Topen, tag: 1, fid, mode }), MsgType.Ropen);
+    }
+    const read = async (offset: number, count: number) =>
+      expectType(
+        await s.rpc({ type: MsgType.Tread, tag: 1, fid: 1, offset: BigInt(offset), count }),
+        MsgType.Rread,
+      ).data;
+    // Counts beyond what msize allows are cut to it.
+    assert.deepEqual(await read(0, 1 << 20), data.subarray(0, 8216 - 24));
+    assert.deepEqual(await read(99_990, 100), data.subarray(99_990));
+    assert.equal((await read(100_000, 100)).length, 0);
+    assert.equal((await read(200_000, 100)).length, 0);
+    // Grown on the host meanwhile: the new bytes are read.
+    await Deno.writeFile(`${root}/f`, new Uint8Array([7, 7, 7]), { append: true });
+    assert.deepEqual([...await read(100_000, 100)], [7, 7, 7]);
+    // A burst: every reply its own offset's bytes.
+    const burst: TMsg[] = [];
+    for (let i = 0; i < 40; i++) {
+      burst.push({
+        type: MsgType.Tread,
+        tag: 100 + i,
+        fid: 1,
+        offset: BigInt(i * 2000),
+        count: 2000,
+      });
+    }
+    await s.send(...burst);
+    for (let i = 0; i < 40; i++) {
+      const r = expectType(await s.next(), MsgType.Rread);
+      const at = (r.tag - 100) * 2000;
+      assert.deepEqual(r.data, data.subarray(at, at + 2000));
+    }
+    // Not open for reading, or not open at all.
+    expectError(
+      await s.rpc({ type: MsgType.Tread, tag: 1, fid: 2, offset: 0n, count: 10 }),
+      "permission denied",
+    );
+    expectError(
+      await s.rpc({ type: MsgType.Tread, tag: 1, fid: 0, offset: 0n, count: 10 }),
+      "fid not open for I/O",
+    );
+    await s.close();
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
