@@ -569,7 +569,7 @@ class HostNode implements Node {
       const up = rel.slice(0, -1);
       return [up, qidOf(ctx, ctx.host.lstat(up)), up[up.length - 1] ?? "/"];
     }
-    const next = [...rel, name];
+    const next = rel.length === 0 ? [name] : [...rel, name];
     const st = ctx.host.lstat(next);
     if (!isLink(st)) return [next, qidOf(ctx, st), name];
     // realpath only computes where the link leads; the path found is then
@@ -935,7 +935,8 @@ class HostFile implements OpenFile {
       const acc = this.mode & 3;
       if (acc !== OWRITE && acc !== ORDWR) throw new StyxError(Ename.perm);
       const pos = toPosition(offset);
-      toPosition(offset + BigInt(data.length));
+      // (The end as a number first: a bigint is made only near the limit.)
+      if (pos + data.length > Number.MAX_SAFE_INTEGER) toPosition(offset + BigInt(data.length));
       let done = 0;
       while (done < data.length) {
         const n = file.pwriteNow(data, done, pos + done);

@@ -1370,7 +1370,7 @@ class Session {
         reply = { type: MsgType.Rerror, tag: m.tag, ename: errorString(e) };
       }
       if (reply !== null) {
-        if (this.#reuseWrites) writePool.give(m.data.buffer);
+        if (this.#reuseWrites && !this.#reader.lent(m.data)) writePool.give(m.data.buffer);
         return this.#send(reply);
       }
     }
