@@ -67,6 +67,8 @@ export interface BeneathFile {
   pwrite(data: Uint8Array, off: number, pos: number): Promise<number>;
   /** {@link pwrite} on the calling thread, for writes up to SYNC_IO bytes. */
   pwriteNow?(data: Uint8Array, off: number, pos: number): number;
+  /** {@link pread} on the calling thread, for reads up to SYNC_IO bytes. */
+  preadNow?(buf: Uint8Array, pos: number): number;
   stat(): HostStat;
   /** Safe to call twice. */
   close(): void;
@@ -180,6 +182,7 @@ function nodeFile(fd: number, size: number): BeneathFile {
       });
     },
     pwriteNow: (data, off, pos) => fs.writeSync(fd, data, off, data.length - off, pos),
+    preadNow: (buf, pos) => fs.readSync(fd, buf, 0, buf.length, pos),
     pwrite(data, off, pos) {
       const n = data.length - off;
       if (n <= SYNC_IO) {

@@ -85,6 +85,7 @@ import {
   QTFILE,
   StyxError,
 } from "../styx/types.ts";
+import { encodeDir } from "../styx/codec.ts";
 import { type HostUsers, hostUsers } from "./users.ts";
 import { accountFor, AEXEC, AREAD, AWRITE, mustOwn, need } from "./hostperm.ts";
 import {
@@ -390,10 +391,17 @@ function fold(h: number, x: number): number {
   return mix32(mix32(h ^ (x >>> 0)) ^ Math.floor(x / 0x100000000));
 }
 
+/** The qid.path of the file `st` describes. */
+function qidPath(ctx: Ctx, st: HostStat): bigint {
+  const path = st.dev === ctx.rootDev
+    ? st.ino
+    : (st.ino ^ ((st.dev ^ ctx.rootDev) << 40n)) & MASK64;
+  return path === 0n ? 1n << 63n : path;
+}
+
 function qidOf(ctx: Ctx, st: HostStat): Qid {
   // Plain numbers, not bigint: this runs for every walk and stat.
-  let path = st.dev === ctx.rootDev ? st.ino : (st.ino ^ ((st.dev ^ ctx.rootDev) << 40n)) & MASK64;
-  if (path === 0n) path = 1n << 63n;
+  const path = qidPath(ctx, st);
   let v = fold(0, st.mtimeMs);
   v = fold(v, st.ctimeMs);
   v = fold(v, st.size);
@@ -437,8 +445,18 @@ function dirOf(ctx: Ctx, st: HostStat, name: string): Dir {
   };
 }
 
+/** True when the host said the same of a file both times (a symlink never is: it is refused). */
+function sameStat(a: HostStat, b: HostStat): boolean {
+  return a.ino === b.ino && a.dev === b.dev && a.mode === b.mode && a.uid === b.uid &&
+    a.gid === b.gid && a.size === b.size && a.mtimeMs === b.mtimeMs &&
+    a.ctimeMs === b.ctimeMs && a.atimeMs === b.atimeMs && !isLink(b);
+}
+
+/** The largest offset a host file is read or written at. */
+const MAX_POSITION = BigInt(Number.MAX_SAFE_INTEGER);
+
 function toPosition(offset: bigint): number {
-  if (offset < 0n || offset > BigInt(Number.MAX_SAFE_INTEGER)) {
+  if (offset < 0n || offset > MAX_POSITION) {
     throw new StyxError(`offset ${offset} is beyond what the host file system supports`);
   }
   return Number(offset);
@@ -465,6 +483,8 @@ function access(mode: number): Access {
 /** A file or directory below the root, reached by walking. */
 class HostNode implements Node {
   #qid: Qid;
+  /** What {@link statEntryNow} made last, and from what. */
+  #lastStat: { st: HostStat; name: string; writes: number; entry: Uint8Array } | null = null;
 
   /**
    * `rel` is the resolved path below the root (no symlink in it); `name`
@@ -555,7 +575,7 @@ class HostNode implements Node {
       const up = rel.slice(0, -1);
       return [up, qidOf(ctx, ctx.host.lstat(up)), up[up.length - 1] ?? "/"];
     }
-    const next = [...rel, name];
+    const next = rel.length === 0 ? [name] : [...rel, name];
     const st = ctx.host.lstat(next);
     if (!isLink(st)) return [next, qidOf(ctx, st), name];
     // realpath only computes where the link leads; the path found is then
@@ -672,6 +692,34 @@ class HostNode implements Node {
     } catch (e) {
       throw hostError(e);
     }
+  }
+
+  /**
+   * {@link statNow} as the bytes of its stat(5) entry, size[2] included:
+   * while the host's answer (and the name, and the writes counted) stay as
+   * they were, the entry made last time is given again, which saves
+   * building and encoding it for a client that stats the same file over
+   * and over. The buffer is the node's, valid until its next call.
+   */
+  statEntryNow(): Uint8Array {
+    let st: HostStat;
+    try {
+      st = this.ctx.host.lstat(this.rel);
+    } catch (e) {
+      throw hostError(e);
+    }
+    const last = this.#lastStat;
+    const writes = Atomics.load(this.ctx.writes, writeSlot(qidPath(this.ctx, st)));
+    if (
+      last !== null && last.name === this.name && last.writes === writes &&
+      sameStat(last.st, st)
+    ) {
+      return last.entry;
+    }
+    const d = this.statNow();
+    const entry = encodeDir(d);
+    this.#lastStat = { st, name: this.name, writes, entry };
+    return entry;
   }
 
   wstat(d: Dir, opts?: OpOptions): Promise<void> {
@@ -862,6 +910,28 @@ class HostFile implements OpenFile {
     });
   }
 
+  /** The read made at once when it is one system call's worth (see SYNC_IO). */
+  readNow(offset: bigint, count: number, opts?: ReadOptions): Uint8Array | undefined {
+    const file = this.file;
+    if (!file.preadNow || count > SYNC_IO) return undefined;
+    try {
+      if (this.#closed) throw new StyxError(Ename.notOpen);
+      if ((this.mode & 3) === OWRITE) throw new StyxError(Ename.perm);
+      const pos = toPosition(offset);
+      let n = Math.min(Math.max(0, Math.trunc(count)), MAX_IO);
+      if (n === 0) return new Uint8Array(0);
+      // As read: the buffer sized by what the file holds.
+      if (pos >= this.#size) this.#size = file.stat().size;
+      n = Math.min(n, this.#size - pos);
+      if (n <= 0) return new Uint8Array(0);
+      const buf = opts?.alloc?.(n) ?? new Uint8Array(n);
+      const got = file.preadNow(buf, pos);
+      return got === n ? buf : buf.subarray(0, got);
+    } catch (e) {
+      throw hostError(e);
+    }
+  }
+
   /** The write made at once when it is one system call's worth (see SYNC_IO). */
   writeNow(offset: bigint, data: Uint8Array): number | undefined {
     const file = this.file;
@@ -871,7 +941,8 @@ class HostFile implements OpenFile {
       const acc = this.mode & 3;
       if (acc !== OWRITE && acc !== ORDWR) throw new StyxError(Ename.perm);
       const pos = toPosition(offset);
-      toPosition(offset + BigInt(data.length));
+      // (The end as a number first: a bigint is made only near the limit.)
+      if (pos + data.length > Number.MAX_SAFE_INTEGER) toPosition(offset + BigInt(data.length));
       let done = 0;
       while (done < data.length) {
         const n = file.pwriteNow(data, done, pos + done);

@@ -343,6 +343,9 @@ export function openat2Beneath(realRoot: string): Beneath | undefined {
           return Number(n);
         });
       },
+      preadNow(buf, pos) {
+        return check(l!, "read", l!.pread(fd, buf, BigInt(buf.length), BigInt(pos)));
+      },
       pwriteNow(data, off, pos) {
         const part = off === 0 ? data : data.subarray(off);
         return check(l!, "write", l!.pwrite(fd, part, BigInt(part.length), BigInt(pos)));

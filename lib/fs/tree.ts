@@ -187,6 +187,12 @@ export interface Node {
   walkNow?(names: string[], opts?: OpOptions): WalkResult;
   /** Optional: {@link stat} answered at once, as {@link walkNow}. */
   statNow?(opts?: OpOptions): Dir;
+  /**
+   * Optional, with {@link statNow}: its answer as the bytes of a stat(5)
+   * entry (size[2] included), in a buffer the node may reuse at its next
+   * call, so that an unchanged file need not be encoded again.
+   */
+  statEntryNow?(): Uint8Array;
   /** Optional: {@link close} done at once, as {@link walkNow}. */
   closeNow?(): void;
 }
@@ -285,6 +291,14 @@ export interface OpenFile {
   readonly iounit: number;
   /** Read up to `count` bytes at `offset` (regular files only). */
   read(offset: bigint, count: number, opts?: ReadOptions): Promise<Uint8Array>;
+  /**
+   * Optional: {@link read} made at once, for a file that can (a host file
+   * read with one system call); undefined when this read would have to
+   * wait, and then the caller uses read. Throws where read would reject.
+   * A server then answers a Tread without waiting for a turn of the event
+   * loop.
+   */
+  readNow?(offset: bigint, count: number, opts?: ReadOptions): Uint8Array | undefined;
   /** Write `data` at `offset`; returns how many bytes were written. */
   write(offset: bigint, data: Uint8Array, opts?: OpOptions): Promise<number>;
   /**
@@ -292,7 +306,8 @@ export interface OpenFile {
    * written with one system call); undefined when this write would have to
    * wait, and then the caller uses write. Throws where write would reject.
    * A server then answers a Twrite without waiting for a turn of the event
-   * loop.
+   * loop. Keeps no reference to `data` once it returns: the server may
+   * reuse it at once.
    */
   writeNow?(offset: bigint, data: Uint8Array): number | undefined;
   /**

@@ -30,8 +30,11 @@ import {
   type Msg,
   MsgType,
   type Qid,
+  type Rclunk,
   type RMsg,
   type Rread,
+  type Rwalk,
+  type Rwrite,
   type TMsg,
   type Twrite,
 } from "./types.ts";
@@ -309,9 +312,13 @@ function u64(v: bigint, f: string, n: string): void {
 }
 function checkQid(q: Qid, f: string, n: string): void {
   if (q === null || typeof q !== "object") throw new CodecError(`${n} ${f} is missing`);
-  u8(q.type, `${f}.type`, n);
-  u32(q.version, `${f}.version`, n);
-  u64(q.path, `${f}.path`, n);
+  // The field names are built only for the error (this runs for every qid sent).
+  const t = q.type;
+  if (!Number.isInteger(t) || t < 0 || t > 0xff) u8(t, `${f}.type`, n);
+  const v = q.version;
+  if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) u32(v, `${f}.version`, n);
+  const p = q.path;
+  if (typeof p !== "bigint" || p < 0n || p > MAX_U64) u64(p, `${f}.path`, n);
 }
 
 // ---------------------------------------------------------------------------
@@ -612,6 +619,10 @@ def(MsgType.Tflush, "Tflush", {
 });
 empty(MsgType.Rflush, "Rflush");
 
+/** Field names for errors, made once rather than per name decoded. */
+const WNAME = Array.from({ length: MAXWELEM }, (_, i) => `wname[${i}]`);
+const WQID = Array.from({ length: MAXWELEM }, (_, i) => `wqid[${i}]`);
+
 def(MsgType.Twalk, "Twalk", {
   size(m) {
     u32(m.fid, "fid", "Twalk");
@@ -636,7 +647,7 @@ def(MsgType.Twalk, "Twalk", {
     const n = r.u16("nwname");
     if (n > MAXWELEM) r.fail(`nwname ${n} exceeds the maximum of ${MAXWELEM}`);
     const wnames: string[] = [];
-    for (let i = 0; i < n; i++) wnames.push(r.str(`wname[${i}]`));
+    for (let i = 0; i < n; i++) wnames.push(r.str(WNAME[i]!));
     return { type: MsgType.Twalk, tag, fid, newfid, wnames };
   },
 });
@@ -657,7 +668,7 @@ def(MsgType.Rwalk, "Rwalk", {
     const n = r.u16("nwqid");
     if (n > MAXWELEM) r.fail(`nwqid ${n} exceeds the maximum of ${MAXWELEM}`);
     const wqids: Qid[] = [];
-    for (let i = 0; i < n; i++) wqids.push(r.qid(`wqid[${i}]`));
+    for (let i = 0; i < n; i++) wqids.push(r.qid(WQID[i]!));
     return { type: MsgType.Rwalk, tag, wqids };
   },
 });
@@ -911,6 +922,12 @@ const newBuffer = (size: number) => new Uint8Array(size);
  * ```
  */
 export function encodeWith(msg: Msg, alloc: (size: number) => Uint8Array): Uint8Array {
+  // The replies a server sends most, written by hand: the same bytes and
+  // checks as below, without the general machinery.
+  const type = msg?.type;
+  if (type === MsgType.Rclunk || type === MsgType.Rwrite || type === MsgType.Rwalk) {
+    return encodeCommon(msg as Rclunk | Rwrite | Rwalk, alloc);
+  }
   const spec = specFor(msg);
   const size = HEADER_SIZE + spec.size(msg);
   if (size > 0xffffffff) throw new CodecError(`${spec.name} of ${size} bytes is too large`);
@@ -924,6 +941,64 @@ export function encodeWith(msg: Msg, alloc: (size: number) => Uint8Array): Uint8
     throw new CodecError(`${spec.name} encoded to ${w.pos} bytes, expected ${size}`);
   }
   return w.buf;
+}
+
+/** {@link encodeWith} for Rclunk, Rwrite and Rwalk. */
+function encodeCommon(
+  msg: Rclunk | Rwrite | Rwalk,
+  alloc: (size: number) => Uint8Array,
+): Uint8Array {
+  const spec = table[msg.type]!;
+  checkInt(msg.tag, 0xffff, "tag", spec.name);
+  const size = HEADER_SIZE + spec.size(msg);
+  const b = alloc(size);
+  b[0] = size;
+  b[1] = size >>> 8;
+  b[2] = size >>> 16;
+  b[3] = size >>> 24;
+  b[4] = msg.type;
+  b[5] = msg.tag;
+  b[6] = msg.tag >>> 8;
+  if (msg.type === MsgType.Rwrite) {
+    const c = msg.count;
+    b[7] = c;
+    b[8] = c >>> 8;
+    b[9] = c >>> 16;
+    b[10] = c >>> 24;
+  } else if (msg.type === MsgType.Rwalk) {
+    const qids = msg.wqids;
+    b[7] = qids.length;
+    b[8] = 0;
+    let p = 9;
+    for (const q of qids) {
+      b[p] = q.type;
+      const v = q.version;
+      b[p + 1] = v;
+      b[p + 2] = v >>> 8;
+      b[p + 3] = v >>> 16;
+      b[p + 4] = v >>> 24;
+      const path = q.path;
+      let lo: number, hi: number;
+      if (path <= 0x1fffffffffffffn) {
+        const n = Number(path);
+        lo = n >>> 0;
+        hi = Math.floor(n / 0x100000000);
+      } else {
+        lo = Number(BigInt.asUintN(32, path));
+        hi = Number(BigInt.asUintN(32, path >> 32n));
+      }
+      b[p + 5] = lo;
+      b[p + 6] = lo >>> 8;
+      b[p + 7] = lo >>> 16;
+      b[p + 8] = lo >>> 24;
+      b[p + 9] = hi;
+      b[p + 10] = hi >>> 8;
+      b[p + 11] = hi >>> 16;
+      b[p + 12] = hi >>> 24;
+      p += QID_SIZE;
+    }
+  }
+  return b;
 }
 
 /** Bytes an Rread carries before its data: size[4] type[1] tag[2] count[4]. */

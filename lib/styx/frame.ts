@@ -76,6 +76,34 @@ const SCRATCH = 64 * 1024;
  */
 const ALLOC_MIN = 1024;
 
+/** Bytes of each slab small frames are cut from (see {@link copySmall}). */
+const SLAB = 8 * 1024;
+let slab = new Uint8Array(0);
+let slabAt = 0;
+
+/**
+ * A copy of the small frame at `buf[p, p + size)`: for most types, a piece
+ * of a slab shared by every reader, since a buffer of its own costs more
+ * than the rest of a walk or stat. A slab is never written again where a
+ * frame was cut, so a frame stays as it is for as long as it is kept; it is
+ * dropped once none of its frames is referred to. Frames whose decoded
+ * message keeps a view of them (Twrite and Rread data, which a tree or a
+ * reader may hold for long) get buffers of their own, so as not to keep a
+ * slab alive.
+ */
+function copySmall(buf: Uint8Array, p: number, size: number): Uint8Array {
+  const type = buf[p + 4];
+  if (type === MsgType.Twrite || type === MsgType.Rread) return buf.slice(p, p + size);
+  if (slabAt + size > slab.length) {
+    slab = new Uint8Array(SLAB);
+    slabAt = 0;
+  }
+  const at = slabAt;
+  slabAt += size;
+  for (let i = 0; i < size; i++) slab[at + i] = buf[p + i]!;
+  return slab.subarray(at, at + size);
+}
+
 /**
  * Reads whole Styx frames from a connection.
  *
@@ -102,6 +130,17 @@ export class FrameReader {
    * frame and stalls cannot hold the reader (and the frame's buffer) forever.
    */
   frameTimeoutMs = 0;
+  /**
+   * Lend frames rather than copy them: a frame gathered in the reused
+   * buffer comes back as a view of it, valid only until the next call to
+   * {@link next} or {@link readAhead} (check with {@link lent}). For a
+   * caller that decodes each frame at once and copies the little it keeps
+   * (a server: only Twrite data outlives the decoding), this saves a
+   * buffer and a copy per frame.
+   */
+  lend = false;
+  /** The buffer the last lent frame lies in. */
+  #lentFrom: ArrayBufferLike | null = null;
   readonly #conn: Conn;
   /** Unconsumed chunks, the first starting at #off. */
   #chunks: Uint8Array[] = [];
@@ -188,8 +227,83 @@ export class FrameReader {
    */
   next(): Promise<Uint8Array | null> {
     this.#inNext = true;
-    return this.#into ? this.#nextInto(this.#into) : this.#nextChunked();
+    const conn = this.#into;
+    if (conn === null) return this.#nextChunked();
+    if (this.#filling === null && !this.#eof && this.#start === this.#end) {
+      // Nothing buffered, as after each request of a client that waits
+      // for every reply: one read, and the frame it brings taken as it
+      // lands, without the general loop's chain of promises.
+      const buf = this.#room();
+      return conn.readInto(buf).then(this.#landed, this.#readFailed);
+    }
+    return this.#nextInto(conn);
   }
+
+  /**
+   * The read {@link next} made into an empty buffer has landed: a whole
+   * frame in it is returned now; anything else (end of stream, part of a
+   * frame, a size to refuse) goes on in the general loop, which finds the
+   * bytes where this read put them.
+   */
+  readonly #landed = (n: number | null): Uint8Array | null | Promise<Uint8Array | null> => {
+    const buf = this.#buf!;
+    if (n === null) {
+      this.#eof = true;
+      this.#done();
+      return null;
+    }
+    this.#end += n;
+    this.#burst = n === buf.length && buf === this.#own;
+    const p = this.#start;
+    const have = this.#end - p;
+    if (have >= 4) {
+      const size = (buf[p]! | buf[p + 1]! << 8 | buf[p + 2]! << 16) + buf[p + 3]! * 0x1000000;
+      if (size <= have && size >= HEADER_SIZE && size <= this.msize && size <= SCRATCH) {
+        if (size > this.#ownWant && size <= IDLE_READ_MAX) {
+          this.#ownWant = Math.min(IDLE_READ_MAX, 2 ** Math.ceil(Math.log2(size)));
+        }
+        let frame: Uint8Array;
+        try {
+          frame = this.#cut(buf, p, size);
+        } catch (e) {
+          return this.#readFailed(e);
+        }
+        this.#start += size;
+        this.#taken();
+        this.#done();
+        return frame;
+      }
+    }
+    return this.#nextInto(this.#into!);
+  };
+
+  /** The frame at `buf[p, p + size)`, lent or copied out of the reused buffer. */
+  #cut(buf: Uint8Array, p: number, size: number): Uint8Array {
+    if (this.lend) {
+      this.#lentFrom = buf.buffer;
+      return buf.subarray(p, p + size);
+    }
+    if (size < ALLOC_MIN) return copySmall(buf, p, size);
+    const frame = this.#alloc(size);
+    frame.set(buf.subarray(p, p + size));
+    return frame;
+  }
+
+  /**
+   * True when `bytes` lie in the buffer the last frame was lent from (see
+   * {@link lend}): they change once {@link next} or {@link readAhead} is
+   * called again, so whatever is to be kept must be copied first.
+   */
+  lent(bytes: Uint8Array): boolean {
+    return this.#lentFrom !== null && bytes.buffer === this.#lentFrom;
+  }
+
+  /** The read {@link next} made failed: as the general loop ends on a failure. */
+  readonly #readFailed = (e: unknown): never => {
+    if (this.#filling === null) this.#giveBack();
+    this.#done();
+    throw this.#failure(e);
+  };
 
   /** What next() ends with, however it ends: the frame deadline is over. */
   #done(): void {
@@ -373,14 +487,7 @@ export class FrameReader {
             );
           }
         }
-        const start = this.#start;
-        let frame: Uint8Array;
-        if (size >= ALLOC_MIN) {
-          frame = this.#alloc(size);
-          frame.set(buf.subarray(start, start + size));
-        } else {
-          frame = buf.slice(start, start + size);
-        }
+        const frame = this.#cut(buf, this.#start, size);
         this.#start += size;
         this.#taken();
         return frame;
@@ -525,6 +632,13 @@ export interface FrameWriterOptions {
   written?(): void;
   /** Called once when a write fails; the writer has abandoned its queue by then. */
   failed?(e: unknown): void;
+  /**
+   * Sends bytes on the connection at once, when it can (see
+   * {@link import("./direct.ts").directSender}): a frame written `now` on
+   * an idle writer goes through it first, and only what it did not take
+   * through the connection's own write.
+   */
+  direct?(data: Uint8Array): number;
 }
 
 /**
@@ -556,6 +670,7 @@ export class FrameWriter {
   readonly #release: ((frame: Uint8Array) => void) | undefined;
   readonly #written: (() => void) | undefined;
   readonly #failed: ((e: unknown) => void) | undefined;
+  readonly #direct: ((data: Uint8Array) => number) | undefined;
   #queue: Uint8Array[] = [];
   #bytes = 0;
   #writing = false;
@@ -571,6 +686,7 @@ export class FrameWriter {
     this.#release = opts.release;
     this.#written = opts.written;
     this.#failed = opts.failed;
+    this.#direct = opts.direct;
   }
 
   /** Bytes queued or being written. */
@@ -607,9 +723,18 @@ export class FrameWriter {
         // One frame and nothing behind it (one request at a time): written
         // without the loop, which the next frame queued meanwhile restarts.
         this.#queue.pop();
+        const sent = this.#direct?.(frame) ?? 0;
+        if (sent === frame.length) {
+          // The kernel has it all: nothing is left to wait for.
+          this.#writing = false;
+          this.#bytes -= frame.length;
+          this.#release?.(frame);
+          this.#written?.();
+          return;
+        }
         let p: Promise<void>;
         try {
-          p = this.#conn.write(frame);
+          p = this.#conn.write(sent === 0 ? frame : frame.subarray(sent));
         } catch (e) {
           p = Promise.reject(e);
         }

@@ -44,6 +44,7 @@ import {
   type Dir,
   Ename,
   errorString,
+  HEADER_SIZE,
   IOHDRSZ,
   MsgType,
   NOFID,
@@ -89,6 +90,7 @@ import {
   recycleReadData,
   rreadInPlace,
 } from "./frame.ts";
+import { directSender } from "./direct.ts";
 import { formatMsg, traceEnabled } from "./trace.ts";
 import { onReclaim, sessionEnded, sessionStarted } from "./reclaim.ts";
 
@@ -288,10 +290,17 @@ interface DirState {
   offset: bigint;
 }
 
+/** What a read answered at once is given: buffers with room for the Rread header. */
+const READ_NOW: ReadOptions = { alloc: allocReadData };
+
+/** The qid of a fid whose node is not known yet. */
+const NO_QID: Qid = Object.freeze({ type: 0, version: 0, path: 0n });
+
 /** One entry of the fid table. */
 class Fid {
   node: Node | null = null;
-  qid: Qid = { type: 0, version: 0, path: 0n };
+  /** Replaced, never changed in place. */
+  qid: Qid = NO_QID;
   file: OpenFile | null = null;
   omode = -1;
   /** The last state-changing request (attach, walk, open, create) still running. */
@@ -303,8 +312,8 @@ class Fid {
   /** qid.path registered in the exclusive-open set. */
   excl: bigint | null = null;
   dir: DirState | null = null;
-  /** Serialises directory reads on this fid. */
-  dirLock: Promise<void> = Promise.resolve();
+  /** Serialises directory reads on this fid (null: none has run). */
+  dirLock: Promise<void> | null = null;
 
   constructor(readonly num: number) {}
 }
@@ -473,6 +482,9 @@ class Session {
       this.#reuseWrites ? (size) => writePool.take(size) : undefined,
     );
     this.#reader.frameTimeoutMs = timeout;
+    // Each frame is decoded at once, and only Twrite data outlives that
+    // (copied in #write when its request has to wait).
+    this.#reader.lend = true;
     this.#reuseReplies = conn.releasesWrites === true;
     // Replies finished in one turn of the event loop go out in one write.
     this.#writer = new FrameWriter(conn, {
@@ -481,6 +493,9 @@ class Session {
       written: () => this.#wake(),
       // The connection is gone: abandon everything it still had queued.
       failed: () => this.#hangup(),
+      // On plain TCP a reply with nothing queued before it leaves in one
+      // send(2), without waiting for the event loop.
+      direct: directSender(conn) ?? undefined,
     });
     // However the connection ends (a failed write, the peer's hangup seen
     // by a read ahead, a close from outside), what it still had queued is
@@ -1105,6 +1120,16 @@ class Session {
     if (f !== undefined && f.busy === null && !f.clunked && f.node?.statNow) {
       // Answered at once: nothing is queued on the fid, and the tree need
       // not wait for anything.
+      if (f.node.statEntryNow && !this.#trace && !this.#closing) {
+        // Already encoded by the node: the reply is a header in front.
+        let entry: Uint8Array;
+        try {
+          entry = f.node.statEntryNow();
+        } catch (e) {
+          return this.#send({ type: MsgType.Rerror, tag, ename: errorString(e) });
+        }
+        if (entry.length <= 0xffff) return this.#sendStat(tag, entry);
+      }
       let reply: RMsg;
       try {
         reply = { type: MsgType.Rstat, tag, stat: f.node.statNow() };
@@ -1117,6 +1142,24 @@ class Session {
       const stat = await f.node!.stat({ signal });
       return { type: MsgType.Rstat, stat };
     });
+  }
+
+  /** Send an Rstat for `tag` carrying the encoded stat entry `entry`. */
+  #sendStat(tag: number, entry: Uint8Array): void {
+    const size = HEADER_SIZE + 2 + entry.length;
+    const frame = this.#replyBuf(size);
+    frame[0] = size;
+    frame[1] = size >>> 8;
+    frame[2] = size >>> 16;
+    frame[3] = size >>> 24;
+    frame[4] = MsgType.Rstat;
+    frame[5] = tag;
+    frame[6] = tag >>> 8;
+    frame[7] = entry.length;
+    frame[8] = entry.length >>> 8;
+    frame.set(entry, 9);
+    // As #send decides: at once when no other reply can join it.
+    this.#writer.write(frame, this.#running.size <= 1 && this.#reader.buffered === 0);
   }
 
   #iounit(file: OpenFile): number {
@@ -1193,6 +1236,31 @@ class Session {
   }
 
   #read(m: Tread): void {
+    const f = this.#fids.get(m.fid);
+    const file = f?.file;
+    if (
+      f !== undefined && file?.readNow && f.busy === null && !f.clunked &&
+      !(f.qid.type & QTDIR) && canRead(f.omode)
+    ) {
+      // Read and answered at once when the file can: nothing is queued on
+      // the fid. The data's buffer counts against the connection's bound
+      // from here as queued reply bytes.
+      const count = Math.min(m.count, this.#msize - IOHDRSZ);
+      let reply: RMsg | null = null;
+      try {
+        const data = file.readNow(m.offset, count, READ_NOW);
+        if (data !== undefined) {
+          reply = {
+            type: MsgType.Rread,
+            tag: m.tag,
+            data: data.length > count ? data.subarray(0, count) : data,
+          };
+        }
+      } catch (e) {
+        reply = { type: MsgType.Rerror, tag: m.tag, ename: errorString(e) };
+      }
+      if (reply !== null) return this.#send(reply);
+    }
     this.#useFid(m.tag, m.type, m.fid, false, async (req, f, signal) => {
       const file = f.file;
       if (!file) throw new StyxError(Ename.notOpen);
@@ -1302,9 +1370,16 @@ class Session {
         reply = { type: MsgType.Rerror, tag: m.tag, ename: errorString(e) };
       }
       if (reply !== null) {
-        if (this.#reuseWrites) writePool.give(m.data.buffer);
+        if (this.#reuseWrites && !this.#reader.lent(m.data)) writePool.give(m.data.buffer);
         return this.#send(reply);
       }
+    }
+    let data = m.data;
+    if (this.#reader.lent(data)) {
+      // The frame was lent by the reader, which reads the next one over it.
+      const copy = this.#reuseWrites ? writePool.take(data.length) : new Uint8Array(data.length);
+      copy.set(data);
+      data = copy;
     }
     this.#useFid(
       m.tag,
@@ -1317,17 +1392,17 @@ class Session {
         if (f.qid.type & QTDIR) throw new StyxError(Ename.isDir);
         if (!canWrite(f.omode)) throw new StyxError(Ename.perm);
         try {
-          const n = await file.write(m.offset, m.data, { signal });
+          const n = await file.write(m.offset, data, { signal });
           return { type: MsgType.Rwrite, count: n };
         } finally {
           // A write cut short by a flush or hangup may still be using the
           // data underneath (a socket write under way): its buffer is left
           // to the garbage collector rather than reused.
-          if (this.#reuseWrites && !signal.aborted) writePool.give(m.data.buffer);
+          if (this.#reuseWrites && !signal.aborted) writePool.give(data.buffer);
         }
       },
       undefined,
-      m.data.length,
+      data.length,
     );
   }
 

@@ -7,6 +7,7 @@ import {
   encode,
   encodeDir,
   encodeHeader,
+  encodeWith,
   isRMsg,
   isTMsg,
   msgName,
@@ -736,5 +737,88 @@ Deno.test("encodeHeader writes the bytes encode puts before the data", () => {
   assert.throws(
     () => encodeHeader({ type: MsgType.Rread, tag: 1, data }, new Uint8Array(10)),
     /Rread header needs 11 bytes; the buffer has 10/,
+  );
+});
+
+Deno.test("codec: Rclunk, Rwrite and Rwalk, written by hand, lay down the bytes walk(5) and write(5) give", () => {
+  const arena = new Uint8Array(256);
+  const at = (n: number) => arena.subarray(8, 8 + n);
+  assert.deepEqual([...encodeWith({ type: MsgType.Rclunk, tag: 0x1234 }, at)], [
+    7,
+    0,
+    0,
+    0,
+    121,
+    0x34,
+    0x12,
+  ]);
+  assert.deepEqual([...encode({ type: MsgType.Rwrite, tag: 1, count: 0xfffffffe })], [
+    11,
+    0,
+    0,
+    0,
+    119,
+    1,
+    0,
+    0xfe,
+    0xff,
+    0xff,
+    0xff,
+  ]);
+  const wqids = [
+    { type: 0x80, version: 0xffffffff, path: 0xfedcba9876543210n },
+    { type: 0, version: 2, path: 2n ** 53n - 1n },
+  ];
+  const f = encode({ type: MsgType.Rwalk, tag: 9, wqids });
+  assert.deepEqual([...f], [
+    35,
+    0,
+    0,
+    0,
+    111,
+    9,
+    0,
+    2,
+    0,
+    0x80,
+    0xff,
+    0xff,
+    0xff,
+    0xff,
+    0x10,
+    0x32,
+    0x54,
+    0x76,
+    0x98,
+    0xba,
+    0xdc,
+    0xfe,
+    0,
+    2,
+    0,
+    0,
+    0,
+    0xff,
+    0xff,
+    0xff,
+    0xff,
+    0xff,
+    0xff,
+    0x1f,
+    0,
+  ]);
+  assert.deepEqual(decode(f), { type: MsgType.Rwalk, tag: 9, wqids });
+  expectCodecError(() => encode({ type: MsgType.Rclunk, tag: 70000 }), /Rclunk tag '70000'/);
+  expectCodecError(
+    () => encode({ type: MsgType.Rwrite, tag: 1, count: -1 }),
+    /Rwrite count '-1' is out of range/,
+  );
+  expectCodecError(
+    () => encode({ type: MsgType.Rwalk, tag: 1, wqids: [{ type: 0, version: 0, path: -1n }] }),
+    /Rwalk wqid.path '-1' is not a u64 bigint/,
+  );
+  expectCodecError(
+    () => encode({ type: MsgType.Rwalk, tag: 1, wqids: [{ type: 256, version: 0, path: 0n }] }),
+    /Rwalk wqid.type '256' is out of range/,
   );
 });

@@ -8,6 +8,7 @@ import { tcpDial, tcpListen } from "../../lib/transport/tcp.ts";
 import type { Conn } from "../../lib/transport/conn.ts";
 
 const MSIZE = 256 * 1024 + 24;
+const enc = new TextEncoder();
 
 function sample(): Msg[] {
   const big = new Uint8Array(3000);
@@ -400,5 +401,62 @@ Deno.test("FrameWriter over TCP", async (t) => {
     );
   } finally {
     l.close();
+  }
+});
+
+Deno.test("FrameReader over real TCP: every frame kept stays as it arrived while thousands more come", async () => {
+  const listener = tcpListen("127.0.0.1", 0);
+  const port = Number(listener.addr.split("!")[2]);
+  // Small frames of many kinds and sizes, some one at a time (each read
+  // lands in an empty buffer), some in bursts; small writes among them.
+  const msgs: Msg[] = [];
+  for (let i = 0; i < 3000; i++) {
+    const name = `n${i}-${"x".repeat(i % 200)}`;
+    if (i % 3 === 0) msgs.push({ type: MsgType.Twalk, tag: i, fid: 0, newfid: i, wnames: [name] });
+    else if (i % 3 === 1) msgs.push({ type: MsgType.Tstat, tag: i, fid: i });
+    else msgs.push({ type: MsgType.Twrite, tag: i, fid: 3, offset: 0n, data: enc.encode(name) });
+  }
+  const server = (async () => {
+    let conn: Conn | undefined;
+    for await (const c of listener) {
+      conn = c;
+      break;
+    }
+    assert.ok(conn);
+    try {
+      const frames: Uint8Array[] = [];
+      const reader = new FrameReader(conn, MSIZE);
+      for (let f = await reader.next(); f !== null; f = await reader.next()) {
+        frames.push(f);
+        // The frame is answered before the next leaves, like a reply.
+        if ((frames.length - 1) % 500 < 250) await conn.write(new Uint8Array([1]));
+      }
+      // Decoded only now: nothing read later may have changed them.
+      return frames.map((f) => decode(f, MSIZE));
+    } finally {
+      conn.close();
+    }
+  })();
+  const client = await tcpDial("127.0.0.1", port);
+  try {
+    for (let i = 0; i < msgs.length; i++) {
+      if (i % 500 < 250) {
+        await client.write(encode(msgs[i]!));
+        assert.ok(await client.read(), "no answer");
+      } else {
+        const burst = msgs.slice(i, i + 50);
+        await client.write(concatBytes(burst.map((m) => encode(m))));
+        i += burst.length - 1;
+      }
+    }
+  } finally {
+    client.close();
+  }
+  try {
+    const got = await server;
+    assert.equal(got.length, msgs.length);
+    assert.deepEqual(got, msgs);
+  } finally {
+    listener.close();
   }
 });

@@ -13,7 +13,16 @@ import { dir, file, SynthTree, textFile } from "../../lib/fs/synthetic.ts";
 import type { Tree } from "../../lib/fs/tree.ts";
 import { tcpDial, tcpListen } from "../../lib/transport/tcp.ts";
 import type { Conn } from "../../lib/transport/conn.ts";
-import { type Msg, MsgType, NOFID, NOTAG, OREAD, OWRITE, type TMsg } from "../../lib/styx/types.ts";
+import {
+  type Msg,
+  MsgType,
+  NOFID,
+  NOTAG,
+  nullDir,
+  OREAD,
+  OWRITE,
+  type TMsg,
+} from "../../lib/styx/types.ts";
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
@@ -289,6 +298,159 @@ Deno.test("serve over TCP: walks of a host tree answered at once keep walk(5)'s 
     // A clunked fid number is free again.
     expectType(await walk(0, 2, "d", "f"), MsgType.Rwalk);
     expectType(await s.rpc({ type: MsgType.Tclunk, tag: 1, fid: 2 }), MsgType.Rclunk);
+    await s.close();
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("serve over TCP: a Twrite that has to wait keeps its data while later requests arrive", async () => {
+  // A file whose writes finish later and are looked at only then: by that
+  // time the server has read many more frames over the same connection.
+  const kept: { data: Uint8Array; later: Promise<void> }[] = [];
+  const tree = new SynthTree(dir("", [
+    file("slow", () => ({
+      write: (_off, data) => {
+        const later = new Promise<void>((r) => setTimeout(r, 5));
+        kept.push({ data, later });
+        return later.then(() => data.length);
+      },
+    }), { perm: 0o666 }),
+  ]));
+  const s = await tcpSession(tree);
+  expectType(
+    await s.rpc({ type: MsgType.Twalk, tag: 1, fid: 0, newfid: 1, wnames: ["slow"] }),
+    MsgType.Rwalk,
+  );
+  expectType(await s.rpc({ type: MsgType.Topen, tag: 1, fid: 1, mode: OWRITE }), MsgType.Ropen);
+  // One at a time, and in bursts of writes and stats of other sizes.
+  for (let i = 0; i < 20; i++) {
+    const w = expectType(
+      await s.rpc({ type: MsgType.Twrite, tag: 2, fid: 1, offset: 0n, data: page(i) }),
+      MsgType.Rwrite,
+    );
+    assert.equal(w.count, 4096);
+  }
+  const burst: TMsg[] = [];
+  for (let i = 20; i < 120; i++) {
+    const size = 1 + (i * 37) % 3000;
+    burst.push({
+      type: MsgType.Twrite,
+      tag: i,
+      fid: 1,
+      offset: 0n,
+      data: page(i).subarray(0, size),
+    });
+    burst.push({ type: MsgType.Tstat, tag: 1000 + i, fid: 1 });
+  }
+  await s.send(...burst);
+  for (let i = 0; i < burst.length; i++) await s.next();
+  assert.equal(kept.length, 120);
+  for (let i = 0; i < kept.length; i++) {
+    const d = kept[i]!.data;
+    assert.ok(d.length > 0 && d.every((b) => b === i % 251), `write ${i} came out changed`);
+  }
+  await s.close();
+});
+
+Deno.test("serve over TCP: one Tstat after another follows every change to the file", async () => {
+  const root = await Deno.makeTempDir({ prefix: "ferry-qd1-" });
+  try {
+    await Deno.writeTextFile(`${root}/f`, "one");
+    const s = await tcpSession(new HostTree(root));
+    for (const [fid, mode] of [[1, OREAD], [2, OWRITE]] as const) {
+      expectType(
+        await s.rpc({ type: MsgType.Twalk, tag: 1, fid: 0, newfid: fid, wnames: ["f"] }),
+        MsgType.Rwalk,
+      );
+      if (fid === 2) {
+        expectType(await s.rpc({ type: MsgType.Topen, tag: 1, fid, mode }), MsgType.Ropen);
+      }
+    }
+    const stat = async () =>
+      expectType(await s.rpc({ type: MsgType.Tstat, tag: 1, fid: 1 }), MsgType.Rstat).stat;
+    const first = await stat();
+    // The same answer while nothing changes.
+    for (let i = 0; i < 20; i++) assert.deepEqual(await stat(), first);
+    // A write through the server, even of the same bytes: a new version.
+    expectType(
+      await s.rpc({ type: MsgType.Twrite, tag: 1, fid: 2, offset: 0n, data: enc.encode("one") }),
+      MsgType.Rwrite,
+    );
+    const written = await stat();
+    assert.notEqual(written.qid.version, first.qid.version);
+    // A change made on the host: length, and then permissions.
+    await Deno.writeTextFile(`${root}/f`, "three", { append: true });
+    assert.equal((await stat()).length, 8n);
+    await Deno.chmod(`${root}/f`, 0o600);
+    assert.equal((await stat()).mode & 0o777, 0o600);
+    // A rename through the server: the new name.
+    const d = { ...nullDir(), name: "g" };
+    expectType(await s.rpc({ type: MsgType.Twstat, tag: 1, fid: 1, stat: d }), MsgType.Rwstat);
+    assert.equal((await stat()).name, "g");
+    // Gone from the host: the error, every time.
+    await Deno.remove(`${root}/g`);
+    for (let i = 0; i < 2; i++) {
+      expectError(await s.rpc({ type: MsgType.Tstat, tag: 1, fid: 1 }), "file does not exist");
+    }
+    await s.close();
+  } finally {
+    await Deno.remove(root, { recursive: true });
+  }
+});
+
+Deno.test("serve over TCP: Treads of a host file keep read(5)'s rules one at a time and in bursts", async () => {
+  const root = await Deno.makeTempDir({ prefix: "ferry-qd1-" });
+  try {
+    const data = new Uint8Array(100_000).map((_, i) => i % 253);
+    await Deno.writeFile(`${root}/f`, data);
+    const s = await tcpSession(new HostTree(root));
+    for (const [fid, mode] of [[1, OREAD], [2, OWRITE]] as const) {
+      expectType(
+        await s.rpc({ type: MsgType.Twalk, tag: 1, fid: 0, newfid: fid, wnames: ["f"] }),
+        MsgType.Rwalk,
+      );
+      expectType(await s.rpc({ type: MsgType.Topen, tag: 1, fid, mode }), MsgType.Ropen);
+    }
+    const read = async (offset: number, count: number) =>
+      expectType(
+        await s.rpc({ type: MsgType.Tread, tag: 1, fid: 1, offset: BigInt(offset), count }),
+        MsgType.Rread,
+      ).data;
+    // Counts beyond what msize allows are cut to it.
+    assert.deepEqual(await read(0, 1 << 20), data.subarray(0, 8216 - 24));
+    assert.deepEqual(await read(99_990, 100), data.subarray(99_990));
+    assert.equal((await read(100_000, 100)).length, 0);
+    assert.equal((await read(200_000, 100)).length, 0);
+    // Grown on the host meanwhile: the new bytes are read.
+    await Deno.writeFile(`${root}/f`, new Uint8Array([7, 7, 7]), { append: true });
+    assert.deepEqual([...await read(100_000, 100)], [7, 7, 7]);
+    // A burst: every reply its own offset's bytes.
+    const burst: TMsg[] = [];
+    for (let i = 0; i < 40; i++) {
+      burst.push({
+        type: MsgType.Tread,
+        tag: 100 + i,
+        fid: 1,
+        offset: BigInt(i * 2000),
+        count: 2000,
+      });
+    }
+    await s.send(...burst);
+    for (let i = 0; i < 40; i++) {
+      const r = expectType(await s.next(), MsgType.Rread);
+      const at = (r.tag - 100) * 2000;
+      assert.deepEqual(r.data, data.subarray(at, at + 2000));
+    }
+    // Not open for reading, or not open at all.
+    expectError(
+      await s.rpc({ type: MsgType.Tread, tag: 1, fid: 2, offset: 0n, count: 10 }),
+      "permission denied",
+    );
+    expectError(
+      await s.rpc({ type: MsgType.Tread, tag: 1, fid: 0, offset: 0n, count: 10 }),
+      "fid not open for I/O",
+    );
     await s.close();
   } finally {
     await Deno.remove(root, { recursive: true });
