@@ -1,11 +1,15 @@
 /**
  * Idle connections against `ferry listen`: what each costs the server, and
  * whether the server's memory comes back after clients leave. For a plain
- * (-A) listener and a mutual TLS one, each on a fresh server process:
+ * (-A) listener and a mutual TLS one on each TLS library (node:tls, the
+ * default, and Deno's own, FERRY_TLS_LISTENER=deno), each on a fresh server
+ * process:
  *
  * - server RSS idle, before any client;
  * - with N connections (default 1,000) that negotiated and attached, then
- *   stay silent: the growth per connection, KiB;
+ *   stay silent: the growth per connection, KiB, over all N and over the
+ *   second N/2 only (the first half also pays one-off costs of a burst of
+ *   handshakes: the JS heap's young generation grown, code paged in);
  * - after each of four cycles of N connections that connect, attach and
  *   leave: RSS 5 s after they left, once the server has settled.
  *
@@ -14,7 +18,7 @@
  * `ps`, which works under CI's permissions (reading /proc does not).
  *
  *   deno run -A bench/idle_probe.ts [--json] [--conns 1000] [--cycles 4]
- *     [--only plain,tls,diod] [--ferry PATH/cmd/ferry.ts]
+ *     [--only plain,tls,tls-deno,diod] [--ferry PATH/cmd/ferry.ts]
  *
  * @module
  */
@@ -37,7 +41,7 @@ const { values } = parseArgs({
     json: { type: "boolean", default: false },
     conns: { type: "string", default: "1000" },
     cycles: { type: "string", default: "4" },
-    only: { type: "string", default: "plain,tls,diod" },
+    only: { type: "string", default: "plain,tls,tls-deno,diod" },
     /** The ferry to measure (default: this checkout's). */
     ferry: { type: "string" },
   },
@@ -77,7 +81,11 @@ interface Server {
 }
 
 /** A fresh `ferry listen` on loopback exporting `dir` (`certs`: with TLS). */
-async function startFerry(dir: string, certs?: string): Promise<Server> {
+async function startFerry(
+  dir: string,
+  certs?: string,
+  engine: "node" | "deno" = "node",
+): Promise<Server> {
   const argv = values.ferry ? [Deno.execPath(), "run", "-A", values.ferry] : ferryArgv();
   const [exe, ...args] = [
     ...argv,
@@ -88,8 +96,13 @@ async function startFerry(dir: string, certs?: string): Promise<Server> {
     "tcp!127.0.0.1!0",
     dir,
   ];
-  const proc = new Deno.Command(exe!, { args, stdout: "piped", stderr: "null", stdin: "null" })
-    .spawn();
+  const proc = new Deno.Command(exe!, {
+    args,
+    env: { FERRY_TLS_LISTENER: engine },
+    stdout: "piped",
+    stderr: "null",
+    stdin: "null",
+  }).spawn();
   const reader = proc.stdout.getReader();
   let text = "";
   while (!/listening on \S+!\d+/.test(text)) {
@@ -161,6 +174,8 @@ async function attach(c: Conn, dotL = false): Promise<Conn> {
 
 interface Figures {
   idle: number;
+  /** RSS with the first half of the connections held. */
+  half: number;
   held: number;
   cycles: number[];
 }
@@ -174,7 +189,13 @@ async function measure(
 ): Promise<Figures> {
   // Let start-up settle before the first figure.
   const idle = await settled(srv.pid);
-  const conns = await many(CONNS, async () => await attach(await dial(), dotL));
+  const open = (n: number) => many(n, async () => await attach(await dial(), dotL));
+  // In two halves: the first also pays what any burst of handshakes costs
+  // once (the JS heap's young generation grown to its working size, code
+  // paged in); the second half's growth is what one more connection costs.
+  const conns = await open(Math.floor(CONNS / 2));
+  const half = await settled(srv.pid);
+  conns.push(...await open(CONNS - conns.length));
   const held = await settled(srv.pid);
   for (const c of conns) c.close();
   const after: number[] = [];
@@ -188,13 +209,15 @@ async function measure(
     await sleep(AFTER_MS);
     after.push(await settled(srv.pid));
   }
-  return { idle, held, cycles: after };
+  return { idle, half, held, cycles: after };
 }
 
 const mib = (kib: number) => (kib / 1024).toFixed(0);
 const perConn = (f: Figures) => (f.held - f.idle) / CONNS;
+/** Growth per connection over the second half only (see {@link measure}). */
+const marginal = (f: Figures) => (f.held - f.half) / (CONNS - Math.floor(CONNS / 2));
 
-function rows(label: string, f: Figures, peer?: Figures, note = ""): string[][] {
+function rows(label: string, f: Figures, peer?: Figures): string[][] {
   const out: string[][] = [];
   const per = perConn(f);
   out.push([
@@ -207,11 +230,14 @@ function rows(label: string, f: Figures, peer?: Figures, note = ""): string[][] 
     `${label}: per idle attached connection (${CONNS} held), KiB`,
     per.toFixed(1),
     peer ? `diod ${perConn(peer).toFixed(1)}` : "target < 36",
-    peer
-      ? `${(per / Math.max(0.1, perConn(peer))).toFixed(1)}x`
-      : per < 36
-      ? "met"
-      : `missed${note}`,
+    peer ? `${(per / Math.max(0.1, perConn(peer))).toFixed(1)}x` : per < 36 ? "met" : "missed",
+  ]);
+  const m = marginal(f);
+  out.push([
+    `${label}: per idle attached connection, second ${CONNS - Math.floor(CONNS / 2)} only, KiB`,
+    m.toFixed(1),
+    peer ? `diod ${marginal(peer).toFixed(1)}` : "target < 36",
+    peer ? `${(m / Math.max(0.1, marginal(peer))).toFixed(1)}x` : m < 36 ? "met" : "missed",
   ]);
   const last = f.cycles[f.cycles.length - 1]!;
   const ok = last < f.idle + 32 * 1024;
@@ -267,8 +293,7 @@ try {
       await srv.stop();
     }
   }
-  if (ONLY.has("tls")) {
-    console.error("idle: ferry listen (mutual TLS)");
+  if (ONLY.has("tls") || ONLY.has("tls-deno")) {
     const ca = await CertificateAuthority.init(`${tmp}/ca`, "probe");
     const s = await ca.issue("srv", { kind: "node", sans: ["127.0.0.1"] });
     const u = await ca.issue("alice", { kind: "user" });
@@ -279,18 +304,24 @@ try {
     await Deno.writeTextFile(`${certs}/srv.pem`, s.certPem);
     await Deno.writeTextFile(`${certs}/srv.key`, s.keyPem, { mode: 0o600 });
     const creds: Credentials = { ca: ca.certPem, cert: u.certPem, key: u.keyPem, name: "alice" };
-    const srv = await startFerry(dir, certs);
-    try {
-      const f = await measure(
-        srv,
-        () => tlsDial("127.0.0.1", srv.port, { creds, peer: "srv" }),
-        CYCLES,
-      );
-      // Measured apart: a node:tls socket alone holds some 60 KiB in Deno,
-      // where Deno's own TLS holds about 20.
-      for (const r of rows("mutual TLS", f, undefined, " (node:tls socket state)")) print(r);
-    } finally {
-      await srv.stop();
+    const engines = [
+      ["tls", "node", "mutual TLS (node:tls listener, the default)"],
+      ["tls-deno", "deno", "mutual TLS (Deno's TLS listener)"],
+    ] as const;
+    for (const [part, engine, label] of engines) {
+      if (!ONLY.has(part)) continue;
+      console.error(`idle: ferry listen (${label})`);
+      const srv = await startFerry(dir, certs, engine);
+      try {
+        const f = await measure(
+          srv,
+          () => tlsDial("127.0.0.1", srv.port, { creds, peer: "srv" }),
+          CYCLES,
+        );
+        for (const r of rows(label, f)) print(r);
+      } finally {
+        await srv.stop();
+      }
     }
   }
 } finally {

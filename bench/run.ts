@@ -13,7 +13,8 @@
  * --only also takes listing: a 100,000-entry directory listed over Styx;
  * many: 64 clients each reading its own 16 MiB file through one server,
  * beside diod; idle: what an idle connection costs `ferry listen` (plain
- * and TLS, beside diod), and its memory after clients come and go; and
+ * and mutual TLS on each TLS listener, beside diod), and its memory after
+ * clients come and go; and
  * qd1: one request at a time (walk+clunk, stat, 4 KiB write) beside diod
  * and Inferno's export.
  *
