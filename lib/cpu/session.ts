@@ -79,6 +79,9 @@ export async function runSession(opts: SessionOptions): Promise<number> {
       rootByManifest: job.root === true,
       onSkip: (t, why) => console.error(`cpu: '${t}' is not mounted: ${why}`),
       roots: new Map([[CLIENT_MOUNT, top]]),
+      // The helper has nothing left to do: the node learns the status as
+      // the helper's own, and the link to the caller drops with the helper.
+      exitWhenDone: true,
     });
   } finally {
     done = true;

@@ -126,6 +126,14 @@ export interface ViewOptions {
    * the view.
    */
   roots?: ReadonlyMap<string, Node>;
+  /**
+   * End the process with the command's exit status as soon as the command
+   * has exited, rather than return it: the private mount namespace, its
+   * FUSE mounts and their sessions, and every link go with the process, so
+   * only the stage directory (on the host's file system) is removed first.
+   * For a caller that has nothing left to do but exit.
+   */
+  exitWhenDone?: boolean;
 }
 
 /**
@@ -196,7 +204,14 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
     }));
     setReadahead(mounts.map((m) => m.mountpoint), READAHEAD_KB);
     if (signals.pending) return 128 + (SIGNALS[signals.pending] ?? 0);
-    return await spawnAs(account, opts.command, v.root, wd, signals);
+    const code = await spawnAs(account, opts.command, v.root, wd, signals);
+    if (opts.exitWhenDone) {
+      // Unmounting each mount and closing each session one by one would
+      // only do before exit what the exit does anyway.
+      v.close();
+      Deno.exit(code);
+    }
+    return code;
   } finally {
     await Promise.allSettled(mounts.map((m) => m.close()));
     if (view) view.close();
