@@ -22,7 +22,7 @@ import type { Account } from "./account.ts";
 import { buildView, outermost, planView, type View } from "./view.ts";
 import type { Node } from "../fs/tree.ts";
 import { QTDIR } from "../styx/types.ts";
-import { enterPrivateMountNamespace, loadMountCalls, mountDevice } from "./sys.ts";
+import { enterPrivateMountNamespace, loadMountCalls, mountDevice, withRoot } from "./sys.ts";
 
 /** Exit status of a child the way a shell reports it (128+N when killed by signal N). */
 function exitCode(s: Deno.CommandStatus): number {
@@ -204,7 +204,10 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
     }));
     setReadahead(mounts.map((m) => m.mountpoint), READAHEAD_KB);
     if (signals.pending) return 128 + (SIGNALS[signals.pending] ?? 0);
-    const code = await spawnAs(account, opts.command, v.root, wd, signals);
+    // Deno reads /proc on the spawning thread (its stack's bounds, the
+    // first time): a mount over /proc there would wait for this thread.
+    const overProc = [...v.paths.keys()].some((t) => t === "/proc" || t.startsWith("/proc/"));
+    const code = await spawnAs(account, opts.command, v.root, wd, signals, overProc);
     if (opts.exitWhenDone) {
       // Unmounting each mount and closing each session one by one would
       // only do before exit what the exit does anyway.
@@ -232,7 +235,7 @@ export function prepareView(): void {
   // Programs this thread starts are found now: once the view is mounted,
   // a PATH directory may lie under a FUSE mount only this thread can
   // answer, while it waits for the spawn.
-  resolveTools(["unshare"]);
+  resolveTools(["setpriv", "unshare"]);
   loadMountCalls();
   // Opens /dev/fuse once and loads the FUSE system calls; a reason it
   // cannot be used is reported by the mounts themselves.
@@ -310,6 +313,7 @@ async function spawnAs(
   root: string,
   wd: string,
   signals: Signals,
+  overProc: boolean,
 ): Promise<number> {
   const env = Deno.env.toObject();
   for (const k of Object.keys(env)) {
@@ -323,32 +327,31 @@ async function spawnAs(
     PATH: env.PATH ?? "/usr/local/bin:/usr/bin:/bin",
   });
   const setpriv = [
-    "setpriv",
     `--reuid=${account.uid}`,
     `--regid=${account.gid}`,
     "--init-groups",
     "--",
     ...command,
   ];
-  // The child changes directory itself (unshare --wd): while Deno spawns,
+  // The root and working directory are the child's from the start: it is
+  // spawned from this thread while its root is the view's (withRoot), and
+  // changes directory itself, before it execs (cwd): while Deno spawns,
   // this thread waits, and cannot answer a FUSE lookup the change needs.
-  const args = [
-    "unshare",
-    ...(root === "/" ? [] : [`--root=${root}`]),
-    `--wd=${wd}`,
-    ...setpriv,
-  ];
-  let child: Deno.ChildProcess;
-  try {
-    child = new Deno.Command(tool(args[0]!), {
-      args: args.slice(1),
+  // Where a mount covers /proc, unshare(1) changes the root instead.
+  const viaUnshare = root !== "/" && overProc;
+  const spawn = () =>
+    new Deno.Command(tool(viaUnshare ? "unshare" : "setpriv"), {
+      args: viaUnshare ? [`--root=${root}`, `--wd=${wd}`, "setpriv", ...setpriv] : setpriv,
       env,
       clearEnv: true,
-      cwd: "/",
+      cwd: viaUnshare ? "/" : wd,
       stdin: "inherit",
       stdout: "inherit",
       stderr: "inherit",
     }).spawn();
+  let child: Deno.ChildProcess;
+  try {
+    child = root === "/" || viaUnshare ? spawn() : withRoot(root, spawn);
   } catch (e) {
     throw new Error(`cannot run '${command[0]}': ${(e as Error).message}`);
   }
