@@ -52,14 +52,19 @@ const SIGNALS: Partial<Record<Deno.Signal, number>> = {
 class Signals {
   /** The first SIGTERM or SIGHUP that came before there was a command to pass it to. */
   pending: Deno.Signal | undefined;
+  /** Resolves when {@link pending} is set. */
+  readonly arrived: Promise<void>;
+  #arrive!: () => void;
   #child: Deno.ChildProcess | undefined;
   readonly #handlers: [Deno.Signal, () => void][];
 
   constructor() {
+    this.arrived = new Promise((r) => (this.#arrive = r));
     const ignore = () => {};
     const pass = (sig: Deno.Signal) => () => {
       if (!this.#child) {
         this.pending ??= sig;
+        this.#arrive();
         return;
       }
       try {
@@ -123,9 +128,10 @@ export interface ViewOptions {
    * Nodes to mount as they are at these paths, beside the mount points of
    * the namespace (which has none at or above them): a tree attached for
    * the view, with no walk through the namespace to reach it. Closed with
-   * the view.
+   * the view. Each must be a directory; given as a promise, the view is
+   * built while it is reached.
    */
-  roots?: ReadonlyMap<string, Node>;
+  roots?: ReadonlyMap<string, Node | Promise<Node>>;
   /**
    * End the process with the command's exit status as soon as the command
    * has exited, rather than return it: the private mount namespace, its
@@ -161,10 +167,16 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
   // while this thread makes its private mount namespace.
   const nodes = new Map<string, Node>();
   const roots = opts.roots ?? new Map<string, Node>();
+  const targets = outermost([...ns.mounts().map((m) => m.target), ...roots.keys()]);
+  // The given roots are directories: the view is built for them while
+  // they are still being reached.
+  const rooted = targets.filter((t) => roots.has(t));
+  const reaching = Promise.all(rooted.map(async (t) => [t, await roots.get(t)!] as const));
+  reaching.catch(() => {});
   const resolving = Promise.all(
-    outermost([...ns.mounts().map((m) => m.target), ...roots.keys()]).map(async (target) => {
+    targets.filter((t) => !roots.has(t)).map(async (target) => {
       try {
-        const node = roots.get(target) ?? await ns.resolve(target);
+        const node = await ns.resolve(target);
         if (node.qid.type & QTDIR) nodes.set(target, node);
         else {
           await node.close();
@@ -184,7 +196,12 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
     prepareView();
     enterPrivateMountNamespace();
     const [stage] = await Promise.all([staging, resolving]);
-    view = buildView(planView([...nodes.keys()]), stage);
+    view = buildView(planView([...nodes.keys(), ...rooted]), stage);
+    // A hangup while they are reached ends the wait (the view then comes
+    // down), as it would have ended the process before there was one.
+    const reached = await Promise.race([reaching, signals.arrived.then(() => [])]);
+    if (signals.pending) return 128 + (SIGNALS[signals.pending] ?? 0);
+    for (const [t, node] of reached) nodes.set(t, node);
     const v = view;
     // From here this thread must not look at its own FUSE mounts with a
     // synchronous call: the answer needs this thread. So the working
