@@ -220,6 +220,9 @@ export async function run(args: string[]): Promise<number> {
         command: run,
         onMount: quiet ? undefined : (t) => console.error(`logon: mounted ${t}`),
         onSkip: (t, why) => console.error(`logon: '${t}' is not mounted on the host: ${why}`),
+        // Nothing is left to do once the command has exited: the links
+        // drop with the process, as the mounts do.
+        exitWhenDone: true,
       });
     }
     if (typeof v.export === "string") {

@@ -55,7 +55,10 @@ export async function runSession(opts: SessionOptions): Promise<number> {
     return 0;
   }
   const conn = new TcpConn(raw, { authenticated: false });
-  const client = await StyxClient.connect(conn);
+  // The caller's namespace is reached (version, then attach: round trips
+  // to the caller, through the node) while the view is built for it.
+  const connecting = StyxClient.connect(conn);
+  connecting.catch(() => {});
   // The node gone, or the session hung up: the command is hung up too
   // (runInView passes SIGHUP on to it, then takes the mounts down).
   let done = false;
@@ -67,7 +70,16 @@ export async function runSession(opts: SessionOptions): Promise<number> {
     // through a namespace of this helper's to reach it would cost a round
     // trip to the caller, through the node, for nothing.
     const caller = { user: job.user };
-    const top = await new RemoteTree(client, { uname: job.user }).attach(caller, "");
+    const hungUp = conn.closed.then(() => {
+      throw new Error("the node hung up before the caller's namespace was reached");
+    });
+    hungUp.catch(() => {});
+    // Given up on when the node hangs up (the caller gone), so that the
+    // view built meanwhile is taken down, not left waiting to be killed.
+    const top = Promise.race([
+      connecting.then((client) => new RemoteTree(client, { uname: job.user }).attach(caller, "")),
+      hungUp,
+    ]);
     const ns = new Namespace(new MemTree(), { caller });
     // The command writes to this helper's standard output, a pipe the node
     // reads: a larger pipe lets each of the node's reads take more.
@@ -79,10 +91,13 @@ export async function runSession(opts: SessionOptions): Promise<number> {
       rootByManifest: job.root === true,
       onSkip: (t, why) => console.error(`cpu: '${t}' is not mounted: ${why}`),
       roots: new Map([[CLIENT_MOUNT, top]]),
+      // The helper has nothing left to do: the node learns the status as
+      // the helper's own, and the link to the caller drops with the helper.
+      exitWhenDone: true,
     });
   } finally {
     done = true;
-    client.close();
+    await connecting.then((client) => client.close(), () => conn.close());
   }
 }
 

@@ -22,7 +22,7 @@ import type { Account } from "./account.ts";
 import { buildView, outermost, planView, type View } from "./view.ts";
 import type { Node } from "../fs/tree.ts";
 import { QTDIR } from "../styx/types.ts";
-import { enterPrivateMountNamespace, loadMountCalls, mountDevice } from "./sys.ts";
+import { enterPrivateMountNamespace, loadMountCalls, mountDevice, withRoot } from "./sys.ts";
 
 /** Exit status of a child the way a shell reports it (128+N when killed by signal N). */
 function exitCode(s: Deno.CommandStatus): number {
@@ -52,14 +52,19 @@ const SIGNALS: Partial<Record<Deno.Signal, number>> = {
 class Signals {
   /** The first SIGTERM or SIGHUP that came before there was a command to pass it to. */
   pending: Deno.Signal | undefined;
+  /** Resolves when {@link pending} is set. */
+  readonly arrived: Promise<void>;
+  #arrive!: () => void;
   #child: Deno.ChildProcess | undefined;
   readonly #handlers: [Deno.Signal, () => void][];
 
   constructor() {
+    this.arrived = new Promise((r) => (this.#arrive = r));
     const ignore = () => {};
     const pass = (sig: Deno.Signal) => () => {
       if (!this.#child) {
         this.pending ??= sig;
+        this.#arrive();
         return;
       }
       try {
@@ -123,9 +128,18 @@ export interface ViewOptions {
    * Nodes to mount as they are at these paths, beside the mount points of
    * the namespace (which has none at or above them): a tree attached for
    * the view, with no walk through the namespace to reach it. Closed with
-   * the view.
+   * the view. Each must be a directory; given as a promise, the view is
+   * built while it is reached.
    */
-  roots?: ReadonlyMap<string, Node>;
+  roots?: ReadonlyMap<string, Node | Promise<Node>>;
+  /**
+   * End the process with the command's exit status as soon as the command
+   * has exited, rather than return it: the private mount namespace, its
+   * FUSE mounts and their sessions, and every link go with the process, so
+   * only the stage directory (on the host's file system) is removed first.
+   * For a caller that has nothing left to do but exit.
+   */
+  exitWhenDone?: boolean;
 }
 
 /**
@@ -153,10 +167,16 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
   // while this thread makes its private mount namespace.
   const nodes = new Map<string, Node>();
   const roots = opts.roots ?? new Map<string, Node>();
+  const targets = outermost([...ns.mounts().map((m) => m.target), ...roots.keys()]);
+  // The given roots are directories: the view is built for them while
+  // they are still being reached.
+  const rooted = targets.filter((t) => roots.has(t));
+  const reaching = Promise.all(rooted.map(async (t) => [t, await roots.get(t)!] as const));
+  reaching.catch(() => {});
   const resolving = Promise.all(
-    outermost([...ns.mounts().map((m) => m.target), ...roots.keys()]).map(async (target) => {
+    targets.filter((t) => !roots.has(t)).map(async (target) => {
       try {
-        const node = roots.get(target) ?? await ns.resolve(target);
+        const node = await ns.resolve(target);
         if (node.qid.type & QTDIR) nodes.set(target, node);
         else {
           await node.close();
@@ -176,7 +196,12 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
     prepareView();
     enterPrivateMountNamespace();
     const [stage] = await Promise.all([staging, resolving]);
-    view = buildView(planView([...nodes.keys()]), stage);
+    view = buildView(planView([...nodes.keys(), ...rooted]), stage);
+    // A hangup while they are reached ends the wait (the view then comes
+    // down), as it would have ended the process before there was one.
+    const reached = await Promise.race([reaching, signals.arrived.then(() => [])]);
+    if (signals.pending) return 128 + (SIGNALS[signals.pending] ?? 0);
+    for (const [t, node] of reached) nodes.set(t, node);
     const v = view;
     // From here this thread must not look at its own FUSE mounts with a
     // synchronous call: the answer needs this thread. So the working
@@ -196,7 +221,17 @@ export async function runInView(ns: Namespace, opts: ViewOptions): Promise<numbe
     }));
     setReadahead(mounts.map((m) => m.mountpoint), READAHEAD_KB);
     if (signals.pending) return 128 + (SIGNALS[signals.pending] ?? 0);
-    return await spawnAs(account, opts.command, v.root, wd, signals);
+    // Deno reads /proc on the spawning thread (its stack's bounds, the
+    // first time): a mount over /proc there would wait for this thread.
+    const overProc = [...v.paths.keys()].some((t) => t === "/proc" || t.startsWith("/proc/"));
+    const code = await spawnAs(account, opts.command, v.root, wd, signals, overProc);
+    if (opts.exitWhenDone) {
+      // Unmounting each mount and closing each session one by one would
+      // only do before exit what the exit does anyway.
+      v.close();
+      Deno.exit(code);
+    }
+    return code;
   } finally {
     await Promise.allSettled(mounts.map((m) => m.close()));
     if (view) view.close();
@@ -217,7 +252,7 @@ export function prepareView(): void {
   // Programs this thread starts are found now: once the view is mounted,
   // a PATH directory may lie under a FUSE mount only this thread can
   // answer, while it waits for the spawn.
-  resolveTools(["unshare"]);
+  resolveTools(["setpriv", "unshare"]);
   loadMountCalls();
   // Opens /dev/fuse once and loads the FUSE system calls; a reason it
   // cannot be used is reported by the mounts themselves.
@@ -295,6 +330,7 @@ async function spawnAs(
   root: string,
   wd: string,
   signals: Signals,
+  overProc: boolean,
 ): Promise<number> {
   const env = Deno.env.toObject();
   for (const k of Object.keys(env)) {
@@ -308,32 +344,31 @@ async function spawnAs(
     PATH: env.PATH ?? "/usr/local/bin:/usr/bin:/bin",
   });
   const setpriv = [
-    "setpriv",
     `--reuid=${account.uid}`,
     `--regid=${account.gid}`,
     "--init-groups",
     "--",
     ...command,
   ];
-  // The child changes directory itself (unshare --wd): while Deno spawns,
+  // The root and working directory are the child's from the start: it is
+  // spawned from this thread while its root is the view's (withRoot), and
+  // changes directory itself, before it execs (cwd): while Deno spawns,
   // this thread waits, and cannot answer a FUSE lookup the change needs.
-  const args = [
-    "unshare",
-    ...(root === "/" ? [] : [`--root=${root}`]),
-    `--wd=${wd}`,
-    ...setpriv,
-  ];
-  let child: Deno.ChildProcess;
-  try {
-    child = new Deno.Command(tool(args[0]!), {
-      args: args.slice(1),
+  // Where a mount covers /proc, unshare(1) changes the root instead.
+  const viaUnshare = root !== "/" && overProc;
+  const spawn = () =>
+    new Deno.Command(tool(viaUnshare ? "unshare" : "setpriv"), {
+      args: viaUnshare ? [`--root=${root}`, `--wd=${wd}`, "setpriv", ...setpriv] : setpriv,
       env,
       clearEnv: true,
-      cwd: "/",
+      cwd: viaUnshare ? "/" : wd,
       stdin: "inherit",
       stdout: "inherit",
       stderr: "inherit",
     }).spawn();
+  let child: Deno.ChildProcess;
+  try {
+    child = root === "/" || viaUnshare ? spawn() : withRoot(root, spawn);
   } catch (e) {
     throw new Error(`cannot run '${command[0]}': ${(e as Error).message}`);
   }

@@ -21,6 +21,7 @@ const AT_FDCWD = -100;
 const AT_SYMLINK_NOFOLLOW = 0x100;
 const AT_STATX_DONT_SYNC = 0x4000;
 const STATX_TYPE = 0x1;
+const O_RDONLY_DIRECTORY_CLOEXEC = 0o200000 | 0o2000000;
 /** Offsets of stx_dev_major and stx_dev_minor in struct statx. */
 const STX_DEV_MAJOR = 136;
 const STX_DEV_MINOR = 140;
@@ -30,6 +31,10 @@ const symbols = {
   umount2: { parameters: ["buffer", "i32"], result: "i32" },
   unshare: { parameters: ["i32"], result: "i32" },
   statx: { parameters: ["i32", "buffer", "i32", "u32", "buffer"], result: "i32" },
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+  chroot: { parameters: ["buffer"], result: "i32" },
+  fchdir: { parameters: ["i32"], result: "i32" },
   __errno_location: { parameters: [], result: "pointer" },
 } as const;
 
@@ -112,4 +117,37 @@ export function mountDevice(target: string): string {
   );
   const v = new DataView(buf.buffer);
   return `${v.getUint32(STX_DEV_MAJOR, true)}:${v.getUint32(STX_DEV_MINOR, true)}`;
+}
+
+/**
+ * Call `spawn` with this thread's root directory changed to `root` (as
+ * chroot(2)), then change it and the working directory back. A process
+ * spawned meanwhile from this thread (Deno forks from the calling thread)
+ * starts with `root` as its root, as `unshare --root` would give it,
+ * without a program of its own to exec. The thread must have a file
+ * system context of its own (see {@link enterPrivateMountNamespace}),
+ * and `root` must show the host's /proc, which Deno may read on this
+ * thread as it spawns.
+ */
+export function withRoot<T>(root: string, spawn: () => T): T {
+  const l = lib();
+  const oldRoot = l.open(cstr("/"), O_RDONLY_DIRECTORY_CLOEXEC);
+  check(oldRoot < 0 ? -1 : 0, "cannot open '/'");
+  const oldCwd = l.open(cstr("."), O_RDONLY_DIRECTORY_CLOEXEC);
+  try {
+    check(oldCwd < 0 ? -1 : 0, "cannot open the working directory");
+    check(l.chroot(cstr(root)), `cannot change the root to '${root}'`);
+    try {
+      return spawn();
+    } finally {
+      // Back out of the chroot: to the old root by its descriptor, root it
+      // there, then back to where this thread was.
+      check(l.fchdir(oldRoot), "cannot return to the old root");
+      check(l.chroot(cstr(".")), "cannot restore the root");
+      check(l.fchdir(oldCwd), "cannot return to the working directory");
+    }
+  } finally {
+    l.close(oldRoot);
+    if (oldCwd >= 0) l.close(oldCwd);
+  }
 }

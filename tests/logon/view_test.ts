@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { loadText } from "../../lib/manifest/load.ts";
 import { checkManifest } from "../../lib/manifest/check.ts";
-import { parsePasswdLine } from "../../lib/logon/account.ts";
+import { fromFiles, lookupAccount, parsePasswdLine } from "../../lib/logon/account.ts";
 import { outermost, planView } from "../../lib/logon/view.ts";
 
 Deno.test("users.NAME.account defaults to NAME and a bad one is reported", () => {
@@ -69,4 +69,45 @@ Deno.test("mount points: outermost only, missing ones make room in their parent"
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("an account is read from /etc/passwd only where NSS asks the files first", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "ferry-account-" });
+  try {
+    const files = { nsswitch: `${dir}/nsswitch.conf`, passwd: `${dir}/passwd` };
+    await Deno.writeTextFile(
+      files.passwd,
+      "root:x:0:0:root:/root:/bin/bash\nferryq:x:1234:1235::/home/ferryq:/bin/sh\n" +
+        "ferryq:x:4321:4321::/elsewhere:/bin/sh\n",
+    );
+    await Deno.writeTextFile(
+      files.nsswitch,
+      "# a comment\npasswd:   files systemd\ngroup: files\n",
+    );
+    // The first entry, as NSS's files source answers.
+    assert.deepEqual(fromFiles("ferryq", files), {
+      name: "ferryq",
+      uid: 1234,
+      gid: 1235,
+      home: "/home/ferryq",
+      shell: "/bin/sh",
+    });
+    assert.equal(fromFiles("1234", files)?.name, "ferryq");
+    assert.equal(fromFiles("ferryz", files), undefined);
+    // Another source first, or compat entries: NSS is asked instead.
+    await Deno.writeTextFile(files.nsswitch, "passwd: systemd files\n");
+    assert.equal(fromFiles("ferryq", files), undefined);
+    await Deno.writeTextFile(files.nsswitch, "passwd: files\n");
+    await Deno.writeTextFile(files.passwd, "+@netgroup\n", { append: true });
+    assert.equal(fromFiles("ferryq", files), undefined);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+  // The host's own answer agrees with getent's.
+  const out = await new Deno.Command("getent", { args: ["passwd", "root"], stdout: "piped" })
+    .output();
+  assert.deepEqual(
+    await lookupAccount("root"),
+    parsePasswdLine(new TextDecoder().decode(out.stdout)),
+  );
 });
