@@ -331,9 +331,9 @@ namespace = ""
         let screen = "";
         const shown = term.stdout.pipeThrough(new TextDecoderStream()).getReader();
         // Bounded, so a terminal that stops answering fails the step with what it showed.
-        const waitFor = async (re: RegExp) => {
+        const waitFor = async (re: RegExp, from = 0) => {
           const give = Date.now() + 30_000;
-          while (!re.test(screen)) {
+          while (!re.test(screen.slice(from))) {
             let timer: ReturnType<typeof setTimeout> | undefined;
             const late = new Promise<never>((_, reject) => {
               timer = setTimeout(
@@ -369,11 +369,7 @@ namespace = ""
           assert.ok(i < 100, `the window size never changed: ${screen}`);
           const mark = screen.length;
           await keys.write(enc.encode("stty size\n"));
-          while (!/^\d+ \d+\r?$/m.test(screen.slice(mark))) {
-            const { value, done } = await shown.read();
-            if (done) throw new Error(`the session ended: ${screen}`);
-            screen += value;
-          }
+          await waitFor(/^\d+ \d+\r?$/m, mark);
         }
         // ^C typed on the terminal stops what runs in the foreground there.
         // The foreground job prints its mark itself, so the ^C cannot arrive
@@ -384,7 +380,19 @@ namespace = ""
         await keys.write(enc.encode("echo back$((1+1))\n"));
         await waitFor(/back2/);
         await keys.write(enc.encode("exit 3\n"));
-        const ts = await term.status;
+        // Bounded too: a session that does not end fails with what it showed.
+        let stuck: ReturnType<typeof setTimeout> | undefined;
+        const ts = await Promise.race([
+          term.status,
+          new Promise<never>((_, reject) => {
+            stuck = setTimeout(() => {
+              term.kill("SIGKILL");
+              reject(
+                new Error(`the session did not end after 'exit 3': ${JSON.stringify(screen)}`),
+              );
+            }, 30_000);
+          }),
+        ]).finally(() => clearTimeout(stuck));
         await keys.close().catch(() => {});
         await term.stderr.cancel();
         assert.equal(ts.code, 3, screen);
