@@ -683,15 +683,19 @@ class HostNode implements Node {
   /** The stat, made at once: one system call or three. */
   statNow(_opts?: OpOptions): Dir {
     try {
-      const st = this.ctx.host.lstat(this.rel);
-      // Nodes hold resolved paths: a symlink here replaced the walked file.
-      if (isLink(st)) throw new StyxError(Ename.perm);
-      const d = dirOf(this.ctx, st, this.name);
-      this.#qid = d.qid;
-      return d;
+      return this.#dirFrom(this.ctx.host.lstat(this.rel));
     } catch (e) {
       throw hostError(e);
     }
+  }
+
+  /** The Dir the host's answer `st` for this node makes. */
+  #dirFrom(st: HostStat): Dir {
+    // Nodes hold resolved paths: a symlink here replaced the walked file.
+    if (isLink(st)) throw new StyxError(Ename.perm);
+    const d = dirOf(this.ctx, st, this.name);
+    this.#qid = d.qid;
+    return d;
   }
 
   /**
@@ -716,7 +720,13 @@ class HostNode implements Node {
     ) {
       return last.entry;
     }
-    const d = this.statNow();
+    let d: Dir;
+    try {
+      // The host's answer just taken, not a second lstat.
+      d = this.#dirFrom(st);
+    } catch (e) {
+      throw hostError(e);
+    }
     const entry = encodeDir(d);
     this.#lastStat = { st, name: this.name, writes, entry };
     return entry;
