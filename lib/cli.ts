@@ -5,7 +5,15 @@
  * @module
  */
 
-import { parseArgs, type ParseArgsConfig } from "node:util";
+/** One option of a command line. */
+export interface OptionSpec {
+  /** A string option takes a value (`--peer NAME`, `--peer=NAME`, `-pNAME`); a boolean none. */
+  type: "string" | "boolean";
+  /** A one-letter alias (`-u` for `--user`). */
+  short?: string;
+  /** Given more than once, every value is kept, in order. */
+  multiple?: boolean;
+}
 
 /** Options for {@link parse}. */
 export interface CliSpec {
@@ -13,8 +21,8 @@ export interface CliSpec {
   usage: string;
   /** One paragraph on what the command does. */
   about: string;
-  /** node:util parseArgs option table; "help" is added automatically. */
-  options?: NonNullable<ParseArgsConfig["options"]>;
+  /** The option table, by long name; "help" (`-h`) is added automatically. */
+  options?: Record<string, OptionSpec>;
   /** Text listing the options, printed under --help. */
   optionsHelp?: string;
 }
@@ -49,20 +57,99 @@ export function helpText(spec: CliSpec): string {
 export function parse(spec: CliSpec, args: string[]): Parsed {
   let res;
   try {
-    res = parseArgs({
-      args,
-      options: { help: { type: "boolean", short: "h" }, ...(spec.options ?? {}) },
-      allowPositionals: true,
-      strict: true,
-    });
+    res = parseOptions(args, { help: { type: "boolean", short: "h" }, ...(spec.options ?? {}) });
   } catch (e) {
     throw new UsageError(`${(e as Error).message}\nusage: ${spec.usage}`);
   }
   if (res.values.help) {
     console.log(helpText(spec));
-    return { values: res.values, positionals: res.positionals, help: true };
+    return { ...res, help: true };
   }
-  return { values: res.values, positionals: res.positionals, help: false };
+  return { ...res, help: false };
+}
+
+/**
+ * Split `args` into option values and positionals, the way POSIX and GNU
+ * tools do: `--name value`, `--name=value`, `-n value`, `-nvalue`, grouped
+ * booleans (`-Aq`), and `--` ending the options. Written here rather than
+ * taken from node:util, whose loading costs a one-shot command milliseconds.
+ */
+function parseOptions(
+  args: readonly string[],
+  options: Record<string, OptionSpec>,
+): Omit<Parsed, "help"> {
+  const values: Parsed["values"] = {};
+  const positionals: string[] = [];
+  const byShort = new Map<string, string>();
+  // A one-letter name is its own short form ('-A' for option 'A').
+  for (const name of Object.keys(options)) if (name.length === 1) byShort.set(name, name);
+  for (const [name, o] of Object.entries(options)) if (o.short) byShort.set(o.short, name);
+  const shown = (name: string) => {
+    const s = options[name]?.short ?? (name.length === 1 ? name : undefined);
+    return s === name ? `-${s}` : s ? `-${s}, --${name}` : `--${name}`;
+  };
+  const set = (name: string, v: string | boolean) => {
+    if (!options[name]!.multiple) values[name] = v;
+    else ((values[name] ??= []) as (string | boolean)[]).push(v);
+  };
+  // A string option's value: inline, else the next argument (which must
+  // not look like an option: '--peer --help' is more likely a slip).
+  const valueOf = (name: string, inline: string | undefined, i: number): [string, number] => {
+    if (inline !== undefined) return [inline, i];
+    const next = args[i + 1];
+    if (next === undefined) throw new Error(`Option '${shown(name)} <value>' argument missing`);
+    if (next.startsWith("-") && next !== "-") {
+      throw new Error(
+        `Option '${shown(name)} <value>' argument is ambiguous: '${next}' looks like an option; ` +
+          `to give a value starting with a dash, use '--${name}=${next}'`,
+      );
+    }
+    return [next, i + 1];
+  };
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (a === "--") {
+      positionals.push(...args.slice(i + 1));
+      break;
+    }
+    if (a.startsWith("--")) {
+      const eq = a.indexOf("=");
+      const name = eq < 0 ? a.slice(2) : a.slice(2, eq);
+      const o = Object.hasOwn(options, name) ? options[name]! : undefined;
+      if (!o) throw new Error(`Unknown option '--${name}'`);
+      if (o.type === "boolean") {
+        if (eq >= 0) throw new Error(`Option '${shown(name)}' does not take an argument`);
+        set(name, true);
+      } else {
+        const [v, at] = valueOf(name, eq < 0 ? undefined : a.slice(eq + 1), i);
+        set(name, v);
+        i = at;
+      }
+      continue;
+    }
+    if (a.startsWith("-") && a !== "-") {
+      for (let k = 1; k < a.length; k++) {
+        const name = byShort.get(a[k]!);
+        if (name === undefined) {
+          throw new Error(
+            `Unknown option '-${a[k]}'` + (k > 1 ? ` in '${a}'` : "") +
+              `: to give an argument starting with a dash, put it after '--'`,
+          );
+        }
+        if (options[name]!.type === "boolean") {
+          set(name, true);
+          continue;
+        }
+        const [v, at] = valueOf(name, k + 1 < a.length ? a.slice(k + 1) : undefined, i);
+        set(name, v);
+        i = at;
+        break;
+      }
+      continue;
+    }
+    positionals.push(a);
+  }
+  return { values, positionals };
 }
 
 /** Print an error for command `cmd` the way Ferry does and return exit status 1. */

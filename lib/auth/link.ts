@@ -14,7 +14,8 @@ import type { CertIdentity, CertKind } from "./certs.ts";
 import { readCert } from "./der.ts";
 import { askPassphrase, decryptKeyPem, isEncryptedKey, readKeyFile } from "./keys.ts";
 import { crlSerials } from "./verify.ts";
-import { resolve } from "node:path";
+import { resolve } from "../hostpath.ts";
+import { every } from "../deadline.ts";
 
 /** A node's or user's credentials, all PEM. */
 export interface Credentials {
@@ -264,7 +265,8 @@ export const CREDENTIALS_POLL_MS = 2000;
 class SharedWatch {
   #cur: Credentials;
   #stamp: Stamp;
-  #timer: ReturnType<typeof setInterval> | undefined;
+  /** Stops the poll (see {@link pollEvery}). */
+  #stop: (() => void) | undefined;
   #intervalMs = Infinity;
   #busy: Promise<void> | null = null;
   #changed = new Set<(c: Credentials) => void>();
@@ -289,11 +291,11 @@ class SharedWatch {
   pollEvery(ms: number): void {
     if (ms >= this.#intervalMs) return;
     this.#intervalMs = ms;
-    clearInterval(this.#timer);
-    this.#timer = setInterval(() => {
+    this.#stop?.();
+    // Like an unref'd interval: a watch alone does not keep a process alive.
+    this.#stop = every(ms, () => {
       if (!this.#busy) this.check().catch(() => {});
-    }, ms);
-    Deno.unrefTimer(this.#timer);
+    });
   }
 
   /** Reload when a file changed (or always, with `force`); one check at a time. */
@@ -356,7 +358,7 @@ class SharedWatch {
         for (const f of mine) this.#changed.delete(f);
         if (onError) this.#errors.delete(onError);
         if (--this.refs === 0) {
-          clearInterval(this.#timer);
+          this.#stop?.();
           if (watches.get(this.key) === this) watches.delete(this.key);
         }
       },

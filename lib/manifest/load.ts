@@ -8,7 +8,7 @@
  */
 
 import { parse as parseToml, TomlError } from "smol-toml";
-import * as path from "node:path";
+import * as path from "../hostpath.ts";
 import {
   type CaSpec,
   EXPORT_KINDS,

@@ -9,7 +9,7 @@
  * @module
  */
 
-import * as path from "node:path";
+import * as path from "../hostpath.ts";
 import type { NsEntry, NsOp, Problem, Where } from "./schema.ts";
 
 const OPS: ReadonlySet<string> = new Set([

@@ -18,6 +18,7 @@ import {
   watchCredentials,
 } from "../auth/link.ts";
 import { tlsDial } from "../transport/tls_dial.ts";
+import { after } from "../deadline.ts";
 import type { Tree } from "../fs/tree.ts";
 import { handshakeFailed, SPEAKS_PLAIN, speaksPlainStyx, watchForTls } from "./mismatch.ts";
 
@@ -59,11 +60,11 @@ async function withTimeout<T extends { close(): void }>(
   ms: number,
   signal?: AbortSignal,
 ): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
+  let cancel: (() => void) | undefined;
   let timedOut = false;
   let onAbort: (() => void) | undefined;
   const fail = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms`)), ms);
+    cancel = after(ms, () => reject(new Error(`timed out after ${ms} ms`)));
     if (signal) {
       onAbort = () => {
         // A deadline given as a signal (AbortSignal.timeout) says so.
@@ -83,7 +84,7 @@ async function withTimeout<T extends { close(): void }>(
     timedOut = true;
     throw e;
   } finally {
-    clearTimeout(timer);
+    cancel?.();
     if (onAbort) signal?.removeEventListener("abort", onAbort);
   }
 }

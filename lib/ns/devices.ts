@@ -9,7 +9,7 @@
  * @module
  */
 
-import * as path from "node:path";
+import * as path from "../hostpath.ts";
 import type { Caller, Node, Tree } from "../fs/tree.ts";
 import { errorString, StyxError } from "../styx/types.ts";
 import { splitNames } from "./path.ts";

@@ -19,7 +19,6 @@
  * @module
  */
 
-import { setImmediate } from "node:timers";
 import type { Conn } from "../transport/conn.ts";
 import { encodeHeader, RREAD_HEADER } from "./codec.ts";
 import { HEADER_SIZE, MsgType } from "./types.ts";
@@ -664,7 +663,8 @@ export interface FrameWriterOptions {
  */
 export class FrameWriter {
   readonly #conn: Conn;
-  readonly #turn: boolean;
+  /** Set for `start: "turn"`: how the next turn of the event loop is awaited. */
+  readonly #turn: ((f: () => void) => unknown) | undefined;
   /** True when a resolved write has finished with its buffer (see Conn.releasesWrites). */
   readonly #releases: boolean;
   readonly #release: ((frame: Uint8Array) => void) | undefined;
@@ -681,7 +681,9 @@ export class FrameWriter {
   /** Write frames to `conn`. */
   constructor(conn: Conn, opts: FrameWriterOptions = {}) {
     this.#conn = conn;
-    this.#turn = opts.start === "turn";
+    // Looked up only for a writer that needs it: the first use of
+    // setImmediate loads Node's timers, milliseconds of a client's start-up.
+    this.#turn = opts.start === "turn" ? (f) => setImmediate(f) : undefined;
     this.#releases = conn.releasesWrites === true;
     this.#release = opts.release;
     this.#written = opts.written;
@@ -750,7 +752,7 @@ export class FrameWriter {
       this.#due = false;
       this.#pump();
     };
-    if (this.#turn) setImmediate(go);
+    if (this.#turn) this.#turn(go);
     else queueMicrotask(go);
   }
 

@@ -35,6 +35,7 @@
 
 import type { Conn, Listener, Peer } from "./conn.ts";
 import { TcpConn } from "./tcp.ts";
+import { after } from "../deadline.ts";
 import type { CertIdentity } from "../auth/certs.ts";
 import { ed25519Key, readCert } from "../auth/der.ts";
 import { PeerRefusedError } from "../auth/verify.ts";
@@ -224,11 +225,11 @@ export async function nativeTlsDial(
     );
   };
   const ms = opts.handshakeTimeoutMs ?? 10_000;
-  let timer: ReturnType<typeof setTimeout> | undefined;
+  let cancel: (() => void) | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => {
+    cancel = after(ms, () => {
       reject(new LinkError(`TLS handshake did not finish within ${ms} ms`));
-    }, ms);
+    });
   });
   try {
     return await Promise.race([run(), timeout]);
@@ -238,7 +239,7 @@ export async function nativeTlsDial(
     } catch { /* already closed */ }
     throw e;
   } finally {
-    clearTimeout(timer);
+    cancel?.();
   }
 }
 

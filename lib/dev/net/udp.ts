@@ -15,7 +15,7 @@
  * @module
  */
 
-import dgram from "node:dgram";
+import type dgram from "node:dgram";
 import { Ename, StyxError } from "../../styx/types.ts";
 import { withSignal } from "../../fs/tree.ts";
 import { netError, parseHostPort } from "./conv.ts";
@@ -26,6 +26,8 @@ export const UDP_HEADER = 52;
 
 /** Most datagrams queued unread; later ones are dropped, as a full socket buffer would. */
 const QUEUE_MAX = 512;
+
+let udp: Promise<typeof dgram> | undefined;
 
 interface Datagram {
   data: Uint8Array;
@@ -113,8 +115,11 @@ export class UdpConv {
     if (--this.refs <= 0) this.teardown();
   }
 
-  #open(family: "udp4" | "udp6"): dgram.Socket {
-    const s = dgram.createSocket(family);
+  async #open(family: "udp4" | "udp6"): Promise<dgram.Socket> {
+    // Loaded at the first datagram conversation: node:dgram brings Node's
+    // compatibility layer, milliseconds of start-up every /net would pay.
+    udp ??= import("node:dgram").then((m) => m.default);
+    const s = (await udp).createSocket(family);
     s.on("message", (msg: Uint8Array, rinfo: { address: string; port: number }) => {
       const d = { data: new Uint8Array(msg), address: rinfo.address, port: rinfo.port };
       this.#last = { address: d.address, port: d.port };
@@ -144,7 +149,7 @@ export class UdpConv {
     if (localPort !== undefined && !/^[0-9]{1,5}$/.test(localPort)) {
       throw new StyxError(`bad ctl message 'connect': bad local port '${localPort}'`);
     }
-    const s = this.#open(isIPv6(host) ? "udp6" : "udp4");
+    const s = await this.#open(isIPv6(host) ? "udp6" : "udp4");
     try {
       await withSignal(
         new Promise<void>((resolve, reject) => {
@@ -171,7 +176,7 @@ export class UdpConv {
       throw new StyxError(`bad ctl message 'announce': conversation is ${this.state}`);
     }
     const { host, port } = parseHostPort(target, "announce");
-    const s = this.#open(isIPv6(host) ? "udp6" : "udp4");
+    const s = await this.#open(isIPv6(host) ? "udp6" : "udp4");
     try {
       await new Promise<void>((resolve, reject) => {
         s.once("error", reject);

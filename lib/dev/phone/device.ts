@@ -12,7 +12,7 @@
  * @module
  */
 
-import * as path from "node:path";
+import * as path from "../../hostpath.ts";
 import type { DeviceFactory } from "../../ns/devices.ts";
 import type { Tree } from "../../fs/tree.ts";
 import { PHONE_BACKENDS, type PhoneBackend } from "./backend.ts";
