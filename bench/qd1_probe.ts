@@ -351,7 +351,7 @@ try {
     servers.push(await ferry(`Ferry (${values.before})`, [exe!, run!, ...perms, entry], dir));
   }
   for (const f of values.also ?? []) {
-    servers.push(await bannered(f, [Deno.execPath(), "run", "-A", f]));
+    servers.push(await bannered(f.split("/").pop()!, [Deno.execPath(), "run", "-A", f]));
   }
   for (const s of [await diod(dir), await inferno(dir)]) if (s) servers.push(s);
   const ops: Ops[] = [];

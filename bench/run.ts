@@ -4,7 +4,7 @@
  * fails on timing.
  *
  * deno task bench [--mib N] [--files N] [--reps N]
- *   [--only styx,ns,qd1,tls,net,fuse,hostile,many,idle,logon,cpu]
+ *   [--only styx,ns,qd1,tls,net,floor,fuse,hostile,many,idle,logon,cpu]
  *
  * Styx figures are medians of --reps runs (default 3), Ferry and its peer
  * taking turns, so a burst of load elsewhere on the machine skews one run
@@ -16,7 +16,10 @@
  * and mutual TLS on each TLS listener, beside diod), and its memory after
  * clients come and go; and
  * qd1: one request at a time (walk+clunk, stat, 4 KiB write) beside diod
- * and Inferno's export.
+ * and Inferno's export, and on one CPU beside the least a Deno server can
+ * do (qd1_floor.ts); floor: what the machine and Deno allow without Ferry
+ * for a relay in the middle of a tunnel, for TLS, and for an idle
+ * connection (floor_probe.ts).
  *
  * @module
  */
@@ -425,7 +428,14 @@ try {
   if (want("many")) await tableProbe("many", "many_probe.ts", ["--reps", String(REPS), "--tls"]);
   if (want("qd1")) {
     await tableProbe("qd1", "qd1_probe.ts", ["--reps", String(REPS)]);
-    await tableProbe("qd1", "qd1_probe.ts", ["--reps", String(REPS), "--one-cpu"]);
+    // On one CPU, beside the floor: the least a Deno server can do (qd1_floor.ts).
+    await tableProbe("qd1", "qd1_probe.ts", [
+      "--reps",
+      String(REPS),
+      "--one-cpu",
+      "--also",
+      `${here}qd1_floor.ts`,
+    ]);
   }
   if (want("tls")) {
     await probe("tls", "tls_probe.ts");
@@ -444,6 +454,9 @@ try {
     // were another machine: above, three processes share two CPUs.
     await tableProbe("net", "net_probe.ts", ["--pin", "--parts", "send,receive"]);
   }
+  // What the machine and the runtime allow without Ferry, for the tunnel,
+  // TLS and idle figures above (the figure column holds the floor).
+  if (want("floor")) await tableProbe("floor", "floor_probe.ts", ["--reps", String(REPS)]);
   if (want("manifest")) await probe("manifest", "manifest_probe.ts");
   if (want("fuse")) await probe("fuse", "fuse_probe.ts");
   // A Ferry server's memory under hostile clients (no peer: targets instead).
