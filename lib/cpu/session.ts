@@ -48,17 +48,23 @@ export async function runSession(opts: SessionOptions): Promise<number> {
   }
   // Done while the job is awaited: the view's first steps, ahead of need.
   const reading = readJob(raw);
-  prepareView();
-  const job = await reading;
-  if (!job) {
-    raw.close();
-    return 0;
-  }
-  const conn = new TcpConn(raw, { authenticated: false });
-  // The caller's namespace is reached (version, then attach: round trips
-  // to the caller, through the node) while the view is built for it.
+  const libc = loadLibc();
+  // The version exchange with the caller's namespace starts now: Tversion
+  // waits on the socket until the node, having sent the job, joins it to
+  // the caller, who answers it as soon as the session's files are open.
+  const conn = new AfterJob(raw, reading);
   const connecting = StyxClient.connect(conn);
   connecting.catch(() => {});
+  prepareView();
+  // The command writes to this helper's standard output, a pipe the node
+  // reads: a larger pipe lets each of the node's reads take more.
+  growPipe(libc, 1, PIPE_BYTES);
+  warmSpawn();
+  const job = await reading;
+  if (!job) {
+    conn.close();
+    return 0;
+  }
   // The node gone, or the session hung up: the command is hung up too
   // (runInView passes SIGHUP on to it, then takes the mounts down).
   let done = false;
@@ -81,9 +87,6 @@ export async function runSession(opts: SessionOptions): Promise<number> {
       hungUp,
     ]);
     const ns = new Namespace(new MemTree(), { caller });
-    // The command writes to this helper's standard output, a pipe the node
-    // reads: a larger pipe lets each of the node's reads take more.
-    growPipe(1, PIPE_BYTES);
     return await runInView(ns, {
       user: job.user,
       account: job.account,
@@ -98,6 +101,28 @@ export async function runSession(opts: SessionOptions): Promise<number> {
   } finally {
     done = true;
     await connecting.then((client) => client.close(), () => conn.close());
+  }
+}
+
+/**
+ * The helper's socket as a Styx transport whose reads wait until the job
+ * ahead of the Styx stream has been read (by {@link readJob}); writes go
+ * out at once.
+ */
+class AfterJob extends TcpConn {
+  #gate: Promise<unknown> | undefined;
+
+  constructor(raw: Deno.UnixConn, job: Promise<unknown>) {
+    super(raw, { authenticated: false });
+    this.#gate = job.then(() => (this.#gate = undefined), () => this.close());
+  }
+
+  override read(): Promise<Uint8Array | null> {
+    return this.#gate ? this.#gate.then(() => super.read()) : super.read();
+  }
+
+  override readInto(buf: Uint8Array): Promise<number | null> {
+    return this.#gate ? this.#gate.then(() => super.readInto(buf)) : super.readInto(buf);
   }
 }
 
@@ -133,14 +158,34 @@ async function readJob(conn: Deno.Conn): Promise<Job | undefined> {
   return job;
 }
 
+/**
+ * Load what Deno loads at its first `Deno.Command` (a few milliseconds of
+ * module code), so that the command's spawn does not wait for it.
+ */
+function warmSpawn(): void {
+  new Deno.Command("true", { stdin: "null", stdout: "null", stderr: "null" });
+}
+
 /** Pipe capacity asked for the command's standard output. */
 const PIPE_BYTES = 1 << 20;
 const F_SETPIPE_SZ = 1031;
 
-/** Ask for a pipe of `bytes` on `fd`; only a tuning, so nothing is said when it is refused. */
-function growPipe(fd: number, bytes: number): void {
+const LIBC = {
+  fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
+} as const;
+
+type Libc = Deno.DynamicLibrary<typeof LIBC>["symbols"];
+
+/** The C library calls below, loaded once; undefined without FFI. */
+function loadLibc(): Libc | undefined {
   try {
-    openLibc({ fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" } }, "pipe sizes")
-      .fcntl(fd, F_SETPIPE_SZ, bytes);
-  } catch { /* not a pipe, or no FFI: the default size */ }
+    return openLibc(LIBC, "the cpu helper");
+  } catch {
+    return undefined;
+  }
+}
+
+/** Ask for a pipe of `bytes` on `fd`; only a tuning, so nothing is said when it is refused. */
+function growPipe(libc: Libc | undefined, fd: number, bytes: number): void {
+  libc?.fcntl(fd, F_SETPIPE_SZ, bytes);
 }
