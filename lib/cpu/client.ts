@@ -87,13 +87,12 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
   try {
     const clone = await walkOpen(root, ["clone"], ORDWR);
     opened.push(clone);
-    const id = dec.decode(await clone.read(0n, 64)).trim();
-    if (!/^\d+$/.test(id)) throw new Error(`the node answered '${id}' for a session number`);
     const ctl = async (line: string) => void await clone.write(0n, enc.encode(line));
-    // The command is asked for at once, so the node starts it while the
-    // session's files are opened here. A refusal (an account the node
-    // lacks, say) comes back from this, with no reads yet waiting on the
-    // session.
+    // The command is asked for at once, before the session's number is
+    // read (the clone file speaks for its session), so the node starts it
+    // while the session's files are opened here. A refusal (an account the
+    // node lacks, say) comes back from this, with no reads yet waiting on
+    // the session.
     const asked = (async () => {
       if (opts.pty) {
         const term = opts.pty.term ? ` ${quote(opts.pty.term)}` : "";
@@ -109,12 +108,19 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
       );
     })();
     asked.catch(() => {}); // awaited below
-    const w = await root.walk([id]);
-    if (!w.node) throw new Error(`session '${id}' vanished on the node`);
-    const sdir = w.node;
-    nodes.push(sdir);
+    const id = dec.decode(await clone.read(0n, 64)).trim();
+    if (!/^\d+$/.test(id)) throw new Error(`the node answered '${id}' for a session number`);
+    // Each file is reached from the root, its walk and open in one round trip.
     const open = async (name: string, mode: number) => {
-      const f = await walkOpen(sdir, [name], mode);
+      let f: OpenFile;
+      try {
+        f = await walkOpen(root, [id, name], mode);
+      } catch (e) {
+        if (/does not exist/.test((e as Error).message)) {
+          throw new Error(`session '${id}' vanished on the node`);
+        }
+        throw e;
+      }
       opened.push(f);
       return f;
     };
