@@ -136,6 +136,11 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
     const stop = new AbortController();
     hangups.push(() => stop.abort());
     const signal = stop.signal;
+    // The node's requests of the namespace are read until the command's
+    // status and output are in: the helper may still be exiting then, and
+    // nothing it asks for is needed any more.
+    const nsStop = new AbortController();
+    hangups.push(() => nsStop.abort());
 
     // The caller's namespace, served over the session's ns file.
     const [near, far] = memPipe();
@@ -167,7 +172,7 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
     const fromNode = (async () => {
       let off = 0n;
       for (;;) {
-        const b = await nsFile.read(off, nsUnit, { signal });
+        const b = await nsFile.read(off, nsUnit, { signal: nsStop.signal });
         if (b.length === 0) break;
         off += BigInt(b.length);
         await far.write(b.slice());
@@ -234,8 +239,11 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
     }
     await outs;
     stopFeed();
+    nsStop.abort();
     far.close();
-    await Promise.allSettled([toNode, fromNode]);
+    // Not waited for: the read's flush and a last write are answered, or
+    // not, once the link is gone.
+    void Promise.allSettled([toNode, fromNode]);
     near.close();
     await served;
     return Number.isInteger(status) ? status : 1;

@@ -18,7 +18,7 @@ import { Namespace } from "../ns/namespace.ts";
 import { RemoteTree, StyxClient } from "../styx/client.ts";
 import { TcpConn } from "../transport/tcp.ts";
 import type { Job } from "./server.ts";
-import { openLibc } from "../libc.ts";
+import { cstr, openLibc } from "../libc.ts";
 import { prepareView, runInView } from "../logon/session.ts";
 
 /** Where the caller's namespace appears on the node. */
@@ -49,6 +49,7 @@ export async function runSession(opts: SessionOptions): Promise<number> {
   // Done while the job is awaited: the view's first steps, ahead of need.
   const reading = readJob(raw);
   const libc = loadLibc();
+  reportStatusAtExit(libc, opts.socket);
   // The version exchange with the caller's namespace starts now: Tversion
   // waits on the socket until the node, having sent the job, joins it to
   // the caller, who answers it as soon as the session's files are open.
@@ -169,9 +170,21 @@ function warmSpawn(): void {
 /** Pipe capacity asked for the command's standard output. */
 const PIPE_BYTES = 1 << 20;
 const F_SETPIPE_SZ = 1031;
+const AF_UNIX = 1;
+const SOCK_STREAM = 1;
+const SOCK_CLOEXEC = 0o2000000;
+const O_WRONLY = 1;
+const O_CLOEXEC = 0o2000000;
 
 const LIBC = {
   fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  dup2: { parameters: ["i32", "i32"], result: "i32" },
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  close: { parameters: ["i32"], result: "i32" },
+  fstat: { parameters: ["i32", "buffer"], result: "i32" },
 } as const;
 
 type Libc = Deno.DynamicLibrary<typeof LIBC>["symbols"];
@@ -185,7 +198,73 @@ function loadLibc(): Libc | undefined {
   }
 }
 
+/**
+ * Standard output and error, and every descriptor open on the same file
+ * (compared by device and inode, as fstat(2) gives them: the first two
+ * fields of struct stat on Linux).
+ */
+function outputDescriptors(libc: Libc): number[] {
+  const st = new Uint8Array(256);
+  const view = new DataView(st.buffer);
+  const fileOf = (fd: number) =>
+    libc.fstat(fd, st) === 0
+      ? `${view.getBigUint64(0, true)}:${view.getBigUint64(8, true)}`
+      : undefined;
+  const outs = new Set([fileOf(1), fileOf(2)].filter((f) => f !== undefined));
+  const fds = [1, 2];
+  for (let fd = 3; fd < 1024; fd++) {
+    const f = fileOf(fd);
+    if (f !== undefined && outs.has(f)) fds.push(fd);
+  }
+  return fds;
+}
+
 /** Ask for a pipe of `bytes` on `fd`; only a tuning, so nothing is said when it is refused. */
 function growPipe(libc: Libc | undefined, fd: number, bytes: number): void {
   libc?.fcntl(fd, F_SETPIPE_SZ, bytes);
+}
+
+/**
+ * Open the helper's second connection to the node (the node takes the
+ * first one for the job), and write the exit status on it as the process
+ * exits, once the command's output is closed: the node then has both
+ * without waiting for the process to be torn down. Made with the C
+ * library, since nothing else can write while the process exits. Without
+ * it the node takes the status of the helper's exit, as it does when the
+ * helper is killed.
+ */
+function reportStatusAtExit(libc: Libc | undefined, path: string): void {
+  const name = new TextEncoder().encode(path);
+  // sockaddr_un: the family, then the path with its NUL (at most 108 bytes).
+  const addr = new Uint8Array(2 + 108);
+  let fd = -1;
+  if (libc && name.length < 108) {
+    new DataView(addr.buffer).setUint16(0, AF_UNIX, true);
+    addr.set(name, 2);
+    fd = libc.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && libc.connect(fd, addr, 2 + name.length + 1) !== 0) {
+      libc.close(fd);
+      fd = -1;
+    }
+  }
+  if (!libc || fd < 0) {
+    // The node waits for a second connection: one that says nothing.
+    Deno.connect({ transport: "unix", path }).catch(() => {});
+    return;
+  }
+  const sock = fd;
+  const outputs = outputDescriptors(libc);
+  globalThis.addEventListener("unload", () => {
+    try {
+      const line = new TextEncoder().encode(`${Deno.exitCode}\n`);
+      libc.write(sock, line, BigInt(line.length));
+      // The command's output ends here (the node reads it to its end):
+      // Deno keeps copies of the standard descriptors, so every one goes.
+      const nul = libc.open(cstr("/dev/null"), O_WRONLY | O_CLOEXEC);
+      if (nul >= 0) {
+        for (const d of outputs) libc.dup2(nul, d);
+        libc.close(nul);
+      }
+    } catch { /* the node takes the status of the exit */ }
+  });
 }
