@@ -15,6 +15,9 @@ import { ORDWR, OREAD, OWRITE } from "../styx/types.ts";
 import { serve } from "../styx/server.ts";
 import { memPipe } from "../transport/pipe.ts";
 
+/** The first read of the session's ns file, sent with its open. */
+const NS_READ_AHEAD = 64 * 1024;
+
 /** Reads of standard output (and error) kept in flight. */
 const READS_IN_FLIGHT = 4;
 
@@ -85,7 +88,8 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
   const nodes: Node[] = [root];
   const hangups: (() => void)[] = [];
   try {
-    const clone = await walkOpen(root, ["clone"], ORDWR);
+    // The session's number comes back with the open.
+    const clone = await walkOpen(root, ["clone"], ORDWR, { readAhead: 64 });
     opened.push(clone);
     const ctl = async (line: string) => void await clone.write(0n, enc.encode(line));
     // The command is asked for at once, before the session's number is
@@ -110,11 +114,15 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
     asked.catch(() => {}); // awaited below
     const id = dec.decode(await clone.read(0n, 64)).trim();
     if (!/^\d+$/.test(id)) throw new Error(`the node answered '${id}' for a session number`);
-    // Each file is reached from the root, its walk and open in one round trip.
-    const open = async (name: string, mode: number) => {
+    // Each file is reached from the root, its walk and open in one round
+    // trip; the ns file's first read goes with them, and brings back the
+    // node's first request of the namespace (which the node has waiting).
+    // The node's iounit for it is the whole message, so the first read
+    // asks for no less than this read brought.
+    const open = async (name: string, mode: number, readAhead?: number) => {
       let f: OpenFile;
       try {
-        f = await walkOpen(root, [id, name], mode);
+        f = await walkOpen(root, [id, name], mode, { readAhead });
       } catch (e) {
         if (/does not exist/.test((e as Error).message)) {
           throw new Error(`session '${id}' vanished on the node`);
@@ -129,18 +137,13 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
       open("stdout", OREAD),
       open("stderr", OREAD),
       open("wait", OREAD),
-      open("ns", ORDWR),
+      open("ns", ORDWR, NS_READ_AHEAD),
     ]);
     await asked;
     // Reads still waiting when the session ends are flushed.
     const stop = new AbortController();
     hangups.push(() => stop.abort());
     const signal = stop.signal;
-    // The node's requests of the namespace are read until the command's
-    // status and output are in: the helper may still be exiting then, and
-    // nothing it asks for is needed any more.
-    const nsStop = new AbortController();
-    hangups.push(() => nsStop.abort());
 
     // The caller's namespace, served over the session's ns file.
     const [near, far] = memPipe();
@@ -172,7 +175,10 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
     const fromNode = (async () => {
       let off = 0n;
       for (;;) {
-        const b = await nsFile.read(off, nsUnit, { signal: nsStop.signal });
+        // Not flushed when the session ends (flushing costs more than
+        // leaving it): the read still out is answered, or not, once the
+        // link is gone.
+        const b = await nsFile.read(off, nsUnit);
         if (b.length === 0) break;
         off += BigInt(b.length);
         await far.write(b.slice());
@@ -239,13 +245,12 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
     }
     await outs;
     stopFeed();
-    nsStop.abort();
+    // The command has exited: nothing the node asks of the namespace now
+    // is needed (the helper may still be exiting). Its serving winds down
+    // (in-flight requests, fids) without being waited for.
     far.close();
-    // Not waited for: the read's flush and a last write are answered, or
-    // not, once the link is gone.
-    void Promise.allSettled([toNode, fromNode]);
     near.close();
-    await served;
+    void Promise.allSettled([toNode, fromNode, served]);
     return Number.isInteger(status) ? status : 1;
   } finally {
     for (const h of hangups) h();
