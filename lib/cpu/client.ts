@@ -190,19 +190,21 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
       winch: (r, c) => ctl(`winch ${r} ${c}`),
     });
 
-    // Several reads in flight, so the node always has one to answer while
-    // earlier replies are on their way and being written out here; the
-    // node answers reads in the order they came.
+    // Several reads in flight once output flows, so the node always has
+    // one to answer while earlier replies are on their way and being
+    // written out here; the node answers reads in the order they came.
+    // One at first: a command with little or no output costs the node and
+    // this end no more messages than it needs.
     const drain = async (f: OpenFile, out: (b: Uint8Array) => Promise<void>) => {
       const unit = f.iounit || 512 * 1024;
       let n = 0n;
       const next = () => f.read(n++, unit, { signal });
-      const q = Array.from({ length: READS_IN_FLIGHT }, next);
+      const q = [next()];
       try {
         for (;;) {
           const b = await q.shift()!;
           if (b.length === 0) break;
-          q.push(next());
+          while (q.length < READS_IN_FLIGHT) q.push(next());
           await out(b);
           // The reply's buffer can carry a later reply.
           f.release?.(b);
