@@ -30,7 +30,9 @@
  * that this process joins to N/ns. The helper learns who runs what as the
  * first thing on that socket, so one is kept started ahead of need (as
  * root): a command then waits for no Ferry to start on the node. A session
- * on a pseudo-terminal starts its own helper, inside the terminal.
+ * on a pseudo-terminal starts its own helper, inside the terminal. The
+ * helper's second connection to the socket brings the command's exit
+ * status as the helper exits, ahead of the helper's own.
  *
  * @module
  */

@@ -8,7 +8,9 @@
  * (which the node joins to the caller's link), mounts it at
  * /n/client, and runs the command there as the host account, with
  * lib/logon's machinery: the same view, FUSE mounts and account switch as
- * `ferry logon -- COMMAND`.
+ * `ferry logon -- COMMAND`. A second connection to SOCKET carries one
+ * line back as the helper exits: the command's exit status, so the node
+ * need not wait for the process to be torn down to answer N/wait.
  *
  * @module
  */
