@@ -140,9 +140,14 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
       open("ns", ORDWR, NS_READ_AHEAD),
     ]);
     await asked;
-    // Reads still waiting when the session ends are flushed.
+    // Reads still waiting when the session ends are flushed. Once the
+    // status and the output are in none is, and aborting would only cost
+    // this end time.
     const stop = new AbortController();
-    hangups.push(() => stop.abort());
+    let finished = false;
+    hangups.push(() => {
+      if (!finished) stop.abort();
+    });
     const signal = stop.signal;
 
     // The caller's namespace, served over the session's ns file.
@@ -253,6 +258,7 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
     far.close();
     near.close();
     void Promise.allSettled([toNode, fromNode, served]);
+    finished = true;
     return Number.isInteger(status) ? status : 1;
   } finally {
     for (const h of hangups) h();
