@@ -15,6 +15,9 @@ import { ORDWR, OREAD, OWRITE } from "../styx/types.ts";
 import { serve } from "../styx/server.ts";
 import { memPipe } from "../transport/pipe.ts";
 
+/** The first read of the session's ns file, sent with its open. */
+const NS_READ_AHEAD = 64 * 1024;
+
 /** Reads of standard output (and error) kept in flight. */
 const READS_IN_FLIGHT = 4;
 
@@ -85,15 +88,15 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
   const nodes: Node[] = [root];
   const hangups: (() => void)[] = [];
   try {
-    const clone = await walkOpen(root, ["clone"], ORDWR);
+    // The session's number comes back with the open.
+    const clone = await walkOpen(root, ["clone"], ORDWR, { readAhead: 64 });
     opened.push(clone);
-    const id = dec.decode(await clone.read(0n, 64)).trim();
-    if (!/^\d+$/.test(id)) throw new Error(`the node answered '${id}' for a session number`);
     const ctl = async (line: string) => void await clone.write(0n, enc.encode(line));
-    // The command is asked for at once, so the node starts it while the
-    // session's files are opened here. A refusal (an account the node
-    // lacks, say) comes back from this, with no reads yet waiting on the
-    // session.
+    // The command is asked for at once, before the session's number is
+    // read (the clone file speaks for its session), so the node starts it
+    // while the session's files are opened here. A refusal (an account the
+    // node lacks, say) comes back from this, with no reads yet waiting on
+    // the session.
     const asked = (async () => {
       if (opts.pty) {
         const term = opts.pty.term ? ` ${quote(opts.pty.term)}` : "";
@@ -109,12 +112,23 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
       );
     })();
     asked.catch(() => {}); // awaited below
-    const w = await root.walk([id]);
-    if (!w.node) throw new Error(`session '${id}' vanished on the node`);
-    const sdir = w.node;
-    nodes.push(sdir);
-    const open = async (name: string, mode: number) => {
-      const f = await walkOpen(sdir, [name], mode);
+    const id = dec.decode(await clone.read(0n, 64)).trim();
+    if (!/^\d+$/.test(id)) throw new Error(`the node answered '${id}' for a session number`);
+    // Each file is reached from the root, its walk and open in one round
+    // trip; the ns file's first read goes with them, and brings back the
+    // node's first request of the namespace (which the node has waiting).
+    // The node's iounit for it is the whole message, so the first read
+    // asks for no less than this read brought.
+    const open = async (name: string, mode: number, readAhead?: number) => {
+      let f: OpenFile;
+      try {
+        f = await walkOpen(root, [id, name], mode, { readAhead });
+      } catch (e) {
+        if (/does not exist/.test((e as Error).message)) {
+          throw new Error(`session '${id}' vanished on the node`);
+        }
+        throw e;
+      }
       opened.push(f);
       return f;
     };
@@ -123,12 +137,17 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
       open("stdout", OREAD),
       open("stderr", OREAD),
       open("wait", OREAD),
-      open("ns", ORDWR),
+      open("ns", ORDWR, NS_READ_AHEAD),
     ]);
     await asked;
-    // Reads still waiting when the session ends are flushed.
+    // Reads still waiting when the session ends are flushed. Once the
+    // status and the output are in none is, and aborting would only cost
+    // this end time.
     const stop = new AbortController();
-    hangups.push(() => stop.abort());
+    let finished = false;
+    hangups.push(() => {
+      if (!finished) stop.abort();
+    });
     const signal = stop.signal;
 
     // The caller's namespace, served over the session's ns file.
@@ -161,7 +180,10 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
     const fromNode = (async () => {
       let off = 0n;
       for (;;) {
-        const b = await nsFile.read(off, nsUnit, { signal });
+        // Not flushed when the session ends (flushing costs more than
+        // leaving it): the read still out is answered, or not, once the
+        // link is gone.
+        const b = await nsFile.read(off, nsUnit);
         if (b.length === 0) break;
         off += BigInt(b.length);
         await far.write(b.slice());
@@ -173,19 +195,21 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
       winch: (r, c) => ctl(`winch ${r} ${c}`),
     });
 
-    // Several reads in flight, so the node always has one to answer while
-    // earlier replies are on their way and being written out here; the
-    // node answers reads in the order they came.
+    // Several reads in flight once output flows, so the node always has
+    // one to answer while earlier replies are on their way and being
+    // written out here; the node answers reads in the order they came.
+    // One at first: a command with little or no output costs the node and
+    // this end no more messages than it needs.
     const drain = async (f: OpenFile, out: (b: Uint8Array) => Promise<void>) => {
       const unit = f.iounit || 512 * 1024;
       let n = 0n;
       const next = () => f.read(n++, unit, { signal });
-      const q = Array.from({ length: READS_IN_FLIGHT }, next);
+      const q = [next()];
       try {
         for (;;) {
           const b = await q.shift()!;
           if (b.length === 0) break;
-          q.push(next());
+          while (q.length < READS_IN_FLIGHT) q.push(next());
           await out(b);
           // The reply's buffer can carry a later reply.
           f.release?.(b);
@@ -228,10 +252,13 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
     }
     await outs;
     stopFeed();
+    // The command has exited: nothing the node asks of the namespace now
+    // is needed (the helper may still be exiting). Its serving winds down
+    // (in-flight requests, fids) without being waited for.
     far.close();
-    await Promise.allSettled([toNode, fromNode]);
     near.close();
-    await served;
+    void Promise.allSettled([toNode, fromNode, served]);
+    finished = true;
     return Number.isInteger(status) ? status : 1;
   } finally {
     for (const h of hangups) h();

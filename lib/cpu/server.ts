@@ -30,7 +30,9 @@
  * that this process joins to N/ns. The helper learns who runs what as the
  * first thing on that socket, so one is kept started ahead of need (as
  * root): a command then waits for no Ferry to start on the node. A session
- * on a pseudo-terminal starts its own helper, inside the terminal.
+ * on a pseudo-terminal starts its own helper, inside the terminal. The
+ * helper's second connection to the socket brings the command's exit
+ * status as the helper exits, ahead of the helper's own.
  *
  * @module
  */
@@ -189,7 +191,10 @@ class CpuSession {
   #stdin: WritableStreamDefaultWriter<Uint8Array> | undefined;
   #stdout: ByteQueue | undefined;
   #stderr: ByteQueue | undefined;
+  /** The command's exit status, as soon as the helper reports it. */
   #status: Promise<number> | undefined;
+  /** The helper's own exit status, once it has exited. */
+  #exited: Promise<number> | undefined;
   #pty: { rows: number; cols: number } | undefined;
   #term: string | undefined;
   #ns: Promise<Conn> | undefined;
@@ -394,10 +399,15 @@ class CpuSession {
         return null;
       }
     });
-    this.#status = child.status.then((s) =>
+    const exited = child.status.then((s) =>
       s.signal !== null ? 128 + (SIGNO[s.signal] ?? 0) : s.code
     );
-    this.#status.then(async () => {
+    this.#exited = exited;
+    // The helper says the status before it exits (tearing a process down
+    // takes milliseconds), so the caller has it, and the command's output,
+    // without waiting for that; one that dies without saying gives its own.
+    this.#status = helper.status.then((code) => code ?? exited);
+    exited.then(async () => {
       // What the command left running in its group goes with it, as its
       // namespace does.
       try {
@@ -457,7 +467,7 @@ class CpuSession {
     const child = this.#child;
     if (child) {
       let done = false;
-      this.#status!.finally(() => (done = true));
+      this.#exited!.finally(() => (done = true));
       try {
         Deno.kill(-child.pid, "SIGHUP");
       } catch { /* already gone */ }
@@ -468,7 +478,7 @@ class CpuSession {
           } catch { /* already gone */ }
         }
       }, 3000);
-      await this.#status!.catch(() => {});
+      await this.#exited!.catch(() => {});
       clearTimeout(timer);
       await this.#stdin?.close().catch(() => {});
     } else {
@@ -499,6 +509,11 @@ interface Helper {
   child: Deno.ChildProcess;
   /** The helper's connection, once it has started. */
   conn: Promise<Deno.UnixConn>;
+  /**
+   * The exit status the helper reports on its second connection as it
+   * exits (see session.ts), or undefined if it ends without one.
+   */
+  status: Promise<number | undefined>;
   /** SIGKILL to the helper's process group; resolves once the helper is reaped. */
   kill(): Promise<void>;
   /** Close the socket and remove the helper's directory. */
@@ -527,9 +542,14 @@ async function startHelper(
   try {
     listener = Deno.listen({ transport: "unix", path: sock });
     const l = listener;
-    // Once the helper is connected its socket's directory has done its work.
-    const conn = l.accept().finally(dispose);
+    // The first connection brings the job and carries the caller's
+    // namespace; the second, the helper's exit status. Once both are
+    // connected the socket's directory has done its work.
+    const conn = l.accept();
     conn.catch(() => {});
+    const second = conn.then(() => l.accept()).finally(dispose);
+    second.catch(() => {});
+    const status = second.then(readStatus, () => undefined);
     // A new session, so the command's process group is its own to signal.
     // The helper makes its private mount namespace when its job comes (see
     // runInView): made now, a spare's would be a copy of the node's mounts
@@ -561,7 +581,7 @@ async function startHelper(
       } catch { /* already gone */ }
       await child.status;
     };
-    return { child, conn, kill, dispose };
+    return { child, conn, status, kill, dispose };
   } catch (e) {
     await dispose();
     throw e;
@@ -582,6 +602,31 @@ function helperEnv(term: string): Record<string, string> {
   env.PATH ??= "/usr/local/bin:/usr/bin:/bin";
   env.TERM = term;
   return env;
+}
+
+/**
+ * The exit status a helper reports on `conn`: a decimal number and a
+ * newline, written as it exits; undefined if it closes without one.
+ */
+async function readStatus(conn: Deno.UnixConn): Promise<number | undefined> {
+  const buf = new Uint8Array(16);
+  let n = 0;
+  try {
+    while (n < buf.length) {
+      const got = await conn.read(buf.subarray(n));
+      if (got === null) break;
+      n += got;
+      if (buf[n - 1] === 0x0a) break;
+    }
+  } catch {
+    /* gone: no status */
+  } finally {
+    try {
+      conn.close();
+    } catch { /* already closed */ }
+  }
+  const m = /^(\d{1,3})\n$/.exec(dec.decode(buf.subarray(0, n)));
+  return m ? Number(m[1]) : undefined;
 }
 
 /** Write `job` on `conn`: its length (4 bytes, big-endian), then its JSON. */

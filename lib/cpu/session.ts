@@ -8,7 +8,9 @@
  * (which the node joins to the caller's link), mounts it at
  * /n/client, and runs the command there as the host account, with
  * lib/logon's machinery: the same view, FUSE mounts and account switch as
- * `ferry logon -- COMMAND`.
+ * `ferry logon -- COMMAND`. A second connection to SOCKET carries one
+ * line back as the helper exits: the command's exit status, so the node
+ * need not wait for the process to be torn down to answer N/wait.
  *
  * @module
  */
@@ -18,7 +20,7 @@ import { Namespace } from "../ns/namespace.ts";
 import { RemoteTree, StyxClient } from "../styx/client.ts";
 import { TcpConn } from "../transport/tcp.ts";
 import type { Job } from "./server.ts";
-import { openLibc } from "../libc.ts";
+import { cstr, openLibc } from "../libc.ts";
 import { prepareView, runInView } from "../logon/session.ts";
 
 /** Where the caller's namespace appears on the node. */
@@ -48,17 +50,24 @@ export async function runSession(opts: SessionOptions): Promise<number> {
   }
   // Done while the job is awaited: the view's first steps, ahead of need.
   const reading = readJob(raw);
-  prepareView();
-  const job = await reading;
-  if (!job) {
-    raw.close();
-    return 0;
-  }
-  const conn = new TcpConn(raw, { authenticated: false });
-  // The caller's namespace is reached (version, then attach: round trips
-  // to the caller, through the node) while the view is built for it.
+  const libc = loadLibc();
+  reportStatusAtExit(libc, opts.socket);
+  // The version exchange with the caller's namespace starts now: Tversion
+  // waits on the socket until the node, having sent the job, joins it to
+  // the caller, who answers it as soon as the session's files are open.
+  const conn = new AfterJob(raw, reading);
   const connecting = StyxClient.connect(conn);
   connecting.catch(() => {});
+  prepareView();
+  // The command writes to this helper's standard output, a pipe the node
+  // reads: a larger pipe lets each of the node's reads take more.
+  growPipe(libc, 1, PIPE_BYTES);
+  warmSpawn();
+  const job = await reading;
+  if (!job) {
+    conn.close();
+    return 0;
+  }
   // The node gone, or the session hung up: the command is hung up too
   // (runInView passes SIGHUP on to it, then takes the mounts down).
   let done = false;
@@ -81,9 +90,6 @@ export async function runSession(opts: SessionOptions): Promise<number> {
       hungUp,
     ]);
     const ns = new Namespace(new MemTree(), { caller });
-    // The command writes to this helper's standard output, a pipe the node
-    // reads: a larger pipe lets each of the node's reads take more.
-    growPipe(1, PIPE_BYTES);
     return await runInView(ns, {
       user: job.user,
       account: job.account,
@@ -98,6 +104,28 @@ export async function runSession(opts: SessionOptions): Promise<number> {
   } finally {
     done = true;
     await connecting.then((client) => client.close(), () => conn.close());
+  }
+}
+
+/**
+ * The helper's socket as a Styx transport whose reads wait until the job
+ * ahead of the Styx stream has been read (by {@link readJob}); writes go
+ * out at once.
+ */
+class AfterJob extends TcpConn {
+  #gate: Promise<unknown> | undefined;
+
+  constructor(raw: Deno.UnixConn, job: Promise<unknown>) {
+    super(raw, { authenticated: false });
+    this.#gate = job.then(() => (this.#gate = undefined), () => this.close());
+  }
+
+  override read(): Promise<Uint8Array | null> {
+    return this.#gate ? this.#gate.then(() => super.read()) : super.read();
+  }
+
+  override readInto(buf: Uint8Array): Promise<number | null> {
+    return this.#gate ? this.#gate.then(() => super.readInto(buf)) : super.readInto(buf);
   }
 }
 
@@ -133,14 +161,112 @@ async function readJob(conn: Deno.Conn): Promise<Job | undefined> {
   return job;
 }
 
+/**
+ * Load what Deno loads at its first `Deno.Command` (a few milliseconds of
+ * module code), so that the command's spawn does not wait for it.
+ */
+function warmSpawn(): void {
+  new Deno.Command("true", { stdin: "null", stdout: "null", stderr: "null" });
+}
+
 /** Pipe capacity asked for the command's standard output. */
 const PIPE_BYTES = 1 << 20;
 const F_SETPIPE_SZ = 1031;
+const AF_UNIX = 1;
+const SOCK_STREAM = 1;
+const SOCK_CLOEXEC = 0o2000000;
+const O_WRONLY = 1;
+const O_CLOEXEC = 0o2000000;
+
+const LIBC = {
+  fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  dup2: { parameters: ["i32", "i32"], result: "i32" },
+  write: { parameters: ["i32", "buffer", "usize"], result: "isize" },
+  close: { parameters: ["i32"], result: "i32" },
+  fstat: { parameters: ["i32", "buffer"], result: "i32" },
+} as const;
+
+type Libc = Deno.DynamicLibrary<typeof LIBC>["symbols"];
+
+/** The C library calls below, loaded once; undefined without FFI. */
+function loadLibc(): Libc | undefined {
+  try {
+    return openLibc(LIBC, "the cpu helper");
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Standard output and error, and every descriptor open on the same file
+ * (compared by device and inode, as fstat(2) gives them: the first two
+ * fields of struct stat on Linux).
+ */
+function outputDescriptors(libc: Libc): number[] {
+  const st = new Uint8Array(256);
+  const view = new DataView(st.buffer);
+  const fileOf = (fd: number) =>
+    libc.fstat(fd, st) === 0
+      ? `${view.getBigUint64(0, true)}:${view.getBigUint64(8, true)}`
+      : undefined;
+  const outs = new Set([fileOf(1), fileOf(2)].filter((f) => f !== undefined));
+  const fds = [1, 2];
+  for (let fd = 3; fd < 1024; fd++) {
+    const f = fileOf(fd);
+    if (f !== undefined && outs.has(f)) fds.push(fd);
+  }
+  return fds;
+}
 
 /** Ask for a pipe of `bytes` on `fd`; only a tuning, so nothing is said when it is refused. */
-function growPipe(fd: number, bytes: number): void {
-  try {
-    openLibc({ fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" } }, "pipe sizes")
-      .fcntl(fd, F_SETPIPE_SZ, bytes);
-  } catch { /* not a pipe, or no FFI: the default size */ }
+function growPipe(libc: Libc | undefined, fd: number, bytes: number): void {
+  libc?.fcntl(fd, F_SETPIPE_SZ, bytes);
+}
+
+/**
+ * Open the helper's second connection to the node (the node takes the
+ * first one for the job), and write the exit status on it as the process
+ * exits, once the command's output is closed: the node then has both
+ * without waiting for the process to be torn down. Made with the C
+ * library, since nothing else can write while the process exits. Without
+ * it the node takes the status of the helper's exit, as it does when the
+ * helper is killed.
+ */
+function reportStatusAtExit(libc: Libc | undefined, path: string): void {
+  const name = new TextEncoder().encode(path);
+  // sockaddr_un: the family, then the path with its NUL (at most 108 bytes).
+  const addr = new Uint8Array(2 + 108);
+  let fd = -1;
+  if (libc && name.length < 108) {
+    new DataView(addr.buffer).setUint16(0, AF_UNIX, true);
+    addr.set(name, 2);
+    fd = libc.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && libc.connect(fd, addr, 2 + name.length + 1) !== 0) {
+      libc.close(fd);
+      fd = -1;
+    }
+  }
+  if (!libc || fd < 0) {
+    // The node waits for a second connection: one that says nothing.
+    Deno.connect({ transport: "unix", path }).catch(() => {});
+    return;
+  }
+  const sock = fd;
+  const outputs = outputDescriptors(libc);
+  globalThis.addEventListener("unload", () => {
+    try {
+      const line = new TextEncoder().encode(`${Deno.exitCode}\n`);
+      libc.write(sock, line, BigInt(line.length));
+      // The command's output ends here (the node reads it to its end):
+      // Deno keeps copies of the standard descriptors, so every one goes.
+      const nul = libc.open(cstr("/dev/null"), O_WRONLY | O_CLOEXEC);
+      if (nul >= 0) {
+        for (const d of outputs) libc.dup2(nul, d);
+        libc.close(nul);
+      }
+    } catch { /* the node takes the status of the exit */ }
+  });
 }

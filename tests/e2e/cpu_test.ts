@@ -272,6 +272,20 @@ namespace = ""
       const killed = await cpu("ferrya", ["-c", "kill -KILL $$"]);
       assert.equal(killed.code, 128 + 9, killed.err);
 
+      // A job the command leaves running holds its output open: the caller
+      // still ends when the command does, with its status and all it wrote,
+      // and the job goes with the command.
+      const left = await cpu("ferrya", ["-c", "sleep 6666 & echo started; exit 4"]);
+      assert.equal(left.code, 4, left.err);
+      assert.equal(left.out, "started\n");
+      const leftRunning = async () =>
+        (await new Deno.Command("pgrep", { args: ["-u", "ferrya", "-f", "sleep 6666"] }).output())
+          .success;
+      for (let i = 0; await leftRunning(); i++) {
+        assert.ok(i < 300, "the command's background job outlived it");
+        await new Promise((r) => setTimeout(r, 100));
+      }
+
       // ^C reaches the command's process group on the node.
       const child = new Deno.Command("ip", {
         args: [
