@@ -177,7 +177,7 @@ export async function run(args: string[]): Promise<number> {
     };
     try {
       const size = pty ? Deno.consoleSize() : undefined;
-      return await runCpu({
+      const code = await runCpu({
         link: link.tree,
         export: cpu.name,
         caller: { user, groups: groupsOf(m, user), authenticated: true },
@@ -191,6 +191,11 @@ export async function run(args: string[]): Promise<number> {
         },
         onStart: (c) => (control = c),
       });
+      // The command's status and output are in: the process ends next, and
+      // the link and the namespace's sessions with it, so closing them one
+      // by one would only delay the exit (and load timer code to do it).
+      close = [];
+      return code;
     } finally {
       Deno.removeSignalListener("SIGINT", onInt);
       if (pty) {
