@@ -96,7 +96,8 @@ export class CpuService {
   #next = 1;
   readonly #tree: SynthTree;
   #spare: Helper | undefined;
-  #starting = false;
+  /** A spare helper being started, until it is ready (or put away, if closed meanwhile). */
+  #starting: Promise<void> | undefined;
   #closed = false;
 
   /** A service running commands as `opts.manifest()` says. */
@@ -146,21 +147,25 @@ export class CpuService {
   #replenish(): void {
     if (this.#closed || this.#spare || this.#starting) return;
     if (!(this.#opts.spare ?? Deno.uid() === 0)) return;
-    this.#starting = true;
     const ferry = this.#opts.ferry ?? ferryArgv();
-    startHelper(ferry, helperEnv("dumb"), undefined, "ferry-cpu-spare-").then((h) => {
-      this.#starting = false;
-      if (this.#closed) return void h.kill().then(() => h.dispose());
-      this.#spare = h;
-      // One that dies unused (killed by hand, say) is not handed out.
-      h.child.status.then(() => {
-        if (this.#spare === h) this.#spare = undefined;
-        void h.dispose();
-      });
-    }, (e) => {
-      this.#starting = false;
-      this.#opts.log?.(`cpu: cannot start a helper ahead of need: ${e.message}`);
-    });
+    this.#starting = startHelper(ferry, helperEnv("dumb"), undefined, "ferry-cpu-spare-").then(
+      async (h) => {
+        this.#starting = undefined;
+        // Closed meanwhile: close() awaits this, so the helper and its
+        // directory are gone before the node exits.
+        if (this.#closed) return await h.kill().then(() => h.dispose());
+        this.#spare = h;
+        // One that dies unused (killed by hand, say) is not handed out.
+        h.child.status.then(() => {
+          if (this.#spare === h) this.#spare = undefined;
+          void h.dispose();
+        });
+      },
+      (e) => {
+        this.#starting = undefined;
+        this.#opts.log?.(`cpu: cannot start a helper ahead of need: ${e.message}`);
+      },
+    );
   }
 
   /** The spare helper, if one is ready. */
@@ -178,6 +183,7 @@ export class CpuService {
     await Promise.allSettled([
       ...[...this.#sessions.values()].map((s) => s.hangup()),
       spare?.kill().then(() => spare.dispose()),
+      this.#starting,
     ]);
   }
 }
@@ -578,7 +584,12 @@ async function startHelper(
     const kill = async () => {
       try {
         Deno.kill(-child.pid, "SIGKILL");
-      } catch { /* already gone */ }
+      } catch {
+        // No such group yet: setsid(1) has not made it. The process itself.
+        try {
+          Deno.kill(child.pid, "SIGKILL");
+        } catch { /* already gone */ }
+      }
       await child.status;
     };
     return { child, conn, status, kill, dispose };

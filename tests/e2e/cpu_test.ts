@@ -614,3 +614,41 @@ Deno.test({
     assert.deepEqual(left, [], "the helper outlived its service");
   },
 });
+
+Deno.test({
+  name:
+    "cpu: a service closed while its spare helper starts leaves neither the helper nor its directory",
+  ignore: why !== "",
+  async fn() {
+    const m = loadText('[users.alice]\nnamespace = ""\n', "m.toml");
+    const dirs = () => {
+      const out = new Set<string>();
+      for (const e of Deno.readDirSync("/tmp")) {
+        if (e.name.startsWith("ferry-cpu-spare-")) out.add(e.name);
+      }
+      return out;
+    };
+    const spares = async () => {
+      const o = await new Deno.Command("pgrep", {
+        args: ["-f", "cpu --session /tmp/ferry-cpu-spare-"],
+        stdout: "piped",
+      }).output();
+      return new Set(dec.decode(o.stdout).split("\n").filter((l) => l !== ""));
+    };
+    const dirsBefore = dirs();
+    const procsBefore = await spares();
+    // Closed at once, and again a little later: the spare is being made
+    // (its directory, its socket, its process) while the service closes.
+    const newDirs: string[] = [];
+    for (const wait of [0, 0, 1, 2, 5, 10, 20]) {
+      const cpu = new CpuService({ node: "n", manifest: () => m, spare: true });
+      if (wait) await new Promise((r) => setTimeout(r, wait));
+      await cpu.close();
+      // Looked at as soon as close() is done: a node exits then.
+      newDirs.push(...[...dirs()].filter((d) => !dirsBefore.has(d) && !newDirs.includes(d)));
+    }
+    const newProcs = [...await spares()].filter((p) => !procsBefore.has(p));
+    assert.deepEqual(newDirs, [], "a spare helper's directory was left");
+    assert.deepEqual(newProcs, [], "a spare helper outlived its service");
+  },
+});
