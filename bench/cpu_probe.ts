@@ -19,6 +19,7 @@
  * @module
  */
 
+import { FERRY_V8_FLAGS } from "../lib/self.ts";
 import { parseArgs } from "node:util";
 import { writeCredentials } from "../lib/auth/ca.ts";
 import { freePort, makeCluster } from "../tests/manifest/cluster.ts";
@@ -91,6 +92,7 @@ namespace = ""
     Deno.execPath(),
     "run",
     "--allow-all",
+    FERRY_V8_FLAGS,
     FERRY,
     "up",
     file,
@@ -114,7 +116,8 @@ namespace = ""
   cleanups.push(() => d.stop());
 
   const sshCmd = `${inTerm} ssh ${d.sshOpts} ferrybench@${ip}`;
-  const cpuCmd = `${inTerm} ${Deno.execPath()} run --allow-all ${FERRY} cpu -u ferrybench ` +
+  const cpuCmd =
+    `${inTerm} ${Deno.execPath()} run --allow-all ${FERRY_V8_FLAGS} ${FERRY} cpu -u ferrybench ` +
     `--certs ${c.certs("ferrybench")} ${file} cpu`;
   // Both work before anything is timed.
   await sh(`${sshCmd} true`);

@@ -19,6 +19,7 @@
  * @module
  */
 
+import { FERRY_V8_FLAGS } from "../lib/self.ts";
 import { parseArgs } from "node:util";
 import { writeCredentials } from "../lib/auth/ca.ts";
 import { freePort, makeCluster } from "../tests/manifest/cluster.ts";
@@ -101,6 +102,7 @@ namespace = "mount files!src /n/files"
   await startNode(Deno.execPath(), [
     "run",
     "--allow-all",
+    FERRY_V8_FLAGS,
     FERRY,
     "up",
     file,
@@ -123,7 +125,7 @@ namespace = "mount files!src /n/files"
   await Deno.mkdir(ssh, { recursive: true, mode: 0o755 });
   await Deno.writeTextFile(
     ferry,
-    `#!/bin/sh\nDENO_DIR='${info.denoDir}' exec '${Deno.execPath()}' run --allow-all ` +
+    `#!/bin/sh\nDENO_DIR='${info.denoDir}' exec '${Deno.execPath()}' run --allow-all ${FERRY_V8_FLAGS} ` +
       `--config '${REPO}deno.json' '${FERRY}' "$@"\n`,
     { mode: 0o755 },
   );
@@ -146,7 +148,7 @@ namespace = "mount files!src /n/files"
   });
   cleanups.push(() => d2.stop());
   const logon =
-    `${Deno.execPath()} run --allow-all ${FERRY} logon -q -u ferrybench --certs ${users} ${file} --`;
+    `${Deno.execPath()} run --allow-all ${FERRY_V8_FLAGS} ${FERRY} logon -q -u ferrybench --certs ${users} ${file} --`;
 
   if (values.hold) {
     // For poking at by hand: print the commands and wait for ^C.
