@@ -7,6 +7,9 @@
  * @module
  */
 
+/** Each library handle's view of errno (see {@link errnoVia}). */
+const errnoViews = new WeakMap<() => Deno.PointerValue, Deno.UnsafePointerView>();
+
 /** Where the C library is, tried in turn. */
 const LIBC_NAMES = ["libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6", "/lib64/libc.so.6"];
 
@@ -20,11 +23,16 @@ export function openLibc<S extends Deno.ForeignLibraryInterface>(
 ): Deno.DynamicLibrary<S>["symbols"] {
   let last: unknown;
   for (const name of LIBC_NAMES) {
+    let lib: Deno.DynamicLibrary<S>["symbols"];
     try {
-      return Deno.dlopen(name, symbols).symbols;
+      lib = Deno.dlopen(name, symbols).symbols;
     } catch (e) {
       last = e;
+      continue;
     }
+    const where = (lib as { __errno_location?: unknown }).__errno_location;
+    if (typeof where === "function") errnoVia(where as () => Deno.PointerValue);
+    return lib;
   }
   throw new Error(`Cannot load the C library for ${purpose}: ${(last as Error).message}`);
 }
@@ -32,10 +40,22 @@ export function openLibc<S extends Deno.ForeignLibraryInterface>(
 /**
  * The calling thread's errno, read right after a failed call through the
  * library's `__errno_location`.
+ *
+ * The view of errno is made once per library handle (so per thread: a
+ * worker opens its own) and kept, and openLibc makes it when it opens the
+ * library: making it after a failed call allocates, an allocation can
+ * start a garbage collection, and the collector's own waits set errno, so
+ * the value read would be the collector's, not the call's.
  */
 export function errnoVia(errnoLocation: () => Deno.PointerValue): number {
-  const p = errnoLocation();
-  return p === null ? 0 : new Deno.UnsafePointerView(p).getInt32();
+  let view = errnoViews.get(errnoLocation);
+  if (view === undefined) {
+    const p = errnoLocation();
+    if (p === null) return 0;
+    view = new Deno.UnsafePointerView(p);
+    errnoViews.set(errnoLocation, view);
+  }
+  return view.getInt32();
 }
 
 const enc = new TextEncoder();
