@@ -69,6 +69,26 @@ type Libc = Deno.DynamicLibrary<{
   getpeername: { parameters: ["i32", "buffer", "buffer"]; result: "i32" };
 }>;
 
+interface ServerCreds {
+  cert: string;
+  key: string;
+  ca: string;
+}
+
+/** A Deno TLS listener on loopback that wants a client certificate from `o.ca`. */
+function listenMutual(o: ServerCreds): Deno.TlsListener {
+  return Deno.listenTls(
+    {
+      hostname: "127.0.0.1",
+      port: 0,
+      cert: o.cert,
+      key: o.key,
+      caCerts: [o.ca],
+      requireClientCert: true,
+    } as Deno.ListenTlsOptions & Deno.TlsCertifiedKeyPem,
+  );
+}
+
 async function child(role: string, arg: string | undefined): Promise<void> {
   if (role === "sink") {
     const c = await announce().accept();
@@ -124,17 +144,7 @@ async function child(role: string, arg: string | undefined): Promise<void> {
     }
     to.close();
   } else if (role === "tls-server") {
-    const o = JSON.parse(arg!) as { cert: string; key: string; ca: string };
-    const l = Deno.listenTls(
-      {
-        hostname: "127.0.0.1",
-        port: 0,
-        cert: o.cert,
-        key: o.key,
-        caCerts: [o.ca],
-        requireClientCert: true,
-      } as Deno.ListenTlsOptions & Deno.TlsCertifiedKeyPem,
-    );
+    const l = listenMutual(JSON.parse(arg!));
     console.log((l.addr as Deno.NetAddr).port);
     const c = await l.accept();
     const b = new Uint8Array(CHUNK);
@@ -144,19 +154,8 @@ async function child(role: string, arg: string | undefined): Promise<void> {
     await c.closeWrite().catch(() => {});
     await c.read(new Uint8Array(1)).catch(() => null);
   } else if (role === "idle-server") {
-    const o = JSON.parse(arg!) as { tls: boolean; cert: string; key: string; ca: string };
-    const l = o.tls
-      ? Deno.listenTls(
-        {
-          hostname: "127.0.0.1",
-          port: 0,
-          cert: o.cert,
-          key: o.key,
-          caCerts: [o.ca],
-          requireClientCert: true,
-        } as Deno.ListenTlsOptions & Deno.TlsCertifiedKeyPem,
-      )
-      : Deno.listen({ hostname: "127.0.0.1", port: 0 });
+    const o = JSON.parse(arg!) as ServerCreds & { tls: boolean };
+    const l = o.tls ? listenMutual(o) : Deno.listen({ hostname: "127.0.0.1", port: 0 });
     console.log((l.addr as Deno.NetAddr).port);
     for await (const c of l) {
       // Echo: each connection keeps a read pending, as a server's does.
