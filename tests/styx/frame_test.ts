@@ -5,7 +5,7 @@ import { FrameReader, FrameWriter, FramingError } from "../../lib/styx/frame.ts"
 import { type Msg, MsgType, NOTAG } from "../../lib/styx/types.ts";
 import { memPipe } from "../../lib/transport/pipe.ts";
 import { tcpDial, tcpListen } from "../../lib/transport/tcp.ts";
-import type { Conn } from "../../lib/transport/conn.ts";
+import type { Conn, Listener } from "../../lib/transport/conn.ts";
 
 const MSIZE = 256 * 1024 + 24;
 const enc = new TextEncoder();
@@ -23,6 +23,12 @@ function sample(): Msg[] {
 }
 
 /** Read every frame until clean EOF. */
+/** The first connection `listener` accepts. */
+async function firstConn(listener: Listener): Promise<Conn> {
+  for await (const c of listener) return c;
+  throw new Error("no connection");
+}
+
 async function readAll(r: FrameReader): Promise<Uint8Array[]> {
   const out: Uint8Array[] = [];
   for await (const f of r) out.push(f);
@@ -179,12 +185,7 @@ Deno.test("FrameReader over real TCP", async () => {
     }
   }
   const server = (async () => {
-    let conn: Conn | undefined;
-    for await (const c of listener) {
-      conn = c;
-      break;
-    }
-    assert.ok(conn);
+    const conn = await firstConn(listener);
     try {
       const got: Msg[] = [];
       for await (const f of new FrameReader(conn, MSIZE)) got.push(decode(f, MSIZE));
@@ -253,14 +254,12 @@ Deno.test("FrameReader over real TCP: frames of every size up to the largest msi
     const listener = tcpListen("127.0.0.1", 0);
     const port = Number(listener.addr.split("!")[2]);
     const server = (async () => {
-      for await (const c of listener) {
-        try {
-          return await readAll(new FrameReader(c, MAX));
-        } finally {
-          c.close();
-        }
+      const c = await firstConn(listener);
+      try {
+        return await readAll(new FrameReader(c, MAX));
+      } finally {
+        c.close();
       }
-      throw new Error("no connection");
     })();
     const client = await tcpDial("127.0.0.1", port);
     try {
@@ -417,12 +416,7 @@ Deno.test("FrameReader over real TCP: every frame kept stays as it arrived while
     else msgs.push({ type: MsgType.Twrite, tag: i, fid: 3, offset: 0n, data: enc.encode(name) });
   }
   const server = (async () => {
-    let conn: Conn | undefined;
-    for await (const c of listener) {
-      conn = c;
-      break;
-    }
-    assert.ok(conn);
+    const conn = await firstConn(listener);
     try {
       const frames: Uint8Array[] = [];
       const reader = new FrameReader(conn, MSIZE);
