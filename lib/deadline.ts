@@ -44,18 +44,14 @@ export function after(ms: number, f: () => void): () => void {
 
 /** Call `f` every `ms` milliseconds until the returned function is called. */
 export function every(ms: number, f: () => void): () => void {
+  // Re-armed before `f` runs, so stopping from within `f` cancels the next.
   let cancel = () => {};
-  let stopped = false;
   const arm = () => {
     cancel = after(ms, () => {
-      if (stopped) return;
       arm();
       f();
     });
   };
   arm();
-  return () => {
-    stopped = true;
-    cancel();
-  };
+  return () => cancel();
 }
