@@ -126,6 +126,17 @@ class TtyInput {
     })();
   }
 
+  /** Remove every ctrl-c from the keystrokes queued; true if there was one. */
+  takeInterrupts(): boolean {
+    let found = false;
+    this.#queue = this.#queue.map((c) => {
+      if (!c.includes(0x03)) return c;
+      found = true;
+      return c.filter((b) => b !== 0x03);
+    }).filter((c) => c.length > 0);
+    return found;
+  }
+
   /** The line editor's read: queued keystrokes first. */
   async read(p: Uint8Array): Promise<number | null> {
     while (this.#queue.length === 0) {
@@ -170,6 +181,15 @@ async function interactive(sh: Shell, rootDir: string, io: ShIO): Promise<number
     setRaw(true);
     // However the process ends, the terminal is left as it was found.
     globalThis.addEventListener("unload", () => setRaw(false));
+    // A failure nothing waited for is a fault in some command's device, not
+    // a reason to throw the user out of their session: say it, go on.
+    globalThis.addEventListener("unhandledrejection", (e) => {
+      e.preventDefault();
+      const why = e.reason instanceof Error ? e.reason.message : String(e.reason);
+      io.stderr.write(new TextEncoder().encode(`sh: unexpected failure: ${why}\n`)).catch(
+        () => {},
+      );
+    });
     input.start();
   } else {
     plain = new LineReader(Deno.stdin);
@@ -195,13 +215,20 @@ async function interactive(sh: Shell, rootDir: string, io: ShIO): Promise<number
       // ctrl-c while a command runs interrupts it, not the shell. From here
       // on a ctrl-c typed is this command's, even before it starts.
       const ctrl = new AbortController();
+      let said: Promise<unknown> = Promise.resolve();
       const interrupt = () => {
         if (ctrl.signal.aborted) return;
         ctrl.abort(new StyxError("interrupted"));
         // The terminal echoes nothing in raw mode: say what happened.
-        io.stderr.write(new TextEncoder().encode("^C\n")).catch(() => {});
+        said = io.stderr.write(new TextEncoder().encode("^C\n")).catch(() => {});
       };
-      if (input) input.interrupt = interrupt;
+      if (input) {
+        input.interrupt = interrupt;
+        // Keys typed after this line's Enter may have been read before the
+        // command began: a ctrl-c among them is still this command's.
+        const early = editor!.takeInterrupts();
+        if (input.takeInterrupts() || early) interrupt();
+      }
       sh.signal = ctrl.signal;
       try {
         await editor?.addHistory(src.trimEnd());
@@ -209,6 +236,8 @@ async function interactive(sh: Shell, rootDir: string, io: ShIO): Promise<number
       } finally {
         if (input) input.interrupt = null;
         sh.signal = new AbortController().signal;
+        // The next prompt goes to the terminal by another stream: "^C" first.
+        await said;
       }
       if (sh.exited) return sh.status === "" ? 0 : 1;
     }

@@ -95,7 +95,11 @@ export function withoutOpenMode(opts?: OpOptions): OpOptions | undefined {
  */
 export function withSignal<T>(p: Promise<T>, signal?: AbortSignal): Promise<T> {
   if (!signal) return p;
-  if (signal.aborted) return Promise.reject(new StyxError(Ename.interrupted));
+  if (signal.aborted) {
+    // Nobody waits for `p` any more: its own failure must not go unhandled.
+    p.catch(() => {});
+    return Promise.reject(new StyxError(Ename.interrupted));
+  }
   return new Promise<T>((resolve, reject) => {
     const onAbort = () => reject(new StyxError(Ename.interrupted));
     signal.addEventListener("abort", onAbort, { once: true });

@@ -131,6 +131,17 @@ export class LineEditor {
     }
   }
 
+  /**
+   * Remove every ctrl-c from the keys typed ahead of the next line.
+   * @returns whether there was one: it was typed after the last line
+   * ended, so it is meant for what that line runs
+   */
+  takeInterrupts(): boolean {
+    if (!this.#pending.includes(0x03)) return false;
+    this.#pending = this.#pending.filter((b) => b !== 0x03);
+    return true;
+  }
+
   async #out(s: string): Promise<void> {
     await this.term.write(enc.encode(s));
   }

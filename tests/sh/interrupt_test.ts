@@ -91,6 +91,24 @@ Deno.test("ctrl-c interrupts a blocked read at once; lines typed ahead still run
       assert.ok((await new Deno.Command("kill", { args: ["-0", String(pid)] }).output()).success);
     });
 
+    await t.step("a ctrl-c typed before the command has started", async () => {
+      // All in one burst: the shell reads the keys after the Enter before it
+      // runs the command, and the ctrl-c among them is still the command's.
+      await tmux(
+        "send-keys",
+        "-t",
+        "sh",
+        `cat /prog/${pid}/wait`,
+        "Enter",
+        "echo four",
+        "Enter",
+        "C-c",
+      );
+      const s = await until(screen, (s) => lines(s).includes("four"), "the line typed ahead run");
+      assert.equal(lines(s).filter((l) => l === "^C").length, 2, s);
+      assert.ok((await new Deno.Command("kill", { args: ["-0", String(pid)] }).output()).success);
+    });
+
     await t.step("a remote /prog/N/wait is flushed", async () => {
       await until(
         async () => {

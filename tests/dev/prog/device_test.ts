@@ -86,6 +86,27 @@ Deno.test("/prog device after prog(3)", async (t) => {
       await ns.close();
     });
 
+    await t.step(
+      "a wait read interrupted before it starts fails, and nothing is left over",
+      async () => {
+        // The read's poll would later fail on the aborted signal too; that
+        // failure must not surface as an uncaught error that ends the program.
+        const child = sleeper();
+        children.push(child);
+        const ns = await nsOver(dev.tree(), me);
+        const wait = await ns.open(`/prog/${child.pid}/wait`, OREAD);
+        const ac = new AbortController();
+        ac.abort();
+        await assert.rejects(wait.read(0n, 100, { signal: ac.signal }), /interrupted/);
+        // Long enough for several polls.
+        await new Promise((r) => setTimeout(r, 100));
+        await wait.close();
+        await ns.close();
+        child.kill("SIGKILL");
+        await child.status;
+      },
+    );
+
     await t.step("an admin group may kill anyone's process", async () => {
       const child = sleeper();
       children.push(child);
