@@ -14,6 +14,7 @@ import { quote } from "../fs/synthetic.ts";
 import { ORDWR, OREAD, OWRITE } from "../styx/types.ts";
 import { serve } from "../styx/server.ts";
 import { memPipe } from "../transport/pipe.ts";
+import { newestOnly } from "./streams.ts";
 
 /** The first read of the session's ns file, sent with its open. */
 const NS_READ_AHEAD = 64 * 1024;
@@ -190,9 +191,11 @@ export async function runCpu(opts: CpuOptions): Promise<number> {
       }
     })().catch(() => {}).finally(() => far.close());
 
+    // Sizes sent one after another, so the node ends at the newest.
+    const resize = newestOnly((size: string) => ctl(`winch ${size}`));
     opts.onStart?.({
       interrupt: () => ctl("intr"),
-      winch: (r, c) => ctl(`winch ${r} ${c}`),
+      winch: (r, c) => resize(`${r} ${c}`),
     });
 
     // Several reads in flight once output flows, so the node always has

@@ -53,7 +53,7 @@ import { StyxError } from "../styx/types.ts";
 import type { Manifest } from "../manifest/schema.ts";
 import { type Account, lookupAccount } from "../logon/account.ts";
 import { ferryArgv } from "../self.ts";
-import { ByteQueue } from "./streams.ts";
+import { ByteQueue, newestOnly } from "./streams.ts";
 import { TcpConn } from "../transport/tcp.ts";
 import type { Conn } from "../transport/conn.ts";
 
@@ -435,9 +435,10 @@ class CpuSession {
     return helperEnv(this.#pty ? this.#term ?? "xterm" : "dumb");
   }
 
-  async #winch(sz: { rows: number; cols: number }): Promise<void> {
-    if (!this.#pty || !this.#child) return;
-    this.#pty = sz;
+  // One stty at a time, the newest size last: overlapping ones could end
+  // in either order.
+  #resize = newestOnly(async (sz: { rows: number; cols: number }) => {
+    if (!this.#child) return;
     // The pty `script` made is its child's standard input.
     const tty = await findPty(this.#child.pid);
     if (!tty) return;
@@ -446,6 +447,12 @@ class CpuSession {
       stdout: "null",
       stderr: "null",
     }).output();
+  });
+
+  async #winch(sz: { rows: number; cols: number }): Promise<void> {
+    if (!this.#pty || !this.#child) return;
+    this.#pty = sz;
+    await this.#resize(sz);
   }
 
   async #interrupt(): Promise<void> {

@@ -129,3 +129,44 @@ export class ByteQueue {
     return out;
   }
 }
+
+/**
+ * Wrap `apply` so that calls run one at a time and, while one runs, only
+ * the newest value waits: a burst of window sizes ends at the last one,
+ * never at whichever of several overlapping calls finished last.
+ *
+ * @param apply what to do with a value; its failures are dropped
+ * @returns a function that resolves once its value, or a newer one, is applied
+ *
+ * @example
+ * ```ts
+ * import { newestOnly } from "./streams.ts";
+ * import assert from "node:assert/strict";
+ * const seen: number[] = [];
+ * const set = newestOnly(async (n: number) => {
+ *   await new Promise((r) => setTimeout(r, 5));
+ *   seen.push(n);
+ * });
+ * await Promise.all([set(1), set(2), set(3)]);
+ * assert.deepEqual(seen, [1, 3]);
+ * ```
+ */
+export function newestOnly<T>(apply: (v: T) => Promise<void>): (v: T) => Promise<void> {
+  let waiting: { v: T } | null = null;
+  let running: Promise<void> | null = null;
+  return (v) => {
+    waiting = { v };
+    running ??= (async () => {
+      try {
+        while (waiting) {
+          const next = waiting;
+          waiting = null;
+          await apply(next.v).catch(() => {});
+        }
+      } finally {
+        running = null;
+      }
+    })();
+    return running;
+  };
+}
