@@ -322,98 +322,94 @@ namespace = ""
       assert.match(seen, /caught/);
 
       // No command: a login shell on a pseudo-terminal the size of the
-      // caller's, which follows the caller's when it changes. Run only with
-      // FERRY_TEST_PTY=1: on a loaded machine the session's end has been seen
-      // to hang now and then, and that is not yet understood.
-      if (Deno.env.get("FERRY_TEST_PTY") === "1") {
-        const cmdline = [exe!, ...pre, ...cpuArgs("ferrya")].map((w) => `'${w}'`).join(" ");
-        const term = new Deno.Command("ip", {
-          args: [
-            "netns",
-            "exec",
-            hosts.ns("term"),
-            "script",
-            "-qfec",
-            `stty rows 30 cols 100; TERM=vt220 exec ${cmdline}`,
-            "/dev/null",
-          ],
-          stdin: "piped",
-          stdout: "piped",
-          stderr: "piped",
-        }).spawn();
-        const keys = term.stdin.getWriter();
-        let screen = "";
-        const shown = term.stdout.pipeThrough(new TextDecoderStream()).getReader();
-        // Bounded, so a terminal that stops answering fails the step with what it showed.
-        const waitFor = async (re: RegExp, from = 0) => {
-          const give = Date.now() + 30_000;
-          while (!re.test(screen.slice(from))) {
-            let timer: ReturnType<typeof setTimeout> | undefined;
-            const late = new Promise<never>((_, reject) => {
-              timer = setTimeout(
-                () => reject(new Error(`no ${re} on the terminal: ${JSON.stringify(screen)}`)),
-                Math.max(0, give - Date.now()),
-              );
-            });
-            try {
-              const { value, done } = await Promise.race([shown.read(), late]);
-              if (done) throw new Error(`the session ended before ${re}: ${screen}`);
-              screen += value;
-            } finally {
-              clearTimeout(timer);
-            }
+      // caller's, which follows the caller's when it changes.
+      const cmdline = [exe!, ...pre, ...cpuArgs("ferrya")].map((w) => `'${w}'`).join(" ");
+      const term = new Deno.Command("ip", {
+        args: [
+          "netns",
+          "exec",
+          hosts.ns("term"),
+          "script",
+          "-qfec",
+          `stty rows 30 cols 100; TERM=vt220 exec ${cmdline}`,
+          "/dev/null",
+        ],
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+      }).spawn();
+      const keys = term.stdin.getWriter();
+      let screen = "";
+      const shown = term.stdout.pipeThrough(new TextDecoderStream()).getReader();
+      // Bounded, so a terminal that stops answering fails the step with what it showed.
+      const waitFor = async (re: RegExp, from = 0) => {
+        const give = Date.now() + 30_000;
+        while (!re.test(screen.slice(from))) {
+          let timer: ReturnType<typeof setTimeout> | undefined;
+          const late = new Promise<never>((_, reject) => {
+            timer = setTimeout(
+              () => reject(new Error(`no ${re} on the terminal: ${JSON.stringify(screen)}`)),
+              Math.max(0, give - Date.now()),
+            );
+          });
+          try {
+            const { value, done } = await Promise.race([shown.read(), late]);
+            if (done) throw new Error(`the session ended before ${re}: ${screen}`);
+            screen += value;
+          } finally {
+            clearTimeout(timer);
           }
-        };
-        await keys.write(enc.encode("echo tty:$(tty):$TERM; stty size\n"));
-        await waitFor(/tty:\/dev\/pts\/\d+:vt220/);
-        await waitFor(/^30 100\r?$/m);
-        // The caller's terminal grows: the node's follows.
-        let tty = "";
-        for (
-          const pid of (await run("pgrep", ["-f", "ferry.ts cpu -u ferrya"])).trim().split("\n")
-        ) {
-          // readlink(1): the test task's permissions do not cover /proc.
-          const fd0 = (await run("readlink", [`/proc/${pid}/fd/0`]).catch(() => "")).trim();
-          if (fd0.startsWith("/dev/pts/")) tty = fd0;
         }
-        assert.notEqual(tty, "");
-        await run("stty", ["-F", tty, "rows", "40", "cols", "120"]);
-        // The new size reaches the node a moment later: ask until it shows.
-        // A question typed before the last prompt came is echoed before it,
-        // and its answer then follows that prompt on one line.
-        for (let i = 0; !/^(?:\$ )?40 120\r?$/m.test(screen); i++) {
-          assert.ok(i < 100, `the window size never changed: ${screen}`);
-          if (i > 0) await new Promise((r) => setTimeout(r, 50));
-          const mark = screen.length;
-          await keys.write(enc.encode("stty size\n"));
-          await waitFor(/^(?:\$ )?\d+ \d+\r?$/m, mark);
-        }
-        // ^C typed on the terminal stops what runs in the foreground there.
-        // The foreground job prints its mark itself, so the ^C cannot arrive
-        // before it runs (and land on the shell instead).
-        await keys.write(enc.encode("sh -c 'echo $((6*7))go; exec sleep 600'\n"));
-        await waitFor(/42go/);
-        await keys.write(new Uint8Array([3]));
-        await keys.write(enc.encode("echo back$((1+1))\n"));
-        await waitFor(/back2/);
-        await keys.write(enc.encode("exit 3\n"));
-        // Bounded too: a session that does not end fails with what it showed.
-        let stuck: ReturnType<typeof setTimeout> | undefined;
-        const ts = await Promise.race([
-          term.status,
-          new Promise<never>((_, reject) => {
-            stuck = setTimeout(() => {
-              term.kill("SIGKILL");
-              reject(
-                new Error(`the session did not end after 'exit 3': ${JSON.stringify(screen)}`),
-              );
-            }, 30_000);
-          }),
-        ]).finally(() => clearTimeout(stuck));
-        await keys.close().catch(() => {});
-        await term.stderr.cancel();
-        assert.equal(ts.code, 3, screen);
+      };
+      await keys.write(enc.encode("echo tty:$(tty):$TERM; stty size\n"));
+      await waitFor(/tty:\/dev\/pts\/\d+:vt220/);
+      await waitFor(/^30 100\r?$/m);
+      // The caller's terminal grows: the node's follows.
+      let tty = "";
+      for (
+        const pid of (await run("pgrep", ["-f", "ferry.ts cpu -u ferrya"])).trim().split("\n")
+      ) {
+        // readlink(1): the test task's permissions do not cover /proc.
+        const fd0 = (await run("readlink", [`/proc/${pid}/fd/0`]).catch(() => "")).trim();
+        if (fd0.startsWith("/dev/pts/")) tty = fd0;
       }
+      assert.notEqual(tty, "");
+      await run("stty", ["-F", tty, "rows", "40", "cols", "120"]);
+      // The new size reaches the node a moment later: ask until it shows.
+      // A question typed before the last prompt came is echoed before it,
+      // and its answer then follows that prompt on one line.
+      for (let i = 0; !/^(?:\$ )?40 120\r?$/m.test(screen); i++) {
+        assert.ok(i < 100, `the window size never changed: ${screen}`);
+        if (i > 0) await new Promise((r) => setTimeout(r, 50));
+        const mark = screen.length;
+        await keys.write(enc.encode("stty size\n"));
+        await waitFor(/^(?:\$ )?\d+ \d+\r?$/m, mark);
+      }
+      // ^C typed on the terminal stops what runs in the foreground there.
+      // The foreground job prints its mark itself, so the ^C cannot arrive
+      // before it runs (and land on the shell instead).
+      await keys.write(enc.encode("sh -c 'echo $((6*7))go; exec sleep 600'\n"));
+      await waitFor(/42go/);
+      await keys.write(new Uint8Array([3]));
+      await keys.write(enc.encode("echo back$((1+1))\n"));
+      await waitFor(/back2/);
+      await keys.write(enc.encode("exit 3\n"));
+      // Bounded too: a session that does not end fails with what it showed.
+      let stuck: ReturnType<typeof setTimeout> | undefined;
+      const ts = await Promise.race([
+        term.status,
+        new Promise<never>((_, reject) => {
+          stuck = setTimeout(() => {
+            term.kill("SIGKILL");
+            reject(
+              new Error(`the session did not end after 'exit 3': ${JSON.stringify(screen)}`),
+            );
+          }, 30_000);
+        }),
+      ]).finally(() => clearTimeout(stuck));
+      await keys.close().catch(() => {});
+      await term.stderr.cancel();
+      assert.equal(ts.code, 3, screen);
 
       // The caller killed outright: the link drops, and the command goes.
       const doomed = new Deno.Command("ip", {
