@@ -296,7 +296,9 @@ namespace = ""
           ...pre,
           ...cpuArgs("ferrya"),
           "-c",
-          "trap 'echo caught; exit 5' INT; echo ready; sleep 600",
+          // Short sleeps: a ^C that comes between "ready" and a sleep's
+          // start would wait, trapped, for that whole sleep to end.
+          "trap 'echo caught; exit 5' INT; echo ready; while :; do sleep 0.2; done",
         ],
         stdin: "null",
         stdout: "piped",
