@@ -42,10 +42,8 @@ export async function runSession(opts: SessionOptions): Promise<number> {
   try {
     raw = await Deno.connect({ transport: "unix", path: opts.socket });
   } catch (e) {
-    // The node went before this helper was needed: its socket's directory
-    // is this helper's to remove.
-    const dir = opts.socket.slice(0, opts.socket.lastIndexOf("/"));
-    if (/\/ferry-cpu-[^/]+$/.test(dir)) await Deno.remove(dir, { recursive: true }).catch(() => {});
+    // The node went before this helper was needed.
+    await removeSocketDir(opts.socket);
     throw e;
   }
   // Done while the job is awaited: the view's first steps, ahead of need.
@@ -65,7 +63,10 @@ export async function runSession(opts: SessionOptions): Promise<number> {
   warmSpawn();
   const job = await reading;
   if (!job) {
+    // The node went without a job for this helper (killed, say): a node
+    // that closes its spare kills it instead, and removes the directory.
     conn.close();
+    await removeSocketDir(opts.socket);
     return 0;
   }
   // The node gone, or the session hung up: the command is hung up too
@@ -107,6 +108,12 @@ export async function runSession(opts: SessionOptions): Promise<number> {
   }
 }
 
+/** Remove the node-made directory that holds `socket`: the node is gone. */
+async function removeSocketDir(socket: string): Promise<void> {
+  const dir = socket.slice(0, socket.lastIndexOf("/"));
+  if (/\/ferry-cpu-[^/]+$/.test(dir)) await Deno.remove(dir, { recursive: true }).catch(() => {});
+}
+
 /**
  * The helper's socket as a Styx transport whose reads wait until the job
  * ahead of the Styx stream has been read (by {@link readJob}); writes go
@@ -132,8 +139,9 @@ class AfterJob extends TcpConn {
 /** Read exactly `buf.length` bytes; false at end of input before any. */
 async function readFull(conn: Deno.Conn, buf: Uint8Array): Promise<boolean> {
   for (let at = 0; at < buf.length;) {
-    // Never past `buf`: what follows the job is the Styx stream.
-    const n = await conn.read(buf.subarray(at));
+    // Never past `buf`: what follows the job is the Styx stream. A read
+    // that fails (the node gone, the socket closed under it) is an end too.
+    const n = await conn.read(buf.subarray(at)).catch(() => null);
     if (n === null) {
       if (at === 0) return false;
       throw new Error("the node hung up in the middle of the job");

@@ -653,3 +653,43 @@ Deno.test({
     assert.deepEqual(newProcs, [], "a spare helper outlived its service");
   },
 });
+
+Deno.test({
+  name: "cpu: a helper whose node goes before sending a job removes the node's directory",
+  ignore: why !== "",
+  async fn() {
+    // This test plays the node: it makes the directory and the socket a
+    // node makes for a helper started ahead of need, and then goes (as a
+    // node killed outright does) without sending a job or cleaning up.
+    const dir = await Deno.makeTempDir({ prefix: "ferry-cpu-spare-" });
+    const sock = `${dir}/ns`;
+    const l = Deno.listen({ transport: "unix", path: sock });
+    const argv = ferryArgv();
+    const helper = new Deno.Command(argv[0]!, {
+      args: [...argv.slice(1), "cpu", "--session", sock],
+      stdin: "null",
+      stdout: "null",
+      stderr: "piped",
+    }).spawn();
+    try {
+      // The job's connection, and the one the status would come back on.
+      const first = await l.accept();
+      const second = await l.accept();
+      l.close();
+      first.close();
+      second.close();
+      const st = await helper.output();
+      assert.equal(st.code, 0, dec.decode(st.stderr));
+      await assert.rejects(Deno.stat(dir), Deno.errors.NotFound, "the helper left its directory");
+    } finally {
+      try {
+        l.close();
+      } catch { /* closed above */ }
+      try {
+        helper.kill("SIGKILL");
+      } catch { /* already gone */ }
+      await helper.status;
+      await Deno.remove(dir, { recursive: true }).catch(() => {});
+    }
+  },
+});
