@@ -104,6 +104,7 @@ export class CpuService {
   constructor(opts: CpuServiceOptions) {
     this.#opts = opts;
     this.#replenish();
+    if (this.#opts.spare ?? Deno.uid() === 0) void sweepStaleHelperDirs();
     const clone = file("clone", (ctx) => {
       const id = this.#next++;
       const s = new CpuSession(id, ctx.caller, this.#opts, () => this.#takeSpare());
@@ -604,6 +605,46 @@ async function startHelper(
     await dispose();
     throw e;
   }
+}
+
+/** How old a helper's directory must be before a node takes it for one left over. */
+const STALE_MS = 10 * 60_000;
+
+/**
+ * Remove the helper directories (`/tmp/ferry-cpu-*`) that a node killed
+ * outright while it started a helper left behind: this user's, ten
+ * minutes old or more, and with no socket, or one that nothing listens on.
+ * A live node's are in use for well under a second, then removed by the
+ * node.
+ * @param tmp where helper directories are made
+ * @returns the directories removed
+ */
+export async function sweepStaleHelperDirs(tmp = "/tmp"): Promise<string[]> {
+  const removed: string[] = [];
+  const uid = Deno.uid();
+  try {
+    for await (const e of Deno.readDir(tmp)) {
+      if (!e.isDirectory || !/^ferry-cpu-(?:spare-)?[0-9a-f]+$/.test(e.name)) continue;
+      const dir = `${tmp}/${e.name}`;
+      try {
+        const st = await Deno.stat(dir);
+        if (st.uid !== uid || Date.now() - (st.mtime?.getTime() ?? Date.now()) < STALE_MS) continue;
+        const names: string[] = [];
+        for await (const f of Deno.readDir(dir)) names.push(f.name);
+        if (names.some((n) => n !== "ns")) continue;
+        if (names.length > 0) {
+          const c = await Deno.connect({ transport: "unix", path: `${dir}/ns` }).catch(() => null);
+          if (c) {
+            c.close();
+            continue;
+          }
+        }
+        await Deno.remove(dir, { recursive: true });
+        removed.push(dir);
+      } catch { /* gone meanwhile, or not ours to judge */ }
+    }
+  } catch { /* no such directory to look in */ }
+  return removed;
 }
 
 /**
