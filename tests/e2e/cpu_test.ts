@@ -492,7 +492,9 @@ namespace = ""
         await new Promise((r) => setTimeout(r, 50));
       }
     } finally {
-      await up?.stop();
+      // Stopped as a user would: a node killed outright cannot put away
+      // the helper it keeps ready.
+      await up?.stop("SIGTERM");
       await removeAccount();
       await hosts.cleanup();
       await c.cleanup();
@@ -583,7 +585,7 @@ namespace = ""
       assert.equal(o.code, 4, err + procs.map((p) => p.err).join(""));
       assert.equal(dec.decode(o.stdout), "ferrya\nonly on the caller\n");
     } finally {
-      for (const p of procs.reverse()) await p.stop();
+      for (const p of procs.reverse()) await p.stop("SIGTERM");
       await removeAccount();
       await hosts.cleanup();
       await c.cleanup();

@@ -148,12 +148,24 @@ export class Proc {
     await this.#stdin.write(enc.encode(line + "\n"));
   }
 
-  /** Kill it (SIGKILL) and wait for it to end. */
-  async stop(): Promise<void> {
+  /**
+   * Kill it (SIGKILL) and wait for it to end. With "SIGTERM", ask it to
+   * stop as a user would, so it can put away what it started; SIGKILL
+   * only if it is still there after 10 seconds.
+   */
+  async stop(signal: "SIGKILL" | "SIGTERM" = "SIGKILL"): Promise<void> {
     await this.#stdin?.close().catch(() => {});
     try {
-      this.#child.kill("SIGKILL");
+      this.#child.kill(signal);
     } catch { /* already gone */ }
+    if (signal === "SIGTERM") {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const late = new Promise<void>((r) => (timer = setTimeout(r, 10_000)));
+      await Promise.race([this.status, late]).finally(() => clearTimeout(timer));
+      try {
+        this.#child.kill("SIGKILL");
+      } catch { /* ended */ }
+    }
     await this.status;
   }
 }
