@@ -19,8 +19,12 @@ import { newestOnly } from "./streams.ts";
 /** The first read of the session's ns file, sent with its open. */
 const NS_READ_AHEAD = 64 * 1024;
 
-/** Reads of standard output (and error) kept in flight. */
-const READS_IN_FLIGHT = 4;
+/**
+ * Reads of standard output (and error) kept in flight: up to this many
+ * replies of an iounit each (512 KiB from a Ferry node) may be on their
+ * way. 16 moved a 1 GiB stream 6-12% faster than 4 here.
+ */
+const READS_IN_FLIGHT = 16;
 
 const enc = new TextEncoder();
 const dec = new TextDecoder();
