@@ -104,7 +104,7 @@ export class CpuService {
   constructor(opts: CpuServiceOptions) {
     this.#opts = opts;
     this.#replenish();
-    if (this.#opts.spare ?? Deno.uid() === 0) void sweepStaleHelperDirs();
+    if (this.#keepsSpare) void sweepStaleHelperDirs();
     const clone = file("clone", (ctx) => {
       const id = this.#next++;
       const s = new CpuSession(id, ctx.caller, this.#opts, () => this.#takeSpare());
@@ -140,6 +140,11 @@ export class CpuService {
     );
   }
 
+  /** Whether this service keeps a helper ready (by default only as root). */
+  get #keepsSpare(): boolean {
+    return this.#opts.spare ?? Deno.uid() === 0;
+  }
+
   /**
    * Start a spare helper unless one is there or starting. Called at the
    * start and when a session ends, not when one takes the spare: a helper
@@ -147,7 +152,7 @@ export class CpuService {
    */
   #replenish(): void {
     if (this.#closed || this.#spare || this.#starting) return;
-    if (!(this.#opts.spare ?? Deno.uid() === 0)) return;
+    if (!this.#keepsSpare) return;
     const ferry = this.#opts.ferry ?? ferryArgv();
     this.#starting = startHelper(ferry, helperEnv("dumb"), undefined, "ferry-cpu-spare-").then(
       async (h) => {

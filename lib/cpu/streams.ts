@@ -3,6 +3,8 @@
  * producer runs ahead of the reader up to a bound, so a read finds as
  * much as is ready and one round trip carries it, and a reader that stops
  * reading stops the producer (backpressure) instead of growing memory.
+ * Also {@link newestOnly}, which keeps a burst of settings (window sizes)
+ * in order on their way to the node.
  *
  * @module
  */
